@@ -1,0 +1,21 @@
+"""raddiag: case-level, long-tailed radiology diagnosis over 2D and 3D scans.
+
+Quick start::
+
+    import raddiag
+    model = raddiag.load("runs/my-run")
+    result = model.predict(["scan1.nii.gz", "cxr.png"], modality=["CT", "X-ray"])
+    print(result)
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "load"]
+
+
+def load(run_dir, device: str = "cpu"):
+    """Load a trained run folder for inference (see :mod:`raddiag.serving.predict`)."""
+    from raddiag.serving.predict import Predictor
+
+    return Predictor.load(run_dir, device=device)

@@ -1,0 +1,3 @@
+from raddiag.cli import main
+
+raise SystemExit(main())

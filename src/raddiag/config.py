@@ -1,0 +1,215 @@
+"""Typed configuration: data, model and training settings, named presets,
+YAML round-trip and ``key=value`` overrides.
+
+One :class:`RunConfig` travels with every run folder, so that inference never
+depends on remembering how a model was trained.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+@dataclass
+class DataConfig:
+    """Input geometry and case assembly."""
+
+    size: int = 256                      # every slice resized to size x size (bilinear)
+    depth: int = 32                      # 3D scans resampled uniformly to at most `depth` slices
+    window: Optional[list[float]] = None  # optional intensity window [lo, hi] before min-max scaling
+    max_scans: int = 4                   # scans per case fed to the model
+    # per-modality caps within one case (the released loader: CT/MRI 3, X-ray 2, others 1)
+    modality_caps: dict[str, int] = field(
+        default_factory=lambda: {"CT": 3, "MRI": 3, "X-ray": 2}
+    )
+    default_modality_cap: int = 1
+    modality_scheme: str = "raddiag"      # "raddiag": one id per modality; "official": the release's table
+    granularity: str = "disorder"         # "disorder" or "icd10"
+
+
+@dataclass
+class ModelConfig:
+    """The RadDiag family (paper Section 4.2.1, Table 1)."""
+
+    encoder: str = "resnet_vit"          # "resnet_vit" (mixing) | "resnet" (2D/3D stems + shared) | "vit"
+    width: int = 2048                    # scan / case embedding dimension d
+    # ResNet-ViT mixing: a 2D ResNet per slice, then a slice transformer with [CLS]
+    resnet_depth: int = 50               # 10, 18, 34, 50 (MONAI ResNet)
+    resnet_inplanes: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
+    slice_layers: int = 1
+    slice_heads: int = 1
+    # ResNet-based: separate 2D / 3D normalisation stems, then a shared ResNet stage
+    stem2d_depth: int = 18
+    stem3d_depth: int = 18
+    shared_depth: int = 34
+    # ViT-based: 2D patches and 3D cubes through separate MLPs, a shared ViT
+    patch_size: int = 16
+    patch_depth: int = 4                 # cube depth for 3D scans
+    vit_layers: int = 6
+    vit_heads: int = 8
+    vit_mlp_layers: int = 2              # 2 or 4 layers in the patch projection MLPs
+    # case-level fusion
+    fusion: str = "transformer"          # "transformer" | "max" | "mean" | "random"
+    fusion_layers: int = 2
+    fusion_heads: int = 4
+    num_modalities: int = 16             # rows of the modality embedding table (0 = padding)
+    # classifier
+    head: str = "mlp"                    # "mlp" (Linear, GELU, Linear) | "knowledge"
+    text_dim: int = 384                  # label-embedding dimension for the knowledge head
+    # numerics
+    layer_style: str = "standard"        # "standard" | "official" (the release's LayerNorm/attention)
+    dropout: float = 0.0
+    grad_checkpoint: bool = False        # activation checkpointing over slice chunks
+    slice_chunk: int = 64                # slices per ResNet chunk (memory bound)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation (paper Section 11.1 and 4.4)."""
+
+    epochs: int = 100
+    warmup_epochs: float = 5.0
+    lr: float = 1e-5
+    weight_decay: float = 0.05
+    batch_size: int = 4
+    grad_accum: int = 1
+    clip_norm: float = 1.0
+    amp: str = "none"                    # "none" | "bf16"
+    seed: int = 0
+    deterministic: bool = False
+    aug_prob: float = 0.15               # each of noise, contrast, affine, elastic
+    key_slice_swap: float = 0.0          # probability a 3D scan is replaced by its key slice
+    key_slice_loss: float = 0.0          # weight of the key-slice attention KL term (release: 0.001)
+    checkpoint_every: int = 0            # also checkpoint every K optimiser steps (0 = per epoch only)
+    early_stop: int = 0                  # epochs without val improvement before stopping (0 = off)
+    num_workers: int = 0
+    eval_batch_size: int = 8
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = "paper"
+
+    # -- serialisation -------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        return _from_dict(cls, d)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
+
+    def override(self, items: list[str] | None) -> "RunConfig":
+        """Apply ``section.key=value`` overrides (YAML-parsed values); returns self."""
+        for item in items or []:
+            key, sep, raw = item.partition("=")
+            if not sep:
+                raise ValueError(f"override {item!r} is not of the form key=value")
+            parts = key.strip().split(".")
+            obj: Any = self
+            for p in parts[:-1]:
+                if not hasattr(obj, p):
+                    raise ValueError(f"override {item!r}: unknown section {p!r}")
+                obj = getattr(obj, p)
+            name = parts[-1]
+            if not dataclasses.is_dataclass(obj) or name not in {f.name for f in dataclasses.fields(obj)}:
+                raise ValueError(f"override {item!r}: unknown setting {key!r}")
+            hint = typing.get_type_hints(type(obj))[name]
+            setattr(obj, name, _coerce(yaml.safe_load(raw), hint, key))
+        return self
+
+
+def _from_dict(cls, d: dict[str, Any]):
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} settings: {sorted(unknown)}")
+    for k, v in d.items():
+        hint = hints[k]
+        if dataclasses.is_dataclass(hint):
+            kwargs[k] = _from_dict(hint, v or {})
+        else:
+            kwargs[k] = _coerce(v, hint, k)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check a parsed value against a field's type; ints widen to floats, nothing else is guessed."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"setting {key!r} expects a list, got {value!r}")
+        return [_coerce(v, args[0], key) for v in value] if args else list(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"setting {key!r} expects a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1], key) for k, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"setting {key!r} expects true/false, got {value!r}")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str) and not isinstance(value, hint) or isinstance(value, bool) and hint is not bool:
+        raise ValueError(f"setting {key!r} expects {hint.__name__}, got {value!r}")
+    return value
+
+
+# -- presets ------------------------------------------------------------------
+def _paper() -> RunConfig:
+    return RunConfig(preset="paper")
+
+
+def _small() -> RunConfig:
+    return RunConfig(
+        data=DataConfig(size=128, depth=16),
+        model=ModelConfig(resnet_depth=18, width=256, fusion_heads=4, slice_heads=4,
+                          stem2d_depth=18, stem3d_depth=18, shared_depth=18,
+                          patch_size=16, vit_layers=4, vit_heads=4),
+        train=TrainConfig(epochs=30, warmup_epochs=2, lr=3e-4, batch_size=8),
+        preset="small",
+    )
+
+
+def _tiny() -> RunConfig:
+    return RunConfig(
+        data=DataConfig(size=64, depth=8),
+        model=ModelConfig(resnet_depth=10, resnet_inplanes=[16, 32, 64, 128], width=64,
+                          slice_heads=2, fusion_heads=2, stem2d_depth=10, stem3d_depth=10,
+                          shared_depth=10, patch_size=16, patch_depth=2, vit_layers=2,
+                          vit_heads=2),
+        train=TrainConfig(epochs=12, warmup_epochs=1, lr=1e-3, batch_size=8),
+        preset="tiny",
+    )
+
+
+PRESETS = {"paper": _paper, "small": _small, "tiny": _tiny}
+
+
+def preset(name: str, overrides: list[str] | None = None) -> RunConfig:
+    """A fresh :class:`RunConfig` for a named preset, with overrides applied."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]().override(overrides)

@@ -1,0 +1,189 @@
+"""Label spaces: class names, ICD-10-CM codes, training counts, head / medium / tail.
+
+``Normal`` is always class 0 and always head. Groups follow the paper: head has
+at least ``head_min`` (100) training cases, medium at least ``medium_min`` (30),
+tail fewer. Thresholds chosen on the validation split travel with the label space.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+from raddiag.data.case import NORMAL, Case
+
+GROUPS = ("head", "medium", "tail")
+
+
+@dataclass
+class LabelSpace:
+    names: list[str]
+    codes: list[Optional[str]] = field(default_factory=list)   # ICD-10-CM 3-char per class, None if unknown
+    counts: list[int] = field(default_factory=list)            # training-split case counts
+    granularity: str = "disorder"                              # "disorder" | "icd10"
+    head_min: int = 100
+    medium_min: int = 30
+    thresholds: Optional[list[float]] = None                   # per-class, from validation
+    descriptions: list[Optional[str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = len(self.names)
+        if len(set(self.names)) != n:
+            dup = [k for k, v in Counter(self.names).items() if v > 1]
+            raise ValueError(f"label space has duplicate class names: {dup[:5]}")
+        self.codes = list(self.codes) or [None] * n
+        self.counts = [int(c) for c in self.counts] or [0] * n
+        self.descriptions = list(self.descriptions) or [None] * n
+        for name, seq in (("codes", self.codes), ("counts", self.counts), ("descriptions", self.descriptions)):
+            if len(seq) != n:
+                raise ValueError(f"label space: {len(seq)} {name} for {n} classes")
+        if self.thresholds is not None and len(self.thresholds) != n:
+            raise ValueError(f"label space: {len(self.thresholds)} thresholds for {n} classes")
+        self._index = {name: i for i, name in enumerate(self.names)}
+
+    # -- lookups ---------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def index(self, name: str) -> int:
+        try:
+            return self._index[name]
+        except KeyError:
+            raise KeyError(f"label {name!r} is not in the label space ({len(self)} classes)") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._index
+
+    def case_labels(self, case: Case) -> list[str]:
+        """The names of this granularity that a case carries (Normal when it has none)."""
+        raw = case.icd10 if self.granularity == "icd10" else case.labels
+        raw = [x for x in raw if x != NORMAL]
+        return raw or [NORMAL]
+
+    def encode(self, labels: Sequence[str], strict: bool = True) -> np.ndarray:
+        """Multi-hot vector; unknown labels raise (or are dropped with ``strict=False``)."""
+        y = np.zeros(len(self), dtype=np.float32)
+        for name in labels:
+            if name in self._index:
+                y[self._index[name]] = 1.0
+            elif strict:
+                self.index(name)
+        return y
+
+    @property
+    def groups(self) -> np.ndarray:
+        """Array of 'head' / 'medium' / 'tail' per class (Normal always head)."""
+        c = np.asarray(self.counts)
+        g = np.where(c >= self.head_min, "head", np.where(c >= self.medium_min, "medium", "tail"))
+        if NORMAL in self._index:
+            g[self._index[NORMAL]] = "head"
+        return g.astype(object)
+
+    def group_mask(self, group: str) -> np.ndarray:
+        if group == "all":
+            return np.ones(len(self), dtype=bool)
+        if group == "normal":
+            m = np.zeros(len(self), dtype=bool)
+            if NORMAL in self._index:
+                m[self._index[NORMAL]] = True
+            return m
+        if group == "abnormal":
+            return ~self.group_mask("normal")
+        if group not in GROUPS:
+            raise ValueError(f"unknown class group {group!r}")
+        return self.groups == group
+
+    # -- construction ------------------------------------------------------------
+    @classmethod
+    def from_cases(
+        cls,
+        cases: Iterable[Case],
+        granularity: str = "disorder",
+        count_split: str = "train",
+        head_min: int = 100,
+        medium_min: int = 30,
+    ) -> "LabelSpace":
+        """Classes seen in ``cases``; counts from ``count_split``; ordered Normal first, then
+        by descending training frequency (then name), as in the release."""
+        if granularity not in ("disorder", "icd10"):
+            raise ValueError(f"granularity must be 'disorder' or 'icd10', got {granularity!r}")
+        cases = list(cases)
+        probe = cls(names=[], granularity=granularity)
+        seen: set[str] = {NORMAL}
+        counts: Counter[str] = Counter()
+        code_of: dict[str, Counter] = {}
+        for case in cases:
+            labels = probe.case_labels(case)
+            seen.update(labels)
+            if case.split == count_split:
+                counts.update(set(labels))
+            if granularity == "disorder":
+                # A disorder's code: the ICD-10-CM category it co-occurs with most often
+                # (exact when a case has one disorder, which is the common case).
+                for name in labels:
+                    code_of.setdefault(name, Counter()).update(case.icd10)
+        names = [NORMAL] + sorted(seen - {NORMAL}, key=lambda n: (-counts[n], n))
+        if granularity == "icd10":
+            codes = [None if n == NORMAL else n for n in names]
+        else:
+            codes = [code_of[n].most_common(1)[0][0] if code_of.get(n) else None for n in names]
+        return cls(names=names, codes=codes, counts=[counts[n] for n in names],
+                   granularity=granularity, head_min=head_min, medium_min=medium_min)
+
+    @classmethod
+    def from_release(cls, path: str | Path) -> "LabelSpace":
+        """The release's ``disorder_label_dict.json`` (name -> index, Normal = 0)."""
+        path = Path(path)
+        mapping = json.loads(path.read_text())
+        if not isinstance(mapping, dict):
+            raise ValueError(f"{path}: expected a JSON object of name -> index")
+        names = [None] * len(mapping)
+        for name, idx in mapping.items():
+            if not isinstance(idx, int) or not 0 <= idx < len(mapping) or names[idx] is not None:
+                raise ValueError(f"{path}: index {idx!r} of {name!r} is out of range or repeated")
+            names[idx] = name
+        return cls(names=names, granularity="disorder")
+
+    # -- persistence -------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "granularity": self.granularity,
+            "head_min": self.head_min,
+            "medium_min": self.medium_min,
+            "classes": [
+                {"name": n, "code": c, "count": k, "group": g, "description": d,
+                 **({"threshold": t} if self.thresholds is not None else {})}
+                for n, c, k, g, d, t in zip(
+                    self.names, self.codes, self.counts, self.groups, self.descriptions,
+                    self.thresholds or [None] * len(self))
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LabelSpace":
+        classes = d["classes"]
+        thr = [c["threshold"] for c in classes] if classes and "threshold" in classes[0] else None
+        return cls(
+            names=[c["name"] for c in classes],
+            codes=[c.get("code") for c in classes],
+            counts=[c.get("count", 0) for c in classes],
+            descriptions=[c.get("description") for c in classes],
+            granularity=d.get("granularity", "disorder"),
+            head_min=d.get("head_min", 100),
+            medium_min=d.get("medium_min", 30),
+            thresholds=thr,
+        )
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LabelSpace":
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: label space file does not exist")
+        return cls.from_dict(json.loads(path.read_text()))
