@@ -135,7 +135,10 @@ class Case:
             extra = set(s) - allowed
             if extra:
                 raise ValueError(f"{where}: case {d['id']!r} scan {j} has unknown fields {sorted(extra)}")
-            scans.append(Scan(**s))
+            try:
+                scans.append(Scan(**s))
+            except ValueError as exc:
+                raise ValueError(f"{where}: case {d['id']!r} scan {j}: {exc}") from None
         rest = {k: v for k, v in d.items() if k != "scans"}
         allowed = set(cls.__dataclass_fields__) - {"scans"}
         extra = set(rest) - allowed

@@ -1,0 +1,163 @@
+"""Torch dataset and collate over a prepared dataset, producing the batch contract of
+DESIGN.md: images ``[B, N, 1, D, H, W]``, ``scan_mask [B, N]``, ``slice_mask [B, N, D]``,
+``modality [B, N]`` (0 = padding), ``key_slice [B, N]`` (-1 = none), ``is_3d [B, N]``,
+``labels [B, C]`` multi-hot, ``case_ids``, ``anatomy``.
+
+Scan selection per case (the released loader's policy): at most ``max_scans`` scans, at most
+``modality_caps[m]`` (default ``default_modality_cap``) of each modality. At evaluation time
+the choice is fixed (the first scans in case order); in training it is random per epoch.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from raddiag.config import DataConfig
+from raddiag.data.case import modality_id
+from raddiag.data.labels import LabelSpace
+from raddiag.data.preprocess import depth_indices, resize_slices
+from raddiag.data.store import PreparedData
+
+# A scan handed to a ScanTransform: {"image": float32 tensor [1, d, H, W] (real slices only),
+# "is_3d": bool, "key_slice": int (-1 none), "modality": str}. Returns the same kind of dict.
+ScanTransform = Callable[[dict, np.random.Generator], dict]
+
+
+def select_scans(scans: list[dict], cfg: DataConfig, rng: Optional[np.random.Generator]) -> list[int]:
+    """Indices of the scans to feed: per-modality caps, then the overall cap.
+    ``rng=None`` gives the fixed evaluation-time choice."""
+    by_mod: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(scans):
+        by_mod[s["modality"]].append(i)
+    chosen: list[int] = []
+    for mod, idx in by_mod.items():
+        cap = cfg.modality_caps.get(mod, cfg.default_modality_cap)
+        if rng is not None:
+            idx = list(rng.permutation(idx))
+        chosen += idx[:cap]
+    if rng is not None:
+        chosen = list(rng.permutation(chosen))
+    else:
+        chosen.sort()
+    return [int(i) for i in chosen[: cfg.max_scans]]
+
+
+class CaseDataset(Dataset):
+    """Cases of one split of a prepared dataset, as model-ready tensors.
+
+    The stored geometry may be larger than the configured one (prepare once at 256 x 32,
+    train a small preset at 64 x 8): slices are then resized and depth resampled on load.
+    """
+
+    def __init__(
+        self,
+        data: str | PreparedData,
+        split: Optional[str],
+        label_space: LabelSpace,
+        cfg: DataConfig,
+        train: bool = False,
+        scan_transform: Optional[ScanTransform] = None,
+        seed: int = 0,
+    ):
+        self.data = data if isinstance(data, PreparedData) else PreparedData(data)
+        self.records = self.data.records_for(split)
+        if not self.records:
+            raise ValueError(f"{self.data.root}: no cases in split {split!r}")
+        self.split = split
+        self.labels = label_space
+        self.cfg = cfg
+        self.train = train
+        self.scan_transform = scan_transform
+        self.seed = seed
+        self.epoch = 0
+        self._targets = np.stack([self._encode(r) for r in self.records])
+
+    def _encode(self, rec: dict) -> np.ndarray:
+        raw = rec["icd10"] if self.labels.granularity == "icd10" else rec["labels"]
+        names = [x for x in raw if x != "Normal"] or ["Normal"]
+        return self.labels.encode(names, strict=False)
+
+    @property
+    def targets(self) -> np.ndarray:
+        """``[n_cases, C]`` multi-hot labels of this split (labels outside the space dropped)."""
+        return self._targets
+
+    def set_epoch(self, epoch: int) -> None:
+        """Re-seed random scan choice and augmentation for a new epoch."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _load(self, scan: dict) -> torch.Tensor:
+        arr = np.asarray(self.data.scan_array(scan), dtype=np.float32)
+        idx = depth_indices(arr.shape[0], self.cfg.depth)
+        return resize_slices(arr[idx], self.cfg.size)[None]  # [1, d, H, W]
+
+    def __getitem__(self, i: int) -> dict:
+        rec = self.records[i]
+        rng = np.random.default_rng([self.seed, self.epoch, i]) if self.train else None
+        picked = select_scans(rec["scans"], self.cfg, rng)
+        per_mod_count: dict[tuple[int, str], int] = defaultdict(int)
+        scans = []
+        for j in picked:
+            s = rec["scans"][j]
+            key = s["store"]["key"]
+            n_kept = len(depth_indices(s["store"]["n"], self.cfg.depth))
+            if key >= 0 and n_kept != s["store"]["n"]:  # re-map the key slice after resampling
+                key = int(np.abs(depth_indices(s["store"]["n"], self.cfg.depth) - key).argmin())
+            item = {"image": self._load(s), "is_3d": bool(s["is_3d"]), "key_slice": key, "modality": s["modality"]}
+            if self.scan_transform is not None and self.train:
+                item = self.scan_transform(item, rng)
+            k = per_mod_count[(s.get("entry", 0), s["modality"])]
+            per_mod_count[(s.get("entry", 0), s["modality"])] += 1
+            item["modality_id"] = modality_id(s["modality"], k, self.cfg.modality_scheme)
+            scans.append(item)
+        return {"scans": scans, "labels": torch.from_numpy(self._targets[i]),
+                "case_id": rec["id"], "anatomy": rec.get("anatomy")}
+
+
+def collate_cases(samples: list[dict], depth: Optional[int] = None) -> dict:
+    """Pad scans per case and slices per scan into the batch contract."""
+    B = len(samples)
+    N = max(len(s["scans"]) for s in samples)
+    D = depth or max(sc["image"].shape[1] for s in samples for sc in s["scans"])
+    H, W = samples[0]["scans"][0]["image"].shape[-2:]
+    images = torch.zeros(B, N, 1, D, H, W)
+    scan_mask = torch.zeros(B, N, dtype=torch.bool)
+    slice_mask = torch.zeros(B, N, D, dtype=torch.bool)
+    modality = torch.zeros(B, N, dtype=torch.long)
+    key_slice = torch.full((B, N), -1, dtype=torch.long)
+    is_3d = torch.zeros(B, N, dtype=torch.bool)
+    for b, s in enumerate(samples):
+        for n, sc in enumerate(s["scans"]):
+            d = min(sc["image"].shape[1], D)
+            images[b, n, :, :d] = sc["image"][:, :d]
+            scan_mask[b, n] = True
+            slice_mask[b, n, :d] = True
+            modality[b, n] = sc["modality_id"]
+            key_slice[b, n] = sc["key_slice"] if sc["key_slice"] < d else -1
+            is_3d[b, n] = sc["is_3d"]
+    return {
+        "images": images, "scan_mask": scan_mask, "slice_mask": slice_mask, "modality": modality,
+        "key_slice": key_slice, "is_3d": is_3d,
+        "labels": torch.stack([s["labels"] for s in samples]),
+        "case_ids": [s["case_id"] for s in samples], "anatomy": [s["anatomy"] for s in samples],
+    }
+
+
+def make_loader(dataset: CaseDataset, batch_size: int, shuffle: bool = False, num_workers: int = 0,
+                sampler=None, drop_last: bool = False):
+    """A DataLoader with the right collate (D fixed to the configured depth)."""
+    from functools import partial
+
+    from torch.utils.data import DataLoader
+
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      num_workers=num_workers, drop_last=drop_last,
+                      collate_fn=partial(collate_cases, depth=dataset.cfg.depth),
+                      persistent_workers=num_workers > 0)
