@@ -66,6 +66,10 @@ class ModelConfig:
     dropout: float = 0.0
     grad_checkpoint: bool = False        # activation checkpointing over slice chunks
     slice_chunk: int = 64                # slices per ResNet chunk (memory bound)
+    # added by the models capability (issue 3)
+    in_channels: int = 1                 # 3: grey repeated to 3 channels (the release's convention)
+    mlp_ratio: float = 1.0               # transformer FFN width / model width (release: d_ff = d_model)
+    random_seed: int = 0                 # seed of the deterministic eval-time pick of fusion="random"
 
 
 @dataclass

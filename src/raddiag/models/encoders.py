@@ -1,0 +1,244 @@
+"""Visual encoders: one scan -> one embedding (paper Section 4.2.1, Table 1).
+
+All three take the batch layout ``images [B, N, C, D, H, W]``, ``scan_mask [B, N]``,
+``slice_mask [B, N, D]`` and return ``(scan_embeddings [B, N, width], slice_attention)``
+where padded scans get zero embeddings and ``slice_attention`` is ``[B, N, D]`` (the
+[CLS] attention over slices of the last slice-transformer layer) or None.
+A scan is treated as 3D when more than one of its slices is real; a 2D scan is slice 0.
+Padded slices and scans never influence an output (gathered away or zeroed).
+
+- :class:`ResNetViTEncoder` (``"resnet_vit"``, the paper's final choice): a 2D ResNet on
+  every real slice, then a transformer over slice tokens with [CLS] and learnable
+  position embeddings.
+- :class:`ResNetEncoder` (``"resnet"``): a 2D ResNet stem for 2D scans and a 3D ResNet
+  stem for 3D scans (depth average-pooled) bring scans to feature maps of one resolution;
+  a shared 2D ResNet stage (layer3, layer4) gives the embedding.
+- :class:`ViTEncoder` (``"vit"``): 2D patches and 3D cubes through two separate MLPs,
+  two learnable position-embedding sets, a shared ViT with [CLS].
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import ResNet
+from monai.networks.nets.resnet import ResNetBlock, ResNetBottleneck
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from raddiag.config import ModelConfig
+
+from .layers import Encoder
+
+RESNET_LAYERS = {
+    10: (ResNetBlock, [1, 1, 1, 1]),
+    18: (ResNetBlock, [2, 2, 2, 2]),
+    34: (ResNetBlock, [3, 4, 6, 3]),
+    50: (ResNetBottleneck, [3, 4, 6, 3]),
+    101: (ResNetBottleneck, [3, 4, 23, 3]),
+}
+
+
+def make_resnet(spatial_dims: int, depth: int, inplanes: list[int], in_channels: int = 1) -> ResNet:
+    """A MONAI ResNet laid out like torchvision's (7x7 stride-2 stem, 3x3 stride-2 max-pool,
+    no bias in the downsample conv) returning globally pooled features (no fc)."""
+    if depth not in RESNET_LAYERS:
+        raise ValueError(f"unsupported ResNet depth {depth}; choose one of {sorted(RESNET_LAYERS)}")
+    block, layers = RESNET_LAYERS[depth]
+    return ResNet(block, layers, list(inplanes), spatial_dims=spatial_dims, n_input_channels=in_channels,
+                  conv1_t_size=7, conv1_t_stride=2, feed_forward=False, bias_downsample=False)
+
+
+def resnet_features(depth: int, inplanes: list[int]) -> int:
+    return inplanes[3] * RESNET_LAYERS[depth][0].expansion
+
+
+def _real_slices(images, scan_mask, slice_mask):
+    """``[S, C, H, W]`` of the real slices of real scans, in ``(b, n, d)`` row-major order."""
+    real = slice_mask & scan_mask[..., None]
+    return images.transpose(2, 3)[real], real
+
+
+class ResNetViTEncoder(nn.Module):
+    """2D ResNet per slice + slice transformer ([CLS], learnable positions, slice mask).
+
+    ``slice_backbone`` is the per-slice 2D MONAI ResNet. For saliency (Score-CAM), a
+    forward hook on ``slice_backbone.layer4`` receives the feature maps ``[s, C, h, w]``
+    of the real slices only (``slice_mask & scan_mask[..., None]``, in the row-major
+    order of ``(b, n, d)``), once per chunk of at most ``slice_chunk`` slices:
+    concatenate the chunks in call order. With ``in_channels=3`` the grey slice is
+    repeated to 3 channels before the backbone (the release's convention).
+    """
+
+    def __init__(self, mc: ModelConfig, depth: int) -> None:
+        super().__init__()
+        self.in_channels = mc.in_channels
+        self.slice_chunk = max(1, mc.slice_chunk)
+        self.grad_checkpoint = mc.grad_checkpoint
+        self.slice_backbone = make_resnet(2, mc.resnet_depth, mc.resnet_inplanes, mc.in_channels)
+        feat = resnet_features(mc.resnet_depth, mc.resnet_inplanes)
+        self.slice_proj = nn.Identity() if feat == mc.width else nn.Linear(feat, mc.width)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, mc.width))
+        self.pos_emb = nn.Parameter(torch.randn(depth + 1, mc.width) * 0.02)
+        self.slice_transformer = Encoder(mc.width, mc.slice_layers, mc.slice_heads, mc.layer_style,
+                                         mc.mlp_ratio, mc.dropout)
+        nn.init.normal_(self.cls_token, std=0.02)
+
+    def slice_features(self, slices: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features ``[S, F]`` of ``[S, 1, H, W]`` slices, in chunks."""
+        if self.in_channels != slices.shape[1]:
+            slices = slices.expand(-1, self.in_channels, -1, -1)
+        n_chunks = -(-slices.shape[0] // self.slice_chunk)
+        outs = []
+        # equal-sized chunks: no 1-slice tail chunk (BatchNorm in training needs > 1 value)
+        for chunk in torch.tensor_split(slices, n_chunks):
+            if self.grad_checkpoint and self.training and torch.is_grad_enabled():
+                outs.append(checkpoint(self.slice_backbone, chunk, use_reentrant=False))
+            else:
+                outs.append(self.slice_backbone(chunk))
+        return torch.cat(outs)
+
+    def forward(self, images, scan_mask, slice_mask, need_attention: bool = False):
+        B, N, C, D, H, W = images.shape
+        if D + 1 > self.pos_emb.shape[0]:
+            raise ValueError(f"{D} slices per scan but the model has {self.pos_emb.shape[0] - 1} slice positions")
+        slices, real = _real_slices(images, scan_mask, slice_mask)
+        feats = self.slice_proj(self.slice_features(slices))                   # [S, width]
+        m_slice = real[scan_mask]                                              # [M, D]
+        tokens = feats.new_zeros(m_slice.shape[0], D, feats.shape[-1])
+        tokens[m_slice] = feats                                                # scatter back
+        x = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], 1) + self.pos_emb[: D + 1]
+        mask = torch.cat([m_slice.new_ones(m_slice.shape[0], 1), m_slice], 1)
+        x = self.slice_transformer(x, mask, need_attention=need_attention)
+        out = x.new_zeros(B, N, x.shape[-1])
+        out[scan_mask] = x[:, 0]
+        attn = None
+        if need_attention:
+            a = self.slice_transformer.last_attention[:, 0, 1:]                  # CLS -> slices [M, D]
+            attn = a.new_zeros(B, N, D)
+            attn[scan_mask] = a
+        return out, attn
+
+
+class ResNetEncoder(nn.Module):
+    """Separate 2D / 3D ResNet "normalisation" stems (conv1..layer2) and a shared 2D ResNet
+    stage (layer3, layer4, global average pool). The 3D stem's output is average-pooled over
+    its (real) depth positions so both paths give maps of the same resolution (stride 8)."""
+
+    def __init__(self, mc: ModelConfig, depth: int) -> None:
+        super().__init__()
+        inpl = mc.resnet_inplanes
+
+        def stem(dims, d):
+            r = make_resnet(dims, d, inpl, mc.in_channels)
+            return nn.Sequential(r.conv1, r.bn1, r.act, r.maxpool, r.layer1, r.layer2)
+
+        self.in_channels = mc.in_channels
+        self.stem2d = stem(2, mc.stem2d_depth)
+        self.stem3d = stem(3, mc.stem3d_depth)
+        shared = make_resnet(2, mc.shared_depth, inpl)
+        shared_in = inpl[1] * RESNET_LAYERS[mc.shared_depth][0].expansion
+
+        def adapter(d):
+            c = inpl[1] * RESNET_LAYERS[d][0].expansion
+            return nn.Identity() if c == shared_in else nn.Conv2d(c, shared_in, 1, bias=False)
+
+        self.adapt2d, self.adapt3d = adapter(mc.stem2d_depth), adapter(mc.stem3d_depth)
+        self.shared = nn.Sequential(shared.layer3, shared.layer4, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        feat = resnet_features(mc.shared_depth, inpl)
+        self.proj = nn.Identity() if feat == mc.width else nn.Linear(feat, mc.width)
+
+    def forward(self, images, scan_mask, slice_mask, need_attention: bool = False):
+        B, N, C, D, H, W = images.shape
+        if self.in_channels != C:
+            images = images.expand(-1, -1, self.in_channels, -1, -1, -1)
+        real = slice_mask & scan_mask[..., None]
+        is3d = real.sum(-1) > 1
+        m2, m3 = scan_mask & ~is3d, is3d
+        maps = []
+        if m2.any():
+            maps.append((m2, self.adapt2d(self.stem2d(images[m2][:, :, 0]))))
+        if m3.any():
+            vol = images[m3] * real[m3][:, None, :, None, None].to(images.dtype)   # zero padded slices
+            f = self.stem3d(vol)                                                   # [M3, c, d', h, w]
+            keep = F.adaptive_max_pool1d(real[m3].float()[:, None], f.shape[2])[:, 0]  # real depth positions
+            f = (f * keep[:, None, :, None, None]).sum(2) / keep.sum(1).clamp(min=1)[:, None, None, None]
+            maps.append((m3, self.adapt3d(f)))
+        out = None
+        for m, fm in maps:
+            emb = self.proj(self.shared(fm))
+            if out is None:
+                out = emb.new_zeros(B, N, emb.shape[-1])
+            out[m] = emb
+        return out, None
+
+
+def _mlp(d_in: int, width: int, layers: int) -> nn.Sequential:
+    mods: list[nn.Module] = [nn.Linear(d_in, width)]
+    for _ in range(max(1, layers) - 1):
+        mods += [nn.GELU(), nn.Linear(width, width)]
+    return nn.Sequential(*mods)
+
+
+class ViTEncoder(nn.Module):
+    """2D patches (p x p) and 3D cubes (pd x p x p) projected by two separate MLPs, two sets
+    of learnable position embeddings, one shared ViT with [CLS]. Cubes whose slices are all
+    padding are masked out."""
+
+    def __init__(self, mc: ModelConfig, depth: int, size: int) -> None:
+        super().__init__()
+        p, pd = mc.patch_size, mc.patch_depth
+        if size % p or depth % pd:
+            raise ValueError(f"ViT: size {size} must divide by patch_size {p} and depth {depth} by patch_depth {pd}")
+        self.p, self.pd, self.in_channels = p, pd, mc.in_channels
+        g = (size // p) ** 2
+        c = mc.in_channels
+        self.mlp2d = _mlp(c * p * p, mc.width, mc.vit_mlp_layers)
+        self.mlp3d = _mlp(c * pd * p * p, mc.width, mc.vit_mlp_layers)
+        self.pos2d = nn.Parameter(torch.randn(g, mc.width) * 0.02)
+        self.pos3d = nn.Parameter(torch.randn((depth // pd) * g, mc.width) * 0.02)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, mc.width) * 0.02)
+        self.vit = Encoder(mc.width, mc.vit_layers, mc.vit_heads, mc.layer_style, mc.mlp_ratio, mc.dropout)
+
+    def _run(self, tokens, mask):
+        x = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], 1)
+        mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], 1)
+        return self.vit(x, mask)[:, 0]
+
+    def forward(self, images, scan_mask, slice_mask, need_attention: bool = False):
+        B, N, C, D, H, W = images.shape
+        p, pd = self.p, self.pd
+        if H % p or W % p or D % pd:
+            raise ValueError(f"ViT: input {D}x{H}x{W} does not divide into {pd}x{p}x{p} cubes")
+        if (H // p) * (W // p) != self.pos2d.shape[0]:
+            raise ValueError(f"ViT: input {H}x{W} does not match the model's {self.pos2d.shape[0]} patch positions")
+        if self.in_channels != C:
+            images = images.expand(-1, -1, self.in_channels, -1, -1, -1)
+        C = self.in_channels
+        real = slice_mask & scan_mask[..., None]
+        is3d = real.sum(-1) > 1
+        m2, m3 = scan_mask & ~is3d, is3d
+        out = None
+        results = []
+        if m2.any():
+            x = images[m2][:, :, 0]                                               # [M, C, H, W]
+            x = x.unfold(2, p, p).unfold(3, p, p)                                 # [M, C, h, w, p, p]
+            x = x.permute(0, 2, 3, 1, 4, 5).reshape(x.shape[0], -1, C * p * p)
+            tok = self.mlp2d(x) + self.pos2d[: x.shape[1]]
+            results.append((m2, self._run(tok, tok.new_ones(tok.shape[:2], dtype=torch.bool))))
+        if m3.any():
+            r = real[m3]
+            x = images[m3] * r[:, None, :, None, None].to(images.dtype)
+            M = x.shape[0]
+            x = x.reshape(M, C, D // pd, pd, H // p, p, W // p, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
+            x = x.reshape(M, -1, C * pd * p * p)
+            cube_real = r.view(M, D // pd, pd).any(-1)                            # [M, D/pd]
+            mask = cube_real[:, :, None].expand(-1, -1, (H // p) * (W // p)).reshape(M, -1)
+            tok = self.mlp3d(x) + self.pos3d[: x.shape[1]]
+            results.append((m3, self._run(tok, mask)))
+        for m, emb in results:
+            if out is None:
+                out = emb.new_zeros(B, N, emb.shape[-1])
+            out[m] = emb
+        return out, None

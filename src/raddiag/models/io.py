@@ -1,0 +1,67 @@
+"""Save a model to, and load it from, a run folder (safetensors + YAML + JSON; never unpickles)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from raddiag.config import RunConfig
+from raddiag.data.labels import LabelSpace
+from raddiag.run import RunFolder
+
+from .heads import KnowledgeHead
+from .raddiag import RadDiag, build_model
+
+
+def save_model(model: RadDiag, run: RunFolder | str | Path, cfg: Optional[RunConfig] = None,
+               labels: Optional[LabelSpace] = None) -> RunFolder:
+    """Write ``model.safetensors`` (and, for the knowledge head, ``label_embeddings.safetensors``);
+    with ``cfg`` / ``labels`` also ``config.yaml`` / ``label_space.json``."""
+    from safetensors.torch import save_file
+
+    run = run if isinstance(run, RunFolder) else RunFolder(run)
+    run.create()
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(run.weights), metadata={"format": "pt", "preset": model.cfg.preset})
+    if isinstance(model.head, KnowledgeHead):
+        run.save_label_embeddings(model.head.label_embeddings)
+    if cfg is not None:
+        cfg.save(run.config)
+    if labels is not None:
+        labels.save(run.labels)
+    return run
+
+
+def load_model(run_dir: RunFolder | str | Path, device: str = "cpu") -> tuple[RadDiag, RunConfig, LabelSpace]:
+    """``(model in eval mode, RunConfig, LabelSpace)`` from a run folder."""
+    from safetensors.torch import load_file
+
+    run = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
+    run.check()
+    cfg = run.load_config()
+    labels = run.load_labels()
+    emb = None
+    if cfg.model.head == "knowledge":
+        emb = run.load_label_embeddings()
+        if emb is None:
+            raise FileNotFoundError(f"{run.root}: model.head=knowledge but {run.label_embeddings.name} is missing")
+    model = build_model(cfg, len(labels), emb)
+    state = load_file(str(run.weights), device="cpu")
+    missing, unexpected = _diff(model, state)
+    if missing or unexpected:
+        raise ValueError(f"{run.weights}: weights do not fit config.yaml "
+                         f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                         f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})")
+    own = model.state_dict()
+    bad = [k for k, v in state.items() if v.shape != own[k].shape]
+    if bad:
+        raise ValueError(f"{run.weights}: shape mismatch for {bad[:5]} "
+                         f"(e.g. {bad[0]}: file {tuple(state[bad[0]].shape)}, model {tuple(own[bad[0]].shape)})")
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), cfg, labels
+
+
+def _diff(model: torch.nn.Module, state: dict) -> tuple[list[str], list[str]]:
+    own = set(model.state_dict())
+    return sorted(own - set(state)), sorted(set(state) - own)
