@@ -1,0 +1,48 @@
+"""Batched inference over a prepared dataset split: the one prediction loop that
+evaluation, zero-shot transfer and training-time validation share."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Predictions:
+    scores: np.ndarray          # [N, C] probabilities (sigmoid of the logits)
+    labels: np.ndarray          # [N, C'] multi-hot targets in the dataset's label space
+    case_ids: list[str]
+    anatomy: list[Optional[str]]
+
+    def save(self, path) -> None:
+        np.savez_compressed(path, scores=self.scores, labels=self.labels,
+                            case_ids=np.array(self.case_ids, dtype=str),
+                            anatomy=np.array([a or "" for a in self.anatomy], dtype=str))
+
+
+@torch.no_grad()
+def predict_dataset(model, dataset, batch_size: int = 8, device: str = "cpu", progress: bool = False,
+                    desc: str = "predict") -> Predictions:
+    """Sigmoid scores of ``model`` on every case of ``dataset`` (a CaseDataset), in order."""
+    from raddiag.data.dataset import make_loader
+
+    loader = make_loader(dataset, batch_size=batch_size, shuffle=False)
+    if progress:
+        from tqdm import tqdm
+
+        loader = tqdm(loader, desc=desc, unit="batch", leave=False)
+    was_training = model.training
+    model.eval()
+    scores, labels, ids, anatomy = [], [], [], []
+    try:
+        for batch in loader:
+            inputs = {k: batch[k].to(device) for k in model.input_keys}
+            scores.append(torch.sigmoid(model(**inputs).float()).cpu().numpy())
+            labels.append(batch["labels"].numpy())
+            ids += batch["case_ids"]
+            anatomy += batch["anatomy"]
+    finally:
+        model.train(was_training)
+    return Predictions(np.concatenate(scores), np.concatenate(labels), ids, anatomy)
