@@ -1,0 +1,53 @@
+"""CLI: ``raddiag zeroshot``."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("zeroshot", help="zero-shot transfer of a trained run to another labelled dataset",
+                       description="Score a prepared target dataset with a trained run, without training: "
+                                   "class mapping (F1/MCC/ACC), normal vs abnormal (AUC/AP), and text "
+                                   "zero-shot through the knowledge-guided head.")
+    p.add_argument("run", help="trained run folder")
+    p.add_argument("--data", required=True, help="prepared target dataset folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--mode", nargs="+", default=["mapping", "normal", "text"],
+                   choices=["mapping", "normal", "text"], help="which zero-shot modes to run")
+    p.add_argument("--mapping", help="JSON {target class: [source classes]}; default: suggested")
+    p.add_argument("--split", default="test")
+    p.add_argument("--encoder", help="text encoder folder for the text mode (default: the packaged MiniLM)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    import json
+
+    from raddiag.transfer.zeroshot import zeroshot
+
+    res = zeroshot(args.run, args.data, args.out, modes=args.mode, mapping=args.mapping, split=args.split,
+                   encoder_dir=args.encoder, batch_size=args.batch_size, progress=True)
+    print(format_results(res))
+    print(f"\nfull results: {args.out}/zeroshot.json")
+    return 0
+
+
+def format_results(res: dict) -> str:
+    lines = [f"zero-shot on {res['n_cases']} {res['split']} cases"]
+    pct = lambda v: "  n/a " if v is None else f"{100 * v:6.2f}"
+    if "mapping" in res:
+        m = res["mapping"]["macro"]
+        lines.append(f"  class mapping   F1 {pct(m['f1'])}  MCC {pct(m['mcc'])}  ACC {pct(m['acc'])}"
+                     + (f"  (unmapped: {', '.join(res['mapping']['unmapped'])})" if res["mapping"]["unmapped"] else ""))
+    if "normal" in res:
+        n = res["normal"]
+        lines.append(f"  normal/abnormal {n['skipped']}" if "skipped" in n
+                     else f"  normal/abnormal AUC {pct(n['auc'])}  AP {pct(n['ap'])}")
+    if "text" in res:
+        t = res["text"]
+        if "skipped" in t:
+            lines.append(f"  text            {t['skipped']}")
+        elif "all" in t:
+            a = t["all"]
+            lines.append("  text            " + "  ".join(
+                f"{k.upper()} {pct(a[k]['value'])}" for k in ("auc", "ap", "f1", "mcc", "acc") if k in a))
+    return "\n".join(lines)

@@ -1,0 +1,187 @@
+"""Zero-shot transfer to another label space (paper Section 4.3.3), three modes:
+
+- ``mapping``: each target class is linked to one or more source classes (a mapping file, or
+  suggested from names, ICD-10-CM codes and the knowledge encoder); a case is positive when
+  any linked class passes its validation threshold. The union is taken after thresholding,
+  so only F1, MCC and ACC are defined (no AUC), as in the paper.
+- ``normal``: the source ``Normal`` score against the target's normal label (AUC, AP).
+- ``text`` (beyond the paper): the knowledge-guided head scores the target's class names
+  directly through their label embeddings (every metric, thresholds from the target's
+  validation split when it has one).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from raddiag.data.case import NORMAL
+from raddiag.data.labels import LabelSpace
+
+log = logging.getLogger(__name__)
+MODES = ("mapping", "normal", "text")
+
+
+def _norm(s: str) -> str:
+    return " ".join(s.lower().replace("_", " ").split())
+
+
+def suggest_mapping(source: LabelSpace, target: LabelSpace, encoder=None, min_similarity: float = 0.6,
+                    ) -> dict[str, list[str]]:
+    """Target class -> source classes: same name, else same ICD-10-CM category, else the nearest
+    source name by the knowledge encoder when similar enough. A suggestion for a person to confirm."""
+    by_name = {_norm(n): n for n in source.names}
+    by_code: dict[str, list[str]] = {}
+    for n, c in zip(source.names, source.codes):
+        if c:
+            by_code.setdefault(c, []).append(n)
+    mapping: dict[str, list[str]] = {}
+    unresolved = []
+    for name, code in zip(target.names, target.codes):
+        if _norm(name) in by_name:
+            mapping[name] = [by_name[_norm(name)]]
+        elif code and code in by_code:
+            mapping[name] = list(by_code[code])
+        else:
+            unresolved.append(name)
+    if unresolved:
+        from raddiag.knowledge.embed import embed_labels
+        from raddiag.knowledge.encoder import TextEncoder
+
+        encoder = encoder or TextEncoder.load(None)
+        src = embed_labels(encoder, list(source.names))
+        tgt = embed_labels(encoder, unresolved)
+        sim = (tgt @ src.T).numpy()
+        for i, name in enumerate(unresolved):
+            j = int(sim[i].argmax())
+            if sim[i, j] >= min_similarity:
+                mapping[name] = [source.names[j]]
+            else:
+                log.warning("zero-shot mapping: no source class is close to %r (best %r, %.2f); left unmapped",
+                            name, source.names[j], sim[i, j])
+    return mapping
+
+
+def load_mapping(path: str | Path, source: LabelSpace, target: LabelSpace) -> dict[str, list[str]]:
+    """A JSON object ``{target class: [source class, ...]}``, every name checked."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the class mapping ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object of target class -> list of source classes")
+    for t, links in raw.items():
+        if t not in target:
+            raise ValueError(f"{path}: target class {t!r} is not in the target label space")
+        for s in [links] if isinstance(links, str) else links:
+            if s not in source:
+                raise ValueError(f"{path}: source class {s!r} (for {t!r}) is not in the model's label space")
+    return {t: [v] if isinstance(v, str) else list(v) for t, v in raw.items()}
+
+
+def mapped_margins(scores: np.ndarray, thresholds: np.ndarray, links: Sequence[Sequence[int]]) -> np.ndarray:
+    """``[N, T]`` margin of the best linked source class over its threshold: >= 0 means positive.
+    This is the union after thresholding, expressed so the shared metric engine applies."""
+    # -2 is below any margin (scores and thresholds lie in [0, 1]): an unlinked class is never positive.
+    out = np.full((scores.shape[0], len(links)), -2.0, dtype=np.float64)
+    margin = scores - thresholds[None, :]
+    for t, idx in enumerate(links):
+        if len(idx):
+            out[:, t] = margin[:, list(idx)].max(axis=1)
+    return out
+
+
+def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
+             modes: Sequence[str] = MODES, mapping: Optional[str | Path | dict] = None,
+             split: str = "test", encoder_dir: Optional[str | Path] = None, batch_size: int = 8,
+             progress: bool = False) -> dict:
+    """Run the zero-shot modes of a trained run on a prepared target dataset; writes
+    ``zeroshot.json`` (and the mapping used) into ``out_dir`` and returns the results."""
+    from raddiag.data.dataset import CaseDataset
+    from raddiag.data.store import PreparedData
+    from raddiag.evaluation.metrics import per_class_metrics
+    from raddiag.inference import predict_dataset
+    from raddiag.models import load_model
+
+    for m in modes:
+        if m not in MODES:
+            raise ValueError(f"unknown zero-shot mode {m!r}; choose from {MODES}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, cfg, source = load_model(run_dir)
+    data = PreparedData(data_dir)
+    target = data.label_space(cfg.data.granularity)
+    ds = CaseDataset(data, split, target, cfg.data)
+    results: dict = {"run": str(run_dir), "data": str(data_dir), "split": split, "n_cases": len(ds)}
+    need_source_scores = any(m in modes for m in ("mapping", "normal"))
+    preds = predict_dataset(model, ds, batch_size, progress=progress, desc="zero-shot") if need_source_scores else None
+
+    if "mapping" in modes:
+        if isinstance(mapping, dict):
+            links = mapping
+        elif mapping is not None:
+            links = load_mapping(mapping, source, target)
+        else:
+            links = suggest_mapping(source, target)
+        thr = np.asarray(source.thresholds if source.thresholds is not None else [0.5] * len(source))
+        if source.thresholds is None:
+            results["mapping_note"] = "the run has no validation thresholds; 0.5 used for every source class"
+        idx = [[source.index(s) for s in links.get(t, [])] for t in target.names]
+        margins = mapped_margins(preds.scores, thr, idx)
+        m = per_class_metrics(margins, preds.labels, thresholds=np.zeros(len(target)))
+        per_class = {t: {k: _f(m[k][i]) for k in ("f1", "mcc", "acc")} | {"linked": links.get(t, [])}
+                     for i, t in enumerate(target.names)}
+        results["mapping"] = {
+            "macro": {k: _nanmean(m[k], [bool(idx[i]) for i in range(len(target))]) for k in ("f1", "mcc", "acc")},
+            "per_class": per_class,
+            "unmapped": [t for t, i in zip(target.names, idx) if not i],
+        }
+        (out / "mapping.json").write_text(json.dumps(links, indent=1))
+
+    if "normal" in modes:
+        if NORMAL not in source or NORMAL not in target:
+            results["normal"] = {"skipped": "the source or the target label space has no Normal class"}
+        else:
+            abnormal_score = 1.0 - preds.scores[:, [source.index(NORMAL)]]
+            abnormal = 1.0 - preds.labels[:, [target.index(NORMAL)]]
+            m = per_class_metrics(abnormal_score, abnormal)
+            results["normal"] = {"auc": _f(m["auc"][0]), "ap": _f(m["ap"][0]),
+                                 "n_abnormal": int(abnormal.sum()), "n_normal": int((1 - abnormal).sum())}
+
+    if "text" in modes:
+        if cfg.model.head != "knowledge":
+            results["text"] = {"skipped": "the run's head is not knowledge-guided (model.head=mlp)"}
+        else:
+            from raddiag.evaluation import evaluate_predictions
+            from raddiag.knowledge.embed import embed_labels
+            from raddiag.knowledge.encoder import TextEncoder
+
+            emb = embed_labels(TextEncoder.load(encoder_dir), target)
+            model.set_label_embeddings(emb)
+            test = predict_dataset(model, ds, batch_size, progress=progress, desc="zero-shot text")
+            val = None
+            if data.records_for("val"):
+                val = predict_dataset(model, CaseDataset(data, "val", target, cfg.data), batch_size,
+                                      progress=progress, desc="zero-shot text (val)")
+            report = evaluate_predictions(
+                test.scores, test.labels, target,
+                val_scores=val.scores if val else None, val_labels=val.labels if val else None,
+                anatomy=test.anatomy, case_ids=test.case_ids, out_dir=out / "text")
+            results["text"] = {k: report[k] for k in ("all",) if k in report}
+    (out / "zeroshot.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+def _f(x) -> Optional[float]:
+    x = float(x)
+    return None if np.isnan(x) else x
+
+
+def _nanmean(values: np.ndarray, keep: Sequence[bool]) -> Optional[float]:
+    v = np.asarray(values, dtype=float)[np.asarray(keep, dtype=bool)]
+    v = v[~np.isnan(v)]
+    return float(v.mean()) if v.size else None
