@@ -1,0 +1,71 @@
+"""Parameter counts and intermediate shapes of a model preset (``raddiag describe``)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from raddiag.config import RunConfig
+
+from .raddiag import build_model
+
+
+def count_params(module: torch.nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def describe_model(cfg: RunConfig, num_classes: int = 5569, scans: int = 2) -> dict[str, Any]:
+    """Parameter counts per part, and the shapes along one forward of a case with ``scans``
+    full-depth 3D scans at the configured size (the ResNet maps are traced on ONE slice at
+    full size, then the rest of the pipeline runs on stand-in features, so this is quick even
+    for ``paper``)."""
+    mc, dc = cfg.model, cfg.data
+    emb = torch.zeros(num_classes, mc.text_dim) if mc.head == "knowledge" else None
+    model = build_model(cfg, num_classes, emb).eval()
+    enc = model.encoder
+    params = {"total": count_params(model), "encoder": count_params(enc),
+              "fusion": count_params(model.fusion), "head": count_params(model.head)}
+    for name, child in enc.named_children():
+        params[f"encoder.{name}"] = count_params(child)
+    shapes: dict[str, list[int]] = {}
+    B, N, D, S = 1, scans, dc.depth, dc.size
+    shapes["input images [B, N, C, D, H, W]"] = [B, N, 1, D, S, S]
+    with torch.no_grad():
+        if mc.encoder == "resnet_vit":
+            bb = enc.slice_backbone
+            hooks = [getattr(bb, n).register_forward_hook(
+                lambda m, i, o, n=n: shapes.__setitem__(f"slice {n} map (per slice)", list(o.shape[1:])))
+                for n in ("conv1", "maxpool", "layer1", "layer2", "layer3", "layer4")]
+            feat = enc.slice_features(torch.zeros(1, 1, S, S))
+            for h in hooks:
+                h.remove()
+            shapes["slice features (per slice)"] = list(feat.shape[1:])
+            shapes["slice tokens per scan ([CLS] + D)"] = [D + 1, mc.width]
+            shapes["ResNet slices per case (all real)"] = [B * N * D]
+        images = torch.zeros(B, N, 1, D, S, S)
+        if mc.encoder == "resnet_vit":
+            # stand-in: reuse the traced feature for every slice (the backbone is per-slice)
+            orig = enc.slice_features
+            enc.slice_features = lambda x: feat.expand(x.shape[0], -1)  # type: ignore[assignment]
+        try:
+            out = model(images, torch.ones(B, N, dtype=torch.bool), torch.ones(B, N, D, dtype=torch.bool),
+                        torch.ones(B, N, dtype=torch.long), return_details=True)
+        finally:
+            if mc.encoder == "resnet_vit":
+                del enc.slice_features
+    shapes["scan embeddings [B, N, width]"] = list(out.scan_embeddings.shape)
+    if model.fusion is not None:
+        shapes["fusion tokens ([CLS] + N)"] = [B, N + 1, mc.width]
+    shapes["case embedding [B, width]"] = list(out.case_embedding.shape)
+    shapes["logits [B, C]"] = list(out.logits.shape)
+    return {"preset": cfg.preset, "encoder": mc.encoder, "fusion": mc.fusion, "head": mc.head,
+            "num_classes": num_classes, "params": params, "shapes": shapes}
+
+
+def format_description(d: dict[str, Any]) -> str:
+    lines = [f"preset {d['preset']}: encoder={d['encoder']} fusion={d['fusion']} head={d['head']} "
+             f"classes={d['num_classes']}", "parameters:"]
+    lines += [f"  {k:<36} {v:>13,}" for k, v in d["params"].items()]
+    lines.append("shapes:")
+    lines += [f"  {k:<40} {' x '.join(map(str, v))}" for k, v in d["shapes"].items()]
+    return "\n".join(lines)
