@@ -9,7 +9,8 @@ the choice is fixed (the first scans in case order); in training it is random pe
 """
 from __future__ import annotations
 
-from collections import defaultdict
+import logging
+from collections import Counter, defaultdict
 from typing import Callable, Optional
 
 import numpy as np
@@ -21,6 +22,8 @@ from raddiag.data.case import modality_id
 from raddiag.data.labels import LabelSpace
 from raddiag.data.preprocess import depth_indices, resize_slices
 from raddiag.data.store import PreparedData
+
+log = logging.getLogger(__name__)
 
 # A scan handed to a ScanTransform: {"image": float32 tensor [1, d, H, W] (real slices only),
 # "is_3d": bool, "key_slice": int (-1 none), "modality": str}. Returns the same kind of dict.
@@ -74,11 +77,22 @@ class CaseDataset(Dataset):
         self.scan_transform = scan_transform
         self.seed = seed
         self.epoch = 0
+        # Labels outside the label space cannot be encoded: never drop them silently.
+        self.dropped_labels: dict[str, list[str]] = {}   # case id -> its labels not in the label space
         self._targets = np.stack([self._encode(r) for r in self.records])
+        if self.dropped_labels:
+            counts = Counter(n for names in self.dropped_labels.values() for n in names)
+            log.warning("%s split %r: %d case(s) carry %d label(s) outside the label space (%d classes), "
+                        "dropped from their targets: %s", self.data.root, split, len(self.dropped_labels),
+                        len(counts), len(label_space),
+                        ", ".join(f"{k!r} x{v}" for k, v in counts.most_common()))
 
     def _encode(self, rec: dict) -> np.ndarray:
         raw = rec["icd10"] if self.labels.granularity == "icd10" else rec["labels"]
         names = [x for x in raw if x != "Normal"] or ["Normal"]
+        missing = [n for n in names if n not in self.labels]
+        if missing:
+            self.dropped_labels[rec["id"]] = missing
         return self.labels.encode(names, strict=False)
 
     @property

@@ -1,0 +1,141 @@
+"""``raddiag data prepare | stats | synth``: thin handlers over the data library."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    data = subparsers.add_parser("data", help="prepare datasets, show their statistics, make synthetic cases")
+    sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    data.set_defaults(func=lambda args: data.print_help() or 2)
+
+    from raddiag.data.adapters import ADAPTERS  # light: adapters import nothing heavy at module level
+
+    p = sub.add_parser("prepare", help="read a source, preprocess and cache its cases (with a report of every skip)",
+                       description="Read SOURCE with the adapter --format, resize / resample / scale every scan, and "
+                                   "write a prepared dataset to --out. Unusable scans are skipped and listed in "
+                                   "OUT/report.txt (--strict stops at the first).")
+    p.add_argument("source", help="the dataset folder or file (JSON, manifest .jsonl, .npz)")
+    p.add_argument("--format", required=True, choices=sorted(ADAPTERS), help="source layout")
+    p.add_argument("--out", required=True, help="output folder of the prepared dataset")
+    p.add_argument("--size", type=int, default=256, help="slice size in pixels (default 256)")
+    p.add_argument("--depth", type=int, default=32, help="max slices per 3D scan (default 32)")
+    p.add_argument("--window", type=float, nargs=2, metavar=("LO", "HI"), help="intensity window before scaling")
+    p.add_argument("--strict", action="store_true", help="stop at the first unusable scan instead of skipping it")
+    p.add_argument("--seed", type=int, default=0, help="seed of generated splits (default 0)")
+    p.add_argument("--workers", type=int, default=None, help="reader processes (default min(4, CPUs))")
+    p.add_argument("--limit", type=int, default=None, help="only the first N cases (quick trials)")
+    p.add_argument("--images", help="rp3d: folder holding the scan files (default: the JSON's folder)")
+    p.add_argument("--split-files", help="rp3d: train=a.json,val=b.json,test=c.json")
+    p.add_argument("--npz", help="medmnist3d: the .npz file (default: the one in SOURCE)")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="share of official-train patients moved to val where the source has no val (default 1/8)")
+    p.add_argument("--label-space", help="check labels against this label space (release disorder_label_dict.json "
+                                         "or a labels_*.json); unknown labels are listed (--strict: an error)")
+    p.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("stats", help="the dataset's Figure 2: modality / anatomy / scans-per-case / class counts + PNGs")
+    s.add_argument("dir", help="a prepared dataset folder")
+    s.add_argument("--out", help="output folder (default DIR/stats)")
+    s.add_argument("--no-plots", action="store_true", help="numbers only")
+    s.set_defaults(func=cmd_stats)
+
+    # --- hook for `data synth` (owned by raddiag.data.synth, written separately) ----------------
+    # synth.py registers its own sub-command with add_synth_parser(sub) (or register_synth(sub)).
+    try:
+        synth = importlib.import_module("raddiag.data.synth")
+    except ModuleNotFoundError as exc:
+        if exc.name != "raddiag.data.synth":
+            raise
+        synth = None
+    if synth is not None:
+        hook = getattr(synth, "add_synth_parser", None) or getattr(synth, "register_synth", None)
+        if hook is not None:
+            hook(sub)
+
+
+def _split_files(text: str | None) -> dict | None:
+    if not text:
+        return None
+    out = {}
+    for part in text.split(","):
+        if "=" not in part:
+            raise ValueError(f"--split-files: expected SPLIT=FILE pairs separated by commas, got {part!r}")
+        k, v = part.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _load_label_space(path: str):
+    import json
+    from pathlib import Path
+
+    from raddiag.data.labels import LabelSpace
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: label space file does not exist")
+    d = json.loads(p.read_text())
+    return LabelSpace.from_dict(d) if isinstance(d, dict) and "classes" in d else LabelSpace.from_release(p)
+
+
+def unknown_labels(cases, label_space) -> dict[str, list[str]]:
+    """label -> ids of the cases carrying it, for every label not in ``label_space``."""
+    out: dict[str, list[str]] = {}
+    for c in cases:
+        for name in label_space.case_labels(c):
+            if name not in label_space:
+                out.setdefault(name, []).append(c.id)
+    return out
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from raddiag.data.adapters import load_source
+    from raddiag.data.stats import prepare_summary
+    from raddiag.data.store import prepare_cases
+
+    opts = {"images": args.images, "split_files": _split_files(args.split_files), "npz": args.npz,
+            "seed": args.seed, "val_fraction": args.val_fraction}
+    result = load_source(args.format, args.source, **opts)
+    cases = result.cases[: args.limit] if args.limit else result.cases
+    notes = list(result.notes)
+    if args.limit:
+        kept = {c.id for c in cases}
+        result.skipped = [s for s in result.skipped if s.get("case") in kept]
+        notes.append(f"--limit: only the first {len(cases)} of {len(result.cases)} cases")
+    if args.label_space:
+        ls = _load_label_space(args.label_space)
+        unknown = unknown_labels(cases, ls)
+        if unknown:
+            desc = "; ".join(f"{k!r} ({len(v)} case(s), e.g. {v[0]})" for k, v in sorted(unknown.items()))
+            msg = f"{len(unknown)} label(s) are not in the label space {args.label_space}: {desc}"
+            if args.strict:
+                raise ValueError(msg)
+            notes.append(msg)
+    report = prepare_cases(cases, args.out, size=args.size, depth=args.depth, window=args.window,
+                           strict=args.strict, seed=args.seed, workers=args.workers, progress=True,
+                           pre_skipped=result.skipped)
+    if notes:   # the adapter's notes belong in the written report too
+        import json
+
+        report.notes = notes + report.notes
+        out = Path(args.out)
+        (out / "report.json").write_text(json.dumps(report.to_dict(), indent=1))
+        (out / "report.txt").write_text(report.text() + "\n")
+    print(prepare_summary(args.out, report, notes))
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from raddiag.data.stats import stats_text, write_stats
+
+    st, out = write_stats(args.dir, args.out, plots=not args.no_plots)
+    print(stats_text(st))
+    print(f"written: {out / 'stats.json'}, {out / 'stats.txt'}" + (", " + ", ".join(st.get("plots", [])) if st.get("plots") else ""))
+    return 0

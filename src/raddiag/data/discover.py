@@ -1,0 +1,73 @@
+"""Find the scans of one case folder (used by ``raddiag predict CASE_FOLDER``).
+
+DICOM files are grouped into series by ``SeriesInstanceUID`` (modality from the
+``Modality`` tag); NIfTI, NPY and PNG / JPEG files are one scan each and need the
+modality from the caller. Sub-folders are searched too.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional
+
+from raddiag.data.case import Scan, canonical_modality
+from raddiag.data.errors import ScanError
+from raddiag.data.readers import IMAGE_SUFFIXES, dicom_modality, is_dicom, read_dicom_header
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".npy")
+
+
+def _is_volume_or_image(p: Path) -> bool:
+    name = p.name.lower()
+    return name.endswith(VOLUME_SUFFIXES) or p.suffix.lower() in IMAGE_SUFFIXES
+
+
+def scans_in_folder(folder: str | Path, modality: Optional[str] = None, recursive: bool = True) -> list[Scan]:
+    """The scans in ``folder``: one per DICOM series, one per other image/volume file.
+
+    ``modality`` is required when the folder holds non-DICOM files (raises ValueError naming
+    the first such file otherwise); for DICOM it overrides nothing: the tag decides, and
+    ``modality`` is only the fallback for files without a ``Modality`` tag.
+    Hidden files and unrelated files (JSON, text) are ignored. Raises FileNotFoundError if the
+    folder does not exist and ValueError if it holds no scan.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder}: case folder does not exist")
+    if folder.is_file():
+        files = [folder]
+        folder = folder.parent
+    else:
+        files = sorted(p for p in (folder.rglob("*") if recursive else folder.iterdir())
+                       if p.is_file() and not p.name.startswith("."))
+    fallback = canonical_modality(modality, source=str(folder)) if modality else None
+    series: dict[str, list[Path]] = defaultdict(list)
+    series_mod: dict[str, str] = {}
+    scans: list[Scan] = []
+    for p in files:
+        if p.name == "DICOMDIR":
+            continue
+        if is_dicom(p):
+            ds = read_dicom_header(p)
+            uid = str(getattr(ds, "SeriesInstanceUID", "") or f"file:{p}")
+            series[uid].append(p)
+            if uid not in series_mod:
+                tag = getattr(ds, "Modality", None)
+                if tag:
+                    series_mod[uid] = dicom_modality(p)
+                elif fallback:
+                    series_mod[uid] = fallback
+                else:
+                    raise ScanError(p, "DICOM file has no Modality tag; pass the modality explicitly")
+        elif _is_volume_or_image(p):
+            if fallback is None:
+                raise ScanError(p, "the modality of a non-DICOM file cannot be read from it; "
+                                   "pass it explicitly (e.g. --modality CT)")
+            scans.append(Scan(paths=[str(p)], modality=fallback, id=str(p.relative_to(folder))))
+    for uid, paths in series.items():
+        scans.append(Scan(paths=[str(p) for p in paths], modality=series_mod[uid],
+                          id=f"{paths[0].parent.relative_to(folder) if paths[0].parent != folder else '.'}:{uid[-12:]}"))
+    if not scans:
+        raise ValueError(f"{folder}: no scans found (DICOM, NIfTI, NPY, PNG or JPEG files)")
+    scans.sort(key=lambda s: s.paths[0])
+    return scans

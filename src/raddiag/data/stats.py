@@ -1,0 +1,195 @@
+"""Dataset statistics: the paper's Figure 2 in numbers and plots.
+
+(a) modality distribution of abnormal vs normal cases, (b) anatomy distribution of abnormal
+vs normal cases, (c) scans per case, (d) cases per class (long-tail curve) at disorder and
+ICD-10-CM granularity with head / medium / tail counts (head >= 100 training cases,
+medium >= 30, tail fewer; Normal is head).
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+from raddiag.data.case import NORMAL, Case
+from raddiag.data.store import PreparedData, PrepareReport
+
+
+def _is_normal(rec: dict, field: str = "labels") -> bool:
+    return not [x for x in rec.get(field) or [] if x != NORMAL]
+
+
+def compute_stats(data: str | Path | PreparedData) -> dict:
+    """Numbers of a prepared dataset (JSON-serialisable)."""
+    data = data if isinstance(data, PreparedData) else PreparedData(data)
+    recs = data.records
+    out: dict = {"root": str(data.root), "cases": len(recs), "scans": sum(len(r["scans"]) for r in recs),
+                 "size": data.size, "depth": data.depth}
+    out["splits"] = {s: {"cases": sum(r["split"] == s for r in recs),
+                         "scans": sum(len(r["scans"]) for r in recs if r["split"] == s)}
+                     for s in ("train", "val", "test")}
+    mod = {"abnormal": Counter(), "normal": Counter()}
+    ana = {"abnormal": Counter(), "normal": Counter()}
+    scans_mod: Counter = Counter()
+    for r in recs:
+        kind = "normal" if _is_normal(r) else "abnormal"
+        mods = {s["modality"] for s in r["scans"]}
+        mod[kind].update(mods)                       # cases containing the modality (Figure 2a)
+        scans_mod.update(s["modality"] for s in r["scans"])
+        anats = {s.get("anatomy") for s in r["scans"] if s.get("anatomy")} or {r.get("anatomy") or "unknown"}
+        ana[kind].update(anats)
+    out["modality_cases"] = {k: dict(v.most_common()) for k, v in mod.items()}
+    out["modality_scans"] = dict(scans_mod.most_common())
+    out["anatomy_cases"] = {k: dict(v.most_common()) for k, v in ana.items()}
+    out["modalities_per_case"] = dict(sorted(Counter(len({s["modality"] for s in r["scans"]}) for r in recs).items()))
+    out["scans_per_case"] = dict(sorted(Counter(len(r["scans"]) for r in recs).items()))
+    out["normal_cases"] = sum(_is_normal(r) for r in recs)
+    out["classes"] = {}
+    for gran, field in (("disorder", "labels"), ("icd10", "icd10")):
+        ls = data.label_space(gran)
+        all_counts = Counter(x for r in recs for x in ([y for y in r.get(field) or [] if y != NORMAL] or [NORMAL]))
+        groups = ls.groups
+        out["classes"][gran] = {
+            "n_classes": len(ls),
+            "cases_per_class": dict(all_counts.most_common()),
+            "train_counts": dict(zip(ls.names, ls.counts)),
+            "groups": {g: int((groups == g).sum()) for g in ("head", "medium", "tail")},
+            "group_rule": f"head >= {ls.head_min} training cases, medium >= {ls.medium_min}, tail fewer; Normal is head",
+        }
+    return out
+
+
+def stats_text(st: dict) -> str:
+    lines = [f"{st['root']}: {st['cases']} cases, {st['scans']} scans ({st['normal_cases']} normal cases); "
+             f"stored at {st['size']}x{st['size']}, depth <= {st['depth']}"]
+    lines.append("split    cases   scans")
+    for s, v in st["splits"].items():
+        lines.append(f"{s:<7}{v['cases']:>7}{v['scans']:>8}")
+    lines.append("modality (cases containing it)   abnormal   normal   scans")
+    for m in sorted(set(st["modality_cases"]["abnormal"]) | set(st["modality_cases"]["normal"]),
+                    key=lambda m: -st["modality_scans"].get(m, 0)):
+        lines.append(f"  {m:<31}{st['modality_cases']['abnormal'].get(m, 0):>9}"
+                     f"{st['modality_cases']['normal'].get(m, 0):>9}{st['modality_scans'].get(m, 0):>8}")
+    lines.append("anatomy                          abnormal   normal")
+    for a in sorted(set(st["anatomy_cases"]["abnormal"]) | set(st["anatomy_cases"]["normal"])):
+        lines.append(f"  {a:<31}{st['anatomy_cases']['abnormal'].get(a, 0):>9}{st['anatomy_cases']['normal'].get(a, 0):>9}")
+    lines.append("scans per case: " + ", ".join(f"{k}: {v}" for k, v in st["scans_per_case"].items()))
+    lines.append("modalities per case: " + ", ".join(f"{k}: {v}" for k, v in st["modalities_per_case"].items()))
+    for gran, c in st["classes"].items():
+        g = c["groups"]
+        lines.append(f"{gran}: {c['n_classes']} classes; head {g['head']}, medium {g['medium']}, tail {g['tail']} "
+                     f"({c['group_rule']})")
+        top = list(c["cases_per_class"].items())
+        lines.append("  cases per class: " + ", ".join(f"{k} {v}" for k, v in top[:12])
+                     + (f", ... ({len(top) - 12} more)" if len(top) > 12 else ""))
+    return "\n".join(lines)
+
+
+def plot_stats(st: dict, out_dir: str | Path) -> list[Path]:
+    """Figure 2 panels as PNGs (matplotlib, Agg backend). Returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+
+    def two_bars(key: str, title: str, fname: str):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, kind, colour in zip(axes, ("abnormal", "normal"), ("tab:red", "tab:blue")):
+            d = st[key][kind]
+            names, vals = list(d), list(d.values())
+            total = sum(vals) or 1
+            bars = ax.barh(names[::-1], vals[::-1], color=colour)
+            for b, v in zip(bars, vals[::-1]):
+                ax.text(b.get_width(), b.get_y() + b.get_height() / 2, f" {v} ({100 * v / total:.1f}%)",
+                        va="center", fontsize=8)
+            ax.set_title(f"{title}: {kind} cases")
+            ax.set_xlabel("cases")
+            ax.margins(x=0.3)
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=110)
+        plt.close(fig)
+        files.append(out / fname)
+
+    two_bars("modality_cases", "Modality", "modality.png")
+    two_bars("anatomy_cases", "Anatomy", "anatomy.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    k = list(st["scans_per_case"])
+    ax.bar([str(x) for x in k], list(st["scans_per_case"].values()), color="tab:green")
+    ax.set_xlabel("scans in the case")
+    ax.set_ylabel("cases")
+    ax.set_title("Cases by number of scans")
+    fig.tight_layout()
+    fig.savefig(out / "scans_per_case.png", dpi=110)
+    plt.close(fig)
+    files.append(out / "scans_per_case.png")
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (gran, c) in zip(axes, st["classes"].items()):
+        counts = sorted((v for n, v in c["cases_per_class"].items() if n != NORMAL), reverse=True)
+        if counts:
+            ax.plot(range(1, len(counts) + 1), counts, marker="." if len(counts) < 50 else None)
+            ax.set_yscale("log")
+        for thr, name in ((100, "head"), (30, "medium")):
+            ax.axhline(thr, ls=":", color="grey")
+            ax.text(len(counts) or 1, thr, f" {name} >= {thr}", va="bottom", ha="right", fontsize=8)
+        g = c["groups"]
+        ax.set_title(f"{gran}: {len(counts)} abnormal classes (head {g['head']}, medium {g['medium']}, tail {g['tail']})",
+                     fontsize=9)
+        ax.set_xlabel("class rank")
+        ax.set_ylabel("cases (log)")
+    fig.tight_layout()
+    fig.savefig(out / "class_distribution.png", dpi=110)
+    plt.close(fig)
+    files.append(out / "class_distribution.png")
+    return files
+
+
+def write_stats(data_dir: str | Path, out_dir: Optional[str | Path] = None, plots: bool = True) -> tuple[dict, Path]:
+    """Compute, save ``stats.json`` + ``stats.txt`` (+ PNGs) into ``out_dir`` (default DIR/stats)."""
+    st = compute_stats(data_dir)
+    out = Path(out_dir) if out_dir else Path(data_dir) / "stats"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "stats.json").write_text(json.dumps(st, indent=1))
+    (out / "stats.txt").write_text(stats_text(st) + "\n")
+    if plots:
+        st["plots"] = [str(p) for p in plot_stats(st, out)]
+    return st, out
+
+
+def prepare_summary(out_dir: str | Path, report: PrepareReport, notes: list[str] = ()) -> str:
+    """What ``data prepare`` prints: cases / scans per split, label counts (disorder and ICD),
+    modality counts, source notes and every skipped file with its reason."""
+    data = PreparedData(out_dir)
+    recs = data.records
+    lines = [f"prepared {report.cases_out} of {report.cases_in} cases, {report.scans_out} of {report.scans_in} scans "
+             f"-> {out_dir}"]
+    lines += [f"  note: {n}" for n in notes]
+    lines.append("  split    cases   scans")
+    for s in ("train", "val", "test"):
+        rs = [r for r in recs if r["split"] == s]
+        lines.append(f"  {s:<7}{len(rs):>7}{sum(len(r['scans']) for r in rs):>8}")
+    for gran, field in (("disorder", "labels"), ("ICD-10-CM", "icd10")):
+        c = Counter(x for r in recs for x in ([y for y in r.get(field) or [] if y != NORMAL] or [NORMAL]))
+        lines.append(f"  {gran} labels ({len(c)}): " + ", ".join(f"{k} {v}" for k, v in c.most_common()))
+    mc = Counter(s["modality"] for r in recs for s in r["scans"])
+    lines.append("  modalities (scans): " + ", ".join(f"{k} {v}" for k, v in mc.most_common()))
+    skipped = report.skipped_scans + report.skipped_cases
+    if skipped:
+        lines.append(f"  skipped {len(report.skipped_scans)} scan(s), {len(report.skipped_cases)} case(s):")
+        for s in report.skipped_scans:
+            lines.append(f"    case {s['case']}: {s['file']}: {s['reason']}")
+        for s in report.skipped_cases:
+            lines.append(f"    case {s['case']}: {s['reason']}")
+    else:
+        lines.append("  nothing skipped")
+    lines.append(f"  full report: {Path(out_dir) / 'report.txt'} (and report.json)")
+    return "\n".join(lines)
+
+
+__all__ = ["compute_stats", "stats_text", "plot_stats", "write_stats", "prepare_summary", "Case"]
