@@ -89,13 +89,16 @@ def prepare_cases(
     workers: Optional[int] = None,
     progress: bool = False,
     pre_skipped: Sequence[dict] = (),
+    head_min: int = 100,
+    medium_min: int = 30,
 ) -> PrepareReport:
     """Read, preprocess and cache ``cases`` into ``out_dir``.
 
     Cases without a split get a seeded patient-level 7:1:2 split. A scan that cannot be used
     is skipped and reported (``strict`` raises at the first); a case left without scans is
     skipped too. ``pre_skipped`` carries problems an adapter found before reading
-    (e.g. missing files), so that one report lists everything.
+    (e.g. missing files), so that one report lists everything. ``head_min`` / ``medium_min``
+    are the head / medium cut-offs (training cases) written into the label spaces.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -159,7 +162,7 @@ def prepare_cases(
     report.scans_out = sum(len(r["scans"]) for r in kept)
     kept_cases = [_case_from_record(r) for r in kept]
     for gran in ("disorder", "icd10"):
-        LabelSpace.from_cases(kept_cases, granularity=gran).save(out / f"labels_{gran}.json")
+        LabelSpace.from_cases(kept_cases, granularity=gran, head_min=head_min, medium_min=medium_min).save(out / f"labels_{gran}.json")
     meta = {"format_version": FORMAT_VERSION, "size": size, "depth": depth,
             "window": list(window) if window is not None else None,
             "n_slices": n_slices, "dtype": "float16"}
