@@ -120,7 +120,8 @@ def plot_stats(st: dict, out_dir: str | Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     k = list(st["scans_per_case"])
-    ax.bar([str(x) for x in k], list(st["scans_per_case"].values()), color="tab:green")
+    ax.bar(range(len(k)), list(st["scans_per_case"].values()), color="tab:green")
+    ax.set_xticks(range(len(k)), [str(x) for x in k])
     ax.set_xlabel("scans in the case")
     ax.set_ylabel("cases")
     ax.set_title("Cases by number of scans")
@@ -139,7 +140,8 @@ def plot_stats(st: dict, out_dir: str | Path) -> list[Path]:
             ax.axhline(thr, ls=":", color="grey")
             ax.text(len(counts) or 1, thr, f" {name} >= {thr}", va="bottom", ha="right", fontsize=8)
         g = c["groups"]
-        ax.set_title(f"{gran}: {len(counts)} abnormal classes (head {g['head']}, medium {g['medium']}, tail {g['tail']})",
+        ax.set_title(f"{gran}: {len(counts)} abnormal classes; by training counts: head {g['head']} (incl. Normal), "
+                     f"medium {g['medium']}, tail {g['tail']}",
                      fontsize=9)
         ax.set_xlabel("class rank")
         ax.set_ylabel("cases (log)")

@@ -1,0 +1,133 @@
+"""Readers (DICOM series / multi-frame / colour, images, NIfTI, NPY, NPZ) and case-folder discovery."""
+import numpy as np
+import pytest
+
+from raddiag.data.case import Scan
+from raddiag.data.discover import scans_in_folder
+from raddiag.data.errors import ScanError
+from raddiag.data.readers import read_file, read_scan
+
+pydicom = pytest.importorskip("pydicom")
+
+
+def _dicom(path, pixels, *, z=0.0, instance=1, series="1.2.3.4", slope=1.0, intercept=0.0,
+           modality="CT", photometric="MONOCHROME2", frames=None):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.SeriesInstanceUID = series
+    ds.Modality = modality
+    ds.InstanceNumber = instance
+    ds.ImagePositionPatient = [0.0, 0.0, float(z)]
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.RescaleSlope = slope
+    ds.RescaleIntercept = intercept
+    arr = np.asarray(pixels)
+    if photometric == "RGB":
+        ds.set_pixel_data(arr.astype(np.uint8), photometric_interpretation="RGB", bits_stored=8)
+    else:
+        ds.set_pixel_data(arr.astype(np.uint16), photometric_interpretation=photometric, bits_stored=12)
+    ds.save_as(path, enforce_file_format=True)
+    return str(path)
+
+
+def test_dicom_series_sorted_by_position_with_rescale(tmp_path):
+    folder = tmp_path / "series"
+    folder.mkdir()
+    # slice k holds value k; written in shuffled order with instance numbers that lie
+    order = [3, 0, 4, 1, 2]
+    for n, k in enumerate(order):
+        _dicom(folder / f"f{n}.dcm", np.full((6, 5), k + 10), z=-2.5 * k, instance=n + 1,
+               slope=2.0, intercept=-1024)
+    vol = read_file(folder)
+    assert vol.shape == (5, 6, 5)
+    # z decreases with k, so sorting along the normal (+z) gives k = 4, 3, 2, 1, 0
+    assert vol[:, 0, 0].tolist() == [2 * (k + 10) - 1024 for k in (4, 3, 2, 1, 0)]
+    files = sorted(str(p) for p in folder.iterdir())
+    assert np.array_equal(read_scan(Scan(files, "CT")), vol)   # a list of files is a series too
+
+
+def test_dicom_multiframe_monochrome1_and_rgb(tmp_path):
+    frames = np.stack([np.full((4, 4), v) for v in (1, 2, 3)])
+    vol = read_file(_dicom(tmp_path / "mf.dcm", frames, slope=0.5))
+    assert vol.shape == (3, 4, 4) and vol[:, 0, 0].tolist() == [0.5, 1.0, 1.5]
+    inv = read_file(_dicom(tmp_path / "m1.dcm", np.array([[0, 100], [50, 100]]), photometric="MONOCHROME1"))
+    assert inv[0].tolist() == [[100, 0], [50, 0]]
+    rgb = np.zeros((4, 4, 3)); rgb[..., 0] = 255
+    grey = read_file(_dicom(tmp_path / "rgb.dcm", rgb, photometric="RGB"))
+    assert grey.shape == (1, 4, 4) and np.allclose(grey, 0.299 * 255, atol=0.01)
+
+
+def test_dicom_corrupt_and_truncated_files_name_the_file(tmp_path):
+    good = _dicom(tmp_path / "good.dcm", np.arange(64).reshape(8, 8))
+    data = open(good, "rb").read()
+    (tmp_path / "trunc.dcm").write_bytes(data[: len(data) - 40])
+    (tmp_path / "junk.dcm").write_bytes(b"not a dicom file at all" * 10)
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    for name in ("trunc.dcm", "junk.dcm", "empty.dcm"):
+        with pytest.raises(ScanError) as e:
+            read_file(tmp_path / name)
+        assert name in str(e.value)
+
+
+def test_images_rgb_multiframe_nifti_npy_npz_and_bad_inputs(tmp_path):
+    from PIL import Image
+    import nibabel as nib
+
+    rgb = np.zeros((5, 7, 3), np.uint8); rgb[..., 1] = 200
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    img = read_file(tmp_path / "c.png")
+    assert img.shape == (1, 5, 7) and abs(img.mean() - 0.587 * 200) < 1.5
+    pages = [Image.fromarray(np.full((4, 4), v, np.uint8)) for v in (10, 20, 30)]
+    pages[0].save(tmp_path / "m.tif", save_all=True, append_images=pages[1:])
+    assert read_file(tmp_path / "m.tif")[:, 0, 0].tolist() == [10, 20, 30]
+    nib.save(nib.Nifti1Image(np.random.rand(6, 5, 4).astype(np.float32), np.eye(4)), tmp_path / "v.nii.gz")
+    assert read_file(tmp_path / "v.nii.gz").shape == (4, 6, 5)
+    np.savez(tmp_path / "m.npz", train_images=np.random.rand(3, 4, 5, 6))
+    assert read_file(f"{tmp_path / 'm.npz'}#train_images/2").shape == (4, 5, 6)
+    with pytest.raises(ScanError, match="out of range"):
+        read_file(f"{tmp_path / 'm.npz'}#train_images/9")
+    with pytest.raises(ScanError, match="has no array 'val_images'"):
+        read_file(f"{tmp_path / 'm.npz'}#val_images/0")
+    np.save(tmp_path / "zero.npy", np.zeros((0, 4, 4)))
+    with pytest.raises(ScanError, match="zero.npy: empty array"):
+        read_file(tmp_path / "zero.npy")
+    np.save(tmp_path / "ok.npy", np.random.rand(16, 16, 4))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "ok.npy").read_bytes()[:300])
+    with pytest.raises(ScanError, match="cut.npy: cannot be read"):
+        read_file(tmp_path / "cut.npy")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "c.png").read_bytes()[:30])
+    with pytest.raises(ScanError, match="cut.png: cannot be read"):
+        read_file(tmp_path / "cut.png")
+    with pytest.raises(ScanError, match="nope.nii.gz: file does not exist"):
+        read_file(tmp_path / "nope.nii.gz")
+    with pytest.raises(ScanError, match="unsupported file type"):
+        (tmp_path / "x.txt").write_text("hi"); read_file(tmp_path / "x.txt")
+
+
+def test_scans_in_folder_groups_series_and_needs_modality_for_other_files(tmp_path):
+    case = tmp_path / "case"
+    (case / "ct").mkdir(parents=True)
+    for k in range(3):
+        _dicom(case / "ct" / f"{k}.dcm", np.full((4, 4), k), z=k, series="1.1")
+        _dicom(case / "ct" / f"mr{k}.dcm", np.full((4, 4), k), z=k, series="2.2", modality="MR")
+    scans = scans_in_folder(case)
+    assert sorted((s.modality, len(s.paths)) for s in scans) == [("CT", 3), ("MRI", 3)]
+    np.save(case / "xr.npy", np.random.rand(8, 8))
+    with pytest.raises(ValueError, match="xr.npy: .*pass it explicitly"):
+        scans_in_folder(case)
+    scans = scans_in_folder(case, modality="X-ray")
+    assert sorted(s.modality for s in scans) == ["CT", "MRI", "X-ray"]
+    with pytest.raises(FileNotFoundError):
+        scans_in_folder(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no scans found"):
+        scans_in_folder(tmp_path / "empty")
