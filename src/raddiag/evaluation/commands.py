@@ -1,0 +1,108 @@
+"""``raddiag evaluate`` (a run folder on a dataset split) and ``raddiag metrics`` (saved predictions)."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a trained run on a split of a prepared dataset",
+                       description="Predict a split with a run's model (and the val split for thresholds), "
+                                   "then write metrics.json, per_class.csv, predictions.npz and report.html.")
+    p.add_argument("run", help="run folder (config.yaml, label_space.json, model.safetensors)")
+    p.add_argument("--data", required=True, help="prepared dataset folder")
+    p.add_argument("--split", default="test")
+    p.add_argument("--val-split", default="val", help="split used to choose thresholds ('' for none)")
+    p.add_argument("--out", default=None, help="output folder (default RUN/eval-SPLIT)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (0: no CIs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--store-thresholds", action="store_true",
+                   help="write the validation thresholds into the run's label_space.json")
+    p.add_argument("--plot-classes", nargs="*", default=None, help="class names for the distribution plot")
+    p.set_defaults(func=_evaluate)
+
+    q = sub.add_parser("metrics", help="score saved predictions (scores/labels .npz)",
+                       description="Metrics, bootstrap CIs and report for any model's saved predictions: "
+                                   "an .npz with scores [N, C], labels [N, C], optional case_ids, anatomy.")
+    q.add_argument("--pred", required=True, help="test predictions .npz")
+    q.add_argument("--val", default=None, help="validation predictions .npz (thresholds by maximal F1)")
+    q.add_argument("--labels", default=None, help="label_space.json (default: classes 0..C-1, all in 'all')")
+    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--n-boot", type=int, default=1000)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--plot-classes", nargs="*", default=None)
+    q.set_defaults(func=_metrics)
+
+
+def load_predictions(path: str) -> dict:
+    """``{scores, labels, case_ids?, anatomy?}`` from an .npz, with clear errors."""
+    from pathlib import Path
+
+    import numpy as np
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: predictions file does not exist")
+    try:
+        z = np.load(p, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file
+        raise ValueError(f"{p}: not a readable .npz ({exc})") from None
+    for k in ("scores", "labels"):
+        if k not in z.files:
+            raise ValueError(f"{p}: missing array {k!r} (has {z.files})")
+    out = {"scores": z["scores"], "labels": z["labels"]}
+    for k in ("case_ids", "anatomy"):
+        if k in z.files:
+            out[k] = [str(x) for x in z[k]]
+    return out
+
+
+def _evaluate(args) -> int:
+    from raddiag.evaluation.run_eval import evaluate_run
+
+    res = evaluate_run(args.run, args.data, args.split, args.out, val_split=args.val_split or None,
+                       n_boot=args.n_boot, seed=args.seed, device=args.device, batch_size=args.batch_size,
+                       store_thresholds=args.store_thresholds, plot_classes=args.plot_classes)
+    _print_summary(res["metrics"], res["out_dir"])
+    return 0
+
+
+def _metrics(args) -> int:
+    from pathlib import Path
+
+    from raddiag.data.labels import LabelSpace
+    from raddiag.evaluation.engine import evaluate_predictions
+
+    test = load_predictions(args.pred)
+    val = load_predictions(args.val) if args.val else None
+    c = test["scores"].shape[-1] if test["scores"].ndim == 2 else 1
+    if args.labels:
+        space = LabelSpace.load(args.labels)
+    else:
+        space = LabelSpace(names=[f"class_{i}" for i in range(c)], counts=[10 ** 6] * c)
+    evaluate_predictions(test["scores"], test["labels"], space,
+                         val_scores=None if val is None else val["scores"],
+                         val_labels=None if val is None else val["labels"],
+                         anatomy=test.get("anatomy"), case_ids=test.get("case_ids"), out_dir=args.out,
+                         n_boot=args.n_boot, seed=args.seed, plot_classes=args.plot_classes, progress=True,
+                         title=f"raddiag metrics: {Path(args.pred).name}")
+    import json
+
+    _print_summary(json.loads((Path(args.out) / "metrics.json").read_text()), args.out)
+    return 0
+
+
+def _print_summary(metrics: dict, out) -> None:
+    keys = ("auc", "ap", "f1", "mcc", "recall_at_fpr_0.05")
+    print(f"{'group':<10}" + "".join(f"{k:>20}" for k in keys))
+    for g in ("all", "head", "medium", "tail", "normal"):
+        if g not in metrics:
+            continue
+        cells = []
+        for k in keys:
+            v = metrics[g].get(k, {}).get("value")
+            cells.append(f"{'-' if v is None else f'{100 * v:.2f}':>20}")
+        print(f"{g:<10}" + "".join(cells))
+    print(f"threshold source: {metrics['meta']['threshold_note']}")
+    print(f"wrote {out}/metrics.json, per_class.csv, predictions.npz, report.html")

@@ -1,0 +1,202 @@
+"""The one evaluation engine: ``raddiag metrics`` (saved predictions) and ``raddiag evaluate``
+(a run folder) both call :func:`evaluate_predictions`.
+
+Groups (paper Section 2 / 4.3.1): ``all``, ``head``, ``medium``, ``tail`` (from the label space's
+training counts), ``normal`` (the ``Normal`` class: normal-vs-abnormal), and, when the cases'
+anatomy is given, ``anatomy/<name>`` (all classes, on that anatomy's cases) and
+``anatomy/<name>/normal`` (the Normal class on that anatomy's cases, the bar plot of Fig. 5a).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from raddiag.data.case import NORMAL
+from raddiag.data.labels import LabelSpace
+
+from .bootstrap import bootstrap_per_class, percentile_ci
+from .metrics import METRICS, best_f1_thresholds, check_inputs, macro, per_class_metrics
+
+log = logging.getLogger(__name__)
+
+CLASS_GROUPS = ("all", "head", "medium", "tail", "normal")
+FPR_GRID = np.linspace(0.0, 1.0, 101)
+THRESHOLD_SOURCES = {
+    "validation": "chosen by maximal F1 on the validation split",
+    "label_space": "stored in the label space (chosen earlier on validation)",
+    "test": "chosen on test (optimistic)",
+}
+
+
+def _group_masks(label_space: LabelSpace) -> dict[str, np.ndarray]:
+    return {g: label_space.group_mask(g) for g in CLASS_GROUPS}
+
+
+def _entry(value, ci, n_classes, n_excluded) -> dict:
+    f = (lambda x: None if x is None or not np.isfinite(x) else float(x))
+    return {"value": f(value), "ci_low": f(ci[0]), "ci_high": f(ci[1]),
+            "n_classes": int(n_classes), "n_excluded": int(n_excluded)}
+
+
+def _summarise(point: dict, boot: Optional[dict], masks: dict[str, np.ndarray], alpha: float) -> dict:
+    """``{group: {metric: entry}}`` from per-class point values and bootstrap replicates."""
+    res = {}
+    for g, mask in masks.items():
+        res[g] = {}
+        for k in METRICS:
+            if k not in point:
+                continue
+            v, n_used, n_excl = macro(point[k], mask)
+            ci = (None, None)
+            if boot is not None and k in boot and mask.any():
+                ci = percentile_ci(macro(boot[k], mask)[0], alpha)
+            res[g][k] = _entry(v, ci, n_used, n_excl)
+    return res
+
+
+def _choose_thresholds(c: int, label_space: LabelSpace, val_scores, val_labels, test_scores, test_labels,
+                       use_label_space_thresholds: bool):
+    if val_scores is not None:
+        val_scores, val_labels = check_inputs(val_scores, val_labels, "validation predictions")
+        if val_scores.shape[1] != c:
+            raise ValueError(f"validation predictions have {val_scores.shape[1]} classes, test has {c}")
+        thr, fb = best_f1_thresholds(val_scores, val_labels, return_fallback=True)
+        return thr, fb, "validation"
+    if use_label_space_thresholds and label_space.thresholds is not None:
+        return np.asarray(label_space.thresholds, dtype=np.float64), np.zeros(c, bool), "label_space"
+    log.warning("no validation predictions: thresholds for F1/MCC/ACC are chosen on the test split "
+                "itself (optimistic)")
+    thr, fb = best_f1_thresholds(test_scores, test_labels, return_fallback=True)
+    return thr, fb, "test"
+
+
+def default_plot_classes(point: dict, labels: np.ndarray, names: Sequence[str], k: int = 3) -> list[int]:
+    """Up to ``k`` best and ``k`` worst classes by AUC among those with the most positives
+    (at least 5 when available), as in Fig. 4a (three successful, three failed)."""
+    npos = labels.sum(0)
+    auc = point["auc"]
+    ok = ~np.isnan(auc)
+    if not ok.any():
+        return []
+    floor = min(5, int(npos[ok].max()))
+    cand = np.nonzero(ok & (npos >= floor))[0]
+    cand = cand[np.argsort(-auc[cand], kind="stable")]
+    pick = list(cand[:k]) + [c for c in cand[::-1][:k] if c not in cand[:k]]
+    return [int(c) for c in pick]
+
+
+def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_scores=None, val_labels=None,
+                         anatomy=None, case_ids=None, out_dir=None, n_boot: int = 1000, seed: int = 0,
+                         plot_classes=None, use_label_space_thresholds: bool = True, alpha: float = 0.05,
+                         progress: bool = False, title: str = "raddiag evaluation") -> dict:
+    """Score predictions (probabilities ``[N, C]``) against multi-hot labels.
+
+    Thresholds for F1/MCC/ACC: maximal F1 on ``val_*`` when given; else the label space's stored
+    thresholds (``use_label_space_thresholds``); else chosen on the test split and flagged
+    ``"chosen on test (optimistic)"`` in the output. Returns a dict with ``metrics`` (the
+    ``metrics.json`` content), ``per_class`` (``{metric: [C]}``), ``thresholds`` ``[C]``,
+    ``threshold_source`` and ``roc`` (per-group macro ROC curves with bands). With ``out_dir``
+    writes ``metrics.json``, ``per_class.csv``, ``predictions.npz`` and ``report.html``.
+    """
+    scores, labels = check_inputs(test_scores, test_labels, "test predictions")
+    n, c = scores.shape
+    if len(label_space) != c:
+        raise ValueError(f"label space has {len(label_space)} classes, predictions have {c}")
+    if anatomy is not None:
+        anatomy = np.array(["unknown" if a is None or a == "" else str(a) for a in anatomy], dtype=object)
+        if anatomy.shape != (n,):
+            raise ValueError(f"anatomy has {anatomy.shape[0]} entries for {n} cases")
+    if case_ids is not None and len(case_ids) != n:
+        raise ValueError(f"case_ids has {len(case_ids)} entries for {n} cases")
+
+    thr, fallback, source = _choose_thresholds(c, label_space, val_scores, val_labels, scores, labels,
+                                               use_label_space_thresholds)
+    point = per_class_metrics(scores, labels, thr, fpr_grid=FPR_GRID)
+    masks = _group_masks(label_space)
+    boot = None
+    if n_boot > 0:
+        boot = bootstrap_per_class(scores, labels, thr, n_boot=n_boot, seed=seed, progress=progress,
+                                   fpr_grid=FPR_GRID, roc_groups={g: m for g, m in masks.items() if g != "normal"})
+    metrics = _summarise(point, boot, masks, alpha)
+
+    roc = {}
+    for g, m in masks.items():
+        if g == "normal":
+            continue
+        curve = macro(point["roc"].T, m)[0] if m.any() else np.full(len(FPR_GRID), np.nan)
+        band = (np.full_like(curve, np.nan),) * 2
+        if boot is not None:
+            with np.errstate(all="ignore"):
+                band = tuple(np.nanpercentile(boot["roc"][g], q, axis=0) for q in (100 * alpha / 2, 100 * (1 - alpha / 2)))
+        roc[g] = {"fpr": FPR_GRID, "tpr": curve, "low": band[0], "high": band[1]}
+
+    anatomy_point = {}
+    if anatomy is not None:
+        normal_mask = masks["normal"]
+        for i, name in enumerate(sorted(set(anatomy))):
+            rows = anatomy == name
+            s_a, y_a = scores[rows], labels[rows]
+            p_a = per_class_metrics(s_a, y_a, thr)
+            b_a = (bootstrap_per_class(s_a, y_a, thr, n_boot=n_boot, seed=seed + 1 + i)
+                   if n_boot > 0 else None)
+            sub = _summarise(p_a, b_a, {"all": masks["all"], "normal": normal_mask}, alpha)
+            metrics[f"anatomy/{name}"] = sub["all"]
+            metrics[f"anatomy/{name}/normal"] = sub["normal"]
+            anatomy_point[name] = {"n_cases": int(rows.sum())}
+
+    defined = ~np.isnan(point["auc"])
+    metrics["meta"] = {
+        "n_cases": int(n), "n_classes": int(c),
+        "n_classes_defined": int(defined.sum()),
+        "n_classes_no_positive": int((labels.sum(0) == 0).sum()),
+        "n_classes_no_negative": int((labels.sum(0) == n).sum()),
+        "threshold_source": source,
+        "threshold_note": THRESHOLD_SOURCES[source],
+        "n_threshold_fallback": int(fallback.sum()),
+        "threshold_fallback_value": 0.5,
+        "n_boot": int(n_boot), "seed": int(seed), "ci": f"{100 * (1 - alpha):g}% percentile bootstrap over cases",
+        "recall_at_fpr": "largest TPR over ROC operating points (distinct score thresholds, score >= t is "
+                         "positive) with FPR <= target; no interpolation",
+        "anatomy_cases": anatomy_point,
+    }
+    if plot_classes is None:
+        plot_idx = default_plot_classes(point, labels, label_space.names)
+    else:
+        plot_idx = [label_space.index(p) if isinstance(p, str) else int(p) for p in plot_classes]
+    result = {"metrics": metrics, "per_class": point, "thresholds": thr, "threshold_source": source,
+              "threshold_fallback": fallback, "roc": roc, "plot_classes": plot_idx}
+    if out_dir is not None:
+        write_outputs(Path(out_dir), result, scores, labels, label_space, anatomy, case_ids, title)
+    return result
+
+
+def write_outputs(out: Path, result: dict, scores, labels, label_space: LabelSpace, anatomy, case_ids,
+                  title: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result["metrics"], indent=1))
+    point, thr = result["per_class"], result["thresholds"]
+    groups = label_space.groups
+    with open(out / "per_class.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "name", "code", "group", "train_count", "n_pos", "n_neg", "threshold",
+                    "threshold_fallback", *METRICS])
+        npos = labels.sum(0)
+        for i, name in enumerate(label_space.names):
+            w.writerow([i, name, label_space.codes[i] or "", groups[i], label_space.counts[i], int(npos[i]),
+                        int(len(labels) - npos[i]), f"{thr[i]:.6g}", int(result["threshold_fallback"][i]),
+                        *["" if np.isnan(point[k][i]) else f"{point[k][i]:.6f}" for k in METRICS]])
+    extra = {}
+    if case_ids is not None:
+        extra["case_ids"] = np.asarray([str(x) for x in case_ids])
+    if anatomy is not None:
+        extra["anatomy"] = np.asarray([str(x) for x in anatomy])
+    np.savez_compressed(out / "predictions.npz", scores=np.asarray(scores, np.float32),
+                        labels=np.asarray(labels, np.uint8), thresholds=np.asarray(thr, np.float64), **extra)
+    from .report import write_report
+
+    write_report(out / "report.html", result, scores, labels, label_space, anatomy, title=title)

@@ -1,0 +1,75 @@
+"""Evaluate a trained run folder on a split of a prepared dataset."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def predict_split(model, cfg, label_space, data_dir, split: str, batch_size: Optional[int] = None,
+                  device: str = "cpu", progress: bool = True) -> dict:
+    """Probabilities ``[N, C]`` (sigmoid of the logits), labels, case ids and anatomy of a split."""
+    import torch
+
+    from raddiag.data.dataset import CaseDataset, make_loader
+
+    ds = CaseDataset(str(data_dir), split, label_space, cfg.data, train=False)
+    loader = make_loader(ds, batch_size or cfg.train.eval_batch_size)
+    it = loader
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(loader, desc=f"predict {split}", unit="batch")
+    scores, labels, ids, anatomy = [], [], [], []
+    model.eval()
+    with torch.no_grad():
+        for batch in it:
+            logits = model(**{k: batch[k].to(device) for k in model.input_keys})
+            scores.append(torch.sigmoid(logits.float()).cpu().numpy())
+            labels.append(batch["labels"].numpy())
+            ids += list(batch["case_ids"])
+            anatomy += list(batch["anatomy"])
+    return {"scores": np.concatenate(scores), "labels": np.concatenate(labels) > 0.5,
+            "case_ids": ids, "anatomy": anatomy}
+
+
+def evaluate_run(run_dir, data_dir, split: str = "test", out_dir=None, val_split: Optional[str] = "val",
+                 n_boot: int = 1000, seed: int = 0, device: str = "cpu", batch_size: Optional[int] = None,
+                 store_thresholds: bool = False, progress: bool = True, plot_classes=None) -> dict:
+    """Load the model of ``run_dir``, predict ``split`` (and ``val_split`` for the thresholds)
+    and run :func:`raddiag.evaluation.evaluate_predictions`; outputs go to ``out_dir``
+    (default ``RUN/eval-<split>``). With ``store_thresholds`` the validation thresholds are
+    written into the run's ``label_space.json``."""
+    from raddiag.models import load_model
+    from raddiag.run import RunFolder
+
+    from .engine import evaluate_predictions
+
+    run = RunFolder(run_dir).check()
+    if not Path(data_dir).exists():
+        raise FileNotFoundError(f"{data_dir}: prepared dataset folder does not exist")
+    model, cfg, labels = load_model(run.root, device=device)
+    test = predict_split(model, cfg, labels, data_dir, split, batch_size, device, progress)
+    val = None
+    if val_split and val_split != split:
+        try:
+            val = predict_split(model, cfg, labels, data_dir, val_split, batch_size, device, progress)
+        except ValueError as exc:  # no cases in that split
+            log.warning("no validation predictions (%s); thresholds fall back", exc)
+    out_dir = Path(out_dir) if out_dir is not None else run.root / f"eval-{split}"
+    anatomy = test["anatomy"] if any(a for a in test["anatomy"]) else None
+    res = evaluate_predictions(test["scores"], test["labels"], labels,
+                               val_scores=None if val is None else val["scores"],
+                               val_labels=None if val is None else val["labels"],
+                               anatomy=anatomy, case_ids=test["case_ids"], out_dir=out_dir, n_boot=n_boot,
+                               seed=seed, plot_classes=plot_classes, progress=progress,
+                               title=f"raddiag evaluation: {run.root.name} on {split}")
+    if store_thresholds and res["threshold_source"] == "validation":
+        labels.thresholds = [float(t) for t in res["thresholds"]]
+        labels.save(run.labels)
+    res["out_dir"] = out_dir
+    return res
