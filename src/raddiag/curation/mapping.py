@@ -60,15 +60,19 @@ def lexical_suggest(names: Sequence[str], top: int = 5) -> list:
     disorder name with ICD-10-CM descriptions and inclusion terms; score in [0, 1]."""
     from raddiag.curation.rules import icd_terms, normalise
 
+    stop = {"unspecified", "other", "nos", "of", "and", "the", "in", "with", "without", "not", "elsewhere",
+            "classified", "specified", "site", "type", "or", "to", "due"}
     terms = icd_terms()
     index: dict[str, list[tuple[str, frozenset]]] = {}
     for t, code in terms.items():
-        toks = frozenset(t.split())
+        toks = frozenset(t.split()) - stop
+        if not toks:
+            continue
         for tok in toks:
             index.setdefault(tok, []).append((code, toks))
     out = []
     for name in names:
-        q = frozenset(normalise(name).split())
+        q = frozenset(normalise(name).split()) - stop
         best: dict[str, float] = {}
         for tok in q:
             for code, toks in index.get(tok, ()):
