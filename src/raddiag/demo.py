@@ -59,7 +59,7 @@ def run_demo(out_dir: str | Path, n_cases: int = 400, seed: int = 0, epochs: Opt
 
     t = time.time()
     _say(f"[4/4] evaluating on the test split -> {out / 'report.html'}")
-    metrics = evaluate_run(run_dir, data_dir, "test", out, progress=progress)
+    metrics = evaluate_run(run_dir, data_dir, "test", out, progress=progress)["metrics"]
     timings["evaluate_s"] = time.time() - t
     timings["total_s"] = time.time() - t0
     (out / "timings.json").write_text(json.dumps(timings, indent=1))

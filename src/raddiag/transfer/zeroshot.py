@@ -171,7 +171,7 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
                 test.scores, test.labels, target,
                 val_scores=val.scores if val else None, val_labels=val.labels if val else None,
                 anatomy=test.anatomy, case_ids=test.case_ids, out_dir=out / "text")
-            results["text"] = {k: report[k] for k in ("all",) if k in report}
+            results["text"] = {"all": report["metrics"]["all"], "threshold_source": report["threshold_source"]}
     (out / "zeroshot.json").write_text(json.dumps(results, indent=1))
     return results
 
