@@ -1,0 +1,395 @@
+"""Inference for users: a run folder + a patient's scans -> ranked diagnoses.
+
+Five lines, as in torchxrayvision::
+
+    import raddiag
+    model = raddiag.load("runs/my-run")
+    result = model.predict(["scan1.nii.gz", "cxr.png"], modality=["CT", "X-ray"])
+    print(result)               # a ranked table
+    result.to_dict()            # JSON-ready
+
+Preprocessing is the run's own (``config.yaml``'s ``data`` section: size, depth, window,
+modality scheme, per-modality scan caps) through the same functions the prepared store
+used (:func:`raddiag.data.preprocess.preprocess_volume`, :func:`raddiag.data.dataset.collate_cases`);
+nothing has to be remembered. Thresholds are the per-class validation thresholds stored in
+``label_space.json`` (0.5 where the run has none, and the result says so).
+"""
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from raddiag.config import RunConfig
+from raddiag.data.case import Scan, canonical_modality, modality_id
+from raddiag.data.labels import LabelSpace
+from raddiag.run import RunFolder
+
+DEFAULT_THRESHOLD = 0.5
+PathLike = Union[str, Path]
+
+
+@dataclass
+class Finding:
+    name: str
+    code: Optional[str]
+    probability: float
+    threshold: float
+    above_threshold: bool
+
+
+@dataclass
+class ScanInfo:
+    """One scan of a case as the model saw it (``used=False``: left out by the run's scan caps)."""
+
+    id: str
+    paths: list[str]
+    modality: str
+    is_3d: bool
+    slices: int
+    key_slice: int
+    used: bool = True
+
+
+@dataclass
+class CaseResult:
+    case_id: str
+    ranked: list[Finding]
+    scans: list[ScanInfo] = field(default_factory=list)
+    thresholds: str = "validation"          # "validation" | "default 0.5"
+    saliency: list[dict] = field(default_factory=list)   # filled by predict(..., saliency=...)
+
+    @property
+    def top(self) -> Optional[Finding]:
+        return self.ranked[0] if self.ranked else None
+
+    def to_dict(self) -> dict:
+        return {
+            "case_id": self.case_id,
+            "thresholds": self.thresholds,
+            "ranked": [asdict(f) for f in self.ranked],
+            "scans": [asdict(s) for s in self.scans],
+            **({"saliency": self.saliency} if self.saliency else {}),
+        }
+
+    def __str__(self) -> str:
+        used = [s for s in self.scans if s.used]
+        head = (f"Case {self.case_id}: {len(used)} scan(s) "
+                f"({', '.join(s.modality + (' 3D' if s.is_3d else ' 2D') for s in used)}); "
+                f"thresholds: {self.thresholds}")
+        w = max([len("diagnosis")] + [len(f.name) for f in self.ranked])
+        lines = [head, f"  {'#':>3}  {'diagnosis':<{w}}  {'ICD-10':<7} {'prob':>6}  {'thr':>5}  positive"]
+        for i, f in enumerate(self.ranked, 1):
+            lines.append(f"  {i:>3}  {f.name:<{w}}  {(f.code or '-'):<7} {f.probability:6.3f}  "
+                         f"{f.threshold:5.3f}  {'yes' if f.above_threshold else 'no'}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+# -- gathering the scans of a case ---------------------------------------------------------
+def _modality_for(modality, i: int, n: int, where: str) -> Optional[str]:
+    if modality is None or isinstance(modality, str):
+        return modality
+    modality = list(modality)
+    if len(modality) != n:
+        raise ValueError(f"{where}: {len(modality)} modalities given for {n} inputs; give one, or one per input")
+    return modality[i]
+
+
+def case_scans(case: PathLike | Sequence[PathLike], modality=None) -> list[Scan]:
+    """The scans of one case: a folder (searched recursively), one file, or a list of files /
+    folders. ``modality``: one name for all, or one per item of the list (DICOM: read from tags)."""
+    from raddiag.data.discover import scans_in_folder
+    from raddiag.data.readers import is_dicom, read_dicom_header
+
+    items = [case] if isinstance(case, (str, Path)) else list(case)
+    if not items:
+        raise ValueError("a case needs at least one file or folder")
+    scans: list[Scan] = []
+    series: dict[str, int] = {}          # DICOM files given one by one -> one scan per series
+    for i, item in enumerate(items):
+        p = Path(item)
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no such file or folder")
+        mod = _modality_for(modality, i, len(items), str(p))
+        if p.is_file() and is_dicom(p):
+            uid = str(getattr(read_dicom_header(p), "SeriesInstanceUID", "") or p)
+            if uid in series:
+                scans[series[uid]].paths.append(str(p))
+                continue
+            series[uid] = len(scans)
+        for s in scans_in_folder(p, modality=mod):
+            if s.id is None or p.is_file():
+                s.id = p.name
+            elif len(items) > 1:
+                s.id = f"{p.name}/{s.id}"
+            scans.append(s)
+    return scans
+
+
+def _case_id(case) -> str:
+    if isinstance(case, (str, Path)):
+        name = Path(case).name
+        for suf in (".nii.gz", ".nii", ".npy", ".png", ".jpg", ".jpeg", ".dcm"):
+            if name.lower().endswith(suf):
+                return name[: -len(suf)]
+        return name
+    items = list(case)
+    return _case_id(items[0]) + (f"+{len(items) - 1}" if len(items) > 1 else "")
+
+
+def _split_cases(inputs) -> tuple[list, bool]:
+    """(list of cases, whether the caller gave several). A list of existing files is ONE case;
+    a list holding lists or folders is several cases."""
+    if isinstance(inputs, (str, Path)):
+        return [inputs], False
+    items = list(inputs)
+    if not items:
+        raise ValueError("nothing to predict: no inputs given")
+    if all(isinstance(x, (str, Path)) and Path(x).is_file() for x in items):
+        return [items], False
+    return items, True
+
+
+# -- the predictor ---------------------------------------------------------------------------
+class Predictor:
+    """A trained run folder ready for inference. Thread-safe (one forward at a time)."""
+
+    def __init__(self, model, cfg: RunConfig, labels: LabelSpace, run_dir: Optional[Path] = None,
+                 device: str = "cpu") -> None:
+        self.model = model.eval()
+        self.cfg = cfg
+        self.labels = labels
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.device = device
+        self.lock = threading.Lock()
+        self._text_encoder = None
+
+    @classmethod
+    def load(cls, run_dir: PathLike, device: str = "cpu") -> "Predictor":
+        from raddiag.models import load_model
+
+        model, cfg, labels = load_model(run_dir, device=device)
+        return cls(model, cfg, labels, Path(run_dir), device)
+
+    def __repr__(self) -> str:
+        return (f"Predictor({self.run_dir}, {len(self.labels)} classes, preset={self.cfg.preset}, "
+                f"input {self.cfg.data.size}x{self.cfg.data.size}x{self.cfg.data.depth})")
+
+    # -- preprocessing ---------------------------------------------------------------------
+    def prepare(self, scans: list[Scan], case_id: str = "case") -> tuple[dict, list[ScanInfo], list[int]]:
+        """Scans -> (a dataset sample for ``collate_cases``, per-scan info, indices used)."""
+        from raddiag.data.dataset import select_scans
+        from raddiag.data.preprocess import preprocess_volume
+        from raddiag.data.readers import read_scan
+
+        dc = self.cfg.data
+        infos, arrays = [], []
+        for s in scans:
+            vol = read_scan(s)
+            arr, key = preprocess_volume(vol, dc.size, dc.depth, dc.window, s.key_slice, source=s.paths[0])
+            is_3d = bool(s.is_3d) if s.is_3d is not None else arr.shape[0] > 1
+            infos.append(ScanInfo(id=s.id or Path(s.paths[0]).name, paths=list(s.paths), modality=s.modality,
+                                  is_3d=is_3d, slices=int(arr.shape[0]), key_slice=int(key), used=False))
+            arrays.append(arr)
+        picked = select_scans([{"modality": i.modality} for i in infos], dc, None)
+        per_mod: dict[str, int] = defaultdict(int)
+        items = []
+        for j in picked:
+            info = infos[j]
+            info.used = True
+            k = per_mod[info.modality]
+            per_mod[info.modality] += 1
+            items.append({"image": torch.from_numpy(arrays[j])[None], "is_3d": info.is_3d,
+                          "key_slice": info.key_slice, "modality": info.modality,
+                          "modality_id": modality_id(info.modality, k, dc.modality_scheme)})
+        sample = {"scans": items, "labels": torch.zeros(len(self.labels)), "case_id": case_id, "anatomy": None}
+        return sample, infos, picked
+
+    def collate(self, samples: list[dict]) -> dict:
+        from raddiag.data.dataset import collate_cases
+
+        return collate_cases(samples, depth=self.cfg.data.depth)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Logits ``[B, C]`` of a collated batch."""
+        with self.lock, torch.inference_mode():
+            inputs = {k: batch[k].to(self.device) for k in self.model.input_keys}
+            return self.model(**inputs).float().cpu()
+
+    # -- class names scored zero-shot --------------------------------------------------------
+    def class_embeddings(self, names: Sequence[str], encoder: Optional[PathLike] = None) -> torch.Tensor:
+        """Text embeddings ``[C, d]`` of class names (the run's text encoder when it records one,
+        else ``encoder``, else the packaged all-MiniLM-L6-v2)."""
+        from raddiag.knowledge.embed import embed_labels
+        from raddiag.knowledge.encoder import TextEncoder
+
+        if self._text_encoder is None:
+            path = encoder
+            if path is None and self.run_dir is not None and (self.run_dir / "text_encoder").is_dir():
+                path = self.run_dir / "text_encoder"
+            self._text_encoder = TextEncoder.load(path)
+        return embed_labels(self._text_encoder, list(names))
+
+    # -- prediction --------------------------------------------------------------------------
+    def predict(self, inputs, modality=None, top: int = 10, classes: Optional[Sequence[str]] = None,
+                encoder: Optional[PathLike] = None, batch_size: int = 8, progress: bool = False,
+                saliency: Optional[PathLike | bool] = None, saliency_class=None, all_slices: bool = False,
+                saliency_top_k: Optional[int] = 64):
+        """Ranked diagnoses for one case or several.
+
+        ``inputs``: a folder, a file, a list of files (one case), or a list of folders / lists
+        (several cases, batched ``batch_size`` at a time). ``modality``: one name, or one per
+        input item (DICOM reads it from the tags). ``classes``: score these names instead of the
+        run's label space, through the knowledge-guided head. Returns a :class:`CaseResult`, or a
+        list of them for several cases.
+
+        ``saliency``: a folder to write Score-CAM overlays (PNG) into, or ``True`` to return them
+        as data URLs in ``CaseResult.saliency``; for ``saliency_class`` (a name or index; default
+        each case's top-ranked class), on each used scan's key slice (every slice with
+        ``all_slices``); ``saliency_top_k`` channels per map (see :mod:`raddiag.serving.saliency`).
+        """
+        cases, several = _split_cases(inputs)
+        if top < 1:
+            raise ValueError(f"top must be >= 1, got {top}")
+        if several and modality is not None and not isinstance(modality, str):
+            modality = list(modality)
+            if len(modality) != len(cases):
+                raise ValueError(f"{len(modality)} modalities given for {len(cases)} cases")
+        prepared = []
+        for i, case in enumerate(cases):
+            mod = modality[i] if several and isinstance(modality, list) else modality
+            scans = case_scans(case, mod)
+            sample, infos, _ = self.prepare(scans, _case_id(case))
+            prepared.append((sample, infos))
+        results = self._predict_prepared(prepared, several, top, classes, encoder, batch_size, progress)
+        if saliency is not None and saliency is not False:
+            for (sample, _), res in zip(prepared, results if several else [results]):
+                res.saliency = self.saliency(sample, res, saliency_class, saliency, all_slices,
+                                             saliency_top_k, classes, encoder)
+        return results
+
+    def saliency(self, sample: dict, result: CaseResult, class_=None, out=True, all_slices: bool = False,
+                 top_k: Optional[int] = 64, classes=None, encoder=None) -> list[dict]:
+        """Score-CAM maps of one prepared case (see :meth:`predict`); returns one record per map."""
+        from raddiag.serving.saliency import overlay_data_url, save_overlay, score_cam
+
+        names = list(classes) if classes else list(self.labels.names)
+        if class_ is None or class_ == "":
+            name = result.ranked[0].name
+        elif isinstance(class_, (int, np.integer)) or (isinstance(class_, str) and class_.isdigit()):
+            j = int(class_)
+            if not 0 <= j < len(names):
+                raise ValueError(f"saliency class index {j} is out of range (0..{len(names) - 1})")
+            name = names[j]
+        else:
+            name = str(class_)
+        if name not in names:
+            raise ValueError(f"saliency class {name!r} is not among the scored classes")
+        c = names.index(name)
+        batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in self.collate([sample]).items()}
+        emb = self.class_embeddings(classes, encoder) if classes else None
+        used = [i for i in result.scans if i.used]
+        records = []
+        with self.lock:
+            old = self.model.head.label_embeddings if emb is not None else None
+            try:
+                if emb is not None:
+                    self.model.set_label_embeddings(emb)
+                for n, info in enumerate(used):
+                    slices = list(range(info.slices)) if all_slices else None
+                    for m in score_cam(self.model, batch, c, n, slices, top_k=top_k, class_name=name):
+                        rec = {"scan": info.id, "scan_index": n, "slice": m.slice, "class": name,
+                               "layer": m.layer, "channels": m.channels}
+                        if out is True:
+                            rec["overlay"] = overlay_data_url(m)
+                        else:
+                            rec["path"] = str(save_overlay(m, out, f"{result.case_id}_{Path(info.id).name}"))
+                        records.append(rec)
+            finally:
+                if emb is not None:
+                    self.model.set_label_embeddings(old)
+        return records
+
+    def _predict_prepared(self, prepared, several, top, classes, encoder, batch_size, progress=False):
+        names, codes, thr, thr_src = self._label_view(classes)
+        emb = self.class_embeddings(classes, encoder) if classes else None
+        logits = []
+        steps = range(0, len(prepared), batch_size)
+        if progress:
+            from tqdm import tqdm
+
+            steps = tqdm(steps, desc="predict", unit="batch")
+        for s in steps:
+            batch = self.collate([p[0] for p in prepared[s: s + batch_size]])
+            if emb is None:
+                logits.append(self.forward(batch))
+            else:
+                logits.append(self._forward_with_classes(batch, emb))
+        probs = torch.sigmoid(torch.cat(logits)).numpy()
+        results = []
+        for (sample, infos), p in zip(prepared, probs):
+            order = np.argsort(-p, kind="stable")[: min(top, len(p))]
+            ranked = [Finding(names[j], codes[j], float(p[j]), float(thr[j]), bool(p[j] >= thr[j])) for j in order]
+            results.append(CaseResult(sample["case_id"], ranked, infos, thr_src))
+        return results if several else results[0]
+
+    def _label_view(self, classes):
+        if classes:
+            if self.cfg.model.head != "knowledge":
+                raise ValueError("scoring new class names (--classes) needs a run trained with the "
+                                 "knowledge-guided head (model.head=knowledge); this run uses "
+                                 f"model.head={self.cfg.model.head}")
+            names = [str(c).strip() for c in classes]
+            if any(not n for n in names) or len(set(names)) != len(names):
+                raise ValueError(f"class names must be non-empty and distinct: {names}")
+            idx = {n: self.labels.index(n) for n in names if n in self.labels}
+            codes = [self.labels.codes[idx[n]] if n in idx else None for n in names]
+            thr = [self._threshold(idx[n]) if n in idx else DEFAULT_THRESHOLD for n in names]
+            src = "validation (known classes), default 0.5 (new classes)"
+            return names, codes, thr, src
+        n = len(self.labels)
+        thr = [self._threshold(j) for j in range(n)]
+        src = "validation" if self.labels.thresholds is not None else f"default {DEFAULT_THRESHOLD}"
+        return list(self.labels.names), list(self.labels.codes), thr, src
+
+    def _threshold(self, j: int) -> float:
+        t = self.labels.thresholds
+        return float(t[j]) if t is not None and t[j] is not None else DEFAULT_THRESHOLD
+
+    def _forward_with_classes(self, batch, emb):
+        with self.lock:
+            old = self.model.head.label_embeddings
+            try:
+                self.model.set_label_embeddings(emb)
+                with torch.inference_mode():
+                    out = self.model(**{k: batch[k].to(self.device) for k in self.model.input_keys})
+                return out.float().cpu()
+            finally:
+                self.model.set_label_embeddings(old)
+
+    def class_index(self, name_or_index) -> int:
+        """A class of the run's label space by name or index."""
+        if isinstance(name_or_index, (int, np.integer)):
+            if not 0 <= int(name_or_index) < len(self.labels):
+                raise ValueError(f"class index {name_or_index} is out of range (0..{len(self.labels) - 1})")
+            return int(name_or_index)
+        try:
+            return self.labels.index(str(name_or_index))
+        except KeyError as exc:
+            raise ValueError(str(exc.args[0])) from None
+
+
+def canonical_modalities(modality) -> Optional[Union[str, list]]:
+    """Validate user-given modality names early (clear error for a typo)."""
+    if modality is None:
+        return None
+    if isinstance(modality, str):
+        return canonical_modality(modality)
+    return [canonical_modalities(m) for m in modality]

@@ -1,0 +1,120 @@
+"""raddiag.load(RUN).predict(...) and `raddiag predict`: ranked results, batching, thresholds, errors."""
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+import raddiag
+from raddiag.cli import main
+from raddiag.serving.predict import CaseResult, Finding, Predictor
+from raddiag.serving.sample import SAMPLE_CLASSES, make_tiny_run, sample_png
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pred")
+    make_tiny_run(d / "run", thresholds=[0.5, 0.2, 0.9, 0.5])
+    (d / "cxr.png").write_bytes(sample_png(48, seed=1))
+    rng = np.random.default_rng(0)
+    nib.save(nib.Nifti1Image(rng.random((40, 40, 9)).astype(np.float32), np.eye(4)), str(d / "ct.nii.gz"))
+    np.save(d / "vol.npy", rng.random((30, 30, 3)).astype(np.float32))
+    (d / "caseA").mkdir()
+    (d / "caseA" / "a.png").write_bytes(sample_png(40, seed=2))
+    (d / "caseA" / "sub").mkdir()
+    (d / "caseA" / "sub" / "b.png").write_bytes(sample_png(40, seed=3))
+    return d
+
+
+def test_five_line_api(files):
+    model = raddiag.load(files / "run")
+    result = model.predict([str(files / "ct.nii.gz"), str(files / "cxr.png")], modality=["CT", "X-ray"])
+    assert isinstance(result, CaseResult)
+    assert len(result.ranked) == len(SAMPLE_CLASSES)
+    probs = [f.probability for f in result.ranked]
+    assert probs == sorted(probs, reverse=True) and all(0 <= p <= 1 for p in probs)
+    assert {(s.modality, s.is_3d, s.slices) for s in result.scans} == {("CT", True, 4), ("X-ray", False, 1)}
+    text = str(result)
+    assert "Pneumonia" in text and "J18" in text and "thresholds: validation" in text
+    # thresholds come from the run's label space
+    for f in result.ranked:
+        expected = {"Normal": 0.5, "Pneumonia": 0.2, "Pleural effusion": 0.9, "Fracture": 0.5}[f.name]
+        assert f.threshold == pytest.approx(expected)
+        assert f.above_threshold == (f.probability >= expected)
+    d = json.loads(json.dumps(result.to_dict()))
+    assert d["ranked"][0].keys() == {"name", "code", "probability", "threshold", "above_threshold"}
+
+
+def test_matches_model_forward_on_the_run_preprocessing(files):
+    """The predictor's probabilities equal the model on preprocess_volume + collate_cases output."""
+    from raddiag.data.dataset import collate_cases
+    from raddiag.data.preprocess import preprocess_volume
+    from raddiag.data.readers import read_file
+    from raddiag.models import load_model
+
+    model, cfg, labels = load_model(files / "run")
+    arr, key = preprocess_volume(read_file(files / "cxr.png"), cfg.data.size, cfg.data.depth, cfg.data.window)
+    sample = {"scans": [{"image": torch.from_numpy(arr)[None], "is_3d": False, "key_slice": key,
+                         "modality_id": 3}], "labels": torch.zeros(len(labels)), "case_id": "x", "anatomy": None}
+    batch = collate_cases([sample], cfg.data.depth)
+    with torch.no_grad():
+        want = torch.sigmoid(model(**{k: batch[k] for k in model.input_keys}))[0]
+    got = raddiag.load(files / "run").predict(str(files / "cxr.png"), modality="X-ray", top=4)
+    for f in got.ranked:
+        assert f.probability == pytest.approx(float(want[labels.index(f.name)]), abs=1e-5)
+
+
+def test_several_cases_batched_equal_one_by_one(files):
+    pred = Predictor.load(files / "run")
+    cases = [str(files / "caseA"), [str(files / "vol.npy")], [str(files / "cxr.png")]]
+    batched = pred.predict(cases, modality="X-ray", top=2, batch_size=3)
+    assert isinstance(batched, list) and len(batched) == 3
+    assert batched[0].case_id == "caseA" and len(batched[0].scans) == 2   # sub-folders searched
+    for case, res in zip(cases, batched):
+        alone = pred.predict(case, modality="X-ray", top=2)
+        assert [f.name for f in alone.ranked] == [f.name for f in res.ranked]
+        assert alone.ranked[0].probability == pytest.approx(res.ranked[0].probability, abs=1e-5)
+    assert len(batched[0].ranked) == 2
+
+
+def test_clear_errors(files):
+    pred = Predictor.load(files / "run")
+    with pytest.raises(ValueError, match="modality"):
+        pred.predict(str(files / "caseA"))
+    with pytest.raises(FileNotFoundError, match="nope"):
+        pred.predict(str(files / "nope.png"), modality="CT")
+    with pytest.raises(ValueError, match="unknown modality"):
+        pred.predict(str(files / "cxr.png"), modality="Xray-ish")
+    with pytest.raises(ValueError, match="knowledge"):
+        pred.predict(str(files / "cxr.png"), modality="X-ray", classes=["Pneumothorax"])
+    with pytest.raises(FileNotFoundError, match="run folder"):
+        Predictor.load(files / "missing-run")
+
+
+def test_cli_predict_json_and_table(files, capsys):
+    rc = main(["predict", str(files / "run"), str(files / "cxr.png"), f"{files / 'cxr.png'},{files / 'ct.nii.gz'}",
+               "--modality", "X-ray", "X-ray,CT", "--top", "3", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out) == 2 and all(len(c["ranked"]) == 3 for c in out)
+    assert [s["modality"] for s in out[1]["scans"]] == ["X-ray", "CT"]
+    rc = main(["predict", str(files / "run"), str(files / "caseA")])
+    assert rc == 2 and "--modality" in capsys.readouterr().err
+    rc = main(["predict", str(files / "run"), str(files / "caseA"), "--modality", "MR", "--top", "2"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "Case caseA" in text and "MRI 2D" in text
+
+
+def test_unseen_classes_through_knowledge_head(files, tmp_path):
+    pytest.importorskip("raddiag.knowledge.embed", reason="knowledge.embed not built yet")
+    make_tiny_run(tmp_path / "krun", head="knowledge")
+    pred = Predictor.load(tmp_path / "krun")
+    before = pred.model.head.label_embeddings.clone()
+    res = pred.predict(str(files / "cxr.png"), modality="X-ray", classes=["Pneumothorax", "Pneumonia"])
+    assert {f.name for f in res.ranked} == {"Pneumothorax", "Pneumonia"}
+    assert [f.code for f in res.ranked if f.name == "Pneumonia"] == ["J18"]
+    assert torch.equal(pred.model.head.label_embeddings, before)   # the run's own classes restored
+    assert isinstance(res.ranked[0], Finding)
