@@ -1,0 +1,151 @@
+"""The evaluation engine: thresholds from validation, groups and anatomy subsets, outputs,
+the ``raddiag metrics`` CLI and a self-contained report (optionally rendered in Chromium)."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from raddiag.cli import main
+from raddiag.data.labels import LabelSpace
+from raddiag.evaluation import best_f1_thresholds, evaluate_predictions, per_class_metrics
+
+C = 12
+
+
+def _space():
+    names = ["Normal"] + [f"disease {i}" for i in range(1, C)]
+    counts = [900, 500, 150, 120, 60, 40, 35, 10, 5, 3, 2, 1]  # head 4 (with Normal), medium 3, tail 5
+    return LabelSpace(names=names, counts=counts)
+
+
+def _preds(seed, n):
+    rng = np.random.default_rng(seed)
+    y = rng.random((n, C)) < np.linspace(0.3, 0.05, C)
+    s = 1 / (1 + np.exp(-(rng.normal(size=(n, C)) + 2.0 * y - 1.5)))
+    anat = rng.choice(["chest", "brain"], n)
+    return s, y, anat
+
+
+def test_thresholds_from_validation_and_not_from_test_labels():
+    space = _space()
+    s, y, _ = _preds(0, 300)
+    sv, yv, _ = _preds(1, 200)
+    r1 = evaluate_predictions(s, y, space, sv, yv, n_boot=0)
+    y2 = y[np.random.default_rng(9).permutation(len(y))]          # different test labels
+    r2 = evaluate_predictions(s, y2, space, sv, yv, n_boot=0)
+    np.testing.assert_array_equal(r1["thresholds"], best_f1_thresholds(sv, yv))
+    np.testing.assert_array_equal(r1["thresholds"], r2["thresholds"])
+    assert r1["metrics"]["meta"]["threshold_source"] == "validation"
+    # F1 is evaluated at the validation threshold on the test split
+    np.testing.assert_allclose(r1["per_class"]["f1"], per_class_metrics(s, y, r1["thresholds"])["f1"])
+    # without validation: chosen on test, and flagged
+    r3 = evaluate_predictions(s, y, space, n_boot=0, use_label_space_thresholds=False)
+    assert r3["metrics"]["meta"]["threshold_note"] == "chosen on test (optimistic)"
+    np.testing.assert_array_equal(r3["thresholds"], best_f1_thresholds(s, y))
+    # thresholds stored in the label space are used when asked
+    space.thresholds = [0.3] * C
+    r4 = evaluate_predictions(s, y, space, n_boot=0)
+    assert r4["metrics"]["meta"]["threshold_source"] == "label_space"
+    assert (r4["thresholds"] == 0.3).all()
+
+
+def test_groups_anatomy_and_exclusions(tmp_path):
+    space = _space()
+    s, y, anat = _preds(2, 400)
+    y[:, 10] = False                      # a tail class without test positives
+    r = evaluate_predictions(s, y, space, *_preds(3, 200)[:2], anatomy=anat, n_boot=50, out_dir=tmp_path)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"all", "head", "medium", "tail", "normal", "anatomy/chest", "anatomy/brain/normal"} <= set(m)
+    keys = {"auc", "ap", "f1", "mcc", "acc", "recall_at_fpr_0.01", "recall_at_fpr_0.05", "recall_at_fpr_0.1"}
+    assert set(m["all"]) == keys
+    assert set(m["all"]["auc"]) == {"value", "ci_low", "ci_high", "n_classes", "n_excluded"}
+    auc = r["per_class"]["auc"]
+    assert (m["head"]["auc"]["n_classes"], m["medium"]["auc"]["n_classes"]) == (4, 3)
+    assert (m["tail"]["auc"]["n_classes"], m["tail"]["auc"]["n_excluded"]) == (4, 1)
+    assert m["tail"]["auc"]["value"] == pytest.approx(np.nanmean(auc[space.group_mask("tail")]))
+    assert m["normal"]["auc"]["value"] == pytest.approx(auc[0])
+    assert m["meta"]["n_classes_no_positive"] == 1
+    assert 0 <= m["all"]["auc"]["ci_low"] <= m["all"]["auc"]["value"] <= m["all"]["auc"]["ci_high"] <= 1
+    rows = anat == "chest"
+    sub = per_class_metrics(s[rows], y[rows], r["thresholds"])
+    assert m["anatomy/chest"]["ap"]["value"] == pytest.approx(np.nanmean(sub["ap"]))
+    assert m["anatomy/chest/normal"]["auc"]["value"] == pytest.approx(sub["auc"][0])
+    csv = (tmp_path / "per_class.csv").read_text().splitlines()
+    assert len(csv) == C + 1 and csv[0].startswith("index,name,code,group")
+    z = np.load(tmp_path / "predictions.npz")
+    assert z["scores"].shape == (400, C) and z["anatomy"].shape == (400,)
+
+
+def _write_npz(path, s, y, anat=None):
+    extra = {} if anat is None else {"anatomy": anat, "case_ids": np.array([f"c{i}" for i in range(len(s))])}
+    np.savez(path, scores=s, labels=y.astype(np.uint8), **extra)
+
+
+def test_metrics_cli_on_saved_predictions(tmp_path, capsys):
+    space = _space()
+    space.save(tmp_path / "labels.json")
+    s, y, anat = _preds(4, 300)
+    sv, yv, _ = _preds(5, 200)
+    _write_npz(tmp_path / "test.npz", s, y, anat)
+    _write_npz(tmp_path / "val.npz", sv, yv)
+    rc = main(["metrics", "--pred", str(tmp_path / "test.npz"), "--val", str(tmp_path / "val.npz"),
+               "--labels", str(tmp_path / "labels.json"), "--out", str(tmp_path / "out"), "--n-boot", "30"])
+    assert rc == 0
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    direct = evaluate_predictions(s, y, space, sv, yv, anatomy=anat, n_boot=0)["metrics"]
+    assert m["all"]["f1"]["value"] == pytest.approx(direct["all"]["f1"]["value"])
+    assert "chosen by maximal F1 on the validation split" in capsys.readouterr().out
+    # bad input: a clear error, no traceback
+    rc = main(["metrics", "--pred", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "x")])
+    assert rc == 2 and "missing.npz" in capsys.readouterr().err
+
+
+def _report(tmp_path):
+    space = _space()
+    s, y, anat = _preds(6, 300)
+    sv, yv, _ = _preds(7, 200)
+    evaluate_predictions(s, y, space, sv, yv, anatomy=anat, n_boot=50, out_dir=tmp_path)
+    return tmp_path / "report.html"
+
+
+def test_report_is_self_contained(tmp_path):
+    html = _report(tmp_path).read_text()
+    assert not re.search(r"""(src|href)\s*=\s*['"]?(https?:)?//""", html)
+    assert "http://" not in html and "https://" not in html
+    assert html.count("data:image/png;base64,") == 3  # ROC, normal by anatomy, distributions
+    assert "Head" in html and "R@0.05" in html and "Normal vs abnormal" in html
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(tmp_path):
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("chromium is not installed (scripts/screenshot_report.py installs it with apt-get)")
+    report = _report(tmp_path)
+    shot = tmp_path / "shot.png"
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                        f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1280,2400",
+                        report.resolve().as_uri()], capture_output=True, timeout=90)
+    assert shot.exists() and shot.stat().st_size > 20_000
+    from PIL import Image
+
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    # rendered plots are colourful: the ROC band (red) and bar colours, not just black text on white
+    colourful = (np.abs(img[..., 0] - img[..., 2]) > 60).mean()
+    assert colourful > 0.01
