@@ -1,0 +1,81 @@
+"""``raddiag train`` and ``raddiag finetune``."""
+from __future__ import annotations
+
+import argparse
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared dataset (raddiag data prepare)")
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set train.epochs=10 (repeatable)")
+    p.add_argument("--granularity", choices=["disorder", "icd10"], default=None,
+                   help="label granularity (default: data.granularity of the config)")
+    emb = p.add_mutually_exclusive_group()
+    emb.add_argument("--knowledge-encoder", metavar="DIR", default=None,
+                     help="knowledge encoder folder for model.head=knowledge (default: the bundled text encoder)")
+    emb.add_argument("--label-embeddings", metavar="FILE", default=None,
+                     help="precomputed label embeddings (safetensors with key 'embeddings')")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
+    p.add_argument("--max-steps", type=int, default=None, metavar="N", help="stop after N optimiser steps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a model on a prepared dataset (torchrun for DDP)",
+                              description="Train RadDiag. Under `torchrun --nproc_per_node K -m raddiag train ...` "
+                                          "the same command trains with DistributedDataParallel.")
+    p.add_argument("--preset", default=None, help="paper | small | tiny (default paper; with --resume the "
+                                                  "run's own config.yaml)")
+    _common(p)
+    p.set_defaults(func=_train)
+
+    f = subparsers.add_parser("finetune", help="fine-tune a pre-trained run on another dataset",
+                              description="Keep the visual encoder (and the fusion module for multi-scan data), "
+                                          "train a new classification layer on a stratified fraction of the data.")
+    f.add_argument("run", metavar="RUN", help="pre-trained run folder")
+    f.add_argument("--fraction", type=float, default=1.0, help="fraction of the training split (0.01, 0.1, 0.3, 1.0)")
+    f.add_argument("--scratch", action="store_true", help="same model from random weights (baseline)")
+    f.add_argument("--seed", type=int, default=0, help="seed of the subset and the training")
+    f.add_argument("--epochs", type=int, default=None, help="epochs (default: the pre-trained run's)")
+    _common(f)
+    f.set_defaults(func=_finetune)
+
+
+def _train(args) -> int:
+    from pathlib import Path
+
+    from raddiag.config import RunConfig, preset
+    from raddiag.run import RunFolder
+    from raddiag.training import train
+
+    run = RunFolder(Path(args.out))
+    if args.resume and run.config.exists() and args.preset is None:
+        cfg = RunConfig.load(run.config).override(args.overrides)
+    else:
+        cfg = preset(args.preset or "paper", args.overrides)
+    result = train(args.data, args.out, cfg, granularity=args.granularity,
+                   label_embeddings=args.label_embeddings, knowledge_encoder=args.knowledge_encoder,
+                   resume=args.resume, progress=not args.no_progress, max_steps=args.max_steps)
+    _report(result)
+    return 0
+
+
+def _finetune(args) -> int:
+    from raddiag.transfer.finetune import finetune
+
+    result = finetune(args.run, args.data, args.out, args.fraction, scratch=args.scratch, seed=args.seed,
+                      epochs=args.epochs, overrides=args.overrides, granularity=args.granularity,
+                      label_embeddings=args.label_embeddings, knowledge_encoder=args.knowledge_encoder,
+                      resume=args.resume, progress=not args.no_progress, max_steps=args.max_steps)
+    _report(result)
+    return 0
+
+
+def _report(result) -> None:
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{result.run.root}: {result.epochs_run} epochs, {result.steps} steps, best val macro AUC "
+              f"{result.best_val_auc:.4f} (epoch {result.best_epoch})"
+              + (", stopped early" if result.stopped_early else ""))

@@ -1,0 +1,511 @@
+"""The trainer (paper Sections 11.1 and 4.4).
+
+BCE over all classes (+ optionally the key-slice attention term), AdamW, cosine schedule
+with linear warm-up stepped per optimiser step, gradient clipping and accumulation, bf16
+autocast, seeded / deterministic runs, validation macro AUC every epoch with the best
+checkpoint kept, optional early stopping, atomic resumable checkpoints, and DDP under
+``torchrun`` (see :mod:`raddiag.training.distributed`).
+
+Exact resume: the data order of an epoch is a function of ``(seed, epoch)``
+(:class:`~raddiag.training.sampler.ResumableSampler`), augmentation of a case a function of
+``(seed, epoch, index)`` (the dataset seeds it), and checkpoints hold the model, optimiser,
+scheduler and RNG states, taken only at optimiser-step boundaries. A resumed run skips the
+batches already consumed by index and continues bit for bit.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from raddiag.config import RunConfig
+from raddiag.data.labels import LabelSpace
+from raddiag.run import RunFolder
+
+from . import distributed as dist_utils
+from .checkpoint import atomic_write, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .metrics import f1_thresholds, macro_auc
+from .sampler import ResumableSampler
+
+log = logging.getLogger(__name__)
+LAST = "last.pt"
+METRIC_FIELDS = ["epoch", "step", "train_loss", "val_loss", "val_auc", "lr", "best_val_auc", "seconds"]
+
+
+@dataclass
+class TrainResult:
+    run: RunFolder
+    best_val_auc: float
+    best_epoch: int
+    epochs_run: int                 # epochs completed (in total, across resumes)
+    steps: int                      # optimiser steps taken (in total)
+    stopped_early: bool = False
+    history: list[dict] = field(default_factory=list)
+
+
+class CaseSubset(Dataset):
+    """Some cases of a CaseDataset, keeping what loaders need (``cfg``, ``targets``, ``set_epoch``).
+    Items keep the parent's index, so their augmentation seed does not depend on the subset."""
+
+    def __init__(self, parent, indices: Sequence[int]):
+        self.parent = parent
+        self.indices = [int(i) for i in indices]
+        self.cfg = parent.cfg
+        self.labels = parent.labels
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.parent.targets[self.indices]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.parent.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.parent[self.indices[i]]
+
+
+# -- schedule -----------------------------------------------------------------------
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up from ~0 to 1 over ``warmup_steps``, then cosine to 0 at ``total_steps``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    t = min(1.0, (step - warmup_steps) / span)
+    return 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# -- set-up helpers -----------------------------------------------------------------------
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def resolve_label_embeddings(labels: LabelSpace, label_embeddings=None, knowledge_encoder=None) -> torch.Tensor:
+    """Label embeddings ``[C, d]``: a given tensor, a safetensors file (key ``embeddings``), or
+    computed once from a knowledge encoder folder (None: the default text encoder)."""
+    if isinstance(label_embeddings, torch.Tensor):
+        emb = label_embeddings
+    elif label_embeddings is not None:
+        path = Path(label_embeddings)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: label embeddings file does not exist")
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path))
+        if "embeddings" not in tensors:
+            raise ValueError(f"{path}: no 'embeddings' tensor (found {sorted(tensors)})")
+        emb = tensors["embeddings"]
+    else:
+        from raddiag.knowledge.embed import embed_labels
+        from raddiag.knowledge.encoder import TextEncoder
+
+        emb = embed_labels(TextEncoder.load(knowledge_encoder), labels)
+    emb = emb.detach().float().cpu()
+    if emb.ndim != 2 or emb.shape[0] != len(labels):
+        raise ValueError(f"label embeddings have shape {tuple(emb.shape)}; expected [{len(labels)}, d]")
+    return emb
+
+
+def _autocast(cfg: RunConfig, device: torch.device):
+    if cfg.train.amp not in ("none", "bf16"):
+        raise ValueError(f"train.amp={cfg.train.amp!r}; choose 'none' or 'bf16'")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.train.amp == "bf16")
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def _save_weights_atomic(model, run: RunFolder) -> None:
+    """model.safetensors, written whole or not at all (same format as models.save_model)."""
+    from safetensors.torch import save
+
+    m = _unwrap(model)
+    state = {k: v.detach().contiguous().cpu() for k, v in m.state_dict().items()}
+    blob = save(state, metadata={"format": "pt", "preset": m.cfg.preset})
+    atomic_write(run.weights, lambda f: f.write(blob))
+
+
+def validate(model, dataset, cfg: RunConfig, d: Optional[dist_utils.Dist] = None,
+             progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Validation ``(scores [N, C], labels [N, C])`` over all of ``dataset``, in dataset order.
+
+    Under DDP each rank predicts a strided share (no padding duplicates) and the predictions
+    are gathered before any metric is computed."""
+    from raddiag.inference import predict_dataset
+
+    d = d or dist_utils.Dist()
+    m = _unwrap(model)
+    idx = list(range(d.rank, len(dataset), d.world_size))
+    part = CaseSubset(dataset, idx) if d.enabled else dataset
+    if len(idx):
+        with _autocast(cfg, d.device):
+            pred = predict_dataset(m, part, batch_size=cfg.train.eval_batch_size, device=str(d.device),
+                                   progress=progress, desc="validate")
+        mine = (idx, pred.scores, pred.labels)
+    else:
+        mine = (idx, None, None)
+    parts = dist_utils.gather_objects(mine, d)
+    n = len(dataset)
+    scores = np.zeros((n, int(m.num_classes)), dtype=np.float32)
+    labels = np.zeros((n, dataset.targets.shape[1]), dtype=np.float32)
+    for ids, s, y in parts:
+        if ids:
+            scores[ids], labels[ids] = s, y
+    return scores, labels
+
+
+def _val_loss(scores: np.ndarray, labels: np.ndarray) -> float:
+    p = np.clip(scores.astype(np.float64), 1e-7, 1 - 1e-7)
+    return float(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)).mean())
+
+
+# -- the trainer ----------------------------------------------------------------------
+def train(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    cfg: RunConfig,
+    granularity: Optional[str] = None,
+    label_embeddings=None,
+    knowledge_encoder: Optional[str | Path] = None,
+    resume: bool = False,
+    progress: bool = True,
+    max_steps: Optional[int] = None,
+    init_state: Optional[dict[str, torch.Tensor]] = None,
+    train_indices: Optional[Sequence[int]] = None,
+    device: Optional[str] = None,
+) -> TrainResult:
+    """Train a RadDiag model on a prepared dataset into run folder ``out_dir``.
+
+    ``granularity`` overrides ``cfg.data.granularity``. For ``model.head=knowledge`` the label
+    embeddings come from ``label_embeddings`` (tensor or safetensors file) or are computed once
+    from ``knowledge_encoder`` and stored in the run folder. ``resume`` continues from
+    ``checkpoints/last.pt``. ``max_steps`` stops after that many optimiser steps in total
+    (the state is checkpointed, so ``resume`` carries on). ``init_state`` pre-loads matching
+    weights (fine-tuning); ``train_indices`` restricts the training split to those cases.
+    Under ``torchrun`` this trains with DDP; only rank 0 writes.
+    """
+    from raddiag.data.dataset import CaseDataset, make_loader
+    from raddiag.data.store import PreparedData
+    from raddiag.models import build_model, key_slice_attention_loss
+
+    cfg = copy.deepcopy(cfg)
+    if granularity is not None:
+        cfg.data.granularity = granularity
+    if cfg.data.granularity not in ("disorder", "icd10"):
+        raise ValueError(f"granularity must be 'disorder' or 'icd10', got {cfg.data.granularity!r}")
+    tc = cfg.train
+    if tc.amp not in ("none", "bf16"):
+        raise ValueError(f"train.amp={tc.amp!r}; choose 'none' or 'bf16'")
+    if tc.batch_size < 1 or tc.grad_accum < 1 or tc.epochs < 1:
+        raise ValueError("train.batch_size, train.grad_accum and train.epochs must be >= 1")
+    run = RunFolder(out_dir)
+    last = run.checkpoints / LAST
+    if resume and not last.exists():
+        raise FileNotFoundError(f"{last}: no checkpoint to resume from")
+    if not resume and last.exists():
+        raise ValueError(f"{run.root}: already holds a training run ({last.name}); "
+                         "pass --resume to continue it or choose another --out")
+
+    d = dist_utils.init(device)
+    try:
+        return _train(d, PreparedData(data_dir), run, cfg, label_embeddings, knowledge_encoder, resume,
+                      progress, max_steps, init_state, train_indices, CaseDataset, make_loader, build_model,
+                      key_slice_attention_loss)
+    finally:
+        d.close()
+
+
+def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progress, max_steps, init_state,
+           train_indices, CaseDataset, make_loader, build_model, key_slice_attention_loss) -> TrainResult:
+    from .augment import build_scan_transform
+
+    tc = cfg.train
+    seed_everything(tc.seed, tc.deterministic)
+    labels = data.label_space(cfg.data.granularity)
+    if not data.records_for("val"):
+        raise ValueError(f"{data.root}: no cases in the val split; validation needs some")
+
+    # label embeddings, computed once per run and kept in the run folder
+    emb = None
+    if cfg.model.head == "knowledge":
+        if resume and run.label_embeddings.exists():
+            emb = run.load_label_embeddings()
+        else:
+            emb = resolve_label_embeddings(labels, label_embeddings, knowledge_encoder) if d.is_main else None
+            emb = dist_utils.broadcast_object(emb, d)
+
+    # model (seeded init; identical on every rank)
+    torch.manual_seed(tc.seed)
+    model = build_model(cfg, len(labels), emb)
+    if init_state:
+        own = model.state_dict()
+        keep = {k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(keep, strict=False)
+    model.to(d.device)
+
+    # data
+    train_full = CaseDataset(data, "train", labels, cfg.data, train=True,
+                             scan_transform=build_scan_transform(tc, cfg.data), seed=tc.seed)
+    train_ds = CaseSubset(train_full, train_indices) if train_indices is not None else train_full
+    if len(train_ds) == 0:
+        raise ValueError(f"{data.root}: no training cases selected")
+    val_ds = CaseDataset(data, "val", labels, cfg.data, train=False)
+    sampler = ResumableSampler(train_ds, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=tc.seed)
+    loader = make_loader(train_ds, tc.batch_size, sampler=sampler, num_workers=tc.num_workers)
+    batches_per_epoch = math.ceil(sampler.num_samples / tc.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / tc.grad_accum)
+    total_steps = steps_per_epoch * tc.epochs
+    warmup_steps = int(round(tc.warmup_epochs * steps_per_epoch))
+
+    optimizer = torch.optim.AdamW(_param_groups(model, tc.weight_decay), lr=tc.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup_steps, total_steps))
+
+    state = {"epoch": 0, "batches_done": 0, "step": 0, "best_val_auc": float("-inf"), "best_epoch": -1,
+             "bad_epochs": 0, "stopped_early": False, "have_best": False}
+    ckpt = None
+    if resume:
+        ckpt = load_checkpoint(run.checkpoints / LAST)
+        if ckpt.get("world_size", 1) != d.world_size:
+            log.warning("resuming a %d-process run with %d processes: the data order changes",
+                        ckpt.get("world_size", 1), d.world_size)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        state.update({k: ckpt[k] for k in state if k in ckpt})
+        if d.is_main:
+            log.info("resuming %s at epoch %d, batch %d (step %d)", run.root, state["epoch"] + 1,
+                     state["batches_done"], state["step"])
+
+    # the run folder: everything inference needs
+    if d.is_main:
+        run.create()
+        run.checkpoints.mkdir(exist_ok=True)
+        cfg.save(run.config)
+        labels.save(run.labels)
+        if emb is not None:
+            run.save_label_embeddings(emb)
+        _trim_metrics(run, state["epoch"])
+    d.barrier()
+
+    train_model = model
+    if d.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
+                          find_unused_parameters=cfg.model.encoder == "resnet")
+
+    writer = None
+    if d.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run.tensorboard))
+    bce = torch.nn.BCEWithLogitsLoss()
+    need_details = tc.key_slice_loss > 0
+    history: list[dict] = []
+
+    def checkpoint(epoch: int, batches_done: int, loss_sum: float = 0.0, loss_n: int = 0) -> None:
+        if not d.is_main:
+            return
+        st = dict(state, epoch=epoch, batches_done=batches_done, loss_sum=loss_sum, loss_n=loss_n)
+        save_checkpoint(run.checkpoints / LAST, {
+            **st, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "rng": rng_state(), "sampler": sampler.state_dict(),
+            "world_size": d.world_size, "batch_size": tc.batch_size, "config": cfg.to_dict(),
+        })
+
+    stop = False
+    epoch = state["epoch"]
+    try:
+        while epoch < tc.epochs and not stop and not state["stopped_early"]:
+            t0 = time.time()
+            sampler.set_epoch(epoch)
+            train_ds.set_epoch(epoch)
+            start_batch = state["batches_done"] if ckpt is not None and epoch == ckpt["epoch"] else 0
+            sampler.set_start(start_batch * tc.batch_size)
+            model.train()
+            resuming = ckpt is not None and epoch == ckpt["epoch"]
+            # Creating the loader's iterator draws a seed from torch's RNG: a checkpoint taken at
+            # an epoch boundary was saved before that draw, one taken mid-epoch after it.
+            if resuming and start_batch == 0:
+                set_rng_state(ckpt["rng"])
+            it = iter(loader)
+            if resuming and start_batch > 0:
+                set_rng_state(ckpt["rng"])
+            bar = None
+            if progress and d.is_main:
+                from tqdm import tqdm
+
+                bar = tqdm(total=batches_per_epoch, initial=start_batch, desc=f"epoch {epoch + 1}/{tc.epochs}",
+                           unit="batch", dynamic_ncols=True)
+            loss_sum, loss_n = (float(ckpt["loss_sum"]), int(ckpt["loss_n"])) if resuming else (0.0, 0)
+            b = start_batch
+            optimizer.zero_grad(set_to_none=True)
+            for batch in it:
+                group_start = (b // tc.grad_accum) * tc.grad_accum
+                group_len = min(tc.grad_accum, batches_per_epoch - group_start)
+                last_in_group = b == group_start + group_len - 1
+                inputs = {k: batch[k].to(d.device) for k in model.input_keys}
+                target = batch["labels"].to(d.device)
+                sync = (not d.enabled) or last_in_group
+                ctx = train_model.no_sync() if not sync else _null()
+                with ctx:
+                    with _autocast(cfg, d.device):
+                        out = train_model(**inputs, return_details=need_details)
+                        logits = out.logits if need_details else out
+                        loss = bce(logits.float(), target)
+                        if need_details and out.slice_attention is not None:
+                            loss = loss + tc.key_slice_loss * key_slice_attention_loss(
+                                out.slice_attention.float(), batch["key_slice"].to(d.device),
+                                batch["slice_mask"].to(d.device))
+                    (loss / group_len).backward()
+                loss_sum += float(loss.detach())
+                loss_n += 1
+                b += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                if not last_in_group:
+                    continue
+                if tc.clip_norm and tc.clip_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state["step"] += 1
+                if writer is not None:
+                    writer.add_scalar("train/loss_step", float(loss.detach()), state["step"])
+                    writer.add_scalar("train/lr", scheduler.get_last_lr()[0], state["step"])
+                if max_steps is not None and state["step"] >= max_steps:
+                    stop = True
+                    break
+                if tc.checkpoint_every and state["step"] % tc.checkpoint_every == 0 and b < batches_per_epoch:
+                    checkpoint(epoch, b, loss_sum, loss_n)
+            if bar is not None:
+                bar.close()
+            ckpt = None
+            tl = torch.tensor([loss_sum, float(loss_n)], dtype=torch.float64)
+            if d.enabled:
+                torch.distributed.all_reduce(tl)
+            train_loss = float(tl[0] / max(tl[1], 1))
+            if stop and b < batches_per_epoch:  # max_steps mid-epoch: save where we are and stop
+                checkpoint(epoch, b, loss_sum, loss_n)
+                if d.is_main and not run.weights.exists():
+                    _save_weights_atomic(model, run)
+                d.barrier()
+                break
+
+            scores, yval = validate(model, val_ds, cfg, d)
+            auc = macro_auc(scores, yval)
+            vloss = _val_loss(scores, yval)
+            improved = (np.isfinite(auc) and auc > state["best_val_auc"]) or not state["have_best"]
+            if improved:
+                if np.isfinite(auc):
+                    state["best_val_auc"] = float(auc)
+                state["best_epoch"] = epoch
+                state["bad_epochs"] = 0
+                state["have_best"] = True
+                if d.is_main:
+                    _save_weights_atomic(model, run)
+            else:
+                state["bad_epochs"] += 1
+            if tc.early_stop and state["bad_epochs"] >= tc.early_stop:
+                state["stopped_early"] = True
+            row = {"epoch": epoch + 1, "step": state["step"], "train_loss": train_loss, "val_loss": vloss,
+                   "val_auc": auc, "lr": scheduler.get_last_lr()[0],
+                   "best_val_auc": state["best_val_auc"], "seconds": round(time.time() - t0, 3)}
+            history.append(row)
+            if d.is_main:
+                _append_metrics(run, row)
+                writer.add_scalar("train/loss", train_loss, epoch + 1)
+                writer.add_scalar("val/loss", vloss, epoch + 1)
+                writer.add_scalar("val/auc", auc, epoch + 1)
+                writer.flush()
+                log.info("epoch %d: train loss %.4f, val loss %.4f, val macro AUC %.4f", epoch + 1, train_loss,
+                         vloss, auc)
+            epoch += 1
+            state["batches_done"] = 0
+            checkpoint(epoch, 0)
+            d.barrier()
+            if stop:
+                break
+    finally:
+        if writer is not None:
+            writer.close()
+
+    finished = epoch >= tc.epochs or state["stopped_early"]
+    if finished and state["have_best"]:
+        _finalise_thresholds(model, val_ds, cfg, d, run, labels)
+    best = state["best_val_auc"] if np.isfinite(state["best_val_auc"]) else float("nan")
+    return TrainResult(run, best, state["best_epoch"] + 1, epoch, state["step"], state["stopped_early"], history)
+
+
+def _finalise_thresholds(model, val_ds, cfg, d, run: RunFolder, labels: LabelSpace) -> None:
+    """Reload the best weights and store max-F1 validation thresholds in label_space.json."""
+    from safetensors.torch import load_file
+
+    d.barrier()
+    model.load_state_dict(load_file(str(run.weights), device=str(d.device)))
+    scores, yval = validate(model, val_ds, cfg, d)
+    if d.is_main:
+        labels = copy.deepcopy(labels)
+        labels.thresholds = f1_thresholds(scores, yval)
+        labels.save(run.labels)
+    d.barrier()
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _read_metrics(run: RunFolder) -> list[dict]:
+    if not run.metrics_csv.exists():
+        return []
+    with run.metrics_csv.open() as f:
+        return list(csv.DictReader(f))
+
+
+def _trim_metrics(run: RunFolder, next_epoch: int) -> None:
+    """Keep only rows of epochs a resumed run will not redo (or none for a fresh run)."""
+    rows = [r for r in _read_metrics(run) if int(r["epoch"]) <= next_epoch]
+    with run.metrics_csv.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _append_metrics(run: RunFolder, row: dict) -> None:
+    with run.metrics_csv.open("a", newline="") as f:
+        csv.DictWriter(f, fieldnames=METRIC_FIELDS).writerow(row)

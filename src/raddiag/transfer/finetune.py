@@ -1,0 +1,128 @@
+"""Fine-tuning a pre-trained run on another dataset with 1 / 10 / 30 / 100 % of its training
+split (paper Section 2.4 and Table 4).
+
+As in the paper: the pre-trained visual encoder is kept; the fusion module is kept for
+multi-scan data and dropped for single-image data (the case embedding is then the single
+scan's embedding: fusion switches to ``mean`` pooling, which for one scan is the identity);
+the classification layer is always new, for the target label space. ``scratch=True`` trains
+the same architecture from random weights with the same schedule, for the comparison.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+FRACTIONS = (0.01, 0.1, 0.3, 1.0)
+
+
+def stratified_subset(targets: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a seeded, stratified ``fraction`` of the rows of ``targets [n, C]``.
+
+    Each case is stratified on its rarest label (multi-label data: the label that is hardest
+    to keep); every stratum contributes ``round(fraction * size)`` cases, at least one; then
+    any class with training cases that is still missing gets one case that carries it. So
+    every class keeps at least one case, at the cost of slightly more than ``fraction`` when
+    there are many rare classes.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    targets = np.asarray(targets) > 0
+    n = targets.shape[0]
+    if fraction >= 1.0 or n == 0:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    counts = targets.sum(0)
+    strata: dict[int, list[int]] = defaultdict(list)
+    for i in order:
+        pos = np.flatnonzero(targets[i])
+        key = int(pos[np.argmin(counts[pos])]) if pos.size else -1
+        strata[key].append(int(i))
+    chosen: set[int] = set()
+    for key in sorted(strata):
+        members = strata[key]
+        chosen.update(members[:max(1, int(round(fraction * len(members))))])
+    have = targets[sorted(chosen)].any(0)
+    for c in np.flatnonzero((counts > 0) & ~have):
+        for i in order:
+            if targets[i, c]:
+                chosen.add(int(i))
+                break
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
+def finetune(
+    run_dir: str | Path,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    fraction: float,
+    scratch: bool = False,
+    seed: int = 0,
+    epochs: Optional[int] = None,
+    overrides: Optional[list[str]] = None,
+    granularity: Optional[str] = None,
+    label_embeddings=None,
+    knowledge_encoder: Optional[str | Path] = None,
+    resume: bool = False,
+    progress: bool = True,
+    max_steps: Optional[int] = None,
+):
+    """Fine-tune the pre-trained run ``run_dir`` on prepared data ``data_dir`` into ``out_dir``
+    using a seeded stratified ``fraction`` of its training split; returns a
+    :class:`raddiag.training.TrainResult`. ``scratch`` trains the same model from random init."""
+    from raddiag.data.dataset import CaseDataset
+    from raddiag.data.store import PreparedData
+    from raddiag.models import load_model
+    from raddiag.run import RunFolder
+    from raddiag.training import train
+
+    if not 0.0 < float(fraction) <= 1.0:
+        raise ValueError(f"--fraction must be in (0, 1] (e.g. {', '.join(map(str, FRACTIONS))}), got {fraction}")
+    src = RunFolder(run_dir).check()
+    model, src_cfg, src_labels = load_model(src.root)
+    data = PreparedData(data_dir)
+
+    cfg = copy.deepcopy(src_cfg)
+    cfg.train.seed = int(seed)
+    if epochs is not None:
+        cfg.train.epochs = int(epochs)
+    cfg.override(overrides)
+    if granularity is not None:
+        cfg.data.granularity = granularity
+    labels = data.label_space(cfg.data.granularity)
+
+    multi_scan = any(len(r["scans"]) > 1 for r in data.records)
+    if not multi_scan and cfg.model.fusion == "transformer":
+        cfg.model.fusion = "mean"  # single-image data: discard the fusion module (paper 2.4)
+
+    init_state = None
+    if not scratch:
+        keep = ("encoder.", "fusion.") if multi_scan and cfg.model.fusion == "transformer" else ("encoder.",)
+        init_state = {k: v for k, v in model.state_dict().items() if k.startswith(keep)}
+
+    emb = label_embeddings
+    if cfg.model.head == "knowledge" and emb is None and knowledge_encoder is None:
+        if list(labels.names) == list(src_labels.names):
+            emb = src.load_label_embeddings()
+        # otherwise: computed from the default knowledge encoder by the trainer
+
+    targets = CaseDataset(data, "train", labels, cfg.data, train=False).targets
+    idx = stratified_subset(targets, float(fraction), seed)
+
+    result = train(data_dir, out_dir, cfg, label_embeddings=emb, knowledge_encoder=knowledge_encoder,
+                   resume=resume, progress=progress, max_steps=max_steps, init_state=init_state,
+                   train_indices=idx.tolist())
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        info = {"source_run": str(src.root), "data": str(Path(data_dir)), "fraction": float(fraction),
+                "scratch": bool(scratch), "seed": int(seed), "train_cases": int(len(idx)),
+                "train_cases_total": int(len(targets)), "kept": sorted({k.split(".")[0] for k in init_state or {}}),
+                "fusion": cfg.model.fusion, "best_val_auc": result.best_val_auc}
+        (Path(out_dir) / "finetune.json").write_text(json.dumps(info, indent=1))
+    return result
