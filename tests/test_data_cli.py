@@ -5,7 +5,15 @@ import logging
 import numpy as np
 import pytest
 
+from raddiag import cli
 from raddiag.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _data_commands_only(monkeypatch):
+    """The real `raddiag` entry point, with only the data commands registered (other packages'
+    commands import heavy libraries at parser-build time, which these tests do not need)."""
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ["raddiag.data.commands"])
 
 
 def _bad_manifest(tmp_path):
