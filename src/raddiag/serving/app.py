@@ -1,0 +1,147 @@
+"""The HTTP service: ``create_app(run_dir)`` -> a FastAPI app.
+
+- ``POST /predict``: a case as several files (``files``) or one zip; form fields ``modality``,
+  ``top``, ``classes`` (comma- or newline-separated), ``saliency``, ``saliency_class``,
+  ``case_id``. Returns the prediction JSON (:meth:`CaseResult.to_dict`).
+- ``GET /labels``, ``GET /health``; ``GET /`` the web page; OpenAPI at ``/docs`` and ``/openapi.json``.
+
+Uploads are bounded (``max_files``, ``max_bytes``; the request body is cut off at the limit
+while it streams in), checked by content (:mod:`raddiag.serving.uploads`), extracted safely,
+and kept in a temporary folder that is removed after the request. A bad upload gets a 4xx
+with a message (``{"detail": ...}``). The model is loaded once; forwards run one at a time
+under the predictor's lock (torch uses the cores itself).
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Annotated, Optional
+
+from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from raddiag.serving.uploads import Budget, UploadError, save_upload
+
+STATIC = Path(__file__).with_name("static")
+MULTIPART_SLACK = 1 << 20        # multipart headers and form fields on top of the file bytes
+
+
+class BodyLimit:
+    """ASGI middleware: refuse POST bodies over ``limit`` bytes with 413, by Content-Length up
+    front and by counting while the body streams in (chunked uploads)."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT"):
+            return await self.app(scope, receive, send)
+        msg = f"upload too large: the request body is over the limit of {self.limit} bytes"
+        cl = dict(scope["headers"]).get(b"content-length")
+        if cl is not None and cl.isdigit() and int(cl) > self.limit:
+            return await JSONResponse({"detail": msg}, status_code=413)(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise StarletteHTTPException(413, msg)
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def create_app(run_dir, max_files: int = 64, max_bytes: int = 256 << 20, device: str = "cpu",
+               predictor=None) -> FastAPI:
+    """The service for one run folder (``predictor``: an already loaded :class:`Predictor`)."""
+    from raddiag import __version__
+    from raddiag.serving.predict import Predictor, canonical_modalities
+
+    pred = predictor or Predictor.load(run_dir, device=device)
+    app = FastAPI(title="raddiag", version=__version__,
+                  description="Case-level radiology diagnosis (RadDiag). Upload one patient's scans "
+                              "(DICOM, NIfTI, NPY, PNG/JPEG files, or one zip of them) to `/predict`.")
+    app.state.predictor = pred
+    app.state.limits = {"max_files": max_files, "max_bytes": max_bytes}
+    app.add_middleware(BodyLimit, limit=max_bytes + MULTIPART_SLACK)
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str):
+        path = STATIC / name
+        if "/" in name or name.startswith(".") or not path.is_file():
+            raise HTTPException(404, f"no static file {name!r}")
+        return FileResponse(path)
+
+    @app.get("/demo/sample.png", include_in_schema=False)
+    def demo_sample():
+        from raddiag.serving.sample import sample_png
+
+        return Response(sample_png(128, seed=7), media_type="image/png")
+
+    @app.get("/health", summary="service status")
+    def health():
+        return {"status": "ok", "version": __version__, "classes": len(pred.labels), "preset": pred.cfg.preset,
+                "input": {"size": pred.cfg.data.size, "depth": pred.cfg.data.depth}, **app.state.limits}
+
+    @app.get("/labels", summary="the run's label space")
+    def labels():
+        ls = pred.labels
+        return {"granularity": ls.granularity, "thresholds": ls.thresholds is not None,
+                "classes": [{"name": n, "code": c, "group": g,
+                             "threshold": None if ls.thresholds is None else ls.thresholds[i]}
+                            for i, (n, c, g) in enumerate(zip(ls.names, ls.codes, ls.groups))]}
+
+    @app.post("/predict", summary="ranked diagnoses for one uploaded case",
+              responses={400: {"description": "bad upload (unsafe zip, empty file, ...)"},
+                         413: {"description": "too large or too many files"},
+                         415: {"description": "unsupported file type (by content)"},
+                         422: {"description": "the scans cannot be used (modality missing, unreadable, ...)"}})
+    def predict(
+        files: Annotated[list[UploadFile], File(description="the case's files, or one zip of them")],
+        modality: Annotated[Optional[str], Form(description="modality of non-DICOM files, e.g. CT, X-ray")] = None,
+        top: Annotated[int, Form(ge=1, le=10000)] = 10,
+        classes: Annotated[Optional[str], Form(description="new class names (knowledge head), comma- or "
+                                                           "newline-separated")] = None,
+        saliency: Annotated[bool, Form(description="add Score-CAM overlays (PNG data URLs)")] = False,
+        saliency_class: Annotated[Optional[str], Form(description="class for saliency (default: top)")] = None,
+        case_id: Annotated[Optional[str], Form(max_length=200)] = None,
+    ):
+        with tempfile.TemporaryDirectory(prefix="raddiag-upload-") as tmp:
+            case_dir = Path(tmp) / "case"
+            case_dir.mkdir()
+            budget = Budget(max_files, max_bytes)
+            taken: set[str] = set()
+            try:
+                if not files:
+                    raise UploadError(400, "no files uploaded")
+                for f in files:
+                    save_upload(f.file, f.filename or "upload", case_dir, budget, taken)
+                names = None
+                if classes and classes.strip():
+                    names = [c.strip() for c in classes.replace("\n", ",").split(",") if c.strip()]
+                mod = canonical_modalities(modality.strip()) if modality and modality.strip() else None
+                result = pred.predict(str(case_dir), modality=mod, top=top, classes=names,
+                                      saliency=True if saliency else None,
+                                      saliency_class=saliency_class or None)
+            except UploadError as exc:
+                raise HTTPException(exc.status, exc.message) from None
+            except (ValueError, FileNotFoundError, KeyError) as exc:
+                text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+                text = text.replace(str(case_dir) + "/", "").replace(str(case_dir), "upload")
+                raise HTTPException(422, text.replace("--modality CT", "the form field modality=CT"))
+            out = result.to_dict()
+            out["case_id"] = case_id or (Path(files[0].filename or "upload").name.split(".")[0] or "upload")
+            for s in out["scans"]:
+                s["paths"] = [str(Path(p).relative_to(case_dir)) for p in s["paths"]]
+            return JSONResponse(json.loads(json.dumps(out)))
+
+    return app

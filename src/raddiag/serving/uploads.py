@@ -1,0 +1,210 @@
+"""Upload safety for the HTTP service: file types by content, size and count limits, safe zip
+extraction. Every rejection is an :class:`UploadError` carrying an HTTP status (4xx) and a
+message that names the file and the reason.
+"""
+from __future__ import annotations
+
+import gzip
+import re
+import stat
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Optional
+
+CHUNK = 1 << 20
+
+
+class UploadError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _is_nifti_header(head: bytes) -> bool:
+    if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
+        return int.from_bytes(head[:4], "little") == 348 or int.from_bytes(head[:4], "big") == 348
+    if len(head) >= 12 and head[4:8] == b"n+2\x00":
+        return int.from_bytes(head[:4], "little") == 540 or int.from_bytes(head[:4], "big") == 540
+    return False
+
+
+def sniff(head: bytes) -> Optional[str]:
+    """The file kind from its first bytes (>= 352 of them, or the whole file):
+    ``png``, ``jpeg``, ``dicom``, ``nifti``, ``nifti.gz``, ``npy``, ``zip``; None if unknown."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return "zip"
+    if _is_nifti_header(head):
+        return "nifti"
+    if head.startswith(b"\x1f\x8b"):
+        try:
+            inner = gzip.GzipFile(fileobj=__import__("io").BytesIO(head)).read(352)
+        except (OSError, EOFError):
+            # a truncated stream is expected here (we only hold the first bytes)
+            inner = _gunzip_prefix(head)
+        if _is_nifti_header(inner):
+            return "nifti.gz"
+    return None
+
+
+def _gunzip_prefix(data: bytes) -> bytes:
+    import zlib
+
+    try:
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, 352)
+    except zlib.error:
+        return b""
+
+
+SUFFIX = {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm", "nifti": ".nii", "nifti.gz": ".nii.gz", "npy": ".npy"}
+HEAD_BYTES = 8192
+
+
+def safe_name(name: str, kind: str, taken: set[str]) -> str:
+    """A plain file name for an upload: its base name (no folders), odd characters replaced,
+    the extension set from the sniffed content, made unique within ``taken``."""
+    base = PurePosixPath(str(name).replace("\\", "/")).name
+    low = base.lower()
+    for suf in (".nii.gz", ".nii", ".npy", ".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".gz"):
+        if low.endswith(suf):
+            base = base[: -len(suf)]
+            break
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._")[:80] or "file"
+    out = stem + SUFFIX[kind]
+    i = 1
+    while out in taken:
+        out = f"{stem}_{i}{SUFFIX[kind]}"
+        i += 1
+    taken.add(out)
+    return out
+
+
+class Budget:
+    """Counts files and bytes of one upload against the limits."""
+
+    def __init__(self, max_files: int, max_bytes: int) -> None:
+        self.max_files, self.max_bytes = max_files, max_bytes
+        self.files = 0
+        self.bytes = 0
+
+    def add_file(self, name: str) -> None:
+        self.files += 1
+        if self.files > self.max_files:
+            raise UploadError(413, f"too many files: more than {self.max_files} in one upload ({name!r} and on)")
+
+    def add_bytes(self, n: int, name: str) -> None:
+        self.bytes += n
+        if self.bytes > self.max_bytes:
+            raise UploadError(413, f"upload too large: more than {self.max_bytes} bytes "
+                                   f"(limit reached in {name!r})")
+
+
+def _copy(src: BinaryIO, dst: Path, budget: Budget, name: str, head: bytes = b"") -> None:
+    with open(dst, "wb") as f:
+        if head:
+            budget.add_bytes(len(head), name)
+            f.write(head)
+        while True:
+            chunk = src.read(CHUNK)
+            if not chunk:
+                break
+            budget.add_bytes(len(chunk), name)
+            f.write(chunk)
+
+
+def save_upload(fileobj: BinaryIO, name: str, dest: Path, budget: Budget, taken: set[str],
+                allow_zip: bool = True, label: Optional[str] = None) -> list[Path]:
+    """Check one uploaded file by content and store it under ``dest`` (``label`` names it in
+    messages). A zip is extracted safely. Returns the stored paths."""
+    stored_name, name = name, label or name
+    head = fileobj.read(HEAD_BYTES)
+    if not head:
+        raise UploadError(400, f"{name!r} is empty")
+    kind = sniff(head)
+    if kind is None:
+        raise UploadError(415, f"{name!r}: unsupported file type (by content); expected DICOM (with the "
+                               "'DICM' preamble), NIfTI (.nii / .nii.gz), NPY, PNG, JPEG, or a ZIP of those")
+    if kind == "zip":
+        if not allow_zip:
+            raise UploadError(415, f"{name!r}: a zip inside a zip is not accepted")
+        budget.add_file(name)
+        tmp = dest.parent / f".{dest.name}.upload{len(taken)}.zip"
+        taken.add(tmp.name)
+        _copy(fileobj, tmp, budget, name, head)
+        budget.bytes -= tmp.stat().st_size          # counted again, uncompressed, while extracting
+        budget.files -= 1
+        try:
+            return extract_zip(tmp, dest, budget, name)
+        finally:
+            tmp.unlink(missing_ok=True)
+    budget.add_file(name)
+    out = dest / safe_name(stored_name, kind, taken)
+    _copy(fileobj, out, budget, name, head)
+    return [out]
+
+
+def _entry_problem(info: zipfile.ZipInfo) -> Optional[str]:
+    n = info.filename
+    if n.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", n):
+        return "has an absolute path"
+    parts = n.replace("\\", "/").split("/")
+    if ".." in parts:
+        return "leaves the archive folder ('..')"
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        return "is a symbolic link"
+    if "\x00" in n:
+        return "has a NUL byte in its name"
+    return None
+
+
+def extract_zip(path: Path, dest: Path, budget: Budget, name: str) -> list[Path]:
+    """Extract a zip under ``dest`` keeping its folder structure (DICOM series folders), after
+    checking every entry: no absolute paths, no ``..``, no links, limits on count and total
+    uncompressed size (counted while reading, so a lying header cannot bomb), each file sniffed."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise UploadError(400, f"{name!r}: not a valid zip file ({exc})") from None
+    out: list[Path] = []
+    with zf:
+        infos = zf.infolist()
+        for info in infos:
+            problem = _entry_problem(info)
+            if problem:
+                raise UploadError(400, f"{name!r}: zip entry {info.filename!r} {problem}; rejected")
+        files = [i for i in infos if not i.is_dir()
+                 and not i.filename.startswith("__MACOSX/")
+                 and not PurePosixPath(i.filename).name.startswith(".")]
+        if not files:
+            raise UploadError(400, f"{name!r}: the zip holds no files")
+        if len(files) > budget.max_files:
+            raise UploadError(413, f"{name!r}: {len(files)} files in the zip; at most {budget.max_files}")
+        declared = sum(i.file_size for i in files)
+        if budget.bytes + declared > budget.max_bytes:
+            raise UploadError(413, f"{name!r}: {declared} bytes uncompressed; limit {budget.max_bytes}")
+        root = dest.resolve()
+        taken_in: dict[Path, set[str]] = {}
+        for info in files:
+            rel = PurePosixPath(info.filename.replace("\\", "/"))
+            folder = root.joinpath(*[_clean_part(p) for p in rel.parts[:-1]])
+            if root not in (folder.resolve(), *folder.resolve().parents):   # belt and braces
+                raise UploadError(400, f"{name!r}: zip entry {info.filename!r} leaves the archive folder")
+            folder.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src:
+                stored = save_upload(src, rel.name, folder, budget, taken_in.setdefault(folder, set()),
+                                     allow_zip=False, label=f"{name}:{info.filename}")
+            out += stored
+    return out
+
+
+def _clean_part(part: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", part).strip(".") or "_"
