@@ -83,7 +83,8 @@ def export_dataset(
 ) -> dict:
     """Write DATASET (see module doc). ``splits``: "records" (one JSON per split, from the
     records' ``split``; a record without one goes to train) or "none" (one ``dataset.json``;
-    the adapter then draws a seeded 7:1:2 split). Default: "records" if any record has a split."""
+    the adapter then draws a seeded 7:1:2 split). Default: "records" if any curated record
+    (not counting added normal cases) has a split."""
     from raddiag.data.errors import ScanError
 
     w = Work(work, create=False)
@@ -93,9 +94,10 @@ def export_dataset(
     if missing:
         raise ValueError(f"{len(missing)} accepted disorders are not in {w.root / 'map' / 'mapping.csv'} "
                          f"(e.g. {missing[:3]}); run `raddiag curate map {w.root}` again")
-    records = load_records(w.records_dir()) + normal_records(w.root)
-    if splits is None:
-        splits = "records" if any(r.get("split") for r in records) else "none"
+    curated = load_records(w.records_dir())
+    records = curated + normal_records(w.root)
+    if splits is None:   # decided by the curated records; added normal cases follow them
+        splits = "records" if any(r.get("split") for r in curated) else "none"
     if splits not in ("records", "none"):
         raise ValueError(f"--splits must be 'records' or 'none', got {splits!r}")
     out = Path(out)
