@@ -265,3 +265,12 @@ def test_save_and_load_run_folder(tmp_path, head):
         load_model(tmp_path / "run")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_model(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("encoder", ["resnet", "vit"])
+def test_all_parameters_get_gradients_on_a_2d_only_batch(encoder):
+    """DDP without find_unused_parameters needs every parameter in the graph."""
+    model = make_model(make_cfg(encoder)).train()
+    batch = {k: v[1:2, :1] for k, v in mixed_batch().items()}  # one 2D scan
+    run(model, batch).sum().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []

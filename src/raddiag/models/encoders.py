@@ -60,6 +60,15 @@ def _real_slices(images, scan_mask, slice_mask):
     return images.transpose(2, 3)[real], real
 
 
+def _touch_unused(out: torch.Tensor, modules) -> torch.Tensor:
+    """In training, give the parameters of a branch this batch did not use a zero-valued path to
+    the output, so DistributedDataParallel (without find_unused_parameters) sees them used."""
+    if not torch.is_grad_enabled():
+        return out
+    zero = sum((p.sum() * 0.0 for m in modules for p in m.parameters()), out.new_zeros(()))
+    return out + zero
+
+
 class ResNetViTEncoder(nn.Module):
     """2D ResNet per slice + slice transformer ([CLS], learnable positions, slice mask).
 
@@ -171,6 +180,9 @@ class ResNetEncoder(nn.Module):
             if out is None:
                 out = emb.new_zeros(B, N, emb.shape[-1])
             out[m] = emb
+        if self.training:
+            unused = ([] if m2.any() else [self.stem2d, self.adapt2d]) + ([] if m3.any() else [self.stem3d, self.adapt3d])
+            out = _touch_unused(out, unused)
         return out, None
 
 
@@ -241,4 +253,11 @@ class ViTEncoder(nn.Module):
             if out is None:
                 out = emb.new_zeros(B, N, emb.shape[-1])
             out[m] = emb
+        if self.training:
+            unused = ([] if m2.any() else [self.mlp2d]) + ([] if m3.any() else [self.mlp3d])
+            out = _touch_unused(out, unused)
+            if not m2.any():
+                out = out + self.pos2d.sum() * 0.0
+            if not m3.any():
+                out = out + self.pos3d.sum() * 0.0
         return out, None
