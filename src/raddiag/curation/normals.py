@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from raddiag.curation.records import load_records, modality_anatomy
-from raddiag.curation.work import Work, append_jsonl, read_json, write_json
+from raddiag.curation.work import Work, append_jsonl, write_json
 
 
 def _pool_from(source: str, anatomy: Optional[str]) -> tuple[list[dict], str]:
