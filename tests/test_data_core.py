@@ -146,3 +146,12 @@ def test_scan_selection_caps_and_fixed_eval_order():
     assert select_scans(scans, cfg4, None) == select_scans(scans, cfg4, None)
     picks = {tuple(sorted(select_scans(scans, cfg4, np.random.default_rng(s)))) for s in range(20)}
     assert len(picks) > 1 and all(len(p) == 4 for p in picks)
+
+
+def test_abnormal_case_without_codes_is_not_normal_at_icd_granularity():
+    ls = LabelSpace(names=["Normal", "J18"], granularity="icd10")
+    assert ls.case_labels(Case(id="a", scans=[], labels=["Odd disorder"], icd10=[])) == []
+    assert ls.case_labels(Case(id="n", scans=[], labels=["Normal"])) == ["Normal"]
+    assert ls.case_labels({"labels": [], "icd10": ["J18"]}) == ["J18"]
+    dis = LabelSpace(names=["Normal", "Odd disorder"])
+    assert dis.case_labels({"labels": [], "icd10": ["J18"]}) == []

@@ -88,8 +88,7 @@ class CaseDataset(Dataset):
                         ", ".join(f"{k!r} x{v}" for k, v in counts.most_common()))
 
     def _encode(self, rec: dict) -> np.ndarray:
-        raw = rec["icd10"] if self.labels.granularity == "icd10" else rec["labels"]
-        names = [x for x in raw if x != "Normal"] or ["Normal"]
+        names = self.labels.case_labels(rec)
         missing = [n for n in names if n not in self.labels]
         if missing:
             self.dropped_labels[rec["id"]] = missing

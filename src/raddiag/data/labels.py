@@ -58,11 +58,18 @@ class LabelSpace:
     def __contains__(self, name: str) -> bool:
         return name in self._index
 
-    def case_labels(self, case: Case) -> list[str]:
-        """The names of this granularity that a case carries (Normal when it has none)."""
-        raw = case.icd10 if self.granularity == "icd10" else case.labels
-        raw = [x for x in raw if x != NORMAL]
-        return raw or [NORMAL]
+    def case_labels(self, case: Case | dict) -> list[str]:
+        """The names of this granularity that a case (or a case record) carries.
+
+        A case with neither a disorder nor a code is ``Normal``. An abnormal case that lacks
+        names of this granularity (disorders without ICD-10-CM codes, say) carries no class at
+        all: it is not normal."""
+        get = case.get if isinstance(case, dict) else lambda k: getattr(case, k)
+        disorders = [x for x in get("labels") or [] if x != NORMAL]
+        codes = [x for x in get("icd10") or [] if x != NORMAL]
+        if not disorders and not codes:
+            return [NORMAL]
+        return codes if self.granularity == "icd10" else disorders
 
     def encode(self, labels: Sequence[str], strict: bool = True) -> np.ndarray:
         """Multi-hot vector; unknown labels raise (or are dropped with ``strict=False``)."""
