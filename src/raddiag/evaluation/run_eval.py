@@ -13,28 +13,13 @@ log = logging.getLogger(__name__)
 def predict_split(model, cfg, label_space, data_dir, split: str, batch_size: Optional[int] = None,
                   device: str = "cpu", progress: bool = True) -> dict:
     """Probabilities ``[N, C]`` (sigmoid of the logits), labels, case ids and anatomy of a split."""
-    import torch
-
-    from raddiag.data.dataset import CaseDataset, make_loader
+    from raddiag.data.dataset import CaseDataset
+    from raddiag.inference import predict_dataset
 
     ds = CaseDataset(str(data_dir), split, label_space, cfg.data, train=False)
-    loader = make_loader(ds, batch_size or cfg.train.eval_batch_size)
-    it = loader
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(loader, desc=f"predict {split}", unit="batch")
-    scores, labels, ids, anatomy = [], [], [], []
-    model.eval()
-    with torch.no_grad():
-        for batch in it:
-            logits = model(**{k: batch[k].to(device) for k in model.input_keys})
-            scores.append(torch.sigmoid(logits.float()).cpu().numpy())
-            labels.append(batch["labels"].numpy())
-            ids += list(batch["case_ids"])
-            anatomy += list(batch["anatomy"])
-    return {"scores": np.concatenate(scores), "labels": np.concatenate(labels) > 0.5,
-            "case_ids": ids, "anatomy": anatomy}
+    p = predict_dataset(model, ds, batch_size or cfg.train.eval_batch_size, device=device, progress=progress,
+                        desc=f"predict {split}")
+    return {"scores": p.scores, "labels": p.labels > 0.5, "case_ids": p.case_ids, "anatomy": p.anatomy}
 
 
 def evaluate_run(run_dir, data_dir, split: str = "test", out_dir=None, val_split: Optional[str] = "val",
