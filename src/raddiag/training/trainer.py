@@ -163,6 +163,11 @@ def validate(model, dataset, cfg: RunConfig, d: Optional[dist_utils.Dist] = None
 
     d = d or dist_utils.Dist()
     m = _unwrap(model)
+    if d.enabled:
+        # BatchNorm running statistics drift apart per rank after each forward (DDP broadcasts
+        # rank 0's at the *next* forward): validate rank 0's model, the one that is saved.
+        for buf in m.buffers():
+            torch.distributed.broadcast(buf, src=0)
     idx = list(range(d.rank, len(dataset), d.world_size))
     part = CaseSubset(dataset, idx) if d.enabled else dataset
     if len(idx):
