@@ -512,15 +512,16 @@ def _lesion(img, masks, g: _Grid, T, p: dict, rng, mod: str):
         _blend(img, np.clip(0.5 + (0.55 - r) / 0.1, 0, 1), T["fluid"])
     elif fam == "fracture":
         bone = masks["bone"]
-        m = g.band(cv, cu, p.get("angle", 0.0), p.get("rv", 0.2), 0.025)
-        if g.z is not None:
-            m = m * np.clip(1 - np.abs(g.z - cz) / (rz + 0.2), 0, 1)
-        _blend(img, np.clip(m * bone * 1.2, 0, 1), T["soft"] + delta)
+        zw = np.clip(1 - np.abs(g.z - cz) / (rz + 0.2), 0, 1) if g.z is not None else 1.0
+        swelling = g.ell(cv, cu, 0.22, 0.22, cz, rz, edge=0.3) * (1 - bone) * zw
+        _blend(img, swelling * 0.7, T["soft"] + 0.08)                                   # soft-tissue swelling
+        m = g.band(cv, cu, p.get("angle", 0.0), p.get("rv", 0.2), 0.035) * zw
+        _blend(img, np.clip(m * bone * 1.2, 0, 1), T["soft"] - 0.05 + delta)
     elif fam == "dorsopathy":
         lv = SPINE_LEVELS[p["spine_level"]]
         kind = p.get("kind")
         if kind == "bulge":
-            _blend(img, g.ell(lv + 0.18, 0.16, 0.07, 0.17, cz, 0.6, edge=0.1), T["fluid"] * 0.3 + T["mass"] * 0.7)
+            _blend(img, g.ell(lv + 0.18, 0.16, 0.07, 0.17, cz, 0.6, edge=0.1), T["soft"] * 0.6 + T["fluid"] * 0.4)
         elif kind == "stenosis":
             _blend(img, g.ell(lv + 0.18, 0.25, 0.16, 0.09, cz, 0.7, edge=0.1, p=4), T["bone"] * 0.6 + T["soft"] * 0.4)
         # "slip" is drawn by the background (shifted vertebrae)
@@ -562,7 +563,7 @@ def render_scan(anatomy: str, modality: str, shape: tuple, pose, lesions: list[d
         img = img * (0.55 + 0.45 * speckle) * (1 - 0.2 * rr / 2) * fan
     else:
         sigma = {"CT": 0.035, "MRI": 0.03, "X-ray": 0.02}[modality]
-        img = img + rng.normal(0, sigma, size=g.shape).astype(np.float32)
+        img = img + np.float32(sigma) * rng.standard_normal(g.shape, dtype=np.float32)
     img = np.clip(img, 0, 1).astype(np.float32)
     return img if is3d else img[..., 0]
 
@@ -777,7 +778,7 @@ def _defect_cases(raw: Path, seed: int) -> list[Case]:
 
     Image.fromarray(np.full((64, 64), 128, np.uint8), mode="L").save(d / "constant.png")
     nan = render_scan("Head and Neck", "CT", (48, 48, 12), (0, 1, 0, 0), [], None, rng)
-    nan[10:20, 10:20, 3] = np.nan
+    nan[10:20, 10:20, :] = np.nan
     np.save(d / "nan.npy", nan)
     np.save(d / "full.npy", nan[..., :4])
     (d / "truncated.npy").write_bytes((d / "full.npy").read_bytes()[:200])
