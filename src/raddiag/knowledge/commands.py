@@ -1,0 +1,103 @@
+"""``raddiag knowledge train | evaluate | embed | map``."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("knowledge", help="knowledge encoder: train, evaluate, embed labels, map names to ICD-10-CM")
+    sub = p.add_subparsers(dest="knowledge_command", metavar="ACTION")
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+    from raddiag.knowledge.train import DEFAULTS
+
+    t = sub.add_parser("train", help="contrastive fine-tuning on ICD-10-CM (+ your JSONL); prints before/after retrieval")
+    t.add_argument("--out", required=True, help="output folder (a Hugging Face model folder; rerun to resume)")
+    t.add_argument("--base", help="local Hugging Face encoder folder (default: all-MiniLM-L6-v2)")
+    t.add_argument("--extra", action="append", default=[], metavar="KNOWLEDGE.jsonl",
+                   help="user knowledge in JSON Lines (repeatable; schema in raddiag.knowledge.kb)")
+    t.add_argument("--pooling", default="auto", choices=["auto", "cls", "mean"])
+    for name in ("steps", "batch_size", "lr", "temperature", "holdout_fraction"):
+        t.add_argument("--" + name.replace("_", "-"), type=type(DEFAULTS[name]), default=DEFAULTS[name])
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no-resume", action="store_true", help="start again even if OUT holds a checkpoint")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("evaluate", help="held-out synonym recall@1/@10 and hierarchy check for an encoder")
+    e.add_argument("--encoder", help="encoder folder (default: all-MiniLM-L6-v2)")
+    e.add_argument("--pooling", default="auto", choices=["auto", "cls", "mean"])
+    e.set_defaults(func=_evaluate)
+
+    m = sub.add_parser("embed", help="one embedding per class name, saved as safetensors")
+    m.add_argument("--encoder", help="encoder folder (default: all-MiniLM-L6-v2)")
+    m.add_argument("--labels", required=True,
+                   help="label_space.json, a run folder, disorder_label_dict.json or a JSON list of names")
+    m.add_argument("--out", required=True, help="output .safetensors (e.g. RUN/label_embeddings.safetensors)")
+    m.set_defaults(func=_embed)
+
+    s = sub.add_parser("map", help="suggest ICD-10-CM categories for free-text disorder names")
+    s.add_argument("names", nargs="+", help="disorder names (quote names with spaces)")
+    s.add_argument("--top", type=int, default=5)
+    s.add_argument("--encoder", help="encoder folder (default: all-MiniLM-L6-v2)")
+    s.add_argument("--extra", action="append", default=[], metavar="KNOWLEDGE.jsonl")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.set_defaults(func=_map)
+
+
+def _train(a: argparse.Namespace) -> int:
+    from raddiag.knowledge.train import format_table, train_knowledge_encoder
+
+    res = train_knowledge_encoder(
+        a.out, base=a.base, extra=tuple(a.extra), steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+        temperature=a.temperature, holdout_fraction=a.holdout_fraction, seed=a.seed,
+        resume=not a.no_resume, progress=True, pooling=a.pooling)
+    b = res.get("before") or {}
+    print(f"held-out: {b.get('n_queries', 0)} synonym queries, {b.get('n_triples', 0)} hierarchy triples "
+          f"({a.holdout_fraction:.0%} of categories unseen in training)")
+    print(format_table(res))
+    print(f"encoder saved to {a.out}")
+    return 0
+
+
+def _evaluate(a: argparse.Namespace) -> int:
+    from raddiag.knowledge.encoder import TextEncoder
+    from raddiag.knowledge.train import evaluate_retrieval, format_table, load_heldout_for
+
+    enc = TextEncoder.load(a.encoder, pooling=a.pooling)
+    held = load_heldout_for(a.encoder)
+    res = evaluate_retrieval(enc, held, progress=True)
+    print(f"{a.encoder or 'all-MiniLM-L6-v2'}: {res['n_queries']} queries, {res['n_triples']} triples")
+    print(format_table({"after": res}).replace("after ", "encoder"))
+    return 0
+
+
+def _embed(a: argparse.Namespace) -> int:
+    from raddiag.knowledge.embed import embed_labels, label_texts, read_labels, save_label_embeddings
+    from raddiag.knowledge.encoder import TextEncoder
+
+    labels = read_labels(a.labels)
+    enc = TextEncoder.load(a.encoder)
+    emb = embed_labels(enc, labels, progress=True)
+    path = save_label_embeddings(a.out, emb, label_texts(labels), enc)
+    print(f"{emb.shape[0]} label embeddings of dimension {emb.shape[1]} -> {path}")
+    return 0
+
+
+def _map(a: argparse.Namespace) -> int:
+    import json
+
+    from raddiag.knowledge.encoder import TextEncoder
+    from raddiag.knowledge.kb import build_kb
+    from raddiag.knowledge.map import suggest_codes
+
+    res = suggest_codes(a.names, top=a.top, encoder=TextEncoder.load(a.encoder),
+                        kb=build_kb(a.extra), progress=True)
+    if a.json:
+        print(json.dumps({n: [{"code": c, "description": d, "score": s} for c, d, s in r]
+                          for n, r in zip(a.names, res)}, indent=1))
+        return 0
+    for name, r in zip(a.names, res):
+        print(name)
+        for c, d, s in r:
+            print(f"  {c:<6} {s:6.3f}  {d}")
+    return 0

