@@ -6,7 +6,9 @@
 - :mod:`.bootstrap`: :func:`bootstrap_per_class` (case resampling, vectorised over resamples).
 - :mod:`.run_eval`: :func:`evaluate_run` (a run folder on a prepared dataset split).
 """
-from .engine import evaluate_predictions
-from .metrics import METRICS, best_f1_thresholds, macro, per_class_metrics
+from raddiag._lazy import lazy_exports
 
-__all__ = ["evaluate_predictions", "per_class_metrics", "best_f1_thresholds", "macro", "METRICS"]
+_EXPORTS = {"evaluate_predictions": ".engine", "METRICS": ".metrics", "best_f1_thresholds": ".metrics",
+            "macro": ".metrics", "per_class_metrics": ".metrics"}
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__ = list(_EXPORTS)

@@ -7,16 +7,12 @@
 - :func:`save_model` / :func:`load_model`: run-folder persistence (safetensors, no pickle).
 - :func:`import_official`: the authors' released weights into a run folder.
 """
-from .fusion import pool_scan_logits
-from .io import load_model, save_model
-from .raddiag import ModelOutput, RadDiag, build_model, key_slice_attention_loss
+from raddiag._lazy import lazy_exports
 
-__all__ = ["RadDiag", "ModelOutput", "build_model", "key_slice_attention_loss", "save_model", "load_model",
-           "pool_scan_logits", "import_official"]
-
-
-def import_official(*args, **kwargs):
-    """See :func:`raddiag.models.official.import_official`."""
-    from .official import import_official as _imp
-
-    return _imp(*args, **kwargs)
+_EXPORTS = {
+    "pool_scan_logits": ".fusion", "load_model": ".io", "save_model": ".io", "ModelOutput": ".raddiag",
+    "RadDiag": ".raddiag", "build_model": ".raddiag", "key_slice_attention_loss": ".raddiag",
+    "import_official": ".official",
+}
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__ = list(_EXPORTS)
