@@ -179,3 +179,29 @@ def test_train_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="amp"):
         data = make_tiny_data(tmp_path / "data", n_cases=8)
         train(data, tmp_path / "run2", preset("tiny", tiny_overrides(**{"train.amp": "fp8"})), progress=False)
+
+
+@pytest.mark.slow
+def test_knowledge_head_bf16_accumulation_and_max_steps_resume(tmp_path):
+    from safetensors.torch import save_file
+
+    from raddiag.models import load_model
+    from raddiag.training import train
+    from raddiag.training.checkpoint import load_checkpoint
+
+    data = make_tiny_data(tmp_path / "data", n_cases=24)        # 16 training cases
+    emb = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    save_file({"embeddings": emb}, str(tmp_path / "emb.safetensors"))
+    cfg = preset("tiny", tiny_overrides(**{"model.head": "knowledge", "model.text_dim": 8, "train.amp": "bf16",
+                                           "train.grad_accum": 2, "train.epochs": 2, "train.key_slice_loss": 0.01}))
+    first = train(data, tmp_path / "run", cfg, label_embeddings=tmp_path / "emb.safetensors", progress=False,
+                  max_steps=1)
+    # 4 batches an epoch, 2 per optimiser step: stopped after 1 step, mid-epoch, state saved
+    assert first.steps == 1 and first.epochs_run == 0
+    ck = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ck["batches_done"] == 2 and ck["step"] == 1
+    done = train(data, tmp_path / "run", cfg, resume=True, progress=False)
+    assert done.steps == 4 and done.epochs_run == 2 and np.isfinite([h["train_loss"] for h in done.history]).all()
+    model, cfg2, labels = load_model(tmp_path / "run")
+    assert cfg2.model.head == "knowledge" and cfg2.train.amp == "bf16"
+    assert torch.allclose(model.head.label_embeddings, emb)     # stored once, with the run
