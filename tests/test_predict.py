@@ -118,3 +118,41 @@ def test_unseen_classes_through_knowledge_head(files, tmp_path):
     assert [f.code for f in res.ranked if f.name == "Pneumonia"] == ["J18"]
     assert torch.equal(pred.model.head.label_embeddings, before)   # the run's own classes restored
     assert isinstance(res.ranked[0], Finding)
+
+
+def write_dicom_series(folder, n=3, modality="CT", series="1.2.826.0.1.3680043.8.498.1", size=24, seed=0):
+    """``n`` slices of one DICOM series (no file extension), positions shuffled on disk."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.SeriesInstanceUID, ds.Modality, ds.InstanceNumber = series, modality, i + 1
+        ds.ImagePositionPatient = [0.0, 0.0, float(n - i)]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.set_pixel_data(rng.integers(0, 4000, (size, size)).astype(np.uint16),
+                          photometric_interpretation="MONOCHROME2", bits_stored=12)
+        p = folder / f"IM{i:04d}"
+        ds.save_as(p, enforce_file_format=True)
+        paths.append(str(p))
+    assert pydicom
+    return paths
+
+
+def test_dicom_series_modality_from_tags(files, tmp_path):
+    paths = write_dicom_series(tmp_path / "case" / "series1")
+    pred = Predictor.load(files / "run")
+    res = pred.predict(str(tmp_path / "case"))                       # no modality needed
+    assert [(s.modality, s.is_3d, s.slices) for s in res.scans] == [("CT", True, 3)]
+    res2 = pred.predict(paths + [str(files / "cxr.png")], modality=[None, None, None, "X-ray"])
+    assert [(s.modality, s.slices) for s in res2.scans] == [("CT", 3), ("X-ray", 1)]   # files grouped by series

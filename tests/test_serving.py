@@ -234,3 +234,16 @@ def test_page_in_headless_chromium(server, tmp_path):
     assert "Done." in dom and "Case demo-cxr" in dom
     assert sum(name in dom for name in SAMPLE_CLASSES) == len(SAMPLE_CLASSES)   # top 5 of 4 classes: all
     assert 'src="data:image/png;base64,' in dom                                  # saliency overlay shown
+
+
+def test_zip_of_a_dicom_series_needs_no_modality(server, tmp_path):
+    from test_predict import write_dicom_series
+
+    write_dicom_series(tmp_path / "study" / "s1", n=4, modality="MR")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for p in sorted((tmp_path / "study").rglob("IM*")):
+            z.write(p, p.relative_to(tmp_path).as_posix())
+    r = _post(server, [("files", ("study.zip", buf.getvalue()))])
+    assert r.status_code == 200, r.text
+    assert [(s["modality"], s["is_3d"], s["slices"]) for s in r.json()["scans"]] == [("MRI", True, 4)]
