@@ -241,17 +241,18 @@ def _icd_concepts(max_code_len: int) -> tuple[tuple[Concept, ...], tuple[tuple[s
     for code in cm.get_all_codes(True):
         if cm.is_chapter_or_block(code):
             chapters[code] = cm.get_description(code)
-            continue
+            if not cm.is_category(code):   # a few blocks are also categories (B10, C50, C7A)
+                continue
         if len(code.replace(".", "")) > max_code_len:
             continue
         anc = cm.get_ancestors(code)           # nearest first: ..., block(s), chapter
         chapter = anc[-1] if anc else None
-        block = next((a for a in anc if cm.is_block(a)), None)
+        block = next((a for a in anc if cm.is_block(a) and a != code), None)
         parent = cm.get_parent(code)
-        if parent and cm.is_chapter_or_block(parent):
+        if parent == code or (parent and cm.is_chapter_or_block(parent) and not cm.is_category(parent)):
             parent = None
         synonyms = list(dict.fromkeys([*cm.get_inclusion_term(code), *cm.get_includes(code)]))
-        children = [k for k in cm.get_children(code) if len(k.replace(".", "")) <= max_code_len]
+        children = [k for k in cm.get_children(code) if len(k.replace(".", "")) <= max_code_len and k != code]
         concepts.append(Concept(id=code, name=cm.get_description(code), synonyms=synonyms,
                                 parent=parent, children=children, chapter=chapter, block=block))
     return tuple(concepts), tuple(chapters.items())

@@ -9,7 +9,7 @@ texts). A name's score for a category is
 
 where ``lexical`` is the IDF-weighted share of the name's words found among the words of
 the category and all its sub-codes (words cut to 6 letters, so "meningioma" meets
-"meninges"), and an acronym that spells a category's name ("ARDS") counts as a full
+"meninges"), a word ending in "-oma" also asks for "neoplasm", and an acronym that spells a category's name ("ARDS") counts as a full
 match. The lexical part reaches sub-codes that are too many to embed quickly
 ("pituitary adenoma" -> D35.2 "Benign neoplasm of pituitary gland" -> D35); on the
 README names of ../shared/data it moves the suggested code into the top 5 for names
@@ -29,11 +29,12 @@ import torch
 from raddiag.knowledge.encoder import TextEncoder
 from raddiag.knowledge.kb import KnowledgeBase
 
-LEXICAL_WEIGHT = 0.5
+LEXICAL_WEIGHT = 1.0
 STEM = 6
 STOP = {"of", "and", "the", "in", "with", "without", "due", "to", "other", "unspecified", "not",
         "elsewhere", "classified", "or", "by", "for", "nos", "a", "an", "as", "on", "disease",
         "diseases", "disorder", "disorders", "condition"}
+NOT_TUMOURS = {"coma", "glaucoma", "trachoma", "diploma", "stoma", "aroma", "soma"}
 _WORD = re.compile(r"[a-z0-9]+")
 
 
@@ -96,6 +97,9 @@ class CodeIndex:
 
     def lexical(self, name: str) -> torch.Tensor:
         q = _stems(name)
+        # "-oma" names a tumour (glioma, adenoma, meningioma): ICD-10-CM says "neoplasm".
+        if any(w.endswith("oma") and w not in NOT_TUMOURS for w in _WORD.findall(name.lower())):
+            q.append("neopla")
         out = torch.zeros(len(self.codes))
         total = sum(self.idf.get(w, self.default_idf) for w in q)
         acro = re.sub(r"[^a-z]", "", name.lower())

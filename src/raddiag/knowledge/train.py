@@ -386,7 +386,7 @@ def train_knowledge_encoder(
             g["lr"] = lr_at(step)
         opt.step()
         state["step"] = step + 1
-        state["losses"].append(round(float(loss), 4))
+        state["losses"].append(round(float(loss.detach()), 4))
         if bar is not None:
             bar.set_postfix(loss=f"{float(loss):.3f}")
         if save_every and state["step"] % save_every == 0 and state["step"] < steps:
