@@ -247,3 +247,28 @@ def test_zip_of_a_dicom_series_needs_no_modality(server, tmp_path):
     r = _post(server, [("files", ("study.zip", buf.getvalue()))])
     assert r.status_code == 200, r.text
     assert [(s["modality"], s["is_3d"], s["slices"]) for s in r.json()["scans"]] == [("MRI", True, 4)]
+
+
+def test_sniff_by_content(tmp_path):
+    from PIL import Image
+
+    from test_predict import write_dicom_series
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(buf, format="JPEG")
+    npy = io.BytesIO()
+    np.save(npy, np.zeros((2, 2)))
+    nii = tmp_path / "v.nii"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), np.float32), np.eye(4)), str(nii))
+    (dcm,) = write_dicom_series(tmp_path / "d", n=1)
+    head = lambda b: b[:8192]  # noqa: E731  (what the service reads first)
+    assert sniff(head(sample_png(8))) == "png"
+    assert sniff(head(buf.getvalue())) == "jpeg"
+    assert sniff(head(npy.getvalue())) == "npy"
+    assert sniff(head(nii.read_bytes())) == "nifti"
+    assert sniff(head(_nifti_gz(tmp_path))) == "nifti.gz"
+    assert sniff(head(Path(dcm).read_bytes())) == "dicom"
+    assert sniff(head(_zip({"a.png": b"x"}))) == "zip"
+    import gzip as _gz
+    assert sniff(_gz.compress(b"not a nifti" * 100)) is None
+    assert sniff(b"<html>hello</html>") is None

@@ -9,12 +9,15 @@ Uploads are bounded (``max_files``, ``max_bytes``; the request body is cut off a
 while it streams in), checked by content (:mod:`raddiag.serving.uploads`), extracted safely,
 and kept in a temporary folder that is removed after the request. A bad upload gets a 4xx
 with a message (``{"detail": ...}``). The model is loaded once; forwards run one at a time
-under the predictor's lock (torch uses the cores itself).
+under the predictor's lock (torch uses the cores itself), and at most ``os.cpu_count()`` requests
+preprocess at once.
 """
 from __future__ import annotations
 
 import json
+import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -63,6 +66,9 @@ def create_app(run_dir, max_files: int = 64, max_bytes: int = 256 << 20, device:
     from raddiag.serving.predict import Predictor, canonical_modalities
 
     pred = predictor or Predictor.load(run_dir, device=device)
+    # requests preprocessing / predicting at once: at most the CPU count (the forward itself is
+    # serialised by the predictor's lock); the rest wait with their upload on disk
+    slots = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
     app = FastAPI(title="raddiag", version=__version__,
                   description="Case-level radiology diagnosis (RadDiag). Upload one patient's scans "
                               "(DICOM, NIfTI, NPY, PNG/JPEG files, or one zip of them) to `/predict`.")
@@ -129,9 +135,10 @@ def create_app(run_dir, max_files: int = 64, max_bytes: int = 256 << 20, device:
                 if classes and classes.strip():
                     names = [c.strip() for c in classes.replace("\n", ",").split(",") if c.strip()]
                 mod = canonical_modalities(modality.strip()) if modality and modality.strip() else None
-                result = pred.predict(str(case_dir), modality=mod, top=top, classes=names,
-                                      saliency=True if saliency else None,
-                                      saliency_class=saliency_class or None)
+                with slots:
+                    result = pred.predict(str(case_dir), modality=mod, top=top, classes=names,
+                                          saliency=True if saliency else None,
+                                          saliency_class=saliency_class or None)
             except UploadError as exc:
                 raise HTTPException(exc.status, exc.message) from None
             except (ValueError, FileNotFoundError, KeyError) as exc:
