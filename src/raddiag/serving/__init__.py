@@ -1,1 +1,10 @@
-"""raddiag.serving"""
+"""raddiag.serving: inference for users.
+
+- :mod:`.predict`: ``raddiag.load(RUN)`` -> :class:`~.predict.Predictor`; ``.predict(inputs)`` ->
+  :class:`~.predict.CaseResult` (ranked :class:`~.predict.Finding` s, ``to_dict()``, a readable table).
+- :mod:`.saliency`: Score-CAM maps and PNG overlays.
+- :mod:`.app`: the HTTP service (``create_app``) and its page (``static/index.html``);
+  :mod:`.uploads`: upload checks (content sniffing, limits, safe zip extraction).
+- :mod:`.export`: TorchScript / ONNX export of the visual encoder and the case model.
+- CLI (:mod:`.commands`): ``raddiag predict | serve | export``.
+"""

@@ -28,7 +28,6 @@ import torch
 from raddiag.config import RunConfig
 from raddiag.data.case import Scan, canonical_modality, modality_id
 from raddiag.data.labels import LabelSpace
-from raddiag.run import RunFolder
 
 DEFAULT_THRESHOLD = 0.5
 PathLike = Union[str, Path]
