@@ -240,11 +240,13 @@ def train(
                          "pass --resume to continue it or choose another --out")
 
     d = dist_utils.init(device)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         return _train(d, PreparedData(data_dir), run, cfg, label_embeddings, knowledge_encoder, resume,
                       progress, max_steps, init_state, train_indices, CaseDataset, make_loader, build_model,
                       key_slice_attention_loss)
     finally:
+        torch.use_deterministic_algorithms(was_deterministic)  # process-wide: leave it as found
         d.close()
 
 
