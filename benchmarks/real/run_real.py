@@ -103,19 +103,22 @@ def predict(run: Path, data_dir: Path, split: str):
     return predict_dataset(model, ds, batch_size=16, progress=True, desc=f"{run.name} {split}"), labels, n_scans
 
 
-def evaluate(run: Path, data_dir: Path, out: Path, rows_filter=None, n_boot: int = 1000) -> dict:
+def evaluate(run: Path, data_dir: Path, outs: dict, n_boot: int = 1000) -> dict:
+    """Predict test and val once; evaluate each named subset of test cases (``outs``: name ->
+    (report folder, case filter or None)) with thresholds chosen on val."""
     from raddiag.evaluation import evaluate_predictions
 
     test, labels, n_scans = predict(run, data_dir, "test")
     val, _, _ = predict(run, data_dir, "val")
-    rows = np.arange(len(test.case_ids))
-    if rows_filter is not None:
-        rows = np.array([i for i in rows if rows_filter(test.case_ids[i], n_scans[i])])
-    res = evaluate_predictions(test.scores[rows], test.labels[rows], labels, val_scores=val.scores,
-                               val_labels=val.labels, anatomy=[test.anatomy[i] for i in rows],
-                               case_ids=[test.case_ids[i] for i in rows], out_dir=out, n_boot=n_boot)
-    res["metrics"]["n_cases"] = int(len(rows))
-    return res["metrics"]
+    results = {}
+    for name, (out, keep) in outs.items():
+        rows = np.array([i for i in range(len(test.case_ids)) if keep is None or keep(test.case_ids[i], n_scans[i])])
+        res = evaluate_predictions(test.scores[rows], test.labels[rows], labels, val_scores=val.scores,
+                                   val_labels=val.labels, anatomy=[test.anatomy[i] for i in rows],
+                                   case_ids=[test.case_ids[i] for i in rows], out_dir=out, n_boot=n_boot)
+        res["metrics"]["n_cases"] = int(len(rows))
+        results[name] = res["metrics"]
+    return results
 
 
 def pct(e) -> str:
@@ -164,8 +167,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(2)
-    from raddiag.demo import cache_dir
-    from raddiag.knowledge.train import train_knowledge_encoder
+    from raddiag.knowledge.train import cache_dir, train_knowledge_encoder
     from raddiag.run import RunFolder
     from raddiag.transfer.finetune import finetune
     from raddiag.transfer.zeroshot import zeroshot
@@ -194,10 +196,9 @@ def main(argv=None) -> int:
         run = train_run(work, pre, f"ablation-{i}", ov, args, encoder)
         runs[name] = run
         multi = lambda cid, n: cid.startswith("covid-chestxray/") and n > 1
-        ablation[name] = {
-            "overall": evaluate(run, pre, work / "reports" / f"ablation-{i}-overall"),
-            "covid multi-scan": evaluate(run, pre, work / "reports" / f"ablation-{i}-covid", rows_filter=multi),
-        }
+        ablation[name] = evaluate(run, pre, {
+            "overall": (work / "reports" / f"ablation-{i}-overall", None),
+            "covid multi-scan": (work / "reports" / f"ablation-{i}-covid", multi)})
         timings[name] = time.time() - t
     best = runs["fusion + knowledge"]
 
@@ -219,8 +220,8 @@ def main(argv=None) -> int:
                 finetune(best, held, out, fraction=f, scratch=scratch, seed=args.seed,
                          epochs=args.finetune_epochs, progress=True)
                 (out / "done").write_text(f"{time.time() - t:.0f}\n")
-            m = evaluate(out, held, work / "reports" / name, n_boot=200)
-            transfer[(f, scratch)] = m["all"]["auc"]
+            m = evaluate(out, held, {"all": (work / "reports" / name, None)}, n_boot=200)
+            transfer[(f, scratch)] = m["all"]["all"]["auc"]
 
     labels = RunFolder(best).load_labels()
     groups = dict(zip(*np.unique(labels.groups, return_counts=True)))

@@ -8,15 +8,9 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Optional
-
-
-def cache_dir() -> Path:
-    """Where reusable artefacts (the fine-tuned knowledge encoder) live: $RADDIAG_CACHE or ~/.cache/raddiag."""
-    return Path(os.environ.get("RADDIAG_CACHE", Path.home() / ".cache" / "raddiag"))
 
 
 def run_demo(out_dir: str | Path, n_cases: int = 400, seed: int = 0, epochs: Optional[int] = None,
@@ -24,7 +18,7 @@ def run_demo(out_dir: str | Path, n_cases: int = 400, seed: int = 0, epochs: Opt
     from raddiag.config import preset
     from raddiag.data.synth import synthesize
     from raddiag.evaluation.run_eval import evaluate_run
-    from raddiag.knowledge.train import train_knowledge_encoder
+    from raddiag.knowledge.train import cache_dir, train_knowledge_encoder
     from raddiag.training import train
 
     out = Path(out_dir)
