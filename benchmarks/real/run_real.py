@@ -158,6 +158,9 @@ def main(argv=None) -> int:
     p.add_argument("--fractions", default="0.01,0.1,0.3,1.0")
     p.add_argument("--knowledge-steps", type=int, default=150)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--knowledge-encoder", help="a fine-tuned knowledge encoder folder to use "
+                   "(default: fine-tune one with --knowledge-steps, cached)")
     args = p.parse_args(argv)
 
     data = Path(args.data)
@@ -166,7 +169,7 @@ def main(argv=None) -> int:
         return 0
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     from raddiag.knowledge.train import cache_dir, train_knowledge_encoder
     from raddiag.run import RunFolder
     from raddiag.transfer.finetune import finetune
@@ -179,21 +182,27 @@ def main(argv=None) -> int:
     pre = prepare(work, "pretrain", PRETRAIN_SETS, data, args)
     held = prepare(work, "heldout", [HELD_OUT], data, args)
 
-    enc = cache_dir() / f"knowledge-minilm-s{args.knowledge_steps}-seed{args.seed}"
-    if not (enc / "config.json").exists():
-        log("fine-tuning the knowledge encoder")
-        train_knowledge_encoder(enc, steps=args.knowledge_steps, seed=args.seed, progress=True)
+    def knowledge_encoder() -> Path:
+        """Resolved only when the knowledge variant is trained (it may be produced meanwhile)."""
+        enc = Path(args.knowledge_encoder) if args.knowledge_encoder else \
+            cache_dir() / f"knowledge-minilm-s{args.knowledge_steps}-seed{args.seed}"
+        if args.knowledge_encoder and not (enc / "raddiag_text_encoder.json").exists():
+            raise FileNotFoundError(f"{enc}: not a finished knowledge encoder")
+        if not (enc / "config.json").exists():
+            log("fine-tuning the knowledge encoder")
+            train_knowledge_encoder(enc, steps=args.knowledge_steps, seed=args.seed, progress=True)
+        return enc
 
     variants = {
         "max pooling (baseline)": (["model.fusion=max", "model.head=mlp"], None),
         "fusion module": (["model.fusion=transformer", "model.head=mlp"], None),
-        "fusion + knowledge": (["model.fusion=transformer", "model.head=knowledge"], enc),
+        "fusion + knowledge": (["model.fusion=transformer", "model.head=knowledge"], knowledge_encoder),
     }
     ablation, runs = {}, {}
     timings = {}
     for i, (name, (ov, encoder)) in enumerate(variants.items()):
         t = time.time()
-        run = train_run(work, pre, f"ablation-{i}", ov, args, encoder)
+        run = train_run(work, pre, f"ablation-{i}", ov, args, encoder() if encoder else None)
         runs[name] = run
         multi = lambda cid, n: cid.startswith("covid-chestxray/") and n > 1
         ablation[name] = evaluate(run, pre, {
