@@ -9,7 +9,7 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="knowledge_command", metavar="ACTION")
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
-    from raddiag.knowledge.train import DEFAULTS
+    from raddiag.knowledge.defaults import DEFAULTS
 
     t = sub.add_parser("train", help="contrastive fine-tuning on ICD-10-CM (+ your JSONL); prints before/after retrieval")
     t.add_argument("--out", required=True, help="output folder (a Hugging Face model folder; rerun to resume)")

@@ -53,7 +53,7 @@ METRICS_FILE = "knowledge_metrics.json"
 #: Defaults measured on 2 shared CPU cores (see benchmarks/knowledge_train.py).
 #: Cost per step grows with tokens: texts are cut to 32 tokens and each relation kind is
 #: encoded separately (names are not padded to the length of descriptions).
-DEFAULTS = dict(steps=60, batch_size=24, lr=1e-4, temperature=0.05, holdout_fraction=0.1, train_layers=3)
+from raddiag.knowledge.defaults import DEFAULTS  # noqa: E402  (light, shared with the CLI)
 TRAIN_MAX_LENGTH = 32
 
 

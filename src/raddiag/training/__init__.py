@@ -3,6 +3,8 @@
 - :func:`train` -> :class:`TrainResult` (``raddiag train``)
 - :func:`raddiag.training.augment.build_scan_transform` (per-scan MONAI augmentation, key-slice swap)
 """
-from .trainer import TrainResult, lr_factor, train, validate
+from raddiag._lazy import lazy_exports
 
-__all__ = ["train", "TrainResult", "validate", "lr_factor"]
+_EXPORTS = {"train": ".trainer", "TrainResult": ".trainer", "validate": ".trainer", "lr_factor": ".trainer"}
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__ = list(_EXPORTS)
