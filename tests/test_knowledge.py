@@ -77,7 +77,7 @@ def test_user_jsonl_errors_name_file_and_line(tmp_path, line, msg):
     p.write_text('{"term": "ok"}\n' + line + "\n")
     with pytest.raises(ValueError) as e:
         read_jsonl(p)
-    assert str(p) in str(e.value) and "line 2" in str(e.value) and msg in str(e.value)
+    assert f"{p}:2" in str(e.value) and msg in str(e.value)
 
 
 def test_user_jsonl_missing_file_and_parent(tmp_path):

@@ -152,19 +152,11 @@ class Case:
 
 def read_manifest(path: str | Path) -> Iterator[Case]:
     """Cases from a JSON Lines manifest (blank lines and ``#`` comments allowed)."""
+    from raddiag.jsonl import iter_jsonl
+
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: manifest does not exist")
-    with path.open() as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            yield Case.from_dict(record, base=path.parent, source=f"{path}:{lineno}")
+    for where, record in iter_jsonl(path, "manifest"):
+        yield Case.from_dict(record, base=path.parent, source=where)
 
 
 def write_manifest(cases: Iterable[Case], path: str | Path) -> int:

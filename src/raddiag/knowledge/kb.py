@@ -28,7 +28,6 @@ usual names of COVID-19 (and U07 itself if an edition lacks it).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -192,20 +191,10 @@ class KnowledgeBase:
 def read_jsonl(path: str | Path) -> list[dict]:
     """Parse and validate a user knowledge file; errors name the file and the line."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: knowledge file does not exist")
+    from raddiag.jsonl import iter_jsonl
+
     out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        s = line.strip()
-        if not s or s.startswith("#"):
-            continue
-        where = f"{path}, line {lineno}"
-        try:
-            rec = json.loads(s)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
-        if not isinstance(rec, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    for where, rec in iter_jsonl(path, "knowledge file"):
         unknown = set(rec) - USER_KEYS
         if unknown:
             raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(USER_KEYS)}")

@@ -6,11 +6,11 @@ case is kept.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from raddiag.data.adapters.base import AdapterResult
 from raddiag.data.case import Case, canonical_modality
+from raddiag.jsonl import iter_jsonl
 
 
 def load_manifest(source: Path, **_) -> AdapterResult:
@@ -21,39 +21,26 @@ def load_manifest(source: Path, **_) -> AdapterResult:
             raise ValueError(f"{source}: expected one .jsonl manifest in the folder, found {len(found)}; "
                              "give the file itself")
         source = found[0]
-    if not source.exists():
-        raise FileNotFoundError(f"{source}: manifest does not exist")
     result = AdapterResult(cases=[])
-    with source.open() as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            where = f"{source}:{lineno}"
+    for where, rec in iter_jsonl(source, "manifest"):
+        good = []
+        for j, s in enumerate(rec.get("scans") or []):
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{where}: expected a JSON object per line")
-            good = []
-            for j, s in enumerate(rec.get("scans") or []):
-                try:
-                    canonical_modality(s.get("modality", ""), source=where)
-                    good.append(s)
-                except ValueError as exc:
-                    p = s.get("paths", s.get("path", "?"))
-                    p = p[0] if isinstance(p, list) and p else p
-                    file = str(p) if Path(str(p)).is_absolute() else str(source.parent / str(p))
-                    result.skipped.append({"case": rec.get("id", f"line {lineno}"), "file": file,
-                                           "reason": f"scan {j}: {exc}"})
-            if rec.get("scans") and not good:
-                # every scan unusable: keep the case without scans so prepare reports it as skipped
-                case = Case.from_dict({**rec, "scans": [{"path": "-", "modality": "CT"}]}, base=source.parent,
-                                      source=where)
-                case.scans = []
-            else:
-                case = Case.from_dict({**rec, "scans": good}, base=source.parent, source=where)
-            result.cases.append(case)
+                canonical_modality(s.get("modality", ""), source=where)
+                good.append(s)
+            except ValueError as exc:
+                p = s.get("paths", s.get("path", "?"))
+                p = p[0] if isinstance(p, list) and p else p
+                file = str(p) if Path(str(p)).is_absolute() else str(source.parent / str(p))
+                result.skipped.append({"case": rec.get("id", where), "file": file,
+                                       "reason": f"scan {j}: {exc}"})
+        if rec.get("scans") and not good:
+            # every scan unusable: keep the case without scans so prepare reports it as skipped
+            case = Case.from_dict({**rec, "scans": [{"path": "-", "modality": "CT"}]}, base=source.parent,
+                                  source=where)
+            case.scans = []
+        else:
+            case = Case.from_dict({**rec, "scans": good}, base=source.parent, source=where)
+        result.cases.append(case)
     result.notes.append(f"manifest: {len(result.cases)} cases from {source}")
     return result
