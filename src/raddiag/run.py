@@ -5,6 +5,7 @@ RUN/
   config.yaml                    RunConfig (preset, data geometry, model, training)
   label_space.json               LabelSpace (names, codes, counts, groups, val thresholds)
   label_embeddings.safetensors   {"embeddings": [C, text_dim]} for the knowledge head (optional)
+  text_encoder/ or text_encoder.json   the text encoder that made them (a folder, or a pointer to one)
   model.safetensors              weights of the best checkpoint
   metrics.csv, tensorboard/      training curves
   checkpoints/last.pt            full training state for --resume (weights_only-loadable)
@@ -34,6 +35,9 @@ class RunFolder:
     checkpoints = property(lambda self: self.root / "checkpoints")
     metrics_csv = property(lambda self: self.root / "metrics.csv")
     tensorboard = property(lambda self: self.root / "tensorboard")
+
+    text_encoder_dir = property(lambda self: self.root / "text_encoder")
+    text_encoder_ref = property(lambda self: self.root / "text_encoder.json")
 
     def create(self) -> "RunFolder":
         self.root.mkdir(parents=True, exist_ok=True)
@@ -66,3 +70,28 @@ class RunFolder:
         from safetensors.torch import save_file
 
         save_file({"embeddings": emb.detach().float().contiguous().cpu()}, str(self.label_embeddings))
+
+    def record_text_encoder(self, path) -> None:
+        """Remember which text encoder made the label embeddings (None: the packaged default)."""
+        import json
+
+        ref = {"path": str(Path(path).resolve()) if path is not None else None}
+        self.text_encoder_ref.write_text(json.dumps(ref, indent=1) + "\n")
+
+    def text_encoder(self):
+        """The run's text encoder folder (``text_encoder/``, else the recorded one), or None for the
+        packaged default. New class names must be embedded by the encoder the model trained with."""
+        import json
+
+        if self.text_encoder_dir.is_dir():
+            return self.text_encoder_dir
+        if self.text_encoder_ref.exists():
+            path = json.loads(self.text_encoder_ref.read_text()).get("path")
+            if path is None:
+                return None
+            if not Path(path).is_dir():
+                raise FileNotFoundError(
+                    f"{self.root}: its label embeddings were made by the text encoder {path}, which is gone; "
+                    "pass the encoder folder explicitly (--encoder)")
+            return Path(path)
+        return None

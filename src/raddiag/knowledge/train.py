@@ -217,12 +217,26 @@ def evaluate_retrieval(encoder: TextEncoder, heldout: HeldOut, batch_size: int =
 
 # -- training ----------------------------------------------------------------------------------
 def _sample(pairs: dict[str, Pairs], batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Pair indices per relation kind for one step. Hierarchy pairs are drawn from one ICD-10-CM
+    letter (roughly a chapter) at a time, so that the in-batch negatives of a child are categories
+    near its parent (the paper's example: J93 vs J93.0 against J96.0), not easy far-away ones."""
     kinds = [k for k in KINDS if len(pairs[k]) > 1]
     if not kinds:
         raise ValueError("the knowledge base gives no training pairs (need synonyms, children or definitions)")
     per = [batch_size // len(kinds) + (1 if i < batch_size % len(kinds) else 0) for i in range(len(kinds))]
-    return {k: rng.choice(len(pairs[k]), size=min(n, len(pairs[k])), replace=False)
-            for k, n in zip(kinds, per) if n > 1}
+    out = {}
+    for k, n in zip(kinds, per):
+        if n < 2:
+            continue
+        pool = np.arange(len(pairs[k]))
+        if k == "hierarchy":
+            letters = np.asarray([g[:1] for g in pairs[k].groups])
+            letter = letters[rng.integers(len(letters))]          # a letter, weighted by its pairs
+            near = pool[letters == letter]
+            if len(near) >= n:
+                pool = near
+        out[k] = rng.choice(pool, size=min(n, len(pool)), replace=False)
+    return out
 
 
 def _info_nce(a: torch.Tensor, p: torch.Tensor, groups: list[str], positives: list[str],

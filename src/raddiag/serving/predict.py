@@ -231,8 +231,10 @@ class Predictor:
 
         if self._text_encoder is None:
             path = encoder
-            if path is None and self.run_dir is not None and (self.run_dir / "text_encoder").is_dir():
-                path = self.run_dir / "text_encoder"
+            if path is None and self.run_dir is not None:
+                from raddiag.run import RunFolder
+
+                path = RunFolder(self.run_dir).text_encoder()
             self._text_encoder = TextEncoder.load(path)
         return embed_labels(self._text_encoder, list(names))
 

@@ -268,6 +268,8 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
         else:
             emb = resolve_label_embeddings(labels, label_embeddings, knowledge_encoder) if d.is_main else None
             emb = dist_utils.broadcast_object(emb, d)
+            if d.is_main and label_embeddings is None:
+                run.create().record_text_encoder(knowledge_encoder)
 
     # model (seeded init; identical on every rank)
     torch.manual_seed(tc.seed)

@@ -39,7 +39,7 @@ def suggest_mapping(source: LabelSpace, target: LabelSpace, encoder=None, min_si
         if c:
             by_code.setdefault(c, []).append(n)
     mapping: dict[str, list[str]] = {}
-    unresolved = []
+    unresolved: list[str] = []
     for name, code in zip(target.names, target.codes):
         if _norm(name) in by_name:
             mapping[name] = [by_name[_norm(name)]]
@@ -160,7 +160,9 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
             from raddiag.knowledge.embed import embed_labels
             from raddiag.knowledge.encoder import TextEncoder
 
-            emb = embed_labels(TextEncoder.load(encoder_dir), target)
+            from raddiag.run import RunFolder
+
+            emb = embed_labels(TextEncoder.load(encoder_dir or RunFolder(run_dir).text_encoder()), target)
             model.set_label_embeddings(emb)
             test = predict_dataset(model, ds, batch_size, progress=progress, desc="zero-shot text")
             val = None

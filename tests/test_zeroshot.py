@@ -1,0 +1,88 @@
+"""Zero-shot transfer: union-after-thresholding mapping, normal/abnormal, text mode, CLI."""
+import json
+
+import numpy as np
+import pytest
+
+from raddiag.data.case import Case, Scan
+from raddiag.data.labels import LabelSpace
+from raddiag.data.store import prepare_cases
+from raddiag.transfer.zeroshot import load_mapping, mapped_margins, suggest_mapping, zeroshot
+
+SOURCE = LabelSpace(names=["Normal", "Viral pneumonia", "Bacterial pneumonia", "Glioma"],
+                    codes=[None, "J12", "J15", "C71"])
+
+
+def test_mapping_is_a_union_after_thresholding():
+    scores = np.array([[0.2, 0.9], [0.6, 0.1], [0.1, 0.1]])
+    thr = np.array([0.5, 0.8])
+    m = mapped_margins(scores, thr, [[0, 1], [1], []])
+    assert (m[:, 0] >= 0).tolist() == [True, True, False]      # any linked class passes
+    assert (m[:, 1] >= 0).tolist() == [True, False, False]
+    assert (m[:, 2] < 0).all()                                  # unlinked: never positive
+
+
+def test_suggested_mapping_by_name_then_code():
+    target = LabelSpace(names=["Normal", "viral  pneumonia", "Pneumonia due to Streptococcus"],
+                        codes=[None, "J12", "J15"])
+    links = suggest_mapping(SOURCE, target)
+    assert links["Normal"] == ["Normal"]
+    assert links["viral  pneumonia"] == ["Viral pneumonia"]
+    assert links["Pneumonia due to Streptococcus"] == ["Bacterial pneumonia"]
+
+
+def test_mapping_file_errors_name_the_file(tmp_path):
+    target = LabelSpace(names=["Normal", "Tumour"])
+    p = tmp_path / "map.json"
+    p.write_text(json.dumps({"Tumour": ["Glioma", "Nope"]}))
+    with pytest.raises(ValueError, match=r"map.json: source class 'Nope'"):
+        load_mapping(p, SOURCE, target)
+    p.write_text(json.dumps({"Tumor": "Glioma"}))
+    with pytest.raises(ValueError, match=r"map.json: target class 'Tumor'"):
+        load_mapping(p, SOURCE, target)
+    p.write_text(json.dumps({"Tumour": "Glioma"}))
+    assert load_mapping(p, SOURCE, target) == {"Tumour": ["Glioma"]}
+
+
+@pytest.fixture(scope="module")
+def run_and_target(tmp_path_factory):
+    from raddiag.serving.sample import make_tiny_run
+
+    tmp = tmp_path_factory.mktemp("zs")
+    run = make_tiny_run(tmp / "run", classes=SOURCE.names, codes=SOURCE.codes, head="knowledge",
+                        thresholds=[0.5] * len(SOURCE))
+    rng = np.random.default_rng(0)
+    cases = []
+    for i in range(16):
+        np.save(tmp / f"{i}.npy", rng.normal(100, 20, (40, 40, 1 + i % 3)).astype(np.float32))
+        label = ["Normal", "Viral pneumonia", "Pneumonia due to Streptococcus"][i % 3]
+        cases.append(Case(id=f"c{i}", split="test" if i < 12 else "val", labels=[label],
+                          icd10={"Viral pneumonia": ["J12"], "Pneumonia due to Streptococcus": ["J15"]}.get(label, []),
+                          scans=[Scan(str(tmp / f"{i}.npy"), "X-ray" if i % 3 == 0 else "CT")]))
+    prepare_cases(cases, tmp / "target", size=32, depth=4, workers=1)
+    return run.root, tmp / "target", tmp
+
+
+def test_zeroshot_all_modes(run_and_target):
+    run, target, tmp = run_and_target
+    res = zeroshot(run, target, tmp / "out")
+    assert res["n_cases"] == 12
+    m = res["mapping"]
+    assert m["per_class"]["Pneumonia due to Streptococcus"]["linked"] == ["Bacterial pneumonia"]
+    assert m["unmapped"] == [] and all(0 <= m["macro"][k] <= 1 for k in ("f1", "acc"))
+    assert 0 <= res["normal"]["auc"] <= 1 and res["normal"]["n_normal"] == 4
+    assert 0 <= res["text"]["all"]["auc"]["value"] <= 1 and res["text"]["threshold_source"] == "validation"
+    saved = json.loads((tmp / "out" / "zeroshot.json").read_text())
+    assert saved["normal"] == res["normal"]
+    assert json.loads((tmp / "out" / "mapping.json").read_text())["Viral pneumonia"] == ["Viral pneumonia"]
+
+
+def test_zeroshot_cli(run_and_target, capsys):
+    from raddiag.cli import main
+
+    run, target, tmp = run_and_target
+    assert main(["zeroshot", str(run), "--data", str(target), "--out", str(tmp / "cli"),
+                 "--mode", "mapping", "normal"]) == 0
+    out = capsys.readouterr().out
+    assert "class mapping" in out and "normal/abnormal AUC" in out
+    assert main(["zeroshot", str(run), "--data", str(tmp / "missing"), "--out", str(tmp / "x")]) == 2
