@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-train-per-set", type=int, default=2000,
                    help="cap on training cases per public set (seeded), to fit the time budget")
     p.add_argument("--fractions", default="0.01,0.1,0.3,1.0")
-    p.add_argument("--knowledge-steps", type=int, default=150)
+    p.add_argument("--knowledge-steps", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--knowledge-encoder", help="a fine-tuned knowledge encoder folder to use "

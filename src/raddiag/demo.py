@@ -14,13 +14,16 @@ from typing import Optional
 
 
 def run_demo(out_dir: str | Path, n_cases: int = 400, seed: int = 0, epochs: Optional[int] = None,
-             knowledge_steps: int = 150, overrides: Optional[list[str]] = None, progress: bool = True) -> dict:
+             knowledge_steps: Optional[int] = None, overrides: Optional[list[str]] = None, progress: bool = True) -> dict:
     from raddiag.config import preset
     from raddiag.data.synth import synthesize
     from raddiag.evaluation.run_eval import evaluate_run
     from raddiag.knowledge.train import cache_dir, train_knowledge_encoder
     from raddiag.training import train
 
+    from raddiag.knowledge.defaults import DEFAULTS
+
+    knowledge_steps = knowledge_steps or DEFAULTS["steps"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -94,6 +97,6 @@ def register(sub) -> None:
     p.add_argument("--cases", type=int, default=400, help="synthetic cases to generate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, help="training epochs (default: the tiny preset's)")
-    p.add_argument("--knowledge-steps", type=int, default=150, help="knowledge-encoder fine-tuning steps")
+    p.add_argument("--knowledge-steps", type=int, help="knowledge-encoder fine-tuning steps (default: 200)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.set_defaults(func=lambda a: (run_demo(a.out, a.cases, a.seed, a.epochs, a.knowledge_steps, a.set), 0)[1])

@@ -402,7 +402,7 @@ def train_knowledge_encoder(
         state["step"] = step + 1
         state["losses"].append(round(float(loss.detach()), 4))
         if bar is not None:
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}")
         if save_every and state["step"] % save_every == 0 and state["step"] < steps:
             _save_checkpoint(ckpt, encoder, opt, state)
     encoder.model.eval()
