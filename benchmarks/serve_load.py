@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from raddiag.serving.sample import make_tiny_run, sample_png
+from raddiag.serving.sample import make_tiny_run, sample_png, wait_until_healthy
 
 
 def rss_mb(pid: int) -> float:
@@ -49,16 +49,9 @@ def main() -> int:
     url = f"http://127.0.0.1:{port}"
     try:
         t0 = time.time()
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.time() - t0 > 180:
-                print("server did not start", file=sys.stderr)
-                return 1
-            time.sleep(0.2)
+        if not wait_until_healthy(url, proc, timeout=180):
+            print("server did not start", file=sys.stderr)
+            return 1
         print(f"server ready in {time.time() - t0:.1f} s (run {run})")
         png = sample_png(args.size, seed=1)
         data = {"modality": "X-ray", "top": "5", "saliency": "true" if args.saliency else "false"}

@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from raddiag.serving.sample import SAMPLE_CLASSES, make_tiny_run, sample_png
+from raddiag.serving.sample import SAMPLE_CLASSES, make_tiny_run, sample_png, wait_until_healthy
 from raddiag.serving.uploads import sniff
 
 MAX_FILES = 5
@@ -51,17 +51,9 @@ def server(tmp_path_factory):
                              "--max-files", str(MAX_FILES), "--max-mb", str(MAX_MB)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"server did not start: {proc.stdout.read().decode()[-2000:]}")
-        time.sleep(0.3)
+    if not wait_until_healthy(url, proc, timeout=120):
+        proc.kill()
+        pytest.fail(f"server did not start: {proc.stdout.read().decode()[-2000:]}")
     yield {"url": url, "proc": proc, "tmp": tmpdir, "dir": d}
     proc.terminate()
     try:

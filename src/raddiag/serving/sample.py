@@ -56,3 +56,21 @@ def sample_png(size: int = 64, seed: int = 0) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(sample_image(size, seed)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def wait_until_healthy(url: str, proc, timeout: float = 120.0) -> bool:
+    """Poll ``url/health`` until it answers 200 (True), or the server process ``proc`` exits or
+    ``timeout`` seconds pass (False). For tests and benchmarks that start ``raddiag serve``."""
+    import time
+
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
