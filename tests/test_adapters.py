@@ -37,7 +37,7 @@ def test_rp3d_remaps_by_longest_suffix_and_reports_missing(tmp_path):
     np.save(root / "Demo/key/1.npy", np.array([2]))
     np.save(root / "Demo/key/2.npy", np.array([5]))          # only the key of scan 2 exists, not its data
     _npy(root / "Demo/data/3.npy", (8, 8, 6))
-    cluster = "/mnt/cluster/x/Demo"
+    cluster = "/cluster/share/x/Demo"  # an absolute path of another machine, as in the release
     cases = {
         "https://radiopaedia.org/cases/a-1?lang=us": _rp3d_case(
             f"['{cluster}/data/1.npy', '{cluster}/data/2.npy']", f"['{cluster}/key/1.npy', '{cluster}/key/2.npy']",
