@@ -149,3 +149,12 @@ def test_report_renders_in_headless_chromium(tmp_path):
     # rendered plots are colourful: the ROC band (red) and bar colours, not just black text on white
     colourful = (np.abs(img[..., 0] - img[..., 2]) > 60).mean()
     assert colourful > 0.01
+
+
+def test_normal_bar_plot_accepts_an_interval_that_misses_its_point_estimate():
+    from raddiag.evaluation.report import normal_by_anatomy_figure
+
+    e = lambda v, lo, hi: {"value": v, "ci_low": lo, "ci_high": hi}
+    row = {"auc": e(0.40, 0.45, 0.60), "ap": e(0.2, 0.1, 0.3), "recall_at_fpr_0.05": e(None, None, None)}
+    png = normal_by_anatomy_figure({"normal": row, "anatomy/Chest/normal": row})
+    assert png and len(png) > 1000

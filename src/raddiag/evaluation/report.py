@@ -97,7 +97,9 @@ def normal_by_anatomy_figure(metrics: dict) -> Optional[str]:
         val = np.array([np.nan if metrics[r][k]["value"] is None else metrics[r][k]["value"] for r in rows])
         lo = np.array([np.nan if metrics[r][k]["ci_low"] is None else metrics[r][k]["ci_low"] for r in rows])
         hi = np.array([np.nan if metrics[r][k]["ci_high"] is None else metrics[r][k]["ci_high"] for r in rows])
-        err = np.vstack([np.nan_to_num(val - lo), np.nan_to_num(hi - val)])
+        # A percentile interval need not contain the point estimate (a macro average over the
+        # classes present in each resample, skewed metrics): clip so matplotlib gets lengths >= 0.
+        err = np.clip(np.vstack([np.nan_to_num(val - lo), np.nan_to_num(hi - val)]), 0.0, None)
         ax.bar(x + (j - 1) * wdt, np.nan_to_num(val), wdt, yerr=err, capsize=2, label=lab)
     ax.set_xticks(x)
     ax.set_xticklabels(labels, rotation=20, ha="right")
