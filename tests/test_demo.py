@@ -18,3 +18,7 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):
     assert "<table" in (out / "report.html").read_text()
     assert (out / "run" / "model.safetensors").exists() and (out / "run" / "label_embeddings.safetensors").exists()
     assert (tmp_path / "cache" / "knowledge-minilm-s2-seed0" / "config.json").exists()
+    # a second run reuses the data and the encoder, and replaces the run
+    assert main(["demo", "--out", str(out), "--cases", "60", "--epochs", "1", "--knowledge-steps", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "reusing the generated dataset" in printed and "replacing the previous demo run" in printed

@@ -51,6 +51,11 @@ def run_demo(out_dir: str | Path, n_cases: int = 400, seed: int = 0, epochs: Opt
     cfg = preset("tiny", ["model.head=knowledge", "model.fusion=transformer", f"train.seed={seed}",
                           *([f"train.epochs={epochs}"] if epochs else []), *(overrides or [])])
     run_dir = out / "run"
+    if run_dir.exists():  # the demo's own output: a rerun trains afresh rather than refusing
+        import shutil
+
+        _say(f"      replacing the previous demo run in {run_dir}")
+        shutil.rmtree(run_dir)
     _say(f"[3/4] training a tiny RadDiag (fusion + knowledge head, {cfg.train.epochs} epochs) -> {run_dir}")
     train(data_dir, run_dir, cfg, knowledge_encoder=enc_dir, progress=progress)
     timings["train_s"] = time.time() - t
