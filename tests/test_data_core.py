@@ -155,3 +155,18 @@ def test_abnormal_case_without_codes_is_not_normal_at_icd_granularity():
     assert ls.case_labels({"labels": [], "icd10": ["J18"]}) == ["J18"]
     dis = LabelSpace(names=["Normal", "Odd disorder"])
     assert dis.case_labels({"labels": [], "icd10": ["J18"]}) == []
+
+
+@pytest.mark.timeout(300)
+def test_parallel_prepare_after_thread_pools_started(tmp_path):
+    """Worker processes must not inherit a forked copy of running thread pools (torch/OpenMP, the
+    tokenizers' pool): with fork the children deadlocked when prepare ran after model code."""
+    from raddiag.knowledge.encoder import TextEncoder
+
+    torch.set_num_threads(2)
+    TextEncoder.load(None).encode([f"term {i}" for i in range(64)])
+    cases = [Case(id=f"c{i}", split="train", labels=["X"], scans=[Scan(_vol(tmp_path / f"{i}.npy", (24, 24, 3), i), "CT")])
+             for i in range(12)]
+    report = prepare_cases(cases, tmp_path / "p", size=16, depth=4, workers=2)
+    assert report.scans_out == 12
+    assert np.asarray(PreparedData(tmp_path / "p").scan_array(PreparedData(tmp_path / "p").records[5]["scans"][0])).shape == (3, 16, 16)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -114,7 +115,9 @@ def prepare_cases(
     jobs = [(scan, size, depth, window) for c in cases for scan in c.scans]
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     if workers > 1 and len(jobs) > 8:
-        pool = ProcessPoolExecutor(workers)
+        # forkserver, not fork: forking a process whose torch/OpenMP threads are running can
+        # deadlock the children (seen when prepare ran after model code in the same process).
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
         results = pool.map(_process_scan, jobs, chunksize=4)
     else:
         pool, results = None, map(_process_scan, jobs)
