@@ -16,11 +16,6 @@ class Predictions:
     case_ids: list[str]
     anatomy: list[Optional[str]]
 
-    def save(self, path) -> None:
-        np.savez_compressed(path, scores=self.scores, labels=self.labels,
-                            case_ids=np.array(self.case_ids, dtype=str),
-                            anatomy=np.array([a or "" for a in self.anatomy], dtype=str))
-
 
 @torch.no_grad()
 def predict_dataset(model, dataset, batch_size: int = 8, device: str = "cpu", progress: bool = False,

@@ -62,11 +62,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RADDIAG_CACHE") or Path.home() / ".cache" / "raddiag")
 
 
-def default_encoder_dir() -> Path:
-    """Where a shared fine-tuned knowledge encoder lives (``<cache>/knowledge-encoder``)."""
-    return cache_dir() / "knowledge-encoder"
-
-
 # -- data -------------------------------------------------------------------------------------
 def root_of(kb: KnowledgeBase, cid: str) -> str:
     seen = set()
