@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from raddiag.config import DataConfig
 from raddiag.data.case import modality_id
 from raddiag.data.labels import LabelSpace
-from raddiag.data.preprocess import depth_indices, resize_slices
+from raddiag.data.preprocess import depth_indices, map_key_slice, resize_slices
 from raddiag.data.store import PreparedData
 
 log = logging.getLogger(__name__)
@@ -106,10 +106,9 @@ class CaseDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _load(self, scan: dict) -> torch.Tensor:
-        arr = np.asarray(self.data.scan_array(scan), dtype=np.float32)
-        idx = depth_indices(arr.shape[0], self.cfg.depth)
-        return resize_slices(arr[idx], self.cfg.size)[None]  # [1, d, H, W]
+    def _load(self, scan: dict, idx: np.ndarray) -> torch.Tensor:
+        arr = np.asarray(self.data.scan_array(scan)[idx], dtype=np.float32)
+        return resize_slices(arr, self.cfg.size)[None]  # [1, d, H, W]
 
     def __getitem__(self, i: int) -> dict:
         rec = self.records[i]
@@ -119,11 +118,10 @@ class CaseDataset(Dataset):
         scans = []
         for j in picked:
             s = rec["scans"][j]
-            key = s["store"]["key"]
-            n_kept = len(depth_indices(s["store"]["n"], self.cfg.depth))
-            if key >= 0 and n_kept != s["store"]["n"]:  # re-map the key slice after resampling
-                key = int(np.abs(depth_indices(s["store"]["n"], self.cfg.depth) - key).argmin())
-            item = {"image": self._load(s), "is_3d": bool(s["is_3d"]), "key_slice": key, "modality": s["modality"]}
+            # a store deeper than the configured depth is resampled again, the key slice with it
+            idx = depth_indices(s["store"]["n"], self.cfg.depth)
+            key = map_key_slice(s["store"]["key"], s["store"]["n"], idx)
+            item = {"image": self._load(s, idx), "is_3d": bool(s["is_3d"]), "key_slice": key, "modality": s["modality"]}
             if self.scan_transform is not None and self.train:
                 item = self.scan_transform(item, rng)
             k = per_mod_count[(s.get("entry", 0), s["modality"])]
