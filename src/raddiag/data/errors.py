@@ -9,3 +9,8 @@ class ScanError(ValueError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+class InputTooLarge(ScanError):
+    """A scan whose declared size (read from its header, before any pixel is decoded) is over the
+    configured bound: a 2D pixel count or a 3D voxel count. The service answers it with HTTP 413."""
