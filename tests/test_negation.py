@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 
-from raddiag.data.case import Case, Scan
 from raddiag.data.labels import LabelSpace
 from raddiag.knowledge.negation import contradicts, parse
 from raddiag.transfer.zeroshot import load_mapping, suggest_mapping, zeroshot
@@ -92,20 +91,10 @@ def test_predict_classes_scores_non_x_as_one_minus_p_x(tmp_path):
 
 @pytest.fixture(scope="module")
 def covid_target(tmp_path_factory):
-    from raddiag.data.store import prepare_cases
-    from raddiag.serving.sample import make_tiny_run
+    from test_zeroshot import tiny_run_and_target
 
-    tmp = tmp_path_factory.mktemp("neg")
-    run = make_tiny_run(tmp / "run", classes=SOURCE.names, codes=SOURCE.codes, head="knowledge",
-                        thresholds=[0.5] * len(SOURCE))
-    rng = np.random.default_rng(0)
-    cases = []
-    for i in range(12):
-        np.save(tmp / f"{i}.npy", rng.normal(100, 20, (32, 32)).astype(np.float32))
-        cases.append(Case(id=f"c{i}", split="test" if i < 8 else "val", labels=[["COVID-19", "Non-COVID-19"][i % 2]],
-                          scans=[Scan(str(tmp / f"{i}.npy"), "X-ray")]))
-    prepare_cases(cases, tmp / "target", size=32, depth=4, workers=1)
-    return run.root, tmp / "target", tmp
+    labels = [["COVID-19", "Non-COVID-19"][i % 2] for i in range(12)]
+    return tiny_run_and_target(tmp_path_factory.mktemp("neg"), SOURCE, labels, 8)
 
 
 def test_zeroshot_leaves_non_covid_unmapped_and_scores_it_as_the_complement(covid_target, capsys):
