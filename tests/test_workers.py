@@ -67,10 +67,14 @@ def test_spawned_data_loader_workers_from_an_unguarded_script(tmp_path):
             def __getitem__(self, i):
                 return i
 
-        multiprocessing.set_start_method("spawn")
+        def keep(batch):
+            return batch
+
+        multiprocessing.set_start_method("spawn", force=True)
         loader = make_loader(Tiny(), batch_size=1, num_workers=1)
-        loader.collate_fn = lambda b: b
+        loader.collate_fn = keep
         print("batches", len(list(loader)))
     """)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "bootstrapping phase" not in out.stderr
     assert "batches 2" in out.stdout and "calls it at the top level" in out.stderr
