@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test venv browser bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,7 +20,23 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/raddiag demo --out $(DEMO_OUT)
 
-test: $(STAMP)
+# Chromium for the two headless-browser tests (report, web page); tests/conftest.py finds it.
+# Installed here, in one place, when missing: with apt-get as root (CI, a fresh container);
+# anywhere else a clear reason is printed and those two tests skip saying the same.
+BROWSERS ?= chromium chromium-browser google-chrome
+browser:
+	@found=""; for b in $(BROWSERS); do command -v $$b >/dev/null 2>&1 && { found=$$(command -v $$b); break; }; done; \
+	if [ -n "$$found" ]; then echo "browser: $$found"; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "browser: Chromium is missing and cannot be installed here (needs root and apt-get);" \
+	       "install it yourself (e.g. 'sudo apt-get install chromium') or the two browser tests skip"; \
+	else echo "browser: installing Chromium with apt-get"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  if apt-get update -qq && apt-get install -y -qq chromium >/dev/null; then echo "browser: $$(command -v chromium)"; \
+	  else echo "browser: apt-get could not install chromium (no package mirror?); the two browser tests skip"; fi; \
+	fi
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 tests
 
 bench: $(STAMP)

@@ -6,6 +6,7 @@ skip with a clear message when it is absent, as on a user's fresh machine.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,21 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (set RADDIAG_SHARED_DATA to use another)")
     return SHARED_DATA
+
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The headless browser for the report and web-page tests. ``make test`` installs it first
+    (``make browser``: apt-get as root); the tests skip only where that could not be done."""
+    for name in BROWSERS:
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("Chromium is not installed: `make browser` (part of `make test`) installs it with apt-get "
+                "as root and printed why it could not here; or install `chromium` yourself")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -123,22 +122,12 @@ def test_report_is_self_contained(tmp_path):
     assert "Head" in html and "R@0.05" in html and "Normal vs abnormal" in html
 
 
-def _chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
 @pytest.mark.slow
-def test_report_renders_in_headless_chromium(tmp_path):
-    exe = _chromium()
-    if exe is None:
-        pytest.skip("chromium is not installed (scripts/screenshot_report.py installs it with apt-get)")
+def test_report_renders_in_headless_chromium(tmp_path, chromium):
     report = _report(tmp_path)
     shot = tmp_path / "shot.png"
     with tempfile.TemporaryDirectory() as profile:
-        subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
                         f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1280,2400",
                         report.resolve().as_uri()], capture_output=True, timeout=90)

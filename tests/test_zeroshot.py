@@ -44,23 +44,29 @@ def test_mapping_file_errors_name_the_file(tmp_path):
     assert load_mapping(p, SOURCE, target) == {"Tumour": ["Glioma"]}
 
 
-@pytest.fixture(scope="module")
-def run_and_target(tmp_path_factory):
+def tiny_run_and_target(tmp, source: LabelSpace, labels: list[str], n_test: int, icd10=None):
+    """A knowledge-head run scoring ``source`` and a prepared target: case ``i`` has label
+    ``labels[i]`` (the first ``n_test`` in test, the rest in val)."""
     from raddiag.serving.sample import make_tiny_run
 
-    tmp = tmp_path_factory.mktemp("zs")
-    run = make_tiny_run(tmp / "run", classes=SOURCE.names, codes=SOURCE.codes, head="knowledge",
-                        thresholds=[0.5] * len(SOURCE))
+    run = make_tiny_run(tmp / "run", classes=source.names, codes=source.codes, head="knowledge",
+                        thresholds=[0.5] * len(source))
     rng = np.random.default_rng(0)
     cases = []
-    for i in range(16):
+    for i, label in enumerate(labels):
         np.save(tmp / f"{i}.npy", rng.normal(100, 20, (40, 40, 1 + i % 3)).astype(np.float32))
-        label = ["Normal", "Viral pneumonia", "Pneumonia due to Streptococcus"][i % 3]
-        cases.append(Case(id=f"c{i}", split="test" if i < 12 else "val", labels=[label],
-                          icd10={"Viral pneumonia": ["J12"], "Pneumonia due to Streptococcus": ["J15"]}.get(label, []),
+        cases.append(Case(id=f"c{i}", split="test" if i < n_test else "val", labels=[label],
+                          icd10=(icd10 or {}).get(label, []),
                           scans=[Scan(str(tmp / f"{i}.npy"), "X-ray" if i % 3 == 0 else "CT")]))
     prepare_cases(cases, tmp / "target", size=32, depth=4, workers=1)
     return run.root, tmp / "target", tmp
+
+
+@pytest.fixture(scope="module")
+def run_and_target(tmp_path_factory):
+    labels = [["Normal", "Viral pneumonia", "Pneumonia due to Streptococcus"][i % 3] for i in range(16)]
+    return tiny_run_and_target(tmp_path_factory.mktemp("zs"), SOURCE, labels, 12,
+                               {"Viral pneumonia": ["J12"], "Pneumonia due to Streptococcus": ["J15"]})
 
 
 def test_zeroshot_all_modes(run_and_target):

@@ -168,6 +168,10 @@ def make_loader(dataset: CaseDataset, batch_size: int, shuffle: bool = False, nu
 
     from torch.utils.data import DataLoader
 
+    from raddiag.data.workers import worker_processes_allowed
+
+    if num_workers and not worker_processes_allowed("the data loader's worker processes (num_workers)"):
+        num_workers = 0
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
                       num_workers=num_workers, drop_last=drop_last,
                       collate_fn=partial(collate_cases, depth=dataset.cfg.depth),

@@ -31,6 +31,7 @@ from raddiag.data.labels import LabelSpace
 from raddiag.data.preprocess import preprocess_volume
 from raddiag.data.readers import read_scan
 from raddiag.data.splits import assign_splits
+from raddiag.data.workers import worker_processes_allowed
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -114,7 +115,7 @@ def prepare_cases(
 
     jobs = [(scan, size, depth, window) for c in cases for scan in c.scans]
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    if workers > 1 and len(jobs) > 8:
+    if workers > 1 and len(jobs) > 8 and worker_processes_allowed("prepare_cases", "forkserver"):
         # forkserver, not fork: forking a process whose torch/OpenMP threads are running can
         # deadlock the children (seen when prepare ran after model code in the same process).
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))

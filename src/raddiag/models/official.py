@@ -1,4 +1,7 @@
-"""Import the authors' released RadDiag weights (``docs/official-checkpoint.md``) into a run folder.
+"""Import the authors' released RadDiag weights into a run folder.
+
+What each key of the release is, its layer quirks and its modality table are written up in
+``docs/official-checkpoint.md`` (in the repository root); this module follows it.
 
 The release's module tree maps onto ours by prefix renames (our ``layer_style="official"``
 modules carry the release's inner names):
@@ -107,7 +110,7 @@ def official_config(state: dict[str, torch.Tensor], slice_heads: int = 1, fusion
     """The ``paper`` preset adapted to what the (renamed) state dict holds."""
     def need(k):
         if k not in state:
-            raise ValueError(f"{where}: missing key {k!r} (released name differs; see official-checkpoint.md)")
+            raise ValueError(f"{where}: missing key {k!r} (released name differs; see docs/official-checkpoint.md)")
         return state[k]
 
     cfg = preset("paper")

@@ -225,9 +225,11 @@ class Predictor:
     # -- class names scored zero-shot --------------------------------------------------------
     def class_embeddings(self, names: Sequence[str], encoder: Optional[PathLike] = None) -> torch.Tensor:
         """Text embeddings ``[C, d]`` of class names (the run's text encoder when it records one,
-        else ``encoder``, else the packaged all-MiniLM-L6-v2)."""
+        else ``encoder``, else the packaged all-MiniLM-L6-v2). A negated name ("Non-X") gets X's
+        embedding; its probability is complemented afterwards (:mod:`raddiag.knowledge.negation`)."""
         from raddiag.knowledge.embed import embed_labels
         from raddiag.knowledge.encoder import TextEncoder
+        from raddiag.knowledge.negation import scoring_texts
 
         if self._text_encoder is None:
             path = encoder
@@ -236,7 +238,7 @@ class Predictor:
 
                 path = RunFolder(self.run_dir).text_encoder()
             self._text_encoder = TextEncoder.load(path)
-        return embed_labels(self._text_encoder, list(names))
+        return embed_labels(self._text_encoder, scoring_texts(list(names))[0])
 
     # -- prediction --------------------------------------------------------------------------
     def predict(self, inputs, modality=None, top: int = 10, classes: Optional[Sequence[str]] = None,
@@ -278,7 +280,9 @@ class Predictor:
 
     def saliency(self, sample: dict, result: CaseResult, class_=None, out=True, all_slices: bool = False,
                  top_k: Optional[int] = 64, classes=None, encoder=None) -> list[dict]:
-        """Score-CAM maps of one prepared case (see :meth:`predict`); returns one record per map."""
+        """Score-CAM maps of one prepared case (see :meth:`predict`); returns one record per map.
+        A negated class name ("Non-X", scored 1 - p(X)) shows X's map, recorded as ``map_of``."""
+        from raddiag.knowledge.negation import scoring_texts
         from raddiag.serving.saliency import overlay_data_url, save_overlay, score_cam
 
         names = list(classes) if classes else list(self.labels.names)
@@ -294,6 +298,7 @@ class Predictor:
         if name not in names:
             raise ValueError(f"saliency class {name!r} is not among the scored classes")
         c = names.index(name)
+        texts, flip = scoring_texts(names) if classes else (names, np.zeros(len(names), dtype=bool))
         batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in self.collate([sample]).items()}
         emb = self.class_embeddings(classes, encoder) if classes else None
         used = [i for i in result.scans if i.used]
@@ -305,9 +310,11 @@ class Predictor:
                     self.model.set_label_embeddings(emb)
                 for n, info in enumerate(used):
                     slices = list(range(info.slices)) if all_slices else None
-                    for m in score_cam(self.model, batch, c, n, slices, top_k=top_k, class_name=name):
+                    for m in score_cam(self.model, batch, c, n, slices, top_k=top_k, class_name=texts[c]):
                         rec = {"scan": info.id, "scan_index": n, "slice": m.slice, "class": name,
                                "layer": m.layer, "channels": m.channels}
+                        if flip[c]:
+                            rec["map_of"] = texts[c]
                         if out is True:
                             rec["overlay"] = overlay_data_url(m)
                         else:
@@ -334,6 +341,10 @@ class Predictor:
             else:
                 logits.append(self._forward_with_classes(batch, emb))
         probs = torch.sigmoid(torch.cat(logits)).numpy()
+        if classes:
+            from raddiag.knowledge.negation import complement, scoring_texts
+
+            probs = complement(probs, scoring_texts(names)[1])      # "Non-X": 1 - p(X)
         results = []
         for (sample, infos), p in zip(prepared, probs):
             order = np.argsort(-p, kind="stable")[: min(top, len(p))]
@@ -350,9 +361,14 @@ class Predictor:
             names = [str(c).strip() for c in classes]
             if any(not n for n in names) or len(set(names)) != len(names):
                 raise ValueError(f"class names must be non-empty and distinct: {names}")
-            idx = {n: self.labels.index(n) for n in names if n in self.labels}
-            codes = [self.labels.codes[idx[n]] if n in idx else None for n in names]
-            thr = [self._threshold(idx[n]) if n in idx else DEFAULT_THRESHOLD for n in names]
+            from raddiag.knowledge.negation import scoring_texts
+
+            texts, flip = scoring_texts(names)       # "Non-X" is scored as 1 - p(X): threshold 1 - t(X)
+            known = {n.lower(): j for j, n in enumerate(self.labels.names)}
+            idx = [known.get(t.lower()) for t in texts]
+            codes = [self.labels.codes[j] if j is not None and not f else None for j, f in zip(idx, flip)]
+            thr = [self._threshold(j) if j is not None else DEFAULT_THRESHOLD for j in idx]
+            thr = [1.0 - v if f else v for v, f in zip(thr, flip)]
             src = "validation (known classes), default 0.5 (new classes)"
             return names, codes, thr, src
         n = len(self.labels)

@@ -36,8 +36,10 @@ def format_results(res: dict) -> str:
     pct = lambda v: "  n/a " if v is None else f"{100 * v:6.2f}"
     if "mapping" in res:
         m = res["mapping"]["macro"]
-        lines.append(f"  class mapping   F1 {pct(m['f1'])}  MCC {pct(m['mcc'])}  ACC {pct(m['acc'])}"
-                     + (f"  (unmapped: {', '.join(res['mapping']['unmapped'])})" if res["mapping"]["unmapped"] else ""))
+        lines.append(f"  class mapping   F1 {pct(m['f1'])}  MCC {pct(m['mcc'])}  ACC {pct(m['acc'])}")
+        notes = res["mapping"].get("notes", {})
+        for t in res["mapping"]["unmapped"]:
+            lines.append(f"    unmapped: {t}" + (f" ({notes[t]})" if t in notes else ""))
     if "normal" in res:
         n = res["normal"]
         lines.append(f"  normal/abnormal {n['skipped']}" if "skipped" in n
@@ -50,4 +52,6 @@ def format_results(res: dict) -> str:
             a = t["all"]
             lines.append("  text            " + "  ".join(
                 f"{k.upper()} {pct(a[k]['value'])}" for k in ("auc", "ap", "f1", "mcc", "acc") if k in a))
+            if t.get("complemented"):
+                lines.append(f"    scored as 1 - p(the class they negate): {', '.join(t['complemented'])}")
     return "\n".join(lines)

@@ -8,6 +8,11 @@
 - ``text`` (beyond the paper): the knowledge-guided head scores the target's class names
   directly through their label embeddings (every metric, thresholds from the target's
   validation split when it has one).
+
+Negated class names ("Non-COVID-19", "No finding", "X negative"; :mod:`raddiag.knowledge.negation`)
+are never linked to the class they negate: a name meaning a normal study is linked to
+``Normal``, any other negated name is left unmapped with the reason in the results, and the
+text mode scores "Non-X" as ``1 - p(X)``.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import numpy as np
 
 from raddiag.data.case import NORMAL
 from raddiag.data.labels import LabelSpace
+from raddiag.knowledge import negation
 
 log = logging.getLogger(__name__)
 MODES = ("mapping", "normal", "text")
@@ -32,7 +38,12 @@ def _norm(s: str) -> str:
 def suggest_mapping(source: LabelSpace, target: LabelSpace, encoder=None, min_similarity: float = 0.6,
                     ) -> dict[str, list[str]]:
     """Target class -> source classes: same name, else same ICD-10-CM category, else the nearest
-    source name by the knowledge encoder when similar enough. A suggestion for a person to confirm."""
+    source name by the knowledge encoder when similar enough. A suggestion for a person to confirm.
+
+    A negated target name is never linked to the class it negates (text encoders place
+    "Non-X" next to "X"): one meaning a normal study goes to the source's normal class, any
+    other is left unmapped (:func:`unmapped_reason`); the encoder's candidates exclude the
+    source's negated and normal names."""
     by_name = {_norm(n): n for n in source.names}
     by_code: dict[str, list[str]] = {}
     for n, c in zip(source.names, source.codes):
@@ -40,9 +51,14 @@ def suggest_mapping(source: LabelSpace, target: LabelSpace, encoder=None, min_si
             by_code.setdefault(c, []).append(n)
     mapping: dict[str, list[str]] = {}
     unresolved: list[str] = []
+    source_normal = sorted((n for n in source.names if negation.parse(n).normal), key=lambda n: n != NORMAL)
     for name, code in zip(target.names, target.codes):
+        meaning = negation.parse(name)
         if _norm(name) in by_name:
             mapping[name] = [by_name[_norm(name)]]
+        elif meaning.normal or meaning.negates is not None:
+            if meaning.normal and source_normal:
+                mapping[name] = source_normal[:1]
         elif code and code in by_code:
             mapping[name] = list(by_code[code])
         else:
@@ -51,18 +67,33 @@ def suggest_mapping(source: LabelSpace, target: LabelSpace, encoder=None, min_si
         from raddiag.knowledge.embed import embed_labels
         from raddiag.knowledge.encoder import TextEncoder
 
+        candidates = [n for n in source.names if not negation.parse(n).normal and negation.parse(n).negates is None]
         encoder = encoder or TextEncoder.load(None)
-        src = embed_labels(encoder, list(source.names))
+        src = embed_labels(encoder, candidates) if candidates else None
         tgt = embed_labels(encoder, unresolved)
-        sim = (tgt @ src.T).numpy()
+        sim = (tgt @ src.T).numpy() if src is not None else np.full((len(unresolved), 1), -1.0)
         for i, name in enumerate(unresolved):
             j = int(sim[i].argmax())
             if sim[i, j] >= min_similarity:
-                mapping[name] = [source.names[j]]
+                mapping[name] = [candidates[j]]
             else:
                 log.warning("zero-shot mapping: no source class is close to %r (best %r, %.2f); left unmapped",
-                            name, source.names[j], sim[i, j])
-    return mapping
+                            name, candidates[j] if candidates else None, sim[i, j])
+    kept = {t: [s for s in links if not negation.contradicts(t, s)] for t, links in mapping.items()}
+    return {t: links for t, links in kept.items() if links}
+
+
+def unmapped_reason(name: str, given: bool = False) -> str:
+    """Why a target class was left out of the mapping (printed and saved with the results)."""
+    meaning = negation.parse(name)
+    if given:
+        return "not in the given mapping"
+    if meaning.normal:
+        return "names a normal study, but the model has no Normal class"
+    if meaning.negates is not None:
+        return (f"negates {meaning.negates!r}, so it is never linked to it; the text mode scores it "
+                f"as 1 - p({meaning.negates}), or link it yourself in a --mapping file")
+    return "no source class with the same name, ICD-10-CM code or a close enough name embedding"
 
 
 def load_mapping(path: str | Path, source: LabelSpace, target: LabelSpace) -> dict[str, list[str]]:
@@ -80,6 +111,9 @@ def load_mapping(path: str | Path, source: LabelSpace, target: LabelSpace) -> di
         for s in [links] if isinstance(links, str) else links:
             if s not in source:
                 raise ValueError(f"{path}: source class {s!r} (for {t!r}) is not in the model's label space")
+            if negation.contradicts(t, s):
+                raise ValueError(f"{path}: target class {t!r} is linked to {s!r}, but one negates the other "
+                                 "(scored as the same class, their cases would be swapped); remove the link")
     return {t: [v] if isinstance(v, str) else list(v) for t, v in raw.items()}
 
 
@@ -139,6 +173,8 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
             "macro": {k: _nanmean(m[k], [bool(idx[i]) for i in range(len(target))]) for k in ("f1", "mcc", "acc")},
             "per_class": per_class,
             "unmapped": [t for t, i in zip(target.names, idx) if not i],
+            "notes": {t: unmapped_reason(t, given=mapping is not None)
+                      for t, i in zip(target.names, idx) if not i},
         }
         (out / "mapping.json").write_text(json.dumps(links, indent=1))
 
@@ -157,12 +193,14 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
             results["text"] = {"skipped": "the run's head is not knowledge-guided (model.head=mlp)"}
         else:
             from raddiag.evaluation import evaluate_predictions
-            from raddiag.knowledge.embed import embed_labels
+            from raddiag.knowledge.embed import embed_labels, label_texts
             from raddiag.knowledge.encoder import TextEncoder
 
             from raddiag.run import RunFolder
 
-            emb = embed_labels(TextEncoder.load(encoder_dir or RunFolder(run_dir).text_encoder()), target)
+            # "Non-X" embeds X and is scored 1 - p(X) (negation.scoring_texts)
+            texts, flip = negation.scoring_texts(target.names, label_texts(target))
+            emb = embed_labels(TextEncoder.load(encoder_dir or RunFolder(run_dir).text_encoder()), texts)
             model.set_label_embeddings(emb)
             test = predict_dataset(model, ds, batch_size, progress=progress, desc="zero-shot text")
             val = None
@@ -170,10 +208,12 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
                 val = predict_dataset(model, CaseDataset(data, "val", target, cfg.data), batch_size,
                                       progress=progress, desc="zero-shot text (val)")
             report = evaluate_predictions(
-                test.scores, test.labels, target,
-                val_scores=val.scores if val else None, val_labels=val.labels if val else None,
+                negation.complement(test.scores, flip), test.labels, target,
+                val_scores=negation.complement(val.scores, flip) if val else None,
+                val_labels=val.labels if val else None,
                 anatomy=test.anatomy, case_ids=test.case_ids, out_dir=out / "text")
-            results["text"] = {"all": report["metrics"]["all"], "threshold_source": report["threshold_source"]}
+            results["text"] = {"all": report["metrics"]["all"], "threshold_source": report["threshold_source"],
+                               "complemented": [t for t, f in zip(target.names, flip) if f]}
     (out / "zeroshot.json").write_text(json.dumps(results, indent=1))
     return results
 
