@@ -13,6 +13,7 @@ from raddiag._lazy import lazy_exports
 _EXPORTS = {
     "pool_scan_logits": ".fusion", "load_model": ".io", "save_model": ".io", "ModelOutput": ".raddiag",
     "RadDiag": ".raddiag", "build_model": ".raddiag", "key_slice_attention_loss": ".raddiag",
+    "stand_in_label_embeddings": ".raddiag",
     "import_official": ".official", "load_pretrained_backbone": ".pretrained",
 }
 __getattr__ = lazy_exports(__name__, _EXPORTS)

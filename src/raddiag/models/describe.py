@@ -7,7 +7,7 @@ import torch
 
 from raddiag.config import RunConfig
 
-from .raddiag import build_model
+from .raddiag import build_model, stand_in_label_embeddings
 
 
 def count_params(module: torch.nn.Module | None) -> int:
@@ -20,8 +20,7 @@ def describe_model(cfg: RunConfig, num_classes: int = 5569, scans: int = 2) -> d
     full size, then the rest of the pipeline runs on stand-in features, so this is quick even
     for ``paper``)."""
     mc, dc = cfg.model, cfg.data
-    emb = torch.zeros(num_classes, mc.text_dim) if mc.head == "knowledge" else None
-    model = build_model(cfg, num_classes, emb).eval()
+    model = build_model(cfg, num_classes, stand_in_label_embeddings(cfg, num_classes)).eval()
     enc = model.encoder
     params = {"total": count_params(model), "encoder": count_params(enc),
               "fusion": count_params(model.fusion), "head": count_params(model.head)}

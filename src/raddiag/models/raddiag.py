@@ -119,6 +119,15 @@ def build_model(cfg: RunConfig, num_classes: int, label_embeddings: Optional[tor
     return RadDiag(cfg, num_classes, label_embeddings)
 
 
+def stand_in_label_embeddings(cfg: RunConfig, num_classes: int, seed: int = 0) -> Optional[torch.Tensor]:
+    """Random unit-norm label embeddings ``[num_classes, text_dim]`` for a ``head=knowledge`` model
+    built only to be measured (``raddiag describe``, benchmarks); None for other heads."""
+    if cfg.model.head != "knowledge":
+        return None
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(num_classes, cfg.model.text_dim, generator=g), dim=-1)
+
+
 def key_slice_attention_loss(slice_attention: torch.Tensor, key_slice: torch.Tensor, slice_mask: torch.Tensor,
                              sigma: Optional[float] = None, eps: float = 1e-5) -> torch.Tensor:
     """The release's key-slice attention loss: the symmetric KL divergence
