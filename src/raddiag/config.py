@@ -199,7 +199,7 @@ def _paper() -> RunConfig:
     2-layer 4-head fusion of width 2048, the knowledge-guided head, augmentation at 15 % per
     transform, key-slice swap and the key-slice attention loss."""
     # Activation checkpointing over 8-slice chunks: one training step on a 4-scan x 32-slice x
-    # 256 px case peaks at 2.7 GiB RSS on CPU (benchmarks/train_memory.py); outputs are unchanged.
+    # 256 px case peaks at 4.2 GiB RSS on CPU (benchmarks/train_memory.py); outputs are unchanged.
     return RunConfig(
         model=ModelConfig(slice_layers=6, slice_heads=8, head="knowledge", grad_checkpoint=True, slice_chunk=8),
         train=TrainConfig(aug_prob=0.15, key_slice_swap=PAPER_KEY_SLICE_SWAP, key_slice_loss=RELEASE_KEY_SLICE_LOSS),
