@@ -190,7 +190,9 @@ def test_train_with_pretrained_file_and_load_without_it(tmp_path, caplog):
                      "--pretrained", str(weights), "--max-steps", "1", "--no-progress", *sets]) == 0
     assert any("r18.pth: ResNet-18 weights" in r.getMessage() and "left 2: fc.bias, fc.weight" in r.getMessage()
                for r in caplog.records)
-    weights.unlink()                                   # a training-time input only
+    weights.unlink()                                   # a training-time input only: resume and load without it
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--resume", "--max-steps", "2",
+                 "--no-progress"]) == 0
     model, cfg, _ = load_model(tmp_path / "run")
     assert cfg.model.pretrained == str(weights)
     assert not torch.equal(model.encoder.slice_backbone.layer4[1].conv2.weight, sd["layer4.1.conv2.weight"])  # trained

@@ -231,6 +231,8 @@ def train(
     ``checkpoints/last.pt``. ``max_steps`` stops after that many optimiser steps in total
     (the state is checkpointed, so ``resume`` carries on). ``init_state`` pre-loads matching
     weights (fine-tuning); ``train_indices`` restricts the training split to those cases.
+    ``cfg.model.pretrained`` (a torchvision/timm ResNet file) initialises the per-slice ResNet of a
+    fresh run (:mod:`raddiag.models.pretrained`); a resumed run does not read it again.
     Under ``torchrun`` this trains with DDP; only rank 0 writes.
     """
     from raddiag.data.dataset import CaseDataset, make_loader
@@ -290,7 +292,7 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
     # model (seeded init; identical on every rank)
     torch.manual_seed(tc.seed)
     model = build_model(cfg, len(labels), emb)
-    if not resume:  # a resumed run takes every weight from its checkpoint
+    if not resume and (cfg.model.pretrained or not init_state):  # resume / init_state: weights come from there
         _init_pretrained(model, cfg, d.is_main)
     if init_state:
         own = model.state_dict()
