@@ -76,7 +76,8 @@ def architecture(cfg: RunConfig) -> dict[str, Any]:
     arch["width"] = mc.width
     if mc.fusion == "transformer":
         arch.update({"fusion layers": mc.fusion_layers, "fusion heads": mc.fusion_heads, "fusion width": mc.width})
-    arch.update({"transformer layer style": mc.layer_style, "FFN width / width": mc.mlp_ratio, "classifier head": mc.head,
+    arch.update({"transformer layer style": mc.layer_style, "FFN width / width": mc.mlp_ratio,
+                 "classifier head": mc.head,
                  "augmentation probability (each)": tc.aug_prob, "key-slice swap rate": tc.key_slice_swap,
                  "key-slice loss weight": tc.key_slice_loss,
                  "pretrained ResNet file": mc.pretrained or "none (random init)"})
