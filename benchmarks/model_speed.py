@@ -55,13 +55,14 @@ def one(name: str, threads: int, reps: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from raddiag.config import preset
-    from raddiag.models import build_model
+    from raddiag.models import build_model, stand_in_label_embeddings
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cases = SETTINGS[name]
     cfg = preset(name, ["model.grad_checkpoint=true"] if name == "paper" else [])
-    model = build_model(cfg, 5569 if name == "paper" else 100)
+    n_cls = 5569 if name == "paper" else 100
+    model = build_model(cfg, n_cls, stand_in_label_embeddings(cfg, n_cls))
     b, n_slices = batch(cfg, cases)
     res = {"preset": name, "threads": threads, "cases": cases,
            "input": f"{cases} case(s) x 4 scans (2 x 3D {cfg.data.depth} slices, 2 x 2D) at {cfg.data.size} px",

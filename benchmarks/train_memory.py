@@ -25,14 +25,14 @@ def one_step(args) -> dict:
     import torch
 
     from raddiag.config import preset
-    from raddiag.models import build_model
+    from raddiag.models import build_model, stand_in_label_embeddings
 
     torch.set_num_threads(args.threads)
     over = [f"data.depth={args.slices}", f"data.size={args.size}", f"data.max_scans={args.scans}",
             f"model.grad_checkpoint={'true' if args.checkpoint else 'false'}", f"model.slice_chunk={args.chunk}"]
     cfg = preset(args.preset, over)
     torch.manual_seed(0)
-    model = build_model(cfg, args.classes)
+    model = build_model(cfg, args.classes, stand_in_label_embeddings(cfg, args.classes))
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)

@@ -102,3 +102,5 @@ def test_finetune_multi_scan_keeps_fusion(tmp_path):
     assert fus and all(torch.equal(pre_sd[k], ft_sd[k]) for k in fus)
     with pytest.raises(ValueError, match="fraction"):
         finetune(tmp_path / "pre_run", target, tmp_path / "bad", 1.5)
+    with pytest.raises(ValueError, match="only with --scratch"):   # a pre-trained ResNet file: baselines only
+        finetune(tmp_path / "pre_run", target, tmp_path / "bad", 1.0, pretrained=tmp_path / "r50.pth")

@@ -194,7 +194,8 @@ def test_key_slice_attention_loss():
     lc, lf, lw = (key_slice_attention_loss(norm(a), key, mask, sigma=1.0) for a in (centred, flat, wrong))
     assert abs(float(lc)) < 1e-5 and 0 < lf < lw
     # attention that also puts weight on [CLS] (rows sum < 1) is renormalised over the slices
-    torch.testing.assert_close(key_slice_attention_loss(0.5 * norm(centred), key, mask), lc, atol=1e-5, rtol=0)
+    torch.testing.assert_close(key_slice_attention_loss(0.5 * norm(centred), key, mask, sigma=1.0), lc,
+                               atol=1e-5, rtol=0)
     none = key_slice_attention_loss(flat.requires_grad_(), torch.full((2, 2), -1), mask)
     assert float(none.detach()) == 0.0 and none.requires_grad
     # gradient reaches the model through the slice attention

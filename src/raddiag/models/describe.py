@@ -7,7 +7,7 @@ import torch
 
 from raddiag.config import RunConfig
 
-from .raddiag import build_model
+from .raddiag import build_model, stand_in_label_embeddings
 
 
 def count_params(module: torch.nn.Module | None) -> int:
@@ -20,8 +20,7 @@ def describe_model(cfg: RunConfig, num_classes: int = 5569, scans: int = 2) -> d
     full size, then the rest of the pipeline runs on stand-in features, so this is quick even
     for ``paper``)."""
     mc, dc = cfg.model, cfg.data
-    emb = torch.zeros(num_classes, mc.text_dim) if mc.head == "knowledge" else None
-    model = build_model(cfg, num_classes, emb).eval()
+    model = build_model(cfg, num_classes, stand_in_label_embeddings(cfg, num_classes)).eval()
     enc = model.encoder
     params = {"total": count_params(model), "encoder": count_params(enc),
               "fusion": count_params(model.fusion), "head": count_params(model.head)}
@@ -59,12 +58,37 @@ def describe_model(cfg: RunConfig, num_classes: int = 5569, scans: int = 2) -> d
     shapes["case embedding [B, width]"] = list(out.case_embedding.shape)
     shapes["logits [B, C]"] = list(out.logits.shape)
     return {"preset": cfg.preset, "encoder": mc.encoder, "fusion": mc.fusion, "head": mc.head,
-            "num_classes": num_classes, "params": params, "shapes": shapes}
+            "num_classes": num_classes, "architecture": architecture(cfg), "params": params, "shapes": shapes}
+
+
+def architecture(cfg: RunConfig) -> dict[str, Any]:
+    """The settings that define a preset's model and training recipe, by name (paper terms)."""
+    mc, dc, tc = cfg.model, cfg.data, cfg.train
+    arch: dict[str, Any] = {"input size (H = W)": dc.size, "slices per 3D scan (D)": dc.depth,
+                            "scans per case": dc.max_scans, "input channels": mc.in_channels}
+    if mc.encoder in ("resnet_vit", "resnet"):
+        arch["ResNet depth"] = mc.resnet_depth if mc.encoder == "resnet_vit" else (
+            f"{mc.stem2d_depth}/{mc.stem3d_depth} stems + {mc.shared_depth} shared")
+    if mc.encoder == "resnet_vit":
+        arch.update({"slice transformer layers": mc.slice_layers, "slice transformer heads": mc.slice_heads})
+    elif mc.encoder == "vit":
+        arch.update({"ViT layers": mc.vit_layers, "ViT heads": mc.vit_heads, "patch size": mc.patch_size})
+    arch["width"] = mc.width
+    if mc.fusion == "transformer":
+        arch.update({"fusion layers": mc.fusion_layers, "fusion heads": mc.fusion_heads, "fusion width": mc.width})
+    arch.update({"transformer layer style": mc.layer_style, "FFN width / width": mc.mlp_ratio,
+                 "classifier head": mc.head,
+                 "augmentation probability (each)": tc.aug_prob, "key-slice swap rate": tc.key_slice_swap,
+                 "key-slice loss weight": tc.key_slice_loss,
+                 "pretrained ResNet file": mc.pretrained or "none (random init)"})
+    return arch
 
 
 def format_description(d: dict[str, Any]) -> str:
     lines = [f"preset {d['preset']}: encoder={d['encoder']} fusion={d['fusion']} head={d['head']} "
-             f"classes={d['num_classes']}", "parameters:"]
+             f"classes={d['num_classes']}", "architecture:"]
+    lines += [f"  {k:<36} {v}" for k, v in d["architecture"].items()]
+    lines.append("parameters:")
     lines += [f"  {k:<36} {v:>13,}" for k, v in d["params"].items()]
     lines.append("shapes:")
     lines += [f"  {k:<40} {' x '.join(map(str, v))}" for k, v in d["shapes"].items()]

@@ -107,13 +107,13 @@ def _count_layers(state, prefix) -> int:
 
 def official_config(state: dict[str, torch.Tensor], slice_heads: int = 1, fusion_heads: int = 4,
                     where: str = "checkpoint") -> RunConfig:
-    """The ``paper`` preset adapted to what the (renamed) state dict holds."""
+    """The ``official`` preset adapted to what the (renamed) state dict holds."""
     def need(k):
         if k not in state:
             raise ValueError(f"{where}: missing key {k!r} (released name differs; see docs/official-checkpoint.md)")
         return state[k]
 
-    cfg = preset("paper")
+    cfg = preset("official")
     mc = cfg.model
     width = need("encoder.cls_token").shape[-1]
     pos = need("encoder.pos_emb").shape[0]

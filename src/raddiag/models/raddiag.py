@@ -6,7 +6,6 @@ trainer adds (weight ``TrainConfig.key_slice_loss``; 0.001 as released).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -120,26 +119,43 @@ def build_model(cfg: RunConfig, num_classes: int, label_embeddings: Optional[tor
     return RadDiag(cfg, num_classes, label_embeddings)
 
 
+def stand_in_label_embeddings(cfg: RunConfig, num_classes: int, seed: int = 0) -> Optional[torch.Tensor]:
+    """Random unit-norm label embeddings ``[num_classes, text_dim]`` for a ``head=knowledge`` model
+    built only to be measured (``raddiag describe``, benchmarks); None for other heads."""
+    if cfg.model.head != "knowledge":
+        return None
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(num_classes, cfg.model.text_dim, generator=g), dim=-1)
+
+
 def key_slice_attention_loss(slice_attention: torch.Tensor, key_slice: torch.Tensor, slice_mask: torch.Tensor,
-                             sigma: float = 1.0) -> torch.Tensor:
-    """KL(target || attention) between a Gaussian centred on the key slice and the [CLS]
-    attention over the real slices, averaged over scans that have a key slice.
+                             sigma: Optional[float] = None, eps: float = 1e-5) -> torch.Tensor:
+    """The release's key-slice attention loss: the symmetric KL divergence
+    ``(KL(g || a) + KL(a || g)) / 2`` between the [CLS] attention over a scan's real slices ``a``
+    and a Gaussian ``g`` of width ``sigma`` (default ``D / 16``, D the padded slice count, i.e.
+    ``data.depth``) centred on the key slice, averaged over the real scans that have a key slice.
 
     ``slice_attention [B, N, D]`` (``ModelOutput.slice_attention``), ``key_slice [B, N]``
-    (-1 = none), ``slice_mask [B, N, D]``. Both distributions are renormalised over the real
-    slices. Returns 0 (with a graph) when no scan has a key slice. Weight it in the trainer
-    (``TrainConfig.key_slice_loss``, 0.001 as released).
+    (-1 = none), ``slice_mask [B, N, D]``. Both distributions live on the real slices: ``a`` is
+    renormalised over them (the attention also weights [CLS]), ``g`` is cut at the last real
+    slice and normalised; then both are clamped below at ``eps`` (1e-5, as released) before the
+    logs. A 2D scan (one real slice) contributes 0 but counts in the mean, as in the release.
+    With several heads ``a`` is the head-averaged attention (the release softmaxes the
+    head-averaged scores; the two agree for one head). Returns 0 (with a graph) when no scan has
+    a key slice. The trainer weights it by ``TrainConfig.key_slice_loss`` (0.001 as released).
     """
     mask = slice_mask.bool()
-    valid = (key_slice >= 0) & (mask.sum(-1) > 1)
+    valid = (key_slice >= 0) & mask.any(-1)
     if not valid.any():
         return slice_attention.sum() * 0.0
+    D = slice_attention.shape[-1]
+    sigma = D / 16.0 if sigma is None else float(sigma)
     a, m, k = slice_attention[valid], mask[valid], key_slice[valid].to(slice_attention.dtype)
-    pos = torch.arange(a.shape[-1], device=a.device, dtype=a.dtype)
-    target = torch.exp(-0.5 * ((pos[None] - k[:, None]) / sigma) ** 2) * m
-    target = target / target.sum(-1, keepdim=True).clamp(min=1e-12)
-    a = (a * m).clamp(min=1e-12) * m
-    p = a / a.sum(-1, keepdim=True)
-    kl = torch.where(target > 0, target * (torch.log(target.clamp(min=1e-12)) - torch.log(p.clamp(min=1e-12))),
-                     torch.zeros_like(target))
-    return kl.sum(-1).mean()
+    pos = torch.arange(D, device=a.device, dtype=a.dtype)
+    g = torch.exp(-0.5 * ((pos[None] - k[:, None]) / sigma) ** 2) * m
+    g = (g / g.sum(-1, keepdim=True).clamp(min=1e-30)).clamp(min=eps)
+    a = a * m
+    a = (a / a.sum(-1, keepdim=True).clamp(min=1e-30)).clamp(min=eps)
+    log_ratio = torch.log(g) - torch.log(a)
+    kl = ((g - a) * log_ratio * m).sum(-1)   # KL(g||a) + KL(a||g) = sum (g - a)(log g - log a)
+    return 0.5 * kl.mean()

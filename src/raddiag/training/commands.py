@@ -25,8 +25,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a model on a prepared dataset (torchrun for DDP)",
                               description="Train RadDiag. Under `torchrun --nproc_per_node K -m raddiag train ...` "
                                           "the same command trains with DistributedDataParallel.")
-    p.add_argument("--preset", default=None, help="paper | small | tiny (default paper; with --resume the "
-                                                  "run's own config.yaml)")
+    p.add_argument("--preset", default=None, help="paper | official | small | tiny (default paper; with "
+                                                  "--resume the run's own config.yaml)")
+    p.add_argument("--pretrained", metavar="FILE", default=None,
+                   help="torchvision/timm ResNet-18/34/50 state dict (.pth, .bin, .safetensors) to start the "
+                        "per-slice ResNet from (sets model.pretrained; read once, at the start)")
     _common(p)
     p.set_defaults(func=_train)
 
@@ -38,6 +41,8 @@ def register(subparsers) -> None:
     f.add_argument("--scratch", action="store_true", help="same model from random weights (baseline)")
     f.add_argument("--seed", type=int, default=0, help="seed of the subset and the training")
     f.add_argument("--epochs", type=int, default=None, help="epochs (default: the pre-trained run's)")
+    f.add_argument("--pretrained", metavar="FILE", default=None,
+                   help="with --scratch: start the baseline's per-slice ResNet from this torchvision/timm file")
     _common(f)
     f.set_defaults(func=_finetune)
 
@@ -54,6 +59,8 @@ def _train(args) -> int:
         cfg = RunConfig.load(run.config).override(args.overrides)
     else:
         cfg = preset(args.preset or "paper", args.overrides)
+    if args.pretrained:
+        cfg.model.pretrained = args.pretrained
     result = train(args.data, args.out, cfg, granularity=args.granularity,
                    label_embeddings=args.label_embeddings, knowledge_encoder=args.knowledge_encoder,
                    resume=args.resume, progress=not args.no_progress, max_steps=args.max_steps)
@@ -67,7 +74,8 @@ def _finetune(args) -> int:
     result = finetune(args.run, args.data, args.out, args.fraction, scratch=args.scratch, seed=args.seed,
                       epochs=args.epochs, overrides=args.overrides, granularity=args.granularity,
                       label_embeddings=args.label_embeddings, knowledge_encoder=args.knowledge_encoder,
-                      resume=args.resume, progress=not args.no_progress, max_steps=args.max_steps)
+                      resume=args.resume, progress=not args.no_progress, max_steps=args.max_steps,
+                      pretrained=args.pretrained)
     _report(result)
     return 0
 

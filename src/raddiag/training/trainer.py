@@ -133,6 +133,22 @@ def resolve_label_embeddings(labels: LabelSpace, label_embeddings=None, knowledg
     return emb
 
 
+def _init_pretrained(model, cfg: RunConfig, say: bool = True) -> None:
+    """Load ``model.pretrained`` into the per-slice ResNet, or say that it starts from random weights."""
+    from raddiag.models.pretrained import load_pretrained_backbone
+
+    mc = cfg.model
+    if mc.pretrained:
+        report = load_pretrained_backbone(model, mc.pretrained)
+        if say:
+            log.info("model.pretrained: %s", report.summary())
+    elif say and mc.encoder == "resnet_vit":
+        level = logging.WARNING if cfg.preset in ("paper", "official") else logging.INFO
+        log.log(level, "model.pretrained is not set: the per-slice ResNet-%d starts from random weights "
+                "(the paper starts from ImageNet weights: pass --pretrained PATH to a torchvision/timm "
+                "ResNet-%d state dict, see README)", mc.resnet_depth, mc.resnet_depth)
+
+
 def _autocast(cfg: RunConfig, device: torch.device):
     if cfg.train.amp not in ("none", "bf16"):
         raise ValueError(f"train.amp={cfg.train.amp!r}; choose 'none' or 'bf16'")
@@ -215,6 +231,8 @@ def train(
     ``checkpoints/last.pt``. ``max_steps`` stops after that many optimiser steps in total
     (the state is checkpointed, so ``resume`` carries on). ``init_state`` pre-loads matching
     weights (fine-tuning); ``train_indices`` restricts the training split to those cases.
+    ``cfg.model.pretrained`` (a torchvision/timm ResNet file) initialises the per-slice ResNet of a
+    fresh run (:mod:`raddiag.models.pretrained`); a resumed run does not read it again.
     Under ``torchrun`` this trains with DDP; only rank 0 writes.
     """
     from raddiag.data.dataset import CaseDataset, make_loader
@@ -274,6 +292,8 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
     # model (seeded init; identical on every rank)
     torch.manual_seed(tc.seed)
     model = build_model(cfg, len(labels), emb)
+    if not resume and (cfg.model.pretrained or not init_state):  # resume / init_state: weights come from there
+        _init_pretrained(model, cfg, d.is_main)
     if init_state:
         own = model.state_dict()
         keep = {k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape}

@@ -71,10 +71,12 @@ def finetune(
     resume: bool = False,
     progress: bool = True,
     max_steps: Optional[int] = None,
+    pretrained: Optional[str | Path] = None,
 ):
     """Fine-tune the pre-trained run ``run_dir`` on prepared data ``data_dir`` into ``out_dir``
     using a seeded stratified ``fraction`` of its training split; returns a
-    :class:`raddiag.training.TrainResult`. ``scratch`` trains the same model from random init."""
+    :class:`raddiag.training.TrainResult`. ``scratch`` trains the same model from random init
+    (or, with ``pretrained``, from that torchvision/timm ResNet file: ``model.pretrained``)."""
     from raddiag.data.dataset import CaseDataset
     from raddiag.data.store import PreparedData
     from raddiag.models import load_model
@@ -91,7 +93,13 @@ def finetune(
     cfg.train.seed = int(seed)
     if epochs is not None:
         cfg.train.epochs = int(epochs)
+    cfg.model.pretrained = None  # the source run's own file was a training-time input: never re-read it
     cfg.override(overrides)
+    if pretrained is not None:
+        cfg.model.pretrained = str(pretrained)
+    if cfg.model.pretrained and not scratch:
+        raise ValueError(f"model.pretrained={cfg.model.pretrained}: only with --scratch "
+                         f"(otherwise the encoder comes from {src.root})")
     if granularity is not None:
         cfg.data.granularity = granularity
     labels = data.label_space(cfg.data.granularity)

@@ -1,0 +1,288 @@
+"""The `paper` and `official` presets against the paper's text and the release; pre-trained
+ResNet initialisation from a torchvision-layout file; key-slice training (swap and the
+release's attention loss) checked against independent computations."""
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from raddiag.config import preset
+from raddiag.models import build_model, key_slice_attention_loss
+from raddiag.models.describe import architecture
+from raddiag.models.pretrained import load_pretrained_backbone
+from raddiag.training.augment import build_scan_transform
+from test_training_data import make_tiny_data, tiny_overrides
+
+
+# -- presets --------------------------------------------------------------------------------
+def test_paper_preset_is_the_papers_model():
+    a = architecture(preset("paper"))
+    # 4.4: "the images are processed into shape of (H, W, D) ... both set to 256, and D ... 32"
+    assert a["input size (H = W)"] == 256 and a["slices per 3D scan (D)"] == 32
+    # Table 1 and 4.4: "we select ResNet-50 and a transformer encoder"; Table 1's row "ResNet-50 | 6-layer ViT"
+    assert a["ResNet depth"] == 50 and a["slice transformer layers"] == 6
+    assert a["width"] == 2048                      # 4.4: "features with a shape of (33, 2048)"
+    # 4.4: "In the transformer encoder used for fusion, the number of heads is set to 4, the number of
+    # layers is set to 2, and the output feature dimension is 2048"
+    assert (a["fusion layers"], a["fusion heads"], a["fusion width"]) == (2, 4, 2048)
+    # Table 2's final model is FM + KE: "interaction with the knowledge embedding"
+    assert a["classifier head"] == "knowledge"
+    # Supplementary C: "four augmentation strategies with 15% probability each"
+    assert a["augmentation probability (each)"] == 0.15
+    # 4.4: "randomly replace the 3D scan with its 2D key slice"; the release adds 0.001 x the KL
+    assert 0 < a["key-slice swap rate"] < 1 and a["key-slice loss weight"] == 0.001
+    assert preset("paper").data.max_scans == 4     # the release's early fusion: up to 4 scans
+
+
+def test_official_preset_is_the_release():
+    cfg = preset("official")
+    m = cfg.model
+    assert (m.slice_layers, m.slice_heads, m.fusion_layers, m.fusion_heads) == (1, 1, 2, 4)
+    assert (m.layer_style, m.head, m.in_channels, m.resnet_depth, m.width) == ("official", "mlp", 3, 50, 2048)
+    assert cfg.data.modality_scheme == "official" and m.mlp_ratio == 1.0
+
+
+def test_tiny_and_small_keep_their_settings():
+    for name in ("tiny", "small"):
+        cfg = preset(name)
+        assert cfg.model.head == "mlp" and cfg.model.slice_layers == 1 and cfg.model.pretrained is None
+        assert cfg.train.key_slice_swap == 0.0 and cfg.train.key_slice_loss == 0.0
+
+
+# -- a ResNet state dict in torchvision's layout ------------------------------------------
+# torchvision.models.resnet: conv1 (7x7, 3 -> 64), bn1, layer1..4 of BasicBlock (conv1 3x3, bn1,
+# conv2 3x3, bn2) or Bottleneck (conv1 1x1, bn1, conv2 3x3, bn2, conv3 1x1 to 4x planes, bn3),
+# downsample.0 (1x1 conv) / downsample.1 (BN) where the stride or the width changes; fc.
+BLOCKS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3]}
+
+
+def torchvision_resnet(depth: int, planes=(64, 128, 256, 512), seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    sd: dict[str, torch.Tensor] = {}
+
+    def conv(k, o, i, s):
+        sd[k + ".weight"] = torch.randn(o, i, s, s, generator=g) * math.sqrt(2.0 / (i * s * s))
+
+    def bn(k, c):
+        sd[k + ".weight"] = 1 + 0.1 * torch.randn(c, generator=g)
+        sd[k + ".bias"] = 0.1 * torch.randn(c, generator=g)
+        sd[k + ".running_mean"] = 0.1 * torch.randn(c, generator=g)
+        sd[k + ".running_var"] = 0.5 + torch.rand(c, generator=g)
+        sd[k + ".num_batches_tracked"] = torch.tensor(100)
+
+    exp = 4 if depth >= 50 else 1
+    conv("conv1", planes[0], 3, 7)
+    bn("bn1", planes[0])
+    cin = planes[0]
+    for i, (p, n) in enumerate(zip(planes, BLOCKS[depth]), 1):
+        for j in range(n):
+            b = f"layer{i}.{j}"
+            if exp == 4:
+                conv(b + ".conv1", p, cin, 1), bn(b + ".bn1", p)
+                conv(b + ".conv2", p, p, 3), bn(b + ".bn2", p)
+                conv(b + ".conv3", 4 * p, p, 1), bn(b + ".bn3", 4 * p)
+            else:
+                conv(b + ".conv1", p, cin, 3), bn(b + ".bn1", p)
+                conv(b + ".conv2", p, p, 3), bn(b + ".bn2", p)
+            if j == 0 and (i > 1 or cin != p * exp):
+                conv(b + ".downsample.0", p * exp, cin, 1), bn(b + ".downsample.1", p * exp)
+            cin = p * exp
+    sd["fc.weight"] = torch.randn(1000, cin, generator=g) * 0.01
+    sd["fc.bias"] = torch.zeros(1000)
+    return sd
+
+
+def _resnet50_cfg(*extra):
+    return preset("tiny", ["data.size=32", "data.depth=3", "model.resnet_depth=50",
+                           "model.resnet_inplanes=[64, 128, 256, 512]", *extra])
+
+
+def _batch():
+    g = torch.Generator().manual_seed(1)
+    return (torch.rand(1, 2, 1, 3, 32, 32, generator=g), torch.ones(1, 2, dtype=torch.bool),
+            torch.tensor([[[True, True, True], [True, False, False]]]), torch.tensor([[1, 7]]))
+
+
+def test_torchvision_layout_builder_matches_torchvision_resnet50():
+    sd = torchvision_resnet(50)
+    # torchvision's resnet50(): 320 state-dict entries, 25,557,032 parameters
+    assert len(sd) == 320
+    params = sum(v.numel() for k, v in sd.items() if not k.endswith(("running_mean", "running_var", "tracked")))
+    assert params == 25_557_032
+
+
+def test_pretrained_takes_every_backbone_weight_and_changes_the_output(tmp_path):
+    sd = torchvision_resnet(50)
+    path = tmp_path / "resnet50.pth"
+    torch.save(sd, path)
+    torch.manual_seed(0)
+    model = build_model(_resnet50_cfg(), 5).eval()
+    with torch.no_grad():
+        before = model(*_batch())
+    report = load_pretrained_backbone(model, path)
+    with torch.no_grad():
+        after = model(*_batch())
+    own = model.encoder.slice_backbone.state_dict()
+    assert len(own) == 318
+    for k, v in own.items():
+        if k == "conv1.weight":       # 1 input channel: the RGB filters summed (timm's adapt_input_conv)
+            w = sd[k]
+            assert v.shape == (64, 1, 7, 7)
+            torch.testing.assert_close(v[:, 0], w[:, 0] + w[:, 1] + w[:, 2])
+        else:
+            assert torch.equal(v, sd[k]), k
+    assert set(report.used) == set(own) and report.left == ["fc.bias", "fc.weight"]
+    assert report.depth == 50 and "summing" in report.stem and str(path) in report.summary()
+    assert not torch.allclose(before, after)
+
+
+def test_pretrained_safetensors_three_channel_stem_and_prefixed_keys(tmp_path):
+    from safetensors.torch import save_file
+
+    sd = torchvision_resnet(50, seed=3)
+    path = tmp_path / "model.safetensors"          # e.g. a timm file, here with a "backbone." prefix
+    save_file({f"backbone.{k}": v for k, v in sd.items()}, str(path))
+    model = build_model(_resnet50_cfg("model.in_channels=3"), 5)
+    report = load_pretrained_backbone(model, path)
+    assert torch.equal(model.encoder.slice_backbone.conv1.weight, sd["conv1.weight"]) and report.stem == ""
+    assert report.left == ["backbone.fc.bias", "backbone.fc.weight"]
+
+
+def test_pretrained_errors_name_the_file(tmp_path):
+    model = build_model(_resnet50_cfg(), 5)
+    r18 = tmp_path / "resnet18.pth"
+    torch.save(torchvision_resnet(18), r18)
+    with pytest.raises(ValueError, match=r"resnet18\.pth.*ResNet-18.*ResNet-50"):
+        load_pretrained_backbone(model, r18)
+    small = build_model(preset("tiny", ["model.resnet_depth=50"]), 5)     # planes 16/32/64/128
+    r50 = tmp_path / "resnet50.pth"
+    torch.save(torchvision_resnet(50), r50)
+    with pytest.raises(ValueError, match=r"resnet50\.pth: shape mismatch"):
+        load_pretrained_backbone(small, r50)
+    junk = tmp_path / "other.pth"
+    torch.save({"weight": torch.zeros(3)}, junk)
+    with pytest.raises(ValueError, match=r"other\.pth: no ResNet stem"):
+        load_pretrained_backbone(model, junk)
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        load_pretrained_backbone(model, tmp_path / "missing.pth")
+    vit = build_model(preset("tiny", ["model.encoder=vit"]), 5)
+    with pytest.raises(ValueError, match="resnet_vit"):
+        load_pretrained_backbone(vit, r50)
+
+
+@pytest.mark.slow
+def test_train_with_pretrained_file_and_load_without_it(tmp_path, caplog):
+    from raddiag.cli import main
+    from raddiag.models import load_model
+
+    data = make_tiny_data(tmp_path / "data", n_cases=8)
+    planes = (8, 16, 32, 64)
+    sd = torchvision_resnet(18, planes, seed=5)
+    weights = tmp_path / "r18.pth"
+    torch.save(sd, weights)
+    sets = [x for o in tiny_overrides(**{"model.resnet_depth": 18}) for x in ("--set", o)]
+    with caplog.at_level(logging.INFO, logger="raddiag"):
+        assert main(["train", "--preset", "tiny", "--data", str(data), "--out", str(tmp_path / "run"),
+                     "--pretrained", str(weights), "--max-steps", "1", "--no-progress", *sets]) == 0
+    assert any("r18.pth: ResNet-18 weights" in r.getMessage() and "left 2: fc.bias, fc.weight" in r.getMessage()
+               for r in caplog.records)
+    weights.unlink()                                   # a training-time input only: resume and load without it
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--resume", "--max-steps", "2",
+                 "--no-progress"]) == 0
+    model, cfg, _ = load_model(tmp_path / "run")
+    assert cfg.model.pretrained == str(weights)
+    assert not torch.equal(model.encoder.slice_backbone.layer4[1].conv2.weight, sd["layer4.1.conv2.weight"])  # trained
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="raddiag"):
+        main(["train", "--preset", "tiny", "--data", str(data), "--out", str(tmp_path / "run0"),
+              "--max-steps", "1", "--no-progress", *sets])
+    assert any("model.pretrained is not set" in r.getMessage() for r in caplog.records)
+
+
+# -- key-slice attention loss ----------------------------------------------------------------
+def _reference_loss(att, key, mask, eps=1e-5):
+    """Plain-Python: per scan with a key slice, both KL directions over its real slices, averaged."""
+    B, N, D = len(att), len(att[0]), len(att[0][0])
+    sigma = D / 16
+    total, count = 0.0, 0
+    for b in range(B):
+        for n in range(N):
+            real = [d for d in range(D) if mask[b][n][d]]
+            if key[b][n] < 0 or not real:
+                continue
+            s_a = sum(att[b][n][d] for d in real)
+            gauss = {d: math.exp(-((d - key[b][n]) ** 2) / (2 * sigma * sigma)) for d in real}
+            s_g = sum(gauss.values())
+            p = {d: max(att[b][n][d] / s_a, eps) for d in real}
+            q = {d: max(gauss[d] / s_g, eps) for d in real}
+            kl_qp = sum(q[d] * math.log(q[d] / p[d]) for d in real)
+            kl_pq = sum(p[d] * math.log(p[d] / q[d]) for d in real)
+            total += (kl_qp + kl_pq) / 2
+            count += 1
+    return total / count
+
+
+def test_key_slice_loss_matches_an_independent_loop():
+    B, N, D = 2, 3, 32
+    g = torch.Generator().manual_seed(0)
+    mask = torch.zeros(B, N, D, dtype=torch.bool)
+    mask[0, 0, :32] = True          # full depth, key near the top
+    mask[0, 1, :20] = True          # padded depth
+    mask[0, 2, :1] = True           # a 2D scan: contributes 0, counted in the mean (as released)
+    mask[1, 0, :12] = True
+    mask[1, 1, :25] = True          # no key slice: left out
+    key = torch.tensor([[3, 17, 0], [11, -1, -1]])
+    logits = torch.randn(B, N, D + 1, generator=g) * 2
+    logits[..., 1:] = logits[..., 1:].masked_fill(~mask, -1e9)
+    att = logits.softmax(-1)[..., 1:]          # [CLS] -> slices, rows sum < 1 (weight on [CLS] itself)
+    got = key_slice_attention_loss(att, key, mask)
+    want = _reference_loss(att.double().tolist(), key.tolist(), mask.tolist())
+    assert got.item() == pytest.approx(want, rel=1e-4)
+    # attention that IS the key-slice Gaussian costs (almost) nothing; a flat one costs more
+    pos = torch.arange(D).float()
+    gauss = torch.exp(-0.5 * ((pos - key[..., None].clamp(min=0)) / (D / 16)) ** 2) * mask
+    assert key_slice_attention_loss(gauss, key, mask).item() < 1e-4
+    assert key_slice_attention_loss(mask.float(), key, mask).item() > 0.1
+    none = key_slice_attention_loss(att.requires_grad_(), torch.full((B, N), -1), mask)
+    assert none.item() == 0.0 and none.requires_grad
+
+
+# -- key-slice swap ------------------------------------------------------------------------------
+def test_key_slice_swap_gives_the_prepared_key_slice_only_in_training(tmp_path):
+    from raddiag.data.dataset import CaseDataset
+    from raddiag.data.store import PreparedData
+
+    data = PreparedData(make_tiny_data(tmp_path, n_cases=16))
+    cfg = preset("tiny", tiny_overrides(**{"train.key_slice_swap": 1.0}))
+    labels = data.label_space("disorder")
+    t = build_scan_transform(cfg.train, cfg.data)
+    train = CaseDataset(data, "train", labels, cfg.data, train=True, scan_transform=t, seed=3)
+    evald = CaseDataset(data, "train", labels, cfg.data, train=False, scan_transform=t)
+    checked = 0
+    for i, rec in enumerate(train.records):
+        scans3d = [s for s in rec["scans"] if s["is_3d"] and s["store"]["key"] >= 0]
+        if not scans3d:
+            continue
+        s = scans3d[0]
+        volume = np.asarray(data.scan_array(s), dtype=np.float32)        # the prepared [d, H, W]
+        got = [sc for sc in train[i]["scans"] if sc["modality"] == s["modality"]][0]
+        assert got["is_3d"] is False and got["key_slice"] == 0 and got["image"].shape[1] == 1
+        np.testing.assert_array_equal(got["image"][0, 0].numpy(), volume[s["store"]["key"]])
+        kept = [sc for sc in evald[i]["scans"] if sc["modality"] == s["modality"]][0]
+        assert kept["is_3d"] is True and kept["image"].shape[1] == volume.shape[0]
+        np.testing.assert_array_equal(kept["image"][0].numpy(), volume)
+        checked += 1
+    assert checked >= 3
+
+
+def test_paper_swap_rate_is_applied_per_3d_scan():
+    cfg = preset("paper", ["data.size=8", "train.aug_prob=0.0"])
+    t = build_scan_transform(cfg.train, cfg.data)
+    item = {"image": torch.rand(1, 4, 8, 8), "is_3d": True, "key_slice": 2, "modality": "CT"}
+    swapped = sum(not t(item, np.random.default_rng([7, i]))["is_3d"] for i in range(3000))
+    p = cfg.train.key_slice_swap
+    assert abs(swapped / 3000 - p) < 4 * math.sqrt(p * (1 - p) / 3000)
