@@ -198,7 +198,7 @@ def _image(path: Path, limits: Limits) -> Volume:
         try:
             im = stack.enter_context(Image.open(path))
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-            raise InputTooLarge(path, f"decompression bomb refused ({exc})") from None
+            raise InputTooLarge(path, f"over PIL's decompression-bomb limit ({exc})") from None
     try:
         w, h = im.size
         frames = int(getattr(im, "n_frames", 1) or 1)
