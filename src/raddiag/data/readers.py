@@ -247,7 +247,9 @@ def _npz_member_header(file: str, key: str, limits: Limits) -> tuple:
 
 
 @functools.lru_cache(maxsize=2)
-def _npz_array(path: str, key: str) -> np.ndarray:
+def _npz_array(path: str, key: str, stamp: tuple) -> np.ndarray:
+    """The whole array, decoded once for all its items (``stamp``: the file's mtime and size, so
+    that a rewritten file is read again)."""
     with np.load(path, allow_pickle=False) as z:
         return z[key]
 
@@ -266,7 +268,8 @@ def _npz_item(spec: str, limits: Limits) -> Volume:
         i = int(idx)
         if i >= shape[0]:
             raise ScanError(spec, f"index {i} is out of range ({key} holds {shape[0]} items)")
-        vol = np.asarray(_npz_array(file, key)[i])
+        st = Path(file).stat()
+        vol = np.asarray(_npz_array(file, key, (st.st_mtime_ns, st.st_size))[i])
     except ScanError:
         raise
     except Exception as exc:
