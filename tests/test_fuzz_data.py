@@ -48,6 +48,11 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+class _Seeds(dict):
+    def __repr__(self) -> str:   # Hypothesis prints the arguments of a failing example
+        return f"seeds({', '.join(self)})"
+
+
 @pytest.fixture(scope="module")
 def seeds(tmp_path_factory) -> dict[str, bytes]:
     import nibabel as nib
@@ -69,7 +74,7 @@ def seeds(tmp_path_factory) -> dict[str, bytes]:
     _dicom(d / "s.dcm", img.astype(np.uint16) * 4, slope=2.0, intercept=-100)
     _dicom(d / "mf.dcm", rng.integers(0, 4000, (3, 16, 12)))
     np.savez(d / "a.npz", train_images=rng.integers(0, 255, (3, 6, 8, 8), dtype=np.uint8))
-    return {p.name: p.read_bytes() for p in d.iterdir()}
+    return _Seeds({p.name: p.read_bytes() for p in d.iterdir()})
 
 
 def _scan_path(folder: Path, name: str) -> str:

@@ -274,3 +274,22 @@ def test_non_finite_loss_stops_training_at_the_first_step_with_case_ids(tmp_path
     cfg = preset("tiny", tiny_overrides(**{"train.epochs": 2}))
     with pytest.raises(FloatingPointError, match=r"training loss is nan at epoch 1, step 1; cases of the batch: "):
         train(data, tmp_path / "run", cfg, progress=False)
+
+
+def test_hostile_length_fields_do_not_allocate_the_declared_size(tmp_path):
+    """Found by the fuzz suite: a DICOM element (or NPY header) length of 2 GB made the parser
+    allocate 2 GB before finding the file short."""
+    from test_readers import _dicom
+
+    data = bytearray(open(_dicom(tmp_path / "ok.dcm", np.arange(64).reshape(8, 8)), "rb").read())
+    i = data.find(b"\x02\x00\x01\x00OB\x00\x00")
+    data[i + 8: i + 12] = b"\xff\xff\xff\x7f"
+    (tmp_path / "long.dcm").write_bytes(bytes(data))
+    with pytest.raises(ScanError, match="long.dcm"):
+        read_file(tmp_path / "long.dcm")
+    assert _peak_mb(lambda: read_file(tmp_path / "long.dcm")) < 5
+    npy = bytearray((tmp_path / "ok.dcm").read_bytes()[:0]) + b"\x93NUMPY\x02\x00" + struct.pack("<I", 2 ** 31)
+    (tmp_path / "long.npy").write_bytes(bytes(npy) + b"{" * 100)
+    with pytest.raises(ScanError, match="long.npy"):
+        read_file(tmp_path / "long.npy")
+    assert _peak_mb(lambda: read_file(tmp_path / "long.npy")) < 5

@@ -15,6 +15,10 @@ image frame). :func:`read_scan` / :func:`read_file` return the whole array.
 from __future__ import annotations
 
 import functools
+import gzip
+import io
+import os
+import struct
 import warnings
 import zipfile
 from contextlib import ExitStack
@@ -142,7 +146,7 @@ def _npy_header(f, path) -> tuple[tuple, bool, np.dtype]:
 
 def _npy(path: Path, limits: Limits) -> Volume:
     """Header, bound and size checks, then a memory map: slices are copied out one at a time."""
-    with path.open("rb") as f:
+    with ClampedFile(path) as f:
         shape, fortran, dtype = _npy_header(f, path)
         offset = f.tell()
     _check_dtype(path, dtype)
@@ -154,13 +158,43 @@ def _npy(path: Path, limits: Limits) -> Volume:
     return _hwd_volume(path, mm, limits)
 
 
+class ClampedFile(io.BufferedReader):
+    """A file whose ``read(n)`` never asks for more than the bytes left, so that a hostile length
+    field in a header (a DICOM element, an NPY header, a NIfTI extension) cannot make a parser
+    allocate the declared size: Python's buffered read allocates ``n`` bytes before reading."""
+
+    def __init__(self, path):
+        super().__init__(io.FileIO(str(path), "rb"))
+        self._size = os.fstat(self.fileno()).st_size
+
+    def read(self, n: Optional[int] = -1) -> bytes:
+        if n is not None and n >= 0:
+            n = min(n, max(0, self._size - self.tell()))
+        return super().read(n)
+
+
 def _nifti(path: Path, limits: Limits) -> Volume:
+    stack = ExitStack()
+    try:
+        return _nifti_volume(path, limits, stack)
+    except BaseException:
+        stack.close()
+        raise
+
+
+def _nifti_volume(path: Path, limits: Limits, stack: ExitStack) -> Volume:
+    """The header only; the file stays open (in ``stack``): a .gz is decompressed forward once,
+    slice by slice. Truncation of a .nii is found from the header and the file size."""
     import nibabel as nib
 
-    img = nib.load(str(path), keep_file_open=True)   # header only; kept open: gzip is read forward once
+    f = stack.enter_context(ClampedFile(path))
+    if path.name.lower().endswith(".gz"):
+        f = stack.enter_context(gzip.GzipFile(fileobj=f))
+    head = f.read(4)
+    f.seek(0)
+    kind = nib.Nifti2Image if 540 in struct.unpack("<i", head) + struct.unpack(">i", head) else nib.Nifti1Image
+    img = kind.from_file_map({"image": nib.FileHolder(filename=str(path), fileobj=f)})
     proxy = img.dataobj
-    stack = ExitStack()
-    stack.callback(lambda: getattr(proxy, "_opener", None) and proxy._opener.close())
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 4 and shape[-1] == 1:
         shape = shape[:3]
@@ -170,7 +204,6 @@ def _nifti(path: Path, limits: Limits) -> Volume:
         need = int(np.prod(img.shape, dtype=object)) * dtype.itemsize
         have = path.stat().st_size - int(proxy.offset)
         if need > have:
-            stack.close()
             raise ScanError(path, f"truncated: the header declares {need:,} bytes of data, the file holds {have:,}")
 
     class _Slicer:   # [H, W(, D)] view over the proxy that drops a trailing axis of 1, greys RGB
@@ -315,7 +348,8 @@ def read_dicom_header(path: str | Path):
     import pydicom
 
     try:
-        return pydicom.dcmread(str(path), stop_before_pixels=True)
+        with ClampedFile(path) as f:
+            return pydicom.dcmread(f, stop_before_pixels=True)
     except Exception as exc:
         raise ScanError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
 
@@ -359,7 +393,8 @@ def _dicom_frame(path: Path, ds, frame: int) -> np.ndarray:
     from pydicom.pixels import pixel_array
 
     try:
-        arr = pixel_array(str(path), index=frame)
+        with ClampedFile(path) as f:
+            arr = pixel_array(f, index=frame)
     except Exception as exc:
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         raise ScanError(path, f"DICOM pixel data missing or cannot be decoded (transfer syntax "
