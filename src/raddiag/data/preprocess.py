@@ -81,7 +81,7 @@ def load_scan(scan, size: int, depth: int, window: Optional[Sequence[float]] = N
         return out, key, vol.shape[0]
 
 
-_BATCH_BYTES = 32 * 2 ** 20   # raw slices resized together (one interpolate call) up to this size
+_BATCH_BYTES = 8 * 2 ** 20    # raw slices resized together (one interpolate call) up to this size
 
 
 def preprocess_slices(vol, size: int, depth: int, window: Optional[Sequence[float]] = None,
