@@ -30,21 +30,6 @@ def map_key_slice(key: Optional[int], n: int, idx: np.ndarray) -> int:
     return int(np.abs(idx - key).argmin())
 
 
-def scale_intensity(vol: np.ndarray, window: Optional[Sequence[float]] = None, source="scan") -> np.ndarray:
-    """Window (optional) then min-max to [0, 1]; NaN/inf or constant scans raise ScanError."""
-    if not np.isfinite(vol).all():
-        raise ScanError(source, "contains NaN or infinite values")
-    if window is not None:
-        lo, hi = float(window[0]), float(window[1])
-        if not hi > lo:
-            raise ValueError(f"intensity window [{lo}, {hi}] is empty")
-        vol = np.clip(vol, lo, hi)
-    vmin, vmax = float(vol.min()), float(vol.max())
-    if vmax - vmin < 1e-8:
-        raise ScanError(source, f"constant image (every value is {vmin:g}); nothing to learn from")
-    return ((vol - vmin) / (vmax - vmin)).astype(np.float32)
-
-
 def resize_slices(vol: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     """[S, H, W] -> [S, size, size] float32, bilinear (align_corners=False)."""
     t = torch.as_tensor(np.ascontiguousarray(vol) if isinstance(vol, np.ndarray) else vol, dtype=torch.float32)
@@ -94,16 +79,21 @@ def preprocess_slices(vol, size: int, depth: int, window: Optional[Sequence[floa
     idx = depth_indices(n, depth)
     if window is not None and not float(window[1]) > float(window[0]):
         raise ValueError(f"intensity window [{window[0]}, {window[1]}] is empty")
-    shift = _inversion_shift(vol, idx) if vol.invert else None
+    lo, hi = (float(window[0]), float(window[1])) if window is not None else (None, None)
+    if vol.invert and window is not None:
+        # MONOCHROME1 shows v as (max + min - v): clip(c - v, lo, hi) = clip(-v, lo - c, hi - c) + c,
+        # and min-max scaling ignores the + c; negating never overflows
+        c = _inversion_shift(vol, idx)
+        lo, hi = lo - c, hi - c
     out = torch.empty((len(idx), size, size), dtype=torch.float32)
     vmin, vmax, done, batch = np.inf, -np.inf, 0, []
     for j, sl in enumerate(vol.slices(idx)):
         if not np.isfinite(sl).all():
             raise ScanError(vol.path, f"contains NaN or infinite values (slice {int(idx[j])})")
-        if shift is not None:
-            sl = shift - sl
-        if window is not None:
-            sl = np.clip(sl, float(window[0]), float(window[1]))
+        if vol.invert:
+            sl = -sl
+        if lo is not None:
+            sl = np.clip(sl, lo, hi)
         vmin, vmax = min(vmin, float(sl.min())), max(vmax, float(sl.max()))
         batch.append(sl)
         if j == len(idx) - 1 or sum(b.nbytes for b in batch) >= _BATCH_BYTES:
@@ -111,8 +101,8 @@ def preprocess_slices(vol, size: int, depth: int, window: Optional[Sequence[floa
             done, batch = done + len(batch), []
     if vmax - vmin < 1e-8:
         raise ScanError(vol.path, f"constant image (every value is {vmin:g}); nothing to learn from")
-    out = ((out - vmin) / (vmax - vmin)).clamp_(0.0, 1.0)
-    return out.numpy(), map_key_slice(key_slice, n, idx)
+    scaled = ((out.double() - vmin) / (vmax - vmin)).clamp_(0.0, 1.0)   # float64: no overflow near 3e38
+    return scaled.float().numpy(), map_key_slice(key_slice, n, idx)
 
 
 def _inversion_shift(vol, idx) -> float:
