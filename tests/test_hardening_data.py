@@ -293,3 +293,39 @@ def test_hostile_length_fields_do_not_allocate_the_declared_size(tmp_path):
     with pytest.raises(ScanError, match="long.npy"):
         read_file(tmp_path / "long.npy")
     assert _peak_mb(lambda: read_file(tmp_path / "long.npy")) < 5
+
+
+def test_values_near_the_float32_limit_scale_without_nan(tmp_path):
+    """Found by the fuzz suite: a min-max range over 3.4e38 overflowed float32 into NaN."""
+    vol = np.zeros((8, 8, 2), np.float32)
+    vol[0, 0, 0], vol[1, 1, 1] = 3e38, -3e38
+    np.save(tmp_path / "wide.npy", vol)
+    out, _, _ = load_scan(Scan(str(tmp_path / "wide.npy"), "CT"), 8, 2)
+    assert np.isfinite(out).all() and out.max() == 1.0 and out.min() == 0.0
+    assert abs(float(out[0, 4, 4]) - 0.5) < 1e-6        # zero sits half-way between -3e38 and 3e38
+
+
+def test_cli_prepare_bounds_overwrite_and_manifest_problems(tmp_path, capsys):
+    from raddiag.cli import main
+
+    np.save(tmp_path / "a.npy", np.random.default_rng(0).normal(size=(20, 20, 3)).astype(np.float32))
+    np.save(tmp_path / "b.npy", np.random.default_rng(1).normal(size=(20, 20)).astype(np.float32))
+    man = _manifest(tmp_path, [json.dumps({"id": "a", "scans": [{"path": "a.npy", "modality": "CT"}]}),
+                               json.dumps({"id": "b", "scans": [{"path": "b.npy", "modality": "X-ray"}]})])
+    args = ["data", "prepare", str(man), "--format", "manifest", "--out", str(tmp_path / "p"), "--size", "8",
+            "--depth", "2", "--workers", "1"]
+    assert main(args + ["--max-voxels", "1000"]) == 0                # a.npy (1,200 voxels) skipped
+    report = (tmp_path / "p" / "report.txt").read_text()
+    assert "a.npy: the header declares 1,200 voxels" in report and "--max-voxels" in report
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "holds a prepared dataset already; pass --overwrite" in err
+    assert main(args + ["--overwrite"]) == 0 and "cases: 2 prepared of 2" in (tmp_path / "p" / "report.txt").read_text()
+    bad = _manifest(tmp_path, ['{"id": 1, "scans": []}', '{"id": "x", "scans": "x.npy"}'], "bad.jsonl")
+    capsys.readouterr()
+    assert main(["data", "prepare", str(bad), "--format", "manifest", "--out", str(tmp_path / "q")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl:1: id: expected a non-empty string, got int 1" in err
+    assert "bad.jsonl:1: scans: expected a non-empty list" in err and "bad.jsonl:2: scans: expected" in err
+    assert not (tmp_path / "q").exists()

@@ -28,7 +28,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from raddiag.data.case import Case, Scan
-from raddiag.data.errors import ScanError
+from raddiag.data.errors import OutputExists, ScanError
 from raddiag.data.labels import LabelSpace
 from raddiag.data.preprocess import load_scan
 from raddiag.data.volume import DEFAULT_LIMITS, Limits
@@ -113,9 +113,9 @@ def prepare_cases(
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out}: is a file, not a folder")
+        raise OutputExists(f"{out}: is a file, not a folder")
     if (out / "meta.json").exists() and not overwrite:
-        raise FileExistsError(f"{out}: holds a prepared dataset already; pass --overwrite (overwrite=True) "
+        raise OutputExists(f"{out}: holds a prepared dataset already; pass --overwrite (overwrite=True) "
                               "to replace it")
     cases = list(cases)
     _check_cases(cases, pre_skipped)
