@@ -329,3 +329,13 @@ def test_cli_prepare_bounds_overwrite_and_manifest_problems(tmp_path, capsys):
     assert "bad.jsonl:1: id: expected a non-empty string, got int 1" in err
     assert "bad.jsonl:1: scans: expected a non-empty list" in err and "bad.jsonl:2: scans: expected" in err
     assert not (tmp_path / "q").exists()
+
+
+def test_empty_label_string_means_no_label(tmp_path):
+    """Found by the fuzz suite: "labels": "" gave the label "" (before the schema: no label)."""
+    from raddiag.data.adapters.manifest import load_manifest
+
+    man = _manifest(tmp_path, [json.dumps({"id": "a", "scans": [{"path": "x.png", "modality": "CT"}],
+                                           "labels": "", "icd10": " "})])
+    (case,) = load_manifest(man).cases
+    assert case.labels == [] and case.icd10 == [] and case.is_normal

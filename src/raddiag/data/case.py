@@ -150,10 +150,12 @@ class Case:
 
 
 def _name_list(value) -> list[str]:
-    """Labels / ICD codes: None -> [], one string -> [it] (never its characters), a list as is."""
+    """Labels / ICD codes: None or "" -> [], one string -> [it] (never its characters), a list as is."""
     if value is None:
         return []
-    return [value] if isinstance(value, str) else list(value)
+    if isinstance(value, str):
+        return [value] if value.strip() else []
+    return list(value)
 
 
 def read_manifest(path: str | Path) -> Iterator[Case]:
