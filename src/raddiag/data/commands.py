@@ -72,8 +72,13 @@ def add_limit_options(p) -> None:
 
 
 def limits_from_args(args):
-    from raddiag.data.volume import Limits
+    from raddiag.data.volume import Limits, parse_count
 
+    for opt in ("max_pixels", "max_voxels"):
+        try:
+            getattr(args, opt) is None or parse_count(getattr(args, opt))
+        except ValueError as exc:
+            raise ValueError(f"--{opt.replace('_', '-')}: {exc}") from None
     return Limits.of(args.max_pixels, args.max_voxels)
 
 
@@ -117,6 +122,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from raddiag.data.stats import prepare_summary
     from raddiag.data.store import prepare_cases
 
+    limits = limits_from_args(args)
     opts = {"images": args.images, "split_files": _split_files(args.split_files), "npz": args.npz,
             "seed": args.seed, "val_fraction": args.val_fraction}
     result = load_source(args.format, args.source, **opts)
@@ -137,7 +143,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             notes.append(msg)
     report = prepare_cases(cases, args.out, size=args.size, depth=args.depth, window=args.window,
                            strict=args.strict, seed=args.seed, workers=args.workers, progress=True,
-                           pre_skipped=result.skipped, limits=limits_from_args(args), overwrite=args.overwrite,
+                           pre_skipped=result.skipped, limits=limits, overwrite=args.overwrite,
                            notes=notes)
     print(prepare_summary(args.out, report, notes))
     return 0
