@@ -102,7 +102,7 @@ def test_images_rgb_multiframe_nifti_npy_npz_and_bad_inputs(tmp_path):
         read_file(tmp_path / "zero.npy")
     np.save(tmp_path / "ok.npy", np.random.rand(16, 16, 4))
     (tmp_path / "cut.npy").write_bytes((tmp_path / "ok.npy").read_bytes()[:300])
-    with pytest.raises(ScanError, match="cut.npy: cannot be read"):
+    with pytest.raises(ScanError, match="cut.npy: truncated"):
         read_file(tmp_path / "cut.npy")
     (tmp_path / "cut.png").write_bytes((tmp_path / "c.png").read_bytes()[:30])
     with pytest.raises(ScanError, match="cut.png: cannot be read"):

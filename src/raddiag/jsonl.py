@@ -4,24 +4,40 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 
-def iter_jsonl(path: str | Path, what: str = "file") -> Iterator[tuple[str, dict]]:
-    """Yield ``(where, record)`` per non-empty line, ``where`` being ``"PATH:LINE"``."""
+def scan_jsonl(path: str | Path, what: str = "file") -> Iterator[tuple[str, Optional[dict], Optional[str]]]:
+    """Yield ``(where, record, problem)`` per non-empty line, ``where`` being ``"PATH:LINE"``;
+    ``problem`` (record None) says why a line is not a JSON object (bad UTF-8, bad JSON, ...),
+    so that a caller can report every bad line at once."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {what} does not exist")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                yield where, None, f"not valid UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1})"
+                continue
             if not line or line.startswith("#"):
                 continue
-            where = f"{path}:{lineno}"
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
+                yield where, None, f"not valid JSON ({exc.msg})"
+                continue
             if not isinstance(rec, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-            yield where, rec
+                yield where, None, f"expected a JSON object, got {type(rec).__name__}"
+                continue
+            yield where, rec, None
+
+
+def iter_jsonl(path: str | Path, what: str = "file") -> Iterator[tuple[str, dict]]:
+    """Yield ``(where, record)`` per non-empty line; the first bad line raises ValueError."""
+    for where, rec, problem in scan_jsonl(path, what):
+        if problem:
+            raise ValueError(f"{where}: {problem}")
+        yield where, rec

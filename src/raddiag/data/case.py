@@ -144,18 +144,27 @@ class Case:
         extra = set(rest) - allowed
         if extra:
             raise ValueError(f"{where}: case {d['id']!r} has unknown fields {sorted(extra)}")
-        labels = rest.pop("labels", []) or []
-        if isinstance(labels, str):
-            labels = [labels]
-        return cls(scans=scans, labels=list(labels), **{k: v for k, v in rest.items() if k != "labels"})
+        names = {k: _name_list(rest.pop(k, None)) for k in ("labels", "icd10")}   # a string is one name
+        rest["meta"] = rest.get("meta") or {}
+        return cls(scans=scans, **names, **rest)
+
+
+def _name_list(value) -> list[str]:
+    """Labels / ICD codes: None or "" -> [], one string -> [it] (never its characters), a list as is."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value] if value.strip() else []
+    return list(value)
 
 
 def read_manifest(path: str | Path) -> Iterator[Case]:
-    """Cases from a JSON Lines manifest (blank lines and ``#`` comments allowed)."""
-    from raddiag.jsonl import iter_jsonl
+    """Cases from a JSON Lines manifest (blank lines and ``#`` comments allowed), checked
+    against the schema first (:func:`raddiag.data.schema.validate_manifest`)."""
+    from raddiag.data.schema import validate_manifest
 
     path = Path(path)
-    for where, record in iter_jsonl(path, "manifest"):
+    for where, record in validate_manifest(path):
         yield Case.from_dict(record, base=path.parent, source=where)
 
 

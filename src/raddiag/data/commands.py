@@ -26,6 +26,8 @@ def register(subparsers) -> None:
     p.add_argument("--depth", type=int, default=32, help="max slices per 3D scan (default 32)")
     p.add_argument("--window", type=float, nargs=2, metavar=("LO", "HI"), help="intensity window before scaling")
     p.add_argument("--strict", action="store_true", help="stop at the first unusable scan instead of skipping it")
+    p.add_argument("--overwrite", action="store_true", help="replace a prepared dataset already in --out")
+    add_limit_options(p)
     p.add_argument("--seed", type=int, default=0, help="seed of generated splits (default 0)")
     p.add_argument("--workers", type=int, default=None, help="reader processes (default min(4, CPUs))")
     p.add_argument("--limit", type=int, default=None, help="only the first N cases (quick trials)")
@@ -56,6 +58,28 @@ def register(subparsers) -> None:
         hook = getattr(synth, "add_synth_parser", None) or getattr(synth, "register_synth", None)
         if hook is not None:
             hook(sub)
+
+
+def add_limit_options(p) -> None:
+    """--max-pixels / --max-voxels: the size bound of every scan (raddiag.data.volume.Limits)."""
+    from raddiag.data.volume import MAX_PIXELS, MAX_VOXELS
+
+    p.add_argument("--max-pixels", default=None, metavar="N",
+                   help=f"refuse a scan whose header declares more pixels per slice (default {MAX_PIXELS // 2**20}M; "
+                        "K, M, G suffixes)")
+    p.add_argument("--max-voxels", default=None, metavar="N",
+                   help=f"refuse a scan whose header declares more voxels in all (default {MAX_VOXELS // 2**30}G)")
+
+
+def limits_from_args(args):
+    from raddiag.data.volume import Limits, parse_count
+
+    for opt in ("max_pixels", "max_voxels"):
+        try:
+            getattr(args, opt) is None or parse_count(getattr(args, opt))
+        except ValueError as exc:
+            raise ValueError(f"--{opt.replace('_', '-')}: {exc}") from None
+    return Limits.of(args.max_pixels, args.max_voxels)
 
 
 def _split_files(text: str | None) -> dict | None:
@@ -94,12 +118,11 @@ def unknown_labels(cases, label_space) -> dict[str, list[str]]:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from raddiag.data.adapters import load_source
     from raddiag.data.stats import prepare_summary
     from raddiag.data.store import prepare_cases
 
+    limits = limits_from_args(args)
     opts = {"images": args.images, "split_files": _split_files(args.split_files), "npz": args.npz,
             "seed": args.seed, "val_fraction": args.val_fraction}
     result = load_source(args.format, args.source, **opts)
@@ -120,14 +143,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             notes.append(msg)
     report = prepare_cases(cases, args.out, size=args.size, depth=args.depth, window=args.window,
                            strict=args.strict, seed=args.seed, workers=args.workers, progress=True,
-                           pre_skipped=result.skipped)
-    if notes:   # the adapter's notes belong in the written report too
-        import json
-
-        report.notes = notes + report.notes
-        out = Path(args.out)
-        (out / "report.json").write_text(json.dumps(report.to_dict(), indent=1))
-        (out / "report.txt").write_text(report.text() + "\n")
+                           pre_skipped=result.skipped, limits=limits, overwrite=args.overwrite,
+                           notes=notes)
     print(prepare_summary(args.out, report, notes))
     return 0
 

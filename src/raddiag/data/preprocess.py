@@ -30,21 +30,6 @@ def map_key_slice(key: Optional[int], n: int, idx: np.ndarray) -> int:
     return int(np.abs(idx - key).argmin())
 
 
-def scale_intensity(vol: np.ndarray, window: Optional[Sequence[float]] = None, source="scan") -> np.ndarray:
-    """Window (optional) then min-max to [0, 1]; NaN/inf or constant scans raise ScanError."""
-    if not np.isfinite(vol).all():
-        raise ScanError(source, "contains NaN or infinite values")
-    if window is not None:
-        lo, hi = float(window[0]), float(window[1])
-        if not hi > lo:
-            raise ValueError(f"intensity window [{lo}, {hi}] is empty")
-        vol = np.clip(vol, lo, hi)
-    vmin, vmax = float(vol.min()), float(vol.max())
-    if vmax - vmin < 1e-8:
-        raise ScanError(source, f"constant image (every value is {vmin:g}); nothing to learn from")
-    return ((vol - vmin) / (vmax - vmin)).astype(np.float32)
-
-
 def resize_slices(vol: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     """[S, H, W] -> [S, size, size] float32, bilinear (align_corners=False)."""
     t = torch.as_tensor(np.ascontiguousarray(vol) if isinstance(vol, np.ndarray) else vol, dtype=torch.float32)
@@ -63,10 +48,66 @@ def preprocess_volume(
 ) -> tuple[np.ndarray, int]:
     """``[S, H, W]`` raw slices -> (``[d, size, size]`` float32 in [0, 1] with d = min(S, depth),
     key slice index among the kept slices or -1)."""
-    if vol.ndim != 3 or 0 in vol.shape:
-        raise ScanError(source, f"expected a non-empty [slices, height, width] array, got shape {tuple(vol.shape)}")
-    idx = depth_indices(vol.shape[0], depth)
-    kept = vol[idx].astype(np.float32, copy=False)
-    scaled = scale_intensity(kept, window, source)
-    out = resize_slices(scaled, size).clamp_(0.0, 1.0).numpy()
-    return out, map_key_slice(key_slice, vol.shape[0], idx)
+    from raddiag.data.volume import array_volume
+
+    return preprocess_slices(array_volume(np.asarray(vol), source), size, depth, window, key_slice)
+
+
+def load_scan(scan, size: int, depth: int, window: Optional[Sequence[float]] = None,
+              limits=None) -> tuple[np.ndarray, int, int]:
+    """Read and preprocess one :class:`~raddiag.data.case.Scan` -> (``[d, size, size]`` float32,
+    key slice among the kept slices or -1, original slice count). The header is checked against
+    ``limits`` (default :data:`raddiag.data.volume.DEFAULT_LIMITS`) first; then only the kept
+    slices are decoded, each resized as it is read, so memory follows the output."""
+    from raddiag.data.readers import DEFAULT_LIMITS, open_scan
+
+    with open_scan(scan, limits or DEFAULT_LIMITS) as vol:
+        out, key = preprocess_slices(vol, size, depth, window, scan.key_slice)
+        return out, key, vol.shape[0]
+
+
+_BATCH_BYTES = 8 * 2 ** 20    # raw slices resized together (one interpolate call) up to this size
+
+
+def preprocess_slices(vol, size: int, depth: int, window: Optional[Sequence[float]] = None,
+                      key_slice: Optional[int] = None) -> tuple[np.ndarray, int]:
+    """The streaming form of :func:`preprocess_volume` over a :class:`~raddiag.data.volume.Volume`:
+    each kept slice is checked (NaN / inf: the first bad slice raises), windowed and resized as
+    it is read; min-max scaling follows on the small result. Bilinear weights sum to one, so
+    resizing before the (affine) scaling gives the scaled-then-resized result."""
+    n = vol.shape[0]
+    idx = depth_indices(n, depth)
+    if window is not None and not float(window[1]) > float(window[0]):
+        raise ValueError(f"intensity window [{window[0]}, {window[1]}] is empty")
+    lo, hi = (float(window[0]), float(window[1])) if window is not None else (None, None)
+    if vol.invert and window is not None:
+        # MONOCHROME1 shows v as (max + min - v): clip(c - v, lo, hi) = clip(-v, lo - c, hi - c) + c,
+        # and min-max scaling ignores the + c; negating never overflows
+        c = _inversion_shift(vol, idx)
+        lo, hi = lo - c, hi - c
+    out = torch.empty((len(idx), size, size), dtype=torch.float32)
+    vmin, vmax, done, batch = np.inf, -np.inf, 0, []
+    for j, sl in enumerate(vol.slices(idx)):
+        if not np.isfinite(sl).all():
+            raise ScanError(vol.path, f"contains NaN or infinite values (slice {int(idx[j])})")
+        if vol.invert:
+            sl = -sl
+        if lo is not None:
+            sl = np.clip(sl, lo, hi)
+        vmin, vmax = min(vmin, float(sl.min())), max(vmax, float(sl.max()))
+        batch.append(sl)
+        if j == len(idx) - 1 or sum(b.nbytes for b in batch) >= _BATCH_BYTES:
+            out[done: done + len(batch)] = resize_slices(np.stack(batch), size)
+            done, batch = done + len(batch), []
+    if vmax - vmin < 1e-8:
+        raise ScanError(vol.path, f"constant image (every value is {vmin:g}); nothing to learn from")
+    scaled = ((out.double() - vmin) / (vmax - vmin)).clamp_(0.0, 1.0)   # float64: no overflow near 3e38
+    return scaled.float().numpy(), map_key_slice(key_slice, n, idx)
+
+
+def _inversion_shift(vol, idx) -> float:
+    """max + min of the kept slices: MONOCHROME1 values v are shown as (max + min - v)."""
+    lo, hi = np.inf, -np.inf
+    for sl in vol.slices(idx):
+        lo, hi = min(lo, float(np.nanmin(sl))), max(hi, float(np.nanmax(sl)))
+    return lo + hi

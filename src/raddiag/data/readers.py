@@ -1,22 +1,35 @@
 """Readers: any supported file (or DICOM series) -> ``[S, H, W]`` float32 slices.
 
-Formats: NIfTI (.nii, .nii.gz), NPY ``[H, W, D]`` (the release format), PNG / JPEG,
+Formats: NIfTI (.nii, .nii.gz), NPY ``[H, W, D]`` (the release format), PNG / JPEG / TIFF,
 DICOM files and series folders (slices sorted by position, rescale slope / intercept
 applied, MONOCHROME1 inverted, multi-frame), NPZ arrays (``file.npz#key/index``, used
 for MedMNIST). RGB is converted to grey. Every failure raises :class:`ScanError`
 naming the file and the reason.
+
+:func:`open_scan` / :func:`open_file` read the header only, check it against the size bound
+(:class:`Limits`: ``max_pixels`` per slice, ``max_voxels`` per scan; over it,
+:class:`InputTooLarge` before any pixel is decoded) and return a :class:`Volume` whose slices
+are decoded one at a time (NIfTI array proxies, NPY memory maps, one DICOM file or frame, one
+image frame). :func:`read_scan` / :func:`read_file` return the whole array.
 """
 from __future__ import annotations
 
 import functools
-
+import gzip
+import io
+import os
+import struct
+import warnings
+import zipfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from raddiag.data.case import Scan
-from raddiag.data.errors import ScanError
+from raddiag.data.errors import InputTooLarge, ScanError
+from raddiag.data.volume import DEFAULT_LIMITS, Limits, Volume, concat_volumes
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
@@ -24,49 +37,58 @@ NPZ_SEP = "#"   # "volumes.npz#train_images/5" = train_images[5]
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)   # ITU-R BT.601, as PIL's "L"
 
 
-def read_scan(scan: Scan) -> np.ndarray:
-    """Read all files of a scan into ``[S, H, W]`` float32 (S = 1 for a 2D image).
+def read_scan(scan: Scan, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+    """Read all files of a scan into ``[S, H, W]`` float32 (S = 1 for a 2D image)."""
+    with open_scan(scan, limits) as vol:
+        return vol.array()
 
-    Several DICOM files (or one series folder) form one volume sorted by slice position;
-    several other files are stacked in the given order.
-    """
+
+def read_file(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+    with open_file(path, limits) as vol:
+        return vol.array()
+
+
+def open_scan(scan: Scan, limits: Limits = DEFAULT_LIMITS) -> Volume:
+    """The scan's :class:`Volume` from its headers. Several DICOM files (or one series folder)
+    form one volume sorted by slice position; several other files are stacked in the given order."""
     if not scan.paths:
         raise ScanError("<scan>", "scan has no file paths")
     if len(scan.paths) == 1:
-        return read_file(scan.paths[0])
+        return open_file(scan.paths[0], limits)
     for p in scan.paths:
         if not Path(p).exists():
             raise ScanError(p, "file does not exist")
     if all(is_dicom(p) for p in scan.paths):
-        return read_dicom_series(scan.paths)
-    slices = [read_file(p) for p in scan.paths]
-    shapes = {s.shape[1:] for s in slices}
-    if len(shapes) != 1:
-        raise ScanError(scan.paths[0], f"the files of one scan have different slice shapes {sorted(shapes)}")
-    return np.concatenate(slices, axis=0)
+        return open_dicom_series(scan.paths, limits)
+    with ExitStack() as stack:
+        vols = [stack.enter_context(open_file(p, limits)) for p in scan.paths]
+        vol = concat_volumes(vols, scan.paths[0])
+        limits.check(scan.paths[0], vol.shape)
+        stack.pop_all()
+        return vol
 
 
-def read_file(path: str | Path) -> np.ndarray:
+def open_file(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> Volume:
     spath = str(path)
     if NPZ_SEP in spath and spath.split(NPZ_SEP, 1)[0].lower().endswith(".npz"):
-        return _npz_item(spath)
+        return _npz_item(spath, limits)
     path = Path(path)
     if not path.exists():
         raise ScanError(path, "file does not exist")
     if path.is_dir():
-        return read_dicom_series(dicom_files_in(path))
+        return open_dicom_series(dicom_files_in(path), limits)
     name = path.name.lower()
     try:
         if path.stat().st_size == 0:
             raise ScanError(path, "file is empty (0 bytes)")
         if name.endswith(".npy"):
-            return _npy(path)
+            return _npy(path, limits)
         if name.endswith((".nii", ".nii.gz")):
-            return _nifti(path)
+            return _nifti(path, limits)
         if path.suffix.lower() in IMAGE_SUFFIXES:
-            return _image(path)
+            return _image(path, limits)
         if is_dicom(path):
-            return read_dicom_series([path])
+            return open_dicom_series([path], limits)
         if name.endswith(".npz"):
             raise ScanError(path, "an .npz scan needs an array key and index: FILE.npz#KEY/INDEX")
     except ScanError:
@@ -76,40 +98,196 @@ def read_file(path: str | Path) -> np.ndarray:
     raise ScanError(path, f"unsupported file type {path.suffix!r}")
 
 
-def _as_slices(arr: np.ndarray, path: Path, hwd: bool) -> np.ndarray:
-    """2D -> [1, H, W]; 3D -> [S, H, W] (from [H, W, D] when hwd)."""
-    arr = np.asarray(arr)
-    if arr.size == 0:
-        raise ScanError(path, f"empty array of shape {arr.shape}")
+def _check_dtype(path, dtype: np.dtype) -> None:
+    if dtype.hasobject:
+        raise ScanError(path, "holds Python objects, not numbers")
+    if dtype.kind == "c":
+        raise ScanError(path, f"holds complex values ({dtype}); save the magnitude or the real part explicitly")
+    if dtype.kind not in "biuf":
+        raise ScanError(path, f"holds {dtype} values, not numbers")
+
+
+def _hwd_shape(path, shape: Sequence[int]) -> tuple[int, int, int]:
+    """[H, W] -> [1, H, W]; [H, W, D] -> [D, H, W]; anything else is an error."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) not in (2, 3):
+        raise ScanError(path, f"expected a 2D or 3D array, got shape {shape}")
+    if 0 in shape:
+        raise ScanError(path, f"empty array of shape {shape}")
+    return (1, *shape) if len(shape) == 2 else (shape[2], shape[0], shape[1])
+
+
+def _grey_stored_as_rgb(arr) -> bool:
+    """[H, W, 3 or 4] whose colour channels are equal: one grey image, not 3 slices."""
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+        return False
+    return all(np.array_equal(arr[..., 0], arr[..., i]) for i in range(1, 3))
+
+
+def _hwd_volume(path, arr, limits: Limits, stack: Optional[ExitStack] = None) -> Volume:
+    """A volume over ``arr`` (memory map or array proxy) stored ``[H, W]`` or ``[H, W, D]``."""
+    shape = _hwd_shape(path, arr.shape)
+    limits.check(path, shape)
     if arr.ndim == 2:
-        return arr[None].astype(np.float32)
-    if arr.ndim == 3:
-        if hwd:
-            if arr.shape[-1] in (3, 4) and _channels_equal(arr):
-                return arr[..., :1].transpose(2, 0, 1).astype(np.float32)  # grey stored as RGB
-            return arr.transpose(2, 0, 1).astype(np.float32)
-        return arr.astype(np.float32)
-    raise ScanError(path, f"expected a 2D or 3D array, got shape {arr.shape}")
+        return Volume(path, shape, lambda k: arr[...], stack=stack)
+    if _grey_stored_as_rgb(arr):
+        return Volume(path, (1, *shape[1:]), lambda k: arr[..., 0], stack=stack)
+    return Volume(path, shape, lambda k: arr[:, :, k], stack=stack)
 
 
-def _channels_equal(arr: np.ndarray) -> bool:
-    c = arr.shape[-1]
-    return all(np.array_equal(arr[..., 0], arr[..., i]) for i in range(1, min(c, 3)))
+def _npy_header(f, path) -> tuple[tuple, bool, np.dtype]:
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    readers = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+    if version not in readers:
+        raise ScanError(path, f"unsupported .npy format version {version}")
+    return readers[version](f)
 
 
-def _npy(path: Path) -> np.ndarray:
-    return _as_slices(np.load(path, allow_pickle=False), path, hwd=True)
+def _npy(path: Path, limits: Limits) -> Volume:
+    """Header, bound and size checks, then a memory map: slices are copied out one at a time."""
+    with ClampedFile(path) as f:
+        shape, fortran, dtype = _npy_header(f, path)
+        offset = f.tell()
+    _check_dtype(path, dtype)
+    limits.check(path, _hwd_shape(path, shape))
+    need, have = int(np.prod(shape, dtype=object)) * dtype.itemsize, path.stat().st_size - offset
+    if need > have:
+        raise ScanError(path, f"truncated: the header declares {need:,} bytes of data, the file holds {have:,}")
+    mm = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(shape), order="F" if fortran else "C")
+    return _hwd_volume(path, mm, limits)
+
+
+class ClampedFile(io.BufferedReader):
+    """A file whose ``read(n)`` never asks for more than the bytes left, so that a hostile length
+    field in a header (a DICOM element, an NPY header, a NIfTI extension) cannot make a parser
+    allocate the declared size: Python's buffered read allocates ``n`` bytes before reading."""
+
+    def __init__(self, path):
+        super().__init__(io.FileIO(str(path), "rb"))
+        self._size = os.fstat(self.fileno()).st_size
+
+    def read(self, n: Optional[int] = -1) -> bytes:
+        if n is not None and n >= 0:
+            n = min(n, max(0, self._size - self.tell()))
+        return super().read(n)
+
+
+def _nifti(path: Path, limits: Limits) -> Volume:
+    stack = ExitStack()
+    try:
+        return _nifti_volume(path, limits, stack)
+    except BaseException:
+        stack.close()
+        raise
+
+
+def _nifti_volume(path: Path, limits: Limits, stack: ExitStack) -> Volume:
+    """The header only; the file stays open (in ``stack``): a .gz is decompressed forward once,
+    slice by slice. Truncation of a .nii is found from the header and the file size."""
+    import nibabel as nib
+
+    f = stack.enter_context(ClampedFile(path))
+    if path.name.lower().endswith(".gz"):
+        f = stack.enter_context(gzip.GzipFile(fileobj=f))
+    head = f.read(4)
+    f.seek(0)
+    kind = nib.Nifti2Image if 540 in struct.unpack("<i", head) + struct.unpack(">i", head) else nib.Nifti1Image
+    img = kind.from_file_map({"image": nib.FileHolder(filename=str(path), fileobj=f)})
+    proxy = img.dataobj
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) == 4 and shape[-1] == 1:
+        shape = shape[:3]
+    dtype = img.get_data_dtype()
+    limits.check(path, _hwd_shape(path, shape))
+    if not path.name.lower().endswith(".gz"):
+        need = int(np.prod(img.shape, dtype=object)) * dtype.itemsize
+        have = path.stat().st_size - int(proxy.offset)
+        if need > have:
+            raise ScanError(path, f"truncated: the header declares {need:,} bytes of data, the file holds {have:,}")
+
+    class _Slicer:   # [H, W(, D)] view over the proxy that drops a trailing axis of 1, greys RGB
+        def __init__(self):
+            self.shape, self.ndim = shape, len(shape)
+
+        def __getitem__(self, key):
+            key = key if isinstance(key, tuple) else (key,)
+            data = np.asarray(proxy[key + (0,)] if len(img.shape) == 4 else proxy[key])
+            if dtype.names:   # RGB NIfTI (structured dtype)
+                data = sum(w * data[c].astype(np.float32) for w, c in zip(_LUMA, "RGB"))
+            return data
+
+    return _hwd_volume(path, _Slicer(), limits, stack)
+
+
+def _image(path: Path, limits: Limits) -> Volume:
+    """PNG / JPEG / TIFF; multi-frame images (TIFF pages, animated PNG) give one slice per frame.
+    The size is checked before decoding; PIL's decompression-bomb warning is an error."""
+    from PIL import Image
+
+    stack = ExitStack()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = stack.enter_context(Image.open(path))
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            raise InputTooLarge(path, f"over PIL's decompression-bomb limit ({exc})") from None
+    try:
+        w, h = im.size
+        frames = int(getattr(im, "n_frames", 1) or 1)
+        limits.check(path, (frames, h, w))
+        if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
+            raise InputTooLarge(path, f"{w * h:,} pixels is over PIL's decompression-bomb limit")
+    except BaseException:
+        stack.close()
+        raise
+
+    def get(k: int) -> np.ndarray:
+        if frames > 1:
+            im.seek(k)
+            if im.size != (w, h):
+                raise ScanError(path, "its frames have different sizes")
+        im.load()
+        frame = im if im.mode in ("L", "I", "I;16", "F") else im.convert("L")
+        return np.asarray(frame, dtype=np.float32)
+
+    return Volume(path, (frames, h, w), get, stack=stack)
+
+
+# -- NPZ (MedMNIST) -----------------------------------------------------------------
+def _npz_member_header(file: str, key: str, limits: Limits) -> tuple:
+    """Shape of array ``key`` of an .npz from its .npy header (nothing decoded); checks its
+    dtype, the bound (the whole array is decoded and cached) and the size the zip records."""
+    with zipfile.ZipFile(file) as z:
+        name = f"{key}.npy"
+        if name not in z.namelist():
+            keys = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+            raise ScanError(file, f"has no array {key!r} (arrays: {', '.join(keys)})")
+        info = z.getinfo(name)
+        with z.open(info) as f:
+            shape, _, dtype = _npy_header(f, file)
+            header = f.tell()
+    _check_dtype(file, dtype)
+    if len(shape) < 2:
+        raise ScanError(file, f"array {key!r} of shape {tuple(shape)} holds no images")
+    limits.check(file, shape[1:])
+    limits.check(file, (int(np.prod(shape, dtype=object)), 1, 1))   # the array is decoded whole, once
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if need > info.file_size - header:
+        raise ScanError(file, f"array {key!r} is truncated: its header declares {need:,} bytes, "
+                              f"the archive holds {info.file_size - header:,}")
+    return tuple(shape)
 
 
 @functools.lru_cache(maxsize=2)
-def _npz_array(path: str, key: str) -> np.ndarray:
+def _npz_array(path: str, key: str, stamp: tuple) -> np.ndarray:
+    """The whole array, decoded once for all its items (``stamp``: the file's mtime and size, so
+    that a rewritten file is read again)."""
     with np.load(path, allow_pickle=False) as z:
-        if key not in z.files:
-            raise ScanError(path, f"has no array {key!r} (arrays: {', '.join(z.files)})")
         return z[key]
 
 
-def _npz_item(spec: str) -> np.ndarray:
+def _npz_item(spec: str, limits: Limits) -> Volume:
     """``FILE.npz#KEY/INDEX`` -> one volume ``[S, H, W]`` (MedMNIST stores ``[N, D, H, W]``
     or ``[N, H, W]``; a trailing channel axis of 1 is dropped)."""
     file, _, rest = spec.partition(NPZ_SEP)
@@ -119,48 +297,25 @@ def _npz_item(spec: str) -> np.ndarray:
     if not key or not idx.isdigit():
         raise ScanError(spec, "an .npz scan is addressed as FILE.npz#KEY/INDEX")
     try:
-        arr = _npz_array(file, key)
+        shape = _npz_member_header(file, key, limits)
+        i = int(idx)
+        if i >= shape[0]:
+            raise ScanError(spec, f"index {i} is out of range ({key} holds {shape[0]} items)")
+        st = Path(file).stat()
+        vol = np.asarray(_npz_array(file, key, (st.st_mtime_ns, st.st_size))[i])
     except ScanError:
         raise
     except Exception as exc:
         raise ScanError(file, f"cannot be read ({type(exc).__name__}: {exc})") from None
-    i = int(idx)
-    if i >= len(arr):
-        raise ScanError(spec, f"index {i} is out of range ({key} holds {len(arr)} items)")
-    vol = np.asarray(arr[i])
     if vol.ndim == 4 and vol.shape[-1] == 1:
         vol = vol[..., 0]
     if vol.ndim == 3 and vol.shape[-1] == 3 and vol.shape[0] != 3:   # 2D RGB MedMNIST
         vol = vol.astype(np.float32) @ _LUMA
-    return _as_slices(vol, Path(spec), hwd=False)
-
-
-def _nifti(path: Path) -> np.ndarray:
-    import nibabel as nib
-
-    img = nib.load(str(path))
-    data = np.asanyarray(img.dataobj)
-    if data.ndim == 4 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.dtype.names:   # RGB NIfTI (structured dtype)
-        data = sum(w * data[c].astype(np.float32) for w, c in zip(_LUMA, "RGB"))
-    return _as_slices(data, path, hwd=True)
-
-
-def _image(path: Path) -> np.ndarray:
-    """PNG / JPEG / TIFF; multi-frame images (TIFF pages, animated PNG) give one slice per frame."""
-    from PIL import Image, ImageSequence
-
-    frames = []
-    with Image.open(path) as im:
-        for frame in ImageSequence.Iterator(im):
-            frame.load()
-            if frame.mode not in ("L", "I", "I;16", "F"):
-                frame = frame.convert("L")
-            frames.append(np.asarray(frame, dtype=np.float32))
-    if len({f.shape for f in frames}) != 1:
-        raise ScanError(path, "its frames have different sizes")
-    return _as_slices(np.stack(frames) if len(frames) > 1 else frames[0], path, hwd=False)
+    if vol.ndim == 2:
+        vol = vol[None]
+    if vol.ndim != 3 or 0 in vol.shape:
+        raise ScanError(spec, f"expected a 2D or 3D array, got shape {vol.shape}")
+    return Volume(spec, vol.shape, lambda k: vol[k])
 
 
 # -- DICOM ------------------------------------------------------------------------
@@ -193,7 +348,8 @@ def read_dicom_header(path: str | Path):
     import pydicom
 
     try:
-        return pydicom.dcmread(str(path), stop_before_pixels=True)
+        with ClampedFile(path) as f:
+            return pydicom.dcmread(f, stop_before_pixels=True)
     except Exception as exc:
         raise ScanError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
 
@@ -218,70 +374,76 @@ def _rescale(ds) -> tuple[float, float]:
     return float(slope if slope is not None else 1.0), float(inter if inter is not None else 0.0)
 
 
-def _dicom_pixels(path: Path) -> tuple[np.ndarray, object]:
-    """One DICOM file -> ([frames, H, W] float32 in modality units, dataset)."""
-    import pydicom
+def _dicom_geometry(path: Path, ds, limits: Limits) -> tuple[int, int, int]:
+    """(frames, rows, columns) from the header, checked against the bound."""
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ScanError(path, f"DICOM header has no usable Rows / Columns / NumberOfFrames ({exc})") from None
+    limits.check(path, (frames, rows, cols))
+    if min(frames, rows, cols) < 1:
+        raise ScanError(path, f"DICOM header declares an empty image ({frames} x {rows} x {cols})")
+    return frames, rows, cols
+
+
+def _dicom_frame(path: Path, ds, frame: int) -> np.ndarray:
+    """Frame ``frame`` of one DICOM file -> [H, W] float32 in modality units (only that frame
+    is decoded); ``ds`` is the file's header."""
+    from pydicom.pixels import pixel_array
 
     try:
-        ds = pydicom.dcmread(str(path))
-    except Exception as exc:
-        raise ScanError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
-    if "PixelData" not in ds:
-        raise ScanError(path, "DICOM file has no pixel data")
-    try:
-        arr = ds.pixel_array
+        with ClampedFile(path) as f:
+            arr = pixel_array(f, index=frame)
     except Exception as exc:
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        tsname = getattr(ts, "name", ts)
-        raise ScanError(path, f"DICOM pixel data cannot be decoded (transfer syntax {tsname}; "
-                              f"{type(exc).__name__}: {exc})") from None
+        raise ScanError(path, f"DICOM pixel data missing or cannot be decoded (transfer syntax "
+                              f"{getattr(ts, 'name', ts)}; {type(exc).__name__}: {exc})") from None
     arr = np.asarray(arr)
-    samples = int(getattr(ds, "SamplesPerPixel", 1))
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if samples > 1:   # colour (pydicom returns RGB, YBR converted) -> grey
-        arr = arr[..., :3].astype(np.float32) @ _LUMA
-    arr = arr.astype(np.float32)
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3 or (frames > 1 and arr.shape[0] != frames) or arr.size == 0:
-        raise ScanError(path, f"unexpected DICOM pixel array shape {arr.shape}")
-    if samples == 1:
-        slope, inter = _rescale(ds)
-        arr = arr * slope + inter
-    return arr, ds
+    if int(getattr(ds, "SamplesPerPixel", 1)) > 1:   # colour (pydicom returns RGB, YBR converted) -> grey
+        return arr[..., :3].astype(np.float32) @ _LUMA
+    slope, inter = _rescale(ds)
+    return arr.astype(np.float32) * slope + inter
 
 
-def read_dicom_series(paths: Sequence[str | Path]) -> np.ndarray:
-    """DICOM files of one series -> ``[S, H, W]`` float32, slices sorted along the slice normal
-    (fallback InstanceNumber, then file name). A single multi-frame file keeps its frame order."""
+def read_dicom_series(paths: Sequence[str | Path], limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+    with open_dicom_series(paths, limits) as vol:
+        return vol.array()
+
+
+def open_dicom_series(paths: Sequence[str | Path], limits: Limits = DEFAULT_LIMITS) -> Volume:
+    """DICOM files of one series -> a :class:`Volume` from the headers alone, slices sorted along
+    the slice normal (fallback InstanceNumber, then file name); a single multi-frame file keeps
+    its frame order. Pixels are decoded one file (one frame) at a time."""
     paths = [Path(p) for p in paths]
-    items = []
+    heads = []
     for p in paths:
         if not p.exists():
             raise ScanError(p, "file does not exist")
         if p.stat().st_size == 0:
             raise ScanError(p, "file is empty (0 bytes)")
-        arr, ds = _dicom_pixels(p)
-        items.append((arr, ds, p))
-    uids = {str(getattr(ds, "SeriesInstanceUID", "")) for _, ds, _ in items}
+        ds = read_dicom_header(p)
+        heads.append((ds, p, _dicom_geometry(p, ds, limits)))
+    uids = {str(getattr(ds, "SeriesInstanceUID", "")) for ds, _, _ in heads}
     if len(uids) > 1:
         raise ScanError(paths[0].parent, f"files belong to {len(uids)} different DICOM series; "
                                          "give one series per scan (raddiag.data.discover groups them)")
-    if len(items) > 1:
-        pos = [_slice_position(ds) for _, ds, _ in items]
+    if len(heads) > 1:
+        pos = [_slice_position(ds) for ds, _, _ in heads]
         if all(p is not None for p in pos):
             keys = pos
         else:
-            inst = [getattr(ds, "InstanceNumber", None) for _, ds, _ in items]
+            inst = [getattr(ds, "InstanceNumber", None) for ds, _, _ in heads]
             keys = [int(i) if i is not None else n for n, i in enumerate(inst)]
-        items = [it for _, it in sorted(zip(keys, items), key=lambda t: (t[0], str(t[1][2])))]
-    shapes = {a.shape[1:] for a, _, _ in items}
+        heads = [h for _, h in sorted(zip(keys, heads), key=lambda t: (t[0], str(t[1][1])))]
+    shapes = {g[1:] for _, _, g in heads}
     if len(shapes) != 1:
         raise ScanError(paths[0], f"the slices of one DICOM series have different shapes {sorted(shapes)}")
-    vol = np.concatenate([a for a, _, _ in items], axis=0)
-    if str(getattr(items[0][1], "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        vol = vol.max() + vol.min() - vol   # MONOCHROME1: high values are dark; invert the whole series
-    return vol
+    frames = [(ds, p, f) for ds, p, g in heads for f in range(g[0])]
+    shape = (len(frames), *shapes.pop())
+    limits.check(paths[0] if len(paths) == 1 else paths[0].parent, shape)
+    invert = str(getattr(heads[0][0], "PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+    return Volume(paths[0], shape, lambda k: _dicom_frame(frames[k][1], frames[k][0], frames[k][2]), invert=invert)
 
 
 def dicom_modality(path: str | Path) -> str:
@@ -298,5 +460,6 @@ def dicom_modality(path: str | Path) -> str:
         raise ScanError(path, str(exc)) from None
 
 
-__all__ = ["read_scan", "read_file", "read_dicom_series", "dicom_files_in", "dicom_modality",
+__all__ = ["read_scan", "read_file", "open_scan", "open_file", "open_dicom_series", "Limits", "DEFAULT_LIMITS",
+           "InputTooLarge", "Volume", "read_dicom_series", "dicom_files_in", "dicom_modality",
            "read_dicom_header", "is_dicom", "IMAGE_SUFFIXES", "DICOM_SUFFIXES", "NPZ_SEP"]

@@ -18,6 +18,8 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +28,11 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from raddiag.data.case import Case, Scan
-from raddiag.data.errors import ScanError
+from raddiag.data.errors import OutputExists, ScanError
 from raddiag.data.labels import LabelSpace
-from raddiag.data.preprocess import preprocess_volume
-from raddiag.data.readers import read_scan
+from raddiag.data.preprocess import load_scan
+from raddiag.data.volume import DEFAULT_LIMITS, Limits
+from raddiag.jsonl import iter_jsonl
 from raddiag.data.splits import assign_splits
 from raddiag.data.workers import worker_processes_allowed
 
@@ -68,12 +71,11 @@ class PrepareReport:
 
 def _process_scan(args) -> tuple[Optional[np.ndarray], int, int, Optional[str], str]:
     """Worker: read + preprocess one scan. Returns (slices, key, orig_depth, error, file)."""
-    scan, size, depth, window = args
+    scan, size, depth, window, limits = args
     src = scan.paths[0] if scan.paths else "<scan>"
     try:
-        vol = read_scan(scan)
-        out, key = preprocess_volume(vol, size, depth, window, scan.key_slice, source=src)
-        return out.astype(DTYPE), key, vol.shape[0], None, src
+        out, key, orig = load_scan(scan, size, depth, window, limits)
+        return out.astype(DTYPE), key, orig, None, src
     except ScanError as exc:
         return None, -1, 0, exc.reason, exc.path
     except Exception as exc:  # never lose the file name, whatever broke
@@ -93,18 +95,72 @@ def prepare_cases(
     pre_skipped: Sequence[dict] = (),
     head_min: int = 100,
     medium_min: int = 30,
+    limits: Limits = DEFAULT_LIMITS,
+    overwrite: bool = False,
+    notes: Sequence[str] = (),
 ) -> PrepareReport:
     """Read, preprocess and cache ``cases`` into ``out_dir``.
 
     Cases without a split get a seeded patient-level 7:1:2 split. A scan that cannot be used
-    is skipped and reported (``strict`` raises at the first); a case left without scans is
-    skipped too. ``pre_skipped`` carries problems an adapter found before reading
-    (e.g. missing files), so that one report lists everything. ``head_min`` / ``medium_min``
-    are the head / medium cut-offs (training cases) written into the label spaces.
+    (unreadable, NaN / inf, constant, over ``limits``) is skipped and reported (``strict``
+    raises at the first); a case left without scans is skipped too. ``pre_skipped`` carries
+    problems an adapter found before reading (e.g. missing files), so that one report lists
+    everything; ``notes`` go into the report too. ``head_min`` / ``medium_min`` are the head /
+    medium cut-offs (training cases) written into the label spaces.
+
+    An existing prepared dataset in ``out_dir`` is replaced only with ``overwrite``. Every file
+    is written into a temporary folder first and moved into place at the end, so a failed run
+    leaves ``out_dir`` as it was, without debris.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise OutputExists(f"{out}: is a file, not a folder")
+    if (out / "meta.json").exists() and not overwrite:
+        raise OutputExists(f"{out}: holds a prepared dataset already; pass --overwrite (overwrite=True) "
+                              "to replace it")
     cases = list(cases)
+    _check_cases(cases, pre_skipped)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
+    try:
+        report = _prepare_into(tmp, cases, size, depth, window, strict, seed, workers, progress, pre_skipped,
+                               head_min, medium_min, limits)
+        report.notes = list(notes) + report.notes
+        _write_json(tmp / "report.json", report.to_dict())
+        (tmp / "report.txt").write_text(report.text() + "\n")
+        if report.cases_out == 0:
+            first = "; ".join(f"{s['file']}: {s['reason']}" for s in report.skipped_scans[:3])
+            raise ValueError(f"no usable case: all {report.cases_in} cases were skipped ({first})")
+        (out / "meta.json").unlink(missing_ok=True)   # an interrupted swap leaves no valid-looking mix
+        for f in sorted(tmp.iterdir(), key=lambda f: f.name == "meta.json"):   # meta.json last
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+    return report
+
+
+def _check_cases(cases: list[Case], pre_skipped: Sequence[dict]) -> None:
+    """Refuse an empty input and duplicate case ids before any scan is read."""
+    if not cases and not pre_skipped:
+        raise ValueError("no cases to prepare: the source holds none")
+    seen: dict[str, int] = {}
+    for c in cases:
+        seen[c.id] = seen.get(c.id, 0) + 1
+    dups = sorted(k for k, n in seen.items() if n > 1)
+    if dups:
+        raise ValueError(f"duplicate case ids ({len(dups)}): {', '.join(map(repr, dups[:10]))}; each case needs "
+                         "its own id")
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=1))
+
+
+def _prepare_into(out: Path, cases: list[Case], size, depth, window, strict, seed, workers, progress,
+                  pre_skipped, head_min, medium_min, limits) -> PrepareReport:
     report = PrepareReport(cases_in=len(cases), scans_in=sum(len(c.scans) for c in cases))
     for s in pre_skipped:
         if strict:
@@ -113,7 +169,7 @@ def prepare_cases(
     report.scans_in += len(pre_skipped)
     assign_splits(cases, seed=seed)
 
-    jobs = [(scan, size, depth, window) for c in cases for scan in c.scans]
+    jobs = [(scan, size, depth, window, limits) for c in cases for scan in c.scans]
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     if workers > 1 and len(jobs) > 8 and worker_processes_allowed("prepare_cases", "forkserver"):
         # forkserver, not fork: forking a process whose torch/OpenMP threads are running can
@@ -127,11 +183,10 @@ def prepare_cases(
 
         results = tqdm(results, total=len(jobs), desc="prepare", unit="scan")
 
-    kept: list[Case] = []
+    kept: list[dict] = []
     n_slices = 0
-    tmp_bin = out / "slices.f16.tmp"
     try:
-        with tmp_bin.open("wb") as fbin:
+        with (out / "slices.f16").open("wb") as fbin:
             results = iter(results)
             for case in cases:
                 scans_ok = []
@@ -157,7 +212,6 @@ def prepare_cases(
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    os.replace(tmp_bin, out / "slices.f16")
 
     with (out / "cases.jsonl").open("w") as f:
         for rec in kept:
@@ -167,18 +221,43 @@ def prepare_cases(
     kept_cases = [_case_from_record(r) for r in kept]
     for gran in ("disorder", "icd10"):
         LabelSpace.from_cases(kept_cases, granularity=gran, head_min=head_min, medium_min=medium_min).save(out / f"labels_{gran}.json")
-    meta = {"format_version": FORMAT_VERSION, "size": size, "depth": depth,
-            "window": list(window) if window is not None else None,
-            "n_slices": n_slices, "dtype": "float16"}
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))
-    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=1))
-    (out / "report.txt").write_text(report.text() + "\n")
+    _write_json(out / "meta.json", {"format_version": FORMAT_VERSION, "size": size, "depth": depth,
+                                    "window": list(window) if window is not None else None,
+                                    "n_slices": n_slices, "n_cases": len(kept), "dtype": "float16"})
     return report
 
 
 def _case_from_record(rec: dict) -> Case:
     scans = [Scan(**{k: v for k, v in s.items() if k != "store"}) for s in rec["scans"]]
     return Case(scans=scans, **{k: v for k, v in rec.items() if k != "scans"})
+
+
+def _read_meta(path: Path) -> dict:
+    """meta.json, checked: every error names the file."""
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); prepare the dataset again") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object; prepare the dataset again")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path.parent}: prepared with format {meta.get('format_version')}, "
+                         f"this raddiag reads {FORMAT_VERSION}; prepare it again")
+    for k in ("size", "depth", "n_slices"):
+        if not isinstance(meta.get(k), int) or isinstance(meta.get(k), bool) or meta[k] < (0 if k == "n_slices" else 1):
+            raise ValueError(f"{path}: {k}: expected a positive integer, got {meta.get(k)!r}; prepare the dataset again")
+    return meta
+
+
+def _open_slices(path: Path, n: int, size: int) -> np.ndarray:
+    """The memory map of ``n`` slices, after checking the file holds exactly that many bytes."""
+    need = n * size * size * np.dtype(DTYPE).itemsize
+    have = path.stat().st_size if path.is_file() else None
+    if have != need:
+        what = "is missing" if have is None else f"holds {have:,} bytes"
+        raise ValueError(f"{path}: {what}, meta.json declares {n} slices of {size} x {size} ({need:,} bytes): "
+                         "truncated or from another prepare; prepare the dataset again")
+    return np.memmap(path, dtype=DTYPE, mode="r", shape=(n, size, size)) if n else np.zeros((0, size, size), DTYPE)
 
 
 class PreparedData:
@@ -190,16 +269,21 @@ class PreparedData:
         if not meta_path.exists():
             raise FileNotFoundError(
                 f"{self.root}: not a prepared dataset (meta.json is missing; run `raddiag data prepare`)")
-        self.meta = json.loads(meta_path.read_text())
-        if self.meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{self.root}: prepared with format {self.meta.get('format_version')}, "
-                             f"this raddiag reads {FORMAT_VERSION}; prepare it again")
-        self.size = int(self.meta["size"])
-        self.depth = int(self.meta["depth"])
-        self.records = [json.loads(l) for l in (self.root / "cases.jsonl").read_text().splitlines() if l.strip()]
-        n = int(self.meta["n_slices"])
-        self.slices = (np.memmap(self.root / "slices.f16", dtype=DTYPE, mode="r", shape=(n, self.size, self.size))
-                       if n else np.zeros((0, self.size, self.size), DTYPE))
+        self.meta = _read_meta(meta_path)
+        self.size = self.meta["size"]
+        self.depth = self.meta["depth"]
+        self.records = [rec for _, rec in iter_jsonl(self.root / "cases.jsonl", "prepared case list")]
+        if self.meta.get("n_cases", len(self.records)) != len(self.records):
+            raise ValueError(f"{self.root / 'cases.jsonl'}: holds {len(self.records)} cases, meta.json declares "
+                             f"{self.meta['n_cases']}: truncated; prepare the dataset again")
+        n = self.meta["n_slices"]
+        self.slices = _open_slices(self.root / "slices.f16", n, self.size)
+        for r in self.records:
+            for sc in r.get("scans") or []:
+                st = sc.get("store") or {}
+                if not (0 <= st.get("start", -1) and st.get("start", 0) + st.get("n", 0) <= n):
+                    raise ValueError(f"{self.root / 'cases.jsonl'}: case {r.get('id')!r} points at slices "
+                                     f"{st} outside the {n} stored; prepare the dataset again")
 
     def __len__(self) -> int:
         return len(self.records)

@@ -813,8 +813,9 @@ def synthesize(
 
     cases = generate_cases(out_dir, n_cases, seed, with_defects=with_defects, progress=progress, **gen_kwargs)
     head_min, medium_min = label_groups(n_cases)
+    # overwrite: generate_cases has just rewritten the raw cases of out_dir; its prepared part follows
     return prepare_cases(cases, out_dir, size=size, depth=depth, seed=seed, progress=progress,
-                         workers=workers, head_min=head_min, medium_min=medium_min)
+                         workers=workers, head_min=head_min, medium_min=medium_min, overwrite=True)
 
 
 def summary(out_dir: str | Path) -> str:

@@ -28,6 +28,7 @@ import torch
 from raddiag.config import RunConfig
 from raddiag.data.case import Scan, canonical_modality, modality_id
 from raddiag.data.labels import LabelSpace
+from raddiag.data.volume import DEFAULT_LIMITS, Limits
 
 DEFAULT_THRESHOLD = 0.5
 PathLike = Union[str, Path]
@@ -158,7 +159,10 @@ def _split_cases(inputs) -> tuple[list, bool]:
 
 # -- the predictor ---------------------------------------------------------------------------
 class Predictor:
-    """A trained run folder ready for inference. Thread-safe (one forward at a time)."""
+    """A trained run folder ready for inference. Thread-safe (one forward at a time).
+    ``limits``: the size bound of every input scan (set it to change the default)."""
+
+    limits: Limits = DEFAULT_LIMITS
 
     def __init__(self, model, cfg: RunConfig, labels: LabelSpace, run_dir: Optional[Path] = None,
                  device: str = "cpu") -> None:
@@ -185,14 +189,12 @@ class Predictor:
     def prepare(self, scans: list[Scan], case_id: str = "case") -> tuple[dict, list[ScanInfo], list[int]]:
         """Scans -> (a dataset sample for ``collate_cases``, per-scan info, indices used)."""
         from raddiag.data.dataset import select_scans
-        from raddiag.data.preprocess import preprocess_volume
-        from raddiag.data.readers import read_scan
+        from raddiag.data.preprocess import load_scan
 
         dc = self.cfg.data
         infos, arrays = [], []
         for s in scans:
-            vol = read_scan(s)
-            arr, key = preprocess_volume(vol, dc.size, dc.depth, dc.window, s.key_slice, source=s.paths[0])
+            arr, key, _ = load_scan(s, dc.size, dc.depth, dc.window, self.limits)
             is_3d = bool(s.is_3d) if s.is_3d is not None else arr.shape[0] > 1
             infos.append(ScanInfo(id=s.id or Path(s.paths[0]).name, paths=list(s.paths), modality=s.modality,
                                   is_3d=is_3d, slices=int(arr.shape[0]), key_slice=int(key), used=False))

@@ -203,6 +203,14 @@ def validate(model, dataset, cfg: RunConfig, d: Optional[dist_utils.Dist] = None
     return scores, labels
 
 
+def _check_finite_loss(loss: torch.Tensor, batch: dict, epoch: int, step: int) -> None:
+    """Stop at the first NaN / inf loss, naming the batch's cases (before it reaches the weights)."""
+    if not torch.isfinite(loss.detach()).all():
+        raise FloatingPointError(f"training loss is {float(loss.detach()):g} at epoch {epoch + 1}, step {step + 1}; "
+                                 f"cases of the batch: {', '.join(map(str, batch.get('case_ids', [])))} "
+                                 "(check their scans and labels, or lower the learning rate)")
+
+
 def _val_loss(scores: np.ndarray, labels: np.ndarray) -> float:
     p = np.clip(scores.astype(np.float64), 1e-7, 1 - 1e-7)
     return float(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)).mean())
@@ -415,6 +423,7 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
                             loss = loss + tc.key_slice_loss * key_slice_attention_loss(
                                 out.slice_attention.float(), batch["key_slice"].to(d.device),
                                 batch["slice_mask"].to(d.device))
+                    _check_finite_loss(loss, batch, epoch, state["step"])
                     (loss / group_len).backward()
                 loss_sum += float(loss.detach())
                 loss_n += 1

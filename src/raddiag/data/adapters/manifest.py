@@ -1,6 +1,7 @@
 """A JSON Lines manifest of cases (see README, "Your own data"): the format users write by hand.
 
-Records are read with :meth:`Case.from_dict`; a scan with an unknown modality is not fatal
+The whole file is checked against the schema first (:mod:`raddiag.data.schema`); records are
+read with :meth:`Case.from_dict`; a scan with an unknown modality is not fatal
 here: it is reported as skipped (``prepare --strict`` makes it an error), the rest of its
 case is kept.
 """
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from raddiag.data.adapters.base import AdapterResult
 from raddiag.data.case import Case, canonical_modality
-from raddiag.jsonl import iter_jsonl
+from raddiag.data.schema import validate_manifest
 
 
 def load_manifest(source: Path, **_) -> AdapterResult:
@@ -22,7 +23,7 @@ def load_manifest(source: Path, **_) -> AdapterResult:
                              "give the file itself")
         source = found[0]
     result = AdapterResult(cases=[])
-    for where, rec in iter_jsonl(source, "manifest"):
+    for where, rec in validate_manifest(source):   # every schema problem at once, before any read
         good = []
         for j, s in enumerate(rec.get("scans") or []):
             try:
