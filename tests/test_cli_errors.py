@@ -1,0 +1,111 @@
+"""Issue 13, the CLI half: every failure is one line ``raddiag: error: ...`` naming the file and the
+reason, exit code 2 for bad input and 1 for other failures, a traceback only with ``--debug``."""
+from __future__ import annotations
+
+import errno
+
+import numpy as np
+import pytest
+
+from raddiag.cli import EXIT_BAD_INPUT, EXIT_FAILURE, main
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``raddiag ARGV`` in this process; argparse exits count too."""
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as exc:
+        rc = exc.code
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def one_line_error(err: str, *needles: str) -> str:
+    """The single ``raddiag: error:`` line of ``err`` (no traceback); it holds every needle."""
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("raddiag: error:")]
+    assert len(errors) == 1, err
+    assert "Traceback" not in err, err
+    for n in needles:
+        assert n in errors[0], (n, errors[0])
+    return errors[0]
+
+
+# -- the top level: exit codes, --debug -------------------------------------------------------
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def test_bad_input_is_one_line_exit_2_and_debug_shows_the_traceback(tmp_path, capsys):
+    missing = tmp_path / "nope.npz"
+    rc, _, err = run_cli(capsys, "metrics", "--pred", missing, "--out", tmp_path / "m")
+    assert rc == EXIT_BAD_INPUT
+    one_line_error(err, str(missing), "does not exist")
+    for argv in (["--debug", "metrics", "--pred", missing, "--out", tmp_path / "m"],
+                 ["metrics", "--pred", missing, "--out", tmp_path / "m", "--debug"]):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            main([str(a) for a in argv])
+
+
+def test_os_error_exit_1_names_the_file(tmp_path, capsys, monkeypatch):
+    """A full disk while writing the outputs: exit 1, one line naming the file and the reason."""
+    import raddiag.evaluation.engine as engine
+
+    def full_disk(out, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "metrics.json"))
+
+    monkeypatch.setattr(engine, "write_outputs", full_disk)
+    pred = _npz(tmp_path / "p.npz", scores=np.array([[0.1], [0.9]]), labels=np.array([[0], [1]]))
+    rc, _, err = run_cli(capsys, "metrics", "--pred", pred, "--out", tmp_path / "m", "--n-boot", 0)
+    assert rc == EXIT_FAILURE
+    one_line_error(err, str(tmp_path / "m" / "metrics.json"), "No space left on device")
+
+
+def test_unexpected_error_one_line_with_a_hint(tmp_path, capsys, monkeypatch):
+    import raddiag.evaluation.engine as engine
+
+    def bug(*a, **k):
+        raise RuntimeError("something broke\nover two lines")
+
+    monkeypatch.setattr(engine, "evaluate_predictions", bug)
+    pred = _npz(tmp_path / "p.npz", scores=np.array([[0.1], [0.9]]), labels=np.array([[0], [1]]))
+    rc, _, err = run_cli(capsys, "metrics", "--pred", pred, "--out", tmp_path / "m")
+    assert rc == EXIT_FAILURE
+    one_line_error(err, "RuntimeError", "something broke; over two lines", "--debug")
+
+
+# -- metrics ----------------------------------------------------------------------------------
+def test_metrics_rejects_negative_n_boot(tmp_path, capsys):
+    pred = _npz(tmp_path / "p.npz", scores=np.array([[0.1], [0.9]]), labels=np.array([[0], [1]]))
+    rc, _, err = run_cli(capsys, "metrics", "--pred", pred, "--out", tmp_path / "m", "--n-boot", "-5")
+    assert rc == 2 and "--n-boot" in err and ">= 0" in err
+    assert not (tmp_path / "m").exists()
+    from raddiag.data.labels import LabelSpace
+    from raddiag.evaluation.engine import evaluate_predictions
+
+    with pytest.raises(ValueError, match="n_boot"):
+        evaluate_predictions(np.array([[0.1], [0.9]]), np.array([[0], [1]]), LabelSpace(names=["a"], counts=[1]),
+                             n_boot=-5)
+
+
+@pytest.mark.parametrize("what, arrays, needle", [
+    ("string scores", {"scores": np.array([["0.1"], ["0.9"]]), "labels": np.array([[0], [1]])}, "must be numbers"),
+    ("duplicate ids", {"scores": np.array([[0.1], [0.9], [0.4]]), "labels": np.array([[0], [1], [1]]),
+                       "case_ids": np.array(["a", "b", "a"])}, "duplicate case ids ['a']"),
+    ("zero rows", {"scores": np.zeros((0, 2)), "labels": np.zeros((0, 2))}, "no predictions"),
+])
+def test_metrics_bad_prediction_files(tmp_path, capsys, what, arrays, needle):
+    pred = _npz(tmp_path / "p.npz", **arrays)
+    rc, _, err = run_cli(capsys, "metrics", "--pred", pred, "--out", tmp_path / "m", "--n-boot", 0)
+    assert rc == EXIT_BAD_INPUT, what
+    one_line_error(err, str(pred), needle)
+    assert not (tmp_path / "m" / "metrics.json").exists()
+
+
+def test_metrics_on_an_npy(tmp_path, capsys):
+    pred = tmp_path / "p.npy"
+    np.save(pred, np.zeros((3, 2)))
+    rc, _, err = run_cli(capsys, "metrics", "--pred", pred, "--out", tmp_path / "m")
+    assert rc == EXIT_BAD_INPUT
+    one_line_error(err, str(pred), "not an .npz")
