@@ -109,3 +109,103 @@ def test_metrics_on_an_npy(tmp_path, capsys):
     rc, _, err = run_cli(capsys, "metrics", "--pred", pred, "--out", tmp_path / "m")
     assert rc == EXIT_BAD_INPUT
     one_line_error(err, str(pred), "not an .npz")
+
+
+# -- training: --out, --resume, --overwrite, run-folder files -----------------------------------
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A prepared tiny dataset and the tiny-model settings as CLI arguments."""
+    from test_training_data import make_tiny_data, tiny_overrides
+
+    d = tmp_path_factory.mktemp("cli_train")
+    data = make_tiny_data(d / "data", n_cases=12)
+    args = ["--preset", "tiny", "--no-progress"]
+    for o in tiny_overrides(**{"train.epochs": 1}):
+        args += ["--set", o]
+    return {"dir": d, "data": data, "args": args}
+
+
+def _train_args(tiny, out, *extra):
+    return ["train", "--data", tiny["data"], "--out", out, *tiny["args"], *extra]
+
+
+def test_train_out_under_a_file(tiny, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    rc, _, err = run_cli(capsys, *_train_args(tiny, tmp_path / "afile" / "run"))
+    assert rc == EXIT_BAD_INPUT
+    one_line_error(err, str(tmp_path / "afile" / "run"), "a parent is a file")
+
+
+def test_train_out_on_a_read_only_disk(tiny, tmp_path, capsys, monkeypatch):
+    import pathlib
+
+    ro = tmp_path / "ro"
+    real_mkdir = pathlib.Path.mkdir
+
+    def mkdir(self, *a, **k):
+        if self == ro or ro in self.parents:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *a, **k)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    rc, _, err = run_cli(capsys, *_train_args(tiny, ro / "run"))
+    assert rc == EXIT_FAILURE
+    one_line_error(err, str(ro / "run"), "cannot create the run folder", "Read-only file system")
+
+
+def test_train_out_on_a_full_disk(tiny, tmp_path, capsys, monkeypatch):
+    """The disk fills up while a checkpoint or the weights are written: one line naming the file,
+    and no half-written file left behind."""
+    import raddiag.training.checkpoint as ckpt
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt.os, "fsync", fsync)
+    out = tmp_path / "run"
+    rc, _, err = run_cli(capsys, *_train_args(tiny, out))
+    assert rc == EXIT_FAILURE
+    line = one_line_error(err, str(out), "No space left on device")
+    assert "model.safetensors" in line or "last.pt" in line
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+
+
+def test_resume_on_another_label_space(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(capsys, *_train_args(tiny, out))[0] == 0
+    rc, _, err = run_cli(capsys, "train", "--data", tiny["data"], "--out", out, "--resume",
+                         "--granularity", "icd10", "--no-progress")
+    assert rc == EXIT_BAD_INPUT
+    one_line_error(err, str(out), "label space differs", "label_space.json")
+
+
+def test_train_over_a_run_with_weights_but_no_checkpoint(tiny, tmp_path, capsys):
+    from raddiag.serving.sample import make_tiny_run
+
+    run = make_tiny_run(tmp_path / "run")
+    before = run.weights.read_bytes()
+    rc, _, err = run_cli(capsys, *_train_args(tiny, run.root))
+    assert rc == EXIT_BAD_INPUT
+    one_line_error(err, str(run.root), "model.safetensors", "--overwrite")
+    assert run.weights.read_bytes() == before
+    rc, out, _ = run_cli(capsys, *_train_args(tiny, run.root, "--overwrite"))
+    assert rc == 0 and run.weights.read_bytes() != before
+    assert (run.checkpoints / "last.pt").exists()
+
+
+@pytest.mark.parametrize("name, content, needle", [
+    ("model.safetensors", b"\x00" * 40, "not a readable safetensors file"),
+    ("config.yaml", b"data: [size: 32\nmodel: {", "not a readable YAML config"),
+    ("config.yaml", b"- just\n- a list\n", "expected a mapping"),
+    ("config.yaml", b"\xff\xfe\x00bad", "not a readable YAML config"),
+    ("label_space.json", b"{\"names\": [1,", "not a readable label space"),
+])
+def test_malformed_run_folder_file_is_named(tmp_path, capsys, name, content, needle):
+    from raddiag.serving.sample import make_tiny_run, sample_png
+
+    run = make_tiny_run(tmp_path / "run")
+    (run.root / name).write_bytes(content)
+    (tmp_path / "a.png").write_bytes(sample_png(32))
+    rc, _, err = run_cli(capsys, "predict", run.root, tmp_path / "a.png", "--modality", "X-ray")
+    assert rc == EXIT_BAD_INPUT
+    one_line_error(err, str(run.root / name), needle)

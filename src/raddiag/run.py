@@ -40,7 +40,15 @@ class RunFolder:
     text_encoder_ref = property(lambda self: self.root / "text_encoder.json")
 
     def create(self) -> "RunFolder":
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Make the folder (and its parents); an error names the folder and the reason."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise NotADirectoryError(f"{self.root}: cannot create the run folder: it is a file") from None
+        except NotADirectoryError:
+            raise NotADirectoryError(f"{self.root}: cannot create the run folder: a parent is a file") from None
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot create the run folder ({exc.strerror})", str(self.root)) from None
         return self
 
     def check(self) -> "RunFolder":
@@ -62,9 +70,10 @@ class RunFolder:
         """The stored label embeddings tensor, or None when the run has none."""
         if not self.label_embeddings.exists():
             return None
-        from safetensors.torch import load_file
-
-        return load_file(str(self.label_embeddings))["embeddings"]
+        tensors = read_safetensors(self.label_embeddings)
+        if "embeddings" not in tensors:
+            raise ValueError(f"{self.label_embeddings}: has no tensor 'embeddings' (has {sorted(tensors)[:5]})")
+        return tensors["embeddings"]
 
     def save_label_embeddings(self, emb) -> None:
         from safetensors.torch import save_file
@@ -95,3 +104,17 @@ class RunFolder:
                     "pass the encoder folder explicitly (--encoder)")
             return Path(path)
         return None
+
+
+def read_safetensors(path, device: str = "cpu") -> dict:
+    """All tensors of a ``.safetensors`` file; a missing, truncated or malformed file raises an
+    error naming it (the library's own message is about bytes, not files)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: does not exist")
+    try:
+        return load_file(str(path), device=device)
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ... : name the file
+        raise ValueError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None

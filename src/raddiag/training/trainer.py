@@ -116,9 +116,9 @@ def resolve_label_embeddings(labels: LabelSpace, label_embeddings=None, knowledg
         path = Path(label_embeddings)
         if not path.exists():
             raise FileNotFoundError(f"{path}: label embeddings file does not exist")
-        from safetensors.torch import load_file
+        from raddiag.run import read_safetensors
 
-        tensors = load_file(str(path))
+        tensors = read_safetensors(path)
         if "embeddings" not in tensors:
             raise ValueError(f"{path}: no 'embeddings' tensor (found {sorted(tensors)})")
         emb = tensors["embeddings"]
@@ -202,6 +202,7 @@ def train(
     knowledge_encoder: Optional[str | Path] = None,
     resume: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
     max_steps: Optional[int] = None,
     init_state: Optional[dict[str, torch.Tensor]] = None,
     train_indices: Optional[Sequence[int]] = None,
@@ -215,6 +216,8 @@ def train(
     ``checkpoints/last.pt``. ``max_steps`` stops after that many optimiser steps in total
     (the state is checkpointed, so ``resume`` carries on). ``init_state`` pre-loads matching
     weights (fine-tuning); ``train_indices`` restricts the training split to those cases.
+    A run folder that already holds weights or a checkpoint is refused unless ``resume`` (a
+    checkpoint) or ``overwrite`` (start afresh there; the old checkpoint is removed first).
     Under ``torchrun`` this trains with DDP; only rank 0 writes.
     """
     from raddiag.data.dataset import CaseDataset, make_loader
@@ -232,12 +235,7 @@ def train(
     if tc.batch_size < 1 or tc.grad_accum < 1 or tc.epochs < 1:
         raise ValueError("train.batch_size, train.grad_accum and train.epochs must be >= 1")
     run = RunFolder(out_dir)
-    last = run.checkpoints / LAST
-    if resume and not last.exists():
-        raise FileNotFoundError(f"{last}: no checkpoint to resume from")
-    if not resume and last.exists():
-        raise ValueError(f"{run.root}: already holds a training run ({last.name}); "
-                         "pass --resume to continue it or choose another --out")
+    _check_out(run, resume, overwrite)
 
     d = dist_utils.init(device)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -250,6 +248,41 @@ def train(
         d.close()
 
 
+def _check_out(run: RunFolder, resume: bool, overwrite: bool) -> None:
+    """Refuse to train over an existing run unless asked (``--resume`` or ``--overwrite``)."""
+    last = run.checkpoints / LAST
+    for folder in (run.root, *run.root.parents):     # fail now, not after loading the data
+        if folder.exists():
+            if not folder.is_dir():
+                where = "it is a file" if folder == run.root else f"a parent is a file ({folder})"
+                raise NotADirectoryError(f"{run.root}: cannot create the run folder: {where}")
+            break
+    if resume:
+        if not last.exists():
+            raise FileNotFoundError(f"{last}: no checkpoint to resume from")
+        return
+    held = [p.name for p in (last, run.weights) if p.exists()]
+    if held and not overwrite:
+        raise ValueError(f"{run.root}: already holds a training run ({', '.join(held)}); pass --resume to "
+                              "continue it, --overwrite to train afresh over it, or choose another --out")
+    if held:
+        last.unlink(missing_ok=True)        # a stale checkpoint must not be resumed into the new run
+
+
+def _check_resume_labels(run: RunFolder, labels: LabelSpace, data_root) -> None:
+    """``--resume`` on a dataset (or granularity) whose label space is not the run's: say so."""
+    if not run.labels.exists():
+        return
+    old = LabelSpace.load(run.labels)
+    if list(old.names) != list(labels.names):
+        extra = sorted(set(labels.names) - set(old.names))[:3]
+        gone = sorted(set(old.names) - set(labels.names))[:3]
+        raise ValueError(f"{run.root}: --resume on {data_root}, whose label space differs from the run's "
+                         f"({len(labels)} classes vs {len(old)} in {run.labels.name}"
+                         + (f"; new: {extra}" if extra else "") + (f"; missing: {gone}" if gone else "")
+                         + "); resume on the run's own dataset and granularity, or fine-tune into a new --out")
+
+
 def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progress, max_steps, init_state,
            train_indices, CaseDataset, make_loader, build_model, key_slice_attention_loss) -> TrainResult:
     from .augment import build_scan_transform
@@ -257,6 +290,8 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
     tc = cfg.train
     seed_everything(tc.seed, tc.deterministic)
     labels = data.label_space(cfg.data.granularity)
+    if resume:
+        _check_resume_labels(run, labels, data.root)
     if not data.records_for("val"):
         raise ValueError(f"{data.root}: no cases in the val split; validation needs some")
 
@@ -306,7 +341,12 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
         if ckpt.get("world_size", 1) != d.world_size:
             log.warning("resuming a %d-process run with %d processes: the data order changes",
                         ckpt.get("world_size", 1), d.world_size)
-        model.load_state_dict(ckpt["model"])
+        try:
+            model.load_state_dict(ckpt["model"])
+        except (RuntimeError, KeyError) as exc:
+            first = str(exc).strip().splitlines()
+            raise ValueError(f"{run.checkpoints / LAST}: does not fit this run's model and label space "
+                             f"({len(labels)} classes): {first[-1].strip() if first else exc}") from None
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         state.update({k: ckpt[k] for k in state if k in ckpt})
