@@ -209,3 +209,62 @@ def test_malformed_run_folder_file_is_named(tmp_path, capsys, name, content, nee
     rc, _, err = run_cli(capsys, "predict", run.root, tmp_path / "a.png", "--modality", "X-ray")
     assert rc == EXIT_BAD_INPUT
     one_line_error(err, str(run.root / name), needle)
+
+
+# -- predict: several cases, saliency outputs --------------------------------------------------
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    from raddiag.serving.sample import make_tiny_run, sample_png
+
+    d = tmp_path_factory.mktemp("cli_predict")
+    make_tiny_run(d / "run")
+    for name, seed in (("good1", 1), ("good2", 2)):
+        (d / name).mkdir()
+        (d / name / "a.png").write_bytes(sample_png(40, seed=seed))
+    (d / "bad").mkdir()
+    (d / "bad" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30)     # truncated PNG
+    return d
+
+
+def test_predict_several_cases_keeps_the_good_ones(cases, capsys):
+    import json
+
+    from raddiag.serving.predict import CaseError, CaseResult, Predictor
+
+    pred = Predictor.load(cases / "run")
+    got = pred.predict([str(cases / "good1"), str(cases / "bad"), str(cases / "good2")], modality="X-ray")
+    assert [type(r) for r in got] == [CaseResult, CaseError, CaseResult]
+    assert got[1].case_id == "bad" and "broken.png" in got[1].error
+    alone = pred.predict(str(cases / "good2"), modality="X-ray")       # the good ones are as if alone
+    assert [f.probability for f in got[2].ranked] == pytest.approx([f.probability for f in alone.ranked])
+
+    rc, out, err = run_cli(capsys, "predict", cases / "run", cases / "good1", cases / "bad", cases / "good2",
+                           "--modality", "X-ray", "--json")
+    assert rc == EXIT_BAD_INPUT
+    rows = json.loads(out)
+    assert [r["case_id"] for r in rows] == ["good1", "bad", "good2"]
+    assert "ranked" in rows[0] and "ranked" in rows[2] and "broken.png" in rows[1]["error"]
+    one_line_error(err, "1 of 3 cases failed", "broken.png")
+
+    rc, out, err = run_cli(capsys, "predict", cases / "run", cases / "good1", cases / "bad", "--modality", "X-ray")
+    assert rc == EXIT_BAD_INPUT and "Case good1" in out and "Case bad: error:" in out
+
+
+def test_predict_saliency_refuses_to_overwrite(cases, tmp_path, capsys):
+    argv = ["predict", cases / "run", cases / "good1", "--modality", "X-ray", "--saliency", tmp_path / "o",
+            "--saliency-top-k", 4]
+    assert run_cli(capsys, *argv)[0] == 0
+    written = sorted((tmp_path / "o").glob("*.png"))
+    assert written
+    written[0].write_bytes(b"mine")
+    rc, _, err = run_cli(capsys, *argv)
+    assert rc == EXIT_BAD_INPUT
+    one_line_error(err, str(written[0]), "--overwrite")
+    assert written[0].read_bytes() == b"mine"
+    assert run_cli(capsys, *argv, "--overwrite")[0] == 0
+    assert written[0].read_bytes().startswith(b"\x89PNG")
+
+    (tmp_path / "afile").write_text("x")
+    rc, _, err = run_cli(capsys, *argv[:-4], "--saliency", tmp_path / "afile")
+    assert rc == EXIT_BAD_INPUT
+    one_line_error(err, str(tmp_path / "afile"), "must be a folder")
