@@ -74,6 +74,28 @@ def _zip(entries: dict[str, bytes], links: tuple[str, ...] = ()) -> bytes:
     return buf.getvalue()
 
 
+def _damaged_zip(how: str) -> bytes:
+    """A one-entry zip of a PNG, damaged: ``crc`` (a stored byte changed), ``deflate`` (the
+    compressed stream garbled), ``encrypted`` (the flag set), ``method`` (compression method 99)."""
+    png = sample_png(24, seed=4)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED if how == "crc" else zipfile.ZIP_DEFLATED) as z:
+        z.writestr("case/a.png", png)
+    data = bytearray(buf.getvalue())
+    local, central = data.index(b"PK\x03\x04"), data.index(b"PK\x01\x02")
+    start = local + 30 + len("case/a.png")                  # the entry's data
+    if how == "crc":
+        data[start + 100] ^= 0xFF
+    elif how == "deflate":
+        data[start: start + 40] = b"\xff" * 40
+    elif how == "encrypted":
+        data[local + 6] |= 1
+        data[central + 8] |= 1
+    elif how == "method":
+        data[local + 8: local + 10] = data[central + 10: central + 12] = (99).to_bytes(2, "little")
+    return bytes(data)
+
+
 def _nifti_gz(tmp: Path) -> bytes:
     p = tmp / "v.nii.gz"
     nib.save(nib.Nifti1Image(np.random.default_rng(0).random((24, 24, 6)).astype(np.float32), np.eye(4)), str(p))
@@ -130,6 +152,14 @@ BAD = [
     ("zip in zip", lambda t: [("files", ("c.zip", _zip({"inner.zip": _zip({"a.png": sample_png(16)})})))], {},
      415, "zip inside a zip"),
     ("bad zip", lambda t: [("files", ("c.zip", b"PK\x03\x04" + b"\x00" * 64))], {}, 400, "not a valid zip"),
+    ("zip entry bad crc", lambda t: [("files", ("c.zip", _damaged_zip("crc")))], {"modality": "X-ray"}, 400,
+     "CRC"),
+    ("zip entry corrupt deflate", lambda t: [("files", ("c.zip", _damaged_zip("deflate")))], {"modality": "X-ray"},
+     400, "corrupt"),
+    ("zip entry encrypted", lambda t: [("files", ("c.zip", _damaged_zip("encrypted")))], {"modality": "X-ray"},
+     400, "encrypted"),
+    ("zip entry unknown method", lambda t: [("files", ("c.zip", _damaged_zip("method")))], {"modality": "X-ray"},
+     400, "compression method 99"),
     ("corrupt png", lambda t: [("files", ("a.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 200))], {"modality": "X-ray"},
      422, "a.png"),
     ("no modality", lambda t: [("files", ("a.png", sample_png(16)))], {}, 422, "modality"),
@@ -264,3 +294,24 @@ def test_sniff_by_content(tmp_path):
     import gzip as _gz
     assert sniff(_gz.compress(b"not a nifti" * 100)) is None
     assert sniff(b"<html>hello</html>") is None
+
+
+def test_scan_over_the_size_bound_is_413(tmp_path):
+    """``InputTooLarge`` (a declared size over the bound, raised by the readers from the header) is
+    answered 413 with its message; the server's temporary folder does not leak into it."""
+    from fastapi.testclient import TestClient
+
+    from raddiag.data.errors import InputTooLarge
+    from raddiag.serving.app import create_app
+    from raddiag.serving.predict import Predictor
+
+    pred = Predictor.load(make_tiny_run(tmp_path / "run").root)
+
+    def too_large(case_dir, **kw):
+        raise InputTooLarge(Path(case_dir) / "huge.png", "declares 169000000 pixels; the bound is 64000000")
+
+    pred.predict = too_large
+    with TestClient(create_app(None, predictor=pred), raise_server_exceptions=False) as client:
+        r = client.post("/predict", files=[("files", ("huge.png", sample_png(16)))], data={"modality": "X-ray"})
+    assert r.status_code == 413, r.text
+    assert "huge.png: declares 169000000 pixels" in r.json()["detail"] and "raddiag-upload" not in r.text
