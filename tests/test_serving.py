@@ -19,7 +19,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from raddiag.serving.sample import SAMPLE_CLASSES, make_tiny_run, sample_png, wait_until_healthy
+from raddiag.serving.sample import (SAMPLE_CLASSES, damaged_zip, make_tiny_run, sample_png,
+                                    wait_until_healthy)
 from raddiag.serving.uploads import sniff
 
 MAX_FILES = 5
@@ -72,28 +73,6 @@ def _zip(entries: dict[str, bytes], links: tuple[str, ...] = ()) -> bytes:
             info.external_attr = (stat.S_IFLNK | 0o777) << 16
             z.writestr(info, "/etc/passwd")
     return buf.getvalue()
-
-
-def _damaged_zip(how: str) -> bytes:
-    """A one-entry zip of a PNG, damaged: ``crc`` (a stored byte changed), ``deflate`` (the
-    compressed stream garbled), ``encrypted`` (the flag set), ``method`` (compression method 99)."""
-    png = sample_png(24, seed=4)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED if how == "crc" else zipfile.ZIP_DEFLATED) as z:
-        z.writestr("case/a.png", png)
-    data = bytearray(buf.getvalue())
-    local, central = data.index(b"PK\x03\x04"), data.index(b"PK\x01\x02")
-    start = local + 30 + len("case/a.png")                  # the entry's data
-    if how == "crc":
-        data[start + 100] ^= 0xFF
-    elif how == "deflate":
-        data[start: start + 40] = b"\xff" * 40
-    elif how == "encrypted":
-        data[local + 6] |= 1
-        data[central + 8] |= 1
-    elif how == "method":
-        data[local + 8: local + 10] = data[central + 10: central + 12] = (99).to_bytes(2, "little")
-    return bytes(data)
 
 
 def _nifti_gz(tmp: Path) -> bytes:
@@ -152,14 +131,16 @@ BAD = [
     ("zip in zip", lambda t: [("files", ("c.zip", _zip({"inner.zip": _zip({"a.png": sample_png(16)})})))], {},
      415, "zip inside a zip"),
     ("bad zip", lambda t: [("files", ("c.zip", b"PK\x03\x04" + b"\x00" * 64))], {}, 400, "not a valid zip"),
-    ("zip entry bad crc", lambda t: [("files", ("c.zip", _damaged_zip("crc")))], {"modality": "X-ray"}, 400,
+    ("zip entry bad crc", lambda t: [("files", ("c.zip", damaged_zip("crc")))], {"modality": "X-ray"}, 400,
      "CRC"),
-    ("zip entry corrupt deflate", lambda t: [("files", ("c.zip", _damaged_zip("deflate")))], {"modality": "X-ray"},
+    ("zip entry corrupt deflate", lambda t: [("files", ("c.zip", damaged_zip("deflate")))], {"modality": "X-ray"},
      400, "corrupt"),
-    ("zip entry encrypted", lambda t: [("files", ("c.zip", _damaged_zip("encrypted")))], {"modality": "X-ray"},
+    ("zip entry encrypted", lambda t: [("files", ("c.zip", damaged_zip("encrypted")))], {"modality": "X-ray"},
      400, "encrypted"),
-    ("zip entry unknown method", lambda t: [("files", ("c.zip", _damaged_zip("method")))], {"modality": "X-ray"},
+    ("zip entry unknown method", lambda t: [("files", ("c.zip", damaged_zip("method")))], {"modality": "X-ray"},
      400, "compression method 99"),
+    ("zip truncated", lambda t: [("files", ("c.zip", damaged_zip("truncated")))], {"modality": "X-ray"}, 400,
+     "zip"),
     ("corrupt png", lambda t: [("files", ("a.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 200))], {"modality": "X-ray"},
      422, "a.png"),
     ("no modality", lambda t: [("files", ("a.png", sample_png(16)))], {}, 422, "modality"),
