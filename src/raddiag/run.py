@@ -21,6 +21,9 @@ from raddiag.config import RunConfig
 from raddiag.data.labels import LabelSpace
 
 
+LAST_CHECKPOINT = "last.pt"          # checkpoints/last.pt: the state --resume continues from
+
+
 @dataclass
 class RunFolder:
     root: Path
@@ -59,6 +62,40 @@ class RunFolder:
             if not p.exists():
                 raise FileNotFoundError(f"{self.root}: not a complete run folder ({p.name} is missing)")
         return self
+
+    def claim_for_training(self, resume: bool, overwrite: bool) -> None:
+        """Refuse to train over an existing run unless asked: ``resume`` needs its checkpoint;
+        ``overwrite`` starts afresh (the old checkpoint is removed so it is never resumed)."""
+        last = self.checkpoints / LAST_CHECKPOINT
+        for folder in (self.root, *self.root.parents):     # fail now, not after loading the data
+            if folder.exists():
+                if not folder.is_dir():
+                    where = "it is a file" if folder == self.root else f"a parent is a file ({folder})"
+                    raise NotADirectoryError(f"{self.root}: cannot create the run folder: {where}")
+                break
+        if resume:
+            if not last.exists():
+                raise FileNotFoundError(f"{last}: no checkpoint to resume from")
+            return
+        held = [p.name for p in (last, self.weights) if p.exists()]
+        if held and not overwrite:
+            raise ValueError(f"{self.root}: already holds a training run ({', '.join(held)}); pass --resume to "
+                             "continue it, --overwrite to train afresh over it, or choose another --out")
+        if held:
+            last.unlink(missing_ok=True)
+
+    def check_label_space(self, labels: LabelSpace, data_root) -> None:
+        """Resuming on a dataset (or granularity) whose label space is not the run's: say so."""
+        if not self.labels.exists():
+            return
+        old = self.load_labels()
+        if list(old.names) != list(labels.names):
+            extra = sorted(set(labels.names) - set(old.names))[:3]
+            gone = sorted(set(old.names) - set(labels.names))[:3]
+            raise ValueError(f"{self.root}: --resume on {data_root}, whose label space differs from the run's "
+                             f"({len(labels)} classes vs {len(old)} in {self.labels.name}"
+                             + (f"; new: {extra}" if extra else "") + (f"; missing: {gone}" if gone else "")
+                             + "); resume on the run's own dataset and granularity, or fine-tune into a new --out")
 
     def load_config(self) -> RunConfig:
         return RunConfig.load(self.config)

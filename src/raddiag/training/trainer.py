@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from raddiag.config import RunConfig
 from raddiag.data.labels import LabelSpace
-from raddiag.run import RunFolder
+from raddiag.run import LAST_CHECKPOINT, RunFolder
 
 from . import distributed as dist_utils
 from .checkpoint import atomic_write, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -39,7 +39,7 @@ from .metrics import f1_thresholds, macro_auc
 from .sampler import ResumableSampler
 
 log = logging.getLogger(__name__)
-LAST = "last.pt"
+LAST = LAST_CHECKPOINT
 METRIC_FIELDS = ["epoch", "step", "train_loss", "val_loss", "val_auc", "lr", "best_val_auc", "seconds"]
 
 
@@ -235,7 +235,7 @@ def train(
     if tc.batch_size < 1 or tc.grad_accum < 1 or tc.epochs < 1:
         raise ValueError("train.batch_size, train.grad_accum and train.epochs must be >= 1")
     run = RunFolder(out_dir)
-    _check_out(run, resume, overwrite)
+    run.claim_for_training(resume, overwrite)
 
     d = dist_utils.init(device)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -248,41 +248,6 @@ def train(
         d.close()
 
 
-def _check_out(run: RunFolder, resume: bool, overwrite: bool) -> None:
-    """Refuse to train over an existing run unless asked (``--resume`` or ``--overwrite``)."""
-    last = run.checkpoints / LAST
-    for folder in (run.root, *run.root.parents):     # fail now, not after loading the data
-        if folder.exists():
-            if not folder.is_dir():
-                where = "it is a file" if folder == run.root else f"a parent is a file ({folder})"
-                raise NotADirectoryError(f"{run.root}: cannot create the run folder: {where}")
-            break
-    if resume:
-        if not last.exists():
-            raise FileNotFoundError(f"{last}: no checkpoint to resume from")
-        return
-    held = [p.name for p in (last, run.weights) if p.exists()]
-    if held and not overwrite:
-        raise ValueError(f"{run.root}: already holds a training run ({', '.join(held)}); pass --resume to "
-                              "continue it, --overwrite to train afresh over it, or choose another --out")
-    if held:
-        last.unlink(missing_ok=True)        # a stale checkpoint must not be resumed into the new run
-
-
-def _check_resume_labels(run: RunFolder, labels: LabelSpace, data_root) -> None:
-    """``--resume`` on a dataset (or granularity) whose label space is not the run's: say so."""
-    if not run.labels.exists():
-        return
-    old = LabelSpace.load(run.labels)
-    if list(old.names) != list(labels.names):
-        extra = sorted(set(labels.names) - set(old.names))[:3]
-        gone = sorted(set(old.names) - set(labels.names))[:3]
-        raise ValueError(f"{run.root}: --resume on {data_root}, whose label space differs from the run's "
-                         f"({len(labels)} classes vs {len(old)} in {run.labels.name}"
-                         + (f"; new: {extra}" if extra else "") + (f"; missing: {gone}" if gone else "")
-                         + "); resume on the run's own dataset and granularity, or fine-tune into a new --out")
-
-
 def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progress, max_steps, init_state,
            train_indices, CaseDataset, make_loader, build_model, key_slice_attention_loss) -> TrainResult:
     from .augment import build_scan_transform
@@ -291,7 +256,7 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
     seed_everything(tc.seed, tc.deterministic)
     labels = data.label_space(cfg.data.granularity)
     if resume:
-        _check_resume_labels(run, labels, data.root)
+        run.check_label_space(labels, data.root)
     if not data.records_for("val"):
         raise ValueError(f"{data.root}: no cases in the val split; validation needs some")
 
