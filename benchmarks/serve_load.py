@@ -2,9 +2,18 @@
 loopback. Prints throughput, latency percentiles and the server's RSS before / after.
 
     .venv/bin/python benchmarks/serve_load.py [--run RUN] [--requests 200] [--concurrency 8]
-                                              [--size 64] [--saliency]
+                                              [--size 64] [--saliency] [--hostile] [--max-mb 16]
 
 Without --run a tiny random-weight run folder (32 px, depth 4) is made in a temporary folder.
+
+``--hostile`` interleaves a hostile request after every good one, cycling through oversized
+declared sizes (a 4 KB NIfTI declaring 4000 x 4000 x 40 float32, a 164 KB PNG of 13000 x 13000 px,
+an NPY header declaring 20000 x 20000), a zip bomb, damaged zips (bad CRC, corrupt deflate,
+encrypted, unknown method, truncated), an oversized body and wrong types; it prints what the
+server answered to each kind and passes (exit 0) when the good requests have 0 errors, no answer
+is a 500, and the server's RSS at the end is within 1.5x of its idle figure (after warm-up). The
+server's data segment is capped at ``--server-mem-gb`` (default 4) so that a hostile request
+cannot take the machine down while a scan's size is not yet bounded from its header.
 """
 from __future__ import annotations
 
@@ -31,6 +40,38 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def hostile_requests(max_mb: float) -> list[tuple[str, list, dict, set]]:
+    """(kind, files, form, statuses that count as handled) of each hostile request."""
+    from raddiag.serving.sample import damaged_zip, oversize_nifti, oversize_png, zip_bomb
+
+    npy_head = b"{'descr': '<f4', 'fortran_order': False, 'shape': (20000, 20000), }"
+    npy = b"\x93NUMPY\x01\x00" + len(npy_head + b"\n").to_bytes(2, "little") + npy_head + b"\n" + bytes(4096)
+    ct, xr = {"modality": "CT"}, {"modality": "X-ray"}
+    out = [("oversize NIfTI header 4000x4000x40", [("files", ("big.nii", oversize_nifti()))], ct, {413, 422}),
+           ("oversize PNG 13000x13000", [("files", ("big.png", oversize_png()))], xr, {413}),
+           ("oversize NPY header 20000x20000", [("files", ("big.npy", npy))], ct, {413, 422}),
+           ("zip bomb 300 MB", [("files", ("bomb.zip", zip_bomb(300 << 20)))], ct, {413}),
+           ("oversized body", [("files", ("huge.npy", b"\x93NUMPY" + bytes(int((max_mb + 1) * (1 << 20)))))],
+            ct, {413}),
+           ("text as a file", [("files", ("a.png", b"not an image at all " * 30))], xr, {415}),
+           ("empty file", [("files", ("a.png", b""))], xr, {400}),
+           ("no file, a text field", [], {"files": "abc", **xr}, {422}),
+           ("wrong form type top=ten", [("files", ("a.png", sample_png(32)))], {"top": "ten", **xr}, {422})]
+    out += [(f"zip: {how}", [("files", ("c.zip", damaged_zip(how)))], xr, {400})
+            for how in ("crc", "deflate", "encrypted", "method", "truncated")]
+    return out
+
+
+def _cap_memory(gb: float):
+    def apply():
+        import resource
+
+        if gb > 0:
+            limit = int(gb * (1 << 30))
+            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    return apply
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", default=None)
@@ -38,14 +79,19 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--size", type=int, default=64, help="side of the uploaded PNG")
     ap.add_argument("--saliency", action="store_true", help="ask for Score-CAM overlays too")
+    ap.add_argument("--hostile", action="store_true", help="interleave hostile requests (see the module doc)")
+    ap.add_argument("--max-mb", type=float, default=16.0, help="the server's upload limit (default 16)")
+    ap.add_argument("--server-mem-gb", type=float, default=4.0,
+                    help="cap of the server's data segment in GiB (0: none; default 4)")
     args = ap.parse_args()
     tmp = tempfile.TemporaryDirectory()
     run = args.run or str(make_tiny_run(Path(tmp.name) / "run").root)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "raddiag", "serve", run, "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "raddiag", "serve", run, "--port", str(port),
+                             "--max-mb", str(args.max_mb)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=_cap_memory(args.server_mem_gb))
     url = f"http://127.0.0.1:{port}"
     try:
         t0 = time.time()
@@ -56,17 +102,30 @@ def main() -> int:
         png = sample_png(args.size, seed=1)
         data = {"modality": "X-ray", "top": "5", "saliency": "true" if args.saliency else "false"}
 
+        hostile = hostile_requests(args.max_mb) if args.hostile else []
+
         def one(i):
             t = time.time()
             r = httpx.post(url + "/predict", files=[("files", (f"c{i}.png", png))], data=data, timeout=300)
             return r.status_code, time.time() - t
+
+        def bad(k):
+            kind, files, form, _ = hostile[k % len(hostile)]
+            try:
+                r = httpx.post(url + "/predict", files=files or None, data=form, timeout=300)
+                return kind, r.status_code, r.text[:160]
+            except httpx.HTTPError as exc:        # a server cut off mid-request counts as a failure
+                return kind, 0, f"{type(exc).__name__}: {exc}"
 
         for i in range(args.concurrency):
             one(i)
         before = rss_mb(proc.pid)
         t = time.time()
         with ThreadPoolExecutor(args.concurrency) as pool:
-            res = list(pool.map(one, range(args.requests)))
+            good = [pool.submit(one, i) for i in range(args.requests)]
+            evil = [pool.submit(bad, k) for k in range(args.requests if hostile else 0)]
+            res = [f.result() for f in good]
+            answers = [f.result() for f in evil]
         wall = time.time() - t
         time.sleep(1.0)
         after = rss_mb(proc.pid)
@@ -78,11 +137,37 @@ def main() -> int:
         print(f"throughput {args.requests / wall:.1f} req/s; latency ms p50 {np.percentile(lat, 50):.0f} "
               f"p95 {np.percentile(lat, 95):.0f} max {lat.max():.0f}")
         print(f"server RSS MB: before {before:.0f}, after {after:.0f} ({after - before:+.0f})")
-        return 1 if errors else 0
+        if not hostile:
+            return 1 if errors else 0
+        return _hostile_report(hostile, answers, errors, before, after)
     finally:
         proc.terminate()
         proc.wait(10)
         tmp.cleanup()
+
+
+def _hostile_report(hostile, answers, errors: int, before: float, after: float) -> int:
+    """Print what the server answered to each hostile kind; 0 when all holds (see the module doc)."""
+    expected = {kind: ok for kind, _, _, ok in hostile}
+    seen: dict[str, dict[int, int]] = {}
+    example: dict[str, str] = {}
+    for kind, code, text in answers:
+        seen.setdefault(kind, {}).setdefault(code, 0)
+        seen[kind][code] += 1
+        if code not in expected[kind]:
+            example.setdefault(kind, text)
+    print(f"hostile requests {len(answers)} (interleaved with the good ones):")
+    for kind, codes in seen.items():
+        got = ", ".join(f"{c} x{n}" for c, n in sorted(codes.items()))
+        flag = "ok" if set(codes) <= expected[kind] else f"NOT AS EXPECTED {sorted(expected[kind])}: {example[kind]!r}"
+        print(f"  {kind:<36} {got:<16} {flag}")
+    fivexx = sum(n for codes in seen.values() for c, n in codes.items() if c >= 500 or c == 0)
+    ratio = after / before
+    print(f"good requests errors {errors}; hostile 5xx / dropped {fivexx}; "
+          f"server RSS end / idle {ratio:.2f} (limit 1.50)")
+    ok = errors == 0 and fivexx == 0 and ratio <= 1.5
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

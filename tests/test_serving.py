@@ -18,7 +18,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from raddiag.serving.sample import SAMPLE_CLASSES, make_tiny_run, sample_png, wait_until_healthy
+from raddiag.serving.sample import (SAMPLE_CLASSES, damaged_zip, make_tiny_run, sample_png,
+                                    wait_until_healthy)
 from raddiag.serving.uploads import sniff
 
 MAX_FILES = 5
@@ -129,6 +130,16 @@ BAD = [
     ("zip in zip", lambda t: [("files", ("c.zip", _zip({"inner.zip": _zip({"a.png": sample_png(16)})})))], {},
      415, "zip inside a zip"),
     ("bad zip", lambda t: [("files", ("c.zip", b"PK\x03\x04" + b"\x00" * 64))], {}, 400, "not a valid zip"),
+    ("zip entry bad crc", lambda t: [("files", ("c.zip", damaged_zip("crc")))], {"modality": "X-ray"}, 400,
+     "CRC"),
+    ("zip entry corrupt deflate", lambda t: [("files", ("c.zip", damaged_zip("deflate")))], {"modality": "X-ray"},
+     400, "corrupt"),
+    ("zip entry encrypted", lambda t: [("files", ("c.zip", damaged_zip("encrypted")))], {"modality": "X-ray"},
+     400, "encrypted"),
+    ("zip entry unknown method", lambda t: [("files", ("c.zip", damaged_zip("method")))], {"modality": "X-ray"},
+     400, "compression method 99"),
+    ("zip truncated", lambda t: [("files", ("c.zip", damaged_zip("truncated")))], {"modality": "X-ray"}, 400,
+     "zip"),
     ("corrupt png", lambda t: [("files", ("a.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 200))], {"modality": "X-ray"},
      422, "a.png"),
     ("no modality", lambda t: [("files", ("a.png", sample_png(16)))], {}, 422, "modality"),
@@ -244,3 +255,24 @@ def test_sniff_by_content(tmp_path):
     import gzip as _gz
     assert sniff(_gz.compress(b"not a nifti" * 100)) is None
     assert sniff(b"<html>hello</html>") is None
+
+
+def test_scan_over_the_size_bound_is_413(tmp_path):
+    """``InputTooLarge`` (a declared size over the bound, raised by the readers from the header) is
+    answered 413 with its message; the server's temporary folder does not leak into it."""
+    from fastapi.testclient import TestClient
+
+    from raddiag.data.errors import InputTooLarge
+    from raddiag.serving.app import create_app
+    from raddiag.serving.predict import Predictor
+
+    pred = Predictor.load(make_tiny_run(tmp_path / "run").root)
+
+    def too_large(case_dir, **kw):
+        raise InputTooLarge(Path(case_dir) / "huge.png", "declares 169000000 pixels; the bound is 64000000")
+
+    pred.predict = too_large
+    with TestClient(create_app(None, predictor=pred), raise_server_exceptions=False) as client:
+        r = client.post("/predict", files=[("files", ("huge.png", sample_png(16)))], data={"modality": "X-ray"})
+    assert r.status_code == 413, r.text
+    assert "huge.png: declares 169000000 pixels" in r.json()["detail"] and "raddiag-upload" not in r.text

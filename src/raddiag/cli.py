@@ -25,8 +25,43 @@ COMMAND_MODULES = [
 ]
 
 
+# Exit codes (README "Limits and errors"): 0 success, 2 bad input (a file or an argument that
+# cannot be used: the message names it), 1 any other failure (a read-only or full disk, a bug).
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+# errors about what the user gave: a missing or wrong path, a bad value, an unreadable file
+BAD_INPUT = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError)
+
+
 class UserError(Exception):
     """An error caused by the user's input: printed without a traceback."""
+
+
+def describe_error(exc: BaseException) -> tuple[int, str]:
+    """``(exit code, one-line message)`` for an error that ended a command."""
+    if isinstance(exc, KeyError) and exc.args:
+        text = str(exc.args[0])            # str(KeyError) adds quotes
+    elif isinstance(exc, OSError) and exc.strerror:
+        where = exc.filename if exc.filename is not None else None
+        text = f"{where}: {exc.strerror}" if where is not None and str(where) not in exc.strerror else exc.strerror
+    else:
+        text = str(exc) or type(exc).__name__
+    text = "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    if isinstance(exc, (UserError, *BAD_INPUT)):
+        return EXIT_BAD_INPUT, text
+    if isinstance(exc, OSError):
+        return EXIT_FAILURE, text
+    return EXIT_FAILURE, f"{type(exc).__name__}: {text} (unexpected; rerun with --debug for the traceback)"
+
+
+def _add_debug(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    """``--debug`` on the top parser and on every sub-command (so it may come last too)."""
+    parser.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help="show the full traceback of an error")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                _add_debug(child)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raddiag",
         description="Case-level radiology diagnosis over 2D and 3D scans (RadDiag).",
+        epilog="Exit codes: 0 success, 2 bad input (the message names the file and the reason), "
+               "1 other failures (e.g. a read-only or full disk). Errors are one line; --debug "
+               "shows the traceback.",
     )
     parser.add_argument("--version", action="version", version=f"raddiag {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -47,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    _add_debug(parser, top=True)
     return parser
 
 
@@ -59,18 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return EXIT_BAD_INPUT
     try:
         rc = args.func(args)
-    except UserError as exc:
-        print(f"raddiag: error: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError) as exc:
-        # Library errors carry the file and the reason; show them plainly.
-        if args.verbose:
+    except KeyboardInterrupt:
+        print("raddiag: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line (a traceback with --debug)
+        if args.debug:
             raise
-        print(f"raddiag: error: {exc}", file=sys.stderr)
-        return 2
+        code, text = describe_error(exc)
+        print(f"raddiag: error: {text}", file=sys.stderr)
+        return code
     return int(rc or 0)
 
 

@@ -118,7 +118,22 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
-        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
+        """A saved config; a missing, non-UTF-8, malformed or ill-typed file raises an error naming it."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: config file does not exist")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            problem = " ".join(str(exc).split())
+            raise ValueError(f"{path}: not a readable YAML config ({type(exc).__name__}: {problem})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of sections (data, model, train...), "
+                             f"got a {type(data).__name__}")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise ValueError(f"{path}: {exc}") from None
 
     def override(self, items: list[str] | None) -> "RunConfig":
         """Apply ``section.key=value`` overrides (YAML-parsed values); returns self."""

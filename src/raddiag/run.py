@@ -21,6 +21,9 @@ from raddiag.config import RunConfig
 from raddiag.data.labels import LabelSpace
 
 
+LAST_CHECKPOINT = "last.pt"          # checkpoints/last.pt: the state --resume continues from
+
+
 @dataclass
 class RunFolder:
     root: Path
@@ -40,7 +43,15 @@ class RunFolder:
     text_encoder_ref = property(lambda self: self.root / "text_encoder.json")
 
     def create(self) -> "RunFolder":
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Make the folder (and its parents); an error names the folder and the reason."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise NotADirectoryError(f"{self.root}: cannot create the run folder: it is a file") from None
+        except NotADirectoryError:
+            raise NotADirectoryError(f"{self.root}: cannot create the run folder: a parent is a file") from None
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot create the run folder ({exc.strerror})", str(self.root)) from None
         return self
 
     def check(self) -> "RunFolder":
@@ -52,6 +63,40 @@ class RunFolder:
                 raise FileNotFoundError(f"{self.root}: not a complete run folder ({p.name} is missing)")
         return self
 
+    def claim_for_training(self, resume: bool, overwrite: bool) -> None:
+        """Refuse to train over an existing run unless asked: ``resume`` needs its checkpoint;
+        ``overwrite`` starts afresh (the old checkpoint is removed so it is never resumed)."""
+        last = self.checkpoints / LAST_CHECKPOINT
+        for folder in (self.root, *self.root.parents):     # fail now, not after loading the data
+            if folder.exists():
+                if not folder.is_dir():
+                    where = "it is a file" if folder == self.root else f"a parent is a file ({folder})"
+                    raise NotADirectoryError(f"{self.root}: cannot create the run folder: {where}")
+                break
+        if resume:
+            if not last.exists():
+                raise FileNotFoundError(f"{last}: no checkpoint to resume from")
+            return
+        held = [p.name for p in (last, self.weights) if p.exists()]
+        if held and not overwrite:
+            raise ValueError(f"{self.root}: already holds a training run ({', '.join(held)}); pass --resume to "
+                             "continue it, --overwrite to train afresh over it, or choose another --out")
+        if held:
+            last.unlink(missing_ok=True)
+
+    def check_label_space(self, labels: LabelSpace, data_root) -> None:
+        """Resuming on a dataset (or granularity) whose label space is not the run's: say so."""
+        if not self.labels.exists():
+            return
+        old = self.load_labels()
+        if list(old.names) != list(labels.names):
+            extra = sorted(set(labels.names) - set(old.names))[:3]
+            gone = sorted(set(old.names) - set(labels.names))[:3]
+            raise ValueError(f"{self.root}: --resume on {data_root}, whose label space differs from the run's "
+                             f"({len(labels)} classes vs {len(old)} in {self.labels.name}"
+                             + (f"; new: {extra}" if extra else "") + (f"; missing: {gone}" if gone else "")
+                             + "); resume on the run's own dataset and granularity, or fine-tune into a new --out")
+
     def load_config(self) -> RunConfig:
         return RunConfig.load(self.config)
 
@@ -62,9 +107,10 @@ class RunFolder:
         """The stored label embeddings tensor, or None when the run has none."""
         if not self.label_embeddings.exists():
             return None
-        from safetensors.torch import load_file
-
-        return load_file(str(self.label_embeddings))["embeddings"]
+        tensors = read_safetensors(self.label_embeddings)
+        if "embeddings" not in tensors:
+            raise ValueError(f"{self.label_embeddings}: has no tensor 'embeddings' (has {sorted(tensors)[:5]})")
+        return tensors["embeddings"]
 
     def save_label_embeddings(self, emb) -> None:
         from safetensors.torch import save_file
@@ -95,3 +141,17 @@ class RunFolder:
                     "pass the encoder folder explicitly (--encoder)")
             return Path(path)
         return None
+
+
+def read_safetensors(path, device: str = "cpu") -> dict:
+    """All tensors of a ``.safetensors`` file; a missing, truncated or malformed file raises an
+    error naming it (the library's own message is about bytes, not files)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: does not exist")
+    try:
+        return load_file(str(path), device=device)
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ... : name the file
+        raise ValueError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None

@@ -193,4 +193,7 @@ class LabelSpace:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path}: label space file does not exist")
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:   # JSON, UTF-8 or field errors
+            raise ValueError(f"{path}: not a readable label space ({type(exc).__name__}: {exc})") from None

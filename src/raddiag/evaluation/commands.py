@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--val-split", default="val", help="split used to choose thresholds ('' for none)")
     p.add_argument("--out", default=None, help="output folder (default RUN/eval-SPLIT)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (0: no CIs)")
+    p.add_argument("--n-boot", type=non_negative_int, default=1000, help="bootstrap resamples (0: no CIs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=None)
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--val", default=None, help="validation predictions .npz (thresholds by maximal F1)")
     q.add_argument("--labels", default=None, help="label_space.json (default: classes 0..C-1, all in 'all')")
     q.add_argument("--out", required=True, help="output folder")
-    q.add_argument("--n-boot", type=int, default=1000)
+    q.add_argument("--n-boot", type=non_negative_int, default=1000, help="bootstrap resamples (0: no CIs)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--plot-classes", nargs="*", default=None)
     q.set_defaults(func=_metrics)
@@ -44,18 +44,46 @@ def load_predictions(path: str) -> dict:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: predictions file does not exist")
+    from raddiag.evaluation.metrics import check_inputs
+
     try:
         z = np.load(p, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - any unreadable file
         raise ValueError(f"{p}: not a readable .npz ({exc})") from None
-    for k in ("scores", "labels"):
-        if k not in z.files:
-            raise ValueError(f"{p}: missing array {k!r} (has {z.files})")
-    out = {"scores": z["scores"], "labels": z["labels"]}
-    for k in ("case_ids", "anatomy"):
-        if k in z.files:
-            out[k] = [str(x) for x in z[k]]
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(f"{p}: a single array (.npy), not an .npz with arrays 'scores' and 'labels' "
+                         "(write one with numpy.savez(path, scores=..., labels=...))")
+    with z:
+        for k in ("scores", "labels"):
+            if k not in z.files:
+                raise ValueError(f"{p}: missing array {k!r} (has {z.files})")
+        out = {"scores": z["scores"], "labels": z["labels"]}
+        for k in ("case_ids", "anatomy"):
+            if k in z.files:
+                out[k] = [str(x) for x in z[k]]
+    check_inputs(out["scores"], out["labels"], str(p))
+    ids = out.get("case_ids")
+    if ids is not None:
+        seen, dups = set(), []
+        for i in ids:
+            if i in seen and i not in dups:
+                dups.append(i)
+            seen.add(i)
+        if dups:
+            raise ValueError(f"{p}: duplicate case ids {dups[:5]}{' ...' if len(dups) > 5 else ''}; "
+                             "each case must appear once")
     return out
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def _evaluate(args) -> int:

@@ -103,6 +103,8 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
     ``threshold_source`` and ``roc`` (per-group macro ROC curves with bands). With ``out_dir``
     writes ``metrics.json``, ``per_class.csv``, ``predictions.npz`` and ``report.html``.
     """
+    if n_boot < 0:
+        raise ValueError(f"n_boot must be >= 0 (0: no confidence intervals), got {n_boot}")
     scores, labels = check_inputs(test_scores, test_labels, "test predictions")
     n, c = scores.shape
     if len(label_space) != c:

@@ -48,12 +48,17 @@ BLOCK = 256  # classes per sorted block: bounds memory at ~10 arrays of BLOCK x 
 
 
 def check_inputs(scores, labels, name: str = "predictions") -> tuple[np.ndarray, np.ndarray]:
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels)
+    scores, labels = np.asarray(scores), np.asarray(labels)
+    for what, arr in (("scores", scores), ("labels", labels)):
+        if arr.dtype.kind not in "biuf":      # strings such as "0.7" would silently convert
+            raise ValueError(f"{name}: {what} must be numbers, got an array of {arr.dtype} ({arr.dtype.name})")
+    scores = scores.astype(np.float64)
     if scores.ndim == 1:
         scores, labels = scores[:, None], labels.reshape(-1, 1)
     if scores.ndim != 2 or scores.shape != labels.shape:
         raise ValueError(f"{name}: scores {scores.shape} and labels {labels.shape} must both be [N, C]")
+    if scores.shape[0] == 0 or scores.shape[1] == 0:
+        raise ValueError(f"{name}: no predictions (scores of shape {scores.shape}); need at least one case and class")
     if not np.isfinite(scores).all():
         raise ValueError(f"{name}: scores contain NaN or infinite values")
     if labels.dtype != bool:

@@ -35,7 +35,7 @@ def save_model(model: RadDiag, run: RunFolder | str | Path, cfg: Optional[RunCon
 
 def load_model(run_dir: RunFolder | str | Path, device: str = "cpu") -> tuple[RadDiag, RunConfig, LabelSpace]:
     """``(model in eval mode, RunConfig, LabelSpace)`` from a run folder."""
-    from safetensors.torch import load_file
+    from raddiag.run import read_safetensors
 
     run = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
     run.check()
@@ -47,7 +47,7 @@ def load_model(run_dir: RunFolder | str | Path, device: str = "cpu") -> tuple[Ra
         if emb is None:
             raise FileNotFoundError(f"{run.root}: model.head=knowledge but {run.label_embeddings.name} is missing")
     model = build_model(cfg, len(labels), emb)
-    state = load_file(str(run.weights), device="cpu")
+    state = read_safetensors(run.weights)
     missing, unexpected = _diff(model, state)
     if missing or unexpected:
         raise ValueError(f"{run.weights}: weights do not fit config.yaml "

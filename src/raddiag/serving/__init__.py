@@ -1,7 +1,8 @@
 """raddiag.serving: inference for users.
 
 - :mod:`.predict`: ``raddiag.load(RUN)`` -> :class:`~.predict.Predictor`; ``.predict(inputs)`` ->
-  :class:`~.predict.CaseResult` (ranked :class:`~.predict.Finding` s, ``to_dict()``, a readable table).
+  :class:`~.predict.CaseResult` (ranked :class:`~.predict.Finding` s, ``to_dict()``, a readable table);
+  over several cases a :class:`~.predict.CaseError` stands in for each case that cannot be read.
 - :mod:`.saliency`: Score-CAM maps and PNG overlays.
 - :mod:`.app`: the HTTP service (``create_app``) and its page (``static/index.html``);
   :mod:`.uploads`: upload checks (content sniffing, limits, safe zip extraction).

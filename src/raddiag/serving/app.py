@@ -25,6 +25,7 @@ from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from raddiag.data.errors import InputTooLarge
 from raddiag.serving.uploads import Budget, UploadError, save_upload
 
 STATIC = Path(__file__).with_name("static")
@@ -57,6 +58,11 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited, send)
+
+
+def _strip(text: str, case_dir: Path) -> str:
+    """A message about an uploaded file without the server's temporary folder in it."""
+    return text.replace(str(case_dir) + "/", "").replace(str(case_dir), "upload")
 
 
 def create_app(run_dir, max_files: int = 64, max_bytes: int = 256 << 20, device: str = "cpu",
@@ -108,7 +114,8 @@ def create_app(run_dir, max_files: int = 64, max_bytes: int = 256 << 20, device:
 
     @app.post("/predict", summary="ranked diagnoses for one uploaded case",
               responses={400: {"description": "bad upload (unsafe zip, empty file, ...)"},
-                         413: {"description": "too large or too many files"},
+                         413: {"description": "too large or too many files, or a scan whose declared size is "
+                                              "over the bound"},
                          415: {"description": "unsupported file type (by content)"},
                          422: {"description": "the scans cannot be used (modality missing, unreadable, ...)"}})
     def predict(
@@ -141,10 +148,12 @@ def create_app(run_dir, max_files: int = 64, max_bytes: int = 256 << 20, device:
                                           saliency_class=saliency_class or None)
             except UploadError as exc:
                 raise HTTPException(exc.status, exc.message) from None
+            except (InputTooLarge, MemoryError) as exc:     # a declared size over the bound: 413
+                text = str(exc) if isinstance(exc, InputTooLarge) else f"the scans are too large to process ({exc})"
+                raise HTTPException(413, _strip(text, case_dir)) from None
             except (ValueError, FileNotFoundError, KeyError) as exc:
                 text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-                text = text.replace(str(case_dir) + "/", "").replace(str(case_dir), "upload")
-                raise HTTPException(422, text.replace("--modality CT", "the form field modality=CT"))
+                raise HTTPException(422, _strip(text, case_dir).replace("--modality CT", "the form field modality=CT"))
             out = result.to_dict()
             out["case_id"] = case_id or (Path(files[0].filename or "upload").name.split(".")[0] or "upload")
             for s in out["scans"]:

@@ -24,6 +24,7 @@ def register(sub) -> None:
     p.add_argument("--saliency-class", default=None, help="class name or index (default: each case's top class)")
     p.add_argument("--all-slices", action="store_true", help="saliency on every slice of 3D scans, not the key slice")
     p.add_argument("--saliency-top-k", type=int, default=64, help="channels scored per map (default 64)")
+    p.add_argument("--overwrite", action="store_true", help="replace saliency overlays that exist already")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
     from raddiag.data.commands import add_limit_options
@@ -65,7 +66,10 @@ def _modalities(args):
 def _predict(args: argparse.Namespace) -> int:
     import json
 
-    from raddiag.serving.predict import Predictor, canonical_modalities
+    import sys
+
+    from raddiag.cli import EXIT_BAD_INPUT
+    from raddiag.serving.predict import CaseError, Predictor, canonical_modalities
 
     modality = canonical_modalities(_modalities(args))
     from pathlib import Path
@@ -79,7 +83,7 @@ def _predict(args: argparse.Namespace) -> int:
     results = pred.predict(cases, modality=modality, top=args.top, classes=args.classes, encoder=args.encoder,
                            batch_size=args.batch_size, progress=len(cases) > args.batch_size,
                            saliency=args.saliency, saliency_class=args.saliency_class,
-                           all_slices=args.all_slices, saliency_top_k=args.saliency_top_k)
+                           all_slices=args.all_slices, saliency_top_k=args.saliency_top_k, overwrite=args.overwrite)
     if not isinstance(results, list):
         results = [results]
     if args.json:
@@ -87,9 +91,14 @@ def _predict(args: argparse.Namespace) -> int:
     else:
         for r in results:
             print(r)
-            for s in r.saliency:
+            for s in getattr(r, "saliency", []):
                 print(f"  saliency: {s['path']}")
             print()
+    failed = [r for r in results if isinstance(r, CaseError)]
+    if failed:
+        print(f"raddiag: error: {len(failed)} of {len(results)} cases failed: "
+              + "; ".join(f"{r.case_id}: {r.error}" for r in failed), file=sys.stderr)
+        return EXIT_BAD_INPUT
     return 0
 
 

@@ -92,6 +92,23 @@ class CaseResult:
     __repr__ = __str__
 
 
+@dataclass
+class CaseError:
+    """A case of a several-case prediction that could not be predicted (the others still are):
+    ``error`` names the file and the reason."""
+
+    case_id: str
+    error: str
+
+    def to_dict(self) -> dict:
+        return {"case_id": self.case_id, "error": self.error}
+
+    def __str__(self) -> str:
+        return f"Case {self.case_id}: error: {self.error}"
+
+    __repr__ = __str__
+
+
 # -- gathering the scans of a case ---------------------------------------------------------
 def _modality_for(modality, i: int, n: int, where: str) -> Optional[str]:
     if modality is None or isinstance(modality, str):
@@ -246,19 +263,21 @@ class Predictor:
     def predict(self, inputs, modality=None, top: int = 10, classes: Optional[Sequence[str]] = None,
                 encoder: Optional[PathLike] = None, batch_size: int = 8, progress: bool = False,
                 saliency: Optional[PathLike | bool] = None, saliency_class=None, all_slices: bool = False,
-                saliency_top_k: Optional[int] = 64):
+                saliency_top_k: Optional[int] = 64, overwrite: bool = False):
         """Ranked diagnoses for one case or several.
 
         ``inputs``: a folder, a file, a list of files (one case), or a list of folders / lists
         (several cases, batched ``batch_size`` at a time). ``modality``: one name, or one per
         input item (DICOM reads it from the tags). ``classes``: score these names instead of the
         run's label space, through the knowledge-guided head. Returns a :class:`CaseResult`, or a
-        list of them for several cases.
+        list for several cases, in input order: a :class:`CaseResult` for each case that could be
+        read and a :class:`CaseError` (the file and the reason) for each that could not.
 
         ``saliency``: a folder to write Score-CAM overlays (PNG) into, or ``True`` to return them
         as data URLs in ``CaseResult.saliency``; for ``saliency_class`` (a name or index; default
         each case's top-ranked class), on each used scan's key slice (every slice with
         ``all_slices``); ``saliency_top_k`` channels per map (see :mod:`raddiag.serving.saliency`).
+        An overlay file that exists already is refused unless ``overwrite``.
         """
         cases, several = _split_cases(inputs)
         if top < 1:
@@ -267,21 +286,32 @@ class Predictor:
             modality = list(modality)
             if len(modality) != len(cases):
                 raise ValueError(f"{len(modality)} modalities given for {len(cases)} cases")
-        prepared = []
+        if saliency not in (None, False, True) and Path(saliency).exists() and not Path(saliency).is_dir():
+            raise NotADirectoryError(f"{saliency}: the saliency output must be a folder; it is a file")
+        prepared, errors = [], {}
         for i, case in enumerate(cases):
             mod = modality[i] if several and isinstance(modality, list) else modality
-            scans = case_scans(case, mod)
-            sample, infos, _ = self.prepare(scans, _case_id(case))
+            try:
+                scans = case_scans(case, mod)
+                sample, infos, _ = self.prepare(scans, _case_id(case))
+            except (ValueError, OSError) as exc:        # one bad case must not cost the others
+                if not several:
+                    raise
+                errors[i] = CaseError(_case_id(case), " ".join(str(exc).split()))
+                continue
             prepared.append((sample, infos))
-        results = self._predict_prepared(prepared, several, top, classes, encoder, batch_size, progress)
+        done = self._predict_prepared(prepared, True, top, classes, encoder, batch_size, progress) if prepared else []
         if saliency is not None and saliency is not False:
-            for (sample, _), res in zip(prepared, results if several else [results]):
+            for (sample, _), res in zip(prepared, done):
                 res.saliency = self.saliency(sample, res, saliency_class, saliency, all_slices,
-                                             saliency_top_k, classes, encoder)
-        return results
+                                             saliency_top_k, classes, encoder, overwrite)
+        if not several:
+            return done[0]
+        ok = iter(done)
+        return [errors[i] if i in errors else next(ok) for i in range(len(cases))]
 
     def saliency(self, sample: dict, result: CaseResult, class_=None, out=True, all_slices: bool = False,
-                 top_k: Optional[int] = 64, classes=None, encoder=None) -> list[dict]:
+                 top_k: Optional[int] = 64, classes=None, encoder=None, overwrite: bool = False) -> list[dict]:
         """Score-CAM maps of one prepared case (see :meth:`predict`); returns one record per map.
         A negated class name ("Non-X", scored 1 - p(X)) shows X's map, recorded as ``map_of``."""
         from raddiag.knowledge.negation import scoring_texts
@@ -320,7 +350,8 @@ class Predictor:
                         if out is True:
                             rec["overlay"] = overlay_data_url(m)
                         else:
-                            rec["path"] = str(save_overlay(m, out, f"{result.case_id}_{Path(info.id).name}"))
+                            rec["path"] = str(save_overlay(m, out, f"{result.case_id}_{Path(info.id).name}",
+                                                           overwrite=overwrite))
                         records.append(rec)
             finally:
                 if emb is not None:

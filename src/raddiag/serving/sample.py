@@ -74,3 +74,67 @@ def wait_until_healthy(url: str, proc, timeout: float = 120.0) -> bool:
             pass
         time.sleep(0.2)
     return False
+
+
+# -- hostile uploads (the serving tests and benchmarks/serve_load.py --hostile) ----------------
+def damaged_zip(how: str) -> bytes:
+    """A one-entry zip of a PNG, damaged: ``crc`` (a stored byte changed), ``deflate`` (the
+    compressed stream garbled), ``encrypted`` (the flag set), ``method`` (compression method 99),
+    ``truncated`` (cut in half)."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED if how == "crc" else zipfile.ZIP_DEFLATED) as z:
+        z.writestr("case/a.png", sample_png(24, seed=4))
+    data = bytearray(buf.getvalue())
+    local, central = data.index(b"PK\x03\x04"), data.index(b"PK\x01\x02")
+    start = local + 30 + len("case/a.png")                  # the entry's data
+    if how == "crc":
+        data[start + 100] ^= 0xFF
+    elif how == "deflate":
+        data[start: start + 40] = b"\xff" * 40
+    elif how == "encrypted":
+        data[local + 6] |= 1
+        data[central + 8] |= 1
+    elif how == "method":
+        data[local + 8: local + 10] = data[central + 10: central + 12] = (99).to_bytes(2, "little")
+    elif how == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        raise ValueError(f"unknown damage {how!r}")
+    return bytes(data)
+
+
+def zip_bomb(n_bytes: int, name: str = "bomb.npy") -> bytes:
+    """A small zip whose one entry inflates to ``n_bytes`` (an NPY header, then zeros)."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        with z.open(name, "w", force_zip64=True) as f:
+            f.write(b"\x93NUMPY")
+            chunk = bytes(1 << 20)
+            left = n_bytes - 6
+            while left > 0:
+                f.write(chunk[: min(left, len(chunk))])
+                left -= len(chunk)
+    return buf.getvalue()
+
+
+def oversize_nifti(shape=(4000, 4000, 40)) -> bytes:
+    """A few KB of NIfTI-1 whose header declares ``shape`` float32 voxels (the data is missing)."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.zeros((4, 4, 2), np.float32), np.eye(4))
+    img.header.set_data_shape(shape)
+    raw = img.header.binaryblock + b"\x00" * 4 + np.zeros(1024, np.float32).tobytes()
+    return raw
+
+
+def oversize_png(side: int = 13000) -> bytes:
+    """A real, highly compressed PNG of ``side`` x ``side`` grey pixels (about 164 KB at 13000)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (side, side)).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()

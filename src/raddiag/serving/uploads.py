@@ -5,9 +5,12 @@ message that names the file and the reason.
 from __future__ import annotations
 
 import gzip
+import lzma
 import re
 import stat
+import struct
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Optional
 
@@ -47,7 +50,7 @@ def sniff(head: bytes) -> Optional[str]:
     if head.startswith(b"\x1f\x8b"):
         try:
             inner = gzip.GzipFile(fileobj=__import__("io").BytesIO(head)).read(352)
-        except (OSError, EOFError):
+        except (OSError, EOFError, zlib.error):
             # a truncated stream is expected here (we only hold the first bytes)
             inner = _gunzip_prefix(head)
         if _is_nifti_header(inner):
@@ -56,8 +59,6 @@ def sniff(head: bytes) -> Optional[str]:
 
 
 def _gunzip_prefix(data: bytes) -> bytes:
-    import zlib
-
     try:
         return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, 352)
     except zlib.error:
@@ -166,19 +167,52 @@ def _entry_problem(info: zipfile.ZipInfo) -> Optional[str]:
     return None
 
 
+# what reading a damaged zip entry raises: bad CRC / header (BadZipFile), a corrupt deflate, bzip2
+# or lzma stream (zlib.error, OSError, LZMAError), a cut-off stream (EOFError), an encrypted entry
+# (RuntimeError), an unknown compression method (NotImplementedError), odd header fields (ValueError)
+ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, RuntimeError,
+                   NotImplementedError, ValueError, struct.error)
+ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2",
+               zipfile.ZIP_LZMA: "lzma"}
+
+
+class _EntryReader:
+    """A zip entry's stream whose decoding errors become a 400 naming the entry (errors writing
+    the extracted file are not caught here: a full disk is the server's problem, not the upload's)."""
+
+    def __init__(self, src: BinaryIO, label: str) -> None:
+        self.src, self.label = src, label
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self.src.read(n)
+        except ZIP_READ_ERRORS as exc:
+            raise UploadError(400, f"{self.label!r}: zip entry is corrupt ({type(exc).__name__}: {exc})") from None
+
+
+def _entry_format_problem(info: zipfile.ZipInfo) -> Optional[str]:
+    if info.flag_bits & 0x1:
+        return "is encrypted; upload it without a password"
+    if info.compress_type not in ZIP_METHODS:
+        return (f"uses compression method {info.compress_type}, which is not supported "
+                f"(use one of: {', '.join(ZIP_METHODS.values())})")
+    return None
+
+
 def extract_zip(path: Path, dest: Path, budget: Budget, name: str) -> list[Path]:
     """Extract a zip under ``dest`` keeping its folder structure (DICOM series folders), after
-    checking every entry: no absolute paths, no ``..``, no links, limits on count and total
-    uncompressed size (counted while reading, so a lying header cannot bomb), each file sniffed."""
+    checking every entry: no absolute paths, no ``..``, no links, no encryption, a known
+    compression method, limits on count and total uncompressed size (counted while reading, so a
+    lying header cannot bomb), each file sniffed. A damaged entry (bad CRC, corrupt stream) is a 400."""
     try:
         zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as exc:
-        raise UploadError(400, f"{name!r}: not a valid zip file ({exc})") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, *ZIP_READ_ERRORS) as exc:
+        raise UploadError(400, f"{name!r}: not a valid zip file ({type(exc).__name__}: {exc})") from None
     out: list[Path] = []
     with zf:
         infos = zf.infolist()
         for info in infos:
-            problem = _entry_problem(info)
+            problem = _entry_problem(info) or _entry_format_problem(info)
             if problem:
                 raise UploadError(400, f"{name!r}: zip entry {info.filename!r} {problem}; rejected")
         files = [i for i in infos if not i.is_dir()
@@ -199,9 +233,14 @@ def extract_zip(path: Path, dest: Path, budget: Budget, name: str) -> list[Path]
             if root not in (folder.resolve(), *folder.resolve().parents):   # belt and braces
                 raise UploadError(400, f"{name!r}: zip entry {info.filename!r} leaves the archive folder")
             folder.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src:
-                stored = save_upload(src, rel.name, folder, budget, taken_in.setdefault(folder, set()),
-                                     allow_zip=False, label=f"{name}:{info.filename}")
+            label = f"{name}:{info.filename}"
+            try:
+                src = zf.open(info)
+            except ZIP_READ_ERRORS as exc:
+                raise UploadError(400, f"{label!r}: zip entry cannot be opened ({type(exc).__name__}: {exc})") from None
+            with src:
+                stored = save_upload(_EntryReader(src, label), rel.name, folder, budget,
+                                     taken_in.setdefault(folder, set()), allow_zip=False, label=label)
             out += stored
     return out
 

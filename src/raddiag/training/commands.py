@@ -17,6 +17,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     emb.add_argument("--label-embeddings", metavar="FILE", default=None,
                      help="precomputed label embeddings (safetensors with key 'embeddings')")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train afresh into an --out that already holds a run (weights or a checkpoint)")
     p.add_argument("--max-steps", type=int, default=None, metavar="N", help="stop after N optimiser steps")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -63,7 +65,8 @@ def _train(args) -> int:
         cfg.model.pretrained = args.pretrained
     result = train(args.data, args.out, cfg, granularity=args.granularity,
                    label_embeddings=args.label_embeddings, knowledge_encoder=args.knowledge_encoder,
-                   resume=args.resume, progress=not args.no_progress, max_steps=args.max_steps)
+                   resume=args.resume, progress=not args.no_progress, max_steps=args.max_steps,
+                   overwrite=args.overwrite)
     _report(result)
     return 0
 
@@ -75,7 +78,7 @@ def _finetune(args) -> int:
                       epochs=args.epochs, overrides=args.overrides, granularity=args.granularity,
                       label_embeddings=args.label_embeddings, knowledge_encoder=args.knowledge_encoder,
                       resume=args.resume, progress=not args.no_progress, max_steps=args.max_steps,
-                      pretrained=args.pretrained)
+                      pretrained=args.pretrained, overwrite=args.overwrite)
     _report(result)
     return 0
 

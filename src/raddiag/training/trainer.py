@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from raddiag.config import RunConfig
 from raddiag.data.labels import LabelSpace
-from raddiag.run import RunFolder
+from raddiag.run import LAST_CHECKPOINT, RunFolder
 
 from . import distributed as dist_utils
 from .checkpoint import atomic_write, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -39,7 +39,7 @@ from .metrics import f1_thresholds, macro_auc
 from .sampler import ResumableSampler
 
 log = logging.getLogger(__name__)
-LAST = "last.pt"
+LAST = LAST_CHECKPOINT
 METRIC_FIELDS = ["epoch", "step", "train_loss", "val_loss", "val_auc", "lr", "best_val_auc", "seconds"]
 
 
@@ -116,9 +116,9 @@ def resolve_label_embeddings(labels: LabelSpace, label_embeddings=None, knowledg
         path = Path(label_embeddings)
         if not path.exists():
             raise FileNotFoundError(f"{path}: label embeddings file does not exist")
-        from safetensors.torch import load_file
+        from raddiag.run import read_safetensors
 
-        tensors = load_file(str(path))
+        tensors = read_safetensors(path)
         if "embeddings" not in tensors:
             raise ValueError(f"{path}: no 'embeddings' tensor (found {sorted(tensors)})")
         emb = tensors["embeddings"]
@@ -226,6 +226,7 @@ def train(
     knowledge_encoder: Optional[str | Path] = None,
     resume: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
     max_steps: Optional[int] = None,
     init_state: Optional[dict[str, torch.Tensor]] = None,
     train_indices: Optional[Sequence[int]] = None,
@@ -241,6 +242,8 @@ def train(
     weights (fine-tuning); ``train_indices`` restricts the training split to those cases.
     ``cfg.model.pretrained`` (a torchvision/timm ResNet file) initialises the per-slice ResNet of a
     fresh run (:mod:`raddiag.models.pretrained`); a resumed run does not read it again.
+    A run folder that already holds weights or a checkpoint is refused unless ``resume`` (a
+    checkpoint) or ``overwrite`` (start afresh there; the old checkpoint is removed first).
     Under ``torchrun`` this trains with DDP; only rank 0 writes.
     """
     from raddiag.data.dataset import CaseDataset, make_loader
@@ -258,12 +261,7 @@ def train(
     if tc.batch_size < 1 or tc.grad_accum < 1 or tc.epochs < 1:
         raise ValueError("train.batch_size, train.grad_accum and train.epochs must be >= 1")
     run = RunFolder(out_dir)
-    last = run.checkpoints / LAST
-    if resume and not last.exists():
-        raise FileNotFoundError(f"{last}: no checkpoint to resume from")
-    if not resume and last.exists():
-        raise ValueError(f"{run.root}: already holds a training run ({last.name}); "
-                         "pass --resume to continue it or choose another --out")
+    run.claim_for_training(resume, overwrite)
 
     d = dist_utils.init(device)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -283,6 +281,8 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
     tc = cfg.train
     seed_everything(tc.seed, tc.deterministic)
     labels = data.label_space(cfg.data.granularity)
+    if resume:
+        run.check_label_space(labels, data.root)
     if not data.records_for("val"):
         raise ValueError(f"{data.root}: no cases in the val split; validation needs some")
 
@@ -334,7 +334,12 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
         if ckpt.get("world_size", 1) != d.world_size:
             log.warning("resuming a %d-process run with %d processes: the data order changes",
                         ckpt.get("world_size", 1), d.world_size)
-        model.load_state_dict(ckpt["model"])
+        try:
+            model.load_state_dict(ckpt["model"])
+        except (RuntimeError, KeyError) as exc:
+            first = str(exc).strip().splitlines()
+            raise ValueError(f"{run.checkpoints / LAST}: does not fit this run's model and label space "
+                             f"({len(labels)} classes): {first[-1].strip() if first else exc}") from None
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         state.update({k: ckpt[k] for k in state if k in ckpt})

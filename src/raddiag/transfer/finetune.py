@@ -72,6 +72,7 @@ def finetune(
     progress: bool = True,
     max_steps: Optional[int] = None,
     pretrained: Optional[str | Path] = None,
+    overwrite: bool = False,
 ):
     """Fine-tune the pre-trained run ``run_dir`` on prepared data ``data_dir`` into ``out_dir``
     using a seeded stratified ``fraction`` of its training split; returns a
@@ -124,7 +125,7 @@ def finetune(
 
     result = train(data_dir, out_dir, cfg, label_embeddings=emb, knowledge_encoder=knowledge_encoder,
                    resume=resume, progress=progress, max_steps=max_steps, init_state=init_state,
-                   train_indices=idx.tolist())
+                   train_indices=idx.tolist(), overwrite=overwrite)
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:
