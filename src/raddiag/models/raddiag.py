@@ -77,6 +77,14 @@ class RadDiag(nn.Module):
             self.head = MLPHead(mc.width, num_classes)
         self.num_modalities = mc.num_modalities
 
+    def set_pooling(self, mode: str) -> None:
+        """Pool this scan-level model's per-scan probabilities at case level with ``mode``
+        (``max`` | ``mean`` | ``random``): the three paper baselines share one scan-level training,
+        so one trained run evaluates as each of them."""
+        if self.fusion is not None or mode not in POOLING:
+            raise ValueError(f"set_pooling({mode!r}) needs a pooling model and one of {list(POOLING)}")
+        self.pool = mode
+
     def freeze_pretrained(self) -> None:
         """Linear probe: freeze every weight but the head's; the encoder and fusion also stay
         in eval mode (BatchNorm statistics and dropout) whatever ``train()`` is called with."""
