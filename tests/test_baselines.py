@@ -71,13 +71,17 @@ def _case_batch(B=3, N=3, D=4, S=32, seed=0):
     return images, scan_mask, slice_mask, modality
 
 
-@pytest.mark.parametrize("mode", ["max", "mean", "random"])
-def test_case_pooling_of_scan_probabilities_matches_numpy(mode):
+@pytest.mark.parametrize("fusion, mode", [("max", "max"), ("mean", "mean"), ("random", "random"),
+                                          ("mil_mean", "mean"), ("max", "set:mean"), ("max", "set:random")])
+def test_case_pooling_of_scan_probabilities_matches_numpy(fusion, mode):
     from raddiag.config import preset
     from raddiag.models import build_model
 
     torch.manual_seed(0)
-    model = build_model(preset("tiny", tiny_overrides(**{"model.fusion": mode})), 5).eval()
+    model = build_model(preset("tiny", tiny_overrides(**{"model.fusion": fusion})), 5).eval()
+    if mode.startswith("set:"):  # one scan-level training, evaluated with another pooling
+        mode = mode[4:]
+        model.set_pooling(mode)
     images, scan_mask, slice_mask, modality = _case_batch()
     with torch.no_grad():
         case_p = torch.sigmoid(model(images, scan_mask, slice_mask, modality)).double().numpy()
@@ -120,3 +124,12 @@ def test_scan_dataset_yields_every_scan_with_its_case_labels(tmp_path):
         assert torch.equal(item["scans"][0]["image"], cases.scan_item(cases.records[i], j, None)["image"])
     rows = [i for i in picked for _ in cases.records[i]["scans"]]
     np.testing.assert_array_equal(scans.targets, cases.targets[rows])
+
+
+def test_set_pooling_refuses_the_fusion_module():
+    from raddiag.config import preset
+    from raddiag.models import build_model
+
+    model = build_model(preset("tiny", tiny_overrides()), 3)
+    with pytest.raises(ValueError, match="pooling model"):
+        model.set_pooling("max")
