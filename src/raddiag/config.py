@@ -54,7 +54,7 @@ class ModelConfig:
     vit_heads: int = 8
     vit_mlp_layers: int = 2              # 2 or 4 layers in the patch projection MLPs
     # case-level fusion
-    fusion: str = "transformer"          # "transformer" | "max" | "mean" | "random"
+    fusion: str = "transformer"          # "transformer" | "max" | "mean" | "random" | "mil_max" | ... (fusion.py)
     fusion_layers: int = 2
     fusion_heads: int = 4
     num_modalities: int = 16             # rows of the modality embedding table (0 = padding)
@@ -96,6 +96,9 @@ class TrainConfig:
     early_stop: int = 0                  # epochs without val improvement before stopping (0 = off)
     num_workers: int = 0
     eval_batch_size: int = 8
+    # transfer (raddiag finetune): the pre-trained encoder + fusion vs the new classification layer
+    encoder_lr_scale: float = 1.0        # their learning rate = lr x this (the head keeps lr)
+    linear_probe: bool = False           # freeze them (weights and normalisation statistics): only the head trains
 
 
 @dataclass

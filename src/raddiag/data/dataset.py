@@ -110,26 +110,72 @@ class CaseDataset(Dataset):
         arr = np.asarray(self.data.scan_array(scan)[idx], dtype=np.float32)
         return resize_slices(arr, self.cfg.size)[None]  # [1, d, H, W]
 
+    def scan_item(self, rec: dict, j: int, rng: Optional[np.random.Generator], k: int = 0) -> dict:
+        """Scan ``j`` of case ``rec``, loaded (and augmented when training, with ``rng``);
+        ``k`` counts the earlier scans of its modality in the same entry (the modality id)."""
+        s = rec["scans"][j]
+        # a store deeper than the configured depth is resampled again, the key slice with it
+        idx = depth_indices(s["store"]["n"], self.cfg.depth)
+        key = map_key_slice(s["store"]["key"], s["store"]["n"], idx)
+        item = {"image": self._load(s, idx), "is_3d": bool(s["is_3d"]), "key_slice": key, "modality": s["modality"]}
+        if self.scan_transform is not None and self.train:
+            item = self.scan_transform(item, rng)
+        item["modality_id"] = modality_id(s["modality"], k, self.cfg.modality_scheme)
+        return item
+
+    def sample(self, i: int, scans: list[dict]) -> dict:
+        """The sample dict of case ``i`` holding ``scans``."""
+        rec = self.records[i]
+        return {"scans": scans, "labels": torch.from_numpy(self._targets[i]),
+                "case_id": rec["id"], "anatomy": rec.get("anatomy")}
+
     def __getitem__(self, i: int) -> dict:
         rec = self.records[i]
         rng = np.random.default_rng([self.seed, self.epoch, i]) if self.train else None
-        picked = select_scans(rec["scans"], self.cfg, rng)
         per_mod_count: dict[tuple[int, str], int] = defaultdict(int)
         scans = []
-        for j in picked:
+        for j in select_scans(rec["scans"], self.cfg, rng):
             s = rec["scans"][j]
-            # a store deeper than the configured depth is resampled again, the key slice with it
-            idx = depth_indices(s["store"]["n"], self.cfg.depth)
-            key = map_key_slice(s["store"]["key"], s["store"]["n"], idx)
-            item = {"image": self._load(s, idx), "is_3d": bool(s["is_3d"]), "key_slice": key, "modality": s["modality"]}
-            if self.scan_transform is not None and self.train:
-                item = self.scan_transform(item, rng)
-            k = per_mod_count[(s.get("entry", 0), s["modality"])]
-            per_mod_count[(s.get("entry", 0), s["modality"])] += 1
-            item["modality_id"] = modality_id(s["modality"], k, self.cfg.modality_scheme)
-            scans.append(item)
-        return {"scans": scans, "labels": torch.from_numpy(self._targets[i]),
-                "case_id": rec["id"], "anatomy": rec.get("anatomy")}
+            key = (s.get("entry", 0), s["modality"])
+            scans.append(self.scan_item(rec, j, rng, per_mod_count[key]))
+            per_mod_count[key] += 1
+        return self.sample(i, scans)
+
+
+class ScanDataset(Dataset):
+    """One scan per sample, each carrying its case's labels: the training view of the
+    paper's scan-level pooling baselines (``model.fusion=max|mean|random``, Supplementary B).
+
+    Every scan of the chosen cases (``case_indices`` of ``cases``; default all) is one
+    sample, in case order; augmentation is seeded by ``(seed, epoch, case, scan)``. Exposes
+    what the trainer's loaders need (``cfg``, ``labels``, ``targets``, ``set_epoch``).
+    """
+
+    def __init__(self, cases: CaseDataset, case_indices: Optional[list[int]] = None):
+        self.cases = cases
+        self.cfg = cases.cfg
+        self.labels = cases.labels
+        chosen = range(len(cases)) if case_indices is None else case_indices
+        self.index = [(int(i), j) for i in chosen for j in range(len(cases.records[int(i)]["scans"]))]
+        if not self.index:
+            raise ValueError(f"{cases.data.root} split {cases.split!r}: no scans in the chosen cases")
+
+    @property
+    def targets(self) -> np.ndarray:
+        """``[n_scans, C]``: each scan's case labels."""
+        return self.cases.targets[[i for i, _ in self.index]]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.cases.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, n: int) -> dict:
+        i, j = self.index[n]
+        c = self.cases
+        rng = np.random.default_rng([c.seed, c.epoch, i, j]) if c.train else None
+        return c.sample(i, [c.scan_item(c.records[i], j, rng)])
 
 
 def collate_cases(samples: list[dict], depth: Optional[int] = None) -> dict:

@@ -5,8 +5,18 @@ embeddings, a [CLS] token, no positional embedding, a transformer encoder with t
 mask; the [CLS] output is the case embedding.
 
 Pooling baselines (Supplementary B, "without fusion"): the head scores every scan and
-the per-scan predictions are pooled over the real scans. Pooled *probabilities* are
-turned back into logits so the trainer's BCE-with-logits applies unchanged:
+the per-scan predictions are pooled over the real scans. Two ways to train them:
+
+- ``max`` / ``mean`` / ``random`` (the paper's baselines): a *scan-level* classifier trained
+  on single scans, each carrying its case's labels (the trainer feeds
+  :class:`raddiag.data.dataset.ScanDataset`, one scan per sample, so the pool is the
+  identity in training); at evaluation and prediction its per-scan probabilities are
+  pooled at case level.
+- ``mil_max`` / ``mil_mean`` / ``mil_random``: the same pools, but trained end to end
+  through the pool on whole cases (multiple-instance learning).
+
+Pooled *probabilities* are turned back into logits so the trainer's BCE-with-logits and
+``sigmoid`` at prediction apply unchanged:
 
 - ``max``: max over scan logits (sigmoid is monotone, so this IS the max probability's logit);
 - ``mean``: the logit of the mean probability, ``log(mean p) - log(mean (1 - p))``, computed
@@ -24,7 +34,19 @@ from torch import nn
 
 from .layers import Encoder
 
-POOLING = ("max", "mean", "random")
+POOLING = ("max", "mean", "random")            # scan-level training, case-level pooling
+MIL_POOLING = tuple(f"mil_{m}" for m in POOLING)  # trained end to end through the pool
+
+
+def pool_mode(fusion: str) -> Optional[str]:
+    """The pooling (``max`` | ``mean`` | ``random``) of a ``model.fusion`` value, None for
+    ``transformer``."""
+    return fusion.removeprefix("mil_") if fusion in POOLING + MIL_POOLING else None
+
+
+def trains_on_scans(fusion: str) -> bool:
+    """Whether ``model.fusion`` is a paper baseline trained on single scans."""
+    return fusion in POOLING
 
 
 class TransformerFusion(nn.Module):

@@ -16,11 +16,11 @@ from torch import nn
 from raddiag.config import RunConfig
 
 from .encoders import ResNetEncoder, ResNetViTEncoder, ViTEncoder
-from .fusion import POOLING, TransformerFusion, pool_scan_logits
+from .fusion import MIL_POOLING, POOLING, TransformerFusion, pool_mode, pool_scan_logits
 from .heads import KnowledgeHead, MLPHead
 
 ENCODERS = ("resnet_vit", "resnet", "vit")
-FUSIONS = ("transformer",) + POOLING
+FUSIONS = ("transformer",) + POOLING + MIL_POOLING
 HEADS = ("mlp", "knowledge")
 
 
@@ -60,6 +60,7 @@ class RadDiag(nn.Module):
         else:
             self.encoder = ViTEncoder(mc, dc.depth, dc.size)
         self.fusion_mode = mc.fusion
+        self.pool = pool_mode(mc.fusion)   # None with the fusion module
         self.fusion = (TransformerFusion(mc.width, mc.fusion_layers, mc.fusion_heads, mc.num_modalities,
                                          mc.layer_style, mc.mlp_ratio, mc.dropout)
                        if mc.fusion == "transformer" else None)
@@ -74,6 +75,31 @@ class RadDiag(nn.Module):
         else:
             self.head = MLPHead(mc.width, num_classes)
         self.num_modalities = mc.num_modalities
+
+    def set_pooling(self, mode: str) -> None:
+        """Pool this scan-level model's per-scan probabilities at case level with ``mode``
+        (``max`` | ``mean`` | ``random``): the three paper baselines share one scan-level training,
+        so one trained run evaluates as each of them."""
+        if self.fusion is not None or mode not in POOLING:
+            raise ValueError(f"set_pooling({mode!r}) needs a pooling model and one of {list(POOLING)}")
+        self.pool = mode
+
+    def freeze_pretrained(self) -> None:
+        """Linear probe: freeze every weight but the head's; the encoder and fusion also stay
+        in eval mode (BatchNorm statistics and dropout) whatever ``train()`` is called with."""
+        for name, p in self.named_parameters():
+            if not name.startswith("head."):
+                p.requires_grad_(False)
+        self._frozen = True
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "RadDiag":
+        super().train(mode)
+        if getattr(self, "_frozen", False):
+            for part in (self.encoder, self.fusion):
+                if part is not None:
+                    part.eval()
+        return self
 
     @property
     def num_classes(self) -> int:
@@ -104,9 +130,9 @@ class RadDiag(nn.Module):
         else:
             scan_logits = self.head(scan_emb)
             gen = None
-            if self.fusion_mode == "random" and not self.training:
+            if self.pool == "random" and not self.training:
                 gen = torch.Generator().manual_seed(self.cfg.model.random_seed)
-            logits = pool_scan_logits(scan_logits, scan_mask, self.fusion_mode, gen)
+            logits = pool_scan_logits(scan_logits, scan_mask, self.pool, gen)
             w = scan_mask[..., None].to(scan_emb.dtype)
             case_emb = (scan_emb * w).sum(1) / w.sum(1).clamp(min=1)
         if not return_details:

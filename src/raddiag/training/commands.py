@@ -45,6 +45,11 @@ def register(subparsers) -> None:
     f.add_argument("--epochs", type=int, default=None, help="epochs (default: the pre-trained run's)")
     f.add_argument("--pretrained", metavar="FILE", default=None,
                    help="with --scratch: start the baseline's per-slice ResNet from this torchvision/timm file")
+    f.add_argument("--encoder-lr-scale", type=float, default=None, metavar="F",
+                   help="learning rate of the pre-trained encoder and fusion = F x that of the new head "
+                        "(train.encoder_lr_scale; default 1)")
+    f.add_argument("--linear-probe", action="store_true",
+                   help="freeze the pre-trained encoder and fusion; train only the new head (train.linear_probe)")
     _common(f)
     f.set_defaults(func=_finetune)
 
@@ -78,7 +83,8 @@ def _finetune(args) -> int:
                       epochs=args.epochs, overrides=args.overrides, granularity=args.granularity,
                       label_embeddings=args.label_embeddings, knowledge_encoder=args.knowledge_encoder,
                       resume=args.resume, progress=not args.no_progress, max_steps=args.max_steps,
-                      pretrained=args.pretrained, overwrite=args.overwrite)
+                      pretrained=args.pretrained, overwrite=args.overwrite,
+                      encoder_lr_scale=args.encoder_lr_scale, linear_probe=args.linear_probe)
     _report(result)
     return 0
 

@@ -88,12 +88,24 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def _param_groups(model: torch.nn.Module, weight_decay: float, lr: float, encoder_lr_scale: float = 1.0) -> list[dict]:
+    """AdamW groups: no weight decay on biases and norms; the head at ``lr``, everything else
+    (the pre-trained encoder and fusion when fine-tuning) at ``lr * encoder_lr_scale``.
+    Frozen parameters are left out; each group is named (``head`` / ``encoder``, ``_nd`` without
+    decay). At scale 1 the head shares the groups (``all``, ``all_nd``: the layout of earlier
+    checkpoints, which therefore still resume)."""
+    if encoder_lr_scale < 0:
+        raise ValueError(f"train.encoder_lr_scale={encoder_lr_scale}; must be >= 0")
+    groups: dict[str, dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        part = "all" if encoder_lr_scale == 1 else "head" if name.startswith("head.") else "encoder"
+        key = part if p.ndim > 1 else f"{part}_nd"
+        g = groups.setdefault(key, {"params": [], "name": key, "weight_decay": weight_decay if p.ndim > 1 else 0.0,
+                                    "lr": lr * (1.0 if part == "head" else encoder_lr_scale)})
+        g["params"].append(p)
+    return [groups[k] for k in ("all", "all_nd", "encoder", "encoder_nd", "head", "head_nd") if k in groups]
 
 
 # -- set-up helpers -----------------------------------------------------------------------
@@ -276,6 +288,9 @@ def train(
 
 def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progress, max_steps, init_state,
            train_indices, CaseDataset, make_loader, build_model, key_slice_attention_loss) -> TrainResult:
+    from raddiag.data.dataset import ScanDataset
+    from raddiag.models import trains_on_scans
+
     from .augment import build_scan_transform
 
     tc = cfg.train
@@ -306,12 +321,17 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
         own = model.state_dict()
         keep = {k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape}
         model.load_state_dict(keep, strict=False)
+    if tc.linear_probe:
+        model.freeze_pretrained()
     model.to(d.device)
 
     # data
     train_full = CaseDataset(data, "train", labels, cfg.data, train=True,
                              scan_transform=build_scan_transform(tc, cfg.data), seed=tc.seed)
-    train_ds = CaseSubset(train_full, train_indices) if train_indices is not None else train_full
+    if trains_on_scans(cfg.model.fusion):  # the paper's pooling baselines: one scan per sample
+        train_ds = ScanDataset(train_full, train_indices)
+    else:
+        train_ds = CaseSubset(train_full, train_indices) if train_indices is not None else train_full
     if len(train_ds) == 0:
         raise ValueError(f"{data.root}: no training cases selected")
     val_ds = CaseDataset(data, "val", labels, cfg.data, train=False)
@@ -322,7 +342,7 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
     total_steps = steps_per_epoch * tc.epochs
     warmup_steps = int(round(tc.warmup_epochs * steps_per_epoch))
 
-    optimizer = torch.optim.AdamW(_param_groups(model, tc.weight_decay), lr=tc.lr)
+    optimizer = torch.optim.AdamW(_param_groups(model, tc.weight_decay, tc.lr, tc.encoder_lr_scale), lr=tc.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, warmup_steps, total_steps))
 

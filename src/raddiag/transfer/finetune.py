@@ -6,6 +6,12 @@ multi-scan data and dropped for single-image data (the case embedding is then th
 scan's embedding: fusion switches to ``mean`` pooling, which for one scan is the identity);
 the classification layer is always new, for the target label space. ``scratch=True`` trains
 the same architecture from random weights with the same schedule, for the comparison.
+
+The standard transfer protocols beside it: ``encoder_lr_scale=F`` trains the inherited
+encoder (and fusion) at ``F`` times the head's learning rate (``train.encoder_lr_scale``),
+``linear_probe=True`` freezes them and trains the head alone (``train.linear_probe``). A
+knowledge head embeds a new label space with the source run's own text encoder
+(:meth:`raddiag.run.RunFolder.text_encoder`), never silently with another one.
 """
 from __future__ import annotations
 
@@ -73,11 +79,14 @@ def finetune(
     max_steps: Optional[int] = None,
     pretrained: Optional[str | Path] = None,
     overwrite: bool = False,
+    encoder_lr_scale: Optional[float] = None,
+    linear_probe: bool = False,
 ):
     """Fine-tune the pre-trained run ``run_dir`` on prepared data ``data_dir`` into ``out_dir``
     using a seeded stratified ``fraction`` of its training split; returns a
     :class:`raddiag.training.TrainResult`. ``scratch`` trains the same model from random init
-    (or, with ``pretrained``, from that torchvision/timm ResNet file: ``model.pretrained``)."""
+    (or, with ``pretrained``, from that torchvision/timm ResNet file: ``model.pretrained``);
+    ``encoder_lr_scale`` / ``linear_probe`` set ``train.encoder_lr_scale`` / ``train.linear_probe``."""
     from raddiag.data.dataset import CaseDataset
     from raddiag.data.store import PreparedData
     from raddiag.models import load_model
@@ -95,12 +104,19 @@ def finetune(
     if epochs is not None:
         cfg.train.epochs = int(epochs)
     cfg.model.pretrained = None  # the source run's own file was a training-time input: never re-read it
+    cfg.train.encoder_lr_scale, cfg.train.linear_probe = 1.0, False   # transfer settings are per run
     cfg.override(overrides)
     if pretrained is not None:
         cfg.model.pretrained = str(pretrained)
     if cfg.model.pretrained and not scratch:
         raise ValueError(f"model.pretrained={cfg.model.pretrained}: only with --scratch "
                          f"(otherwise the encoder comes from {src.root})")
+    if encoder_lr_scale is not None:
+        cfg.train.encoder_lr_scale = float(encoder_lr_scale)
+    if linear_probe:
+        cfg.train.linear_probe = True
+    if scratch and cfg.train.linear_probe:
+        raise ValueError("--linear-probe with --scratch would train a head on random frozen features")
     if granularity is not None:
         cfg.data.granularity = granularity
     labels = data.label_space(cfg.data.granularity)
@@ -118,7 +134,8 @@ def finetune(
     if cfg.model.head == "knowledge" and emb is None and knowledge_encoder is None:
         if list(labels.names) == list(src_labels.names):
             emb = src.load_label_embeddings()
-        # otherwise: computed from the default knowledge encoder by the trainer
+        else:  # new class names: embedded by the text encoder the source run trained with
+            knowledge_encoder = source_text_encoder(src)
 
     targets = CaseDataset(data, "train", labels, cfg.data, train=False).targets
     idx = stratified_subset(targets, float(fraction), seed)
@@ -132,6 +149,23 @@ def finetune(
         info = {"source_run": str(src.root), "data": str(Path(data_dir)), "fraction": float(fraction),
                 "scratch": bool(scratch), "seed": int(seed), "train_cases": int(len(idx)),
                 "train_cases_total": int(len(targets)), "kept": sorted({k.split(".")[0] for k in init_state or {}}),
-                "fusion": cfg.model.fusion, "best_val_auc": result.best_val_auc}
+                "fusion": cfg.model.fusion, "encoder_lr_scale": cfg.train.encoder_lr_scale,
+                "linear_probe": cfg.train.linear_probe,
+                "text_encoder": str(knowledge_encoder) if knowledge_encoder is not None else None,
+                "best_val_auc": result.best_val_auc}
         (Path(out_dir) / "finetune.json").write_text(json.dumps(info, indent=1))
     return result
+
+
+def source_text_encoder(src) -> Optional[Path]:
+    """The text encoder folder a run's label embeddings were made with (None: the packaged
+    default, recorded as such); a clear error when it is unrecorded or gone."""
+    if not (src.text_encoder_dir.is_dir() or src.text_encoder_ref.exists()):
+        raise FileNotFoundError(
+            f"{src.root}: the run does not record which text encoder made its label embeddings "
+            f"({src.text_encoder_ref.name} is missing), so new class names cannot be embedded in its "
+            "space; pass --knowledge-encoder DIR or --label-embeddings FILE")
+    try:
+        return src.text_encoder()
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e} (raddiag finetune: --knowledge-encoder DIR or --label-embeddings FILE)") from None
