@@ -75,18 +75,57 @@ def test_best_f1_threshold_is_maximal_on_validation():
 
 def test_bootstrap_engine_equals_recomputation_on_resampled_cases():
     s, y = _data(3, n=150, c=12)
+    y[:, 0] = False
+    y[:2, 0] = True                      # a rare class: some resamples draw none of its positives
     thr = best_f1_thresholds(s, y)
     ones = bootstrap_per_class(s, y, thr, weights=np.ones((1, len(s))))
     point = per_class_metrics(s, y, thr)
-    W = resample_weights(len(s), 4, seed=5)
+    W = resample_weights(len(s), 12, seed=5)
+    np.testing.assert_array_equal(W.sum(1), len(s))
     boot = bootstrap_per_class(s, y, thr, weights=W)
     for k in point:
         np.testing.assert_allclose(ones[k][0], point[k], atol=1e-6)
+    redrawn = 0
     for b in range(len(W)):
         idx = np.repeat(np.arange(len(s)), W[b].astype(int))
         ref = per_class_metrics(s[idx], y[idx], thr)
         for k in ref:
-            np.testing.assert_allclose(boot[k][b], ref[k], atol=1e-6, err_msg=k)
+            assert not np.isnan(boot[k][b]).any(), k       # every class stays defined
+            ok = ~np.isnan(ref[k])                          # the resample itself kept the class defined
+            np.testing.assert_allclose(boot[k][b][ok], ref[k][ok], atol=1e-6, err_msg=k)
+        redrawn += int(np.isnan(ref["auc"]).sum())
+    assert redrawn > 0                                      # the redraw path was exercised
+
+
+def test_bootstrap_redraws_a_missing_positive_from_the_class():
+    """A class with one positive: a resample that misses it gets it back once (stratified
+    redraw), so the replicate is the metric on the resampled negatives plus that positive."""
+    rng = np.random.default_rng(7)
+    n = 60
+    s = rng.random((n, 2))
+    y = np.zeros((n, 2), bool)
+    y[3, 0] = True
+    y[:, 1] = rng.random(n) < 0.5
+    y[3, 1] = True
+    W = resample_weights(n, 40, seed=1)
+    boot = bootstrap_per_class(s, y, None, weights=W)
+    missed = np.nonzero(W[:, 3] == 0)[0]
+    assert len(missed) > 5
+    for b in missed:
+        idx = np.r_[np.repeat(np.arange(n), W[b].astype(int)), 3]   # negatives as drawn + the positive once
+        yy, ss = y[idx, 0], s[idx, 0]
+        assert boot["auc"][b, 0] == pytest.approx(roc_auc_score(yy, ss), abs=1e-6)
+        assert boot["ap"][b, 0] == pytest.approx(average_precision_score(yy, ss), abs=1e-6)
+
+
+def test_interval_covers_a_known_macro_auc():
+    """Small version of ``benchmarks/ci_coverage.py`` (200 repetitions there): Gaussian scores
+    with a known AUC per class, rare classes that are also the hard ones."""
+    from raddiag.evaluation.coverage import Design, coverage
+
+    res = coverage(Design(n_cases=400, rare_prevalence=0.015), reps=40, n_boot=200, seed=0)
+    assert res["contains_point"] == 1.0
+    assert res["coverage"] >= 0.85
 
 
 def test_bootstrap_ci_contains_point_and_shrinks_with_more_data():

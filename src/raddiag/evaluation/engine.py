@@ -195,7 +195,8 @@ def write_outputs(out: Path, result: dict, scores, labels, label_space: LabelSpa
         extra["case_ids"] = np.asarray([str(x) for x in case_ids])
     if anatomy is not None:
         extra["anatomy"] = np.asarray([str(x) for x in anatomy])
-    np.savez_compressed(out / "predictions.npz", scores=np.asarray(scores, np.float32),
+    # uncompressed: model probabilities barely compress and zlib took most of a large call
+    np.savez(out / "predictions.npz", scores=np.asarray(scores, np.float32),
                         labels=np.asarray(labels, np.uint8), thresholds=np.asarray(thr, np.float64), **extra)
     from .report import write_report
 

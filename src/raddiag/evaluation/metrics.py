@@ -34,6 +34,8 @@ Definitions
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
@@ -44,11 +46,15 @@ RANK_METRICS = ("auc", "ap") + tuple(f"recall_at_fpr_{f:g}" for f in FPR_TARGETS
 THRESHOLD_METRICS = ("f1", "mcc", "acc")
 METRICS = ("auc", "ap", "f1", "mcc", "acc") + RANK_METRICS[2:]
 FALLBACK_THRESHOLD = 0.5
-BLOCK = 256  # classes per sorted block: bounds memory at ~10 arrays of BLOCK x N
+BLOCK = 128  # classes per sorted block: bounds memory at a few arrays of BLOCK x N
 
 
 def check_inputs(scores, labels, name: str = "predictions") -> tuple[np.ndarray, np.ndarray]:
-    scores = np.asarray(scores, dtype=np.float64)
+    """Scores as float32 when given as float32 (sorting float32 is exact and twice as fast;
+    nothing is copied), else float64; labels as bool. Clear errors for bad shapes/values."""
+    scores = np.asarray(scores)
+    if scores.dtype != np.float32:
+        scores = scores.astype(np.float64, copy=False)
     labels = np.asarray(labels)
     if scores.ndim == 1:
         scores, labels = scores[:, None], labels.reshape(-1, 1)
@@ -57,10 +63,14 @@ def check_inputs(scores, labels, name: str = "predictions") -> tuple[np.ndarray,
     if not np.isfinite(scores).all():
         raise ValueError(f"{name}: scores contain NaN or infinite values")
     if labels.dtype != bool:
-        u = np.unique(labels)
-        if not np.isin(u, (0, 1)).all():
+        if labels.dtype.kind in "iu" and labels.size:   # min/max: two passes, no sort (np.unique sorts)
+            ok = labels.min() >= 0 and labels.max() <= 1
+        else:
+            ok = bool(((labels == 0) | (labels == 1)).all())
+        if not ok:
+            u = np.unique(labels)
             raise ValueError(f"{name}: labels must be 0/1 (found values {u[:5].tolist()})")
-        labels = labels.astype(bool)
+        labels = labels.view(bool) if labels.dtype.itemsize == 1 and labels.dtype.kind in "iu" else labels.astype(bool)
     return scores, labels
 
 
@@ -89,7 +99,7 @@ class Bins:
 def make_bins(S: np.ndarray, Y: np.ndarray, thr: Optional[np.ndarray]) -> Bins:
     """``S``, ``Y``: class-major ``[Cb, N]`` scores and bool labels; ``thr`` ``[Cb]`` or None."""
     cb, n = S.shape
-    order = np.argsort(S, axis=1, kind="stable")
+    order = np.argsort(S, axis=1)  # any order: the bins do not depend on the order within ties
     s = np.take_along_axis(S, order, 1)
     y = np.take_along_axis(Y, order, 1)
     idx = np.arange(n)
@@ -192,13 +202,112 @@ def _roc_on_grid(tpr: np.ndarray, fpr: np.ndarray, grid: np.ndarray) -> np.ndarr
     return np.take_along_axis(tpr0, kstar, -1).reshape(lead + (G,))
 
 
+@dataclass
+class Groups:
+    """The distinct positive scores of a block of classes, ragged: group ``g`` is the ``k``-th
+    smallest distinct positive score ``value[g]`` of class ``row[g]``; ``start[j]:start[j+1]``
+    are the groups of class ``j``. Counts are exact integers."""
+
+    sorted: np.ndarray    # [Cb, N] each class's scores, ascending
+    row: np.ndarray       # [G] class (row of the block), ascending
+    value: np.ndarray     # [G] distinct positive score, ascending within a row
+    pos: np.ndarray       # [G] positives with that score
+    posbelow: np.ndarray  # [G] positives with a smaller score
+    negbelow: np.ndarray  # [G] negatives with a smaller score
+    tie: np.ndarray       # [G] negatives with that score
+    start: np.ndarray     # [Cb + 1] offsets of each class's groups
+    npos: np.ndarray      # [Cb]
+    nneg: np.ndarray      # [Cb]
+
+
+def sorted_groups(scores: np.ndarray, labels: np.ndarray, sl: slice) -> Groups:
+    """Groups of the classes ``sl`` of ``[N, C]`` inputs: one sort of each class's scores
+    (float32 stays float32), the positives (few) sorted on their own, and two binary searches
+    per distinct positive score for the negatives below and tied. No argsort, no gather of
+    the labels in score order: this is the point-estimate fast path."""
+    S = np.ascontiguousarray(scores[:, sl].T)
+    S.sort(axis=1)
+    cb, n = S.shape
+    case, r = np.nonzero(labels[:, sl])
+    pv = scores[case, sl.start + r]
+    o = np.lexsort((pv, r))
+    r, pv = r[o], pv[o]
+    new = np.ones(len(r), bool)
+    new[1:] = (r[1:] != r[:-1]) | (pv[1:] != pv[:-1])
+    gid = np.cumsum(new) - 1
+    row, value = r[new], pv[new]
+    pos = np.bincount(gid, minlength=len(row))
+    start = np.searchsorted(row, np.arange(cb + 1))
+    npos = np.bincount(r, minlength=cb)
+    lt = np.empty(len(row), np.int64)
+    le = np.empty(len(row), np.int64)
+    for j in np.nonzero(start[1:] > start[:-1])[0]:
+        a, b = start[j], start[j + 1]
+        lt[a:b] = np.searchsorted(S[j], value[a:b], "left")
+        le[a:b] = np.searchsorted(S[j], value[a:b], "right")
+    cum = np.concatenate([[0], np.cumsum(pos)])
+    posbelow = cum[:-1] - cum[start[row]]
+    negbelow = lt - posbelow
+    return Groups(sorted=S, row=row, value=value, pos=pos, posbelow=posbelow, negbelow=negbelow,
+                  tie=le - lt - pos, start=start, npos=npos, nneg=n - npos)
+
+
+def bins_from_groups(g: Groups, thr: Optional[np.ndarray]) -> tuple[np.ndarray, int, np.ndarray]:
+    """The bin totals of :class:`Bins` (``[Cb, 3*m_max+2]``), ``m_max`` and ``k_t`` from groups."""
+    cb = len(g.npos)
+    m = np.diff(g.start)
+    m_max = int(m.max()) if cb else 0
+    m1 = m_max + 1
+    k = np.arange(len(g.row)) - g.start[g.row]
+    upto = g.negbelow + g.tie                                            # negatives <= v_k
+    prev = np.zeros_like(upto)
+    prev[1:] = upto[:-1]
+    prev[k == 0] = 0
+    bins = np.zeros((cb, 3 * m_max + 2))
+    bins[g.row, k] = g.negbelow - prev                                   # gap_k
+    last = np.zeros(cb)
+    has = m > 0
+    last[has] = upto[g.start[1:][has] - 1]
+    bins[np.arange(cb), m] = g.nneg - last                               # the gap above v_{m-1}
+    bins[g.row, m1 + k] = g.tie
+    bins[g.row, m1 + m_max + k] = g.pos
+    k_t = np.zeros(cb, dtype=np.int64)
+    if thr is not None:
+        t = np.asarray(thr, dtype=np.float64)
+        below = g.value < t[g.row]
+        k_t = np.bincount(g.row, weights=below, minlength=cb).astype(np.int64)
+        pos_lt = np.bincount(g.row, weights=g.pos * below, minlength=cb)
+        neg_lt = np.count_nonzero(g.sorted < t[:, None], axis=1) - pos_lt  # negatives < t
+        at = np.minimum(g.start[:-1] + k_t, max(len(g.row) - 1, 0))
+        neg_below_kt = np.where(k_t < m, g.negbelow[at] if len(g.row) else 0, g.nneg)
+        hi = neg_below_kt - neg_lt                                       # gap k_t, score >= t
+        bins[np.arange(cb), k_t] -= hi
+        bins[:, -1] = hi
+    return bins, m_max, k_t
+
+
 def _blocks(c: int, block: int):
     for c0 in range(0, c, block):
         yield slice(c0, min(c, c0 + block))
 
 
+def map_blocks(fn, c: int, block: int, n_threads: Optional[int] = None) -> None:
+    """Call ``fn(slice)`` for each block of ``c`` classes on ``n_threads`` threads (default:
+    up to 2): the work splits by class block and numpy's sort and searches release the GIL."""
+    blocks = list(_blocks(c, block))
+    n_threads = min(len(blocks), n_threads or min(2, os.cpu_count() or 1))
+    if n_threads <= 1:
+        for sl in blocks:
+            fn(sl)
+        return
+    with ThreadPoolExecutor(n_threads) as ex:
+        for f in [ex.submit(fn, sl) for sl in blocks]:
+            f.result()
+
+
 def per_class_metrics(scores, labels, thresholds=None, block: int = BLOCK,
-                      fpr_grid: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
+                      fpr_grid: Optional[np.ndarray] = None, n_threads: Optional[int] = None
+                      ) -> dict[str, np.ndarray]:
     """``{metric: [C]}`` for ``METRICS`` (without F1/MCC/ACC when ``thresholds`` is None);
     ``nan`` for classes with no positive or no negative case. With ``fpr_grid`` also
     ``"roc"``: ``[C, G]`` recall at each FPR of the grid."""
@@ -212,20 +321,20 @@ def per_class_metrics(scores, labels, thresholds=None, block: int = BLOCK,
     out = {k: np.full(c, np.nan) for k in keys}
     if fpr_grid is not None:
         out["roc"] = np.full((c, len(fpr_grid)), np.nan)
-    for sl in _blocks(c, block):
-        S = np.ascontiguousarray(scores[:, sl].T)
-        Y = np.ascontiguousarray(labels[:, sl].T)
+
+    def run(sl: slice) -> None:
         thr = thresholds[sl] if thresholds is not None else None
-        b = make_bins(S, Y, thr)
-        res = metrics_from_bins(b.counts(), b.m_max, b.k_t, with_threshold=thr is not None, which=keys,
-                                fpr_grid=fpr_grid)
+        bins, m_max, k_t = bins_from_groups(sorted_groups(scores, labels, sl), thr)
+        res = metrics_from_bins(bins, m_max, k_t, with_threshold=thr is not None, which=keys, fpr_grid=fpr_grid)
         for k in res:
             out[k][sl] = res[k]
+
+    map_blocks(run, c, block, n_threads)
     return out
 
 
 def best_f1_thresholds(val_scores, val_labels, fallback: float = FALLBACK_THRESHOLD,
-                       block: int = BLOCK, return_fallback: bool = False):
+                       block: int = BLOCK, return_fallback: bool = False, n_threads: Optional[int] = None):
     """Per-class threshold of maximal F1 on the validation split (see module doc).
 
     Returns ``thresholds [C]`` (and, with ``return_fallback=True``, the bool mask of classes
@@ -233,25 +342,19 @@ def best_f1_thresholds(val_scores, val_labels, fallback: float = FALLBACK_THRESH
     scores, labels = check_inputs(val_scores, val_labels, "validation predictions")
     n, c = scores.shape
     thr = np.full(c, float(fallback))
-    used_fallback = np.ones(c, dtype=bool)
-    for sl in _blocks(c, block):
-        b = make_bins(np.ascontiguousarray(scores[:, sl].T), np.ascontiguousarray(labels[:, sl].T), None)
-        if b.m_max == 0:
-            continue
-        bins = b.counts()
-        m1 = b.m_max + 1
-        gap, tie, pos = bins[:, :m1], bins[:, m1:m1 + b.m_max], bins[:, m1 + b.m_max:m1 + 2 * b.m_max]
-        wpos = pos.sum(-1)
-        wneg = gap.sum(-1) + tie.sum(-1)
-        negbelow = np.cumsum(gap, -1)[:, :b.m_max] + (np.cumsum(tie, -1) - tie)
-        tp = np.cumsum(pos[:, ::-1], -1)[:, ::-1]
-        fp = wneg[:, None] - negbelow
-        with np.errstate(invalid="ignore", divide="ignore"):
-            f1 = np.where(np.isnan(b.values), -1.0, 2 * tp / (tp + fp + wpos[:, None]))
-        k = b.m_max - 1 - np.argmax(f1[:, ::-1], axis=1)               # highest threshold on ties
-        has = wpos > 0
-        thr[sl] = np.where(has, b.values[np.arange(len(k)), k], fallback)
-        used_fallback[sl] = ~has
+
+    def run(sl: slice) -> None:
+        g = sorted_groups(scores, labels, sl)
+        npos = g.npos[g.row]
+        tp = npos - g.posbelow                                           # positives >= v_k
+        fp = g.nneg[g.row] - g.negbelow                                  # negatives >= v_k
+        f1 = 2.0 * tp / (tp + fp + npos)
+        best = np.lexsort((g.value, f1, g.row))                          # highest value on F1 ties
+        has = g.start[1:] > g.start[:-1]
+        thr[sl][has] = g.value[best[g.start[1:][has] - 1]]
+
+    map_blocks(run, c, block, n_threads)
+    used_fallback = labels.sum(0) == 0
     return (thr, used_fallback) if return_fallback else thr
 
 
