@@ -147,3 +147,36 @@ def test_inputs_are_checked():
         per_class_metrics(np.zeros((3, 2)), np.zeros((3, 3)))
     with pytest.raises(ValueError, match="0/1"):
         per_class_metrics(np.zeros((3, 2)), np.full((3, 2), 2))
+
+
+def test_float32_threaded_fast_path_equals_sklearn():
+    """The point path (one float32 sort per class, binary searches, class blocks on threads):
+    ties, -0.0 == 0.0, thresholds between float32 values and at a score, classes without
+    positives or negatives, and validation thresholds, all against scikit-learn."""
+    rng = np.random.default_rng(11)
+    n, c = 300, 23
+    y = rng.random((n, c)) < rng.uniform(0.01, 0.6, c)
+    s = (np.round((rng.random((n, c)) + 0.5 * y) * 6) / 6 - 0.5).astype(np.float32)
+    s[rng.random((n, c)) < 0.1] = np.float32(-0.0)
+    y[:, 4] = False
+    y[:, 5] = True
+    thr = np.where(np.arange(c) % 2, 0.3, s[0].astype(np.float64))      # off-grid and on a score
+    m = per_class_metrics(s, y, thr, block=4, n_threads=2)
+    vthr, fb = best_f1_thresholds(s, y, block=4, n_threads=2, return_fallback=True)
+    ref = best_f1_thresholds(s.astype(np.float64), y, block=1000, n_threads=1)
+    np.testing.assert_array_equal(vthr, ref)
+    assert fb[4] and not fb[5]
+    for j in range(c):
+        yc, sc, p = y[:, j], s[:, j].astype(np.float64), s[:, j] >= thr[j]
+        if j in (4, 5):
+            assert all(np.isnan(m[k][j]) for k in m)
+            continue
+        assert m["auc"][j] == pytest.approx(roc_auc_score(yc, sc), abs=1e-12)
+        assert m["ap"][j] == pytest.approx(average_precision_score(yc, sc), abs=1e-12)
+        assert m["f1"][j] == pytest.approx(f1_score(yc, p), abs=1e-12)
+        assert m["mcc"][j] == pytest.approx(matthews_corrcoef(yc, p), abs=1e-12)
+        assert m["acc"][j] == pytest.approx(accuracy_score(yc, p), abs=1e-12)
+        for f in FPR_TARGETS:
+            assert m[f"recall_at_fpr_{f:g}"][j] == _recall_at_fpr_brute(yc, sc, f)
+        best = max(f1_score(yc, sc >= t) for t in np.unique(sc))
+        assert f1_score(yc, sc >= vthr[j]) == pytest.approx(best, abs=1e-12)

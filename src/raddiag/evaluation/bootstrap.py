@@ -132,16 +132,20 @@ def bootstrap_per_class(scores, labels, thresholds=None, n_boot: int = 1000, see
         Y = np.ascontiguousarray(labels[:, cls].T)
         b = make_bins(S, Y, thresholds[cls] if thresholds is not None else None)
         cb, ncols = len(cls), b.ncols
-        rows = (np.arange(cb)[:, None] * ncols + b.col).ravel()
-        M = sp.csr_matrix((np.ones(rows.size, np.float32), (rows, b.order.ravel())), shape=(cb * ncols, n))
+        R = np.empty((cb, n), np.int32)                                  # R[c, case]: the case's bin row
+        np.put_along_axis(R, b.order, np.arange(cb, dtype=np.int32)[:, None] * ncols + b.col, 1)
+        # built as CSC (each case: one row per class, already ascending), then CSR without a sort
+        M = sp.csc_matrix((np.ones(R.size, np.float32), R.T.ravel(), np.arange(0, R.size + 1, cb)),
+                          shape=(cb * ncols, n)).tocsr()
         unit = b.counts()
+        ties = bool(unit[:, b.m_max + 1:2 * b.m_max + 1].any())
         rng = np.random.default_rng([seed, int(cls[0])])   # per block: the same draws on any thread
         b0 = 0
         for Wt in Wt_chunks:
             bins = (M @ Wt).T.reshape(Wt.shape[1], cb, ncols)           # [bc, Cb, ncols]
             redraw_undefined(bins, unit, b.m_max, rng)
             res = metrics_from_bins(bins, b.m_max, b.k_t, thresholds is not None, metrics,
-                                    fpr_grid if want_roc else None)
+                                    fpr_grid if want_roc else None, ties=ties)
             for k in metrics:
                 out[k][b0:b0 + Wt.shape[1], cls] = res[k]
             if want_roc:

@@ -131,52 +131,68 @@ def make_bins(S: np.ndarray, Y: np.ndarray, thr: Optional[np.ndarray]) -> Bins:
 
 
 def metrics_from_bins(bins: np.ndarray, m_max: int, k_t: np.ndarray, with_threshold: bool = True,
-                      which: tuple[str, ...] = METRICS, fpr_grid: Optional[np.ndarray] = None
-                      ) -> dict[str, np.ndarray]:
+                      which: tuple[str, ...] = METRICS, fpr_grid: Optional[np.ndarray] = None,
+                      ties: Optional[bool] = None) -> dict[str, np.ndarray]:
     """Metrics from bin totals ``[..., Cb, 3*m_max+2]`` (leading axes: resamples).
 
     With ``fpr_grid`` (``[G]``) also ``"roc"``: ``[..., Cb, G]`` the ROC curve sampled as
-    recall at each FPR of the grid (same definition as ``recall_at_fpr``)."""
+    recall at each FPR of the grid (same definition as ``recall_at_fpr``). ``ties=False``
+    (no negative shares a score with a positive in the block) skips the tie bins. Arithmetic
+    stays in the bins' dtype (float32 for the bootstrap's integer counts: exact below 2**24)
+    except the AUC/AP sums, which accumulate in float64. Every curve quantity is a suffix sum,
+    so TPR and FPR are non-increasing in ``k``: a recall at FPR <= f is the TPR at the first
+    point with FPR <= f, found by counting, and TP/FP at a threshold are read at ``k_t``."""
     bins = np.asarray(bins)
     if bins.dtype not in (np.float32, np.float64):
         bins = bins.astype(np.float64)
+    lead, cb = bins.shape[:-2], bins.shape[-2]
+    keys = [k for k in which if with_threshold or k not in THRESHOLD_METRICS]
+    if m_max == 0:                                                       # no class has a positive
+        out = {k: np.full(lead + (cb,), np.nan) for k in keys}
+        if fpr_grid is not None:
+            out["roc"] = np.full(lead + (cb, len(fpr_grid)), np.nan)
+        return out
     m1 = m_max + 1
     gap, tie = bins[..., :m1], bins[..., m1:m1 + m_max]
     pos, hi = bins[..., m1 + m_max:m1 + 2 * m_max], bins[..., -1]
-    gapf = gap.copy()
-    gapf[..., np.arange(len(k_t)), np.asarray(k_t)] += hi                # partial gap back in place
-    wpos = pos.sum(-1, dtype=np.float64)
-    wneg = gapf.sum(-1, dtype=np.float64) + tie.sum(-1, dtype=np.float64)
-    ok = (wpos > 0) & (wneg > 0)
-    need_curve = fpr_grid is not None or any(k in which for k in RANK_METRICS[1:])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out: dict[str, np.ndarray] = {}
-        negbelow = np.cumsum(gapf, -1)[..., :m_max]
+    ties = bool(tie.any()) if ties is None else ties
+    k_t = np.asarray(k_t)
+    cg = np.cumsum(gap, -1)
+    wpos = pos.sum(-1)
+    wneg = cg[..., -1] + hi + (tie.sum(-1) if ties else 0)
+    negbelow = cg[..., :m_max] + hi[..., None] * (np.arange(m_max) >= k_t[:, None])  # hi is in gap k_t
+    if ties:
         negbelow += np.cumsum(tie, -1)
         negbelow -= tie
-        if "auc" in which:
-            out["auc"] = np.einsum("...k,...k->...", pos, negbelow + 0.5 * tie, dtype=np.float64) / (wpos * wneg)
-        if need_curve:
-            tp = np.cumsum(pos[..., ::-1], -1)[..., ::-1]               # positives >= v_k
-            fp = wneg[..., None].astype(negbelow.dtype) - negbelow      # negatives >= v_k
-            if "ap" in which:
-                d = tp + fp
-                prec = np.where(d > 0, tp / np.where(d > 0, d, 1), 0.0)
-                out["ap"] = np.einsum("...k,...k->...", pos, prec, dtype=np.float64) / wpos
-            tpr = tp / wpos[..., None]
-            fpr = fp / wneg[..., None]
-            for f in FPR_TARGETS:
-                key = f"recall_at_fpr_{f:g}"
-                if key in which:
-                    out[key] = np.max(np.where(fpr <= f, tpr, 0.0), axis=-1, initial=0.0)
-            if fpr_grid is not None:
-                out["roc"] = _roc_on_grid(tpr, fpr, np.asarray(fpr_grid, dtype=np.float64))
-        if with_threshold and any(k in which for k in THRESHOLD_METRICS):
-            above = np.arange(m_max) >= k_t[:, None]                     # v_k >= t
-            gap_above = np.arange(m1) > k_t[:, None]                     # whole gap above t
-            TP = np.sum(pos * above, -1, dtype=np.float64)
-            FP = (hi.astype(np.float64) + np.sum(gap * gap_above, -1, dtype=np.float64)
-                  + np.sum(tie * above, -1, dtype=np.float64))
+    ok = (wpos > 0) & (wneg > 0)
+    out: dict[str, np.ndarray] = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if "auc" in keys:
+            num = np.einsum("...k,...k->...", pos, negbelow, dtype=np.float64)
+            if ties:
+                num += 0.5 * np.einsum("...k,...k->...", pos, tie, dtype=np.float64)
+            out["auc"] = num / (wpos.astype(np.float64) * wneg)
+        tp = np.cumsum(pos[..., ::-1], -1)[..., ::-1]                   # positives >= v_k
+        fp = wneg[..., None] - negbelow                                 # negatives >= v_k
+        if "ap" in keys:
+            d = tp + fp
+            prec = np.divide(tp, d, out=np.zeros_like(d), where=d > 0)
+            out["ap"] = np.einsum("...k,...k->...", pos, prec, dtype=np.float64) / wpos
+        tpr = tp / wpos[..., None]
+        fpr = fp / wneg[..., None]
+        tpr0 = np.concatenate([tpr, np.zeros(tpr.shape[:-1] + (1,), tpr.dtype)], -1)  # the (0, 0) point
+        for f in FPR_TARGETS:
+            if f"recall_at_fpr_{f:g}" in keys:
+                kstar = np.count_nonzero(fpr > f, axis=-1)
+                out[f"recall_at_fpr_{f:g}"] = _pick(tpr0, kstar)
+        if fpr_grid is not None:
+            out["roc"] = _roc_on_grid(tpr0, fpr, np.asarray(fpr_grid, dtype=fpr.dtype))
+        if any(k in keys for k in THRESHOLD_METRICS):
+            at = np.broadcast_to(np.minimum(k_t, m_max - 1), tp.shape[:-1])
+            inside = k_t < m_max
+            TP = np.where(inside, _pick(tp, at), 0)
+            FP = hi + np.where(inside, _pick(fp, at), 0)
+            TP, FP = TP.astype(np.float64), FP.astype(np.float64)
             FN, TN = wpos - TP, wneg - FP
             d = 2 * TP + FP + FN
             out["f1"] = np.where(d > 0, 2 * TP / np.where(d > 0, d, 1), 0.0)
@@ -188,18 +204,30 @@ def metrics_from_bins(bins: np.ndarray, m_max: int, k_t: np.ndarray, with_thresh
     return out
 
 
-def _roc_on_grid(tpr: np.ndarray, fpr: np.ndarray, grid: np.ndarray) -> np.ndarray:
+def _roc_on_grid(tpr0: np.ndarray, fpr: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """Recall at each grid FPR: the first operating point (fpr non-increasing in k) whose
-    fpr <= f. ``kstar[g] = #{k: fpr_k > grid[g]}`` from a histogram of each point's grid index."""
-    lead, m = tpr.shape[:-1], tpr.shape[-1]
+    fpr <= f. ``kstar[g] = #{k: fpr_k > grid[g]}`` from a histogram of each point's grid index.
+    ``tpr0``: ``[..., m + 1]`` TPRs with the (0, 0) point appended."""
+    lead, m = fpr.shape[:-1], fpr.shape[-1]
     G = len(grid)
     rows = int(np.prod(lead)) if lead else 1
-    idx = np.searchsorted(grid, np.nan_to_num(fpr, nan=-1.0).reshape(rows, m), side="left")  # grid points < fpr_k
-    hist = np.bincount((np.arange(rows)[:, None] * (G + 1) + idx).ravel(), minlength=rows * (G + 1))
-    hist = hist.reshape(rows, G + 1)
-    kstar = np.cumsum(hist[:, ::-1], -1)[:, ::-1][:, 1:]                 # #{k: idx_k > g}
-    tpr0 = np.concatenate([tpr.reshape(rows, m), np.zeros((rows, 1), tpr.dtype)], -1)
-    return np.take_along_axis(tpr0, kstar, -1).reshape(lead + (G,))
+    idx = np.searchsorted(grid, fpr.reshape(rows, m), side="left")     # grid points < fpr_k
+    idx += (np.arange(rows) * (G + 1))[:, None]
+    hist = np.bincount(idx.ravel(), minlength=rows * (G + 1)).reshape(rows, G + 1)
+    kstar = np.cumsum(hist[:, :0:-1], -1)[:, ::-1]                       # #{k: idx_k > g}, g < G
+    return _pick(tpr0.reshape(rows, m + 1), kstar).reshape(lead + (G,))
+
+
+def _pick(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``a[..., idx[...]]`` along the last axis (``idx``: ``a.shape[:-1]`` or that plus a last
+    axis): one flat ``np.take``, much faster than ``take_along_axis`` on these shapes."""
+    a = np.ascontiguousarray(a)
+    rows = int(np.prod(a.shape[:-1]))
+    idx = np.asarray(idx)
+    extra = idx.ndim > a.ndim - 1
+    flat = idx.reshape(rows, -1) + (np.arange(rows) * a.shape[-1])[:, None]
+    res = np.take(a.reshape(-1), flat)
+    return res.reshape(idx.shape) if extra else res.reshape(a.shape[:-1])
 
 
 @dataclass
