@@ -36,13 +36,17 @@ def test_equal_to_sklearn_with_ties():
     for c in range(s.shape[1]):
         yc, sc, p = y[:, c], s[:, c], s[:, c] >= thr[c]
         assert len(np.unique(sc)) < len(sc) / 4  # ties really present
-        assert m["auc"][c] == pytest.approx(roc_auc_score(yc, sc), abs=1e-6)
-        assert m["ap"][c] == pytest.approx(average_precision_score(yc, sc), abs=1e-6)
-        assert m["f1"][c] == pytest.approx(f1_score(yc, p), abs=1e-6)
-        assert m["mcc"][c] == pytest.approx(matthews_corrcoef(yc, p), abs=1e-6)
-        assert m["acc"][c] == pytest.approx(accuracy_score(yc, p), abs=1e-6)
-        for f in FPR_TARGETS:
-            assert m[f"recall_at_fpr_{f:g}"][c] == pytest.approx(_recall_at_fpr_brute(yc, sc, f), abs=1e-12)
+        _assert_class_equals_sklearn(m, c, yc, sc, p)
+
+
+def _assert_class_equals_sklearn(m, c, yc, sc, p, tol=1e-12):
+    assert m["auc"][c] == pytest.approx(roc_auc_score(yc, sc), abs=tol)
+    assert m["ap"][c] == pytest.approx(average_precision_score(yc, sc), abs=tol)
+    assert m["f1"][c] == pytest.approx(f1_score(yc, p), abs=tol)
+    assert m["mcc"][c] == pytest.approx(matthews_corrcoef(yc, p), abs=tol)
+    assert m["acc"][c] == pytest.approx(accuracy_score(yc, p), abs=tol)
+    for f in FPR_TARGETS:
+        assert m[f"recall_at_fpr_{f:g}"][c] == pytest.approx(_recall_at_fpr_brute(yc, sc, f), abs=tol)
 
 
 def test_undefined_classes_are_nan_and_counted():
@@ -171,12 +175,6 @@ def test_float32_threaded_fast_path_equals_sklearn():
         if j in (4, 5):
             assert all(np.isnan(m[k][j]) for k in m)
             continue
-        assert m["auc"][j] == pytest.approx(roc_auc_score(yc, sc), abs=1e-12)
-        assert m["ap"][j] == pytest.approx(average_precision_score(yc, sc), abs=1e-12)
-        assert m["f1"][j] == pytest.approx(f1_score(yc, p), abs=1e-12)
-        assert m["mcc"][j] == pytest.approx(matthews_corrcoef(yc, p), abs=1e-12)
-        assert m["acc"][j] == pytest.approx(accuracy_score(yc, p), abs=1e-12)
-        for f in FPR_TARGETS:
-            assert m[f"recall_at_fpr_{f:g}"][j] == _recall_at_fpr_brute(yc, sc, f)
+        _assert_class_equals_sklearn(m, j, yc, sc, p)
         best = max(f1_score(yc, sc >= t) for t in np.unique(sc))
         assert f1_score(yc, sc >= vthr[j]) == pytest.approx(best, abs=1e-12)

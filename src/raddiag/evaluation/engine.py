@@ -159,7 +159,9 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
         "threshold_note": THRESHOLD_SOURCES[source],
         "n_threshold_fallback": int(fallback.sum()),
         "threshold_fallback_value": 0.5,
-        "n_boot": int(n_boot), "seed": int(seed), "ci": f"{100 * (1 - alpha):g}% percentile bootstrap over cases",
+        "n_boot": int(n_boot), "seed": int(seed), "ci": f"{100 * (1 - alpha):g}% percentile bootstrap over cases; the classes averaged are fixed "
+              "from the full test set (a resample that misses a class's positives or negatives redraws "
+              "them from that class)",
         "recall_at_fpr": "largest TPR over ROC operating points (distinct score thresholds, score >= t is "
                          "positive) with FPR <= target; no interpolation",
         "anatomy_cases": anatomy_point,

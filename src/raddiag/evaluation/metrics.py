@@ -4,8 +4,7 @@ Paper Section 4.3.4: AUC, AP, F1, MCC, ACC and Recall@FPR, per class, then macro
 
 How it works (one concept, shared with the bootstrap in :mod:`.bootstrap`)
 --------------------------------------------------------------------------
-For a block of classes, each score column is sorted once (``argsort`` over cases). The
-*distinct positive scores* ``v_0 < ... < v_{m-1}`` of a class cut its cases into bins:
+The *distinct positive scores* ``v_0 < ... < v_{m-1}`` of a class cut its cases into bins:
 
 * ``gap_k`` (k = 0..m): negatives strictly between ``v_{k-1}`` and ``v_k``;
 * ``tie_k``: negatives whose score equals ``v_k`` (ties are handled exactly, like scikit-learn);
@@ -14,11 +13,20 @@ For a block of classes, each score column is sorted once (``argsort`` over cases
 
 Every metric is a function of the (weighted) bin totals only: AUC is the Mann-Whitney
 statistic (ties count 1/2), AP is scikit-learn's step sum over distinct thresholds, F1/MCC/ACC
-use the confusion matrix at ``t``. With unit weights the totals are counts (``np.bincount``);
-the bootstrap gets them for 1,000 resamples at once as one sparse product per class block
-(:func:`raddiag.evaluation.bootstrap.bootstrap_per_class`). A hand-written kernel is used
-instead of a per-class scikit-learn loop because it is >10x faster and equal to it within
-float rounding (``benchmarks/metrics_speed.py``; ``tests/test_metrics.py``).
+use the confusion matrix at ``t`` (:func:`metrics_from_bins`).
+
+* Point estimates and validation thresholds (:func:`sorted_groups`): per block of classes one
+  sort of each class's scores (float32 stays float32: exact, and half the memory of a float64
+  copy), the few positives sorted on their own, and two binary searches per distinct positive
+  score give the unit-weight totals. Blocks run on two threads (numpy's sort and searches
+  release the GIL).
+* The bootstrap (:func:`make_bins`, :func:`raddiag.evaluation.bootstrap.bootstrap_per_class`)
+  needs each case's bin, from one ``argsort`` per class, and gets the weighted totals of
+  1,000 resamples as one sparse product per class block.
+
+A hand-written kernel is used instead of a per-class scikit-learn loop because it is >20x
+faster and equal to it within float rounding (``benchmarks/metrics_speed.py``;
+``tests/test_metrics.py``).
 
 Definitions
 -----------
