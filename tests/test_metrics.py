@@ -77,11 +77,14 @@ def test_best_f1_threshold_is_maximal_on_validation():
         assert thr[c] in s[:, c]
 
 
-def test_bootstrap_engine_equals_recomputation_on_resampled_cases():
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_bootstrap_engine_equals_recomputation_on_resampled_cases(dtype):
     s, y = _data(3, n=150, c=12)
+    s = s.astype(dtype)
     y[:, 0] = False
     y[:2, 0] = True                      # a rare class: some resamples draw none of its positives
     thr = best_f1_thresholds(s, y)
+    thr[1::2] = 0.3                      # between float32 values
     ones = bootstrap_per_class(s, y, thr, weights=np.ones((1, len(s))))
     point = per_class_metrics(s, y, thr)
     W = resample_weights(len(s), 12, seed=5)

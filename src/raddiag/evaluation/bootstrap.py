@@ -132,8 +132,7 @@ def bootstrap_per_class(scores, labels, thresholds=None, n_boot: int = 1000, see
         Y = np.ascontiguousarray(labels[:, cls].T)
         b = make_bins(S, Y, thresholds[cls] if thresholds is not None else None)
         cb, ncols = len(cls), b.ncols
-        R = np.empty((cb, n), np.int32)                                  # R[c, case]: the case's bin row
-        np.put_along_axis(R, b.order, np.arange(cb, dtype=np.int32)[:, None] * ncols + b.col, 1)
+        R = np.arange(cb, dtype=np.int32)[:, None] * ncols + b.col      # R[c, case]: the case's bin row
         # built as CSC (each case: one row per class, already ascending), then CSR without a sort
         M = sp.csc_matrix((np.ones(R.size, np.float32), R.T.ravel(), np.arange(0, R.size + 1, cb)),
                           shape=(cb * ncols, n)).tocsr()

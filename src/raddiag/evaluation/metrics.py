@@ -21,8 +21,8 @@ use the confusion matrix at ``t`` (:func:`metrics_from_bins`).
   score give the unit-weight totals. Blocks run on two threads (numpy's sort and searches
   release the GIL).
 * The bootstrap (:func:`make_bins`, :func:`raddiag.evaluation.bootstrap.bootstrap_per_class`)
-  needs each case's bin, from one ``argsort`` per class, and gets the weighted totals of
-  1,000 resamples as one sparse product per class block.
+  needs each case's bin, a binary search of its score among the class's distinct positive
+  scores, and gets the weighted totals of 1,000 resamples as one sparse product per block.
 
 A hand-written kernel is used instead of a per-class scikit-learn loop because it is >20x
 faster and equal to it within float rounding (``benchmarks/metrics_speed.py``;
@@ -84,13 +84,11 @@ def check_inputs(scores, labels, name: str = "predictions") -> tuple[np.ndarray,
 
 @dataclass
 class Bins:
-    """Bin layout of one class block (see module doc). ``col[c, i]`` is the bin of case
-    ``order[c, i]`` (the i-th smallest score of class c)."""
+    """Bin layout of one class block (see module doc): ``col[c, i]`` is the bin of case ``i``
+    for class ``c``."""
 
-    order: np.ndarray     # [Cb, N] ascending order of each class's scores
     col: np.ndarray       # [Cb, N] bin index in 0 .. ncols-1
     m_max: int            # distinct positive values in the block (padded width)
-    values: np.ndarray    # [Cb, m_max] distinct positive scores, ascending (nan padding)
     k_t: np.ndarray       # [Cb] number of distinct positive scores < threshold
 
     @property
@@ -104,38 +102,40 @@ class Bins:
         return np.bincount(flat, minlength=cb * self.ncols).reshape(cb, self.ncols).astype(np.float64)
 
 
+def distinct_positives(r: np.ndarray, pv: np.ndarray, cb: int):
+    """Positives given as (class row ``r``, score ``pv``) pairs -> their distinct scores per
+    class: ``row``, ``value`` (ascending within a row), ``pos`` (count) and ``start``
+    (``[cb + 1]`` offsets of each row's values). The positives are few: one small lexsort."""
+    o = np.lexsort((pv, r))
+    r, pv = r[o], pv[o]
+    new = np.ones(len(r), bool)
+    new[1:] = (r[1:] != r[:-1]) | (pv[1:] != pv[:-1])
+    row, value = r[new], pv[new]
+    pos = np.bincount(np.cumsum(new) - 1, minlength=len(row))
+    return row, value, pos, np.searchsorted(row, np.arange(cb + 1))
+
+
 def make_bins(S: np.ndarray, Y: np.ndarray, thr: Optional[np.ndarray]) -> Bins:
-    """``S``, ``Y``: class-major ``[Cb, N]`` scores and bool labels; ``thr`` ``[Cb]`` or None."""
+    """``S``, ``Y``: class-major ``[Cb, N]`` scores and bool labels; ``thr`` ``[Cb]`` or None.
+    Each case's bin is a binary search of its score among its class's distinct positive
+    scores (no sort of all cases)."""
     cb, n = S.shape
-    order = np.argsort(S, axis=1)  # any order: the bins do not depend on the order within ties
-    s = np.take_along_axis(S, order, 1)
-    y = np.take_along_axis(Y, order, 1)
-    idx = np.arange(n)
-    start = np.ones((cb, n), bool)
-    start[:, 1:] = s[:, 1:] != s[:, :-1]
-    end = np.ones((cb, n), bool)
-    end[:, :-1] = start[:, 1:]
-    cpos = np.cumsum(y, axis=1, dtype=np.int32)
-    a = np.maximum.accumulate(np.where(start, idx, 0), axis=1)          # first row of the tie group
-    e = np.minimum.accumulate(np.where(end, idx, n - 1)[:, ::-1], axis=1)[:, ::-1]  # last row
-    before = np.where(a > 0, np.take_along_axis(cpos, np.maximum(a - 1, 0), 1), 0)
-    haspos = np.take_along_axis(cpos, e, 1) > before                     # tie group holds a positive
-    pstart = start & haspos
-    npg = np.cumsum(pstart, axis=1, dtype=np.int32)                      # positive values <= row's
-    m_max = int(npg[:, -1].max()) if n else 0
+    r, i = np.nonzero(Y)
+    row, value, _, start = distinct_positives(r, S[r, i], cb)
+    m_max = int(np.diff(start).max()) if cb else 0
     m1 = m_max + 1
-    col = np.where(haspos, np.where(y, m1 + m_max + npg - 1, m1 + npg - 1), npg)
-    values = np.full((cb, max(m_max, 1)), np.nan)[:, :m_max]
-    r, i = np.nonzero(pstart)
-    values[r, npg[r, i] - 1] = s[r, i]
-    if thr is not None:
-        t = np.asarray(thr, dtype=np.float64)[:, None]
-        k_t = np.sum(pstart & (s < t), axis=1)
-        hi = ~haspos & (s >= t) & (npg == k_t[:, None])
-        col = np.where(hi, 3 * m_max + 1, col)
-    else:
-        k_t = np.zeros(cb, dtype=np.int64)
-    return Bins(order=order, col=col, m_max=m_max, values=values, k_t=k_t)
+    col = np.empty((cb, n), np.int32)
+    k_t = np.zeros(cb, dtype=np.int64)
+    for j in range(cb):
+        v, s = value[start[j]:start[j + 1]], S[j]
+        k = np.searchsorted(v, s)                                        # distinct positive scores < s
+        eq = v[np.minimum(k, len(v) - 1)] == s if len(v) else np.zeros(n, bool)
+        c = np.where(eq, np.where(Y[j], m1 + m_max + k, m1 + k), k)     # pos / tie / gap
+        if thr is not None:
+            k_t[j] = np.searchsorted(v, thr[j])
+            c[~eq & (k == k_t[j]) & (s >= thr[j])] = 3 * m_max + 1      # hi: gap k_t, score >= t
+        col[j] = c
+    return Bins(col=col, m_max=m_max, k_t=k_t)
 
 
 def metrics_from_bins(bins: np.ndarray, m_max: int, k_t: np.ndarray, with_threshold: bool = True,
@@ -265,15 +265,7 @@ def sorted_groups(scores: np.ndarray, labels: np.ndarray, sl: slice) -> Groups:
     S.sort(axis=1)
     cb, n = S.shape
     case, r = np.nonzero(labels[:, sl])
-    pv = scores[case, sl.start + r]
-    o = np.lexsort((pv, r))
-    r, pv = r[o], pv[o]
-    new = np.ones(len(r), bool)
-    new[1:] = (r[1:] != r[:-1]) | (pv[1:] != pv[:-1])
-    gid = np.cumsum(new) - 1
-    row, value = r[new], pv[new]
-    pos = np.bincount(gid, minlength=len(row))
-    start = np.searchsorted(row, np.arange(cb + 1))
+    row, value, pos, start = distinct_positives(r, scores[case, sl.start + r], cb)
     npos = np.bincount(r, minlength=cb)
     lt = np.empty(len(row), np.int64)
     le = np.empty(len(row), np.int64)
