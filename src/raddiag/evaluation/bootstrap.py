@@ -47,17 +47,19 @@ def resample_weights(n: int, n_boot: int, seed: int = 0) -> np.ndarray:
     return np.bincount(idx.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(np.float32)
 
 
-def redraw_undefined(bins: np.ndarray, unit: np.ndarray, m_max: int, rng: np.random.Generator) -> None:
+def redraw_undefined(bins: np.ndarray, unit: np.ndarray, m_max: int, rng: np.random.Generator,
+                     total_weight: np.ndarray) -> None:
     """In place: for each (resample, class) of ``bins`` ``[B, Cb, ncols]`` whose positive (or
     negative) total is 0 while the class has positives (negatives) in ``unit`` ``[Cb, ncols]``
     (the unit-weight bins of the full test set), replace the positive (negative) bins by a
-    multinomial draw of that many cases from the class's own positives (negatives)."""
+    multinomial draw of that many cases from the class's own positives (negatives).
+    ``total_weight`` ``[B]``: each resample's total case weight (every case is in exactly one
+    bin of every class, so negatives = total - positives without a pass over all bins)."""
     m1 = m_max + 1
     is_pos = np.zeros(unit.shape[1], bool)
     is_pos[m1 + m_max:m1 + 2 * m_max] = True
     wpos = bins[..., m1 + m_max:m1 + 2 * m_max].sum(-1)
-    wall = bins.sum(-1)
-    for part, w in ((is_pos, wpos), (~is_pos, wall - wpos)):
+    for part, w in ((is_pos, wpos), (~is_pos, total_weight[:, None] - wpos)):
         u = unit[:, part]
         total = u.sum(1)
         b_idx, c_idx = np.nonzero((w == 0) & (total > 0))
@@ -142,7 +144,7 @@ def bootstrap_per_class(scores, labels, thresholds=None, n_boot: int = 1000, see
         b0 = 0
         for Wt in Wt_chunks:
             bins = (M @ Wt).T.reshape(Wt.shape[1], cb, ncols)           # [bc, Cb, ncols]
-            redraw_undefined(bins, unit, b.m_max, rng)
+            redraw_undefined(bins, unit, b.m_max, rng, Wt.sum(0))
             res = metrics_from_bins(bins, b.m_max, b.k_t, thresholds is not None, metrics,
                                     fpr_grid if want_roc else None, ties=ties)
             for k in metrics:

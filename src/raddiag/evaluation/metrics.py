@@ -180,7 +180,7 @@ def metrics_from_bins(bins: np.ndarray, m_max: int, k_t: np.ndarray, with_thresh
             if ties:
                 num += 0.5 * np.einsum("...k,...k->...", pos, tie, dtype=np.float64)
             out["auc"] = num / (wpos.astype(np.float64) * wneg)
-        tp = np.cumsum(pos[..., ::-1], -1)[..., ::-1]                   # positives >= v_k
+        tp = np.ascontiguousarray(np.cumsum(pos[..., ::-1], -1)[..., ::-1])  # positives >= v_k
         fp = wneg[..., None] - negbelow                                 # negatives >= v_k
         if "ap" in keys:
             d = tp + fp
