@@ -181,3 +181,18 @@ def test_float32_threaded_fast_path_equals_sklearn():
         _assert_class_equals_sklearn(m, j, yc, sc, p)
         best = max(f1_score(yc, sc >= t) for t in np.unique(sc))
         assert f1_score(yc, sc >= vthr[j]) == pytest.approx(best, abs=1e-12)
+
+
+def test_bootstrap_roc_band_is_the_group_mean_of_per_class_curves():
+    """The bootstrap sums a group's ROC curves as weighted step histograms; on one resample it
+    must equal the mean of the per-class curves recomputed on the resampled cases."""
+    s, y = _data(5, n=200, c=9)
+    grid = np.linspace(0, 1, 21)
+    W = resample_weights(len(s), 3, seed=2)
+    groups = {"a": np.arange(9) < 4, "b": np.arange(9) >= 2}
+    boot = bootstrap_per_class(s, y, None, weights=W, metrics=("auc",), fpr_grid=grid, roc_groups=groups)
+    for b in range(len(W)):
+        idx = np.repeat(np.arange(len(s)), W[b].astype(int))
+        curves = per_class_metrics(s[idx], y[idx], fpr_grid=grid)["roc"]
+        for g, mask in groups.items():
+            np.testing.assert_allclose(boot["roc"][g][b], np.nanmean(curves[mask], 0), atol=1e-6)

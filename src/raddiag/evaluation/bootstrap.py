@@ -146,19 +146,20 @@ def bootstrap_per_class(scores, labels, thresholds=None, n_boot: int = 1000, see
             bins = (M @ Wt).T.reshape(Wt.shape[1], cb, ncols)           # [bc, Cb, ncols]
             redraw_undefined(bins, unit, b.m_max, rng, Wt.sum(0))
             res = metrics_from_bins(bins, b.m_max, b.k_t, thresholds is not None, metrics,
-                                    fpr_grid if want_roc else None, ties=ties)
+                                    fpr_grid if want_roc else None, ties=ties, roc_steps=True)
             for k in metrics:
                 out[k][b0:b0 + Wt.shape[1], cls] = res[k]
             if want_roc:
-                roc = res["roc"]                                        # [bc, Cb, G]
-                ok = ~np.isnan(roc[..., 0])
-                r0 = np.nan_to_num(roc)
+                idx, step, ok = res["roc_steps"]                        # [bc, Cb, m] each, ok [bc, Cb]
+                bc = Wt.shape[1]
                 with lock:
                     for g, mask in roc_groups.items():
                         sel = np.asarray(mask, bool)[cls]
                         if sel.any():
-                            roc_sum[g][b0:b0 + Wt.shape[1]] += r0[:, sel].sum(1)
-                            roc_cnt[g][b0:b0 + Wt.shape[1], 0] += ok[:, sel].sum(1)
+                            flat = (np.arange(bc)[:, None, None] * (G + 1) + idx[:, sel]).ravel()
+                            h = np.bincount(flat, step[:, sel].ravel(), minlength=bc * (G + 1)).reshape(bc, G + 1)
+                            roc_sum[g][b0:b0 + bc] += np.cumsum(h[:, :G], 1)
+                            roc_cnt[g][b0:b0 + bc, 0] += ok[:, sel].sum(1)
             b0 += Wt.shape[1]
 
     bar = None

@@ -140,11 +140,15 @@ def make_bins(S: np.ndarray, Y: np.ndarray, thr: Optional[np.ndarray]) -> Bins:
 
 def metrics_from_bins(bins: np.ndarray, m_max: int, k_t: np.ndarray, with_threshold: bool = True,
                       which: tuple[str, ...] = METRICS, fpr_grid: Optional[np.ndarray] = None,
-                      ties: Optional[bool] = None) -> dict[str, np.ndarray]:
+                      ties: Optional[bool] = None, roc_steps: bool = False) -> dict[str, np.ndarray]:
     """Metrics from bin totals ``[..., Cb, 3*m_max+2]`` (leading axes: resamples).
 
     With ``fpr_grid`` (``[G]``) also ``"roc"``: ``[..., Cb, G]`` the ROC curve sampled as
-    recall at each FPR of the grid (same definition as ``recall_at_fpr``). ``ties=False``
+    recall at each FPR of the grid (same definition as ``recall_at_fpr``); with ``roc_steps``
+    instead ``"roc_steps"``: ``(idx, step, ok)``, the curve as steps: recall at grid point
+    ``g`` is the sum of ``step`` over the points with ``idx <= g`` (``idx``: grid points below
+    the point's FPR; ``step``: its TPR minus the next point's, 0 for undefined classes), so a
+    group's summed curve is one weighted histogram, not ``G`` values per class. ``ties=False``
     (no negative shares a score with a positive in the block) skips the tie bins. Arithmetic
     stays in the bins' dtype (float32 for the bootstrap's integer counts: exact below 2**24)
     except the AUC/AP sums, which accumulate in float64. Every curve quantity is a suffix sum,
@@ -193,7 +197,10 @@ def metrics_from_bins(bins: np.ndarray, m_max: int, k_t: np.ndarray, with_thresh
             if f"recall_at_fpr_{f:g}" in keys:
                 kstar = np.count_nonzero(fpr > f, axis=-1)
                 out[f"recall_at_fpr_{f:g}"] = _pick(tpr0, kstar)
-        if fpr_grid is not None:
+        if fpr_grid is not None and roc_steps:
+            step = np.where(ok[..., None], tpr0[..., :-1] - tpr0[..., 1:], 0.0)
+            roc = (np.searchsorted(np.asarray(fpr_grid, dtype=fpr.dtype), fpr), step, ok)
+        elif fpr_grid is not None:
             out["roc"] = _roc_on_grid(tpr0, fpr, np.asarray(fpr_grid, dtype=fpr.dtype))
         if any(k in keys for k in THRESHOLD_METRICS):
             at = np.broadcast_to(np.minimum(k_t, m_max - 1), tp.shape[:-1])
@@ -209,6 +216,8 @@ def metrics_from_bins(bins: np.ndarray, m_max: int, k_t: np.ndarray, with_thresh
             out["acc"] = (TP + TN) / (wpos + wneg)
     for k in out:
         out[k] = np.where(ok[..., None] if k == "roc" else ok, out[k], np.nan)
+    if fpr_grid is not None and roc_steps:
+        out["roc_steps"] = roc
     return out
 
 
