@@ -204,15 +204,18 @@ def main() -> None:
 
             vs = expit(vl)
             thr = best_f1_thresholds(vs, vy)
-            same = thr == ref["thr"]
+            scored = ~np.isnan(ref["auc"])                        # the loop sets thresholds only for these
+            same = (thr == ref["thr"])[scored]
+            thr, ref_thr = thr[scored], ref["thr"][scored]
+            vs, vy_s = vs[:, scored], vy[:, scored]
 
             def f1_at(t, cols):                                   # exact F1 from counts on validation
                 p = vs[:, cols] >= t[cols]
-                tp = np.count_nonzero(p & vy[:, cols], axis=0)
-                return 2 * tp / (np.count_nonzero(p, axis=0) + np.count_nonzero(vy[:, cols], axis=0))
+                tp = np.count_nonzero(p & vy_s[:, cols], axis=0)
+                return 2 * tp / (np.count_nonzero(p, axis=0) + np.count_nonzero(vy_s[:, cols], axis=0))
 
-            gap = np.max(np.abs(f1_at(thr, ~same) - f1_at(ref["thr"], ~same)), initial=0.0)
-            print(f"validation thresholds identical to scikit-learn's for {same.mean():.2%} of classes; "
+            gap = np.max(np.abs(f1_at(thr, ~same) - f1_at(ref_thr, ~same)), initial=0.0)
+            print(f"validation thresholds identical to scikit-learn's for {same.mean():.2%} of scored classes; "
                   f"elsewhere the validation F1 at both differs by at most {gap:.1e} (F1 ties)")
             worst = 0.0
             for k in ("auc", "ap", "f1", "mcc", "acc", "recall_at_fpr_0.01", "recall_at_fpr_0.05", "recall_at_fpr_0.1"):
