@@ -36,13 +36,17 @@ def test_equal_to_sklearn_with_ties():
     for c in range(s.shape[1]):
         yc, sc, p = y[:, c], s[:, c], s[:, c] >= thr[c]
         assert len(np.unique(sc)) < len(sc) / 4  # ties really present
-        assert m["auc"][c] == pytest.approx(roc_auc_score(yc, sc), abs=1e-6)
-        assert m["ap"][c] == pytest.approx(average_precision_score(yc, sc), abs=1e-6)
-        assert m["f1"][c] == pytest.approx(f1_score(yc, p), abs=1e-6)
-        assert m["mcc"][c] == pytest.approx(matthews_corrcoef(yc, p), abs=1e-6)
-        assert m["acc"][c] == pytest.approx(accuracy_score(yc, p), abs=1e-6)
-        for f in FPR_TARGETS:
-            assert m[f"recall_at_fpr_{f:g}"][c] == pytest.approx(_recall_at_fpr_brute(yc, sc, f), abs=1e-12)
+        _assert_class_equals_sklearn(m, c, yc, sc, p)
+
+
+def _assert_class_equals_sklearn(m, c, yc, sc, p, tol=1e-12):
+    assert m["auc"][c] == pytest.approx(roc_auc_score(yc, sc), abs=tol)
+    assert m["ap"][c] == pytest.approx(average_precision_score(yc, sc), abs=tol)
+    assert m["f1"][c] == pytest.approx(f1_score(yc, p), abs=tol)
+    assert m["mcc"][c] == pytest.approx(matthews_corrcoef(yc, p), abs=tol)
+    assert m["acc"][c] == pytest.approx(accuracy_score(yc, p), abs=tol)
+    for f in FPR_TARGETS:
+        assert m[f"recall_at_fpr_{f:g}"][c] == pytest.approx(_recall_at_fpr_brute(yc, sc, f), abs=tol)
 
 
 def test_undefined_classes_are_nan_and_counted():
@@ -73,20 +77,62 @@ def test_best_f1_threshold_is_maximal_on_validation():
         assert thr[c] in s[:, c]
 
 
-def test_bootstrap_engine_equals_recomputation_on_resampled_cases():
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_bootstrap_engine_equals_recomputation_on_resampled_cases(dtype):
     s, y = _data(3, n=150, c=12)
+    s = s.astype(dtype)
+    y[:, 0] = False
+    y[:2, 0] = True                      # a rare class: some resamples draw none of its positives
     thr = best_f1_thresholds(s, y)
+    thr[1::2] = 0.3                      # between float32 values
     ones = bootstrap_per_class(s, y, thr, weights=np.ones((1, len(s))))
     point = per_class_metrics(s, y, thr)
-    W = resample_weights(len(s), 4, seed=5)
+    W = resample_weights(len(s), 12, seed=5)
+    np.testing.assert_array_equal(W.sum(1), len(s))
     boot = bootstrap_per_class(s, y, thr, weights=W)
     for k in point:
         np.testing.assert_allclose(ones[k][0], point[k], atol=1e-6)
+    redrawn = 0
     for b in range(len(W)):
         idx = np.repeat(np.arange(len(s)), W[b].astype(int))
         ref = per_class_metrics(s[idx], y[idx], thr)
         for k in ref:
-            np.testing.assert_allclose(boot[k][b], ref[k], atol=1e-6, err_msg=k)
+            assert not np.isnan(boot[k][b]).any(), k       # every class stays defined
+            ok = ~np.isnan(ref[k])                          # the resample itself kept the class defined
+            np.testing.assert_allclose(boot[k][b][ok], ref[k][ok], atol=1e-6, err_msg=k)
+        redrawn += int(np.isnan(ref["auc"]).sum())
+    assert redrawn > 0                                      # the redraw path was exercised
+
+
+def test_bootstrap_redraws_a_missing_positive_from_the_class():
+    """A class with one positive: a resample that misses it gets it back once (stratified
+    redraw), so the replicate is the metric on the resampled negatives plus that positive."""
+    rng = np.random.default_rng(7)
+    n = 60
+    s = rng.random((n, 2))
+    y = np.zeros((n, 2), bool)
+    y[3, 0] = True
+    y[:, 1] = rng.random(n) < 0.5
+    y[3, 1] = True
+    W = resample_weights(n, 40, seed=1)
+    boot = bootstrap_per_class(s, y, None, weights=W)
+    missed = np.nonzero(W[:, 3] == 0)[0]
+    assert len(missed) > 5
+    for b in missed:
+        idx = np.r_[np.repeat(np.arange(n), W[b].astype(int)), 3]   # negatives as drawn + the positive once
+        yy, ss = y[idx, 0], s[idx, 0]
+        assert boot["auc"][b, 0] == pytest.approx(roc_auc_score(yy, ss), abs=1e-6)
+        assert boot["ap"][b, 0] == pytest.approx(average_precision_score(yy, ss), abs=1e-6)
+
+
+def test_interval_covers_a_known_macro_auc():
+    """Small version of ``benchmarks/ci_coverage.py`` (200 repetitions there): Gaussian scores
+    with a known AUC per class, rare classes that are also the hard ones."""
+    from raddiag.evaluation.coverage import Design, coverage
+
+    res = coverage(Design(n_cases=400, rare_prevalence=0.015), reps=40, n_boot=200, seed=0)
+    assert res["contains_point"] == 1.0
+    assert res["coverage"] >= 0.85
 
 
 def test_bootstrap_ci_contains_point_and_shrinks_with_more_data():
@@ -108,3 +154,45 @@ def test_inputs_are_checked():
         per_class_metrics(np.zeros((3, 2)), np.zeros((3, 3)))
     with pytest.raises(ValueError, match="0/1"):
         per_class_metrics(np.zeros((3, 2)), np.full((3, 2), 2))
+
+
+def test_float32_threaded_fast_path_equals_sklearn():
+    """The point path (one float32 sort per class, binary searches, class blocks on threads):
+    ties, -0.0 == 0.0, thresholds between float32 values and at a score, classes without
+    positives or negatives, and validation thresholds, all against scikit-learn."""
+    rng = np.random.default_rng(11)
+    n, c = 300, 23
+    y = rng.random((n, c)) < rng.uniform(0.01, 0.6, c)
+    s = (np.round((rng.random((n, c)) + 0.5 * y) * 6) / 6 - 0.5).astype(np.float32)
+    s[rng.random((n, c)) < 0.1] = np.float32(-0.0)
+    y[:, 4] = False
+    y[:, 5] = True
+    thr = np.where(np.arange(c) % 2, 0.3, s[0].astype(np.float64))      # off-grid and on a score
+    m = per_class_metrics(s, y, thr, block=4, n_threads=2)
+    vthr, fb = best_f1_thresholds(s, y, block=4, n_threads=2, return_fallback=True)
+    ref = best_f1_thresholds(s.astype(np.float64), y, block=1000, n_threads=1)
+    np.testing.assert_array_equal(vthr, ref)
+    assert fb[4] and not fb[5]
+    for j in range(c):
+        yc, sc, p = y[:, j], s[:, j].astype(np.float64), s[:, j] >= thr[j]
+        if j in (4, 5):
+            assert all(np.isnan(m[k][j]) for k in m)
+            continue
+        _assert_class_equals_sklearn(m, j, yc, sc, p)
+        best = max(f1_score(yc, sc >= t) for t in np.unique(sc))
+        assert f1_score(yc, sc >= vthr[j]) == pytest.approx(best, abs=1e-12)
+
+
+def test_bootstrap_roc_band_is_the_group_mean_of_per_class_curves():
+    """The bootstrap sums a group's ROC curves as weighted step histograms; on one resample it
+    must equal the mean of the per-class curves recomputed on the resampled cases."""
+    s, y = _data(5, n=200, c=9)
+    grid = np.linspace(0, 1, 21)
+    W = resample_weights(len(s), 3, seed=2)
+    groups = {"a": np.arange(9) < 4, "b": np.arange(9) >= 2}
+    boot = bootstrap_per_class(s, y, None, weights=W, metrics=("auc",), fpr_grid=grid, roc_groups=groups)
+    for b in range(len(W)):
+        idx = np.repeat(np.arange(len(s)), W[b].astype(int))
+        curves = per_class_metrics(s[idx], y[idx], fpr_grid=grid)["roc"]
+        for g, mask in groups.items():
+            np.testing.assert_allclose(boot["roc"][g][b], np.nanmean(curves[mask], 0), atol=1e-6)

@@ -161,7 +161,9 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
         "threshold_note": THRESHOLD_SOURCES[source],
         "n_threshold_fallback": int(fallback.sum()),
         "threshold_fallback_value": 0.5,
-        "n_boot": int(n_boot), "seed": int(seed), "ci": f"{100 * (1 - alpha):g}% percentile bootstrap over cases",
+        "n_boot": int(n_boot), "seed": int(seed), "ci": f"{100 * (1 - alpha):g}% percentile bootstrap over cases; the classes averaged are fixed "
+              "from the full test set (a resample that misses a class's positives or negatives redraws "
+              "them from that class)",
         "recall_at_fpr": "largest TPR over ROC operating points (distinct score thresholds, score >= t is "
                          "positive) with FPR <= target; no interpolation",
         "anatomy_cases": anatomy_point,
@@ -179,26 +181,39 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
 
 def write_outputs(out: Path, result: dict, scores, labels, label_space: LabelSpace, anatomy, case_ids,
                   title: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .report import write_report
+
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result["metrics"], indent=1))
-    point, thr = result["per_class"], result["thresholds"]
-    groups = label_space.groups
-    with open(out / "per_class.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["index", "name", "code", "group", "train_count", "n_pos", "n_neg", "threshold",
-                    "threshold_fallback", *METRICS])
-        npos = labels.sum(0)
-        for i, name in enumerate(label_space.names):
-            w.writerow([i, name, label_space.codes[i] or "", groups[i], label_space.counts[i], int(npos[i]),
-                        int(len(labels) - npos[i]), f"{thr[i]:.6g}", int(result["threshold_fallback"][i]),
-                        *["" if np.isnan(point[k][i]) else f"{point[k][i]:.6f}" for k in METRICS]])
     extra = {}
     if case_ids is not None:
         extra["case_ids"] = np.asarray([str(x) for x in case_ids])
     if anatomy is not None:
         extra["anatomy"] = np.asarray([str(x) for x in anatomy])
-    np.savez_compressed(out / "predictions.npz", scores=np.asarray(scores, np.float32),
-                        labels=np.asarray(labels, np.uint8), thresholds=np.asarray(thr, np.float64), **extra)
-    from .report import write_report
+    labels = np.asarray(labels)
+    # predictions.npz is written on a second thread while the CSV and the report (matplotlib,
+    # which holds the GIL) are made; uncompressed: probabilities barely compress and zlib took
+    # most of a large call. The writer's CRC and file writes release the GIL.
+    with ThreadPoolExecutor(1) as ex:
+        saved = ex.submit(np.savez, out / "predictions.npz", scores=np.asarray(scores, np.float32),
+                          labels=labels.view(np.uint8) if labels.dtype == bool else np.asarray(labels, np.uint8),
+                          thresholds=np.asarray(result["thresholds"], np.float64), **extra)
+        write_per_class_csv(out / "per_class.csv", result, labels, label_space)
+        write_report(out / "report.html", result, scores, labels, label_space, anatomy, title=title)
+        saved.result()
 
-    write_report(out / "report.html", result, scores, labels, label_space, anatomy, title=title)
+
+def write_per_class_csv(path: Path, result: dict, labels: np.ndarray, label_space: LabelSpace) -> None:
+    point, thr = result["per_class"], result["thresholds"]
+    groups = label_space.groups
+    npos = np.count_nonzero(labels, axis=0)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "name", "code", "group", "train_count", "n_pos", "n_neg", "threshold",
+                    "threshold_fallback", *METRICS])
+        for i, name in enumerate(label_space.names):
+            w.writerow([i, name, label_space.codes[i] or "", groups[i], label_space.counts[i], int(npos[i]),
+                        int(len(labels) - npos[i]), f"{thr[i]:.6g}", int(result["threshold_fallback"][i]),
+                        *["" if np.isnan(point[k][i]) else f"{point[k][i]:.6f}" for k in METRICS]])

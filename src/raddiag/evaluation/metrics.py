@@ -4,8 +4,7 @@ Paper Section 4.3.4: AUC, AP, F1, MCC, ACC and Recall@FPR, per class, then macro
 
 How it works (one concept, shared with the bootstrap in :mod:`.bootstrap`)
 --------------------------------------------------------------------------
-For a block of classes, each score column is sorted once (``argsort`` over cases). The
-*distinct positive scores* ``v_0 < ... < v_{m-1}`` of a class cut its cases into bins:
+The *distinct positive scores* ``v_0 < ... < v_{m-1}`` of a class cut its cases into bins:
 
 * ``gap_k`` (k = 0..m): negatives strictly between ``v_{k-1}`` and ``v_k``;
 * ``tie_k``: negatives whose score equals ``v_k`` (ties are handled exactly, like scikit-learn);
@@ -14,11 +13,20 @@ For a block of classes, each score column is sorted once (``argsort`` over cases
 
 Every metric is a function of the (weighted) bin totals only: AUC is the Mann-Whitney
 statistic (ties count 1/2), AP is scikit-learn's step sum over distinct thresholds, F1/MCC/ACC
-use the confusion matrix at ``t``. With unit weights the totals are counts (``np.bincount``);
-the bootstrap gets them for 1,000 resamples at once as one sparse product per class block
-(:func:`raddiag.evaluation.bootstrap.bootstrap_per_class`). A hand-written kernel is used
-instead of a per-class scikit-learn loop because it is >10x faster and equal to it within
-float rounding (``benchmarks/metrics_speed.py``; ``tests/test_metrics.py``).
+use the confusion matrix at ``t`` (:func:`metrics_from_bins`).
+
+* Point estimates and validation thresholds (:func:`sorted_groups`): per block of classes one
+  sort of each class's scores (float32 stays float32: exact, and half the memory of a float64
+  copy), the few positives sorted on their own, and two binary searches per distinct positive
+  score give the unit-weight totals. Blocks run on two threads (numpy's sort and searches
+  release the GIL).
+* The bootstrap (:func:`make_bins`, :func:`raddiag.evaluation.bootstrap.bootstrap_per_class`)
+  needs each case's bin, a binary search of its score among the class's distinct positive
+  scores, and gets the weighted totals of 1,000 resamples as one sparse product per block.
+
+A hand-written kernel is used instead of a per-class scikit-learn loop because it is >20x
+faster and equal to it within float rounding (``benchmarks/metrics_speed.py``;
+``tests/test_metrics.py``).
 
 Definitions
 -----------
@@ -34,6 +42,8 @@ Definitions
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
@@ -44,15 +54,18 @@ RANK_METRICS = ("auc", "ap") + tuple(f"recall_at_fpr_{f:g}" for f in FPR_TARGETS
 THRESHOLD_METRICS = ("f1", "mcc", "acc")
 METRICS = ("auc", "ap", "f1", "mcc", "acc") + RANK_METRICS[2:]
 FALLBACK_THRESHOLD = 0.5
-BLOCK = 256  # classes per sorted block: bounds memory at ~10 arrays of BLOCK x N
+BLOCK = 128  # classes per sorted block: bounds memory at a few arrays of BLOCK x N
 
 
 def check_inputs(scores, labels, name: str = "predictions") -> tuple[np.ndarray, np.ndarray]:
+    """Scores as float32 when given as float32 (sorting float32 is exact and twice as fast;
+    nothing is copied), else float64; labels as bool. Clear errors for bad types/shapes/values."""
     scores, labels = np.asarray(scores), np.asarray(labels)
     for what, arr in (("scores", scores), ("labels", labels)):
         if arr.dtype.kind not in "biuf":      # strings such as "0.7" would silently convert
             raise ValueError(f"{name}: {what} must be numbers, got an array of {arr.dtype} ({arr.dtype.name})")
-    scores = scores.astype(np.float64)
+    if scores.dtype != np.float32:
+        scores = scores.astype(np.float64, copy=False)
     if scores.ndim == 1:
         scores, labels = scores[:, None], labels.reshape(-1, 1)
     if scores.ndim != 2 or scores.shape != labels.shape:
@@ -62,22 +75,24 @@ def check_inputs(scores, labels, name: str = "predictions") -> tuple[np.ndarray,
     if not np.isfinite(scores).all():
         raise ValueError(f"{name}: scores contain NaN or infinite values")
     if labels.dtype != bool:
-        u = np.unique(labels)
-        if not np.isin(u, (0, 1)).all():
+        if labels.dtype.kind in "iu" and labels.size:   # min/max: two passes, no sort (np.unique sorts)
+            ok = labels.min() >= 0 and labels.max() <= 1
+        else:
+            ok = bool(((labels == 0) | (labels == 1)).all())
+        if not ok:
+            u = np.unique(labels)
             raise ValueError(f"{name}: labels must be 0/1 (found values {u[:5].tolist()})")
-        labels = labels.astype(bool)
+        labels = labels.view(bool) if labels.dtype.itemsize == 1 and labels.dtype.kind in "iu" else labels.astype(bool)
     return scores, labels
 
 
 @dataclass
 class Bins:
-    """Bin layout of one class block (see module doc). ``col[c, i]`` is the bin of case
-    ``order[c, i]`` (the i-th smallest score of class c)."""
+    """Bin layout of one class block (see module doc): ``col[c, i]`` is the bin of case ``i``
+    for class ``c``."""
 
-    order: np.ndarray     # [Cb, N] ascending order of each class's scores
     col: np.ndarray       # [Cb, N] bin index in 0 .. ncols-1
     m_max: int            # distinct positive values in the block (padded width)
-    values: np.ndarray    # [Cb, m_max] distinct positive scores, ascending (nan padding)
     k_t: np.ndarray       # [Cb] number of distinct positive scores < threshold
 
     @property
@@ -91,87 +106,112 @@ class Bins:
         return np.bincount(flat, minlength=cb * self.ncols).reshape(cb, self.ncols).astype(np.float64)
 
 
+def distinct_positives(r: np.ndarray, pv: np.ndarray, cb: int):
+    """Positives given as (class row ``r``, score ``pv``) pairs -> their distinct scores per
+    class: ``row``, ``value`` (ascending within a row), ``pos`` (count) and ``start``
+    (``[cb + 1]`` offsets of each row's values). The positives are few: one small lexsort."""
+    o = np.lexsort((pv, r))
+    r, pv = r[o], pv[o]
+    new = np.ones(len(r), bool)
+    new[1:] = (r[1:] != r[:-1]) | (pv[1:] != pv[:-1])
+    row, value = r[new], pv[new]
+    pos = np.bincount(np.cumsum(new) - 1, minlength=len(row))
+    return row, value, pos, np.searchsorted(row, np.arange(cb + 1))
+
+
 def make_bins(S: np.ndarray, Y: np.ndarray, thr: Optional[np.ndarray]) -> Bins:
-    """``S``, ``Y``: class-major ``[Cb, N]`` scores and bool labels; ``thr`` ``[Cb]`` or None."""
+    """``S``, ``Y``: class-major ``[Cb, N]`` scores and bool labels; ``thr`` ``[Cb]`` or None.
+    Each case's bin is a binary search of its score among its class's distinct positive
+    scores (no sort of all cases)."""
     cb, n = S.shape
-    order = np.argsort(S, axis=1, kind="stable")
-    s = np.take_along_axis(S, order, 1)
-    y = np.take_along_axis(Y, order, 1)
-    idx = np.arange(n)
-    start = np.ones((cb, n), bool)
-    start[:, 1:] = s[:, 1:] != s[:, :-1]
-    end = np.ones((cb, n), bool)
-    end[:, :-1] = start[:, 1:]
-    cpos = np.cumsum(y, axis=1, dtype=np.int32)
-    a = np.maximum.accumulate(np.where(start, idx, 0), axis=1)          # first row of the tie group
-    e = np.minimum.accumulate(np.where(end, idx, n - 1)[:, ::-1], axis=1)[:, ::-1]  # last row
-    before = np.where(a > 0, np.take_along_axis(cpos, np.maximum(a - 1, 0), 1), 0)
-    haspos = np.take_along_axis(cpos, e, 1) > before                     # tie group holds a positive
-    pstart = start & haspos
-    npg = np.cumsum(pstart, axis=1, dtype=np.int32)                      # positive values <= row's
-    m_max = int(npg[:, -1].max()) if n else 0
+    r, i = np.nonzero(Y)
+    row, value, _, start = distinct_positives(r, S[r, i], cb)
+    m_max = int(np.diff(start).max()) if cb else 0
     m1 = m_max + 1
-    col = np.where(haspos, np.where(y, m1 + m_max + npg - 1, m1 + npg - 1), npg)
-    values = np.full((cb, max(m_max, 1)), np.nan)[:, :m_max]
-    r, i = np.nonzero(pstart)
-    values[r, npg[r, i] - 1] = s[r, i]
-    if thr is not None:
-        t = np.asarray(thr, dtype=np.float64)[:, None]
-        k_t = np.sum(pstart & (s < t), axis=1)
-        hi = ~haspos & (s >= t) & (npg == k_t[:, None])
-        col = np.where(hi, 3 * m_max + 1, col)
-    else:
-        k_t = np.zeros(cb, dtype=np.int64)
-    return Bins(order=order, col=col, m_max=m_max, values=values, k_t=k_t)
+    col = np.empty((cb, n), np.int32)
+    k_t = np.zeros(cb, dtype=np.int64)
+    for j in range(cb):
+        v, s = value[start[j]:start[j + 1]], S[j]
+        k = np.searchsorted(v, s)                                        # distinct positive scores < s
+        eq = v[np.minimum(k, len(v) - 1)] == s if len(v) else np.zeros(n, bool)
+        c = np.where(eq, np.where(Y[j], m1 + m_max + k, m1 + k), k)     # pos / tie / gap
+        if thr is not None:
+            k_t[j] = np.searchsorted(v, thr[j])
+            c[~eq & (k == k_t[j]) & (s >= thr[j])] = 3 * m_max + 1      # hi: gap k_t, score >= t
+        col[j] = c
+    return Bins(col=col, m_max=m_max, k_t=k_t)
 
 
 def metrics_from_bins(bins: np.ndarray, m_max: int, k_t: np.ndarray, with_threshold: bool = True,
-                      which: tuple[str, ...] = METRICS, fpr_grid: Optional[np.ndarray] = None
-                      ) -> dict[str, np.ndarray]:
+                      which: tuple[str, ...] = METRICS, fpr_grid: Optional[np.ndarray] = None,
+                      ties: Optional[bool] = None, roc_steps: bool = False) -> dict[str, np.ndarray]:
     """Metrics from bin totals ``[..., Cb, 3*m_max+2]`` (leading axes: resamples).
 
     With ``fpr_grid`` (``[G]``) also ``"roc"``: ``[..., Cb, G]`` the ROC curve sampled as
-    recall at each FPR of the grid (same definition as ``recall_at_fpr``)."""
+    recall at each FPR of the grid (same definition as ``recall_at_fpr``); with ``roc_steps``
+    instead ``"roc_steps"``: ``(idx, step, ok)``, the curve as steps: recall at grid point
+    ``g`` is the sum of ``step`` over the points with ``idx <= g`` (``idx``: grid points below
+    the point's FPR; ``step``: its TPR minus the next point's, 0 for undefined classes), so a
+    group's summed curve is one weighted histogram, not ``G`` values per class. ``ties=False``
+    (no negative shares a score with a positive in the block) skips the tie bins. Arithmetic
+    stays in the bins' dtype (float32 for the bootstrap's integer counts: exact below 2**24)
+    except the AUC/AP sums, which accumulate in float64. Every curve quantity is a suffix sum,
+    so TPR and FPR are non-increasing in ``k``: a recall at FPR <= f is the TPR at the first
+    point with FPR <= f, found by counting, and TP/FP at a threshold are read at ``k_t``."""
     bins = np.asarray(bins)
     if bins.dtype not in (np.float32, np.float64):
         bins = bins.astype(np.float64)
+    lead, cb = bins.shape[:-2], bins.shape[-2]
+    keys = [k for k in which if with_threshold or k not in THRESHOLD_METRICS]
+    if m_max == 0:                                                       # no class has a positive
+        out = {k: np.full(lead + (cb,), np.nan) for k in keys}
+        if fpr_grid is not None:
+            out["roc"] = np.full(lead + (cb, len(fpr_grid)), np.nan)
+        return out
     m1 = m_max + 1
     gap, tie = bins[..., :m1], bins[..., m1:m1 + m_max]
     pos, hi = bins[..., m1 + m_max:m1 + 2 * m_max], bins[..., -1]
-    gapf = gap.copy()
-    gapf[..., np.arange(len(k_t)), np.asarray(k_t)] += hi                # partial gap back in place
-    wpos = pos.sum(-1, dtype=np.float64)
-    wneg = gapf.sum(-1, dtype=np.float64) + tie.sum(-1, dtype=np.float64)
-    ok = (wpos > 0) & (wneg > 0)
-    need_curve = fpr_grid is not None or any(k in which for k in RANK_METRICS[1:])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out: dict[str, np.ndarray] = {}
-        negbelow = np.cumsum(gapf, -1)[..., :m_max]
+    ties = bool(tie.any()) if ties is None else ties
+    k_t = np.asarray(k_t)
+    cg = np.cumsum(gap, -1)
+    wpos = pos.sum(-1)
+    wneg = cg[..., -1] + hi + (tie.sum(-1) if ties else 0)
+    negbelow = cg[..., :m_max] + hi[..., None] * (np.arange(m_max) >= k_t[:, None])  # hi is in gap k_t
+    if ties:
         negbelow += np.cumsum(tie, -1)
         negbelow -= tie
-        if "auc" in which:
-            out["auc"] = np.einsum("...k,...k->...", pos, negbelow + 0.5 * tie, dtype=np.float64) / (wpos * wneg)
-        if need_curve:
-            tp = np.cumsum(pos[..., ::-1], -1)[..., ::-1]               # positives >= v_k
-            fp = wneg[..., None].astype(negbelow.dtype) - negbelow      # negatives >= v_k
-            if "ap" in which:
-                d = tp + fp
-                prec = np.where(d > 0, tp / np.where(d > 0, d, 1), 0.0)
-                out["ap"] = np.einsum("...k,...k->...", pos, prec, dtype=np.float64) / wpos
-            tpr = tp / wpos[..., None]
-            fpr = fp / wneg[..., None]
-            for f in FPR_TARGETS:
-                key = f"recall_at_fpr_{f:g}"
-                if key in which:
-                    out[key] = np.max(np.where(fpr <= f, tpr, 0.0), axis=-1, initial=0.0)
-            if fpr_grid is not None:
-                out["roc"] = _roc_on_grid(tpr, fpr, np.asarray(fpr_grid, dtype=np.float64))
-        if with_threshold and any(k in which for k in THRESHOLD_METRICS):
-            above = np.arange(m_max) >= k_t[:, None]                     # v_k >= t
-            gap_above = np.arange(m1) > k_t[:, None]                     # whole gap above t
-            TP = np.sum(pos * above, -1, dtype=np.float64)
-            FP = (hi.astype(np.float64) + np.sum(gap * gap_above, -1, dtype=np.float64)
-                  + np.sum(tie * above, -1, dtype=np.float64))
+    ok = (wpos > 0) & (wneg > 0)
+    out: dict[str, np.ndarray] = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if "auc" in keys:
+            num = np.einsum("...k,...k->...", pos, negbelow, dtype=np.float64)
+            if ties:
+                num += 0.5 * np.einsum("...k,...k->...", pos, tie, dtype=np.float64)
+            out["auc"] = num / (wpos.astype(np.float64) * wneg)
+        tp = np.ascontiguousarray(np.cumsum(pos[..., ::-1], -1)[..., ::-1])  # positives >= v_k
+        fp = wneg[..., None] - negbelow                                 # negatives >= v_k
+        if "ap" in keys:
+            d = tp + fp
+            prec = np.divide(tp, d, out=np.zeros_like(d), where=d > 0)
+            out["ap"] = np.einsum("...k,...k->...", pos, prec, dtype=np.float64) / wpos
+        tpr = tp / wpos[..., None]
+        fpr = fp / wneg[..., None]
+        tpr0 = np.concatenate([tpr, np.zeros(tpr.shape[:-1] + (1,), tpr.dtype)], -1)  # the (0, 0) point
+        for f in FPR_TARGETS:
+            if f"recall_at_fpr_{f:g}" in keys:
+                kstar = np.count_nonzero(fpr > f, axis=-1)
+                out[f"recall_at_fpr_{f:g}"] = _pick(tpr0, kstar)
+        if fpr_grid is not None and roc_steps:
+            step = np.where(ok[..., None], tpr0[..., :-1] - tpr0[..., 1:], 0.0)
+            roc = (np.searchsorted(np.asarray(fpr_grid, dtype=fpr.dtype), fpr), step, ok)
+        elif fpr_grid is not None:
+            out["roc"] = _roc_on_grid(tpr0, fpr, np.asarray(fpr_grid, dtype=fpr.dtype))
+        if any(k in keys for k in THRESHOLD_METRICS):
+            at = np.broadcast_to(np.minimum(k_t, m_max - 1), tp.shape[:-1])
+            inside = k_t < m_max
+            TP = np.where(inside, _pick(tp, at), 0)
+            FP = hi + np.where(inside, _pick(fp, at), 0)
+            TP, FP = TP.astype(np.float64), FP.astype(np.float64)
             FN, TN = wpos - TP, wneg - FP
             d = 2 * TP + FP + FN
             out["f1"] = np.where(d > 0, 2 * TP / np.where(d > 0, d, 1), 0.0)
@@ -180,21 +220,111 @@ def metrics_from_bins(bins: np.ndarray, m_max: int, k_t: np.ndarray, with_thresh
             out["acc"] = (TP + TN) / (wpos + wneg)
     for k in out:
         out[k] = np.where(ok[..., None] if k == "roc" else ok, out[k], np.nan)
+    if fpr_grid is not None and roc_steps:
+        out["roc_steps"] = roc
     return out
 
 
-def _roc_on_grid(tpr: np.ndarray, fpr: np.ndarray, grid: np.ndarray) -> np.ndarray:
+def _roc_on_grid(tpr0: np.ndarray, fpr: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """Recall at each grid FPR: the first operating point (fpr non-increasing in k) whose
-    fpr <= f. ``kstar[g] = #{k: fpr_k > grid[g]}`` from a histogram of each point's grid index."""
-    lead, m = tpr.shape[:-1], tpr.shape[-1]
+    fpr <= f. ``kstar[g] = #{k: fpr_k > grid[g]}`` from a histogram of each point's grid index.
+    ``tpr0``: ``[..., m + 1]`` TPRs with the (0, 0) point appended."""
+    lead, m = fpr.shape[:-1], fpr.shape[-1]
     G = len(grid)
     rows = int(np.prod(lead)) if lead else 1
-    idx = np.searchsorted(grid, np.nan_to_num(fpr, nan=-1.0).reshape(rows, m), side="left")  # grid points < fpr_k
-    hist = np.bincount((np.arange(rows)[:, None] * (G + 1) + idx).ravel(), minlength=rows * (G + 1))
-    hist = hist.reshape(rows, G + 1)
-    kstar = np.cumsum(hist[:, ::-1], -1)[:, ::-1][:, 1:]                 # #{k: idx_k > g}
-    tpr0 = np.concatenate([tpr.reshape(rows, m), np.zeros((rows, 1), tpr.dtype)], -1)
-    return np.take_along_axis(tpr0, kstar, -1).reshape(lead + (G,))
+    idx = np.searchsorted(grid, fpr.reshape(rows, m), side="left")     # grid points < fpr_k
+    idx += (np.arange(rows) * (G + 1))[:, None]
+    hist = np.bincount(idx.ravel(), minlength=rows * (G + 1)).reshape(rows, G + 1)
+    kstar = np.cumsum(hist[:, :0:-1], -1)[:, ::-1]                       # #{k: idx_k > g}, g < G
+    return _pick(tpr0.reshape(rows, m + 1), kstar).reshape(lead + (G,))
+
+
+def _pick(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``a[..., idx[...]]`` along the last axis (``idx``: ``a.shape[:-1]`` or that plus a last
+    axis): one flat ``np.take``, much faster than ``take_along_axis`` on these shapes."""
+    a = np.ascontiguousarray(a)
+    rows = int(np.prod(a.shape[:-1]))
+    idx = np.asarray(idx)
+    extra = idx.ndim > a.ndim - 1
+    flat = idx.reshape(rows, -1) + (np.arange(rows) * a.shape[-1])[:, None]
+    res = np.take(a.reshape(-1), flat)
+    return res.reshape(idx.shape) if extra else res.reshape(a.shape[:-1])
+
+
+@dataclass
+class Groups:
+    """The distinct positive scores of a block of classes, ragged: group ``g`` is the ``k``-th
+    smallest distinct positive score ``value[g]`` of class ``row[g]``; ``start[j]:start[j+1]``
+    are the groups of class ``j``. Counts are exact integers."""
+
+    sorted: np.ndarray    # [Cb, N] each class's scores, ascending
+    row: np.ndarray       # [G] class (row of the block), ascending
+    value: np.ndarray     # [G] distinct positive score, ascending within a row
+    pos: np.ndarray       # [G] positives with that score
+    posbelow: np.ndarray  # [G] positives with a smaller score
+    negbelow: np.ndarray  # [G] negatives with a smaller score
+    tie: np.ndarray       # [G] negatives with that score
+    start: np.ndarray     # [Cb + 1] offsets of each class's groups
+    npos: np.ndarray      # [Cb]
+    nneg: np.ndarray      # [Cb]
+
+
+def sorted_groups(scores: np.ndarray, labels: np.ndarray, sl: slice) -> Groups:
+    """Groups of the classes ``sl`` of ``[N, C]`` inputs: one sort of each class's scores
+    (float32 stays float32), the positives (few) sorted on their own, and two binary searches
+    per distinct positive score for the negatives below and tied. No argsort, no gather of
+    the labels in score order: this is the point-estimate fast path."""
+    S = np.ascontiguousarray(scores[:, sl].T)
+    S.sort(axis=1)
+    cb, n = S.shape
+    case, r = np.nonzero(labels[:, sl])
+    row, value, pos, start = distinct_positives(r, scores[case, sl.start + r], cb)
+    npos = np.bincount(r, minlength=cb)
+    lt = np.empty(len(row), np.int64)
+    le = np.empty(len(row), np.int64)
+    for j in np.nonzero(start[1:] > start[:-1])[0]:
+        a, b = start[j], start[j + 1]
+        lt[a:b] = np.searchsorted(S[j], value[a:b], "left")
+        le[a:b] = np.searchsorted(S[j], value[a:b], "right")
+    cum = np.concatenate([[0], np.cumsum(pos)])
+    posbelow = cum[:-1] - cum[start[row]]
+    negbelow = lt - posbelow
+    return Groups(sorted=S, row=row, value=value, pos=pos, posbelow=posbelow, negbelow=negbelow,
+                  tie=le - lt - pos, start=start, npos=npos, nneg=n - npos)
+
+
+def bins_from_groups(g: Groups, thr: Optional[np.ndarray]) -> tuple[np.ndarray, int, np.ndarray]:
+    """The bin totals of :class:`Bins` (``[Cb, 3*m_max+2]``), ``m_max`` and ``k_t`` from groups."""
+    cb = len(g.npos)
+    m = np.diff(g.start)
+    m_max = int(m.max()) if cb else 0
+    m1 = m_max + 1
+    k = np.arange(len(g.row)) - g.start[g.row]
+    upto = g.negbelow + g.tie                                            # negatives <= v_k
+    prev = np.zeros_like(upto)
+    prev[1:] = upto[:-1]
+    prev[k == 0] = 0
+    bins = np.zeros((cb, 3 * m_max + 2))
+    bins[g.row, k] = g.negbelow - prev                                   # gap_k
+    last = np.zeros(cb)
+    has = m > 0
+    last[has] = upto[g.start[1:][has] - 1]
+    bins[np.arange(cb), m] = g.nneg - last                               # the gap above v_{m-1}
+    bins[g.row, m1 + k] = g.tie
+    bins[g.row, m1 + m_max + k] = g.pos
+    k_t = np.zeros(cb, dtype=np.int64)
+    if thr is not None:
+        t = np.asarray(thr, dtype=np.float64)
+        below = g.value < t[g.row]
+        k_t = np.bincount(g.row, weights=below, minlength=cb).astype(np.int64)
+        pos_lt = np.bincount(g.row, weights=g.pos * below, minlength=cb)
+        neg_lt = np.count_nonzero(g.sorted < t[:, None], axis=1) - pos_lt  # negatives < t
+        at = np.minimum(g.start[:-1] + k_t, max(len(g.row) - 1, 0))
+        neg_below_kt = np.where(k_t < m, g.negbelow[at] if len(g.row) else 0, g.nneg)
+        hi = neg_below_kt - neg_lt                                       # gap k_t, score >= t
+        bins[np.arange(cb), k_t] -= hi
+        bins[:, -1] = hi
+    return bins, m_max, k_t
 
 
 def _blocks(c: int, block: int):
@@ -202,8 +332,23 @@ def _blocks(c: int, block: int):
         yield slice(c0, min(c, c0 + block))
 
 
+def map_blocks(fn, c: int, block: int, n_threads: Optional[int] = None) -> None:
+    """Call ``fn(slice)`` for each block of ``c`` classes on ``n_threads`` threads (default:
+    up to 2): the work splits by class block and numpy's sort and searches release the GIL."""
+    blocks = list(_blocks(c, block))
+    n_threads = min(len(blocks), n_threads or min(2, os.cpu_count() or 1))
+    if n_threads <= 1:
+        for sl in blocks:
+            fn(sl)
+        return
+    with ThreadPoolExecutor(n_threads) as ex:
+        for f in [ex.submit(fn, sl) for sl in blocks]:
+            f.result()
+
+
 def per_class_metrics(scores, labels, thresholds=None, block: int = BLOCK,
-                      fpr_grid: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
+                      fpr_grid: Optional[np.ndarray] = None, n_threads: Optional[int] = None
+                      ) -> dict[str, np.ndarray]:
     """``{metric: [C]}`` for ``METRICS`` (without F1/MCC/ACC when ``thresholds`` is None);
     ``nan`` for classes with no positive or no negative case. With ``fpr_grid`` also
     ``"roc"``: ``[C, G]`` recall at each FPR of the grid."""
@@ -217,20 +362,20 @@ def per_class_metrics(scores, labels, thresholds=None, block: int = BLOCK,
     out = {k: np.full(c, np.nan) for k in keys}
     if fpr_grid is not None:
         out["roc"] = np.full((c, len(fpr_grid)), np.nan)
-    for sl in _blocks(c, block):
-        S = np.ascontiguousarray(scores[:, sl].T)
-        Y = np.ascontiguousarray(labels[:, sl].T)
+
+    def run(sl: slice) -> None:
         thr = thresholds[sl] if thresholds is not None else None
-        b = make_bins(S, Y, thr)
-        res = metrics_from_bins(b.counts(), b.m_max, b.k_t, with_threshold=thr is not None, which=keys,
-                                fpr_grid=fpr_grid)
+        bins, m_max, k_t = bins_from_groups(sorted_groups(scores, labels, sl), thr)
+        res = metrics_from_bins(bins, m_max, k_t, with_threshold=thr is not None, which=keys, fpr_grid=fpr_grid)
         for k in res:
             out[k][sl] = res[k]
+
+    map_blocks(run, c, block, n_threads)
     return out
 
 
 def best_f1_thresholds(val_scores, val_labels, fallback: float = FALLBACK_THRESHOLD,
-                       block: int = BLOCK, return_fallback: bool = False):
+                       block: int = BLOCK, return_fallback: bool = False, n_threads: Optional[int] = None):
     """Per-class threshold of maximal F1 on the validation split (see module doc).
 
     Returns ``thresholds [C]`` (and, with ``return_fallback=True``, the bool mask of classes
@@ -238,25 +383,19 @@ def best_f1_thresholds(val_scores, val_labels, fallback: float = FALLBACK_THRESH
     scores, labels = check_inputs(val_scores, val_labels, "validation predictions")
     n, c = scores.shape
     thr = np.full(c, float(fallback))
-    used_fallback = np.ones(c, dtype=bool)
-    for sl in _blocks(c, block):
-        b = make_bins(np.ascontiguousarray(scores[:, sl].T), np.ascontiguousarray(labels[:, sl].T), None)
-        if b.m_max == 0:
-            continue
-        bins = b.counts()
-        m1 = b.m_max + 1
-        gap, tie, pos = bins[:, :m1], bins[:, m1:m1 + b.m_max], bins[:, m1 + b.m_max:m1 + 2 * b.m_max]
-        wpos = pos.sum(-1)
-        wneg = gap.sum(-1) + tie.sum(-1)
-        negbelow = np.cumsum(gap, -1)[:, :b.m_max] + (np.cumsum(tie, -1) - tie)
-        tp = np.cumsum(pos[:, ::-1], -1)[:, ::-1]
-        fp = wneg[:, None] - negbelow
-        with np.errstate(invalid="ignore", divide="ignore"):
-            f1 = np.where(np.isnan(b.values), -1.0, 2 * tp / (tp + fp + wpos[:, None]))
-        k = b.m_max - 1 - np.argmax(f1[:, ::-1], axis=1)               # highest threshold on ties
-        has = wpos > 0
-        thr[sl] = np.where(has, b.values[np.arange(len(k)), k], fallback)
-        used_fallback[sl] = ~has
+
+    def run(sl: slice) -> None:
+        g = sorted_groups(scores, labels, sl)
+        npos = g.npos[g.row]
+        tp = npos - g.posbelow                                           # positives >= v_k
+        fp = g.nneg[g.row] - g.negbelow                                  # negatives >= v_k
+        f1 = 2.0 * tp / (tp + fp + npos)
+        best = np.lexsort((g.value, f1, g.row))                          # highest value on F1 ties
+        has = g.start[1:] > g.start[:-1]
+        thr[sl][has] = g.value[best[g.start[1:][has] - 1]]
+
+    map_blocks(run, c, block, n_threads)
+    used_fallback = labels.sum(0) == 0
     return (thr, used_fallback) if return_fallback else thr
 
 
