@@ -147,3 +147,24 @@ def test_normal_bar_plot_accepts_an_interval_that_misses_its_point_estimate():
     row = {"auc": e(0.40, 0.45, 0.60), "ap": e(0.2, 0.1, 0.3), "recall_at_fpr_0.05": e(None, None, None)}
     png = normal_by_anatomy_figure({"normal": row, "anatomy/Chest/normal": row})
     assert png and len(png) > 1000
+
+
+def test_read_npz_equals_np_load(tmp_path):
+    """The direct .npz reader of `raddiag metrics`: stored and compressed members, Fortran
+    order, strings; a damaged file is a clear error naming it."""
+    from raddiag.evaluation.commands import load_predictions, read_npz
+
+    arrays = {"scores": np.random.default_rng(0).random((7, 5)).astype(np.float32),
+              "labels": np.eye(7, 5, dtype=np.uint8), "f": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+              "case_ids": np.array(["a", "bb", "ccc"]), "scalar": np.float64(3.5)}
+    for save in (np.savez, np.savez_compressed):
+        path = tmp_path / f"{save.__name__}.npz"
+        save(path, **arrays)
+        got = read_npz(path)
+        assert set(got) == set(arrays)
+        for k, v in arrays.items():
+            assert got[k].dtype == np.asarray(v).dtype and np.array_equal(got[k], v), (save.__name__, k)
+    raw = (tmp_path / "savez.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(raw[:200] + raw[-400:])
+    with pytest.raises(ValueError, match="cut.npz: not a readable .npz"):
+        load_predictions(str(tmp_path / "cut.npz"))

@@ -92,12 +92,13 @@ def bootstrap_per_class(scores, labels, thresholds=None, n_boot: int = 1000, see
                         n_threads: Optional[int] = None, progress: bool = False,
                         fpr_grid: Optional[np.ndarray] = None, roc_groups: Optional[dict] = None
                         ) -> dict[str, np.ndarray]:
-    """``{metric: [n_boot, C]}`` (float32, nan where a class is undefined in a resample).
+    """``{metric: [n_boot, C]}`` (float32; nan only for classes without positives or negatives
+    in the full test set: every other class is defined in every resample, see module doc).
 
     ``weights`` (``[B, N]``) overrides the random resamples (tests use unit weights).
     With ``fpr_grid`` and ``roc_groups`` (``{name: bool mask [C]}``) also ``"roc"``:
     ``{name: [n_boot, G]}`` the group's macro ROC curve (mean recall at each grid FPR over the
-    classes defined in that resample), reduced on the fly so memory stays ``B x G``."""
+    group's defined classes), reduced on the fly so memory stays ``B x G``."""
     import threading
 
     import scipy.sparse as sp
