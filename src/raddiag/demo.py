@@ -72,6 +72,29 @@ def run_demo(out_dir: str | Path, n_cases: int = 400, seed: int = 0, epochs: Opt
     return metrics
 
 
+# An anatomy's within-anatomy AUC counts in the summary when its test cases have positives of at
+# least this many classes (with one or two the macro mean is one or two noisy AUCs).
+MIN_ANATOMY_CLASSES = 3
+
+
+def within_anatomy(metrics: dict, min_classes: int = MIN_ANATOMY_CLASSES) -> tuple[Optional[float], dict]:
+    """The within-anatomy macro AUC: for each anatomy, the macro AUC over the classes with a positive
+    among that anatomy's test cases, ranked against the other cases *of the same anatomy* (the
+    report's table "by anatomy of the cases"); returns ``(mean over the anatomies with at least
+    min_classes classes or None, {anatomy: {auc, ci_low, ci_high, n_classes, n_cases, counted}})``."""
+    cases = metrics.get("meta", {}).get("anatomy_cases", {})
+    rows = {}
+    for key in sorted(k for k in metrics if k.startswith("anatomy/") and not k.endswith("/normal")):
+        name = key[len("anatomy/"):]
+        auc = metrics[key].get("auc", {})
+        n = int(auc.get("n_classes", 0))
+        rows[name] = {"auc": auc.get("value"), "ci_low": auc.get("ci_low"), "ci_high": auc.get("ci_high"),
+                      "n_classes": n, "n_cases": cases.get(name, {}).get("n_cases"),
+                      "counted": n >= min_classes and auc.get("value") is not None}
+    counted = [r["auc"] for r in rows.values() if r["counted"]]
+    return (sum(counted) / len(counted) if counted else None), rows
+
+
 def headline(metrics: dict) -> str:
     keys = ["auc", "ap", "f1", "mcc", "acc", "recall_at_fpr_0.01", "recall_at_fpr_0.05", "recall_at_fpr_0.1"]
     heads = ["AUC", "AP", "F1", "MCC", "ACC", "R@0.01", "R@0.05", "R@0.1"]
@@ -85,6 +108,18 @@ def headline(metrics: dict) -> str:
         auc = g["auc"]
         ci = f"[{_pct(auc.get('ci_low'))}, {_pct(auc.get('ci_high'))}]" if auc.get("ci_low") is not None else ""
         lines.append(f"{group:<8}{row}   {ci}")
+    mean, rows = within_anatomy(metrics)
+    if rows:
+        lines += ["", "within one anatomy: each class ranked against the other cases of the same anatomy",
+                  f"{'anatomy':<20}{'cases':>6}{'classes':>8}{'AUC':>8}   AUC CI"]
+        for name, r in rows.items():
+            ci = f"[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]" if r["ci_low"] is not None else ""
+            note = "" if r["counted"] else f"   (not counted: < {MIN_ANATOMY_CLASSES} classes)"
+            lines.append(f"{name:<20}{r['n_cases'] or '':>6}{r['n_classes']:>8}{_pct(r['auc']):>8}   {ci}{note}")
+    n_counted = sum(r["counted"] for r in rows.values())
+    lines += ["", f"test macro AUC: overall {_pct(metrics.get('all', {}).get('auc', {}).get('value'))}, "
+                  f"within anatomy {_pct(mean)} (mean of the {n_counted} anatomies with >= "
+                  f"{MIN_ANATOMY_CLASSES} classes)"]
     return "\n".join(lines)
 
 
