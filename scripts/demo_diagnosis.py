@@ -82,7 +82,7 @@ def fit(net, x, y, epochs: int, lr: float) -> float:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(b)
+            total += float(loss.detach()) * len(b)
     return total / len(x)
 
 
