@@ -64,7 +64,7 @@ def within_anatomy(net, x, y, anatomy) -> dict:
     for a in sorted(set(anatomy)):
         r = anatomy == a
         aucs = [roc_auc_score(y[r, c], s[r, c]) for c in range(y.shape[1]) if 0 < y[r, c].sum() < r.sum()]
-        out[a] = round(100 * float(np.mean(aucs)), 1)
+        out[str(a)] = round(100 * float(np.mean(aucs)), 1)
     return out
 
 
