@@ -19,7 +19,7 @@ from typing import Optional
 # one place to change what the demo trains. Diagnosis so far (README "What `make demo` does",
 # scripts/demo_diagnosis.py): inside one anatomy the model ranks disorders near chance on the
 # *training* split too, while a plain ResNet-10 on the same key slices learns them (and ranks test
-# cases at 74-91 within anatomy). At lr 5e-4 instead of 1e-3 the full model does fit them on
+# scans at 77-89 within anatomy). At lr 5e-4 instead of 1e-3 the full model does fit them on
 # train, but with 40 epochs, no augmentation and key-slice swap 0.5 its within-anatomy test AUC
 # stayed at 45-68: no gain shown yet, so the demo keeps the preset's recipe.
 DEMO_RECIPE = ["model.head=knowledge", "model.fusion=transformer"]
