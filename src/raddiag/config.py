@@ -7,12 +7,16 @@ depends on remembering how a model was trained.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+
+# A decimal number in exponent form that YAML 1.1 leaves as a string ("2e-3", "1E5").
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 @dataclass
@@ -197,6 +201,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)   # YAML 1.1 reads "2e-3" (no dot) as a string
     if hint in (int, float, str) and not isinstance(value, hint) or isinstance(value, bool) and hint is not bool:
         raise ValueError(f"setting {key!r} expects {hint.__name__}, got {value!r}")
     return value
