@@ -121,10 +121,14 @@ def _twin(module: nn.Module, **children: nn.Module) -> nn.Module:
     return twin
 
 
-def _resolve(backend: str) -> str:
+def _resolve(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown inference backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "onnxruntime" and device.type != "cpu":
+        raise ValueError(f"the onnxruntime backend runs on the CPU; the model is on {device}")
     if backend == "auto":
+        if device.type != "cpu":
+            return "torch"
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
@@ -138,7 +142,7 @@ def fast_backbone(backbone: nn.Module, in_channels: int, backend: str = "torch")
     net = fold_batchnorm(copy.deepcopy(backbone).eval())
     if in_channels != 1:
         fold_stem_channels(net, in_channels)
-    backend = _resolve(backend)
+    backend = _resolve(backend, next(net.parameters()).device)
     if backend == "onnxruntime":
         return OnnxRuntimeModule(net, 1)
     if backend == "compile":
@@ -152,7 +156,7 @@ def fast_backbone(backbone: nn.Module, in_channels: int, backend: str = "torch")
 def prepare_for_inference(model: nn.Module, backend: str = "auto") -> nn.Module:
     """An inference-only twin of an eval-mode RadDiag ``model`` (see the module docstring).
 
-    ``backend``: ``"auto"`` (onnxruntime when installed, else torch), ``"torch"``,
+    ``backend``: ``"auto"`` (onnxruntime for a CPU model when installed, else torch), ``"torch"``,
     ``"onnxruntime"`` or ``"compile"``. Call the twin under ``torch.inference_mode()``; it
     gives the model's logits within float rounding (tests/test_fastpath.py). Encoders other
     than ``resnet_vit`` get BatchNorm folding only; the ViT encoder is returned unchanged.

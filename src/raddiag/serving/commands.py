@@ -26,6 +26,9 @@ def register(sub) -> None:
     p.add_argument("--saliency-top-k", type=int, default=64, help="channels scored per map (default 64)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "compile", "off"],
+                   help="inference fast path (raddiag.models.fastpath; default: onnxruntime when installed, "
+                        "else torch; off: the plain model)")
     p.set_defaults(func=_predict)
 
     s = sub.add_parser("serve", help="HTTP API and web page for predictions",
@@ -69,7 +72,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     # every CASE is one case: a folder, or a list of files (one file, or files joined by commas)
     cases = [c if Path(c).is_dir() else c.split(",") for c in args.cases]
-    pred = Predictor.load(args.run, device=args.device)
+    pred = Predictor.load(args.run, device=args.device, backend=args.backend)
     results = pred.predict(cases, modality=modality, top=args.top, classes=args.classes, encoder=args.encoder,
                            batch_size=args.batch_size, progress=len(cases) > args.batch_size,
                            saliency=args.saliency, saliency_class=args.saliency_class,

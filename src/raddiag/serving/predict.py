@@ -176,7 +176,7 @@ class Predictor:
         self.labels = labels
         self.run_dir = Path(run_dir) if run_dir else None
         self.device = device
-        self.backend = "torch" if backend in ("auto", "onnxruntime") and str(device) != "cpu" else backend
+        self.backend = backend
         self.lock = threading.Lock()
         self._text_encoder = None
         self._fast = None
