@@ -151,3 +151,21 @@ def test_predictor_forward_uses_the_twin(official):
         assert (p.inference_model() is model) == (backend == "off")
     with pytest.raises(ValueError, match="unknown inference backend"):
         Predictor(model, model.cfg, labels, backend="tensorrt")
+
+
+def test_cli_predict_backends_agree(tmp_path, capsys):
+    import json
+
+    from raddiag.cli import main
+    from raddiag.serving.sample import make_tiny_run, sample_png
+
+    make_tiny_run(tmp_path / "run")
+    (tmp_path / "cxr.png").write_bytes(sample_png(48, seed=1))
+    probs = {}
+    for backend in ("off", "auto"):
+        assert main(["predict", str(tmp_path / "run"), str(tmp_path / "cxr.png"), "--modality", "X-ray",
+                     "--json", "--backend", backend]) == 0
+        ranked = json.loads(capsys.readouterr().out)[0]["ranked"]
+        probs[backend] = {f["name"]: f["probability"] for f in ranked}
+    assert probs["off"].keys() == probs["auto"].keys()
+    assert all(abs(probs["off"][k] - probs["auto"][k]) < 1e-5 for k in probs["off"])
