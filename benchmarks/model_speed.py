@@ -24,8 +24,8 @@ Forwards compared, interleaved (A B C ... A B C ...), median (and min) of --reps
 - bf16 (--bf16): the torch twin under bf16 autocast (reduced precision: its difference is printed).
 Each line: time, ratio to the reference (release cases) or to plain NCHW (small), and the largest
 probability difference to the reference (to plain NCHW for small). The twin's one-time build
-(export for onnxruntime) and the first call (warm-up; compilation for compile) are excluded
-from the times; the build is printed apart.
+(export for onnxruntime; for compile also the first call, which compiles) is excluded from
+the times and printed apart.
 
 --train: one `paper`-layout optimiser step (AdamW, BCE, grad_checkpoint over 8-slice chunks) with
 the backbone channels-last vs NCHW, interleaved, at --train-scans x --train-slices x 256 px
@@ -116,6 +116,8 @@ def variants(model, sd, batch, args) -> tuple[dict, dict]:
         p = Predictor(model, model.cfg, labels, backend=b)
         t = time.perf_counter()
         p.inference_model()      # builds the twin (exports for onnxruntime)
+        if b == "compile":
+            p.forward(batch)     # compiles for this case's slice count
         build[b] = time.perf_counter() - t
         out[b] = lambda p=p: p.forward(batch)
         if b == "torch" and args.bf16:

@@ -13,14 +13,14 @@ backbone of the visual encoder, which it rebuilds once:
 - **Channels-last memory layout** (oneDNN's preferred convolution layout on CPU).
 - ``backend="onnxruntime"`` (the default when onnxruntime is installed): the per-slice backbone
   of the ``resnet_vit`` encoder, folded as above, is exported in memory to ONNX and run by
-  onnxruntime's CPU provider (its MLAS convolutions were 2-3x faster than PyTorch's for
-  ResNet-50 on this 2-core CPU; ``benchmarks/model_speed.py`` prints each path).
+  onnxruntime's CPU provider (its MLAS convolutions: 0.30x the authors' forward on a 3-CT case
+  against 0.77x for the torch twin; ``benchmarks/model_speed.py`` prints each path).
 
 Padded slice slots already cost nothing: the encoder gathers the real slices before the
-backbone (:func:`raddiag.models.encoders._real_slices`). Measured and not kept as a default:
-bf16 autocast (this CPU has no bf16 units: slower, and logits move by ~1e-2), and
-``torch.compile`` (``backend="compile"``: about as fast as onnxruntime once compiled, but a
-minute of compilation per new slice count on 2 cores).
+backbone (``encoders._real_slices``). Measured and not the default: bf16 autocast (this CPU
+has no bf16 units: slower, and probabilities move by up to ~4e-3), and ``torch.compile``
+(``backend="compile"``: close to onnxruntime once compiled, but it compiles again for every
+new slice count).
 
 The model itself is left unchanged: training, saliency hooks and state dicts keep using it.
 """
