@@ -16,7 +16,7 @@ Forwards compared, interleaved (A B C ... A B C ...), median (and min) of --reps
   (tests/test_import_official.ref_forward: every slice slot of every scan slot through the
   ResNet-50 in one batch, NCHW, separate BatchNorm, the grey slice repeated to 3 channels);
 - plain NCHW: `Predictor(backend="off").forward` with the backbone in NCHW (before issue 14);
-- plain: the same with the backbone channels-last (the model's default, also in training);
+- plain: the same with the backbone channels-last (the model's default in eval mode);
 - torch: `Predictor(backend="torch")`: raddiag.models.fastpath's twin (BatchNorm folded,
   stem folded to 1 channel, channels-last);
 - onnxruntime: `Predictor(backend="onnxruntime")` (the default when onnxruntime is installed);
@@ -27,8 +27,8 @@ probability difference to the reference (to plain NCHW for small). The twin's on
 (export for onnxruntime; for compile also the first call, which compiles) is excluded from
 the times and printed apart.
 
---train: one `paper`-layout optimiser step (AdamW, BCE, grad_checkpoint over 8-slice chunks) with
-the backbone channels-last vs NCHW, interleaved, at --train-scans x --train-slices x 256 px
+--train: one `paper`-preset optimiser step (AdamW, BCE, grad_checkpoint over 8-slice chunks) with
+the backbone channels-last vs NCHW (the default in training), interleaved, at --train-scans x --train-slices x 256 px
 (default 2 x 8: a full 4 x 32 step takes minutes per run here; its time and peak memory come from
 benchmarks/train_memory.py).
 """
@@ -173,7 +173,7 @@ def train_ratio(args) -> None:
     times = {False: [], True: []}
     for r in range(args.reps + 1):
         for cl in (False, True):
-            model.encoder.channels_last = cl
+            model.encoder.channels_last_training = cl
             t = time.perf_counter()
             torch.nn.functional.binary_cross_entropy_with_logits(model(**batch), y).backward()
             opt.step()

@@ -9,7 +9,6 @@ do not mix; the figure is ``ru_maxrss`` of that process.
     python benchmarks/train_memory.py                     # paper geometry, checkpointing on
     python benchmarks/train_memory.py --both              # ... and off (needs far more memory)
     python benchmarks/train_memory.py --slices 8          # a cheaper run (same model)
-    python benchmarks/train_memory.py --no-channels-last  # backbone in NCHW (the default is channels-last)
 """
 from __future__ import annotations
 
@@ -27,10 +26,8 @@ def one_step(args) -> dict:
 
     from raddiag.config import preset
     from raddiag.models import build_model
-    from raddiag.models.encoders import ResNetViTEncoder
 
     torch.set_num_threads(args.threads)
-    ResNetViTEncoder.channels_last = args.channels_last
     over = [f"data.depth={args.slices}", f"data.size={args.size}", f"data.max_scans={args.scans}",
             f"model.grad_checkpoint={'true' if args.checkpoint else 'false'}", f"model.slice_chunk={args.chunk}"]
     cfg = preset(args.preset, over)
@@ -56,7 +53,6 @@ def one_step(args) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return {"preset": args.preset, "scans": N, "slices": D, "size": S, "classes": args.classes,
             "grad_checkpoint": args.checkpoint, "slice_chunk": args.chunk, "amp": args.amp,
-            "channels_last": args.channels_last,
             "params_M": round(n_params / 1e6, 1), "peak_rss_GiB": round(peak / 2**20, 2),
             "rss_before_step_GiB": round(rss_before / 2**20, 2), "step_seconds": round(secs, 1),
             "threads": args.threads}
@@ -73,8 +69,6 @@ def main() -> int:
     p.add_argument("--amp", choices=["none", "bf16"], default="none")
     p.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
     p.add_argument("--no-checkpoint", dest="checkpoint", action="store_false")
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                   help="run the slice backbone in NCHW (default: channels-last, as the model does)")
     p.add_argument("--both", action="store_true", help="measure with and without checkpointing")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -88,8 +82,6 @@ def main() -> int:
                "--chunk", str(args.chunk), "--amp", args.amp, "--threads", str(args.threads)]
         if not ck:
             cmd.append("--no-checkpoint")
-        if not args.channels_last:
-            cmd.append("--no-channels-last")
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             print(f"grad_checkpoint={ck}: failed (rc {res.returncode}; killed for memory?)\n{res.stderr[-1500:]}")
@@ -97,7 +89,7 @@ def main() -> int:
         r = json.loads(res.stdout.strip().splitlines()[-1])
         print(f"{r['preset']} preset, 1 case of {r['scans']} scans x {r['slices']} slices x {r['size']} px, "
               f"{r['classes']} classes, {r['params_M']} M parameters, grad_checkpoint={ck} "
-              f"(slice_chunk={r['slice_chunk']}), amp={r['amp']}, channels_last={r['channels_last']}: peak RSS {r['peak_rss_GiB']} GiB "
+              f"(slice_chunk={r['slice_chunk']}), amp={r['amp']}: peak RSS {r['peak_rss_GiB']} GiB "
               f"(model+optimiser before the step {r['rss_before_step_GiB']} GiB), one step {r['step_seconds']} s "
               f"on {r['threads']} CPU threads")
     return 0
