@@ -34,7 +34,7 @@ def _lin(sd, p, dout, din, g):
     sd[p + "bias"] = 0.1 * torch.randn(dout, generator=g)
 
 
-def _transformer(sd, p, layers, g):
+def _transformer(sd, p, layers, g, W=W):
     for i in range(layers):
         q = f"{p}.transformer_encoder.encoder.layers.{i}."
         for j in range(4):
@@ -52,7 +52,10 @@ def _transformer(sd, p, layers, g):
     sd[f"{p}.transformer_encoder.encoder_layer.self_attn.linears.0.bias"] = torch.randn(9, generator=g)
 
 
-def released_state(early: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
+def released_state(early: bool = True, seed: int = 0, inplanes=INPL, classes: int = NCLS) -> dict[str, torch.Tensor]:
+    """Random weights in the release's key layout; the width is ``inplanes[3] * 4`` (the
+    release: ``inplanes=[64, 128, 256, 512]``, 2048 wide, 5,569 classes)."""
+    INPL, W = inplanes, inplanes[3] * 4
     g = torch.Generator().manual_seed(seed)
     sd: dict[str, torch.Tensor] = {}
     _conv(sd, "resnet2D.conv1.weight", INPL[0], 3, 7, g)
@@ -75,13 +78,13 @@ def released_state(early: bool = True, seed: int = 0) -> dict[str, torch.Tensor]
     sd["resnet2D.fc.bias"] = torch.randn(1000, generator=g)
     sd["attention1D.cls_token"] = torch.randn(1, 1, W, generator=g)
     sd["attention1D.pos_emb"] = torch.randn(D + 1, W, generator=g)
-    _transformer(sd, "attention1D", 1, g)
+    _transformer(sd, "attention1D", 1, g, W)
     if early:
         sd["vitFuse.mod_embed"] = torch.randn(16, W, generator=g)
         sd["vitFuse.cls_token"] = torch.randn(1, 1, W, generator=g)
-        _transformer(sd, "vitFuse", 2, g)
+        _transformer(sd, "vitFuse", 2, g, W)
     _lin(sd, "fc.0.", W, W, g)
-    _lin(sd, "fc.2.", NCLS, W, g)
+    _lin(sd, "fc.2.", classes, W, g)
     return sd
 
 

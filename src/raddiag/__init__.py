@@ -14,8 +14,9 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "load"]
 
 
-def load(run_dir, device: str = "cpu"):
-    """Load a trained run folder for inference (see :mod:`raddiag.serving.predict`)."""
+def load(run_dir, device: str = "cpu", backend: str = "auto"):
+    """Load a trained run folder for inference (see :mod:`raddiag.serving.predict`;
+    ``backend``: the inference fast path, :mod:`raddiag.models.fastpath`)."""
     from raddiag.serving.predict import Predictor
 
-    return Predictor.load(run_dir, device=device)
+    return Predictor.load(run_dir, device=device, backend=backend)

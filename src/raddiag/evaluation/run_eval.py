@@ -30,6 +30,7 @@ def evaluate_run(run_dir, data_dir, split: str = "test", out_dir=None, val_split
     (default ``RUN/eval-<split>``). With ``store_thresholds`` the validation thresholds are
     written into the run's ``label_space.json``."""
     from raddiag.models import load_model
+    from raddiag.models.fastpath import prepare_for_inference
     from raddiag.run import RunFolder
 
     from .engine import evaluate_predictions
@@ -38,6 +39,7 @@ def evaluate_run(run_dir, data_dir, split: str = "test", out_dir=None, val_split
     if not Path(data_dir).exists():
         raise FileNotFoundError(f"{data_dir}: prepared dataset folder does not exist")
     model, cfg, labels = load_model(run.root, device=device)
+    model = prepare_for_inference(model.eval())     # the fast path: same scores, less time
     test = predict_split(model, cfg, labels, data_dir, split, batch_size, device, progress)
     val = None
     if val_split and val_split != split:

@@ -94,10 +94,18 @@ class ResNetViTEncoder(nn.Module):
                                          mc.mlp_ratio, mc.dropout)
         nn.init.normal_(self.cls_token, std=0.02)
 
+    # In eval mode slices enter the backbone channels-last (oneDNN's preferred convolution layout
+    # on CPU; the whole backbone then runs in it). Not in training: a paper step was slower with
+    # it here (x1.41; benchmarks/model_speed.py --train), so channels_last_training is off.
+    channels_last = True
+    channels_last_training = False
+
     def slice_features(self, slices: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features ``[S, F]`` of ``[S, 1, H, W]`` slices, in chunks."""
         if self.in_channels != slices.shape[1]:
             slices = slices.expand(-1, self.in_channels, -1, -1)
+        if self.channels_last and (self.channels_last_training or not self.training):
+            slices = slices.contiguous(memory_format=torch.channels_last)
         n_chunks = -(-slices.shape[0] // self.slice_chunk)
         outs = []
         # equal-sized chunks: no 1-slice tail chunk (BatchNorm in training needs > 1 value)

@@ -27,6 +27,9 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace saliency overlays that exist already")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "compile", "off"],
+                   help="inference fast path (raddiag.models.fastpath; default: onnxruntime when installed, "
+                        "else torch; off: the plain model)")
     from raddiag.data.commands import add_limit_options
 
     add_limit_options(p)
@@ -78,7 +81,7 @@ def _predict(args: argparse.Namespace) -> int:
     cases = [c if Path(c).is_dir() else c.split(",") for c in args.cases]
     from raddiag.data.commands import limits_from_args
 
-    pred = Predictor.load(args.run, device=args.device)
+    pred = Predictor.load(args.run, device=args.device, backend=args.backend)
     pred.limits = limits_from_args(args)
     results = pred.predict(cases, modality=modality, top=args.top, classes=args.classes, encoder=args.encoder,
                            batch_size=args.batch_size, progress=len(cases) > args.batch_size,

@@ -177,26 +177,48 @@ def _split_cases(inputs) -> tuple[list, bool]:
 # -- the predictor ---------------------------------------------------------------------------
 class Predictor:
     """A trained run folder ready for inference. Thread-safe (one forward at a time).
-    ``limits``: the size bound of every input scan (set it to change the default)."""
+
+    Forwards run through :func:`raddiag.models.fastpath.prepare_for_inference`'s twin of the
+    model (built at the first forward; ``backend``: ``"auto"``, ``"torch"``, ``"onnxruntime"``,
+    ``"compile"``, or ``"off"`` for the plain model). ``self.model`` stays the plain model
+    (saliency hooks it). ``limits``: the size bound of every input scan (set it to change the
+    default)."""
 
     limits: Limits = DEFAULT_LIMITS
 
     def __init__(self, model, cfg: RunConfig, labels: LabelSpace, run_dir: Optional[Path] = None,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", backend: str = "auto") -> None:
+        from raddiag.models.fastpath import BACKENDS
+
+        if backend not in BACKENDS + ("off",):
+            raise ValueError(f"unknown inference backend {backend!r}; choose one of {BACKENDS + ('off',)}")
         self.model = model.eval()
         self.cfg = cfg
         self.labels = labels
         self.run_dir = Path(run_dir) if run_dir else None
         self.device = device
+        self.backend = backend
         self.lock = threading.Lock()
         self._text_encoder = None
+        self._fast = None
 
     @classmethod
-    def load(cls, run_dir: PathLike, device: str = "cpu") -> "Predictor":
+    def load(cls, run_dir: PathLike, device: str = "cpu", backend: str = "auto") -> "Predictor":
         from raddiag.models import load_model
 
         model, cfg, labels = load_model(run_dir, device=device)
-        return cls(model, cfg, labels, Path(run_dir), device)
+        return cls(model, cfg, labels, Path(run_dir), device, backend)
+
+    def inference_model(self):
+        """The model forwards run through (the fast twin unless ``backend="off"``); call it
+        holding ``self.lock``."""
+        if self.backend == "off":
+            return self.model
+        if self._fast is None:
+            from raddiag.models.fastpath import prepare_for_inference
+
+            self._fast = prepare_for_inference(self.model.eval(), self.backend)
+        return self._fast
 
     def __repr__(self) -> str:
         return (f"Predictor({self.run_dir}, {len(self.labels)} classes, preset={self.cfg.preset}, "
@@ -239,7 +261,7 @@ class Predictor:
         """Logits ``[B, C]`` of a collated batch."""
         with self.lock, torch.inference_mode():
             inputs = {k: batch[k].to(self.device) for k in self.model.input_keys}
-            return self.model(**inputs).float().cpu()
+            return self.inference_model()(**inputs).float().cpu()
 
     # -- class names scored zero-shot --------------------------------------------------------
     def class_embeddings(self, names: Sequence[str], encoder: Optional[PathLike] = None) -> torch.Tensor:
@@ -419,7 +441,7 @@ class Predictor:
             try:
                 self.model.set_label_embeddings(emb)
                 with torch.inference_mode():
-                    out = self.model(**{k: batch[k].to(self.device) for k in self.model.input_keys})
+                    out = self.inference_model()(**{k: batch[k].to(self.device) for k in self.model.input_keys})
                 return out.float().cpu()
             finally:
                 self.model.set_label_embeddings(old)
