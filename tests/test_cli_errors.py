@@ -268,3 +268,29 @@ def test_predict_saliency_refuses_to_overwrite(cases, tmp_path, capsys):
     rc, _, err = run_cli(capsys, *argv[:-4], "--saliency", tmp_path / "afile")
     assert rc == EXIT_BAD_INPUT
     one_line_error(err, str(tmp_path / "afile"), "must be a folder")
+
+
+# -- found by a red-team pass over the merged hardening ------------------------------------------
+def test_metrics_bootstrap_with_no_positive_case(tmp_path, capsys):
+    """Every label 0: the metrics are undefined (shown as '-'), the bootstrap must not crash."""
+    pred = _npz(tmp_path / "p.npz", scores=np.random.default_rng(0).random((20, 3)), labels=np.zeros((20, 3)))
+    rc, _, err = run_cli(capsys, "metrics", "--pred", pred, "--out", tmp_path / "m", "--n-boot", 5)
+    assert rc == 0, err
+    assert (tmp_path / "m" / "metrics.json").exists()
+
+
+def test_predict_refuses_an_empty_name_in_a_comma_joined_case(tmp_path, capsys, monkeypatch):
+    """'x.npy,' must not become 'x.npy' + '.', which would read every scan of the current folder."""
+    np.save(tmp_path / "other.npy", np.random.default_rng(0).random((16, 16, 4)).astype(np.float32))
+    monkeypatch.chdir(tmp_path)
+    for case in ("x.npy,", ",x.npy", "x.npy,,y.npy"):
+        rc, _, err = run_cli(capsys, "predict", tmp_path / "run", case, "--modality", "CT")
+        assert rc == EXIT_BAD_INPUT
+        one_line_error(err, repr(case), "empty file name")
+
+
+def test_non_finite_loss_is_bad_input():
+    from raddiag.cli import describe_error
+
+    code, text = describe_error(FloatingPointError("training loss is nan at epoch 1, step 1; cases of the batch: a"))
+    assert code == EXIT_BAD_INPUT and "unexpected" not in text

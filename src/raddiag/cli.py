@@ -30,7 +30,9 @@ COMMAND_MODULES = [
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
 # errors about what the user gave: a missing or wrong path, a bad value, an unreadable file
-BAD_INPUT = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError)
+# FloatingPointError: the trainer's stop at a non-finite loss, caused by the data or the settings.
+BAD_INPUT = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError,
+             FloatingPointError)
 
 
 class UserError(Exception):

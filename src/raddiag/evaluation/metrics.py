@@ -165,7 +165,10 @@ def metrics_from_bins(bins: np.ndarray, m_max: int, k_t: np.ndarray, with_thresh
     keys = [k for k in which if with_threshold or k not in THRESHOLD_METRICS]
     if m_max == 0:                                                       # no class has a positive
         out = {k: np.full(lead + (cb,), np.nan) for k in keys}
-        if fpr_grid is not None:
+        if fpr_grid is not None and roc_steps:                          # no steps; every class undefined
+            out["roc_steps"] = (np.zeros(lead + (cb, 0), np.int64), np.zeros(lead + (cb, 0)),
+                                np.zeros(lead + (cb,), bool))
+        elif fpr_grid is not None:
             out["roc"] = np.full(lead + (cb, len(fpr_grid)), np.nan)
         return out
     m1 = m_max + 1

@@ -79,6 +79,10 @@ def _predict(args: argparse.Namespace) -> int:
 
     # every CASE is one case: a folder, or a list of files (one file, or files joined by commas)
     cases = [c if Path(c).is_dir() else c.split(",") for c in args.cases]
+    for given, case in zip(args.cases, cases):
+        if isinstance(case, list) and not all(part.strip() for part in case):
+            # an empty name would be "." and pull every scan of the current folder into the case
+            raise ValueError(f"CASE {given!r}: an empty file name in a comma-joined case")
     from raddiag.data.commands import limits_from_args
 
     pred = Predictor.load(args.run, device=args.device, backend=args.backend)
