@@ -80,6 +80,19 @@ def test_several_cases_batched_equal_one_by_one(files):
     assert len(batched[0].ranked) == 2
 
 
+def test_cases_with_the_same_file_name_get_distinct_ids(files, tmp_path):
+    """a/x.png and b/x.png are two cases: two ids, two saliency files, nothing replaced."""
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "x.png").write_bytes(files.joinpath("cxr.png").read_bytes())
+    pred = Predictor.load(files / "run")
+    cases = [[str(tmp_path / "a" / "x.png")], [str(tmp_path / "b" / "x.png")], [str(files / "cxr.png")]]
+    res = pred.predict(cases, modality="X-ray", top=1, saliency=tmp_path / "sal")
+    assert [r.case_id for r in res] == ["x", "x#2", "cxr"]
+    paths = [m["path"] for r in res for m in r.saliency]
+    assert len(paths) == len(set(paths)) == 3
+
+
 def test_clear_errors(files):
     pred = Predictor.load(files / "run")
     with pytest.raises(ValueError, match="modality"):

@@ -161,6 +161,17 @@ def _case_id(case) -> str:
     return _case_id(items[0]) + (f"+{len(items) - 1}" if len(items) > 1 else "")
 
 
+def _case_ids(cases) -> list[str]:
+    """One id per case, from its file or folder name; a repeated name gets ``#2``, ``#3``, ...
+    in input order, so results and saliency files never share an id (``a/x.npy``, ``b/x.npy``)."""
+    ids, seen = [], {}
+    for case in cases:
+        base = _case_id(case)
+        seen[base] = seen.get(base, 0) + 1
+        ids.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+    return ids
+
+
 def _split_cases(inputs) -> tuple[list, bool]:
     """(list of cases, whether the caller gave several). A list of existing files is ONE case;
     a list holding lists or folders is several cases."""
@@ -310,16 +321,16 @@ class Predictor:
                 raise ValueError(f"{len(modality)} modalities given for {len(cases)} cases")
         if saliency not in (None, False, True) and Path(saliency).exists() and not Path(saliency).is_dir():
             raise NotADirectoryError(f"{saliency}: the saliency output must be a folder; it is a file")
-        prepared, errors = [], {}
+        prepared, errors, ids = [], {}, _case_ids(cases)
         for i, case in enumerate(cases):
             mod = modality[i] if several and isinstance(modality, list) else modality
             try:
                 scans = case_scans(case, mod)
-                sample, infos, _ = self.prepare(scans, _case_id(case))
+                sample, infos, _ = self.prepare(scans, ids[i])
             except (ValueError, OSError) as exc:        # one bad case must not cost the others
                 if not several:
                     raise
-                errors[i] = CaseError(_case_id(case), " ".join(str(exc).split()))
+                errors[i] = CaseError(ids[i], " ".join(str(exc).split()))
                 continue
             prepared.append((sample, infos))
         done = self._predict_prepared(prepared, True, top, classes, encoder, batch_size, progress) if prepared else []
