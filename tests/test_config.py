@@ -32,3 +32,24 @@ def test_exponent_floats_without_a_dot_are_floats():
     assert cfg.data.window == [-1000.0, 400.0]
     with pytest.raises(ValueError, match="expects float"):
         preset("tiny", ["train.lr=fast"])
+
+
+def test_settings_that_cannot_work_are_refused_up_front(tmp_path):
+    for bad, why in (("data.depth=0", "depth must be"), ("data.size=-3", "size must be"),
+                     ("data.size=20000", "size must be"), ("train.lr=1e999", "train.lr"),
+                     ("train.batch_size=0", "train.batch_size"), ("train=1", "is a section")):
+        with pytest.raises(ValueError, match=why):
+            preset("tiny", [bad])
+    cfg = preset("tiny")
+    cfg.data.size = 0                       # a hand-edited config.yaml is checked on load too
+    cfg.save(tmp_path / "c.yaml")
+    with pytest.raises(ValueError, match="size must be"):
+        RunConfig.load(tmp_path / "c.yaml")
+
+
+def test_prepare_refuses_an_output_geometry_out_of_range(tmp_path):
+    from raddiag.data.store import prepare_cases
+
+    with pytest.raises(ValueError, match="size must be"):
+        prepare_cases([], tmp_path / "out", size=20000)
+    assert not (tmp_path / "out").exists()

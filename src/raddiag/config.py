@@ -7,6 +7,7 @@ depends on remembering how a model was trained.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -118,7 +119,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
-        return _from_dict(cls, d)
+        return _from_dict(cls, d).validate()
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -158,8 +159,35 @@ class RunConfig:
             if not dataclasses.is_dataclass(obj) or name not in {f.name for f in dataclasses.fields(obj)}:
                 raise ValueError(f"override {item!r}: unknown setting {key!r}")
             hint = typing.get_type_hints(type(obj))[name]
+            if dataclasses.is_dataclass(hint):
+                raise ValueError(f"override {item!r}: {key!r} is a section; set one of its keys, e.g. "
+                                 f"{key}.{dataclasses.fields(hint)[0].name}=...")
             setattr(obj, name, _coerce(yaml.safe_load(raw), hint, key))
+        self.validate()
         return self
+
+    def validate(self) -> "RunConfig":
+        """Refuse values that cannot work (checked after overrides and on load), before any work."""
+        check_geometry(self.data.size, self.data.depth)
+        t = self.train
+        if not (math.isfinite(t.lr) and t.lr >= 0):       # 0 freezes every weight (tests use it)
+            raise ValueError(f"train.lr must be a finite number >= 0, got {t.lr}")
+        for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size"):
+            if getattr(t, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(t, name)}")
+        return self
+
+
+MAX_SIZE, MAX_DEPTH = 2048, 1024
+
+
+def check_geometry(size: int, depth: int) -> None:
+    """The prepared geometry: slices of ``size`` x ``size`` px (8..MAX_SIZE), at most ``depth``
+    slices (1..MAX_DEPTH). A bound on the output, as the readers' limits bound the input."""
+    if not (isinstance(size, int) and 8 <= size <= MAX_SIZE):
+        raise ValueError(f"size must be an integer from 8 to {MAX_SIZE} px, got {size!r}")
+    if not (isinstance(depth, int) and 1 <= depth <= MAX_DEPTH):
+        raise ValueError(f"depth must be an integer from 1 to {MAX_DEPTH} slices, got {depth!r}")
 
 
 def _from_dict(cls, d: dict[str, Any]):

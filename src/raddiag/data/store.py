@@ -112,6 +112,9 @@ def prepare_cases(
     is written into a temporary folder first and moved into place at the end, so a failed run
     leaves ``out_dir`` as it was, without debris.
     """
+    from raddiag.config import check_geometry
+
+    check_geometry(size, depth)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise OutputExists(f"{out}: is a file, not a folder")
