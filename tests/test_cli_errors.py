@@ -294,3 +294,13 @@ def test_non_finite_loss_is_bad_input():
 
     code, text = describe_error(FloatingPointError("training loss is nan at epoch 1, step 1; cases of the batch: a"))
     assert code == EXIT_BAD_INPUT and "unexpected" not in text
+
+
+def test_metrics_refuses_to_write_over_its_own_input(tmp_path, capsys):
+    (tmp_path / "ev").mkdir()
+    pred = _npz(tmp_path / "ev" / "predictions.npz", scores=np.array([[0.1], [0.9]]), labels=np.array([[0], [1]]))
+    before = pred.read_bytes()
+    rc, _, err = run_cli(capsys, "metrics", "--pred", pred, "--out", tmp_path / "ev", "--n-boot", 0)
+    assert rc == EXIT_BAD_INPUT
+    one_line_error(err, str(pred), "overwrite")
+    assert pred.read_bytes() == before

@@ -144,6 +144,11 @@ def _metrics(args) -> int:
     from raddiag.data.labels import LabelSpace
     from raddiag.evaluation.engine import evaluate_predictions
 
+    written = Path(args.out) / "predictions.npz"
+    for given in filter(None, (args.pred, args.val)):
+        if written.exists() and written.resolve() == Path(given).resolve():
+            raise ValueError(f"{given}: --out {args.out} would overwrite this input (metrics writes "
+                             "predictions.npz there); choose another --out")
     test = load_predictions(args.pred)
     val = load_predictions(args.val) if args.val else None
     c = test["scores"].shape[-1] if test["scores"].ndim == 2 else 1
