@@ -304,3 +304,20 @@ def test_metrics_refuses_to_write_over_its_own_input(tmp_path, capsys):
     assert rc == EXIT_BAD_INPUT
     one_line_error(err, str(pred), "overwrite")
     assert pred.read_bytes() == before
+
+
+def test_error_line_is_not_printed_onto_an_open_progress_bar(tmp_path, capsys, monkeypatch):
+    from tqdm import tqdm
+
+    import raddiag.evaluation.engine as engine
+
+    def fail_with_a_bar_open(*a, **k):
+        tqdm(total=10, desc="work").update(3)            # left open, as a failing loop leaves it
+        raise ValueError("x.npz: broken")
+
+    monkeypatch.setattr(engine, "evaluate_predictions", fail_with_a_bar_open)
+    pred = _npz(tmp_path / "p.npz", scores=np.array([[0.1], [0.9]]), labels=np.array([[0], [1]]))
+    rc, _, err = run_cli(capsys, "metrics", "--pred", pred, "--out", tmp_path / "m")
+    assert rc == EXIT_BAD_INPUT
+    assert not list(getattr(tqdm, "_instances", ()))
+    assert err.splitlines()[-1] == "raddiag: error: x.npz: broken"

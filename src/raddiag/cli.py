@@ -56,6 +56,16 @@ def describe_error(exc: BaseException) -> tuple[int, str]:
     return EXIT_FAILURE, f"{type(exc).__name__}: {text} (unexpected; rerun with --debug for the traceback)"
 
 
+def _close_progress_bars() -> None:
+    """Close progress bars an error left open, so the error line is not printed onto (and then
+    redrawn over by) a bar."""
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+
+
 def _add_debug(parser: argparse.ArgumentParser, top: bool = False) -> None:
     """``--debug`` on the top parser and on every sub-command (so it may come last too)."""
     parser.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
@@ -110,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         code, text = describe_error(exc)
+        _close_progress_bars()
         print(f"raddiag: error: {text}", file=sys.stderr)
         return code
     return int(rc or 0)
