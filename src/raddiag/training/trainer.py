@@ -286,6 +286,67 @@ def train(
         d.close()
 
 
+def _run_label_embeddings(d, run, cfg, labels, label_embeddings, knowledge_encoder, resume):
+    """The knowledge head's label embeddings, computed once per run (rank 0, then broadcast) and
+    kept in the run folder; None for other heads."""
+    if cfg.model.head != "knowledge":
+        return None
+    if resume and run.label_embeddings.exists():
+        return run.load_label_embeddings()
+    emb = resolve_label_embeddings(labels, label_embeddings, knowledge_encoder) if d.is_main else None
+    emb = dist_utils.broadcast_object(emb, d)
+    if d.is_main and label_embeddings is None:
+        run.create().record_text_encoder(knowledge_encoder)
+    return emb
+
+
+def _initial_model(cfg, labels, emb, init_state, resume, d, build_model):
+    """The seeded model (identical on every rank), from a pre-trained file or ``init_state``."""
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg, len(labels), emb)
+    if not resume and (cfg.model.pretrained or not init_state):  # resume / init_state: weights come from there
+        _init_pretrained(model, cfg, d.is_main)
+    if init_state:
+        own = model.state_dict()
+        keep = {k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(keep, strict=False)
+    if cfg.train.linear_probe:
+        model.freeze_pretrained()
+    return model.to(d.device)
+
+
+def _restore(run, model, optimizer, scheduler, state, labels, d) -> dict:
+    """Load ``checkpoints/last.pt`` into the model, optimiser, scheduler and ``state``; returns it."""
+    ckpt = load_checkpoint(run.checkpoints / LAST)
+    if ckpt.get("world_size", 1) != d.world_size:
+        log.warning("resuming a %d-process run with %d processes: the data order changes",
+                    ckpt.get("world_size", 1), d.world_size)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()
+        raise ValueError(f"{run.checkpoints / LAST}: does not fit this run's model and label space "
+                         f"({len(labels)} classes): {first[-1].strip() if first else exc}") from None
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    state.update({k: ckpt[k] for k in state if k in ckpt})
+    if d.is_main:
+        log.info("resuming %s at epoch %d, batch %d (step %d)", run.root, state["epoch"] + 1,
+                 state["batches_done"], state["step"])
+    return ckpt
+
+
+def _write_run_folder(run, cfg, labels, emb, epoch: int) -> None:
+    """The run folder: everything inference needs (config, labels, label embeddings)."""
+    run.create()
+    run.checkpoints.mkdir(exist_ok=True)
+    cfg.save(run.config)
+    labels.save(run.labels)
+    if emb is not None:
+        run.save_label_embeddings(emb)
+    _trim_metrics(run, epoch)
+
+
 def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progress, max_steps, init_state,
            train_indices, CaseDataset, make_loader, build_model, key_slice_attention_loss) -> TrainResult:
     from raddiag.data.dataset import ScanDataset
@@ -301,29 +362,9 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
     if not data.records_for("val"):
         raise ValueError(f"{data.root}: no cases in the val split; validation needs some")
 
-    # label embeddings, computed once per run and kept in the run folder
-    emb = None
-    if cfg.model.head == "knowledge":
-        if resume and run.label_embeddings.exists():
-            emb = run.load_label_embeddings()
-        else:
-            emb = resolve_label_embeddings(labels, label_embeddings, knowledge_encoder) if d.is_main else None
-            emb = dist_utils.broadcast_object(emb, d)
-            if d.is_main and label_embeddings is None:
-                run.create().record_text_encoder(knowledge_encoder)
+    emb = _run_label_embeddings(d, run, cfg, labels, label_embeddings, knowledge_encoder, resume)
 
-    # model (seeded init; identical on every rank)
-    torch.manual_seed(tc.seed)
-    model = build_model(cfg, len(labels), emb)
-    if not resume and (cfg.model.pretrained or not init_state):  # resume / init_state: weights come from there
-        _init_pretrained(model, cfg, d.is_main)
-    if init_state:
-        own = model.state_dict()
-        keep = {k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape}
-        model.load_state_dict(keep, strict=False)
-    if tc.linear_probe:
-        model.freeze_pretrained()
-    model.to(d.device)
+    model = _initial_model(cfg, labels, emb, init_state, resume, d, build_model)
 
     # data
     train_full = CaseDataset(data, "train", labels, cfg.data, train=True,
@@ -348,34 +389,10 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
 
     state = {"epoch": 0, "batches_done": 0, "step": 0, "best_val_auc": float("-inf"), "best_epoch": -1,
              "bad_epochs": 0, "stopped_early": False, "have_best": False}
-    ckpt = None
-    if resume:
-        ckpt = load_checkpoint(run.checkpoints / LAST)
-        if ckpt.get("world_size", 1) != d.world_size:
-            log.warning("resuming a %d-process run with %d processes: the data order changes",
-                        ckpt.get("world_size", 1), d.world_size)
-        try:
-            model.load_state_dict(ckpt["model"])
-        except (RuntimeError, KeyError) as exc:
-            first = str(exc).strip().splitlines()
-            raise ValueError(f"{run.checkpoints / LAST}: does not fit this run's model and label space "
-                             f"({len(labels)} classes): {first[-1].strip() if first else exc}") from None
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        state.update({k: ckpt[k] for k in state if k in ckpt})
-        if d.is_main:
-            log.info("resuming %s at epoch %d, batch %d (step %d)", run.root, state["epoch"] + 1,
-                     state["batches_done"], state["step"])
+    ckpt = _restore(run, model, optimizer, scheduler, state, labels, d) if resume else None
 
-    # the run folder: everything inference needs
     if d.is_main:
-        run.create()
-        run.checkpoints.mkdir(exist_ok=True)
-        cfg.save(run.config)
-        labels.save(run.labels)
-        if emb is not None:
-            run.save_label_embeddings(emb)
-        _trim_metrics(run, state["epoch"])
+        _write_run_folder(run, cfg, labels, emb, state["epoch"])
     d.barrier()
 
     train_model = model
