@@ -321,3 +321,39 @@ def test_error_line_is_not_printed_onto_an_open_progress_bar(tmp_path, capsys, m
     assert rc == EXIT_BAD_INPUT
     assert not list(getattr(tqdm, "_instances", ()))
     assert err.splitlines()[-1] == "raddiag: error: x.npz: broken"
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["predict", "RUN", "CASE", "--batch-size", "0"], "--batch-size: must be a positive integer, got 0"),
+    (["predict", "RUN", "CASE", "--saliency-top-k", "-3"], "--saliency-top-k: must be a positive integer, got -3"),
+    (["evaluate", "RUN", "--data", "D", "--batch-size", "x"], "must be a positive integer, got 'x'"),
+    (["data", "synth", "--out", "O", "--cases", "0"], "--cases: must be a positive integer"),
+    (["predict", "RUN", "CASE", "--device", "cuda:7"], "--device"),
+    (["predict", "RUN", "CASE", "--device", "gpu"], "is not a device"),
+])
+def test_counts_and_devices_are_checked_while_parsing(capsys, argv, needle):
+    rc, _, err = run_cli(capsys, *argv)
+    assert rc == 2 and needle in err, err
+    assert "Traceback" not in err
+
+
+def test_every_integer_option_but_seeds_and_ports_must_be_positive():
+    """Options added later get the check too: walk the whole parser."""
+    import argparse
+
+    from raddiag.cli import ZERO_ALLOWED, build_parser, positive_int
+
+    def walk(parser):
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for child in a.choices.values():
+                    yield from walk(child)
+            else:
+                yield a
+
+    ints = [a for a in walk(build_parser()) if a.type in (int, positive_int)]
+    assert any(a.dest == "batch_size" for a in ints)
+    assert [a.option_strings for a in ints if a.type is int and a.dest not in ZERO_ALLOWED] == []
+    assert positive_int("3") == 3
+    with pytest.raises(argparse.ArgumentTypeError):
+        positive_int("0")

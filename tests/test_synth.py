@@ -241,3 +241,16 @@ def test_hierarchy_siblings_look_alike():
     sib = clf.predict_proba(_scans("Bacterial pneumonia", "X-ray", 25, 3, shape))[:, 1].mean()
     held_normal = clf.predict_proba(_scans("Normal:Chest", "X-ray", 25, 4, shape))[:, 1].mean()
     assert sib > held_normal + 0.2
+
+
+def test_synth_refuses_a_folder_with_a_dataset_unless_overwrite(tmp_path):
+    from raddiag.data.errors import OutputExists
+
+    kw = dict(n_cases=4, size=16, depth=2, workers=1, raw_size=(24, 32), raw_depth=(4, 8))
+    synth.synthesize(tmp_path, seed=0, **kw)
+    before = (tmp_path / "raw" / "manifest.jsonl").read_text()
+    with pytest.raises(OutputExists, match="holds a dataset already"):
+        synth.synthesize(tmp_path, seed=1, **kw)
+    assert (tmp_path / "raw" / "manifest.jsonl").read_text() == before   # untouched
+    synth.synthesize(tmp_path, seed=1, overwrite=True, **kw)
+    assert (tmp_path / "raw" / "manifest.jsonl").read_text() != before

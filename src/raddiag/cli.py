@@ -76,6 +76,59 @@ def _add_debug(parser: argparse.ArgumentParser, top: bool = False) -> None:
                 _add_debug(child)
 
 
+# Integer options that may be 0 (or negative); every other ``type=int`` option of every
+# sub-command is a count or a size and must be positive (``_check_arguments``).
+ZERO_ALLOWED = {"seed", "port", "min_per_cell", "retries"}
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def device_arg(text: str) -> str:
+    """argparse type: a torch device this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+    if text == "cpu":
+        return text            # the default: no torch import while parsing
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device (cpu, cuda, cuda:N, mps)") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has no CUDA device (torch {torch.__version__})")
+        if dev.index is not None and dev.index >= n:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {n} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available on this machine")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{text!r}: device type {dev.type!r} is not supported (cpu, cuda, mps)")
+    return text
+
+
+def _check_arguments(parser: argparse.ArgumentParser) -> None:
+    """Give every sub-command's counts (``type=int``, except ZERO_ALLOWED) the positive check and
+    every ``--device`` the device check, in one place, so a 0 or an absent GPU is one clear
+    argparse line rather than a hang or a traceback deep in torch."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                _check_arguments(child)
+        elif action.type is int and action.dest not in ZERO_ALLOWED:
+            action.type = positive_int
+        elif action.dest == "device" and action.type is None:
+            action.type = device_arg
+
+
 def build_parser() -> argparse.ArgumentParser:
     from raddiag import __version__
 
@@ -98,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module.register(sub)
     _add_debug(parser, top=True)
+    _check_arguments(parser)
     return parser
 
 

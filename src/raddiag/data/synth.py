@@ -805,12 +805,18 @@ def synthesize(
     progress: bool = False,
     with_defects: bool = False,
     workers: Optional[int] = None,
+    overwrite: bool = False,
     **gen_kwargs,
 ):
-    """Generate raw cases and prepare them into ``out_dir`` (a ready prepared dataset).
+    """Generate raw cases and prepare them into ``out_dir`` (a ready prepared dataset); a folder
+    that holds a dataset (prepared or raw) already is replaced only with ``overwrite``.
     Returns the :class:`~raddiag.data.store.PrepareReport`."""
+    from raddiag.data.errors import OutputExists
     from raddiag.data.store import prepare_cases
 
+    out = Path(out_dir)
+    if not overwrite and ((out / "meta.json").exists() or (out / "raw").is_dir() and any((out / "raw").iterdir())):
+        raise OutputExists(f"{out}: holds a dataset already; pass --overwrite (overwrite=True) to replace it")
     cases = generate_cases(out_dir, n_cases, seed, with_defects=with_defects, progress=progress, **gen_kwargs)
     head_min, medium_min = label_groups(n_cases)
     # overwrite: generate_cases has just rewritten the raw cases of out_dir; its prepared part follows
@@ -860,6 +866,7 @@ def add_synth_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--size", type=int, default=64, help="prepared slice size (default 64)")
     p.add_argument("--depth", type=int, default=8, help="prepared max depth (default 8)")
+    p.add_argument("--overwrite", action="store_true", help="replace the dataset DIR holds already")
     p.add_argument("--with-defects", action="store_true",
                    help="add a few broken files (missing, constant, NaN, truncated) to exercise the skip report")
     p.set_defaults(func=_cmd_synth)
@@ -869,7 +876,7 @@ def _cmd_synth(args) -> int:
     if args.cases < 1:
         raise ValueError(f"--cases must be at least 1, got {args.cases}")
     report = synthesize(args.out, n_cases=args.cases, seed=args.seed, size=args.size, depth=args.depth,
-                        progress=True, with_defects=args.with_defects)
+                        progress=True, with_defects=args.with_defects, overwrite=args.overwrite)
     print(summary(args.out))
     if report.skipped_scans or report.skipped_cases:
         print(f"skipped: {len(report.skipped_scans)} scans, {len(report.skipped_cases)} cases "
