@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import (accuracy_score, average_precision_score, f1_score, matthews_corrcoef,
                              roc_auc_score)
 
-from raddiag.evaluation.bootstrap import bootstrap_per_class, percentile_ci, resample_weights
+from raddiag.evaluation.bootstrap import bootstrap_ci, bootstrap_per_class, percentile_ci, resample_weights
 from raddiag.evaluation.metrics import FPR_TARGETS, best_f1_thresholds, macro, per_class_metrics
 
 
@@ -131,8 +131,34 @@ def test_interval_covers_a_known_macro_auc():
     from raddiag.evaluation.coverage import Design, coverage
 
     res = coverage(Design(n_cases=400, rare_prevalence=0.015), reps=40, n_boot=200, seed=0)
-    assert res["contains_point"] == 1.0
-    assert res["coverage"] >= 0.85
+    for method in ("logit", "percentile"):
+        assert res[method]["contains_point"] == 1.0, method
+        assert res[method]["coverage"] >= 0.85, method
+
+
+def test_logit_interval_by_hand_and_around_a_biased_bootstrap():
+    from scipy.stats import norm
+
+    from raddiag.evaluation.bootstrap import bootstrap_ci
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(0.0, 0.3, size=2000)                       # replicates drawn on the logit scale
+    lo, hi = bootstrap_ci(1 / (1 + np.exp(-z)), 0.5)
+    half = norm.ppf(0.975) * z.std(ddof=1)
+    assert (lo, hi) == pytest.approx((1 / (1 + np.exp(half)), 1 / (1 + np.exp(-half))), rel=1e-9)
+    # replicates all above the estimate (AP of a class with few positives): the percentile
+    # interval misses its point, the logit one contains it and stays in [0, 1]
+    reps = 0.19 + 0.08 * rng.random(1000)
+    p_lo, _ = bootstrap_ci(reps, 0.184, method="percentile")
+    lo, hi = bootstrap_ci(reps, 0.184)
+    assert p_lo > 0.184 and lo < 0.184 < hi and 0 < lo and hi < 1
+    # MCC lives in [-1, 1] (Fisher z scale); a point on the edge stays inside its interval
+    lo, hi = bootstrap_ci(np.array([-0.2, 0.1, 0.3, 0.0]), 0.05, metric="mcc")
+    assert -1 < lo < 0.05 < hi < 1
+    lo, hi = bootstrap_ci(np.array([1.0, 0.98, 0.99, 1.0]), 1.0)
+    assert lo < 1.0 and hi == 1.0
+    with pytest.raises(ValueError, match="interval method"):
+        bootstrap_ci(reps, 0.2, method="bca")
 
 
 def test_bootstrap_ci_contains_point_and_shrinks_with_more_data():
@@ -143,8 +169,8 @@ def test_bootstrap_ci_contains_point_and_shrinks_with_more_data():
         s = rng.normal(size=(n, 5)) + 1.0 * y
         point = macro(per_class_metrics(s, y)["auc"])[0]
         boot = bootstrap_per_class(s, y, None, n_boot=300, seed=1, metrics=("auc",))
-        lo, hi = percentile_ci(macro(boot["auc"])[0])
-        assert lo <= point <= hi
+        for lo, hi in (percentile_ci(macro(boot["auc"])[0]), bootstrap_ci(macro(boot["auc"])[0], point)):
+            assert lo <= point <= hi
         widths.append(hi - lo)
     assert widths[1] < widths[0] / 2
 

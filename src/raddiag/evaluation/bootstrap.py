@@ -14,6 +14,17 @@ draw leaves the class undefined. Every fixed class is defined in every resample,
 prevalence is kept there. ``benchmarks/ci_coverage.py`` simulates a known macro AUC (rare
 classes that are also the hard ones) and measures the coverage of the 95 % interval.
 
+Interval (:func:`bootstrap_ci`). The default is a Wald interval on the logit scale with the
+bootstrap standard error (``method="logit"``; MCC, which lives in [-1, 1], on Fisher's z
+scale): ``expit(logit(point) +- z * sd(logit(replicates)))``. It is centred on the point
+estimate, so it always contains it, and it stays inside the metric's range. The percentile
+interval (``method="percentile"``) does not contain its point estimate when the bootstrap
+distribution is biased, which it is for average precision on classes with few positives: a
+resample that duplicates a positive case raises precision at its rank (the real-data benchmark
+printed a macro AP of 18.4 [18.5, 26.9] on 21 cases). Boyd et al. (2013, "Area under the
+precision-recall curve: point estimates and confidence intervals") found logit intervals
+better calibrated than percentile ones for few positives.
+
 Engine. Every metric of :mod:`.metrics` is a function of per-class *bin totals* (see there),
 so the totals for all resamples are one sparse product per class block:
 ``bins[B, Cb*ncols] = W[B, N] @ M[N, Cb*ncols]`` with one non-zero per (case, class) in
@@ -180,6 +191,35 @@ def bootstrap_per_class(scores, labels, thresholds=None, n_boot: int = 1000, see
             out["roc"] = {g: np.where(roc_cnt[g] > 0, roc_sum[g] / np.maximum(roc_cnt[g], 1), np.nan)
                           for g in roc_groups}
     return out
+
+
+CI_METHODS = ("logit", "percentile")
+METRIC_RANGE = {"mcc": (-1.0, 1.0)}     # every other metric lives in [0, 1]
+_EDGE = 1e-4                            # a point at the range's edge is moved this far in (logit finite)
+
+
+def bootstrap_ci(samples: np.ndarray, point: Optional[float], alpha: float = 0.05, method: str = "logit",
+                 metric: str = "auc") -> tuple[float, float]:
+    """``(low, high)`` of a ``1 - alpha`` interval from bootstrap replicates of a statistic whose
+    estimate is ``point`` (module docstring, "Interval")."""
+    if method not in CI_METHODS:
+        raise ValueError(f"unknown interval method {method!r}; choose from {CI_METHODS}")
+    if method == "percentile":
+        return percentile_ci(samples, alpha)
+    from scipy.special import expit, logit
+    from scipy.stats import norm
+
+    s = np.asarray(samples, dtype=np.float64)
+    s = s[np.isfinite(s)]
+    if s.size < 2 or point is None or not np.isfinite(point):
+        return float("nan"), float("nan")
+    lo, hi = METRIC_RANGE.get(metric, (0.0, 1.0))
+    to01 = lambda x: np.clip((np.asarray(x, dtype=np.float64) - lo) / (hi - lo), _EDGE, 1 - _EDGE)
+    centre, se = logit(to01(point)), np.std(logit(to01(s)), ddof=1)
+    z = norm.ppf(1 - alpha / 2)
+    a, b = (lo + (hi - lo) * expit(centre + k * z * se) for k in (-1, 1))
+    # the edge shift must not push the interval off a point that sits on the edge
+    return float(min(a, point)), float(max(b, point))
 
 
 def percentile_ci(samples: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:

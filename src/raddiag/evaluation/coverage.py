@@ -50,15 +50,17 @@ def simulate(design: Design, rng: np.random.Generator) -> tuple[np.ndarray, np.n
     return (z + d * y).astype(np.float32), y
 
 
-def coverage(design: Design, reps: int, n_boot: int, seed: int = 0, alpha: float = 0.05) -> dict:
-    """Share of ``reps`` simulated test sets whose macro-AUC interval contains the truth, and
-    of those whose interval contains its own point estimate."""
-    from .bootstrap import bootstrap_per_class, percentile_ci
+def coverage(design: Design, reps: int, n_boot: int, seed: int = 0, alpha: float = 0.05,
+             methods: tuple = ("logit", "percentile")) -> dict:
+    """For each interval method (:func:`~raddiag.evaluation.bootstrap.bootstrap_ci`): the share
+    of ``reps`` simulated test sets whose macro-AUC interval contains the truth, the share whose
+    interval contains its own point estimate, and the mean width. The methods share the
+    simulated sets and the resamples."""
+    from .bootstrap import bootstrap_ci, bootstrap_per_class
     from .metrics import macro, per_class_metrics
 
     rng = np.random.default_rng(seed)
-    covered = contains_point = 0
-    widths = []
+    hits = {m: {"covered": 0, "contains_point": 0, "widths": []} for m in methods}
     for r in range(reps):
         s, y = simulate(design, rng)
         auc = per_class_metrics(s, y)["auc"]
@@ -66,9 +68,10 @@ def coverage(design: Design, reps: int, n_boot: int, seed: int = 0, alpha: float
         truth = design.true_auc[fixed].mean()
         point = auc[fixed].mean()
         boot = bootstrap_per_class(s, y, None, n_boot=n_boot, seed=seed * 100_003 + r, metrics=("auc",))
-        lo, hi = percentile_ci(macro(boot["auc"], fixed)[0], alpha)
-        covered += lo <= truth <= hi
-        contains_point += lo <= point <= hi
-        widths.append(hi - lo)
-    return {"reps": reps, "coverage": covered / reps, "contains_point": contains_point / reps,
-            "mean_width": float(np.mean(widths))}
+        for m, h in hits.items():
+            lo, hi = bootstrap_ci(macro(boot["auc"], fixed)[0], point, alpha, m)
+            h["covered"] += lo <= truth <= hi
+            h["contains_point"] += lo <= point <= hi
+            h["widths"].append(hi - lo)
+    return {m: {"reps": reps, "coverage": h["covered"] / reps, "contains_point": h["contains_point"] / reps,
+                "mean_width": float(np.mean(h["widths"]))} for m, h in hits.items()}

@@ -19,7 +19,7 @@ import numpy as np
 from raddiag.data.case import NORMAL
 from raddiag.data.labels import LabelSpace
 
-from .bootstrap import bootstrap_per_class, percentile_ci
+from .bootstrap import CI_METHODS, bootstrap_ci, bootstrap_per_class
 from .metrics import METRICS, best_f1_thresholds, check_inputs, macro, per_class_metrics
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ def _entry(value, ci, n_classes, n_excluded) -> dict:
             "n_classes": int(n_classes), "n_excluded": int(n_excluded)}
 
 
-def _summarise(point: dict, boot: Optional[dict], masks: dict[str, np.ndarray], alpha: float) -> dict:
+def _summarise(point: dict, boot: Optional[dict], masks: dict[str, np.ndarray], alpha: float,
+               ci_method: str = "logit") -> dict:
     """``{group: {metric: entry}}`` from per-class point values and bootstrap replicates."""
     res = {}
     for g, mask in masks.items():
@@ -54,7 +55,7 @@ def _summarise(point: dict, boot: Optional[dict], masks: dict[str, np.ndarray], 
             v, n_used, n_excl = macro(point[k], mask)
             ci = (None, None)
             if boot is not None and k in boot and mask.any():
-                ci = percentile_ci(macro(boot[k], mask)[0], alpha)
+                ci = bootstrap_ci(macro(boot[k], mask)[0], v, alpha, ci_method, metric=k)
             res[g][k] = _entry(v, ci, n_used, n_excl)
     return res
 
@@ -93,18 +94,21 @@ def default_plot_classes(point: dict, labels: np.ndarray, names: Sequence[str], 
 def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_scores=None, val_labels=None,
                          anatomy=None, case_ids=None, out_dir=None, n_boot: int = 1000, seed: int = 0,
                          plot_classes=None, use_label_space_thresholds: bool = True, alpha: float = 0.05,
-                         progress: bool = False, title: str = "raddiag evaluation") -> dict:
+                         ci_method: str = "logit", progress: bool = False, title: str = "raddiag evaluation") -> dict:
     """Score predictions (probabilities ``[N, C]``) against multi-hot labels.
 
     Thresholds for F1/MCC/ACC: maximal F1 on ``val_*`` when given; else the label space's stored
     thresholds (``use_label_space_thresholds``); else chosen on the test split and flagged
     ``"chosen on test (optimistic)"`` in the output. Returns a dict with ``metrics`` (the
     ``metrics.json`` content), ``per_class`` (``{metric: [C]}``), ``thresholds`` ``[C]``,
-    ``threshold_source`` and ``roc`` (per-group macro ROC curves with bands). With ``out_dir``
+    ``threshold_source`` and ``roc`` (per-group macro ROC curves with bands). ``ci_method``: the
+    interval of each macro metric (:func:`~raddiag.evaluation.bootstrap.bootstrap_ci`). With ``out_dir``
     writes ``metrics.json``, ``per_class.csv``, ``predictions.npz`` and ``report.html``.
     """
     if n_boot < 0:
         raise ValueError(f"n_boot must be >= 0 (0: no confidence intervals), got {n_boot}")
+    if ci_method not in CI_METHODS:
+        raise ValueError(f"unknown interval method {ci_method!r}; choose from {CI_METHODS}")
     scores, labels = check_inputs(test_scores, test_labels, "test predictions")
     n, c = scores.shape
     if len(label_space) != c:
@@ -124,7 +128,7 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
     if n_boot > 0:
         boot = bootstrap_per_class(scores, labels, thr, n_boot=n_boot, seed=seed, progress=progress,
                                    fpr_grid=FPR_GRID, roc_groups={g: m for g, m in masks.items() if g != "normal"})
-    metrics = _summarise(point, boot, masks, alpha)
+    metrics = _summarise(point, boot, masks, alpha, ci_method)
 
     roc = {}
     for g, m in masks.items():
@@ -146,7 +150,7 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
             p_a = per_class_metrics(s_a, y_a, thr)
             b_a = (bootstrap_per_class(s_a, y_a, thr, n_boot=n_boot, seed=seed + 1 + i)
                    if n_boot > 0 else None)
-            sub = _summarise(p_a, b_a, {"all": masks["all"], "normal": normal_mask}, alpha)
+            sub = _summarise(p_a, b_a, {"all": masks["all"], "normal": normal_mask}, alpha, ci_method)
             metrics[f"anatomy/{name}"] = sub["all"]
             metrics[f"anatomy/{name}/normal"] = sub["normal"]
             anatomy_point[name] = {"n_cases": int(rows.sum())}
@@ -161,7 +165,10 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
         "threshold_note": THRESHOLD_SOURCES[source],
         "n_threshold_fallback": int(fallback.sum()),
         "threshold_fallback_value": 0.5,
-        "n_boot": int(n_boot), "seed": int(seed), "ci": f"{100 * (1 - alpha):g}% percentile bootstrap over cases; the classes averaged are fixed "
+        "n_boot": int(n_boot), "seed": int(seed), "ci": f"{100 * (1 - alpha):g}% bootstrap over cases, "
+              + ("Wald interval on the logit scale (Fisher z for MCC) with the bootstrap standard error"
+                 if ci_method == "logit" else "percentile interval")
+              + "; the classes averaged are fixed "
               "from the full test set (a resample that misses a class's positives or negatives redraws "
               "them from that class)",
         "recall_at_fpr": "largest TPR over ROC operating points (distinct score thresholds, score >= t is "
