@@ -76,6 +76,23 @@ def _add_debug(parser: argparse.ArgumentParser, top: bool = False) -> None:
                 _add_debug(child)
 
 
+def _add_release_labels(parser: argparse.ArgumentParser) -> None:
+    """Every command that takes a RUN (a positional ``run``) also takes the authors' released
+    checkpoint there (:func:`raddiag.run.resolve_run`, called in :func:`main`), with
+    ``--release-labels`` for its label dictionary when it is not beside it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                run = next((a for a in child._actions if a.dest == "run" and not a.option_strings), None)
+                if run is not None:
+                    run.help = (run.help or "run folder") + "; or the authors' released checkpoint (folder " \
+                        "or file), imported on first use into a cached run folder"
+                    child.add_argument("--release-labels", default=None, metavar="JSON",
+                                       help="the release's disorder_label_dict.json when RUN is the released "
+                                            "checkpoint and the file is not beside it")
+                _add_release_labels(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from raddiag import __version__
 
@@ -97,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    _add_release_labels(parser)
     _add_debug(parser, top=True)
     return parser
 
@@ -112,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     try:
+        if hasattr(args, "release_labels"):   # the one place a command's RUN is resolved
+            from raddiag.run import resolve_run
+
+            args.run = str(resolve_run(args.run, args.release_labels).root)
         rc = args.func(args)
     except KeyboardInterrupt:
         print("raddiag: interrupted", file=sys.stderr)
