@@ -93,6 +93,19 @@ def _add_release_labels(parser: argparse.ArgumentParser) -> None:
                 _add_release_labels(child)
 
 
+def _resolve_release(args) -> None:
+    """A RUN that is the released checkpoint becomes its cached import (:func:`raddiag.run.resolve_run`,
+    which the commands call again: a run folder, or a path that does not exist, is left to them so
+    that they check their other inputs first, as before)."""
+    from pathlib import Path
+
+    from raddiag.run import RunFolder, resolve_run
+
+    run = Path(args.run)
+    if args.release_labels is not None or (run.exists() and not RunFolder(run).looks_like_run()):
+        args.run = str(resolve_run(run, args.release_labels).root)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from raddiag import __version__
 
@@ -130,10 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     try:
-        if hasattr(args, "release_labels"):   # the one place a command's RUN is resolved
-            from raddiag.run import resolve_run
-
-            args.run = str(resolve_run(args.run, args.release_labels).root)
+        if hasattr(args, "release_labels"):
+            _resolve_release(args)
         rc = args.func(args)
     except KeyboardInterrupt:
         print("raddiag: interrupted", file=sys.stderr)

@@ -55,6 +55,10 @@ class RunFolder:
             raise OSError(exc.errno, f"cannot create the run folder ({exc.strerror})", str(self.root)) from None
         return self
 
+    def looks_like_run(self) -> bool:
+        """A folder with a run's config or label space (complete or not: :meth:`check` says)."""
+        return self.root.is_dir() and (self.config.exists() or self.labels.exists())
+
     def check(self) -> "RunFolder":
         """Raise a clear error when this is not a usable run folder."""
         if not self.root.is_dir():
@@ -152,7 +156,7 @@ def resolve_run(path, labels=None) -> RunFolder:
     if isinstance(path, RunFolder):
         path = path.root
     run = RunFolder(path)
-    if run.root.is_dir() and (run.config.exists() or run.labels.exists()):
+    if run.looks_like_run():
         if labels is not None:
             raise ValueError(f"{run.root}: is a run folder; a label dictionary ({labels}) is only for "
                              "the authors' released checkpoint")
