@@ -127,9 +127,14 @@ def _import_into(root: Path, weights: Path, labels: Path, digest: str) -> None:
     """Import into a temporary folder beside ``root``, then rename it into place (a rename onto
     a non-empty folder fails: another process's complete import is then used, an incomplete
     entry is set aside first)."""
-    root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot create the cache of imported releases ({exc.strerror}); set "
+                                 "$RADDIAG_CACHE to a writable folder", str(root.parent)) from None
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
     try:
+        tmp.chmod(0o755)                 # mkdtemp's 0700 would hide a shared cache from other users
         import_official(weights, labels, tmp)
         (tmp / "release.json").write_text(json.dumps(
             {"checkpoint": str(weights.resolve()), "sha256": digest, "labels": str(labels.resolve()),
