@@ -129,6 +129,36 @@ def _check_arguments(parser: argparse.ArgumentParser) -> None:
             action.type = device_arg
 
 
+def _add_release_labels(parser: argparse.ArgumentParser) -> None:
+    """Every command that takes a RUN (a positional ``run``) also takes the authors' released
+    checkpoint there (:func:`raddiag.run.resolve_run`, called in :func:`main`), with
+    ``--release-labels`` for its label dictionary when it is not beside it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                run = next((a for a in child._actions if a.dest == "run" and not a.option_strings), None)
+                if run is not None:
+                    run.help = (run.help or "run folder") + "; or the authors' released checkpoint (folder " \
+                        "or file), imported on first use into a cached run folder"
+                    child.add_argument("--release-labels", default=None, metavar="JSON",
+                                       help="the release's disorder_label_dict.json when RUN is the released "
+                                            "checkpoint and the file is not beside it")
+                _add_release_labels(child)
+
+
+def _resolve_release(args) -> None:
+    """A RUN that is the released checkpoint becomes its cached import (:func:`raddiag.run.resolve_run`,
+    which the commands call again: a run folder, or a path that does not exist, is left to them so
+    that they check their other inputs first, as before)."""
+    from pathlib import Path
+
+    from raddiag.run import RunFolder, resolve_run
+
+    run = Path(args.run)
+    if args.release_labels is not None or (run.exists() and not RunFolder(run).looks_like_run()):
+        args.run = str(resolve_run(run, args.release_labels).root)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from raddiag import __version__
 
@@ -150,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    _add_release_labels(parser)
     _add_debug(parser, top=True)
     _check_arguments(parser)
     return parser
@@ -166,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     try:
+        if hasattr(args, "release_labels"):
+            _resolve_release(args)
         rc = args.func(args)
     except KeyboardInterrupt:
         print("raddiag: interrupted", file=sys.stderr)

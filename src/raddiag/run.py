@@ -10,7 +10,8 @@ RUN/
   metrics.csv, tensorboard/      training curves
   checkpoints/last.pt            full training state for --resume (weights_only-loadable)
 ```
-Loading never unpickles: weights are safetensors, the rest JSON / YAML.
+Loading never unpickles: weights are safetensors, the rest JSON / YAML. :func:`resolve_run` is
+the one place a path given as a run is read, and also takes the authors' released checkpoint.
 """
 from __future__ import annotations
 
@@ -53,6 +54,10 @@ class RunFolder:
         except OSError as exc:
             raise OSError(exc.errno, f"cannot create the run folder ({exc.strerror})", str(self.root)) from None
         return self
+
+    def looks_like_run(self) -> bool:
+        """A folder with a run's config or label space (complete or not: :meth:`check` says)."""
+        return self.root.is_dir() and (self.config.exists() or self.labels.exists())
 
     def check(self) -> "RunFolder":
         """Raise a clear error when this is not a usable run folder."""
@@ -141,6 +146,32 @@ class RunFolder:
                     "pass the encoder folder explicitly (--encoder)")
             return Path(path)
         return None
+
+
+def resolve_run(path, labels=None) -> RunFolder:
+    """The checked run folder ``path`` names: a run folder, or the authors' released checkpoint (its
+    folder or weights file), imported on first use into a cached run folder keyed by the file's
+    hash (:mod:`raddiag.models.release`; ``labels``: its label dictionary when it is not beside it).
+    Every command and function that takes a run resolves it here."""
+    if isinstance(path, RunFolder):
+        path = path.root
+    run = RunFolder(path)
+    if run.looks_like_run():
+        if labels is not None:
+            raise ValueError(f"{run.root}: is a run folder; a label dictionary ({labels}) is only for "
+                             "the authors' released checkpoint")
+        return run.check()
+    if not run.root.exists():
+        raise FileNotFoundError(f"{run.root}: does not exist (expected a run folder or the authors' "
+                                "released checkpoint)")
+    from raddiag.models.release import release_run, release_weights   # a layer above this module
+
+    if release_weights(run.root) is None:
+        raise FileNotFoundError(
+            f"{run.root}: neither a run folder ({run.config.name}, {run.labels.name}, {run.weights.name}) "
+            "nor the authors' released checkpoint (pytorch_model.bin or *.safetensors with the release's "
+            "key names, disorder_label_dict.json beside it)")
+    return release_run(run.root, labels)
 
 
 def read_safetensors(path, device: str = "cpu") -> dict:

@@ -31,14 +31,14 @@ def evaluate_run(run_dir, data_dir, split: str = "test", out_dir=None, val_split
     written into the run's ``label_space.json``."""
     from raddiag.models import load_model
     from raddiag.models.fastpath import prepare_for_inference
-    from raddiag.run import RunFolder
+    from raddiag.run import resolve_run
 
     from .engine import evaluate_predictions
 
-    run = RunFolder(run_dir).check()
+    run = resolve_run(run_dir)
     if not Path(data_dir).exists():
         raise FileNotFoundError(f"{data_dir}: prepared dataset folder does not exist")
-    model, cfg, labels = load_model(run.root, device=device)
+    model, cfg, labels = load_model(run, device=device)
     model = prepare_for_inference(model.eval())     # the fast path: same scores, less time
     test = predict_split(model, cfg, labels, data_dir, split, batch_size, device, progress)
     val = None

@@ -57,9 +57,7 @@ from raddiag.knowledge.defaults import DEFAULTS  # noqa: E402  (light, shared wi
 TRAIN_MAX_LENGTH = 32
 
 
-def cache_dir() -> Path:
-    """``$RADDIAG_CACHE`` or ``~/.cache/raddiag``."""
-    return Path(os.environ.get("RADDIAG_CACHE") or Path.home() / ".cache" / "raddiag")
+from raddiag.cache import cache_dir  # noqa: E402,F401  (one definition; demo and map import it from here)
 
 
 # -- data -------------------------------------------------------------------------------------

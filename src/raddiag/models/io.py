@@ -34,11 +34,11 @@ def save_model(model: RadDiag, run: RunFolder | str | Path, cfg: Optional[RunCon
 
 
 def load_model(run_dir: RunFolder | str | Path, device: str = "cpu") -> tuple[RadDiag, RunConfig, LabelSpace]:
-    """``(model in eval mode, RunConfig, LabelSpace)`` from a run folder."""
-    from raddiag.run import read_safetensors
+    """``(model in eval mode, RunConfig, LabelSpace)`` from a run folder (or the authors'
+    released checkpoint: :func:`raddiag.run.resolve_run`)."""
+    from raddiag.run import read_safetensors, resolve_run
 
-    run = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
-    run.check()
+    run = resolve_run(run_dir)
     cfg = run.load_config()
     labels = run.load_labels()
     emb = None

@@ -51,19 +51,25 @@ _RENAMES = [
 ]
 
 
-def read_checkpoint(ckpt: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
-    """The state dict in a checkpoint folder (or file): ``model.safetensors`` / ``*.safetensors``
-    first, else ``pytorch_model.bin`` read with ``torch.load(weights_only=True)``."""
+def checkpoint_file(ckpt: str | Path) -> Path:
+    """The weights file of a checkpoint folder (``*.safetensors`` first, else
+    ``pytorch_model.bin``) or the file itself."""
     ckpt = Path(ckpt)
     if ckpt.is_dir():
         cands = sorted(ckpt.glob("*.safetensors")) + [ckpt / "pytorch_model.bin"]
-        path = next((p for p in cands if p.exists()), None)
+        path = next((p for p in cands if p.is_file()), None)
         if path is None:
             raise FileNotFoundError(f"{ckpt}: no *.safetensors or pytorch_model.bin in this folder")
-    elif ckpt.exists():
-        path = ckpt
-    else:
-        raise FileNotFoundError(f"{ckpt}: checkpoint does not exist")
+        return path
+    if ckpt.exists():
+        return ckpt
+    raise FileNotFoundError(f"{ckpt}: checkpoint does not exist")
+
+
+def read_checkpoint(ckpt: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """The state dict in a checkpoint folder (or file, :func:`checkpoint_file`), a
+    ``pytorch_model.bin`` read with ``torch.load(weights_only=True)``."""
+    path = checkpoint_file(ckpt)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

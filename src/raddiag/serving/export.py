@@ -78,11 +78,13 @@ def export(run_dir, fmt: str = "onnx", out: Optional[str | Path] = None, scans: 
     """Export the visual encoder and the case model of ``run_dir``; returns the written paths.
     Raises ValueError when an export does not reproduce PyTorch's outputs within ``atol``."""
     from raddiag.models import load_model
+    from raddiag.run import resolve_run
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {FORMATS}")
-    model, cfg, labels = load_model(run_dir, device="cpu")
-    out = Path(out) if out else Path(run_dir) / "export"
+    run = resolve_run(run_dir)
+    model, cfg, labels = load_model(run, device="cpu")
+    out = Path(out) if out else run.root / "export"
     out.mkdir(parents=True, exist_ok=True)
     scans = scans or cfg.data.max_scans
     example, check = example_batch(cfg, scans, 2, seed=0), example_batch(cfg, scans, 3, seed=1)

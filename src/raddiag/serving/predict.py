@@ -214,11 +214,16 @@ class Predictor:
         self._fast = None
 
     @classmethod
-    def load(cls, run_dir: PathLike, device: str = "cpu", backend: str = "auto") -> "Predictor":
+    def load(cls, run_dir: PathLike, device: str = "cpu", backend: str = "auto",
+             labels: Optional[PathLike] = None) -> "Predictor":
+        """A run folder, or the authors' released checkpoint (folder or file; imported on first
+        use into a cached run folder, ``labels``: its label dictionary when not beside it)."""
         from raddiag.models import load_model
+        from raddiag.run import resolve_run
 
-        model, cfg, labels = load_model(run_dir, device=device)
-        return cls(model, cfg, labels, Path(run_dir), device, backend)
+        run = resolve_run(run_dir, labels)
+        model, cfg, label_space = load_model(run, device=device)
+        return cls(model, cfg, label_space, run.root, device, backend)
 
     def inference_model(self):
         """The model forwards run through (the fast twin unless ``backend="off"``); call it

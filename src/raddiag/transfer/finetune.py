@@ -90,13 +90,13 @@ def finetune(
     from raddiag.data.dataset import CaseDataset
     from raddiag.data.store import PreparedData
     from raddiag.models import load_model
-    from raddiag.run import RunFolder
+    from raddiag.run import resolve_run
     from raddiag.training import train
 
     if not 0.0 < float(fraction) <= 1.0:
         raise ValueError(f"--fraction must be in (0, 1] (e.g. {', '.join(map(str, FRACTIONS))}), got {fraction}")
-    src = RunFolder(run_dir).check()
-    model, src_cfg, src_labels = load_model(src.root)
+    src = resolve_run(run_dir)
+    model, src_cfg, src_labels = load_model(src)
     data = PreparedData(data_dir)
 
     cfg = copy.deepcopy(src_cfg)

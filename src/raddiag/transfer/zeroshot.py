@@ -140,13 +140,15 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
     from raddiag.evaluation.metrics import per_class_metrics
     from raddiag.inference import predict_dataset
     from raddiag.models import load_model
+    from raddiag.run import resolve_run
 
     for m in modes:
         if m not in MODES:
             raise ValueError(f"unknown zero-shot mode {m!r}; choose from {MODES}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model, cfg, source = load_model(run_dir)
+    run = resolve_run(run_dir)
+    model, cfg, source = load_model(run)
     data = PreparedData(data_dir)
     target = data.label_space(cfg.data.granularity)
     ds = CaseDataset(data, split, target, cfg.data)
@@ -196,11 +198,9 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
             from raddiag.knowledge.embed import embed_labels, label_texts
             from raddiag.knowledge.encoder import TextEncoder
 
-            from raddiag.run import RunFolder
-
             # "Non-X" embeds X and is scored 1 - p(X) (negation.scoring_texts)
             texts, flip = negation.scoring_texts(target.names, label_texts(target))
-            emb = embed_labels(TextEncoder.load(encoder_dir or RunFolder(run_dir).text_encoder()), texts)
+            emb = embed_labels(TextEncoder.load(encoder_dir or run.text_encoder()), texts)
             model.set_label_embeddings(emb)
             test = predict_dataset(model, ds, batch_size, progress=progress, desc="zero-shot text")
             val = None
