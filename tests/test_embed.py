@@ -123,3 +123,6 @@ def test_cli_embed_writes_npz_with_ids_and_failures(files, tmp_path, capsys):
     # an existing output is kept unless --overwrite
     rc = main(["embed", str(files / "run"), str(files / "x2.png"), "--modality", "X-ray", "--out", str(out)])
     assert rc == 2 and "--overwrite" in capsys.readouterr().err
+    rc = main(["embed", str(files / "run"), str(files / "x2.png"), "--modality", "X-ray",
+               "--out", str(tmp_path / "feats.txt")])
+    assert rc == 2 and "must end in .npz" in capsys.readouterr().err

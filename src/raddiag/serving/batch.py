@@ -52,7 +52,9 @@ def prepared_cases(pred: Predictor, data_dir: Union[str, Path], split: Optional[
     from raddiag.data.dataset import CaseDataset, select_scans
     from raddiag.data.store import PreparedData
 
-    ds = CaseDataset(PreparedData(data_dir), split, pred.labels, pred.cfg.data, train=False)
+    data = PreparedData(data_dir)
+    # the dataset's own label space: targets are not used, and the run's would warn about every other label
+    ds = CaseDataset(data, split, data.label_space(), pred.cfg.data, train=False)
 
     def reader(i: int):
         def read():
@@ -157,6 +159,18 @@ def predict_to_jsonl(pred: Predictor, pending: Sequence[PendingCase], out: Union
 
 
 # -- embeddings to .npz --------------------------------------------------------------------------
+def check_embeddings_out(path: Union[str, Path], overwrite: bool = False) -> Path:
+    """``path`` if embeddings may be written there (an ``.npz``; an existing one only with ``overwrite``)."""
+    from raddiag.data.errors import OutputExists
+
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise ValueError(f"{path}: the embeddings file must end in .npz")
+    if path.exists() and not overwrite:
+        raise OutputExists(f"{path}: exists already; pass --overwrite (overwrite=True) to replace it")
+    return path
+
+
 def save_embeddings(results: Sequence[Union[CaseEmbedding, CaseError]], path: Union[str, Path], width: int,
                     overwrite: bool = False) -> Path:
     """Write embeddings to ``path`` (``.npz``, loads without pickle):
@@ -166,13 +180,7 @@ def save_embeddings(results: Sequence[Union[CaseEmbedding, CaseError]], path: Un
       (the row of the scan's case): one row per used scan, the scans of a case together in order;
     - ``failed_ids [F]``, ``failed_errors [F]``: the cases that could not be read, and why.
     """
-    from raddiag.data.errors import OutputExists
-
-    path = Path(path)
-    if path.suffix != ".npz":
-        raise ValueError(f"{path}: the embeddings file must end in .npz")
-    if path.exists() and not overwrite:
-        raise OutputExists(f"{path}: exists already; pass --overwrite (overwrite=True) to replace it")
+    path = check_embeddings_out(path, overwrite)
     ok = [r for r in results if isinstance(r, CaseEmbedding)]
     failed = [r for r in results if isinstance(r, CaseError)]
     scans = [(i, info.id, info.modality, row) for i, r in enumerate(ok)

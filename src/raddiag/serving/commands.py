@@ -190,10 +190,11 @@ def _predict_to_file(args, cases) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from raddiag.serving.batch import save_embeddings
+    from raddiag.serving.batch import check_embeddings_out, save_embeddings
     from raddiag.serving.predict import CaseError
 
     cases = _case_args(args)
+    check_embeddings_out(args.out, args.overwrite)          # before the work, not after
     pred = _load(args)
     results = pred.embed_cases(_pending(pred, args, cases), args.batch_size, progress=True)
     path = save_embeddings(results, args.out, pred.cfg.model.width, overwrite=args.overwrite)

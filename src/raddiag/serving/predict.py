@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -310,7 +311,7 @@ class Predictor:
         with self.lock, torch.inference_mode():
             inputs = {k: batch[k].to(self.device) for k in self.model.input_keys}
             out = self.inference_model()(**inputs, return_details=True)
-        return out.__class__(**{k: (v.float().cpu() if torch.is_tensor(v) else v) for k, v in vars(out).items()})
+        return replace(out, **{k: v.float().cpu() for k, v in vars(out).items() if torch.is_tensor(v)})
 
     def _embed_prepared(self, prepared: list[Prepared]) -> list[CaseEmbedding]:
         out = self.forward_details(self.collate([p[0] for p in prepared]))
