@@ -116,6 +116,35 @@ def test_predict_several_files_and_zip(server, tmp_path):
     assert body["saliency"] and body["saliency"][0]["overlay"].startswith("data:image/png;base64,")
 
 
+def test_embed_endpoint(server, tmp_path):
+    """POST /embed: the case embedding and one per scan, as Predictor.embed gives them; the
+    upload checks and scan errors of /predict apply (4xx with a reason)."""
+    from raddiag.serving.predict import Predictor
+
+    a, b = sample_png(48, seed=1), sample_png(48, seed=2)
+    r = httpx.post(server["url"] + "/embed", files=[("files", ("cxr.png", a)), ("files", ("lat.png", b))],
+                   data={"modality": "X-ray", "case_id": "p1"}, timeout=120)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    width = body["width"]
+    assert body["case_id"] == "p1" and width == 64 and len(body["case_embedding"]) == width
+    assert [s["id"] for s in body["scans"]] == ["cxr.png", "lat.png"]
+    assert [s["paths"] for s in body["scans"]] == [["cxr.png"], ["lat.png"]]       # no server paths leak
+    assert all(len(s["embedding"]) == width for s in body["scans"])
+    (tmp_path / "case").mkdir()
+    (tmp_path / "case" / "cxr.png").write_bytes(a)
+    (tmp_path / "case" / "lat.png").write_bytes(b)
+    local = Predictor.load(server["dir"] / "run").embed(str(tmp_path / "case"), modality="X-ray")
+    np.testing.assert_allclose(body["case_embedding"], local.case, atol=1e-5)
+    np.testing.assert_allclose([s["embedding"] for s in body["scans"]], local.scans, atol=1e-5)
+    spec = httpx.get(server["url"] + "/openapi.json").json()
+    assert "multipart/form-data" in spec["paths"]["/embed"]["post"]["requestBody"]["content"]
+    r = httpx.post(server["url"] + "/embed", files=[("files", ("a.png", sample_png(16)))], timeout=60)
+    assert r.status_code == 422 and "modality" in r.json()["detail"]
+    r = httpx.post(server["url"] + "/embed", files=[("files", ("c.zip", _zip({"../evil.png": a})))], timeout=60)
+    assert r.status_code == 400 and ".." in r.json()["detail"]
+
+
 BAD = [
     ("unknown type", lambda t: [("files", ("a.png", b"just some text, not an image" * 20))], {}, 415, "unsupported"),
     ("empty file", lambda t: [("files", ("a.png", b""))], {}, 400, "empty"),

@@ -3,6 +3,8 @@
 - ``POST /predict``: a case as several files (``files``) or one zip; form fields ``modality``,
   ``top``, ``classes`` (comma- or newline-separated), ``saliency``, ``saliency_class``,
   ``case_id``. Returns the prediction JSON (:meth:`CaseResult.to_dict`).
+- ``POST /embed``: the same upload (form fields ``modality``, ``case_id``) -> the case embedding
+  and one per scan (:meth:`CaseEmbedding.to_dict`): the model as a feature extractor.
 - ``GET /labels``, ``GET /health``; ``GET /`` the web page; OpenAPI at ``/docs`` and ``/openapi.json``.
 
 Uploads are bounded (``max_files``, ``max_bytes``; the request body is cut off at the limit
@@ -30,6 +32,10 @@ from raddiag.serving.uploads import Budget, UploadError, save_upload
 
 STATIC = Path(__file__).with_name("static")
 MULTIPART_SLACK = 1 << 20        # multipart headers and form fields on top of the file bytes
+UPLOAD_ANSWERS = {400: {"description": "bad upload (unsafe zip, empty file, ...)"},
+                  413: {"description": "too large or too many files, or a scan whose declared size is over the bound"},
+                  415: {"description": "unsupported file type (by content)"},
+                  422: {"description": "the scans cannot be used (modality missing, unreadable, ...)"}}
 
 
 class BodyLimit:
@@ -77,10 +83,41 @@ def create_app(run_dir, max_files: int = 64, max_bytes: int = 256 << 20, device:
     slots = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
     app = FastAPI(title="raddiag", version=__version__,
                   description="Case-level radiology diagnosis (RadDiag). Upload one patient's scans "
-                              "(DICOM, NIfTI, NPY, PNG/JPEG files, or one zip of them) to `/predict`.")
+                              "(DICOM, NIfTI, NPY, PNG/JPEG files, or one zip of them) to `/predict`, or to `/embed` "
+                              "for its features.")
     app.state.predictor = pred
     app.state.limits = {"max_files": max_files, "max_bytes": max_bytes}
     app.add_middleware(BodyLimit, limit=max_bytes + MULTIPART_SLACK)
+
+    def on_upload(files, modality, case_id, run):
+        """Save the upload into a temporary folder, ``run(folder, modality)`` -> a result with
+        ``to_dict()``; upload and scan problems become 4xx answers with the reason."""
+        with tempfile.TemporaryDirectory(prefix="raddiag-upload-") as tmp:
+            case_dir = Path(tmp) / "case"
+            case_dir.mkdir()
+            budget = Budget(max_files, max_bytes)
+            taken: set[str] = set()
+            try:
+                if not files:
+                    raise UploadError(400, "no files uploaded")
+                for f in files:
+                    save_upload(f.file, f.filename or "upload", case_dir, budget, taken)
+                mod = canonical_modalities(modality.strip()) if modality and modality.strip() else None
+                with slots:
+                    result = run(case_dir, mod)
+            except UploadError as exc:
+                raise HTTPException(exc.status, exc.message) from None
+            except (InputTooLarge, MemoryError) as exc:     # a declared size over the bound: 413
+                text = str(exc) if isinstance(exc, InputTooLarge) else f"the scans are too large to process ({exc})"
+                raise HTTPException(413, _strip(text, case_dir)) from None
+            except (ValueError, FileNotFoundError, KeyError) as exc:
+                text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+                raise HTTPException(422, _strip(text, case_dir).replace("--modality CT", "the form field modality=CT"))
+            out = result.to_dict()
+            out["case_id"] = case_id or (Path(files[0].filename or "upload").name.split(".")[0] or "upload")
+            for s in out["scans"]:
+                s["paths"] = [str(Path(p).relative_to(case_dir)) for p in s["paths"]]
+            return JSONResponse(json.loads(json.dumps(out)))
 
     @app.get("/", include_in_schema=False)
     def page():
@@ -112,12 +149,7 @@ def create_app(run_dir, max_files: int = 64, max_bytes: int = 256 << 20, device:
                              "threshold": None if ls.thresholds is None else ls.thresholds[i]}
                             for i, (n, c, g) in enumerate(zip(ls.names, ls.codes, ls.groups))]}
 
-    @app.post("/predict", summary="ranked diagnoses for one uploaded case",
-              responses={400: {"description": "bad upload (unsafe zip, empty file, ...)"},
-                         413: {"description": "too large or too many files, or a scan whose declared size is "
-                                              "over the bound"},
-                         415: {"description": "unsupported file type (by content)"},
-                         422: {"description": "the scans cannot be used (modality missing, unreadable, ...)"}})
+    @app.post("/predict", summary="ranked diagnoses for one uploaded case", responses=UPLOAD_ANSWERS)
     def predict(
         files: Annotated[list[UploadFile], File(description="the case's files, or one zip of them")],
         modality: Annotated[Optional[str], Form(description="modality of non-DICOM files, e.g. CT, X-ray")] = None,
@@ -128,36 +160,22 @@ def create_app(run_dir, max_files: int = 64, max_bytes: int = 256 << 20, device:
         saliency_class: Annotated[Optional[str], Form(description="class for saliency (default: top)")] = None,
         case_id: Annotated[Optional[str], Form(max_length=200)] = None,
     ):
-        with tempfile.TemporaryDirectory(prefix="raddiag-upload-") as tmp:
-            case_dir = Path(tmp) / "case"
-            case_dir.mkdir()
-            budget = Budget(max_files, max_bytes)
-            taken: set[str] = set()
-            try:
-                if not files:
-                    raise UploadError(400, "no files uploaded")
-                for f in files:
-                    save_upload(f.file, f.filename or "upload", case_dir, budget, taken)
-                names = None
-                if classes and classes.strip():
-                    names = [c.strip() for c in classes.replace("\n", ",").split(",") if c.strip()]
-                mod = canonical_modalities(modality.strip()) if modality and modality.strip() else None
-                with slots:
-                    result = pred.predict(str(case_dir), modality=mod, top=top, classes=names,
-                                          saliency=True if saliency else None,
-                                          saliency_class=saliency_class or None)
-            except UploadError as exc:
-                raise HTTPException(exc.status, exc.message) from None
-            except (InputTooLarge, MemoryError) as exc:     # a declared size over the bound: 413
-                text = str(exc) if isinstance(exc, InputTooLarge) else f"the scans are too large to process ({exc})"
-                raise HTTPException(413, _strip(text, case_dir)) from None
-            except (ValueError, FileNotFoundError, KeyError) as exc:
-                text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-                raise HTTPException(422, _strip(text, case_dir).replace("--modality CT", "the form field modality=CT"))
-            out = result.to_dict()
-            out["case_id"] = case_id or (Path(files[0].filename or "upload").name.split(".")[0] or "upload")
-            for s in out["scans"]:
-                s["paths"] = [str(Path(p).relative_to(case_dir)) for p in s["paths"]]
-            return JSONResponse(json.loads(json.dumps(out)))
+        names = None
+        if classes and classes.strip():
+            names = [c.strip() for c in classes.replace("\n", ",").split(",") if c.strip()]
+        return on_upload(files, modality, case_id, lambda case_dir, mod: pred.predict(
+            str(case_dir), modality=mod, top=top, classes=names, saliency=True if saliency else None,
+            saliency_class=saliency_class or None))
+
+    @app.post("/embed", summary="the case embedding and one embedding per scan of one uploaded case",
+              responses=UPLOAD_ANSWERS)
+    def embed(
+        files: Annotated[list[UploadFile], File(description="the case's files, or one zip of them")],
+        modality: Annotated[Optional[str], Form(description="modality of non-DICOM files, e.g. CT, X-ray")] = None,
+        case_id: Annotated[Optional[str], Form(max_length=200)] = None,
+    ):
+        """``case_embedding`` (``width`` floats: the fusion [CLS] output) and, per scan, its
+        ``embedding`` (null for a scan left out by the run's scan caps)."""
+        return on_upload(files, modality, case_id, lambda case_dir, mod: pred.embed(str(case_dir), modality=mod))
 
     return app

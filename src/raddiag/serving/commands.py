@@ -1,19 +1,41 @@
-"""CLI: ``raddiag predict``, ``raddiag serve``, ``raddiag export`` (thin wrappers)."""
+"""CLI: ``raddiag predict``, ``raddiag embed``, ``raddiag serve``, ``raddiag export`` (thin wrappers)."""
 from __future__ import annotations
 
 import argparse
 
+CASES_HELP = ("A CASE is a folder of a patient's scans (DICOM series folders, NIfTI, NPY, PNG/JPEG; searched "
+              "recursively), one file, or several files joined by commas (one case). Instead of CASEs: "
+              "--manifest (a case manifest, README 'Your own data') or --data (a prepared dataset).")
 
-def register(sub) -> None:
-    p = sub.add_parser("predict", help="ranked diagnoses for case folders / files",
-                       description="Predict one or more cases. A CASE is a folder of a patient's scans "
-                                   "(DICOM series folders, NIfTI, NPY, PNG/JPEG; searched recursively), one "
-                                   "file, or several files joined by commas (one case).")
+
+def _add_inputs(p) -> None:
+    """The cases of ``predict`` / ``embed``: CASE arguments, --manifest or --data, and how to run them."""
     p.add_argument("run", help="run folder (config.yaml, label_space.json, model.safetensors)")
-    p.add_argument("cases", nargs="+", metavar="CASE")
+    p.add_argument("cases", nargs="*", metavar="CASE")
+    p.add_argument("--manifest", default=None, metavar="JSONL", help="the cases of a manifest (labels ignored)")
+    p.add_argument("--data", default=None, metavar="DIR", help="the cases of a prepared dataset (raddiag data prepare)")
+    p.add_argument("--split", default=None, help="with --data: only this split (default: every case)")
     p.add_argument("--modality", nargs="+", default=None,
                    help="modality of non-DICOM scans: one for all cases, or one per CASE; 'CT,X-ray' gives one per "
-                        "file of a comma-joined CASE (DICOM: from the tags)")
+                        "file of a comma-joined CASE (DICOM: from the tags; a manifest names each scan's)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "compile", "off"],
+                   help="inference fast path (raddiag.models.fastpath; default: onnxruntime when installed, "
+                        "else torch; off: the plain model)")
+    from raddiag.data.commands import add_limit_options
+
+    add_limit_options(p)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="ranked diagnoses for case folders / files, a manifest or a prepared dataset",
+                       description="Predict one or more cases. " + CASES_HELP + " With --out the rows go to a "
+                                   "JSON Lines file, a batch at a time, resumably (README 'Predict many cases').")
+    _add_inputs(p)
+    p.add_argument("--out", default=None, metavar="JSONL",
+                   help="write one JSON row per case here; cases written there already are skipped (resume)")
+    p.add_argument("--retry-errors", action="store_true", help="with --out: predict the error rows' cases again")
     p.add_argument("--top", type=int, default=10, help="classes to show per case (default 10)")
     p.add_argument("--json", action="store_true", help="print JSON (one object per case, in a list)")
     p.add_argument("--classes", nargs="+", default=None, metavar="NAME",
@@ -25,15 +47,15 @@ def register(sub) -> None:
     p.add_argument("--all-slices", action="store_true", help="saliency on every slice of 3D scans, not the key slice")
     p.add_argument("--saliency-top-k", type=int, default=64, help="channels scored per map (default 64)")
     p.add_argument("--overwrite", action="store_true", help="replace saliency overlays that exist already")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "compile", "off"],
-                   help="inference fast path (raddiag.models.fastpath; default: onnxruntime when installed, "
-                        "else torch; off: the plain model)")
-    from raddiag.data.commands import add_limit_options
-
-    add_limit_options(p)
     p.set_defaults(func=_predict)
+
+    m = sub.add_parser("embed", help="case and per-scan embeddings (the model as a feature extractor)",
+                       description="Write the case embedding (the fusion [CLS] output) and one embedding per "
+                                   "used scan of each case to an .npz. " + CASES_HELP)
+    _add_inputs(m)
+    m.add_argument("--out", required=True, metavar="NPZ", help="output file (.npz)")
+    m.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    m.set_defaults(func=_embed)
 
     s = sub.add_parser("serve", help="HTTP API and web page for predictions",
                        description="Serve a run folder: POST /predict, GET /labels, GET /health, the page at /, "
@@ -66,27 +88,71 @@ def _modalities(args):
     return mods
 
 
-def _predict(args: argparse.Namespace) -> int:
-    import json
-
-    import sys
-
-    from raddiag.cli import EXIT_BAD_INPUT
-    from raddiag.serving.predict import CaseError, Predictor, canonical_modalities
-
-    modality = canonical_modalities(_modalities(args))
+def _case_args(args) -> list:
+    """Every CASE is one case: a folder, or a list of files (one file, or files joined by commas)."""
     from pathlib import Path
 
-    # every CASE is one case: a folder, or a list of files (one file, or files joined by commas)
+    given = [n for n, v in (("CASE", args.cases), ("--manifest", args.manifest), ("--data", args.data)) if v]
+    if len(given) != 1:
+        raise ValueError("give the cases as CASE arguments, --manifest JSONL or --data DIR (one of them; "
+                         f"{' and '.join(given) or 'none'} given)")
+    if args.split is not None and not args.data:
+        raise ValueError("--split selects cases of a prepared dataset: it needs --data")
+    if args.modality and not args.cases:
+        raise ValueError("--modality applies to CASE arguments (a manifest or a prepared dataset names each "
+                         "scan's modality)")
     cases = [c if Path(c).is_dir() else c.split(",") for c in args.cases]
-    for given, case in zip(args.cases, cases):
+    for given_case, case in zip(args.cases, cases):
         if isinstance(case, list) and not all(part.strip() for part in case):
             # an empty name would be "." and pull every scan of the current folder into the case
-            raise ValueError(f"CASE {given!r}: an empty file name in a comma-joined case")
+            raise ValueError(f"CASE {given_case!r}: an empty file name in a comma-joined case")
+    return cases
+
+
+def _load(args):
     from raddiag.data.commands import limits_from_args
+    from raddiag.serving.predict import Predictor
 
     pred = Predictor.load(args.run, device=args.device, backend=args.backend)
     pred.limits = limits_from_args(args)
+    return pred
+
+
+def _pending(pred, args, cases) -> list:
+    from raddiag.serving.batch import manifest_cases, prepared_cases
+    from raddiag.serving.predict import canonical_modalities
+
+    if args.manifest:
+        return manifest_cases(pred, args.manifest)
+    if args.data:
+        return prepared_cases(pred, args.data, args.split)
+    return pred.pending(cases, canonical_modalities(_modalities(args)))[0]
+
+
+def _report_failed(failed, total: int) -> int:
+    import sys
+
+    from raddiag.cli import EXIT_BAD_INPUT
+
+    if not failed:
+        return 0
+    print(f"raddiag: error: {len(failed)} of {total} cases failed: "
+          + "; ".join(f"{r.case_id}: {r.error}" for r in failed), file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import json
+
+    from raddiag.serving.predict import CaseError, canonical_modalities
+
+    cases = _case_args(args)
+    if args.out is not None or not args.cases:
+        return _predict_to_file(args, cases)
+    if args.retry_errors:
+        raise ValueError("--retry-errors needs --out (it re-predicts the error rows of that file)")
+    modality = canonical_modalities(_modalities(args))
+    pred = _load(args)
     results = pred.predict(cases, modality=modality, top=args.top, classes=args.classes, encoder=args.encoder,
                            batch_size=args.batch_size, progress=len(cases) > args.batch_size,
                            saliency=args.saliency, saliency_class=args.saliency_class,
@@ -101,12 +167,41 @@ def _predict(args: argparse.Namespace) -> int:
             for s in getattr(r, "saliency", []):
                 print(f"  saliency: {s['path']}")
             print()
-    failed = [r for r in results if isinstance(r, CaseError)]
-    if failed:
-        print(f"raddiag: error: {len(failed)} of {len(results)} cases failed: "
-              + "; ".join(f"{r.case_id}: {r.error}" for r in failed), file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return 0
+    return _report_failed([r for r in results if isinstance(r, CaseError)], len(results))
+
+
+def _predict_to_file(args, cases) -> int:
+    from raddiag.cli import EXIT_BAD_INPUT
+    from raddiag.serving.batch import predict_to_jsonl
+
+    if args.out is None:
+        raise ValueError("--manifest / --data write one row per case to a file: give --out preds.jsonl")
+    for opt, on in (("--json", args.json), ("--saliency", args.saliency), ("--all-slices", args.all_slices)):
+        if on:
+            raise ValueError(f"{opt} is not available with --out (the rows are JSON already; saliency: "
+                             "predict the case on its own)")
+    pred = _load(args)
+    s = predict_to_jsonl(pred, _pending(pred, args, cases), args.out, args.batch_size, args.top, args.classes,
+                         args.encoder, progress=True, retry_errors=args.retry_errors)
+    note = " (a cut-off last line was dropped and its case predicted again)" if s.dropped_partial else ""
+    print(f"{s.out}: {s.written} case(s) written, {s.skipped} found there already{note}; "
+          f"{s.errors} error row(s)")
+    return EXIT_BAD_INPUT if s.errors else 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from raddiag.serving.batch import check_embeddings_out, save_embeddings
+    from raddiag.serving.predict import CaseError
+
+    cases = _case_args(args)
+    check_embeddings_out(args.out, args.overwrite)          # before the work, not after
+    pred = _load(args)
+    results = pred.embed_cases(_pending(pred, args, cases), args.batch_size, progress=True)
+    path = save_embeddings(results, args.out, pred.cfg.model.width, overwrite=args.overwrite)
+    ok = [r for r in results if not isinstance(r, CaseError)]
+    print(f"{path}: {len(ok)} case embedding(s) and {sum(len(r.scans) for r in ok)} scan embedding(s) of "
+          f"width {pred.cfg.model.width}")
+    return _report_failed([r for r in results if isinstance(r, CaseError)], len(results))
 
 
 def _serve(args: argparse.Namespace) -> int:

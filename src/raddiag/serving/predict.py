@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -29,84 +29,11 @@ from raddiag.config import RunConfig
 from raddiag.data.case import Scan, canonical_modality, modality_id
 from raddiag.data.labels import LabelSpace
 from raddiag.data.volume import DEFAULT_LIMITS, Limits
+from raddiag.serving.results import (CaseEmbedding, CaseError, CaseResult, Finding,  # noqa: F401 (re-exported)
+                                     PendingCase, Prepared, ScanInfo)
 
 DEFAULT_THRESHOLD = 0.5
 PathLike = Union[str, Path]
-
-
-@dataclass
-class Finding:
-    name: str
-    code: Optional[str]
-    probability: float
-    threshold: float
-    above_threshold: bool
-
-
-@dataclass
-class ScanInfo:
-    """One scan of a case as the model saw it (``used=False``: left out by the run's scan caps)."""
-
-    id: str
-    paths: list[str]
-    modality: str
-    is_3d: bool
-    slices: int
-    key_slice: int
-    used: bool = True
-
-
-@dataclass
-class CaseResult:
-    case_id: str
-    ranked: list[Finding]
-    scans: list[ScanInfo] = field(default_factory=list)
-    thresholds: str = "validation"          # "validation" | "default 0.5"
-    saliency: list[dict] = field(default_factory=list)   # filled by predict(..., saliency=...)
-
-    @property
-    def top(self) -> Optional[Finding]:
-        return self.ranked[0] if self.ranked else None
-
-    def to_dict(self) -> dict:
-        return {
-            "case_id": self.case_id,
-            "thresholds": self.thresholds,
-            "ranked": [asdict(f) for f in self.ranked],
-            "scans": [asdict(s) for s in self.scans],
-            **({"saliency": self.saliency} if self.saliency else {}),
-        }
-
-    def __str__(self) -> str:
-        used = [s for s in self.scans if s.used]
-        head = (f"Case {self.case_id}: {len(used)} scan(s) "
-                f"({', '.join(s.modality + (' 3D' if s.is_3d else ' 2D') for s in used)}); "
-                f"thresholds: {self.thresholds}")
-        w = max([len("diagnosis")] + [len(f.name) for f in self.ranked])
-        lines = [head, f"  {'#':>3}  {'diagnosis':<{w}}  {'ICD-10':<7} {'prob':>6}  {'thr':>5}  positive"]
-        for i, f in enumerate(self.ranked, 1):
-            lines.append(f"  {i:>3}  {f.name:<{w}}  {(f.code or '-'):<7} {f.probability:6.3f}  "
-                         f"{f.threshold:5.3f}  {'yes' if f.above_threshold else 'no'}")
-        return "\n".join(lines)
-
-    __repr__ = __str__
-
-
-@dataclass
-class CaseError:
-    """A case of a several-case prediction that could not be predicted (the others still are):
-    ``error`` names the file and the reason."""
-
-    case_id: str
-    error: str
-
-    def to_dict(self) -> dict:
-        return {"case_id": self.case_id, "error": self.error}
-
-    def __str__(self) -> str:
-        return f"Case {self.case_id}: error: {self.error}"
-
-    __repr__ = __str__
 
 
 # -- gathering the scans of a case ---------------------------------------------------------
@@ -211,6 +138,7 @@ class Predictor:
         self.backend = backend
         self.lock = threading.Lock()
         self._text_encoder = None
+        self._class_emb = None      # (names, encoder) -> their embeddings, of the last call
         self._fast = None
 
     @classmethod
@@ -275,9 +203,7 @@ class Predictor:
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Logits ``[B, C]`` of a collated batch."""
-        with self.lock, torch.inference_mode():
-            inputs = {k: batch[k].to(self.device) for k in self.model.input_keys}
-            return self.inference_model()(**inputs).float().cpu()
+        return self.forward_details(batch).logits
 
     # -- class names scored zero-shot --------------------------------------------------------
     def class_embeddings(self, names: Sequence[str], encoder: Optional[PathLike] = None) -> torch.Tensor:
@@ -288,6 +214,9 @@ class Predictor:
         from raddiag.knowledge.encoder import TextEncoder
         from raddiag.knowledge.negation import scoring_texts
 
+        key = (tuple(names), str(encoder))
+        if self._class_emb is not None and self._class_emb[0] == key:    # batch after batch: once
+            return self._class_emb[1]
         if self._text_encoder is None:
             path = encoder
             if path is None and self.run_dir is not None:
@@ -295,7 +224,9 @@ class Predictor:
 
                 path = RunFolder(self.run_dir).text_encoder()
             self._text_encoder = TextEncoder.load(path)
-        return embed_labels(self._text_encoder, scoring_texts(list(names))[0])
+        emb = embed_labels(self._text_encoder, scoring_texts(list(names))[0])
+        self._class_emb = (key, emb)
+        return emb
 
     # -- prediction --------------------------------------------------------------------------
     def predict(self, inputs, modality=None, top: int = 10, classes: Optional[Sequence[str]] = None,
@@ -317,27 +248,14 @@ class Predictor:
         ``all_slices``); ``saliency_top_k`` channels per map (see :mod:`raddiag.serving.saliency`).
         An overlay file that exists already is refused unless ``overwrite``.
         """
-        cases, several = _split_cases(inputs)
         if top < 1:
             raise ValueError(f"top must be >= 1, got {top}")
-        if several and modality is not None and not isinstance(modality, str):
-            modality = list(modality)
-            if len(modality) != len(cases):
-                raise ValueError(f"{len(modality)} modalities given for {len(cases)} cases")
+        pending, several = self.pending(inputs, modality)
         if saliency not in (None, False, True) and Path(saliency).exists() and not Path(saliency).is_dir():
             raise NotADirectoryError(f"{saliency}: the saliency output must be a folder; it is a file")
-        prepared, errors, ids = [], {}, _case_ids(cases)
-        for i, case in enumerate(cases):
-            mod = modality[i] if several and isinstance(modality, list) else modality
-            try:
-                scans = case_scans(case, mod)
-                sample, infos, _ = self.prepare(scans, ids[i])
-            except (ValueError, OSError) as exc:        # one bad case must not cost the others
-                if not several:
-                    raise
-                errors[i] = CaseError(ids[i], " ".join(str(exc).split()))
-                continue
-            prepared.append((sample, infos))
+        read = [p.prepare() for p in pending] if several else [pending[0].read()]   # one case: raise
+        errors = {i: r for i, r in enumerate(read) if isinstance(r, CaseError)}
+        prepared = [r[:2] for r in read if not isinstance(r, CaseError)]
         done = self._predict_prepared(prepared, True, top, classes, encoder, batch_size, progress) if prepared else []
         if saliency is not None and saliency is not False:
             for (sample, _), res in zip(prepared, done):
@@ -346,7 +264,76 @@ class Predictor:
         if not several:
             return done[0]
         ok = iter(done)
-        return [errors[i] if i in errors else next(ok) for i in range(len(cases))]
+        return [errors[i] if i in errors else next(ok) for i in range(len(read))]
+
+    def pending(self, inputs, modality=None) -> tuple[list[PendingCase], bool]:
+        """The cases of ``inputs`` (as :meth:`predict` takes them), not read yet, and whether
+        the caller gave several."""
+        cases, several = _split_cases(inputs)
+        if several and modality is not None and not isinstance(modality, str):
+            modality = list(modality)
+            if len(modality) != len(cases):
+                raise ValueError(f"{len(modality)} modalities given for {len(cases)} cases")
+
+        def reader(case, mod, case_id):
+            return lambda: self.prepare(case_scans(case, mod), case_id)
+
+        mods = modality if several and isinstance(modality, list) else [modality] * len(cases)
+        return [PendingCase(cid, reader(c, m, cid)) for c, m, cid in zip(cases, mods, _case_ids(cases))], several
+
+    def predict_batch(self, pending: Sequence[PendingCase], top: int = 10, classes=None,
+                      encoder=None) -> list[Union[CaseResult, CaseError]]:
+        """One batch of not-yet-read cases (one forward), in order; a case that cannot be read
+        gets a :class:`CaseError`."""
+        return self._per_case(pending, lambda ok: self._predict_prepared(ok, True, top, classes, encoder,
+                                                                         max(1, len(ok))))
+
+    # -- embeddings ----------------------------------------------------------------------------
+    def embed(self, inputs, modality=None, batch_size: int = 8, progress: bool = False):
+        """The model's features of one case or several (``inputs`` and ``modality`` as in
+        :meth:`predict`): a :class:`CaseEmbedding` (case embedding and one per used scan), or a
+        list for several cases, batched ``batch_size`` at a time, a :class:`CaseError` in place
+        of each case that cannot be read. The same case gives the same vectors on every call;
+        in batches of other cases they agree to float32 rounding (about 1e-6: the kernels sum in
+        an order that depends on the batch), and exactly with ``batch_size=1``."""
+        pending, several = self.pending(inputs, modality)
+        if not several:
+            return self._embed_prepared([pending[0].read()])[0]
+        return self.embed_cases(pending, batch_size, progress)
+
+    def embed_cases(self, pending: Sequence[PendingCase], batch_size: int = 8,
+                    progress: bool = False) -> list[Union[CaseEmbedding, CaseError]]:
+        """Embeddings of not-yet-read cases (:meth:`pending`, :mod:`raddiag.serving.batch`),
+        ``batch_size`` per forward, in order; a case that cannot be read gets a :class:`CaseError`."""
+        out: list = []
+        for chunk in in_batches(pending, batch_size, progress, "embed"):
+            out += self._per_case(chunk, self._embed_prepared)
+        return out
+
+    def forward_details(self, batch: dict):
+        """:class:`raddiag.models.raddiag.ModelOutput` of a collated batch (on the CPU): the
+        logits, the case embedding and the per-scan embeddings of one forward."""
+        with self.lock, torch.inference_mode():
+            inputs = {k: batch[k].to(self.device) for k in self.model.input_keys}
+            out = self.inference_model()(**inputs, return_details=True)
+        return replace(out, **{k: v.float().cpu() for k, v in vars(out).items() if torch.is_tensor(v)})
+
+    def _embed_prepared(self, prepared: list[Prepared]) -> list[CaseEmbedding]:
+        out = self.forward_details(self.collate([p[0] for p in prepared]))
+        res = []
+        for b, (sample, infos, _) in enumerate(prepared):
+            n = len(sample["scans"])
+            res.append(CaseEmbedding(sample["case_id"], out.case_embedding[b].numpy().copy(),
+                                     out.scan_embeddings[b, :n].numpy().copy(), infos))
+        return res
+
+    @staticmethod
+    def _per_case(pending, run):
+        """Read ``pending``, ``run`` the cases that could be read in one go; errors in their place."""
+        read = [p.prepare() for p in pending]
+        ok = [r for r in read if not isinstance(r, CaseError)]
+        done = iter(run(ok) if ok else [])
+        return [r if isinstance(r, CaseError) else next(done) for r in read]
 
     def saliency(self, sample: dict, result: CaseResult, class_=None, out=True, all_slices: bool = False,
                  top_k: Optional[int] = 64, classes=None, encoder=None, overwrite: bool = False) -> list[dict]:
@@ -400,13 +387,8 @@ class Predictor:
         names, codes, thr, thr_src = self._label_view(classes)
         emb = self.class_embeddings(classes, encoder) if classes else None
         logits = []
-        steps = range(0, len(prepared), batch_size)
-        if progress:
-            from tqdm import tqdm
-
-            steps = tqdm(steps, desc="predict", unit="batch")
-        for s in steps:
-            batch = self.collate([p[0] for p in prepared[s: s + batch_size]])
+        for chunk in in_batches(prepared, batch_size, progress, "predict"):
+            batch = self.collate([p[0] for p in chunk])
             if emb is None:
                 logits.append(self.forward(batch))
             else:
@@ -417,10 +399,12 @@ class Predictor:
 
             probs = complement(probs, scoring_texts(names)[1])      # "Non-X": 1 - p(X)
         results = []
-        for (sample, infos), p in zip(prepared, probs):
-            order = np.argsort(-p, kind="stable")[: min(top, len(p))]
-            ranked = [Finding(names[j], codes[j], float(p[j]), float(thr[j]), bool(p[j] >= thr[j])) for j in order]
-            results.append(CaseResult(sample["case_id"], ranked, infos, thr_src))
+        for (sample, infos, *_), p in zip(prepared, probs):
+            order = np.argsort(-p, kind="stable")
+            ranked = [Finding(names[j], codes[j], float(p[j]), float(thr[j]), bool(p[j] >= thr[j]))
+                      for j in order[: min(top, len(p))]]
+            positive = [names[j] for j in order if p[j] >= thr[j]]
+            results.append(CaseResult(sample["case_id"], ranked, infos, thr_src, positive=positive))
         return results if several else results[0]
 
     def _label_view(self, classes):
@@ -472,6 +456,25 @@ class Predictor:
             return self.labels.index(str(name_or_index))
         except KeyError as exc:
             raise ValueError(str(exc.args[0])) from None
+
+
+def in_batches(items: Sequence, size: int, progress: bool, desc: str):
+    """``items`` in consecutive slices of ``size``, with a progress bar over the items if asked."""
+    if size < 1:
+        raise ValueError(f"batch size must be >= 1, got {size}")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(items), desc=desc, unit="case")
+    try:
+        for s in range(0, len(items), size):
+            yield items[s: s + size]
+            if bar is not None:
+                bar.update(len(items[s: s + size]))
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def canonical_modalities(modality) -> Optional[Union[str, list]]:

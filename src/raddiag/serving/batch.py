@@ -1,0 +1,204 @@
+"""Many cases at once: where the cases come from (a manifest, a prepared dataset; case folders
+and files through :meth:`Predictor.pending`), predictions written as JSON Lines (resumable),
+embeddings written to one ``.npz``.
+
+``raddiag predict RUN --manifest cases.jsonl --out preds.jsonl`` writes one row per case, in
+input order, a batch at a time (flushed after each batch): the :meth:`CaseResult.to_dict` of
+the case (``positive``: every class at or above its threshold; ``ranked``: the top classes with
+their probabilities, thresholds and ``above_threshold``), or ``{"case_id", "error"}`` for a case
+that cannot be read. Run again on the same ``--out``, it skips the cases written already; a last
+line cut off by an interruption is dropped and its case predicted again. Batches are cut at the
+same places on every run (case ``k * batch_size`` onwards), and a batch that was written in part
+is predicted whole again, so a resumed run writes the same bytes as an uninterrupted one (the
+same ``--batch-size``): results in float32 depend on which cases share a batch, in the 7th digit.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from raddiag.serving.predict import Predictor, in_batches
+from raddiag.serving.results import CaseEmbedding, CaseError, PendingCase, ScanInfo
+
+
+# -- where the cases come from -------------------------------------------------------------------
+def manifest_cases(pred: Predictor, path: Union[str, Path]) -> list[PendingCase]:
+    """The cases of a manifest (README, "Your own data"; ``labels`` and ``split`` are ignored).
+    The whole file is checked against the schema first (:func:`raddiag.data.schema.validate_manifest`);
+    a case whose scans cannot be used (an unknown modality, a missing file) becomes an error row."""
+    from raddiag.data.case import Case
+    from raddiag.data.schema import validate_manifest
+
+    path = Path(path)
+
+    def reader(where: str, rec: dict):
+        def read():
+            case = Case.from_dict(rec, base=path.parent, source=where)
+            return pred.prepare(case.scans, case.id)
+        return read
+
+    return [PendingCase(rec["id"], reader(where, rec)) for where, rec in validate_manifest(path)]
+
+
+def prepared_cases(pred: Predictor, data_dir: Union[str, Path], split: Optional[str] = None) -> list[PendingCase]:
+    """The cases of a prepared dataset (``raddiag data prepare``; ``split`` None: all of them),
+    read as evaluation reads them (:class:`raddiag.data.dataset.CaseDataset`, resized to the run's
+    geometry)."""
+    from raddiag.data.dataset import CaseDataset, select_scans
+    from raddiag.data.store import PreparedData
+
+    data = PreparedData(data_dir)
+    # the dataset's own label space: targets are not used, and the run's would warn about every other label
+    ds = CaseDataset(data, split, data.label_space(), pred.cfg.data, train=False)
+
+    def reader(i: int):
+        def read():
+            rec, sample = ds.records[i], ds[i]
+            picked = select_scans(rec["scans"], ds.cfg, None)
+            items = dict(zip(picked, sample["scans"]))
+            infos = []
+            for j, s in enumerate(rec["scans"]):
+                it = items.get(j)
+                infos.append(ScanInfo(id=s.get("id") or f"scan{j}", paths=list(s["paths"]), modality=s["modality"],
+                                      is_3d=bool(s["is_3d"]),
+                                      slices=int(it["image"].shape[1]) if it else min(s["store"]["n"], ds.cfg.depth),
+                                      key_slice=int(it["key_slice"]) if it else -1, used=it is not None))
+            return sample, infos, picked
+        return read
+
+    return [PendingCase(rec["id"], reader(i)) for i, rec in enumerate(ds.records)]
+
+
+# -- predictions to JSON Lines, resumable --------------------------------------------------------
+@dataclass
+class BatchSummary:
+    out: Path
+    written: int            # rows written by this call
+    skipped: int            # cases found in --out already
+    errors: int             # error rows in the file (this call's and earlier ones)
+    dropped_partial: bool   # a cut-off last line was removed
+
+
+def _read_rows(out: Path) -> tuple[list[dict], int, bool]:
+    """(complete rows of ``out``, byte length of those rows, whether a cut-off last line follows)."""
+    data = out.read_bytes() if out.exists() else b""
+    end = len(data) if data.endswith(b"\n") or not data else data.rfind(b"\n") + 1
+    rows = []
+    for n, line in enumerate(data[:end].split(b"\n")[:-1] if end else [], 1):
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            row, why = None, f"not valid JSON ({exc})"
+        else:
+            why = None if isinstance(row, dict) and isinstance(row.get("case_id"), str) else "no case_id"
+        if why:
+            raise ValueError(f"{out}:{n}: not a prediction row ({why}); only a cut-off last line can be "
+                             "repaired: choose another --out, or remove the line")
+        rows.append(row)
+    return rows, end, end < len(data)
+
+
+def _resume(out: Path, retry_errors: bool) -> tuple[dict[str, bool], bool]:
+    """Case ids in ``out`` already (-> whether the row is an error), after dropping a cut-off
+    last line and, with ``retry_errors``, the error rows (so that those cases run again)."""
+    if out.exists() and not out.is_file():
+        raise ValueError(f"{out}: --out must be a file; it is a folder")
+    rows, end, partial = _read_rows(out)
+    if retry_errors and any("error" in r for r in rows):
+        rows = [r for r in rows if "error" not in r]
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, out)
+    elif partial:
+        with out.open("r+b") as f:
+            f.truncate(end)
+    return {r["case_id"]: "error" in r for r in rows}, partial
+
+
+def predict_to_jsonl(pred: Predictor, pending: Sequence[PendingCase], out: Union[str, Path], batch_size: int = 8,
+                     top: int = 10, classes=None, encoder=None, progress: bool = False,
+                     retry_errors: bool = False) -> BatchSummary:
+    """Predict ``pending`` into the JSON Lines file ``out`` (see the module docstring), skipping
+    the cases written there already (``retry_errors``: except the error rows)."""
+    if top < 1:
+        raise ValueError(f"top must be >= 1, got {top}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done, partial = _resume(out, retry_errors)
+    todo_total = sum(p.case_id not in done for p in pending)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(pending), initial=len(pending) - todo_total, desc="predict", unit="case")
+    written = new_errors = 0
+    try:
+        with out.open("a") as f:
+            for chunk in in_batches(pending, batch_size, False, "predict"):
+                todo = [p.case_id not in done for p in chunk]
+                if not any(todo):
+                    continue
+                results = pred.predict_batch(chunk, top, classes, encoder)   # the whole batch: same numbers
+                f.write("".join(json.dumps(r.to_dict()) + "\n" for r, t in zip(results, todo) if t))
+                f.flush()
+                written += sum(todo)
+                new_errors += sum(isinstance(r, CaseError) for r, t in zip(results, todo) if t)
+                if bar is not None:
+                    bar.update(sum(todo))
+    finally:
+        if bar is not None:
+            bar.close()
+    ids = {p.case_id for p in pending}
+    old_errors = sum(err for cid, err in done.items() if cid in ids)
+    return BatchSummary(out, written, len(pending) - todo_total, old_errors + new_errors, partial)
+
+
+# -- embeddings to .npz --------------------------------------------------------------------------
+def check_embeddings_out(path: Union[str, Path], overwrite: bool = False) -> Path:
+    """``path`` if embeddings may be written there (an ``.npz``; an existing one only with ``overwrite``)."""
+    from raddiag.data.errors import OutputExists
+
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise ValueError(f"{path}: the embeddings file must end in .npz")
+    if path.exists() and not overwrite:
+        raise OutputExists(f"{path}: exists already; pass --overwrite (overwrite=True) to replace it")
+    return path
+
+
+def save_embeddings(results: Sequence[Union[CaseEmbedding, CaseError]], path: Union[str, Path], width: int,
+                    overwrite: bool = False) -> Path:
+    """Write embeddings to ``path`` (``.npz``, loads without pickle):
+
+    - ``case_ids [n]``, ``case_embeddings [n, width]`` (float32): one row per case that was read;
+    - ``scan_embeddings [S, width]``, ``scan_ids [S]``, ``scan_modality [S]``, ``scan_case [S]``
+      (the row of the scan's case): one row per used scan, the scans of a case together in order;
+    - ``failed_ids [F]``, ``failed_errors [F]``: the cases that could not be read, and why.
+    """
+    path = check_embeddings_out(path, overwrite)
+    ok = [r for r in results if isinstance(r, CaseEmbedding)]
+    failed = [r for r in results if isinstance(r, CaseError)]
+    scans = [(i, info.id, info.modality, row) for i, r in enumerate(ok)
+             for info, row in zip([s for s in r.scan_infos if s.used], r.scans)]
+    arrays = {
+        "case_ids": np.array([r.case_id for r in ok], dtype=str),
+        "case_embeddings": np.stack([r.case for r in ok]).astype(np.float32) if ok else np.zeros((0, width), np.float32),
+        "scan_embeddings": (np.stack([s[3] for s in scans]).astype(np.float32) if scans
+                            else np.zeros((0, width), np.float32)),
+        "scan_ids": np.array([s[1] for s in scans], dtype=str),
+        "scan_modality": np.array([s[2] for s in scans], dtype=str),
+        "scan_case": np.array([s[0] for s in scans], dtype=np.int64),
+        "failed_ids": np.array([r.case_id for r in failed], dtype=str),
+        "failed_errors": np.array([r.error for r in failed], dtype=str),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+    return path

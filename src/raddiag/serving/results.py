@@ -1,0 +1,131 @@
+"""What a prediction returns: ranked :class:`Finding` s in a :class:`CaseResult`, the model's
+features in a :class:`CaseEmbedding`, a :class:`CaseError` for a case of several that could not
+be read, and :class:`PendingCase`, a case not read yet (the unit of batched prediction)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional, Union
+
+import numpy as np
+
+
+@dataclass
+class Finding:
+    name: str
+    code: Optional[str]
+    probability: float
+    threshold: float
+    above_threshold: bool
+
+
+@dataclass
+class ScanInfo:
+    """One scan of a case as the model saw it (``used=False``: left out by the run's scan caps)."""
+
+    id: str
+    paths: list[str]
+    modality: str
+    is_3d: bool
+    slices: int
+    key_slice: int
+    used: bool = True
+
+
+@dataclass
+class CaseResult:
+    case_id: str
+    ranked: list[Finding]
+    scans: list[ScanInfo] = field(default_factory=list)
+    thresholds: str = "validation"          # "validation" | "default 0.5"
+    saliency: list[dict] = field(default_factory=list)   # filled by predict(..., saliency=...)
+    positive: list[str] = field(default_factory=list)    # every class at or above its threshold (not only the top)
+
+    @property
+    def top(self) -> Optional[Finding]:
+        return self.ranked[0] if self.ranked else None
+
+    def to_dict(self) -> dict:
+        return {
+            "case_id": self.case_id,
+            "thresholds": self.thresholds,
+            "positive": list(self.positive),
+            "ranked": [asdict(f) for f in self.ranked],
+            "scans": [asdict(s) for s in self.scans],
+            **({"saliency": self.saliency} if self.saliency else {}),
+        }
+
+    def __str__(self) -> str:
+        used = [s for s in self.scans if s.used]
+        head = (f"Case {self.case_id}: {len(used)} scan(s) "
+                f"({', '.join(s.modality + (' 3D' if s.is_3d else ' 2D') for s in used)}); "
+                f"thresholds: {self.thresholds}")
+        w = max([len("diagnosis")] + [len(f.name) for f in self.ranked])
+        lines = [head, f"  {'#':>3}  {'diagnosis':<{w}}  {'ICD-10':<7} {'prob':>6}  {'thr':>5}  positive"]
+        for i, f in enumerate(self.ranked, 1):
+            lines.append(f"  {i:>3}  {f.name:<{w}}  {(f.code or '-'):<7} {f.probability:6.3f}  "
+                         f"{f.threshold:5.3f}  {'yes' if f.above_threshold else 'no'}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+@dataclass
+class CaseError:
+    """A case of a several-case prediction that could not be predicted (the others still are):
+    ``error`` names the file and the reason."""
+
+    case_id: str
+    error: str
+
+    def to_dict(self) -> dict:
+        return {"case_id": self.case_id, "error": self.error}
+
+    def __str__(self) -> str:
+        return f"Case {self.case_id}: error: {self.error}"
+
+    __repr__ = __str__
+
+
+@dataclass
+class CaseEmbedding:
+    """The model's features of one case: ``case`` ``[width]`` (the fusion module's [CLS] output,
+    the vector the head reads; pooling models: the mean of the scan embeddings) and ``scans``
+    ``[n_used, width]``, one row per used scan in the order of ``scan_ids``."""
+
+    case_id: str
+    case: np.ndarray
+    scans: np.ndarray
+    scan_infos: list[ScanInfo] = field(default_factory=list)
+
+    @property
+    def scan_ids(self) -> list[str]:
+        return [i.id for i in self.scan_infos if i.used]
+
+    def to_dict(self) -> dict:
+        rows = iter(self.scans.tolist())
+        return {"case_id": self.case_id, "width": int(self.case.shape[0]), "case_embedding": self.case.tolist(),
+                "scans": [{**asdict(i), "embedding": next(rows) if i.used else None} for i in self.scan_infos]}
+
+    def __str__(self) -> str:
+        return (f"Case {self.case_id}: case embedding [{self.case.shape[0]}], "
+                f"{len(self.scans)} scan embedding(s) ({', '.join(self.scan_ids)})")
+
+    __repr__ = __str__
+
+
+Prepared = tuple[dict, list[ScanInfo], list[int]]      # Predictor.prepare's output
+
+
+@dataclass
+class PendingCase:
+    """A case not read yet: its id and how to read it into :meth:`Predictor.prepare`'s output."""
+
+    case_id: str
+    read: Callable[[], Prepared]
+
+    def prepare(self) -> Union[Prepared, CaseError]:
+        """The prepared case, or a :class:`CaseError` naming the file and the reason."""
+        try:
+            return self.read()
+        except (ValueError, OSError) as exc:        # one bad case must not cost the others
+            return CaseError(self.case_id, " ".join(str(exc).split()))
