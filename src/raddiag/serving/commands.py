@@ -30,9 +30,10 @@ def register(sub) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "compile", "off"],
                    help="inference fast path (raddiag.models.fastpath; default: onnxruntime when installed, "
                         "else torch; off: the plain model)")
-    from raddiag.data.commands import add_limit_options
+    from raddiag.data.commands import add_limit_options, add_window_option
 
     add_limit_options(p)
+    add_window_option(p, "instead of the run's (default: the windows its training data were prepared with)")
     p.set_defaults(func=_predict)
 
     s = sub.add_parser("serve", help="HTTP API and web page for predictions",
@@ -87,6 +88,10 @@ def _predict(args: argparse.Namespace) -> int:
 
     pred = Predictor.load(args.run, device=args.device, backend=args.backend)
     pred.limits = limits_from_args(args)
+    if args.window:
+        from raddiag.data.intensity import window_options
+
+        pred.cfg.data.window, pred.cfg.data.windows = window_options(args.window)
     results = pred.predict(cases, modality=modality, top=args.top, classes=args.classes, encoder=args.encoder,
                            batch_size=args.batch_size, progress=len(cases) > args.batch_size,
                            saliency=args.saliency, saliency_class=args.saliency_class,
