@@ -51,6 +51,13 @@ def _save_permuted(path, vol):
     nib.save(nib.Nifti1Image(np.ascontiguousarray(vol.transpose(2, 0, 1)), aff), str(path))
 
 
+def _save_rai(path, vol):
+    """Slices stored superior -> inferior (R, A, I)."""
+    aff = np.diag([SPACING[0], SPACING[1], -SPACING[2], 1.0])
+    aff[:3, 3] = ORIGIN + [0, 0, (NS - 1) * SPACING[2]]
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(vol[:, :, ::-1]), aff), str(path))
+
+
 def _expected_axial(vol):
     """Hand-derived axial convention: slice k = S index k, rows from anterior to posterior,
     columns from patient right to left (radiological display)."""
@@ -59,7 +66,7 @@ def _expected_axial(vol):
 
 def test_nifti_ras_lps_and_permuted_prepare_to_the_same_slices(tmp_path):
     vol = _anatomy()
-    files = {"ras.nii.gz": _save_ras, "lps.nii": _save_lps, "perm.nii.gz": _save_permuted}
+    files = {"ras.nii.gz": _save_ras, "lps.nii": _save_lps, "perm.nii.gz": _save_permuted, "rai.nii.gz": _save_rai}
     for name, save in files.items():
         save(tmp_path / name, vol)
     arrays = {name: read_scan(Scan(str(tmp_path / name), "CT")) for name in files}
@@ -88,7 +95,7 @@ def test_nifti_ras_lps_and_permuted_prepare_to_the_same_slices(tmp_path):
         np.testing.assert_array_equal(s, stored[0])
     notes = [r["scans"][0]["store"]["orientation"] for r in data.records]
     assert notes == ["axial (from the affine; stored RAS)", "axial (from the affine; stored LPS)",
-                     "axial (from the affine; stored SRA)"]
+                     "axial (from the affine; stored SRA)", "axial (from the affine; stored RAI)"]
 
 
 def _dicom_series(folder, slices, iop, ipps, spacing, series):

@@ -158,7 +158,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                            strict=args.strict, seed=args.seed, workers=args.workers, progress=True,
                            pre_skipped=result.skipped, limits=limits, overwrite=args.overwrite,
                            notes=notes)
-    print(prepare_summary(args.out, report, notes))
+    print(prepare_summary(args.out, report, report.notes))
     return 0
 
 

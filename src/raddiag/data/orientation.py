@@ -104,12 +104,16 @@ class Reoriented:
         indices = [int(k) for k in indices]
         axis = self.src[2]
         axes = tuple(a for a in range(3) if a != axis)
-        if axis == 2:                       # the stored slice axis: one stored slice per output slice
+        if axis != 2:
+            yield from self._gathered(indices, axis, axes)
+        elif not self.flip[2]:              # the stored slice axis: one stored slice per output slice
             for k in indices:
-                i = self._stored_index(k)
-                yield self._to_hw(np.asarray(self._read(i, i + 1))[:, :, 0], axes)
-            return
-        yield from self._gathered(indices, axis, axes)
+                yield self._to_hw(np.asarray(self._read(k, k + 1))[:, :, 0], axes)
+        else:   # reversed: read forward (a .gz seeks backwards by decompressing again), yield reversed
+            got = {k: np.asarray(self._read(i, i + 1))[:, :, 0]
+                   for k, i in sorted(((k, self._stored_index(k)) for k in set(indices)), key=lambda t: t[1])}
+            for k in indices:
+                yield self._to_hw(got[k], axes)
 
     def _gathered(self, indices: list[int], axis: int, axes: tuple[int, int]) -> Iterator[np.ndarray]:
         """Output slices across the stored slices: one forward pass, blocks of stored slices."""
