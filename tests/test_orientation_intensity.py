@@ -100,26 +100,12 @@ def test_nifti_ras_lps_and_permuted_prepare_to_the_same_slices(tmp_path):
 
 def _dicom_series(folder, slices, iop, ipps, spacing, series):
     """One single-frame file per slice (HU = stored - 1024), written in reverse order."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from test_readers import _dicom
 
     folder.mkdir()
     for n in reversed(range(len(slices))):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-        ds.SeriesInstanceUID, ds.Modality, ds.InstanceNumber = series, "CT", n + 1
-        ds.ImageOrientationPatient = list(iop)
-        ds.ImagePositionPatient = [float(v) for v in ipps[n]]
-        ds.PixelSpacing = list(spacing)
-        ds.RescaleSlope, ds.RescaleIntercept = 1.0, -1024.0
-        ds.set_pixel_data((slices[n] + 1024).astype(np.uint16), photometric_interpretation="MONOCHROME2",
-                          bits_stored=12)
-        ds.save_as(folder / f"{n:03d}.dcm", enforce_file_format=True)
+        _dicom(folder / f"{n:03d}.dcm", slices[n] + 1024, instance=n + 1, series=series, intercept=-1024.0,
+               ipp=ipps[n], iop=iop, spacing=spacing)
     return folder
 
 

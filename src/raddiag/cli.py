@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
 # (module, doc) in the order they appear in --help.
 COMMAND_MODULES = [
@@ -101,6 +102,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings() -> None:
+    """Inside ``warnings.catch_warnings``: every input-intensity warning is shown, as one line
+    naming its file (raddiag.data.intensity), not as Python's source-line warning."""
+    from raddiag.data.intensity import IntensityWarning
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, IntensityWarning):
+            return shown(message, category, filename, lineno, file, line)
+        print(f"raddiag: warning: {message}", file=file or sys.stderr)
+
+    warnings.simplefilter("always", IntensityWarning)
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -112,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     try:
-        rc = args.func(args)
+        with warnings.catch_warnings():
+            _one_line_warnings()
+            rc = args.func(args)
     except KeyboardInterrupt:
         print("raddiag: interrupted", file=sys.stderr)
         return 130

@@ -43,9 +43,9 @@ WINDOWS: dict[str, tuple[float, float]] = {
     "bone": (400.0, 1800.0),
     "brain": (40.0, 80.0),
 }
-KINDS = {"hu": "raw CT numbers (Hounsfield units, values below -200)",
-         "8-bit": "display values within 0..255 (already windowed or scaled, e.g. PNG / JPEG)",
-         "other": "values outside both (e.g. 12-bit 0..4095, z-scores)"}
+KINDS = {"hu": "raw CT numbers in HU",
+         "8-bit": "display values within 0..255 (already windowed or scaled: PNG, JPEG)",
+         "other": "neither raw HU nor 0..255 display values (e.g. 12-bit 0..4095, z-scores)"}
 HU_BELOW = -200.0
 RUN_FILE = "intensity.json"
 
@@ -229,7 +229,7 @@ def intensity_mismatch(record: Optional[dict], modality: str, profile: dict, sou
     if kind in seen["kinds"]:
         return None
     trained = max(seen["kinds"], key=seen["kinds"].get)
-    return (f"{source} ({modality}): its values span {profile['min']:g}..{profile['max']:g}, "
-            f"{KINDS[kind]}, but this run's {modality} training scans were {KINDS[trained]} "
-            f"({seen['min']:g}..{seen['max']:g}); the model will see it scaled unlike anything it learnt from. "
-            f"Give the scan in the training data's convention (raddiag README, 'Orientation and intensity').")
+    return (f"{source} ({modality}): its values span {profile['min']:g}..{profile['max']:g}: {KINDS[kind]}; "
+            f"this run's {modality} training scans held {KINDS[trained]} ({seen['min']:g}..{seen['max']:g}), so "
+            "the model sees this scan unlike anything it learnt from; give it in the training data's convention "
+            "(README, 'Orientation and intensity')")
