@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from raddiag.data.case import Case, Scan
-from raddiag.data.intensity import IntensityWarning, parse_window, window_for, window_options
+from raddiag.data.intensity import (IntensityWarning, parse_window, warn_unlike_training, window_for,
+                                    window_options)
 from raddiag.data.preprocess import preprocess_volume
 from raddiag.data.readers import open_file, read_scan
 from raddiag.data.store import PreparedData, prepare_cases
@@ -192,6 +193,14 @@ def test_windows_per_modality_and_anatomy_and_the_cli_form():
     for bad in ([["PET/x=foo"]], [["Xyz=lung"]], [["a", "b", "c"]]):
         with pytest.raises(ValueError, match="--window"):
             window_options(bad)
+    # at prediction, a CT without anatomy cannot get the run's CT/Head window: said so
+    hu = {"min": -1000.0, "max": 1000.0}
+    with pytest.warns(IntensityWarning, match="has no anatomy"):
+        warn_unlike_training(None, Scan("a.npy", "CT"), hu, windows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IntensityWarning)
+        assert warn_unlike_training(None, Scan("a.npy", "CT", anatomy="Head"), hu, windows) == []
+        assert warn_unlike_training(None, Scan("a.npy", "X-ray"), hu, windows) == []
 
 
 def test_prepare_cli_windows_ct_only_and_records_them(tmp_path):

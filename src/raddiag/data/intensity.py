@@ -198,19 +198,28 @@ def read_run_intensity(run_dir) -> Optional[dict]:
         raise ValueError(f"{path}: not a readable intensity record ({exc})") from None
 
 
-def warn_unlike_training(run_dir, modality: str, profile: dict, source: str) -> Optional[str]:
-    """Issue an :class:`IntensityWarning` when a scan's values look unlike the run's training
-    scans of its modality (:func:`intensity_mismatch`); returns the message (None: alike)."""
+def warn_unlike_training(run_dir, scan, profile: dict, windows: Optional[dict] = None) -> list[str]:
+    """Issue an :class:`IntensityWarning` when a scan (a :class:`~raddiag.data.case.Scan` just
+    read into ``profile``) looks unlike the run's training scans of its modality
+    (:func:`intensity_mismatch`), or has no anatomy while ``windows`` window that modality per
+    anatomy (it got the modality's window, which its training counterparts may not have had).
+    Returns the messages."""
     import warnings
 
     record = None
     if run_dir is not None:
         path = Path(run_dir) / RUN_FILE
         record = _cached_run_intensity(str(run_dir), path.stat().st_mtime_ns if path.is_file() else None)
-    msg = intensity_mismatch(record, modality, profile, source)
-    if msg:
-        warnings.warn(msg, IntensityWarning, stacklevel=3)
-    return msg
+    source = scan.paths[0] if scan.paths else "<scan>"
+    msgs = [intensity_mismatch(record, scan.modality, profile, source)]
+    per_anatomy = sorted(k for k in windows or {} if "/" in k and _selector(k)[0] == scan.modality)
+    if per_anatomy and not scan.anatomy:
+        msgs.append(f"{source} ({scan.modality}): has no anatomy, so it is not windowed as the run's "
+                    f"{', '.join(per_anatomy)} scans were; give its anatomy (or --window) to match")
+    msgs = [m for m in msgs if m]
+    for m in msgs:
+        warnings.warn(m, IntensityWarning, stacklevel=3)
+    return msgs
 
 
 @functools.lru_cache(maxsize=8)

@@ -248,7 +248,7 @@ class Predictor:
             profile: dict = {}
             window = window_for(s.modality, s.anatomy, dc.window, dc.windows)
             arr, key, _ = load_scan(s, dc.size, dc.depth, window, self.limits, profile)
-            warn_unlike_training(self.run_dir, s.modality, profile, s.paths[0])
+            warn_unlike_training(self.run_dir, s, profile, dc.windows)
             is_3d = bool(s.is_3d) if s.is_3d is not None else arr.shape[0] > 1
             infos.append(ScanInfo(id=s.id or Path(s.paths[0]).name, paths=list(s.paths), modality=s.modality,
                                   is_3d=is_3d, slices=int(arr.shape[0]), key_slice=int(key), used=False))
