@@ -31,7 +31,8 @@ def test_torchscript_matches_pytorch(run, tmp_path):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(enc, want_enc, atol=1e-5, rtol=1e-4)
     meta = json.loads((tmp_path / "export.json").read_text())
-    assert meta["input"] == {"scans": 3, "depth": 4, "size": 32, "window": None, "modality_scheme": "raddiag"}
+    assert meta["input"] == {"scans": 3, "depth": 4, "size": 32, "window": None, "windows": {},
+                             "modality_scheme": "raddiag"}
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ pydicom = pytest.importorskip("pydicom")
 
 
 def _dicom(path, pixels, *, z=0.0, instance=1, series="1.2.3.4", slope=1.0, intercept=0.0,
-           modality="CT", photometric="MONOCHROME2", frames=None):
+           modality="CT", photometric="MONOCHROME2", frames=None, ipp=None, iop=(1, 0, 0, 0, 1, 0), spacing=None):
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -26,8 +26,10 @@ def _dicom(path, pixels, *, z=0.0, instance=1, series="1.2.3.4", slope=1.0, inte
     ds.SeriesInstanceUID = series
     ds.Modality = modality
     ds.InstanceNumber = instance
-    ds.ImagePositionPatient = [0.0, 0.0, float(z)]
-    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.ImagePositionPatient = [float(v) for v in ipp] if ipp is not None else [0.0, 0.0, float(z)]
+    ds.ImageOrientationPatient = [float(v) for v in iop]
+    if spacing is not None:
+        ds.PixelSpacing = [float(v) for v in spacing]
     ds.RescaleSlope = slope
     ds.RescaleIntercept = intercept
     arr = np.asarray(pixels)

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
 # (module, doc) in the order they appear in --help.
 COMMAND_MODULES = [
@@ -186,6 +187,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings() -> None:
+    """Inside ``warnings.catch_warnings``: every input-intensity warning is shown, as one line
+    naming its file (raddiag.data.intensity), not as Python's source-line warning."""
+    from raddiag.data.intensity import IntensityWarning
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, IntensityWarning):
+            return shown(message, category, filename, lineno, file, line)
+        print(f"raddiag: warning: {message}", file=file or sys.stderr)
+
+    warnings.simplefilter("always", IntensityWarning)
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -199,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if hasattr(args, "release_labels"):
             _resolve_release(args)
-        rc = args.func(args)
+        with warnings.catch_warnings():
+            _one_line_warnings()
+            rc = args.func(args)
     except KeyboardInterrupt:
         print("raddiag: interrupted", file=sys.stderr)
         return 130

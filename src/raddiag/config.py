@@ -27,6 +27,10 @@ class DataConfig:
     size: int = 256                      # every slice resized to size x size (bilinear)
     depth: int = 32                      # 3D scans resampled uniformly to at most `depth` slices
     window: Optional[list[float]] = None  # optional intensity window [lo, hi] before min-max scaling
+    # per-scan windows by "MODALITY" or "MODALITY/ANATOMY": a name (lung, mediastinum, soft_tissue,
+    # abdomen, liver, bone, brain) or "LEVEL,WIDTH" in HU; wins over `window` (raddiag.data.intensity).
+    # Training sets both from the prepared dataset (its meta.json), so prediction windows alike.
+    windows: dict[str, str] = field(default_factory=dict)
     max_scans: int = 4                   # scans per case fed to the model
     # per-modality caps within one case (the released loader: CT/MRI 3, X-ray 2, others 1)
     modality_caps: dict[str, int] = field(
@@ -168,7 +172,12 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         """Refuse values that cannot work (checked after overrides and on load), before any work."""
+        from raddiag.data.intensity import check_windows, parse_window
+
         check_geometry(self.data.size, self.data.depth)
+        if self.data.window is not None:
+            parse_window(self.data.window)
+        check_windows(self.data.windows)
         t = self.train
         if not (math.isfinite(t.lr) and t.lr >= 0):       # 0 freezes every weight (tests use it)
             raise ValueError(f"train.lr must be a finite number >= 0, got {t.lr}")

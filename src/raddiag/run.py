@@ -7,6 +7,8 @@ RUN/
   label_embeddings.safetensors   {"embeddings": [C, text_dim]} for the knowledge head (optional)
   text_encoder/ or text_encoder.json   the text encoder that made them (a folder, or a pointer to one)
   model.safetensors              weights of the best checkpoint
+  intensity.json                 the windows and raw intensity kinds of the training data
+                                 (raddiag.data.intensity; checked at prediction)
   metrics.csv, tensorboard/      training curves
   checkpoints/last.pt            full training state for --resume (weights_only-loadable)
 ```

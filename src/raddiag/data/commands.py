@@ -24,7 +24,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder of the prepared dataset")
     p.add_argument("--size", type=int, default=256, help="slice size in pixels (default 256)")
     p.add_argument("--depth", type=int, default=32, help="max slices per 3D scan (default 32)")
-    p.add_argument("--window", type=float, nargs=2, metavar=("LO", "HI"), help="intensity window before scaling")
+    add_window_option(p, "before min-max scaling (default: none, the raw values)")
     p.add_argument("--strict", action="store_true", help="stop at the first unusable scan instead of skipping it")
     p.add_argument("--overwrite", action="store_true", help="replace a prepared dataset already in --out")
     add_limit_options(p)
@@ -69,6 +69,16 @@ def add_limit_options(p) -> None:
                         "K, M, G suffixes)")
     p.add_argument("--max-voxels", default=None, metavar="N",
                    help=f"refuse a scan whose header declares more voxels in all (default {MAX_VOXELS // 2**30}G)")
+
+
+def add_window_option(p, default: str) -> None:
+    """--window (repeatable): an intensity window for all scans or per modality (raddiag.data.intensity)."""
+    from raddiag.data.intensity import WINDOWS
+
+    p.add_argument("--window", action="append", nargs="+", default=None, metavar="SPEC",
+                   help=f"intensity window {default}: LO HI, a name ({', '.join(WINDOWS)}), LEVEL,WIDTH in HU "
+                        "(--window=-600,1500), or per modality / anatomy MODALITY[/ANATOMY]=WINDOW "
+                        "(--window CT=lung --window CT/Head=brain); repeatable")
 
 
 def limits_from_args(args):
@@ -141,11 +151,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             if args.strict:
                 raise ValueError(msg)
             notes.append(msg)
-    report = prepare_cases(cases, args.out, size=args.size, depth=args.depth, window=args.window,
+    from raddiag.data.intensity import window_options
+
+    window, windows = window_options(args.window)
+    report = prepare_cases(cases, args.out, size=args.size, depth=args.depth, window=window, windows=windows,
                            strict=args.strict, seed=args.seed, workers=args.workers, progress=True,
                            pre_skipped=result.skipped, limits=limits, overwrite=args.overwrite,
                            notes=notes)
-    print(prepare_summary(args.out, report, notes))
+    print(prepare_summary(args.out, report, report.notes))
     return 0
 
 

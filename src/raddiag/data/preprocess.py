@@ -54,15 +54,18 @@ def preprocess_volume(
 
 
 def load_scan(scan, size: int, depth: int, window: Optional[Sequence[float]] = None,
-              limits=None) -> tuple[np.ndarray, int, int]:
+              limits=None, profile: Optional[dict] = None) -> tuple[np.ndarray, int, int]:
     """Read and preprocess one :class:`~raddiag.data.case.Scan` -> (``[d, size, size]`` float32,
     key slice among the kept slices or -1, original slice count). The header is checked against
     ``limits`` (default :data:`raddiag.data.volume.DEFAULT_LIMITS`) first; then only the kept
-    slices are decoded, each resized as it is read, so memory follows the output."""
+    slices are decoded, each resized as it is read, so memory follows the output. The slices
+    are in the canonical orientation of the scan's plane when the file declares its orientation
+    (:mod:`raddiag.data.orientation`). ``profile``, when given, receives the raw value range
+    and the orientation (see :func:`preprocess_slices`)."""
     from raddiag.data.readers import DEFAULT_LIMITS, open_scan
 
     with open_scan(scan, limits or DEFAULT_LIMITS) as vol:
-        out, key = preprocess_slices(vol, size, depth, window, scan.key_slice)
+        out, key = preprocess_slices(vol, size, depth, window, scan.key_slice, profile)
         return out, key, vol.shape[0]
 
 
@@ -70,11 +73,13 @@ _BATCH_BYTES = 8 * 2 ** 20    # raw slices resized together (one interpolate cal
 
 
 def preprocess_slices(vol, size: int, depth: int, window: Optional[Sequence[float]] = None,
-                      key_slice: Optional[int] = None) -> tuple[np.ndarray, int]:
+                      key_slice: Optional[int] = None, profile: Optional[dict] = None) -> tuple[np.ndarray, int]:
     """The streaming form of :func:`preprocess_volume` over a :class:`~raddiag.data.volume.Volume`:
     each kept slice is checked (NaN / inf: the first bad slice raises), windowed and resized as
     it is read; min-max scaling follows on the small result. Bilinear weights sum to one, so
-    resizing before the (affine) scaling gives the scaled-then-resized result."""
+    resizing before the (affine) scaling gives the scaled-then-resized result. ``profile``, when
+    given, is filled with the kept slices' raw ``min`` / ``max`` (before windowing: the data's
+    intensity convention, :mod:`raddiag.data.intensity`) and the volume's ``orientation``."""
     n = vol.shape[0]
     idx = depth_indices(n, depth)
     if window is not None and not float(window[1]) > float(window[0]):
@@ -87,9 +92,11 @@ def preprocess_slices(vol, size: int, depth: int, window: Optional[Sequence[floa
         lo, hi = lo - c, hi - c
     out = torch.empty((len(idx), size, size), dtype=torch.float32)
     vmin, vmax, done, batch = np.inf, -np.inf, 0, []
+    raw = [np.inf, -np.inf]
     for j, sl in enumerate(vol.slices(idx)):
         if not np.isfinite(sl).all():
             raise ScanError(vol.path, f"contains NaN or infinite values (slice {int(idx[j])})")
+        raw = [min(raw[0], float(sl.min())), max(raw[1], float(sl.max()))]
         if vol.invert:
             sl = -sl
         if lo is not None:
@@ -102,6 +109,8 @@ def preprocess_slices(vol, size: int, depth: int, window: Optional[Sequence[floa
     if vmax - vmin < 1e-8:
         raise ScanError(vol.path, f"constant image (every value is {vmin:g}); nothing to learn from")
     scaled = ((out.double() - vmin) / (vmax - vmin)).clamp_(0.0, 1.0)   # float64: no overflow near 3e38
+    if profile is not None:
+        profile.update(min=raw[0], max=raw[1], orientation=getattr(vol, "orientation", None))
     return scaled.float().numpy(), map_key_slice(key_slice, n, idx)
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from raddiag.data.case import Scan
 from raddiag.data.errors import InputTooLarge, ScanError
+from raddiag.data.orientation import Reoriented, dicom_affine, nifti_orientation
 from raddiag.data.volume import DEFAULT_LIMITS, Limits, Volume, concat_volumes
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -54,12 +55,12 @@ def open_scan(scan: Scan, limits: Limits = DEFAULT_LIMITS) -> Volume:
     if not scan.paths:
         raise ScanError("<scan>", "scan has no file paths")
     if len(scan.paths) == 1:
-        return open_file(scan.paths[0], limits)
+        return open_file(scan.paths[0], limits, scan.plane)
     for p in scan.paths:
         if not Path(p).exists():
             raise ScanError(p, "file does not exist")
     if all(is_dicom(p) for p in scan.paths):
-        return open_dicom_series(scan.paths, limits)
+        return open_dicom_series(scan.paths, limits, scan.plane)
     with ExitStack() as stack:
         vols = [stack.enter_context(open_file(p, limits)) for p in scan.paths]
         vol = concat_volumes(vols, scan.paths[0])
@@ -68,7 +69,9 @@ def open_scan(scan: Scan, limits: Limits = DEFAULT_LIMITS) -> Volume:
         return vol
 
 
-def open_file(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> Volume:
+def open_file(path: str | Path, limits: Limits = DEFAULT_LIMITS, plane: Optional[str] = None) -> Volume:
+    """One file (or DICOM series folder); ``plane``: the scan's declared plane, which chooses the
+    slice axis of a volume with a known orientation (:mod:`raddiag.data.orientation`)."""
     spath = str(path)
     if NPZ_SEP in spath and spath.split(NPZ_SEP, 1)[0].lower().endswith(".npz"):
         return _npz_item(spath, limits)
@@ -76,7 +79,7 @@ def open_file(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> Volume:
     if not path.exists():
         raise ScanError(path, "file does not exist")
     if path.is_dir():
-        return open_dicom_series(dicom_files_in(path), limits)
+        return open_dicom_series(dicom_files_in(path), limits, plane)
     name = path.name.lower()
     try:
         if path.stat().st_size == 0:
@@ -84,11 +87,11 @@ def open_file(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> Volume:
         if name.endswith(".npy"):
             return _npy(path, limits)
         if name.endswith((".nii", ".nii.gz")):
-            return _nifti(path, limits)
+            return _nifti(path, limits, plane)
         if path.suffix.lower() in IMAGE_SUFFIXES:
             return _image(path, limits)
         if is_dicom(path):
-            return open_dicom_series([path], limits)
+            return open_dicom_series([path], limits, plane)
         if name.endswith(".npz"):
             raise ScanError(path, "an .npz scan needs an array key and index: FILE.npz#KEY/INDEX")
     except ScanError:
@@ -173,18 +176,19 @@ class ClampedFile(io.BufferedReader):
         return super().read(n)
 
 
-def _nifti(path: Path, limits: Limits) -> Volume:
+def _nifti(path: Path, limits: Limits, plane: Optional[str] = None) -> Volume:
     stack = ExitStack()
     try:
-        return _nifti_volume(path, limits, stack)
+        return _nifti_volume(path, limits, stack, plane)
     except BaseException:
         stack.close()
         raise
 
 
-def _nifti_volume(path: Path, limits: Limits, stack: ExitStack) -> Volume:
+def _nifti_volume(path: Path, limits: Limits, stack: ExitStack, plane: Optional[str] = None) -> Volume:
     """The header only; the file stays open (in ``stack``): a .gz is decompressed forward once,
-    slice by slice. Truncation of a .nii is found from the header and the file size."""
+    slice by slice. Truncation of a .nii is found from the header and the file size. A 3D
+    volume whose header declares its orientation is reoriented (:func:`_reoriented`)."""
     import nibabel as nib
 
     f = stack.enter_context(ClampedFile(path))
@@ -217,7 +221,20 @@ def _nifti_volume(path: Path, limits: Limits, stack: ExitStack) -> Volume:
                 data = sum(w * data[c].astype(np.float32) for w, c in zip(_LUMA, "RGB"))
             return data
 
-    return _hwd_volume(path, _Slicer(), limits, stack)
+    slicer = _Slicer()
+    affine = nifti_orientation(img)
+    if affine is not None and len(shape) == 3 and min(shape) > 1:
+        return _reoriented(path, shape, lambda a, b: slicer[:, :, a:b], affine, plane, limits, stack=stack)
+    return _hwd_volume(path, slicer, limits, stack)
+
+
+def _reoriented(path, shape, read, affine, plane, limits: Limits, **kwargs) -> Volume:
+    """A stored ``[n0, n1, n2]`` volume (``read(a, b)``: stored slices a..b) in the canonical
+    orientation of its plane; the output slice size is checked against ``limits`` too."""
+    view = Reoriented(shape, read, affine, plane)
+    limits.check(path, view.shape)
+    return Volume(path, view.shape, lambda k: next(view.many([k])), many=view.many,
+                  orientation=view.note, **kwargs)
 
 
 def _image(path: Path, limits: Limits) -> Volume:
@@ -411,10 +428,13 @@ def read_dicom_series(paths: Sequence[str | Path], limits: Limits = DEFAULT_LIMI
         return vol.array()
 
 
-def open_dicom_series(paths: Sequence[str | Path], limits: Limits = DEFAULT_LIMITS) -> Volume:
+def open_dicom_series(paths: Sequence[str | Path], limits: Limits = DEFAULT_LIMITS,
+                      plane: Optional[str] = None) -> Volume:
     """DICOM files of one series -> a :class:`Volume` from the headers alone, slices sorted along
     the slice normal (fallback InstanceNumber, then file name); a single multi-frame file keeps
-    its frame order. Pixels are decoded one file (one frame) at a time."""
+    its frame order. Pixels are decoded one file (one frame) at a time. A series of single-frame
+    files with ImageOrientationPatient / ImagePositionPatient on each is reoriented like a NIfTI
+    (:mod:`raddiag.data.orientation`; ``plane``: the declared plane)."""
     paths = [Path(p) for p in paths]
     heads = []
     for p in paths:
@@ -428,14 +448,18 @@ def open_dicom_series(paths: Sequence[str | Path], limits: Limits = DEFAULT_LIMI
     if len(uids) > 1:
         raise ScanError(paths[0].parent, f"files belong to {len(uids)} different DICOM series; "
                                          "give one series per scan (raddiag.data.discover groups them)")
+    positioned = False
     if len(heads) > 1:
         pos = [_slice_position(ds) for ds, _, _ in heads]
-        if all(p is not None for p in pos):
+        positioned = all(p is not None for p in pos)
+        if positioned:
             keys = pos
         else:
             inst = [getattr(ds, "InstanceNumber", None) for ds, _, _ in heads]
             keys = [int(i) if i is not None else n for n, i in enumerate(inst)]
-        heads = [h for _, h in sorted(zip(keys, heads), key=lambda t: (t[0], str(t[1][1])))]
+        order = sorted(range(len(heads)), key=lambda n: (keys[n], str(heads[n][1])))
+        heads = [heads[n] for n in order]
+        keys = [keys[n] for n in order]
     shapes = {g[1:] for _, _, g in heads}
     if len(shapes) != 1:
         raise ScanError(paths[0], f"the slices of one DICOM series have different shapes {sorted(shapes)}")
@@ -443,7 +467,12 @@ def open_dicom_series(paths: Sequence[str | Path], limits: Limits = DEFAULT_LIMI
     shape = (len(frames), *shapes.pop())
     limits.check(paths[0] if len(paths) == 1 else paths[0].parent, shape)
     invert = str(getattr(heads[0][0], "PhotometricInterpretation", "")).upper() == "MONOCHROME1"
-    return Volume(paths[0], shape, lambda k: _dicom_frame(frames[k][1], frames[k][0], frames[k][2]), invert=invert)
+    frame = lambda k: _dicom_frame(frames[k][1], frames[k][0], frames[k][2])   # noqa: E731
+    affine = dicom_affine([ds for ds, _, _ in heads], keys) if positioned and len(frames) == len(heads) else None
+    if affine is not None and min(shape) > 1:
+        read = lambda a, b: np.stack([frame(k) for k in range(a, b)], axis=-1)   # noqa: E731
+        return _reoriented(paths[0], (shape[1], shape[2], shape[0]), read, affine, plane, limits, invert=invert)
+    return Volume(paths[0], shape, frame, invert=invert)
 
 
 def dicom_modality(path: str | Path) -> str:

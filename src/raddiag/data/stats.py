@@ -164,6 +164,20 @@ def write_stats(data_dir: str | Path, out_dir: Optional[str | Path] = None, plot
     return st, out
 
 
+def intensity_lines(meta: dict) -> list[str]:
+    """The windows a dataset was prepared with and its scans' raw intensity kinds per modality."""
+    lines = []
+    if meta.get("window") is not None or meta.get("windows"):
+        lines.append(f"  windows: all scans {meta.get('window') or 'none'}"
+                     + "".join(f"; {k} {v}" for k, v in (meta.get("windows") or {}).items()))
+    kinds = meta.get("intensity") or {}
+    if kinds:
+        lines.append("  raw intensity (scans): " + "; ".join(
+            f"{m} " + ", ".join(f"{k} {n}" for k, n in s["kinds"].items()) + f" ({s['min']:g}..{s['max']:g})"
+            for m, s in kinds.items()))
+    return lines
+
+
 def prepare_summary(out_dir: str | Path, report: PrepareReport, notes: list[str] = ()) -> str:
     """What ``data prepare`` prints: cases / scans per split, label counts (disorder and ICD),
     modality counts, source notes and every skipped file with its reason."""
@@ -181,6 +195,7 @@ def prepare_summary(out_dir: str | Path, report: PrepareReport, notes: list[str]
         lines.append(f"  {gran} labels ({len(c)}): " + ", ".join(f"{k} {v}" for k, v in c.most_common()))
     mc = Counter(s["modality"] for r in recs for s in r["scans"])
     lines.append("  modalities (scans): " + ", ".join(f"{k} {v}" for k, v in mc.most_common()))
+    lines += intensity_lines(data.meta)
     skipped = report.skipped_scans + report.skipped_cases
     if skipped:
         lines.append(f"  skipped {len(report.skipped_scans)} scan(s), {len(report.skipped_cases)} case(s):")

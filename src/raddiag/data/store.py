@@ -2,9 +2,11 @@
 
 ```
 DIR/
-  meta.json            format version, size, depth, window, slice count, dtype
+  meta.json            format version, size, depth, window(s), slice count, dtype, and per modality
+                       the raw intensity kinds of the scans (raddiag.data.intensity)
   slices.f16           float16 [n_slices, size, size], raw (np.memmap)
-  cases.jsonl          one case per line: Case fields + per scan "store": {start, n, orig_depth, key}
+  cases.jsonl          one case per line: Case fields + per scan "store": {start, n, orig_depth, key,
+                       orientation (None: as stored), min / max (raw values)}
   labels_disorder.json LabelSpace at disorder granularity (counts from the train split)
   labels_icd10.json    LabelSpace at ICD-10-CM 3-character granularity
   report.json / report.txt   every scan and case skipped, with the file and the reason
@@ -69,17 +71,18 @@ class PrepareReport:
         return "\n".join(lines)
 
 
-def _process_scan(args) -> tuple[Optional[np.ndarray], int, int, Optional[str], str]:
-    """Worker: read + preprocess one scan. Returns (slices, key, orig_depth, error, file)."""
+def _process_scan(args) -> tuple[Optional[np.ndarray], int, int, Optional[str], str, dict]:
+    """Worker: read + preprocess one scan. Returns (slices, key, orig_depth, error, file, profile)."""
     scan, size, depth, window, limits = args
     src = scan.paths[0] if scan.paths else "<scan>"
+    profile: dict = {}
     try:
-        out, key, orig = load_scan(scan, size, depth, window, limits)
-        return out.astype(DTYPE), key, orig, None, src
+        out, key, orig = load_scan(scan, size, depth, window, limits, profile)
+        return out.astype(DTYPE), key, orig, None, src, profile
     except ScanError as exc:
-        return None, -1, 0, exc.reason, exc.path
+        return None, -1, 0, exc.reason, exc.path, profile
     except Exception as exc:  # never lose the file name, whatever broke
-        return None, -1, 0, f"{type(exc).__name__}: {exc}", src
+        return None, -1, 0, f"{type(exc).__name__}: {exc}", src, profile
 
 
 def prepare_cases(
@@ -87,7 +90,7 @@ def prepare_cases(
     out_dir: str | Path,
     size: int = 256,
     depth: int = 32,
-    window: Optional[Sequence[float]] = None,
+    window=None,
     strict: bool = False,
     seed: int = 0,
     workers: Optional[int] = None,
@@ -98,8 +101,13 @@ def prepare_cases(
     limits: Limits = DEFAULT_LIMITS,
     overwrite: bool = False,
     notes: Sequence[str] = (),
+    windows: Optional[dict] = None,
 ) -> PrepareReport:
     """Read, preprocess and cache ``cases`` into ``out_dir``.
+
+    ``window`` (a name, ``"L,W"`` or ``[lo, hi]``) clips every scan before scaling; ``windows``
+    maps ``MODALITY`` or ``MODALITY/ANATOMY`` to a window for those scans instead
+    (:mod:`raddiag.data.intensity`). Both None: raw values, min-max scaled.
 
     Cases without a split get a seeded patient-level 7:1:2 split. A scan that cannot be used
     (unreadable, NaN / inf, constant, over ``limits``) is skipped and reported (``strict``
@@ -114,7 +122,11 @@ def prepare_cases(
     """
     from raddiag.config import check_geometry
 
+    from raddiag.data.intensity import check_windows, parse_window
+
     check_geometry(size, depth)
+    window = list(parse_window(window)) if window is not None else None
+    windows = check_windows(windows)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise OutputExists(f"{out}: is a file, not a folder")
@@ -127,8 +139,8 @@ def prepare_cases(
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
     try:
-        report = _prepare_into(tmp, cases, size, depth, window, strict, seed, workers, progress, pre_skipped,
-                               head_min, medium_min, limits)
+        report = _prepare_into(tmp, cases, size, depth, (window, windows), strict, seed, workers, progress,
+                               pre_skipped, head_min, medium_min, limits)
         report.notes = list(notes) + report.notes
         _write_json(tmp / "report.json", report.to_dict())
         (tmp / "report.txt").write_text(report.text() + "\n")
@@ -162,8 +174,11 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1))
 
 
-def _prepare_into(out: Path, cases: list[Case], size, depth, window, strict, seed, workers, progress,
+def _prepare_into(out: Path, cases: list[Case], size, depth, windowing, strict, seed, workers, progress,
                   pre_skipped, head_min, medium_min, limits) -> PrepareReport:
+    from raddiag.data.intensity import add_profile, window_for
+
+    window, windows = windowing
     report = PrepareReport(cases_in=len(cases), scans_in=sum(len(c.scans) for c in cases))
     for s in pre_skipped:
         if strict:
@@ -172,7 +187,8 @@ def _prepare_into(out: Path, cases: list[Case], size, depth, window, strict, see
     report.scans_in += len(pre_skipped)
     assign_splits(cases, seed=seed)
 
-    jobs = [(scan, size, depth, window, limits) for c in cases for scan in c.scans]
+    jobs = [(scan, size, depth, window_for(scan.modality, scan.anatomy or c.anatomy, window, windows), limits)
+            for c in cases for scan in c.scans]
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     if workers > 1 and len(jobs) > 8 and worker_processes_allowed("prepare_cases", "forkserver"):
         # forkserver, not fork: forking a process whose torch/OpenMP threads are running can
@@ -188,13 +204,15 @@ def _prepare_into(out: Path, cases: list[Case], size, depth, window, strict, see
 
     kept: list[dict] = []
     n_slices = 0
+    intensity: dict = {}
+    as_stored: list[str] = []
     try:
         with (out / "slices.f16").open("wb") as fbin:
             results = iter(results)
             for case in cases:
                 scans_ok = []
                 for scan in case.scans:
-                    arr, key, orig, err, src = next(results)
+                    arr, key, orig, err, src, profile = next(results)
                     if err is not None:
                         if strict:
                             raise ScanError(src, err)
@@ -203,7 +221,12 @@ def _prepare_into(out: Path, cases: list[Case], size, depth, window, strict, see
                     fbin.write(np.ascontiguousarray(arr).tobytes())
                     d = scan.__dict__.copy()
                     d["is_3d"] = bool(scan.is_3d) if scan.is_3d is not None else orig > 1
-                    d["store"] = {"start": n_slices, "n": int(arr.shape[0]), "orig_depth": int(orig), "key": key}
+                    d["store"] = {"start": n_slices, "n": int(arr.shape[0]), "orig_depth": int(orig), "key": key,
+                                  "orientation": profile.get("orientation"),
+                                  "min": profile.get("min"), "max": profile.get("max")}
+                    add_profile(intensity, scan.modality, profile)
+                    if orig > 1 and profile.get("orientation") is None:
+                        as_stored.append(src)
                     n_slices += arr.shape[0]
                     scans_ok.append(d)
                 if not scans_ok:
@@ -219,6 +242,8 @@ def _prepare_into(out: Path, cases: list[Case], size, depth, window, strict, see
     with (out / "cases.jsonl").open("w") as f:
         for rec in kept:
             f.write(json.dumps(rec) + "\n")
+    if as_stored:
+        report.notes.append(_as_stored_note(as_stored))
     report.cases_out = len(kept)
     report.scans_out = sum(len(r["scans"]) for r in kept)
     kept_cases = [_case_from_record(r) for r in kept]
@@ -226,8 +251,16 @@ def _prepare_into(out: Path, cases: list[Case], size, depth, window, strict, see
         LabelSpace.from_cases(kept_cases, granularity=gran, head_min=head_min, medium_min=medium_min).save(out / f"labels_{gran}.json")
     _write_json(out / "meta.json", {"format_version": FORMAT_VERSION, "size": size, "depth": depth,
                                     "window": list(window) if window is not None else None,
+                                    "windows": windows, "intensity": intensity,
                                     "n_slices": n_slices, "n_cases": len(kept), "dtype": "float16"})
     return report
+
+
+def _as_stored_note(files: list[str]) -> str:
+    """The report's note on 3D scans whose orientation could not be known."""
+    return (f"orientation unknown, slices as stored (the file's last axis; NPY, image stacks, NIfTI without "
+            f"qform / sform or with the identity affine, DICOM without position tags): {len(files)} 3D scan(s), "
+            f"e.g. {', '.join(files[:3])}")
 
 
 def _case_from_record(rec: dict) -> Case:

@@ -66,15 +66,22 @@ class Volume:
     """``[S, H, W]`` slices of one scan, decoded on demand by ``get(k) -> [H, W] float32``.
 
     ``invert``: MONOCHROME1 DICOM (high values dark); :meth:`array` and preprocessing apply
-    it. Use as a context manager (or call :meth:`close`) to release open files.
+    it. ``many(indices)``, when given, yields several slices in one pass (a reoriented volume
+    gathers them across its stored slices). ``orientation``: how the slices were oriented
+    (:mod:`raddiag.data.orientation`), None when they are as stored. Use as a context manager
+    (or call :meth:`close`) to release open files.
     """
 
     def __init__(self, path, shape: Sequence[int], get: Callable[[int], np.ndarray], invert: bool = False,
-                 stack: Optional[ExitStack] = None):
+                 stack: Optional[ExitStack] = None,
+                 many: Optional[Callable[[Sequence[int]], Iterator[np.ndarray]]] = None,
+                 orientation: Optional[str] = None):
         self.path = str(path)
         self.shape = tuple(int(s) for s in shape)
         self._get = get
+        self._many = many
         self.invert = invert
+        self.orientation = orientation
         self._stack = stack or ExitStack()
 
     def __len__(self) -> int:
@@ -92,10 +99,11 @@ class Volume:
     def slices(self, indices: Iterable[int]) -> Iterator[np.ndarray]:
         """The slices ``indices`` (in that order) as float32 ``[H, W]``; a slice that cannot be
         decoded (truncated file) raises :class:`ScanError` naming the file and the slice."""
+        indices = [int(k) for k in indices]
+        source = self._many(indices) if self._many is not None else (self._get(k) for k in indices)
         for k in indices:
-            k = int(k)
             try:
-                sl = self._get(k)
+                sl = next(source)
             except ScanError:
                 raise
             except Exception as exc:

@@ -23,9 +23,10 @@ def _add_inputs(p) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "compile", "off"],
                    help="inference fast path (raddiag.models.fastpath; default: onnxruntime when installed, "
                         "else torch; off: the plain model)")
-    from raddiag.data.commands import add_limit_options
+    from raddiag.data.commands import add_limit_options, add_window_option
 
     add_limit_options(p)
+    add_window_option(p, "instead of the run's (default: the windows its training data were prepared with)")
 
 
 def register(sub) -> None:
@@ -115,6 +116,10 @@ def _load(args):
 
     pred = Predictor.load(args.run, device=args.device, backend=args.backend)
     pred.limits = limits_from_args(args)
+    if args.window:
+        from raddiag.data.intensity import window_options
+
+        pred.cfg.data.window, pred.cfg.data.windows = window_options(args.window)
     return pred
 
 

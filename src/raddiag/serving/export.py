@@ -90,7 +90,7 @@ def export(run_dir, fmt: str = "onnx", out: Optional[str | Path] = None, scans: 
     example, check = example_batch(cfg, scans, 2, seed=0), example_batch(cfg, scans, 3, seed=1)
     meta = {"format": fmt, "run": str(run_dir), "classes": list(labels.names),
             "input": {"scans": scans, "depth": cfg.data.depth, "size": cfg.data.size,
-                      "window": cfg.data.window, "modality_scheme": cfg.data.modality_scheme},
+                      "window": cfg.data.window, "windows": cfg.data.windows, "modality_scheme": cfg.data.modality_scheme},
             "graphs": {}}
     written = []
     for kind, module in (("visual_encoder", VisualEncoder(model)), ("case_model", CaseModel(model))):

@@ -172,12 +172,16 @@ class Predictor:
     def prepare(self, scans: list[Scan], case_id: str = "case") -> tuple[dict, list[ScanInfo], list[int]]:
         """Scans -> (a dataset sample for ``collate_cases``, per-scan info, indices used)."""
         from raddiag.data.dataset import select_scans
+        from raddiag.data.intensity import warn_unlike_training, window_for
         from raddiag.data.preprocess import load_scan
 
         dc = self.cfg.data
         infos, arrays = [], []
         for s in scans:
-            arr, key, _ = load_scan(s, dc.size, dc.depth, dc.window, self.limits)
+            profile: dict = {}
+            window = window_for(s.modality, s.anatomy, dc.window, dc.windows)
+            arr, key, _ = load_scan(s, dc.size, dc.depth, window, self.limits, profile)
+            warn_unlike_training(self.run_dir, s, profile, dc.windows)
             is_3d = bool(s.is_3d) if s.is_3d is not None else arr.shape[0] > 1
             infos.append(ScanInfo(id=s.id or Path(s.paths[0]).name, paths=list(s.paths), modality=s.modality,
                                   is_3d=is_3d, slices=int(arr.shape[0]), key_slice=int(key), used=False))

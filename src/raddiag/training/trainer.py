@@ -336,11 +336,15 @@ def _restore(run, model, optimizer, scheduler, state, labels, d) -> dict:
     return ckpt
 
 
-def _write_run_folder(run, cfg, labels, emb, epoch: int) -> None:
-    """The run folder: everything inference needs (config, labels, label embeddings)."""
+def _write_run_folder(run, cfg, labels, emb, epoch: int, data) -> None:
+    """The run folder: everything inference needs (config, labels, label embeddings, the training
+    data's intensity convention)."""
+    from raddiag.data.intensity import write_run_intensity
+
     run.create()
     run.checkpoints.mkdir(exist_ok=True)
     cfg.save(run.config)
+    write_run_intensity(run.root, data.meta, data.root)
     labels.save(run.labels)
     if emb is not None:
         run.save_label_embeddings(emb)
@@ -354,8 +358,11 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
 
     from .augment import build_scan_transform
 
+    from raddiag.data.intensity import adopt_data_windows
+
     tc = cfg.train
     seed_everything(tc.seed, tc.deterministic)
+    adopt_data_windows(cfg.data, data.meta, data.root)
     labels = data.label_space(cfg.data.granularity)
     if resume:
         run.check_label_space(labels, data.root)
@@ -392,7 +399,7 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
     ckpt = _restore(run, model, optimizer, scheduler, state, labels, d) if resume else None
 
     if d.is_main:
-        _write_run_folder(run, cfg, labels, emb, state["epoch"])
+        _write_run_folder(run, cfg, labels, emb, state["epoch"], data)
     d.barrier()
 
     train_model = model
