@@ -193,6 +193,7 @@ REPEAT_PATIENT_FRACTION = 0.08
 # Zipf-Mandelbrot class weights 1 / (rank + q)^s: a few frequent classes, a long tail.
 ZIPF_Q, ZIPF_S = 1.0, 1.6
 MIN_CASES_PER_CLASS = 3
+VISIBLE_FRACTION = 0.65                # P(a scan of a case shows its finding), the first one always does
 # Head / medium / tail cut-offs (training cases) for the prepared label spaces at the default
 # 400 cases: the paper's 100 / 30 would make every class tail at this scale; scaled with n_cases.
 SYNTH_HEAD_MIN, SYNTH_MEDIUM_MIN = 20, 8
@@ -671,7 +672,7 @@ def _case_scans(plan: dict, rng: np.random.Generator, raw_size, raw_depth) -> li
     names, probs = list(mods), np.array(list(mods.values()))
     n = int(rng.choice(4, p=SCAN_COUNT_P)) + 1
     chosen = [names[int(rng.choice(len(names), p=probs / probs.sum()))] for _ in range(n)]
-    visible = [rng.random() < 0.65 for _ in range(n)]
+    visible = [rng.random() < VISIBLE_FRACTION for _ in range(n)]
     if plan["disorders"]:  # the first scan is one that shows the (first) disorder well
         best = [m for m in CATEGORIES[plan["disorders"][0].code]["best"] if m in mods] or names
         chosen[0] = best[int(rng.integers(len(best)))] if rng.random() < 0.5 else best[0]
