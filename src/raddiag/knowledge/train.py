@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from raddiag.knowledge.encoder import TextEncoder
+from raddiag.knowledge.intervals import format_table  # noqa: F401  (the table that train and evaluate print)
 from raddiag.knowledge.kb import KnowledgeBase
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def evaluate_retrieval(encoder: TextEncoder, heldout: HeldOut, batch_size: int =
     ``hierarchy`` (share of held-out triples with the child closer to its parent than to a
     random other category of the same chapter: a random category from anywhere is farther
     from the child in ~99 % of triples for any encoder, which measures nothing); NaN where the held-out set has no query / triple."""
-    res = {"recall@1": float("nan"), "recall@10": float("nan"), "hierarchy": float("nan"),
+    res = {"recall@1": float("nan"), "recall@10": float("nan"), "mean_rank": float("nan"), "hierarchy": float("nan"),
            "n_queries": len(heldout.queries), "n_triples": len(heldout.triples)}
     if heldout.queries:
         cand = encoder.encode(heldout.candidates, batch_size=batch_size, progress=progress)
@@ -200,6 +200,10 @@ def evaluate_retrieval(encoder: TextEncoder, heldout: HeldOut, batch_size: int =
         rank = (sims > target_sim[:, None]).sum(1)          # 0 = first
         res["recall@1"] = float((rank < 1).float().mean())
         res["recall@10"] = float((rank < 10).float().mean())
+        res["mean_rank"] = float((rank + 1).float().mean())
+        # per query, for intervals over held-out categories (raddiag.knowledge.intervals)
+        res["ranks"] = rank.tolist()
+        res["query_groups"] = list(heldout.targets)
     if heldout.triples:
         texts = sorted({t for tr in heldout.triples for t in tr})
         pos = {t: i for i, t in enumerate(texts)}
@@ -207,6 +211,8 @@ def evaluate_retrieval(encoder: TextEncoder, heldout: HeldOut, batch_size: int =
         p, c, o = (torch.tensor([pos[tr[j]] for tr in heldout.triples]) for j in range(3))
         closer = (e[c] * e[p]).sum(1) > (e[c] * e[o]).sum(1)
         res["hierarchy"] = float(closer.float().mean())
+        res["closer"] = closer.int().tolist()
+        res["triple_groups"] = p.tolist()
     return res
 
 
@@ -425,7 +431,9 @@ def _cached_eval(encoder: TextEncoder, heldout: HeldOut) -> dict:
     key = hashlib.sha1(json.dumps([encoder.identity, heldout.queries, heldout.triples]).encode()).hexdigest()[:16]
     path = cache_dir() / "knowledge-eval" / f"{key}.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        cached = json.loads(path.read_text())
+        if "ranks" in cached:       # older caches lack the per-query ranks the intervals need
+            return cached
     res = evaluate_retrieval(encoder, heldout)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -447,14 +455,3 @@ def load_heldout_for(encoder_dir: str | Path | None, kb: Optional[KnowledgeBase]
         d = json.loads(split.read_text())
         return make_heldout(kb, d["roots"], seed=d.get("seed", 0))
     return make_heldout(kb, split_roots(kb, holdout_fraction, seed), seed=seed)
-
-
-def format_table(result: dict) -> str:
-    rows = [("", "recall@1", "recall@10", "hierarchy")]
-    for name in ("before", "after"):
-        m = result.get(name)
-        if m:
-            rows.append((name, *(f"{m[k]:.3f}" if not math.isnan(m[k]) else "n/a"
-                                 for k in ("recall@1", "recall@10", "hierarchy"))))
-    w = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join("  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows)

@@ -211,6 +211,7 @@ class Predictor:
         self.backend = backend
         self.lock = threading.Lock()
         self._text_encoder = None
+        self.prompt_sets = True   # new class names: mean of each name's prompt set (False: the name alone)
         self._fast = None
 
     @classmethod
@@ -278,7 +279,9 @@ class Predictor:
     def class_embeddings(self, names: Sequence[str], encoder: Optional[PathLike] = None) -> torch.Tensor:
         """Text embeddings ``[C, d]`` of class names (the run's text encoder when it records one,
         else ``encoder``, else the packaged all-MiniLM-L6-v2). A negated name ("Non-X") gets X's
-        embedding; its probability is complemented afterwards (:mod:`raddiag.knowledge.negation`)."""
+        embedding; its probability is complemented afterwards (:mod:`raddiag.knowledge.negation`).
+        With ``self.prompt_sets`` (default) a name is the mean of its prompt set
+        (:func:`raddiag.knowledge.embed.prompt_set`)."""
         from raddiag.knowledge.embed import embed_labels
         from raddiag.knowledge.encoder import TextEncoder
         from raddiag.knowledge.negation import scoring_texts
@@ -290,7 +293,7 @@ class Predictor:
 
                 path = RunFolder(self.run_dir).text_encoder()
             self._text_encoder = TextEncoder.load(path)
-        return embed_labels(self._text_encoder, scoring_texts(list(names))[0])
+        return embed_labels(self._text_encoder, scoring_texts(list(names))[0], prompts=self.prompt_sets)
 
     # -- prediction --------------------------------------------------------------------------
     def predict(self, inputs, modality=None, top: int = 10, classes: Optional[Sequence[str]] = None,
