@@ -45,6 +45,10 @@ def test_embed_labels_prompt_mean_checked_independently():
     assert np.allclose(emb[1].numpy(), _mean_direction(urticaria), atol=1e-5)
     single = embed_labels(enc, ["Zorblax lesion"], prompts=False)
     assert np.allclose(single[0].numpy(), zorblax[0].numpy(), atol=1e-6)
+    # a class the run was trained on keeps the embedding its head learned (the bare text)
+    kept = embed_labels(enc, ["Zorblax lesion", "Urticaria"], prompts=True, kb=kb, seen=["urticaria"])
+    assert np.allclose(kept[1].numpy(), urticaria[0].numpy(), atol=1e-6)
+    assert np.allclose(kept[0].numpy(), emb[0].numpy(), atol=1e-6)
 
 
 @pytest.mark.slow
@@ -63,6 +67,8 @@ def test_unseen_class_scored_through_its_prompt_set(tmp_path):
     enc = pred._text_encoder
     prompts = enc.encode([name, f"{name} on CT", f"{name} on MRI", f"{name} on X-ray"])
     assert np.allclose(emb[0].numpy(), _mean_direction(prompts), atol=1e-5)
+    # "Pneumonia" is one of the run's classes: scored with the embedding it was trained with
+    assert np.allclose(emb[1].numpy(), enc.encode(["Pneumonia"])[0].numpy(), atol=1e-6)
     with_set = pred.predict(str(tmp_path / "cxr.png"), modality="X-ray", classes=[name, "Pneumonia"])
     pred.prompt_sets = False
     assert np.allclose(pred.class_embeddings([name])[0].numpy(), prompts[0].numpy(), atol=1e-6)

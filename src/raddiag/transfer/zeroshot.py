@@ -135,7 +135,7 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
              progress: bool = False, prompts: bool = True) -> dict:
     """Run the zero-shot modes of a trained run on a prepared target dataset; writes
     ``zeroshot.json`` (and the mapping used) into ``out_dir`` and returns the results. The text
-    mode scores each class by the mean embedding of its prompt set
+    mode scores each class the run was not trained on by the mean embedding of its prompt set
     (:func:`raddiag.knowledge.embed.prompt_set`), or by its name alone with ``prompts=False``."""
     from raddiag.data.dataset import CaseDataset
     from raddiag.data.store import PreparedData
@@ -203,7 +203,7 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
             # "Non-X" embeds X and is scored 1 - p(X) (negation.scoring_texts)
             texts, flip = negation.scoring_texts(target.names, label_texts(target))
             emb = embed_labels(TextEncoder.load(encoder_dir or RunFolder(run_dir).text_encoder()), texts,
-                               prompts=prompts)
+                               prompts=prompts, seen=label_texts(source))
             model.set_label_embeddings(emb)
             test = predict_dataset(model, ds, batch_size, progress=progress, desc="zero-shot text")
             val = None
