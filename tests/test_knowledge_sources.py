@@ -201,3 +201,36 @@ def test_best_cached_encoder(tmp_path, monkeypatch):
     (tmp_path / "half-written").mkdir()
     (tmp_path / "half-written" / "knowledge_metrics.json").write_text("{")
     assert best_cached_encoder() == tmp_path / "b"
+
+
+def test_hard_negative_batches_come_from_neighbours():
+    """With hard negatives, half of a batch's synonym pairs share an ICD-10-CM block or a name
+    word with one category; without, the batch is drawn from all pairs."""
+    import numpy as np
+
+    from raddiag.knowledge.train import _sample, build_pairs
+
+    concepts = []
+    for b, letter in enumerate("ABCDEFGH"):
+        for k in range(3):
+            code = f"{letter}{b}{k}"
+            concepts.append(Concept(code, f"{['Calculus', 'Cyst', 'Ulcer'][k]} {code.lower()}",
+                                    synonyms=[f"synonym {code} {j}" for j in range(4)], block=f"{letter}00-{letter}09"))
+    pairs = build_pairs(KnowledgeBase(concepts), icd_descriptions=False)
+    syn = pairs["synonym"]
+    block_of = {c.id: c.block for c in concepts}
+    word_of = {c.id: c.name.split()[0] for c in concepts}
+    shared = 0
+    for step in range(50):
+        idx = _sample(pairs, 24, np.random.default_rng(step), hard_negatives=0.5)["synonym"]
+        assert len(idx) == 24                             # synonyms are the only kind here
+        hard = [syn.groups[i] for i in idx[:12]]
+        same_block = len({block_of[g] for g in hard}) == 1
+        same_word = len({word_of[g] for g in hard}) == 1
+        assert same_block or same_word, hard
+        shared += same_block or same_word
+    assert shared == 50
+    # without hard negatives, 12 random pairs of 24 categories share neither a block nor a word
+    plain = [_sample(pairs, 24, np.random.default_rng(s))["synonym"][:12] for s in range(50)]
+    assert not any(len({block_of[syn.groups[i]] for i in idx}) == 1 or len({word_of[syn.groups[i]] for i in idx}) == 1
+                   for idx in plain)
