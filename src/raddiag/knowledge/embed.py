@@ -101,13 +101,15 @@ def embed_prompt_sets(encoder: TextEncoder, sets: Sequence[Sequence[str]], batch
 
 
 def embed_labels(encoder: TextEncoder, label_space_or_names, batch_size: int = 64,
-                 progress: bool = False, prompts: bool = False, kb=None, seen=()) -> torch.Tensor:
+                 progress: bool = False, prompts: bool = False, kb=None, seen=(),
+                 modalities: Sequence[str] = PROMPT_MODALITIES, codes: Optional[Sequence] = None) -> torch.Tensor:
     """``[C, d]`` L2-normalised embeddings of :func:`label_texts` (also for names never seen
     in training: zero-shot on a new label space). With ``prompts`` each class is the mean of
     its :func:`prompt_set` (zero-shot scoring; ``kb`` default: :func:`~raddiag.knowledge.kb.build_kb`),
     except a text in ``seen`` (the run's own class texts): the head learned that text's embedding,
     and moving it to a prompt mean costs accuracy (benchmarks/real/zeroshot_prompts.py: -2.7 AUC
-    on a trained class, "Bacterial pneumonia")."""
+    on a trained class, "Bacterial pneumonia"). ``modalities`` fill the templates; ``codes`` (default:
+    the label space's) find a class's concept when its name is not a knowledge-base term."""
     texts = label_texts(label_space_or_names)
     if not texts:
         raise ValueError("no class names to embed")
@@ -117,9 +119,10 @@ def embed_labels(encoder: TextEncoder, label_space_or_names, batch_size: int = 6
         from raddiag.knowledge.kb import build_kb
 
         kb = build_kb()
-    codes = label_space_or_names.codes if isinstance(label_space_or_names, LabelSpace) else [None] * len(texts)
+    if codes is None:
+        codes = label_space_or_names.codes if isinstance(label_space_or_names, LabelSpace) else [None] * len(texts)
     seen = {t.strip().lower() for t in seen}
-    sets = [[t] if t.strip().lower() in seen else prompt_set(t, kb, c) for t, c in zip(texts, codes)]
+    sets = [[t] if t.strip().lower() in seen else prompt_set(t, kb, c, modalities) for t, c in zip(texts, codes)]
     return embed_prompt_sets(encoder, sets, batch_size, progress)
 
 

@@ -195,15 +195,18 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
             results["text"] = {"skipped": "the run's head is not knowledge-guided (model.head=mlp)"}
         else:
             from raddiag.evaluation import evaluate_predictions
-            from raddiag.knowledge.embed import embed_labels, label_texts
+            from raddiag.knowledge.embed import PROMPT_MODALITIES, embed_labels, label_texts
             from raddiag.knowledge.encoder import TextEncoder
 
             from raddiag.run import RunFolder
 
             # "Non-X" embeds X and is scored 1 - p(X) (negation.scoring_texts)
             texts, flip = negation.scoring_texts(target.names, label_texts(target))
+            # prompt templates name the target's own modalities; a class's code finds its concept
+            mods = sorted({s["modality"] for r in data.records_for(split) for s in r["scans"] if s.get("modality")})
             emb = embed_labels(TextEncoder.load(encoder_dir or RunFolder(run_dir).text_encoder()), texts,
-                               prompts=prompts, seen=label_texts(source))
+                               prompts=prompts, seen=label_texts(source), modalities=mods or PROMPT_MODALITIES,
+                               codes=[None if f else c for c, f in zip(target.codes, flip)])
             model.set_label_embeddings(emb)
             test = predict_dataset(model, ds, batch_size, progress=progress, desc="zero-shot text")
             val = None
