@@ -13,7 +13,10 @@ the category and all its sub-codes (words cut to 6 letters, so "meningioma" meet
 match. The lexical part reaches sub-codes that are too many to embed quickly
 ("pituitary adenoma" -> D35.2 "Benign neoplasm of pituitary gland" -> D35); on the
 README names of ../shared/data it moves the suggested code into the top 5 for names
-that embeddings alone miss (benchmarks/knowledge_map.py prints both).
+that embeddings alone miss. A name that *is* one of a category's texts (its own or a
+sub-code's; any source, the Alphabetic Index included), words in any order and British or
+American spelling, adds :data:`EXACT_BONUS`. benchmarks/knowledge_map.py measures it on
+held-out radiology names.
 """
 from __future__ import annotations
 
