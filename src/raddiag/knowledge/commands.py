@@ -102,7 +102,7 @@ def _evaluate(a: argparse.Namespace) -> int:
         base = None if a.baseline == "base" else a.baseline
         res["before"] = evaluate_retrieval(TextEncoder.load(base, pooling=a.pooling), held, progress=True)
     r = res["after"]
-    print(f"{a.encoder or 'all-MiniLM-L6-v2'}: {r['n_queries']} queries over {len(held.roots)} held-out "
+    print(f"{a.encoder or 'all-MiniLM-L6-v2'}: {r['n_queries']} queries over {len(set(held.targets))} held-out "
           f"categories, {r['n_triples']} triples; 95 % intervals resample the held-out categories")
     print(format_table(res, labels={"before": "baseline", "after": "encoder"}))
     if "before" in res:
