@@ -52,14 +52,78 @@ def label_texts(label_space: Union[LabelSpace, Sequence[str]], kb=None) -> list[
     return out
 
 
+#: Templates of a class's prompt set (zero-shot scoring), CLIP-style; ``{modality}`` takes each of
+#: :data:`PROMPT_MODALITIES`.
+PROMPT_TEMPLATES = ("{}", "{} on {modality}")
+PROMPT_MODALITIES = ("CT", "MRI", "X-ray")
+#: Knowledge-base synonyms added to a class's prompt set (its concept's first ones).
+PROMPT_SYNONYMS = 4
+
+
+def prompt_set(name: str, kb=None, code: Optional[str] = None,
+               modalities: Sequence[str] = PROMPT_MODALITIES) -> list[str]:
+    """The texts whose mean embedding scores class ``name`` zero-shot: the templates filled with
+    the name, then, when the knowledge base knows the name (or ``code``), the first
+    :data:`PROMPT_SYNONYMS` synonyms of its concept and the ICD-10-CM description of the concept
+    and of its 3-character category. ``Normal`` stays one text (the run was trained on it)."""
+    if name == NORMAL:
+        return [NORMAL]
+    texts = []
+    for t in PROMPT_TEMPLATES:
+        texts += [t.format(name, modality=m) for m in modalities] if "{modality}" in t else [t.format(name)]
+    if kb is not None:
+        c = (kb.find(code) if code else None) or kb.find(name)
+        if c is None:
+            from raddiag.knowledge.map import americanise
+
+            c = kb.find(americanise(name))
+        if c is not None:
+            texts += [*c.synonyms[:PROMPT_SYNONYMS], _code_text(c.id, kb) or c.name]
+            cat = kb.get(c.category) if c.category and c.category != c.id else None
+            if cat is not None:
+                texts.append(_code_text(cat.id, kb) or cat.name)
+    seen, out = set(), []
+    for t in texts:
+        if t.lower() not in seen:
+            seen.add(t.lower())
+            out.append(t)
+    return out
+
+
+def embed_prompt_sets(encoder: TextEncoder, sets: Sequence[Sequence[str]], batch_size: int = 64,
+                      progress: bool = False) -> torch.Tensor:
+    """``[C, d]``: for each class the L2-normalised mean of its prompts' embeddings."""
+    flat = [t for s in sets for t in s]
+    emb = encoder.encode(flat, batch_size=batch_size, progress=progress)
+    owner = torch.repeat_interleave(torch.arange(len(sets)), torch.tensor([len(s) for s in sets]))
+    mean = torch.zeros(len(sets), emb.shape[1]).index_add_(0, owner, emb)
+    return torch.nn.functional.normalize(mean, dim=-1)
+
+
 def embed_labels(encoder: TextEncoder, label_space_or_names, batch_size: int = 64,
-                 progress: bool = False) -> torch.Tensor:
+                 progress: bool = False, prompts: bool = False, kb=None, seen=(),
+                 modalities: Sequence[str] = PROMPT_MODALITIES, codes: Optional[Sequence] = None) -> torch.Tensor:
     """``[C, d]`` L2-normalised embeddings of :func:`label_texts` (also for names never seen
-    in training: zero-shot on a new label space)."""
+    in training: zero-shot on a new label space). With ``prompts`` each class is the mean of
+    its :func:`prompt_set` (zero-shot scoring; ``kb`` default: :func:`~raddiag.knowledge.kb.build_kb`),
+    except a text in ``seen`` (the run's own class texts): the head learned that text's embedding,
+    and moving it to a prompt mean costs accuracy (benchmarks/real/zeroshot_prompts.py: -2.7 AUC
+    on a trained class, "Bacterial pneumonia"). ``modalities`` fill the templates; ``codes`` (default:
+    the label space's) find a class's concept when its name is not a knowledge-base term."""
     texts = label_texts(label_space_or_names)
     if not texts:
         raise ValueError("no class names to embed")
-    return encoder.encode(texts, batch_size=batch_size, progress=progress)
+    if not prompts:
+        return encoder.encode(texts, batch_size=batch_size, progress=progress)
+    if kb is None:
+        from raddiag.knowledge.kb import build_kb
+
+        kb = build_kb()
+    if codes is None:
+        codes = label_space_or_names.codes if isinstance(label_space_or_names, LabelSpace) else [None] * len(texts)
+    seen = {t.strip().lower() for t in seen}
+    sets = [[t] if t.strip().lower() in seen else prompt_set(t, kb, c, modalities) for t, c in zip(texts, codes)]
+    return embed_prompt_sets(encoder, sets, batch_size, progress)
 
 
 def read_labels(path: str | Path) -> Union[LabelSpace, list[str]]:

@@ -75,6 +75,8 @@ class KnowledgeBase:
         self.concepts: dict[str, Concept] = {}
         self._by_name: dict[str, str] = {}
         self.chapters: dict[str, str] = {}   # chapter / block id -> description
+        self.counts: dict[str, dict[str, int]] = {}   # source -> records / synonyms / concepts / ...
+        self.version = 0          # changes with every add / merge (caches of derived indexes key on it)
         for c in concepts:
             self.add(c)
 
@@ -108,6 +110,7 @@ class KnowledgeBase:
         return self.concepts.get(cid) if cid else None
 
     def add(self, c: Concept) -> Concept:
+        self.version += 1
         self.concepts[c.id] = c
         for t in (c.name, *c.synonyms):
             self._by_name.setdefault(t.strip().lower(), c.id)
@@ -142,9 +145,14 @@ class KnowledgeBase:
         return list(dict.fromkeys([c.name, *c.synonyms]))
 
     # -- merging user knowledge --------------------------------------------------------
-    def merge_records(self, records: Iterable[dict], source: str = "user") -> int:
-        """Merge user records (already parsed and validated); returns how many."""
+    def merge_records(self, records: Iterable[dict], source: str = "user", nearest: bool = False) -> int:
+        """Merge user records (already parsed and validated); returns how many. With ``nearest``
+        (the built-in sources) a code finer than the knowledge base holds ("N20.0" in a
+        3-character base) goes to its nearest ancestor that is there, and a code with none is
+        counted as ``unknown_code``, not added; without it such a code becomes a new concept."""
         n = 0
+        self.version += 1
+        count = self.counts.setdefault(source, {"records": 0, "synonyms": 0, "concepts": 0})
         for rec in records:
             term = rec["term"].strip()
             syn = [s.strip() for s in rec.get("synonyms", []) if s.strip()]
@@ -152,14 +160,22 @@ class KnowledgeBase:
             code = rec.get("icd10")
             if code:
                 target = self.find(code)
+                if target is None and nearest:
+                    target = self._nearest(code)
+                    if target is None:
+                        count["unknown_code"] = count.get("unknown_code", 0) + 1
+                        continue
                 if target is None:
                     # An edition may lack a code (U07 in older ones): add it as a new concept.
                     cid = _dotted(code)
                     parent = cid.split(".")[0] if "." in cid else None
                     target = self.add(Concept(id=cid, name=term, parent=parent if parent in self else None,
                                               source=source))
-                extra = [t for t in (term, *syn) if t != target.name and t not in target.synonyms]
+                    count["concepts"] += 1
+                known = {t.lower() for t in (target.name, *target.synonyms)}
+                extra = [t for t in dict.fromkeys((term, *syn)) if t.lower() not in known]
                 target.synonyms.extend(extra)
+                count["synonyms"] += len(extra)
                 target.definitions.extend(d for d in defs if d not in target.definitions)
                 for t in extra:
                     self._by_name.setdefault(t.lower(), target.id)
@@ -168,6 +184,7 @@ class KnowledgeBase:
                 if existing is not None:
                     existing.synonyms.extend(s for s in syn if s not in existing.synonyms)
                     existing.definitions.extend(d for d in defs if d not in existing.definitions)
+                    count["records"] += 1
                     continue
                 parent = None
                 if rec.get("parent"):
@@ -180,8 +197,23 @@ class KnowledgeBase:
                 self.add(Concept(id=term, name=term, synonyms=syn, definitions=defs, parent=parent,
                                  chapter=pc.chapter if pc else None, block=pc.block if pc else None,
                                  source="user"))
+                count["concepts"] += 1
+            count["records"] += 1
             n += 1
         return n
+
+    def _nearest(self, code: str) -> Optional[Concept]:
+        c = _dotted(code).replace(".", "")
+        for k in range(len(c) - 1, 2, -1):
+            found = self.concepts.get(_dotted(c[:k]))
+            if found is not None:
+                return found
+        return None
+
+    def source_counts(self) -> dict[str, dict[str, int]]:
+        """Per knowledge source: ``records`` merged, ``synonyms`` (new texts), ``concepts`` (new),
+        and source-specific counts (``unknown_code``, the index's ``see`` / ``see_also`` ...)."""
+        return {k: dict(v) for k, v in self.counts.items()}
 
     def merge_jsonl(self, path: str | Path) -> int:
         """Merge a user JSON Lines file (schema in the module docstring); returns records merged."""
@@ -256,14 +288,60 @@ def icd10cm_kb(max_code_len: int = 5, supplement: bool = True) -> KnowledgeBase:
                                   "definitions": list(c.definitions), "children": list(c.children)})
                        for c in concepts)
     kb.chapters = dict(chapters)
+    kb.counts["icd10cm"] = {"records": len(concepts), "synonyms": sum(len(c.synonyms) for c in concepts),
+                            "concepts": len(concepts)}
     if supplement:
         kb.merge_records(SUPPLEMENT, source="supplement")
     return kb
 
 
-def build_kb(extra: Iterable[str | Path] = (), max_code_len: int = 5) -> KnowledgeBase:
-    """ICD-10-CM (with the supplement) merged with the user's JSON Lines files."""
+#: The built-in synonym sources :func:`build_kb` merges by default (see raddiag.knowledge.sources).
+DEFAULT_SOURCES = ("gem",)
+
+
+@lru_cache(maxsize=8)
+def _source_records(kind: str, arg: str = "") -> tuple[tuple[dict, ...], tuple[tuple[str, int], ...]]:
+    from raddiag.knowledge import sources
+
+    if kind == "gem":
+        records, stats = sources.gem_records()
+    elif kind == "index":
+        records, stats = sources.index_records(Path(arg))
+    else:
+        raise ValueError(f"unknown knowledge source {kind!r}")
+    return tuple(records), tuple(stats.items())
+
+
+def build_kb(extra: Iterable[str | Path] = (), max_code_len: int = 5, index: Iterable[str | Path] = (),
+             sources: Optional[Iterable[str]] = None, datasets: Iterable[str | Path] = ()) -> KnowledgeBase:
+    """ICD-10-CM (with the supplement), the built-in synonym ``sources`` (default
+    :data:`DEFAULT_SOURCES`; ``()`` for none), ICD-10-CM Alphabetic Index files (``index``), the
+    vocabulary of label spaces (``datasets``: label_space.json or a folder holding one) and the
+    user's JSON Lines files (``extra``), in that order. ``kb.source_counts()`` says what each gave."""
     kb = icd10cm_kb(max_code_len)
+    for kind in DEFAULT_SOURCES if sources is None else tuple(sources):
+        try:
+            records, stats = _source_records(kind)
+        except ModuleNotFoundError as exc:   # an optional package: said in the counts, not silent
+            kb.counts[kind] = {"records": 0, "synonyms": 0, "concepts": 0, "unavailable": 1}
+            import logging
+
+            logging.getLogger(__name__).warning("knowledge source %s unavailable: %s", kind, exc)
+            continue
+        kb.merge_records(records, source=kind, nearest=True)
+        kb.counts[kind].update(dict(stats))
+    for path in index:
+        records, stats = _source_records("index", str(Path(path).resolve()))
+        name = f"index:{Path(path).name}"
+        kb.merge_records(records, source=name, nearest=True)
+        kb.counts[name].update(dict(stats))
+    for path in datasets:
+        from raddiag.knowledge.sources import dataset_records
+
+        records, stats = dataset_records(path)
+        name = f"dataset:{path}"
+        kb.merge_records(records, source=name, nearest=True)
+        kb.counts[name].update(stats)
     for path in extra:
         kb.merge_jsonl(path)
     return kb

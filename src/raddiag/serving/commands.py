@@ -43,6 +43,8 @@ def register(sub) -> None:
                    help="score these class names instead (knowledge-guided head only)")
     p.add_argument("--encoder", default=None, metavar="DIR",
                    help="text encoder folder for --classes (default: the run's, else packaged MiniLM)")
+    p.add_argument("--single-name", action="store_true",
+                   help="--classes: embed each name alone, not the mean of its prompt set")
     p.add_argument("--saliency", default=None, metavar="OUTDIR", help="write Score-CAM overlays (PNG) here")
     p.add_argument("--saliency-class", default=None, help="class name or index (default: each case's top class)")
     p.add_argument("--all-slices", action="store_true", help="saliency on every slice of 3D scans, not the key slice")
@@ -67,6 +69,8 @@ def register(sub) -> None:
     s.add_argument("--max-files", type=int, default=64, help="files per upload (default 64)")
     s.add_argument("--max-mb", type=float, default=256.0, help="upload size limit in MB (default 256)")
     s.add_argument("--device", default="cpu")
+    s.add_argument("--single-name", action="store_true",
+                   help="new class names: embed each name alone, not the mean of its prompt set")
     s.set_defaults(func=_serve)
 
     e = sub.add_parser("export", help="export the visual encoder and the case model (ONNX / TorchScript)")
@@ -120,6 +124,8 @@ def _load(args):
         from raddiag.data.intensity import window_options
 
         pred.cfg.data.window, pred.cfg.data.windows = window_options(args.window)
+    if hasattr(args, "single_name"):
+        pred.prompt_sets = not args.single_name
     return pred
 
 
@@ -216,6 +222,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     app = create_app(args.run, max_files=args.max_files, max_bytes=int(args.max_mb * 1024 * 1024),
                      device=args.device)
+    app.state.predictor.prompt_sets = not args.single_name
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
 

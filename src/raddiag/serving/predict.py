@@ -138,7 +138,8 @@ class Predictor:
         self.backend = backend
         self.lock = threading.Lock()
         self._text_encoder = None
-        self._class_emb = None      # (names, encoder) -> their embeddings, of the last call
+        self._class_emb = None      # (names, encoder, prompt_sets) -> their embeddings, of the last call
+        self.prompt_sets = True   # new class names: mean of each name's prompt set (False: the name alone)
         self._fast = None
 
     @classmethod
@@ -213,12 +214,14 @@ class Predictor:
     def class_embeddings(self, names: Sequence[str], encoder: Optional[PathLike] = None) -> torch.Tensor:
         """Text embeddings ``[C, d]`` of class names (the run's text encoder when it records one,
         else ``encoder``, else the packaged all-MiniLM-L6-v2). A negated name ("Non-X") gets X's
-        embedding; its probability is complemented afterwards (:mod:`raddiag.knowledge.negation`)."""
-        from raddiag.knowledge.embed import embed_labels
+        embedding; its probability is complemented afterwards (:mod:`raddiag.knowledge.negation`).
+        With ``self.prompt_sets`` (default) a name the run was not trained on is the mean of its
+        prompt set (:func:`raddiag.knowledge.embed.prompt_set`)."""
+        from raddiag.knowledge.embed import embed_labels, label_texts
         from raddiag.knowledge.encoder import TextEncoder
         from raddiag.knowledge.negation import scoring_texts
 
-        key = (tuple(names), str(encoder))
+        key = (tuple(names), str(encoder), self.prompt_sets)
         if self._class_emb is not None and self._class_emb[0] == key:    # batch after batch: once
             return self._class_emb[1]
         if self._text_encoder is None:
@@ -228,7 +231,8 @@ class Predictor:
 
                 path = RunFolder(self.run_dir).text_encoder()
             self._text_encoder = TextEncoder.load(path)
-        emb = embed_labels(self._text_encoder, scoring_texts(list(names))[0])
+        emb = embed_labels(self._text_encoder, scoring_texts(list(names))[0], prompts=self.prompt_sets,
+                           seen=label_texts(self.labels))
         self._class_emb = (key, emb)
         return emb
 

@@ -15,6 +15,8 @@ def register(sub) -> None:
     p.add_argument("--mapping", help="JSON {target class: [source classes]}; default: suggested")
     p.add_argument("--split", default="test")
     p.add_argument("--encoder", help="text encoder folder for the text mode (default: the packaged MiniLM)")
+    p.add_argument("--single-name", action="store_true",
+                   help="text mode: embed each class name alone, not the mean of its prompt set")
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(func=_run)
 
@@ -25,7 +27,8 @@ def _run(args) -> int:
     from raddiag.transfer.zeroshot import zeroshot
 
     res = zeroshot(args.run, args.data, args.out, modes=args.mode, mapping=args.mapping, split=args.split,
-                   encoder_dir=args.encoder, batch_size=args.batch_size, progress=True)
+                   encoder_dir=args.encoder, batch_size=args.batch_size, progress=True,
+                   prompts=not args.single_name)
     print(format_results(res))
     print(f"\nfull results: {args.out}/zeroshot.json")
     return 0

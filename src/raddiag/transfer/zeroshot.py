@@ -132,9 +132,11 @@ def mapped_margins(scores: np.ndarray, thresholds: np.ndarray, links: Sequence[S
 def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
              modes: Sequence[str] = MODES, mapping: Optional[str | Path | dict] = None,
              split: str = "test", encoder_dir: Optional[str | Path] = None, batch_size: int = 8,
-             progress: bool = False) -> dict:
+             progress: bool = False, prompts: bool = True) -> dict:
     """Run the zero-shot modes of a trained run on a prepared target dataset; writes
-    ``zeroshot.json`` (and the mapping used) into ``out_dir`` and returns the results."""
+    ``zeroshot.json`` (and the mapping used) into ``out_dir`` and returns the results. The text
+    mode scores each class the run was not trained on by the mean embedding of its prompt set
+    (:func:`raddiag.knowledge.embed.prompt_set`), or by its name alone with ``prompts=False``."""
     from raddiag.data.dataset import CaseDataset
     from raddiag.data.store import PreparedData
     from raddiag.evaluation.metrics import per_class_metrics
@@ -195,12 +197,16 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
             results["text"] = {"skipped": "the run's head is not knowledge-guided (model.head=mlp)"}
         else:
             from raddiag.evaluation import evaluate_predictions
-            from raddiag.knowledge.embed import embed_labels, label_texts
+            from raddiag.knowledge.embed import PROMPT_MODALITIES, embed_labels, label_texts
             from raddiag.knowledge.encoder import TextEncoder
 
             # "Non-X" embeds X and is scored 1 - p(X) (negation.scoring_texts)
             texts, flip = negation.scoring_texts(target.names, label_texts(target))
-            emb = embed_labels(TextEncoder.load(encoder_dir or run.text_encoder()), texts)
+            # prompt templates name the target's own modalities; a class's code finds its concept
+            mods = sorted({s["modality"] for r in data.records_for(split) for s in r["scans"] if s.get("modality")})
+            emb = embed_labels(TextEncoder.load(encoder_dir or run.text_encoder()), texts,
+                               prompts=prompts, seen=label_texts(source), modalities=mods or PROMPT_MODALITIES,
+                               codes=[None if f else c for c, f in zip(target.codes, flip)])
             model.set_label_embeddings(emb)
             test = predict_dataset(model, ds, batch_size, progress=progress, desc="zero-shot text")
             val = None

