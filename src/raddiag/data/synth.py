@@ -194,6 +194,8 @@ REPEAT_PATIENT_FRACTION = 0.08
 ZIPF_Q, ZIPF_S = 1.0, 1.6
 MIN_CASES_PER_CLASS = 3
 VISIBLE_FRACTION = 0.65                # P(a scan of a case shows its finding), the first one always does
+MIN_LESION_RADIUS = 0.0                # lesions are drawn at least this large (normalised frame: 1 = half the image)
+FRACTURE_WIDTH = 0.035                 # half-width of a fracture line (normalised frame)
 # Head / medium / tail cut-offs (training cases) for the prepared label spaces at the default
 # 400 cases: the paper's 100 / 30 would make every class tail at this scale; scaled with n_cases.
 SYNTH_HEAD_MIN, SYNTH_MEDIUM_MIN = 20, 8
@@ -427,6 +429,7 @@ def _lesion(img, masks, g: _Grid, T, p: dict, rng, mod: str):
     fam = p["family"]
     cv, cu, cz = p.get("cv", 0.0), p.get("cu", 0.0), p.get("cz_case", 0.0)
     rv, ru = p.get("rv", 0.1) * p.get("size", 1.0), p.get("ru", p.get("rv", 0.1)) * p.get("size", 1.0)
+    rv, ru = max(rv, MIN_LESION_RADIUS), max(ru, MIN_LESION_RADIUS)
     rz = p.get("rz", 0.35)
     delta = p.get("delta", 0.0)
     if fam == "mass":
@@ -516,7 +519,7 @@ def _lesion(img, masks, g: _Grid, T, p: dict, rng, mod: str):
         zw = np.clip(1 - np.abs(g.z - cz) / (rz + 0.2), 0, 1) if g.z is not None else 1.0
         swelling = g.ell(cv, cu, 0.22, 0.22, cz, rz, edge=0.3) * (1 - bone) * zw
         _blend(img, swelling * 0.7, T["soft"] + 0.08)                                   # soft-tissue swelling
-        m = g.band(cv, cu, p.get("angle", 0.0), p.get("rv", 0.2), 0.035) * zw
+        m = g.band(cv, cu, p.get("angle", 0.0), p.get("rv", 0.2), FRACTURE_WIDTH) * zw
         _blend(img, np.clip(m * bone * 1.2, 0, 1), T["soft"] - 0.05 + delta)
     elif fam == "dorsopathy":
         lv = SPINE_LEVELS[p["spine_level"]]
