@@ -400,16 +400,10 @@ def get_knowledge_encoder(args) -> Path:
     return enc
 
 
-def main(argv=None) -> int:
-    args = parse(argv)
+def load_cases(args):
+    """The pre-training mix (public sets + ``--target-share`` of the target's training patients,
+    coarse labels) and the held-out target, one case per image, capped per split."""
     data = Path(args.data)
-    if not data.is_dir():
-        print(f"skipped: the real data folder {data} is absent (pass --data)")
-        return 0
-    import torch
-
-    torch.set_num_threads(args.threads)
-    t0 = time.time()
     caps = {"train": args.max_train_per_set, "val": args.max_val_per_set, "test": args.max_test_per_set}
     pre_cases, pre_skipped = [], []
     for folder, fmt in PRETRAIN_SETS:
@@ -419,32 +413,30 @@ def main(argv=None) -> int:
     tgt_all, tgt_skipped = load_set(data, *TARGET, {}, args.seed)
     moved, tgt_cases = split_target(per_image(tgt_all), args.target_share, args.max_train_per_set, args.seed)
     tgt_cases = cap_splits(tgt_cases, caps, args.seed + 2)
-    pre_cases += moved
     log(f"target {TARGET[0]} (one case per image): {len(moved)} images of {len({c.patient for c in moved})} "
         f"training patients moved into pre-training (coarse labels), "
         f"{sum(c.split == 'train' for c in tgt_cases)} in the fine-tuning pool, "
         f"{sum(c.split == 'val' for c in tgt_cases)} val, {sum(c.split == 'test' for c in tgt_cases)} test")
-    args.knowledge_cached = (knowledge_encoder_path(args) / "config.json").exists()
-    geometry = choose_geometry(pre_cases, tgt_cases, args)
+    return (pre_cases + moved, pre_skipped), (tgt_cases, tgt_skipped), moved, caps
 
+
+def work_folder(args, caps) -> Path:
+    """``WORK/s{size}d{depth}-{hash of the settings}``: a rerun with the same settings reuses its runs."""
     tag = hashlib.sha1(json.dumps([args.size, args.depth, caps, args.target_share, args.seed, args.epochs,
                                    args.finetune_epochs, args.min_finetune_steps, args.encoder_lr_scale,
                                    args.knowledge_steps]).encode()).hexdigest()[:8]
     base = args.work / f"s{args.size}d{args.depth}-{tag}"
     base.mkdir(parents=True, exist_ok=True)
-    pre = prepare(base / "pretrain", pre_cases, pre_skipped, args)
-    held = prepare(base / "heldout", tgt_cases, tgt_skipped, args)
-    from raddiag.run import RunFolder
-    from raddiag.transfer.commands import format_results
-    from raddiag.transfer.finetune import finetune
-    from raddiag.transfer.zeroshot import zeroshot
+    return base
 
+
+def pretrain_and_ablate(base: Path, pre: Path, args):
+    """Table 2: the scan-level baseline (pooled three ways), fusion, fusion + knowledge."""
     multi = lambda cid, n: cid.startswith("covid-chestxray/") and n > 1
-    ablation, timings = {}, {}
     trainings = [("scan-level", ["model.fusion=max", "model.head=mlp"], None),
                  ("fusion", ["model.fusion=transformer", "model.head=mlp"], None),
                  ("fusion-knowledge", ["model.fusion=transformer", "model.head=knowledge"], get_knowledge_encoder)]
-    runs = {}
+    runs, timings = {}, {}
     for name, ov, encoder in trainings:
         runs[name] = train_run(base, pre, f"pre-{name}", ov, args, encoder(args) if encoder else None)
         timings[name] = float((runs[name] / "done").read_text())
@@ -452,17 +444,35 @@ def main(argv=None) -> int:
                 ("mean pooling (scan-level baseline)", "scan-level", "mean"),
                 ("random scan (scan-level baseline)", "scan-level", "random"),
                 ("fusion module", "fusion", None), ("fusion + knowledge", "fusion-knowledge", None)]
+    ablation = {}
     for i, (label, run, pooling) in enumerate(variants):
         ablation[label] = evaluate(runs[run], pre, {
             "overall": (base / "reports" / f"ablation-{i}-overall", None),
             "covid multi-scan": (base / "reports" / f"ablation-{i}-covid", multi)}, args, pooling)
-    best = runs["fusion-knowledge"]
+    return runs, ablation, timings
+
+
+def zero_shot(best: Path, held: Path, base: Path, args):
+    """Table 3, plus text mode with prompt sets (the default) against single names, paired."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from zeroshot_prompts import paired_rows
+
+    from raddiag.transfer.zeroshot import zeroshot
 
     log("zero-shot on the held-out set")
     zs = zeroshot(best, held, base / "reports" / "zeroshot", progress=not args.quiet)
+    single = base / "reports" / "zeroshot-single-name"
+    zeroshot(best, held, single, modes=("text",), prompts=False, progress=not args.quiet)
+    preds = {"single name": np.load(single / "text" / "predictions.npz", allow_pickle=True),
+             "prompt set": np.load(base / "reports" / "zeroshot" / "text" / "predictions.npz", allow_pickle=True)}
+    return zs, paired_rows(preds, args.n_boot, args.seed)
+
+
+def transfer_runs(best: Path, held: Path, base: Path, pool_scans: int, args):
+    """Table 4: from scratch, linear probe and fine-tuned at each fraction of the target's pool."""
+    from raddiag.transfer.finetune import finetune
 
     transfer, ft_info = {}, {}
-    pool_scans = sum(len(c.scans) for c in tgt_cases if c.split == "train")
     for f in args.fraction_list:
         epochs = finetune_epochs(f, f * pool_scans, args)
         for proto in PROTOCOLS:
@@ -479,19 +489,33 @@ def main(argv=None) -> int:
             m = evaluate(out, held, {"all": (base / "reports" / name, None)}, args)
             transfer[(proto, f)] = m["all"]["all"]["auc"]
             ft_info[(proto, f)] = json.loads((out / "finetune.json").read_text())
+    return transfer, ft_info
 
-    labels = RunFolder(best).load_labels()
+
+def prompt_table(rows: list[dict]) -> list[str]:
+    cell = lambda v, sign="": f"{100 * v[0]:{sign}.1f} [{100 * v[1]:{sign}.1f}, {100 * v[2]:{sign}.1f}]"
+    return ["| text embedding | " + " | ".join(f"macro {r['metric']}" for r in rows) + " |",
+            "|---|" + "---|" * len(rows),
+            *[f"| {label} | " + " | ".join(cell(r[key], sign) for r in rows) + " |"
+              for label, key, sign in (("single name (`--single-name`)", "single name", ""),
+                                       ("prompt set (default)", "prompt set", ""),
+                                       ("difference", "difference", "+"))]]
+
+
+def results_md(r: dict, args) -> list[str]:
+    """RESULTS.md from the collected results ``r``."""
+    fr, labels, moved, tgt_cases = args.fraction_list, r["labels"], r["moved"], r["tgt_cases"]
     groups = dict(zip(*np.unique(labels.groups, return_counts=True)))
-    total = time.time() - t0
-    fr = args.fraction_list
-    cmd = "--quick" if args.quick else (f"--budget-min {args.budget_min:g} --epochs {args.epochs} "
+    cmd = "--quick" if args.quick else (f"--size {args.size} --epochs {args.epochs} "
                                         f"--finetune-epochs {args.finetune_epochs} --max-train-per-set "
                                         f"{args.max_train_per_set} --target-share {args.target_share:g} "
                                         f"--encoder-lr-scale {args.encoder_lr_scale:g}")
-    md = [
+    ab, transfer, ft_info = r["ablation"], r["transfer"], r["ft_info"]
+    return [
         "# Real-data benchmark (the paper's experiments in miniature)", "",
-        f"Command: `.venv/bin/python benchmarks/real/run_real.py {cmd}` ({total / 60:.0f} min on this machine; "
-        f"estimated {args.estimate_s / 60:.0f} min before it started). Geometry: {geometry}. Preset `tiny`.",
+        f"Command: `.venv/bin/python benchmarks/real/run_real.py {cmd}` ({r['seconds'] / 60:.0f} min on this machine "
+        f"with its trainings reused from earlier runs of the same settings; training times at the end). "
+        f"Geometry: {r['geometry']}. Preset `tiny`.",
         f"Pre-training mix: COVID-19 chest X-ray/CT + brain tumour MRI + AdrenalMNIST3D + {len(moved)} images of "
         f"{len({c.patient for c in moved})} training patients of the paediatric chest X-ray pneumonia set, "
         f"labelled only `Pneumonia`/`Normal` ({len(labels)} disorder classes: {groups.get('head', 0)} head, "
@@ -503,29 +527,69 @@ def main(argv=None) -> int:
         "because as patient cases the label can be read off the number of images (normal patients have about "
         "1, patients with both bacterial and viral images 3-5): a shortcut, not a diagnosis.",
         "Percent, test split, macro over classes with both positives and negatives; 95 % bootstrap CI "
-        f"({args.n_boot:,} case resamples); F1/MCC at thresholds chosen on validation.", "",
+        f"({args.n_boot:,} case resamples; Wald interval on the logit scale with the bootstrap standard error, "
+        "README 'Evaluation'); F1/MCC at thresholds chosen on validation.", "",
         "## Ablation (Table 2): overall", "",
         "The three baselines are one scan-level classifier (trained on single scans, each with its case's "
         "labels) whose per-scan probabilities are pooled per case by max, mean or one random scan.", "",
-        ablation_table(ablation, "overall"), "",
-        f"## Ablation (Table 2): multi-scan COVID-19 cases ({ablation['fusion module']['covid multi-scan']['n_cases']} "
-        "test cases)", "", ablation_table(ablation, "covid multi-scan"), "",
-        "## Zero-shot on the held-out set (Table 3)", "", "```", format_results(zs), "```", "",
+        ablation_table(ab, "overall"), "",
+        f"## Ablation (Table 2): multi-scan COVID-19 cases ({ab['fusion module']['covid multi-scan']['n_cases']} "
+        "test cases)", "", ablation_table(ab, "covid multi-scan"), "",
+        "## Zero-shot on the held-out set (Table 3)", "", "```", r["format_zs"], "```", "",
+        "## Zero-shot text mode: prompt sets vs single names", "",
+        "Text mode scores each target class through its label embedding. A class the run was not trained on "
+        "is embedded as the mean of its prompt set (its name, the name on each of the target's modalities, "
+        "synonyms and ICD-10-CM description from the knowledge base) or by its name alone (`--single-name`); "
+        "trained classes keep their trained embeddings. Paired case bootstrap (one draw for both).", "",
+        *prompt_table(r["prompt_rows"]), "",
         "## Transfer to the held-out set (Table 4): test macro AUC", "",
         f"New classification layer in every run; single-image target, so the pre-trained visual encoder is "
         f"inherited and the fusion module dropped (paper Section 2.4). Linear probe: the encoder frozen. "
         f"Fine-tuned: the encoder at {args.encoder_lr_scale:g} x the head's learning rate. Epochs per fraction: "
         + ", ".join(f"{100 * f:g} %: {ft_info[('scratch', f)]['train_cases']} images, "
-                    f"{finetune_epochs(f, f * pool_scans, args)} epochs" for f in fr) + ".", "",
+                    f"{finetune_epochs(f, f * r['pool_scans'], args)} epochs" for f in fr) + ".", "",
         "| protocol | " + " | ".join(f"{100 * f:g} %" for f in fr) + " |", "|---|" + "---|" * len(fr),
         *[f"| {PROTOCOL_NAMES[p]} | " + " | ".join(pct(transfer[(p, f)]) for f in fr) + " |" for p in PROTOCOLS],
         "", "## Does pre-training help?", "", *verdict(transfer, fr), "",
-        "Training times (s): " + ", ".join(f"{k}: {v:.0f}" for k, v in timings.items()),
+        "Training times (s): " + ", ".join(f"{k}: {v:.0f}" for k, v in r["timings"].items())
+        + "; fine-tuning: " + ", ".join(f"{k[0]} {100 * k[1]:g} %: {v:.0f}" for k, v in r["ft_seconds"].items()),
     ]
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    if not Path(args.data).is_dir():
+        print(f"skipped: the real data folder {args.data} is absent (pass --data)")
+        return 0
+    import torch
+
+    from raddiag.run import RunFolder
+    from raddiag.transfer.commands import format_results
+
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    (pre_cases, pre_skipped), (tgt_cases, tgt_skipped), moved, caps = load_cases(args)
+    args.knowledge_cached = (knowledge_encoder_path(args) / "config.json").exists()
+    geometry = choose_geometry(pre_cases, tgt_cases, args)
+    base = work_folder(args, caps)
+    pre = prepare(base / "pretrain", pre_cases, pre_skipped, args)
+    held = prepare(base / "heldout", tgt_cases, tgt_skipped, args)
+    runs, ablation, timings = pretrain_and_ablate(base, pre, args)
+    best = runs["fusion-knowledge"]
+    zs, prompt_rows = zero_shot(best, held, base, args)
+    pool_scans = sum(len(c.scans) for c in tgt_cases if c.split == "train")
+    transfer, ft_info = transfer_runs(best, held, base, pool_scans, args)
+    r = {"ablation": ablation, "transfer": transfer, "ft_info": ft_info, "timings": timings, "moved": moved,
+         "tgt_cases": tgt_cases, "labels": RunFolder(best).load_labels(), "geometry": geometry,
+         "format_zs": format_results(zs), "prompt_rows": prompt_rows, "pool_scans": pool_scans,
+         "seconds": time.time() - t0,
+         "ft_seconds": {(p, f): float((base / "runs" / f"ft-{p}-{f:g}" / "done").read_text())
+                        for f in args.fraction_list for p in PROTOCOLS}}
+    md = results_md(r, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(md) + "\n")
     (base / "results.json").write_text(json.dumps(
-        {"ablation": ablation, "zeroshot": zs, "geometry": geometry, "seconds": total,
+        {"ablation": ablation, "zeroshot": zs, "geometry": geometry, "seconds": r["seconds"], "prompt_sets": prompt_rows,
          "transfer": {f"{p}-{f:g}": v for (p, f), v in transfer.items()}}, indent=1, default=str))
     print("\n".join(md))
     return 0

@@ -194,7 +194,7 @@ def bootstrap_per_class(scores, labels, thresholds=None, n_boot: int = 1000, see
 
 
 CI_METHODS = ("logit", "percentile")
-METRIC_RANGE = {"mcc": (-1.0, 1.0)}     # every other metric lives in [0, 1]
+METRIC_RANGE = {"mcc": (-1.0, 1.0), "difference": (-1.0, 1.0)}   # every other metric lives in [0, 1]
 _EDGE = 1e-4                            # a point at the range's edge is moved this far in (logit finite)
 
 
