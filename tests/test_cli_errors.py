@@ -324,10 +324,10 @@ def test_error_line_is_not_printed_onto_an_open_progress_bar(tmp_path, capsys, m
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["predict", "RUN", "CASE", "--batch-size", "0"], "--batch-size: must be a positive integer, got 0"),
-    (["predict", "RUN", "CASE", "--saliency-top-k", "-3"], "--saliency-top-k: must be a positive integer, got -3"),
-    (["evaluate", "RUN", "--data", "D", "--batch-size", "x"], "must be a positive integer, got 'x'"),
-    (["data", "synth", "--out", "O", "--cases", "0"], "--cases: must be a positive integer"),
+    (["predict", "RUN", "CASE", "--batch-size", "0"], "--batch-size: must be an integer >= 1, got 0"),
+    (["predict", "RUN", "CASE", "--saliency-top-k", "-3"], "--saliency-top-k: must be an integer >= 1, got -3"),
+    (["evaluate", "RUN", "--data", "D", "--batch-size", "x"], "must be an integer >= 1, got 'x'"),
+    (["data", "synth", "--out", "O", "--cases", "0"], "--cases: must be an integer >= 1"),
     (["predict", "RUN", "CASE", "--device", "cuda:7"], "--device"),
     (["predict", "RUN", "CASE", "--device", "gpu"], "is not a device"),
 ])

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from raddiag.cli import non_negative_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="evaluate a trained run on a split of a prepared dataset",
@@ -71,17 +73,6 @@ def load_predictions(path: str) -> dict:
             raise ValueError(f"{p}: duplicate case ids {dups[:5]}{' ...' if len(dups) > 5 else ''}; "
                              "each case must appear once")
     return out
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def read_npz(path) -> dict:
