@@ -203,6 +203,22 @@ def _cases(tmp_path, n=3, value=None):
     return out
 
 
+def test_manifest_key_slice_and_is_3d_must_fit_the_file(tmp_path):
+    """A key slice past the volume's end is not clamped to the last slice (dropped, with a note),
+    and ``is_3d: false`` on a volume is not ignored (the scan is skipped with the reason)."""
+    cases = _cases(tmp_path, n=3)
+    cases[0].scans[0].key_slice = 7          # the file holds 3 slices
+    cases[1].scans[0].is_3d = False
+    cases[2].scans[0].key_slice = 2
+    report = prepare_cases(cases, tmp_path / "out", size=8, depth=4, workers=1)
+    reasons = {s["case"]: s["reason"] for s in report.skipped_scans}
+    assert list(reasons) == ["c1"] and "is_3d is false but the file holds 3 slices" in reasons["c1"]
+    assert any("s0.npy: key_slice 7 is outside the scan's 3 slice(s) (0..2): dropped" in n for n in report.notes)
+    rec = {r["id"]: r for r in PreparedData(tmp_path / "out").records}
+    assert rec["c0"]["scans"][0]["store"]["key"] == -1     # kept, without a key slice
+    assert rec["c2"]["scans"][0]["store"]["key"] == 2
+
+
 def _snapshot(folder):
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 

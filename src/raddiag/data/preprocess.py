@@ -65,8 +65,24 @@ def load_scan(scan, size: int, depth: int, window: Optional[Sequence[float]] = N
     from raddiag.data.readers import DEFAULT_LIMITS, open_scan
 
     with open_scan(scan, limits or DEFAULT_LIMITS) as vol:
-        out, key = preprocess_slices(vol, size, depth, window, scan.key_slice, profile)
+        key = _checked_key(scan, vol.shape[0], profile)
+        out, key = preprocess_slices(vol, size, depth, window, key, profile)
         return out, key, vol.shape[0]
+
+
+def _checked_key(scan, n: int, profile: Optional[dict]) -> Optional[int]:
+    """What the manifest says of a scan must fit the file. ``is_3d: false`` on a volume is an
+    error. A key slice outside its ``n`` slices is dropped, not clamped to the last slice: the
+    scan is kept (the key slice only guides key-slice training) and ``profile["note"]`` says why."""
+    from raddiag.data.errors import ScanError
+
+    if scan.is_3d is False and n > 1:
+        raise ScanError(scan.paths[0] if scan.paths else "<scan>", f"is_3d is false but the file holds {n} slices")
+    if scan.key_slice is not None and scan.key_slice >= n:
+        if profile is not None:
+            profile["note"] = f"key_slice {scan.key_slice} is outside the scan's {n} slice(s) (0..{n - 1}): dropped"
+        return None
+    return scan.key_slice
 
 
 _BATCH_BYTES = 8 * 2 ** 20    # raw slices resized together (one interpolate call) up to this size

@@ -227,6 +227,8 @@ def _prepare_into(out: Path, cases: list[Case], size, depth, windowing, strict, 
                     add_profile(intensity, scan.modality, profile)
                     if orig > 1 and profile.get("orientation") is None:
                         as_stored.append(src)
+                    if profile.get("note"):
+                        report.notes.append(f"{src}: {profile['note']}")
                     n_slices += arr.shape[0]
                     scans_ok.append(d)
                 if not scans_ok:
