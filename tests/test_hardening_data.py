@@ -290,6 +290,12 @@ def test_non_finite_loss_stops_training_at_the_first_step_with_case_ids(tmp_path
     cfg = preset("tiny", tiny_overrides(**{"train.epochs": 2}))
     with pytest.raises(FloatingPointError, match=r"training loss is nan at epoch 1, step 1; cases of the batch: "):
         train(data, tmp_path / "run", cfg, progress=False)
+    assert not (tmp_path / "run").exists()     # the folder it created held no checkpoint: removed
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's")
+    with pytest.raises(FloatingPointError):
+        train(data, tmp_path / "mine", cfg, progress=False)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "the user's"   # a folder it did not create stays
 
 
 def test_hostile_length_fields_do_not_allocate_the_declared_size(tmp_path):

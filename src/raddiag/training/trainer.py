@@ -274,6 +274,7 @@ def train(
         raise ValueError("train.batch_size, train.grad_accum and train.epochs must be >= 1")
     run = RunFolder(out_dir)
     run.claim_for_training(resume, overwrite)
+    created = not run.root.exists()
 
     d = dist_utils.init(device)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -281,6 +282,10 @@ def train(
         return _train(d, PreparedData(data_dir), run, cfg, label_embeddings, knowledge_encoder, resume,
                       progress, max_steps, init_state, train_indices, CaseDataset, make_loader, build_model,
                       key_slice_attention_loss)
+    except BaseException:
+        if created and d.is_main:
+            _remove_unfinished(run)
+        raise
     finally:
         torch.use_deterministic_algorithms(was_deterministic)  # process-wide: leave it as found
         d.close()
@@ -334,6 +339,17 @@ def _restore(run, model, optimizer, scheduler, state, labels, d) -> dict:
         log.info("resuming %s at epoch %d, batch %d (step %d)", run.root, state["epoch"] + 1,
                  state["batches_done"], state["step"])
     return ckpt
+
+
+def _remove_unfinished(run) -> None:
+    """A run folder this call created, whose training failed before its first checkpoint, holds
+    nothing to resume or use (a config and label files that look like a run): remove it."""
+    import shutil
+
+    from raddiag.run import LAST_CHECKPOINT
+
+    if run.root.is_dir() and not (run.checkpoints / LAST_CHECKPOINT).exists() and not run.weights.exists():
+        shutil.rmtree(run.root, ignore_errors=True)
 
 
 def _write_run_folder(run, cfg, labels, emb, epoch: int, data) -> None:
