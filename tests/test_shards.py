@@ -1,0 +1,186 @@
+"""WebDataset shards of a prepared dataset: writing, checksums, decoding equal to the memory map,
+and the split by rank and DataLoader worker (ranks and workers simulated by parameters)."""
+from __future__ import annotations
+
+import hashlib
+import math
+import tarfile
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from raddiag.config import DataConfig
+from raddiag.data import shards as shards_mod
+from raddiag.data.dataset import CaseDataset, collate_cases
+from raddiag.data.shards import ShardDataset, ShardError, verify_shards, write_shards
+from raddiag.data.labels import LabelSpace
+from raddiag.data.store import PreparedData
+
+SHARD_SIZE = 40_000   # a few cases per shard: several shards per split
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    from raddiag.data.synth import synthesize
+
+    root = tmp_path_factory.mktemp("shards") / "prep"
+    synthesize(root, n_cases=30, size=16, depth=2, workers=1, raw_size=(24, 32), raw_depth=(4, 8))
+    return root
+
+
+@pytest.fixture(scope="module")
+def sharded(prepared):
+    out = prepared.parent / "sh"
+    write_shards(prepared, out, shard_size=SHARD_SIZE)
+    return out
+
+
+def _cfg():
+    return DataConfig(size=16, depth=2)
+
+
+def _same_batch(a: dict, b: dict) -> None:
+    assert a["case_ids"] == b["case_ids"]
+    for k in ("images", "scan_mask", "slice_mask", "modality", "key_slice", "is_3d", "labels"):
+        assert torch.equal(a[k], b[k]), k
+    assert a["anatomy"] == b["anatomy"]
+
+
+def test_index_checksums_and_counts_match_the_files(prepared, sharded):
+    import json
+
+    index = json.loads((sharded / "shards.json").read_text())
+    data = PreparedData(prepared)
+    for split, sp in index["splits"].items():
+        ids = []
+        for sh in sp["shards"]:
+            path = sharded / sh["name"]
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == sh["sha256"]
+            assert path.stat().st_size == sh["bytes"]
+            assert sh["bytes"] <= SHARD_SIZE or sh["n_cases"] == 1
+            with tarfile.open(path) as tar:
+                names = tar.getnames()
+            jsons = [n for n in names if n.endswith(".json")]
+            assert len(jsons) == sh["n_cases"]
+            ids += [json.loads(tar_member(path, n))["id"] for n in jsons]
+        assert ids == [r["id"] for r in data.records_for(split)]   # every case once, in order
+        assert sp["n_cases"] == len(ids)
+    assert len(index["splits"]["train"]["shards"]) > 2
+    assert (index["size"], index["depth"]) == (16, 2)
+    assert LabelSpace.from_dict(index["label_spaces"]["icd10"]).names == data.label_space("icd10").names
+    assert not [p for p in sharded.iterdir() if p.name.startswith(".")]   # no temporary files left
+    assert verify_shards(sharded) == sum(len(sp["shards"]) for sp in index["splits"].values())
+
+
+def tar_member(path, name) -> bytes:
+    with tarfile.open(path) as tar:
+        return tar.extractfile(name).read()
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_batch_from_shards_equals_the_memory_map_batch(prepared, sharded, train):
+    data = PreparedData(prepared)
+    labels = data.label_space("disorder")
+    split = "train" if train else "test"
+    mm = CaseDataset(data, split, labels, _cfg(), train=train, seed=5)
+    ds = ShardDataset(sharded, split, labels, _cfg(), train=train, seed=5, shuffle_buffer=4)
+    assert ds._use_stored   # the shards' own multi-hot labels
+    mm.set_epoch(1)
+    ds.set_epoch(1)
+    got = list(ds)
+    pos = {r["id"]: i for i, r in enumerate(mm.records)}
+    assert sorted(s["case_id"] for s in got) == sorted(pos)
+    if not train:   # evaluation reads in split order
+        assert [s["case_id"] for s in got] == [r["id"] for r in mm.records]
+    for k in range(0, len(got), 4):
+        chunk = got[k:k + 4]
+        _same_batch(collate_cases(chunk, depth=2), collate_cases([mm[pos[s["case_id"]]] for s in chunk], depth=2))
+
+
+def test_another_label_space_is_encoded_from_the_record(prepared, sharded):
+    data = PreparedData(prepared)
+    icd = LabelSpace(names=list(reversed(data.label_space("icd10").names)), granularity="icd10")
+    mm = CaseDataset(data, "val", icd, _cfg())
+    got = list(ShardDataset(sharded, "val", icd, _cfg()))
+    assert all(torch.equal(a["labels"], torch.from_numpy(b)) for a, b in zip(got, mm.targets))
+
+
+def _read_share(ds, monkeypatch, worker: int, n_workers: int) -> list[str]:
+    monkeypatch.setattr(shards_mod, "get_worker_info", lambda: SimpleNamespace(id=worker, num_workers=n_workers))
+    return [s["case_id"] for s in ds]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_every_case_once_per_epoch_across_ranks_and_workers(prepared, sharded, monkeypatch, world):
+    data = PreparedData(prepared)
+    labels = data.label_space("disorder")
+    train_ids = [r["id"] for r in data.records_for("train")]
+    n, per_rank, batch = len(train_ids), math.ceil(len(train_ids) / world), 3
+    orders = []
+    for epoch in (0, 1):
+        seen: list[str] = []
+        for rank in range(world):
+            ds = ShardDataset(sharded, "train", labels, _cfg(), train=True, seed=1, rank=rank, world_size=world,
+                              shuffle_buffer=3)
+            ds.set_epoch(epoch)
+            shares = [_read_share(ds, monkeypatch, w, 2) for w in range(2)]
+            assert sum(map(len, shares)) == per_rank == len(ds)      # equal on every rank
+            assert sum(math.ceil(len(s) / batch) for s in shares) == ds.batches_per_epoch(batch, 2)
+            seen += [c for s in shares for c in s]
+        counts = Counter(seen)
+        assert set(counts) == set(train_ids)                          # nothing lost
+        assert sum(counts.values()) == world * per_rank
+        assert sum(v - 1 for v in counts.values()) == world * per_rank - n   # only the padding repeats
+        orders.append(seen)
+    assert n % world or max(Counter(orders[0]).values()) == 1         # divisible: exactly once each
+    assert orders[0] != orders[1]                                     # reshuffled per epoch
+
+
+def test_batches_per_epoch_is_equal_on_every_rank_with_uneven_shards(sharded, prepared):
+    labels = PreparedData(prepared).label_space("disorder")
+    counts = {ShardDataset(sharded, "train", labels, _cfg(), train=True, rank=r, world_size=4).batches_per_epoch(2, 3)
+              for r in range(4)}
+    assert len(counts) == 1
+
+
+def _copy(sharded, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(sharded, out)
+    return out
+
+
+@pytest.mark.parametrize("damage", ["flip_data", "flip_header", "truncate"])
+def test_a_damaged_shard_is_named(prepared, sharded, tmp_path, damage):
+    out = _copy(sharded, tmp_path)
+    victim = out / "test-000000.tar"
+    b = bytearray(victim.read_bytes())
+    if damage == "flip_data":
+        b[len(b) // 2] ^= 0xFF
+    elif damage == "flip_header":
+        b[100] ^= 0xFF
+    else:
+        b = b[: len(b) // 2]
+    victim.write_bytes(bytes(b))
+    labels = PreparedData(prepared).label_space("disorder")
+    with pytest.raises(ShardError, match="test-000000.tar"):
+        list(ShardDataset(out, "test", labels, _cfg()))
+    with pytest.raises(ShardError, match="test-000000.tar"):
+        verify_shards(out)
+
+
+def test_cli_writes_shards_and_refuses_to_overwrite(prepared, tmp_path, capsys):
+    from raddiag.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["data", "shard", str(prepared), "--out", str(out), "--shard-size", "40KB"]) == 0
+    n_train = len(PreparedData(prepared).records_for("train"))
+    assert f"train: {n_train} cases in " in capsys.readouterr().out
+    assert verify_shards(out) > 0
+    assert main(["data", "shard", str(prepared), "--out", str(out)]) != 0
+    assert main(["data", "shard", str(prepared), "--out", str(out), "--overwrite", "--shard-size", "1G"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["shards.json", "test-000000.tar", "train-000000.tar",
+                                                     "val-000000.tar"]   # the old, smaller shards removed
