@@ -184,3 +184,44 @@ def test_cli_writes_shards_and_refuses_to_overwrite(prepared, tmp_path, capsys):
     assert main(["data", "shard", str(prepared), "--out", str(out), "--overwrite", "--shard-size", "1G"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["shards.json", "test-000000.tar", "train-000000.tar",
                                                      "val-000000.tar"]   # the old, smaller shards removed
+
+
+def test_train_from_shards_validates_as_the_memory_map_and_resumes_at_an_epoch_boundary(tmp_path):
+    from test_training_data import make_tiny_data, tiny_overrides
+
+    from raddiag.config import preset
+    from raddiag.data.dataset import CaseDataset
+    from raddiag.models import load_model
+    from raddiag.training import train, validate
+    from raddiag.training.metrics import macro_auc
+
+    data = make_tiny_data(tmp_path / "data", n_cases=24)
+    sh = tmp_path / "sh"
+    write_shards(data, sh, shard_size=30_000)
+    cfg = preset("tiny", tiny_overrides(**{"train.epochs": 2}))
+    whole = train(sh, tmp_path / "whole", cfg, progress=False)
+    n_train = len(PreparedData(data).records_for("train"))
+    assert whole.epochs_run == 2 and whole.steps == 2 * math.ceil(n_train / 4)
+    # validation read from the shards equals validation read from the memory map
+    model, cfg2, labels = load_model(tmp_path / "whole")
+    val = CaseDataset(data, "val", labels, cfg2.data)
+    assert macro_auc(*validate(model, val, cfg2)) == pytest.approx(whole.best_val_auc, abs=1e-6)
+    # stopped at the end of epoch 1 and resumed: the same second epoch as the uninterrupted run
+    first = train(sh, tmp_path / "cut", cfg, progress=False, max_steps=math.ceil(n_train / 4))
+    assert first.epochs_run == 1
+    done = train(sh, tmp_path / "cut", cfg, resume=True, progress=False)
+    assert done.steps == whole.steps
+    assert done.history[-1]["train_loss"] == pytest.approx(whole.history[-1]["train_loss"], rel=1e-5)
+    assert done.history[-1]["val_auc"] == pytest.approx(whole.history[-1]["val_auc"], abs=1e-6)
+
+
+def test_train_from_shards_refuses_case_subsets(tmp_path):
+    from test_training_data import make_tiny_data, tiny_overrides
+
+    from raddiag.config import preset
+    from raddiag.training import train
+
+    data = make_tiny_data(tmp_path / "data", n_cases=12)
+    write_shards(data, tmp_path / "sh")
+    with pytest.raises(ValueError, match="shard folder"):
+        train(tmp_path / "sh", tmp_path / "run", preset("tiny", tiny_overrides()), progress=False, train_indices=[0, 1])

@@ -315,6 +315,14 @@ class ShardDataset(IterableDataset):
         self.epoch = epoch
         self.maker.set_epoch(epoch)
 
+    def for_rank(self, rank: int, world_size: int) -> "ShardDataset":
+        """The same dataset read as rank ``rank`` of ``world_size``."""
+        import copy
+
+        out = copy.copy(self)
+        out.rank, out.world_size = _dist(rank, world_size)
+        return out
+
     def __len__(self) -> int:
         """Cases this rank reads per epoch (the same on every rank)."""
         return math.ceil(self.n_cases / self.world_size)
@@ -361,6 +369,47 @@ class ShardDataset(IterableDataset):
             else:
                 target = self.labels.encode(self.labels.case_labels(rec), strict=False)
             yield self.maker.case_sample(i, rec, target, arrays)
+
+
+class ShardData:
+    """A shard folder, read side: what the trainer asks of a prepared dataset (``root``, ``meta``,
+    ``label_space``, ``count``)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.index = read_index(self.root)
+        self.meta = self.index.get("meta") or {}
+
+    def count(self, split: str) -> int:
+        return int(self.index["splits"].get(split, {}).get("n_cases", 0))
+
+    def label_space(self, granularity: str = "disorder") -> LabelSpace:
+        if granularity not in self.index["label_spaces"]:
+            raise ShardError(f"{self.root / INDEX}: no {granularity!r} label space")
+        return LabelSpace.from_dict(self.index["label_spaces"][granularity])
+
+
+def open_training_data(path: str | Path):
+    """A shard folder (it holds shards.json) as :class:`ShardData`, anything else as PreparedData."""
+    return ShardData(path) if is_shard_folder(path) else PreparedData(path)
+
+
+class ShardProgress:
+    """The trainer's sampler interface (epoch, resume point, state) for a :class:`ShardDataset`, whose
+    order is a function of ``(seed, epoch)``: resuming mid-epoch reads past the batches done."""
+
+    def __init__(self, dataset: ShardDataset, seed: int):
+        self.dataset, self.seed, self.epoch, self.start = dataset, seed, 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.start = epoch, 0
+        self.dataset.set_epoch(epoch)
+
+    def set_start(self, k: int) -> None:
+        self.start = int(k)
+
+    def state_dict(self) -> dict:
+        return {"seed": int(self.seed), "epoch": int(self.epoch), "start": int(self.start)}
 
 
 def _dist(rank: Optional[int], world_size: Optional[int]) -> tuple[int, int]:
