@@ -213,6 +213,13 @@ def test_train_from_shards_validates_as_the_memory_map_and_resumes_at_an_epoch_b
     assert done.steps == whole.steps
     assert done.history[-1]["train_loss"] == pytest.approx(whole.history[-1]["train_loss"], rel=1e-5)
     assert done.history[-1]["val_auc"] == pytest.approx(whole.history[-1]["val_auc"], abs=1e-6)
+    # stopped mid-epoch 1 (after 2 of its steps) and resumed: the shard stream is read past them
+    train(sh, tmp_path / "mid", cfg, progress=False, max_steps=2)
+    mid = train(sh, tmp_path / "mid", cfg, resume=True, progress=False)
+    assert mid.steps == whole.steps
+    for a, b in zip(mid.history, whole.history[-len(mid.history):]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_auc"] == pytest.approx(b["val_auc"], abs=1e-6)
 
 
 def test_train_from_shards_refuses_case_subsets(tmp_path):
