@@ -232,3 +232,62 @@ def test_train_from_shards_refuses_case_subsets(tmp_path):
     write_shards(data, tmp_path / "sh")
     with pytest.raises(ValueError, match="shard folder"):
         train(tmp_path / "sh", tmp_path / "run", preset("tiny", tiny_overrides()), progress=False, train_indices=[0, 1])
+
+
+_DDP_READER = '''
+import json, sys
+import torch.distributed as dist
+from raddiag.config import DataConfig
+from raddiag.data.dataset import make_loader
+from raddiag.data.shards import ShardData, ShardDataset
+
+def main():
+    dist.init_process_group("gloo")
+    root, out = sys.argv[1], sys.argv[2]
+    labels = ShardData(root).label_space("disorder")
+    ds = ShardDataset(root, "train", labels, DataConfig(size=16, depth=2), train=True, seed=3, shuffle_buffer=3)
+    loader = make_loader(ds, batch_size=2, num_workers=2)
+    seen = {}
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        batches = [b["case_ids"] for b in loader]
+        seen[epoch] = {"ids": [c for b in batches for c in b], "batches": len(batches),
+                       "expected": ds.batches_per_epoch(2, 2), "workers": loader.num_workers}
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, seen)
+    if dist.get_rank() == 0:
+        open(out, "w").write(json.dumps(parts))
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def test_two_process_gloo_readers_with_two_workers_see_every_case_once(prepared, sharded, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script, out = tmp_path / "reader.py", tmp_path / "seen.json"
+    script.write_text(_DDP_READER)
+    exe = Path(sys.executable).with_name("torchrun")
+    run = [str(exe)] if exe.exists() else [sys.executable, "-m", "torch.distributed.run"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run(run + ["--standalone", "--nproc_per_node", "2", str(script), str(sharded), str(out)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    parts = json.loads(out.read_text())
+    train_ids = [r["id"] for r in PreparedData(prepared).records_for("train")]
+    per_rank = math.ceil(len(train_ids) / 2)
+    for epoch in ("0", "1"):
+        ranks = [p[epoch] for p in parts]
+        assert [r["workers"] for r in ranks] == [2, 2]
+        assert [len(r["ids"]) for r in ranks] == [per_rank, per_rank]
+        assert ranks[0]["batches"] == ranks[1]["batches"] == ranks[0]["expected"]   # DDP cannot hang
+        counts = Counter(c for r in ranks for c in r["ids"])
+        assert set(counts) == set(train_ids)
+        assert sum(counts.values()) - len(train_ids) == 2 * per_rank - len(train_ids)   # the padding only
