@@ -186,6 +186,7 @@ def test_cli_writes_shards_and_refuses_to_overwrite(prepared, tmp_path, capsys):
                                                      "val-000000.tar"]   # the old, smaller shards removed
 
 
+@pytest.mark.slow
 def test_train_from_shards_validates_as_the_memory_map_and_resumes_at_an_epoch_boundary(tmp_path):
     from test_training_data import make_tiny_data, tiny_overrides
 
