@@ -292,3 +292,4 @@ def test_two_process_gloo_readers_with_two_workers_see_every_case_once(prepared,
         counts = Counter(c for r in ranks for c in r["ids"])
         assert set(counts) == set(train_ids)
         assert sum(counts.values()) - len(train_ids) == 2 * per_rank - len(train_ids)   # the padding only
+    assert parts[0]["0"]["ids"] != parts[0]["1"]["ids"]     # the workers see the new epoch: reshuffled

@@ -251,11 +251,11 @@ def iter_shard(path: Path, entry: dict, start: int = 0, stop: Optional[int] = No
         h = _Hashing(f)
         try:
             for sample in group_by_keys(tar_file_expander([{"url": str(path), "stream": h}])):
-                if n >= stop:
-                    break
-                if n >= start:
+                if start <= n < stop:
                     yield _decode(path, sample)
                 n += 1
+                if n >= stop and not whole:
+                    break
             while whole and h.read(1 << 22):   # the tar's end blocks, for the checksum
                 pass
         except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
