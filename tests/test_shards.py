@@ -8,6 +8,7 @@ import tarfile
 from collections import Counter
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -207,6 +208,14 @@ def test_train_from_shards_validates_as_the_memory_map_and_resumes_at_an_epoch_b
     model, cfg2, labels = load_model(tmp_path / "whole")
     val = CaseDataset(data, "val", labels, cfg2.data)
     assert macro_auc(*validate(model, val, cfg2)) == pytest.approx(whole.best_val_auc, abs=1e-6)
+    # evaluation's predictions from the shards equal those from the memory map
+    from raddiag.evaluation.run_eval import predict_split
+
+    from_shards = predict_split(model, cfg2, labels, sh, "val", progress=False)
+    from_map = predict_split(model, cfg2, labels, data, "val", progress=False)
+    assert from_shards["case_ids"] == from_map["case_ids"]
+    assert np.array_equal(from_shards["scores"], from_map["scores"])
+    assert np.array_equal(from_shards["labels"], from_map["labels"])
     # stopped at the end of epoch 1 and resumed: the same second epoch as the uninterrupted run
     first = train(sh, tmp_path / "cut", cfg, progress=False, max_steps=math.ceil(n_train / 4))
     assert first.epochs_run == 1
