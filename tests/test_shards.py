@@ -302,3 +302,41 @@ def test_two_process_gloo_readers_with_two_workers_see_every_case_once(prepared,
         assert set(counts) == set(train_ids)
         assert sum(counts.values()) - len(train_ids) == 2 * per_rank - len(train_ids)   # the padding only
     assert parts[0]["0"]["ids"] != parts[0]["1"]["ids"]     # the workers see the new epoch: reshuffled
+
+
+@pytest.mark.slow
+def test_two_process_ddp_trains_from_shards_and_validation_matches_single_process(tmp_path):
+    import csv
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from test_ddp import _torchrun
+    from test_training_data import make_tiny_data, tiny_overrides
+
+    from raddiag.data.dataset import CaseDataset
+    from raddiag.models import load_model
+    from raddiag.training import validate
+    from raddiag.training.metrics import macro_auc
+
+    data = make_tiny_data(tmp_path / "data", n_cases=27)       # 11 val cases: an odd number, padded
+    sh = tmp_path / "sh"
+    write_shards(data, sh, shard_size=60_000)
+    prep = PreparedData(data)
+    n_train, n_val = len(prep.records_for("train")), len(prep.records_for("val"))
+    run = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = _torchrun() + ["--standalone", "--nproc_per_node", "2", "-m", "raddiag", "train", "--data", str(sh),
+                         "--preset", "tiny", "--out", str(run), "--no-progress"]
+    cmd += [a for o in tiny_overrides(**{"train.epochs": 2}) for a in ("--set", o)]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    per_epoch = math.ceil(math.ceil(n_train / 2) / 4)            # batch 4, padded share per rank
+    assert [int(r["step"]) for r in rows] == [per_epoch, 2 * per_epoch]
+    best = max(float(r["val_auc"]) for r in rows)
+    model, cfg, labels = load_model(run)
+    scores, y = validate(model, CaseDataset(data, "val", labels, cfg.data), cfg)
+    assert n_val % 2 and y.shape[0] == n_val
+    assert macro_auc(scores, y) == pytest.approx(best, abs=1e-6)   # the gathered shard validation, unpadded
