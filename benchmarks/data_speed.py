@@ -1,4 +1,5 @@
-"""Data-layer speed: `prepare` scans/s and CaseDataset + DataLoader batches/s.
+"""Data-layer speed: `prepare` scans/s, CaseDataset + DataLoader batches/s, and whole epochs read
+from the memory map beside WebDataset shards (`data shard`) with 1 and 2 DataLoader workers.
 
     python benchmarks/data_speed.py                 # generate NPY + NIfTI volumes in a temp folder
     python benchmarks/data_speed.py --folder DIR    # or time your own volumes (*.npy, *.nii, *.nii.gz, images)
@@ -47,6 +48,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="prepare workers")
     ap.add_argument("--loader-workers", type=int, default=0, help="DataLoader workers (default 0)")
     ap.add_argument("--batches", type=int, default=8, help="batches timed per geometry")
+    ap.add_argument("--epochs", type=int, default=3, help="epochs timed per reader in the shard comparison")
     args = ap.parse_args(argv)
 
     import torch
@@ -97,7 +99,40 @@ def main(argv=None) -> int:
             shape = tuple(batch["images"].shape)
             print(f"load ({name} {size}x{size}x{depth}, batch 4, {args.loader_workers} workers): "
                   f"{n / dt:.1f} batches/s = {4 * n / dt:.1f} cases/s; batch images {shape}")
+        shard_speed(data, tmp / "shards", args.epochs)
     return 0
+
+
+def _epochs_rate(ds, workers: int, epochs: int) -> float:
+    """Cases/s over ``epochs`` whole epochs of ``ds`` at batch 4 (workers started within the timing)."""
+    from raddiag.data.dataset import make_loader
+
+    loader = make_loader(ds, batch_size=4, shuffle=True, num_workers=workers)
+    n, t = 0, time.perf_counter()
+    for epoch in range(epochs):
+        ds.set_epoch(epoch)
+        n += sum(len(b["case_ids"]) for b in loader)
+    return n / (time.perf_counter() - t)
+
+
+def shard_speed(data, out: Path, epochs: int) -> None:
+    """Whole training epochs read from the memory map and from shards, 1 and 2 DataLoader workers."""
+    from raddiag.config import DataConfig
+    from raddiag.data.dataset import CaseDataset
+    from raddiag.data.shards import ShardDataset, write_shards
+
+    t = time.perf_counter()
+    index = write_shards(data.root, out, shard_size=2**25)
+    sp = index["splits"]["train"]
+    print(f"shard: {sp['n_cases']} cases into {len(sp['shards'])} shards of <= 32 MiB in "
+          f"{time.perf_counter() - t:.2f} s")
+    labels = data.label_space("disorder")
+    cfg = DataConfig(size=data.size, depth=data.depth)
+    for workers in (1, 2):
+        mm = _epochs_rate(CaseDataset(data, "train", labels, cfg, train=True), workers, epochs)
+        sh = _epochs_rate(ShardDataset(out, "train", labels, cfg, train=True), workers, epochs)
+        print(f"epoch read ({data.size}x{data.size}x{data.depth}, batch 4, {workers} worker(s), {epochs} epochs): "
+              f"memory map {mm:.1f} cases/s, shards {sh:.1f} cases/s (shards / memory map {sh / mm:.2f})")
 
 
 if __name__ == "__main__":

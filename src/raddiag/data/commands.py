@@ -1,4 +1,4 @@
-"""``raddiag data prepare | stats | synth``: thin handlers over the data library."""
+"""``raddiag data prepare | stats | shard | synth``: thin handlers over the data library."""
 from __future__ import annotations
 
 import argparse
@@ -45,6 +45,18 @@ def register(subparsers) -> None:
     s.add_argument("--out", help="output folder (default DIR/stats)")
     s.add_argument("--no-plots", action="store_true", help="numbers only")
     s.set_defaults(func=cmd_stats)
+
+    sh = sub.add_parser("shard", help="write a prepared dataset as WebDataset tar shards (for streaming, multi-node)",
+                        description="Write PREPARED as tar shards, one sample per case (its scans as float16 .npy, its "
+                                    "record, both label encodings), per split, plus OUT/shards.json (shard names, case "
+                                    "counts, sizes, sha256, label spaces, geometry). Each shard is written under a "
+                                    "temporary name and renamed when complete.")
+    sh.add_argument("prepared", help="a prepared dataset folder")
+    sh.add_argument("--out", required=True, help="output folder of the shards")
+    sh.add_argument("--shard-size", default="1GB", metavar="BYTES",
+                    help="largest shard (default 1GB; K, M, G suffixes, powers of 1024)")
+    sh.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
+    sh.set_defaults(func=cmd_shard)
 
     # --- hook for `data synth` (owned by raddiag.data.synth, written separately) ----------------
     # synth.py registers its own sub-command with add_synth_parser(sub) (or register_synth(sub)).
@@ -168,4 +180,21 @@ def cmd_stats(args: argparse.Namespace) -> int:
     st, out = write_stats(args.dir, args.out, plots=not args.no_plots)
     print(stats_text(st))
     print(f"written: {out / 'stats.json'}, {out / 'stats.txt'}" + (", " + ", ".join(st.get("plots", [])) if st.get("plots") else ""))
+    return 0
+
+
+def cmd_shard(args: argparse.Namespace) -> int:
+    from raddiag.data.shards import INDEX, write_shards
+    from raddiag.data.volume import parse_count
+
+    text = args.shard_size.strip()
+    try:
+        size = parse_count(text[:-1] if text[-1:] in "bB" else text)
+    except ValueError as exc:
+        raise ValueError(f"--shard-size: {exc}") from None
+    index = write_shards(args.prepared, args.out, shard_size=size, overwrite=args.overwrite)
+    for split, sp in index["splits"].items():
+        print(f"{split}: {sp['n_cases']} cases in {len(sp['shards'])} shard(s), "
+              f"{sum(s['bytes'] for s in sp['shards']) / 2**20:.1f} MiB")
+    print(f"written: {args.out}/{INDEX}")
     return 0

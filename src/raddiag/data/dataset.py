@@ -106,18 +106,21 @@ class CaseDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _load(self, scan: dict, idx: np.ndarray) -> torch.Tensor:
-        arr = np.asarray(self.data.scan_array(scan)[idx], dtype=np.float32)
+    def _load(self, array: np.ndarray, idx: np.ndarray) -> torch.Tensor:
+        arr = np.asarray(array[idx], dtype=np.float32)
         return resize_slices(arr, self.cfg.size)[None]  # [1, d, H, W]
 
-    def scan_item(self, rec: dict, j: int, rng: Optional[np.random.Generator], k: int = 0) -> dict:
+    def scan_item(self, rec: dict, j: int, rng: Optional[np.random.Generator], k: int = 0,
+                  array: Optional[np.ndarray] = None) -> dict:
         """Scan ``j`` of case ``rec``, loaded (and augmented when training, with ``rng``);
-        ``k`` counts the earlier scans of its modality in the same entry (the modality id)."""
+        ``k`` counts the earlier scans of its modality in the same entry (the modality id).
+        ``array``: the scan's stored slices (default: read from the memory map)."""
         s = rec["scans"][j]
+        array = self.data.scan_array(s) if array is None else array
         # a store deeper than the configured depth is resampled again, the key slice with it
         idx = depth_indices(s["store"]["n"], self.cfg.depth)
         key = map_key_slice(s["store"]["key"], s["store"]["n"], idx)
-        item = {"image": self._load(s, idx), "is_3d": bool(s["is_3d"]), "key_slice": key, "modality": s["modality"]}
+        item = {"image": self._load(array, idx), "is_3d": bool(s["is_3d"]), "key_slice": key, "modality": s["modality"]}
         if self.scan_transform is not None and self.train:
             item = self.scan_transform(item, rng)
         item["modality_id"] = modality_id(s["modality"], k, self.cfg.modality_scheme)
@@ -130,16 +133,23 @@ class CaseDataset(Dataset):
                 "case_id": rec["id"], "anatomy": rec.get("anatomy")}
 
     def __getitem__(self, i: int) -> dict:
-        rec = self.records[i]
+        return self.case_sample(i, self.records[i], self._targets[i])
+
+    def case_sample(self, i: int, rec: dict, target: np.ndarray,
+                    arrays: Optional[list[np.ndarray]] = None) -> dict:
+        """The sample of case ``rec``, number ``i`` of its split (the seed of its random scan choice
+        and augmentation), with multi-hot ``target``; ``arrays``: its scans' stored slices
+        (default: read from the memory map). Shared with the shard reader (raddiag.data.shards)."""
         rng = np.random.default_rng([self.seed, self.epoch, i]) if self.train else None
         per_mod_count: dict[tuple[int, str], int] = defaultdict(int)
         scans = []
         for j in select_scans(rec["scans"], self.cfg, rng):
             s = rec["scans"][j]
             key = (s.get("entry", 0), s["modality"])
-            scans.append(self.scan_item(rec, j, rng, per_mod_count[key]))
+            scans.append(self.scan_item(rec, j, rng, per_mod_count[key], None if arrays is None else arrays[j]))
             per_mod_count[key] += 1
-        return self.sample(i, scans)
+        return {"scans": scans, "labels": torch.from_numpy(target),
+                "case_id": rec["id"], "anatomy": rec.get("anatomy")}
 
 
 class ScanDataset(Dataset):
@@ -218,7 +228,10 @@ def make_loader(dataset: CaseDataset, batch_size: int, shuffle: bool = False, nu
 
     if num_workers and not worker_processes_allowed("the data loader's worker processes (num_workers)"):
         num_workers = 0
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=num_workers, drop_last=drop_last,
+    # An iterable dataset (the shard reader) picks its order in the workers from its epoch: persistent
+    # workers would keep the copy made at the first epoch, so they start afresh each epoch.
+    iterable = isinstance(dataset, torch.utils.data.IterableDataset)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None and not iterable,
+                      sampler=sampler, num_workers=num_workers, drop_last=drop_last,
                       collate_fn=partial(collate_cases, depth=dataset.cfg.depth),
-                      persistent_workers=num_workers > 0)
+                      persistent_workers=num_workers > 0 and not iterable)

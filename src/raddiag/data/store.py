@@ -329,6 +329,10 @@ class PreparedData:
     def cases(self, split: Optional[str] = None) -> list[Case]:
         return [_case_from_record(r) for r in self.records if split is None or r["split"] == split]
 
+    def count(self, split: str) -> int:
+        """The number of cases in ``split``."""
+        return len(self.records_for(split))
+
     def records_for(self, split: Optional[str] = None) -> list[dict]:
         return [r for r in self.records if split is None or r["split"] == split]
 

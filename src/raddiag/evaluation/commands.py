@@ -11,7 +11,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Predict a split with a run's model (and the val split for thresholds), "
                                    "then write metrics.json, per_class.csv, predictions.npz and report.html.")
     p.add_argument("run", help="run folder (config.yaml, label_space.json, model.safetensors)")
-    p.add_argument("--data", required=True, help="prepared dataset folder")
+    p.add_argument("--data", required=True, help="prepared dataset folder or shard folder (raddiag data shard)")
     p.add_argument("--split", default="test")
     p.add_argument("--val-split", default="val", help="split used to choose thresholds ('' for none)")
     p.add_argument("--out", default=None, help="output folder (default RUN/eval-SPLIT)")

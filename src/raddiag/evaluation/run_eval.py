@@ -1,4 +1,4 @@
-"""Evaluate a trained run folder on a split of a prepared dataset."""
+"""Evaluate a trained run folder on a split of a prepared dataset or a shard folder."""
 from __future__ import annotations
 
 import logging
@@ -12,11 +12,16 @@ log = logging.getLogger(__name__)
 
 def predict_split(model, cfg, label_space, data_dir, split: str, batch_size: Optional[int] = None,
                   device: str = "cpu", progress: bool = True) -> dict:
-    """Probabilities ``[N, C]`` (sigmoid of the logits), labels, case ids and anatomy of a split."""
+    """Probabilities ``[N, C]`` (sigmoid of the logits), labels, case ids and anatomy of a split
+    of a prepared dataset or a shard folder (read whole, in split order)."""
     from raddiag.data.dataset import CaseDataset
+    from raddiag.data.shards import ShardDataset, is_shard_folder
     from raddiag.inference import predict_dataset
 
-    ds = CaseDataset(str(data_dir), split, label_space, cfg.data, train=False)
+    if is_shard_folder(data_dir):
+        ds = ShardDataset(data_dir, split, label_space, cfg.data, train=False, rank=0, world_size=1)
+    else:
+        ds = CaseDataset(str(data_dir), split, label_space, cfg.data, train=False)
     p = predict_dataset(model, ds, batch_size or cfg.train.eval_batch_size, device=device, progress=progress,
                         desc=f"predict {split}")
     return {"scores": p.scores, "labels": p.labels > 0.5, "case_ids": p.case_ids, "anatomy": p.anatomy}
@@ -37,7 +42,7 @@ def evaluate_run(run_dir, data_dir, split: str = "test", out_dir=None, val_split
 
     run = resolve_run(run_dir)
     if not Path(data_dir).exists():
-        raise FileNotFoundError(f"{data_dir}: prepared dataset folder does not exist")
+        raise FileNotFoundError(f"{data_dir}: prepared dataset (or shard) folder does not exist")
     model, cfg, labels = load_model(run, device=device)
     model = prepare_for_inference(model.eval())     # the fast path: same scores, less time
     test = predict_split(model, cfg, labels, data_dir, split, batch_size, device, progress)

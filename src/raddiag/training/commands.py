@@ -5,7 +5,8 @@ import argparse
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, metavar="DIR", help="prepared dataset (raddiag data prepare)")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="prepared dataset (raddiag data prepare) or shard folder (raddiag data shard)")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set train.epochs=10 (repeatable)")

@@ -37,6 +37,7 @@ from . import distributed as dist_utils
 from .checkpoint import atomic_write, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .metrics import f1_thresholds, macro_auc
 from .sampler import ResumableSampler
+from raddiag.data.shards import ShardData
 
 log = logging.getLogger(__name__)
 LAST = LAST_CHECKPOINT
@@ -189,6 +190,8 @@ def validate(model, dataset, cfg: RunConfig, d: Optional[dist_utils.Dist] = None
     are gathered before any metric is computed."""
     from raddiag.inference import predict_dataset
 
+    from raddiag.data.shards import ShardDataset
+
     d = d or dist_utils.Dist()
     m = _unwrap(model)
     if d.enabled:
@@ -196,6 +199,8 @@ def validate(model, dataset, cfg: RunConfig, d: Optional[dist_utils.Dist] = None
         # rank 0's at the *next* forward): validate rank 0's model, the one that is saved.
         for buf in m.buffers():
             torch.distributed.broadcast(buf, src=0)
+    if isinstance(dataset, ShardDataset):
+        return _validate_shards(m, dataset, cfg, d, progress)
     idx = list(range(d.rank, len(dataset), d.world_size))
     part = CaseSubset(dataset, idx) if d.enabled else dataset
     if len(idx):
@@ -213,6 +218,37 @@ def validate(model, dataset, cfg: RunConfig, d: Optional[dist_utils.Dist] = None
         if ids:
             scores[ids], labels[ids] = s, y
     return scores, labels
+
+
+def _validate_shards(m, dataset, cfg: RunConfig, d, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`validate` over a shard split: each rank predicts its contiguous share (in split order,
+    one reader), the shares are concatenated in rank order and the padding (the last
+    ``world_size * ceil(n / world_size) - n``, repeats of the first cases) dropped."""
+    from raddiag.inference import predict_dataset
+
+    share = dataset.for_rank(d.rank, d.world_size)
+    with _autocast(cfg, d.device):
+        pred = predict_dataset(m, share, batch_size=cfg.train.eval_batch_size, device=str(d.device),
+                               progress=progress, desc="validate")
+    parts = dist_utils.gather_objects((pred.scores, pred.labels), d)
+    n = dataset.n_cases
+    return (np.concatenate([s for s, _ in parts])[:n].astype(np.float32),
+            np.concatenate([y for _, y in parts])[:n].astype(np.float32))
+
+
+def _shard_datasets(data, cfg: RunConfig, labels, transform, train_indices, d):
+    """(train, val, progress) of a shard folder: the training split read by this rank's share."""
+    from raddiag.data.shards import ShardDataset, ShardProgress
+    from raddiag.models import trains_on_scans
+
+    if train_indices is not None or trains_on_scans(cfg.model.fusion):
+        raise ValueError(f"{data.root}: a shard folder feeds whole cases of whole splits; train_indices and the "
+                         f"scan-level fusion {cfg.model.fusion!r} need a prepared dataset (raddiag data prepare)")
+    tc = cfg.train
+    train_ds = ShardDataset(data.root, "train", labels, cfg.data, train=True, scan_transform=transform,
+                            seed=tc.seed, rank=d.rank, world_size=d.world_size)
+    val_ds = ShardDataset(data.root, "val", labels, cfg.data, train=False, rank=0, world_size=1)
+    return train_ds, val_ds, ShardProgress(train_ds, tc.seed)
 
 
 def _check_finite_loss(loss: torch.Tensor, batch: dict, epoch: int, step: int) -> None:
@@ -259,7 +295,7 @@ def train(
     Under ``torchrun`` this trains with DDP; only rank 0 writes.
     """
     from raddiag.data.dataset import CaseDataset, make_loader
-    from raddiag.data.store import PreparedData
+    from raddiag.data.shards import open_training_data
     from raddiag.models import build_model, key_slice_attention_loss
 
     cfg = copy.deepcopy(cfg)
@@ -279,7 +315,7 @@ def train(
     d = dist_utils.init(device)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        return _train(d, PreparedData(data_dir), run, cfg, label_embeddings, knowledge_encoder, resume,
+        return _train(d, open_training_data(data_dir), run, cfg, label_embeddings, knowledge_encoder, resume,
                       progress, max_steps, init_state, train_indices, CaseDataset, make_loader, build_model,
                       key_slice_attention_loss)
     except BaseException:
@@ -382,7 +418,7 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
     labels = data.label_space(cfg.data.granularity)
     if resume:
         run.check_label_space(labels, data.root)
-    if not data.records_for("val"):
+    if not data.count("val"):
         raise ValueError(f"{data.root}: no cases in the val split; validation needs some")
 
     emb = _run_label_embeddings(d, run, cfg, labels, label_embeddings, knowledge_encoder, resume)
@@ -390,18 +426,23 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
     model = _initial_model(cfg, labels, emb, init_state, resume, d, build_model)
 
     # data
-    train_full = CaseDataset(data, "train", labels, cfg.data, train=True,
-                             scan_transform=build_scan_transform(tc, cfg.data), seed=tc.seed)
-    if trains_on_scans(cfg.model.fusion):  # the paper's pooling baselines: one scan per sample
-        train_ds = ScanDataset(train_full, train_indices)
+    transform = build_scan_transform(tc, cfg.data)
+    if isinstance(data, ShardData):
+        train_ds, val_ds, sampler = _shard_datasets(data, cfg, labels, transform, train_indices, d)
+        loader = make_loader(train_ds, tc.batch_size, num_workers=tc.num_workers)
+        batches_per_epoch = train_ds.batches_per_epoch(tc.batch_size, loader.num_workers)
     else:
-        train_ds = CaseSubset(train_full, train_indices) if train_indices is not None else train_full
-    if len(train_ds) == 0:
-        raise ValueError(f"{data.root}: no training cases selected")
-    val_ds = CaseDataset(data, "val", labels, cfg.data, train=False)
-    sampler = ResumableSampler(train_ds, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=tc.seed)
-    loader = make_loader(train_ds, tc.batch_size, sampler=sampler, num_workers=tc.num_workers)
-    batches_per_epoch = math.ceil(sampler.num_samples / tc.batch_size)
+        train_full = CaseDataset(data, "train", labels, cfg.data, train=True, scan_transform=transform, seed=tc.seed)
+        if trains_on_scans(cfg.model.fusion):  # the paper's pooling baselines: one scan per sample
+            train_ds = ScanDataset(train_full, train_indices)
+        else:
+            train_ds = CaseSubset(train_full, train_indices) if train_indices is not None else train_full
+        if len(train_ds) == 0:
+            raise ValueError(f"{data.root}: no training cases selected")
+        val_ds = CaseDataset(data, "val", labels, cfg.data, train=False)
+        sampler = ResumableSampler(train_ds, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=tc.seed)
+        loader = make_loader(train_ds, tc.batch_size, sampler=sampler, num_workers=tc.num_workers)
+        batches_per_epoch = math.ceil(sampler.num_samples / tc.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / tc.grad_accum)
     total_steps = steps_per_epoch * tc.epochs
     warmup_steps = int(round(tc.warmup_epochs * steps_per_epoch))
@@ -460,6 +501,9 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
             if resuming and start_batch == 0:
                 set_rng_state(ckpt["rng"])
             it = iter(loader)
+            if isinstance(data, ShardData):   # a stream cannot seek: read past the batches already trained on
+                for _ in range(start_batch):
+                    next(it)
             if resuming and start_batch > 0:
                 set_rng_state(ckpt["rng"])
             bar = None
