@@ -170,3 +170,30 @@ def test_parallel_prepare_after_thread_pools_started(tmp_path):
     report = prepare_cases(cases, tmp_path / "p", size=16, depth=4, workers=2)
     assert report.scans_out == 12
     assert np.asarray(PreparedData(tmp_path / "p").scan_array(PreparedData(tmp_path / "p").records[5]["scans"][0])).shape == (3, 16, 16)
+
+
+class _AddEpochNoise:
+    """A scan transform that adds one random number of the case's generator (picklable)."""
+
+    def __call__(self, item, rng):
+        item["image"] = item["image"] + float(rng.normal())
+        return item
+
+
+def test_loader_workers_see_each_epochs_draws(prepared):
+    """Augmentation is seeded by (seed, epoch, case): a worker process must see the new epoch
+    (persistent workers kept their first-epoch copy of the dataset and replayed its draws)."""
+    from raddiag.data.dataset import make_loader
+
+    out, _ = prepared
+    data = PreparedData(out)
+    ds = CaseDataset(data, "train", data.label_space("disorder"), DataConfig(size=8, depth=4), train=True,
+                     scan_transform=_AddEpochNoise())
+    loader = make_loader(ds, batch_size=2, num_workers=1)
+    firsts = []
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        firsts.append(next(iter(loader))["images"].clone())
+        ds.set_epoch(epoch)
+        assert torch.equal(collate_cases([ds[0], ds[1]], depth=4)["images"], firsts[-1]), epoch
+    assert not torch.equal(firsts[0], firsts[1])

@@ -228,10 +228,10 @@ def make_loader(dataset: CaseDataset, batch_size: int, shuffle: bool = False, nu
 
     if num_workers and not worker_processes_allowed("the data loader's worker processes (num_workers)"):
         num_workers = 0
-    # An iterable dataset (the shard reader) picks its order in the workers from its epoch: persistent
-    # workers would keep the copy made at the first epoch, so they start afresh each epoch.
+    # No persistent workers: a worker keeps the copy of the dataset made when it started, and both
+    # datasets draw from their epoch (the shard reader its order, CaseDataset its augmentation and
+    # scan choice), so workers kept across epochs would replay the first epoch's draws.
     iterable = isinstance(dataset, torch.utils.data.IterableDataset)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None and not iterable,
                       sampler=sampler, num_workers=num_workers, drop_last=drop_last,
-                      collate_fn=partial(collate_cases, depth=dataset.cfg.depth),
-                      persistent_workers=num_workers > 0 and not iterable)
+                      collate_fn=partial(collate_cases, depth=dataset.cfg.depth), persistent_workers=False)
