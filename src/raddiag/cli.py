@@ -67,14 +67,21 @@ def _close_progress_bars() -> None:
             bar.close()
 
 
-def _add_debug(parser: argparse.ArgumentParser, top: bool = False) -> None:
-    """``--debug`` on the top parser and on every sub-command (so it may come last too)."""
-    parser.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
-                        help="show the full traceback of an error")
+def _sub_commands(parser: argparse.ArgumentParser):
+    """Every sub-command's parser under ``parser``, at any depth (each once)."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in dict.fromkeys(action.choices.values()):
-                _add_debug(child)
+                yield child
+                yield from _sub_commands(child)
+
+
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` on the top parser and on every sub-command (so it may come last too)."""
+    parser.add_argument("--debug", action="store_true", default=False, help="show the full traceback of an error")
+    for child in _sub_commands(parser):
+        child.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                           help="show the full traceback of an error")
 
 
 # Integer options that may be 0 (or negative); every other ``type=int`` option of every
@@ -128,31 +135,26 @@ def _check_arguments(parser: argparse.ArgumentParser) -> None:
     """Give every sub-command's counts (``type=int``, except ZERO_ALLOWED) the positive check and
     every ``--device`` the device check, in one place, so a 0 or an absent GPU is one clear
     argparse line rather than a hang or a traceback deep in torch."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in dict.fromkeys(action.choices.values()):
-                _check_arguments(child)
-        elif action.type is int and action.dest not in ZERO_ALLOWED:
-            action.type = positive_int
-        elif action.dest == "device" and action.type is None:
-            action.type = device_arg
+    for p in (parser, *_sub_commands(parser)):
+        for action in p._actions:
+            if action.type is int and action.dest not in ZERO_ALLOWED:
+                action.type = positive_int
+            elif action.dest == "device" and action.type is None:
+                action.type = device_arg
 
 
 def _add_release_labels(parser: argparse.ArgumentParser) -> None:
     """Every command that takes a RUN (a positional ``run``) also takes the authors' released
     checkpoint there (:func:`raddiag.run.resolve_run`, called in :func:`main`), with
     ``--release-labels`` for its label dictionary when it is not beside it."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in dict.fromkeys(action.choices.values()):
-                run = next((a for a in child._actions if a.dest == "run" and not a.option_strings), None)
-                if run is not None:
-                    run.help = (run.help or "run folder") + "; or the authors' released checkpoint (folder " \
-                        "or file), imported on first use into a cached run folder"
-                    child.add_argument("--release-labels", default=None, metavar="JSON",
-                                       help="the release's disorder_label_dict.json when RUN is the released "
-                                            "checkpoint and the file is not beside it")
-                _add_release_labels(child)
+    for child in _sub_commands(parser):
+        run = next((a for a in child._actions if a.dest == "run" and not a.option_strings), None)
+        if run is not None:
+            run.help = (run.help or "run folder") + "; or the authors' released checkpoint (folder " \
+                "or file), imported on first use into a cached run folder"
+            child.add_argument("--release-labels", default=None, metavar="JSON",
+                               help="the release's disorder_label_dict.json when RUN is the released "
+                                    "checkpoint and the file is not beside it")
 
 
 def _resolve_release(args) -> None:
@@ -190,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module.register(sub)
     _add_release_labels(parser)
-    _add_debug(parser, top=True)
+    _add_debug(parser)
     _check_arguments(parser)
     return parser
 
