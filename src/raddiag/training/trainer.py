@@ -34,8 +34,8 @@ from raddiag.data.labels import LabelSpace
 from raddiag.run import LAST_CHECKPOINT, RunFolder
 
 from . import distributed as dist_utils
-from .checkpoint import atomic_write, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .metrics import f1_thresholds, macro_auc
+from .checkpoint import atomic_write, load_checkpoint
+from .metrics import f1_thresholds
 from .sampler import ResumableSampler
 from raddiag.data.shards import ShardData
 
@@ -317,7 +317,7 @@ def train(
     try:
         return _train(d, open_training_data(data_dir), run, cfg, label_embeddings, knowledge_encoder, resume,
                       progress, max_steps, init_state, train_indices, CaseDataset, make_loader, build_model,
-                      key_slice_attention_loss)
+                          key_slice_attention_loss)
     except BaseException:
         if created and d.is_main:
             _remove_unfinished(run)
@@ -403,13 +403,35 @@ def _write_run_folder(run, cfg, labels, emb, epoch: int, data) -> None:
     _trim_metrics(run, epoch)
 
 
-def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progress, max_steps, init_state,
-           train_indices, CaseDataset, make_loader, build_model, key_slice_attention_loss) -> TrainResult:
+def _train_data(d, data, cfg, labels, train_indices, CaseDataset, make_loader):
+    """``(train_ds, val_ds, sampler, loader, batches_per_epoch)`` from a prepared folder (a
+    resumable sampler over a CaseDataset, or a ScanDataset for the pooling baselines) or shards."""
     from raddiag.data.dataset import ScanDataset
     from raddiag.models import trains_on_scans
 
     from .augment import build_scan_transform
 
+    tc = cfg.train
+    transform = build_scan_transform(tc, cfg.data)
+    if isinstance(data, ShardData):
+        train_ds, val_ds, sampler = _shard_datasets(data, cfg, labels, transform, train_indices, d)
+        loader = make_loader(train_ds, tc.batch_size, num_workers=tc.num_workers)
+        return train_ds, val_ds, sampler, loader, train_ds.batches_per_epoch(tc.batch_size, loader.num_workers)
+    train_full = CaseDataset(data, "train", labels, cfg.data, train=True, scan_transform=transform, seed=tc.seed)
+    if trains_on_scans(cfg.model.fusion):  # the paper's pooling baselines: one scan per sample
+        train_ds = ScanDataset(train_full, train_indices)
+    else:
+        train_ds = CaseSubset(train_full, train_indices) if train_indices is not None else train_full
+    if len(train_ds) == 0:
+        raise ValueError(f"{data.root}: no training cases selected")
+    val_ds = CaseDataset(data, "val", labels, cfg.data, train=False)
+    sampler = ResumableSampler(train_ds, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=tc.seed)
+    loader = make_loader(train_ds, tc.batch_size, sampler=sampler, num_workers=tc.num_workers)
+    return train_ds, val_ds, sampler, loader, math.ceil(sampler.num_samples / tc.batch_size)
+
+
+def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progress, max_steps, init_state,
+           train_indices, CaseDataset, make_loader, build_model, key_slice_attention_loss) -> TrainResult:
     from raddiag.data.intensity import adopt_data_windows
 
     tc = cfg.train
@@ -422,191 +444,47 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
         raise ValueError(f"{data.root}: no cases in the val split; validation needs some")
 
     emb = _run_label_embeddings(d, run, cfg, labels, label_embeddings, knowledge_encoder, resume)
-
     model = _initial_model(cfg, labels, emb, init_state, resume, d, build_model)
-
-    # data
-    transform = build_scan_transform(tc, cfg.data)
-    if isinstance(data, ShardData):
-        train_ds, val_ds, sampler = _shard_datasets(data, cfg, labels, transform, train_indices, d)
-        loader = make_loader(train_ds, tc.batch_size, num_workers=tc.num_workers)
-        batches_per_epoch = train_ds.batches_per_epoch(tc.batch_size, loader.num_workers)
-    else:
-        train_full = CaseDataset(data, "train", labels, cfg.data, train=True, scan_transform=transform, seed=tc.seed)
-        if trains_on_scans(cfg.model.fusion):  # the paper's pooling baselines: one scan per sample
-            train_ds = ScanDataset(train_full, train_indices)
-        else:
-            train_ds = CaseSubset(train_full, train_indices) if train_indices is not None else train_full
-        if len(train_ds) == 0:
-            raise ValueError(f"{data.root}: no training cases selected")
-        val_ds = CaseDataset(data, "val", labels, cfg.data, train=False)
-        sampler = ResumableSampler(train_ds, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=tc.seed)
-        loader = make_loader(train_ds, tc.batch_size, sampler=sampler, num_workers=tc.num_workers)
-        batches_per_epoch = math.ceil(sampler.num_samples / tc.batch_size)
+    train_ds, val_ds, sampler, loader, batches_per_epoch = _train_data(d, data, cfg, labels, train_indices,
+                                                                       CaseDataset, make_loader)
     steps_per_epoch = math.ceil(batches_per_epoch / tc.grad_accum)
     total_steps = steps_per_epoch * tc.epochs
     warmup_steps = int(round(tc.warmup_epochs * steps_per_epoch))
-
     optimizer = torch.optim.AdamW(_param_groups(model, tc.weight_decay, tc.lr, tc.encoder_lr_scale), lr=tc.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup_steps, total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup_steps, total_steps))
 
     state = {"epoch": 0, "batches_done": 0, "step": 0, "best_val_auc": float("-inf"), "best_epoch": -1,
              "bad_epochs": 0, "stopped_early": False, "have_best": False}
     ckpt = _restore(run, model, optimizer, scheduler, state, labels, d) if resume else None
-
     if d.is_main:
         _write_run_folder(run, cfg, labels, emb, state["epoch"], data)
     d.barrier()
 
-    train_model = model
-    if d.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+    from .loop import TrainLoop
 
-        train_model = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
-                          find_unused_parameters=cfg.model.encoder == "resnet")
-
-    writer = None
-    if d.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run.tensorboard))
-    bce = torch.nn.BCEWithLogitsLoss()
-    need_details = tc.key_slice_loss > 0
+    loop = TrainLoop(d, run, cfg, model, optimizer, scheduler, sampler, state, batches_per_epoch, max_steps,
+                     key_slice_attention_loss)
     history: list[dict] = []
-
-    def checkpoint(epoch: int, batches_done: int, loss_sum: float = 0.0, loss_n: int = 0) -> None:
-        if not d.is_main:
-            return
-        st = dict(state, epoch=epoch, batches_done=batches_done, loss_sum=loss_sum, loss_n=loss_n)
-        save_checkpoint(run.checkpoints / LAST, {
-            **st, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": rng_state(), "sampler": sampler.state_dict(),
-            "world_size": d.world_size, "batch_size": tc.batch_size, "config": cfg.to_dict(),
-        })
-
     stop = False
     epoch = state["epoch"]
     try:
         while epoch < tc.epochs and not stop and not state["stopped_early"]:
             t0 = time.time()
-            sampler.set_epoch(epoch)
-            train_ds.set_epoch(epoch)
-            start_batch = state["batches_done"] if ckpt is not None and epoch == ckpt["epoch"] else 0
-            sampler.set_start(start_batch * tc.batch_size)
-            model.train()
-            resuming = ckpt is not None and epoch == ckpt["epoch"]
-            # Creating the loader's iterator draws a seed from torch's RNG: a checkpoint taken at
-            # an epoch boundary was saved before that draw, one taken mid-epoch after it.
-            if resuming and start_batch == 0:
-                set_rng_state(ckpt["rng"])
-            it = iter(loader)
-            if isinstance(data, ShardData):   # a stream cannot seek: read past the batches already trained on
-                for _ in range(start_batch):
-                    next(it)
-            if resuming and start_batch > 0:
-                set_rng_state(ckpt["rng"])
-            bar = None
-            if progress and d.is_main:
-                from tqdm import tqdm
-
-                bar = tqdm(total=batches_per_epoch, initial=start_batch, desc=f"epoch {epoch + 1}/{tc.epochs}",
-                           unit="batch", dynamic_ncols=True)
-            loss_sum, loss_n = (float(ckpt["loss_sum"]), int(ckpt["loss_n"])) if resuming else (0.0, 0)
-            b = start_batch
-            optimizer.zero_grad(set_to_none=True)
-            for batch in it:
-                group_start = (b // tc.grad_accum) * tc.grad_accum
-                group_len = min(tc.grad_accum, batches_per_epoch - group_start)
-                last_in_group = b == group_start + group_len - 1
-                inputs = {k: batch[k].to(d.device) for k in model.input_keys}
-                target = batch["labels"].to(d.device)
-                sync = (not d.enabled) or last_in_group
-                ctx = train_model.no_sync() if not sync else _null()
-                with ctx:
-                    with _autocast(cfg, d.device):
-                        out = train_model(**inputs, return_details=need_details)
-                        logits = out.logits if need_details else out
-                        loss = bce(logits.float(), target)
-                        if need_details and out.slice_attention is not None:
-                            loss = loss + tc.key_slice_loss * key_slice_attention_loss(
-                                out.slice_attention.float(), batch["key_slice"].to(d.device),
-                                batch["slice_mask"].to(d.device))
-                    _check_finite_loss(loss, batch, epoch, state["step"])
-                    (loss / group_len).backward()
-                loss_sum += float(loss.detach())
-                loss_n += 1
-                b += 1
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-                if not last_in_group:
-                    continue
-                if tc.clip_norm and tc.clip_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state["step"] += 1
-                if writer is not None:
-                    writer.add_scalar("train/loss_step", float(loss.detach()), state["step"])
-                    writer.add_scalar("train/lr", scheduler.get_last_lr()[0], state["step"])
-                if max_steps is not None and state["step"] >= max_steps:
-                    stop = True
-                    break
-                if tc.checkpoint_every and state["step"] % tc.checkpoint_every == 0 and b < batches_per_epoch:
-                    checkpoint(epoch, b, loss_sum, loss_n)
-            if bar is not None:
-                bar.close()
+            it, start_batch, resuming = loop.start_epoch(epoch, loader, train_ds, ckpt, isinstance(data, ShardData))
+            loss0 = (float(ckpt["loss_sum"]), int(ckpt["loss_n"])) if resuming else (0.0, 0)
+            loss_sum, loss_n, b, stop = loop.train_epoch(epoch, it, start_batch, *loss0, progress)
             ckpt = None
-            tl = torch.tensor([loss_sum, float(loss_n)], dtype=torch.float64)
-            if d.enabled:
-                torch.distributed.all_reduce(tl)
-            train_loss = float(tl[0] / max(tl[1], 1))
+            train_loss = loop.mean_loss(loss_sum, loss_n)
             if stop and b < batches_per_epoch:  # max_steps mid-epoch: save where we are and stop
-                checkpoint(epoch, b, loss_sum, loss_n)
-                if d.is_main and not run.weights.exists():
-                    _save_weights_atomic(model, run)
-                d.barrier()
+                loop.stop_mid_epoch(epoch, b, loss_sum, loss_n)
                 break
-
-            scores, yval = validate(model, val_ds, cfg, d)
-            auc = macro_auc(scores, yval)
-            vloss = _val_loss(scores, yval)
-            improved = (np.isfinite(auc) and auc > state["best_val_auc"]) or not state["have_best"]
-            if improved:
-                if np.isfinite(auc):
-                    state["best_val_auc"] = float(auc)
-                state["best_epoch"] = epoch
-                state["bad_epochs"] = 0
-                state["have_best"] = True
-                if d.is_main:
-                    _save_weights_atomic(model, run)
-            else:
-                state["bad_epochs"] += 1
-            if tc.early_stop and state["bad_epochs"] >= tc.early_stop:
-                state["stopped_early"] = True
-            row = {"epoch": epoch + 1, "step": state["step"], "train_loss": train_loss, "val_loss": vloss,
-                   "val_auc": auc, "lr": scheduler.get_last_lr()[0],
-                   "best_val_auc": state["best_val_auc"], "seconds": round(time.time() - t0, 3)}
-            history.append(row)
-            if d.is_main:
-                _append_metrics(run, row)
-                writer.add_scalar("train/loss", train_loss, epoch + 1)
-                writer.add_scalar("val/loss", vloss, epoch + 1)
-                writer.add_scalar("val/auc", auc, epoch + 1)
-                writer.flush()
-                log.info("epoch %d: train loss %.4f, val loss %.4f, val macro AUC %.4f", epoch + 1, train_loss,
-                         vloss, auc)
+            history.append(loop.end_epoch(epoch, val_ds, train_loss, t0))
             epoch += 1
             state["batches_done"] = 0
-            checkpoint(epoch, 0)
+            loop.checkpoint(epoch, 0)
             d.barrier()
-            if stop:
-                break
     finally:
-        if writer is not None:
-            writer.close()
+        loop.close()
 
     finished = epoch >= tc.epochs or state["stopped_early"]
     if finished and state["have_best"]:
