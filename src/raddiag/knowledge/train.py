@@ -330,6 +330,41 @@ def _load_checkpoint(ckpt: Path, encoder: TextEncoder, opt: torch.optim.Optimize
     return state
 
 
+def _finished_run(out: Path, steps: int) -> Optional[dict]:
+    """The stored metrics of a finished run of at least ``steps`` steps in ``out``, else None."""
+    metrics_path = out / METRICS_FILE
+    if not metrics_path.is_file():
+        return None
+    done = json.loads(metrics_path.read_text())
+    if done.get("steps", 0) >= steps and (out / "config.json").is_file():
+        log.info("%s: finished run found (%d steps); reusing it", out, done["steps"])
+        return done
+    return None
+
+
+def _trainable(encoder: TextEncoder, freeze_embeddings: bool, train_layers: Optional[int]) -> list:
+    """The parameters fine-tuning updates. The word-embedding table is half of MiniLM's weights;
+    freezing it halves the optimiser's work and keeps names never seen in training where the
+    base model put them."""
+    if freeze_embeddings:
+        for p in encoder.model.get_input_embeddings().parameters():
+            p.requires_grad_(False)
+    _freeze_lower_layers(encoder.model, train_layers)
+    return [p for p in encoder.model.parameters() if p.requires_grad]
+
+
+def _batch_loss(encoder: TextEncoder, pairs: dict, batch: dict, temperature: float) -> torch.Tensor:
+    """InfoNCE over each pair kind's part of the batch, averaged over the kinds."""
+    loss = 0.0
+    for k, idx in batch.items():
+        a = [pairs[k].anchors[i] for i in idx]
+        p = [pairs[k].positives[i] for i in idx]
+        emb = encoder(a + p)
+        n = len(idx)
+        loss = loss + _info_nce(emb[:n], emb[n:], [pairs[k].groups[i] for i in idx], p, temperature)
+    return loss / len(batch)
+
+
 def train_knowledge_encoder(
     out_dir: str | Path,
     base: str | Path | None = None,
@@ -361,11 +396,8 @@ def train_knowledge_encoder(
     ckpt = out / "checkpoint"
     if steps < 1 or batch_size < 2:
         raise ValueError("steps must be >= 1 and batch_size >= 2")
-    if resume and metrics_path.is_file():
-        done = json.loads(metrics_path.read_text())
-        if done.get("steps", 0) >= steps and (out / "config.json").is_file():
-            log.info("%s: finished run found (%d steps); reusing it", out, done["steps"])
-            return done
+    if resume and (done := _finished_run(out, steps)) is not None:
+        return done
     if kb is None:
         from raddiag.knowledge.kb import build_kb
 
@@ -386,13 +418,7 @@ def train_knowledge_encoder(
     if state_before_eval := (evaluate and not (resume and (ckpt / "state.json").is_file())):
         before = _cached_eval(encoder, heldout)      # the base model's figures do not change
     max_length, encoder.max_length = encoder.max_length, min(encoder.max_length, TRAIN_MAX_LENGTH)
-    # The word-embedding table is half of MiniLM's weights; freezing it halves the optimiser's
-    # work and keeps names never seen in training where the base model put them.
-    if freeze_embeddings:
-        for p in encoder.model.get_input_embeddings().parameters():
-            p.requires_grad_(False)
-    _freeze_lower_layers(encoder.model, train_layers)
-    params = [p for p in encoder.model.parameters() if p.requires_grad]
+    params = _trainable(encoder, freeze_embeddings, train_layers)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     n_warm = max(1, int(warmup * steps))
 
@@ -418,15 +444,7 @@ def train_knowledge_encoder(
     for step in it:
         rng = np.random.default_rng([seed, step])
         torch.manual_seed(seed * 1_000_003 + step)           # dropout: reproducible on resume
-        batch = _sample(pairs, batch_size, rng, hard_negatives)
-        loss = 0.0
-        for k, idx in batch.items():
-            a = [pairs[k].anchors[i] for i in idx]
-            p = [pairs[k].positives[i] for i in idx]
-            emb = encoder(a + p)
-            n = len(idx)
-            loss = loss + _info_nce(emb[:n], emb[n:], [pairs[k].groups[i] for i in idx], p, temperature)
-        loss = loss / len(batch)
+        loss = _batch_loss(encoder, pairs, _sample(pairs, batch_size, rng, hard_negatives), temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
