@@ -11,7 +11,7 @@ import torch
 from raddiag.config import preset
 from raddiag.training.augment import build_scan_transform
 from raddiag.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from raddiag.training.sampler import ResumableSampler
+from raddiag.training.sampler import RepeatFactorSampler, ResumableSampler, repeat_factors
 from raddiag.training.trainer import lr_factor
 from test_training_data import make_tiny_data, tiny_overrides
 
@@ -49,6 +49,59 @@ def test_sampler_is_seeded_resumable_and_shards():
     a, b = list(shards[0]), list(shards[1])
     assert len(a) == len(b) == 12 and set(a) | set(b) == set(data)
 
+
+def test_repeat_factors_worked_example():
+    # class A in 1 of 10 cases (f = 0.1), class B in 5 of 10 (f = 0.5); t = 0.4:
+    # r_A = sqrt(0.4 / 0.1) = 2, r_B = max(1, sqrt(0.8)) = 1; a case takes its rarest class's factor
+    y = np.zeros((10, 2), int)
+    y[0] = [1, 1]
+    y[1:5, 1] = 1
+    r = repeat_factors(y, 0.4)
+    assert r.tolist() == [2.0, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    assert repeat_factors(y, 0.0).tolist() == [1.0] * 10
+
+
+def test_repeat_factor_sampler_draws_rare_cases_more_with_a_fixed_epoch_length():
+    factors = np.array([1.0, 2.5, 1.5, 1.0, 3.0])          # sum 9
+    s = RepeatFactorSampler(list(range(5)), factors, seed=1)
+    counts = []
+    for epoch in range(400):
+        s.set_epoch(epoch)
+        order = list(s)
+        assert len(order) == len(s) == 9                   # same length every epoch (schedule, DDP)
+        c = np.bincount(order, minlength=5)
+        assert (c >= np.floor(factors)).all() and (c <= np.ceil(factors)).all()
+        counts.append(c)
+    assert np.abs(np.mean(counts, 0) - factors).max() < 0.06     # r_i copies per epoch on average
+    s.set_epoch(3)
+    e3 = list(s)
+    s.set_epoch(3)
+    assert list(s) == e3                                   # a function of (seed, epoch)
+    s.set_start(4)
+    assert list(s) == e3[4:] and len(s) == 5
+    ranks = [RepeatFactorSampler(list(range(5)), factors, num_replicas=2, rank=r, seed=1) for r in (0, 1)]
+    for r in ranks:
+        r.set_epoch(3)
+    a, b = list(ranks[0]), list(ranks[1])
+    assert len(a) == len(b) == 5                           # padded to the world size
+    assert sorted(a + b[:4]) == sorted(e3)                 # the same epoch, split between ranks
+
+
+def test_training_with_repeat_factor_sampling_repeats_rare_cases(tmp_path):
+    from raddiag.data.dataset import CaseDataset
+    from raddiag.data.store import PreparedData
+    from raddiag.training import train
+
+    data = make_tiny_data(tmp_path / "data", n_cases=24)
+    cfg = preset("tiny", tiny_overrides(**{"train.epochs": 1, "train.repeat_factor": 1.0}))
+    train_ds = CaseDataset(data, "train", PreparedData(data).label_space(), cfg.data)
+    y = train_ds.targets > 0
+    rarest = np.where(y, y.mean(0)[None, :], 1.0).min(1)    # each case's rarest label frequency
+    expected = round(sum(max(1.0, (1.0 / f) ** 0.5) for f in rarest))
+    result = train(data, tmp_path / "run", cfg, progress=False)
+    assert expected > len(train_ds) and result.steps == -(-expected // cfg.train.batch_size)
+    with pytest.raises(ValueError, match="repeat_factor"):
+        preset("tiny", ["train.repeat_factor=2"])
 
 # -- checkpoints ----------------------------------------------------------------------------
 def test_checkpoint_roundtrip_restores_rng_and_is_weights_only(tmp_path):

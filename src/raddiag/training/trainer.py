@@ -36,7 +36,7 @@ from raddiag.run import LAST_CHECKPOINT, RunFolder
 from . import distributed as dist_utils
 from .checkpoint import atomic_write, load_checkpoint
 from .metrics import f1_thresholds
-from .sampler import ResumableSampler
+from .sampler import RepeatFactorSampler, ResumableSampler, repeat_factors
 from raddiag.data.shards import ShardData
 
 log = logging.getLogger(__name__)
@@ -414,6 +414,9 @@ def _train_data(d, data, cfg, labels, train_indices, CaseDataset, make_loader):
     tc = cfg.train
     transform = build_scan_transform(tc, cfg.data)
     if isinstance(data, ShardData):
+        if tc.repeat_factor:
+            raise ValueError(f"{data.root}: train.repeat_factor needs a prepared folder; shards stream in "
+                             "their own order")
         train_ds, val_ds, sampler = _shard_datasets(data, cfg, labels, transform, train_indices, d)
         loader = make_loader(train_ds, tc.batch_size, num_workers=tc.num_workers)
         return train_ds, val_ds, sampler, loader, train_ds.batches_per_epoch(tc.batch_size, loader.num_workers)
@@ -425,7 +428,11 @@ def _train_data(d, data, cfg, labels, train_indices, CaseDataset, make_loader):
     if len(train_ds) == 0:
         raise ValueError(f"{data.root}: no training cases selected")
     val_ds = CaseDataset(data, "val", labels, cfg.data, train=False)
-    sampler = ResumableSampler(train_ds, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=tc.seed)
+    if tc.repeat_factor:
+        sampler = RepeatFactorSampler(train_ds, repeat_factors(train_ds.targets, tc.repeat_factor),
+                                      num_replicas=d.world_size, rank=d.rank, seed=tc.seed)
+    else:
+        sampler = ResumableSampler(train_ds, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=tc.seed)
     loader = make_loader(train_ds, tc.batch_size, sampler=sampler, num_workers=tc.num_workers)
     return train_ds, val_ds, sampler, loader, math.ceil(sampler.num_samples / tc.batch_size)
 
