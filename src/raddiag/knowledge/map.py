@@ -38,6 +38,7 @@ import torch
 from raddiag.knowledge.encoder import TextEncoder
 from raddiag.knowledge.kb import KnowledgeBase
 from raddiag.knowledge.terms import (STEM, STOP, WORD, Group, americanise, behaviour,  # noqa: F401
+                                     filed_by_morphology,
                                      icd_wording, index_words, neoplasm_phrase, stems, word_groups,
                                      words)
 
@@ -69,6 +70,18 @@ UNLIKELY: dict[str, tuple[set[str], Optional[re.Pattern], set[str]]] = {
 }
 
 
+def code_behaviour(code: str) -> str:
+    """A neoplasm category's behaviour by its place in ICD-10-CM: "secondary malignant" (C77-C79,
+    C7B), "malignant" (other C), "in situ" (D00-D09), "benign" (D10-D36, D3A), "uncertain"
+    (D37-D48), else ""."""
+    if code[0] == "C":
+        return "secondary malignant" if code in ("C77", "C78", "C79", "C7B") else "malignant"
+    if code[0] != "D" or not code[1:3].isdigit():
+        return "benign" if code == "D3A" else ""
+    n = int(code[1:3])
+    return "in situ" if n <= 9 else "benign" if n <= 36 else "uncertain" if n <= 48 else ""
+
+
 def _exact_key(text: str) -> str:
     """Whole words (not stems: "nephrolithiasis" must not meet "nephrosis"), any order, any spelling;
     none for a manifestation text ("Pneumonia in diseases classified elsewhere" is not "pneumonia")."""
@@ -77,12 +90,14 @@ def _exact_key(text: str) -> str:
     return " ".join(sorted({w for w in WORD.findall(americanise(text)) if w not in STOP and len(w) > 1}))
 
 
-def _behaviour_words(name: str) -> list[Group]:
+def _behaviour_words(name: str, by_morphology: frozenset) -> list[Group]:
     """ICD-10-CM files tumours as neoplasms by behaviour: a malignant tumour word asks for
     "malignant neoplasm" (so "carcinoma" is not read as "carcinoma in situ"), another "-oma"
-    word for "benign neoplasm"."""
+    word for "benign neoplasm"; none for a tumour it files by morphology ("hemangioma")."""
     kind = behaviour(name)
-    return [_group(w) for w in kind.split()[-1:]] + [_group("neoplasm")] if kind else []
+    if not kind or filed_by_morphology(name, by_morphology):
+        return []
+    return [_group(kind.split()[-1]), _group("neoplasm")]
 
 
 def _group(word: str) -> Group:
@@ -93,10 +108,10 @@ def _acronym(text: str) -> str:
     return "".join(w[0] for w in WORD.findall(text.lower()) if w not in {"of", "and", "the", "in"})
 
 
-def query_groups(name: str) -> list[Group]:
+def query_groups(name: str, by_morphology: frozenset = frozenset()) -> list[Group]:
     """The name's words as groups of matching stems (:func:`raddiag.knowledge.terms.word_groups`)
     plus the neoplasm behaviour its tumour words imply."""
-    return word_groups(name) + _behaviour_words(name)
+    return word_groups(name) + _behaviour_words(name, by_morphology)
 
 
 def query_variants(name: str, by_morphology: frozenset = frozenset()) -> tuple[str, str, str]:
@@ -142,6 +157,7 @@ class CodeIndex:
         self.unlikely = {kind: torch.tensor([c.chapter in chapters or bool(pat and pat.search(c.name.lower()))
                                              for c in cats])
                          for kind, (chapters, pat, _) in UNLIKELY.items()}
+        self.behaviour = [code_behaviour(c) for c in self.codes]
         self.morphology = frozenset(w for c in cats for w in words(c.name) if w.endswith("oma"))
         self.emb = self._embeddings(use_cache, progress)
         self.owner_t = torch.tensor(self.owner)
@@ -180,7 +196,7 @@ class CodeIndex:
     def lexical(self, name: str) -> torch.Tensor:
         """Per category, the IDF-weighted share of the name's word groups that meet a word of
         the category or of any of its sub-codes; an acronym that spells a text counts fully."""
-        groups = [g for g in query_groups(name) if self.word_df.get(g.part, 0) < PLAIN_WORD_DF]
+        groups = [g for g in query_groups(name, self.morphology) if self.word_df.get(g.part, 0) < PLAIN_WORD_DF]
         weight = [max(self.idf.get(w, self.default_idf) for w in g.stems) * (PART_WEIGHT if g.part else 1.0)
                   for g in groups]
         total = sum(weight)
@@ -202,12 +218,17 @@ class CodeIndex:
         return out
 
     def unlikely_for(self, name: str) -> torch.Tensor:
-        """1 for each category of a kind in :data:`UNLIKELY` that the name does not ask for."""
-        asked = set(stems(name)) | {w[:STEM] for w in words(name)}
+        """1 for each category of a kind in :data:`UNLIKELY` that the name does not ask for, and for
+        each neoplasm category whose behaviour (malignant, secondary, benign) is not the one the
+        name's tumour word implies ("adenoma" is not C74 "Malignant neoplasm of adrenal gland")."""
+        asked = set(stems(name))
         out = torch.zeros(len(self.codes))
         for kind, (_, _, allow) in UNLIKELY.items():
             if not asked & allow:
                 out = torch.maximum(out, self.unlikely[kind].float())
+        if (kind := behaviour(name)):
+            other = {"malignant", "secondary malignant", "benign"} - {kind}
+            out = torch.maximum(out, torch.tensor([b in other for b in self.behaviour]).float())
         return out
 
     def scores(self, names: list[str], lexical_weight: Optional[float] = None,

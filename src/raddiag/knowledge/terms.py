@@ -200,14 +200,24 @@ def behaviour(name: str) -> str:
     return "malignant" if "malignant" in kinds else "benign" if "benign" in kinds else ""
 
 
+#: Tumour words the Alphabetic Index sends to the neoplasm table by site ("Carcinoma - see also
+#: Neoplasm, by site, malignant"), even where a category name uses them ("Merkel cell carcinoma").
+BY_SITE = {"carcinoma", "adenocarcinoma", "sarcoma", "cancer", "malignant", "tumor", "neoplasm"}
+
+
+def filed_by_morphology(name: str, by_morphology: frozenset) -> bool:
+    """Whether a tumour word of ``name`` is one of ``by_morphology`` (words ICD-10-CM names
+    categories by, whatever the site: "lipoma", "hemangioma", "melanoma"), :data:`BY_SITE` aside."""
+    return any(_tumour_word(w) and w in by_morphology and w not in BY_SITE for w in words(name))
+
+
 def neoplasm_phrase(name: str, by_morphology: frozenset = frozenset()) -> str:
     """A tumour name as ICD-10-CM words it: "<behaviour> neoplasm of <site>", the site from the
     other words and the roots of compound words ("hepatocellular carcinoma" -> "malignant
-    neoplasm of liver"); "" for a name without a tumour word or a site, or whose tumour word is
-    one of ``by_morphology`` (words ICD-10-CM names categories by, whatever the site: "lipoma",
-    "hemangioma", "melanoma")."""
+    neoplasm of liver"); "" for a name without a tumour word or a site, or one
+    :func:`filed_by_morphology`."""
     kind = behaviour(name)
-    if not kind or any(_tumour_word(w) and w in by_morphology for w in words(name)):
+    if not kind or filed_by_morphology(name, by_morphology):
         return ""
     site = []
     for w in words(name):
