@@ -38,7 +38,7 @@ import torch
 from raddiag.knowledge.encoder import TextEncoder
 from raddiag.knowledge.kb import KnowledgeBase
 from raddiag.knowledge.terms import (STEM, STOP, WORD, Group, americanise, behaviour,  # noqa: F401
-                                     filed_by_morphology,
+                                     filed_by_morphology, prefixes, stem,
                                      icd_wording, index_words, neoplasm_phrase, stems, word_groups,
                                      words)
 
@@ -101,7 +101,7 @@ def _behaviour_words(name: str, by_morphology: frozenset) -> list[Group]:
 
 
 def _group(word: str) -> Group:
-    return Group(frozenset([word[:STEM]]))
+    return Group(frozenset([stem(word)]))
 
 
 def _acronym(text: str) -> str:
@@ -144,7 +144,7 @@ class CodeIndex:
             self.owner += [i] * len(own)
             sub = [t for d in kb.descendants(c.id) for t in kb.texts(d)]
             self.words.append({w for t in own + sub for w in index_words(t)})
-            self.stems.append({w[:STEM] for w in self.words[-1]})
+            self.stems.append({p for w in self.words[-1] for p in prefixes(w)})
             self.acronyms.append({_acronym(t) for t in own + sub})
             for t in own + sub:
                 if (key := _exact_key(t)):

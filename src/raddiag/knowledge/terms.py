@@ -124,6 +124,22 @@ def stems(text: str) -> list[str]:
     return [w[:STEM] for w in words(text)]
 
 
+#: A longer word must share all but this many of its last letters ("spondylolisthesis" does not
+#: meet "spondylosis", "meningioma" still meets "meninges").
+LOOSE_END = 4
+
+
+def stem(word: str) -> str:
+    """What of ``word`` a category word must start with to meet it: its first :data:`STEM`
+    letters, more for a long word (all but :data:`LOOSE_END`)."""
+    return word[:max(STEM, len(word) - LOOSE_END)]
+
+
+def prefixes(word: str) -> set[str]:
+    """Every :func:`stem` a query word could have that ``word`` meets."""
+    return {word[:k] for k in range(min(STEM, len(word)), len(word) + 1)}
+
+
 def canonical(word: str) -> str:
     """ICD-10-CM's word for ``word`` (itself when the tables have none)."""
     return _CANON.get(word, word)
@@ -161,8 +177,8 @@ def word_groups(text: str) -> list[Group]:
     """One :class:`Group` per word of ``text``, then one per root or ending of its compound words."""
     groups, extra = [], []
     for w in words(text):
-        groups.append(Group(frozenset({w[:STEM], canonical(w)[:STEM]})))
-        extra += [Group(frozenset(stems(part)), part=w) for part in parts(w) if stems(part)]
+        groups.append(Group(frozenset({stem(w), stem(canonical(w))})))
+        extra += [Group(frozenset(stem(x) for x in words(part)), part=w) for part in parts(w) if words(part)]
     return groups + extra
 
 
