@@ -134,25 +134,25 @@ class CodeIndex:
         self.names = [c.name for c in cats]
         self.texts: list[str] = []
         self.owner: list[int] = []
-        self.words: list[set[str]] = []
-        self.stems: list[set[str]] = []
-        self.acronyms: list[set[str]] = []
+        self.word_df: Counter = Counter()              # whole words: in how many categories
+        self.by_stem: dict[str, list[int]] = {}        # a stem -> the categories it meets (inverted index)
+        self.by_acronym: dict[str, set[int]] = {}
         self.exact: dict[str, set[int]] = {}
         for i, c in enumerate(cats):
             own = list(dict.fromkeys([c.name, *c.synonyms]))
             self.texts += own
             self.owner += [i] * len(own)
             sub = [t for d in kb.descendants(c.id) for t in kb.texts(d)]
-            self.words.append({w for t in own + sub for w in index_words(t)})
-            self.stems.append({p for w in self.words[-1] for p in prefixes(w)})
-            self.acronyms.append({_acronym(t) for t in own + sub})
+            cat_words = {w for t in own + sub for w in index_words(t)}
+            self.word_df.update(cat_words)
+            for p in {p for w in cat_words for p in prefixes(w)}:
+                self.by_stem.setdefault(p, []).append(i)
             for t in own + sub:
+                self.by_acronym.setdefault(_acronym(t), set()).add(i)
                 if (key := _exact_key(t)):
                     self.exact.setdefault(key, set()).add(i)
-        df = Counter(w for ws in self.stems for w in ws)
-        self.word_df = Counter(w for ws in self.words for w in ws)
         n = len(cats)
-        self.idf = {w: math.log((n + 1) / (k + 0.5)) for w, k in df.items()}
+        self.idf = {w: math.log((n + 1) / (len(ids) + 0.5)) for w, ids in self.by_stem.items()}
         self.default_idf = math.log(n + 1)
         self.unlikely = {kind: torch.tensor([c.chapter in chapters or bool(pat and pat.search(c.name.lower()))
                                              for c in cats])
@@ -188,7 +188,8 @@ class CodeIndex:
         """Per category, the best cosine between the name (as written, or in ICD-10-CM's words,
         whichever is closer) and any of the category's own texts."""
         variants = [v for vs in zip(*(query_variants(n, self.morphology) for n in names)) for v in vs]
-        q = self.encoder.encode(variants)
+        unique = {v: i for i, v in enumerate(dict.fromkeys(variants))}   # most names read alike two ways
+        q = self.encoder.encode(list(unique))[[unique[v] for v in variants]]
         sims = (q @ self.emb.T).view(len(variants) // len(names), len(names), -1).amax(0)   # [n, texts]
         out = torch.full((len(names), len(self.codes)), -1.0)
         return out.scatter_reduce(1, self.owner_t.expand(len(names), -1), sims, reduce="amax")
@@ -201,12 +202,12 @@ class CodeIndex:
                   for g in groups]
         total = sum(weight)
         out = torch.zeros(len(self.codes))
+        for g, wt in zip(groups, weight):
+            met = set().union(*(self.by_stem.get(s, ()) for s in g.stems))
+            out[list(met)] += wt / total
         acro = re.sub(r"[^a-z]", "", name.lower())
-        for i, (ss, acs) in enumerate(zip(self.stems, self.acronyms)):
-            if total:
-                out[i] = sum(wt for g, wt in zip(groups, weight) if g.stems & ss) / total
-            if len(acro) >= 3 and name.strip().isupper() and acro in acs:
-                out[i] = 1.0
+        if len(acro) >= 3 and name.strip().isupper():
+            out[list(self.by_acronym.get(acro, ()))] = 1.0
         return out
 
     def exact_hits(self, name: str) -> torch.Tensor:
