@@ -37,10 +37,9 @@ import torch
 
 from raddiag.knowledge.encoder import TextEncoder
 from raddiag.knowledge.kb import KnowledgeBase
-from raddiag.knowledge.terms import (STEM, STOP, WORD, Group, americanise, behaviour,  # noqa: F401
-                                     filed_by_morphology, prefixes, stem,
-                                     icd_wording, index_words, neoplasm_phrase, stems, word_groups,
-                                     words)
+from raddiag.knowledge.terms import (STOP, WORD, Group, americanise, behaviour, filed_by_morphology,
+                                     icd_wording, index_words, neoplasm_phrase, prefixes, stem, stems,
+                                     word_groups, words)
 
 LEXICAL_WEIGHT = 1.0
 #: An exact hit of a category's (or sub-code's) name or synonym, words in any order, adds this.

@@ -9,12 +9,14 @@ this (general medical vocabulary, no disorder names):
 - :data:`ROOTS`: Greek and Latin word roots with the plain word ICD-10-CM uses for them
   ("nephro-" kidney, "chondro-" cartilage), so a compound word meets the category named in plain
   words ("retinoblastoma" -> retina, "osteochondroma" -> bone, cartilage).
-- :data:`SUFFIXES`: endings that name a process ("-lithiasis" calculus, "-itis" inflammation).
+- :data:`SUFFIXES`: endings that name a process ("-lithiasis" calculus, "-megaly" enlargement).
 
 :func:`word_groups` turns a text into groups of alternatives, one group per word (the word and
-its ICD-10-CM equivalent) plus one per root or suffix it contains; :func:`icd_wording` rewrites a
-name in ICD-10-CM's words for the embedding. British spellings are read as American first
-(:func:`americanise`), as ICD-10-CM writes them.
+its ICD-10-CM equivalent) plus one per root or ending it contains; :func:`icd_wording` rewrites a
+name in ICD-10-CM's words and :func:`neoplasm_phrase` a tumour name as ICD-10-CM files it
+("<behaviour> neoplasm of <site>"), both for the embedding. British spellings are read as
+American first (:func:`americanise`), as ICD-10-CM writes them. Tumour behaviour words
+(:data:`MALIGNANT`, :func:`behaviour`) live here too.
 """
 from __future__ import annotations
 
@@ -77,7 +79,8 @@ _CANON = {w: g[0] for g in EQUIVALENTS for w in g}
 #: Word roots (at a word's start or after another root) and ICD-10-CM's plain word for them.
 ROOTS: dict[str, str] = {
     "nephro": "kidney", "nephr": "kidney", "hepato": "liver", "hepat": "liver",
-    "cholangio": "bile duct", "cholecyst": "gallbladder", "chole": "gallbladder", "uro": "urinary", "osteo": "bone", "oste": "bone",
+    "cholangio": "bile duct", "cholecyst": "gallbladder", "chole": "gallbladder", "uro": "urinary",
+    "osteo": "bone", "oste": "bone",
     "chondro": "cartilage", "chondr": "cartilage", "retino": "retina", "pneumo": "lung",
     "encephalo": "brain", "encephal": "brain", "cardio": "heart", "gastro": "stomach", "gastr": "stomach",
     "entero": "intestine", "spondylo": "vertebra", "spondyl": "vertebra", "cranio": "skull",
