@@ -81,12 +81,17 @@ def test_long_words_need_more_than_the_short_stem():
 def test_icd_wording_and_neoplasm_phrase():
     assert terms.icd_wording("Kidney stones") == "kidney calculus"
     assert terms.icd_wording("Unruptured aneurysm") == "nonruptured aneurysm"
+    assert terms.icd_wording("Urolithiasis, splenomegaly") == "urinary calculus, spleen enlargement"
+    assert terms.icd_wording("Pneumonia") == "pneumonia"                 # a root without an ending: kept
     assert terms.neoplasm_phrase("Hepatocellular carcinoma") == "malignant neoplasm of liver"
     assert terms.neoplasm_phrase("Liver metastases") == "secondary malignant neoplasm of liver"
     assert terms.neoplasm_phrase("Adrenal adenoma") == "benign neoplasm of adrenal gland"
     assert terms.neoplasm_phrase("Osteoblastoma") == "benign neoplasm of bone"
     assert terms.neoplasm_phrase("Glioblastoma") == ""                   # no site in the name
     assert terms.neoplasm_phrase("Pleural effusion") == ""               # no tumour word
+    # site words must be ICD-10-CM's when its vocabulary is given: an eponym names no site
+    assert terms.neoplasm_phrase("Ewing sarcoma", vocabulary={"bone", "liver"}) == ""
+    assert terms.neoplasm_phrase("Liver sarcoma", vocabulary={"bone", "liver"}) == "malignant neoplasm of liver"
     # a tumour ICD-10-CM names categories by (D18 "Hemangioma ... any site") keeps its own word
     assert terms.neoplasm_phrase("Hepatic haemangioma", frozenset({"hemangioma"})) == ""
     # ... but "carcinoma" goes by site even though "Merkel cell carcinoma" names a category

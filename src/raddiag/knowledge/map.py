@@ -31,7 +31,7 @@ import math
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Optional
+from typing import Container, Optional
 
 import torch
 
@@ -113,12 +113,13 @@ def query_groups(name: str, by_morphology: frozenset = frozenset()) -> list[Grou
     return word_groups(name) + _behaviour_words(name, by_morphology)
 
 
-def query_variants(name: str, by_morphology: frozenset = frozenset()) -> tuple[str, str, str]:
+def query_variants(name: str, by_morphology: frozenset = frozenset(),
+                   vocabulary: Optional[Container] = None) -> tuple[str, str, str]:
     """What the embedding reads for a name: the name, the name in ICD-10-CM's words, and a tumour
     name as "<behaviour> neoplasm of <site>" (else the second again; see
     :func:`raddiag.knowledge.terms.neoplasm_phrase`)."""
     icd = icd_wording(name)
-    return americanise(name), icd, neoplasm_phrase(name, by_morphology) or icd
+    return americanise(name), icd, neoplasm_phrase(name, by_morphology, vocabulary) or icd
 
 
 class CodeIndex:
@@ -186,7 +187,7 @@ class CodeIndex:
     def dense(self, names: list[str]) -> torch.Tensor:
         """Per category, the best cosine between the name (as written, or in ICD-10-CM's words,
         whichever is closer) and any of the category's own texts."""
-        variants = [v for vs in zip(*(query_variants(n, self.morphology) for n in names)) for v in vs]
+        variants = [v for vs in zip(*(query_variants(n, self.morphology, self.word_df) for n in names)) for v in vs]
         unique = {v: i for i, v in enumerate(dict.fromkeys(variants))}   # most names read alike two ways
         q = self.encoder.encode(list(unique))[[unique[v] for v in variants]]
         sims = (q @ self.emb.T).view(len(variants) // len(names), len(names), -1).amax(0)   # [n, texts]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Container, Optional
 
 #: Words cut to this many letters meet their relatives ("meningioma" meets "meninges").
 STEM = 6
@@ -196,10 +197,19 @@ def index_words(text: str) -> set[str]:
     return out
 
 
+def _plain(word: str) -> str:
+    """ICD-10-CM's word for ``word``, or the plain words of a compound with both a root and an
+    ending ("urolithiasis" -> "urinary calculus", "splenomegaly" -> "spleen enlargement")."""
+    if word in _CANON:
+        return _CANON[word]
+    ps = parts(word)
+    return " ".join(ps) if len(ps) > 1 and ps[-1] in SUFFIXES.values() else word
+
+
 def icd_wording(name: str) -> str:
-    """``name`` in ICD-10-CM's words ("kidney stone" -> "kidney calculus"); the embedding reads
-    both this and the name."""
-    return WORD.sub(lambda m: canonical(m.group(0)), americanise(name))
+    """``name`` in ICD-10-CM's words ("kidney stone" -> "kidney calculus", "urolithiasis" ->
+    "urinary calculus"); the embedding reads both this and the name."""
+    return WORD.sub(lambda m: _plain(m.group(0)), americanise(name))
 
 
 def _tumour_word(word: str) -> str:
@@ -230,11 +240,12 @@ def filed_by_morphology(name: str, by_morphology: frozenset) -> bool:
     return any(_tumour_word(w) and w in by_morphology and w not in BY_SITE for w in words(name))
 
 
-def neoplasm_phrase(name: str, by_morphology: frozenset = frozenset()) -> str:
+def neoplasm_phrase(name: str, by_morphology: frozenset = frozenset(),
+                    vocabulary: Optional[Container] = None) -> str:
     """A tumour name as ICD-10-CM words it: "<behaviour> neoplasm of <site>", the site from the
     other words and the roots of compound words ("hepatocellular carcinoma" -> "malignant
-    neoplasm of liver"); "" for a name without a tumour word or a site, or one
-    :func:`filed_by_morphology`."""
+    neoplasm of liver"), only words in ``vocabulary`` when given (an eponym names no site);
+    "" for a name without a tumour word or a site, or one :func:`filed_by_morphology`."""
     kind = behaviour(name)
     if not kind or filed_by_morphology(name, by_morphology):
         return ""
@@ -245,4 +256,5 @@ def neoplasm_phrase(name: str, by_morphology: frozenset = frozenset()) -> str:
             site += roots
         elif w not in ("malignant", "benign", "primary", "neoplasm", "tumor"):
             site += roots or [canonical(w)]
+    site = [w for w in site if vocabulary is None or all(x in vocabulary for x in w.split())]
     return f"{kind} neoplasm of {' '.join(dict.fromkeys(site))}" if site else ""
