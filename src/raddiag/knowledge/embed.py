@@ -74,7 +74,7 @@ def prompt_set(name: str, kb=None, code: Optional[str] = None,
     if kb is not None:
         c = (kb.find(code) if code else None) or kb.find(name)
         if c is None:
-            from raddiag.knowledge.map import americanise
+            from raddiag.knowledge.terms import americanise
 
             c = kb.find(americanise(name))
         if c is not None:

@@ -1,22 +1,27 @@
 """Suggest ICD-10-CM categories for free-text disorder names (a person confirms them).
 
 Each 3-character category is represented by its name and inclusion terms (and any
-synonyms merged from user knowledge), embedded once and cached on disk
+synonyms merged from other sources), embedded once and cached on disk
 (``$RADDIAG_CACHE`` or ``~/.cache/raddiag``, keyed by the encoder's identity and the
-texts). A name's score for a category is
+texts). A name's score for a category is the sum of four named steps of :class:`CodeIndex`:
 
-    max cosine(name, category texts) + LEXICAL_WEIGHT * lexical(name, category subtree)
+1. ``dense``: the best cosine between any of the category's texts and the name read three ways
+   (:func:`query_variants`: as written, in ICD-10-CM's words, "kidney stone" -> "kidney
+   calculus", and a tumour as "<behaviour> neoplasm of <site>", "hepatocellular carcinoma" ->
+   "malignant neoplasm of liver");
+2. ``LEXICAL_WEIGHT`` x ``lexical``: the IDF-weighted share of the name's words met among the words
+   of the category and all its sub-codes (words cut to 6 letters, so "meningioma" meets
+   "meninges"; a word also meets its ICD-10-CM equivalent and a compound word its roots, see
+   :mod:`raddiag.knowledge.terms`; a tumour word asks for its behaviour, "malignant neoplasm";
+   an acronym that spells a category's text, "ARDS", counts fully). It reaches sub-codes too
+   many to embed quickly ("pituitary adenoma" -> D35.2 "Benign neoplasm of pituitary gland");
+3. ``EXACT_BONUS`` x ``exact_hits``: the name *is* one of the category's texts (its own or a
+   sub-code's, any source, the Alphabetic Index included), words in any order, any spelling;
+4. minus ``PRIOR_PENALTY`` x ``unlikely_for``: categories an imaging finding is rarely filed
+   under (:data:`UNLIKELY`: Z factors and encounters, external causes, pregnancy, perinatal,
+   carcinoma in situ, manifestation codes, sequelae) unless the name asks for them.
 
-where ``lexical`` is the IDF-weighted share of the name's words found among the words of
-the category and all its sub-codes (words cut to 6 letters, so "meningioma" meets
-"meninges"), a word ending in "-oma" also asks for "neoplasm", and an acronym that spells a category's name ("ARDS") counts as a full
-match. The lexical part reaches sub-codes that are too many to embed quickly
-("pituitary adenoma" -> D35.2 "Benign neoplasm of pituitary gland" -> D35); on the
-README names of ../shared/data it moves the suggested code into the top 5 for names
-that embeddings alone miss. A name that *is* one of a category's texts (its own or a
-sub-code's; any source, the Alphabetic Index included), words in any order and British or
-American spelling, adds :data:`EXACT_BONUS`. benchmarks/knowledge_map.py measures it on
-held-out radiology names.
+benchmarks/knowledge_map.py measures it on held-out radiology names.
 """
 from __future__ import annotations
 
@@ -26,68 +31,95 @@ import math
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Optional
+from typing import Container, Optional
 
 import torch
 
 from raddiag.knowledge.encoder import TextEncoder
 from raddiag.knowledge.kb import KnowledgeBase
+from raddiag.knowledge.terms import (STOP, WORD, Group, americanise, behaviour, filed_by_morphology,
+                                     icd_wording, index_words, neoplasm_phrase, prefixes, stem, stems,
+                                     word_groups, words)
 
 LEXICAL_WEIGHT = 1.0
-STEM = 6
-STOP = {"of", "and", "the", "in", "with", "without", "due", "to", "other", "unspecified", "not",
-        "elsewhere", "classified", "or", "by", "for", "nos", "a", "an", "as", "on", "disease",
-        "diseases", "disorder", "disorders", "condition"}
-NOT_TUMOURS = {"coma", "glaucoma", "trachoma", "diploma", "stoma", "aroma", "soma", "hematoma", "haematoma",
-               "granuloma", "scotoma", "xanthoma", "atheroma", "lymphangioma"}
-#: Tumour words whose behaviour the Alphabetic Index gives as malignant ("Carcinoma - see also
-#: Neoplasm, by site, malignant"; ICD-O behaviour /3); other "-oma" words are benign (/0) there.
-MALIGNANT = ("carcinoma", "sarcoma", "cancer", "malignant", "lymphoma", "melanoma", "myeloma",
-             "mesothelioma", "glioma", "blastoma", "seminoma", "germinoma", "astrocytoma", "ependymoma",
-             "leukemia", "leukaemia", "metastasis", "metastases", "metastatic")
-BENIGN_BLASTOMAS = ("osteoblastoma", "chondroblastoma", "lipoblastoma")
-_WORD = re.compile(r"[a-z0-9]+")
-
-
-#: British -> American spelling, as ICD-10-CM writes it ("haemorrhage", "oedema", "tumour", "goitre").
-_SPELLING = [(re.compile(r"(?<=[a-z])ae"), "e"),                    # haem-, paed-, ischaem- (not aero-)
-             (re.compile(r"oe(?=[a-z])(?!s\b)"), "e"),                # oedema, oesophag-, coeliac, diarrhoea
-             (re.compile(r"(?<=[a-z]{2})our\b"), "or"),               # tumour, behaviour (not four)
-             (re.compile(r"(?<=[a-z]{2})([b-df-hj-np-tv-z])re\b"), r"\1er")]   # goitre, fibre (not pre)
 #: An exact hit of a category's (or sub-code's) name or synonym, words in any order, adds this.
 EXACT_BONUS = 1.0
+#: Subtracted from categories a radiology finding is rarely filed under, unless the name asks for them.
+PRIOR_PENALTY = 0.3
+#: A compound word's root or ending ("nephro-" kidney) weighs this much of a word of the name ...
+PART_WEIGHT = 0.3
+#: ... unless ICD-10-CM itself uses the word in this many categories ("pneumonia" needs no "lung").
+PLAIN_WORD_DF = 3
+_ELSEWHERE = re.compile(r"classified elsewhere")
+#: Kinds of category that a disorder seen on imaging is rarely filed under: how to recognise the
+#: category (its chapter, or words of its name), and the word stems of a name that ask for it.
+UNLIKELY: dict[str, tuple[set[str], Optional[re.Pattern], set[str]]] = {
+    "factors and encounters (Z)": ({"21"}, None, {"histor", "screen", "encoun", "status", "contac", "exposu",
+                                                 "presen", "examin", "absenc", "aftercare", "fittin",
+                                                 "carrie", "transp", "artifi", "prophy", "follow"}),
+    "external causes (V-Y)": ({"20"}, None, {"accide", "injury", "assaul", "fall", "poison"}),
+    "pregnancy (O)": ({"15"}, None, {"pregna", "gestat", "obstet", "placen", "ectopi", "aborti", "labor",
+                                    "labour", "delive", "puerpe", "postpa", "eclamp", "preecl", "amniot",
+                                    "hydati", "molar"}),
+    "perinatal (P)": ({"16"}, None, {"neonat", "newbor", "perina", "fetal", "fetus", "birth", "preter",
+                                    "premat", "infant"}),
+    "carcinoma in situ": (set(), re.compile(r"\bin situ\b"), {"situ"}),
+    "manifestation (in diseases classified elsewhere)": (set(), _ELSEWHERE, set()),
+    "sequelae": (set(), re.compile(r"^sequelae\b"), {"sequel", "late", "old"}),
+}
 
 
-def americanise(text: str) -> str:
-    out = text.lower()
-    for pat, rep in _SPELLING:
-        out = pat.sub(rep, out)
-    return out
-
-
-def _stems(text: str) -> list[str]:
-    return [w[:STEM] for w in _WORD.findall(americanise(text)) if w not in STOP and len(w) > 1]
+def code_behaviour(code: str) -> str:
+    """A neoplasm category's behaviour by its place in ICD-10-CM: "secondary malignant" (C77-C79,
+    C7B), "malignant" (other C), "in situ" (D00-D09), "benign" (D10-D36, D3A), "uncertain"
+    (D37-D48), else ""."""
+    if code[0] == "C":
+        return "secondary malignant" if code in ("C77", "C78", "C79", "C7B") else "malignant"
+    if code[0] != "D" or not code[1:3].isdigit():
+        return "benign" if code == "D3A" else ""
+    n = int(code[1:3])
+    return "in situ" if n <= 9 else "benign" if n <= 36 else "uncertain" if n <= 48 else ""
 
 
 def _exact_key(text: str) -> str:
-    """Whole words (not stems: "nephrolithiasis" must not meet "nephrosis"), any order, any spelling."""
-    return " ".join(sorted({w for w in _WORD.findall(americanise(text)) if w not in STOP and len(w) > 1}))
+    """Whole words (not stems: "nephrolithiasis" must not meet "nephrosis"), any order, any spelling;
+    none for a manifestation text ("Pneumonia in diseases classified elsewhere" is not "pneumonia")."""
+    if _ELSEWHERE.search(text.lower()):
+        return ""
+    return " ".join(sorted({w for w in WORD.findall(americanise(text)) if w not in STOP and len(w) > 1}))
 
 
-def _behaviour_words(name: str) -> list[str]:
+def _behaviour_words(name: str, by_morphology: frozenset) -> list[Group]:
     """ICD-10-CM files tumours as neoplasms by behaviour: a malignant tumour word asks for
     "malignant neoplasm" (so "carcinoma" is not read as "carcinoma in situ"), another "-oma"
-    word for "benign neoplasm"."""
-    words = _WORD.findall(americanise(name))
-    if any(any(m in w for m in MALIGNANT) and w not in BENIGN_BLASTOMAS for w in words):
-        return ["malign", "neopla"]
-    if any(w.endswith("oma") and w not in NOT_TUMOURS for w in words):
-        return ["benign", "neopla"]
-    return []
+    word for "benign neoplasm"; none for a tumour it files by morphology ("hemangioma")."""
+    kind = behaviour(name)
+    if not kind or filed_by_morphology(name, by_morphology):
+        return []
+    return [_group(kind.split()[-1]), _group("neoplasm")]
+
+
+def _group(word: str) -> Group:
+    return Group(frozenset([stem(word)]))
 
 
 def _acronym(text: str) -> str:
-    return "".join(w[0] for w in _WORD.findall(text.lower()) if w not in {"of", "and", "the", "in"})
+    return "".join(w[0] for w in WORD.findall(text.lower()) if w not in {"of", "and", "the", "in"})
+
+
+def query_groups(name: str, by_morphology: frozenset = frozenset()) -> list[Group]:
+    """The name's words as groups of matching stems (:func:`raddiag.knowledge.terms.word_groups`)
+    plus the neoplasm behaviour its tumour words imply."""
+    return word_groups(name) + _behaviour_words(name, by_morphology)
+
+
+def query_variants(name: str, by_morphology: frozenset = frozenset(),
+                   vocabulary: Optional[Container] = None) -> tuple[str, str, str]:
+    """What the embedding reads for a name: the name, the name in ICD-10-CM's words, and a tumour
+    name as "<behaviour> neoplasm of <site>" (else the second again; see
+    :func:`raddiag.knowledge.terms.neoplasm_phrase`)."""
+    icd = icd_wording(name)
+    return americanise(name), icd, neoplasm_phrase(name, by_morphology, vocabulary) or icd
 
 
 class CodeIndex:
@@ -102,23 +134,31 @@ class CodeIndex:
         self.names = [c.name for c in cats]
         self.texts: list[str] = []
         self.owner: list[int] = []
-        self.words: list[set[str]] = []
-        self.acronyms: list[set[str]] = []
+        self.word_df: Counter = Counter()              # whole words: in how many categories
+        self.by_stem: dict[str, list[int]] = {}        # a stem -> the categories it meets (inverted index)
+        self.by_acronym: dict[str, set[int]] = {}
         self.exact: dict[str, set[int]] = {}
         for i, c in enumerate(cats):
             own = list(dict.fromkeys([c.name, *c.synonyms]))
             self.texts += own
             self.owner += [i] * len(own)
             sub = [t for d in kb.descendants(c.id) for t in kb.texts(d)]
-            self.words.append({w for t in own + sub for w in _stems(t)})
-            self.acronyms.append({_acronym(t) for t in own + sub})
+            cat_words = {w for t in own + sub for w in index_words(t)}
+            self.word_df.update(cat_words)
+            for p in {p for w in cat_words for p in prefixes(w)}:
+                self.by_stem.setdefault(p, []).append(i)
             for t in own + sub:
+                self.by_acronym.setdefault(_acronym(t), set()).add(i)
                 if (key := _exact_key(t)):
                     self.exact.setdefault(key, set()).add(i)
-        df = Counter(w for ws in self.words for w in ws)
         n = len(cats)
-        self.idf = {w: math.log((n + 1) / (k + 0.5)) for w, k in df.items()}
+        self.idf = {w: math.log((n + 1) / (len(ids) + 0.5)) for w, ids in self.by_stem.items()}
         self.default_idf = math.log(n + 1)
+        self.unlikely = {kind: torch.tensor([c.chapter in chapters or bool(pat and pat.search(c.name.lower()))
+                                             for c in cats])
+                         for kind, (chapters, pat, _) in UNLIKELY.items()}
+        self.behaviour = [code_behaviour(c) for c in self.codes]
+        self.morphology = frozenset(w for c in cats for w in words(c.name) if w.endswith("oma"))
         self.emb = self._embeddings(use_cache, progress)
         self.owner_t = torch.tensor(self.owner)
 
@@ -143,17 +183,31 @@ class CodeIndex:
                 pass
         return emb
 
+    # -- the score's parts, each [len(names), categories] -------------------------------------
+    def dense(self, names: list[str]) -> torch.Tensor:
+        """Per category, the best cosine between the name (as written, or in ICD-10-CM's words,
+        whichever is closer) and any of the category's own texts."""
+        variants = [v for vs in zip(*(query_variants(n, self.morphology, self.word_df) for n in names)) for v in vs]
+        unique = {v: i for i, v in enumerate(dict.fromkeys(variants))}   # most names read alike two ways
+        q = self.encoder.encode(list(unique))[[unique[v] for v in variants]]
+        sims = (q @ self.emb.T).view(len(variants) // len(names), len(names), -1).amax(0)   # [n, texts]
+        out = torch.full((len(names), len(self.codes)), -1.0)
+        return out.scatter_reduce(1, self.owner_t.expand(len(names), -1), sims, reduce="amax")
+
     def lexical(self, name: str) -> torch.Tensor:
-        q = _stems(name)
-        q += _behaviour_words(name)
+        """Per category, the IDF-weighted share of the name's word groups that meet a word of
+        the category or of any of its sub-codes; an acronym that spells a text counts fully."""
+        groups = [g for g in query_groups(name, self.morphology) if self.word_df.get(g.part, 0) < PLAIN_WORD_DF]
+        weight = [max(self.idf.get(w, self.default_idf) for w in g.stems) * (PART_WEIGHT if g.part else 1.0)
+                  for g in groups]
+        total = sum(weight)
         out = torch.zeros(len(self.codes))
-        total = sum(self.idf.get(w, self.default_idf) for w in q)
+        for g, wt in zip(groups, weight):
+            met = set().union(*(self.by_stem.get(s, ()) for s in g.stems))
+            out[list(met)] += wt / total
         acro = re.sub(r"[^a-z]", "", name.lower())
-        for i, (ws, acs) in enumerate(zip(self.words, self.acronyms)):
-            if total:
-                out[i] = sum(self.idf.get(w, self.default_idf) for w in q if w in ws) / total
-            if len(acro) >= 3 and name.strip().isupper() and acro in acs:
-                out[i] = 1.0
+        if len(acro) >= 3 and name.strip().isupper():
+            out[list(self.by_acronym.get(acro, ()))] = 1.0
         return out
 
     def exact_hits(self, name: str) -> torch.Tensor:
@@ -164,16 +218,34 @@ class CodeIndex:
             out[i] = 1.0
         return out
 
-    def scores(self, names: list[str], lexical_weight: float = LEXICAL_WEIGHT,
-               exact_bonus: float = EXACT_BONUS) -> torch.Tensor:
-        q = self.encoder.encode([americanise(n) for n in names])
-        sims = q @ self.emb.T                                         # [n, texts]
-        per_code = torch.full((len(names), len(self.codes)), -1.0)
-        per_code = per_code.scatter_reduce(1, self.owner_t.expand(len(names), -1), sims, reduce="amax")
+    def unlikely_for(self, name: str) -> torch.Tensor:
+        """1 for each category of a kind in :data:`UNLIKELY` that the name does not ask for, and for
+        each neoplasm category whose behaviour (malignant, secondary, benign) is not the one the
+        name's tumour word implies ("adenoma" is not C74 "Malignant neoplasm of adrenal gland")."""
+        asked = set(stems(name))
+        out = torch.zeros(len(self.codes))
+        for kind, (_, _, allow) in UNLIKELY.items():
+            if not asked & allow:
+                out = torch.maximum(out, self.unlikely[kind].float())
+        if (kind := behaviour(name)):
+            other = {"malignant", "secondary malignant", "benign"} - {kind}
+            out = torch.maximum(out, torch.tensor([b in other for b in self.behaviour]).float())
+        return out
+
+    def scores(self, names: list[str], lexical_weight: Optional[float] = None,
+               exact_bonus: Optional[float] = None, prior_penalty: Optional[float] = None) -> torch.Tensor:
+        """dense + lexical_weight * lexical + exact_bonus * exact - prior_penalty * unlikely
+        (weights default to :data:`LEXICAL_WEIGHT`, :data:`EXACT_BONUS`, :data:`PRIOR_PENALTY`)."""
+        lexical_weight = LEXICAL_WEIGHT if lexical_weight is None else lexical_weight
+        exact_bonus = EXACT_BONUS if exact_bonus is None else exact_bonus
+        prior_penalty = PRIOR_PENALTY if prior_penalty is None else prior_penalty
+        per_code = self.dense(names)
         if lexical_weight:
             per_code = per_code + lexical_weight * torch.stack([self.lexical(n) for n in names])
         if exact_bonus:
             per_code = per_code + exact_bonus * torch.stack([self.exact_hits(n) for n in names])
+        if prior_penalty:
+            per_code = per_code - prior_penalty * torch.stack([self.unlikely_for(n) for n in names])
         return per_code
 
 
@@ -181,7 +253,7 @@ _INDEX_CACHE: dict[tuple, CodeIndex] = {}
 
 
 def suggest_codes(names: list[str], top: int = 5, encoder: Optional[TextEncoder] = None,
-                  kb: Optional[KnowledgeBase] = None, lexical_weight: float = LEXICAL_WEIGHT,
+                  kb: Optional[KnowledgeBase] = None, lexical_weight: Optional[float] = None,
                   progress: bool = False) -> list[list[tuple[str, str, float]]]:
     """For each name, the ``top`` nearest 3-character ICD-10-CM categories as
     ``(code, description, score)``, best first."""

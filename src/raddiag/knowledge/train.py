@@ -125,7 +125,7 @@ class Pairs:
 def build_pairs(kb: KnowledgeBase, exclude_roots: set[str] = frozenset(),
                 icd_descriptions: bool = True) -> dict[str, Pairs]:
     """The three relation kinds as text pairs, without the concepts under ``exclude_roots``."""
-    from raddiag.knowledge.map import _stems
+    from raddiag.knowledge.terms import stems as _stems
 
     out = {k: Pairs() for k in KINDS}
     keys_of: dict[str, tuple[str, ...]] = {}

@@ -1,0 +1,138 @@
+"""`knowledge map`'s scoring steps on tiny hand-made knowledge bases (no model: the dense part is
+constant, so what ranks is the lexical score, the exact-hit bonus and the priors)."""
+import pytest
+import torch
+
+from raddiag.knowledge import terms
+from raddiag.knowledge.kb import Concept, KnowledgeBase
+from raddiag.knowledge.map import PRIOR_PENALTY, CodeIndex, code_behaviour, suggest_codes
+
+
+class ConstantEncoder:
+    """Every text embeds to the same unit vector: cosine 1 everywhere, so dense never decides."""
+    identity = "test-constant-encoder"
+
+    def encode(self, texts, batch_size=32, progress=False):
+        return torch.nn.functional.normalize(torch.ones(len(texts), 4), dim=1)
+
+
+def _kb(*concepts: Concept) -> KnowledgeBase:
+    kb = KnowledgeBase()
+    for c in concepts:          # parents first, so children are linked
+        kb.add(c)
+    return kb
+
+
+def _ranked(index: CodeIndex, scores: torch.Tensor) -> list[str]:
+    return [index.codes[i] for i in scores.argsort(descending=True).tolist()]
+
+
+@pytest.fixture
+def kidney_kb():
+    return _kb(Concept("N20", "Calculus of kidney and ureter", chapter="14"),
+               Concept("N28", "Other disorders of kidney and ureter, not elsewhere classified", chapter="14"),
+               Concept("L50", "Urticaria", chapter="12"))
+
+
+def test_equivalent_words_map_kidney_stone_and_renal_calculus_alike(kidney_kb, monkeypatch):
+    ix = CodeIndex(kidney_kb, ConstantEncoder(), use_cache=False)
+    for name in ("kidney stone", "renal calculus", "Renal stones"):
+        lex = ix.lexical(name)
+        assert _ranked(ix, lex)[0] == "N20", name
+        assert lex[ix.codes.index("N20")] == pytest.approx(1.0)        # every word met
+    # without the equivalents table "stone" meets nothing and N20 no longer leads N28
+    monkeypatch.setattr(terms, "_CANON", {})
+    ix = CodeIndex(kidney_kb, ConstantEncoder(), use_cache=False)
+    lex = ix.lexical("kidney stone")
+    assert lex[ix.codes.index("N20")] == lex[ix.codes.index("N28")]
+
+
+def test_compound_word_meets_its_plain_words(kidney_kb):
+    assert terms.parts("urolithiasis") == ["urinary", "calculus"]
+    assert terms.parts("nephrolithiasis") == ["kidney", "calculus"]
+    assert terms.parts("retinoblastoma") == ["retina"]
+    assert terms.parts("calculus") == [] and terms.parts("renal") == []
+    ix = CodeIndex(kidney_kb, ConstantEncoder(), use_cache=False)
+    assert _ranked(ix, ix.lexical("Nephrolithiasis"))[0] == "N20"
+
+
+def test_exact_inclusion_term_of_a_sub_code_ranks_its_category_first():
+    kb = _kb(Concept("I61", "Nontraumatic intracerebral hemorrhage", children=["I61.9"], chapter="9"),
+             Concept("I61.9", "Nontraumatic intracerebral hemorrhage, unspecified", parent="I61",
+                     synonyms=["Cerebral haemorrhage, deep"], chapter="9"),
+             Concept("I62", "Other and unspecified nontraumatic intracranial hemorrhage", chapter="9"),
+             Concept("I63", "Cerebral infarction", chapter="9"))
+    ix = CodeIndex(kb, ConstantEncoder(), use_cache=False)
+    lex = ix.lexical("deep cerebral hemorrhage")
+    assert _ranked(ix, lex)[0] == "I61" and lex[ix.codes.index("I61")] == pytest.approx(1.0)
+    # the same words in another order and spelling are an exact hit of I61 alone
+    assert ix.exact_hits("Haemorrhage, deep cerebral").tolist() == [1.0, 0.0, 0.0]
+    # "intracerebral" (13 letters) must share more than 6 letters: it does not meet "intracranial"
+    assert ix.lexical("intracerebral")[ix.codes.index("I62")] == 0.0
+
+
+def test_long_words_need_more_than_the_short_stem():
+    assert terms.stem("spondylolisthesis") not in terms.prefixes("spondylosis")
+    assert terms.stem("meningioma") in terms.prefixes("meninges")
+    assert terms.stem("hernia") in terms.prefixes("herniation")
+    assert terms.stem("disc") in terms.prefixes("disc")
+
+
+def test_icd_wording_and_neoplasm_phrase():
+    assert terms.icd_wording("Kidney stones") == "kidney calculus"
+    assert terms.icd_wording("Unruptured aneurysm") == "nonruptured aneurysm"
+    assert terms.icd_wording("Urolithiasis, splenomegaly") == "urinary calculus, spleen enlargement"
+    assert terms.icd_wording("Pneumonia") == "pneumonia"                 # a root without an ending: kept
+    assert terms.neoplasm_phrase("Hepatocellular carcinoma") == "malignant neoplasm of liver"
+    assert terms.neoplasm_phrase("Liver metastases") == "secondary malignant neoplasm of liver"
+    assert terms.neoplasm_phrase("Adrenal adenoma") == "benign neoplasm of adrenal gland"
+    assert terms.neoplasm_phrase("Osteoblastoma") == "benign neoplasm of bone"
+    assert terms.neoplasm_phrase("Glioblastoma") == ""                   # no site in the name
+    assert terms.neoplasm_phrase("Pleural effusion") == ""               # no tumour word
+    # site words must be ICD-10-CM's when its vocabulary is given: an eponym names no site
+    assert terms.neoplasm_phrase("Ewing sarcoma", vocabulary={"bone", "liver"}) == ""
+    assert terms.neoplasm_phrase("Liver sarcoma", vocabulary={"bone", "liver"}) == "malignant neoplasm of liver"
+    # a tumour ICD-10-CM names categories by (D18 "Hemangioma ... any site") keeps its own word
+    assert terms.neoplasm_phrase("Hepatic haemangioma", frozenset({"hemangioma"})) == ""
+    # ... but "carcinoma" goes by site even though "Merkel cell carcinoma" names a category
+    assert terms.neoplasm_phrase("Gastric carcinoma", frozenset({"carcinoma"})) == \
+        "malignant neoplasm of stomach"
+
+
+@pytest.mark.parametrize("code,kind", [("C34", "malignant"), ("C78", "secondary malignant"),
+                                       ("C7B", "secondary malignant"), ("D05", "in situ"), ("D35", "benign"),
+                                       ("D3A", "benign"), ("D44", "uncertain"), ("D50", ""), ("J18", "")])
+def test_code_behaviour(code, kind):
+    assert code_behaviour(code) == kind
+
+
+def test_priors_keep_history_codes_and_wrong_behaviour_below(tmp_path, monkeypatch):
+    monkeypatch.setenv("RADDIAG_CACHE", str(tmp_path))
+    # Z85 first: on a tie of everything else the first category would win
+    kb = _kb(Concept("Z85", "Personal history of malignant neoplasm", children=["Z85.1"], chapter="21"),
+             Concept("Z85.1", "Personal history of malignant neoplasm of bronchus and lung", parent="Z85",
+                     chapter="21"),
+             Concept("C34", "Malignant neoplasm of bronchus and lung", chapter="2"),
+             Concept("C74", "Malignant neoplasm of adrenal gland", chapter="2"),
+             Concept("D35", "Benign neoplasm of other and unspecified endocrine glands", children=["D35.0"],
+                     chapter="2"),
+             Concept("D35.0", "Benign neoplasm of adrenal gland", parent="D35", chapter="2"))
+    enc = ConstantEncoder()
+
+    def scores(name):
+        return {c: s for c, _, s in suggest_codes([name], top=4, encoder=enc, kb=kb)[0]}
+
+    def top(name):
+        return max((s, c) for c, s in scores(name).items())[1]
+
+    ix = CodeIndex(kb, enc, use_cache=False)
+    # the words of "lung cancer" are all in C34 and in Z85's subtree alike: the prior decides
+    assert ix.lexical("lung cancer")[ix.codes.index("C34")] == ix.lexical("lung cancer")[ix.codes.index("Z85")]
+    got = scores("lung cancer")
+    assert PRIOR_PENALTY > 0 and got["C34"] - got["Z85"] == pytest.approx(PRIOR_PENALTY, abs=1e-3)
+    assert top("personal history of lung cancer") == "Z85"          # asked for: no penalty
+    assert ix.codes == ["Z85", "C34", "C74", "D35"]
+    assert ix.unlikely_for("Adrenal adenoma").tolist() == [1.0, 1.0, 1.0, 0.0]   # Z85; C34, C74 malignant
+    assert top("Adrenal adenoma") == "D35"
+    assert ix.unlikely_for("Adrenal carcinoma").tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert top("Adrenal carcinoma") == "C74"
