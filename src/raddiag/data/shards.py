@@ -444,6 +444,10 @@ class ShardData:
     def count(self, split: str) -> int:
         return int(self.index["splits"].get(split, {}).get("n_cases", 0))
 
+    def modalities(self) -> list[str]:
+        """The modalities of the dataset's scans (the prepared meta's intensity profile)."""
+        return sorted(self.meta.get("intensity") or {})
+
     def label_space(self, granularity: str = "disorder") -> LabelSpace:
         if granularity not in self.index["label_spaces"]:
             raise ShardError(f"{self.root / INDEX}: no {granularity!r} label space")
@@ -451,8 +455,16 @@ class ShardData:
 
 
 def open_training_data(path: str | Path):
-    """A shard folder (it holds shards.json) as :class:`ShardData`, anything else as PreparedData."""
+    """A shard source (:func:`is_shard_folder`) as :class:`ShardData`, anything else as PreparedData."""
     return ShardData(path) if is_shard_folder(path) else PreparedData(path)
+
+
+def split_dataset(data, split: str, label_space: LabelSpace, cfg):
+    """The cases of ``split`` of ``data`` (from :func:`open_training_data`) in split order, as
+    evaluation reads them: a :class:`ShardDataset` read whole or a :class:`CaseDataset`."""
+    if isinstance(data, ShardData):
+        return ShardDataset(data.root, split, label_space, cfg, train=False, rank=0, world_size=1)
+    return CaseDataset(data, split, label_space, cfg, train=False)
 
 
 class ShardProgress:
