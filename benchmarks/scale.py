@@ -15,8 +15,9 @@ runs the whole pipeline through the CLI, each stage as its own process tree:
              intervals at the full class count)
 
 and prints per stage the wall time, the CPU time of the stage's processes (children included), the
-peak resident memory of the stage's process tree (the sum over its processes, sampled every 0.1 s)
-and the size of its output. The pipeline runs three times: ``--small`` cases and ``--cases`` cases at
+peak resident memory of the stage's process tree (the sum over its processes, sampled every 0.1 s;
+all, and anonymous: without file pages such as those of a memory map read through) and the size
+of its output. The pipeline runs three times: ``--small`` cases and ``--cases`` cases at
 32 x 32 x 4 (does a stage's memory grow with the case count?) and ``--small`` cases at the
 calibration geometry (how does each stage's cost grow with the voxels per scan?). From these it
 projects the CPU time to the paper's geometry (256 x 256 x 32) and counts (40,936 cases, 195,010
@@ -70,15 +71,17 @@ def _tree(root: int, table: dict) -> set[int]:
     return out
 
 
-def _rss(pid: int) -> int:
+def _rss(pid: int) -> tuple[int, int]:
+    """(resident bytes, of which anonymous): the rest is file pages, such as a memory map's."""
+    out = {"VmRSS:": 0, "RssAnon:": 0}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
+                if line.split(maxsplit=1)[0] in out:
+                    out[line.split()[0]] = int(line.split()[1]) * 1024
+    except (OSError, IndexError):
         pass
-    return 0
+    return out["VmRSS:"], out["RssAnon:"]
 
 
 def run_stage(cmd: list[str], env: dict, log: Path) -> dict:
@@ -90,7 +93,7 @@ def run_stage(cmd: list[str], env: dict, log: Path) -> dict:
     t0 = time.perf_counter()
     with log.open("w") as f:
         proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
-    peak, cpu_seen = {"tree": 0}, {}
+    peak, cpu_seen = {"tree": 0, "anon": 0}, {}
     done = threading.Event()
 
     def sample():
@@ -99,7 +102,9 @@ def run_stage(cmd: list[str], env: dict, log: Path) -> dict:
             pids = _tree(proc.pid, table)
             for p in pids:
                 cpu_seen[p] = table[p][1] if p in table else cpu_seen.get(p, 0.0)
-            peak["tree"] = max(peak["tree"], sum(_rss(p) for p in pids))
+            rss = [_rss(p) for p in pids]
+            peak["tree"] = max(peak["tree"], sum(r for r, _ in rss))
+            peak["anon"] = max(peak["anon"], sum(a for _, a in rss))
             done.wait(0.1)
 
     th = threading.Thread(target=sample, daemon=True)
@@ -112,7 +117,7 @@ def run_stage(cmd: list[str], env: dict, log: Path) -> dict:
     if rc != 0:
         raise SystemExit(f"stage failed (exit {rc}): {' '.join(cmd)}\n--- {log} ---\n{log.read_text()[-3000:]}")
     waited = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall": wall, "cpu": max(waited, sum(cpu_seen.values())), "rss": peak["tree"]}
+    return {"wall": wall, "cpu": max(waited, sum(cpu_seen.values())), "rss": peak["tree"], "anon": peak["anon"]}
 
 
 def du(*paths: Path) -> int:
@@ -178,11 +183,11 @@ def print_stage_table(r: dict) -> None:
     print(f"\n{c['cases']:,} cases, {c['scans']:,} scans ({c['scans_3d']:,} 3D), {c['slices']:,} slices at "
           f"{c['size']} x {c['size']} x {c['depth']}; classes: {c['classes']['disorder']:,} disorder, "
           f"{c['classes']['icd10']:,} ICD-10-CM; train {c['train_cases']:,}, val + test {c['eval_cases']:,}")
-    print(f"{'stage':10} {'wall s':>8} {'CPU s':>8} {'peak RSS MiB':>13} {'output MiB':>11}  CPU ms per unit")
+    print(f"{'stage':10} {'wall s':>8} {'CPU s':>8} {'peak RSS MiB':>13} {'anon MiB':>9} {'output MiB':>11}  CPU ms per unit")
     for st in STAGES:
         s = r["stages"][st]
         per = s["cpu"] / max(1, c[UNIT[st]]) * 1000
-        print(f"{st:10} {s['wall']:8.0f} {s['cpu']:8.0f} {mib(s['rss']):>13} {mib(s['bytes']):>11}  "
+        print(f"{st:10} {s['wall']:8.0f} {s['cpu']:8.0f} {mib(s['rss']):>13} {mib(s['anon']):>9} {mib(s['bytes']):>11}  "
               f"{per:8.2f} per {UNIT[st].replace('_', ' ')[:-1]}")
     tot = {k: sum(r['stages'][st][k] for st in STAGES) for k in ("wall", "cpu")}
     print(f"{'total':10} {tot['wall']:8.0f} {tot['cpu']:8.0f}")
@@ -190,12 +195,13 @@ def print_stage_table(r: dict) -> None:
 
 def print_growth(small: dict, full: dict) -> None:
     a, b = small["counts"]["cases"], full["counts"]["cases"]
-    print(f"\nmemory growth, {a:,} -> {b:,} cases (x{b / a:.1f}); peak RSS of each stage's process tree:")
-    print(f"{'stage':10} {'small MiB':>10} {'full MiB':>10} {'ratio':>6} {'output ratio':>13}")
+    print(f"\nmemory growth, {a:,} -> {b:,} cases (x{b / a:.1f}); peak RSS of each stage's process tree "
+          "(all / anonymous, i.e. without file pages such as the memory map's):")
+    print(f"{'stage':10} {'small MiB':>14} {'full MiB':>14} {'anon ratio':>11} {'output ratio':>13}")
     for st in STAGES:
         x, y = small["stages"][st], full["stages"][st]
-        print(f"{st:10} {mib(x['rss']):>10} {mib(y['rss']):>10} {y['rss'] / max(1, x['rss']):6.2f} "
-              f"{y['bytes'] / max(1, x['bytes']):13.1f}")
+        print(f"{st:10} {mib(x['rss']) + ' / ' + mib(x['anon']):>14} {mib(y['rss']) + ' / ' + mib(y['anon']):>14} "
+              f"{y['anon'] / max(1, x['anon']):11.2f} {y['bytes'] / max(1, x['bytes']):13.1f}")
 
 
 def project(full: dict, small: dict, calib: dict, ranks: list[int]) -> None:
