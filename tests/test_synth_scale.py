@@ -95,3 +95,5 @@ def test_cli_synth_paper(tmp_path, capsys):
     assert "disorder:" in capsys.readouterr().out
     assert main(["data", "synth", "--label-space", "paper", "--out", str(tmp_path / "e"), "--with-defects"]) != 0
     assert "--with-defects goes with the default label space only" in capsys.readouterr().err
+    assert main(["data", "synth", "--out", str(tmp_path / "f"), "--disorders", "9"]) != 0
+    assert "--disorders go(es) with --label-space paper only" in capsys.readouterr().err

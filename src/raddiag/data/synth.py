@@ -884,10 +884,11 @@ def add_synth_parser(subparsers) -> None:
 def _cmd_synth(args) -> int:
     if args.cases < 1:
         raise ValueError(f"--cases must be at least 1, got {args.cases}")
-    if args.label_space != "default":   # the paper's generated label space (raddiag.data.synth_scale)
-        from raddiag.data.synth_scale import cmd_synth_scale
+    from raddiag.data.synth_scale import check_default_options, cmd_synth_scale
 
+    if args.label_space != "default":   # the paper's generated label space (raddiag.data.synth_scale)
         return cmd_synth_scale(args)
+    check_default_options(args)
     report = synthesize(args.out, n_cases=args.cases, seed=args.seed, size=args.size, depth=args.depth,
                         progress=True, with_defects=args.with_defects, overwrite=args.overwrite)
     print(summary(args.out))

@@ -386,8 +386,8 @@ def add_scale_options(p) -> None:
     g.add_argument("--label-space", choices=["default", "paper"], default="default",
                    help="default: 44 hand-written disorders, 1-4 scans; paper: generated from ICD-10-CM at the "
                         "paper's counts (5,568 disorders + normal, 930 categories + normal, 1-8 scans per case)")
-    g.add_argument("--disorders", type=int, default=PAPER_DISORDERS, help="paper: disorders (default 5568)")
-    g.add_argument("--icd-categories", type=int, default=PAPER_CATEGORIES,
+    g.add_argument("--disorders", type=int, default=None, help="paper: disorders (default 5568)")
+    g.add_argument("--icd-categories", type=int, default=None,
                    help="paper: ICD-10-CM categories (default 930)")
     g.add_argument("--raw-only", action="store_true",
                    help="paper: only write DIR/raw (manifest.jsonl + scans); prepare it with `raddiag data prepare "
@@ -396,12 +396,23 @@ def add_scale_options(p) -> None:
                                                              "(default min(4, CPUs))")
 
 
+PAPER_OPTIONS = ("disorders", "icd_categories", "raw_only", "workers")
+
+
+def check_default_options(args) -> None:
+    """The default label space takes none of the paper's options (refused, not ignored)."""
+    given = [f"--{k.replace('_', '-')}" for k in PAPER_OPTIONS if getattr(args, k) not in (None, False)]
+    if given:
+        raise ValueError(f"{', '.join(given)} go(es) with --label-space paper only")
+
+
 def cmd_synth_scale(args) -> int:
     if args.with_defects:
         raise ValueError("--with-defects goes with the default label space only")
     report = synthesize_paper(args.out, n_cases=args.cases, seed=args.seed, size=args.size, depth=args.depth,
                               raw_only=args.raw_only, workers=args.workers, overwrite=args.overwrite, progress=True,
-                              n_disorders=args.disorders, n_categories=args.icd_categories)
+                              n_disorders=args.disorders or PAPER_DISORDERS,
+                              n_categories=args.icd_categories or PAPER_CATEGORIES)
     if report is None:
         print(f"written: {Path(args.out) / 'raw' / 'manifest.jsonl'}")
         return 0
