@@ -108,6 +108,43 @@ def test_another_label_space_is_encoded_from_the_record(prepared, sharded):
     assert all(torch.equal(a["labels"], torch.from_numpy(b)) for a, b in zip(got, mm.targets))
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_pipe_source_gives_the_folder_batches(prepared, sharded, rank):
+    """``pipe:cat .../shards.json``: the index by the command, each shard by the same command with
+    its name in place of shards.json; rank 1 of 2 starts and stops inside shards (pipes cut early)."""
+    from raddiag.data.shards import ShardData, open_training_data
+
+    labels = PreparedData(prepared).label_space("disorder")
+    sources = [f"pipe:cat {sharded}/shards.json", sharded / "shards.json"]   # a URL, a local index file
+    for train in (False, True):
+        ref = ShardDataset(sharded, "train", labels, _cfg(), train=train, seed=3, rank=rank, world_size=2,
+                           shuffle_buffer=4)
+        want = list(ref)
+        for src in sources:
+            ds = ShardDataset(src, "train", labels, _cfg(), train=train, seed=3, rank=rank, world_size=2,
+                              shuffle_buffer=4)
+            got = list(ds)
+            assert len(got) == len(want) == len(ref)
+            for k in range(0, len(got), 4):
+                _same_batch(collate_cases(got[k:k + 4], depth=2), collate_cases(want[k:k + 4], depth=2))
+    data = open_training_data(sources[0])
+    assert isinstance(data, ShardData) and data.count("test") == PreparedData(prepared).count("test")
+    assert verify_shards(sources[0]) == verify_shards(sharded)
+
+
+def test_a_bad_url_source_is_named(prepared, sharded, tmp_path):
+    labels = PreparedData(prepared).label_space("disorder")
+    with pytest.raises(ShardError, match="must name the index shards.json"):
+        ShardDataset(f"pipe:cat {sharded}/index.json", "test", labels, _cfg())
+    with pytest.raises(ShardError, match="pipe:cat /nonexistent/shards.json"):
+        ShardDataset("pipe:cat /nonexistent/shards.json", "test", labels, _cfg())
+    out = _copy(sharded, tmp_path)
+    (out / "test-000000.tar").unlink()
+    ds = ShardDataset(f"pipe:cat {out}/shards.json", "test", labels, _cfg())
+    with pytest.raises(ShardError, match=f"pipe:cat {out}/test-000000.tar"):
+        list(ds)
+
+
 def _read_share(ds, monkeypatch, worker: int, n_workers: int) -> list[str]:
     monkeypatch.setattr(shards_mod, "get_worker_info", lambda: SimpleNamespace(id=worker, num_workers=n_workers))
     return [s["case_id"] for s in ds]

@@ -92,3 +92,16 @@ def test_zeroshot_cli(run_and_target, capsys):
     out = capsys.readouterr().out
     assert "class mapping" in out and "normal/abnormal AUC" in out
     assert main(["zeroshot", str(run), "--data", str(tmp / "missing"), "--out", str(tmp / "x")]) == 2
+
+
+def test_zeroshot_from_shards_equals_the_prepared_folder(run_and_target):
+    from raddiag.data.shards import write_shards
+
+    run, target, tmp = run_and_target
+    shards = write_shards(target, tmp / "target-shards") and tmp / "target-shards"
+    want = zeroshot(run, target, tmp / "out-prepared")
+    got = zeroshot(run, f"pipe:cat {shards}/shards.json", tmp / "out-shards")
+    assert got["n_cases"] == want["n_cases"] == 12
+    for mode in ("mapping", "normal"):
+        assert got[mode] == want[mode]
+    assert got["text"]["all"] == want["text"]["all"]

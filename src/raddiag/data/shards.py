@@ -31,6 +31,7 @@ import json
 import math
 import os
 import random
+import re
 import tarfile
 from pathlib import Path
 from typing import Iterator, Optional
@@ -181,13 +182,63 @@ def _shard_names(index_path: Path) -> set[str]:
         return set()
 
 
-def read_index(root: str | Path) -> dict:
-    """``root/shards.json``, checked: every error names the file."""
-    path = Path(root) / INDEX
+def is_url(source) -> bool:
+    """A source WebDataset opens rather than a local path: ``pipe:CMD`` or ``SCHEME://...``."""
+    s = str(source)
+    return s.startswith("pipe:") or re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", s) is not None
+
+
+def as_source(source) -> Path | str:
+    """A shard source as given: a URL stays a string, anything else is a local path."""
+    return str(source) if is_url(source) else Path(source)
+
+
+def shard_location(source, name: str) -> Path | str:
+    """Where shard ``name`` of ``source``'s index lives: next to the index. A folder or a local
+    index file: the folder / the file's folder; a URL: the same URL with ``name`` in place of
+    its (last) ``shards.json``, e.g. ``pipe:cat /data/s/shards.json`` -> ``pipe:cat /data/s/NAME``."""
+    if is_url(source):
+        s = str(source)
+        k = s.rfind(INDEX)
+        return s[:k] + name + s[k + len(INDEX):]
+    p = Path(source)
+    return (p.parent if p.suffix == ".json" and not p.is_dir() else p) / name
+
+
+def _open(location: Path | str):
+    """A binary stream of a local file or of a URL (WebDataset's gopen: ``pipe:``, ``http(s)://``, ...)."""
+    if isinstance(location, Path):
+        return location.open("rb")
+    from webdataset.gopen import gopen
+
+    return gopen(location, "rb")
+
+
+def _read_index_bytes(source) -> tuple[bytes, str]:
+    """(bytes, where) of ``source``'s index: a folder's shards.json, a local index file, or a URL."""
+    if is_url(source):
+        if INDEX not in str(source):
+            raise ShardError(f"{source}: a URL source must name the index {INDEX} (e.g. pipe:cat /data/shards/{INDEX} "
+                             f"or https://host/shards/{INDEX}); each shard is read by the same URL with its name in "
+                             f"place of {INDEX}")
+        try:
+            with _open(str(source)) as f:
+                return f.read(), str(source)
+        except (OSError, ValueError) as exc:
+            raise ShardError(f"{source}: the index cannot be read ({type(exc).__name__}: {exc})") from None
+    p = Path(source)
+    path = p if p.suffix == ".json" and p.is_file() else p / INDEX
     if not path.is_file():
-        raise FileNotFoundError(f"{root}: not a shard folder ({INDEX} is missing; run `raddiag data shard`)")
+        raise FileNotFoundError(f"{source}: not a shard folder ({INDEX} is missing; run `raddiag data shard`)")
+    return path.read_bytes(), str(path)
+
+
+def read_index(root: str | Path) -> dict:
+    """The index of a shard folder (``root/shards.json``), of a local index file or of a URL
+    (:func:`shard_location`), checked: every error names the file."""
+    raw, path = _read_index_bytes(root)
     try:
-        index = json.loads(path.read_text())
+        index = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ShardError(f"{path}: not valid JSON ({exc}); shard the dataset again") from None
     if not isinstance(index, dict) or index.get("format_version") != SHARD_FORMAT:
@@ -200,24 +251,29 @@ def read_index(root: str | Path) -> dict:
 
 
 def is_shard_folder(path: str | Path) -> bool:
-    return (Path(path) / INDEX).is_file()
+    """A shard folder, a local index file (``*.json``) or a URL source (:func:`shard_location`)."""
+    p = Path(path)
+    return is_url(path) or (p / INDEX).is_file() or (p.suffix == ".json" and p.is_file())
 
 
 def verify_shards(root: str | Path) -> int:
     """Check every shard's size and sha256 against ``shards.json``; the number checked.
     Raises :class:`ShardError` naming the first shard that differs."""
-    root = Path(root)
+    root = as_source(root)
     index = read_index(root)
     n = 0
     for sp in index["splits"].values():
         for sh in sp["shards"]:
-            path = root / sh["name"]
-            if not path.is_file():
-                raise ShardError(f"{path}: missing (listed in {root / INDEX})")
+            path = shard_location(root, sh["name"])
+            if isinstance(path, Path) and not path.is_file():
+                raise ShardError(f"{path}: missing (listed in {shard_location(root, INDEX)})")
             h = hashlib.sha256()
-            with path.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 22), b""):
-                    h.update(block)
+            try:
+                with _open(path) as f:
+                    for block in iter(lambda: f.read(1 << 22), b""):
+                        h.update(block)
+            except OSError as exc:
+                raise ShardError(f"{path}: cannot be read ({type(exc).__name__}: {exc})") from None
             if h.hexdigest() != sh["sha256"]:
                 raise ShardError(f"{path}: sha256 {h.hexdigest()[:12]}... differs from {sh['sha256'][:12]}... in "
                                  f"{INDEX}: the shard is damaged; shard the dataset again")
@@ -237,19 +293,24 @@ def _decode(path: Path, sample: dict) -> tuple[int, dict, list[np.ndarray], dict
                          f"{exc}); the shard is damaged, shard the dataset again") from None
 
 
-def iter_shard(path: Path, entry: dict, start: int = 0, stop: Optional[int] = None) -> Iterator[tuple]:
-    """Decoded samples ``start`` to ``stop`` of one shard (its index entry ``entry``). Read from
-    start to end, the shard's bytes are checked against its sha256 (and its case count)."""
+def iter_shard(path: Path | str, entry: dict, start: int = 0, stop: Optional[int] = None) -> Iterator[tuple]:
+    """Decoded samples ``start`` to ``stop`` of one shard (its index entry ``entry``; ``path`` a
+    local file or a URL). Read from start to end, the shard's bytes are checked against its sha256
+    (and its case count)."""
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
     stop = entry["n_cases"] if stop is None else stop
     whole = start == 0 and stop == entry["n_cases"]
-    if not path.is_file():
+    if isinstance(path, Path) and not path.is_file():
         raise ShardError(f"{path}: missing (listed in {path.parent / INDEX})")
     n = 0
-    with path.open("rb") as f:
-        h = _Hashing(f)
-        try:
+    try:
+        f = _open(path)
+    except OSError as exc:
+        raise ShardError(f"{path}: cannot be opened ({type(exc).__name__}: {exc})") from None
+    h = _Hashing(f)
+    try:
+        with f:   # closing a pipe: the command's exit status is checked
             for sample in group_by_keys(tar_file_expander([{"url": str(path), "stream": h}])):
                 if start <= n < stop:
                     yield _decode(path, sample)
@@ -258,11 +319,11 @@ def iter_shard(path: Path, entry: dict, start: int = 0, stop: Optional[int] = No
                     break
             while whole and h.read(1 << 22):   # the tar's end blocks, for the checksum
                 pass
-        except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-            if isinstance(exc, ShardError):
-                raise
-            raise ShardError(f"{path}: cannot be read as a tar shard ({type(exc).__name__}: {exc.args[0] if exc.args else exc}); the shard is "
-                             "damaged or truncated, shard the dataset again") from None
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        if isinstance(exc, ShardError):
+            raise
+        raise ShardError(f"{path}: cannot be read as a tar shard ({type(exc).__name__}: {exc.args[0] if exc.args else exc}); the shard is "
+                         "damaged or truncated, shard the dataset again") from None
     if whole and (n != entry["n_cases"] or h.sha.hexdigest() != entry["sha256"]):
         raise ShardError(f"{path}: holds {n} cases with sha256 {h.sha.hexdigest()[:12]}..., {INDEX} declares "
                          f"{entry['n_cases']} with {entry['sha256'][:12]}...: the shard is damaged; shard the "
@@ -297,7 +358,7 @@ class ShardDataset(IterableDataset):
     def __init__(self, root: str | Path, split: str, label_space: LabelSpace, cfg, train: bool = False,
                  scan_transform=None, seed: int = 0, rank: Optional[int] = None,
                  world_size: Optional[int] = None, shuffle_buffer: int = 256):
-        self.root = Path(root)
+        self.root = as_source(root)
         self.index = read_index(self.root)
         if split not in self.index["splits"] or not self.index["splits"][split]["n_cases"]:
             raise ValueError(f"{self.root}: no cases in split {split!r}")
@@ -350,7 +411,7 @@ class ShardDataset(IterableDataset):
                 entry = self.shards[s]
                 start, stop = max(lo - pos, 0), min(hi - pos, entry["n_cases"])
                 if start < stop:
-                    yield from iter_shard(self.root / entry["name"], entry, start, stop)
+                    yield from iter_shard(shard_location(self.root, entry["name"]), entry, start, stop)
                 pos += entry["n_cases"]
 
     def __iter__(self) -> Iterator[dict]:
@@ -376,12 +437,16 @@ class ShardData:
     ``label_space``, ``count``)."""
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        self.root = as_source(root)
         self.index = read_index(self.root)
         self.meta = self.index.get("meta") or {}
 
     def count(self, split: str) -> int:
         return int(self.index["splits"].get(split, {}).get("n_cases", 0))
+
+    def modalities(self) -> list[str]:
+        """The modalities of the dataset's scans (the prepared meta's intensity profile)."""
+        return sorted(self.meta.get("intensity") or {})
 
     def label_space(self, granularity: str = "disorder") -> LabelSpace:
         if granularity not in self.index["label_spaces"]:
@@ -390,8 +455,16 @@ class ShardData:
 
 
 def open_training_data(path: str | Path):
-    """A shard folder (it holds shards.json) as :class:`ShardData`, anything else as PreparedData."""
+    """A shard source (:func:`is_shard_folder`) as :class:`ShardData`, anything else as PreparedData."""
     return ShardData(path) if is_shard_folder(path) else PreparedData(path)
+
+
+def split_dataset(data, split: str, label_space: LabelSpace, cfg):
+    """The cases of ``split`` of ``data`` (from :func:`open_training_data`) in split order, as
+    evaluation reads them: a :class:`ShardDataset` read whole or a :class:`CaseDataset`."""
+    if isinstance(data, ShardData):
+        return ShardDataset(data.root, split, label_space, cfg, train=False, rank=0, world_size=1)
+    return CaseDataset(data, split, label_space, cfg, train=False)
 
 
 class ShardProgress:

@@ -600,10 +600,12 @@ def _allocate(total: int, weights: np.ndarray, floor: int) -> np.ndarray:
     return n + floor
 
 
-def _case_lesions(disorders: list[Disorder], rng: np.random.Generator) -> list[dict]:
+def _case_lesions(disorders: list[Disorder], rng: np.random.Generator, params=lesion_params) -> list[dict]:
+    """Each disorder's lesion parameters (``params(disorder)``: family, category, variation),
+    drawn for one case (side, jitter, size, ...)."""
     out = []
     for d in disorders:
-        p = lesion_params(d)
+        p = params(d)
         p["code"] = d.code
         side = 1 if rng.random() < 0.5 else -1
         p["cu_sign"] = side
@@ -873,12 +875,20 @@ def add_synth_parser(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the dataset DIR holds already")
     p.add_argument("--with-defects", action="store_true",
                    help="add a few broken files (missing, constant, NaN, truncated) to exercise the skip report")
+    from raddiag.data.synth_scale import add_scale_options
+
+    add_scale_options(p)
     p.set_defaults(func=_cmd_synth)
 
 
 def _cmd_synth(args) -> int:
     if args.cases < 1:
         raise ValueError(f"--cases must be at least 1, got {args.cases}")
+    from raddiag.data.synth_scale import check_default_options, cmd_synth_scale
+
+    if args.label_space != "default":   # the paper's generated label space (raddiag.data.synth_scale)
+        return cmd_synth_scale(args)
+    check_default_options(args)
     report = synthesize(args.out, n_cases=args.cases, seed=args.seed, size=args.size, depth=args.depth,
                         progress=True, with_defects=args.with_defects, overwrite=args.overwrite)
     print(summary(args.out))

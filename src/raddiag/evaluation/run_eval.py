@@ -14,14 +14,10 @@ def predict_split(model, cfg, label_space, data_dir, split: str, batch_size: Opt
                   device: str = "cpu", progress: bool = True) -> dict:
     """Probabilities ``[N, C]`` (sigmoid of the logits), labels, case ids and anatomy of a split
     of a prepared dataset or a shard folder (read whole, in split order)."""
-    from raddiag.data.dataset import CaseDataset
-    from raddiag.data.shards import ShardDataset, is_shard_folder
+    from raddiag.data.shards import open_training_data, split_dataset
     from raddiag.inference import predict_dataset
 
-    if is_shard_folder(data_dir):
-        ds = ShardDataset(data_dir, split, label_space, cfg.data, train=False, rank=0, world_size=1)
-    else:
-        ds = CaseDataset(str(data_dir), split, label_space, cfg.data, train=False)
+    ds = split_dataset(open_training_data(data_dir), split, label_space, cfg.data)
     p = predict_dataset(model, ds, batch_size or cfg.train.eval_batch_size, device=device, progress=progress,
                         desc=f"predict {split}")
     return {"scores": p.scores, "labels": p.labels > 0.5, "case_ids": p.case_ids, "anatomy": p.anatomy}

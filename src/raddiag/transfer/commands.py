@@ -8,7 +8,7 @@ def register(sub) -> None:
                                    "class mapping (F1/MCC/ACC), normal vs abnormal (AUC/AP), and text "
                                    "zero-shot through the knowledge-guided head.")
     p.add_argument("run", help="trained run folder")
-    p.add_argument("--data", required=True, help="prepared target dataset folder")
+    p.add_argument("--data", required=True, help="prepared target dataset folder, or shards (raddiag data shard: a folder or an index URL)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--mode", nargs="+", default=["mapping", "normal", "text"],
                    choices=["mapping", "normal", "text"], help="which zero-shot modes to run")

@@ -137,8 +137,7 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
     ``zeroshot.json`` (and the mapping used) into ``out_dir`` and returns the results. The text
     mode scores each class the run was not trained on by the mean embedding of its prompt set
     (:func:`raddiag.knowledge.embed.prompt_set`), or by its name alone with ``prompts=False``."""
-    from raddiag.data.dataset import CaseDataset
-    from raddiag.data.store import PreparedData
+    from raddiag.data.shards import ShardData, open_training_data, split_dataset
     from raddiag.evaluation.metrics import per_class_metrics
     from raddiag.inference import predict_dataset
     from raddiag.models import load_model
@@ -151,9 +150,9 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     run = resolve_run(run_dir)
     model, cfg, source = load_model(run)
-    data = PreparedData(data_dir)
+    data = open_training_data(data_dir)   # a prepared folder or shards (raddiag.data.shards)
     target = data.label_space(cfg.data.granularity)
-    ds = CaseDataset(data, split, target, cfg.data)
+    ds = split_dataset(data, split, target, cfg.data)
     results: dict = {"run": str(run_dir), "data": str(data_dir), "split": split, "n_cases": len(ds)}
     need_source_scores = any(m in modes for m in ("mapping", "normal"))
     preds = predict_dataset(model, ds, batch_size, progress=progress, desc="zero-shot") if need_source_scores else None
@@ -203,15 +202,16 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
             # "Non-X" embeds X and is scored 1 - p(X) (negation.scoring_texts)
             texts, flip = negation.scoring_texts(target.names, label_texts(target))
             # prompt templates name the target's own modalities; a class's code finds its concept
-            mods = sorted({s["modality"] for r in data.records_for(split) for s in r["scans"] if s.get("modality")})
+            mods = data.modalities() if isinstance(data, ShardData) else \
+                sorted({s["modality"] for r in data.records_for(split) for s in r["scans"] if s.get("modality")})
             emb = embed_labels(TextEncoder.load(encoder_dir or run.text_encoder()), texts,
                                prompts=prompts, seen=label_texts(source), modalities=mods or PROMPT_MODALITIES,
                                codes=[None if f else c for c, f in zip(target.codes, flip)])
             model.set_label_embeddings(emb)
             test = predict_dataset(model, ds, batch_size, progress=progress, desc="zero-shot text")
             val = None
-            if data.records_for("val"):
-                val = predict_dataset(model, CaseDataset(data, "val", target, cfg.data), batch_size,
+            if data.count("val"):
+                val = predict_dataset(model, split_dataset(data, "val", target, cfg.data), batch_size,
                                       progress=progress, desc="zero-shot text (val)")
             report = evaluate_predictions(
                 negation.complement(test.scores, flip), test.labels, target,
