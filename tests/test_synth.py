@@ -254,3 +254,14 @@ def test_synth_refuses_a_folder_with_a_dataset_unless_overwrite(tmp_path):
     assert (tmp_path / "raw" / "manifest.jsonl").read_text() == before   # untouched
     synth.synthesize(tmp_path, seed=1, overwrite=True, **kw)
     assert (tmp_path / "raw" / "manifest.jsonl").read_text() != before
+
+
+# Same ICD category, told apart by the disorder's own look (a glioblastoma is larger, ring-enhancing
+# and oedematous; lacunes are several small deep infarcts): siblings look alike, not identical.
+@pytest.mark.parametrize("name,sibling,modality", [
+    ("Glioblastoma", "Glioma", "MRI"),
+    ("Lacunar infarct", "Ischaemic stroke", "CT"),
+])
+def test_same_category_siblings_are_told_apart(name, sibling, modality):
+    shape = (40, 40, 12)
+    assert _heldout_auc(_scans(name, modality, 40, 1, shape), _scans(sibling, modality, 40, 2, shape)) > 0.8

@@ -73,18 +73,22 @@ DISORDERS: list[Disorder] = [
     Disorder("Cholelithiasis", "K80", "Abdomen and Pelvis"),
     Disorder("Emphysema", "J43", "Chest"),
     Disorder("Humerus fracture", "S42", "Limbs"),
-    Disorder("Glioblastoma", "C71", "Head and Neck", {"ring": True, "delta": 0.05}),
+    # larger than a glioma, a necrotic core inside an enhancing ring, vasogenic oedema around it
+    Disorder("Glioblastoma", "C71", "Head and Neck", {"ring": True, "delta": 0.05, "size": 1.45, "oedema": True}),
     Disorder("Hydrocephalus", "G91", "Head and Neck"),
     Disorder("Pituitary adenoma", "D35", "Head and Neck"),
     Disorder("Spinal stenosis", "M48", "Spine"),
     Disorder("Uterine fibroid", "D25", "Abdomen and Pelvis"),
-    Disorder("Lacunar infarct", "I63", "Head and Neck", {"size": 0.55, "dv": 0.12}),
+    # several small deep infarcts (basal ganglia) instead of one territorial one
+    Disorder("Lacunar infarct", "I63", "Head and Neck", {"cv": 0.1, "cu": 0.27, "rv": 0.075, "ru": 0.075,
+                                                         "n": 3, "spread": (0.14, 0.07)}),
     Disorder("Femoral shaft fracture", "S72", "Limbs", {"cv": 0.35, "cu": 0.15, "angle": 0.2}),
     Disorder("Brain metastases", "C79", "Head and Neck"),
     Disorder("Diverticulitis", "K57", "Abdomen and Pelvis"),
     Disorder("Skull fracture", "S02", "Head and Neck"),
     Disorder("Chronic obstructive pulmonary disease", "J44", "Chest", {"density": 0.6, "bullae": 0}),
-    Disorder("Ureteric stone", "N20", "Abdomen and Pelvis", {"cv": 0.46, "cu": 0.3, "delta": -0.05}),
+    # a stone down the ureter that obstructs: the kidney above it is dilated
+    Disorder("Ureteric stone", "N20", "Abdomen and Pelvis", {"cv": 0.46, "cu": 0.3, "delta": -0.05, "obstructs": True}),
     Disorder("Osteomyelitis", "M86", "Limbs"),
     Disorder("Liver metastases", "C78", "Abdomen and Pelvis"),
     Disorder("Osteochondroma", "D16", "Limbs"),
@@ -193,7 +197,7 @@ REPEAT_PATIENT_FRACTION = 0.08
 # Zipf-Mandelbrot class weights 1 / (rank + q)^s: a few frequent classes, a long tail.
 ZIPF_Q, ZIPF_S = 1.0, 1.6
 MIN_CASES_PER_CLASS = 3
-VISIBLE_FRACTION = 0.65                # P(a scan of a case shows its finding), the first one always does
+VISIBLE_FRACTION = 0.9                 # P(a scan of a case shows its finding), the first one always does
 MIN_LESION_RADIUS = 0.0                # lesions are drawn at least this large (normalised frame: 1 = half the image)
 FRACTURE_WIDTH = 0.035                 # half-width of a fracture line (normalised frame)
 # Head / medium / tail cut-offs (training cases) for the prepared label spaces at the default
@@ -435,6 +439,9 @@ def _lesion(img, masks, g: _Grid, T, p: dict, rng, mod: str):
     if fam == "mass":
         centres = p.get("centres") or [(cv, cu, cz)]
         for (a, b, c) in centres:
+            if p.get("oedema"):  # vasogenic oedema: fluid-like signal spreading around the mass
+                halo = g.ell(a, b, 1.6 * rv, 1.6 * ru, c, 1.2 * rz, edge=0.3)
+                _blend(img, halo * masks.get("brain", 1.0), T["infarct"])
             r = g.r(a, b, rv, ru, c, rz)
             if p["malignant"]:  # lobulated margin, heterogeneous
                 ang = np.arctan2(g.v - a, g.u - b)
@@ -486,8 +493,9 @@ def _lesion(img, masks, g: _Grid, T, p: dict, rng, mod: str):
         elif shape == "ring":
             r = g.r(cv, cu, rv, ru, cz, rz + 0.2)
             m = brain * np.clip(1 - np.abs(r - 1) / 0.15, 0, 1)
-        else:
-            m = brain * g.ell(cv, cu, rv, ru, cz, rz, edge=0.15)
+        else:  # one region, or several small ones (lacunes) when the disorder has centres
+            m = sum(g.ell(a, b, rv, ru, c, rz, edge=0.15) for (a, b, c) in p.get("centres") or [(cv, cu, cz)])
+            m = brain * np.clip(m, 0, 1)
         _blend(img, m, tissue)
     elif fam == "vascular":
         if p.get("kind") == "aneurysm":
@@ -498,6 +506,10 @@ def _lesion(img, masks, g: _Grid, T, p: dict, rng, mod: str):
         else:  # filling defect inside the (bright) pulmonary artery
             _blend(img, g.ell(cv, cu, rv, ru, cz, rz, edge=0.2), T["soft"] - 0.1)
     elif fam == "stone":
+        if p.get("obstructs"):  # the kidney above an obstructing stone: a dilated, fluid-filled pelvis
+            kidney = CATEGORIES["N13"]
+            _blend(img, g.ell(kidney["cv"], p["cu_sign"] * kidney["cu"], kidney["rv"], kidney["ru"], cz, rz,
+                              edge=0.12), T["fluid"])
         for (a, b, c) in p.get("centres") or [(cv, cu, cz)]:
             m = g.ell(a, b, rv, ru, c, 0.15, edge=0.25)
             _blend(img, m, T["calc"] + delta)
@@ -524,8 +536,8 @@ def _lesion(img, masks, g: _Grid, T, p: dict, rng, mod: str):
     elif fam == "dorsopathy":
         lv = SPINE_LEVELS[p["spine_level"]]
         kind = p.get("kind")
-        if kind == "bulge":
-            _blend(img, g.ell(lv + 0.18, 0.16, 0.07, 0.17, cz, 0.6, edge=0.1), T["soft"] * 0.6 + T["fluid"] * 0.4)
+        if kind == "bulge":  # disc material pushed back into the canal, dark against the CSF on MRI
+            _blend(img, g.ell(lv + 0.18, 0.2, 0.09, 0.2, cz, 0.6, edge=0.1), T["soft"] * 0.85 + T["fluid"] * 0.15)
         elif kind == "stenosis":
             _blend(img, g.ell(lv + 0.18, 0.25, 0.16, 0.09, cz, 0.7, edge=0.1, p=4), T["bone"] * 0.6 + T["soft"] * 0.4)
         # "slip" is drawn by the background (shifted vertebrae)
