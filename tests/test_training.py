@@ -103,6 +103,7 @@ def test_training_with_repeat_factor_sampling_repeats_rare_cases(tmp_path):
     with pytest.raises(ValueError, match="repeat_factor"):
         preset("tiny", ["train.repeat_factor=2"])
 
+
 # -- checkpoints ----------------------------------------------------------------------------
 def test_checkpoint_roundtrip_restores_rng_and_is_weights_only(tmp_path):
     random.seed(1)
