@@ -201,8 +201,14 @@ def shard_location(source, name: str) -> Path | str:
         s = str(source)
         k = s.rfind(INDEX)
         return s[:k] + name + s[k + len(INDEX):]
+    return _local_index(source).parent / name
+
+
+def _local_index(source) -> Path:
+    """The index file of a local source: the source itself when it is a ``*.json`` file, else the
+    folder's ``shards.json``."""
     p = Path(source)
-    return (p.parent if p.suffix == ".json" and not p.is_dir() else p) / name
+    return p if p.suffix == ".json" and p.is_file() else p / INDEX
 
 
 def _open(location: Path | str):
@@ -226,8 +232,7 @@ def _read_index_bytes(source) -> tuple[bytes, str]:
                 return f.read(), str(source)
         except (OSError, ValueError) as exc:
             raise ShardError(f"{source}: the index cannot be read ({type(exc).__name__}: {exc})") from None
-    p = Path(source)
-    path = p if p.suffix == ".json" and p.is_file() else p / INDEX
+    path = _local_index(source)
     if not path.is_file():
         raise FileNotFoundError(f"{source}: not a shard folder ({INDEX} is missing; run `raddiag data shard`)")
     return path.read_bytes(), str(path)
@@ -252,8 +257,7 @@ def read_index(root: str | Path) -> dict:
 
 def is_shard_folder(path: str | Path) -> bool:
     """A shard folder, a local index file (``*.json``) or a URL source (:func:`shard_location`)."""
-    p = Path(path)
-    return is_url(path) or (p / INDEX).is_file() or (p.suffix == ".json" and p.is_file())
+    return is_url(path) or _local_index(path).is_file()
 
 
 def verify_shards(root: str | Path) -> int:
