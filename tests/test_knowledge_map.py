@@ -136,3 +136,33 @@ def test_priors_keep_history_codes_and_wrong_behaviour_below(tmp_path, monkeypat
     assert top("Adrenal adenoma") == "D35"
     assert ix.unlikely_for("Adrenal carcinoma").tolist() == [1.0, 0.0, 0.0, 1.0]
     assert top("Adrenal carcinoma") == "C74"
+
+
+class WordEncoder:
+    """Bag of three words: the cosine of two texts is their overlap in these words (no model)."""
+    identity = "test-word-encoder"
+    WORDS = ("volvulus", "sigmoid", "onchocerca")
+
+    def encode(self, texts, batch_size=32, progress=False):
+        rows = [[float(w in t.lower().split()) for w in self.WORDS] for t in texts]
+        return torch.nn.functional.normalize(torch.tensor(rows) + 1e-6, dim=1)
+
+
+def test_dense_reads_a_direct_subdivisions_texts_a_little_lower():
+    """ICD-10-CM keeps most inclusion terms under a category's subdivisions ("Volvulus" is K56.2,
+    not K56's own text): dense meets them, CHILD_DISCOUNT below an own text of the same cosine."""
+    from raddiag.knowledge.map import CHILD_DISCOUNT
+
+    kb = _kb(Concept("K56", "Paralytic ileus and intestinal obstruction without hernia", children=["K56.2"],
+                     chapter="11"),
+             Concept("K56.2", "Volvulus", parent="K56", chapter="11"),
+             Concept("B73", "Onchocerciasis", synonyms=["Onchocerca volvulus infection"], chapter="1"),
+             Concept("X99", "Sigmoid volvulus", chapter="11"))
+    ix = CodeIndex(kb, WordEncoder(), use_cache=False)
+    assert ix.is_child == [False, True, False, False, False]   # K56; K56.2's text; B73 x 2; X99
+    d = ix.dense(["volvulus"])[0]
+    assert d[ix.codes.index("K56")] == pytest.approx(1.0 - CHILD_DISCOUNT, abs=1e-4)
+    assert d[ix.codes.index("B73")] == pytest.approx(2 ** -0.5, abs=1e-4)   # one word of two
+    assert _ranked(ix, d)[0] == "K56"
+    # an own text of the same cosine is not discounted
+    assert ix.dense(["sigmoid volvulus"])[0][ix.codes.index("X99")] == pytest.approx(1.0, abs=1e-4)
