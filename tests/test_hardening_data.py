@@ -361,3 +361,53 @@ def test_empty_label_string_means_no_label(tmp_path):
                                            "labels": "", "icd10": " "})])
     (case,) = load_manifest(man).cases
     assert case.labels == [] and case.icd10 == [] and case.is_normal
+
+
+# -- a large 2D image: memory follows the output, the values do not change ---------------------
+@pytest.mark.parametrize("shape", [(1000, 777), (8192, 300), (257, 8192), (2049, 513)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float32])
+def test_large_slice_resize_equals_the_full_frame_resize(shape, dtype):
+    """resize_large_slice on the native array (windowed, MONOCHROME1-negated) against
+    resize_slices on the whole float32 frame: bit-identical at 256 and 224, within float32
+    rounding (1e-6 of the range) at the other sizes."""
+    import functools
+
+    import torch
+
+    from raddiag.data.preprocess import _pixels, resize_large_slice, resize_slices
+
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.normal(size=shape).astype(np.float32) if dtype == np.float32
+         else rng.integers(0, np.iinfo(dtype).max, shape, dtype=dtype))
+    lo, hi = (float(v) for v in np.percentile(x, [10, 90]))
+    for size in (256, 224, 64, 37):
+        for pixels in (lambda a: a, functools.partial(_pixels, invert=True, lo=-hi, hi=-lo)):
+            ref = resize_slices(pixels(x.astype(np.float32))[None], size)[0]
+            got = resize_large_slice(x, size, pixels)
+            if size in (256, 224):
+                assert torch.equal(got, ref), (size, pixels)
+            else:
+                assert torch.allclose(got, ref, rtol=0, atol=1e-6 * float(ref.max() - ref.min()))
+
+
+def test_large_16_bit_png_prepares_as_the_full_float32_frame_did(tmp_path):
+    """A 4096 x 4096 uint16 PNG through load_scan (what data prepare and predict call) gives
+    what the full float32 frame resized by resize_slices gave, windowed or not; the traced heap
+    stays under the size of that float32 frame (64 MB)."""
+    from PIL import Image
+
+    from raddiag.data.preprocess import resize_slices
+
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 65535, (64, 64), dtype=np.uint16).repeat(64, 0).repeat(64, 1)
+    img += rng.integers(0, 512, img.shape, dtype=np.uint16) // 2
+    Image.fromarray(img).save(tmp_path / "big.png")
+    scan = Scan(str(tmp_path / "big.png"), "CT")
+    for window in (None, (10000.0, 50000.0)):
+        frame = img.astype(np.float32) if window is None else np.clip(img.astype(np.float32), *window)
+        ref = resize_slices(frame[None], 256).double()
+        ref = ((ref - frame.min()) / (frame.max() - frame.min())).clamp(0, 1).float().numpy()
+        out, key, n = load_scan(scan, 256, 1, window)
+        assert n == 1 and out.shape == (1, 256, 256) and np.array_equal(out, ref)
+    peak = _peak_mb(lambda: load_scan(scan, 256, 1))
+    assert peak < 64, f"{peak:.0f} MB traced for a 4096 x 4096 16-bit PNG"

@@ -266,9 +266,21 @@ def _image(path: Path, limits: Limits) -> Volume:
                 raise ScanError(path, "its frames have different sizes")
         im.load()
         frame = im if im.mode in ("L", "I", "I;16", "F") else im.convert("L")
-        return np.asarray(frame, dtype=np.float32)
+        return _frame_array(frame)
 
     return Volume(path, (frames, h, w), get, stack=stack)
+
+
+def _frame_array(frame, band: int = 512) -> np.ndarray:
+    """A PIL image as ``[H, W]`` in its own dtype (a 16-bit frame is not made float32), ``band``
+    rows at a time: ``np.asarray(frame)`` holds two full-size byte strings besides the array."""
+    w, h = frame.size
+    out = None
+    for top in range(0, h, band):
+        rows = np.asarray(frame.crop((0, top, w, min(h, top + band))))
+        out = np.empty((h, w), rows.dtype) if out is None else out
+        out[top: top + len(rows)] = rows
+    return out
 
 
 # -- NPZ (MedMNIST) -----------------------------------------------------------------

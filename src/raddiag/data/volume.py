@@ -63,7 +63,8 @@ DEFAULT_LIMITS = Limits()
 
 
 class Volume:
-    """``[S, H, W]`` slices of one scan, decoded on demand by ``get(k) -> [H, W] float32``.
+    """``[S, H, W]`` slices of one scan, decoded on demand by ``get(k) -> [H, W]`` (float32, or
+    the integers the file stores: :meth:`slices` converts them unless asked for ``native``).
 
     ``invert``: MONOCHROME1 DICOM (high values dark); :meth:`array` and preprocessing apply
     it. ``many(indices)``, when given, yields several slices in one pass (a reoriented volume
@@ -96,9 +97,11 @@ class Volume:
     def close(self) -> None:
         self._stack.close()
 
-    def slices(self, indices: Iterable[int]) -> Iterator[np.ndarray]:
-        """The slices ``indices`` (in that order) as float32 ``[H, W]``; a slice that cannot be
-        decoded (truncated file) raises :class:`ScanError` naming the file and the slice."""
+    def slices(self, indices: Iterable[int], native: bool = False) -> Iterator[np.ndarray]:
+        """The slices ``indices`` (in that order) as float32 ``[H, W]``; with ``native``, integer
+        slices keep the file's dtype (a 16-bit image stays 2 bytes a pixel until preprocessing has
+        picked the pixels it reads). A slice that cannot be decoded (truncated file) raises
+        :class:`ScanError` naming the file and the slice."""
         indices = [int(k) for k in indices]
         source = self._many(indices) if self._many is not None else (self._get(k) for k in indices)
         for k in indices:
@@ -108,7 +111,9 @@ class Volume:
                 raise
             except Exception as exc:
                 raise ScanError(self.path, f"slice {k} cannot be read ({type(exc).__name__}: {exc})") from None
-            sl = np.asarray(sl, dtype=np.float32)
+            sl = np.asarray(sl)
+            if not (native and sl.dtype.kind in "biu"):
+                sl = sl.astype(np.float32, copy=False)
             if sl.shape != self.shape[1:]:
                 raise ScanError(self.path, f"slice {k} has shape {sl.shape}, the header declares {self.shape[1:]}")
             yield sl
@@ -142,6 +147,6 @@ def concat_volumes(vols: list[Volume], path) -> Volume:
 
     def get(k: int) -> np.ndarray:
         i = int(np.searchsorted(starts, k, side="right")) - 1
-        return next(vols[i].slices([k - starts[i]]))
+        return next(vols[i].slices([k - starts[i]], native=True))   # self.slices converts
 
     return Volume(path, (int(starts[-1]), *shapes.pop()), get, invert=any(v.invert for v in vols), stack=stack)
