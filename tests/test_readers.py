@@ -133,3 +133,16 @@ def test_scans_in_folder_groups_series_and_needs_modality_for_other_files(tmp_pa
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no scans found"):
         scans_in_folder(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B"])
+def test_16_bit_images_keep_their_values_in_either_byte_order(tmp_path, mode):
+    """A big-endian 16-bit TIFF ("I;16B") was read through convert("L"), which clips to 0..255."""
+    from PIL import Image
+
+    values = (np.arange(12 * 10).reshape(12, 10) * 500).astype(np.uint16)   # up to 59,500
+    raw = values.astype(">u2" if mode.endswith("B") else "<u2").tobytes()
+    Image.frombuffer(mode, (10, 12), raw, "raw", mode, 0, 1).save(tmp_path / "s.tif")
+    assert Image.open(tmp_path / "s.tif").mode == mode
+    got = read_file(tmp_path / "s.tif")
+    assert got.dtype == np.float32 and np.array_equal(got[0], values.astype(np.float32))

@@ -265,7 +265,8 @@ def _image(path: Path, limits: Limits) -> Volume:
             if im.size != (w, h):
                 raise ScanError(path, "its frames have different sizes")
         im.load()
-        frame = im if im.mode in ("L", "I", "I;16", "F") else im.convert("L")
+        # 16-bit in either byte order as is: convert("L") would clip an "I;16B" TIFF to 0..255
+        frame = im if im.mode in ("L", "I", "F") or im.mode.startswith("I;16") else im.convert("L")
         return _frame_array(frame)
 
     return Volume(path, (frames, h, w), get, stack=stack)
@@ -278,7 +279,7 @@ def _frame_array(frame, band: int = 512) -> np.ndarray:
     out = None
     for top in range(0, h, band):
         rows = np.asarray(frame.crop((0, top, w, min(h, top + band))))
-        out = np.empty((h, w), rows.dtype) if out is None else out
+        out = np.empty((h, w), rows.dtype.newbyteorder("=")) if out is None else out
         out[top: top + len(rows)] = rows
     return out
 
