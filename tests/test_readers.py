@@ -146,3 +146,13 @@ def test_16_bit_images_keep_their_values_in_either_byte_order(tmp_path, mode):
     assert Image.open(tmp_path / "s.tif").mode == mode
     got = read_file(tmp_path / "s.tif")
     assert got.dtype == np.float32 and np.array_equal(got[0], values.astype(np.float32))
+
+
+# -- values that were wrong without a word ----------------------------------------------------
+def test_complex_nifti_is_refused_not_read_as_its_real_part(tmp_path):
+    import nibabel as nib
+
+    data = (np.arange(60).reshape(4, 5, 3) + 1j * np.arange(60).reshape(4, 5, 3)[::-1]).astype(np.complex64)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "c.nii")
+    with pytest.raises(ScanError, match="c.nii: holds complex values"):
+        read_file(tmp_path / "c.nii")

@@ -203,6 +203,8 @@ def _nifti_volume(path: Path, limits: Limits, stack: ExitStack, plane: Optional[
     if len(shape) == 4 and shape[-1] == 1:
         shape = shape[:3]
     dtype = img.get_data_dtype()
+    if not dtype.names:   # RGB NIfTI is a structured dtype, greyed below
+        _check_dtype(path, dtype)
     limits.check(path, _hwd_shape(path, shape))
     if not path.name.lower().endswith(".gz"):
         need = int(np.prod(img.shape, dtype=object)) * dtype.itemsize
