@@ -156,3 +156,15 @@ def test_complex_nifti_is_refused_not_read_as_its_real_part(tmp_path):
     nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "c.nii")
     with pytest.raises(ScanError, match="c.nii: holds complex values"):
         read_file(tmp_path / "c.nii")
+
+
+def test_a_four_slice_npy_whose_first_three_slices_match_keeps_its_fourth_slice(tmp_path):
+    """[H, W, 4] with equal slices 0..2 was taken for grey RGBA and slice 3 dropped, whatever it held."""
+    vol = np.zeros((6, 5, 4), np.float32)
+    vol[..., 3] = np.arange(30).reshape(6, 5)   # padding slices first, the data last
+    np.save(tmp_path / "v.npy", vol)
+    got = read_file(tmp_path / "v.npy")
+    assert got.shape == (4, 6, 5) and np.array_equal(got[3], vol[..., 3])
+    rgba = np.dstack([vol[..., 3]] * 3 + [np.full((6, 5), 255.0)])   # grey RGBA, opaque: one image
+    np.save(tmp_path / "g.npy", rgba)
+    assert np.array_equal(read_file(tmp_path / "g.npy"), vol[None, ..., 3])

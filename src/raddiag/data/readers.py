@@ -121,9 +121,14 @@ def _hwd_shape(path, shape: Sequence[int]) -> tuple[int, int, int]:
 
 
 def _grey_stored_as_rgb(arr) -> bool:
-    """[H, W, 3 or 4] whose colour channels are equal: one grey image, not 3 slices."""
+    """[H, W, 3 or 4] whose colour channels are equal (and whose 4th plane, if any, is a constant
+    alpha): one grey image, not 3 or 4 slices. A 4th plane that varies is a slice, not alpha."""
     if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
         return False
+    if arr.shape[-1] == 4:
+        alpha = np.asarray(arr[..., 3])
+        if not np.all(alpha == alpha.flat[0]):
+            return False
     return all(np.array_equal(arr[..., 0], arr[..., i]) for i in range(1, 3))
 
 
