@@ -168,3 +168,14 @@ def test_a_four_slice_npy_whose_first_three_slices_match_keeps_its_fourth_slice(
     rgba = np.dstack([vol[..., 3]] * 3 + [np.full((6, 5), 255.0)])   # grey RGBA, opaque: one image
     np.save(tmp_path / "g.npy", rgba)
     assert np.array_equal(read_file(tmp_path / "g.npy"), vol[None, ..., 3])
+
+
+def test_float64_values_beyond_float32_are_refused_not_made_infinite(tmp_path):
+    """1e300 became inf in the float32 cast: read_file returned inf, load_scan said 'NaN or infinite'."""
+    from raddiag.data.preprocess import load_scan
+
+    np.save(tmp_path / "big.npy", np.linspace(1e300, 2e300, 30).reshape(6, 5))
+    with pytest.raises(ScanError, match="big.npy: slice 0 holds values beyond the float32 range"):
+        read_file(tmp_path / "big.npy")
+    with pytest.raises(ScanError, match="beyond the float32 range"):
+        load_scan(Scan(str(tmp_path / "big.npy"), "CT"), 8, 1)

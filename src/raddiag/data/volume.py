@@ -113,7 +113,12 @@ class Volume:
                 raise ScanError(self.path, f"slice {k} cannot be read ({type(exc).__name__}: {exc})") from None
             sl = np.asarray(sl)
             if not (native and sl.dtype.kind in "biu"):
-                sl = sl.astype(np.float32, copy=False)
+                with np.errstate(over="raise"):   # float64 past 3.4e38 would become inf
+                    try:
+                        sl = sl.astype(np.float32, copy=False)
+                    except FloatingPointError:
+                        raise ScanError(self.path, f"slice {k} holds values beyond the float32 range "
+                                                   "(|v| > 3.4e38); rescale them before saving") from None
             if sl.shape != self.shape[1:]:
                 raise ScanError(self.path, f"slice {k} has shape {sl.shape}, the header declares {self.shape[1:]}")
             yield sl
