@@ -179,3 +179,40 @@ def test_float64_values_beyond_float32_are_refused_not_made_infinite(tmp_path):
         read_file(tmp_path / "big.npy")
     with pytest.raises(ScanError, match="beyond the float32 range"):
         load_scan(Scan(str(tmp_path / "big.npy"), "CT"), 8, 1)
+
+
+def _rewrite(path, change):
+    ds = pydicom.dcmread(path)
+    change(ds)
+    ds.save_as(path)
+    return path
+
+
+def test_dicom_modality_lut_palette_colour_and_unusable_rescale(tmp_path):
+    """A Modality LUT Sequence and a PALETTE COLOR lookup were ignored: the stored indices came
+    out as the values. A RescaleSlope of 0 or NaN gave a 'constant' or 'NaN' error that hid why."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    def modality_lut(ds):
+        del ds.RescaleSlope, ds.RescaleIntercept
+        item = Dataset()
+        item.LUTDescriptor, item.ModalityLUTType = [4, 0, 16], "HU"
+        item.LUTData = np.array([100, 200, 300, 4000], np.uint16).tobytes()
+        ds.ModalityLUTSequence = Sequence([item])
+
+    lut = _rewrite(_dicom(tmp_path / "lut.dcm", [[0, 1], [2, 3]]), modality_lut)
+    assert read_file(lut)[0].tolist() == [[100, 200], [300, 4000]]
+
+    def palette(ds):
+        ds.PhotometricInterpretation = "PALETTE COLOR"
+        for n, level in enumerate((60000, 0, 0)):   # red, green, blue: index 1 is pure red
+            ds.add_new(0x00281101 + n, "US", [4, 0, 16])
+            ds.add_new(0x00281201 + n, "OW", np.array([0, level, 0, 0], np.uint16).tobytes())
+
+    pal = _rewrite(_dicom(tmp_path / "pal.dcm", [[0, 1], [1, 2]]), palette)
+    assert np.allclose(read_file(pal)[0], [[0, 0.299 * 60000], [0.299 * 60000, 0]], atol=0.1)
+
+    for name, slope in (("zero.dcm", 0.0), ("nan.dcm", float("nan"))):
+        with pytest.raises(ScanError, match=f"{name}: RescaleSlope {slope:g} is unusable"):
+            read_file(_dicom(tmp_path / name, np.arange(16).reshape(4, 4), slope=slope))

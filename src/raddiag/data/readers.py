@@ -400,15 +400,23 @@ def _slice_position(ds) -> Optional[float]:
     return float(np.dot(normal, np.asarray(ipp, float)))
 
 
-def _rescale(ds) -> tuple[float, float]:
-    """RescaleSlope / RescaleIntercept, top level or (enhanced multi-frame) in the shared groups."""
+def _rescale(path, ds) -> tuple[float, float]:
+    """RescaleSlope / RescaleIntercept, top level or (enhanced multi-frame) in the shared groups;
+    a slope of 0 (every pixel the intercept), a non-finite or non-numeric one is an error."""
     slope, inter = getattr(ds, "RescaleSlope", None), getattr(ds, "RescaleIntercept", None)
     if slope is None and "SharedFunctionalGroupsSequence" in ds:
         shared = ds.SharedFunctionalGroupsSequence[0]
         if "PixelValueTransformationSequence" in shared:
             pvt = shared.PixelValueTransformationSequence[0]
             slope, inter = getattr(pvt, "RescaleSlope", None), getattr(pvt, "RescaleIntercept", None)
-    return float(slope if slope is not None else 1.0), float(inter if inter is not None else 0.0)
+    try:
+        slope, inter = float(slope if slope is not None else 1.0), float(inter if inter is not None else 0.0)
+    except (TypeError, ValueError) as exc:
+        raise ScanError(path, f"RescaleSlope / RescaleIntercept is not a number ({exc})") from None
+    if not (np.isfinite(slope) and slope != 0 and np.isfinite(inter)):
+        raise ScanError(path, f"RescaleSlope {slope:g} is unusable (with RescaleIntercept {inter:g}): "
+                              "the slope must be a finite non-zero number")
+    return slope, inter
 
 
 def _dicom_geometry(path: Path, ds, limits: Limits) -> tuple[int, int, int]:
@@ -437,9 +445,17 @@ def _dicom_frame(path: Path, ds, frame: int) -> np.ndarray:
         raise ScanError(path, f"DICOM pixel data missing or cannot be decoded (transfer syntax "
                               f"{getattr(ts, 'name', ts)}; {type(exc).__name__}: {exc})") from None
     arr = np.asarray(arr)
-    if int(getattr(ds, "SamplesPerPixel", 1)) > 1:   # colour (pydicom returns RGB, YBR converted) -> grey
+    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "PALETTE COLOR":   # indices -> RGB
+        from pydicom.pixels import apply_color_lut
+
+        arr = apply_color_lut(arr, ds)
+    if arr.ndim == 3:   # colour (pydicom returns RGB, YBR converted) -> grey
         return arr[..., :3].astype(np.float32) @ _LUMA
-    slope, inter = _rescale(ds)
+    if "ModalityLUTSequence" in ds:   # a lookup table instead of RescaleSlope / Intercept
+        from pydicom.pixels import apply_modality_lut
+
+        return apply_modality_lut(arr, ds).astype(np.float32)
+    slope, inter = _rescale(path, ds)
     return arr.astype(np.float32) * slope + inter
 
 
