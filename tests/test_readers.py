@@ -216,3 +216,5 @@ def test_dicom_modality_lut_palette_colour_and_unusable_rescale(tmp_path):
     for name, slope in (("zero.dcm", 0.0), ("nan.dcm", float("nan"))):
         with pytest.raises(ScanError, match=f"{name}: RescaleSlope {slope:g} is unusable"):
             read_file(_dicom(tmp_path / name, np.arange(16).reshape(4, 4), slope=slope))
+    with pytest.raises(ScanError, match="huge.dcm: RescaleSlope 1e.40 / RescaleIntercept 0 take the pixel values beyond"):
+        read_file(_dicom(tmp_path / "huge.dcm", np.arange(16).reshape(4, 4), slope=1e40))

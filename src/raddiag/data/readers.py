@@ -35,6 +35,7 @@ from raddiag.data.volume import DEFAULT_LIMITS, Limits, Volume, concat_volumes
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
 NPZ_SEP = "#"   # "volumes.npz#train_images/5" = train_images[5]
+_F32_MAX = float(np.finfo(np.float32).max)
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)   # ITU-R BT.601, as PIL's "L"
 
 
@@ -456,6 +457,9 @@ def _dicom_frame(path: Path, ds, frame: int) -> np.ndarray:
 
         return apply_modality_lut(arr, ds).astype(np.float32)
     slope, inter = _rescale(path, ds)
+    if arr.size and max(abs(float(arr.min())), abs(float(arr.max()))) * abs(slope) + abs(inter) > _F32_MAX:
+        raise ScanError(path, f"RescaleSlope {slope:g} / RescaleIntercept {inter:g} take the pixel values "
+                              "beyond the float32 range (|v| > 3.4e38)")
     return arr.astype(np.float32) * slope + inter
 
 
