@@ -19,7 +19,6 @@ import gzip
 import io
 import os
 import struct
-import warnings
 import zipfile
 from contextlib import ExitStack
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 
 from raddiag.data.case import Scan
 from raddiag.data.errors import InputTooLarge, ScanError
+from raddiag.data.images import open_image
 from raddiag.data.orientation import Reoriented, dicom_affine, nifti_orientation
 from raddiag.data.volume import DEFAULT_LIMITS, Limits, Volume, concat_volumes
 
@@ -90,7 +90,7 @@ def open_file(path: str | Path, limits: Limits = DEFAULT_LIMITS, plane: Optional
         if name.endswith((".nii", ".nii.gz")):
             return _nifti(path, limits, plane)
         if path.suffix.lower() in IMAGE_SUFFIXES:
-            return _image(path, limits)
+            return open_image(path, limits)
         if is_dicom(path):
             return open_dicom_series([path], limits, plane)
         if name.endswith(".npz"):
@@ -243,53 +243,6 @@ def _reoriented(path, shape, read, affine, plane, limits: Limits, **kwargs) -> V
     limits.check(path, view.shape)
     return Volume(path, view.shape, lambda k: next(view.many([k])), many=view.many,
                   orientation=view.note, **kwargs)
-
-
-def _image(path: Path, limits: Limits) -> Volume:
-    """PNG / JPEG / TIFF; multi-frame images (TIFF pages, animated PNG) give one slice per frame.
-    The size is checked before decoding; PIL's decompression-bomb warning is an error."""
-    from PIL import Image
-
-    stack = ExitStack()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            im = stack.enter_context(Image.open(path))
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-            raise InputTooLarge(path, f"over PIL's decompression-bomb limit ({exc})") from None
-    try:
-        w, h = im.size
-        frames = int(getattr(im, "n_frames", 1) or 1)
-        limits.check(path, (frames, h, w))
-        if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
-            raise InputTooLarge(path, f"{w * h:,} pixels is over PIL's decompression-bomb limit")
-    except BaseException:
-        stack.close()
-        raise
-
-    def get(k: int) -> np.ndarray:
-        if frames > 1:
-            im.seek(k)
-            if im.size != (w, h):
-                raise ScanError(path, "its frames have different sizes")
-        im.load()
-        # 16-bit in either byte order as is: convert("L") would clip an "I;16B" TIFF to 0..255
-        frame = im if im.mode in ("L", "I", "F") or im.mode.startswith("I;16") else im.convert("L")
-        return _frame_array(frame)
-
-    return Volume(path, (frames, h, w), get, stack=stack)
-
-
-def _frame_array(frame, band: int = 512) -> np.ndarray:
-    """A PIL image as ``[H, W]`` in its own dtype (a 16-bit frame is not made float32), ``band``
-    rows at a time: ``np.asarray(frame)`` holds two full-size byte strings besides the array."""
-    w, h = frame.size
-    out = None
-    for top in range(0, h, band):
-        rows = np.asarray(frame.crop((0, top, w, min(h, top + band))))
-        out = np.empty((h, w), rows.dtype.newbyteorder("=")) if out is None else out
-        out[top: top + len(rows)] = rows
-    return out
 
 
 # -- NPZ (MedMNIST) -----------------------------------------------------------------
