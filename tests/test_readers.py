@@ -218,3 +218,35 @@ def test_dicom_modality_lut_palette_colour_and_unusable_rescale(tmp_path):
             read_file(_dicom(tmp_path / name, np.arange(16).reshape(4, 4), slope=slope))
     with pytest.raises(ScanError, match="huge.dcm: RescaleSlope 1e.40 / RescaleIntercept 0 take the pixel values beyond"):
         read_file(_dicom(tmp_path / "huge.dcm", np.arange(16).reshape(4, 4), slope=1e40))
+
+
+_EXIF_ORIENTED = {1: lambda a: a, 2: np.fliplr, 3: lambda a: np.rot90(a, 2), 4: np.flipud, 5: lambda a: a.T,
+                  6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).T, 8: lambda a: np.rot90(a, 1)}
+
+
+def test_exif_orientation_is_honoured_or_refused(tmp_path):
+    """A JPEG / PNG with an EXIF orientation tag came out as stored (a radiograph on its side); a
+    non-square TIFF rotated by 90 degrees gave a slice of the wrong shape (Pillow decodes it wrongly)."""
+    from PIL import Image
+
+    pixels = np.arange(8 * 12, dtype=np.uint8).reshape(8, 12) * 2
+    for o, oriented in _EXIF_ORIENTED.items():
+        im = Image.fromarray(pixels)
+        exif = im.getexif()
+        exif[0x0112] = o
+        im.save(tmp_path / f"o{o}.png", exif=exif)
+        assert np.array_equal(read_file(tmp_path / f"o{o}.png")[0], oriented(pixels)), o
+        square = np.ascontiguousarray(pixels[:, :8])
+        Image.fromarray(square).save(tmp_path / f"o{o}.tif", exif=exif)   # Pillow orients a TIFF itself
+        assert np.array_equal(read_file(tmp_path / f"o{o}.tif")[0], oriented(square)), o
+    stripes = np.zeros((64, 96), np.uint8)
+    stripes[:, :32] = 255
+    im = Image.fromarray(stripes)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "o6.jpg", exif=exif, quality=100)
+    got = read_file(tmp_path / "o6.jpg")[0]
+    assert got.shape == (96, 64) and np.abs(got - np.rot90(stripes, -1)).max() < 8
+    im.save(tmp_path / "wide6.tif", exif=exif)
+    with pytest.raises(ScanError, match="wide6.tif: EXIF orientation 6"):
+        read_file(tmp_path / "wide6.tif")

@@ -32,6 +32,7 @@ def open_image(path: Path, limits: Limits) -> Volume:
         limits.check(path, (frames, h, w))
         if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
             raise InputTooLarge(path, f"{w * h:,} pixels is over PIL's decompression-bomb limit")
+        orientation = _orientation(path, im)
     except BaseException:
         stack.close()
         raise
@@ -39,14 +40,38 @@ def open_image(path: Path, limits: Limits) -> Volume:
     def get(k: int) -> np.ndarray:
         if frames > 1:
             im.seek(k)
+            _orientation(path, im)
             if im.size != (w, h):
                 raise ScanError(path, "its frames have different sizes")
         im.load()
         # 16-bit in either byte order as is: convert("L") would clip an "I;16B" TIFF to 0..255
         frame = im if im.mode in ("L", "I", "F") or im.mode.startswith("I;16") else im.convert("L")
-        return _frame_array(frame)
+        arr = _frame_array(frame)
+        return _UPRIGHT[orientation](arr) if orientation in _UPRIGHT else arr
 
-    return Volume(path, (frames, h, w), get, stack=stack)
+    shape = (frames, w, h) if orientation in _TURNED else (frames, h, w)
+    return Volume(path, shape, get, stack=stack)
+
+
+# EXIF orientation (tag 0x0112) -> the stored [H, W] frame made upright, as ImageOps.exif_transpose
+_UPRIGHT = {2: np.fliplr, 3: lambda a: a[::-1, ::-1], 4: np.flipud, 5: np.transpose,
+            6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].T, 8: lambda a: np.rot90(a, 1)}
+_TURNED = (5, 6, 7, 8)   # these swap height and width
+
+
+def _orientation(path, im) -> int:
+    """The EXIF orientation the frames of ``im`` still need (1: upright as stored). Pillow orients
+    a TIFF itself when it loads it (and gives wrong pixels for a non-square one turned by 90
+    degrees: refused); a JPEG or PNG comes as stored."""
+    orientation = im.getexif().get(0x0112, 1)
+    if orientation not in _UPRIGHT:
+        return 1
+    if im.format == "TIFF":
+        if orientation in _TURNED and im.size[0] != im.size[1]:
+            raise ScanError(path, f"EXIF orientation {orientation} (turned by 90 degrees) on a non-square TIFF: "
+                                  "Pillow decodes it wrongly; save the pixels upright (orientation 1)")
+        return 1
+    return orientation
 
 
 def _frame_array(frame, band: int = 512) -> np.ndarray:
