@@ -250,3 +250,20 @@ def test_exif_orientation_is_honoured_or_refused(tmp_path):
     im.save(tmp_path / "wide6.tif", exif=exif)
     with pytest.raises(ScanError, match="wide6.tif: EXIF orientation 6"):
         read_file(tmp_path / "wide6.tif")
+
+
+def test_16_bit_colour_png_is_refused_not_cut_to_8_bits(tmp_path):
+    """Pillow opens a 16-bit RGB or grey + alpha PNG as 8-bit RGB / RGBA: 40000 was read as 156."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    for name, colour_type, channels in (("rgb16.png", 2, 3), ("la16.png", 4, 2)):
+        pixels = np.full((4, 4, channels), 40000, ">u2")
+        rows = b"".join(b"\0" + row.tobytes() for row in pixels)
+        (tmp_path / name).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 16, colour_type, 0, 0, 0))
+                                      + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+        with pytest.raises(ScanError, match=f"{name}: stores 16-bit .* samples, which Pillow cuts to 8 bits"):
+            read_file(tmp_path / name)

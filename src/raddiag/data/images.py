@@ -32,6 +32,7 @@ def open_image(path: Path, limits: Limits) -> Volume:
         limits.check(path, (frames, h, w))
         if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
             raise InputTooLarge(path, f"{w * h:,} pixels is over PIL's decompression-bomb limit")
+        _check_depth(path, im)
         orientation = _orientation(path, im)
     except BaseException:
         stack.close()
@@ -40,12 +41,13 @@ def open_image(path: Path, limits: Limits) -> Volume:
     def get(k: int) -> np.ndarray:
         if frames > 1:
             im.seek(k)
+            _check_depth(path, im)
             _orientation(path, im)
             if im.size != (w, h):
                 raise ScanError(path, "its frames have different sizes")
         im.load()
         # 16-bit in either byte order as is: convert("L") would clip an "I;16B" TIFF to 0..255
-        frame = im if im.mode in ("L", "I", "F") or im.mode.startswith("I;16") else im.convert("L")
+        frame = im if im.mode in _KEPT_MODES else im.convert("L")
         arr = _frame_array(frame)
         return _UPRIGHT[orientation](arr) if orientation in _UPRIGHT else arr
 
@@ -72,6 +74,27 @@ def _orientation(path, im) -> int:
                                   "Pillow decodes it wrongly; save the pixels upright (orientation 1)")
         return 1
     return orientation
+
+
+_KEPT_MODES = ("L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")   # read as stored, not through "L"
+
+
+def _check_depth(path, im) -> None:
+    """Pillow decodes 16-bit colour (RGB, RGBA, grey + alpha) PNG and TIFF to their top 8 bits,
+    with nothing said: such a file is refused (16-bit grey is read whole)."""
+    if im.mode in _KEPT_MODES:
+        return
+    bits = 8
+    if im.format == "PNG":
+        with open(path, "rb") as f:
+            head = f.read(26)
+        bits = head[24] if len(head) == 26 else 8   # IHDR bit depth
+    elif im.format == "TIFF":
+        per_sample = im.tag_v2.get(258, (8,))
+        bits = max(per_sample) if isinstance(per_sample, tuple) else int(per_sample)
+    if bits > 8:
+        raise ScanError(path, f"stores {bits}-bit {im.mode} samples, which Pillow cuts to 8 bits; "
+                              "save it as 16-bit greyscale (or as 8-bit colour)")
 
 
 def _frame_array(frame, band: int = 512) -> np.ndarray:
