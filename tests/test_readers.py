@@ -267,3 +267,22 @@ def test_16_bit_colour_png_is_refused_not_cut_to_8_bits(tmp_path):
                                       + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
         with pytest.raises(ScanError, match=f"{name}: stores 16-bit .* samples, which Pillow cuts to 8 bits"):
             read_file(tmp_path / name)
+
+
+def test_enhanced_multiframe_per_frame_rescale_is_applied(tmp_path):
+    """Rescale slope / intercept in the per-frame functional groups were ignored: raw values came out."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    def per_frame(ds):
+        del ds.RescaleSlope, ds.RescaleIntercept
+        groups = []
+        for k in range(3):
+            pvt, group = Dataset(), Dataset()
+            pvt.RescaleSlope, pvt.RescaleIntercept = k + 1, -5
+            group.PixelValueTransformationSequence = Sequence([pvt])
+            groups.append(group)
+        ds.PerFrameFunctionalGroupsSequence = Sequence(groups)
+
+    path = _rewrite(_dicom(tmp_path / "mf.dcm", np.full((3, 4, 4), 10)), per_frame)
+    assert read_file(path)[:, 0, 0].tolist() == [5, 15, 25]

@@ -354,15 +354,18 @@ def _slice_position(ds) -> Optional[float]:
     return float(np.dot(normal, np.asarray(ipp, float)))
 
 
-def _rescale(path, ds) -> tuple[float, float]:
-    """RescaleSlope / RescaleIntercept, top level or (enhanced multi-frame) in the shared groups;
-    a slope of 0 (every pixel the intercept), a non-finite or non-numeric one is an error."""
+def _rescale(path, ds, frame: int = 0) -> tuple[float, float]:
+    """RescaleSlope / RescaleIntercept, top level or (enhanced multi-frame) in frame ``frame``'s
+    per-frame groups or in the shared groups; a slope of 0 (every pixel the intercept), a
+    non-finite or non-numeric one is an error."""
     slope, inter = getattr(ds, "RescaleSlope", None), getattr(ds, "RescaleIntercept", None)
-    if slope is None and "SharedFunctionalGroupsSequence" in ds:
-        shared = ds.SharedFunctionalGroupsSequence[0]
-        if "PixelValueTransformationSequence" in shared:
-            pvt = shared.PixelValueTransformationSequence[0]
+    per_frame = list(ds.get("PerFrameFunctionalGroupsSequence") or [])[frame: frame + 1]
+    shared = list(ds.get("SharedFunctionalGroupsSequence") or [])[:1]
+    for group in per_frame + shared if slope is None else []:
+        if "PixelValueTransformationSequence" in group:
+            pvt = group.PixelValueTransformationSequence[0]
             slope, inter = getattr(pvt, "RescaleSlope", None), getattr(pvt, "RescaleIntercept", None)
+            break
     try:
         slope, inter = float(slope if slope is not None else 1.0), float(inter if inter is not None else 0.0)
     except (TypeError, ValueError) as exc:
@@ -409,7 +412,7 @@ def _dicom_frame(path: Path, ds, frame: int) -> np.ndarray:
         from pydicom.pixels import apply_modality_lut
 
         return apply_modality_lut(arr, ds).astype(np.float32)
-    slope, inter = _rescale(path, ds)
+    slope, inter = _rescale(path, ds, frame)
     if arr.size and max(abs(float(arr.min())), abs(float(arr.max()))) * abs(slope) + abs(inter) > _F32_MAX:
         raise ScanError(path, f"RescaleSlope {slope:g} / RescaleIntercept {inter:g} take the pixel values "
                               "beyond the float32 range (|v| > 3.4e38)")
