@@ -182,6 +182,22 @@ class ClampedFile(io.BufferedReader):
         return super().read(n)
 
 
+class _HeaderGzip(gzip.GzipFile):
+    """While ``header_read``, ``read(n)`` decompresses 1 MiB at a time: a hostile length in the
+    header (an extension of 2 GB) then costs what the stream holds, not ``n`` allocated upfront."""
+
+    header_read = True
+
+    def read(self, size: Optional[int] = -1) -> bytes:
+        if not self.header_read or size is None or size <= 1 << 20:
+            return super().read(size)
+        parts = []
+        while size > 0 and (part := super().read(min(size, 1 << 20))):
+            parts.append(part)
+            size -= len(part)
+        return b"".join(parts)
+
+
 def _nifti(path: Path, limits: Limits, plane: Optional[str] = None) -> Volume:
     stack = ExitStack()
     try:
@@ -199,11 +215,12 @@ def _nifti_volume(path: Path, limits: Limits, stack: ExitStack, plane: Optional[
 
     f = stack.enter_context(ClampedFile(path))
     if path.name.lower().endswith(".gz"):
-        f = stack.enter_context(gzip.GzipFile(fileobj=f))
+        f = stack.enter_context(_HeaderGzip(fileobj=f))
     head = f.read(4)
     f.seek(0)
     kind = nib.Nifti2Image if 540 in struct.unpack("<i", head) + struct.unpack(">i", head) else nib.Nifti1Image
     img = kind.from_file_map({"image": nib.FileHolder(filename=str(path), fileobj=f)})
+    f.header_read = False   # slices are read whole: their size is checked against the limits
     proxy = img.dataobj
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 4 and shape[-1] == 1:
