@@ -286,3 +286,18 @@ def test_enhanced_multiframe_per_frame_rescale_is_applied(tmp_path):
 
     path = _rewrite(_dicom(tmp_path / "mf.dcm", np.full((3, 4, 4), 10)), per_frame)
     assert read_file(path)[:, 0, 0].tolist() == [5, 15, 25]
+
+
+def test_a_dicom_series_mixing_orientations_or_monochrome1_is_refused(tmp_path):
+    """A localizer series (slices in different planes) was stacked as one volume, sorted along
+    normals that differ; a MONOCHROME1 slice in a MONOCHROME2 series was left uninverted."""
+    planes, mixed = tmp_path / "planes", tmp_path / "mixed"
+    planes.mkdir(), mixed.mkdir()
+    _dicom(planes / "a.dcm", np.full((4, 4), 1), z=0)
+    _dicom(planes / "b.dcm", np.full((4, 4), 2), z=1, iop=(0, 1, 0, 0, 0, 1))
+    with pytest.raises(ScanError, match="planes: the slices of one DICOM series lie in 2 different planes"):
+        read_file(planes)
+    _dicom(mixed / "a.dcm", np.full((4, 4), 10), z=0, photometric="MONOCHROME1")
+    _dicom(mixed / "b.dcm", np.full((4, 4), 20), z=1)
+    with pytest.raises(ScanError, match="mixed: .* MONOCHROME1 .* and others not"):
+        read_file(mixed)

@@ -436,6 +436,23 @@ def _dicom_frame(path: Path, ds, frame: int) -> np.ndarray:
     return arr.astype(np.float32) * slope + inter
 
 
+def _check_series(folder, heads) -> None:
+    """The slices of one series must lie in one plane (a localizer holds 3) and agree on
+    MONOCHROME1, which inverts the whole volume."""
+    try:
+        iops = [np.asarray(ds.ImageOrientationPatient, float) for ds in heads
+                if len(getattr(ds, "ImageOrientationPatient", None) or ()) == 6]
+    except (TypeError, ValueError) as exc:
+        raise ScanError(folder, f"a slice's ImageOrientationPatient is not 6 numbers ({exc})") from None
+    planes = [iop for k, iop in enumerate(iops) if all(np.abs(iop - o).max() > 1e-3 for o in iops[:k])]
+    if len(planes) > 1:
+        raise ScanError(folder, f"the slices of one DICOM series lie in {len(planes)} different planes "
+                                "(ImageOrientationPatient; a localizer?): give one plane per scan")
+    inverted = {str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1" for ds in heads}
+    if len(inverted) > 1:
+        raise ScanError(folder, "some slices of one DICOM series are MONOCHROME1 (inverted) and others not")
+
+
 def read_dicom_series(paths: Sequence[str | Path], limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     with open_dicom_series(paths, limits) as vol:
         return vol.array()
@@ -461,6 +478,7 @@ def open_dicom_series(paths: Sequence[str | Path], limits: Limits = DEFAULT_LIMI
     if len(uids) > 1:
         raise ScanError(paths[0].parent, f"files belong to {len(uids)} different DICOM series; "
                                          "give one series per scan (raddiag.data.discover groups them)")
+    _check_series(paths[0].parent, [ds for ds, _, _ in heads])
     positioned = False
     if len(heads) > 1:
         pos = [_slice_position(ds) for ds, _, _ in heads]
