@@ -301,3 +301,23 @@ def test_a_dicom_series_mixing_orientations_or_monochrome1_is_refused(tmp_path):
     _dicom(mixed / "b.dcm", np.full((4, 4), 20), z=1)
     with pytest.raises(ScanError, match="mixed: .* MONOCHROME1 .* and others not"):
         read_file(mixed)
+
+
+def test_dicom_series_with_unparsable_position_or_instance_number_names_the_file(tmp_path):
+    """'abcde' in ImagePositionPatient (or 'z' in InstanceNumber) escaped as a bare ValueError."""
+    from raddiag.data.discover import scans_in_folder
+
+    for tag, value, bad in (("ImagePositionPatient", [0.0, 0.0, 8.125], b"8.125"), ("InstanceNumber", 8, b"8 ")):
+        folder = tmp_path / tag
+        folder.mkdir()
+        for k in range(3):
+            _dicom(folder / f"{k}.dcm", np.full((4, 4), k), ipp=(0.0, 0.0, 7.125 + k), instance=7 + k)
+        if tag == "InstanceNumber":
+            for k in range(3):
+                _rewrite(folder / f"{k}.dcm", lambda ds: delattr(ds, "ImagePositionPatient"))
+        data = (folder / "1.dcm").read_bytes()
+        assert data.count(bad) == 1
+        (folder / "1.dcm").write_bytes(data.replace(bad, b"abcde"[:len(bad)]))
+        for read in (lambda: read_file(folder), lambda: read_scan(scans_in_folder(folder)[0])):
+            with pytest.raises(ScanError, match=f"1.dcm: {tag}"):
+                read()

@@ -362,13 +362,24 @@ def read_dicom_header(path: str | Path):
         raise ScanError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
 
 
-def _slice_position(ds) -> Optional[float]:
+def _slice_position(path, ds) -> Optional[float]:
     """ImagePositionPatient projected on the slice normal (row x column direction cosines)."""
-    ipp, iop = getattr(ds, "ImagePositionPatient", None), getattr(ds, "ImageOrientationPatient", None)
-    if ipp is None or iop is None or len(ipp) != 3 or len(iop) != 6:
-        return None
-    normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
-    return float(np.dot(normal, np.asarray(ipp, float)))
+    try:
+        ipp, iop = getattr(ds, "ImagePositionPatient", None), getattr(ds, "ImageOrientationPatient", None)
+        if ipp is None or iop is None or len(ipp) != 3 or len(iop) != 6:
+            return None
+        normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
+        return float(np.dot(normal, np.asarray(ipp, float)))
+    except (TypeError, ValueError) as exc:
+        raise ScanError(path, f"ImagePositionPatient / ImageOrientationPatient is not numbers ({exc})") from None
+
+
+def _instance_number(path, ds, default: int) -> int:
+    try:
+        number = getattr(ds, "InstanceNumber", None)
+        return int(number) if number is not None else default
+    except (TypeError, ValueError) as exc:
+        raise ScanError(path, f"InstanceNumber is not a number ({exc})") from None
 
 
 def _rescale(path, ds, frame: int = 0) -> tuple[float, float]:
@@ -466,6 +477,16 @@ def open_dicom_series(paths: Sequence[str | Path], limits: Limits = DEFAULT_LIMI
     files with ImageOrientationPatient / ImagePositionPatient on each is reoriented like a NIfTI
     (:mod:`raddiag.data.orientation`; ``plane``: the declared plane)."""
     paths = [Path(p) for p in paths]
+    try:
+        return _open_dicom_series(paths, limits, plane)
+    except ScanError:
+        raise
+    except Exception as exc:   # a header value no check foresaw: name the series and the reason
+        where = paths[0] if len(paths) == 1 else paths[0].parent
+        raise ScanError(where, f"DICOM series cannot be read ({type(exc).__name__}: {exc})") from None
+
+
+def _open_dicom_series(paths: list[Path], limits: Limits, plane: Optional[str]) -> Volume:
     heads = []
     for p in paths:
         if not p.exists():
@@ -481,13 +502,9 @@ def open_dicom_series(paths: Sequence[str | Path], limits: Limits = DEFAULT_LIMI
     _check_series(paths[0].parent, [ds for ds, _, _ in heads])
     positioned = False
     if len(heads) > 1:
-        pos = [_slice_position(ds) for ds, _, _ in heads]
+        pos = [_slice_position(p, ds) for ds, p, _ in heads]
         positioned = all(p is not None for p in pos)
-        if positioned:
-            keys = pos
-        else:
-            inst = [getattr(ds, "InstanceNumber", None) for ds, _, _ in heads]
-            keys = [int(i) if i is not None else n for n, i in enumerate(inst)]
+        keys = pos if positioned else [_instance_number(p, ds, n) for n, (ds, p, _) in enumerate(heads)]
         order = sorted(range(len(heads)), key=lambda n: (keys[n], str(heads[n][1])))
         heads = [heads[n] for n in order]
         keys = [keys[n] for n in order]
