@@ -321,3 +321,17 @@ def test_dicom_series_with_unparsable_position_or_instance_number_names_the_file
         for read in (lambda: read_file(folder), lambda: read_scan(scans_in_folder(folder)[0])):
             with pytest.raises(ScanError, match=f"1.dcm: {tag}"):
                 read()
+
+
+def test_nifti_data_offset_past_the_end_says_so(tmp_path):
+    """A vox_offset of 1e9 in a small file gave 'the file holds -999,999,408' bytes."""
+    import struct
+
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 3), np.float32), np.eye(4)), tmp_path / "x.nii")
+    raw = bytearray((tmp_path / "x.nii").read_bytes())
+    struct.pack_into("<f", raw, 108, 1e9)
+    (tmp_path / "far.nii").write_bytes(bytes(raw))
+    with pytest.raises(ScanError, match=r"far.nii: truncated: .* from byte 1,000,000,000 \(vox_offset\), the file holds 0$"):
+        read_file(tmp_path / "far.nii")

@@ -231,9 +231,10 @@ def _nifti_volume(path: Path, limits: Limits, stack: ExitStack, plane: Optional[
     limits.check(path, _hwd_shape(path, shape))
     if not path.name.lower().endswith(".gz"):
         need = int(np.prod(img.shape, dtype=object)) * dtype.itemsize
-        have = path.stat().st_size - int(proxy.offset)
+        have = max(0, path.stat().st_size - int(proxy.offset))
         if need > have:
-            raise ScanError(path, f"truncated: the header declares {need:,} bytes of data, the file holds {have:,}")
+            raise ScanError(path, f"truncated: the header declares {need:,} bytes of data from byte "
+                                  f"{int(proxy.offset):,} (vox_offset), the file holds {have:,}")
 
     class _Slicer:   # [H, W(, D)] view over the proxy that drops a trailing axis of 1, greys RGB
         def __init__(self):
