@@ -13,6 +13,8 @@ import numpy as np
 from raddiag.data.errors import InputTooLarge, ScanError
 from raddiag.data.volume import Limits, Volume
 
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
 
 def open_image(path: Path, limits: Limits) -> Volume:
     """PNG / JPEG / TIFF; multi-frame images (TIFF pages, animated PNG) give one slice per frame.

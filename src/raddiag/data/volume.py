@@ -7,6 +7,8 @@ slices asked for, so preprocessing a scan costs about its prepared size, not its
 """
 from __future__ import annotations
 
+import io
+import os
 import re
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -15,9 +17,11 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from raddiag.data.errors import InputTooLarge, ScanError
+from raddiag.data.orientation import Reoriented
 
 MAX_PIXELS = 64 * 1024 ** 2     # 67 M pixels per slice: above any mammogram (about 4k x 5k)
 MAX_VOXELS = 1024 ** 3          # 1 G voxels per scan: e.g. 1024 x 1024 x 1024
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)   # RGB -> grey, ITU-R BT.601, as PIL's "L"
 _SUFFIX = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
 
 
@@ -155,3 +159,27 @@ def concat_volumes(vols: list[Volume], path) -> Volume:
         return next(vols[i].slices([k - starts[i]], native=True))   # self.slices converts
 
     return Volume(path, (int(starts[-1]), *shapes.pop()), get, invert=any(v.invert for v in vols), stack=stack)
+
+
+def reoriented_volume(path, shape, read, affine, plane, limits: Limits, **kwargs) -> Volume:
+    """A stored ``[n0, n1, n2]`` volume (``read(a, b)``: stored slices a..b) in the canonical
+    orientation of its plane; the output slice size is checked against ``limits`` too."""
+    view = Reoriented(shape, read, affine, plane)
+    limits.check(path, view.shape)
+    return Volume(path, view.shape, lambda k: next(view.many([k])), many=view.many,
+                  orientation=view.note, **kwargs)
+
+
+class ClampedFile(io.BufferedReader):
+    """A file whose ``read(n)`` never asks for more than the bytes left, so that a hostile length
+    field in a header (a DICOM element, an NPY header, a NIfTI extension) cannot make a parser
+    allocate the declared size: Python's buffered read allocates ``n`` bytes before reading."""
+
+    def __init__(self, path):
+        super().__init__(io.FileIO(str(path), "rb"))
+        self._size = os.fstat(self.fileno()).st_size
+
+    def read(self, n: Optional[int] = -1) -> bytes:
+        if n is not None and n >= 0:
+            n = min(n, max(0, self._size - self.tell()))
+        return super().read(n)
