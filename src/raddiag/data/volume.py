@@ -4,6 +4,8 @@
 count of one slice (a 2D image) and the voxel count of a whole scan, both checked from the
 header by :meth:`Limits.check` before any pixel is decoded. :class:`Volume` reads only the
 slices asked for, so preprocessing a scan costs about its prepared size, not its declared size.
+Shared by the readers: :func:`reoriented_volume` (a volume in its plane's canonical orientation)
+and :class:`ClampedFile` (a file whose header lengths cannot make a parser over-allocate).
 """
 from __future__ import annotations
 
