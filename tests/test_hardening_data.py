@@ -317,6 +317,24 @@ def test_hostile_length_fields_do_not_allocate_the_declared_size(tmp_path):
     assert _peak_mb(lambda: read_file(tmp_path / "long.npy")) < 5
 
 
+def test_gzip_nifti_extension_length_does_not_allocate_the_declared_size(tmp_path):
+    """A .nii.gz whose header extension declares 2 GB made the gzip reader allocate 2 GB (the
+    plain .nii was clamped to the file size; a gzip stream's size is not known in advance)."""
+    import gzip
+
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 3), np.float32), np.eye(4)), tmp_path / "x.nii")
+    raw = bytearray((tmp_path / "x.nii").read_bytes())
+    raw[348] = 1                                    # "extensions follow"
+    struct.pack_into("<f", raw, 108, 352 + 16.0)    # data after one 16-byte extension
+    body = bytes(raw[:352]) + struct.pack("<ii", 2 ** 31 - 8, 0) + b"\0" * 8 + bytes(raw[352:])
+    (tmp_path / "ext.nii.gz").write_bytes(gzip.compress(body))
+    with pytest.raises(ScanError, match="ext.nii.gz: cannot be read"):
+        read_file(tmp_path / "ext.nii.gz")
+    assert _peak_mb(lambda: read_file(tmp_path / "ext.nii.gz")) < 5
+
+
 def test_values_near_the_float32_limit_scale_without_nan(tmp_path):
     """Found by the fuzz suite: a min-max range over 3.4e38 overflowed float32 into NaN."""
     vol = np.zeros((8, 8, 2), np.float32)

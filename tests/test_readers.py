@@ -146,3 +146,192 @@ def test_16_bit_images_keep_their_values_in_either_byte_order(tmp_path, mode):
     assert Image.open(tmp_path / "s.tif").mode == mode
     got = read_file(tmp_path / "s.tif")
     assert got.dtype == np.float32 and np.array_equal(got[0], values.astype(np.float32))
+
+
+# -- values that were wrong without a word ----------------------------------------------------
+def test_complex_nifti_is_refused_not_read_as_its_real_part(tmp_path):
+    import nibabel as nib
+
+    data = (np.arange(60).reshape(4, 5, 3) + 1j * np.arange(60).reshape(4, 5, 3)[::-1]).astype(np.complex64)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "c.nii")
+    with pytest.raises(ScanError, match="c.nii: holds complex values"):
+        read_file(tmp_path / "c.nii")
+
+
+def test_a_four_slice_npy_whose_first_three_slices_match_keeps_its_fourth_slice(tmp_path):
+    """[H, W, 4] with equal slices 0..2 was taken for grey RGBA and slice 3 dropped, whatever it held."""
+    vol = np.zeros((6, 5, 4), np.float32)
+    vol[..., 3] = np.arange(30).reshape(6, 5)   # padding slices first, the data last
+    np.save(tmp_path / "v.npy", vol)
+    got = read_file(tmp_path / "v.npy")
+    assert got.shape == (4, 6, 5) and np.array_equal(got[3], vol[..., 3])
+    rgba = np.dstack([vol[..., 3]] * 3 + [np.full((6, 5), 255.0)])   # grey RGBA, opaque: one image
+    np.save(tmp_path / "g.npy", rgba)
+    assert np.array_equal(read_file(tmp_path / "g.npy"), vol[None, ..., 3])
+
+
+def test_float64_values_beyond_float32_are_refused_not_made_infinite(tmp_path):
+    """1e300 became inf in the float32 cast: read_file returned inf, load_scan said 'NaN or infinite'."""
+    from raddiag.data.preprocess import load_scan
+
+    np.save(tmp_path / "big.npy", np.linspace(1e300, 2e300, 30).reshape(6, 5))
+    with pytest.raises(ScanError, match="big.npy: slice 0 holds values beyond the float32 range"):
+        read_file(tmp_path / "big.npy")
+    with pytest.raises(ScanError, match="beyond the float32 range"):
+        load_scan(Scan(str(tmp_path / "big.npy"), "CT"), 8, 1)
+
+
+def _rewrite(path, change):
+    ds = pydicom.dcmread(path)
+    change(ds)
+    ds.save_as(path)
+    return path
+
+
+def test_dicom_modality_lut_palette_colour_and_unusable_rescale(tmp_path):
+    """A Modality LUT Sequence and a PALETTE COLOR lookup were ignored: the stored indices came
+    out as the values. A RescaleSlope of 0 or NaN gave a 'constant' or 'NaN' error that hid why."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    def modality_lut(ds):
+        del ds.RescaleSlope, ds.RescaleIntercept
+        item = Dataset()
+        item.LUTDescriptor, item.ModalityLUTType = [4, 0, 16], "HU"
+        item.LUTData = np.array([100, 200, 300, 4000], np.uint16).tobytes()
+        ds.ModalityLUTSequence = Sequence([item])
+
+    lut = _rewrite(_dicom(tmp_path / "lut.dcm", [[0, 1], [2, 3]]), modality_lut)
+    assert read_file(lut)[0].tolist() == [[100, 200], [300, 4000]]
+
+    def palette(ds):
+        ds.PhotometricInterpretation = "PALETTE COLOR"
+        for n, level in enumerate((60000, 0, 0)):   # red, green, blue: index 1 is pure red
+            ds.add_new(0x00281101 + n, "US", [4, 0, 16])
+            ds.add_new(0x00281201 + n, "OW", np.array([0, level, 0, 0], np.uint16).tobytes())
+
+    pal = _rewrite(_dicom(tmp_path / "pal.dcm", [[0, 1], [1, 2]]), palette)
+    assert np.allclose(read_file(pal)[0], [[0, 0.299 * 60000], [0.299 * 60000, 0]], atol=0.1)
+
+    for name, slope in (("zero.dcm", 0.0), ("nan.dcm", float("nan"))):
+        with pytest.raises(ScanError, match=f"{name}: RescaleSlope {slope:g} is unusable"):
+            read_file(_dicom(tmp_path / name, np.arange(16).reshape(4, 4), slope=slope))
+    with pytest.raises(ScanError, match="huge.dcm: RescaleSlope 1e.40 / RescaleIntercept 0 take the pixel values beyond"):
+        read_file(_dicom(tmp_path / "huge.dcm", np.arange(16).reshape(4, 4), slope=1e40))
+
+
+_EXIF_ORIENTED = {1: lambda a: a, 2: np.fliplr, 3: lambda a: np.rot90(a, 2), 4: np.flipud, 5: lambda a: a.T,
+                  6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).T, 8: lambda a: np.rot90(a, 1)}
+
+
+def test_exif_orientation_is_honoured_or_refused(tmp_path):
+    """A JPEG / PNG with an EXIF orientation tag came out as stored (a radiograph on its side); a
+    non-square TIFF rotated by 90 degrees gave a slice of the wrong shape (Pillow decodes it wrongly)."""
+    from PIL import Image
+
+    pixels = np.arange(8 * 12, dtype=np.uint8).reshape(8, 12) * 2
+    for o, oriented in _EXIF_ORIENTED.items():
+        im = Image.fromarray(pixels)
+        exif = im.getexif()
+        exif[0x0112] = o
+        im.save(tmp_path / f"o{o}.png", exif=exif)
+        assert np.array_equal(read_file(tmp_path / f"o{o}.png")[0], oriented(pixels)), o
+        square = np.ascontiguousarray(pixels[:, :8])
+        Image.fromarray(square).save(tmp_path / f"o{o}.tif", exif=exif)   # Pillow orients a TIFF itself
+        assert np.array_equal(read_file(tmp_path / f"o{o}.tif")[0], oriented(square)), o
+    stripes = np.zeros((64, 96), np.uint8)
+    stripes[:, :32] = 255
+    im = Image.fromarray(stripes)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "o6.jpg", exif=exif, quality=100)
+    got = read_file(tmp_path / "o6.jpg")[0]
+    assert got.shape == (96, 64) and np.abs(got - np.rot90(stripes, -1)).max() < 8
+    im.save(tmp_path / "wide6.tif", exif=exif)
+    with pytest.raises(ScanError, match="wide6.tif: EXIF orientation 6"):
+        read_file(tmp_path / "wide6.tif")
+
+
+def test_16_bit_colour_png_is_refused_not_cut_to_8_bits(tmp_path):
+    """Pillow opens a 16-bit RGB or grey + alpha PNG as 8-bit RGB / RGBA: 40000 was read as 156."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    for name, colour_type, channels in (("rgb16.png", 2, 3), ("la16.png", 4, 2)):
+        pixels = np.full((4, 4, channels), 40000, ">u2")
+        rows = b"".join(b"\0" + row.tobytes() for row in pixels)
+        (tmp_path / name).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 16, colour_type, 0, 0, 0))
+                                      + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+        with pytest.raises(ScanError, match=f"{name}: stores 16-bit .* samples, which Pillow cuts to 8 bits"):
+            read_file(tmp_path / name)
+
+
+def test_enhanced_multiframe_per_frame_rescale_is_applied(tmp_path):
+    """Rescale slope / intercept in the per-frame functional groups were ignored: raw values came out."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    def per_frame(ds):
+        del ds.RescaleSlope, ds.RescaleIntercept
+        groups = []
+        for k in range(3):
+            pvt, group = Dataset(), Dataset()
+            pvt.RescaleSlope, pvt.RescaleIntercept = k + 1, -5
+            group.PixelValueTransformationSequence = Sequence([pvt])
+            groups.append(group)
+        ds.PerFrameFunctionalGroupsSequence = Sequence(groups)
+
+    path = _rewrite(_dicom(tmp_path / "mf.dcm", np.full((3, 4, 4), 10)), per_frame)
+    assert read_file(path)[:, 0, 0].tolist() == [5, 15, 25]
+
+
+def test_a_dicom_series_mixing_orientations_or_monochrome1_is_refused(tmp_path):
+    """A localizer series (slices in different planes) was stacked as one volume, sorted along
+    normals that differ; a MONOCHROME1 slice in a MONOCHROME2 series was left uninverted."""
+    planes, mixed = tmp_path / "planes", tmp_path / "mixed"
+    planes.mkdir(), mixed.mkdir()
+    _dicom(planes / "a.dcm", np.full((4, 4), 1), z=0)
+    _dicom(planes / "b.dcm", np.full((4, 4), 2), z=1, iop=(0, 1, 0, 0, 0, 1))
+    with pytest.raises(ScanError, match="planes: the slices of one DICOM series lie in 2 different planes"):
+        read_file(planes)
+    _dicom(mixed / "a.dcm", np.full((4, 4), 10), z=0, photometric="MONOCHROME1")
+    _dicom(mixed / "b.dcm", np.full((4, 4), 20), z=1)
+    with pytest.raises(ScanError, match="mixed: .* MONOCHROME1 .* and others not"):
+        read_file(mixed)
+
+
+def test_dicom_series_with_unparsable_position_or_instance_number_names_the_file(tmp_path):
+    """'abcde' in ImagePositionPatient (or 'z' in InstanceNumber) escaped as a bare ValueError."""
+    from raddiag.data.discover import scans_in_folder
+
+    for tag, value, bad in (("ImagePositionPatient", [0.0, 0.0, 8.125], b"8.125"), ("InstanceNumber", 8, b"8 ")):
+        folder = tmp_path / tag
+        folder.mkdir()
+        for k in range(3):
+            _dicom(folder / f"{k}.dcm", np.full((4, 4), k), ipp=(0.0, 0.0, 7.125 + k), instance=7 + k)
+        if tag == "InstanceNumber":
+            for k in range(3):
+                _rewrite(folder / f"{k}.dcm", lambda ds: delattr(ds, "ImagePositionPatient"))
+        data = (folder / "1.dcm").read_bytes()
+        assert data.count(bad) == 1
+        (folder / "1.dcm").write_bytes(data.replace(bad, b"abcde"[:len(bad)]))
+        for read in (lambda: read_file(folder), lambda: read_scan(scans_in_folder(folder)[0])):
+            with pytest.raises(ScanError, match=f"1.dcm: {tag}"):
+                read()
+
+
+def test_nifti_data_offset_past_the_end_says_so(tmp_path):
+    """A vox_offset of 1e9 in a small file gave 'the file holds -999,999,408' bytes."""
+    import struct
+
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 3), np.float32), np.eye(4)), tmp_path / "x.nii")
+    raw = bytearray((tmp_path / "x.nii").read_bytes())
+    struct.pack_into("<f", raw, 108, 1e9)
+    (tmp_path / "far.nii").write_bytes(bytes(raw))
+    with pytest.raises(ScanError, match=r"far.nii: truncated: .* from byte 1,000,000,000 \(vox_offset\), the file holds 0$"):
+        read_file(tmp_path / "far.nii")

@@ -4,7 +4,8 @@ Formats: NIfTI (.nii, .nii.gz), NPY ``[H, W, D]`` (the release format), PNG / JP
 DICOM files and series folders (slices sorted by position, rescale slope / intercept
 applied, MONOCHROME1 inverted, multi-frame), NPZ arrays (``file.npz#key/index``, used
 for MedMNIST). RGB is converted to grey. Every failure raises :class:`ScanError`
-naming the file and the reason.
+naming the file and the reason. DICOM is read by :mod:`raddiag.data.dicom`, PNG / JPEG / TIFF
+by :mod:`raddiag.data.images`; this module chooses the reader and reads NIfTI, NPY and NPZ.
 
 :func:`open_scan` / :func:`open_file` read the header only, check it against the size bound
 (:class:`Limits`: ``max_pixels`` per slice, ``max_voxels`` per scan; over it,
@@ -16,10 +17,7 @@ from __future__ import annotations
 
 import functools
 import gzip
-import io
-import os
 import struct
-import warnings
 import zipfile
 from contextlib import ExitStack
 from pathlib import Path
@@ -29,13 +27,14 @@ import numpy as np
 
 from raddiag.data.case import Scan
 from raddiag.data.errors import InputTooLarge, ScanError
-from raddiag.data.orientation import Reoriented, dicom_affine, nifti_orientation
-from raddiag.data.volume import DEFAULT_LIMITS, Limits, Volume, concat_volumes
+from raddiag.data.dicom import (DICOM_SUFFIXES, dicom_files_in, dicom_modality, is_dicom, open_dicom_series,
+                                 read_dicom_header, read_dicom_series)
+from raddiag.data.images import IMAGE_SUFFIXES, open_image
+from raddiag.data.orientation import nifti_orientation
+from raddiag.data.volume import (DEFAULT_LIMITS, LUMA, ClampedFile, Limits, Volume, concat_volumes,
+                                 reoriented_volume)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
 NPZ_SEP = "#"   # "volumes.npz#train_images/5" = train_images[5]
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)   # ITU-R BT.601, as PIL's "L"
 
 
 def read_scan(scan: Scan, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
@@ -89,7 +88,7 @@ def open_file(path: str | Path, limits: Limits = DEFAULT_LIMITS, plane: Optional
         if name.endswith((".nii", ".nii.gz")):
             return _nifti(path, limits, plane)
         if path.suffix.lower() in IMAGE_SUFFIXES:
-            return _image(path, limits)
+            return open_image(path, limits)
         if is_dicom(path):
             return open_dicom_series([path], limits, plane)
         if name.endswith(".npz"):
@@ -121,9 +120,14 @@ def _hwd_shape(path, shape: Sequence[int]) -> tuple[int, int, int]:
 
 
 def _grey_stored_as_rgb(arr) -> bool:
-    """[H, W, 3 or 4] whose colour channels are equal: one grey image, not 3 slices."""
+    """[H, W, 3 or 4] whose colour channels are equal (and whose 4th plane, if any, is a constant
+    alpha): one grey image, not 3 or 4 slices. A 4th plane that varies is a slice, not alpha."""
     if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
         return False
+    if arr.shape[-1] == 4:
+        alpha = np.asarray(arr[..., 3])
+        if not np.all(alpha == alpha.flat[0]):
+            return False
     return all(np.array_equal(arr[..., 0], arr[..., i]) for i in range(1, 3))
 
 
@@ -161,19 +165,20 @@ def _npy(path: Path, limits: Limits) -> Volume:
     return _hwd_volume(path, mm, limits)
 
 
-class ClampedFile(io.BufferedReader):
-    """A file whose ``read(n)`` never asks for more than the bytes left, so that a hostile length
-    field in a header (a DICOM element, an NPY header, a NIfTI extension) cannot make a parser
-    allocate the declared size: Python's buffered read allocates ``n`` bytes before reading."""
+class _HeaderGzip(gzip.GzipFile):
+    """While ``header_read``, ``read(n)`` decompresses 1 MiB at a time: a hostile length in the
+    header (an extension of 2 GB) then costs what the stream holds, not ``n`` allocated upfront."""
 
-    def __init__(self, path):
-        super().__init__(io.FileIO(str(path), "rb"))
-        self._size = os.fstat(self.fileno()).st_size
+    header_read = True
 
-    def read(self, n: Optional[int] = -1) -> bytes:
-        if n is not None and n >= 0:
-            n = min(n, max(0, self._size - self.tell()))
-        return super().read(n)
+    def read(self, size: Optional[int] = -1) -> bytes:
+        if not self.header_read or size is None or size <= 1 << 20:
+            return super().read(size)
+        parts = []
+        while size > 0 and (part := super().read(min(size, 1 << 20))):
+            parts.append(part)
+            size -= len(part)
+        return b"".join(parts)
 
 
 def _nifti(path: Path, limits: Limits, plane: Optional[str] = None) -> Volume:
@@ -188,27 +193,31 @@ def _nifti(path: Path, limits: Limits, plane: Optional[str] = None) -> Volume:
 def _nifti_volume(path: Path, limits: Limits, stack: ExitStack, plane: Optional[str] = None) -> Volume:
     """The header only; the file stays open (in ``stack``): a .gz is decompressed forward once,
     slice by slice. Truncation of a .nii is found from the header and the file size. A 3D
-    volume whose header declares its orientation is reoriented (:func:`_reoriented`)."""
+    volume whose header declares its orientation is reoriented (:func:`~raddiag.data.volume.reoriented_volume`)."""
     import nibabel as nib
 
     f = stack.enter_context(ClampedFile(path))
     if path.name.lower().endswith(".gz"):
-        f = stack.enter_context(gzip.GzipFile(fileobj=f))
+        f = stack.enter_context(_HeaderGzip(fileobj=f))
     head = f.read(4)
     f.seek(0)
     kind = nib.Nifti2Image if 540 in struct.unpack("<i", head) + struct.unpack(">i", head) else nib.Nifti1Image
     img = kind.from_file_map({"image": nib.FileHolder(filename=str(path), fileobj=f)})
+    f.header_read = False   # slices are read whole: their size is checked against the limits
     proxy = img.dataobj
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 4 and shape[-1] == 1:
         shape = shape[:3]
     dtype = img.get_data_dtype()
+    if not dtype.names:   # RGB NIfTI is a structured dtype, greyed below
+        _check_dtype(path, dtype)
     limits.check(path, _hwd_shape(path, shape))
     if not path.name.lower().endswith(".gz"):
         need = int(np.prod(img.shape, dtype=object)) * dtype.itemsize
-        have = path.stat().st_size - int(proxy.offset)
+        have = max(0, path.stat().st_size - int(proxy.offset))
         if need > have:
-            raise ScanError(path, f"truncated: the header declares {need:,} bytes of data, the file holds {have:,}")
+            raise ScanError(path, f"truncated: the header declares {need:,} bytes of data from byte "
+                                  f"{int(proxy.offset):,} (vox_offset), the file holds {have:,}")
 
     class _Slicer:   # [H, W(, D)] view over the proxy that drops a trailing axis of 1, greys RGB
         def __init__(self):
@@ -218,70 +227,14 @@ def _nifti_volume(path: Path, limits: Limits, stack: ExitStack, plane: Optional[
             key = key if isinstance(key, tuple) else (key,)
             data = np.asarray(proxy[key + (0,)] if len(img.shape) == 4 else proxy[key])
             if dtype.names:   # RGB NIfTI (structured dtype)
-                data = sum(w * data[c].astype(np.float32) for w, c in zip(_LUMA, "RGB"))
+                data = sum(w * data[c].astype(np.float32) for w, c in zip(LUMA, "RGB"))
             return data
 
     slicer = _Slicer()
     affine = nifti_orientation(img)
     if affine is not None and len(shape) == 3 and min(shape) > 1:
-        return _reoriented(path, shape, lambda a, b: slicer[:, :, a:b], affine, plane, limits, stack=stack)
+        return reoriented_volume(path, shape, lambda a, b: slicer[:, :, a:b], affine, plane, limits, stack=stack)
     return _hwd_volume(path, slicer, limits, stack)
-
-
-def _reoriented(path, shape, read, affine, plane, limits: Limits, **kwargs) -> Volume:
-    """A stored ``[n0, n1, n2]`` volume (``read(a, b)``: stored slices a..b) in the canonical
-    orientation of its plane; the output slice size is checked against ``limits`` too."""
-    view = Reoriented(shape, read, affine, plane)
-    limits.check(path, view.shape)
-    return Volume(path, view.shape, lambda k: next(view.many([k])), many=view.many,
-                  orientation=view.note, **kwargs)
-
-
-def _image(path: Path, limits: Limits) -> Volume:
-    """PNG / JPEG / TIFF; multi-frame images (TIFF pages, animated PNG) give one slice per frame.
-    The size is checked before decoding; PIL's decompression-bomb warning is an error."""
-    from PIL import Image
-
-    stack = ExitStack()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            im = stack.enter_context(Image.open(path))
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-            raise InputTooLarge(path, f"over PIL's decompression-bomb limit ({exc})") from None
-    try:
-        w, h = im.size
-        frames = int(getattr(im, "n_frames", 1) or 1)
-        limits.check(path, (frames, h, w))
-        if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
-            raise InputTooLarge(path, f"{w * h:,} pixels is over PIL's decompression-bomb limit")
-    except BaseException:
-        stack.close()
-        raise
-
-    def get(k: int) -> np.ndarray:
-        if frames > 1:
-            im.seek(k)
-            if im.size != (w, h):
-                raise ScanError(path, "its frames have different sizes")
-        im.load()
-        # 16-bit in either byte order as is: convert("L") would clip an "I;16B" TIFF to 0..255
-        frame = im if im.mode in ("L", "I", "F") or im.mode.startswith("I;16") else im.convert("L")
-        return _frame_array(frame)
-
-    return Volume(path, (frames, h, w), get, stack=stack)
-
-
-def _frame_array(frame, band: int = 512) -> np.ndarray:
-    """A PIL image as ``[H, W]`` in its own dtype (a 16-bit frame is not made float32), ``band``
-    rows at a time: ``np.asarray(frame)`` holds two full-size byte strings besides the array."""
-    w, h = frame.size
-    out = None
-    for top in range(0, h, band):
-        rows = np.asarray(frame.crop((0, top, w, min(h, top + band))))
-        out = np.empty((h, w), rows.dtype.newbyteorder("=")) if out is None else out
-        out[top: top + len(rows)] = rows
-    return out
 
 
 # -- NPZ (MedMNIST) -----------------------------------------------------------------
@@ -340,166 +293,12 @@ def _npz_item(spec: str, limits: Limits) -> Volume:
     if vol.ndim == 4 and vol.shape[-1] == 1:
         vol = vol[..., 0]
     if vol.ndim == 3 and vol.shape[-1] == 3 and vol.shape[0] != 3:   # 2D RGB MedMNIST
-        vol = vol.astype(np.float32) @ _LUMA
+        vol = vol.astype(np.float32) @ LUMA
     if vol.ndim == 2:
         vol = vol[None]
     if vol.ndim != 3 or 0 in vol.shape:
         raise ScanError(spec, f"expected a 2D or 3D array, got shape {vol.shape}")
     return Volume(spec, vol.shape, lambda k: vol[k])
-
-
-# -- DICOM ------------------------------------------------------------------------
-def is_dicom(path: str | Path) -> bool:
-    """True for a .dcm/.dicom/.ima file or any file with the DICOM preamble ("DICM" at byte 128)."""
-    path = Path(path)
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
-    if not path.is_file() or path.suffix.lower() in IMAGE_SUFFIXES | {".npy", ".npz", ".nii", ".gz", ".json"}:
-        return False
-    try:
-        with path.open("rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def dicom_files_in(folder: str | Path) -> list[Path]:
-    """The DICOM files directly in ``folder`` (sorted by name); an error if there are none."""
-    folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != "DICOMDIR" and is_dicom(p))
-    if not files:
-        raise ScanError(folder, "folder holds no DICOM files (.dcm or files with the DICM preamble)")
-    return files
-
-
-def read_dicom_header(path: str | Path):
-    """Header only (no pixels); ScanError if the file is not readable DICOM."""
-    import pydicom
-
-    try:
-        with ClampedFile(path) as f:
-            return pydicom.dcmread(f, stop_before_pixels=True)
-    except Exception as exc:
-        raise ScanError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
-
-
-def _slice_position(ds) -> Optional[float]:
-    """ImagePositionPatient projected on the slice normal (row x column direction cosines)."""
-    ipp, iop = getattr(ds, "ImagePositionPatient", None), getattr(ds, "ImageOrientationPatient", None)
-    if ipp is None or iop is None or len(ipp) != 3 or len(iop) != 6:
-        return None
-    normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
-    return float(np.dot(normal, np.asarray(ipp, float)))
-
-
-def _rescale(ds) -> tuple[float, float]:
-    """RescaleSlope / RescaleIntercept, top level or (enhanced multi-frame) in the shared groups."""
-    slope, inter = getattr(ds, "RescaleSlope", None), getattr(ds, "RescaleIntercept", None)
-    if slope is None and "SharedFunctionalGroupsSequence" in ds:
-        shared = ds.SharedFunctionalGroupsSequence[0]
-        if "PixelValueTransformationSequence" in shared:
-            pvt = shared.PixelValueTransformationSequence[0]
-            slope, inter = getattr(pvt, "RescaleSlope", None), getattr(pvt, "RescaleIntercept", None)
-    return float(slope if slope is not None else 1.0), float(inter if inter is not None else 0.0)
-
-
-def _dicom_geometry(path: Path, ds, limits: Limits) -> tuple[int, int, int]:
-    """(frames, rows, columns) from the header, checked against the bound."""
-    try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise ScanError(path, f"DICOM header has no usable Rows / Columns / NumberOfFrames ({exc})") from None
-    limits.check(path, (frames, rows, cols))
-    if min(frames, rows, cols) < 1:
-        raise ScanError(path, f"DICOM header declares an empty image ({frames} x {rows} x {cols})")
-    return frames, rows, cols
-
-
-def _dicom_frame(path: Path, ds, frame: int) -> np.ndarray:
-    """Frame ``frame`` of one DICOM file -> [H, W] float32 in modality units (only that frame
-    is decoded); ``ds`` is the file's header."""
-    from pydicom.pixels import pixel_array
-
-    try:
-        with ClampedFile(path) as f:
-            arr = pixel_array(f, index=frame)
-    except Exception as exc:
-        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        raise ScanError(path, f"DICOM pixel data missing or cannot be decoded (transfer syntax "
-                              f"{getattr(ts, 'name', ts)}; {type(exc).__name__}: {exc})") from None
-    arr = np.asarray(arr)
-    if int(getattr(ds, "SamplesPerPixel", 1)) > 1:   # colour (pydicom returns RGB, YBR converted) -> grey
-        return arr[..., :3].astype(np.float32) @ _LUMA
-    slope, inter = _rescale(ds)
-    return arr.astype(np.float32) * slope + inter
-
-
-def read_dicom_series(paths: Sequence[str | Path], limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
-    with open_dicom_series(paths, limits) as vol:
-        return vol.array()
-
-
-def open_dicom_series(paths: Sequence[str | Path], limits: Limits = DEFAULT_LIMITS,
-                      plane: Optional[str] = None) -> Volume:
-    """DICOM files of one series -> a :class:`Volume` from the headers alone, slices sorted along
-    the slice normal (fallback InstanceNumber, then file name); a single multi-frame file keeps
-    its frame order. Pixels are decoded one file (one frame) at a time. A series of single-frame
-    files with ImageOrientationPatient / ImagePositionPatient on each is reoriented like a NIfTI
-    (:mod:`raddiag.data.orientation`; ``plane``: the declared plane)."""
-    paths = [Path(p) for p in paths]
-    heads = []
-    for p in paths:
-        if not p.exists():
-            raise ScanError(p, "file does not exist")
-        if p.stat().st_size == 0:
-            raise ScanError(p, "file is empty (0 bytes)")
-        ds = read_dicom_header(p)
-        heads.append((ds, p, _dicom_geometry(p, ds, limits)))
-    uids = {str(getattr(ds, "SeriesInstanceUID", "")) for ds, _, _ in heads}
-    if len(uids) > 1:
-        raise ScanError(paths[0].parent, f"files belong to {len(uids)} different DICOM series; "
-                                         "give one series per scan (raddiag.data.discover groups them)")
-    positioned = False
-    if len(heads) > 1:
-        pos = [_slice_position(ds) for ds, _, _ in heads]
-        positioned = all(p is not None for p in pos)
-        if positioned:
-            keys = pos
-        else:
-            inst = [getattr(ds, "InstanceNumber", None) for ds, _, _ in heads]
-            keys = [int(i) if i is not None else n for n, i in enumerate(inst)]
-        order = sorted(range(len(heads)), key=lambda n: (keys[n], str(heads[n][1])))
-        heads = [heads[n] for n in order]
-        keys = [keys[n] for n in order]
-    shapes = {g[1:] for _, _, g in heads}
-    if len(shapes) != 1:
-        raise ScanError(paths[0], f"the slices of one DICOM series have different shapes {sorted(shapes)}")
-    frames = [(ds, p, f) for ds, p, g in heads for f in range(g[0])]
-    shape = (len(frames), *shapes.pop())
-    limits.check(paths[0] if len(paths) == 1 else paths[0].parent, shape)
-    invert = str(getattr(heads[0][0], "PhotometricInterpretation", "")).upper() == "MONOCHROME1"
-    frame = lambda k: _dicom_frame(frames[k][1], frames[k][0], frames[k][2])   # noqa: E731
-    affine = dicom_affine([ds for ds, _, _ in heads], keys) if positioned and len(frames) == len(heads) else None
-    if affine is not None and min(shape) > 1:
-        read = lambda a, b: np.stack([frame(k) for k in range(a, b)], axis=-1)   # noqa: E731
-        return _reoriented(paths[0], (shape[1], shape[2], shape[0]), read, affine, plane, limits, invert=invert)
-    return Volume(paths[0], shape, frame, invert=invert)
-
-
-def dicom_modality(path: str | Path) -> str:
-    """Canonical modality of a DICOM file from its ``Modality`` tag."""
-    from raddiag.data.case import canonical_modality
-
-    ds = read_dicom_header(path)
-    tag = getattr(ds, "Modality", None)
-    if not tag:
-        raise ScanError(path, "DICOM file has no Modality tag; give the modality explicitly")
-    try:
-        return canonical_modality(str(tag))
-    except ValueError as exc:
-        raise ScanError(path, str(exc)) from None
 
 
 __all__ = ["read_scan", "read_file", "open_scan", "open_file", "open_dicom_series", "Limits", "DEFAULT_LIMITS",

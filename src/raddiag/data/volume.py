@@ -4,9 +4,13 @@
 count of one slice (a 2D image) and the voxel count of a whole scan, both checked from the
 header by :meth:`Limits.check` before any pixel is decoded. :class:`Volume` reads only the
 slices asked for, so preprocessing a scan costs about its prepared size, not its declared size.
+Shared by the readers: :func:`reoriented_volume` (a volume in its plane's canonical orientation)
+and :class:`ClampedFile` (a file whose header lengths cannot make a parser over-allocate).
 """
 from __future__ import annotations
 
+import io
+import os
 import re
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -15,9 +19,11 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from raddiag.data.errors import InputTooLarge, ScanError
+from raddiag.data.orientation import Reoriented
 
 MAX_PIXELS = 64 * 1024 ** 2     # 67 M pixels per slice: above any mammogram (about 4k x 5k)
 MAX_VOXELS = 1024 ** 3          # 1 G voxels per scan: e.g. 1024 x 1024 x 1024
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)   # RGB -> grey, ITU-R BT.601, as PIL's "L"
 _SUFFIX = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
 
 
@@ -113,7 +119,12 @@ class Volume:
                 raise ScanError(self.path, f"slice {k} cannot be read ({type(exc).__name__}: {exc})") from None
             sl = np.asarray(sl)
             if not (native and sl.dtype.kind in "biu"):
-                sl = sl.astype(np.float32, copy=False)
+                with np.errstate(over="raise"):   # float64 past 3.4e38 would become inf
+                    try:
+                        sl = sl.astype(np.float32, copy=False)
+                    except FloatingPointError:
+                        raise ScanError(self.path, f"slice {k} holds values beyond the float32 range "
+                                                   "(|v| > 3.4e38); rescale them before saving") from None
             if sl.shape != self.shape[1:]:
                 raise ScanError(self.path, f"slice {k} has shape {sl.shape}, the header declares {self.shape[1:]}")
             yield sl
@@ -150,3 +161,27 @@ def concat_volumes(vols: list[Volume], path) -> Volume:
         return next(vols[i].slices([k - starts[i]], native=True))   # self.slices converts
 
     return Volume(path, (int(starts[-1]), *shapes.pop()), get, invert=any(v.invert for v in vols), stack=stack)
+
+
+def reoriented_volume(path, shape, read, affine, plane, limits: Limits, **kwargs) -> Volume:
+    """A stored ``[n0, n1, n2]`` volume (``read(a, b)``: stored slices a..b) in the canonical
+    orientation of its plane; the output slice size is checked against ``limits`` too."""
+    view = Reoriented(shape, read, affine, plane)
+    limits.check(path, view.shape)
+    return Volume(path, view.shape, lambda k: next(view.many([k])), many=view.many,
+                  orientation=view.note, **kwargs)
+
+
+class ClampedFile(io.BufferedReader):
+    """A file whose ``read(n)`` never asks for more than the bytes left, so that a hostile length
+    field in a header (a DICOM element, an NPY header, a NIfTI extension) cannot make a parser
+    allocate the declared size: Python's buffered read allocates ``n`` bytes before reading."""
+
+    def __init__(self, path):
+        super().__init__(io.FileIO(str(path), "rb"))
+        self._size = os.fstat(self.fileno()).st_size
+
+    def read(self, n: Optional[int] = -1) -> bytes:
+        if n is not None and n >= 0:
+            n = min(n, max(0, self._size - self.tell()))
+        return super().read(n)

@@ -1,0 +1,229 @@
+"""DICOM: files and series folders -> a :class:`~raddiag.data.volume.Volume` from the headers
+alone. Slices are sorted by position along the slice normal (fallback InstanceNumber); the
+modality transform is applied (RescaleSlope / Intercept, per frame for enhanced multi-frame, or a
+Modality LUT); PALETTE COLOR and RGB are made grey; MONOCHROME1 is inverted; one file or frame
+is decoded at a time. Every failure raises :class:`~raddiag.data.errors.ScanError` naming the file."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from raddiag.data.errors import ScanError
+from raddiag.data.images import IMAGE_SUFFIXES
+from raddiag.data.orientation import dicom_affine
+from raddiag.data.volume import DEFAULT_LIMITS, LUMA, ClampedFile, Limits, Volume, reoriented_volume
+
+DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def is_dicom(path: str | Path) -> bool:
+    """True for a .dcm/.dicom/.ima file or any file with the DICOM preamble ("DICM" at byte 128)."""
+    path = Path(path)
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    if not path.is_file() or path.suffix.lower() in IMAGE_SUFFIXES | {".npy", ".npz", ".nii", ".gz", ".json"}:
+        return False
+    try:
+        with path.open("rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def dicom_files_in(folder: str | Path) -> list[Path]:
+    """The DICOM files directly in ``folder`` (sorted by name); an error if there are none."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != "DICOMDIR" and is_dicom(p))
+    if not files:
+        raise ScanError(folder, "folder holds no DICOM files (.dcm or files with the DICM preamble)")
+    return files
+
+
+def read_dicom_header(path: str | Path):
+    """Header only (no pixels); ScanError if the file is not readable DICOM."""
+    import pydicom
+
+    try:
+        with ClampedFile(path) as f:
+            return pydicom.dcmread(f, stop_before_pixels=True)
+    except Exception as exc:
+        raise ScanError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
+
+
+def _slice_position(path, ds) -> Optional[float]:
+    """ImagePositionPatient projected on the slice normal (row x column direction cosines)."""
+    try:
+        ipp, iop = getattr(ds, "ImagePositionPatient", None), getattr(ds, "ImageOrientationPatient", None)
+        if ipp is None or iop is None or len(ipp) != 3 or len(iop) != 6:
+            return None
+        normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
+        return float(np.dot(normal, np.asarray(ipp, float)))
+    except (TypeError, ValueError) as exc:
+        raise ScanError(path, f"ImagePositionPatient / ImageOrientationPatient is not numbers ({exc})") from None
+
+
+def _instance_number(path, ds, default: int) -> int:
+    try:
+        number = getattr(ds, "InstanceNumber", None)
+        return int(number) if number is not None else default
+    except (TypeError, ValueError) as exc:
+        raise ScanError(path, f"InstanceNumber is not a number ({exc})") from None
+
+
+def _rescale(path, ds, frame: int = 0) -> tuple[float, float]:
+    """RescaleSlope / RescaleIntercept, top level or (enhanced multi-frame) in frame ``frame``'s
+    per-frame groups or in the shared groups; a slope of 0 (every pixel the intercept), a
+    non-finite or non-numeric one is an error."""
+    slope, inter = getattr(ds, "RescaleSlope", None), getattr(ds, "RescaleIntercept", None)
+    per_frame = list(ds.get("PerFrameFunctionalGroupsSequence") or [])[frame: frame + 1]
+    shared = list(ds.get("SharedFunctionalGroupsSequence") or [])[:1]
+    for group in per_frame + shared if slope is None else []:
+        if "PixelValueTransformationSequence" in group:
+            pvt = group.PixelValueTransformationSequence[0]
+            slope, inter = getattr(pvt, "RescaleSlope", None), getattr(pvt, "RescaleIntercept", None)
+            break
+    try:
+        slope, inter = float(slope if slope is not None else 1.0), float(inter if inter is not None else 0.0)
+    except (TypeError, ValueError) as exc:
+        raise ScanError(path, f"RescaleSlope / RescaleIntercept is not a number ({exc})") from None
+    if not (np.isfinite(slope) and slope != 0 and np.isfinite(inter)):
+        raise ScanError(path, f"RescaleSlope {slope:g} is unusable (with RescaleIntercept {inter:g}): "
+                              "the slope must be a finite non-zero number")
+    return slope, inter
+
+
+def _dicom_geometry(path: Path, ds, limits: Limits) -> tuple[int, int, int]:
+    """(frames, rows, columns) from the header, checked against the bound."""
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ScanError(path, f"DICOM header has no usable Rows / Columns / NumberOfFrames ({exc})") from None
+    limits.check(path, (frames, rows, cols))
+    if min(frames, rows, cols) < 1:
+        raise ScanError(path, f"DICOM header declares an empty image ({frames} x {rows} x {cols})")
+    return frames, rows, cols
+
+
+def _dicom_frame(path: Path, ds, frame: int) -> np.ndarray:
+    """Frame ``frame`` of one DICOM file -> [H, W] float32 in modality units (only that frame
+    is decoded); ``ds`` is the file's header."""
+    from pydicom.pixels import pixel_array
+
+    try:
+        with ClampedFile(path) as f:
+            arr = pixel_array(f, index=frame)
+    except Exception as exc:
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        raise ScanError(path, f"DICOM pixel data missing or cannot be decoded (transfer syntax "
+                              f"{getattr(ts, 'name', ts)}; {type(exc).__name__}: {exc})") from None
+    arr = np.asarray(arr)
+    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "PALETTE COLOR":   # indices -> RGB
+        from pydicom.pixels import apply_color_lut
+
+        arr = apply_color_lut(arr, ds)
+    if arr.ndim == 3:   # colour (pydicom returns RGB, YBR converted) -> grey
+        return arr[..., :3].astype(np.float32) @ LUMA
+    if "ModalityLUTSequence" in ds:   # a lookup table instead of RescaleSlope / Intercept
+        from pydicom.pixels import apply_modality_lut
+
+        return apply_modality_lut(arr, ds).astype(np.float32)
+    slope, inter = _rescale(path, ds, frame)
+    if arr.size and max(abs(float(arr.min())), abs(float(arr.max()))) * abs(slope) + abs(inter) > _F32_MAX:
+        raise ScanError(path, f"RescaleSlope {slope:g} / RescaleIntercept {inter:g} take the pixel values "
+                              "beyond the float32 range (|v| > 3.4e38)")
+    return arr.astype(np.float32) * slope + inter
+
+
+def _check_series(folder, heads) -> None:
+    """The slices of one series must lie in one plane (a localizer holds 3) and agree on
+    MONOCHROME1, which inverts the whole volume."""
+    try:
+        iops = [np.asarray(ds.ImageOrientationPatient, float) for ds in heads
+                if len(getattr(ds, "ImageOrientationPatient", None) or ()) == 6]
+    except (TypeError, ValueError) as exc:
+        raise ScanError(folder, f"a slice's ImageOrientationPatient is not 6 numbers ({exc})") from None
+    planes = [iop for k, iop in enumerate(iops) if all(np.abs(iop - o).max() > 1e-3 for o in iops[:k])]
+    if len(planes) > 1:
+        raise ScanError(folder, f"the slices of one DICOM series lie in {len(planes)} different planes "
+                                "(ImageOrientationPatient; a localizer?): give one plane per scan")
+    inverted = {str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1" for ds in heads}
+    if len(inverted) > 1:
+        raise ScanError(folder, "some slices of one DICOM series are MONOCHROME1 (inverted) and others not")
+
+
+def read_dicom_series(paths: Sequence[str | Path], limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+    with open_dicom_series(paths, limits) as vol:
+        return vol.array()
+
+
+def open_dicom_series(paths: Sequence[str | Path], limits: Limits = DEFAULT_LIMITS,
+                      plane: Optional[str] = None) -> Volume:
+    """DICOM files of one series -> a :class:`Volume` from the headers alone, slices sorted along
+    the slice normal (fallback InstanceNumber, then file name); a single multi-frame file keeps
+    its frame order. Pixels are decoded one file (one frame) at a time. A series of single-frame
+    files with ImageOrientationPatient / ImagePositionPatient on each is reoriented like a NIfTI
+    (:mod:`raddiag.data.orientation`; ``plane``: the declared plane)."""
+    paths = [Path(p) for p in paths]
+    try:
+        return _open_dicom_series(paths, limits, plane)
+    except ScanError:
+        raise
+    except Exception as exc:   # a header value no check foresaw: name the series and the reason
+        where = paths[0] if len(paths) == 1 else paths[0].parent
+        raise ScanError(where, f"DICOM series cannot be read ({type(exc).__name__}: {exc})") from None
+
+
+def _open_dicom_series(paths: list[Path], limits: Limits, plane: Optional[str]) -> Volume:
+    heads = []
+    for p in paths:
+        if not p.exists():
+            raise ScanError(p, "file does not exist")
+        if p.stat().st_size == 0:
+            raise ScanError(p, "file is empty (0 bytes)")
+        ds = read_dicom_header(p)
+        heads.append((ds, p, _dicom_geometry(p, ds, limits)))
+    uids = {str(getattr(ds, "SeriesInstanceUID", "")) for ds, _, _ in heads}
+    if len(uids) > 1:
+        raise ScanError(paths[0].parent, f"files belong to {len(uids)} different DICOM series; "
+                                         "give one series per scan (raddiag.data.discover groups them)")
+    _check_series(paths[0].parent, [ds for ds, _, _ in heads])
+    positioned = False
+    if len(heads) > 1:
+        pos = [_slice_position(p, ds) for ds, p, _ in heads]
+        positioned = all(p is not None for p in pos)
+        keys = pos if positioned else [_instance_number(p, ds, n) for n, (ds, p, _) in enumerate(heads)]
+        order = sorted(range(len(heads)), key=lambda n: (keys[n], str(heads[n][1])))
+        heads = [heads[n] for n in order]
+        keys = [keys[n] for n in order]
+    shapes = {g[1:] for _, _, g in heads}
+    if len(shapes) != 1:
+        raise ScanError(paths[0], f"the slices of one DICOM series have different shapes {sorted(shapes)}")
+    frames = [(ds, p, f) for ds, p, g in heads for f in range(g[0])]
+    shape = (len(frames), *shapes.pop())
+    limits.check(paths[0] if len(paths) == 1 else paths[0].parent, shape)
+    invert = str(getattr(heads[0][0], "PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+    frame = lambda k: _dicom_frame(frames[k][1], frames[k][0], frames[k][2])   # noqa: E731
+    affine = dicom_affine([ds for ds, _, _ in heads], keys) if positioned and len(frames) == len(heads) else None
+    if affine is not None and min(shape) > 1:
+        read = lambda a, b: np.stack([frame(k) for k in range(a, b)], axis=-1)   # noqa: E731
+        return reoriented_volume(paths[0], (shape[1], shape[2], shape[0]), read, affine, plane, limits, invert=invert)
+    return Volume(paths[0], shape, frame, invert=invert)
+
+
+def dicom_modality(path: str | Path) -> str:
+    """Canonical modality of a DICOM file from its ``Modality`` tag."""
+    from raddiag.data.case import canonical_modality
+
+    ds = read_dicom_header(path)
+    tag = getattr(ds, "Modality", None)
+    if not tag:
+        raise ScanError(path, "DICOM file has no Modality tag; give the modality explicitly")
+    try:
+        return canonical_modality(str(tag))
+    except ValueError as exc:
+        raise ScanError(path, str(exc)) from None
