@@ -52,7 +52,7 @@ def knowledge_suggest(names: Sequence[str], top: int = 5) -> list:
             raise
         raise ValueError("raddiag.knowledge.map is not available in this installation; "
                          "use --suggester lexical") from None
-    return suggest_codes(list(names), top=top)
+    return suggest_codes(list(names), top=top, progress=True)   # the first call embeds the index
 
 
 def lexical_suggest(names: Sequence[str], top: int = 5) -> list:
