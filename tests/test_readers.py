@@ -335,3 +335,20 @@ def test_nifti_data_offset_past_the_end_says_so(tmp_path):
     (tmp_path / "far.nii").write_bytes(bytes(raw))
     with pytest.raises(ScanError, match=r"far.nii: truncated: .* from byte 1,000,000,000 \(vox_offset\), the file holds 0$"):
         read_file(tmp_path / "far.nii")
+
+
+def test_dicom_pixel_data_longer_or_shorter_than_the_header_declares_is_refused(tmp_path):
+    """Rows 3 over a stored 4 x 4 image, or NumberOfFrames 1 over 3 stored frames, was read
+    silently as the first rows x columns pixels."""
+    rows = _rewrite(_dicom(tmp_path / "rows.dcm", np.arange(16).reshape(4, 4)), lambda ds: setattr(ds, "Rows", 3))
+    with pytest.raises(ScanError, match=r"rows.dcm: the pixel data holds 32 bytes, the header declares 24"):
+        read_file(rows)
+    frames = _rewrite(_dicom(tmp_path / "frames.dcm", np.full((3, 4, 4), 7)), lambda ds: setattr(ds, "NumberOfFrames", 1))
+    with pytest.raises(ScanError, match=r"frames.dcm: the pixel data holds 96 bytes, the header declares 32"):
+        read_file(frames)
+    short = _rewrite(_dicom(tmp_path / "short.dcm", np.arange(16).reshape(4, 4)),
+                     lambda ds: setattr(ds, "PixelData", ds.PixelData[:-4]))
+    with pytest.raises(ScanError, match=r"short.dcm: .* holds 28 bytes, the header declares 32 .*truncated"):
+        read_file(short)
+    odd = _dicom(tmp_path / "odd.dcm", np.full((3, 3, 3), 9), photometric="RGB")   # 27 bytes + 1 pad byte
+    assert read_file(odd).shape == (1, 3, 3)

@@ -5,6 +5,7 @@ Modality LUT); PALETTE COLOR and RGB are made grey; MONOCHROME1 is inverted; one
 is decoded at a time. Every failure raises :class:`~raddiag.data.errors.ScanError` naming the file."""
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -49,9 +50,32 @@ def read_dicom_header(path: str | Path):
 
     try:
         with ClampedFile(path) as f:
-            return pydicom.dcmread(f, stop_before_pixels=True)
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            ds.raddiag_pixel_bytes = _stored_pixel_bytes(f, ds)
+            return ds
     except Exception as exc:
         raise ScanError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
+
+
+def _stored_pixel_bytes(f, ds) -> Optional[int]:
+    """The length of the (native, uncompressed) pixel data element that ``f`` stands at after a
+    ``stop_before_pixels`` read (its tag and length are read, not its value); None when the pixel
+    data is encapsulated (compressed), deflated, of undefined length or absent."""
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is not None and (ts.is_encapsulated or ts.is_deflated):
+        return None
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        return None
+    head = f.read(8 if implicit else 12)
+    if len(head) < (8 if implicit else 12):
+        return None
+    end = "<" if little else ">"
+    tag = struct.unpack(f"{end}HH", head[:4])
+    length = struct.unpack(f"{end}L", head[4:8] if implicit else head[8:12])[0]
+    if tag not in ((0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)) or length == 0xFFFFFFFF:
+        return None
+    return length
 
 
 def _slice_position(path, ds) -> Optional[float]:
@@ -106,6 +130,16 @@ def _dicom_geometry(path: Path, ds, limits: Limits) -> tuple[int, int, int]:
     limits.check(path, (frames, rows, cols))
     if min(frames, rows, cols) < 1:
         raise ScanError(path, f"DICOM header declares an empty image ({frames} x {rows} x {cols})")
+    stored = getattr(ds, "raddiag_pixel_bytes", None)
+    if stored is not None:   # more data than declared was read silently as the first rows x cols pixels
+        bits = int(getattr(ds, "BitsAllocated", 0) or 0) * int(getattr(ds, "SamplesPerPixel", 1) or 1)
+        need = (frames * rows * cols * bits + 7) // 8
+        if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "YBR_FULL_422":   # 2 samples a pixel
+            need = need * 2 // 3
+        if bits and stored not in (need, need + need % 2):
+            raise ScanError(path, f"the pixel data holds {stored:,} bytes, the header declares {need:,} "
+                                  f"({frames} frame(s) x {rows} rows x {cols} columns x {bits} bits): "
+                                  f"{'truncated' if stored < need else 'Rows / Columns / NumberOfFrames understate it'}")
     return frames, rows, cols
 
 
