@@ -352,3 +352,22 @@ def test_dicom_pixel_data_longer_or_shorter_than_the_header_declares_is_refused(
         read_file(short)
     odd = _dicom(tmp_path / "odd.dcm", np.full((3, 3, 3), 9), photometric="RGB")   # 27 bytes + 1 pad byte
     assert read_file(odd).shape == (1, 3, 3)
+
+
+def test_dicom_slices_sharing_one_position_are_refused_naming_the_files(tmp_path):
+    """A file copied twice ('IM1 copy.dcm') or two acquisitions in one series were stacked in
+    file-name order: a volume with a repeated or interleaved slice."""
+    import shutil
+
+    copies, twice = tmp_path / "copies", tmp_path / "twice"
+    copies.mkdir(), twice.mkdir()
+    for k in range(3):
+        _dicom(copies / f"IM{k}.dcm", np.full((4, 4), k), z=k)
+        _dicom(twice / f"a{k}.dcm", np.full((4, 4), k), z=k)
+        _dicom(twice / f"b{k}.dcm", np.full((4, 4), 10 + k), z=k)
+    shutil.copy(copies / "IM1.dcm", copies / "IM1 copy.dcm")
+    with pytest.raises(ScanError, match=r"copies: 2 slices .* same position 1 .*\(IM1 copy.dcm, IM1.dcm\): "
+                                        r"they are identical copies"):
+        read_file(copies)
+    with pytest.raises(ScanError, match=r"twice: 2 slices .* same position 0 .*\(a0.dcm, b0.dcm\): they differ"):
+        read_scan(scans_in_folder(twice)[0])

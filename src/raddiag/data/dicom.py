@@ -190,6 +190,26 @@ def _check_series(folder, heads) -> None:
         raise ScanError(folder, "some slices of one DICOM series are MONOCHROME1 (inverted) and others not")
 
 
+def _check_positions(folder, paths: list[Path], keys: list[float]) -> None:
+    """Slices sorted along the normal (``keys``) must not share a position: a file copied twice
+    or two acquisitions in one series were stacked in file-name order. Refused either way (no
+    copy is dropped silently); the message lists the clashing files and says whether they are
+    identical copies."""
+    import filecmp
+
+    for a in range(len(keys) - 1):
+        if abs(keys[a + 1] - keys[a]) < 1e-3:
+            b = a + 1
+            while b + 1 < len(keys) and abs(keys[b + 1] - keys[a]) < 1e-3:
+                b += 1
+            same = all(filecmp.cmp(paths[a], paths[k], shallow=False) for k in range(a + 1, b + 1))
+            names = ", ".join(p.name for p in paths[a:b + 1])
+            raise ScanError(folder, f"{b - a + 1} slices of one DICOM series lie at the same position "
+                                    f"{keys[a]:g} along the slice normal ({names}): "
+                                    + ("they are identical copies; remove all but one" if same else "they differ "
+                                       "(two acquisitions, time points or b-values in one series?); give one per scan"))
+
+
 def read_dicom_series(paths: Sequence[str | Path], limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     with open_dicom_series(paths, limits) as vol:
         return vol.array()
@@ -234,6 +254,8 @@ def _open_dicom_series(paths: list[Path], limits: Limits, plane: Optional[str]) 
         order = sorted(range(len(heads)), key=lambda n: (keys[n], str(heads[n][1])))
         heads = [heads[n] for n in order]
         keys = [keys[n] for n in order]
+        if positioned:
+            _check_positions(paths[0].parent, [p for _, p, _ in heads], keys)
     shapes = {g[1:] for _, _, g in heads}
     if len(shapes) != 1:
         raise ScanError(paths[0], f"the slices of one DICOM series have different shapes {sorted(shapes)}")
