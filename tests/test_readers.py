@@ -371,3 +371,12 @@ def test_dicom_slices_sharing_one_position_are_refused_naming_the_files(tmp_path
         read_file(copies)
     with pytest.raises(ScanError, match=r"twice: 2 slices .* same position 0 .*\(a0.dcm, b0.dcm\): they differ"):
         read_scan(scans_in_folder(twice)[0])
+
+
+def test_a_dicom_series_mixing_grey_and_colour_slices_is_refused(tmp_path):
+    """An RGB slice in a grey series was made grey and stacked with the others."""
+    _dicom(tmp_path / "a.dcm", np.full((4, 4), 100), z=0)
+    _dicom(tmp_path / "b.dcm", np.full((4, 4, 3), 100), z=1, photometric="RGB")
+    _dicom(tmp_path / "c.dcm", np.full((4, 4), 100), z=2)
+    with pytest.raises(ScanError, match="some slices of one DICOM series are colour .* and others grey"):
+        read_file(tmp_path)

@@ -174,8 +174,8 @@ def _dicom_frame(path: Path, ds, frame: int) -> np.ndarray:
 
 
 def _check_series(folder, heads) -> None:
-    """The slices of one series must lie in one plane (a localizer holds 3) and agree on
-    MONOCHROME1, which inverts the whole volume."""
+    """The slices of one series must lie in one plane (a localizer holds 3), agree on
+    MONOCHROME1, which inverts the whole volume, and be all grey or all colour."""
     try:
         iops = [np.asarray(ds.ImageOrientationPatient, float) for ds in heads
                 if len(getattr(ds, "ImageOrientationPatient", None) or ()) == 6]
@@ -185,9 +185,13 @@ def _check_series(folder, heads) -> None:
     if len(planes) > 1:
         raise ScanError(folder, f"the slices of one DICOM series lie in {len(planes)} different planes "
                                 "(ImageOrientationPatient; a localizer?): give one plane per scan")
-    inverted = {str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1" for ds in heads}
-    if len(inverted) > 1:
+    photometric = [str(getattr(ds, "PhotometricInterpretation", "")).upper() for ds in heads]
+    if len({p == "MONOCHROME1" for p in photometric}) > 1:
         raise ScanError(folder, "some slices of one DICOM series are MONOCHROME1 (inverted) and others not")
+    colour = {int(getattr(ds, "SamplesPerPixel", 1) or 1) > 1 or p == "PALETTE COLOR" for ds, p in zip(heads, photometric)}
+    if len(colour) > 1:
+        raise ScanError(folder, "some slices of one DICOM series are colour (RGB / YBR / PALETTE COLOR) and "
+                                "others grey: give the grey slices as one scan")
 
 
 def _check_positions(folder, paths: list[Path], keys: list[float]) -> None:
