@@ -380,3 +380,38 @@ def test_a_dicom_series_mixing_grey_and_colour_slices_is_refused(tmp_path):
     _dicom(tmp_path / "c.dcm", np.full((4, 4), 100), z=2)
     with pytest.raises(ScanError, match="some slices of one DICOM series are colour .* and others grey"):
         read_file(tmp_path)
+
+
+def test_scans_in_folder_says_what_it_skips_and_follows_linked_folders(tmp_path):
+    """README.txt, Thumbs.db, .DS_Store, a hidden PNG, a broken link were dropped without a word;
+    a linked series folder was not searched (its scan lost); a lower-case 'dicomdir' was read as
+    a scan (an error: no Modality tag)."""
+    import os
+
+    from raddiag.data.errors import SkippedFilesWarning
+
+    real, case = tmp_path / "elsewhere" / "series", tmp_path / "case"
+    real.mkdir(parents=True), case.mkdir()
+    for k in range(2):
+        _dicom(real / f"{k}.dcm", np.full((4, 4), k), z=k)
+    _dicom(case / "own.dcm", np.full((4, 4), 5), series="9.9")
+    for name in ("README.txt", "Thumbs.db", ".DS_Store", ".hidden.png"):
+        (case / name).write_bytes(b"x")
+    (case / "dicomdir").write_bytes(bytes(128) + b"DICM")
+    os.symlink(real, case / "linked")
+    os.symlink(case, case / "loop")
+    os.symlink(tmp_path / "gone.png", case / "dead.png")
+    with pytest.warns(SkippedFilesWarning) as w:
+        scans = scans_in_folder(case)
+    assert sorted(len(s.paths) for s in scans) == [1, 2]   # the linked series is found
+    said = str(w[0].message)
+    for name in ("README.txt", "Thumbs.db", ".DS_Store", ".hidden.png", "dicomdir", "loop", "dead.png"):
+        assert name in said
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"junk: no scans found .*skipped 1 file\(s\): not a scan type: notes.txt"):
+        scans_in_folder(tmp_path / "junk")
+    deep = tmp_path / "deep"
+    (deep.joinpath(*["d"] * 300)).mkdir(parents=True)
+    np.save(deep.joinpath(*["d"] * 300, "x.npy"), np.ones((4, 4)))
+    assert len(scans_in_folder(deep, modality="CT")) == 1
