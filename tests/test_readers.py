@@ -415,3 +415,18 @@ def test_scans_in_folder_says_what_it_skips_and_follows_linked_folders(tmp_path)
     (deep.joinpath(*["d"] * 300)).mkdir(parents=True)
     np.save(deep.joinpath(*["d"] * 300, "x.npy"), np.ones((4, 4)))
     assert len(scans_in_folder(deep, modality="CT")) == 1
+
+
+def test_a_dicom_series_folder_says_what_it_skips_and_an_empty_dcm_says_empty(tmp_path):
+    """A series folder (a manifest's scan path) dropped a sub-folder of slices and other files
+    without a word; an empty .dcm in a case folder gave pydicom's 'DICM prefix is missing'."""
+    from raddiag.data.errors import SkippedFilesWarning
+
+    _dicom(tmp_path / "a.dcm", np.full((4, 4), 1), z=0)
+    (tmp_path / "more").mkdir()
+    _dicom(tmp_path / "more" / "b.dcm", np.full((4, 4), 2), z=1)
+    with pytest.warns(SkippedFilesWarning, match=r"skipped 1 file\(s\): sub-folder \(not searched\): more"):
+        assert read_file(tmp_path).shape == (1, 4, 4)
+    (tmp_path / "more" / "empty.dcm").write_bytes(b"")
+    with pytest.raises(ScanError, match=r"empty.dcm: file is empty \(0 bytes\)"):
+        scans_in_folder(tmp_path / "more")

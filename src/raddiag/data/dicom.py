@@ -6,12 +6,13 @@ is decoded at a time. Every failure raises :class:`~raddiag.data.errors.ScanErro
 from __future__ import annotations
 
 import struct
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from raddiag.data.errors import ScanError
+from raddiag.data.errors import ScanError, SkippedFilesWarning, skipped_text
 from raddiag.data.images import IMAGE_SUFFIXES
 from raddiag.data.orientation import dicom_affine
 from raddiag.data.volume import DEFAULT_LIMITS, LUMA, ClampedFile, Limits, Volume, reoriented_volume
@@ -36,11 +37,22 @@ def is_dicom(path: str | Path) -> bool:
 
 
 def dicom_files_in(folder: str | Path) -> list[Path]:
-    """The DICOM files directly in ``folder`` (sorted by name); an error if there are none."""
+    """The DICOM files directly in ``folder`` (sorted by name); an error if there are none. The
+    other entries (DICOMDIR, sub-folders, other files) are skipped with a SkippedFilesWarning."""
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != "DICOMDIR" and is_dicom(p))
+    files, skipped = [], {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.name.upper() != "DICOMDIR" and is_dicom(p):
+            files.append(p)
+        else:
+            why = "sub-folder (not searched)" if p.is_dir() else "DICOMDIR or not DICOM"
+            skipped.setdefault(why, []).append(p.name)
     if not files:
-        raise ScanError(folder, "folder holds no DICOM files (.dcm or files with the DICM preamble)")
+        raise ScanError(folder, "folder holds no DICOM files (.dcm or files with the DICM preamble)"
+                                + (f"; it holds {skipped_text(skipped)}" if skipped else ""))
+    if skipped:
+        warnings.warn(f"{folder}: DICOM series folder: skipped {skipped_text(skipped)}", SkippedFilesWarning,
+                      stacklevel=2)
     return files
 
 
@@ -50,9 +62,13 @@ def read_dicom_header(path: str | Path):
 
     try:
         with ClampedFile(path) as f:
+            if f.size == 0:
+                raise ScanError(path, "file is empty (0 bytes)")
             ds = pydicom.dcmread(f, stop_before_pixels=True)
             ds.raddiag_pixel_bytes = _stored_pixel_bytes(f, ds)
             return ds
+    except ScanError:
+        raise
     except Exception as exc:
         raise ScanError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
 
