@@ -430,3 +430,35 @@ def test_a_dicom_series_folder_says_what_it_skips_and_an_empty_dcm_says_empty(tm
     (tmp_path / "more" / "empty.dcm").write_bytes(b"")
     with pytest.raises(ScanError, match=r"empty.dcm: file is empty \(0 bytes\)"):
         scans_in_folder(tmp_path / "more")
+
+
+def test_dicom_series_without_positions_sharing_an_instance_number_is_refused(tmp_path):
+    """Without ImagePositionPatient the slices are sorted by InstanceNumber; two with one number
+    were stacked in file-name order."""
+    for k, number in enumerate((1, 2, 2, 3)):
+        _rewrite(_dicom(tmp_path / f"f{k}.dcm", np.full((4, 4), k), instance=number),
+                 lambda ds: delattr(ds, "ImagePositionPatient"))
+    with pytest.raises(ScanError, match=r"no position and the same InstanceNumber 2 \(f1.dcm, f2.dcm\)"):
+        read_file(tmp_path)
+
+
+def test_multiframe_files_of_one_series_are_scans_of_their_own(tmp_path):
+    """Ultrasound clips (multi-frame files) sharing a SeriesInstanceUID were concatenated into one
+    volume, and a multi-frame file's frames were stacked before or after the single-frame files."""
+    _dicom(tmp_path / "clip1.dcm", np.full((3, 4, 4), 7), modality="US")
+    _dicom(tmp_path / "clip2.dcm", np.full((5, 4, 4), 3), modality="US", z=1)
+    scans = scans_in_folder(tmp_path)
+    assert sorted((s.id, len(read_scan(s))) for s in scans) == [("clip1.dcm", 3), ("clip2.dcm", 5)]
+    _dicom(tmp_path / "still.dcm", np.full((4, 4), 1), modality="US", z=2)
+    with pytest.raises(ScanError, match=r"holds multi-frame files \(clip1.dcm: 3 frames, clip2.dcm: 5 frames\)"):
+        read_file(tmp_path)
+
+
+def test_a_gap_in_a_dicom_series_is_warned_of(tmp_path):
+    """Slices at 0, 1, 2, 5, 6 mm (files missing) were read as evenly spaced without a word."""
+    from raddiag.data.errors import InputWarning
+
+    for k, z in enumerate((0, 1, 2, 5, 6)):
+        _dicom(tmp_path / f"f{k}.dcm", np.full((4, 4), k), z=z)
+    with pytest.warns(InputWarning, match="a gap of 3 mm between slices f2.dcm and f3.dcm .* 1 mm apart"):
+        assert read_file(tmp_path).shape == (5, 4, 4)

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from raddiag.data.errors import ScanError, SkippedFilesWarning, skipped_text
+from raddiag.data.errors import InputWarning, ScanError, SkippedFilesWarning, skipped_text
 from raddiag.data.images import IMAGE_SUFFIXES
 from raddiag.data.orientation import dicom_affine
 from raddiag.data.volume import DEFAULT_LIMITS, LUMA, ClampedFile, Limits, Volume, reoriented_volume
@@ -210,11 +210,12 @@ def _check_series(folder, heads) -> None:
                                 "others grey: give the grey slices as one scan")
 
 
-def _check_positions(folder, paths: list[Path], keys: list[float]) -> None:
-    """Slices sorted along the normal (``keys``) must not share a position: a file copied twice
-    or two acquisitions in one series were stacked in file-name order. Refused either way (no
-    copy is dropped silently); the message lists the clashing files and says whether they are
-    identical copies."""
+def _check_order(folder, paths: list[Path], keys: list[float], positioned: bool) -> None:
+    """Slices sorted along the normal (or by InstanceNumber: ``keys``) must not share a place: a
+    file copied twice or two acquisitions in one series were stacked in file-name order. Refused
+    either way (no copy is dropped silently); the message lists the clashing files and says
+    whether they are identical copies. A gap along the normal over 1.5 times the usual spacing
+    (files missing?) is warned of (InputWarning)."""
     import filecmp
 
     for a in range(len(keys) - 1):
@@ -224,10 +225,17 @@ def _check_positions(folder, paths: list[Path], keys: list[float]) -> None:
                 b += 1
             same = all(filecmp.cmp(paths[a], paths[k], shallow=False) for k in range(a + 1, b + 1))
             names = ", ".join(p.name for p in paths[a:b + 1])
-            raise ScanError(folder, f"{b - a + 1} slices of one DICOM series lie at the same position "
-                                    f"{keys[a]:g} along the slice normal ({names}): "
+            where = f"lie at the same position {keys[a]:g} along the slice normal" if positioned else \
+                f"have no position and the same InstanceNumber {keys[a]:g}"
+            raise ScanError(folder, f"{b - a + 1} slices of one DICOM series {where} ({names}): "
                                     + ("they are identical copies; remove all but one" if same else "they differ "
                                        "(two acquisitions, time points or b-values in one series?); give one per scan"))
+    steps = np.diff(np.asarray(keys, float))
+    if positioned and len(steps) > 1 and steps.max() > 1.5 * np.median(steps):
+        k = int(steps.argmax())
+        warnings.warn(f"{folder}: a gap of {steps[k]:g} mm between slices {paths[k].name} and {paths[k + 1].name} "
+                      f"of one DICOM series, whose slices are {np.median(steps):g} mm apart elsewhere: are files "
+                      "missing? The volume is read as if they were evenly spaced", InputWarning, stacklevel=4)
 
 
 def read_dicom_series(paths: Sequence[str | Path], limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
@@ -274,8 +282,12 @@ def _open_dicom_series(paths: list[Path], limits: Limits, plane: Optional[str]) 
         order = sorted(range(len(heads)), key=lambda n: (keys[n], str(heads[n][1])))
         heads = [heads[n] for n in order]
         keys = [keys[n] for n in order]
-        if positioned:
-            _check_positions(paths[0].parent, [p for _, p, _ in heads], keys)
+        _check_order(paths[0].parent, [p for _, p, _ in heads], keys, positioned)
+        multi = [f"{p.name}: {g[0]} frames" for _, p, g in heads if g[0] > 1]
+        if multi:
+            raise ScanError(paths[0].parent, f"one DICOM series of {len(heads)} files holds multi-frame files "
+                                             f"({', '.join(multi[:3])}), whose frames cannot be placed among the "
+                                             "other files: give each multi-frame file as its own scan")
     shapes = {g[1:] for _, _, g in heads}
     if len(shapes) != 1:
         raise ScanError(paths[0], f"the slices of one DICOM series have different shapes {sorted(shapes)}")

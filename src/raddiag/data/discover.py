@@ -1,7 +1,7 @@
 """Find the scans of one case folder (used by ``raddiag predict CASE_FOLDER``).
 
 DICOM files are grouped into series by ``SeriesInstanceUID`` (modality from the
-``Modality`` tag); NIfTI, NPY and PNG / JPEG files are one scan each and need the
+``Modality`` tag; a multi-frame file is a scan of its own); NIfTI, NPY and PNG / JPEG files are one scan each and need the
 modality from the caller. Sub-folders are searched too (linked ones as well, each real folder
 once). Every other file is skipped and said so: one :class:`SkippedFilesWarning` per folder.
 """
@@ -55,6 +55,13 @@ def _walk(folder: Path, recursive: bool, skipped: dict[str, list[str]]) -> list[
     return sorted(files)
 
 
+def _frames(ds) -> int:
+    try:
+        return int(getattr(ds, "NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return 1   # the reader names the file and the reason
+
+
 def scans_in_folder(folder: str | Path, modality: Optional[str] = None, recursive: bool = True) -> list[Scan]:
     """The scans in ``folder``: one per DICOM series, one per other image/volume file.
 
@@ -84,6 +91,8 @@ def scans_in_folder(folder: str | Path, modality: Optional[str] = None, recursiv
         elif is_dicom(p):
             ds = read_dicom_header(p)
             uid = str(getattr(ds, "SeriesInstanceUID", "") or f"file:{p}")
+            if _frames(ds) > 1:   # a multi-frame file (an ultrasound clip) is a scan of its own
+                uid = f"file:{p}"
             series[uid].append(p)
             if uid not in series_mod:
                 tag = getattr(ds, "Modality", None)
@@ -101,8 +110,9 @@ def scans_in_folder(folder: str | Path, modality: Optional[str] = None, recursiv
         else:
             skipped.setdefault("not a scan type", []).append(str(p.relative_to(folder)))
     for uid, paths in series.items():
+        where = paths[0].parent.relative_to(folder) if paths[0].parent != folder else "."
         scans.append(Scan(paths=[str(p) for p in paths], modality=series_mod[uid],
-                          id=f"{paths[0].parent.relative_to(folder) if paths[0].parent != folder else '.'}:{uid[-12:]}"))
+                          id=str(paths[0].relative_to(folder)) if uid.startswith("file:") else f"{where}:{uid[-12:]}"))
     if not scans:
         raise ValueError(f"{folder}: no scans found (DICOM, NIfTI, NPY, PNG or JPEG files)"
                          + (f"; skipped {skipped_text(skipped)}" if skipped else ""))
