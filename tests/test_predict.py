@@ -169,3 +169,14 @@ def test_dicom_series_modality_from_tags(files, tmp_path):
     assert [(s.modality, s.is_3d, s.slices) for s in res.scans] == [("CT", True, 3)]
     res2 = pred.predict(paths + [str(files / "cxr.png")], modality=[None, None, None, "X-ray"])
     assert [(s.modality, s.slices) for s in res2.scans] == [("CT", 3), ("X-ray", 1)]   # files grouped by series
+
+
+def test_cli_predict_says_which_files_of_a_case_folder_it_skipped(files, tmp_path, capsys):
+    """A README or .DS_Store beside the scans was dropped without a word."""
+    case = tmp_path / "case"
+    case.mkdir()
+    (case / "a.png").write_bytes(sample_png(40, seed=2))
+    (case / "README.txt").write_text("notes")
+    assert main(["predict", str(files / "run"), str(case), "--modality", "X-ray"]) == 0
+    err = capsys.readouterr().err
+    assert f"raddiag: warning: {case}: skipped 1 file(s): not a scan type: README.txt" in err

@@ -335,3 +335,130 @@ def test_nifti_data_offset_past_the_end_says_so(tmp_path):
     (tmp_path / "far.nii").write_bytes(bytes(raw))
     with pytest.raises(ScanError, match=r"far.nii: truncated: .* from byte 1,000,000,000 \(vox_offset\), the file holds 0$"):
         read_file(tmp_path / "far.nii")
+
+
+def test_dicom_pixel_data_longer_or_shorter_than_the_header_declares_is_refused(tmp_path):
+    """Rows 3 over a stored 4 x 4 image, or NumberOfFrames 1 over 3 stored frames, was read
+    silently as the first rows x columns pixels."""
+    rows = _rewrite(_dicom(tmp_path / "rows.dcm", np.arange(16).reshape(4, 4)), lambda ds: setattr(ds, "Rows", 3))
+    with pytest.raises(ScanError, match=r"rows.dcm: the pixel data holds 32 bytes, the header declares 24"):
+        read_file(rows)
+    frames = _rewrite(_dicom(tmp_path / "frames.dcm", np.full((3, 4, 4), 7)), lambda ds: setattr(ds, "NumberOfFrames", 1))
+    with pytest.raises(ScanError, match=r"frames.dcm: the pixel data holds 96 bytes, the header declares 32"):
+        read_file(frames)
+    short = _rewrite(_dicom(tmp_path / "short.dcm", np.arange(16).reshape(4, 4)),
+                     lambda ds: setattr(ds, "PixelData", ds.PixelData[:-4]))
+    with pytest.raises(ScanError, match=r"short.dcm: .* holds 28 bytes, the header declares 32 .*truncated"):
+        read_file(short)
+    odd = _dicom(tmp_path / "odd.dcm", np.full((3, 3, 3), 9), photometric="RGB")   # 27 bytes + 1 pad byte
+    assert read_file(odd).shape == (1, 3, 3)
+
+
+def test_dicom_slices_sharing_one_position_are_refused_naming_the_files(tmp_path):
+    """A file copied twice ('IM1 copy.dcm') or two acquisitions in one series were stacked in
+    file-name order: a volume with a repeated or interleaved slice."""
+    import shutil
+
+    copies, twice = tmp_path / "copies", tmp_path / "twice"
+    copies.mkdir(), twice.mkdir()
+    for k in range(3):
+        _dicom(copies / f"IM{k}.dcm", np.full((4, 4), k), z=k)
+        _dicom(twice / f"a{k}.dcm", np.full((4, 4), k), z=k)
+        _dicom(twice / f"b{k}.dcm", np.full((4, 4), 10 + k), z=k)
+    shutil.copy(copies / "IM1.dcm", copies / "IM1 copy.dcm")
+    with pytest.raises(ScanError, match=r"copies: 2 slices .* same position 1 .*\(IM1 copy.dcm, IM1.dcm\): "
+                                        r"they are identical copies"):
+        read_file(copies)
+    with pytest.raises(ScanError, match=r"twice: 2 slices .* same position 0 .*\(a0.dcm, b0.dcm\): they differ"):
+        read_scan(scans_in_folder(twice)[0])
+
+
+def test_a_dicom_series_mixing_grey_and_colour_slices_is_refused(tmp_path):
+    """An RGB slice in a grey series was made grey and stacked with the others."""
+    _dicom(tmp_path / "a.dcm", np.full((4, 4), 100), z=0)
+    _dicom(tmp_path / "b.dcm", np.full((4, 4, 3), 100), z=1, photometric="RGB")
+    _dicom(tmp_path / "c.dcm", np.full((4, 4), 100), z=2)
+    with pytest.raises(ScanError, match="some slices of one DICOM series are colour .* and others grey"):
+        read_file(tmp_path)
+
+
+def test_scans_in_folder_says_what_it_skips_and_follows_linked_folders(tmp_path):
+    """README.txt, Thumbs.db, .DS_Store, a hidden PNG, a broken link were dropped without a word;
+    a linked series folder was not searched (its scan lost); a lower-case 'dicomdir' was read as
+    a scan (an error: no Modality tag)."""
+    import os
+
+    from raddiag.data.errors import SkippedFilesWarning
+
+    real, case = tmp_path / "elsewhere" / "series", tmp_path / "case"
+    real.mkdir(parents=True), case.mkdir()
+    for k in range(2):
+        _dicom(real / f"{k}.dcm", np.full((4, 4), k), z=k)
+    _dicom(case / "own.dcm", np.full((4, 4), 5), series="9.9")
+    for name in ("README.txt", "Thumbs.db", ".DS_Store", ".hidden.png"):
+        (case / name).write_bytes(b"x")
+    (case / "dicomdir").write_bytes(bytes(128) + b"DICM")
+    os.symlink(real, case / "linked")
+    os.symlink(case, case / "loop")
+    os.symlink(tmp_path / "gone.png", case / "dead.png")
+    with pytest.warns(SkippedFilesWarning) as w:
+        scans = scans_in_folder(case)
+    assert sorted(len(s.paths) for s in scans) == [1, 2]   # the linked series is found
+    said = str(w[0].message)
+    for name in ("README.txt", "Thumbs.db", ".DS_Store", ".hidden.png", "dicomdir", "loop", "dead.png"):
+        assert name in said
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"junk: no scans found .*skipped 1 file\(s\): not a scan type: notes.txt"):
+        scans_in_folder(tmp_path / "junk")
+    deep = tmp_path / "deep"
+    (deep.joinpath(*["d"] * 300)).mkdir(parents=True)
+    np.save(deep.joinpath(*["d"] * 300, "x.npy"), np.ones((4, 4)))
+    assert len(scans_in_folder(deep, modality="CT")) == 1
+
+
+def test_a_dicom_series_folder_says_what_it_skips_and_an_empty_dcm_says_empty(tmp_path):
+    """A series folder (a manifest's scan path) dropped a sub-folder of slices and other files
+    without a word; an empty .dcm in a case folder gave pydicom's 'DICM prefix is missing'."""
+    from raddiag.data.errors import SkippedFilesWarning
+
+    _dicom(tmp_path / "a.dcm", np.full((4, 4), 1), z=0)
+    (tmp_path / "more").mkdir()
+    _dicom(tmp_path / "more" / "b.dcm", np.full((4, 4), 2), z=1)
+    with pytest.warns(SkippedFilesWarning, match=r"skipped 1 file\(s\): sub-folder \(not searched\): more"):
+        assert read_file(tmp_path).shape == (1, 4, 4)
+    (tmp_path / "more" / "empty.dcm").write_bytes(b"")
+    with pytest.raises(ScanError, match=r"empty.dcm: file is empty \(0 bytes\)"):
+        scans_in_folder(tmp_path / "more")
+
+
+def test_dicom_series_without_positions_sharing_an_instance_number_is_refused(tmp_path):
+    """Without ImagePositionPatient the slices are sorted by InstanceNumber; two with one number
+    were stacked in file-name order."""
+    for k, number in enumerate((1, 2, 2, 3)):
+        _rewrite(_dicom(tmp_path / f"f{k}.dcm", np.full((4, 4), k), instance=number),
+                 lambda ds: delattr(ds, "ImagePositionPatient"))
+    with pytest.raises(ScanError, match=r"no position and the same InstanceNumber 2 \(f1.dcm, f2.dcm\)"):
+        read_file(tmp_path)
+
+
+def test_multiframe_files_of_one_series_are_scans_of_their_own(tmp_path):
+    """Ultrasound clips (multi-frame files) sharing a SeriesInstanceUID were concatenated into one
+    volume, and a multi-frame file's frames were stacked before or after the single-frame files."""
+    _dicom(tmp_path / "clip1.dcm", np.full((3, 4, 4), 7), modality="US")
+    _dicom(tmp_path / "clip2.dcm", np.full((5, 4, 4), 3), modality="US", z=1)
+    scans = scans_in_folder(tmp_path)
+    assert sorted((s.id, len(read_scan(s))) for s in scans) == [("clip1.dcm", 3), ("clip2.dcm", 5)]
+    _dicom(tmp_path / "still.dcm", np.full((4, 4), 1), modality="US", z=2)
+    with pytest.raises(ScanError, match=r"holds multi-frame files \(clip1.dcm: 3 frames, clip2.dcm: 5 frames\)"):
+        read_file(tmp_path)
+
+
+def test_a_gap_in_a_dicom_series_is_warned_of(tmp_path):
+    """Slices at 0, 1, 2, 5, 6 mm (files missing) were read as evenly spaced without a word."""
+    from raddiag.data.errors import InputWarning
+
+    for k, z in enumerate((0, 1, 2, 5, 6)):
+        _dicom(tmp_path / f"f{k}.dcm", np.full((4, 4), k), z=z)
+    with pytest.warns(InputWarning, match="a gap of 3 mm between slices f2.dcm and f3.dcm .* 1 mm apart"):
+        assert read_file(tmp_path).shape == (5, 4, 4)

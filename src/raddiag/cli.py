@@ -198,18 +198,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line_warnings() -> None:
-    """Inside ``warnings.catch_warnings``: every input-intensity warning is shown, as one line
-    naming its file (raddiag.data.intensity), not as Python's source-line warning."""
-    from raddiag.data.intensity import IntensityWarning
+    """Inside ``warnings.catch_warnings``: every input warning (a scan's intensities unlike the
+    training scans', files of a case folder skipped) is shown, as one line naming its file
+    (raddiag.data.errors.InputWarning), not as Python's source-line warning."""
+    from raddiag.data.errors import InputWarning
 
     shown = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if not issubclass(category, IntensityWarning):
+        if not issubclass(category, InputWarning):
             return shown(message, category, filename, lineno, file, line)
         print(f"raddiag: warning: {message}", file=file or sys.stderr)
 
-    warnings.simplefilter("always", IntensityWarning)
+    warnings.simplefilter("always", InputWarning)
     warnings.showwarning = show
 
 

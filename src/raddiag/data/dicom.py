@@ -5,12 +5,14 @@ Modality LUT); PALETTE COLOR and RGB are made grey; MONOCHROME1 is inverted; one
 is decoded at a time. Every failure raises :class:`~raddiag.data.errors.ScanError` naming the file."""
 from __future__ import annotations
 
+import struct
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from raddiag.data.errors import ScanError
+from raddiag.data.errors import InputWarning, ScanError, SkippedFilesWarning, skipped_text
 from raddiag.data.images import IMAGE_SUFFIXES
 from raddiag.data.orientation import dicom_affine
 from raddiag.data.volume import DEFAULT_LIMITS, LUMA, ClampedFile, Limits, Volume, reoriented_volume
@@ -35,11 +37,22 @@ def is_dicom(path: str | Path) -> bool:
 
 
 def dicom_files_in(folder: str | Path) -> list[Path]:
-    """The DICOM files directly in ``folder`` (sorted by name); an error if there are none."""
+    """The DICOM files directly in ``folder`` (sorted by name); an error if there are none. The
+    other entries (DICOMDIR, sub-folders, other files) are skipped with a SkippedFilesWarning."""
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != "DICOMDIR" and is_dicom(p))
+    files, skipped = [], {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.name.upper() != "DICOMDIR" and is_dicom(p):
+            files.append(p)
+        else:
+            why = "sub-folder (not searched)" if p.is_dir() else "DICOMDIR or not DICOM"
+            skipped.setdefault(why, []).append(p.name)
     if not files:
-        raise ScanError(folder, "folder holds no DICOM files (.dcm or files with the DICM preamble)")
+        raise ScanError(folder, "folder holds no DICOM files (.dcm or files with the DICM preamble)"
+                                + (f"; it holds {skipped_text(skipped)}" if skipped else ""))
+    if skipped:
+        warnings.warn(f"{folder}: DICOM series folder: skipped {skipped_text(skipped)}", SkippedFilesWarning,
+                      stacklevel=2)
     return files
 
 
@@ -49,9 +62,36 @@ def read_dicom_header(path: str | Path):
 
     try:
         with ClampedFile(path) as f:
-            return pydicom.dcmread(f, stop_before_pixels=True)
+            if f.size == 0:
+                raise ScanError(path, "file is empty (0 bytes)")
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            ds.raddiag_pixel_bytes = _stored_pixel_bytes(f, ds)
+            return ds
+    except ScanError:
+        raise
     except Exception as exc:
         raise ScanError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
+
+
+def _stored_pixel_bytes(f, ds) -> Optional[int]:
+    """The length of the (native, uncompressed) pixel data element that ``f`` stands at after a
+    ``stop_before_pixels`` read (its tag and length are read, not its value); None when the pixel
+    data is encapsulated (compressed), deflated, of undefined length or absent."""
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is not None and (ts.is_encapsulated or ts.is_deflated):
+        return None
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        return None
+    head = f.read(8 if implicit else 12)
+    if len(head) < (8 if implicit else 12):
+        return None
+    end = "<" if little else ">"
+    tag = struct.unpack(f"{end}HH", head[:4])
+    length = struct.unpack(f"{end}L", head[4:8] if implicit else head[8:12])[0]
+    if tag not in ((0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)) or length == 0xFFFFFFFF:
+        return None
+    return length
 
 
 def _slice_position(path, ds) -> Optional[float]:
@@ -106,6 +146,16 @@ def _dicom_geometry(path: Path, ds, limits: Limits) -> tuple[int, int, int]:
     limits.check(path, (frames, rows, cols))
     if min(frames, rows, cols) < 1:
         raise ScanError(path, f"DICOM header declares an empty image ({frames} x {rows} x {cols})")
+    stored = getattr(ds, "raddiag_pixel_bytes", None)
+    if stored is not None:   # more data than declared was read silently as the first rows x cols pixels
+        bits = int(getattr(ds, "BitsAllocated", 0) or 0) * int(getattr(ds, "SamplesPerPixel", 1) or 1)
+        need = (frames * rows * cols * bits + 7) // 8
+        if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "YBR_FULL_422":   # 2 samples a pixel
+            need = need * 2 // 3
+        if bits and stored not in (need, need + need % 2):
+            raise ScanError(path, f"the pixel data holds {stored:,} bytes, the header declares {need:,} "
+                                  f"({frames} frame(s) x {rows} rows x {cols} columns x {bits} bits): "
+                                  f"{'truncated' if stored < need else 'Rows / Columns / NumberOfFrames understate it'}")
     return frames, rows, cols
 
 
@@ -140,8 +190,8 @@ def _dicom_frame(path: Path, ds, frame: int) -> np.ndarray:
 
 
 def _check_series(folder, heads) -> None:
-    """The slices of one series must lie in one plane (a localizer holds 3) and agree on
-    MONOCHROME1, which inverts the whole volume."""
+    """The slices of one series must lie in one plane (a localizer holds 3), agree on
+    MONOCHROME1, which inverts the whole volume, and be all grey or all colour."""
     try:
         iops = [np.asarray(ds.ImageOrientationPatient, float) for ds in heads
                 if len(getattr(ds, "ImageOrientationPatient", None) or ()) == 6]
@@ -151,9 +201,41 @@ def _check_series(folder, heads) -> None:
     if len(planes) > 1:
         raise ScanError(folder, f"the slices of one DICOM series lie in {len(planes)} different planes "
                                 "(ImageOrientationPatient; a localizer?): give one plane per scan")
-    inverted = {str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1" for ds in heads}
-    if len(inverted) > 1:
+    photometric = [str(getattr(ds, "PhotometricInterpretation", "")).upper() for ds in heads]
+    if len({p == "MONOCHROME1" for p in photometric}) > 1:
         raise ScanError(folder, "some slices of one DICOM series are MONOCHROME1 (inverted) and others not")
+    colour = {int(getattr(ds, "SamplesPerPixel", 1) or 1) > 1 or p == "PALETTE COLOR" for ds, p in zip(heads, photometric)}
+    if len(colour) > 1:
+        raise ScanError(folder, "some slices of one DICOM series are colour (RGB / YBR / PALETTE COLOR) and "
+                                "others grey: give the grey slices as one scan")
+
+
+def _check_order(folder, paths: list[Path], keys: list[float], positioned: bool) -> None:
+    """Slices sorted along the normal (or by InstanceNumber: ``keys``) must not share a place: a
+    file copied twice or two acquisitions in one series were stacked in file-name order. Refused
+    either way (no copy is dropped silently); the message lists the clashing files and says
+    whether they are identical copies. A gap along the normal over 1.5 times the usual spacing
+    (files missing?) is warned of (InputWarning)."""
+    import filecmp
+
+    for a in range(len(keys) - 1):
+        if abs(keys[a + 1] - keys[a]) < 1e-3:
+            b = a + 1
+            while b + 1 < len(keys) and abs(keys[b + 1] - keys[a]) < 1e-3:
+                b += 1
+            same = all(filecmp.cmp(paths[a], paths[k], shallow=False) for k in range(a + 1, b + 1))
+            names = ", ".join(p.name for p in paths[a:b + 1])
+            where = f"lie at the same position {keys[a]:g} along the slice normal" if positioned else \
+                f"have no position and the same InstanceNumber {keys[a]:g}"
+            raise ScanError(folder, f"{b - a + 1} slices of one DICOM series {where} ({names}): "
+                                    + ("they are identical copies; remove all but one" if same else "they differ "
+                                       "(two acquisitions, time points or b-values in one series?); give one per scan"))
+    steps = np.diff(np.asarray(keys, float))
+    if positioned and len(steps) > 1 and steps.max() > 1.5 * np.median(steps):
+        k = int(steps.argmax())
+        warnings.warn(f"{folder}: a gap of {steps[k]:g} mm between slices {paths[k].name} and {paths[k + 1].name} "
+                      f"of one DICOM series, whose slices are {np.median(steps):g} mm apart elsewhere: are files "
+                      "missing? The volume is read as if they were evenly spaced", InputWarning, stacklevel=4)
 
 
 def read_dicom_series(paths: Sequence[str | Path], limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
@@ -200,6 +282,12 @@ def _open_dicom_series(paths: list[Path], limits: Limits, plane: Optional[str]) 
         order = sorted(range(len(heads)), key=lambda n: (keys[n], str(heads[n][1])))
         heads = [heads[n] for n in order]
         keys = [keys[n] for n in order]
+        _check_order(paths[0].parent, [p for _, p, _ in heads], keys, positioned)
+        multi = [f"{p.name}: {g[0]} frames" for _, p, g in heads if g[0] > 1]
+        if multi:
+            raise ScanError(paths[0].parent, f"one DICOM series of {len(heads)} files holds multi-frame files "
+                                             f"({', '.join(multi[:3])}), whose frames cannot be placed among the "
+                                             "other files: give each multi-frame file as its own scan")
     shapes = {g[1:] for _, _, g in heads}
     if len(shapes) != 1:
         raise ScanError(paths[0], f"the slices of one DICOM series have different shapes {sorted(shapes)}")

@@ -1,17 +1,20 @@
 """Find the scans of one case folder (used by ``raddiag predict CASE_FOLDER``).
 
 DICOM files are grouped into series by ``SeriesInstanceUID`` (modality from the
-``Modality`` tag); NIfTI, NPY and PNG / JPEG files are one scan each and need the
-modality from the caller. Sub-folders are searched too.
+``Modality`` tag; a multi-frame file is a scan of its own); NIfTI, NPY and PNG / JPEG files are one scan each and need the
+modality from the caller. Sub-folders are searched too (linked ones as well, each real folder
+once). Every other file is skipped and said so: one :class:`SkippedFilesWarning` per folder.
 """
 from __future__ import annotations
 
+import os
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
 from raddiag.data.case import Scan, canonical_modality
-from raddiag.data.errors import ScanError
+from raddiag.data.errors import ScanError, SkippedFilesWarning, skipped_text
 from raddiag.data.readers import IMAGE_SUFFIXES, dicom_modality, is_dicom, read_dicom_header
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".npy")
@@ -22,34 +25,74 @@ def _is_volume_or_image(p: Path) -> bool:
     return name.endswith(VOLUME_SUFFIXES) or p.suffix.lower() in IMAGE_SUFFIXES
 
 
+def _walk(folder: Path, recursive: bool, skipped: dict[str, list[str]]) -> list[Path]:
+    """The files under ``folder`` (sorted), without recursion (any depth) and following linked
+    folders once each (a link loop ends); broken links and hidden entries go to ``skipped``."""
+    files, todo, seen = [], [folder], {os.path.realpath(folder)}
+    while todo:
+        here = todo.pop()
+        try:
+            entries = list(os.scandir(here))
+        except OSError as exc:
+            skipped.setdefault("unreadable folder", []).append(f"{here} ({exc.strerror})")
+            continue
+        for e in entries:
+            p = Path(e.path)
+            if e.name.startswith("."):
+                skipped.setdefault("hidden", []).append(str(p.relative_to(folder)))
+            elif e.is_dir():
+                real = os.path.realpath(p)
+                if not recursive or real in seen:
+                    why = "link to a folder searched already" if recursive else "sub-folder (not searched)"
+                    skipped.setdefault(why, []).append(str(p.relative_to(folder)))
+                else:
+                    seen.add(real)
+                    todo.append(p)
+            elif e.is_file():
+                files.append(p)
+            else:
+                skipped.setdefault("broken link or not a file", []).append(str(p.relative_to(folder)))
+    return sorted(files)
+
+
+def _frames(ds) -> int:
+    try:
+        return int(getattr(ds, "NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return 1   # the reader names the file and the reason
+
+
 def scans_in_folder(folder: str | Path, modality: Optional[str] = None, recursive: bool = True) -> list[Scan]:
     """The scans in ``folder``: one per DICOM series, one per other image/volume file.
 
     ``modality`` is required when the folder holds non-DICOM files (raises ValueError naming
     the first such file otherwise); for DICOM it overrides nothing: the tag decides, and
     ``modality`` is only the fallback for files without a ``Modality`` tag.
-    Hidden files and unrelated files (JSON, text) are ignored. Raises FileNotFoundError if the
-    folder does not exist and ValueError if it holds no scan.
+    Hidden files, DICOMDIR, broken links and files of no scan type (JSON, text, ``.DS_Store``)
+    are skipped with a :class:`SkippedFilesWarning` naming them. Raises FileNotFoundError if the
+    folder does not exist and ValueError if it holds no scan (naming what was skipped).
     """
     folder = Path(folder)
     if not folder.exists():
         raise FileNotFoundError(f"{folder}: case folder does not exist")
+    skipped: dict[str, list[str]] = {}
     if folder.is_file():
         files = [folder]
         folder = folder.parent
     else:
-        files = sorted(p for p in (folder.rglob("*") if recursive else folder.iterdir())
-                       if p.is_file() and not p.name.startswith("."))
+        files = _walk(folder, recursive, skipped)
     fallback = canonical_modality(modality, source=str(folder)) if modality else None
     series: dict[str, list[Path]] = defaultdict(list)
     series_mod: dict[str, str] = {}
     scans: list[Scan] = []
     for p in files:
-        if p.name == "DICOMDIR":
-            continue
-        if is_dicom(p):
+        if p.name.upper() == "DICOMDIR":
+            skipped.setdefault("DICOMDIR (an index, not a scan)", []).append(str(p.relative_to(folder)))
+        elif is_dicom(p):
             ds = read_dicom_header(p)
             uid = str(getattr(ds, "SeriesInstanceUID", "") or f"file:{p}")
+            if _frames(ds) > 1:   # a multi-frame file (an ultrasound clip) is a scan of its own
+                uid = f"file:{p}"
             series[uid].append(p)
             if uid not in series_mod:
                 tag = getattr(ds, "Modality", None)
@@ -64,10 +107,16 @@ def scans_in_folder(folder: str | Path, modality: Optional[str] = None, recursiv
                 raise ScanError(p, "the modality of a non-DICOM file cannot be read from it; "
                                    "pass it explicitly (e.g. --modality CT)")
             scans.append(Scan(paths=[str(p)], modality=fallback, id=str(p.relative_to(folder))))
+        else:
+            skipped.setdefault("not a scan type", []).append(str(p.relative_to(folder)))
     for uid, paths in series.items():
+        where = paths[0].parent.relative_to(folder) if paths[0].parent != folder else "."
         scans.append(Scan(paths=[str(p) for p in paths], modality=series_mod[uid],
-                          id=f"{paths[0].parent.relative_to(folder) if paths[0].parent != folder else '.'}:{uid[-12:]}"))
+                          id=str(paths[0].relative_to(folder)) if uid.startswith("file:") else f"{where}:{uid[-12:]}"))
     if not scans:
-        raise ValueError(f"{folder}: no scans found (DICOM, NIfTI, NPY, PNG or JPEG files)")
+        raise ValueError(f"{folder}: no scans found (DICOM, NIfTI, NPY, PNG or JPEG files)"
+                         + (f"; skipped {skipped_text(skipped)}" if skipped else ""))
+    if skipped:
+        warnings.warn(f"{folder}: skipped {skipped_text(skipped)}", SkippedFilesWarning, stacklevel=2)
     scans.sort(key=lambda s: s.paths[0])
     return scans

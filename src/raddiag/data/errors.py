@@ -19,3 +19,20 @@ class InputTooLarge(ScanError):
 class OutputExists(FileExistsError, ValueError):
     """An output that exists already and is replaced only when asked (``--overwrite``).
     A ValueError too, so that every command reports it as bad input, in one line."""
+
+
+class InputWarning(UserWarning):
+    """A note about an input that the user must see (the CLI shows each as one line): a scan's
+    values unlike the training scans', files of a case folder that were skipped."""
+
+
+class SkippedFilesWarning(InputWarning):
+    """Files of a case folder that are not scans (text, hidden files, DICOMDIR, broken links):
+    skipped, and said so (:func:`raddiag.data.discover.scans_in_folder`)."""
+
+
+def skipped_text(skipped: dict[str, list[str]]) -> str:
+    """``{reason: [names]}`` -> "3 file(s): not a scan type: a.txt, b; hidden: .DS_Store" (5 names a reason)."""
+    def names(v):
+        return ", ".join(v[:5]) + (f" and {len(v) - 5} more" if len(v) > 5 else "")
+    return f"{sum(map(len, skipped.values()))} file(s): " + "; ".join(f"{k}: {names(v)}" for k, v in skipped.items())

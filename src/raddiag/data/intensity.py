@@ -30,6 +30,8 @@ import math
 from pathlib import Path
 from typing import Optional, Sequence
 
+from raddiag.data.errors import InputWarning
+
 # Typical CT windows as (level, width) in HU, from Radiopaedia, "Windowing (CT)"
 # (https://radiopaedia.org/articles/windowing-ct, "typical window width and level values"):
 # brain W:80 L:40; lungs W:1500 L:-600; mediastinum W:350 L:50; abdomen soft tissues W:400 L:50;
@@ -50,7 +52,7 @@ HU_BELOW = -200.0
 RUN_FILE = "intensity.json"
 
 
-class IntensityWarning(UserWarning):
+class IntensityWarning(InputWarning):
     """An input scan's values look unlike those of the run's training scans of its modality."""
 
 

@@ -181,6 +181,10 @@ class ClampedFile(io.BufferedReader):
         super().__init__(io.FileIO(str(path), "rb"))
         self._size = os.fstat(self.fileno()).st_size
 
+    @property
+    def size(self) -> int:
+        return self._size
+
     def read(self, n: Optional[int] = -1) -> bytes:
         if n is not None and n >= 0:
             n = min(n, max(0, self._size - self.tell()))
