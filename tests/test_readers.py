@@ -462,3 +462,35 @@ def test_a_gap_in_a_dicom_series_is_warned_of(tmp_path):
         _dicom(tmp_path / f"f{k}.dcm", np.full((4, 4), k), z=z)
     with pytest.warns(InputWarning, match="a gap of 3 mm between slices f2.dcm and f3.dcm .* 1 mm apart"):
         assert read_file(tmp_path).shape == (5, 4, 4)
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_a_bare_dicom_data_set_without_preamble_or_extension_is_read(tmp_path, implicit):
+    """Older exports write the data set alone (no 128-byte preamble, no "DICM", no file meta, often
+    no extension): it was skipped in a case folder and refused as "not a readable DICOM file"."""
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomFileLike
+    from pydicom.filewriter import write_dataset
+    from pydicom.uid import generate_uid
+
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", generate_uid()
+    ds.Modality, ds.SeriesInstanceUID = "CT", generate_uid()
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 4, 5, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 2, -10
+    ds.PixelData = (np.arange(20, dtype=np.uint16) * 7).tobytes()
+    case = tmp_path / "case"
+    case.mkdir()
+    with open(case / "IM0001", "wb") as f:
+        fp = DicomFileLike(f)
+        fp.is_little_endian, fp.is_implicit_VR = True, implicit
+        write_dataset(fp, ds)
+    assert (case / "IM0001").read_bytes()[:2] == b"\x08\x00"
+    (case / "notes").write_bytes(b"\x08\x00 not DICOM at all" * 4)   # a first element no data set has
+    with pytest.warns(UserWarning, match="notes"):
+        scans = scans_in_folder(case)
+    assert [s.modality for s in scans] == ["CT"]
+    got = read_scan(scans[0])
+    assert got.shape == (1, 4, 5)
+    assert np.array_equal(got[0].ravel(), np.arange(20) * 7 * 2 - 10)

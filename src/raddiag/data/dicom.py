@@ -22,7 +22,8 @@ _F32_MAX = float(np.finfo(np.float32).max)
 
 
 def is_dicom(path: str | Path) -> bool:
-    """True for a .dcm/.dicom/.ima file or any file with the DICOM preamble ("DICM" at byte 128)."""
+    """True for a .dcm/.dicom/.ima file, any file with the DICOM preamble ("DICM" at byte 128), and
+    a bare data set without preamble or file meta (older exports, ACR-NEMA style: :func:`_bare`)."""
     path = Path(path)
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True
@@ -30,10 +31,20 @@ def is_dicom(path: str | Path) -> bool:
         return False
     try:
         with path.open("rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
+            head = f.read(132)
     except OSError:
         return False
+    return head[128:132] == b"DICM" or _bare(head)
+
+
+def _bare(head: bytes) -> bool:
+    """Whether a file starting with ``head`` is a bare little-endian data set: its first element
+    is of group 0008 (identifying) with an explicit VR of two capitals or an implicit length
+    below 1 KiB, as an old export without preamble starts ((0008,0005), (0008,0016) ...)."""
+    if len(head) < 8 or head[:2] != b"\x08\x00" or head[3] != 0:
+        return False
+    vr = head[4:6]
+    return (vr.isalpha() and vr.isupper()) or struct.unpack("<L", head[4:8])[0] < 1024
 
 
 def dicom_files_in(folder: str | Path) -> list[Path]:
@@ -64,7 +75,9 @@ def read_dicom_header(path: str | Path):
         with ClampedFile(path) as f:
             if f.size == 0:
                 raise ScanError(path, "file is empty (0 bytes)")
-            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            bare = _bare(f.read(8))
+            f.seek(0)
+            ds = pydicom.dcmread(f, stop_before_pixels=True, force=bare)
             ds.raddiag_pixel_bytes = _stored_pixel_bytes(f, ds)
             return ds
     except ScanError:
@@ -159,6 +172,14 @@ def _dicom_geometry(path: Path, ds, limits: Limits) -> tuple[int, int, int]:
     return frames, rows, cols
 
 
+def _bare_syntax(ds):
+    """The transfer syntax of a bare data set (no file meta to name it), from how it was read."""
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    implicit, little = ds.original_encoding
+    return ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
 def _dicom_frame(path: Path, ds, frame: int) -> np.ndarray:
     """Frame ``frame`` of one DICOM file -> [H, W] float32 in modality units (only that frame
     is decoded); ``ds`` is the file's header."""
@@ -166,9 +187,9 @@ def _dicom_frame(path: Path, ds, frame: int) -> np.ndarray:
 
     try:
         with ClampedFile(path) as f:
-            arr = pixel_array(f, index=frame)
+            ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            arr = pixel_array(f, index=frame, **({} if ts else {"transfer_syntax_uid": _bare_syntax(ds)}))
     except Exception as exc:
-        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         raise ScanError(path, f"DICOM pixel data missing or cannot be decoded (transfer syntax "
                               f"{getattr(ts, 'name', ts)}; {type(exc).__name__}: {exc})") from None
     arr = np.asarray(arr)
