@@ -180,3 +180,23 @@ def test_cli_predict_says_which_files_of_a_case_folder_it_skipped(files, tmp_pat
     assert main(["predict", str(files / "run"), str(case), "--modality", "X-ray"]) == 0
     err = capsys.readouterr().err
     assert f"raddiag: warning: {case}: skipped 1 file(s): not a scan type: README.txt" in err
+
+
+def test_a_newline_in_a_folder_or_file_name_keeps_messages_and_tables_on_one_line(files, tmp_path, capsys):
+    """A case folder named with a newline split the printed table's header and the one-line
+    warning / error across lines."""
+    case = tmp_path / "case\nB"
+    case.mkdir()
+    (case / "a.png").write_bytes(sample_png(40, seed=2))
+    (case / "notes\n.txt").write_text("x")
+    assert main(["predict", str(files / "run"), str(case), "--modality", "X-ray"]) == 0
+    out, err = capsys.readouterr()
+    assert "Case case\\nB: 1 scan(s)" in out.splitlines()[0]
+    warning = [line for line in err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and warning[0].endswith("not a scan type: notes\\n.txt")
+    (case / "a.png").write_bytes(b"not a png")
+    assert main(["predict", str(files / "run"), str(case), "--modality", "X-ray"]) == 2
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "error" in line] == [line for line in err.splitlines()
+                                                                      if line.startswith("raddiag: error:")]
+    assert "case\\nB" in err and "case\nB" not in err

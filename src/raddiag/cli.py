@@ -201,14 +201,14 @@ def _one_line_warnings() -> None:
     """Inside ``warnings.catch_warnings``: every input warning (a scan's intensities unlike the
     training scans', files of a case folder skipped) is shown, as one line naming its file
     (raddiag.data.errors.InputWarning), not as Python's source-line warning."""
-    from raddiag.data.errors import InputWarning
+    from raddiag.data.errors import InputWarning, one_line
 
     shown = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
         if not issubclass(category, InputWarning):
             return shown(message, category, filename, lineno, file, line)
-        print(f"raddiag: warning: {message}", file=file or sys.stderr)
+        print(f"raddiag: warning: {one_line(message)}", file=file or sys.stderr)
 
     warnings.simplefilter("always", InputWarning)
     warnings.showwarning = show
@@ -238,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         code, text = describe_error(exc)
         _close_progress_bars()
-        print(f"raddiag: error: {text}", file=sys.stderr)
+        from raddiag.data.errors import one_line
+
+        print(f"raddiag: error: {one_line(text)}", file=sys.stderr)
         return code
     return int(rc or 0)
 

@@ -36,3 +36,9 @@ def skipped_text(skipped: dict[str, list[str]]) -> str:
     def names(v):
         return ", ".join(v[:5]) + (f" and {len(v) - 5} more" if len(v) > 5 else "")
     return f"{sum(map(len, skipped.values()))} file(s): " + "; ".join(f"{k}: {names(v)}" for k, v in skipped.items())
+
+
+def one_line(text) -> str:
+    """``text`` with its control characters escaped ("\\n", "\\t"): a file or folder name holding
+    a newline must not break a one-line message or a row of a printed table."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))

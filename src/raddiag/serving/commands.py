@@ -144,11 +144,12 @@ def _report_failed(failed, total: int) -> int:
     import sys
 
     from raddiag.cli import EXIT_BAD_INPUT
+    from raddiag.data.errors import one_line
 
     if not failed:
         return 0
     print(f"raddiag: error: {len(failed)} of {total} cases failed: "
-          + "; ".join(f"{r.case_id}: {r.error}" for r in failed), file=sys.stderr)
+          + one_line("; ".join(f"{r.case_id}: {r.error}" for r in failed)), file=sys.stderr)
     return EXIT_BAD_INPUT
 
 

@@ -8,6 +8,8 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
+from raddiag.data.errors import one_line
+
 
 @dataclass
 class Finding:
@@ -56,7 +58,7 @@ class CaseResult:
 
     def __str__(self) -> str:
         used = [s for s in self.scans if s.used]
-        head = (f"Case {self.case_id}: {len(used)} scan(s) "
+        head = (f"Case {one_line(self.case_id)}: {len(used)} scan(s) "
                 f"({', '.join(s.modality + (' 3D' if s.is_3d else ' 2D') for s in used)}); "
                 f"thresholds: {self.thresholds}")
         w = max([len("diagnosis")] + [len(f.name) for f in self.ranked])
@@ -81,7 +83,7 @@ class CaseError:
         return {"case_id": self.case_id, "error": self.error}
 
     def __str__(self) -> str:
-        return f"Case {self.case_id}: error: {self.error}"
+        return f"Case {one_line(self.case_id)}: error: {one_line(self.error)}"
 
     __repr__ = __str__
 
