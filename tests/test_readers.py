@@ -494,3 +494,19 @@ def test_a_bare_dicom_data_set_without_preamble_or_extension_is_read(tmp_path, i
     got = read_scan(scans[0])
     assert got.shape == (1, 4, 5)
     assert np.array_equal(got[0].ravel(), np.arange(20) * 7 * 2 - 10)
+
+
+def test_a_series_where_some_slices_lack_a_position_says_it_orders_by_instance_number(tmp_path):
+    """Slices ordered by position, except that one lacks it: all fell back to InstanceNumber
+    order without a word."""
+    import pydicom
+
+    from raddiag.data.errors import InputWarning
+
+    paths = [_dicom(tmp_path / f"{k}.dcm", np.full((4, 4), k), z=-k, instance=k + 1) for k in range(3)]
+    ds = pydicom.dcmread(paths[1])
+    del ds.ImagePositionPatient
+    ds.save_as(paths[1])
+    with pytest.warns(InputWarning, match="1 of 3 slices .* no ImagePositionPatient .* InstanceNumber"):
+        got = read_scan(Scan(paths=paths, modality="CT"))
+    assert got[:, 0, 0].tolist() == [0, 1, 2]      # InstanceNumber order (by position it is 2, 1, 0)

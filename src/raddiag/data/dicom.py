@@ -299,6 +299,10 @@ def _open_dicom_series(paths: list[Path], limits: Limits, plane: Optional[str]) 
     if len(heads) > 1:
         pos = [_slice_position(p, ds) for ds, p, _ in heads]
         positioned = all(p is not None for p in pos)
+        if not positioned and any(p is not None for p in pos):
+            warnings.warn(f"{paths[0].parent}: {sum(p is None for p in pos)} of {len(pos)} slices of one DICOM "
+                          "series have no ImagePositionPatient / ImageOrientationPatient: all are ordered by "
+                          "InstanceNumber instead of by position", InputWarning, stacklevel=3)
         keys = pos if positioned else [_instance_number(p, ds, n) for n, (ds, p, _) in enumerate(heads)]
         order = sorted(range(len(heads)), key=lambda n: (keys[n], str(heads[n][1])))
         heads = [heads[n] for n in order]
