@@ -166,3 +166,26 @@ def test_dense_reads_a_direct_subdivisions_texts_a_little_lower():
     assert _ranked(ix, d)[0] == "K56"
     # an own text of the same cosine is not discounted
     assert ix.dense(["sigmoid volvulus"])[0][ix.codes.index("X99")] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_injury_codes_are_unlikely_unless_the_name_says_injury():
+    """A popliteal aneurysm is I72, not S85 "Injury of blood vessels at lower leg level"; a fracture
+    asks for the injury chapter."""
+    kb = _kb(Concept("S85", "Injury of blood vessels at lower leg level", chapter="19"),
+             Concept("I72", "Other aneurysm", chapter="9"))
+    ix = CodeIndex(kb, ConstantEncoder(), use_cache=False)
+    assert ix.unlikely_for("Popliteal artery aneurysm").tolist() == [1.0, 0.0]
+    for name in ("Tibial fracture", "Traumatic popliteal artery tear", "Fractured tibia", "Foreign body"):
+        assert ix.unlikely_for(name).tolist() == [0.0, 0.0], name
+
+
+def test_parenthesised_modifiers_are_not_needed_for_an_exact_hit():
+    """ICD-10-CM writes nonessential modifiers in parentheses: "Pericardial effusion
+    (noninflammatory)" is an exact hit of "pericardial effusion"; the words inside count too."""
+    kb = _kb(Concept("I30", "Acute pericarditis", synonyms=["Acute pericardial effusion"], chapter="9"),
+             Concept("I31", "Other diseases of pericardium", children=["I31.3"], chapter="9"),
+             Concept("I31.3", "Pericardial effusion (noninflammatory)", parent="I31", chapter="9"))
+    ix = CodeIndex(kb, ConstantEncoder(), use_cache=False)
+    assert ix.exact_hits("Pericardial effusion").tolist() == [0.0, 1.0]
+    assert ix.exact_hits("noninflammatory pericardial effusion").tolist() == [0.0, 1.0]
+    assert ix.exact_hits("Acute pericardial effusion").tolist() == [1.0, 0.0]

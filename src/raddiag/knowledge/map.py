@@ -39,8 +39,8 @@ import torch
 
 from raddiag.knowledge.encoder import TextEncoder
 from raddiag.knowledge.kb import KnowledgeBase
-from raddiag.knowledge.terms import (STOP, WORD, Group, americanise, behaviour, filed_by_morphology,
-                                     icd_wording, index_words, neoplasm_phrase, prefixes, stem, stems,
+from raddiag.knowledge.terms import (ELSEWHERE, WORD, Group, americanise, behaviour, exact_key, exact_keys,
+                                     filed_by_morphology, icd_wording, index_words, neoplasm_phrase, prefixes, stem, stems,
                                      word_groups, words)
 
 LEXICAL_WEIGHT = 1.0
@@ -56,13 +56,19 @@ PRIOR_PENALTY = 0.3
 PART_WEIGHT = 0.3
 #: ... unless ICD-10-CM itself uses the word in this many categories ("pneumonia" needs no "lung").
 PLAIN_WORD_DF = 3
-_ELSEWHERE = re.compile(r"classified elsewhere")
 #: Kinds of category that a disorder seen on imaging is rarely filed under: how to recognise the
 #: category (its chapter, or words of its name), and the word stems of a name that ask for it.
 UNLIKELY: dict[str, tuple[set[str], Optional[re.Pattern], set[str]]] = {
     "factors and encounters (Z)": ({"21"}, None, {"histor", "screen", "encoun", "status", "contac", "exposu",
                                                  "presen", "examin", "absenc", "aftercare", "fittin",
                                                  "carrie", "transp", "artifi", "prophy", "follow"}),
+    "injuries, poisoning, complications of care (S-T)": (
+        {"19"}, None, {"fractu", "disloc", "sublux", "sprain", "strain", "tear", "tears", "torn", "ruptur",
+                       "injury", "injuri", "injure", "trauma", "contus", "concus", "lacera", "avulsi", "crush",
+                       "amputa", "punctu", "wound", "bite", "bites", "burn", "burns", "frostb", "flail",
+                       "whipla", "foreig", "poison", "toxic", "toxici", "overdo", "hemato", "emboli",
+                       "compli", "prosth", "implan", "graft", "device", "loosen", "postop", "iatrog",
+                       "reject", "shunt", "abuse", "shaken", "barotr", "drowni"}),
     "external causes (V-Y)": ({"20"}, None, {"accide", "injury", "assaul", "fall", "poison"}),
     "pregnancy (O)": ({"15"}, None, {"pregna", "gestat", "obstet", "placen", "ectopi", "aborti", "labor",
                                     "labour", "delive", "puerpe", "postpa", "eclamp", "preecl", "amniot",
@@ -70,7 +76,7 @@ UNLIKELY: dict[str, tuple[set[str], Optional[re.Pattern], set[str]]] = {
     "perinatal (P)": ({"16"}, None, {"neonat", "newbor", "perina", "fetal", "fetus", "birth", "preter",
                                     "premat", "infant"}),
     "carcinoma in situ": (set(), re.compile(r"\bin situ\b"), {"situ"}),
-    "manifestation (in diseases classified elsewhere)": (set(), _ELSEWHERE, set()),
+    "manifestation (in diseases classified elsewhere)": (set(), ELSEWHERE, set()),
     "sequelae": (set(), re.compile(r"^sequelae\b"), {"sequel", "late", "old"}),
 }
 
@@ -85,14 +91,6 @@ def code_behaviour(code: str) -> str:
         return "benign" if code == "D3A" else ""
     n = int(code[1:3])
     return "in situ" if n <= 9 else "benign" if n <= 36 else "uncertain" if n <= 48 else ""
-
-
-def _exact_key(text: str) -> str:
-    """Whole words (not stems: "nephrolithiasis" must not meet "nephrosis"), any order, any spelling;
-    none for a manifestation text ("Pneumonia in diseases classified elsewhere" is not "pneumonia")."""
-    if _ELSEWHERE.search(text.lower()):
-        return ""
-    return " ".join(sorted({w for w in WORD.findall(americanise(text)) if w not in STOP and len(w) > 1}))
 
 
 def _behaviour_words(name: str, by_morphology: frozenset) -> list[Group]:
@@ -159,7 +157,7 @@ class CodeIndex:
                 self.by_stem.setdefault(p, []).append(i)
             for t in own + sub:
                 self.by_acronym.setdefault(_acronym(t), set()).add(i)
-                if (key := _exact_key(t)):
+                for key in exact_keys(t):
                     self.exact.setdefault(key, set()).add(i)
         n = len(cats)
         self.idf = {w: math.log((n + 1) / (len(ids) + 0.5)) for w, ids in self.by_stem.items()}
@@ -225,7 +223,7 @@ class CodeIndex:
         """1 for each category with a name or synonym (its own or a sub-code's) that is the query's
         words in any order and spelling, else 0."""
         out = torch.zeros(len(self.codes))
-        for i in self.exact.get(_exact_key(name), ()):
+        for i in self.exact.get(exact_key(name), ()):
             out[i] = 1.0
         return out
 

@@ -144,6 +144,25 @@ def prefixes(word: str) -> set[str]:
     return {word[:k] for k in range(min(STEM, len(word)), len(word) + 1)}
 
 
+#: A manifestation code's text ("Pneumonia in diseases classified elsewhere").
+ELSEWHERE = re.compile(r"classified elsewhere")
+_MODIFIER = re.compile(r"\s*\([^()]*\)")
+
+
+def exact_key(text: str) -> str:
+    """Whole words (not stems: "nephrolithiasis" must not meet "nephrosis"), any order, any spelling;
+    none for a manifestation text ("Pneumonia in diseases classified elsewhere" is not "pneumonia")."""
+    if ELSEWHERE.search(text.lower()):
+        return ""
+    return " ".join(sorted({w for w in WORD.findall(americanise(text)) if w not in STOP and len(w) > 1}))
+
+
+def exact_keys(text: str) -> set[str]:
+    """The text's :func:`exact_key`, and the same without its parenthesised words: ICD-10-CM's
+    nonessential modifiers ("Pericardial effusion (noninflammatory)" is also "pericardial effusion")."""
+    return {k for k in (exact_key(text), exact_key(_MODIFIER.sub("", text))) if k}
+
+
 def canonical(word: str) -> str:
     """ICD-10-CM's word for ``word`` (itself when the tables have none)."""
     return _CANON.get(word, word)
