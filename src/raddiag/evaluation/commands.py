@@ -6,6 +6,18 @@ import argparse
 from raddiag.cli import non_negative_int
 
 
+def n_boot_arg(text: str) -> int:
+    """argparse type of ``--n-boot``: 0 (no intervals) or at least ``MIN_BOOT`` resamples."""
+    from raddiag.evaluation.bootstrap import check_n_boot
+
+    n = non_negative_int(text)
+    try:
+        check_n_boot(n)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return n
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="evaluate a trained run on a split of a prepared dataset",
                        description="Predict a split with a run's model (and the val split for thresholds), "
@@ -15,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--val-split", default="val", help="split used to choose thresholds ('' for none)")
     p.add_argument("--out", default=None, help="output folder (default RUN/eval-SPLIT)")
-    p.add_argument("--n-boot", type=non_negative_int, default=1000, help="bootstrap resamples (0: no CIs)")
+    p.add_argument("--n-boot", type=n_boot_arg, default=1000, help="bootstrap resamples (0: no CIs, else >= 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=None)
@@ -31,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--val", default=None, help="validation predictions .npz (thresholds by maximal F1)")
     q.add_argument("--labels", default=None, help="label_space.json (default: classes 0..C-1, all in 'all')")
     q.add_argument("--out", required=True, help="output folder")
-    q.add_argument("--n-boot", type=non_negative_int, default=1000, help="bootstrap resamples (0: no CIs)")
+    q.add_argument("--n-boot", type=n_boot_arg, default=1000, help="bootstrap resamples (0: no CIs, else >= 2)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--plot-classes", nargs="*", default=None)
     q.set_defaults(func=_metrics)

@@ -19,7 +19,7 @@ import numpy as np
 from raddiag.data.case import NORMAL
 from raddiag.data.labels import LabelSpace
 
-from .bootstrap import CI_METHODS, bootstrap_ci, bootstrap_per_class
+from .bootstrap import CI_METHODS, bootstrap_ci, bootstrap_per_class, check_n_boot
 from .metrics import METRICS, best_f1_thresholds, check_inputs, macro, per_class_metrics
 
 log = logging.getLogger(__name__)
@@ -105,8 +105,7 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
     interval of each macro metric (:func:`~raddiag.evaluation.bootstrap.bootstrap_ci`). With ``out_dir``
     writes ``metrics.json``, ``per_class.csv``, ``predictions.npz`` and ``report.html``.
     """
-    if n_boot < 0:
-        raise ValueError(f"n_boot must be >= 0 (0: no confidence intervals), got {n_boot}")
+    check_n_boot(n_boot, seed)
     if ci_method not in CI_METHODS:
         raise ValueError(f"unknown interval method {ci_method!r}; choose from {CI_METHODS}")
     scores, labels = check_inputs(test_scores, test_labels, "test predictions")
