@@ -34,3 +34,47 @@ def test_metrics_refuses_one_resample_and_a_negative_seed(tmp_path, capsys, args
     err = capsys.readouterr().err
     assert e.value.code == 2 and reason in err
     assert not (tmp_path / "out").exists()
+
+
+def _space_file(path, thresholds):
+    classes = [{"name": n, **({} if t is None else {"threshold": t})} for n, t in zip("abc", thresholds)]
+    path.write_text(json.dumps({"classes": classes}))      # json writes NaN / Infinity as such
+    return str(path)
+
+
+def test_a_label_space_with_thresholds_on_some_classes_falls_back_to_05_for_the_others(tmp_path):
+    from raddiag.data.labels import LabelSpace
+
+    space = LabelSpace.load(_space_file(tmp_path / "ls.json", [0.3, None, 0.2]))
+    assert space.thresholds == [0.3, None, 0.2]
+    thr, fallback = space.threshold_values()
+    assert thr.tolist() == [0.3, 0.5, 0.2] and fallback.tolist() == [False, True, False]
+    assert _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz"), "--labels", str(tmp_path / "ls.json"),
+                    "--n-boot", "0") == 0
+    meta = json.loads((tmp_path / "out" / "metrics.json").read_text())["meta"]
+    assert meta["threshold_source"] == "label_space" and meta["n_threshold_fallback"] == 1
+    rows = (tmp_path / "out" / "per_class.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[7:9] for r in rows] == [["0.3", "0"], ["0.5", "1"], ["0.2", "0"]]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "0.5", True])
+def test_a_threshold_that_is_not_a_finite_number_is_refused(tmp_path, capsys, bad):
+    from raddiag.data.labels import LabelSpace
+
+    path = _space_file(tmp_path / "ls.json", [0.3, bad, 0.2])
+    rc = _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz"), "--labels", path, "--n-boot", "0")
+    err = capsys.readouterr().err
+    assert rc == 2 and "ls.json" in err and "'b'" in err and "finite number" in err
+    with pytest.raises(ValueError, match="finite number"):
+        LabelSpace(names=["a", "b"], thresholds=[0.1, float("nan")])
+
+
+def test_validation_thresholds_go_through_the_same_check(monkeypatch):
+    from raddiag.data.labels import LabelSpace
+    from raddiag.evaluation import engine
+
+    monkeypatch.setattr(engine, "best_f1_thresholds", lambda s, y, return_fallback: (
+        np.array([0.5, np.nan]), np.zeros(2, bool)))
+    s, y = np.random.default_rng(0).random((10, 2)), np.tile([[True, False], [False, True]], (5, 1))
+    with pytest.raises(ValueError, match="validation predictions.*finite number"):
+        engine.evaluate_predictions(s, y, LabelSpace(names=["a", "b"]), val_scores=s, val_labels=y, n_boot=0)

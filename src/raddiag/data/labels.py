@@ -17,6 +17,25 @@ import numpy as np
 from raddiag.data.case import NORMAL, Case
 
 GROUPS = ("head", "medium", "tail")
+DEFAULT_THRESHOLD = 0.5    # a class without a stored threshold (none chosen on validation)
+
+
+def check_thresholds(values, names: Sequence[str], where: str = "thresholds") -> list[Optional[float]]:
+    """Per-class decision thresholds as floats, ``None`` where a class has none; a ValueError
+    naming ``where`` and the class for a wrong count or a value that is not a finite number
+    (a NaN threshold puts no case above it: every F1 would be 0 without a word)."""
+    values = list(values)
+    if len(values) != len(names):
+        raise ValueError(f"{where}: {len(values)} thresholds for {len(names)} classes")
+    out = []
+    for name, t in zip(names, values):
+        if t is not None:
+            ok = isinstance(t, (int, float, np.integer, np.floating)) and not isinstance(t, (bool, np.bool_))
+            if not ok or not np.isfinite(t):
+                raise ValueError(f"{where}: the threshold of class {name!r} must be a finite number, got {t!r}")
+            t = float(t)
+        out.append(t)
+    return out
 
 
 @dataclass
@@ -27,7 +46,7 @@ class LabelSpace:
     granularity: str = "disorder"                              # "disorder" | "icd10"
     head_min: int = 100
     medium_min: int = 30
-    thresholds: Optional[list[float]] = None                   # per-class, from validation
+    thresholds: Optional[list[Optional[float]]] = None         # per-class, from validation (None: 0.5)
     descriptions: list[Optional[str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -41,8 +60,8 @@ class LabelSpace:
         for name, seq in (("codes", self.codes), ("counts", self.counts), ("descriptions", self.descriptions)):
             if len(seq) != n:
                 raise ValueError(f"label space: {len(seq)} {name} for {n} classes")
-        if self.thresholds is not None and len(self.thresholds) != n:
-            raise ValueError(f"label space: {len(self.thresholds)} thresholds for {n} classes")
+        if self.thresholds is not None:
+            self.thresholds = check_thresholds(self.thresholds, self.names, "label space")
         self._index = {name: i for i, name in enumerate(self.names)}
 
     # -- lookups ---------------------------------------------------------------
@@ -70,6 +89,13 @@ class LabelSpace:
         if not disorders and not codes:
             return [NORMAL]
         return codes if self.granularity == "icd10" else disorders
+
+    def threshold_values(self) -> tuple[np.ndarray, np.ndarray]:
+        """Thresholds ``[C]`` (``DEFAULT_THRESHOLD`` for a class without one) and the mask of
+        those classes."""
+        t = self.thresholds or [None] * len(self)
+        missing = np.array([v is None for v in t], dtype=bool)
+        return np.array([DEFAULT_THRESHOLD if v is None else v for v in t], dtype=np.float64), missing
 
     def encode(self, labels: Sequence[str], strict: bool = True) -> np.ndarray:
         """Multi-hot vector; unknown labels raise (or are dropped with ``strict=False``)."""
@@ -173,7 +199,8 @@ class LabelSpace:
     @classmethod
     def from_dict(cls, d: dict) -> "LabelSpace":
         classes = d["classes"]
-        thr = [c["threshold"] for c in classes] if classes and "threshold" in classes[0] else None
+        # a class without a threshold uses DEFAULT_THRESHOLD (threshold_values); none at all: None
+        thr = [c.get("threshold") for c in classes] if any("threshold" in c for c in classes) else None
         return cls(
             names=[c["name"] for c in classes],
             codes=[c.get("code") for c in classes],

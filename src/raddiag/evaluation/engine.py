@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from raddiag.data.case import NORMAL
-from raddiag.data.labels import LabelSpace
+from raddiag.data.labels import LabelSpace, check_thresholds
 
 from .bootstrap import CI_METHODS, bootstrap_ci, bootstrap_per_class, check_n_boot
 from .metrics import METRICS, best_f1_thresholds, check_inputs, macro, per_class_metrics
@@ -67,9 +67,10 @@ def _choose_thresholds(c: int, label_space: LabelSpace, val_scores, val_labels, 
         if val_scores.shape[1] != c:
             raise ValueError(f"validation predictions have {val_scores.shape[1]} classes, test has {c}")
         thr, fb = best_f1_thresholds(val_scores, val_labels, return_fallback=True)
+        check_thresholds(thr, label_space.names, "validation predictions")
         return thr, fb, "validation"
     if use_label_space_thresholds and label_space.thresholds is not None:
-        return np.asarray(label_space.thresholds, dtype=np.float64), np.zeros(c, bool), "label_space"
+        return (*label_space.threshold_values(), "label_space")
     log.warning("no validation predictions: thresholds for F1/MCC/ACC are chosen on the test split "
                 "itself (optimistic)")
     thr, fb = best_f1_thresholds(test_scores, test_labels, return_fallback=True)
