@@ -78,3 +78,27 @@ def test_validation_thresholds_go_through_the_same_check(monkeypatch):
     s, y = np.random.default_rng(0).random((10, 2)), np.tile([[True, False], [False, True]], (5, 1))
     with pytest.raises(ValueError, match="validation predictions.*finite number"):
         engine.evaluate_predictions(s, y, LabelSpace(names=["a", "b"]), val_scores=s, val_labels=y, n_boot=0)
+
+
+@pytest.mark.parametrize("scores_shape, labels_shape", [((40,), (40, 3)), ((40, 3), (40,)), ((40, 3), (40, 2)),
+                                                        ((3, 40), (40, 3))])
+def test_scores_and_labels_of_different_shapes_are_refused_naming_the_file_and_both_shapes(
+        tmp_path, capsys, scores_shape, labels_shape):
+    pred = _npz(tmp_path / "p.npz", scores=np.full(scores_shape, 0.5), labels=np.zeros(labels_shape, bool))
+    assert _metrics(tmp_path, "--pred", pred, "--n-boot", "0") == 2
+    err = capsys.readouterr().err
+    assert "p.npz" in err and f"scores {scores_shape}" in err and f"labels {labels_shape}" in err
+
+
+def test_validation_predictions_with_other_classes_are_refused_naming_both_files(tmp_path, capsys):
+    pred, val = _npz(tmp_path / "test.npz"), _npz(tmp_path / "val.npz", c=2)
+    assert _metrics(tmp_path, "--pred", pred, "--val", val, "--n-boot", "0") == 2
+    err = capsys.readouterr().err
+    assert "val.npz" in err and "test.npz" in err and "2 classes" in err and "3" in err
+
+
+def test_a_label_space_of_another_size_is_refused_naming_both_files(tmp_path, capsys):
+    path = _space_file(tmp_path / "ls.json", [None, None, None])
+    assert _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz", c=4), "--labels", path, "--n-boot", "0") == 2
+    err = capsys.readouterr().err
+    assert "ls.json: 3 classes, but" in err and "p.npz has 4" in err

@@ -164,7 +164,8 @@ def _metrics(args) -> int:
                          val_labels=None if val is None else val["labels"],
                          anatomy=test.get("anatomy"), case_ids=test.get("case_ids"), out_dir=args.out,
                          n_boot=args.n_boot, seed=args.seed, plot_classes=args.plot_classes, progress=True,
-                         title=f"raddiag metrics: {Path(args.pred).name}")
+                         title=f"raddiag metrics: {Path(args.pred).name}",
+                         input_names={"test": args.pred, "val": args.val, "labels": args.labels})
     import json
 
     _print_summary(json.loads((Path(args.out) / "metrics.json").read_text()), args.out)

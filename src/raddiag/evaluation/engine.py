@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 CLASS_GROUPS = ("all", "head", "medium", "tail", "normal")
 FPR_GRID = np.linspace(0.0, 1.0, 101)
+INPUT_NAMES = {"test": "test predictions", "val": "validation predictions", "labels": "label space"}
 THRESHOLD_SOURCES = {
     "validation": "chosen by maximal F1 on the validation split",
     "label_space": "stored in the label space (chosen earlier on validation)",
@@ -61,13 +62,13 @@ def _summarise(point: dict, boot: Optional[dict], masks: dict[str, np.ndarray], 
 
 
 def _choose_thresholds(c: int, label_space: LabelSpace, val_scores, val_labels, test_scores, test_labels,
-                       use_label_space_thresholds: bool):
+                       use_label_space_thresholds: bool, names: dict):
     if val_scores is not None:
-        val_scores, val_labels = check_inputs(val_scores, val_labels, "validation predictions")
+        val_scores, val_labels = check_inputs(val_scores, val_labels, names["val"])
         if val_scores.shape[1] != c:
-            raise ValueError(f"validation predictions have {val_scores.shape[1]} classes, test has {c}")
+            raise ValueError(f"{names['val']}: {val_scores.shape[1]} classes, but {names['test']} has {c}")
         thr, fb = best_f1_thresholds(val_scores, val_labels, return_fallback=True)
-        check_thresholds(thr, label_space.names, "validation predictions")
+        check_thresholds(thr, label_space.names, names["val"])
         return thr, fb, "validation"
     if use_label_space_thresholds and label_space.thresholds is not None:
         return (*label_space.threshold_values(), "label_space")
@@ -95,7 +96,8 @@ def default_plot_classes(point: dict, labels: np.ndarray, names: Sequence[str], 
 def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_scores=None, val_labels=None,
                          anatomy=None, case_ids=None, out_dir=None, n_boot: int = 1000, seed: int = 0,
                          plot_classes=None, use_label_space_thresholds: bool = True, alpha: float = 0.05,
-                         ci_method: str = "logit", progress: bool = False, title: str = "raddiag evaluation") -> dict:
+                         ci_method: str = "logit", progress: bool = False, title: str = "raddiag evaluation",
+                         input_names: Optional[dict] = None) -> dict:
     """Score predictions (probabilities ``[N, C]``) against multi-hot labels.
 
     Thresholds for F1/MCC/ACC: maximal F1 on ``val_*`` when given; else the label space's stored
@@ -105,14 +107,16 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
     ``threshold_source`` and ``roc`` (per-group macro ROC curves with bands). ``ci_method``: the
     interval of each macro metric (:func:`~raddiag.evaluation.bootstrap.bootstrap_ci`). With ``out_dir``
     writes ``metrics.json``, ``per_class.csv``, ``predictions.npz`` and ``report.html``.
+    ``input_names``: what errors call the ``test``, ``val`` and ``labels`` inputs (the CLI: their files).
     """
+    names = {**INPUT_NAMES, **{k: v for k, v in (input_names or {}).items() if v}}
     check_n_boot(n_boot, seed)
     if ci_method not in CI_METHODS:
         raise ValueError(f"unknown interval method {ci_method!r}; choose from {CI_METHODS}")
-    scores, labels = check_inputs(test_scores, test_labels, "test predictions")
+    scores, labels = check_inputs(test_scores, test_labels, names["test"])
     n, c = scores.shape
     if len(label_space) != c:
-        raise ValueError(f"label space has {len(label_space)} classes, predictions have {c}")
+        raise ValueError(f"{names['labels']}: {len(label_space)} classes, but {names['test']} has {c}")
     if anatomy is not None:
         anatomy = np.array(["unknown" if a is None or a == "" else str(a) for a in anatomy], dtype=object)
         if anatomy.shape != (n,):
@@ -121,7 +125,7 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
         raise ValueError(f"case_ids has {len(case_ids)} entries for {n} cases")
 
     thr, fallback, source = _choose_thresholds(c, label_space, val_scores, val_labels, scores, labels,
-                                               use_label_space_thresholds)
+                                               use_label_space_thresholds, names)
     point = per_class_metrics(scores, labels, thr, fpr_grid=FPR_GRID)
     masks = _group_masks(label_space)
     boot = None
