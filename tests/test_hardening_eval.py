@@ -102,3 +102,13 @@ def test_a_label_space_of_another_size_is_refused_naming_both_files(tmp_path, ca
     assert _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz", c=4), "--labels", path, "--n-boot", "0") == 2
     err = capsys.readouterr().err
     assert "ls.json: 3 classes, but" in err and "p.npz has 4" in err
+
+
+def test_metrics_without_a_label_space_reports_no_head_medium_tail_groups(tmp_path, capsys):
+    assert _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz"), "--n-boot", "0") == 0
+    out = capsys.readouterr().out
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert not {"head", "medium", "tail"} & set(m) and m["all"]["auc"]["n_classes"] == 3
+    assert "no training counts" in m["meta"]["class_groups"] and "no training counts" in out
+    assert not any(line.startswith(("head", "tail")) for line in out.splitlines())
+    assert "Head" not in (tmp_path / "out" / "report.html").read_text()

@@ -158,7 +158,7 @@ def _metrics(args) -> int:
     if args.labels:
         space = LabelSpace.load(args.labels)
     else:
-        space = LabelSpace(names=[f"class_{i}" for i in range(c)], counts=[10 ** 6] * c)
+        space = LabelSpace(names=[f"class_{i}" for i in range(c)])     # no training counts: no head / tail
     evaluate_predictions(test["scores"], test["labels"], space,
                          val_scores=None if val is None else val["scores"],
                          val_labels=None if val is None else val["labels"],
@@ -184,4 +184,5 @@ def _print_summary(metrics: dict, out) -> None:
             cells.append(f"{'-' if v is None else f'{100 * v:.2f}':>20}")
         print(f"{g:<10}" + "".join(cells))
     print(f"threshold source: {metrics['meta']['threshold_note']}")
+    print(f"class groups: {metrics['meta']['class_groups']}")
     print(f"wrote {out}/metrics.json, per_class.csv, predictions.npz, report.html")

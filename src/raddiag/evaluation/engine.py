@@ -34,8 +34,21 @@ THRESHOLD_SOURCES = {
 }
 
 
+NO_COUNTS = "none: the label space has no training counts (no --labels), so no head / medium / tail groups"
+
+
 def _group_masks(label_space: LabelSpace) -> dict[str, np.ndarray]:
-    return {g: label_space.group_mask(g) for g in CLASS_GROUPS}
+    """Masks of the class groups; head / medium / tail only when the label space has training
+    counts (without them every class would be called tail, or head)."""
+    groups = CLASS_GROUPS if any(label_space.counts) else ("all", "normal")
+    return {g: label_space.group_mask(g) for g in groups}
+
+
+def _groups_note(label_space: LabelSpace) -> str:
+    if not any(label_space.counts):
+        return NO_COUNTS
+    return (f"head / medium / tail by training cases (head >= {label_space.head_min}, "
+            f"medium >= {label_space.medium_min}, Normal is head)")
 
 
 def _entry(value, ci, n_classes, n_excluded) -> dict:
@@ -165,6 +178,7 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
         "n_classes_defined": int(defined.sum()),
         "n_classes_no_positive": int((labels.sum(0) == 0).sum()),
         "n_classes_no_negative": int((labels.sum(0) == n).sum()),
+        "class_groups": _groups_note(label_space),
         "threshold_source": source,
         "threshold_note": THRESHOLD_SOURCES[source],
         "n_threshold_fallback": int(fallback.sum()),

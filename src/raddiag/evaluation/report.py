@@ -169,6 +169,7 @@ def write_report(path: Path, result: dict, scores, labels, label_space: LabelSpa
     cls = "warn" if meta["threshold_source"] == "test" else ""
     parts.append(f"<p class='{cls}'>F1 / MCC / ACC thresholds: {html.escape(meta['threshold_note'])}"
                  f"{'; ' + str(meta['n_threshold_fallback']) + ' classes without validation positives use 0.5' if meta['n_threshold_fallback'] else ''}.</p>")
+    parts.append(f"<p>Class groups: {html.escape(meta['class_groups'])}.</p>")
     parts.append("<h2>Results (percent)</h2>")
     parts.append(metrics_table(metrics, [g for g in ("head", "medium", "tail", "all", "normal") if g in metrics],
                                "Macro-averaged metrics by class group, % [95% CI]"))
