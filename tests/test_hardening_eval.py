@@ -112,3 +112,17 @@ def test_metrics_without_a_label_space_reports_no_head_medium_tail_groups(tmp_pa
     assert "no training counts" in m["meta"]["class_groups"] and "no training counts" in out
     assert not any(line.startswith(("head", "tail")) for line in out.splitlines())
     assert "Head" not in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_anatomy_names_with_a_slash_keep_their_own_groups_and_report(tmp_path):
+    anatomy = np.array(["Head/Neck"] * 20 + ["Head"] * 10 + ["Head/normal"] * 10)
+    pred = _npz(tmp_path / "p.npz", anatomy=anatomy)
+    assert _metrics(tmp_path, "--pred", pred, "--n-boot", "20") == 0
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    anat = sorted(k for k in m if k.startswith("anatomy/"))
+    assert anat == ["anatomy/Head", "anatomy/Head%2FNeck", "anatomy/Head%2FNeck/normal", "anatomy/Head%2Fnormal",
+                    "anatomy/Head%2Fnormal/normal", "anatomy/Head/normal"]
+    assert m["meta"]["anatomy_cases"] == {"Head": {"n_cases": 10}, "Head/Neck": {"n_cases": 20},
+                                          "Head/normal": {"n_cases": 10}}
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "Head/Neck" in html and "%2F" not in html

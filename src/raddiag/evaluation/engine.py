@@ -37,6 +37,18 @@ THRESHOLD_SOURCES = {
 NO_COUNTS = "none: the label space has no training counts (no --labels), so no head / medium / tail groups"
 
 
+def anatomy_key(name: str) -> str:
+    """The ``metrics.json`` group of an anatomy: ``anatomy/<name>``, a "/" in the name written
+    "%2F" ("Head/Neck" -> ``anatomy/Head%2FNeck``): the name stays one key segment, apart from
+    the ``/normal`` group of each anatomy."""
+    return "anatomy/" + name.replace("/", "%2F")
+
+
+def anatomy_name(key: str) -> str:
+    """The anatomy of a group key made by :func:`anatomy_key` (its ``/normal`` group's too)."""
+    return key.split("/")[1].replace("%2F", "/")
+
+
 def _group_masks(label_space: LabelSpace) -> dict[str, np.ndarray]:
     """Masks of the class groups; head / medium / tail only when the label space has training
     counts (without them every class would be called tail, or head)."""
@@ -168,8 +180,8 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
             b_a = (bootstrap_per_class(s_a, y_a, thr, n_boot=n_boot, seed=seed + 1 + i)
                    if n_boot > 0 else None)
             sub = _summarise(p_a, b_a, {"all": masks["all"], "normal": normal_mask}, alpha, ci_method)
-            metrics[f"anatomy/{name}"] = sub["all"]
-            metrics[f"anatomy/{name}/normal"] = sub["normal"]
+            metrics[anatomy_key(name)] = sub["all"]
+            metrics[anatomy_key(name) + "/normal"] = sub["normal"]
             anatomy_point[name] = {"n_cases": int(rows.sum())}
 
     defined = ~np.isnan(point["auc"])

@@ -14,6 +14,7 @@ import numpy as np
 
 from raddiag.data.labels import LabelSpace
 
+from .engine import anatomy_name
 from .metrics import METRICS
 
 HEADERS = {"auc": "AUC", "ap": "AP", "f1": "F1", "mcc": "MCC", "acc": "ACC",
@@ -53,7 +54,7 @@ def metrics_table(metrics: dict, groups: list[str], caption: str) -> str:
         m = metrics.get(g, {})
         any_e = next(iter(m.values()), {})
         n = f"{any_e.get('n_classes', 0)} classes" + (f", {any_e['n_excluded']} excluded" if any_e.get("n_excluded") else "")
-        label = html.escape(GROUP_TITLES.get(g, g))
+        label = html.escape(GROUP_TITLES.get(g) or f"anatomy {anatomy_name(g)}")
         rows.append(f"<tr><td>{label}<br><small>{n}</small></td>" + "".join(f"<td>{_cell(m.get(k))}</td>" for k in METRICS) + "</tr>")
     return (f"<table><caption>{html.escape(caption)}</caption><tr><th>Group</th>{head}</tr>"
             + "".join(rows) + "</table>")
@@ -83,8 +84,8 @@ def roc_figure(roc: dict) -> str:
 
 
 def normal_by_anatomy_figure(metrics: dict) -> Optional[str]:
-    names = sorted(k.split("/")[1] for k in metrics if k.startswith("anatomy/") and k.endswith("/normal"))
-    rows = ["normal"] + [f"anatomy/{a}/normal" for a in names]
+    rows = ["normal"] + sorted(k for k in metrics if k.startswith("anatomy/") and k.endswith("/normal"))
+    names = [anatomy_name(r) for r in rows[1:]]
     labels = ["all cases"] + names
     keys = [("auc", "AUC"), ("ap", "AP"), ("recall_at_fpr_0.05", "Recall@0.05")]
     if "normal" not in metrics or not names:
