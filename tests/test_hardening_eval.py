@@ -126,3 +126,21 @@ def test_anatomy_names_with_a_slash_keep_their_own_groups_and_report(tmp_path):
                                           "Head/normal": {"n_cases": 10}}
     html = (tmp_path / "out" / "report.html").read_text()
     assert "Head/Neck" in html and "%2F" not in html
+
+
+def test_an_interval_without_spread_is_named_so_not_shown_as_a_confident_one(tmp_path):
+    from raddiag.data.labels import LabelSpace
+    from raddiag.evaluation import evaluate_predictions
+    from raddiag.evaluation.report import _cell
+
+    y = np.zeros((30, 2), bool)
+    y[:10] = True
+    s = np.where(y, 0.9, 0.1) + np.linspace(0, 0.05, 30)[:, None]     # perfectly separated: AUC 1 in every resample
+    s[12, 1] = 0.95                                                    # class 1 is not: its AUC varies
+    m = evaluate_predictions(s, y, LabelSpace(names=["a", "b"]), n_boot=30)["metrics"]
+    assert m["all"]["auc"]["ci_no_spread"] is False and "no spread" not in _cell(m["all"]["auc"])
+    m = evaluate_predictions(s[:, :1], y[:, :1], LabelSpace(names=["a"]), n_boot=30, out_dir=tmp_path)["metrics"]
+    e = m["all"]["auc"]
+    assert e["value"] == 1.0 and e["ci_low"] == e["ci_high"] == 1.0 and e["ci_no_spread"] is True
+    assert "no spread" in _cell(e) and "[100.00, 100.00]" not in _cell(e)
+    assert "no spread" in (tmp_path / "report.html").read_text()

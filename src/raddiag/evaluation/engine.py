@@ -63,10 +63,17 @@ def _groups_note(label_space: LabelSpace) -> str:
             f"medium >= {label_space.medium_min}, Normal is head)")
 
 
-def _entry(value, ci, n_classes, n_excluded) -> dict:
+def _entry(value, ci, n_classes, n_excluded, no_spread: bool = False) -> dict:
     f = (lambda x: None if x is None or not np.isfinite(x) else float(x))
-    return {"value": f(value), "ci_low": f(ci[0]), "ci_high": f(ci[1]),
+    return {"value": f(value), "ci_low": f(ci[0]), "ci_high": f(ci[1]), "ci_no_spread": bool(no_spread),
             "n_classes": int(n_classes), "n_excluded": int(n_excluded)}
+
+
+def _no_spread(replicates: np.ndarray) -> bool:
+    """Every resample gave the same value (a perfectly separated class, say): an interval says
+    nothing about the uncertainty then, and is reported as ``ci_no_spread``, not as [x, x]."""
+    r = replicates[np.isfinite(replicates)]
+    return r.size > 1 and bool(r.min() == r.max())
 
 
 def _summarise(point: dict, boot: Optional[dict], masks: dict[str, np.ndarray], alpha: float,
@@ -79,10 +86,12 @@ def _summarise(point: dict, boot: Optional[dict], masks: dict[str, np.ndarray], 
             if k not in point:
                 continue
             v, n_used, n_excl = macro(point[k], mask)
-            ci = (None, None)
+            ci, flat = (None, None), False
             if boot is not None and k in boot and mask.any():
-                ci = bootstrap_ci(macro(boot[k], mask)[0], v, alpha, ci_method, metric=k)
-            res[g][k] = _entry(v, ci, n_used, n_excl)
+                reps = macro(boot[k], mask)[0]
+                flat = _no_spread(reps)
+                ci = (v, v) if flat else bootstrap_ci(reps, v, alpha, ci_method, metric=k)
+            res[g][k] = _entry(v, ci, n_used, n_excl, flat)
     return res
 
 

@@ -42,7 +42,9 @@ def _cell(e: Optional[dict]) -> str:
     if not e or e.get("value") is None:
         return "&ndash;"
     s = f"{100 * e['value']:.2f}"
-    if e.get("ci_low") is not None:
+    if e.get("ci_no_spread"):
+        s += "<br><small>CI: no spread (every resample equal)</small>"
+    elif e.get("ci_low") is not None:
         s += f"<br><small>[{100 * e['ci_low']:.2f}, {100 * e['ci_high']:.2f}]</small>"
     return s
 
