@@ -144,3 +144,27 @@ def test_an_interval_without_spread_is_named_so_not_shown_as_a_confident_one(tmp
     assert e["value"] == 1.0 and e["ci_low"] == e["ci_high"] == 1.0 and e["ci_no_spread"] is True
     assert "no spread" in _cell(e) and "[100.00, 100.00]" not in _cell(e)
     assert "no spread" in (tmp_path / "report.html").read_text()
+
+
+def test_logit_scores_with_the_05_fallback_threshold_are_warned_of(tmp_path):
+    from raddiag.data.errors import InputWarning
+    from raddiag.data.labels import LabelSpace
+    from raddiag.evaluation import evaluate_predictions
+
+    rng = np.random.default_rng(1)
+    y = rng.random((60, 2)) < 0.4
+    s = rng.normal(size=(60, 2)) * 3 + 2 * y                # logits, not probabilities
+    yv = y.copy()
+    yv[:, 1] = False                                        # class 1: no validation positives -> 0.5
+    space = LabelSpace(names=["a", "b"])
+    with pytest.warns(InputWarning, match=r"outside \[0, 1\].*1 class.*0\.5"):
+        r = evaluate_predictions(s, y, space, val_scores=s, val_labels=yv, n_boot=0)
+    assert "outside [0, 1]" in r["metrics"]["meta"]["threshold_warning"]
+    p = 1 / (1 + np.exp(-s))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)
+        r = evaluate_predictions(p, y, space, val_scores=p, val_labels=yv, n_boot=0)   # probabilities: fine
+        evaluate_predictions(s, y, space, val_scores=s, val_labels=y, n_boot=0)        # no fallback: fine
+    assert r["metrics"]["meta"]["threshold_warning"] is None

@@ -11,16 +11,18 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from raddiag.data.case import NORMAL
+from raddiag.data.errors import InputWarning
 from raddiag.data.labels import LabelSpace, check_thresholds
 
 from .bootstrap import CI_METHODS, bootstrap_ci, bootstrap_per_class, check_n_boot
-from .metrics import METRICS, best_f1_thresholds, check_inputs, macro, per_class_metrics
+from .metrics import FALLBACK_THRESHOLD, METRICS, best_f1_thresholds, check_inputs, macro, per_class_metrics
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,19 @@ def _choose_thresholds(c: int, label_space: LabelSpace, val_scores, val_labels, 
     return thr, fb, "test"
 
 
+def _fallback_warning(scores: np.ndarray, fallback: np.ndarray, source: str) -> Optional[str]:
+    """Why the 0.5 fallback threshold is meaningless here, or None: scores outside [0, 1] are
+    logits (or other scales), where 0.5 is no decision point. On the test split the fallback
+    classes have no positives and are excluded anyway."""
+    n = int(fallback.sum())
+    lo, hi = (float(scores.min()), float(scores.max())) if n and source != "test" else (0.0, 1.0)
+    if lo >= 0.0 and hi <= 1.0:
+        return None
+    return (f"scores lie outside [0, 1] ({lo:.3g} to {hi:.3g}: logits?), but {n} class(es) without a "
+            f"chosen threshold use the fallback {FALLBACK_THRESHOLD}, which means nothing on that scale; "
+            "their F1 / MCC / ACC are not meaningful (give probabilities: the sigmoid of logits)")
+
+
 def default_plot_classes(point: dict, labels: np.ndarray, names: Sequence[str], k: int = 3) -> list[int]:
     """Up to ``k`` best and ``k`` worst classes by AUC among those with the most positives
     (at least 5 when available), as in Fig. 4a (three successful, three failed)."""
@@ -160,6 +175,9 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
 
     thr, fallback, source = _choose_thresholds(c, label_space, val_scores, val_labels, scores, labels,
                                                use_label_space_thresholds, names)
+    threshold_warning = _fallback_warning(scores, fallback, source)
+    if threshold_warning:
+        warnings.warn(f"{names['test']}: {threshold_warning}", InputWarning, stacklevel=2)
     point = per_class_metrics(scores, labels, thr, fpr_grid=FPR_GRID)
     masks = _group_masks(label_space)
     boot = None
@@ -203,7 +221,8 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
         "threshold_source": source,
         "threshold_note": THRESHOLD_SOURCES[source],
         "n_threshold_fallback": int(fallback.sum()),
-        "threshold_fallback_value": 0.5,
+        "threshold_fallback_value": FALLBACK_THRESHOLD,
+        "threshold_warning": threshold_warning,
         "n_boot": int(n_boot), "seed": int(seed), "ci": f"{100 * (1 - alpha):g}% bootstrap over cases, "
               + ("Wald interval on the logit scale (Fisher z for MCC) with the bootstrap standard error"
                  if ci_method == "logit" else "percentile interval")

@@ -171,7 +171,9 @@ def write_report(path: Path, result: dict, scores, labels, label_space: LabelSpa
              f"Confidence intervals: {html.escape(meta['ci'])}, {meta['n_boot']} resamples.</p>"]
     cls = "warn" if meta["threshold_source"] == "test" else ""
     parts.append(f"<p class='{cls}'>F1 / MCC / ACC thresholds: {html.escape(meta['threshold_note'])}"
-                 f"{'; ' + str(meta['n_threshold_fallback']) + ' classes without validation positives use 0.5' if meta['n_threshold_fallback'] else ''}.</p>")
+                 f"{'; ' + str(meta['n_threshold_fallback']) + ' classes without a chosen threshold (no validation positives, or none stored) use 0.5' if meta['n_threshold_fallback'] else ''}.</p>")
+    if meta.get("threshold_warning"):
+        parts.append(f"<p class='warn'>{html.escape(meta['threshold_warning'])}.</p>")
     parts.append(f"<p>Class groups: {html.escape(meta['class_groups'])}.</p>")
     parts.append("<h2>Results (percent)</h2>")
     parts.append(metrics_table(metrics, [g for g in ("head", "medium", "tail", "all", "normal") if g in metrics],
