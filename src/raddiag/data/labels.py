@@ -171,7 +171,7 @@ class LabelSpace:
     def from_release(cls, path: str | Path) -> "LabelSpace":
         """The release's ``disorder_label_dict.json`` (name -> index, Normal = 0)."""
         path = Path(path)
-        mapping = json.loads(path.read_text())
+        mapping = json.loads(path.read_text(encoding="utf-8-sig"))
         if not isinstance(mapping, dict):
             raise ValueError(f"{path}: expected a JSON object of name -> index")
         names = [None] * len(mapping)
@@ -221,6 +221,6 @@ class LabelSpace:
         if not path.exists():
             raise FileNotFoundError(f"{path}: label space file does not exist")
         try:
-            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8-sig")))   # -sig: a BOM is skipped
         except (ValueError, TypeError, KeyError, AttributeError) as exc:   # JSON, UTF-8 or field errors
             raise ValueError(f"{path}: not a readable label space ({type(exc).__name__}: {exc})") from None

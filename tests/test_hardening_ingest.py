@@ -1,0 +1,45 @@
+"""Hostile inputs to ``raddiag data prepare`` (sources, manifests, label files): one test per
+finding, each failing before its fix."""
+from __future__ import annotations
+
+import codecs
+import json
+
+import numpy as np
+import pytest
+
+from raddiag.data.adapters import load_source
+
+BOM = codecs.BOM_UTF8
+
+
+def _manifest(path, records, bom=False):
+    path.write_bytes((BOM if bom else b"") + "".join(json.dumps(r) + "\n" for r in records).encode("utf-8"))
+    return path
+
+
+def _case(cid, labels, split="train"):
+    return {"id": cid, "scans": [{"path": f"{cid}.npy", "modality": "CT"}], "labels": labels, "split": split}
+
+
+def test_files_starting_with_a_utf8_bom_are_read(tmp_path):
+    from raddiag.data.commands import _load_label_space
+    from raddiag.data.labels import LabelSpace
+
+    res = load_source("manifest", _manifest(tmp_path / "m.jsonl", [_case("c1", ["Pneumonia"])], bom=True))
+    assert [c.id for c in res.cases] == ["c1"]
+    (tmp_path / "cx").mkdir()
+    (tmp_path / "cx" / "metadata.csv").write_bytes(
+        BOM + b"patientid,finding,modality,folder,filename,view\n1,COVID-19,X-ray,images,a.jpg,PA\n")
+    assert [c.labels for c in load_source("covid-chestxray", tmp_path / "cx").cases] == [["COVID-19"]]
+    (tmp_path / "ls.json").write_bytes(BOM + json.dumps(LabelSpace(names=["Normal", "a"]).to_dict()).encode())
+    (tmp_path / "release.json").write_bytes(BOM + b'{"Normal": 0, "a": 1}')
+    for p in ("ls.json", "release.json"):
+        assert _load_label_space(str(tmp_path / p)).names == ["Normal", "a"]
+    assert LabelSpace.load(tmp_path / "ls.json").names == ["Normal", "a"]
+    np.save(tmp_path / "1.npy", np.zeros((8, 8, 3), np.float32))
+    sample = {"image_data_path": "['/c/1.npy']", "image_key_path": "[]", "image_modality": "['CT']",
+              "plane_projection": "['Axial']", "articles": "['Pneumonia']", "icd10s": "['J18']"}
+    rec = {"Samples": [sample], "Anatomy": "Chest", "Modalities": "['CT']"}
+    (tmp_path / "a.json").write_bytes(BOM + json.dumps({"https://x/cases/q": rec}).encode())
+    assert len(load_source("rp3d", tmp_path, split_files={"test": "a.json"}).cases) == 1
