@@ -43,3 +43,30 @@ def test_files_starting_with_a_utf8_bom_are_read(tmp_path):
     rec = {"Samples": [sample], "Anatomy": "Chest", "Modalities": "['CT']"}
     (tmp_path / "a.json").write_bytes(BOM + json.dumps({"https://x/cases/q": rec}).encode())
     assert len(load_source("rp3d", tmp_path, split_files={"test": "a.json"}).cases) == 1
+
+
+def test_one_label_spelled_differently_becomes_one_class_and_is_warned_of_once(tmp_path):
+    from raddiag.data.errors import InputWarning
+
+    nfd = "Me\u0301ningioma"                                  # e + combining acute: 'Méningioma' in NFD
+    records = [_case("c1", ["Pneumonia"]), _case("c2", ["pneumonia ", "Pneumonia"]), _case("c3", ["Pneumonia"]),
+               _case("c4", ["Pleural  effusion"]), _case("c5", ["pleural effusion"]),
+               _case("c6", [nfd]), _case("c7", ["M\u00e9ningioma"]), _case("c8", ["Pneumonitis"]),
+               _case("c9", ["normal"])]
+    with pytest.warns(InputWarning) as caught:
+        res = load_source("manifest", _manifest(tmp_path / "m.jsonl", records))
+    merged = [str(w.message) for w in caught if "spelled" in str(w.message)]
+    assert len(merged) == 1 and "m.jsonl" in merged[0]
+    assert "'pneumonia ' -> 'Pneumonia'" in merged[0] and "'Pleural  effusion'" in merged[0]
+    labels = {c.id: c.labels for c in res.cases}
+    assert labels["c2"] == ["Pneumonia"] and labels["c3"] == ["Pneumonia"]
+    # a tie between two spellings: the first seen wins; whitespace is collapsed in the canonical one
+    assert labels["c4"] == labels["c5"] == ["Pleural effusion"]
+    assert labels["c6"] == labels["c7"] == [nfd.__class__("M\u00e9ningioma")]
+    assert labels["c8"] == ["Pneumonitis"] and labels["c9"] == ["Normal"]   # other words stay apart
+
+
+def test_a_manifest_with_one_spelling_per_label_warns_of_nothing(tmp_path, recwarn):
+    res = load_source("manifest", _manifest(tmp_path / "m.jsonl", [_case("c1", ["Pneumonia"]), _case("c2", ["Edema"])]))
+    assert [c.labels for c in res.cases] == [["Pneumonia"], ["Edema"]]
+    assert not [w for w in recwarn if "spelled" in str(w.message)]

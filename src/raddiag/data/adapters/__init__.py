@@ -7,10 +7,12 @@ only the options it accepts.
 from __future__ import annotations
 
 import inspect
+import warnings
 from pathlib import Path
 from typing import Callable
 
-from raddiag.data.adapters.base import AdapterResult, carve_val, map_label, parse_list
+from raddiag.data.adapters.base import (AdapterResult, carve_val, map_label, merge_label_spellings, parse_list,
+                                        spellings_text)
 from raddiag.data.adapters.brain_tumor_mri import load_brain_tumor_mri
 from raddiag.data.adapters.chest_xray_pneumonia import load_chest_xray_pneumonia
 from raddiag.data.adapters.covid_chestxray import load_covid_chestxray
@@ -37,7 +39,13 @@ def load_source(fmt: str, source: str | Path, **opts) -> AdapterResult:
         raise FileNotFoundError(f"{source}: source does not exist")
     fn = ADAPTERS[fmt]
     params = inspect.signature(fn).parameters
-    return fn(source, **{k: v for k, v in opts.items() if k in params and v is not None})
+    result = fn(source, **{k: v for k, v in opts.items() if k in params and v is not None})
+    merged = merge_label_spellings(result.cases)
+    if merged:
+        from raddiag.data.errors import InputWarning
+
+        warnings.warn(f"{source}: {spellings_text(merged)}", InputWarning, stacklevel=2)
+    return result
 
 
 __all__ = ["ADAPTERS", "AdapterResult", "load_source", "carve_val", "map_label", "parse_list"] + [
