@@ -168,3 +168,21 @@ def test_logit_scores_with_the_05_fallback_threshold_are_warned_of(tmp_path):
         r = evaluate_predictions(p, y, space, val_scores=p, val_labels=yv, n_boot=0)   # probabilities: fine
         evaluate_predictions(s, y, space, val_scores=s, val_labels=y, n_boot=0)        # no fallback: fine
     assert r["metrics"]["meta"]["threshold_warning"] is None
+
+
+@pytest.mark.parametrize("extra, reason", [
+    ({"case_ids": np.array(["a", "b"])}, "case_ids has 2 entries for 40 cases"),
+    ({"anatomy": np.array(["chest"])}, "anatomy has 1 entries for 40 cases"),
+])
+def test_case_ids_or_anatomy_of_another_length_are_refused_naming_the_file(tmp_path, capsys, extra, reason):
+    assert _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz", **extra), "--n-boot", "0") == 2
+    err = capsys.readouterr().err
+    assert "p.npz" in err and reason in err
+
+
+@pytest.mark.parametrize("cls", ["nosuch", "7"])
+def test_an_unknown_plot_class_is_bad_input_named_before_any_work(tmp_path, capsys, cls):
+    rc = _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz"), "--n-boot", "0", "--plot-classes", "class_0", cls)
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--plot-classes: {cls!r} is not a class" in err and "unexpected" not in err
+    assert not (tmp_path / "out").exists()

@@ -127,6 +127,19 @@ def _fallback_warning(scores: np.ndarray, fallback: np.ndarray, source: str) -> 
             "their F1 / MCC / ACC are not meaningful (give probabilities: the sigmoid of logits)")
 
 
+def plot_indices(plot_classes: Sequence, label_space: LabelSpace) -> list[int]:
+    """Class indices of ``plot_classes`` (names, or indices in the API); a ValueError names one
+    that is not a class."""
+    out = []
+    for p in plot_classes:
+        known = p in label_space if isinstance(p, str) else 0 <= int(p) < len(label_space)
+        if not known:
+            raise ValueError(f"--plot-classes: {p!r} is not a class of the label space ({len(label_space)} classes, "
+                             f"e.g. {label_space.names[0]!r})")
+        out.append(label_space.index(p) if isinstance(p, str) else int(p))
+    return out
+
+
 def default_plot_classes(point: dict, labels: np.ndarray, names: Sequence[str], k: int = 3) -> list[int]:
     """Up to ``k`` best and ``k`` worst classes by AUC among those with the most positives
     (at least 5 when available), as in Fig. 4a (three successful, three failed)."""
@@ -169,9 +182,10 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
     if anatomy is not None:
         anatomy = np.array(["unknown" if a is None or a == "" else str(a) for a in anatomy], dtype=object)
         if anatomy.shape != (n,):
-            raise ValueError(f"anatomy has {anatomy.shape[0]} entries for {n} cases")
+            raise ValueError(f"{names['test']}: anatomy has {anatomy.shape[0]} entries for {n} cases")
     if case_ids is not None and len(case_ids) != n:
-        raise ValueError(f"case_ids has {len(case_ids)} entries for {n} cases")
+        raise ValueError(f"{names['test']}: case_ids has {len(case_ids)} entries for {n} cases")
+    plot_idx = None if plot_classes is None else plot_indices(plot_classes, label_space)
 
     thr, fallback, source = _choose_thresholds(c, label_space, val_scores, val_labels, scores, labels,
                                                use_label_space_thresholds, names)
@@ -233,10 +247,8 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
                          "positive) with FPR <= target; no interpolation",
         "anatomy_cases": anatomy_point,
     }
-    if plot_classes is None:
+    if plot_idx is None:
         plot_idx = default_plot_classes(point, labels, label_space.names)
-    else:
-        plot_idx = [label_space.index(p) if isinstance(p, str) else int(p) for p in plot_classes]
     result = {"metrics": metrics, "per_class": point, "thresholds": thr, "threshold_source": source,
               "threshold_fallback": fallback, "roc": roc, "plot_classes": plot_idx}
     if out_dir is not None:
