@@ -186,3 +186,14 @@ def test_an_unknown_plot_class_is_bad_input_named_before_any_work(tmp_path, caps
     err = capsys.readouterr().err
     assert rc == 2 and f"--plot-classes: {cls!r} is not a class" in err and "unexpected" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_scores_beyond_float32_are_written_back_as_they_were_not_as_inf(tmp_path):
+    from raddiag.evaluation.commands import load_predictions
+
+    s = np.random.default_rng(0).random((40, 3)) * 1e300
+    assert _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz", scores=s), "--n-boot", "0") == 0
+    back = load_predictions(str(tmp_path / "out" / "predictions.npz"))      # refused scores as inf before
+    assert np.array_equal(back["scores"], s)
+    assert _metrics(tmp_path, "--pred", _npz(tmp_path / "q.npz"), "--n-boot", "0") == 0
+    assert load_predictions(str(tmp_path / "out" / "predictions.npz"))["scores"].dtype == np.float32   # as before

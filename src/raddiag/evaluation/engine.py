@@ -274,12 +274,21 @@ def write_outputs(out: Path, result: dict, scores, labels, label_space: LabelSpa
     # which holds the GIL) are made; uncompressed: probabilities barely compress and zlib took
     # most of a large call. The writer's CRC and file writes release the GIL.
     with ThreadPoolExecutor(1) as ex:
-        saved = ex.submit(np.savez, out / "predictions.npz", scores=np.asarray(scores, np.float32),
+        saved = ex.submit(np.savez, out / "predictions.npz", scores=_saved_scores(scores),
                           labels=labels.view(np.uint8) if labels.dtype == bool else np.asarray(labels, np.uint8),
                           thresholds=np.asarray(result["thresholds"], np.float64), **extra)
         write_per_class_csv(out / "per_class.csv", result, labels, label_space)
         write_report(out / "report.html", result, scores, labels, label_space, anatomy, title=title)
         saved.result()
+
+
+def _saved_scores(scores: np.ndarray) -> np.ndarray:
+    """Scores as float32 (half the file), unless they lie beyond float32's range: they would
+    come back as inf, which the file's next reader refuses."""
+    big = np.finfo(np.float32).max
+    if scores.dtype != np.float32 and (scores.max() > big or scores.min() < -big):
+        return scores
+    return np.asarray(scores, np.float32)
 
 
 def write_per_class_csv(path: Path, result: dict, labels: np.ndarray, label_space: LabelSpace) -> None:
