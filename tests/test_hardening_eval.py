@@ -197,3 +197,16 @@ def test_scores_beyond_float32_are_written_back_as_they_were_not_as_inf(tmp_path
     assert np.array_equal(back["scores"], s)
     assert _metrics(tmp_path, "--pred", _npz(tmp_path / "q.npz"), "--n-boot", "0") == 0
     assert load_predictions(str(tmp_path / "out" / "predictions.npz"))["scores"].dtype == np.float32   # as before
+
+
+@pytest.mark.parametrize("classes, reason", [
+    ([{"name": "a", "count": 1e400}, {"name": "b"}, {"name": "c"}], "count of class 'a'"),
+    ([{"name": "a", "count": -5}, {"name": "b"}, {"name": "c"}], "count of class 'a'"),
+    ([{"name": 1}, {"name": None}, {"name": "c"}], "class name 1"),
+    ([{"name": "a"}, {"name": " "}, {"name": "c"}], "class name ' '"),
+])
+def test_a_label_space_with_bad_names_or_counts_is_bad_input_naming_the_file(tmp_path, capsys, classes, reason):
+    (tmp_path / "ls.json").write_text(json.dumps({"classes": classes}))
+    rc = _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz"), "--labels", str(tmp_path / "ls.json"), "--n-boot", "0")
+    err = capsys.readouterr().err
+    assert rc == 2 and "ls.json: not a readable label space" in err and reason in err

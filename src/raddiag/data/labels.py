@@ -38,6 +38,18 @@ def check_thresholds(values, names: Sequence[str], where: str = "thresholds") ->
     return out
 
 
+def _count(name: str, value) -> int:
+    """A class's training-case count: an integer >= 0, else a ValueError naming the class."""
+    try:
+        c = int(value)
+        ok = c == value and c >= 0
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"label space: the count of class {name!r} must be an integer >= 0, got {value!r}")
+    return c
+
+
 @dataclass
 class LabelSpace:
     names: list[str]
@@ -54,8 +66,11 @@ class LabelSpace:
         if len(set(self.names)) != n:
             dup = [k for k, v in Counter(self.names).items() if v > 1]
             raise ValueError(f"label space has duplicate class names: {dup[:5]}")
+        for x in self.names:
+            if not isinstance(x, str) or not x.strip():
+                raise ValueError(f"label space: class name {x!r} must be a non-empty string")
         self.codes = list(self.codes) or [None] * n
-        self.counts = [int(c) for c in self.counts] or [0] * n
+        self.counts = [_count(name, c) for name, c in zip(self.names, self.counts)] or [0] * n
         self.descriptions = list(self.descriptions) or [None] * n
         for name, seq in (("codes", self.codes), ("counts", self.counts), ("descriptions", self.descriptions)):
             if len(seq) != n:
