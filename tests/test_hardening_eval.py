@@ -210,3 +210,17 @@ def test_a_label_space_with_bad_names_or_counts_is_bad_input_naming_the_file(tmp
     rc = _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz"), "--labels", str(tmp_path / "ls.json"), "--n-boot", "0")
     err = capsys.readouterr().err
     assert rc == 2 and "ls.json: not a readable label space" in err and reason in err
+
+
+def test_no_class_defined_gives_a_report_without_a_python_warning(tmp_path):
+    import warnings
+
+    from raddiag.data.labels import LabelSpace
+    from raddiag.evaluation import evaluate_predictions
+
+    s, y = np.random.default_rng(0).random((20, 2)), np.ones((20, 2), bool)       # all positive: no AUC
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = evaluate_predictions(s, y, LabelSpace(names=["a", "b"]), n_boot=20, out_dir=tmp_path)["metrics"]
+    assert m["all"]["auc"]["value"] is None and m["meta"]["n_classes_no_negative"] == 2
+    assert "2 without negatives are excluded" in (tmp_path / "report.html").read_text()

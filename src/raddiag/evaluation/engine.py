@@ -207,7 +207,8 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
         curve = macro(point["roc"].T, m)[0] if m.any() else np.full(len(FPR_GRID), np.nan)
         band = (np.full_like(curve, np.nan),) * 2
         if boot is not None:
-            with np.errstate(all="ignore"):
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)      # an FPR no resample defines: nan band
                 band = tuple(np.nanpercentile(boot["roc"][g], q, axis=0) for q in (100 * alpha / 2, 100 * (1 - alpha / 2)))
         roc[g] = {"fpr": FPR_GRID, "tpr": curve, "low": band[0], "high": band[1]}
 

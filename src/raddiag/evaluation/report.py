@@ -80,7 +80,8 @@ def roc_figure(roc: dict) -> str:
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)
     axes[0][0].set_ylabel("true-positive rate (macro)")
-    axes[0][0].legend(loc="lower right", fontsize=8)
+    if axes[0][0].get_legend_handles_labels()[0]:          # no class defined: nothing to name
+        axes[0][0].legend(loc="lower right", fontsize=8)
     fig.subplots_adjust(left=0.07, right=0.99, bottom=0.15, top=0.91, wspace=0.25)  # fixed: tight_layout draws once more
     return _png(fig)
 
