@@ -70,3 +70,13 @@ def test_a_manifest_with_one_spelling_per_label_warns_of_nothing(tmp_path, recwa
     res = load_source("manifest", _manifest(tmp_path / "m.jsonl", [_case("c1", ["Pneumonia"]), _case("c2", ["Edema"])]))
     assert [c.labels for c in res.cases] == [["Pneumonia"], ["Edema"]]
     assert not [w for w in recwarn if "spelled" in str(w.message)]
+
+
+@pytest.mark.parametrize("text", ["", "patientid,finding,modality,folder,filename,view\n"])
+def test_a_source_without_cases_is_refused_naming_the_file(tmp_path, capsys, text):
+    from raddiag.cli import main
+
+    (tmp_path / "metadata.csv").write_text(text)
+    rc = main(["data", "prepare", str(tmp_path), "--format", "covid-chestxray", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{tmp_path}: holds no cases" in err and not (tmp_path / "out").exists()

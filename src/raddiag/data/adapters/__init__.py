@@ -40,6 +40,8 @@ def load_source(fmt: str, source: str | Path, **opts) -> AdapterResult:
     fn = ADAPTERS[fmt]
     params = inspect.signature(fn).parameters
     result = fn(source, **{k: v for k, v in opts.items() if k in params and v is not None})
+    if not result.cases:
+        raise ValueError(f"{source}: holds no cases for --format {fmt} (an empty file, or a header and no rows)")
     merged = merge_label_spellings(result.cases)
     if merged:
         from raddiag.data.errors import InputWarning
