@@ -224,3 +224,15 @@ def test_no_class_defined_gives_a_report_without_a_python_warning(tmp_path):
         m = evaluate_predictions(s, y, LabelSpace(names=["a", "b"]), n_boot=20, out_dir=tmp_path)["metrics"]
     assert m["all"]["auc"]["value"] is None and m["meta"]["n_classes_no_negative"] == 2
     assert "2 without negatives are excluded" in (tmp_path / "report.html").read_text()
+
+
+def test_validation_cases_that_are_also_test_cases_are_warned_of(tmp_path, capsys):
+    ids = np.array([f"c{i}" for i in range(40)])
+    pred = _npz(tmp_path / "test.npz", case_ids=ids)
+    val = _npz(tmp_path / "val.npz", seed=1, case_ids=np.array([f"v{i}" for i in range(38)] + ["c3", "c7"]))
+    assert _metrics(tmp_path, "--pred", pred, "--val", val, "--n-boot", "0") == 0
+    err = capsys.readouterr().err
+    assert "raddiag: warning:" in err and "val.npz: 2 case(s) are also in" in err and "'c3'" in err
+    other = _npz(tmp_path / "val2.npz", seed=1, case_ids=np.array([f"v{i}" for i in range(40)]))
+    assert _metrics(tmp_path, "--pred", pred, "--val", other, "--n-boot", "0") == 0
+    assert "also in" not in capsys.readouterr().err

@@ -87,6 +87,19 @@ def load_predictions(path: str) -> dict:
     return out
 
 
+def warn_shared_cases(test_ids, val_ids, test_path: str, val_path: str) -> None:
+    """An InputWarning when validation cases are test cases too: the thresholds chosen on
+    them are optimistic for those cases (a leak between the splits)."""
+    import warnings
+
+    from raddiag.data.errors import InputWarning
+
+    shared = sorted(set(test_ids or ()) & set(val_ids or ()))
+    if shared:
+        warnings.warn(f"{val_path}: {len(shared)} case(s) are also in {test_path} (e.g. {shared[:3]}): the "
+                      "F1 / MCC / ACC thresholds chosen on them are optimistic", InputWarning, stacklevel=2)
+
+
 def read_npz(path) -> dict:
     """Every array of an .npz. Members stored uncompressed (``np.savez``) are read straight
     into their arrays with ``np.fromfile`` at the member's offset; ``np.load`` copies each
@@ -154,6 +167,8 @@ def _metrics(args) -> int:
                              "predictions.npz there); choose another --out")
     test = load_predictions(args.pred)
     val = load_predictions(args.val) if args.val else None
+    if val is not None:
+        warn_shared_cases(test.get("case_ids"), val.get("case_ids"), args.pred, args.val)
     c = test["scores"].shape[-1] if test["scores"].ndim == 2 else 1
     if args.labels:
         space = LabelSpace.load(args.labels)
