@@ -80,3 +80,14 @@ def test_a_source_without_cases_is_refused_naming_the_file(tmp_path, capsys, tex
     rc = main(["data", "prepare", str(tmp_path), "--format", "covid-chestxray", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert rc == 2 and f"{tmp_path}: holds no cases" in err and not (tmp_path / "out").exists()
+
+
+def test_a_case_labelled_normal_and_a_disorder_is_warned_of(tmp_path):
+    from raddiag.data.errors import InputWarning
+    from raddiag.data.labels import LabelSpace
+
+    records = [_case("c1", ["Normal", "Pneumonia"]), _case("c2", ["Normal"]), _case("c3", ["Edema"])]
+    with pytest.warns(InputWarning, match=r"m.jsonl: 1 case\(s\) are labelled Normal and a disorder \(e.g. 'c1'\)"):
+        res = load_source("manifest", _manifest(tmp_path / "m.jsonl", records))
+    space = LabelSpace.from_cases(res.cases)
+    assert space.case_labels(res.cases[0]) == ["Pneumonia"]             # read as abnormal, as the warning says
