@@ -64,7 +64,7 @@ def test_groups_anatomy_and_exclusions(tmp_path):
     assert {"all", "head", "medium", "tail", "normal", "anatomy/chest", "anatomy/brain/normal"} <= set(m)
     keys = {"auc", "ap", "f1", "mcc", "acc", "recall_at_fpr_0.01", "recall_at_fpr_0.05", "recall_at_fpr_0.1"}
     assert set(m["all"]) == keys
-    assert set(m["all"]["auc"]) == {"value", "ci_low", "ci_high", "n_classes", "n_excluded"}
+    assert set(m["all"]["auc"]) == {"value", "ci_low", "ci_high", "ci_no_spread", "n_classes", "n_excluded"}
     auc = r["per_class"]["auc"]
     assert (m["head"]["auc"]["n_classes"], m["medium"]["auc"]["n_classes"]) == (4, 3)
     assert (m["tail"]["auc"]["n_classes"], m["tail"]["auc"]["n_excluded"]) == (4, 1)

@@ -176,7 +176,7 @@ def test_bootstrap_ci_contains_point_and_shrinks_with_more_data():
 
 
 def test_inputs_are_checked():
-    with pytest.raises(ValueError, match="must both be"):
+    with pytest.raises(ValueError, match="must have the same shape"):
         per_class_metrics(np.zeros((3, 2)), np.zeros((3, 3)))
     with pytest.raises(ValueError, match="0/1"):
         per_class_metrics(np.zeros((3, 2)), np.full((3, 2), 2))

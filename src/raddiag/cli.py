@@ -84,8 +84,9 @@ def _add_debug(parser: argparse.ArgumentParser) -> None:
                            help="show the full traceback of an error")
 
 
-# Integer options that may be 0 (or negative); every other ``type=int`` option of every
-# sub-command is a count or a size and must be positive (``_check_arguments``).
+# Integer options that may be 0 (never negative: numpy refuses a negative seed, deep in a run);
+# every other ``type=int`` option of every sub-command is a count or a size and must be positive
+# (``_check_arguments``).
 ZERO_ALLOWED = {"seed", "port", "min_per_cell", "retries"}
 
 
@@ -132,13 +133,13 @@ def device_arg(text: str) -> str:
 
 
 def _check_arguments(parser: argparse.ArgumentParser) -> None:
-    """Give every sub-command's counts (``type=int``, except ZERO_ALLOWED) the positive check and
+    """Give every sub-command's counts (``type=int``) the positive check (ZERO_ALLOWED: >= 0) and
     every ``--device`` the device check, in one place, so a 0 or an absent GPU is one clear
     argparse line rather than a hang or a traceback deep in torch."""
     for p in (parser, *_sub_commands(parser)):
         for action in p._actions:
-            if action.type is int and action.dest not in ZERO_ALLOWED:
-                action.type = positive_int
+            if action.type is int:
+                action.type = non_negative_int if action.dest in ZERO_ALLOWED else positive_int
             elif action.dest == "device" and action.type is None:
                 action.type = device_arg
 

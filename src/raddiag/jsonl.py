@@ -2,6 +2,7 @@
 ``#`` comments allowed; every error names the file and the line."""
 from __future__ import annotations
 
+import codecs
 import json
 from pathlib import Path
 from typing import Iterator, Optional
@@ -17,6 +18,8 @@ def scan_jsonl(path: str | Path, what: str = "file") -> Iterator[tuple[str, Opti
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
             where = f"{path}:{lineno}"
+            if lineno == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)   # a BOM (Windows editors) is no part of the record
             try:
                 line = raw.decode("utf-8").strip()
             except UnicodeDecodeError as exc:

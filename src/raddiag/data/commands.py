@@ -125,7 +125,7 @@ def _load_label_space(path: str):
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: label space file does not exist")
-    d = json.loads(p.read_text())
+    d = json.loads(p.read_text(encoding="utf-8-sig"))
     return LabelSpace.from_dict(d) if isinstance(d, dict) and "classes" in d else LabelSpace.from_release(p)
 
 

@@ -17,6 +17,37 @@ import numpy as np
 from raddiag.data.case import NORMAL, Case
 
 GROUPS = ("head", "medium", "tail")
+DEFAULT_THRESHOLD = 0.5    # a class without a stored threshold (none chosen on validation)
+
+
+def check_thresholds(values, names: Sequence[str], where: str = "thresholds") -> list[Optional[float]]:
+    """Per-class decision thresholds as floats, ``None`` where a class has none; a ValueError
+    naming ``where`` and the class for a wrong count or a value that is not a finite number
+    (a NaN threshold puts no case above it: every F1 would be 0 without a word)."""
+    values = list(values)
+    if len(values) != len(names):
+        raise ValueError(f"{where}: {len(values)} thresholds for {len(names)} classes")
+    out = []
+    for name, t in zip(names, values):
+        if t is not None:
+            ok = isinstance(t, (int, float, np.integer, np.floating)) and not isinstance(t, (bool, np.bool_))
+            if not ok or not np.isfinite(t):
+                raise ValueError(f"{where}: the threshold of class {name!r} must be a finite number, got {t!r}")
+            t = float(t)
+        out.append(t)
+    return out
+
+
+def _count(name: str, value) -> int:
+    """A class's training-case count: an integer >= 0, else a ValueError naming the class."""
+    try:
+        c = int(value)
+        ok = c == value and c >= 0
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"label space: the count of class {name!r} must be an integer >= 0, got {value!r}")
+    return c
 
 
 @dataclass
@@ -27,7 +58,7 @@ class LabelSpace:
     granularity: str = "disorder"                              # "disorder" | "icd10"
     head_min: int = 100
     medium_min: int = 30
-    thresholds: Optional[list[float]] = None                   # per-class, from validation
+    thresholds: Optional[list[Optional[float]]] = None         # per-class, from validation (None: 0.5)
     descriptions: list[Optional[str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -35,14 +66,17 @@ class LabelSpace:
         if len(set(self.names)) != n:
             dup = [k for k, v in Counter(self.names).items() if v > 1]
             raise ValueError(f"label space has duplicate class names: {dup[:5]}")
+        for x in self.names:
+            if not isinstance(x, str) or not x.strip():
+                raise ValueError(f"label space: class name {x!r} must be a non-empty string")
         self.codes = list(self.codes) or [None] * n
-        self.counts = [int(c) for c in self.counts] or [0] * n
+        self.counts = [_count(name, c) for name, c in zip(self.names, self.counts)] or [0] * n
         self.descriptions = list(self.descriptions) or [None] * n
         for name, seq in (("codes", self.codes), ("counts", self.counts), ("descriptions", self.descriptions)):
             if len(seq) != n:
                 raise ValueError(f"label space: {len(seq)} {name} for {n} classes")
-        if self.thresholds is not None and len(self.thresholds) != n:
-            raise ValueError(f"label space: {len(self.thresholds)} thresholds for {n} classes")
+        if self.thresholds is not None:
+            self.thresholds = check_thresholds(self.thresholds, self.names, "label space")
         self._index = {name: i for i, name in enumerate(self.names)}
 
     # -- lookups ---------------------------------------------------------------
@@ -70,6 +104,13 @@ class LabelSpace:
         if not disorders and not codes:
             return [NORMAL]
         return codes if self.granularity == "icd10" else disorders
+
+    def threshold_values(self) -> tuple[np.ndarray, np.ndarray]:
+        """Thresholds ``[C]`` (``DEFAULT_THRESHOLD`` for a class without one) and the mask of
+        those classes."""
+        t = self.thresholds or [None] * len(self)
+        missing = np.array([v is None for v in t], dtype=bool)
+        return np.array([DEFAULT_THRESHOLD if v is None else v for v in t], dtype=np.float64), missing
 
     def encode(self, labels: Sequence[str], strict: bool = True) -> np.ndarray:
         """Multi-hot vector; unknown labels raise (or are dropped with ``strict=False``)."""
@@ -145,7 +186,7 @@ class LabelSpace:
     def from_release(cls, path: str | Path) -> "LabelSpace":
         """The release's ``disorder_label_dict.json`` (name -> index, Normal = 0)."""
         path = Path(path)
-        mapping = json.loads(path.read_text())
+        mapping = json.loads(path.read_text(encoding="utf-8-sig"))
         if not isinstance(mapping, dict):
             raise ValueError(f"{path}: expected a JSON object of name -> index")
         names = [None] * len(mapping)
@@ -173,7 +214,8 @@ class LabelSpace:
     @classmethod
     def from_dict(cls, d: dict) -> "LabelSpace":
         classes = d["classes"]
-        thr = [c["threshold"] for c in classes] if classes and "threshold" in classes[0] else None
+        # a class without a threshold uses DEFAULT_THRESHOLD (threshold_values); none at all: None
+        thr = [c.get("threshold") for c in classes] if any("threshold" in c for c in classes) else None
         return cls(
             names=[c["name"] for c in classes],
             codes=[c.get("code") for c in classes],
@@ -194,6 +236,6 @@ class LabelSpace:
         if not path.exists():
             raise FileNotFoundError(f"{path}: label space file does not exist")
         try:
-            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8-sig")))   # -sig: a BOM is skipped
         except (ValueError, TypeError, KeyError, AttributeError) as exc:   # JSON, UTF-8 or field errors
             raise ValueError(f"{path}: not a readable label space ({type(exc).__name__}: {exc})") from None

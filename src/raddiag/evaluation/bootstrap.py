@@ -48,6 +48,16 @@ from .metrics import METRICS, RANK_METRICS, check_inputs, make_bins, metrics_fro
 _COLS_PER_BLOCK = 60_000   # bin columns per class block (bounds memory of one chunk's product)
 _MAX_BLOCK = 256
 _CHUNK = 64                # resamples per sparse product
+MIN_BOOT = 2               # an interval needs the spread of at least two resamples
+
+
+def check_n_boot(n_boot: int, seed: int = 0) -> None:
+    """ValueError unless ``n_boot`` is 0 (no intervals) or >= ``MIN_BOOT`` and ``seed`` >= 0."""
+    if n_boot < 0 or 0 < n_boot < MIN_BOOT:
+        raise ValueError(f"n_boot (bootstrap resamples) must be 0 (no confidence intervals) or at least "
+                         f"{MIN_BOOT} (an interval needs the spread of the resamples), got {n_boot}")
+    if seed < 0:
+        raise ValueError(f"seed (of the bootstrap) must be >= 0, got {seed}")
 
 
 def resample_weights(n: int, n_boot: int, seed: int = 0) -> np.ndarray:

@@ -6,6 +6,18 @@ import argparse
 from raddiag.cli import non_negative_int
 
 
+def n_boot_arg(text: str) -> int:
+    """argparse type of ``--n-boot``: 0 (no intervals) or at least ``MIN_BOOT`` resamples."""
+    from raddiag.evaluation.bootstrap import check_n_boot
+
+    n = non_negative_int(text)
+    try:
+        check_n_boot(n)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return n
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="evaluate a trained run on a split of a prepared dataset",
                        description="Predict a split with a run's model (and the val split for thresholds), "
@@ -15,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--val-split", default="val", help="split used to choose thresholds ('' for none)")
     p.add_argument("--out", default=None, help="output folder (default RUN/eval-SPLIT)")
-    p.add_argument("--n-boot", type=non_negative_int, default=1000, help="bootstrap resamples (0: no CIs)")
+    p.add_argument("--n-boot", type=n_boot_arg, default=1000, help="bootstrap resamples (0: no CIs, else >= 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=None)
@@ -31,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--val", default=None, help="validation predictions .npz (thresholds by maximal F1)")
     q.add_argument("--labels", default=None, help="label_space.json (default: classes 0..C-1, all in 'all')")
     q.add_argument("--out", required=True, help="output folder")
-    q.add_argument("--n-boot", type=non_negative_int, default=1000, help="bootstrap resamples (0: no CIs)")
+    q.add_argument("--n-boot", type=n_boot_arg, default=1000, help="bootstrap resamples (0: no CIs, else >= 2)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--plot-classes", nargs="*", default=None)
     q.set_defaults(func=_metrics)
@@ -73,6 +85,19 @@ def load_predictions(path: str) -> dict:
             raise ValueError(f"{p}: duplicate case ids {dups[:5]}{' ...' if len(dups) > 5 else ''}; "
                              "each case must appear once")
     return out
+
+
+def warn_shared_cases(test_ids, val_ids, test_path: str, val_path: str) -> None:
+    """An InputWarning when validation cases are test cases too: the thresholds chosen on
+    them are optimistic for those cases (a leak between the splits)."""
+    import warnings
+
+    from raddiag.data.errors import InputWarning
+
+    shared = sorted(set(test_ids or ()) & set(val_ids or ()))
+    if shared:
+        warnings.warn(f"{val_path}: {len(shared)} case(s) are also in {test_path} (e.g. {shared[:3]}): the "
+                      "F1 / MCC / ACC thresholds chosen on them are optimistic", InputWarning, stacklevel=2)
 
 
 def read_npz(path) -> dict:
@@ -142,17 +167,20 @@ def _metrics(args) -> int:
                              "predictions.npz there); choose another --out")
     test = load_predictions(args.pred)
     val = load_predictions(args.val) if args.val else None
+    if val is not None:
+        warn_shared_cases(test.get("case_ids"), val.get("case_ids"), args.pred, args.val)
     c = test["scores"].shape[-1] if test["scores"].ndim == 2 else 1
     if args.labels:
         space = LabelSpace.load(args.labels)
     else:
-        space = LabelSpace(names=[f"class_{i}" for i in range(c)], counts=[10 ** 6] * c)
+        space = LabelSpace(names=[f"class_{i}" for i in range(c)])     # no training counts: no head / tail
     evaluate_predictions(test["scores"], test["labels"], space,
                          val_scores=None if val is None else val["scores"],
                          val_labels=None if val is None else val["labels"],
                          anatomy=test.get("anatomy"), case_ids=test.get("case_ids"), out_dir=args.out,
                          n_boot=args.n_boot, seed=args.seed, plot_classes=args.plot_classes, progress=True,
-                         title=f"raddiag metrics: {Path(args.pred).name}")
+                         title=f"raddiag metrics: {Path(args.pred).name}",
+                         input_names={"test": args.pred, "val": args.val, "labels": args.labels})
     import json
 
     _print_summary(json.loads((Path(args.out) / "metrics.json").read_text()), args.out)
@@ -171,4 +199,5 @@ def _print_summary(metrics: dict, out) -> None:
             cells.append(f"{'-' if v is None else f'{100 * v:.2f}':>20}")
         print(f"{g:<10}" + "".join(cells))
     print(f"threshold source: {metrics['meta']['threshold_note']}")
+    print(f"class groups: {metrics['meta']['class_groups']}")
     print(f"wrote {out}/metrics.json, per_class.csv, predictions.npz, report.html")

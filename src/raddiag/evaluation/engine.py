@@ -11,21 +11,24 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from raddiag.data.case import NORMAL
-from raddiag.data.labels import LabelSpace
+from raddiag.data.errors import InputWarning
+from raddiag.data.labels import LabelSpace, check_thresholds
 
-from .bootstrap import CI_METHODS, bootstrap_ci, bootstrap_per_class
-from .metrics import METRICS, best_f1_thresholds, check_inputs, macro, per_class_metrics
+from .bootstrap import CI_METHODS, bootstrap_ci, bootstrap_per_class, check_n_boot
+from .metrics import FALLBACK_THRESHOLD, METRICS, best_f1_thresholds, check_inputs, macro, per_class_metrics
 
 log = logging.getLogger(__name__)
 
 CLASS_GROUPS = ("all", "head", "medium", "tail", "normal")
 FPR_GRID = np.linspace(0.0, 1.0, 101)
+INPUT_NAMES = {"test": "test predictions", "val": "validation predictions", "labels": "label space"}
 THRESHOLD_SOURCES = {
     "validation": "chosen by maximal F1 on the validation split",
     "label_space": "stored in the label space (chosen earlier on validation)",
@@ -33,14 +36,46 @@ THRESHOLD_SOURCES = {
 }
 
 
+NO_COUNTS = "none: the label space has no training counts (no --labels), so no head / medium / tail groups"
+
+
+def anatomy_key(name: str) -> str:
+    """The ``metrics.json`` group of an anatomy: ``anatomy/<name>``, a "/" in the name written
+    "%2F" ("Head/Neck" -> ``anatomy/Head%2FNeck``): the name stays one key segment, apart from
+    the ``/normal`` group of each anatomy."""
+    return "anatomy/" + name.replace("/", "%2F")
+
+
+def anatomy_name(key: str) -> str:
+    """The anatomy of a group key made by :func:`anatomy_key` (its ``/normal`` group's too)."""
+    return key.split("/")[1].replace("%2F", "/")
+
+
 def _group_masks(label_space: LabelSpace) -> dict[str, np.ndarray]:
-    return {g: label_space.group_mask(g) for g in CLASS_GROUPS}
+    """Masks of the class groups; head / medium / tail only when the label space has training
+    counts (without them every class would be called tail, or head)."""
+    groups = CLASS_GROUPS if any(label_space.counts) else ("all", "normal")
+    return {g: label_space.group_mask(g) for g in groups}
 
 
-def _entry(value, ci, n_classes, n_excluded) -> dict:
+def _groups_note(label_space: LabelSpace) -> str:
+    if not any(label_space.counts):
+        return NO_COUNTS
+    return (f"head / medium / tail by training cases (head >= {label_space.head_min}, "
+            f"medium >= {label_space.medium_min}, Normal is head)")
+
+
+def _entry(value, ci, n_classes, n_excluded, no_spread: bool = False) -> dict:
     f = (lambda x: None if x is None or not np.isfinite(x) else float(x))
-    return {"value": f(value), "ci_low": f(ci[0]), "ci_high": f(ci[1]),
+    return {"value": f(value), "ci_low": f(ci[0]), "ci_high": f(ci[1]), "ci_no_spread": bool(no_spread),
             "n_classes": int(n_classes), "n_excluded": int(n_excluded)}
+
+
+def _no_spread(replicates: np.ndarray) -> bool:
+    """Every resample gave the same value (a perfectly separated class, say): an interval says
+    nothing about the uncertainty then, and is reported as ``ci_no_spread``, not as [x, x]."""
+    r = replicates[np.isfinite(replicates)]
+    return r.size > 1 and bool(r.min() == r.max())
 
 
 def _summarise(point: dict, boot: Optional[dict], masks: dict[str, np.ndarray], alpha: float,
@@ -53,27 +88,56 @@ def _summarise(point: dict, boot: Optional[dict], masks: dict[str, np.ndarray], 
             if k not in point:
                 continue
             v, n_used, n_excl = macro(point[k], mask)
-            ci = (None, None)
+            ci, flat = (None, None), False
             if boot is not None and k in boot and mask.any():
-                ci = bootstrap_ci(macro(boot[k], mask)[0], v, alpha, ci_method, metric=k)
-            res[g][k] = _entry(v, ci, n_used, n_excl)
+                reps = macro(boot[k], mask)[0]
+                flat = _no_spread(reps)
+                ci = (v, v) if flat else bootstrap_ci(reps, v, alpha, ci_method, metric=k)
+            res[g][k] = _entry(v, ci, n_used, n_excl, flat)
     return res
 
 
 def _choose_thresholds(c: int, label_space: LabelSpace, val_scores, val_labels, test_scores, test_labels,
-                       use_label_space_thresholds: bool):
+                       use_label_space_thresholds: bool, names: dict):
     if val_scores is not None:
-        val_scores, val_labels = check_inputs(val_scores, val_labels, "validation predictions")
+        val_scores, val_labels = check_inputs(val_scores, val_labels, names["val"])
         if val_scores.shape[1] != c:
-            raise ValueError(f"validation predictions have {val_scores.shape[1]} classes, test has {c}")
+            raise ValueError(f"{names['val']}: {val_scores.shape[1]} classes, but {names['test']} has {c}")
         thr, fb = best_f1_thresholds(val_scores, val_labels, return_fallback=True)
+        check_thresholds(thr, label_space.names, names["val"])
         return thr, fb, "validation"
     if use_label_space_thresholds and label_space.thresholds is not None:
-        return np.asarray(label_space.thresholds, dtype=np.float64), np.zeros(c, bool), "label_space"
+        return (*label_space.threshold_values(), "label_space")
     log.warning("no validation predictions: thresholds for F1/MCC/ACC are chosen on the test split "
                 "itself (optimistic)")
     thr, fb = best_f1_thresholds(test_scores, test_labels, return_fallback=True)
     return thr, fb, "test"
+
+
+def _fallback_warning(scores: np.ndarray, fallback: np.ndarray, source: str) -> Optional[str]:
+    """Why the 0.5 fallback threshold is meaningless here, or None: scores outside [0, 1] are
+    logits (or other scales), where 0.5 is no decision point. On the test split the fallback
+    classes have no positives and are excluded anyway."""
+    n = int(fallback.sum())
+    lo, hi = (float(scores.min()), float(scores.max())) if n and source != "test" else (0.0, 1.0)
+    if lo >= 0.0 and hi <= 1.0:
+        return None
+    return (f"scores lie outside [0, 1] ({lo:.3g} to {hi:.3g}: logits?), but {n} class(es) without a "
+            f"chosen threshold use the fallback {FALLBACK_THRESHOLD}, which means nothing on that scale; "
+            "their F1 / MCC / ACC are not meaningful (give probabilities: the sigmoid of logits)")
+
+
+def plot_indices(plot_classes: Sequence, label_space: LabelSpace) -> list[int]:
+    """Class indices of ``plot_classes`` (names, or indices in the API); a ValueError names one
+    that is not a class."""
+    out = []
+    for p in plot_classes:
+        known = p in label_space if isinstance(p, str) else 0 <= int(p) < len(label_space)
+        if not known:
+            raise ValueError(f"--plot-classes: {p!r} is not a class of the label space ({len(label_space)} classes, "
+                             f"e.g. {label_space.names[0]!r})")
+        out.append(label_space.index(p) if isinstance(p, str) else int(p))
+    return out
 
 
 def default_plot_classes(point: dict, labels: np.ndarray, names: Sequence[str], k: int = 3) -> list[int]:
@@ -94,7 +158,8 @@ def default_plot_classes(point: dict, labels: np.ndarray, names: Sequence[str], 
 def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_scores=None, val_labels=None,
                          anatomy=None, case_ids=None, out_dir=None, n_boot: int = 1000, seed: int = 0,
                          plot_classes=None, use_label_space_thresholds: bool = True, alpha: float = 0.05,
-                         ci_method: str = "logit", progress: bool = False, title: str = "raddiag evaluation") -> dict:
+                         ci_method: str = "logit", progress: bool = False, title: str = "raddiag evaluation",
+                         input_names: Optional[dict] = None) -> dict:
     """Score predictions (probabilities ``[N, C]``) against multi-hot labels.
 
     Thresholds for F1/MCC/ACC: maximal F1 on ``val_*`` when given; else the label space's stored
@@ -104,24 +169,29 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
     ``threshold_source`` and ``roc`` (per-group macro ROC curves with bands). ``ci_method``: the
     interval of each macro metric (:func:`~raddiag.evaluation.bootstrap.bootstrap_ci`). With ``out_dir``
     writes ``metrics.json``, ``per_class.csv``, ``predictions.npz`` and ``report.html``.
+    ``input_names``: what errors call the ``test``, ``val`` and ``labels`` inputs (the CLI: their files).
     """
-    if n_boot < 0:
-        raise ValueError(f"n_boot must be >= 0 (0: no confidence intervals), got {n_boot}")
+    names = {**INPUT_NAMES, **{k: v for k, v in (input_names or {}).items() if v}}
+    check_n_boot(n_boot, seed)
     if ci_method not in CI_METHODS:
         raise ValueError(f"unknown interval method {ci_method!r}; choose from {CI_METHODS}")
-    scores, labels = check_inputs(test_scores, test_labels, "test predictions")
+    scores, labels = check_inputs(test_scores, test_labels, names["test"])
     n, c = scores.shape
     if len(label_space) != c:
-        raise ValueError(f"label space has {len(label_space)} classes, predictions have {c}")
+        raise ValueError(f"{names['labels']}: {len(label_space)} classes, but {names['test']} has {c}")
     if anatomy is not None:
         anatomy = np.array(["unknown" if a is None or a == "" else str(a) for a in anatomy], dtype=object)
         if anatomy.shape != (n,):
-            raise ValueError(f"anatomy has {anatomy.shape[0]} entries for {n} cases")
+            raise ValueError(f"{names['test']}: anatomy has {anatomy.shape[0]} entries for {n} cases")
     if case_ids is not None and len(case_ids) != n:
-        raise ValueError(f"case_ids has {len(case_ids)} entries for {n} cases")
+        raise ValueError(f"{names['test']}: case_ids has {len(case_ids)} entries for {n} cases")
+    plot_idx = None if plot_classes is None else plot_indices(plot_classes, label_space)
 
     thr, fallback, source = _choose_thresholds(c, label_space, val_scores, val_labels, scores, labels,
-                                               use_label_space_thresholds)
+                                               use_label_space_thresholds, names)
+    threshold_warning = _fallback_warning(scores, fallback, source)
+    if threshold_warning:
+        warnings.warn(f"{names['test']}: {threshold_warning}", InputWarning, stacklevel=2)
     point = per_class_metrics(scores, labels, thr, fpr_grid=FPR_GRID)
     masks = _group_masks(label_space)
     boot = None
@@ -137,7 +207,8 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
         curve = macro(point["roc"].T, m)[0] if m.any() else np.full(len(FPR_GRID), np.nan)
         band = (np.full_like(curve, np.nan),) * 2
         if boot is not None:
-            with np.errstate(all="ignore"):
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)      # an FPR no resample defines: nan band
                 band = tuple(np.nanpercentile(boot["roc"][g], q, axis=0) for q in (100 * alpha / 2, 100 * (1 - alpha / 2)))
         roc[g] = {"fpr": FPR_GRID, "tpr": curve, "low": band[0], "high": band[1]}
 
@@ -151,8 +222,8 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
             b_a = (bootstrap_per_class(s_a, y_a, thr, n_boot=n_boot, seed=seed + 1 + i)
                    if n_boot > 0 else None)
             sub = _summarise(p_a, b_a, {"all": masks["all"], "normal": normal_mask}, alpha, ci_method)
-            metrics[f"anatomy/{name}"] = sub["all"]
-            metrics[f"anatomy/{name}/normal"] = sub["normal"]
+            metrics[anatomy_key(name)] = sub["all"]
+            metrics[anatomy_key(name) + "/normal"] = sub["normal"]
             anatomy_point[name] = {"n_cases": int(rows.sum())}
 
     defined = ~np.isnan(point["auc"])
@@ -161,10 +232,12 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
         "n_classes_defined": int(defined.sum()),
         "n_classes_no_positive": int((labels.sum(0) == 0).sum()),
         "n_classes_no_negative": int((labels.sum(0) == n).sum()),
+        "class_groups": _groups_note(label_space),
         "threshold_source": source,
         "threshold_note": THRESHOLD_SOURCES[source],
         "n_threshold_fallback": int(fallback.sum()),
-        "threshold_fallback_value": 0.5,
+        "threshold_fallback_value": FALLBACK_THRESHOLD,
+        "threshold_warning": threshold_warning,
         "n_boot": int(n_boot), "seed": int(seed), "ci": f"{100 * (1 - alpha):g}% bootstrap over cases, "
               + ("Wald interval on the logit scale (Fisher z for MCC) with the bootstrap standard error"
                  if ci_method == "logit" else "percentile interval")
@@ -175,10 +248,8 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
                          "positive) with FPR <= target; no interpolation",
         "anatomy_cases": anatomy_point,
     }
-    if plot_classes is None:
+    if plot_idx is None:
         plot_idx = default_plot_classes(point, labels, label_space.names)
-    else:
-        plot_idx = [label_space.index(p) if isinstance(p, str) else int(p) for p in plot_classes]
     result = {"metrics": metrics, "per_class": point, "thresholds": thr, "threshold_source": source,
               "threshold_fallback": fallback, "roc": roc, "plot_classes": plot_idx}
     if out_dir is not None:
@@ -204,12 +275,21 @@ def write_outputs(out: Path, result: dict, scores, labels, label_space: LabelSpa
     # which holds the GIL) are made; uncompressed: probabilities barely compress and zlib took
     # most of a large call. The writer's CRC and file writes release the GIL.
     with ThreadPoolExecutor(1) as ex:
-        saved = ex.submit(np.savez, out / "predictions.npz", scores=np.asarray(scores, np.float32),
+        saved = ex.submit(np.savez, out / "predictions.npz", scores=_saved_scores(scores),
                           labels=labels.view(np.uint8) if labels.dtype == bool else np.asarray(labels, np.uint8),
                           thresholds=np.asarray(result["thresholds"], np.float64), **extra)
         write_per_class_csv(out / "per_class.csv", result, labels, label_space)
         write_report(out / "report.html", result, scores, labels, label_space, anatomy, title=title)
         saved.result()
+
+
+def _saved_scores(scores: np.ndarray) -> np.ndarray:
+    """Scores as float32 (half the file), unless they lie beyond float32's range: they would
+    come back as inf, which the file's next reader refuses."""
+    big = np.finfo(np.float32).max
+    if scores.dtype != np.float32 and (scores.max() > big or scores.min() < -big):
+        return scores
+    return np.asarray(scores, np.float32)
 
 
 def write_per_class_csv(path: Path, result: dict, labels: np.ndarray, label_space: LabelSpace) -> None:

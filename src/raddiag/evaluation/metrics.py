@@ -64,12 +64,13 @@ def check_inputs(scores, labels, name: str = "predictions") -> tuple[np.ndarray,
     for what, arr in (("scores", scores), ("labels", labels)):
         if arr.dtype.kind not in "biuf":      # strings such as "0.7" would silently convert
             raise ValueError(f"{name}: {what} must be numbers, got an array of {arr.dtype} ({arr.dtype.name})")
+    if scores.ndim not in (1, 2) or scores.shape != labels.shape:    # never broadcast [N] against [N, C]
+        raise ValueError(f"{name}: scores {scores.shape} and labels {labels.shape} must have the same shape, "
+                         "[N, C] (or [N] for one class)")
     if scores.dtype != np.float32:
         scores = scores.astype(np.float64, copy=False)
     if scores.ndim == 1:
         scores, labels = scores[:, None], labels.reshape(-1, 1)
-    if scores.ndim != 2 or scores.shape != labels.shape:
-        raise ValueError(f"{name}: scores {scores.shape} and labels {labels.shape} must both be [N, C]")
     if scores.shape[0] == 0 or scores.shape[1] == 0:
         raise ValueError(f"{name}: no predictions (scores of shape {scores.shape}); need at least one case and class")
     if not np.isfinite(scores).all():

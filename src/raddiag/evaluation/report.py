@@ -14,6 +14,7 @@ import numpy as np
 
 from raddiag.data.labels import LabelSpace
 
+from .engine import anatomy_name
 from .metrics import METRICS
 
 HEADERS = {"auc": "AUC", "ap": "AP", "f1": "F1", "mcc": "MCC", "acc": "ACC",
@@ -41,7 +42,9 @@ def _cell(e: Optional[dict]) -> str:
     if not e or e.get("value") is None:
         return "&ndash;"
     s = f"{100 * e['value']:.2f}"
-    if e.get("ci_low") is not None:
+    if e.get("ci_no_spread"):
+        s += "<br><small>CI: no spread (every resample equal)</small>"
+    elif e.get("ci_low") is not None:
         s += f"<br><small>[{100 * e['ci_low']:.2f}, {100 * e['ci_high']:.2f}]</small>"
     return s
 
@@ -53,7 +56,7 @@ def metrics_table(metrics: dict, groups: list[str], caption: str) -> str:
         m = metrics.get(g, {})
         any_e = next(iter(m.values()), {})
         n = f"{any_e.get('n_classes', 0)} classes" + (f", {any_e['n_excluded']} excluded" if any_e.get("n_excluded") else "")
-        label = html.escape(GROUP_TITLES.get(g, g))
+        label = html.escape(GROUP_TITLES.get(g) or f"anatomy {anatomy_name(g)}")
         rows.append(f"<tr><td>{label}<br><small>{n}</small></td>" + "".join(f"<td>{_cell(m.get(k))}</td>" for k in METRICS) + "</tr>")
     return (f"<table><caption>{html.escape(caption)}</caption><tr><th>Group</th>{head}</tr>"
             + "".join(rows) + "</table>")
@@ -77,14 +80,15 @@ def roc_figure(roc: dict) -> str:
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)
     axes[0][0].set_ylabel("true-positive rate (macro)")
-    axes[0][0].legend(loc="lower right", fontsize=8)
+    if axes[0][0].get_legend_handles_labels()[0]:          # no class defined: nothing to name
+        axes[0][0].legend(loc="lower right", fontsize=8)
     fig.subplots_adjust(left=0.07, right=0.99, bottom=0.15, top=0.91, wspace=0.25)  # fixed: tight_layout draws once more
     return _png(fig)
 
 
 def normal_by_anatomy_figure(metrics: dict) -> Optional[str]:
-    names = sorted(k.split("/")[1] for k in metrics if k.startswith("anatomy/") and k.endswith("/normal"))
-    rows = ["normal"] + [f"anatomy/{a}/normal" for a in names]
+    rows = ["normal"] + sorted(k for k in metrics if k.startswith("anatomy/") and k.endswith("/normal"))
+    names = [anatomy_name(r) for r in rows[1:]]
     labels = ["all cases"] + names
     keys = [("auc", "AUC"), ("ap", "AP"), ("recall_at_fpr_0.05", "Recall@0.05")]
     if "normal" not in metrics or not names:
@@ -168,7 +172,10 @@ def write_report(path: Path, result: dict, scores, labels, label_space: LabelSpa
              f"Confidence intervals: {html.escape(meta['ci'])}, {meta['n_boot']} resamples.</p>"]
     cls = "warn" if meta["threshold_source"] == "test" else ""
     parts.append(f"<p class='{cls}'>F1 / MCC / ACC thresholds: {html.escape(meta['threshold_note'])}"
-                 f"{'; ' + str(meta['n_threshold_fallback']) + ' classes without validation positives use 0.5' if meta['n_threshold_fallback'] else ''}.</p>")
+                 f"{'; ' + str(meta['n_threshold_fallback']) + ' classes without a chosen threshold (no validation positives, or none stored) use 0.5' if meta['n_threshold_fallback'] else ''}.</p>")
+    if meta.get("threshold_warning"):
+        parts.append(f"<p class='warn'>{html.escape(meta['threshold_warning'])}.</p>")
+    parts.append(f"<p>Class groups: {html.escape(meta['class_groups'])}.</p>")
     parts.append("<h2>Results (percent)</h2>")
     parts.append(metrics_table(metrics, [g for g in ("head", "medium", "tail", "all", "normal") if g in metrics],
                                "Macro-averaged metrics by class group, % [95% CI]"))

@@ -164,7 +164,7 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
             links = load_mapping(mapping, source, target)
         else:
             links = suggest_mapping(source, target)
-        thr = np.asarray(source.thresholds if source.thresholds is not None else [0.5] * len(source))
+        thr = source.threshold_values()[0]
         if source.thresholds is None:
             results["mapping_note"] = "the run has no validation thresholds; 0.5 used for every source class"
         idx = [[source.index(s) for s in links.get(t, [])] for t in target.names]

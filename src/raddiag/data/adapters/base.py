@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import ast
 import random
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from raddiag.data.case import Case
+from raddiag.data.case import NORMAL, Case
 
 
 @dataclass
@@ -68,3 +69,34 @@ def map_label(value: str, table: dict[str, tuple[str, str | None]], source: str)
             return table[k]
     raise ValueError(f"{source}: label {value!r} has no mapping to a disorder name and ICD-10-CM code "
                      f"(known: {', '.join(sorted(table))})")
+
+
+def _clean(label: str) -> str:
+    """A label in NFC with its whitespace collapsed (what a person typing it meant)."""
+    return " ".join(unicodedata.normalize("NFC", label).split())
+
+
+def merge_label_spellings(cases: Sequence[Case]) -> dict[str, list[str]]:
+    """Make one class of a disorder label spelled differently across cases (letter case,
+    surrounding or repeated whitespace, Unicode NFC / NFD); different words are never merged.
+    The canonical spelling is the most frequent cleaned one (ties: the first seen; ``Normal``
+    is always ``Normal``). Relabels ``cases`` in place; returns ``{canonical: [other spellings]}``."""
+    seen: dict[str, Counter] = {}                  # key -> Counter of cleaned spellings, in first-seen order
+    raw: dict[str, dict[str, None]] = {}
+    for c in cases:
+        for label in c.labels:
+            key = _clean(label).lower()
+            seen.setdefault(key, Counter())[_clean(label)] += 1
+            raw.setdefault(key, {})[label] = None
+    canon = {k: NORMAL if k == NORMAL.lower() else max(v, key=v.__getitem__) for k, v in seen.items()}
+    for c in cases:
+        c.labels = list(dict.fromkeys(canon[_clean(x).lower()] for x in c.labels))
+    return {canon[k]: [s for s in v if s != canon[k]] for k, v in raw.items() if list(v) != [canon[k]]}
+
+
+def spellings_text(merged: dict[str, list[str]]) -> str:
+    """"N label(s) ...: 'a ', 'A' -> 'A'; ..." (5 labels shown) for the one warning."""
+    parts = [f"{', '.join(map(repr, v))} -> {k!r}" for k, v in merged.items()]
+    more = f"; and {len(parts) - 5} more" if len(parts) > 5 else ""
+    return (f"{len(parts)} label(s) spelled more than one way (letter case, spaces, Unicode form), "
+            f"each made one class: " + "; ".join(parts[:5]) + more)

@@ -53,7 +53,7 @@ def load_covid_chestxray(source: Path, **_) -> AdapterResult:
     if not csv_path.exists():
         raise FileNotFoundError(f"{csv_path}: metadata.csv of the covid-chestxray set does not exist")
     root = csv_path.parent
-    with csv_path.open(newline="", encoding="utf-8") as f:
+    with csv_path.open(newline="", encoding="utf-8-sig") as f:     # -sig: a BOM is not part of 'patientid'
         rows = list(csv.DictReader(f))
     need = {"patientid", "finding", "modality", "folder", "filename"}
     if rows and not need <= set(rows[0]):

@@ -143,7 +143,7 @@ def load_rp3d(source: Path, images: Optional[str | Path] = None, split_files: Op
     n_missing = 0
     for jf, split in files:
         try:
-            data = json.loads(jf.read_text())
+            data = json.loads(jf.read_text(encoding="utf-8-sig"))   # -sig: a leading BOM is skipped
         except json.JSONDecodeError as exc:
             raise ValueError(f"{jf}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
         if not isinstance(data, dict):

@@ -1,0 +1,238 @@
+"""Hostile inputs to ``raddiag metrics`` / ``raddiag evaluate`` and the evaluation engine: one
+test per finding, each failing before its fix. Errors are one line naming the file and the reason."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from raddiag.cli import main
+
+
+def _npz(path, n=40, c=3, seed=0, **extra):
+    rng = np.random.default_rng(seed)
+    y = rng.random((n, c)) < 0.3
+    y[0], y[1] = True, False                 # every class has a positive and a negative
+    s = rng.random((n, c))
+    np.savez(path, scores=extra.pop("scores", s), labels=extra.pop("labels", y), **extra)
+    return str(path)
+
+
+def _metrics(tmp_path, *args):
+    return main(["metrics", "--out", str(tmp_path / "out"), *args])
+
+
+@pytest.mark.parametrize("args, reason", [
+    (["--n-boot", "1"], "at least 2"),
+    (["--n-boot", "0", "--seed", "-1"], "--seed: must be an integer >= 0, got -1"),
+])
+def test_metrics_refuses_one_resample_and_a_negative_seed(tmp_path, capsys, args, reason):
+    pred = _npz(tmp_path / "p.npz")
+    with pytest.raises(SystemExit) as e:
+        _metrics(tmp_path, "--pred", pred, *args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and reason in err
+    assert not (tmp_path / "out").exists()
+
+
+def _space_file(path, thresholds):
+    classes = [{"name": n, **({} if t is None else {"threshold": t})} for n, t in zip("abc", thresholds)]
+    path.write_text(json.dumps({"classes": classes}))      # json writes NaN / Infinity as such
+    return str(path)
+
+
+def test_a_label_space_with_thresholds_on_some_classes_falls_back_to_05_for_the_others(tmp_path):
+    from raddiag.data.labels import LabelSpace
+
+    space = LabelSpace.load(_space_file(tmp_path / "ls.json", [0.3, None, 0.2]))
+    assert space.thresholds == [0.3, None, 0.2]
+    thr, fallback = space.threshold_values()
+    assert thr.tolist() == [0.3, 0.5, 0.2] and fallback.tolist() == [False, True, False]
+    assert _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz"), "--labels", str(tmp_path / "ls.json"),
+                    "--n-boot", "0") == 0
+    meta = json.loads((tmp_path / "out" / "metrics.json").read_text())["meta"]
+    assert meta["threshold_source"] == "label_space" and meta["n_threshold_fallback"] == 1
+    rows = (tmp_path / "out" / "per_class.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[7:9] for r in rows] == [["0.3", "0"], ["0.5", "1"], ["0.2", "0"]]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "0.5", True])
+def test_a_threshold_that_is_not_a_finite_number_is_refused(tmp_path, capsys, bad):
+    from raddiag.data.labels import LabelSpace
+
+    path = _space_file(tmp_path / "ls.json", [0.3, bad, 0.2])
+    rc = _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz"), "--labels", path, "--n-boot", "0")
+    err = capsys.readouterr().err
+    assert rc == 2 and "ls.json" in err and "'b'" in err and "finite number" in err
+    with pytest.raises(ValueError, match="finite number"):
+        LabelSpace(names=["a", "b"], thresholds=[0.1, float("nan")])
+
+
+def test_validation_thresholds_go_through_the_same_check(monkeypatch):
+    from raddiag.data.labels import LabelSpace
+    from raddiag.evaluation import engine
+
+    monkeypatch.setattr(engine, "best_f1_thresholds", lambda s, y, return_fallback: (
+        np.array([0.5, np.nan]), np.zeros(2, bool)))
+    s, y = np.random.default_rng(0).random((10, 2)), np.tile([[True, False], [False, True]], (5, 1))
+    with pytest.raises(ValueError, match="validation predictions.*finite number"):
+        engine.evaluate_predictions(s, y, LabelSpace(names=["a", "b"]), val_scores=s, val_labels=y, n_boot=0)
+
+
+@pytest.mark.parametrize("scores_shape, labels_shape", [((40,), (40, 3)), ((40, 3), (40,)), ((40, 3), (40, 2)),
+                                                        ((3, 40), (40, 3))])
+def test_scores_and_labels_of_different_shapes_are_refused_naming_the_file_and_both_shapes(
+        tmp_path, capsys, scores_shape, labels_shape):
+    pred = _npz(tmp_path / "p.npz", scores=np.full(scores_shape, 0.5), labels=np.zeros(labels_shape, bool))
+    assert _metrics(tmp_path, "--pred", pred, "--n-boot", "0") == 2
+    err = capsys.readouterr().err
+    assert "p.npz" in err and f"scores {scores_shape}" in err and f"labels {labels_shape}" in err
+
+
+def test_validation_predictions_with_other_classes_are_refused_naming_both_files(tmp_path, capsys):
+    pred, val = _npz(tmp_path / "test.npz"), _npz(tmp_path / "val.npz", c=2)
+    assert _metrics(tmp_path, "--pred", pred, "--val", val, "--n-boot", "0") == 2
+    err = capsys.readouterr().err
+    assert "val.npz" in err and "test.npz" in err and "2 classes" in err and "3" in err
+
+
+def test_a_label_space_of_another_size_is_refused_naming_both_files(tmp_path, capsys):
+    path = _space_file(tmp_path / "ls.json", [None, None, None])
+    assert _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz", c=4), "--labels", path, "--n-boot", "0") == 2
+    err = capsys.readouterr().err
+    assert "ls.json: 3 classes, but" in err and "p.npz has 4" in err
+
+
+def test_metrics_without_a_label_space_reports_no_head_medium_tail_groups(tmp_path, capsys):
+    assert _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz"), "--n-boot", "0") == 0
+    out = capsys.readouterr().out
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert not {"head", "medium", "tail"} & set(m) and m["all"]["auc"]["n_classes"] == 3
+    assert "no training counts" in m["meta"]["class_groups"] and "no training counts" in out
+    assert not any(line.startswith(("head", "tail")) for line in out.splitlines())
+    assert "Head" not in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_anatomy_names_with_a_slash_keep_their_own_groups_and_report(tmp_path):
+    anatomy = np.array(["Head/Neck"] * 20 + ["Head"] * 10 + ["Head/normal"] * 10)
+    pred = _npz(tmp_path / "p.npz", anatomy=anatomy)
+    assert _metrics(tmp_path, "--pred", pred, "--n-boot", "20") == 0
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    anat = sorted(k for k in m if k.startswith("anatomy/"))
+    assert anat == ["anatomy/Head", "anatomy/Head%2FNeck", "anatomy/Head%2FNeck/normal", "anatomy/Head%2Fnormal",
+                    "anatomy/Head%2Fnormal/normal", "anatomy/Head/normal"]
+    assert m["meta"]["anatomy_cases"] == {"Head": {"n_cases": 10}, "Head/Neck": {"n_cases": 20},
+                                          "Head/normal": {"n_cases": 10}}
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "Head/Neck" in html and "%2F" not in html
+
+
+def test_an_interval_without_spread_is_named_so_not_shown_as_a_confident_one(tmp_path):
+    from raddiag.data.labels import LabelSpace
+    from raddiag.evaluation import evaluate_predictions
+    from raddiag.evaluation.report import _cell
+
+    y = np.zeros((30, 2), bool)
+    y[:10] = True
+    s = np.where(y, 0.9, 0.1) + np.linspace(0, 0.05, 30)[:, None]     # perfectly separated: AUC 1 in every resample
+    s[12, 1] = 0.95                                                    # class 1 is not: its AUC varies
+    m = evaluate_predictions(s, y, LabelSpace(names=["a", "b"]), n_boot=30)["metrics"]
+    assert m["all"]["auc"]["ci_no_spread"] is False and "no spread" not in _cell(m["all"]["auc"])
+    m = evaluate_predictions(s[:, :1], y[:, :1], LabelSpace(names=["a"]), n_boot=30, out_dir=tmp_path)["metrics"]
+    e = m["all"]["auc"]
+    assert e["value"] == 1.0 and e["ci_low"] == e["ci_high"] == 1.0 and e["ci_no_spread"] is True
+    assert "no spread" in _cell(e) and "[100.00, 100.00]" not in _cell(e)
+    assert "no spread" in (tmp_path / "report.html").read_text()
+
+
+def test_logit_scores_with_the_05_fallback_threshold_are_warned_of(tmp_path):
+    from raddiag.data.errors import InputWarning
+    from raddiag.data.labels import LabelSpace
+    from raddiag.evaluation import evaluate_predictions
+
+    rng = np.random.default_rng(1)
+    y = rng.random((60, 2)) < 0.4
+    s = rng.normal(size=(60, 2)) * 3 + 2 * y                # logits, not probabilities
+    yv = y.copy()
+    yv[:, 1] = False                                        # class 1: no validation positives -> 0.5
+    space = LabelSpace(names=["a", "b"])
+    with pytest.warns(InputWarning, match=r"outside \[0, 1\].*1 class.*0\.5"):
+        r = evaluate_predictions(s, y, space, val_scores=s, val_labels=yv, n_boot=0)
+    assert "outside [0, 1]" in r["metrics"]["meta"]["threshold_warning"]
+    p = 1 / (1 + np.exp(-s))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)
+        r = evaluate_predictions(p, y, space, val_scores=p, val_labels=yv, n_boot=0)   # probabilities: fine
+        evaluate_predictions(s, y, space, val_scores=s, val_labels=y, n_boot=0)        # no fallback: fine
+    assert r["metrics"]["meta"]["threshold_warning"] is None
+
+
+@pytest.mark.parametrize("extra, reason", [
+    ({"case_ids": np.array(["a", "b"])}, "case_ids has 2 entries for 40 cases"),
+    ({"anatomy": np.array(["chest"])}, "anatomy has 1 entries for 40 cases"),
+])
+def test_case_ids_or_anatomy_of_another_length_are_refused_naming_the_file(tmp_path, capsys, extra, reason):
+    assert _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz", **extra), "--n-boot", "0") == 2
+    err = capsys.readouterr().err
+    assert "p.npz" in err and reason in err
+
+
+@pytest.mark.parametrize("cls", ["nosuch", "7"])
+def test_an_unknown_plot_class_is_bad_input_named_before_any_work(tmp_path, capsys, cls):
+    rc = _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz"), "--n-boot", "0", "--plot-classes", "class_0", cls)
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--plot-classes: {cls!r} is not a class" in err and "unexpected" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_scores_beyond_float32_are_written_back_as_they_were_not_as_inf(tmp_path):
+    from raddiag.evaluation.commands import load_predictions
+
+    s = np.random.default_rng(0).random((40, 3)) * 1e300
+    assert _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz", scores=s), "--n-boot", "0") == 0
+    back = load_predictions(str(tmp_path / "out" / "predictions.npz"))      # refused scores as inf before
+    assert np.array_equal(back["scores"], s)
+    assert _metrics(tmp_path, "--pred", _npz(tmp_path / "q.npz"), "--n-boot", "0") == 0
+    assert load_predictions(str(tmp_path / "out" / "predictions.npz"))["scores"].dtype == np.float32   # as before
+
+
+@pytest.mark.parametrize("classes, reason", [
+    ([{"name": "a", "count": 1e400}, {"name": "b"}, {"name": "c"}], "count of class 'a'"),
+    ([{"name": "a", "count": -5}, {"name": "b"}, {"name": "c"}], "count of class 'a'"),
+    ([{"name": 1}, {"name": None}, {"name": "c"}], "class name 1"),
+    ([{"name": "a"}, {"name": " "}, {"name": "c"}], "class name ' '"),
+])
+def test_a_label_space_with_bad_names_or_counts_is_bad_input_naming_the_file(tmp_path, capsys, classes, reason):
+    (tmp_path / "ls.json").write_text(json.dumps({"classes": classes}))
+    rc = _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz"), "--labels", str(tmp_path / "ls.json"), "--n-boot", "0")
+    err = capsys.readouterr().err
+    assert rc == 2 and "ls.json: not a readable label space" in err and reason in err
+
+
+def test_no_class_defined_gives_a_report_without_a_python_warning(tmp_path):
+    import warnings
+
+    from raddiag.data.labels import LabelSpace
+    from raddiag.evaluation import evaluate_predictions
+
+    s, y = np.random.default_rng(0).random((20, 2)), np.ones((20, 2), bool)       # all positive: no AUC
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = evaluate_predictions(s, y, LabelSpace(names=["a", "b"]), n_boot=20, out_dir=tmp_path)["metrics"]
+    assert m["all"]["auc"]["value"] is None and m["meta"]["n_classes_no_negative"] == 2
+    assert "2 without negatives are excluded" in (tmp_path / "report.html").read_text()
+
+
+def test_validation_cases_that_are_also_test_cases_are_warned_of(tmp_path, capsys):
+    ids = np.array([f"c{i}" for i in range(40)])
+    pred = _npz(tmp_path / "test.npz", case_ids=ids)
+    val = _npz(tmp_path / "val.npz", seed=1, case_ids=np.array([f"v{i}" for i in range(38)] + ["c3", "c7"]))
+    assert _metrics(tmp_path, "--pred", pred, "--val", val, "--n-boot", "0") == 0
+    err = capsys.readouterr().err
+    assert "raddiag: warning:" in err and "val.npz: 2 case(s) are also in" in err and "'c3'" in err
+    other = _npz(tmp_path / "val2.npz", seed=1, case_ids=np.array([f"v{i}" for i in range(40)]))
+    assert _metrics(tmp_path, "--pred", pred, "--val", other, "--n-boot", "0") == 0
+    assert "also in" not in capsys.readouterr().err

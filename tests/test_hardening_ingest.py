@@ -1,0 +1,93 @@
+"""Hostile inputs to ``raddiag data prepare`` (sources, manifests, label files): one test per
+finding, each failing before its fix."""
+from __future__ import annotations
+
+import codecs
+import json
+
+import numpy as np
+import pytest
+
+from raddiag.data.adapters import load_source
+
+BOM = codecs.BOM_UTF8
+
+
+def _manifest(path, records, bom=False):
+    path.write_bytes((BOM if bom else b"") + "".join(json.dumps(r) + "\n" for r in records).encode("utf-8"))
+    return path
+
+
+def _case(cid, labels, split="train"):
+    return {"id": cid, "scans": [{"path": f"{cid}.npy", "modality": "CT"}], "labels": labels, "split": split}
+
+
+def test_files_starting_with_a_utf8_bom_are_read(tmp_path):
+    from raddiag.data.commands import _load_label_space
+    from raddiag.data.labels import LabelSpace
+
+    res = load_source("manifest", _manifest(tmp_path / "m.jsonl", [_case("c1", ["Pneumonia"])], bom=True))
+    assert [c.id for c in res.cases] == ["c1"]
+    (tmp_path / "cx").mkdir()
+    (tmp_path / "cx" / "metadata.csv").write_bytes(
+        BOM + b"patientid,finding,modality,folder,filename,view\n1,COVID-19,X-ray,images,a.jpg,PA\n")
+    assert [c.labels for c in load_source("covid-chestxray", tmp_path / "cx").cases] == [["COVID-19"]]
+    (tmp_path / "ls.json").write_bytes(BOM + json.dumps(LabelSpace(names=["Normal", "a"]).to_dict()).encode())
+    (tmp_path / "release.json").write_bytes(BOM + b'{"Normal": 0, "a": 1}')
+    for p in ("ls.json", "release.json"):
+        assert _load_label_space(str(tmp_path / p)).names == ["Normal", "a"]
+    assert LabelSpace.load(tmp_path / "ls.json").names == ["Normal", "a"]
+    np.save(tmp_path / "1.npy", np.zeros((8, 8, 3), np.float32))
+    sample = {"image_data_path": "['/c/1.npy']", "image_key_path": "[]", "image_modality": "['CT']",
+              "plane_projection": "['Axial']", "articles": "['Pneumonia']", "icd10s": "['J18']"}
+    rec = {"Samples": [sample], "Anatomy": "Chest", "Modalities": "['CT']"}
+    (tmp_path / "a.json").write_bytes(BOM + json.dumps({"https://x/cases/q": rec}).encode())
+    assert len(load_source("rp3d", tmp_path, split_files={"test": "a.json"}).cases) == 1
+
+
+def test_one_label_spelled_differently_becomes_one_class_and_is_warned_of_once(tmp_path):
+    from raddiag.data.errors import InputWarning
+
+    nfd = "Me\u0301ningioma"                                  # e + combining acute: 'Méningioma' in NFD
+    records = [_case("c1", ["Pneumonia"]), _case("c2", ["pneumonia ", "Pneumonia"]), _case("c3", ["Pneumonia"]),
+               _case("c4", ["Pleural  effusion"]), _case("c5", ["pleural effusion"]),
+               _case("c6", [nfd]), _case("c7", ["M\u00e9ningioma"]), _case("c8", ["Pneumonitis"]),
+               _case("c9", ["normal"])]
+    with pytest.warns(InputWarning) as caught:
+        res = load_source("manifest", _manifest(tmp_path / "m.jsonl", records))
+    merged = [str(w.message) for w in caught if "spelled" in str(w.message)]
+    assert len(merged) == 1 and "m.jsonl" in merged[0]
+    assert "'pneumonia ' -> 'Pneumonia'" in merged[0] and "'Pleural  effusion'" in merged[0]
+    labels = {c.id: c.labels for c in res.cases}
+    assert labels["c2"] == ["Pneumonia"] and labels["c3"] == ["Pneumonia"]
+    # a tie between two spellings: the first seen wins; whitespace is collapsed in the canonical one
+    assert labels["c4"] == labels["c5"] == ["Pleural effusion"]
+    assert labels["c6"] == labels["c7"] == [nfd.__class__("M\u00e9ningioma")]
+    assert labels["c8"] == ["Pneumonitis"] and labels["c9"] == ["Normal"]   # other words stay apart
+
+
+def test_a_manifest_with_one_spelling_per_label_warns_of_nothing(tmp_path, recwarn):
+    res = load_source("manifest", _manifest(tmp_path / "m.jsonl", [_case("c1", ["Pneumonia"]), _case("c2", ["Edema"])]))
+    assert [c.labels for c in res.cases] == [["Pneumonia"], ["Edema"]]
+    assert not [w for w in recwarn if "spelled" in str(w.message)]
+
+
+@pytest.mark.parametrize("text", ["", "patientid,finding,modality,folder,filename,view\n"])
+def test_a_source_without_cases_is_refused_naming_the_file(tmp_path, capsys, text):
+    from raddiag.cli import main
+
+    (tmp_path / "metadata.csv").write_text(text)
+    rc = main(["data", "prepare", str(tmp_path), "--format", "covid-chestxray", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{tmp_path}: holds no cases" in err and not (tmp_path / "out").exists()
+
+
+def test_a_case_labelled_normal_and_a_disorder_is_warned_of(tmp_path):
+    from raddiag.data.errors import InputWarning
+    from raddiag.data.labels import LabelSpace
+
+    records = [_case("c1", ["Normal", "Pneumonia"]), _case("c2", ["Normal"]), _case("c3", ["Edema"])]
+    with pytest.warns(InputWarning, match=r"m.jsonl: 1 case\(s\) are labelled Normal and a disorder \(e.g. 'c1'\)"):
+        res = load_source("manifest", _manifest(tmp_path / "m.jsonl", records))
+    space = LabelSpace.from_cases(res.cases)
+    assert space.case_labels(res.cases[0]) == ["Pneumonia"]             # read as abnormal, as the warning says
