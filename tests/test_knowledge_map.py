@@ -85,6 +85,8 @@ def test_icd_wording_and_neoplasm_phrase():
     assert terms.icd_wording("Pneumonia") == "pneumonia"                 # a root without an ending: kept
     assert terms.neoplasm_phrase("Hepatocellular carcinoma") == "malignant neoplasm of liver"
     assert terms.neoplasm_phrase("Liver metastases") == "secondary malignant neoplasm of liver"
+    # carcinomatosis of a site is spread to it (the Alphabetic Index: secondary), not a primary there
+    assert terms.neoplasm_phrase("Pleural carcinomatosis") == "secondary malignant neoplasm of pleural"
     assert terms.neoplasm_phrase("Adrenal adenoma") == "benign neoplasm of adrenal gland"
     assert terms.neoplasm_phrase("Osteoblastoma") == "benign neoplasm of bone"
     assert terms.neoplasm_phrase("Glioblastoma") == ""                   # no site in the name

@@ -43,7 +43,7 @@ EQUIVALENTS: list[tuple[str, ...]] = [
     ("hemorrhage", "bleed", "bleeding", "haemorrhage", "hemorrhagic"),
     ("displacement", "herniation", "herniated", "prolapse", "prolapsed", "protrusion", "extrusion"),
     ("spondylolisthesis", "listhesis", "anterolisthesis", "retrolisthesis"),
-    ("secondary", "metastasis", "metastases", "metastatic", "deposits"),
+    ("secondary", "metastasis", "metastases", "metastatic", "deposits", "carcinomatosis"),
     ("infarction", "infarct", "infarcts"),
     ("nonruptured", "unruptured"),
     ("rupture", "ruptured", "perforation", "perforated", "tear"),
@@ -106,7 +106,7 @@ NOT_TUMOURS = {"coma", "glaucoma", "trachoma", "diploma", "stoma", "aroma", "som
 MALIGNANT = ("carcinoma", "sarcoma", "cancer", "malignant", "lymphoma", "melanoma", "myeloma",
              "mesothelioma", "glioma", "blastoma", "seminoma", "germinoma", "astrocytoma", "ependymoma",
              "leukemia", "leukaemia", "metastasis", "metastases", "metastatic")
-SECONDARY = ("metastasis", "metastases", "metastatic")
+SECONDARY = ("metastasis", "metastases", "metastatic", "carcinomatosis")   # carcinomatosis of a site: spread to it
 BENIGN_BLASTOMAS = ("osteoblastoma", "chondroblastoma", "lipoblastoma")
 _ROOT_RE = re.compile("^(?:" + "|".join(sorted(ROOTS, key=len, reverse=True)) + ")")
 _SUFFIX_RE = re.compile("(?:" + "|".join(sorted(SUFFIXES, key=len, reverse=True)) + ")$")
