@@ -85,6 +85,11 @@ def test_icd_wording_and_neoplasm_phrase():
     assert terms.icd_wording("Pneumonia") == "pneumonia"                 # a root without an ending: kept
     assert terms.neoplasm_phrase("Hepatocellular carcinoma") == "malignant neoplasm of liver"
     assert terms.neoplasm_phrase("Liver metastases") == "secondary malignant neoplasm of liver"
+    # a cell type names no site; a part of a limb or organ names the limb or organ ICD-10-CM files by
+    assert terms.neoplasm_phrase("Squamous cell carcinoma of the oesophagus") == "malignant neoplasm of esophagus"
+    assert terms.neoplasm_phrase("Small cell carcinoma") == ""
+    assert terms.neoplasm_phrase("Chondrosarcoma of the tibia") == "malignant neoplasm of cartilage lower limb"
+    assert terms.neoplasm_phrase("Myxoma of the left ventricle") == "benign neoplasm of left heart"
     # carcinomatosis of a site is spread to it (the Alphabetic Index: secondary), not a primary there
     assert terms.neoplasm_phrase("Pleural carcinomatosis") == "secondary malignant neoplasm of pleural"
     assert terms.neoplasm_phrase("Adrenal adenoma") == "benign neoplasm of adrenal gland"
@@ -209,3 +214,20 @@ def test_held_out_test_names_appear_nowhere_in_the_code_or_docs():
     text = "\n".join(f.read_text(encoding="utf-8").lower() for f in files)
     found = [n for n in names if re.search(r"\b" + re.escape(n) + r"\b", text)]
     assert not found, f"held-out test names in the code or docs: {found}"
+
+
+def test_a_tumour_is_filed_by_its_site_not_its_cell_type():
+    """C44 "... of skin" lists squamous cell carcinomas; one of a bronchus or lung is C34.
+    A tumour of the femur is C40 "... of limbs", not C41 "... of other and unspecified sites"."""
+    kb = _kb(Concept("C44", "Other and unspecified malignant neoplasm of skin",
+                     synonyms=["Squamous cell carcinoma of skin"], chapter="2"),
+             Concept("C34", "Malignant neoplasm of bronchus and lung", chapter="2"),
+             Concept("C40", "Malignant neoplasm of bone and articular cartilage of limbs", children=["C40.2"],
+                     chapter="2"),
+             Concept("C40.2", "Malignant neoplasm of long bones of lower limb", parent="C40", chapter="2"),
+             Concept("C41", "Malignant neoplasm of bone and articular cartilage of other and unspecified sites",
+                     chapter="2"))
+    ix = CodeIndex(kb, ConstantEncoder(), use_cache=False)
+    assert _ranked(ix, ix.lexical("Squamous cell carcinoma of lung"))[0] == "C34"
+    assert _ranked(ix, ix.lexical("Squamous cell carcinoma"))[0] == "C44"        # no site: the cell type decides
+    assert _ranked(ix, ix.lexical("Osteosarcoma of femur"))[0] == "C40"

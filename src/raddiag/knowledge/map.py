@@ -39,11 +39,13 @@ import torch
 
 from raddiag.knowledge.encoder import TextEncoder
 from raddiag.knowledge.kb import KnowledgeBase
-from raddiag.knowledge.terms import (ELSEWHERE, WORD, Group, americanise, behaviour, exact_key, exact_keys,
-                                     filed_by_morphology, icd_wording, index_words, neoplasm_phrase, prefixes, stem, stems,
+from raddiag.knowledge.terms import (BY_SITE, ELSEWHERE, MORPHOLOGY, SITE_OF, WORD, Group, americanise,
+                                     behaviour, exact_key, exact_keys, filed_by_morphology, icd_wording, index_words, neoplasm_phrase, prefixes, stem, stems,
                                      word_groups, words)
 
 LEXICAL_WEIGHT = 1.0
+_MORPHOLOGY_STEMS = frozenset(stem(w) for w in MORPHOLOGY)
+_BY_SITE_STEMS = frozenset(stem(w) for w in BY_SITE)
 #: A direct subdivision's text counts this much less than the category's own in ``dense``.
 #: Measured on the benchmark's dev names and the synthetic disorders only (0.1-0.2 alike there;
 #: none is better than own texts alone at 0, which puts "Diverticulitis" under a Meckel's code).
@@ -114,7 +116,14 @@ def _acronym(text: str) -> str:
 def query_groups(name: str, by_morphology: frozenset = frozenset()) -> list[Group]:
     """The name's words as groups of matching stems (:func:`raddiag.knowledge.terms.word_groups`)
     plus the neoplasm behaviour its tumour words imply."""
-    return word_groups(name) + _behaviour_words(name, by_morphology)
+    groups = word_groups(name)
+    if behaviour(name):
+        # a tumour is filed by its site: its cell type, and a tumour word filed by site, weigh as parts
+        minor = _MORPHOLOGY_STEMS | (_BY_SITE_STEMS if neoplasm_phrase(name, by_morphology) else frozenset())
+        groups = [Group(g.stems, g.part, minor=bool(g.stems & minor)) for g in groups]
+        groups += [Group(frozenset(stem(x) for x in SITE_OF[w].split()), minor=True)
+                   for w in dict.fromkeys(words(name)) if w in SITE_OF]
+    return groups + _behaviour_words(name, by_morphology)
 
 
 def query_variants(name: str, by_morphology: frozenset = frozenset(),
@@ -207,7 +216,7 @@ class CodeIndex:
         """Per category, the IDF-weighted share of the name's word groups that meet a word of
         the category or of any of its sub-codes; an acronym that spells a text counts fully."""
         groups = [g for g in query_groups(name, self.morphology) if self.word_df.get(g.part, 0) < PLAIN_WORD_DF]
-        weight = [max(self.idf.get(w, self.default_idf) for w in g.stems) * (PART_WEIGHT if g.part else 1.0)
+        weight = [max(self.idf.get(w, self.default_idf) for w in g.stems) * (PART_WEIGHT if g.part or g.minor else 1.0)
                   for g in groups]
         total = sum(weight)
         out = torch.zeros(len(self.codes))

@@ -108,6 +108,23 @@ MALIGNANT = ("carcinoma", "sarcoma", "cancer", "malignant", "lymphoma", "melanom
              "leukemia", "leukaemia", "metastasis", "metastases", "metastatic")
 SECONDARY = ("metastasis", "metastases", "metastatic", "carcinomatosis")   # carcinomatosis of a site: spread to it
 BENIGN_BLASTOMAS = ("osteoblastoma", "chondroblastoma", "lipoblastoma")
+#: Words that name a tumour's cell type or grade, not its site: ICD-10-CM files a tumour by site, so
+#: in a tumour name these name no site and weigh as a part ("squamous cell carcinoma of a bronchus" is C34,
+#: not C44 "... of skin", whose texts say "squamous cell carcinoma").
+MORPHOLOGY = {"squamous", "cell", "cells", "small", "large", "clear", "papillary", "follicular", "anaplastic",
+              "ductal", "lobular", "mucinous", "serous", "signet", "ring", "transitional", "giant", "round",
+              "spindle", "germ", "embryonal", "invasive", "differentiated", "poorly", "well", "basal", "oat",
+              "high", "low", "grade"}
+#: Parts of a limb or an organ, and the limb or organ ICD-10-CM files a tumour of them under (C40 / C49
+#: "... of lower limb", D15 / C38 "... of heart"): for tumour names only (a fracture is filed by the bone).
+SITE_OF: dict[str, str] = {
+    **dict.fromkeys(("femur", "femoral", "tibia", "tibial", "fibula", "fibular", "thigh", "knee", "leg", "calf",
+                     "ankle", "foot", "feet", "toe", "toes", "popliteal"), "lower limb"),
+    **dict.fromkeys(("humerus", "humeral", "radius", "radial", "ulna", "ulnar", "forearm", "arm", "elbow",
+                     "wrist", "hand", "hands", "finger", "fingers", "scapula", "scapular"), "upper limb"),
+    **dict.fromkeys(("atrium", "atrial", "atria", "ventricle", "ventricular", "myocardium", "myocardial",
+                     "endocardium", "endocardial", "valve", "valvular"), "heart"),
+}
 _ROOT_RE = re.compile("^(?:" + "|".join(sorted(ROOTS, key=len, reverse=True)) + ")")
 _SUFFIX_RE = re.compile("(?:" + "|".join(sorted(SUFFIXES, key=len, reverse=True)) + ")$")
 
@@ -194,6 +211,7 @@ class Group:
     stands for one of its roots or its ending."""
     stems: frozenset
     part: str = ""
+    minor: bool = False     # weighs as a part though it is a word (a tumour's cell type, its limb or organ)
 
 
 def word_groups(text: str) -> list[Group]:
@@ -273,7 +291,9 @@ def neoplasm_phrase(name: str, by_morphology: frozenset = frozenset(),
         roots = [p for p in parts(w) if p not in SUFFIXES.values()]
         if _tumour_word(w) or w in SECONDARY:
             site += roots
-        elif w not in ("malignant", "benign", "primary", "neoplasm", "tumor"):
+        elif w in SITE_OF:
+            site.append(SITE_OF[w])
+        elif w not in MORPHOLOGY and w not in ("malignant", "benign", "primary", "neoplasm", "tumor"):
             site += roots or [canonical(w)]
     site = [w for w in site if vocabulary is None or all(x in vocabulary for x in w.split())]
     return f"{kind} neoplasm of {' '.join(dict.fromkeys(site))}" if site else ""
