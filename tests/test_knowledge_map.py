@@ -197,6 +197,11 @@ def test_parenthesised_modifiers_are_not_needed_for_an_exact_hit():
     assert ix.exact_hits("Kidney calculus").tolist() == [0.0, 1.0]
     assert ix.exact_hits("recurrent impacted calculus of kidney").tolist() == [0.0, 1.0]
     assert ix.exact_hits("Calculus of kidney with hydronephrosis").tolist() == [1.0, 0.0]
+    # ICD-9-CM names (the GEM source) bracket another wording: either reading is a hit
+    kb = _kb(Concept("A40", "Streptococcal sepsis", synonyms=["Pneumococcal septicemia [Streptococcus pneumoniae "
+                                                              "septicemia]"], chapter="1"))
+    ix = CodeIndex(kb, ConstantEncoder(), use_cache=False)
+    assert ix.exact_hits("Pneumococcal septicaemia").tolist() == [1.0]
 
 
 def test_held_out_test_names_appear_nowhere_in_the_code_or_docs():

@@ -163,7 +163,7 @@ def prefixes(word: str) -> set[str]:
 
 #: A manifestation code's text ("Pneumonia in diseases classified elsewhere").
 ELSEWHERE = re.compile(r"classified elsewhere")
-_MODIFIER = re.compile(r"\s*\([^()]*\)")
+_MODIFIER = re.compile(r"\s*(?:\([^()]*\)|\[[^\[\]]*\])")
 
 
 def exact_key(text: str) -> str:
@@ -176,7 +176,9 @@ def exact_key(text: str) -> str:
 
 def exact_keys(text: str) -> set[str]:
     """The text's :func:`exact_key`, and the same without its parenthesised words: ICD-10-CM's
-    nonessential modifiers ("Pericardial effusion (noninflammatory)" is also "pericardial effusion")."""
+    nonessential modifiers ("Pericardial effusion (noninflammatory)" is also "pericardial effusion")
+    and the bracketed other wordings of ICD-9-CM names ("Pneumococcal septicemia [Streptococcus
+    pneumoniae septicemia]")."""
     return {k for k in (exact_key(text), exact_key(_MODIFIER.sub("", text))) if k}
 
 
