@@ -15,12 +15,14 @@ texts). A name's score for a category is the sum of four named steps of :class:`
    of the category and all its sub-codes (words cut to 6 letters, so "meningioma" meets
    "meninges"; a word also meets its ICD-10-CM equivalent and a compound word its roots, see
    :mod:`raddiag.knowledge.terms`; a tumour word asks for its behaviour, "malignant neoplasm";
-   an acronym that spells a category's text, "ARDS", counts fully). It reaches sub-codes too
+   an acronym that spells a category's text, "ARDS", counts fully; a tumour is filed by its site, so
+   its cell-type words weigh as parts). It reaches sub-codes too
    many to embed quickly ("pituitary adenoma" -> D35.2 "Benign neoplasm of pituitary gland");
 3. ``EXACT_BONUS`` x ``exact_hits``: the name *is* one of the category's texts (its own or a
-   sub-code's, any source, the Alphabetic Index included), words in any order, any spelling;
+   sub-code's, any source, the Alphabetic Index included), words in any order, any spelling,
+   parenthesised modifiers aside;
 4. minus ``PRIOR_PENALTY`` x ``unlikely_for``: categories an imaging finding is rarely filed
-   under (:data:`UNLIKELY`: Z factors and encounters, external causes, pregnancy, perinatal,
+   under (:data:`UNLIKELY`: Z factors and encounters, injuries, external causes, pregnancy, perinatal,
    carcinoma in situ, manifestation codes, sequelae) unless the name asks for them.
 
 benchmarks/knowledge_map.py measures it on held-out radiology names.
