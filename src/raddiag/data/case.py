@@ -160,12 +160,15 @@ def _name_list(value) -> list[str]:
 
 def read_manifest(path: str | Path) -> Iterator[Case]:
     """Cases from a JSON Lines manifest (blank lines and ``#`` comments allowed), checked
-    against the schema first (:func:`raddiag.data.schema.validate_manifest`)."""
+    against the schema first (:func:`raddiag.data.schema.validate_manifest`); labels settled as
+    ``data prepare`` settles them (:func:`raddiag.data.adapters.base.settle_labels`)."""
+    from raddiag.data.adapters.base import settle_labels
     from raddiag.data.schema import validate_manifest
 
     path = Path(path)
-    for where, record in validate_manifest(path):
-        yield Case.from_dict(record, base=path.parent, source=where)
+    cases = [Case.from_dict(record, base=path.parent, source=where) for where, record in validate_manifest(path)]
+    settle_labels(cases, path)
+    yield from cases
 
 
 def write_manifest(cases: Iterable[Case], path: str | Path) -> int:

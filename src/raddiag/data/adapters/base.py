@@ -4,6 +4,7 @@ from __future__ import annotations
 import ast
 import random
 import unicodedata
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -100,3 +101,19 @@ def spellings_text(merged: dict[str, list[str]]) -> str:
     more = f"; and {len(parts) - 5} more" if len(parts) > 5 else ""
     return (f"{len(parts)} label(s) spelled more than one way (letter case, spaces, Unicode form), "
             f"each made one class: " + "; ".join(parts[:5]) + more)
+
+
+def settle_labels(cases: Sequence[Case], source) -> None:
+    """Make one class of each label spelled several ways (:func:`merge_label_spellings`) and
+    warn, naming ``source``, of that and of cases labelled both ``Normal`` and a disorder (read
+    as abnormal). Every route from a source to cases calls this: ``load_source``, ``read_manifest``."""
+    from raddiag.data.errors import InputWarning
+
+    merged = merge_label_spellings(cases)
+    if merged:
+        warnings.warn(f"{source}: {spellings_text(merged)}", InputWarning, stacklevel=3)
+    both = [c.id for c in cases if NORMAL in c.labels and len(c.labels) > 1]
+    if both:
+        eg = ", ".join(map(repr, both[:3]))
+        warnings.warn(f"{source}: {len(both)} case(s) are labelled Normal and a disorder (e.g. {eg}): read as "
+                      "abnormal, with the disorder(s) only", InputWarning, stacklevel=3)
