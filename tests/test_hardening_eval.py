@@ -236,3 +236,16 @@ def test_validation_cases_that_are_also_test_cases_are_warned_of(tmp_path, capsy
     other = _npz(tmp_path / "val2.npz", seed=1, case_ids=np.array([f"v{i}" for i in range(40)]))
     assert _metrics(tmp_path, "--pred", pred, "--val", other, "--n-boot", "0") == 0
     assert "also in" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--val-split", "--split"])
+def test_a_misspelled_split_is_refused_up_front_naming_the_valid_ones(tmp_path, capsys, monkeypatch, flag):
+    import raddiag.models
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the split was checked")
+    monkeypatch.setattr(raddiag.models, "load_model", no_model)
+    rc = main(["evaluate", str(tmp_path / "run"), "--data", str(tmp_path), flag, "vall", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert f"{flag} 'vall'" in err[0] and "train, val, test" in err[0]

@@ -14,6 +14,14 @@ from typing import Any, Iterable, Iterator, Optional
 NORMAL = "Normal"
 SPLITS = ("train", "val", "test")
 
+
+def check_split(name: str, what: str = "split") -> str:
+    """``name`` when it is one of :data:`SPLITS`, else ValueError naming ``what`` and the valid ones."""
+    if name not in SPLITS:
+        raise ValueError(f"{what} {name!r}: no such split; use one of {', '.join(SPLITS)}")
+    return name
+
+
 # Canonical modality names, in the order of the paper's Figure 2a, and the aliases
 # (DICOM Modality codes included) that map onto them. Matching is case-insensitive.
 MODALITIES = [

@@ -30,12 +30,16 @@ def evaluate_run(run_dir, data_dir, split: str = "test", out_dir=None, val_split
     and run :func:`raddiag.evaluation.evaluate_predictions`; outputs go to ``out_dir``
     (default ``RUN/eval-<split>``). With ``store_thresholds`` the validation thresholds are
     written into the run's ``label_space.json``."""
+    from raddiag.data.case import check_split
     from raddiag.models import load_model
     from raddiag.models.fastpath import prepare_for_inference
     from raddiag.run import resolve_run
 
     from .engine import evaluate_predictions
 
+    check_split(split, "--split")
+    if val_split:
+        check_split(val_split, "--val-split")   # a typo must not fall back to thresholds chosen on test
     run = resolve_run(run_dir)
     if not Path(data_dir).exists():
         raise FileNotFoundError(f"{data_dir}: prepared dataset (or shard) folder does not exist")
