@@ -249,3 +249,23 @@ def test_a_misspelled_split_is_refused_up_front_naming_the_valid_ones(tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1
     assert f"{flag} 'vall'" in err[0] and "train, val, test" in err[0]
+
+
+@pytest.mark.parametrize("content, expected", [
+    ([{"name": "a"}, {"name": "b"}, {"name": "c"}], "a JSON object with 'classes', got a list"),
+    ({"classes": [1, 2, 3]}, "class 0 is 1, not an object with a 'name'"),
+    ({"classes": {"a": 1}}, "'classes' must be a list of objects with a 'name', got an object"),
+    ({"classes": [{"name": "a"}, "b", {"name": "c"}]}, "class 1 is 'b', not an object with a 'name'"),
+])
+def test_a_label_space_of_the_wrong_shape_is_one_line_naming_the_file_and_what_was_expected(
+        tmp_path, capsys, content, expected):
+    (tmp_path / "ls.json").write_text(json.dumps(content))
+    rc = _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz"), "--labels", str(tmp_path / "ls.json"), "--n-boot", "0")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "ls.json: not a readable label space" in err[0]
+    assert expected in err[0] and "TypeError" not in err[0] and "KeyError" not in err[0]
+    if isinstance(content, dict):     # data prepare --label-space reads the same file the same way
+        from raddiag.data.commands import _load_label_space
+
+        with pytest.raises(ValueError, match=f"ls.json: not a readable label space.*{expected}"):
+            _load_label_space(str(tmp_path / "ls.json"))
