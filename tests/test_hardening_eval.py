@@ -269,3 +269,21 @@ def test_a_label_space_of_the_wrong_shape_is_one_line_naming_the_file_and_what_w
 
         with pytest.raises(ValueError, match=f"ls.json: not a readable label space.*{expected}"):
             _load_label_space(str(tmp_path / "ls.json"))
+
+
+@pytest.mark.parametrize("command", ["metrics", "evaluate"])
+@pytest.mark.parametrize("below", [False, True])
+def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys, monkeypatch, command, below):
+    import raddiag.evaluation.engine
+
+    def no_work(*a, **k):
+        raise AssertionError("computed before --out was checked")
+    monkeypatch.setattr(raddiag.evaluation.engine, "evaluate_predictions", no_work)
+    (tmp_path / "afile").write_text("keep me")
+    out = tmp_path / "afile" / "sub" if below else tmp_path / "afile"
+    args = (["metrics", "--pred", _npz(tmp_path / "p.npz")] if command == "metrics"
+            else ["evaluate", str(tmp_path / "run"), "--data", str(tmp_path)])
+    rc = main([*args, "--out", str(out), "--n-boot", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and f"{tmp_path / 'afile'}: is a file, not a folder" in err[0]
+    assert (tmp_path / "afile").read_text() == "keep me"

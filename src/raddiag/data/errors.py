@@ -21,6 +21,18 @@ class OutputExists(FileExistsError, ValueError):
     A ValueError too, so that every command reports it as bad input, in one line."""
 
 
+def check_out_folder(path) -> None:
+    """Refuse, before any work, an output folder that is a file or lies below one (OutputExists
+    naming that file): found only when writing, it cost a whole run's computing."""
+    from pathlib import Path
+
+    for p in (Path(path), *Path(path).parents):
+        if p.exists():
+            if not p.is_dir():
+                raise OutputExists(f"{p}: is a file, not a folder")
+            return
+
+
 class InputWarning(UserWarning):
     """A note about an input that the user must see (the CLI shows each as one line): a scan's
     values unlike the training scans', files of a case folder that were skipped."""
