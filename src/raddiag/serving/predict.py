@@ -113,6 +113,27 @@ def _split_cases(inputs) -> tuple[list, bool]:
 
 
 # -- the predictor ---------------------------------------------------------------------------
+def check_class_names(classes: Sequence) -> list[str]:
+    """``classes`` stripped, or ValueError naming the first one at fault: empty, holding a control
+    character, or given twice (spellings that differ only in letter case, spaces or Unicode form
+    are one class, as ``data prepare`` makes them one)."""
+    from raddiag.data.adapters.base import label_key
+    from raddiag.data.errors import one_line
+
+    names, seen = [str(c).strip() for c in classes], {}
+    for i, n in enumerate(names, 1):
+        where = f"classes (--classes): class name {i} of {len(names)}"
+        if not n:
+            raise ValueError(f"{where} is empty")
+        if not n.isprintable():
+            raise ValueError(f"{where} ({one_line(repr(n))[:80]}) holds a control character (a newline, a tab)")
+        first = seen.setdefault(label_key(n), i)
+        if first != i:
+            same = "" if names[first - 1] == n else f": {names[first - 1]!r} differs only in letter case, spaces or Unicode form"
+            raise ValueError(f"classes (--classes): {n[:80]!r} is given twice (names {first} and {i}{same})")
+    return names
+
+
 class Predictor:
     """A trained run folder ready for inference. Thread-safe (one forward at a time).
 
@@ -421,9 +442,7 @@ class Predictor:
                 raise ValueError("scoring new class names (--classes) needs a run trained with the "
                                  "knowledge-guided head (model.head=knowledge); this run uses "
                                  f"model.head={self.cfg.model.head}")
-            names = [str(c).strip() for c in classes]
-            if any(not n for n in names) or len(set(names)) != len(names):
-                raise ValueError(f"class names must be non-empty and distinct: {names}")
+            names = check_class_names(classes)
             from raddiag.knowledge.negation import scoring_texts
 
             texts, flip = scoring_texts(names)       # "Non-X" is scored as 1 - p(X): threshold 1 - t(X)

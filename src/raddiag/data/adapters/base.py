@@ -77,6 +77,11 @@ def _clean(label: str) -> str:
     return " ".join(unicodedata.normalize("NFC", label).split())
 
 
+def label_key(label: str) -> str:
+    """What two spellings of one label share: NFC, whitespace collapsed, letter case folded."""
+    return _clean(label).lower()
+
+
 def merge_label_spellings(cases: Sequence[Case]) -> dict[str, list[str]]:
     """Make one class of a disorder label spelled differently across cases (letter case,
     surrounding or repeated whitespace, Unicode NFC / NFD); different words are never merged.
@@ -86,12 +91,12 @@ def merge_label_spellings(cases: Sequence[Case]) -> dict[str, list[str]]:
     raw: dict[str, dict[str, None]] = {}
     for c in cases:
         for label in c.labels:
-            key = _clean(label).lower()
+            key = label_key(label)
             seen.setdefault(key, Counter())[_clean(label)] += 1
             raw.setdefault(key, {})[label] = None
     canon = {k: NORMAL if k == NORMAL.lower() else max(v, key=v.__getitem__) for k, v in seen.items()}
     for c in cases:
-        c.labels = list(dict.fromkeys(canon[_clean(x).lower()] for x in c.labels))
+        c.labels = list(dict.fromkeys(canon[label_key(x)] for x in c.labels))
     return {canon[k]: [s for s in v if s != canon[k]] for k, v in raw.items() if list(v) != [canon[k]]}
 
 

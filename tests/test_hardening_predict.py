@@ -1,0 +1,36 @@
+"""Hostile inputs to ``raddiag predict``, the service, ``raddiag zeroshot`` and ``raddiag
+knowledge map``: one test per finding, each failing before its fix."""
+from __future__ import annotations
+
+import pytest
+
+from raddiag.cli import main
+from raddiag.serving.sample import make_tiny_run, sample_png
+
+
+@pytest.fixture(scope="module")
+def krun(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hp")
+    make_tiny_run(d / "krun", head="knowledge")
+    (d / "cxr.png").write_bytes(sample_png(32))
+    return d
+
+
+@pytest.mark.parametrize("classes, reason", [
+    (["Pneumonia", "", "Edema"], "class name 2 of 3 is empty"),
+    (["Pneumonia", "   "], "class name 2 of 2 is empty"),
+    (["Pneumonia", "Edema", "Pneumonia"], "'Pneumonia' is given twice (names 1 and 3)"),
+    (["Pneumonia", "pneumonia "], "'pneumonia' is given twice (names 1 and 2: 'Pneumonia' differs only"),
+    (["Pneumonia", "a\nb"], "class name 2 of 2 ('a\\nb') holds a control character"),
+])
+def test_bad_class_names_are_refused_naming_the_one_at_fault(krun, capsys, classes, reason):
+    rc = main(["predict", str(krun / "krun"), str(krun / "cxr.png"), "--modality", "X-ray", "--classes", *classes])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and reason in err[0], err
+
+
+def test_the_error_for_many_class_names_stays_short(krun, capsys):
+    names = [f"disease {i}" for i in range(5000)] + [""]
+    rc = main(["predict", str(krun / "krun"), str(krun / "cxr.png"), "--modality", "X-ray", "--classes", *names])
+    err = capsys.readouterr().err
+    assert rc == 2 and "class name 5001 of 5001 is empty" in err and len(err) < 400
