@@ -34,3 +34,25 @@ def test_the_error_for_many_class_names_stays_short(krun, capsys):
     rc = main(["predict", str(krun / "krun"), str(krun / "cxr.png"), "--modality", "X-ray", "--classes", *names])
     err = capsys.readouterr().err
     assert rc == 2 and "class name 5001 of 5001 is empty" in err and len(err) < 400
+
+
+def test_a_file_named_png_that_is_no_image_is_named_once_with_a_plain_reason(krun, tmp_path, capsys):
+    (tmp_path / "b.png").write_text("not a png")
+    rc = main(["predict", str(krun / "krun"), str(tmp_path / "b.png"), "--modality", "X-ray"])
+    err = capsys.readouterr()
+    text = err.out + err.err
+    assert rc == 2 and "b.png: cannot be read: not an image Pillow can decode" in text
+    assert "UnidentifiedImageError" not in text and text.count("b.png") == 2   # the case line and the summary
+
+
+def test_a_file_removed_while_it_is_read_says_so(monkeypatch, tmp_path):
+    import raddiag.data.readers as readers
+    from raddiag.data.errors import ScanError
+
+    (tmp_path / "a.png").write_bytes(sample_png(32))
+
+    def vanished(path, *a, **k):
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+    monkeypatch.setattr(readers, "open_image", vanished)
+    with pytest.raises(ScanError, match=r"a.png: cannot be read: the file was removed or renamed while it was read$"):
+        readers.open_file(tmp_path / "a.png")
