@@ -56,3 +56,15 @@ def test_a_file_removed_while_it_is_read_says_so(monkeypatch, tmp_path):
     monkeypatch.setattr(readers, "open_image", vanished)
     with pytest.raises(ScanError, match=r"a.png: cannot be read: the file was removed or renamed while it was read$"):
         readers.open_file(tmp_path / "a.png")
+
+
+def test_a_very_long_class_name_is_shortened_in_the_table_not_in_json(krun, capsys):
+    long = "Pneumonia " + "x" * 3000
+    args = ["predict", str(krun / "krun"), str(krun / "cxr.png"), "--modality", "X-ray", "--classes", long, "Edema"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(map(len, lines)) < 200 and any("Pneumonia xxx" in x and "..." in x for x in lines)
+    import json
+
+    assert main([*args, "--json"]) == 0
+    assert long in [f["name"] for f in json.loads(capsys.readouterr().out)[0]["ranked"]]

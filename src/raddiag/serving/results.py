@@ -11,6 +11,15 @@ import numpy as np
 from raddiag.data.errors import one_line
 
 
+NAME_WIDTH = 60    # a class name longer than this is shortened in the printed table (JSON keeps it whole)
+
+
+def _cell(name: str) -> str:
+    """A class name for one cell of the printed table: one line, at most NAME_WIDTH characters."""
+    name = one_line(name)
+    return name if len(name) <= NAME_WIDTH else name[: NAME_WIDTH - 3] + "..."
+
+
 @dataclass
 class Finding:
     name: str
@@ -61,10 +70,11 @@ class CaseResult:
         head = (f"Case {one_line(self.case_id)}: {len(used)} scan(s) "
                 f"({', '.join(s.modality + (' 3D' if s.is_3d else ' 2D') for s in used)}); "
                 f"thresholds: {self.thresholds}")
-        w = max([len("diagnosis")] + [len(f.name) for f in self.ranked])
+        names = [_cell(f.name) for f in self.ranked]
+        w = max([len("diagnosis")] + [len(n) for n in names])
         lines = [head, f"  {'#':>3}  {'diagnosis':<{w}}  {'ICD-10':<7} {'prob':>6}  {'thr':>5}  positive"]
-        for i, f in enumerate(self.ranked, 1):
-            lines.append(f"  {i:>3}  {f.name:<{w}}  {(f.code or '-'):<7} {f.probability:6.3f}  "
+        for i, (f, name) in enumerate(zip(self.ranked, names), 1):
+            lines.append(f"  {i:>3}  {name:<{w}}  {(f.code or '-'):<7} {f.probability:6.3f}  "
                          f"{f.threshold:5.3f}  {'yes' if f.above_threshold else 'no'}")
         return "\n".join(lines)
 
