@@ -68,3 +68,30 @@ def test_a_very_long_class_name_is_shortened_in_the_table_not_in_json(krun, caps
 
     assert main([*args, "--json"]) == 0
     assert long in [f["name"] for f in json.loads(capsys.readouterr().out)[0]["ranked"]]
+
+
+def _client(krun, **kw):
+    from fastapi.testclient import TestClient
+
+    from raddiag.serving.app import create_app
+
+    return TestClient(create_app(krun / "krun", **kw), raise_server_exceptions=False)
+
+
+def test_the_service_refuses_more_class_names_than_its_limit_before_embedding_them(krun, monkeypatch):
+    from raddiag.serving.predict import Predictor
+
+    def no_embedding(*a, **k):
+        raise AssertionError("embedded before the count was checked")
+    monkeypatch.setattr(Predictor, "class_embeddings", no_embedding)
+    with _client(krun, max_classes=3) as c:
+        r = c.post("/predict", files={"files": ("a.png", sample_png(32), "image/png")},
+                   data={"modality": "X-ray", "classes": "a,b,c,d"})
+        assert r.status_code == 413 and "4 class names" in r.json()["detail"] and "3" in r.json()["detail"]
+        assert c.get("/health").json()["max_classes"] == 3
+
+
+def test_a_huge_unknown_modality_is_not_echoed_back_whole(krun):
+    with _client(krun) as c:
+        r = c.post("/predict", files={"files": ("a.png", sample_png(32), "image/png")}, data={"modality": "x" * 100000})
+    assert r.status_code == 422 and "unknown modality 'xxx" in r.json()["detail"] and len(r.text) < 1000

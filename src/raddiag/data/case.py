@@ -58,8 +58,9 @@ def canonical_modality(name: str, source: str | None = None) -> str:
     if key in _ALIASES:
         return _ALIASES[key]
     where = f"{source}: " if source else ""
+    shown = repr(name) if len(str(name)) <= 80 else f"{str(name)[:60]!r}... ({len(str(name))} characters)"
     raise ValueError(
-        f"{where}unknown modality {name!r}; known: {', '.join(MODALITIES)} "
+        f"{where}unknown modality {shown}; known: {', '.join(MODALITIES)} "
         "(or DICOM codes CT, MR, CR, DX, US, MG, RF, XA, NM, PT)"
     )
 
