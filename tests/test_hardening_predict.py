@@ -95,3 +95,15 @@ def test_a_huge_unknown_modality_is_not_echoed_back_whole(krun):
     with _client(krun) as c:
         r = c.post("/predict", files={"files": ("a.png", sample_png(32), "image/png")}, data={"modality": "x" * 100000})
     assert r.status_code == 422 and "unknown modality 'xxx" in r.json()["detail"] and len(r.text) < 1000
+
+
+@pytest.mark.parametrize("args, reason", [
+    (["--port", "70000"], "argument --port: must be a port number 0..65535, got 70000"),
+    (["--max-mb", "nan"], "argument --max-mb: must be a number of MB > 0, got 'nan'"),
+    (["--max-mb", "0"], "argument --max-mb: must be a number of MB > 0, got '0'"),
+    (["--max-mb", "-5"], "argument --max-mb: must be a number of MB > 0, got '-5'"),
+])
+def test_serve_refuses_a_port_or_size_limit_that_cannot_work_before_loading(krun, capsys, args, reason):
+    with pytest.raises(SystemExit) as e:
+        main(["serve", str(krun / "krun"), *args])
+    assert e.value.code == 2 and reason in capsys.readouterr().err
