@@ -107,3 +107,29 @@ def test_serve_refuses_a_port_or_size_limit_that_cannot_work_before_loading(krun
     with pytest.raises(SystemExit) as e:
         main(["serve", str(krun / "krun"), *args])
     assert e.value.code == 2 and reason in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("names, reason", [(["Pneumonia", ""], "name 2 of 2 is empty"),
+                                           (["   ", "Pneumonia"], "name 1 of 2 is empty")])
+def test_knowledge_map_refuses_an_empty_name_up_front_naming_which(monkeypatch, capsys, names, reason):
+    import raddiag.knowledge.map as kmap
+
+    def no_encoder(*a, **k):
+        raise AssertionError("the encoder was loaded before the names were checked")
+    monkeypatch.setattr(kmap, "resolve_encoder", no_encoder)
+    rc = main(["knowledge", "map", *names])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and reason in err[0]
+
+
+def test_knowledge_map_prints_each_name_on_one_short_line(monkeypatch, capsys):
+    import raddiag.knowledge.commands as kcmd
+    import raddiag.knowledge.map as kmap
+
+    monkeypatch.setattr(kmap, "resolve_encoder", lambda e: (None, "test"))
+    monkeypatch.setattr(kcmd, "_kb", lambda a: None)
+    monkeypatch.setattr(kcmd, "_print_sources", lambda kb: None)
+    monkeypatch.setattr(kmap, "suggest_codes", lambda names, **k: [[("J18", "Pneumonia", 0.9)] for _ in names])
+    assert main(["knowledge", "map", "a\nb", "pneumonia " * 1000]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "a\\nb" and lines[1].startswith("  J18") and max(map(len, lines)) < 200

@@ -50,7 +50,9 @@ def skipped_text(skipped: dict[str, list[str]]) -> str:
     return f"{sum(map(len, skipped.values()))} file(s): " + "; ".join(f"{k}: {names(v)}" for k, v in skipped.items())
 
 
-def one_line(text) -> str:
+def one_line(text, limit: int | None = None) -> str:
     """``text`` with its control characters escaped ("\\n", "\\t"): a file or folder name holding
-    a newline must not break a one-line message or a row of a printed table."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+    a newline must not break a one-line message or a row of a printed table. With ``limit``, at
+    most that many characters ("..." ends a shortened one)."""
+    out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+    return out if limit is None or len(out) <= limit else out[: limit - 3] + "..."

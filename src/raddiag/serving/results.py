@@ -16,8 +16,7 @@ NAME_WIDTH = 60    # a class name longer than this is shortened in the printed t
 
 def _cell(name: str) -> str:
     """A class name for one cell of the printed table: one line, at most NAME_WIDTH characters."""
-    name = one_line(name)
-    return name if len(name) <= NAME_WIDTH else name[: NAME_WIDTH - 3] + "..."
+    return one_line(name, NAME_WIDTH)
 
 
 @dataclass
