@@ -133,3 +133,18 @@ def test_knowledge_map_prints_each_name_on_one_short_line(monkeypatch, capsys):
     assert main(["knowledge", "map", "a\nb", "pneumonia " * 1000]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "a\\nb" and lines[1].startswith("  J18") and max(map(len, lines)) < 200
+
+
+def test_the_table_says_how_many_scans_the_run_s_scan_caps_left_out(krun, tmp_path):
+    import numpy as np
+
+    from raddiag.serving.predict import Predictor
+
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        np.save(tmp_path / f"{i}.npy", rng.random((32, 32, 4), dtype=np.float32))
+    res = Predictor.load(krun / "krun").predict(str(tmp_path), modality="CT", top=1)
+    kept = sum(s.used for s in res.scans)
+    assert kept < 12 and len(res.scans) == 12
+    assert f"{kept} scan(s) (" in str(res) and f"{12 - kept} more left out by the run's scan caps" in str(res)
+    assert "left out" not in str(Predictor.load(krun / "krun").predict(str(tmp_path / "0.npy"), modality="CT"))

@@ -68,7 +68,9 @@ class CaseResult:
         used = [s for s in self.scans if s.used]
         head = (f"Case {one_line(self.case_id)}: {len(used)} scan(s) "
                 f"({', '.join(s.modality + (' 3D' if s.is_3d else ' 2D') for s in used)}); "
-                f"thresholds: {self.thresholds}")
+                + (f"{len(self.scans) - len(used)} more left out by the run's scan caps (data.max_scans, "
+                   "modality caps); " if len(used) < len(self.scans) else "")
+                + f"thresholds: {self.thresholds}")
         names = [_cell(f.name) for f in self.ranked]
         w = max([len("diagnosis")] + [len(n) for n in names])
         lines = [head, f"  {'#':>3}  {'diagnosis':<{w}}  {'ICD-10':<7} {'prob':>6}  {'thr':>5}  positive"]
