@@ -148,3 +148,26 @@ def test_the_table_says_how_many_scans_the_run_s_scan_caps_left_out(krun, tmp_pa
     assert kept < 12 and len(res.scans) == 12
     assert f"{kept} scan(s) (" in str(res) and f"{12 - kept} more left out by the run's scan caps" in str(res)
     assert "left out" not in str(Predictor.load(krun / "krun").predict(str(tmp_path / "0.npy"), modality="CT"))
+
+
+def test_scans_left_out_by_the_scan_caps_are_not_kept_in_memory(tmp_path):
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    make_tiny_run(tmp_path / "run", size=128, depth=16)
+    rng = np.random.default_rng(0)
+    (tmp_path / "c").mkdir()
+    for i in range(40):
+        np.save(tmp_path / "c" / f"{i}.npy", rng.random((16, 16, 4), dtype=np.float32))
+    code = ("import resource, sys\nfrom raddiag.serving.predict import Predictor\n"
+            "p = Predictor.load(sys.argv[1]); p.predict(sys.argv[2] + '/0.npy', modality='CT')\n"
+            "a = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "r = p.predict(sys.argv[2], modality='CT')\n"
+            "print(sum(s.used for s in r.scans), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - a) / 1024)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run"), str(tmp_path / "c")],
+                         capture_output=True, text=True, check=True).stdout.split()
+    used, grew_mb = int(out[0]), float(out[1])
+    per_scan_mb = 128 * 128 * 16 * 2 / 2**20                  # one preprocessed float16 scan: 0.5 MB
+    assert used < 40 and grew_mb < 15 * per_scan_mb, grew_mb    # 40 scans kept: 20 MB

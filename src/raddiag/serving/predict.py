@@ -198,8 +198,10 @@ class Predictor:
         from raddiag.data.preprocess import load_scan
 
         dc = self.cfg.data
+        picked = select_scans([{"modality": s.modality} for s in scans], dc, None)
+        keep = set(picked)        # only their arrays are kept: a folder of 1,500 images held them all
         infos, arrays = [], []
-        for s in scans:
+        for j, s in enumerate(scans):
             profile: dict = {}
             window = window_for(s.modality, s.anatomy, dc.window, dc.windows)
             arr, key, _ = load_scan(s, dc.size, dc.depth, window, self.limits, profile)
@@ -207,8 +209,7 @@ class Predictor:
             is_3d = bool(s.is_3d) if s.is_3d is not None else arr.shape[0] > 1
             infos.append(ScanInfo(id=s.id or Path(s.paths[0]).name, paths=list(s.paths), modality=s.modality,
                                   is_3d=is_3d, slices=int(arr.shape[0]), key_slice=int(key), used=False))
-            arrays.append(arr)
-        picked = select_scans([{"modality": i.modality} for i in infos], dc, None)
+            arrays.append(arr if j in keep else None)
         per_mod: dict[str, int] = defaultdict(int)
         items = []
         for j in picked:
