@@ -236,3 +236,54 @@ def test_validation_cases_that_are_also_test_cases_are_warned_of(tmp_path, capsy
     other = _npz(tmp_path / "val2.npz", seed=1, case_ids=np.array([f"v{i}" for i in range(40)]))
     assert _metrics(tmp_path, "--pred", pred, "--val", other, "--n-boot", "0") == 0
     assert "also in" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--val-split", "--split"])
+def test_a_misspelled_split_is_refused_up_front_naming_the_valid_ones(tmp_path, capsys, monkeypatch, flag):
+    import raddiag.models
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the split was checked")
+    monkeypatch.setattr(raddiag.models, "load_model", no_model)
+    rc = main(["evaluate", str(tmp_path / "run"), "--data", str(tmp_path), flag, "vall", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert f"{flag} 'vall'" in err[0] and "train, val, test" in err[0]
+
+
+@pytest.mark.parametrize("content, expected", [
+    ([{"name": "a"}, {"name": "b"}, {"name": "c"}], "a JSON object with 'classes', got a list"),
+    ({"classes": [1, 2, 3]}, "class 0 is 1, not an object with a 'name'"),
+    ({"classes": {"a": 1}}, "'classes' must be a list of objects with a 'name', got an object"),
+    ({"classes": [{"name": "a"}, "b", {"name": "c"}]}, "class 1 is 'b', not an object with a 'name'"),
+])
+def test_a_label_space_of_the_wrong_shape_is_one_line_naming_the_file_and_what_was_expected(
+        tmp_path, capsys, content, expected):
+    (tmp_path / "ls.json").write_text(json.dumps(content))
+    rc = _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz"), "--labels", str(tmp_path / "ls.json"), "--n-boot", "0")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "ls.json: not a readable label space" in err[0]
+    assert expected in err[0] and "TypeError" not in err[0] and "KeyError" not in err[0]
+    if isinstance(content, dict):     # data prepare --label-space reads the same file the same way
+        from raddiag.data.commands import _load_label_space
+
+        with pytest.raises(ValueError, match=f"ls.json: not a readable label space.*{expected}"):
+            _load_label_space(str(tmp_path / "ls.json"))
+
+
+@pytest.mark.parametrize("command", ["metrics", "evaluate"])
+@pytest.mark.parametrize("below", [False, True])
+def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys, monkeypatch, command, below):
+    import raddiag.evaluation.engine
+
+    def no_work(*a, **k):
+        raise AssertionError("computed before --out was checked")
+    monkeypatch.setattr(raddiag.evaluation.engine, "evaluate_predictions", no_work)
+    (tmp_path / "afile").write_text("keep me")
+    out = tmp_path / "afile" / "sub" if below else tmp_path / "afile"
+    args = (["metrics", "--pred", _npz(tmp_path / "p.npz")] if command == "metrics"
+            else ["evaluate", str(tmp_path / "run"), "--data", str(tmp_path)])
+    rc = main([*args, "--out", str(out), "--n-boot", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and f"{tmp_path / 'afile'}: is a file, not a folder" in err[0]
+    assert (tmp_path / "afile").read_text() == "keep me"

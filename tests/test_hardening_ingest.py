@@ -91,3 +91,17 @@ def test_a_case_labelled_normal_and_a_disorder_is_warned_of(tmp_path):
         res = load_source("manifest", _manifest(tmp_path / "m.jsonl", records))
     space = LabelSpace.from_cases(res.cases)
     assert space.case_labels(res.cases[0]) == ["Pneumonia"]             # read as abnormal, as the warning says
+
+
+def test_the_python_route_merges_label_spellings_and_warns_of_normal_with_a_disorder(tmp_path):
+    from raddiag.data.case import read_manifest
+    from raddiag.data.errors import InputWarning
+
+    records = [_case("c1", ["Pneumonia"]), _case("c2", ["pneumonia "]), _case("c3", ["Pneumonia"]),
+               _case("c4", ["Normal", "Edema"])]
+    with pytest.warns(InputWarning) as caught:
+        cases = list(read_manifest(_manifest(tmp_path / "m.jsonl", records)))
+    said = [str(w.message) for w in caught]
+    assert [c.labels for c in cases[:3]] == [["Pneumonia"]] * 3
+    assert len([m for m in said if "spelled" in m and "m.jsonl" in m]) == 1
+    assert len([m for m in said if "labelled Normal and a disorder (e.g. 'c4')" in m]) == 1

@@ -105,3 +105,32 @@ def test_zeroshot_from_shards_equals_the_prepared_folder(run_and_target):
     for mode in ("mapping", "normal"):
         assert got[mode] == want[mode]
     assert got["text"]["all"] == want["text"]["all"]
+
+
+def test_a_mapping_file_with_a_bom_is_read_and_links_that_are_no_names_are_refused(tmp_path):
+    target = LabelSpace(names=["Normal", "Tumour"])
+    p = tmp_path / "map.json"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps({"Tumour": ["Glioma"]}).encode())
+    assert load_mapping(p, SOURCE, target) == {"Tumour": ["Glioma"]}
+    for bad in ({"Tumour": 5}, {"Tumour": [["Glioma"]]}, {"Tumour": None}):
+        p.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=r"map.json: 'Tumour' must link to a source class name or a list of them"):
+            load_mapping(p, SOURCE, target)
+    p.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(ValueError, match=r"map.json: cannot read the class mapping"):
+        load_mapping(p, SOURCE, target)
+
+
+def test_a_bad_mapping_file_or_out_is_refused_before_any_prediction(run_and_target, monkeypatch):
+    import raddiag.inference
+
+    def no_prediction(*a, **k):
+        raise AssertionError("predicted before the mapping file was checked")
+    monkeypatch.setattr(raddiag.inference, "predict_dataset", no_prediction)
+    run, target, tmp = run_and_target
+    (tmp / "bad.json").write_text(json.dumps({"Nope": ["Glioma"]}))
+    with pytest.raises(ValueError, match=r"bad.json: target class 'Nope'"):
+        zeroshot(run, target, tmp / "out-bad", modes=["mapping"], mapping=tmp / "bad.json")
+    (tmp / "afile").write_text("keep")
+    with pytest.raises(ValueError, match=r"afile: is a file, not a folder"):
+        zeroshot(run, target, tmp / "afile", modes=["mapping"])

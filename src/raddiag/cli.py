@@ -109,6 +109,14 @@ positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 
 
+def port_arg(text: str) -> int:
+    """argparse type: a TCP port, 0..65535 (0: any free one)."""
+    value = non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 0..65535, got {value}")
+    return value
+
+
 def device_arg(text: str) -> str:
     """argparse type: a torch device this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
     if text == "cpu":
@@ -138,7 +146,9 @@ def _check_arguments(parser: argparse.ArgumentParser) -> None:
     argparse line rather than a hang or a traceback deep in torch."""
     for p in (parser, *_sub_commands(parser)):
         for action in p._actions:
-            if action.type is int:
+            if action.type is int and action.dest == "port":
+                action.type = port_arg
+            elif action.type is int:
                 action.type = non_negative_int if action.dest in ZERO_ALLOWED else positive_int
             elif action.dest == "device" and action.type is None:
                 action.type = device_arg

@@ -14,6 +14,14 @@ from typing import Any, Iterable, Iterator, Optional
 NORMAL = "Normal"
 SPLITS = ("train", "val", "test")
 
+
+def check_split(name: str, what: str = "split") -> str:
+    """``name`` when it is one of :data:`SPLITS`, else ValueError naming ``what`` and the valid ones."""
+    if name not in SPLITS:
+        raise ValueError(f"{what} {name!r}: no such split; use one of {', '.join(SPLITS)}")
+    return name
+
+
 # Canonical modality names, in the order of the paper's Figure 2a, and the aliases
 # (DICOM Modality codes included) that map onto them. Matching is case-insensitive.
 MODALITIES = [
@@ -50,8 +58,9 @@ def canonical_modality(name: str, source: str | None = None) -> str:
     if key in _ALIASES:
         return _ALIASES[key]
     where = f"{source}: " if source else ""
+    shown = repr(name) if len(str(name)) <= 80 else f"{str(name)[:60]!r}... ({len(str(name))} characters)"
     raise ValueError(
-        f"{where}unknown modality {name!r}; known: {', '.join(MODALITIES)} "
+        f"{where}unknown modality {shown}; known: {', '.join(MODALITIES)} "
         "(or DICOM codes CT, MR, CR, DX, US, MG, RF, XA, NM, PT)"
     )
 
@@ -160,12 +169,15 @@ def _name_list(value) -> list[str]:
 
 def read_manifest(path: str | Path) -> Iterator[Case]:
     """Cases from a JSON Lines manifest (blank lines and ``#`` comments allowed), checked
-    against the schema first (:func:`raddiag.data.schema.validate_manifest`)."""
+    against the schema first (:func:`raddiag.data.schema.validate_manifest`); labels settled as
+    ``data prepare`` settles them (:func:`raddiag.data.adapters.base.settle_labels`)."""
+    from raddiag.data.adapters.base import settle_labels
     from raddiag.data.schema import validate_manifest
 
     path = Path(path)
-    for where, record in validate_manifest(path):
-        yield Case.from_dict(record, base=path.parent, source=where)
+    cases = [Case.from_dict(record, base=path.parent, source=where) for where, record in validate_manifest(path)]
+    settle_labels(cases, path)
+    yield from cases
 
 
 def write_manifest(cases: Iterable[Case], path: str | Path) -> int:

@@ -125,8 +125,13 @@ def _load_label_space(path: str):
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: label space file does not exist")
-    d = json.loads(p.read_text(encoding="utf-8-sig"))
-    return LabelSpace.from_dict(d) if isinstance(d, dict) and "classes" in d else LabelSpace.from_release(p)
+    try:
+        d = json.loads(p.read_text(encoding="utf-8-sig"))
+    except ValueError:
+        d = None
+    if d is None or (isinstance(d, dict) and "classes" in d):
+        return LabelSpace.load(p)                      # names the file and the reason
+    return LabelSpace.from_release(p)
 
 
 def unknown_labels(cases, label_space) -> dict[str, list[str]]:

@@ -21,6 +21,18 @@ class OutputExists(FileExistsError, ValueError):
     A ValueError too, so that every command reports it as bad input, in one line."""
 
 
+def check_out_folder(path) -> None:
+    """Refuse, before any work, an output folder that is a file or lies below one (OutputExists
+    naming that file): found only when writing, it cost a whole run's computing."""
+    from pathlib import Path
+
+    for p in (Path(path), *Path(path).parents):
+        if p.exists():
+            if not p.is_dir():
+                raise OutputExists(f"{p}: is a file, not a folder")
+            return
+
+
 class InputWarning(UserWarning):
     """A note about an input that the user must see (the CLI shows each as one line): a scan's
     values unlike the training scans', files of a case folder that were skipped."""
@@ -38,7 +50,9 @@ def skipped_text(skipped: dict[str, list[str]]) -> str:
     return f"{sum(map(len, skipped.values()))} file(s): " + "; ".join(f"{k}: {names(v)}" for k, v in skipped.items())
 
 
-def one_line(text) -> str:
+def one_line(text, limit: int | None = None) -> str:
     """``text`` with its control characters escaped ("\\n", "\\t"): a file or folder name holding
-    a newline must not break a one-line message or a row of a printed table."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+    a newline must not break a one-line message or a row of a printed table. With ``limit``, at
+    most that many characters ("..." ends a shortened one)."""
+    out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+    return out if limit is None or len(out) <= limit else out[: limit - 3] + "..."

@@ -50,6 +50,26 @@ def _count(name: str, value) -> int:
     return c
 
 
+def _json_kind(v) -> str:
+    """What a JSON value is, in words: "a list", "an object", "a number", ..."""
+    kinds = ((bool, "a boolean"), (dict, "an object"), (list, "a list"), (str, "a string"), ((int, float), "a number"))
+    return next((w for t, w in kinds if isinstance(v, t)), "null")
+
+
+def _classes_of(d) -> list[dict]:
+    """The ``classes`` of a label space dict, its shape checked: ValueError saying what was expected."""
+    if not isinstance(d, dict) or "classes" not in d:
+        got = _json_kind(d) if not isinstance(d, dict) else "an object without 'classes'"
+        raise ValueError(f"label space: expected a JSON object with 'classes', got {got}")
+    classes = d["classes"]
+    if not isinstance(classes, list):
+        raise ValueError(f"label space: 'classes' must be a list of objects with a 'name', got {_json_kind(classes)}")
+    for i, c in enumerate(classes):
+        if not isinstance(c, dict) or "name" not in c:
+            raise ValueError(f"label space: class {i} is {c!r}, not an object with a 'name'")
+    return classes
+
+
 @dataclass
 class LabelSpace:
     names: list[str]
@@ -213,7 +233,7 @@ class LabelSpace:
 
     @classmethod
     def from_dict(cls, d: dict) -> "LabelSpace":
-        classes = d["classes"]
+        classes = _classes_of(d)
         # a class without a threshold uses DEFAULT_THRESHOLD (threshold_values); none at all: None
         thr = [c.get("threshold") for c in classes] if any("threshold" in c for c in classes) else None
         return cls(
@@ -237,5 +257,10 @@ class LabelSpace:
             raise FileNotFoundError(f"{path}: label space file does not exist")
         try:
             return cls.from_dict(json.loads(path.read_text(encoding="utf-8-sig")))   # -sig: a BOM is skipped
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:   # JSON, UTF-8 or field errors
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not a readable label space: not JSON ({exc})") from None
+        except ValueError as exc:                                        # UTF-8, shape or field errors
+            reason = str(exc).removeprefix("label space: ")
+            raise ValueError(f"{path}: not a readable label space: {reason}") from None
+        except (TypeError, KeyError, AttributeError) as exc:   # pragma: no cover - _classes_of checks the shape
             raise ValueError(f"{path}: not a readable label space ({type(exc).__name__}: {exc})") from None

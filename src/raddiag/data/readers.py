@@ -96,8 +96,20 @@ def open_file(path: str | Path, limits: Limits = DEFAULT_LIMITS, plane: Optional
     except ScanError:
         raise
     except Exception as exc:  # corrupt / truncated files: name the file and the reason
-        raise ScanError(path, f"cannot be read ({type(exc).__name__}: {exc})") from None
+        raise ScanError(path, read_failure(exc)) from None
     raise ScanError(path, f"unsupported file type {path.suffix!r}")
+
+
+def read_failure(exc: Exception) -> str:
+    """The reason a file could not be read, in words where Python's would repeat the file name."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, FileNotFoundError):
+        return "cannot be read: the file was removed or renamed while it was read"
+    if isinstance(exc, UnidentifiedImageError):
+        return ("cannot be read: not an image Pillow can decode (a damaged file, or another type under an "
+                "image's extension)")
+    return f"cannot be read ({type(exc).__name__}: {exc})"
 
 
 def _check_dtype(path, dtype: np.dtype) -> None:
@@ -289,7 +301,7 @@ def _npz_item(spec: str, limits: Limits) -> Volume:
     except ScanError:
         raise
     except Exception as exc:
-        raise ScanError(file, f"cannot be read ({type(exc).__name__}: {exc})") from None
+        raise ScanError(file, read_failure(exc)) from None
     if vol.ndim == 4 and vol.shape[-1] == 1:
         vol = vol[..., 0]
     if vol.ndim == 3 and vol.shape[-1] == 3 and vol.shape[0] != 3:   # 2D RGB MedMNIST

@@ -30,7 +30,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from raddiag.data.case import Case, Scan
-from raddiag.data.errors import OutputExists, ScanError
+from raddiag.data.errors import OutputExists, ScanError, check_out_folder
 from raddiag.data.labels import LabelSpace
 from raddiag.data.preprocess import load_scan
 from raddiag.data.volume import DEFAULT_LIMITS, Limits
@@ -128,8 +128,7 @@ def prepare_cases(
     window = list(parse_window(window)) if window is not None else None
     windows = check_windows(windows)
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise OutputExists(f"{out}: is a file, not a folder")
+    check_out_folder(out)
     if (out / "meta.json").exists() and not overwrite:
         raise OutputExists(f"{out}: holds a prepared dataset already; pass --overwrite (overwrite=True) "
                               "to replace it")

@@ -157,9 +157,11 @@ def _evaluate(args) -> int:
 def _metrics(args) -> int:
     from pathlib import Path
 
+    from raddiag.data.errors import check_out_folder
     from raddiag.data.labels import LabelSpace
     from raddiag.evaluation.engine import evaluate_predictions
 
+    check_out_folder(args.out)
     written = Path(args.out) / "predictions.npz"
     for given in filter(None, (args.pred, args.val)):
         if written.exists() and written.resolve() == Path(given).resolve():

@@ -30,15 +30,24 @@ def evaluate_run(run_dir, data_dir, split: str = "test", out_dir=None, val_split
     and run :func:`raddiag.evaluation.evaluate_predictions`; outputs go to ``out_dir``
     (default ``RUN/eval-<split>``). With ``store_thresholds`` the validation thresholds are
     written into the run's ``label_space.json``."""
+    from raddiag.data.case import check_split
+    from raddiag.data.errors import check_out_folder
     from raddiag.models import load_model
     from raddiag.models.fastpath import prepare_for_inference
     from raddiag.run import resolve_run
 
     from .engine import evaluate_predictions
 
+    check_split(split, "--split")
+    if val_split:
+        check_split(val_split, "--val-split")   # a typo must not fall back to thresholds chosen on test
+    if out_dir is not None:
+        check_out_folder(out_dir)      # before any work: a file there was found only when writing
     run = resolve_run(run_dir)
     if not Path(data_dir).exists():
         raise FileNotFoundError(f"{data_dir}: prepared dataset (or shard) folder does not exist")
+    out_dir = Path(out_dir) if out_dir is not None else run.root / f"eval-{split}"
+    check_out_folder(out_dir)
     model, cfg, labels = load_model(run, device=device)
     model = prepare_for_inference(model.eval())     # the fast path: same scores, less time
     test = predict_split(model, cfg, labels, data_dir, split, batch_size, device, progress)
@@ -48,7 +57,6 @@ def evaluate_run(run_dir, data_dir, split: str = "test", out_dir=None, val_split
             val = predict_split(model, cfg, labels, data_dir, val_split, batch_size, device, progress)
         except ValueError as exc:  # no cases in that split
             log.warning("no validation predictions (%s); thresholds fall back", exc)
-    out_dir = Path(out_dir) if out_dir is not None else run.root / f"eval-{split}"
     anatomy = test["anatomy"] if any(a for a in test["anatomy"]) else None
     res = evaluate_predictions(test["scores"], test["labels"], labels,
                                val_scores=None if val is None else val["scores"],

@@ -134,8 +134,10 @@ def _map(a: argparse.Namespace) -> int:
 
     import sys
 
-    from raddiag.knowledge.map import resolve_encoder, suggest_codes
+    from raddiag.data.errors import one_line
+    from raddiag.knowledge.map import check_names, resolve_encoder, suggest_codes
 
+    check_names(a.names)                        # before the encoder and the knowledge base load
     encoder, which = resolve_encoder(a.encoder)
     print(f"encoder: {which}", file=sys.stderr)
     kb = _kb(a)
@@ -146,7 +148,7 @@ def _map(a: argparse.Namespace) -> int:
                           for n, r in zip(a.names, res)}, indent=1))
         return 0
     for name, r in zip(a.names, res):
-        print(name)
+        print(one_line(name, 120))
         for c, d, s in r:
             print(f"  {c:<6} {s:6.3f}  {d}")
     return 0

@@ -272,6 +272,15 @@ class CodeIndex:
 _INDEX_CACHE: dict[tuple, CodeIndex] = {}
 
 
+def check_names(names: list[str]) -> None:
+    """Refuse no names, or a name that is not text or is empty / only spaces, naming which."""
+    if not names:
+        raise ValueError("no disorder names to map")
+    for i, n in enumerate(names, 1):
+        if not isinstance(n, str) or not n.strip():
+            raise ValueError(f"disorder name {i} of {len(names)} is empty (or only spaces): {n!r}")
+
+
 def suggest_codes(names: list[str], top: int = 5, encoder: Optional[TextEncoder] = None,
                   kb: Optional[KnowledgeBase] = None, lexical_weight: Optional[float] = None,
                   progress: bool = False) -> list[list[tuple[str, str, float]]]:
@@ -279,8 +288,7 @@ def suggest_codes(names: list[str], top: int = 5, encoder: Optional[TextEncoder]
     ``(code, description, score)``, best first."""
     if isinstance(names, str):
         names = [names]
-    if not names or any(not isinstance(n, str) or not n.strip() for n in names):
-        raise ValueError("suggest_codes needs non-empty names")
+    check_names(names)
     if top < 1:
         raise ValueError(f"top must be >= 1, got {top}")
     if encoder is None:

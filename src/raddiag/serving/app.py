@@ -72,8 +72,10 @@ def _strip(text: str, case_dir: Path) -> str:
 
 
 def create_app(run_dir, max_files: int = 64, max_bytes: int = 256 << 20, device: str = "cpu",
-               predictor=None) -> FastAPI:
-    """The service for one run folder (``predictor``: an already loaded :class:`Predictor`)."""
+               predictor=None, max_classes: int = 256) -> FastAPI:
+    """The service for one run folder (``predictor``: an already loaded :class:`Predictor`).
+    ``max_classes`` bounds the new class names of one request: each is embedded by the text
+    encoder under the predictor's lock (2,000 names held it for 40 s on 2 CPUs)."""
     from raddiag import __version__
     from raddiag.serving.predict import Predictor, canonical_modalities
 
@@ -86,7 +88,7 @@ def create_app(run_dir, max_files: int = 64, max_bytes: int = 256 << 20, device:
                               "(DICOM, NIfTI, NPY, PNG/JPEG files, or one zip of them) to `/predict`, or to `/embed` "
                               "for its features.")
     app.state.predictor = pred
-    app.state.limits = {"max_files": max_files, "max_bytes": max_bytes}
+    app.state.limits = {"max_files": max_files, "max_bytes": max_bytes, "max_classes": max_classes}
     app.add_middleware(BodyLimit, limit=max_bytes + MULTIPART_SLACK)
 
     def on_upload(files, modality, case_id, run):
@@ -163,6 +165,9 @@ def create_app(run_dir, max_files: int = 64, max_bytes: int = 256 << 20, device:
         names = None
         if classes and classes.strip():
             names = [c.strip() for c in classes.replace("\n", ",").split(",") if c.strip()]
+            if len(names) > max_classes:
+                raise HTTPException(413, f"{len(names)} class names, over the limit of {max_classes} a request "
+                                         "(raddiag serve --max-classes)")
         return on_upload(files, modality, case_id, lambda case_dir, mod: pred.predict(
             str(case_dir), modality=mod, top=top, classes=names, saliency=True if saliency else None,
             saliency_class=saliency_class or None))

@@ -29,6 +29,19 @@ def _add_inputs(p) -> None:
     add_window_option(p, "instead of the run's (default: the windows its training data were prepared with)")
 
 
+def megabytes(text: str) -> float:
+    """argparse type: a finite number of MB > 0 (0, negative or NaN refused every upload, or crashed)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of MB > 0, got {text!r}")
+    return value
+
+
 def register(sub) -> None:
     p = sub.add_parser("predict", help="ranked diagnoses for case folders / files, a manifest or a prepared dataset",
                        description="Predict one or more cases. " + CASES_HELP + " With --out the rows go to a "
@@ -67,7 +80,9 @@ def register(sub) -> None:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--max-files", type=int, default=64, help="files per upload (default 64)")
-    s.add_argument("--max-mb", type=float, default=256.0, help="upload size limit in MB (default 256)")
+    s.add_argument("--max-mb", type=megabytes, default=256.0, help="upload size limit in MB (default 256)")
+    s.add_argument("--max-classes", type=int, default=256,
+                   help="new class names (form field classes) per request (default 256)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--single-name", action="store_true",
                    help="new class names: embed each name alone, not the mean of its prompt set")
@@ -222,7 +237,7 @@ def _serve(args: argparse.Namespace) -> int:
     from raddiag.serving.app import create_app
 
     app = create_app(args.run, max_files=args.max_files, max_bytes=int(args.max_mb * 1024 * 1024),
-                     device=args.device)
+                     device=args.device, max_classes=args.max_classes)
     app.state.predictor.prompt_sets = not args.single_name
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

@@ -113,6 +113,27 @@ def _split_cases(inputs) -> tuple[list, bool]:
 
 
 # -- the predictor ---------------------------------------------------------------------------
+def check_class_names(classes: Sequence) -> list[str]:
+    """``classes`` stripped, or ValueError naming the first one at fault: empty, holding a control
+    character, or given twice (spellings that differ only in letter case, spaces or Unicode form
+    are one class, as ``data prepare`` makes them one)."""
+    from raddiag.data.adapters.base import label_key
+    from raddiag.data.errors import one_line
+
+    names, seen = [str(c).strip() for c in classes], {}
+    for i, n in enumerate(names, 1):
+        where = f"classes (--classes): class name {i} of {len(names)}"
+        if not n:
+            raise ValueError(f"{where} is empty")
+        if not n.isprintable():
+            raise ValueError(f"{where} ({one_line(repr(n))[:80]}) holds a control character (a newline, a tab)")
+        first = seen.setdefault(label_key(n), i)
+        if first != i:
+            same = "" if names[first - 1] == n else f": {names[first - 1]!r} differs only in letter case, spaces or Unicode form"
+            raise ValueError(f"classes (--classes): {n[:80]!r} is given twice (names {first} and {i}{same})")
+    return names
+
+
 class Predictor:
     """A trained run folder ready for inference. Thread-safe (one forward at a time).
 
@@ -177,8 +198,10 @@ class Predictor:
         from raddiag.data.preprocess import load_scan
 
         dc = self.cfg.data
+        picked = select_scans([{"modality": s.modality} for s in scans], dc, None)
+        keep = set(picked)        # only their arrays are kept: a folder of 1,500 images held them all
         infos, arrays = [], []
-        for s in scans:
+        for j, s in enumerate(scans):
             profile: dict = {}
             window = window_for(s.modality, s.anatomy, dc.window, dc.windows)
             arr, key, _ = load_scan(s, dc.size, dc.depth, window, self.limits, profile)
@@ -186,8 +209,7 @@ class Predictor:
             is_3d = bool(s.is_3d) if s.is_3d is not None else arr.shape[0] > 1
             infos.append(ScanInfo(id=s.id or Path(s.paths[0]).name, paths=list(s.paths), modality=s.modality,
                                   is_3d=is_3d, slices=int(arr.shape[0]), key_slice=int(key), used=False))
-            arrays.append(arr)
-        picked = select_scans([{"modality": i.modality} for i in infos], dc, None)
+            arrays.append(arr if j in keep else None)
         per_mod: dict[str, int] = defaultdict(int)
         items = []
         for j in picked:
@@ -421,9 +443,7 @@ class Predictor:
                 raise ValueError("scoring new class names (--classes) needs a run trained with the "
                                  "knowledge-guided head (model.head=knowledge); this run uses "
                                  f"model.head={self.cfg.model.head}")
-            names = [str(c).strip() for c in classes]
-            if any(not n for n in names) or len(set(names)) != len(names):
-                raise ValueError(f"class names must be non-empty and distinct: {names}")
+            names = check_class_names(classes)
             from raddiag.knowledge.negation import scoring_texts
 
             texts, flip = scoring_texts(names)       # "Non-X" is scored as 1 - p(X): threshold 1 - t(X)

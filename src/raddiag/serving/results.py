@@ -11,6 +11,14 @@ import numpy as np
 from raddiag.data.errors import one_line
 
 
+NAME_WIDTH = 60    # a class name longer than this is shortened in the printed table (JSON keeps it whole)
+
+
+def _cell(name: str) -> str:
+    """A class name for one cell of the printed table: one line, at most NAME_WIDTH characters."""
+    return one_line(name, NAME_WIDTH)
+
+
 @dataclass
 class Finding:
     name: str
@@ -60,11 +68,14 @@ class CaseResult:
         used = [s for s in self.scans if s.used]
         head = (f"Case {one_line(self.case_id)}: {len(used)} scan(s) "
                 f"({', '.join(s.modality + (' 3D' if s.is_3d else ' 2D') for s in used)}); "
-                f"thresholds: {self.thresholds}")
-        w = max([len("diagnosis")] + [len(f.name) for f in self.ranked])
+                + (f"{len(self.scans) - len(used)} more left out by the run's scan caps (data.max_scans, "
+                   "modality caps); " if len(used) < len(self.scans) else "")
+                + f"thresholds: {self.thresholds}")
+        names = [_cell(f.name) for f in self.ranked]
+        w = max([len("diagnosis")] + [len(n) for n in names])
         lines = [head, f"  {'#':>3}  {'diagnosis':<{w}}  {'ICD-10':<7} {'prob':>6}  {'thr':>5}  positive"]
-        for i, f in enumerate(self.ranked, 1):
-            lines.append(f"  {i:>3}  {f.name:<{w}}  {(f.code or '-'):<7} {f.probability:6.3f}  "
+        for i, (f, name) in enumerate(zip(self.ranked, names), 1):
+            lines.append(f"  {i:>3}  {name:<{w}}  {(f.code or '-'):<7} {f.probability:6.3f}  "
                          f"{f.threshold:5.3f}  {'yes' if f.above_threshold else 'no'}")
         return "\n".join(lines)
 

@@ -100,21 +100,33 @@ def load_mapping(path: str | Path, source: LabelSpace, target: LabelSpace) -> di
     """A JSON object ``{target class: [source class, ...]}``, every name checked."""
     path = Path(path)
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))        # -sig: a BOM is skipped
+    except (OSError, ValueError) as exc:                                # JSON or UTF-8 errors
         raise ValueError(f"{path}: cannot read the class mapping ({exc})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a JSON object of target class -> list of source classes")
     for t, links in raw.items():
         if t not in target:
             raise ValueError(f"{path}: target class {t!r} is not in the target label space")
-        for s in [links] if isinstance(links, str) else links:
+        links = [links] if isinstance(links, str) else links
+        if not isinstance(links, list) or not all(isinstance(s, str) for s in links):
+            raise ValueError(f"{path}: {t!r} must link to a source class name or a list of them, got {links!r}")
+        for s in links:
             if s not in source:
                 raise ValueError(f"{path}: source class {s!r} (for {t!r}) is not in the model's label space")
             if negation.contradicts(t, s):
                 raise ValueError(f"{path}: target class {t!r} is linked to {s!r}, but one negates the other "
                                  "(scored as the same class, their cases would be swapped); remove the link")
     return {t: [v] if isinstance(v, str) else list(v) for t, v in raw.items()}
+
+
+def _links(mapping, source: LabelSpace, target: LabelSpace) -> dict[str, list[str]]:
+    """The mapping mode's links: given as a dict, read from a file (checked), or suggested."""
+    if isinstance(mapping, dict):
+        return mapping
+    if mapping is not None:
+        return load_mapping(mapping, source, target)
+    return suggest_mapping(source, target)
 
 
 def mapped_margins(scores: np.ndarray, thresholds: np.ndarray, links: Sequence[Sequence[int]]) -> np.ndarray:
@@ -137,6 +149,7 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
     ``zeroshot.json`` (and the mapping used) into ``out_dir`` and returns the results. The text
     mode scores each class the run was not trained on by the mean embedding of its prompt set
     (:func:`raddiag.knowledge.embed.prompt_set`), or by its name alone with ``prompts=False``."""
+    from raddiag.data.errors import check_out_folder
     from raddiag.data.shards import ShardData, open_training_data, split_dataset
     from raddiag.evaluation.metrics import per_class_metrics
     from raddiag.inference import predict_dataset
@@ -147,6 +160,7 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
         if m not in MODES:
             raise ValueError(f"unknown zero-shot mode {m!r}; choose from {MODES}")
     out = Path(out_dir)
+    check_out_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     run = resolve_run(run_dir)
     model, cfg, source = load_model(run)
@@ -154,16 +168,11 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
     target = data.label_space(cfg.data.granularity)
     ds = split_dataset(data, split, target, cfg.data)
     results: dict = {"run": str(run_dir), "data": str(data_dir), "split": split, "n_cases": len(ds)}
+    links = _links(mapping, source, target) if "mapping" in modes else None   # checked before predicting
     need_source_scores = any(m in modes for m in ("mapping", "normal"))
     preds = predict_dataset(model, ds, batch_size, progress=progress, desc="zero-shot") if need_source_scores else None
 
     if "mapping" in modes:
-        if isinstance(mapping, dict):
-            links = mapping
-        elif mapping is not None:
-            links = load_mapping(mapping, source, target)
-        else:
-            links = suggest_mapping(source, target)
         thr = source.threshold_values()[0]
         if source.thresholds is None:
             results["mapping_note"] = "the run has no validation thresholds; 0.5 used for every source class"

@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Callable
 
 from raddiag.data.adapters.base import (AdapterResult, carve_val, map_label, merge_label_spellings, parse_list,
-                                        spellings_text)
+                                        settle_labels, spellings_text)
 from raddiag.data.adapters.brain_tumor_mri import load_brain_tumor_mri
 from raddiag.data.adapters.chest_xray_pneumonia import load_chest_xray_pneumonia
 from raddiag.data.adapters.covid_chestxray import load_covid_chestxray
 from raddiag.data.adapters.manifest import load_manifest
 from raddiag.data.adapters.medmnist3d import load_medmnist3d
 from raddiag.data.adapters.rp3d import load_rp3d
-from raddiag.data.case import NORMAL
 
 ADAPTERS: dict[str, Callable[..., AdapterResult]] = {
     "rp3d": load_rp3d,
@@ -43,16 +42,7 @@ def load_source(fmt: str, source: str | Path, **opts) -> AdapterResult:
     result = fn(source, **{k: v for k, v in opts.items() if k in params and v is not None})
     if not result.cases:
         raise ValueError(f"{source}: holds no cases for --format {fmt} (an empty file, or a header and no rows)")
-    from raddiag.data.errors import InputWarning
-
-    merged = merge_label_spellings(result.cases)
-    if merged:
-        warnings.warn(f"{source}: {spellings_text(merged)}", InputWarning, stacklevel=2)
-    both = [c.id for c in result.cases if NORMAL in c.labels and len(c.labels) > 1]
-    if both:
-        eg = ", ".join(map(repr, both[:3]))
-        warnings.warn(f"{source}: {len(both)} case(s) are labelled Normal and a disorder (e.g. {eg}): read as "
-                      "abnormal, with the disorder(s) only", InputWarning, stacklevel=2)
+    settle_labels(result.cases, source)
     return result
 
 

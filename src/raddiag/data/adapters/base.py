@@ -4,6 +4,7 @@ from __future__ import annotations
 import ast
 import random
 import unicodedata
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -76,6 +77,11 @@ def _clean(label: str) -> str:
     return " ".join(unicodedata.normalize("NFC", label).split())
 
 
+def label_key(label: str) -> str:
+    """What two spellings of one label share: NFC, whitespace collapsed, letter case folded."""
+    return _clean(label).lower()
+
+
 def merge_label_spellings(cases: Sequence[Case]) -> dict[str, list[str]]:
     """Make one class of a disorder label spelled differently across cases (letter case,
     surrounding or repeated whitespace, Unicode NFC / NFD); different words are never merged.
@@ -85,12 +91,12 @@ def merge_label_spellings(cases: Sequence[Case]) -> dict[str, list[str]]:
     raw: dict[str, dict[str, None]] = {}
     for c in cases:
         for label in c.labels:
-            key = _clean(label).lower()
+            key = label_key(label)
             seen.setdefault(key, Counter())[_clean(label)] += 1
             raw.setdefault(key, {})[label] = None
     canon = {k: NORMAL if k == NORMAL.lower() else max(v, key=v.__getitem__) for k, v in seen.items()}
     for c in cases:
-        c.labels = list(dict.fromkeys(canon[_clean(x).lower()] for x in c.labels))
+        c.labels = list(dict.fromkeys(canon[label_key(x)] for x in c.labels))
     return {canon[k]: [s for s in v if s != canon[k]] for k, v in raw.items() if list(v) != [canon[k]]}
 
 
@@ -100,3 +106,19 @@ def spellings_text(merged: dict[str, list[str]]) -> str:
     more = f"; and {len(parts) - 5} more" if len(parts) > 5 else ""
     return (f"{len(parts)} label(s) spelled more than one way (letter case, spaces, Unicode form), "
             f"each made one class: " + "; ".join(parts[:5]) + more)
+
+
+def settle_labels(cases: Sequence[Case], source) -> None:
+    """Make one class of each label spelled several ways (:func:`merge_label_spellings`) and
+    warn, naming ``source``, of that and of cases labelled both ``Normal`` and a disorder (read
+    as abnormal). Every route from a source to cases calls this: ``load_source``, ``read_manifest``."""
+    from raddiag.data.errors import InputWarning
+
+    merged = merge_label_spellings(cases)
+    if merged:
+        warnings.warn(f"{source}: {spellings_text(merged)}", InputWarning, stacklevel=3)
+    both = [c.id for c in cases if NORMAL in c.labels and len(c.labels) > 1]
+    if both:
+        eg = ", ".join(map(repr, both[:3]))
+        warnings.warn(f"{source}: {len(both)} case(s) are labelled Normal and a disorder (e.g. {eg}): read as "
+                      "abnormal, with the disorder(s) only", InputWarning, stacklevel=3)
