@@ -325,3 +325,50 @@ def test_hpo_source_merges_synonyms_and_is_counted(tmp_path, monkeypatch):
     kb = build_kb(sources=("hpo",))
     kb_module._source_records.cache_clear()
     assert kb.source_counts()["hpo"]["unavailable"] == 1
+
+
+def test_radiology_vocabulary_lands_on_icd_codes():
+    """Every term of the shipped radiology vocabulary names a code the knowledge base has (none
+    is dropped as unknown), and its eponyms find their code."""
+    from raddiag.knowledge.sources import RADIOLOGY_TERMS, radiology_records
+
+    records, counts = radiology_records()
+    assert counts["terms"] == len(records) >= 500
+    kb = build_kb(sources=("radiology",))
+    assert "unknown_code" not in kb.source_counts()["radiology"]
+    for rec in records:
+        code = rec["icd10"]
+        while kb.find(code) is None:          # a code finer than the base holds: its nearest ancestor
+            code = code[:-1].rstrip(".")
+        assert rec["term"].lower() in {t.lower() for t in kb.texts(kb.find(code).id)}, rec
+    assert counts["filed_elsewhere_by_icd"] < 0.05 * len(records)
+    assert RADIOLOGY_TERMS.with_name("README.md").is_file()
+
+
+def test_a_name_icd10cm_files_elsewhere_is_not_refiled(tmp_path):
+    """The classification's own word wins: a vocabulary name that is an ICD-10-CM text of another
+    category is left out (counted); its other names stay."""
+    from raddiag.knowledge.sources import radiology_records
+
+    f = tmp_path / "terms.jsonl"
+    f.write_text(json.dumps({"term": "Familial polyposis", "synonyms": ["Polyposis syndrome X"], "icd10": "D12.6"})
+                 + "\n" + json.dumps({"term": "Syndrome Y", "icd10": "D12.6"}) + "\n")
+    texts = {"D13.91": ["Familial polyposis (adenomatous)"], "D12.6": ["Benign neoplasm of colon, unspecified"]}
+    records, counts = radiology_records(f, texts=texts)
+    assert records == [{"term": "Polyposis syndrome X", "synonyms": [], "icd10": "D12.6"},
+                       {"term": "Syndrome Y", "synonyms": [], "icd10": "D12.6"}]
+    assert counts["filed_elsewhere_by_icd"] == 1
+
+
+def test_radiology_records_errors_name_the_file_and_line(tmp_path):
+    from raddiag.knowledge.sources import radiology_records
+
+    bad = tmp_path / "terms.jsonl"
+    bad.write_text(json.dumps({"term": "Tarlov cyst", "icd10": "G96.19"}) + "\n" + json.dumps({"icd10": "I87.1"}) + "\n")
+    with pytest.raises(ValueError, match=r"terms\.jsonl.*2.*'term'"):
+        radiology_records(bad)
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"term": "Tarlov cyst", "synonyms": ["Perineural cyst"], "icd10": "G96.19"}) + "\n")
+    assert radiology_records(good, texts={}) == (
+        [{"term": "Tarlov cyst", "synonyms": ["Perineural cyst"], "icd10": "G96.19"}],
+        {"terms": 1, "with_synonyms": 1, "filed_elsewhere_by_icd": 0})

