@@ -236,3 +236,18 @@ def test_a_tumour_is_filed_by_its_site_not_its_cell_type():
     assert _ranked(ix, ix.lexical("Squamous cell carcinoma of lung"))[0] == "C34"
     assert _ranked(ix, ix.lexical("Squamous cell carcinoma"))[0] == "C44"        # no site: the cell type decides
     assert _ranked(ix, ix.lexical("Osteosarcoma of femur"))[0] == "C40"
+
+
+def test_a_name_without_latin_letters_is_warned_of():
+    """The knowledge base is English: a name in another script gets confident-looking nonsense, so
+    it is said; accented Latin names are not."""
+    import warnings
+
+    from raddiag.data.errors import InputWarning
+    from raddiag.knowledge.map import check_names
+
+    with pytest.warns(InputWarning, match=r"name 2 of 2 .*no Latin letter"):
+        check_names(["Pneumonia", "\u80ba\u708e"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_names(["Maladie de M\u00e9n\u00e9trier", "COVID-19", "Pneumonie"])

@@ -138,7 +138,7 @@ def _map(a: argparse.Namespace) -> int:
     from raddiag.data.errors import one_line
     from raddiag.knowledge.map import check_names, resolve_encoder, suggest_codes
 
-    check_names(a.names)                        # before the encoder and the knowledge base load
+    check_names(a.names, warn=False)            # refused before the encoder loads; suggest_codes warns
     encoder, which = resolve_encoder(a.encoder)
     print(f"encoder: {which}", file=sys.stderr)
     kb = _kb(a)

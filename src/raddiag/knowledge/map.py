@@ -272,13 +272,24 @@ class CodeIndex:
 _INDEX_CACHE: dict[tuple, CodeIndex] = {}
 
 
-def check_names(names: list[str]) -> None:
-    """Refuse no names, or a name that is not text or is empty / only spaces, naming which."""
+def check_names(names: list[str], warn: bool = True) -> None:
+    """Refuse no names, or a name that is not text or is empty / only spaces, naming which; with
+    ``warn``, warn of a name with no Latin letter (the knowledge base is English, so its suggestions
+    mean little)."""
+    import unicodedata
+    import warnings
+
+    from raddiag.data.errors import InputWarning, one_line
+
     if not names:
         raise ValueError("no disorder names to map")
     for i, n in enumerate(names, 1):
         if not isinstance(n, str) or not n.strip():
             raise ValueError(f"disorder name {i} of {len(names)} is empty (or only spaces): {n!r}")
+        if warn and not any(ch.isalpha() and "LATIN" in unicodedata.name(ch, "") for ch in n):
+            warnings.warn(InputWarning(f"disorder name {i} of {len(names)} ({one_line(n, 40)}) has no Latin "
+                                       "letter: ICD-10-CM and the encoder read English, so its suggestions "
+                                       "mean little (translate it first)"), stacklevel=2)
 
 
 def suggest_codes(names: list[str], top: int = 5, encoder: Optional[TextEncoder] = None,
