@@ -40,6 +40,9 @@ def test_mapping_file_errors_name_the_file(tmp_path):
     p.write_text(json.dumps({"Tumor": "Glioma"}))
     with pytest.raises(ValueError, match=r"map.json: target class 'Tumor'"):
         load_mapping(p, SOURCE, target)
+    p.write_text(json.dumps({"Tumour": []}))              # it read as mapped and scored nothing
+    with pytest.raises(ValueError, match=r"map.json: 'Tumour' links to no source class"):
+        load_mapping(p, SOURCE, target)
     p.write_text(json.dumps({"Tumour": "Glioma"}))
     assert load_mapping(p, SOURCE, target) == {"Tumour": ["Glioma"]}
 

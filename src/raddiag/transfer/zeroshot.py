@@ -111,6 +111,8 @@ def load_mapping(path: str | Path, source: LabelSpace, target: LabelSpace) -> di
         links = [links] if isinstance(links, str) else links
         if not isinstance(links, list) or not all(isinstance(s, str) for s in links):
             raise ValueError(f"{path}: {t!r} must link to a source class name or a list of them, got {links!r}")
+        if not links:
+            raise ValueError(f"{path}: {t!r} links to no source class: give one, or leave {t!r} out of the file")
         for s in links:
             if s not in source:
                 raise ValueError(f"{path}: source class {s!r} (for {t!r}) is not in the model's label space")
