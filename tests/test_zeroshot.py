@@ -137,3 +137,16 @@ def test_a_bad_mapping_file_or_out_is_refused_before_any_prediction(run_and_targ
     (tmp / "afile").write_text("keep")
     with pytest.raises(ValueError, match=r"afile: is a file, not a folder"):
         zeroshot(run, target, tmp / "afile", modes=["mapping"])
+
+
+def test_a_failed_zeroshot_leaves_no_out_folder(run_and_target, tmp_path):
+    """The run, the data and the mapping are read before --out is made: a mistake leaves nothing."""
+    run, target, _ = run_and_target
+    out = tmp_path / "never-made"
+    bad = tmp_path / "map.json"
+    bad.write_text(json.dumps({"No such class": ["Glioma"]}))
+    with pytest.raises(ValueError, match="No such class"):
+        zeroshot(run, target, out, mapping=bad)
+    with pytest.raises(FileNotFoundError, match="no-run: does not exist"):
+        zeroshot(tmp_path / "no-run", target, out)
+    assert not out.exists()

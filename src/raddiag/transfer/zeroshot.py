@@ -163,7 +163,6 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
             raise ValueError(f"unknown zero-shot mode {m!r}; choose from {MODES}")
     out = Path(out_dir)
     check_out_folder(out)
-    out.mkdir(parents=True, exist_ok=True)
     run = resolve_run(run_dir)
     model, cfg, source = load_model(run)
     data = open_training_data(data_dir)   # a prepared folder or shards (raddiag.data.shards)
@@ -171,6 +170,7 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
     ds = split_dataset(data, split, target, cfg.data)
     results: dict = {"run": str(run_dir), "data": str(data_dir), "split": split, "n_cases": len(ds)}
     links = _links(mapping, source, target) if "mapping" in modes else None   # checked before predicting
+    out.mkdir(parents=True, exist_ok=True)        # only once the run, the data and the mapping are read
     need_source_scores = any(m in modes for m in ("mapping", "normal"))
     preds = predict_dataset(model, ds, batch_size, progress=progress, desc="zero-shot") if need_source_scores else None
 
