@@ -49,11 +49,13 @@ from typing import Optional
 
 import numpy as np
 
+from raddiag.data.labels import DEFAULT_THRESHOLD
+
 FPR_TARGETS = (0.01, 0.05, 0.1)
 RANK_METRICS = ("auc", "ap") + tuple(f"recall_at_fpr_{f:g}" for f in FPR_TARGETS)
 THRESHOLD_METRICS = ("f1", "mcc", "acc")
 METRICS = ("auc", "ap", "f1", "mcc", "acc") + RANK_METRICS[2:]
-FALLBACK_THRESHOLD = 0.5
+FALLBACK_THRESHOLD = DEFAULT_THRESHOLD    # a class with no validation positive (the label space's default)
 BLOCK = 128  # classes per sorted block: bounds memory at a few arrays of BLOCK x N
 
 

@@ -42,12 +42,14 @@ def evaluate_run(run_dir, data_dir, split: str = "test", out_dir=None, val_split
     if val_split:
         check_split(val_split, "--val-split")   # a typo must not fall back to thresholds chosen on test
     if out_dir is not None:
-        check_out_folder(out_dir)      # before any work: a file there was found only when writing
+        check_out_folder(out_dir)      # before any work, even the run's: found only when writing, it cost a run
     run = resolve_run(run_dir)
     if not Path(data_dir).exists():
         raise FileNotFoundError(f"{data_dir}: prepared dataset (or shard) folder does not exist")
-    out_dir = Path(out_dir) if out_dir is not None else run.root / f"eval-{split}"
-    check_out_folder(out_dir)
+    if out_dir is None:
+        out_dir = run.root / f"eval-{split}"
+        check_out_folder(out_dir)
+    out_dir = Path(out_dir)
     model, cfg, labels = load_model(run, device=device)
     model = prepare_for_inference(model.eval())     # the fast path: same scores, less time
     test = predict_split(model, cfg, labels, data_dir, split, batch_size, device, progress)

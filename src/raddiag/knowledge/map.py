@@ -42,8 +42,8 @@ import torch
 from raddiag.knowledge.encoder import TextEncoder
 from raddiag.knowledge.kb import KnowledgeBase
 from raddiag.knowledge.terms import (BY_SITE, ELSEWHERE, MORPHOLOGY, SITE_OF, WORD, Group, americanise,
-                                     behaviour, exact_key, exact_keys, filed_by_morphology, icd_wording, index_words, neoplasm_phrase, prefixes, stem, stems,
-                                     word_groups, words)
+                                     behaviour, exact_key, exact_keys, filed_by_morphology, icd_wording,
+                                     index_words, neoplasm_phrase, prefixes, stem, stems, word_groups, words)
 
 LEXICAL_WEIGHT = 1.0
 _MORPHOLOGY_STEMS = frozenset(stem(w) for w in MORPHOLOGY)
@@ -218,8 +218,8 @@ class CodeIndex:
         """Per category, the IDF-weighted share of the name's word groups that meet a word of
         the category or of any of its sub-codes; an acronym that spells a text counts fully."""
         groups = [g for g in query_groups(name, self.morphology) if self.word_df.get(g.part, 0) < PLAIN_WORD_DF]
-        weight = [max(self.idf.get(w, self.default_idf) for w in g.stems) * (PART_WEIGHT if g.part or g.minor else 1.0)
-                  for g in groups]
+        weight = [max(self.idf.get(w, self.default_idf) for w in g.stems)
+                  * (PART_WEIGHT if g.part or g.minor else 1.0) for g in groups]
         total = sum(weight)
         out = torch.zeros(len(self.codes))
         for g, wt in zip(groups, weight):

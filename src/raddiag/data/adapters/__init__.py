@@ -7,12 +7,10 @@ only the options it accepts.
 from __future__ import annotations
 
 import inspect
-import warnings
 from pathlib import Path
 from typing import Callable
 
-from raddiag.data.adapters.base import (AdapterResult, carve_val, map_label, merge_label_spellings, parse_list,
-                                        settle_labels, spellings_text)
+from raddiag.data.adapters.base import AdapterResult, carve_val, map_label, parse_list, settle_labels
 from raddiag.data.adapters.brain_tumor_mri import load_brain_tumor_mri
 from raddiag.data.adapters.chest_xray_pneumonia import load_chest_xray_pneumonia
 from raddiag.data.adapters.covid_chestxray import load_covid_chestxray
