@@ -7,7 +7,7 @@ the dev / seen misses and the time per name (index built; the first call also bu
 adds a second dev set from another source: the disorders of ``raddiag.data.synth`` with their
 categories, less any name on the list. Usage:
 
-    python benchmarks/knowledge_map.py [--encoder DIR|base|best] [--index INDEX.xml] [--no-sources] [--synth]
+    python benchmarks/knowledge_map.py [--encoder DIR|base|best] [--index INDEX.xml] [--source NAME | --no-sources] [--synth]
 """
 import argparse
 import sys
@@ -46,11 +46,30 @@ def interval(hits: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
+def print_by_vocabulary(rows, res) -> None:
+    """The test split's top-1 / top-5 for the names the radiology vocabulary holds word for word
+    and for the rest (counts only: the names stay unread)."""
+    from raddiag.knowledge.sources import radiology_records
+    from raddiag.knowledge.terms import exact_key
+
+    records, _ = radiology_records()
+    held = {exact_key(n) for r in records for n in (r["term"], *r["synonyms"])}
+    for inside in (True, False):
+        idx = [i for i, r in enumerate(rows) if r[2] == "test" and (exact_key(r[0]) in held) == inside]
+        if idx:
+            top1 = np.mean([res[i][0][0] == rows[i][1] for i in idx])
+            top5 = np.mean([rows[i][1] in [c for c, _, _ in res[i]] for i in idx])
+            print(f"test names {'in' if inside else 'not in'} the radiology vocabulary: n={len(idx)}  "
+                  f"top-1 {top1:.3f}  top-5 {top5:.3f}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--encoder", default="best", help="an encoder folder, 'base' or 'best' (default)")
     p.add_argument("--index", action="append", default=[], help="ICD-10-CM Alphabetic Index XML")
     p.add_argument("--no-sources", action="store_true", help="ICD-10-CM tabular names only")
+    p.add_argument("--source", action="append", default=None,
+                   help="built-in synonym sources, repeatable (default: the knowledge base's: gem, radiology)")
     p.add_argument("--lexical-weight", type=float, default=None)
     p.add_argument("--synth", action="store_true", help="also score the synthetic data's disorders (split 'synth')")
     a = p.parse_args(argv)
@@ -58,7 +77,7 @@ def main(argv=None) -> int:
     rows = read_list() + (synth_rows() if a.synth else [])
     t = time.time()
     encoder, which = resolve_encoder(a.encoder)
-    kb = build_kb(index=a.index, sources=() if a.no_sources else None)
+    kb = build_kb(index=a.index, sources=() if a.no_sources else a.source)
     kw = {} if a.lexical_weight is None else {"lexical_weight": a.lexical_weight}
     names = [r[0] for r in rows]
     res = suggest_codes(names, top=5, encoder=encoder, kb=kb, **kw)
@@ -77,6 +96,7 @@ def main(argv=None) -> int:
         (l1, h1), (l5, h5) = interval(top1), interval(top5)
         print(f"{split:<4} n={len(idx):3d}  top-1 {top1.mean():.3f} [{l1:.3f}, {h1:.3f}]  "
               f"top-5 {top5.mean():.3f} [{l5:.3f}, {h5:.3f}]")
+    print_by_vocabulary(rows, res)
     print("dev / seen misses (name: expected -> suggested top 3; test misses are not printed: see the list header):")
     for (name, code, split), r in zip(rows, res):
         if r[0][0] != code and split in ("dev", "seen", "synth"):
