@@ -280,7 +280,10 @@ def sorted_groups(scores: np.ndarray, labels: np.ndarray, sl: slice) -> Groups:
     (float32 stays float32), the positives (few) sorted on their own, and two binary searches
     per distinct positive score for the negatives below and tied. No argsort, no gather of
     the labels in score order: this is the point-estimate fast path."""
-    S = np.ascontiguousarray(scores[:, sl].T)
+    # A copy, always: ``scores[:, sl].T`` is already C-contiguous for one class or a
+    # Fortran-ordered array, and ``np.ascontiguousarray`` would then return a view that the
+    # in-place sort scrambles (the caller's array, and the positives read from it below).
+    S = np.array(scores[:, sl].T, order="C", copy=True)
     S.sort(axis=1)
     cb, n = S.shape
     case, r = np.nonzero(labels[:, sl])
