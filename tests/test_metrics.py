@@ -131,9 +131,23 @@ def test_interval_covers_a_known_macro_auc():
     from raddiag.evaluation.coverage import Design, coverage
 
     res = coverage(Design(n_cases=400, rare_prevalence=0.015), reps=40, n_boot=200, seed=0)
-    for method in ("logit", "percentile"):
+    for method in ("guarded", "logit", "percentile"):
         assert res[method]["contains_point"] == 1.0, method
         assert res[method]["coverage"] >= 0.85, method
+    assert res["guarded"]["max_width_ratio"] <= 1.5
+
+
+def test_hard_scenarios_have_the_truth_they_claim():
+    """The closed-form truths of benchmarks/ci_coverage.py's scenarios, against a large sample."""
+    from raddiag.evaluation.coverage import SCENARIOS, Scenario, simulate
+
+    for sc in SCENARIOS[1:]:
+        big = Scenario(sc.name, sc.separation, [0.5] * len(sc.separation), n_cases=200_000, metric=sc.metric,
+                       threshold=sc.threshold, rho=sc.rho)
+        s, y = simulate(big, np.random.default_rng(1))
+        thr = np.full(len(sc.separation), sc.threshold) if sc.metric == "f1" else None
+        got = per_class_metrics(s, y, thr)[sc.metric]
+        np.testing.assert_allclose(got, big.truth(), atol=0.01, err_msg=sc.name)
 
 
 def test_logit_interval_by_hand_and_around_a_biased_bootstrap():

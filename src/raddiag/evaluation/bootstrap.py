@@ -14,16 +14,35 @@ draw leaves the class undefined. Every fixed class is defined in every resample,
 prevalence is kept there. ``benchmarks/ci_coverage.py`` simulates a known macro AUC (rare
 classes that are also the hard ones) and measures the coverage of the 95 % interval.
 
-Interval (:func:`bootstrap_ci`). The default is a Wald interval on the logit scale with the
-bootstrap standard error (``method="logit"``; MCC, which lives in [-1, 1], on Fisher's z
-scale): ``expit(logit(point) +- z * sd(logit(replicates)))``. It is centred on the point
-estimate, so it always contains it, and it stays inside the metric's range. The percentile
-interval (``method="percentile"``) does not contain its point estimate when the bootstrap
-distribution is biased, which it is for average precision on classes with few positives: a
-resample that duplicates a positive case raises precision at its rank (the real-data benchmark
-printed a macro AP of 18.4 [18.5, 26.9] on 21 cases). Boyd et al. (2013, "Area under the
-precision-recall curve: point estimates and confidence intervals") found logit intervals
-better calibrated than percentile ones for few positives.
+Interval (:func:`bootstrap_ci`). The default (``method="guarded"``) is a Wald interval on the
+logit scale with the bootstrap standard error (MCC, which lives in [-1, 1], on Fisher's z scale),
+``expit(logit(point) +- z * sd(logit(replicates)))``, guarded by the percentile interval
+``[q_lo, q_hi]`` of the same replicates (width ``w``):
+
+    reach = (max(0, q_lo - wald_low), max(0, wald_high - q_hi))     # beyond each end
+    k     = min(1, (w / 2) / (reach_lo + reach_hi))                    # half a width in all
+    low, high = min(q_lo - k reach_lo, point), max(q_hi + k reach_hi, point)
+
+Why each part:
+
+* The logit scale follows the skew of a bounded metric near its ends (an AUC of 0.97 on 30
+  positives has a long left tail), where the percentile interval undercovers (85 % at nominal
+  95 % in ``benchmarks/ci_coverage.py``).
+* The Wald interval alone balloons when replicates sit on the edge of the range (an F1 of 0 or a
+  recall of 1 in a resample: their logit is clipped at +-9.2). A group of one to five classes
+  printed F1 1.7 [0.0, 68.4] and R@0.05 96.2 [5.6, 100.0]. The guard lets it reach half the
+  percentile width beyond the percentile interval in all, shared between the ends in proportion
+  to how far the Wald interval reaches (the skewed side keeps more): never wider than 1.5 x the
+  percentile interval. Bounding each end to a quarter instead covered 89.7 % in one scenario.
+* Where the Wald interval is narrower than the percentile one (replicates piled on an edge make
+  the logit spread meaningless in both directions), the percentile interval is kept.
+* The interval always holds its point estimate. The percentile interval alone can miss it when
+  the bootstrap distribution is biased, as for average precision on classes with few positives
+  (a macro AP of 18.4 [18.5, 26.9] on 21 cases).
+
+``method="logit"`` (the Wald interval alone) and ``method="percentile"`` remain for comparison;
+``benchmarks/ci_coverage.py`` prints the coverage of all three on scenarios with a known truth,
+including groups of one to five rare classes and estimates near 0 and 100 %.
 
 Engine. Every metric of :mod:`.metrics` is a function of per-class *bin totals* (see there),
 so the totals for all resamples are one sparse product per class block:
@@ -203,33 +222,55 @@ def bootstrap_per_class(scores, labels, thresholds=None, n_boot: int = 1000, see
     return out
 
 
-CI_METHODS = ("logit", "percentile")
+CI_METHODS = ("guarded", "logit", "percentile")
+DEFAULT_CI_METHOD = "guarded"
 METRIC_RANGE = {"mcc": (-1.0, 1.0), "difference": (-1.0, 1.0)}   # every other metric lives in [0, 1]
 _EDGE = 1e-4                            # a point at the range's edge is moved this far in (logit finite)
+GUARD = 0.5                             # the guarded interval reaches at most this share of the
+                                        # percentile width beyond it, both ends together (1.5x at most)
 
 
-def bootstrap_ci(samples: np.ndarray, point: Optional[float], alpha: float = 0.05, method: str = "logit",
-                 metric: str = "auc") -> tuple[float, float]:
+def bootstrap_ci(samples: np.ndarray, point: Optional[float], alpha: float = 0.05,
+                 method: str = DEFAULT_CI_METHOD, metric: str = "auc") -> tuple[float, float]:
     """``(low, high)`` of a ``1 - alpha`` interval from bootstrap replicates of a statistic whose
-    estimate is ``point`` (module docstring, "Interval")."""
+    estimate is ``point`` (module docstring, "Interval"). ``(nan, nan)`` without two finite
+    replicates or a finite point (the percentile method needs no point)."""
     if method not in CI_METHODS:
         raise ValueError(f"unknown interval method {method!r}; choose from {CI_METHODS}")
     if method == "percentile":
         return percentile_ci(samples, alpha)
-    from scipy.special import expit, logit
-    from scipy.stats import norm
-
     s = np.asarray(samples, dtype=np.float64)
     s = s[np.isfinite(s)]
     if s.size < 2 or point is None or not np.isfinite(point):
         return float("nan"), float("nan")
+    low, high = wald_logit_ci(s, float(point), alpha, metric)
+    if method == "guarded":
+        low, high = guard(low, high, *percentile_ci(s, alpha))
+    return float(min(low, point)), float(max(high, point))
+
+
+def guard(low: float, high: float, q_lo: float, q_hi: float) -> tuple[float, float]:
+    """The Wald interval ``[low, high]`` kept to the percentile interval ``[q_lo, q_hi]`` widened by
+    at most ``GUARD`` of its width in all: where the Wald interval reaches further, both ends'
+    reaches are scaled down alike (the skewed side keeps the larger share), and it is never
+    narrower than the percentile interval."""
+    w = q_hi - q_lo
+    reach_lo, reach_hi = max(0.0, q_lo - low), max(0.0, high - q_hi)
+    k = min(1.0, GUARD * w / (reach_lo + reach_hi)) if reach_lo + reach_hi > 0 else 1.0
+    return q_lo - k * reach_lo, q_hi + k * reach_hi
+
+
+def wald_logit_ci(s: np.ndarray, point: float, alpha: float, metric: str) -> tuple[float, float]:
+    """``expit(logit(point) +- z * sd(logit(s)))`` on the metric's range (Fisher's z for [-1, 1])."""
+    from scipy.special import expit, logit
+    from scipy.stats import norm
+
     lo, hi = METRIC_RANGE.get(metric, (0.0, 1.0))
     to01 = lambda x: np.clip((np.asarray(x, dtype=np.float64) - lo) / (hi - lo), _EDGE, 1 - _EDGE)
     centre, se = logit(to01(point)), np.std(logit(to01(s)), ddof=1)
     z = norm.ppf(1 - alpha / 2)
     a, b = (lo + (hi - lo) * expit(centre + k * z * se) for k in (-1, 1))
-    # the edge shift must not push the interval off a point that sits on the edge
-    return float(min(a, point)), float(max(b, point))
+    return float(a), float(b)
 
 
 def percentile_ci(samples: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
