@@ -403,6 +403,16 @@ def _write_run_folder(run, cfg, labels, emb, epoch: int, data) -> None:
     _trim_metrics(run, epoch)
 
 
+def _counted_on(labels, data, cfg, train_indices, CaseDataset):
+    """The label space with the training counts of the cases trained on (``train_indices`` of
+    the train split, as ``finetune --fraction`` picks them), not of the whole split: its head /
+    medium / tail groups are those of the run."""
+    import dataclasses
+
+    targets = CaseDataset(data, "train", labels, cfg.data, train=False).targets[np.asarray(train_indices, int)]
+    return dataclasses.replace(labels, counts=[int(c) for c in np.count_nonzero(targets, axis=0)])
+
+
 def _train_data(d, data, cfg, labels, train_indices, CaseDataset, make_loader):
     """``(train_ds, val_ds, sampler, loader, batches_per_epoch)`` from a prepared folder (a
     resumable sampler over a CaseDataset, or a ScanDataset for the pooling baselines) or shards."""
@@ -445,6 +455,8 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
     seed_everything(tc.seed, tc.deterministic)
     adopt_data_windows(cfg.data, data.meta, data.root)
     labels = data.label_space(cfg.data.granularity)
+    if train_indices is not None:
+        labels = _counted_on(labels, data, cfg, train_indices, CaseDataset)
     if resume:
         run.check_label_space(labels, data.root)
     if not data.count("val"):
