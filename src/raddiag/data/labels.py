@@ -2,7 +2,10 @@
 
 ``Normal`` is always class 0 and always head. Groups follow the paper: head has
 at least ``head_min`` (100) training cases, medium at least ``medium_min`` (30),
-tail fewer. Thresholds chosen on the validation split travel with the label space.
+tail fewer. A label space without training counts may carry fixed groups instead
+(``fixed_groups``, with ``group_note`` saying where they come from): the authors' release
+evaluates its label order in fixed head / medium / tail ranges (:func:`release_groups`).
+Thresholds chosen on the validation split travel with the label space.
 """
 from __future__ import annotations
 
@@ -18,6 +21,18 @@ from raddiag.data.case import NORMAL, Case
 
 GROUPS = ("head", "medium", "tail")
 DEFAULT_THRESHOLD = 0.5    # a class without a stored threshold (none chosen on validation)
+# The release's evaluation (its src/Eval/eval.py, compute_metrics) cuts its label order, sorted by
+# descending training frequency, at fixed indices: head [:a], medium [a:b], tail [b:].
+RELEASE_GROUP_CUTS = {"disorder": (85, 555), "icd10": (165, 395)}
+
+
+def release_groups(n: int, granularity: str = "disorder") -> tuple[list[str], str]:
+    """Head / medium / tail of the release's ``n`` classes by their index, and a note saying so."""
+    a, b = RELEASE_GROUP_CUTS[granularity]
+    groups = ["head" if i < a else "medium" if i < b else "tail" for i in range(n)]
+    note = (f"the release's fixed ranges of its label order ({granularity} level: head = classes 0-{a - 1}, "
+            f"medium = {a}-{b - 1}, tail = {b}+), as its own evaluation groups them")
+    return groups, note
 
 
 def check_thresholds(values, names: Sequence[str], where: str = "thresholds") -> list[Optional[float]]:
@@ -80,6 +95,8 @@ class LabelSpace:
     medium_min: int = 30
     thresholds: Optional[list[Optional[float]]] = None         # per-class, from validation (None: 0.5)
     descriptions: list[Optional[str]] = field(default_factory=list)
+    fixed_groups: Optional[list[str]] = None                   # groups not from counts (release_groups)
+    group_note: Optional[str] = None                           # where fixed_groups come from
 
     def __post_init__(self) -> None:
         n = len(self.names)
@@ -97,6 +114,12 @@ class LabelSpace:
                 raise ValueError(f"label space: {len(seq)} {name} for {n} classes")
         if self.thresholds is not None:
             self.thresholds = check_thresholds(self.thresholds, self.names, "label space")
+        if self.fixed_groups is not None:
+            self.fixed_groups = list(self.fixed_groups)
+            bad = next((g for g in self.fixed_groups if g not in GROUPS), None)
+            if len(self.fixed_groups) != n or bad is not None:
+                raise ValueError(f"label space: fixed groups must be one of {GROUPS} for each of the {n} classes"
+                                 + (f", got {bad!r}" if bad is not None else f", got {len(self.fixed_groups)}"))
         self._index = {name: i for i, name in enumerate(self.names)}
 
     # -- lookups ---------------------------------------------------------------
@@ -143,8 +166,16 @@ class LabelSpace:
         return y
 
     @property
+    def has_groups(self) -> bool:
+        """Whether head / medium / tail mean anything: fixed groups, or some training counts."""
+        return self.fixed_groups is not None or any(self.counts)
+
+    @property
     def groups(self) -> np.ndarray:
-        """Array of 'head' / 'medium' / 'tail' per class (Normal always head)."""
+        """Array of 'head' / 'medium' / 'tail' per class: the fixed groups when given, else by
+        training counts (Normal always head)."""
+        if self.fixed_groups is not None:
+            return np.array(self.fixed_groups, dtype=object)
         c = np.asarray(self.counts)
         g = np.where(c >= self.head_min, "head", np.where(c >= self.medium_min, "medium", "tail"))
         if NORMAL in self._index:
@@ -203,8 +234,10 @@ class LabelSpace:
                    granularity=granularity, head_min=head_min, medium_min=medium_min)
 
     @classmethod
-    def from_release(cls, path: str | Path) -> "LabelSpace":
-        """The release's ``disorder_label_dict.json`` (name -> index, Normal = 0)."""
+    def from_release(cls, path: str | Path, counts: Optional[dict[str, int]] = None) -> "LabelSpace":
+        """The release's ``disorder_label_dict.json`` (name -> index, Normal = 0). Groups: by
+        ``counts`` (training cases per name, e.g. from the release's training file) when given,
+        else the release's fixed ranges of its label order (:func:`release_groups`)."""
         path = Path(path)
         mapping = json.loads(path.read_text(encoding="utf-8-sig"))
         if not isinstance(mapping, dict):
@@ -214,7 +247,10 @@ class LabelSpace:
             if not isinstance(idx, int) or not 0 <= idx < len(mapping) or names[idx] is not None:
                 raise ValueError(f"{path}: index {idx!r} of {name!r} is out of range or repeated")
             names[idx] = name
-        return cls(names=names, granularity="disorder")
+        if counts is not None:
+            return cls(names=names, granularity="disorder", counts=[int(counts.get(n, 0)) for n in names])
+        groups, note = release_groups(len(names), "disorder")
+        return cls(names=names, granularity="disorder", fixed_groups=groups, group_note=note)
 
     # -- persistence -------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -222,6 +258,7 @@ class LabelSpace:
             "granularity": self.granularity,
             "head_min": self.head_min,
             "medium_min": self.medium_min,
+            **({"group_rule": "fixed", "group_note": self.group_note} if self.fixed_groups is not None else {}),
             "classes": [
                 {"name": n, "code": c, "count": k, "group": g, "description": d,
                  **({"threshold": t} if self.thresholds is not None else {})}
@@ -245,6 +282,9 @@ class LabelSpace:
             head_min=d.get("head_min", 100),
             medium_min=d.get("medium_min", 30),
             thresholds=thr,
+            # "group_rule": "fixed": each class's saved "group" is its group (else groups follow the counts)
+            fixed_groups=[c.get("group") for c in classes] if d.get("group_rule") == "fixed" else None,
+            group_note=d.get("group_note"),
         )
 
     def save(self, path: str | Path) -> None:

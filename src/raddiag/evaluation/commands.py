@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store-thresholds", action="store_true",
                    help="write the validation thresholds into the run's label_space.json")
     p.add_argument("--plot-classes", nargs="*", default=None, help="class names for the distribution plot")
+    _protocol_arg(p)
     p.set_defaults(func=_evaluate)
 
     q = sub.add_parser("metrics", help="score saved predictions (scores/labels .npz)",
@@ -46,7 +47,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--n-boot", type=n_boot_arg, default=1000, help="bootstrap resamples (0: no CIs, else >= 2)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--plot-classes", nargs="*", default=None)
+    _protocol_arg(q)
     q.set_defaults(func=_metrics)
+
+
+def _protocol_arg(p) -> None:
+    p.add_argument("--protocol", choices=("paper", "release"), default="paper",
+                   help="paper (default): thresholds from validation, R@FPR at FPR <= target, groups by training "
+                        "counts; release: also the authors' own figures beside it (max-F1 thresholds on the "
+                        "evaluated split, R@FPR at the nearest FPR, fixed head / medium / tail ranges)")
+
+
+def _print_protocol(metrics: dict) -> None:
+    if "release_protocol" in metrics:
+        from raddiag.evaluation.release import format_release_protocol
+
+        print(format_release_protocol(metrics["release_protocol"]))
 
 
 def load_predictions(path: str) -> dict:
@@ -149,8 +165,10 @@ def _evaluate(args) -> int:
 
     res = evaluate_run(args.run, args.data, args.split, args.out, val_split=args.val_split or None,
                        n_boot=args.n_boot, seed=args.seed, device=args.device, batch_size=args.batch_size,
-                       store_thresholds=args.store_thresholds, plot_classes=args.plot_classes)
+                       store_thresholds=args.store_thresholds, plot_classes=args.plot_classes,
+                       protocol=args.protocol)
     _print_summary(res["metrics"], res["out_dir"])
+    _print_protocol(res["metrics"])
     return 0
 
 
@@ -182,10 +200,13 @@ def _metrics(args) -> int:
                          anatomy=test.get("anatomy"), case_ids=test.get("case_ids"), out_dir=args.out,
                          n_boot=args.n_boot, seed=args.seed, plot_classes=args.plot_classes, progress=True,
                          title=f"raddiag metrics: {Path(args.pred).name}",
-                         input_names={"test": args.pred, "val": args.val, "labels": args.labels})
+                         input_names={"test": args.pred, "val": args.val, "labels": args.labels},
+                         protocol=args.protocol)
     import json
 
-    _print_summary(json.loads((Path(args.out) / "metrics.json").read_text()), args.out)
+    metrics = json.loads((Path(args.out) / "metrics.json").read_text())
+    _print_summary(metrics, args.out)
+    _print_protocol(metrics)
     return 0
 
 

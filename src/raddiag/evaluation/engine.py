@@ -21,12 +21,13 @@ from raddiag.data.case import NORMAL
 from raddiag.data.errors import InputWarning
 from raddiag.data.labels import LabelSpace, check_thresholds
 
-from .bootstrap import CI_METHODS, bootstrap_ci, bootstrap_per_class, check_n_boot
+from .bootstrap import CI_METHODS, DEFAULT_CI_METHOD, bootstrap_ci, bootstrap_per_class, check_n_boot
 from .metrics import FALLBACK_THRESHOLD, METRICS, best_f1_thresholds, check_inputs, macro, per_class_metrics
 
 log = logging.getLogger(__name__)
 
 CLASS_GROUPS = ("all", "head", "medium", "tail", "normal")
+PROTOCOLS = ("paper", "release")       # release: the authors' own evaluation choices (.release)
 FPR_GRID = np.linspace(0.0, 1.0, 101)
 INPUT_NAMES = {"test": "test predictions", "val": "validation predictions", "labels": "label space"}
 THRESHOLD_SOURCES = {
@@ -36,6 +37,13 @@ THRESHOLD_SOURCES = {
 }
 
 
+CI_DESCRIPTIONS = {
+    "guarded": "Wald interval on the logit scale (Fisher z for MCC) with the bootstrap standard error, "
+               "never narrower than the percentile interval nor reaching beyond it by more than half its "
+               "width in all, and always holding the estimate",
+    "logit": "Wald interval on the logit scale (Fisher z for MCC) with the bootstrap standard error",
+    "percentile": "percentile interval",
+}
 NO_COUNTS = "none: the label space has no training counts (no --labels), so no head / medium / tail groups"
 
 
@@ -53,13 +61,15 @@ def anatomy_name(key: str) -> str:
 
 def _group_masks(label_space: LabelSpace) -> dict[str, np.ndarray]:
     """Masks of the class groups; head / medium / tail only when the label space has training
-    counts (without them every class would be called tail, or head)."""
-    groups = CLASS_GROUPS if any(label_space.counts) else ("all", "normal")
+    counts or fixed groups (without them every class would be called tail, or head)."""
+    groups = CLASS_GROUPS if label_space.has_groups else ("all", "normal")
     return {g: label_space.group_mask(g) for g in groups}
 
 
 def _groups_note(label_space: LabelSpace) -> str:
-    if not any(label_space.counts):
+    if label_space.fixed_groups is not None:
+        return f"head / medium / tail: {label_space.group_note or 'fixed in the label space'}"
+    if not label_space.has_groups:
         return NO_COUNTS
     return (f"head / medium / tail by training cases (head >= {label_space.head_min}, "
             f"medium >= {label_space.medium_min}, Normal is head)")
@@ -79,7 +89,7 @@ def _no_spread(replicates: np.ndarray) -> bool:
 
 
 def _summarise(point: dict, boot: Optional[dict], masks: dict[str, np.ndarray], alpha: float,
-               ci_method: str = "logit") -> dict:
+               ci_method: str = DEFAULT_CI_METHOD) -> dict:
     """``{group: {metric: entry}}`` from per-class point values and bootstrap replicates."""
     res = {}
     for g, mask in masks.items():
@@ -158,8 +168,8 @@ def default_plot_classes(point: dict, labels: np.ndarray, names: Sequence[str], 
 def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_scores=None, val_labels=None,
                          anatomy=None, case_ids=None, out_dir=None, n_boot: int = 1000, seed: int = 0,
                          plot_classes=None, use_label_space_thresholds: bool = True, alpha: float = 0.05,
-                         ci_method: str = "logit", progress: bool = False, title: str = "raddiag evaluation",
-                         input_names: Optional[dict] = None) -> dict:
+                         ci_method: str = DEFAULT_CI_METHOD, progress: bool = False, title: str = "raddiag evaluation",
+                         input_names: Optional[dict] = None, protocol: str = "paper") -> dict:
     """Score predictions (probabilities ``[N, C]``) against multi-hot labels.
 
     Thresholds for F1/MCC/ACC: maximal F1 on ``val_*`` when given; else the label space's stored
@@ -170,11 +180,15 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
     interval of each macro metric (:func:`~raddiag.evaluation.bootstrap.bootstrap_ci`). With ``out_dir``
     writes ``metrics.json``, ``per_class.csv``, ``predictions.npz`` and ``report.html``.
     ``input_names``: what errors call the ``test``, ``val`` and ``labels`` inputs (the CLI: their files).
+    ``protocol="release"`` also computes the release's own figures (thresholds on this split, R@FPR at
+    the nearest FPR, its fixed group ranges; :mod:`.release`) into ``metrics["release_protocol"]``.
     """
     names = {**INPUT_NAMES, **{k: v for k, v in (input_names or {}).items() if v}}
     check_n_boot(n_boot, seed)
     if ci_method not in CI_METHODS:
         raise ValueError(f"unknown interval method {ci_method!r}; choose from {CI_METHODS}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown evaluation protocol {protocol!r}; choose from {PROTOCOLS}")
     scores, labels = check_inputs(test_scores, test_labels, names["test"])
     n, c = scores.shape
     if len(label_space) != c:
@@ -239,8 +253,7 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
         "threshold_fallback_value": FALLBACK_THRESHOLD,
         "threshold_warning": threshold_warning,
         "n_boot": int(n_boot), "seed": int(seed), "ci": f"{100 * (1 - alpha):g}% bootstrap over cases, "
-              + ("Wald interval on the logit scale (Fisher z for MCC) with the bootstrap standard error"
-                 if ci_method == "logit" else "percentile interval")
+              + CI_DESCRIPTIONS[ci_method]
               + "; the classes averaged are fixed "
               "from the full test set (a resample that misses a class's positives or negatives redraws "
               "them from that class)",
@@ -248,6 +261,10 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
                          "positive) with FPR <= target; no interpolation",
         "anatomy_cases": anatomy_point,
     }
+    if protocol == "release":
+        from .release import release_protocol
+
+        metrics["release_protocol"] = release_protocol(scores, labels, label_space.granularity)
     if plot_idx is None:
         plot_idx = default_plot_classes(point, labels, label_space.names)
     result = {"metrics": metrics, "per_class": point, "thresholds": thr, "threshold_source": source,

@@ -25,11 +25,13 @@ def predict_split(model, cfg, label_space, data_dir, split: str, batch_size: Opt
 
 def evaluate_run(run_dir, data_dir, split: str = "test", out_dir=None, val_split: Optional[str] = "val",
                  n_boot: int = 1000, seed: int = 0, device: str = "cpu", batch_size: Optional[int] = None,
-                 store_thresholds: bool = False, progress: bool = True, plot_classes=None) -> dict:
+                 store_thresholds: bool = False, progress: bool = True, plot_classes=None,
+                 protocol: str = "paper") -> dict:
     """Load the model of ``run_dir``, predict ``split`` (and ``val_split`` for the thresholds)
     and run :func:`raddiag.evaluation.evaluate_predictions`; outputs go to ``out_dir``
     (default ``RUN/eval-<split>``). With ``store_thresholds`` the validation thresholds are
-    written into the run's ``label_space.json``."""
+    written into the run's ``label_space.json``. ``protocol="release"`` adds the release's own
+    figures (:mod:`raddiag.evaluation.release`)."""
     from raddiag.data.case import check_split
     from raddiag.data.errors import check_out_folder
     from raddiag.models import load_model
@@ -64,7 +66,7 @@ def evaluate_run(run_dir, data_dir, split: str = "test", out_dir=None, val_split
                                val_scores=None if val is None else val["scores"],
                                val_labels=None if val is None else val["labels"],
                                anatomy=anatomy, case_ids=test["case_ids"], out_dir=out_dir, n_boot=n_boot,
-                               seed=seed, plot_classes=plot_classes, progress=progress,
+                               seed=seed, plot_classes=plot_classes, progress=progress, protocol=protocol,
                                title=f"raddiag evaluation: {run.root.name} on {split}")
     if store_thresholds and res["threshold_source"] == "validation":
         labels.thresholds = [float(t) for t in res["thresholds"]]

@@ -7,6 +7,8 @@ def register(sub) -> None:
     p.add_argument("ckpt", help="checkpoint folder (pytorch_model.bin or *.safetensors) or file")
     p.add_argument("--labels", required=True, help="the release's disorder_label_dict.json")
     p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--train-file", help="the release's training JSON (release format): head / medium / tail "
+                   "by its case counts (default: the release's fixed ranges of its label order)")
     p.add_argument("--slice-heads", type=int, default=1, help="heads of the slice transformer (release: 1)")
     p.add_argument("--fusion-heads", type=int, default=4, help="heads of the fusion transformer (release: 4)")
     p.set_defaults(func=_import_official)
@@ -23,7 +25,7 @@ def _import_official(args) -> int:
     from raddiag.models.official import import_official
 
     run = import_official(args.ckpt, args.labels, args.out, slice_heads=args.slice_heads,
-                          fusion_heads=args.fusion_heads)
+                          fusion_heads=args.fusion_heads, train_file=args.train_file)
     print(f"imported {args.ckpt} -> {run.root}")
     return 0
 

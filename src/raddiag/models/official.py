@@ -173,14 +173,22 @@ def load_official_state(model: RadDiag, state: dict[str, torch.Tensor], where: s
 
 
 def import_official(ckpt_dir: str | Path, labels: str | Path, out: str | Path,
-                    slice_heads: int = 1, fusion_heads: int = 4, size: Optional[int] = None) -> RunFolder:
-    """Read the release's checkpoint into a normal run folder (config, label space, weights)."""
+                    slice_heads: int = 1, fusion_heads: int = 4, size: Optional[int] = None,
+                    train_file: Optional[str | Path] = None) -> RunFolder:
+    """Read the release's checkpoint into a normal run folder (config, label space, weights).
+    The label space's head / medium / tail: by the cases of ``train_file`` (a release-format
+    training JSON) when given, else the release's fixed ranges of its label order."""
     raw, path = read_checkpoint(ckpt_dir)
     state = map_official_keys(raw, where=str(path))
     cfg = official_config(state, slice_heads, fusion_heads, where=str(path))
     if size is not None:
         cfg.data.size = size
-    label_space = LabelSpace.from_release(labels)
+    counts = None
+    if train_file is not None:
+        from raddiag.data.adapters.rp3d import release_label_counts
+
+        counts = release_label_counts(train_file)
+    label_space = LabelSpace.from_release(labels, counts)
     n_cls = state["head.fc.2.weight"].shape[0] if "head.fc.2.weight" in state else None
     if n_cls is None:
         raise ValueError(f"{path}: missing key 'fc.2.weight'")

@@ -38,7 +38,7 @@ from .official import checkpoint_file, import_official
 log = logging.getLogger(__name__)
 
 LABEL_DICT = "disorder_label_dict.json"
-IMPORTER_VERSION = 1            # part of the cache key: raise it when an import would come out differently
+IMPORTER_VERSION = 2            # 2: the release's head / medium / tail groups; part of the cache key: raise it when an import would come out differently
 CHUNK = 1 << 20                 # bytes hashed per read
 _RELEASE_PREFIXES = ("resnet2D.", "attention1D.", "vitFuse.")
 

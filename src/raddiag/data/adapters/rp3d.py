@@ -120,6 +120,44 @@ def _case_id(url: str, taken: set[str]) -> str:
     return cid if cid not in taken else url
 
 
+def read_release_json(path: Path) -> dict:
+    """``{case URL: case}`` of a release JSON; a ValueError naming the file (and the case) when
+    it is not JSON, not an object, or a case has no ``Samples``."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))   # -sig: a leading BOM is skipped
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object of case URL -> case")
+    for url, rec in data.items():
+        if not isinstance(rec, dict) or "Samples" not in rec:
+            raise ValueError(f"{path}: case {url}: no 'Samples'")
+    return data
+
+
+def case_articles(samples: list, where: str) -> list[str]:
+    """A release case's disorder names: the union of its sample entries' ``articles`` in order
+    of first appearance, ``[Normal]`` when there are none."""
+    labels: dict[str, None] = {}
+    for e, s in enumerate(samples):
+        for a in parse_list(s.get("articles"), f"{where} sample {e} articles"):
+            labels[str(a).strip()] = None
+    return [n for n in labels if n and n != NORMAL] or [NORMAL]
+
+
+def release_label_counts(path: str | Path) -> dict[str, int]:
+    """Cases per disorder name in a release-format JSON (its training file, say): the training
+    counts that give an imported checkpoint's label space its head / medium / tail groups."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: release JSON does not exist")
+    counts: dict[str, int] = defaultdict(int)
+    for url, rec in read_release_json(path).items():
+        for name in case_articles(parse_list(rec["Samples"], f"{path}: case {url} Samples"), f"{path}: case {url}"):
+            counts[name] += 1
+    return dict(counts)
+
+
 def load_rp3d(source: Path, images: Optional[str | Path] = None, split_files: Optional[dict] = None,
               **_) -> AdapterResult:
     source = Path(source)
@@ -142,26 +180,15 @@ def load_rp3d(source: Path, images: Optional[str | Path] = None, split_files: Op
     taken: set[str] = set()
     n_missing = 0
     for jf, split in files:
-        try:
-            data = json.loads(jf.read_text(encoding="utf-8-sig"))   # -sig: a leading BOM is skipped
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{jf}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{jf}: expected a JSON object of case URL -> case")
-        for url, rec in data.items():
+        for url, rec in read_release_json(jf).items():
             where = f"{jf}: case {url}"
-            if not isinstance(rec, dict) or "Samples" not in rec:
-                raise ValueError(f"{where}: no 'Samples'")
             cid = _case_id(url, taken)
             taken.add(cid)
             samples = parse_list(rec["Samples"], f"{where} Samples")
             case_keys = parse_list(rec.get("key_slice"), f"{where} key_slice")
-            labels: dict[str, None] = {}
             codes: dict[str, None] = {}
             scans: list[Scan] = []
             for e, s in enumerate(samples):
-                for a in parse_list(s.get("articles"), f"{where} sample {e} articles"):
-                    labels[str(a).strip()] = None
                 for c in parse_list(s.get("icd10s"), f"{where} sample {e} icd10s"):
                     codes[str(c).strip()[:3].upper()] = None
                 field = next((f for f in IMAGE_FIELDS if s.get(f)), None)
@@ -193,9 +220,8 @@ def load_rp3d(source: Path, images: Optional[str | Path] = None, split_files: Op
                     scans.append(Scan(paths=[str(local)], modality=modality, anatomy=s.get("anatomy") or rec.get("Anatomy"),
                                       plane=planes[k] if k < len(planes) else None, key_slice=key,
                                       id=Path(local).name, entry=e))
-            names = [n for n in labels if n and n != NORMAL]
             result.cases.append(Case(
-                id=cid, scans=scans, labels=names or [NORMAL], icd10=list(codes), split=split,
+                id=cid, scans=scans, labels=case_articles(samples, where), icd10=list(codes), split=split,
                 anatomy=rec.get("Anatomy"), patient=url,
                 meta={"source": "rp3d", "url": url, "json": jf.name,
                       "modalities": parse_list(rec.get("Modalities"), f"{where} Modalities")}))
