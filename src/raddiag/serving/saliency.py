@@ -175,7 +175,7 @@ def _safe(name: str) -> str:
 def save_overlay(m: SaliencyMap, out_dir: str | Path, prefix: str, overwrite: bool = False) -> Path:
     """Write the overlay PNG under ``out_dir`` (through a temporary sibling renamed into place);
     an existing file is refused unless ``overwrite``."""
-    from raddiag.training.checkpoint import atomic_write
+    from raddiag.staging import atomic_write
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
