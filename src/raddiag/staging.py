@@ -8,6 +8,8 @@ A command that replaces a folder (``train --overwrite``, ``curate export``, ``pr
 puts it in place with :func:`swap_in` only once it is whole; a failure removes the stage, so the
 old folder stays as it was. ``data prepare`` stages inside its output (``.prepare-PID-XXXXXX``).
 
+:func:`staged_files` stages files inside a folder the user names and moves them in at the end.
+
 A process killed with SIGKILL cannot clean up: each stage holds a lock file (``flock``) for as
 long as the process that made it lives, so the next command's :func:`sweep_stale` removes exactly
 the stages nobody holds (naming each), never a stage another process is still writing; a
@@ -22,6 +24,7 @@ import logging
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -78,6 +81,25 @@ def swap_in(stage: Path, target: Path) -> None:
         return
     os.rename(stage, target)
     _release(stage, target / LOCK)
+
+
+@contextmanager
+def staged_files(folder: Path, kind: str):
+    """A stage inside ``folder`` (``.KIND-PID-XXXXXX``) for files that are moved into ``folder`` only
+    when the block completes; a failure leaves ``folder`` as it was. For outputs that go into a
+    folder the user names, which may hold anything else (``predict --saliency``): the folder
+    itself is never renamed. The moves take milliseconds and are not one step."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sweep_stale(folder, f".{kind}-")
+    stage = make_stage(folder, f".{kind}-")
+    try:
+        yield stage
+        for f in sorted(stage.iterdir()):
+            if f.name != LOCK:
+                os.replace(f, folder / f.name)
+    finally:
+        discard(stage)
 
 
 def sweep_stale(parent: Path, prefix: str) -> list[Path]:
