@@ -99,6 +99,19 @@ class RunFolder:
         """The folder's run id: the first part's that carries one (None: no part does)."""
         return next((i for i in self.part_ids().values() if isinstance(i, str)), None)
 
+    def fingerprint(self) -> str:
+        """SHA-256 over the files that set a prediction (config, label space with its thresholds,
+        weights, label embeddings): equal only for the same run at the same point."""
+        import hashlib
+
+        from raddiag.models.release import file_sha256     # a layer above this module
+
+        h = hashlib.sha256()
+        for p in (self.config, self.labels, self.weights, self.label_embeddings):
+            if p.exists():
+                h.update(f"{p.name} {file_sha256(p)}\n".encode())
+        return h.hexdigest()
+
     def check_parts(self) -> None:
         """Refuse parts of different runs, naming which part carries which id."""
         ids = self.part_ids()
