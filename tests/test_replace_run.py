@@ -156,3 +156,18 @@ def test_kill_9_during_an_overwrite_leaves_the_old_run_whole(trained, old_run):
     assert len(left) == 1 and left[0].name.startswith(stage_prefix(old_run, "train"))
     assert sweep_stale(old_run.parent, stage_prefix(old_run, "train")) == left
     assert _stages(old_run) == []
+
+
+def test_label_embeddings_belong_to_a_knowledge_run_only(tmp_path):
+    """A knowledge-head run's label embeddings are one of its parts (another run's are refused);
+    an MLP-head run ignores an embeddings file left from an earlier run in its folder."""
+    from raddiag.serving.sample import make_tiny_run
+
+    know = make_tiny_run(tmp_path / "k", head="knowledge")
+    other = make_tiny_run(tmp_path / "o", head="knowledge", seed=1)
+    shutil.copyfile(other.label_embeddings, know.label_embeddings)
+    with pytest.raises(ValueError, match="label_embeddings.safetensors of run"):
+        know.check()
+    mlp = make_tiny_run(tmp_path / "m")
+    shutil.copyfile(other.label_embeddings, mlp.label_embeddings)
+    assert "label_embeddings.safetensors" not in mlp.check().part_ids()

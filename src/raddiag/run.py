@@ -91,8 +91,12 @@ class RunFolder:
         return self
 
     def part_ids(self) -> dict:
-        """The run id of each part present (None: the part carries none)."""
-        parts = [self.config, self.labels, self.weights, self.label_embeddings]
+        """The run id of each part present (None: the part carries none); label embeddings only
+        where the config's head reads them (a file left from an earlier knowledge-head run is not
+        a part of an MLP-head run)."""
+        parts = [self.config, self.labels, self.weights]
+        if self.label_embeddings.exists() and _head(self.config) in ("knowledge", None):
+            parts.append(self.label_embeddings)
         return {p.name: _part_id(p) for p in parts if p.exists()}
 
     def run_id(self) -> Optional[str]:
@@ -274,6 +278,16 @@ def read_safetensors(path, device: str = "cpu") -> dict:
         return load_file(str(path), device=device)
     except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ... : name the file
         raise ValueError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
+
+
+def _head(config: Path) -> Optional[str]:
+    """``model.head`` of a config file (None: unreadable)."""
+    import yaml
+
+    try:
+        return str(yaml.safe_load(config.read_text(encoding="utf-8"))["model"]["head"])
+    except Exception:  # noqa: BLE001 - its loader names the problem
+        return None
 
 
 def _part_id(path: Path):
