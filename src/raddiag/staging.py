@@ -117,8 +117,8 @@ def sweep_stale(parent: Path, prefix: str) -> list[Path]:
             log.warning("%s: removed the unfinished output of an earlier run that was killed", p)
             removed.append(p)
         elif state == "unknown":
-            log.warning("%s: an unfinished output of an earlier run (no lock file: an older raddiag); "
-                        "remove it when no other raddiag command is writing there", p)
+            log.warning("%s: an unfinished output of an earlier run, or of one still running (it holds no "
+                        "lock to tell: an older raddiag); remove it when no raddiag command is writing there", p)
     return removed
 
 
@@ -151,11 +151,12 @@ def atomic_write(path, write) -> None:
 
 
 # -- locks -------------------------------------------------------------------------------------
-def _lock(fd: int, blocking: bool) -> bool:
+def _lock(fd: int, blocking: bool) -> Optional[bool]:
+    """Take the lock of ``fd``: True, False (another process holds it), None (no ``flock`` here)."""
     try:
         import fcntl
     except ImportError:        # pragma: no cover - not POSIX: no lock, stages are then named, not removed
-        return True
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         return True
@@ -172,7 +173,7 @@ def _owner(stage: Path) -> str:
     except FileNotFoundError:
         return "unknown"
     try:
-        return "stale" if _lock(fd, blocking=False) else "live"
+        return {True: "stale", False: "live", None: "unknown"}[_lock(fd, blocking=False)]
     finally:
         os.close(fd)                 # closing drops the lock taken just now
 
