@@ -66,7 +66,7 @@ def test_one_row_per_case_in_order_with_error_rows(full, files, pred):
     assert (s.written, s.skipped, s.errors, s.dropped_partial) == (9, 0, 2, False)
     assert [r["case_id"] for r in rows] == [json.loads(x)["id"] for x in (files / "cases.jsonl").read_text().splitlines()]
     errors = {r["case_id"]: r for r in rows if "error" in r}
-    assert set(errors) == {"gone", "oddmod"} and all(set(r) == {"case_id", "error"} for r in errors.values())
+    assert set(errors) == {"gone", "oddmod"} and all(set(r) == {"case_id", "error", "made_by"} for r in errors.values())
     assert "nowhere/x.png" in errors["gone"]["error"] and "does not exist" in errors["gone"]["error"]
     assert "Sonar" in errors["oddmod"]["error"] and "cases.jsonl:7" in errors["oddmod"]["error"]
     # each row is the case as predicted on its own: top 2 ranked, and every class over its threshold
@@ -185,3 +185,40 @@ def test_cli_input_errors(files, tmp_path, capsys, argv, message):
             str(tmp_path / a) if a.endswith(".jsonl") else a for a in argv]
     assert main(["predict", str(files / "run"), *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+# -- issue 27 item 7: a resumed file is never a mix of runs or options, nor counts a case twice ----
+def test_resume_refuses_rows_of_another_run_or_other_options(full, files, pred, tmp_path):
+    """Every row records what made it; rows of another run (same label count, other names and
+    weights), another --top or other --classes are refused, naming what differs; the file is
+    left as it was."""
+    other = Predictor.load(make_tiny_run(tmp_path / "other", classes=["Normal", "Pituitary adenoma", "Gout",
+                                                                      "Scurvy"], seed=1).root)
+    out = tmp_path / "preds.jsonl"
+    out.write_bytes(full[0].read_bytes())
+    for who, kw, needle in ((other, {"top": 2}, "run "), (pred, {"top": 3}, "top 2 (now 3)"),
+                            (pred, {"top": 2, "classes": ["Pneumonia", "Fracture"]}, "classes None (now ")):
+        with pytest.raises(ValueError, match="rows come from another run or other options") as exc:
+            _run(who, files, out, **kw)
+        assert needle in str(exc.value) and str(out) in str(exc.value)
+    assert out.read_bytes() == full[0].read_bytes()
+    assert {json.dumps(r["made_by"]) for r in _rows(out)} == {json.dumps(batch.made_by(pred, 2))}
+    legacy = tmp_path / "legacy.jsonl"                      # rows that do not say what made them
+    legacy.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "made_by"}) + "\n" for r in _rows(out)))
+    with pytest.raises(ValueError, match="do not record what made them"):
+        _run(pred, files, legacy, top=2)
+
+
+def test_a_repeated_row_is_removed_and_the_count_is_true(full, files, pred, tmp_path, capsys):
+    lines = full[0].read_bytes().splitlines(keepends=True)
+    out = tmp_path / "preds.jsonl"
+    out.write_bytes(b"".join(lines[:5] + [lines[1]] + lines[5:]))       # 10 rows for 9 cases
+    s = _run(pred, files, out, top=2)
+    assert out.read_bytes() == full[0].read_bytes()
+    assert (s.written, s.skipped, s.duplicates) == (0, 9, 1)
+    out.write_bytes(b"".join(lines + [lines[0]]))
+    assert main(["predict", str(files / "run"), "--manifest", str(files / "cases.jsonl"), "--out", str(out),
+                 "--top", "2", "--batch-size", "3"]) == 2                # its 2 error rows
+    said = capsys.readouterr().out
+    assert "0 case(s) written, 9 found there already (1 repeated row(s) of a case removed)" in said
+    assert len(_rows(out)) == 9

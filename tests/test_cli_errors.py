@@ -156,17 +156,17 @@ def test_train_out_on_a_read_only_disk(tiny, tmp_path, capsys, monkeypatch):
 def test_train_out_on_a_full_disk(tiny, tmp_path, capsys, monkeypatch):
     """The disk fills up while a checkpoint or the weights are written: one line naming the file,
     and no half-written file left behind."""
-    import raddiag.training.checkpoint as ckpt
+    import raddiag.staging as staging
 
     def fsync(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ckpt.os, "fsync", fsync)
+    monkeypatch.setattr(staging.os, "fsync", fsync)
     out = tmp_path / "run"
     rc, _, err = run_cli(capsys, *_train_args(tiny, out))
     assert rc == EXIT_FAILURE
     line = one_line_error(err, str(out), "No space left on device")
-    assert "model.safetensors" in line or "last.pt" in line
+    assert any(f"{name}: No space" in line for name in ("config.yaml", "model.safetensors", "last.pt"))
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
 
 

@@ -40,6 +40,29 @@ class UserError(Exception):
     """An error caused by the user's input: printed without a traceback."""
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: raised in the main thread so that every ``finally`` runs (worker pools
+    shut down, unfinished outputs removed) before the command exits with 143. A BaseException,
+    so that no ``except Exception`` takes it for an error of the work."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _handle_sigterm():
+    """Install :func:`_on_sigterm` for this command; returns the handler to restore (None: not
+    installed: off the main thread, or under torchrun, which stops its ranks itself and whose
+    ranks may sit in a collective that a Python handler would wait for)."""
+    import os
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or "TORCHELASTIC_RUN_ID" in os.environ:
+        return None
+    return signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 def describe_error(exc: BaseException) -> tuple[int, str]:
     """``(exit code, one-line message)`` for an error that ended a command."""
     if isinstance(exc, KeyError) and exc.args:
@@ -235,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT
+    previous = _handle_sigterm()
     try:
         if hasattr(args, "release_labels"):
             _resolve_release(args)
@@ -244,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("raddiag: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        _close_progress_bars()
+        print("raddiag: terminated (SIGTERM); unfinished outputs removed", file=sys.stderr)
+        return 143
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line (a traceback with --debug)
         if args.debug:
             raise
@@ -253,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"raddiag: error: {one_line(text)}", file=sys.stderr)
         return code
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
     return int(rc or 0)
 
 

@@ -144,6 +144,7 @@ class RunConfig:
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of sections (data, model, train...), "
                              f"got a {type(data).__name__}")
+        data.pop("run_id", None)        # a run folder's stamp (raddiag.run), not a setting
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError, KeyError, AttributeError) as exc:

@@ -144,12 +144,24 @@ def run_mapping(
         ordered = [rows[n] for n in counts]
         write_csv(path, MAP_FIELDS, ordered)
         summary = {"disorders": len(ordered), "new": len(new),
-                   "ambiguous": sum(r["ambiguous"] == "yes" and r["confirmed"].lower() not in ("yes", "y")
-                                    for r in ordered),
+                   "ambiguous": sum(_unreviewed(r) for r in ordered),
                    "confirmed": sum(r["confirmed"].lower() in ("yes", "y") for r in ordered),
                    "unmapped": sum(not r["code"] for r in ordered), "file": str(path)}
         lg.info("mapping: %s", summary)
     return summary
+
+
+def _unreviewed(row: dict) -> bool:
+    """A mapping row marked ambiguous that nobody confirmed."""
+    return (row.get("ambiguous") or "").strip().lower() == "yes" and \
+        (row.get("confirmed") or "").strip().lower() not in ("yes", "y")
+
+
+def ambiguous_unconfirmed(work: str | Path) -> list[str]:
+    """The disorders of ``map/mapping.csv`` whose mapping is ambiguous and not confirmed."""
+    w = Work(work, create=False)
+    path = w.require("map", "mapping.csv", hint="run `raddiag curate map WORK` first")
+    return [r["disorder"] for r in read_csv(path, required=["disorder", "code"]) if _unreviewed(r)]
 
 
 def read_mapping(work: str | Path) -> dict[str, Optional[str]]:

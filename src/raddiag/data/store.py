@@ -18,11 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
-import shutil
-import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -36,7 +32,8 @@ from raddiag.data.preprocess import load_scan
 from raddiag.data.volume import DEFAULT_LIMITS, Limits
 from raddiag.jsonl import iter_jsonl
 from raddiag.data.splits import assign_splits
-from raddiag.data.workers import worker_processes_allowed
+from raddiag.data.workers import forkserver_pool, map_in_order, stop_pool, worker_processes_allowed
+from raddiag.staging import discard, make_stage, sweep_stale
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -118,7 +115,8 @@ def prepare_cases(
 
     An existing prepared dataset in ``out_dir`` is replaced only with ``overwrite``. Every file
     is written into a temporary folder first and moved into place at the end, so a failed run
-    leaves ``out_dir`` as it was, without debris.
+    leaves ``out_dir`` as it was, without debris; that of a run killed with SIGKILL is removed by
+    the next run (:mod:`raddiag.staging`).
     """
     from raddiag.config import check_geometry
 
@@ -136,7 +134,8 @@ def prepare_cases(
     _check_cases(cases, pre_skipped)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
+    sweep_stale(out, ".prepare-")             # the unfinished work of a killed run (raddiag.staging)
+    tmp = make_stage(out, ".prepare-")
     try:
         report = _prepare_into(tmp, cases, size, depth, (window, windows), strict, seed, workers, progress,
                                pre_skipped, head_min, medium_min, limits)
@@ -150,7 +149,7 @@ def prepare_cases(
         for f in sorted(tmp.iterdir(), key=lambda f: f.name == "meta.json"):   # meta.json last
             os.replace(f, out / f.name)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(tmp)
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
     return report
@@ -190,10 +189,8 @@ def _prepare_into(out: Path, cases: list[Case], size, depth, windowing, strict, 
             for c in cases for scan in c.scans]
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     if workers > 1 and len(jobs) > 8 and worker_processes_allowed("prepare_cases", "forkserver"):
-        # forkserver, not fork: forking a process whose torch/OpenMP threads are running can
-        # deadlock the children (seen when prepare ran after model code in the same process).
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
-        results = pool.map(_process_scan, jobs, chunksize=4)
+        pool = forkserver_pool(workers)     # forkserver: forking after torch threads ran can deadlock
+        results = map_in_order(pool, _process_scan, jobs, chunksize=4)
     else:
         pool, results = None, map(_process_scan, jobs)
     if progress:
@@ -205,6 +202,7 @@ def _prepare_into(out: Path, cases: list[Case], size, depth, windowing, strict, 
     n_slices = 0
     intensity: dict = {}
     as_stored: list[str] = []
+    finished = False
     try:
         with (out / "slices.f16").open("wb") as fbin:
             results = iter(results)
@@ -236,9 +234,10 @@ def _prepare_into(out: Path, cases: list[Case], size, depth, windowing, strict, 
                 rec = case.to_dict()
                 rec["scans"] = scans_ok
                 kept.append(rec)
+        finished = True
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        if pool is not None:   # after an error or SIGTERM, no wait for the scans in progress
+            stop_pool(pool, wait=finished)
 
     with (out / "cases.jsonl").open("w") as f:
         for rec in kept:

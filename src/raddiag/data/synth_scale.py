@@ -25,11 +25,9 @@ what) is a few small dicts per case. Rendering is synth's (:func:`raddiag.data.s
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import re
 import zlib
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -334,13 +332,12 @@ def generate_paper_cases(out_dir: str | Path, n_cases: int = PAPER_CASES, seed: 
     plans = plan_cases(tables, n_cases, seed)
     state = {"tables": tables, "seed": seed, "raw": raw, "raw_size": raw_size, "raw_depth": raw_depth}
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    from raddiag.data.workers import worker_processes_allowed
+    from raddiag.data.workers import forkserver_pool, map_in_order, worker_processes_allowed
 
     pool = None
     if workers > 1 and n_cases > chunk and worker_processes_allowed("generate_paper_cases", "forkserver"):
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"),
-                                   initializer=_init_worker, initargs=(state,))
-        results = pool.map(_make_chunk, _chunks(plans, chunk))
+        pool = forkserver_pool(workers, _init_worker, (state,))
+        results = map_in_order(pool, _make_chunk, _chunks(plans, chunk))
     else:
         _init_worker(state)
         results = map(_make_chunk, _chunks(plans, chunk))

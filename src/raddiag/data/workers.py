@@ -7,12 +7,17 @@ bootstrapping; multiprocessing then raises "An attempt has been made to start a 
 before the current process has finished its bootstrapping phase" in the child and the
 caller sees a ``BrokenProcessPool``. :func:`worker_processes_allowed` sees that case
 before any process starts: the code then runs in-process, with a warning that says what to add.
+
+:func:`forkserver_pool` is the one way raddiag starts a process pool; its workers end when the
+process that started them ends, even by SIGKILL (see :func:`_follow_parent`).
 """
 from __future__ import annotations
 
 import ast
 import multiprocessing
+import os
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -70,3 +75,99 @@ def worker_processes_allowed(what: str, start_method: Optional[str] = None) -> b
         "script's code under `if __name__ == \"__main__\":` to use worker processes.",
         RuntimeWarning, stacklevel=3)
     return False
+
+
+def forkserver_pool(workers: int, initializer=None, initargs: tuple = ()):
+    """A ``ProcessPoolExecutor`` of ``workers`` processes started by ``forkserver`` (not ``fork``:
+    forking a process whose torch / OpenMP threads are running can deadlock the children),
+    each following this process (:func:`_follow_parent`) before ``initializer(*initargs)``."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"),
+                               initializer=_start_worker, initargs=(os.getpid(), initializer, initargs))
+
+
+def map_in_order(pool, fn, items, chunksize: int = 1, poll: float = 0.25):
+    """``pool.map(fn, items, chunksize=chunksize)`` (tasks submitted now, results in order) whose
+    wait wakes every ``poll`` seconds. SIGTERM may be delivered to any of this process's threads
+    (the pool's manager and queue threads too); Python runs its handler in the main thread, which,
+    blocked in ``pool.map``'s wait, would only notice when the next result came, seconds later."""
+    items = list(items)
+    futures = [pool.submit(_run_chunk, fn, items[i:i + chunksize]) for i in range(0, len(items), chunksize)]
+
+    def results():
+        from concurrent.futures import TimeoutError
+
+        try:
+            for fut in futures:
+                while True:
+                    try:
+                        chunk = fut.result(timeout=poll)
+                        break
+                    except TimeoutError:
+                        continue
+                yield from chunk
+        finally:
+            for fut in futures:
+                fut.cancel()
+
+    return results()
+
+
+def _run_chunk(fn, items: list) -> list:
+    return [fn(x) for x in items]
+
+
+def stop_pool(pool, wait: bool = True) -> None:
+    """Shut ``pool`` down; ``wait=False`` (an error, SIGTERM) ends its workers now rather than
+    after the task each is in (which the interpreter's exit would otherwise wait for)."""
+    terminate = getattr(pool, "terminate_workers", None)                   # Python 3.14+
+    procs = list((getattr(pool, "_processes", None) or {}).values())       # earlier: the pool's own table
+    if not wait and terminate is not None:
+        terminate()
+        return
+    pool.shutdown(wait=wait, cancel_futures=True)                          # (it forgets its processes)
+    if not wait:
+        for proc in procs:
+            proc.terminate()
+
+
+def _start_worker(parent: int, initializer, initargs: tuple) -> None:
+    _follow_parent(parent)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _follow_parent(pid: int) -> None:
+    """End this worker as soon as process ``pid`` (the pool's owner) has ended. A pool's owner
+    killed with SIGKILL cannot stop it, and its workers would wait for work forever (each holds
+    both ends of the task queue), keeping the forkserver and the resource tracker alive too.
+    A thread waits on a pidfd of the owner (Linux 5.3+: no polling, no reused process ids),
+    else checks every second that the owner is there."""
+    import select
+    import time
+
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):       # not Linux, an old kernel, or the owner is gone already
+        fd = None
+
+    def watch():
+        if fd is not None:
+            select.select([fd], [], [])
+        else:
+            while _alive(pid):
+                time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="raddiag-follow-parent", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:                 # pragma: no cover - a process of another user has the id
+        return True
+    return True

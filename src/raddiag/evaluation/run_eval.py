@@ -70,6 +70,6 @@ def evaluate_run(run_dir, data_dir, split: str = "test", out_dir=None, val_split
                                title=f"raddiag evaluation: {run.root.name} on {split}")
     if store_thresholds and res["threshold_source"] == "validation":
         labels.thresholds = [float(t) for t in res["thresholds"]]
-        labels.save(run.labels)
+        run.save_labels(labels)        # keeps the run id (raddiag.run)
     res["out_dir"] = out_dir
     return res

@@ -17,19 +17,20 @@ from .raddiag import RadDiag, build_model
 def save_model(model: RadDiag, run: RunFolder | str | Path, cfg: Optional[RunConfig] = None,
                labels: Optional[LabelSpace] = None) -> RunFolder:
     """Write ``model.safetensors`` (and, for the knowledge head, ``label_embeddings.safetensors``);
-    with ``cfg`` / ``labels`` also ``config.yaml`` / ``label_space.json``."""
-    from safetensors.torch import save_file
+    with ``cfg`` / ``labels`` also ``config.yaml`` / ``label_space.json``. Given both, the folder
+    holds a new run (a new run id, :mod:`raddiag.run`); else the weights join the folder's run."""
+    from raddiag.run import new_run_id
 
     run = run if isinstance(run, RunFolder) else RunFolder(run)
     run.create()
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(run.weights), metadata={"format": "pt", "preset": model.cfg.preset})
+    run_id = new_run_id() if cfg is not None and labels is not None else run.run_id()
+    run.save_weights(model, run_id)
     if isinstance(model.head, KnowledgeHead):
-        run.save_label_embeddings(model.head.label_embeddings)
+        run.save_label_embeddings(model.head.label_embeddings, run_id)
     if cfg is not None:
-        cfg.save(run.config)
+        run.save_config(cfg, run_id)
     if labels is not None:
-        labels.save(run.labels)
+        run.save_labels(labels, run_id)
     return run
 
 

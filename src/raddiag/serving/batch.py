@@ -6,8 +6,10 @@ embeddings written to one ``.npz``.
 input order, a batch at a time (flushed after each batch): the :meth:`CaseResult.to_dict` of
 the case (``positive``: every class at or above its threshold; ``ranked``: the top classes with
 their probabilities, thresholds and ``above_threshold``), or ``{"case_id", "error"}`` for a case
-that cannot be read. Run again on the same ``--out``, it skips the cases written already; a last
-line cut off by an interruption is dropped and its case predicted again. Batches are cut at the
+that cannot be read, each with ``made_by`` (:func:`made_by`: a fingerprint of the run, the input
+settings, ``--top``, ``--classes``). Run again on the same ``--out``, it skips the cases written
+already; a last line cut off by an interruption is dropped and its case predicted again; a case
+written twice keeps one row; rows another run or other options made are refused, never mixed. Batches are cut at the
 same places on every run (case ``k * batch_size`` onwards), and a batch that was written in part
 is predicted whole again, so a resumed run writes the same bytes as an uninterrupted one (the
 same ``--batch-size``): results in float32 depend on which cases share a batch, in the 7th digit.
@@ -82,6 +84,27 @@ class BatchSummary:
     skipped: int            # cases found in --out already
     errors: int             # error rows in the file (this call's and earlier ones)
     dropped_partial: bool   # a cut-off last line was removed
+    duplicates: int = 0     # repeated rows of a case removed (the first kept; a prediction before an error)
+    other_cases: int = 0    # rows in the file of cases not among these (another split or manifest)
+
+
+def made_by(pred: Predictor, top: int, classes=None, encoder=None) -> dict:
+    """What a row depends on, recorded in each row (``made_by``) so that a resumed file is never a
+    mix: the run (:meth:`raddiag.run.RunFolder.fingerprint`: its weights, config, label space,
+    label embeddings), the input settings in effect (``--window`` changes them), ``--top`` and the
+    scored names (``--classes`` with the text encoder and prompt mode)."""
+    import dataclasses
+    import hashlib
+
+    from raddiag.run import RunFolder
+
+    def digest(obj) -> str:
+        return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    names = [list(classes), str(encoder), bool(pred.prompt_sets)] if classes else None
+    return {"run": RunFolder(pred.run_dir).fingerprint()[:16] if pred.run_dir else None,
+            "input": digest(dataclasses.asdict(pred.cfg.data)), "top": int(top),
+            "classes": digest(names) if names else None}
 
 
 def _read_rows(out: Path) -> tuple[list[dict], int, bool]:
@@ -103,21 +126,53 @@ def _read_rows(out: Path) -> tuple[list[dict], int, bool]:
     return rows, end, end < len(data)
 
 
-def _resume(out: Path, retry_errors: bool) -> tuple[dict[str, bool], bool]:
-    """Case ids in ``out`` already (-> whether the row is an error), after dropping a cut-off
-    last line and, with ``retry_errors``, the error rows (so that those cases run again)."""
+def _resume(out: Path, retry_errors: bool, made: dict, ids: set) -> tuple[dict[str, bool], BatchSummary]:
+    """Case ids in ``out`` already (-> whether the row is an error) and what was repaired: a
+    cut-off last line dropped, repeated rows of a case removed and, with ``retry_errors``, the
+    error rows (so that those cases run again). Rows made by another run or with other options
+    are refused (:func:`made_by`)."""
     if out.exists() and not out.is_file():
         raise ValueError(f"{out}: --out must be a file; it is a folder")
     rows, end, partial = _read_rows(out)
-    if retry_errors and any("error" in r for r in rows):
-        rows = [r for r in rows if "error" not in r]
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, out)
+    _check_made_by(out, rows, made)
+    kept = _first_rows(rows)
+    duplicates = len(rows) - len(kept)
+    if retry_errors:
+        kept = [r for r in kept if "error" not in r]
+    if len(kept) < len(rows):
+        from raddiag.staging import atomic_write
+
+        atomic_write(out, lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept).encode()))
     elif partial:
         with out.open("r+b") as f:
             f.truncate(end)
-    return {r["case_id"]: "error" in r for r in rows}, partial
+    done = {r["case_id"]: "error" in r for r in kept}
+    return done, BatchSummary(out, 0, 0, 0, partial, duplicates, sum(c not in ids for c in done))
+
+
+def _first_rows(rows: list[dict]) -> list[dict]:
+    """One row per case, in file order: its first prediction, else its first error row."""
+    best: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        j = best.get(r["case_id"])
+        if j is None or ("error" in rows[j] and "error" not in r):
+            best[r["case_id"]] = i
+    return [rows[i] for i in sorted(best.values())]
+
+
+def _check_made_by(out: Path, rows: list[dict], made: dict) -> None:
+    """Refuse rows that another run, or other options, made (naming what differs)."""
+    other = [r for r in rows if r.get("made_by") != made]
+    if not other:
+        return
+    theirs = other[0].get("made_by")
+    if not isinstance(theirs, dict):
+        why = "they do not record what made them (written by an older raddiag)"
+    else:
+        why = ", ".join(f"{k} {theirs.get(k)} (now {v})" for k, v in made.items() if theirs.get(k) != v)
+        why = f"made with {why}" if why else f"made by {theirs}"
+    raise ValueError(f"{out}: {len(other)} of its {len(rows)} rows come from another run or other options "
+                     f"({why}); resuming would mix them: choose another --out, or delete the file to start afresh")
 
 
 def predict_to_jsonl(pred: Predictor, pending: Sequence[PendingCase], out: Union[str, Path], batch_size: int = 8,
@@ -129,7 +184,9 @@ def predict_to_jsonl(pred: Predictor, pending: Sequence[PendingCase], out: Union
         raise ValueError(f"top must be >= 1, got {top}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done, partial = _resume(out, retry_errors)
+    made = made_by(pred, top, classes, encoder)
+    ids = {p.case_id for p in pending}
+    done, summary = _resume(out, retry_errors, made, ids)
     todo_total = sum(p.case_id not in done for p in pending)
     bar = None
     if progress:
@@ -144,7 +201,8 @@ def predict_to_jsonl(pred: Predictor, pending: Sequence[PendingCase], out: Union
                 if not any(todo):
                     continue
                 results = pred.predict_batch(chunk, top, classes, encoder)   # the whole batch: same numbers
-                f.write("".join(json.dumps(r.to_dict()) + "\n" for r, t in zip(results, todo) if t))
+                f.write("".join(json.dumps({**r.to_dict(), "made_by": made}) + "\n"
+                                for r, t in zip(results, todo) if t))
                 f.flush()
                 written += sum(todo)
                 new_errors += sum(isinstance(r, CaseError) for r, t in zip(results, todo) if t)
@@ -153,9 +211,9 @@ def predict_to_jsonl(pred: Predictor, pending: Sequence[PendingCase], out: Union
     finally:
         if bar is not None:
             bar.close()
-    ids = {p.case_id for p in pending}
     old_errors = sum(err for cid, err in done.items() if cid in ids)
-    return BatchSummary(out, written, len(pending) - todo_total, old_errors + new_errors, partial)
+    summary.written, summary.skipped, summary.errors = written, len(pending) - todo_total, old_errors + new_errors
+    return summary
 
 
 # -- embeddings to .npz --------------------------------------------------------------------------

@@ -210,7 +210,11 @@ def _predict_to_file(args, cases) -> int:
     pred = _load(args)
     s = predict_to_jsonl(pred, _pending(pred, args, cases), args.out, args.batch_size, args.top, args.classes,
                          args.encoder, progress=True, retry_errors=args.retry_errors)
-    note = " (a cut-off last line was dropped and its case predicted again)" if s.dropped_partial else ""
+    notes = [text for text, on in (("a cut-off last line was dropped and its case predicted again", s.dropped_partial),
+                                   (f"{s.duplicates} repeated row(s) of a case removed", s.duplicates),
+                                   (f"the file also holds {s.other_cases} row(s) of cases not among these",
+                                    s.other_cases)) if on]
+    note = f" ({'; '.join(notes)})" if notes else ""
     print(f"{s.out}: {s.written} case(s) written, {s.skipped} found there already{note}; "
           f"{s.errors} error row(s)")
     return EXIT_BAD_INPUT if s.errors else 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -29,6 +30,7 @@ from raddiag.config import RunConfig
 from raddiag.data.case import Scan, canonical_modality, modality_id
 from raddiag.data.labels import DEFAULT_THRESHOLD, LabelSpace
 from raddiag.data.volume import DEFAULT_LIMITS, Limits
+from raddiag.staging import staged_files
 from raddiag.serving.results import (CaseEmbedding, CaseError, CaseResult, Finding,  # noqa: F401 (re-exported)
                                      PendingCase, Prepared, ScanInfo)
 
@@ -286,10 +288,11 @@ class Predictor:
         errors = {i: r for i, r in enumerate(read) if isinstance(r, CaseError)}
         prepared = [r[:2] for r in read if not isinstance(r, CaseError)]
         done = self._predict_prepared(prepared, True, top, classes, encoder, batch_size, progress) if prepared else []
-        if saliency is not None and saliency is not False:
-            for (sample, _), res in zip(prepared, done):
-                res.saliency = self.saliency(sample, res, saliency_class, saliency, all_slices,
-                                             saliency_top_k, classes, encoder, overwrite)
+        if saliency is not None and saliency is not False:   # files move in once all are written
+            with nullcontext() if saliency is True else staged_files(saliency, "saliency") as stage:
+                for (sample, _), res in zip(prepared, done):
+                    res.saliency = self.saliency(sample, res, saliency_class, saliency, all_slices,
+                                                 saliency_top_k, classes, encoder, overwrite, stage)
         if not several:
             return done[0]
         ok = iter(done)
@@ -365,7 +368,8 @@ class Predictor:
         return [r if isinstance(r, CaseError) else next(done) for r in read]
 
     def saliency(self, sample: dict, result: CaseResult, class_=None, out=True, all_slices: bool = False,
-                 top_k: Optional[int] = 64, classes=None, encoder=None, overwrite: bool = False) -> list[dict]:
+                 top_k: Optional[int] = 64, classes=None, encoder=None, overwrite: bool = False,
+                 stage=None) -> list[dict]:
         """Score-CAM maps of one prepared case (see :meth:`predict`); returns one record per map.
         A negated class name ("Non-X", scored 1 - p(X)) shows X's map, recorded as ``map_of``."""
         from raddiag.knowledge.negation import scoring_texts
@@ -405,7 +409,7 @@ class Predictor:
                             rec["overlay"] = overlay_data_url(m)
                         else:
                             rec["path"] = str(save_overlay(m, out, f"{result.case_id}_{Path(info.id).name}",
-                                                           overwrite=overwrite))
+                                                           overwrite=overwrite, stage=stage))
                         records.append(rec)
             finally:
                 if emb is not None:

@@ -172,18 +172,22 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:60] or "x"
 
 
-def save_overlay(m: SaliencyMap, out_dir: str | Path, prefix: str, overwrite: bool = False) -> Path:
-    """Write the overlay PNG under ``out_dir`` (through a temporary sibling renamed into place);
-    an existing file is refused unless ``overwrite``."""
-    from raddiag.training.checkpoint import atomic_write
+def save_overlay(m: SaliencyMap, out_dir: str | Path, prefix: str, overwrite: bool = False,
+                 stage: Optional[Path] = None) -> Path:
+    """Write the overlay PNG for ``out_dir`` (into ``stage`` when given: the caller moves the files
+    in when all are written, :func:`raddiag.staging.staged_files`; else through a temporary
+    sibling renamed into place); an existing file is refused unless ``overwrite``. Returns its
+    path in ``out_dir``."""
+    from raddiag.staging import atomic_write
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"{out_dir}: the saliency output must be a folder; it is a file")
     path = out_dir / f"{_safe(prefix)}_scan{m.scan}_slice{m.slice}_{_safe(m.class_name or str(m.class_index))}.png"
-    if path.exists() and not overwrite:
+    staged = Path(stage) / path.name if stage is not None else path
+    if (path.exists() or staged.exists()) and not overwrite:
         raise FileExistsError(f"{path}: exists already; pass --overwrite (overwrite=True) to replace it")
-    atomic_write(path, lambda f: overlay(m.image, m.heatmap).save(f, format="PNG"))
+    atomic_write(staged, lambda f: overlay(m.image, m.heatmap).save(f, format="PNG"))
     return path
 
 

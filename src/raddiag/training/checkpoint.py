@@ -9,7 +9,6 @@ killed with SIGKILL half-way through a write) never sees a partial file. Loading
 """
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -17,33 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(fileobj)`` on a temp file next to ``path``; fsync; rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        if exc.filename is None:            # a failed write (full disk) carries no file name: add it
-            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
-        raise
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:  # pragma: no cover - some filesystems refuse directory fsync
-        pass
+from raddiag.staging import atomic_write  # noqa: F401 - also imported from here
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

@@ -32,9 +32,10 @@ from torch.utils.data import Dataset
 from raddiag.config import RunConfig
 from raddiag.data.labels import LabelSpace
 from raddiag.run import LAST_CHECKPOINT, RunFolder
+from raddiag.staging import discard, stage_beside, swap_in
 
 from . import distributed as dist_utils
-from .checkpoint import atomic_write, load_checkpoint
+from .checkpoint import load_checkpoint
 from .metrics import f1_thresholds
 from .sampler import RepeatFactorSampler, ResumableSampler, repeat_factors
 from raddiag.data.shards import ShardData
@@ -173,13 +174,8 @@ def _unwrap(model):
 
 
 def _save_weights_atomic(model, run: RunFolder) -> None:
-    """model.safetensors, written whole or not at all (same format as models.save_model)."""
-    from safetensors.torch import save
-
-    m = _unwrap(model)
-    state = {k: v.detach().contiguous().cpu() for k, v in m.state_dict().items()}
-    blob = save(state, metadata={"format": "pt", "preset": m.cfg.preset})
-    atomic_write(run.weights, lambda f: f.write(blob))
+    """model.safetensors, written whole or not at all, with the run's id (RunFolder.save_weights)."""
+    run.save_weights(_unwrap(model))
 
 
 def validate(model, dataset, cfg: RunConfig, d: Optional[dist_utils.Dist] = None,
@@ -291,7 +287,8 @@ def train(
     ``cfg.model.pretrained`` (a torchvision/timm ResNet file) initialises the per-slice ResNet of a
     fresh run (:mod:`raddiag.models.pretrained`); a resumed run does not read it again.
     A run folder that already holds weights or a checkpoint is refused unless ``resume`` (a
-    checkpoint) or ``overwrite`` (start afresh there; the old checkpoint is removed first).
+    checkpoint) or ``overwrite`` (a new run, trained in a hidden folder beside the old one and
+    swapped in whole when this call completes: a failure or a kill leaves the old run as it was).
     Under ``torchrun`` this trains with DDP; only rank 0 writes.
     """
     from raddiag.data.dataset import CaseDataset, make_loader
@@ -308,23 +305,38 @@ def train(
         raise ValueError(f"train.amp={tc.amp!r}; choose 'none' or 'bf16'")
     if tc.batch_size < 1 or tc.grad_accum < 1 or tc.epochs < 1:
         raise ValueError("train.batch_size, train.grad_accum and train.epochs must be >= 1")
-    run = RunFolder(out_dir)
-    run.claim_for_training(resume, overwrite)
-    created = not run.root.exists()
+    target = RunFolder(out_dir)
+    replace = target.claim_for_training(resume, overwrite)
+    created = not target.root.exists()
 
     d = dist_utils.init(device)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
+    run = target
     try:
-        return _train(d, open_training_data(data_dir), run, cfg, label_embeddings, knowledge_encoder, resume,
-                      progress, max_steps, init_state, train_indices, CaseDataset, make_loader, build_model,
-                          key_slice_attention_loss)
+        run = _stage(target, d) if replace else target
+        result = _train(d, open_training_data(data_dir), run, cfg, label_embeddings, knowledge_encoder, resume,
+                        progress, max_steps, init_state, train_indices, CaseDataset, make_loader, build_model,
+                        key_slice_attention_loss)
+        if run is not target and d.is_main:
+            swap_in(run.root, target.root)
+        result.run = target
+        return result
     except BaseException:
-        if created and d.is_main:
+        if d.is_main and run is not target:
+            discard(run.root)
+        elif created and d.is_main:
             _remove_unfinished(run)
         raise
     finally:
         torch.use_deterministic_algorithms(was_deterministic)  # process-wide: leave it as found
         d.close()
+
+
+def _stage(target: RunFolder, d) -> RunFolder:
+    """The hidden folder beside ``target`` a replacing run trains in (rank 0 makes it, every rank
+    uses it), swapped in whole when the run completes (:mod:`raddiag.staging`)."""
+    stage = str(stage_beside(target.root, "train")) if d.is_main else None
+    return RunFolder(dist_utils.broadcast_object(stage, d))
 
 
 def _run_label_embeddings(d, run, cfg, labels, label_embeddings, knowledge_encoder, resume):
@@ -388,18 +400,20 @@ def _remove_unfinished(run) -> None:
         shutil.rmtree(run.root, ignore_errors=True)
 
 
-def _write_run_folder(run, cfg, labels, emb, epoch: int, data) -> None:
+def _write_run_folder(run, cfg, labels, emb, epoch: int, data, resume: bool) -> None:
     """The run folder: everything inference needs (config, labels, label embeddings, the training
-    data's intensity convention)."""
+    data's intensity convention), with the run's id (:mod:`raddiag.run`)."""
     from raddiag.data.intensity import write_run_intensity
+    from raddiag.run import new_run_id
 
     run.create()
     run.checkpoints.mkdir(exist_ok=True)
-    cfg.save(run.config)
+    run_id = run.run_id() if resume else new_run_id()     # a resumed run keeps its id (None: written before ids)
+    run.save_config(cfg, run_id)
     write_run_intensity(run.root, data.meta, data.root)
-    labels.save(run.labels)
+    run.save_labels(labels, run_id)
     if emb is not None:
-        run.save_label_embeddings(emb)
+        run.save_label_embeddings(emb, run_id)
     _trim_metrics(run, epoch)
 
 
@@ -476,7 +490,7 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
              "bad_epochs": 0, "stopped_early": False, "have_best": False}
     ckpt = _restore(run, model, optimizer, scheduler, state, labels, d) if resume else None
     if d.is_main:
-        _write_run_folder(run, cfg, labels, emb, state["epoch"], data)
+        _write_run_folder(run, cfg, labels, emb, state["epoch"], data, resume)
     d.barrier()
 
     from .loop import TrainLoop
@@ -522,7 +536,7 @@ def _finalise_thresholds(model, val_ds, cfg, d, run: RunFolder, labels: LabelSpa
     if d.is_main:
         labels = copy.deepcopy(labels)
         labels.thresholds = f1_thresholds(scores, yval)
-        labels.save(run.labels)
+        run.save_labels(labels)
     d.barrier()
 
 
