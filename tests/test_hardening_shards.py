@@ -87,6 +87,28 @@ def test_an_index_split_name_with_shell_syntax_is_refused(sharded, tmp_path):
         verify_shards(f"pipe:cat {out}/shards.json")
 
 
+@pytest.mark.parametrize("mutate, reason", [
+    (lambda i: "[" * 100_000, "not valid JSON"),
+    (lambda i: i["splits"]["test"]["shards"][0].update(n_cases="3"), "integers >= 0"),
+    (lambda i: i["splits"]["test"]["shards"][0].update(sha256=None), "64 hex digits"),
+    (lambda i: i["splits"]["test"].update(n_cases=-5), "declares -5 cases"),
+    (lambda i: i.update(size="big"), "'size' and 'depth' must be integers"),
+    (lambda i: i.update(label_spaces=[]), "'label_spaces' an object"),
+], ids=["nested-too-deep", "count-a-string", "no-sha256", "negative-split-count", "size-a-string",
+        "label-spaces-a-list"])
+def test_an_index_of_the_wrong_shape_is_a_shard_error_naming_it(sharded, tmp_path, mutate, reason):
+    """Found trying the surface again: these were RecursionError, TypeError or ValueError deep in
+    the reader (a traceback, or a split read with a negative length)."""
+    out = tmp_path / "copy"
+    shutil.copytree(sharded, out)
+    index = json.loads((out / "shards.json").read_text())
+    text = mutate(index)
+    (out / "shards.json").write_text(text if isinstance(text, str) else json.dumps(index))
+    with pytest.raises(ShardError, match=reason) as e:
+        verify_shards(out)
+    assert "shards.json" in str(e.value)
+
+
 def test_overwrite_removes_only_shard_names_inside_out(prepared, sharded, tmp_path):
     """Issue 27.5: ``--overwrite`` unlinked every name the old index listed, ``../victim.txt``
     and absolute paths included."""

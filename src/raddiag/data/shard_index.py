@@ -94,7 +94,7 @@ def read_index(root: str | Path) -> dict:
     raw, path = _read_index_bytes(root)
     try:
         index = json.loads(raw.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:      # bad JSON or UTF-8, or nested too deep
         raise ShardError(f"{path}: not valid JSON ({exc}); shard the dataset again") from None
     if not isinstance(index, dict) or index.get("format_version") != SHARD_FORMAT:
         raise ShardError(f"{path}: shard format {index.get('format_version') if isinstance(index, dict) else None!r}, "
@@ -102,8 +102,31 @@ def read_index(root: str | Path) -> dict:
     for k in ("size", "depth", "splits", "label_spaces"):
         if k not in index:
             raise ShardError(f"{path}: {k!r} is missing; shard the dataset again")
+    if not (_count(index["size"], 1) and _count(index["depth"], 1) and isinstance(index["label_spaces"], dict)):
+        raise ShardError(f"{path}: 'size' and 'depth' must be integers >= 1 and 'label_spaces' an object; "
+                         "shard the dataset again")
     _check_shard_names(index, path)
+    _check_counts(index, path)
     return index
+
+
+def _count(v, least: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+
+def _check_counts(index: dict, path: str) -> None:
+    """Each shard's case count and bytes are integers >= 0 and its sha256 64 hex digits, and a
+    split's case count is the sum of its shards' (a reader cuts shares by them)."""
+    for split, sp in index["splits"].items():
+        for sh in sp["shards"]:
+            sha = sh.get("sha256")
+            if not (_count(sh.get("n_cases")) and _count(sh.get("bytes")) and isinstance(sha, str)
+                    and re.fullmatch(r"[0-9a-f]{64}", sha)):
+                raise ShardError(f"{path}: shard {sh['name']!r}: 'n_cases' and 'bytes' must be integers >= 0 and "
+                                 "'sha256' 64 hex digits; shard the dataset again")
+        if sp.get("n_cases") != sum(sh["n_cases"] for sh in sp["shards"]):
+            raise ShardError(f"{path}: split {split!r} declares {sp.get('n_cases')!r} cases, its shards hold "
+                             f"{sum(sh['n_cases'] for sh in sp['shards'])}; shard the dataset again")
 
 
 def _check_shard_names(index: dict, path: str) -> None:

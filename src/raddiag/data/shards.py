@@ -272,7 +272,7 @@ def _decode(path: Path, sample: dict) -> tuple[int, dict, list[np.ndarray], dict
         arrays = [np.load(io.BytesIO(sample[f"scan{j}.npy"]), allow_pickle=False) for j in range(len(rec["scans"]))]
         stored = {g: np.load(io.BytesIO(sample[f"{g}.npy"]), allow_pickle=False) for g in GRANULARITIES}
         return int(sample["__key__"].rsplit("/", 1)[-1]), rec, arrays, stored
-    except (KeyError, ValueError, OSError) as exc:
+    except (KeyError, ValueError, OSError, TypeError, RecursionError) as exc:
         raise ShardError(f"{path}: sample {sample.get('__key__')!r} cannot be decoded ({type(exc).__name__}: "
                          f"{exc}); the shard is damaged, shard the dataset again") from None
 
