@@ -159,9 +159,18 @@ def test_a_decoded_budget_counts_every_file_of_a_request():
         b.add_decoded(60, "b")
 
 
-def test_the_decoded_size_is_read_from_the_header():
-    from raddiag.serving.uploads import HEAD_BYTES, decoded_bytes, sniff
+@pytest.mark.parametrize("extra", [0, 8170])
+def test_the_decoded_size_is_read_from_the_header(tmp_path, extra):
+    """Also when a gzip extra field pushes the header past the first 8 KB that sniff reads."""
+    import gzip
+    import struct
+    import zlib
 
-    bomb = volume_bomb((64, 64, 40), np.int16)
-    assert sniff(bomb[:HEAD_BYTES]) == "nifti.gz"
-    assert decoded_bytes(None, "nifti.gz", bomb[:HEAD_BYTES]) == 64 * 64 * 40 * 2
+    from raddiag.serving.uploads import decoded_bytes
+
+    raw = gzip.decompress(volume_bomb((64, 64, 40), np.int16))
+    co = zlib.compressobj(9, zlib.DEFLATED, -15)
+    blob = (b"\x1f\x8b\x08\x04" + bytes(4) + b"\x00\xff" + struct.pack("<H", extra) + b"X" * extra
+            + co.compress(raw) + co.flush() + struct.pack("<II", zlib.crc32(raw), len(raw)))
+    (tmp_path / "v.nii.gz").write_bytes(blob)
+    assert decoded_bytes(tmp_path / "v.nii.gz", "nifti.gz") == 64 * 64 * 40 * 2

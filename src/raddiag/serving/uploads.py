@@ -61,9 +61,9 @@ def sniff(head: bytes) -> Optional[str]:
     return None
 
 
-def _gunzip_prefix(data: bytes, n: int = 352) -> bytes:
+def _gunzip_prefix(data: bytes) -> bytes:
     try:
-        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, n)
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, 352)
     except zlib.error:
         return b""
 
@@ -168,21 +168,23 @@ def save_upload(fileobj: BinaryIO, name: str, dest: Path, budget: Budget, taken:
     budget.add_file(name)
     out = dest / safe_name(stored_name, kind, taken)
     _copy(fileobj, out, budget, name, head)
-    decoded = decoded_bytes(out, kind, head)
+    decoded = decoded_bytes(out, kind)
     if decoded:
         budget.add_decoded(decoded, name)
     return [out]
 
 
-def decoded_bytes(path: Path, kind: str, head: bytes) -> Optional[int]:
+def decoded_bytes(path: Path, kind: str) -> Optional[int]:
     """The bytes a compressed scan decodes to, from its header (None: the pixels are stored as they
     are, bounded by the file's size, or the header is unreadable, which the readers report)."""
     try:
-        if kind == "nifti.gz":
+        if kind == "nifti.gz":      # the header as the reader reads it (raddiag.data.readers._nifti_volume)
             import nibabel as nib
 
-            inner = _gunzip_prefix(head, 540)
-            hdr = (nib.Nifti2Header if inner[4:8] == b"n+2\x00" else nib.Nifti1Header).from_fileobj(io.BytesIO(inner))
+            with gzip.open(path, "rb") as f:
+                inner = f.read(540)
+            n2 = 540 in struct.unpack("<i", inner[:4]) + struct.unpack(">i", inner[:4])
+            hdr = (nib.Nifti2Header if n2 else nib.Nifti1Header).from_fileobj(io.BytesIO(inner))
             return math.prod(int(d) for d in hdr.get_data_shape()) * hdr.get_data_dtype().itemsize
         if kind in ("png", "jpeg"):
             from PIL import Image
