@@ -8,26 +8,12 @@ import shutil
 
 import pytest
 
+from test_shards import prepared, sharded  # noqa: F401 - the same small prepared dataset and its shards
+
 from raddiag.data import shards as shards_mod
 from raddiag.data.shards import ShardDataset, ShardError, shard_location, verify_shards, write_shards
 from raddiag.data.store import PreparedData
 from raddiag.config import DataConfig
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    from raddiag.data.synth import synthesize
-
-    root = tmp_path_factory.mktemp("hshards") / "prep"
-    synthesize(root, n_cases=12, size=16, depth=2, workers=1, raw_size=(24, 32), raw_depth=(4, 8))
-    return root
-
-
-@pytest.fixture(scope="module")
-def sharded(prepared):
-    out = prepared.parent / "sh"
-    write_shards(prepared, out, shard_size=40_000)
-    return out
 
 
 def _with_name(sharded, tmp_path, name: str, split: str = "test", k: int = 0):
