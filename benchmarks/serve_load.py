@@ -9,8 +9,11 @@ Without --run a tiny random-weight run folder (32 px, depth 4) is made in a temp
 ``--hostile`` interleaves a hostile request after every good one, cycling through oversized
 declared sizes (a 4 KB NIfTI declaring 4000 x 4000 x 40 float32, a 164 KB PNG of 13000 x 13000 px,
 an NPY header declaring 20000 x 20000), a zip bomb, damaged zips (bad CRC, corrupt deflate,
-encrypted, unknown method, truncated), an oversized body and wrong types; it prints what the
-server answered to each kind and passes (exit 0) when the good requests have 0 errors, no answer
+encrypted, unknown method, truncated), a zip of 100,000 entries (its central directory), a complete
+.nii.gz of 1024 x 1024 x 1000 float64 zeros (8 GB decoded from 8 MB), zips whose entries clash
+(``a.png`` and ``a.png/b.png``) or hold a folder name of 300 characters, an upload that stalls
+after its first bytes (the server's ``--read-timeout`` is ``--read-timeout`` here, default 2 s),
+an oversized body and wrong types; it prints what the server answered to each kind and passes (exit 0) when the good requests have 0 errors, no answer
 is a 500, and the server's RSS at the end is within 1.5x of its idle figure (after warm-up). The
 server's data segment is capped at ``--server-mem-gb`` (default 4) so that a hostile request
 cannot take the machine down while a scan's size is not yet bounded from its header.
@@ -42,7 +45,8 @@ def rss_mb(pid: int) -> float:
 
 def hostile_requests(max_mb: float) -> list[tuple[str, list, dict, set]]:
     """(kind, files, form, statuses that count as handled) of each hostile request."""
-    from raddiag.serving.sample import damaged_zip, oversize_nifti, oversize_png, zip_bomb
+    from raddiag.serving.sample import (clashing_zip, damaged_zip, many_entries_zip, oversize_nifti, oversize_png,
+                                        volume_bomb, zip_bomb)
 
     npy_head = b"{'descr': '<f4', 'fortran_order': False, 'shape': (20000, 20000), }"
     npy = b"\x93NUMPY\x01\x00" + len(npy_head + b"\n").to_bytes(2, "little") + npy_head + b"\n" + bytes(4096)
@@ -59,7 +63,27 @@ def hostile_requests(max_mb: float) -> list[tuple[str, list, dict, set]]:
            ("wrong form type top=ten", [("files", ("a.png", sample_png(32)))], {"top": "ten", **xr}, {422})]
     out += [(f"zip: {how}", [("files", ("c.zip", damaged_zip(how)))], xr, {400})
             for how in ("crc", "deflate", "encrypted", "method", "truncated")]
+    out += [("zip central directory 100k entries", [("files", ("d.zip", many_entries_zip(100_000)))], xr, {413}),
+            ("nii.gz 1024x1024x1000 float64 zeros", [("files", ("v.nii.gz", volume_bomb()))], ct, {413}),
+            ("zip entries clash a.png, a.png/b.png", [("files", ("c.zip", clashing_zip(True)))], xr, {400}),
+            ("zip entries clash a.png/b.png, a.png", [("files", ("c.zip", clashing_zip(False)))], xr, {400}),
+            ("zip folder name of 300 chars", [("files", ("c.zip", clashing_zip(long_folder=300)))], xr, {400}),
+            ("stalled upload", STALL, xr, {408})]
     return out
+
+
+STALL = "stall"      # the files of a hostile kind sent by hand: headers, a few body bytes, then nothing
+
+
+def stalled_upload(url: str) -> tuple[int, str]:
+    """(status, first line) of the answer to an upload that stops sending after its first bytes."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=120) as s:
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+                  b"Content-Length: 100000\r\n\r\n--x\r\n")
+        answer = s.recv(4096).decode("latin-1")
+    line = answer.split("\r\n", 1)[0]
+    return (int(line.split()[1]) if line.startswith("HTTP/") else 0), answer[-160:]
 
 
 def _cap_memory(gb: float):
@@ -81,6 +105,8 @@ def main() -> int:
     ap.add_argument("--saliency", action="store_true", help="ask for Score-CAM overlays too")
     ap.add_argument("--hostile", action="store_true", help="interleave hostile requests (see the module doc)")
     ap.add_argument("--max-mb", type=float, default=16.0, help="the server's upload limit (default 16)")
+    ap.add_argument("--read-timeout", type=float, default=2.0,
+                    help="the server's --read-timeout in seconds (the stalled upload waits this long; default 2)")
     ap.add_argument("--server-mem-gb", type=float, default=4.0,
                     help="cap of the server's data segment in GiB (0: none; default 4)")
     args = ap.parse_args()
@@ -90,7 +116,7 @@ def main() -> int:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "raddiag", "serve", run, "--port", str(port),
-                             "--max-mb", str(args.max_mb)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             "--max-mb", str(args.max_mb), "--read-timeout", str(args.read_timeout)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             preexec_fn=_cap_memory(args.server_mem_gb))
     url = f"http://127.0.0.1:{port}"
     try:
@@ -112,9 +138,11 @@ def main() -> int:
         def bad(k):
             kind, files, form, _ = hostile[k % len(hostile)]
             try:
+                if files == STALL:
+                    return (kind, *stalled_upload(url))
                 r = httpx.post(url + "/predict", files=files or None, data=form, timeout=300)
                 return kind, r.status_code, r.text[:160]
-            except httpx.HTTPError as exc:        # a server cut off mid-request counts as a failure
+            except (httpx.HTTPError, OSError) as exc:   # a server cut off mid-request counts as a failure
                 return kind, 0, f"{type(exc).__name__}: {exc}"
 
         for i in range(args.concurrency):

@@ -32,6 +32,8 @@ class FakeLLM:
         self.down_after = None
         self.sleep_first = 0.0
         self.headers = []
+        self.content = None       # a fixed reply (hostile models)
+        self.body = None          # a fixed HTTP body (hostile servers)
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -53,14 +55,18 @@ class FakeLLM:
                 titles = [re.sub(r"^\d+\.\s*", "", l) for l in user.splitlines() if l.strip()]
                 prompt_a = system.startswith("You are a radiologist")
                 ans = [t in DISORDERS or (t == DISAGREE and prompt_a) for t in titles]
+                if fake.body is not None:
+                    return self._send(200, None, fake.body)
+                if fake.content is not None:
+                    return self._send(200, {"choices": [{"message": {"role": "assistant", "content": fake.content}}]})
                 if prompt_a:   # JSON list in a code fence
                     content = "```json\n" + json.dumps(["yes" if a else "no" for a in ans]) + "\n```"
                 else:          # numbered lines: the parser must cope with both
                     content = "\n".join(f"{i + 1}. {'Yes' if a else 'No'}" for i, a in enumerate(ans))
                 self._send(200, {"choices": [{"message": {"role": "assistant", "content": content}}]})
 
-            def _send(self, code, obj):
-                data = json.dumps(obj).encode()
+            def _send(self, code, obj, data=None):
+                data = json.dumps(obj).encode() if data is None else data
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -212,3 +218,41 @@ def test_filter_needs_one_mode(records, tmp_path):
         run_filter(records, tmp_path / "w")
     with pytest.raises(ValueError, match="--model"):
         run_filter(records, tmp_path / "w", llm_url="http://127.0.0.1:1")
+
+
+# -- hostile replies (issue 27.10) ---------------------------------------------------------
+@pytest.mark.timeout(60)      # a quadratic parse of these took minutes
+@pytest.mark.parametrize("reply", ["[" * 3000, "{" * 3000, '{"answers": ' * 3000, "[" * 60_000,
+                                   " " * 60_000 + "x```", "\n" * 60_000 + "x", "1" * 60_000 + ". yes",
+                                   "[" * 300_000, "yes " * 75_000])
+def test_a_hostile_reply_is_not_parsed(reply):
+    assert parse_answers(reply, 1) is None
+
+
+def test_a_bounded_reply_still_parses_with_prose_around_it():
+    assert parse_answers("Here: " + "[" * 5 + "]" * 5 + ' ["yes", "no"] thanks', 2) is None   # two spans
+    assert parse_answers('Answer: ["yes", {"answer": "no"}]. Done.', 2) == [True, False]
+    assert parse_answers("x" * 1000 + "\n1. yes\n2. no", 2) == [True, False]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("reply", ["[" * 3000, "[" * 300_000])
+def test_a_hostile_model_sends_the_titles_to_review_on_every_run(llm, records, tmp_path, reply):
+    """``"[" * 3000`` crashed curate filter with RecursionError, again on every rerun."""
+    llm.content = reply
+    for _ in range(2):
+        s = run_filter(records, tmp_path / "w", llm_url=llm.url, **_fast())
+        assert s["pending"] == len(TITLES) and s["disorders"] == 0
+
+
+def test_a_hostile_server_body_is_bounded(llm, records, tmp_path, monkeypatch):
+    from raddiag.curation import llm as llm_mod
+
+    llm.body = b"[" * 100_000                  # no chat completion, and too deep for json
+    with pytest.raises(EndpointError, match="not a chat completion"):
+        run_filter(records, tmp_path / "w1", llm_url=llm.url, **_fast(retries=1))
+    monkeypatch.setattr(llm_mod, "MAX_BODY", 2_000)
+    llm.body = None
+    llm.content = "x" * 5_000                  # over the body limit: not read, the titles go to review
+    s = run_filter(records, tmp_path / "w2", llm_url=llm.url, **_fast())
+    assert s["pending"] == len(TITLES)

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 from raddiag.curation.records import load_records, title_counts
-from raddiag.curation.work import Work, parse_yes_no, read_csv, read_json, write_csv, write_json
+from raddiag.csvfile import read_csv, write_csv
+from raddiag.curation.work import Work, parse_yes_no, read_json, write_json
 
 REVIEW_FIELDS = ["title", "cases", "prompt_a", "prompt_b", "is_disorder"]
 

@@ -55,57 +55,107 @@ def cache_key(prompt_id: str, model: str, title: str) -> str:
     return h.hexdigest()
 
 
+MAX_REPLY = 64_000   # characters of a reply the parser reads: 20 titles' answers need a few hundred
+MAX_DEPTH = 8        # nesting of a JSON reply: a list of answers, or of {"answer": ...} objects
+MAX_BODY = 4 << 20   # bytes of an HTTP reply read from the endpoint
+
+
+def _as_bool(v, depth: int = 0) -> Optional[bool]:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, (int, float)) and v in (0, 1):
+        return bool(v)
+    if isinstance(v, str):
+        s = v.strip().strip(".").lower()
+        if s in ("yes", "y", "true", "1", "disorder"):
+            return True
+        if s in ("no", "n", "false", "0", "not a disorder"):
+            return False
+    if isinstance(v, dict) and depth < MAX_DEPTH:  # {"title": ..., "answer": "yes"}
+        for k in ("answer", "disorder", "is_disorder", "value"):
+            if k in v:
+                return _as_bool(v[k], depth + 1)
+    return None
+
+
+def _json_depth(text: str) -> int:
+    """The deepest nesting of ``[`` and ``{`` in ``text`` outside JSON strings (one linear pass)."""
+    depth = deepest = 0
+    in_str = escaped = False
+    for c in text:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_str = False
+        elif c == '"':
+            in_str = True
+        elif c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth -= 1
+    return deepest
+
+
+def _candidates(text: str) -> list[str]:
+    """The reply, and its spans from the first ``[`` to the last ``]`` and from the first ``{``
+    to the last ``}`` (prose around a JSON answer), found in linear time."""
+    out = [text]
+    for a, b in ("[]", "{}"):
+        i, j = text.find(a), text.rfind(b)
+        if 0 <= i < j:
+            out.append(text[i:j + 1])
+    return out
+
+
+def _from_json(obj, n: int) -> Optional[list[bool]]:
+    if isinstance(obj, dict):
+        for k in ("answers", "answer", "results"):
+            if isinstance(obj.get(k), list):
+                obj = obj[k]
+                break
+        else:
+            try:
+                obj = [obj[str(i + 1)] if str(i + 1) in obj else obj[i + 1] for i in range(n)]
+            except (KeyError, TypeError):
+                return None
+    if isinstance(obj, list) and len(obj) == n:
+        vals = [_as_bool(v) for v in obj]
+        if all(v is not None for v in vals):
+            return vals  # type: ignore[return-value]
+    return None
+
+
 def parse_answers(content: str, n: int) -> Optional[list[bool]]:
     """Robustly read ``n`` yes/no answers from a model's reply; None when it cannot.
 
     Accepts a JSON list of yes/no/true/false/1/0 (also inside a ```json fence or surrounded
     by prose), a JSON object keyed by 1-based number, or ``n`` numbered lines ``1. yes``.
+    A reply is model output, so bounded: over :data:`MAX_REPLY` characters or nested deeper than
+    :data:`MAX_DEPTH` it is not parsed (None: the titles go to review), and every step is linear
+    in its length (a 300 KB reply of ``[`` took minutes, 3,000 of them raised RecursionError).
     """
-    def as_bool(v) -> Optional[bool]:
-        if isinstance(v, bool):
-            return v
-        if isinstance(v, (int, float)) and v in (0, 1):
-            return bool(v)
-        if isinstance(v, str):
-            s = v.strip().strip(".").lower()
-            if s in ("yes", "y", "true", "1", "disorder"):
-                return True
-            if s in ("no", "n", "false", "0", "not a disorder"):
-                return False
-        if isinstance(v, dict):  # {"title": ..., "answer": "yes"}
-            for k in ("answer", "disorder", "is_disorder", "value"):
-                if k in v:
-                    return as_bool(v[k])
+    if not isinstance(content, str) or len(content) > MAX_REPLY:
         return None
-
     text = content.strip()
-    text = re.sub(r"^```[a-zA-Z]*\s*|\s*```$", "", text)
-    candidates = [text]
-    for pat in (r"\[.*\]", r"\{.*\}"):
-        m = re.search(pat, text, re.S)
-        if m:
-            candidates.append(m.group(0))
-    for cand in candidates:
-        try:
-            obj = json.loads(cand)
-        except (json.JSONDecodeError, ValueError):
+    if text.startswith("```"):
+        text = re.sub(r"\A```[a-zA-Z]*", "", text).lstrip()
+    if text.endswith("```"):
+        text = text[:-3].rstrip()
+    for cand in _candidates(text):
+        if _json_depth(cand) > MAX_DEPTH:
             continue
-        if isinstance(obj, dict):
-            for k in ("answers", "answer", "results"):
-                if isinstance(obj.get(k), list):
-                    obj = obj[k]
-                    break
-            else:
-                try:
-                    obj = [obj[str(i + 1)] if str(i + 1) in obj else obj[i + 1] for i in range(n)]
-                except (KeyError, TypeError):
-                    continue
-        if isinstance(obj, list) and len(obj) == n:
-            vals = [as_bool(v) for v in obj]
-            if all(v is not None for v in vals):
-                return vals  # type: ignore[return-value]
-    # numbered lines: "1. yes", "2) No - ..."
-    lines = re.findall(r"^\s*(\d+)\s*[.):-]\s*(yes|no|true|false)\b", text, re.I | re.M)
+        try:
+            got = _from_json(json.loads(cand), n)
+        except ValueError:
+            continue
+        if got is not None:
+            return got
+    # numbered lines: "1. yes", "2) No - ..." (spaces, not newlines, around the number: linear)
+    lines = re.findall(r"^[ \t]*(\d{1,6})[ \t]*[.):-][ \t]*(yes|no|true|false)\b", text, re.I | re.M)
     if len(lines) == n and [int(i) for i, _ in lines] == list(range(1, n + 1)):
         return [v.lower() in ("yes", "true") for _, v in lines]
     if n == 1:
@@ -146,6 +196,18 @@ class ChatClient:
     def close(self) -> None:
         self._client.close()
 
+    def _post(self, payload: dict) -> tuple[int, Optional[bytes]]:
+        """(HTTP status, body) of one request; the body is None when it is over :data:`MAX_BODY`
+        bytes (read no further: a reply is another program's output, not trusted to be small)."""
+        with self._client.stream("POST", self.endpoint, json=payload) as r:
+            parts, size = [], 0
+            for chunk in r.iter_bytes():
+                size += len(chunk)
+                if size > MAX_BODY:
+                    return r.status_code, None
+                parts.append(chunk)
+            return r.status_code, b"".join(parts)
+
     def chat(self, system: str, user: str) -> str:
         import httpx
 
@@ -159,25 +221,37 @@ class ChatClient:
                 time.sleep(delay)
             self.calls += 1
             try:
-                r = self._client.post(self.endpoint, json=payload)
+                status, body = self._post(payload)
             except httpx.TimeoutException:
                 last = f"no answer within {self.timeout:g} s (timeout)"
                 continue
             except httpx.TransportError as exc:
                 last = f"connection failed ({type(exc).__name__}: {exc})"
                 continue
-            if r.status_code >= 500 or r.status_code == 429:
-                last = f"HTTP {r.status_code} {r.text[:200]!r}"
+            if status >= 500 or status == 429:
+                last = f"HTTP {status} {_shown(body, 200)}"
                 continue
-            if r.status_code >= 400:
-                raise EndpointError(f"{self.endpoint}: HTTP {r.status_code} {r.text[:300]!r} "
+            if status >= 400:
+                raise EndpointError(f"{self.endpoint}: HTTP {status} {_shown(body, 300)} "
                                     f"(model {self.model!r}; check the URL, the model name and OPENAI_API_KEY)")
+            if body is None:
+                log.warning("%s: a reply over %d bytes: not read (its titles go to review)", self.endpoint, MAX_BODY)
+                return ""
             try:
-                return r.json()["choices"][0]["message"]["content"] or ""
-            except (ValueError, KeyError, IndexError, TypeError):
-                last = f"reply is not a chat completion: {r.text[:200]!r}"
+                return _reply_content(body)
+            except (ValueError, KeyError, IndexError, TypeError, RecursionError):
+                last = f"reply is not a chat completion: {_shown(body, 200)}"
                 continue
         raise EndpointError(f"{self.endpoint}: failed after {self.retries + 1} tries (last: {last})")
+
+
+def _reply_content(body: bytes) -> str:
+    """The message text of a chat completion's JSON body (RecursionError: nested too deep)."""
+    return json.loads(body)["choices"][0]["message"]["content"] or ""
+
+
+def _shown(body: Optional[bytes], n: int) -> str:
+    return f"(a body over {MAX_BODY} bytes)" if body is None else repr(body[:n].decode("utf-8", "replace"))
 
 
 def _user_message(titles: Sequence[str]) -> str:

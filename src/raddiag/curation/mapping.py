@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from raddiag.curation.filter import accepted_disorders
-from raddiag.curation.work import Work, parse_yes_no, read_csv, write_csv
+from raddiag.csvfile import read_csv, write_csv
+from raddiag.curation.work import Work, parse_yes_no
 
 log = logging.getLogger("raddiag.curation")
 MAP_FIELDS = ["disorder", "cases", "code", "description", "score", "ambiguous", "confirmed", "suggestions"]

@@ -16,7 +16,6 @@ WORK/
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import logging
 import os
@@ -142,30 +141,6 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 continue
             raise ValueError(f"{path}:{i}: not valid JSON") from None
     return out
-
-
-def write_csv(path: str | Path, fieldnames: list[str], rows: Iterable[dict]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=fieldnames, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow(r)
-    os.replace(tmp, path)
-
-
-def read_csv(path: str | Path, required: Iterable[str] = ()) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: file does not exist")
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        missing = set(required) - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {sorted(missing)}; found {reader.fieldnames}")
-        return [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
 
 
 YES = {"yes", "y", "true", "1", "disorder", "x"}

@@ -11,8 +11,10 @@ DIR/
                        number in its split (7 digits)
 ```
 WebDataset (a well-kept library; LitData and Mosaic Streaming need their own index formats and
-servers) writes the tars, and its tar iterators read them back; shards are written under a
-temporary name and renamed when complete, and ``shards.json`` is written last.
+servers) writes the tars, and its tar iterators read them back; shards are written into a
+hidden staging folder inside DIR and moved in only when all are complete, ``shards.json`` last
+(so a failed ``--overwrite`` leaves the old shards whole). Where an index and its shards live and
+which shard names it may hold: :mod:`raddiag.data.shard_index`.
 
 Reading (:class:`ShardDataset`): the shards of a split are ordered (seeded per epoch when
 training), and this sequence of cases is cut into ``world_size`` equal contiguous shares, each
@@ -25,14 +27,17 @@ sha256; a damaged one raises :class:`ShardError` naming it.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import random
-import re
+import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -42,16 +47,19 @@ from torch.utils.data import IterableDataset, get_worker_info
 from raddiag.data.dataset import CaseDataset
 from raddiag.data.errors import OutputExists
 from raddiag.data.labels import LabelSpace
+from raddiag.data.shard_index import (INDEX, SHARD_FORMAT, SHARD_NAME, SPLIT_NAME, ShardError, open_source, as_source,
+                                      is_shard_folder, is_url, read_index, shard_location)
 from raddiag.data.store import PreparedData
 
-SHARD_FORMAT = 1
-INDEX = "shards.json"
+__all__ = ["INDEX", "SHARD_FORMAT", "ShardError", "as_source", "is_shard_folder", "is_url", "read_index",
+           "shard_location", "write_shards", "verify_shards", "iter_shard", "ShardDataset", "ShardData",
+           "ShardProgress", "open_training_data", "split_dataset", "share_bounds"]
+
+log = logging.getLogger(__name__)
+
+STAGING = ".shards-new-"        # + pid: where data shard writes before swapping the shards in
 SPLIT_ORDER = ("train", "val", "test")
 GRANULARITIES = ("disorder", "icd10")
-
-
-class ShardError(ValueError):
-    """A shard folder or shard that cannot be read: the message names the file and the reason."""
 
 
 class _Hashing(io.RawIOBase):
@@ -138,7 +146,9 @@ def _write_split(data: PreparedData, split: str, out: Path, shard_size: int, spa
             state["members"] += size
         close()
     finally:
-        if state:
+        if state:       # a failure: the tar writer is closed first (else its end blocks go to a closed file)
+            with contextlib.suppress(Exception):
+                state["writer"].close()
             state["file"].close()
             state["tmp"].unlink(missing_ok=True)
     return shards
@@ -147,7 +157,10 @@ def _write_split(data: PreparedData, split: str, out: Path, shard_size: int, spa
 def write_shards(prepared: str | Path, out: str | Path, shard_size: int = 2**30, overwrite: bool = False) -> dict:
     """Write the prepared dataset ``prepared`` as tar shards of at most ``shard_size`` bytes (a
     case larger than that gets a shard of its own) into ``out``, and return the index written to
-    ``out/shards.json``. An existing shard folder is replaced only with ``overwrite``."""
+    ``out/shards.json``. An existing shard folder is replaced only with ``overwrite``: the new
+    shards are written into a hidden folder inside ``out`` and moved in only when all are complete
+    (a failure leaves the old shards whole); then the old shards the new index does not list are
+    removed, and only names ``data shard`` writes (``SPLIT-NNNNNN.tar``) directly inside ``out``."""
     if shard_size < 1:
         raise ValueError(f"shard size must be positive, got {shard_size}")
     data = PreparedData(prepared)
@@ -155,109 +168,76 @@ def write_shards(prepared: str | Path, out: str | Path, shard_size: int = 2**30,
     if (out / INDEX).exists() and not overwrite:
         raise OutputExists(f"{out}: holds shards already; pass --overwrite (overwrite=True) to replace them")
     out.mkdir(parents=True, exist_ok=True)
-    old = _shard_names(out / INDEX) if (out / INDEX).exists() else set()
-    (out / INDEX).unlink(missing_ok=True)   # no index pointing at half-replaced shards
+    _remove_stale_staging(out)
     spaces = {g: data.label_space(g) for g in GRANULARITIES}
     present = {r["split"] for r in data.records}
-    splits = {}
-    for split in [s for s in SPLIT_ORDER if s in present] + sorted(present - set(SPLIT_ORDER)):
-        shards = _write_split(data, split, out, shard_size, spaces)
-        splits[split] = {"n_cases": sum(s["n_cases"] for s in shards), "shards": shards}
-    index = {"format_version": SHARD_FORMAT, "source": str(Path(prepared).resolve()),
-             "size": data.size, "depth": data.depth, "meta": data.meta, "shard_size": shard_size,
-             "label_spaces": {g: ls.to_dict() for g, ls in spaces.items()}, "splits": splits}
-    tmp = out / f".{INDEX}.tmp"
+    bad = sorted(s for s in present if not SPLIT_NAME.fullmatch(str(s)))
+    if bad:
+        raise ValueError(f"{data.root}: split name(s) {bad} cannot name a shard (letters, digits, '_')")
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}-", dir=out))
+    try:
+        splits = {}
+        for split in [s for s in SPLIT_ORDER if s in present] + sorted(present - set(SPLIT_ORDER)):
+            shards = _write_split(data, split, staging, shard_size, spaces)
+            splits[split] = {"n_cases": sum(s["n_cases"] for s in shards), "shards": shards}
+        index = {"format_version": SHARD_FORMAT, "source": str(Path(prepared).resolve()),
+                 "size": data.size, "depth": data.depth, "meta": data.meta, "shard_size": shard_size,
+                 "label_spaces": {g: ls.to_dict() for g, ls in spaces.items()}, "splits": splits}
+        _swap_in(staging, out, index)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return index
+
+
+def _swap_in(staging: Path, out: Path, index: dict) -> None:
+    """Move the complete shards of ``index`` from ``staging`` into ``out`` and write the index
+    last; the old index goes first, so that no index ever lists a mix of old and new shards."""
+    old = _old_shard_names(out / INDEX)
+    (out / INDEX).unlink(missing_ok=True)
+    new = {sh["name"] for sp in index["splits"].values() for sh in sp["shards"]}
+    for name in new:
+        os.replace(staging / name, out / name)
+    tmp = staging / INDEX
     tmp.write_text(json.dumps(index, indent=1))
     os.replace(tmp, out / INDEX)
-    for name in old - _shard_names(out / INDEX):
-        (out / name).unlink(missing_ok=True)
-    return index
+    for name in old - new:
+        if (out / name).is_file():
+            (out / name).unlink()
 
 
-def _shard_names(index_path: Path) -> set[str]:
+def _old_shard_names(index_path: Path) -> set[str]:
+    """The shard names an old index lists that ``data shard`` writes (``SPLIT-NNNNNN.tar``: no
+    folder, no ``..``): the only files ``--overwrite`` may remove. Other names are left, and said."""
     try:
         idx = json.loads(index_path.read_text())
-        return {s["name"] for sp in idx["splits"].values() for s in sp["shards"]}
-    except (ValueError, KeyError, TypeError, AttributeError):
+        names = {s["name"] for sp in idx["splits"].values() for s in sp["shards"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return set()
+    odd = sorted(str(n) for n in names if not (isinstance(n, str) and SHARD_NAME.fullmatch(n)))
+    if odd:
+        log.warning("%s: lists %d name(s) that are not shard names, left in place: %s", index_path, len(odd),
+                    ", ".join(repr(n) for n in odd[:5]))
+    return {n for n in names if isinstance(n, str) and SHARD_NAME.fullmatch(n)}
 
 
-def is_url(source) -> bool:
-    """A source WebDataset opens rather than a local path: ``pipe:CMD`` or ``SCHEME://...``."""
-    s = str(source)
-    return s.startswith("pipe:") or re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", s) is not None
+def _remove_stale_staging(out: Path) -> None:
+    """Remove the staging folders of ``data shard`` runs into ``out`` that were killed (their
+    process is gone): each holds up to a whole dataset of unfinished shards."""
+    for p in out.glob(f"{STAGING}*"):
+        pid = p.name[len(STAGING):].split("-", 1)[0]
+        if p.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            log.info("%s: removing the unfinished shards of a killed run", p)
+            shutil.rmtree(p, ignore_errors=True)
 
 
-def as_source(source) -> Path | str:
-    """A shard source as given: a URL stays a string, anything else is a local path."""
-    return str(source) if is_url(source) else Path(source)
-
-
-def shard_location(source, name: str) -> Path | str:
-    """Where shard ``name`` of ``source``'s index lives: next to the index. A folder or a local
-    index file: the folder / the file's folder; a URL: the same URL with ``name`` in place of
-    its (last) ``shards.json``, e.g. ``pipe:cat /data/s/shards.json`` -> ``pipe:cat /data/s/NAME``."""
-    if is_url(source):
-        s = str(source)
-        k = s.rfind(INDEX)
-        return s[:k] + name + s[k + len(INDEX):]
-    return _local_index(source).parent / name
-
-
-def _local_index(source) -> Path:
-    """The index file of a local source: the source itself when it is a ``*.json`` file, else the
-    folder's ``shards.json``."""
-    p = Path(source)
-    return p if p.suffix == ".json" and p.is_file() else p / INDEX
-
-
-def _open(location: Path | str):
-    """A binary stream of a local file or of a URL (WebDataset's gopen: ``pipe:``, ``http(s)://``, ...)."""
-    if isinstance(location, Path):
-        return location.open("rb")
-    from webdataset.gopen import gopen
-
-    return gopen(location, "rb")
-
-
-def _read_index_bytes(source) -> tuple[bytes, str]:
-    """(bytes, where) of ``source``'s index: a folder's shards.json, a local index file, or a URL."""
-    if is_url(source):
-        if INDEX not in str(source):
-            raise ShardError(f"{source}: a URL source must name the index {INDEX} (e.g. pipe:cat /data/shards/{INDEX} "
-                             f"or https://host/shards/{INDEX}); each shard is read by the same URL with its name in "
-                             f"place of {INDEX}")
-        try:
-            with _open(str(source)) as f:
-                return f.read(), str(source)
-        except (OSError, ValueError) as exc:
-            raise ShardError(f"{source}: the index cannot be read ({type(exc).__name__}: {exc})") from None
-    path = _local_index(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"{source}: not a shard folder ({INDEX} is missing; run `raddiag data shard`)")
-    return path.read_bytes(), str(path)
-
-
-def read_index(root: str | Path) -> dict:
-    """The index of a shard folder (``root/shards.json``), of a local index file or of a URL
-    (:func:`shard_location`), checked: every error names the file."""
-    raw, path = _read_index_bytes(root)
+def _alive(pid: int) -> bool:
     try:
-        index = json.loads(raw.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ShardError(f"{path}: not valid JSON ({exc}); shard the dataset again") from None
-    if not isinstance(index, dict) or index.get("format_version") != SHARD_FORMAT:
-        raise ShardError(f"{path}: shard format {index.get('format_version') if isinstance(index, dict) else None!r}, "
-                         f"this raddiag reads {SHARD_FORMAT}; shard the dataset again")
-    for k in ("size", "depth", "splits", "label_spaces"):
-        if k not in index:
-            raise ShardError(f"{path}: {k!r} is missing; shard the dataset again")
-    return index
-
-
-def is_shard_folder(path: str | Path) -> bool:
-    """A shard folder, a local index file (``*.json``) or a URL source (:func:`shard_location`)."""
-    return is_url(path) or _local_index(path).is_file()
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:     # another user's process
+        return True
+    return True
 
 
 def verify_shards(root: str | Path) -> int:
@@ -273,7 +253,7 @@ def verify_shards(root: str | Path) -> int:
                 raise ShardError(f"{path}: missing (listed in {shard_location(root, INDEX)})")
             h = hashlib.sha256()
             try:
-                with _open(path) as f:
+                with open_source(path) as f:
                     for block in iter(lambda: f.read(1 << 22), b""):
                         h.update(block)
             except OSError as exc:
@@ -292,7 +272,7 @@ def _decode(path: Path, sample: dict) -> tuple[int, dict, list[np.ndarray], dict
         arrays = [np.load(io.BytesIO(sample[f"scan{j}.npy"]), allow_pickle=False) for j in range(len(rec["scans"]))]
         stored = {g: np.load(io.BytesIO(sample[f"{g}.npy"]), allow_pickle=False) for g in GRANULARITIES}
         return int(sample["__key__"].rsplit("/", 1)[-1]), rec, arrays, stored
-    except (KeyError, ValueError, OSError) as exc:
+    except (KeyError, ValueError, OSError, TypeError, RecursionError) as exc:
         raise ShardError(f"{path}: sample {sample.get('__key__')!r} cannot be decoded ({type(exc).__name__}: "
                          f"{exc}); the shard is damaged, shard the dataset again") from None
 
@@ -309,7 +289,7 @@ def iter_shard(path: Path | str, entry: dict, start: int = 0, stop: Optional[int
         raise ShardError(f"{path}: missing (listed in {path.parent / INDEX})")
     n = 0
     try:
-        f = _open(path)
+        f = open_source(path)
     except OSError as exc:
         raise ShardError(f"{path}: cannot be opened ({type(exc).__name__}: {exc})") from None
     h = _Hashing(f)

@@ -88,10 +88,9 @@ def stats_text(st: dict) -> str:
 
 def plot_stats(st: dict, out_dir: str | Path) -> list[Path]:
     """Figure 2 panels as PNGs (matplotlib, Agg backend). Returns the files written."""
-    import matplotlib
+    from raddiag.plots import plain, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -101,7 +100,7 @@ def plot_stats(st: dict, out_dir: str | Path) -> list[Path]:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for ax, kind, colour in zip(axes, ("abnormal", "normal"), ("tab:red", "tab:blue")):
             d = st[key][kind]
-            names, vals = list(d), list(d.values())
+            names, vals = [plain(n) for n in d], list(d.values())
             total = sum(vals) or 1
             bars = ax.barh(names[::-1], vals[::-1], color=colour)
             for b, v in zip(bars, vals[::-1]):

@@ -8,7 +8,6 @@ anatomy is given, ``anatomy/<name>`` (all classes, on that anatomy's cases) and
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import warnings
@@ -17,6 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from raddiag.csvfile import write_csv
 from raddiag.data.case import NORMAL
 from raddiag.data.errors import InputWarning
 from raddiag.data.labels import LabelSpace, check_thresholds
@@ -313,11 +313,9 @@ def write_per_class_csv(path: Path, result: dict, labels: np.ndarray, label_spac
     point, thr = result["per_class"], result["thresholds"]
     groups = label_space.groups
     npos = np.count_nonzero(labels, axis=0)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["index", "name", "code", "group", "train_count", "n_pos", "n_neg", "threshold",
-                    "threshold_fallback", *METRICS])
-        for i, name in enumerate(label_space.names):
-            w.writerow([i, name, label_space.codes[i] or "", groups[i], label_space.counts[i], int(npos[i]),
-                        int(len(labels) - npos[i]), f"{thr[i]:.6g}", int(result["threshold_fallback"][i]),
-                        *["" if np.isnan(point[k][i]) else f"{point[k][i]:.6f}" for k in METRICS]])
+    header = ["index", "name", "code", "group", "train_count", "n_pos", "n_neg", "threshold",
+              "threshold_fallback", *METRICS]
+    write_csv(path, header, ([i, name, label_space.codes[i] or "", groups[i], label_space.counts[i], int(npos[i]),
+                              int(len(labels) - npos[i]), f"{thr[i]:.6g}", int(result["threshold_fallback"][i]),
+                              *["" if np.isnan(point[k][i]) else f"{point[k][i]:.6f}" for k in METRICS]]
+                             for i, name in enumerate(label_space.names)))

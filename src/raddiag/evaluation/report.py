@@ -13,6 +13,7 @@ from typing import Optional
 import numpy as np
 
 from raddiag.data.labels import LabelSpace
+from raddiag.plots import plain, pyplot
 
 from .engine import anatomy_name
 from .metrics import METRICS
@@ -22,19 +23,10 @@ HEADERS = {"auc": "AUC", "ap": "AP", "f1": "F1", "mcc": "MCC", "acc": "ACC",
 GROUP_TITLES = {"all": "All", "head": "Head", "medium": "Medium", "tail": "Tail", "normal": "Normal vs abnormal"}
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)  # tight_layout already ran: "tight" bbox would draw twice
-    _plt().close(fig)
+    pyplot().close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -63,7 +55,7 @@ def metrics_table(metrics: dict, groups: list[str], caption: str) -> str:
 
 
 def roc_figure(roc: dict) -> str:
-    plt = _plt()
+    plt = pyplot()
     groups = [g for g in ("all", "head", "medium", "tail") if g in roc]
     fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups), 3.6), squeeze=False)
     for ax, g in zip(axes[0], groups):
@@ -89,11 +81,11 @@ def roc_figure(roc: dict) -> str:
 def normal_by_anatomy_figure(metrics: dict) -> Optional[str]:
     rows = ["normal"] + sorted(k for k in metrics if k.startswith("anatomy/") and k.endswith("/normal"))
     names = [anatomy_name(r) for r in rows[1:]]
-    labels = ["all cases"] + names
+    labels = ["all cases"] + [plain(n) for n in names]
     keys = [("auc", "AUC"), ("ap", "AP"), ("recall_at_fpr_0.05", "Recall@0.05")]
     if "normal" not in metrics or not names:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(rows)), 3.6))
     x = np.arange(len(rows))
     wdt = 0.8 / len(keys)
@@ -119,7 +111,7 @@ def distribution_figure(scores, labels, thresholds, names, classes, anatomy=None
     a positive) and inter-anatomy negatives, with the threshold as a dashed line."""
     if not classes:
         return None
-    plt = _plt()
+    plt = pyplot()
     ncol = min(3, len(classes))
     nrow = int(np.ceil(len(classes) / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow), squeeze=False)
@@ -143,7 +135,7 @@ def distribution_figure(scores, labels, thresholds, names, classes, anatomy=None
                 ax.stairs(v[idx], x0 + np.r_[idx, len(v)], fill=True, color=col, label=f"{lab} ({len(v)})")
             x0 += len(v)
         ax.axhline(thresholds[c], color="k", ls="--", lw=1, label=f"threshold {thresholds[c]:.3g}")
-        ax.set_title(str(names[c])[:40], fontsize=9)
+        ax.set_title(plain(str(names[c])[:40]), fontsize=9)
         ax.set_ylim(0, 1.0 if s.max() <= 1 else None)
         ax.set_xlabel("cases")
         ax.set_ylabel("probability")

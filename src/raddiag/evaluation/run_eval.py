@@ -46,7 +46,9 @@ def evaluate_run(run_dir, data_dir, split: str = "test", out_dir=None, val_split
     if out_dir is not None:
         check_out_folder(out_dir)      # before any work, even the run's: found only when writing, it cost a run
     run = resolve_run(run_dir)
-    if not Path(data_dir).exists():
+    from raddiag.data.shards import is_url
+
+    if not is_url(data_dir) and not Path(data_dir).exists():    # a URL (pipe:, https://) is read below
         raise FileNotFoundError(f"{data_dir}: prepared dataset (or shard) folder does not exist")
     if out_dir is None:
         out_dir = run.root / f"eval-{split}"

@@ -7,8 +7,9 @@
   and one per scan (:meth:`CaseEmbedding.to_dict`): the model as a feature extractor.
 - ``GET /labels``, ``GET /health``; ``GET /`` the web page; OpenAPI at ``/docs`` and ``/openapi.json``.
 
-Uploads are bounded (``max_files``, ``max_bytes``; the request body is cut off at the limit
-while it streams in), checked by content (:mod:`raddiag.serving.uploads`), extracted safely,
+Uploads are bounded (``max_files``, ``max_bytes``, the bytes compressed scans decode to,
+``max_decoded``; the request body is cut off at the limit while it streams in, and after
+``read_timeout`` seconds without data; at most ``max_uploads`` at once), checked by content (:mod:`raddiag.serving.uploads`), extracted safely,
 and kept in a temporary folder that is removed after the request. A bad upload gets a 4xx
 with a message (``{"detail": ...}``). The model is loaded once; forwards run one at a time
 under the predictor's lock (torch uses the cores itself), and at most ``os.cpu_count()`` requests
@@ -16,6 +17,7 @@ preprocess at once.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import tempfile
@@ -33,37 +35,56 @@ from raddiag.serving.uploads import Budget, UploadError, save_upload
 STATIC = Path(__file__).with_name("static")
 MULTIPART_SLACK = 1 << 20        # multipart headers and form fields on top of the file bytes
 UPLOAD_ANSWERS = {400: {"description": "bad upload (unsafe zip, empty file, ...)"},
-                  413: {"description": "too large or too many files, or a scan whose declared size is over the bound"},
+                  413: {"description": "too large or too many files (or zip entries), or a scan whose declared size, "
+                                       "or decoded size, is over the bound"},
+                  408: {"description": "the upload stalled (no data within the read timeout)"},
                   415: {"description": "unsupported file type (by content)"},
+                  429: {"description": "too many uploads at once"},
                   422: {"description": "the scans cannot be used (modality missing, unreadable, ...)"}}
 
 
-class BodyLimit:
-    """ASGI middleware: refuse POST bodies over ``limit`` bytes with 413, by Content-Length up
-    front and by counting while the body streams in (chunked uploads)."""
+class UploadGuard:
+    """ASGI middleware over every POST / PUT: at most ``max_uploads`` at once (429 beyond: each
+    holds a temporary folder, and extracting it memory), the body at most ``limit`` bytes (413, by
+    Content-Length up front and by counting while a chunked body streams in), and each part of the
+    body within ``read_timeout`` seconds of the last (408: a stalled upload held its connection open
+    for ever). Every answer names the limit and the ``raddiag serve`` option that sets it."""
 
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, read_timeout: float = 30.0, max_uploads: int = 16) -> None:
+        self.app, self.limit, self.read_timeout, self.max_uploads = app, limit, read_timeout, max_uploads
+        self.active = 0
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT"):
             return await self.app(scope, receive, send)
-        msg = f"upload too large: the request body is over the limit of {self.limit} bytes"
+        msg = f"upload too large: the request body is over the limit of {self.limit} bytes (--max-mb)"
         cl = dict(scope["headers"]).get(b"content-length")
         if cl is not None and cl.isdigit() and int(cl) > self.limit:
             return await JSONResponse({"detail": msg}, status_code=413)(scope, receive, send)
+        if self.active >= self.max_uploads:
+            return await JSONResponse({"detail": f"too many uploads at once: {self.active} in progress, the limit "
+                                                 f"is {self.max_uploads} (--max-uploads); try again shortly"},
+                                      status_code=429, headers={"Retry-After": "5"})(scope, receive, send)
         seen = 0
 
         async def limited():
             nonlocal seen
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.read_timeout)
+            except asyncio.TimeoutError:
+                raise StarletteHTTPException(408, f"upload stalled: no data for {self.read_timeout:g} s "
+                                                  "(--read-timeout)") from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
                     raise StarletteHTTPException(413, msg)
             return message
 
-        await self.app(scope, limited, send)
+        self.active += 1        # one event loop: no lock needed
+        try:
+            await self.app(scope, limited, send)
+        finally:
+            self.active -= 1
 
 
 def _strip(text: str, case_dir: Path) -> str:
@@ -72,10 +93,13 @@ def _strip(text: str, case_dir: Path) -> str:
 
 
 def create_app(run_dir, max_files: int = 64, max_bytes: int = 256 << 20, device: str = "cpu",
-               predictor=None, max_classes: int = 256) -> FastAPI:
+               predictor=None, max_classes: int = 256, max_decoded: int = 2 << 30, read_timeout: float = 30.0,
+               max_uploads: int = 16) -> FastAPI:
     """The service for one run folder (``predictor``: an already loaded :class:`Predictor`).
     ``max_classes`` bounds the new class names of one request: each is embedded by the text
-    encoder under the predictor's lock (2,000 names held it for 40 s on 2 CPUs)."""
+    encoder under the predictor's lock (2,000 names held it for 40 s on 2 CPUs). ``max_decoded``:
+    the bytes one request's compressed scans may decode to (:class:`Budget`); ``read_timeout``,
+    ``max_uploads``: see :class:`UploadGuard`."""
     from raddiag import __version__
     from raddiag.serving.predict import Predictor, canonical_modalities
 
@@ -88,8 +112,10 @@ def create_app(run_dir, max_files: int = 64, max_bytes: int = 256 << 20, device:
                               "(DICOM, NIfTI, NPY, PNG/JPEG files, or one zip of them) to `/predict`, or to `/embed` "
                               "for its features.")
     app.state.predictor = pred
-    app.state.limits = {"max_files": max_files, "max_bytes": max_bytes, "max_classes": max_classes}
-    app.add_middleware(BodyLimit, limit=max_bytes + MULTIPART_SLACK)
+    app.state.limits = {"max_files": max_files, "max_bytes": max_bytes, "max_classes": max_classes,
+                        "max_decoded": max_decoded, "read_timeout": read_timeout, "max_uploads": max_uploads}
+    app.add_middleware(UploadGuard, limit=max_bytes + MULTIPART_SLACK, read_timeout=read_timeout,
+                       max_uploads=max_uploads)
 
     def on_upload(files, modality, case_id, run):
         """Save the upload into a temporary folder, ``run(folder, modality)`` -> a result with
@@ -97,7 +123,7 @@ def create_app(run_dir, max_files: int = 64, max_bytes: int = 256 << 20, device:
         with tempfile.TemporaryDirectory(prefix="raddiag-upload-") as tmp:
             case_dir = Path(tmp) / "case"
             case_dir.mkdir()
-            budget = Budget(max_files, max_bytes)
+            budget = Budget(max_files, max_bytes, max_decoded)
             taken: set[str] = set()
             try:
                 if not files:

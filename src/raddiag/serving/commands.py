@@ -29,17 +29,22 @@ def _add_inputs(p) -> None:
     add_window_option(p, "instead of the run's (default: the windows its training data were prepared with)")
 
 
-def megabytes(text: str) -> float:
-    """argparse type: a finite number of MB > 0 (0, negative or NaN refused every upload, or crashed)."""
-    import math
+def _positive(unit: str):
+    def parse(text: str) -> float:
+        """argparse type: a finite number > 0 (0, negative or NaN refused every upload, or crashed)."""
+        import math
 
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number of MB > 0, got {text!r}")
-    return value
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"must be a number of {unit} > 0, got {text!r}")
+        return value
+    return parse
+
+
+megabytes, seconds = _positive("MB"), _positive("seconds")
 
 
 def register(sub) -> None:
@@ -83,6 +88,13 @@ def register(sub) -> None:
     s.add_argument("--max-mb", type=megabytes, default=256.0, help="upload size limit in MB (default 256)")
     s.add_argument("--max-classes", type=int, default=256,
                    help="new class names (form field classes) per request (default 256)")
+    s.add_argument("--max-decoded-mb", type=megabytes, default=2048.0,
+                   help="bytes one request's compressed scans (.nii.gz, PNG / JPEG, compressed DICOM) may decode "
+                        "to, read from their headers, in MB (default 2048)")
+    s.add_argument("--read-timeout", type=seconds, default=30.0,
+                   help="seconds an upload may send nothing before it is answered 408 (default 30)")
+    s.add_argument("--max-uploads", type=int, default=16,
+                   help="requests with an upload in progress at once; more are answered 429 (default 16)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--single-name", action="store_true",
                    help="new class names: embed each name alone, not the mean of its prompt set")
@@ -241,7 +253,9 @@ def _serve(args: argparse.Namespace) -> int:
     from raddiag.serving.app import create_app
 
     app = create_app(args.run, max_files=args.max_files, max_bytes=int(args.max_mb * 1024 * 1024),
-                     device=args.device, max_classes=args.max_classes)
+                     device=args.device, max_classes=args.max_classes,
+                     max_decoded=int(args.max_decoded_mb * 1024 * 1024), read_timeout=args.read_timeout,
+                     max_uploads=args.max_uploads)
     app.state.predictor.prompt_sets = not args.single_name
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

@@ -138,3 +138,54 @@ def oversize_png(side: int = 13000) -> bytes:
     buf = io.BytesIO()
     Image.new("L", (side, side)).save(buf, format="PNG", optimize=True)
     return buf.getvalue()
+
+
+def many_entries_zip(n: int) -> bytes:
+    """A zip of ``n`` empty folder entries (about 100 bytes each): its central directory is what
+    a parser holds in memory before it can count anything."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for i in range(n):
+            z.writestr(zipfile.ZipInfo(f"d/{i:08d}/"), b"")
+    return buf.getvalue()
+
+
+def clashing_zip(file_first: bool = True, long_folder: int = 0) -> bytes:
+    """A zip holding a file ``a.png`` and a folder ``a.png/`` (with ``a.png/b.png`` in it), in
+    that order or the other; ``long_folder`` > 0: one entry in a folder of that many characters."""
+    import zipfile
+
+    png = sample_png(16, seed=5)
+    entries = [("a.png", png), ("a.png/b.png", png)]
+    if not file_first:
+        entries.reverse()
+    if long_folder:
+        entries = [("x" * long_folder + "/c.png", png)]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in entries:
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def volume_bomb(shape=(1024, 1024, 1000), dtype=np.float64) -> bytes:
+    """A complete .nii.gz of zeros declaring ``shape`` (1024 x 1024 x 1000 float64: 8 GB decoded,
+    about 8 MB of gzip), made in a second: one compressed member of 64 MiB of zeros, repeated
+    (a gzip stream may hold several members; readers decode them one after the other)."""
+    import gzip
+
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.zeros((1, 1, 1), dtype), np.eye(4))
+    img.header.set_data_shape(shape)
+    img.header["vox_offset"] = 352
+    head = img.header.binaryblock + b"\x00" * 4       # no extensions; the data from byte 352
+    total = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    block = 64 << 20
+    member = gzip.compress(bytes(block), compresslevel=9)
+    parts = [gzip.compress(head)] + [member] * (total // block)
+    if total % block:
+        parts.append(gzip.compress(bytes(total % block)))
+    return b"".join(parts)
