@@ -174,6 +174,68 @@ def test_pretrained_errors_name_the_file(tmp_path):
         load_pretrained_backbone(vit, r50)
 
 
+# -- model.pretrained: imagenet (torchvision's file in the torch hub cache) ----------------------
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """An empty torch hub cache of this test's own (torch.hub.get_dir() reads torch.hub._hub_dir)."""
+    import torch.hub
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    return tmp_path / "hub" / "checkpoints"
+
+
+def test_imagenet_resolves_torchvisions_file_in_the_hub_cache(hub):
+    hub.mkdir(parents=True)
+    sd = torchvision_resnet(50, seed=7)
+    torch.save(sd, hub / "resnet50-0676ba61.pth")        # torchvision's name for ResNet50_Weights.IMAGENET1K_V1
+    model = build_model(_resnet50_cfg("model.pretrained=imagenet"), 5)
+    report = load_pretrained_backbone(model, "imagenet")
+    assert report.path == hub / "resnet50-0676ba61.pth" and report.depth == 50
+    assert torch.equal(model.encoder.slice_backbone.layer3[2].conv2.weight, sd["layer3.2.conv2.weight"])
+
+
+def test_imagenet_absent_offline_is_one_line_naming_file_url_and_folder(hub, tmp_path, capsys, monkeypatch):
+    import torch.hub
+
+    from raddiag.cli import main
+
+    def no_network(*a, **k):
+        raise AssertionError("downloaded without --download-weights")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    data = make_tiny_data(tmp_path / "data", n_cases=8)
+    sets = [x for o in tiny_overrides(**{"model.resnet_depth": 50, "model.resnet_inplanes": "[64, 128, 256, 512]",
+                                         "model.pretrained": "imagenet"}) for x in ("--set", o)]
+    rc = main(["train", "--preset", "tiny", "--data", str(data), "--out", str(tmp_path / "run"), "--no-progress",
+               "--max-steps", "1", *sets])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2 and len(err) == 1 and err[0].startswith("raddiag: error: "), err
+    for needle in (str(hub / "resnet50-0676ba61.pth"), "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+                   f"into {hub}", "--set model.pretrained=none", "--download-weights"):
+        assert needle in err[0], needle
+    assert not (tmp_path / "run").exists()
+
+
+def test_download_weights_fetches_into_the_hub_cache_with_the_hash_checked(hub, monkeypatch):
+    import torch.hub
+
+    from raddiag.models.pretrained import fetch_imagenet
+
+    calls = []
+
+    def fake_download(url, dst, hash_prefix=None, progress=True):   # stands in for the network
+        calls.append((url, hash_prefix))
+        torch.save(torchvision_resnet(50), dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    path = fetch_imagenet(50, progress=False)
+    assert path == hub / "resnet50-0676ba61.pth" and path.is_file()
+    assert calls == [("https://download.pytorch.org/models/resnet50-0676ba61.pth", "0676ba61")]
+    assert fetch_imagenet(50, progress=False) == path and len(calls) == 1      # found: not fetched again
+    with pytest.raises(ValueError, match="ResNet-10.*--set model.pretrained=none"):
+        fetch_imagenet(10)
+
+
 @pytest.mark.slow
 def test_train_with_pretrained_file_and_load_without_it(tmp_path, caplog):
     from raddiag.cli import main

@@ -79,8 +79,9 @@ class ModelConfig:
     in_channels: int = 1                 # 3: grey repeated to 3 channels (the release's convention)
     mlp_ratio: float = 1.0               # transformer FFN width / model width (release: d_ff = d_model)
     random_seed: int = 0                 # seed of the deterministic eval-time pick of fusion="random"
-    # a local torchvision/timm ResNet state dict (.pth/.bin/.safetensors) for the per-slice ResNet;
-    # read once when training starts (raddiag.models.pretrained), never when a run folder loads
+    # the per-slice ResNet's start: "imagenet" (torchvision's ImageNet file in the torch hub cache), a local
+    # torchvision/timm ResNet state dict (.pth/.bin/.safetensors), or none; read once when training starts
+    # (raddiag.models.pretrained), never when a run folder loads
     pretrained: Optional[str] = None
 
 
@@ -176,6 +177,8 @@ class RunConfig:
         """Refuse values that cannot work (checked after overrides and on load), before any work."""
         from raddiag.data.intensity import check_windows, parse_window
 
+        if self.model.pretrained in ("none", ""):      # --set model.pretrained=none: random weights
+            self.model.pretrained = None
         check_geometry(self.data.size, self.data.depth)
         if self.data.window is not None:
             parse_window(self.data.window)

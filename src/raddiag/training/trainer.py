@@ -158,8 +158,8 @@ def _init_pretrained(model, cfg: RunConfig, say: bool = True) -> None:
     elif say and mc.encoder == "resnet_vit":
         level = logging.WARNING if cfg.preset in ("paper", "official") else logging.INFO
         log.log(level, "model.pretrained is not set: the per-slice ResNet-%d starts from random weights "
-                "(the paper starts from ImageNet weights: pass --pretrained PATH to a torchvision/timm "
-                "ResNet-%d state dict, see README)", mc.resnet_depth, mc.resnet_depth)
+                "(the paper starts from ImageNet weights: --set model.pretrained=imagenet, or --pretrained PATH "
+                "to a torchvision/timm ResNet-%d state dict, see README)", mc.resnet_depth, mc.resnet_depth)
 
 
 def _autocast(cfg: RunConfig, device: torch.device):
@@ -449,6 +449,10 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
         run.check_label_space(labels, data.root)
     if not data.count("val"):
         raise ValueError(f"{data.root}: no cases in the val split; validation needs some")
+    if not resume and cfg.model.pretrained:   # a missing weights file stops the run here, before any work
+        from raddiag.models.pretrained import pretrained_file
+
+        pretrained_file(cfg.model.pretrained, cfg.model.resnet_depth)
 
     emb = _run_label_embeddings(d, run, cfg, labels, label_embeddings, knowledge_encoder, resume)
     model = _initial_model(cfg, labels, emb, init_state, resume, d, build_model)
