@@ -102,6 +102,8 @@ class TrainConfig:
     aug_prob: float = 0.15               # each of noise, contrast, affine, elastic
     key_slice_swap: float = 0.0          # probability a 3D scan is replaced by its key slice
     key_slice_loss: float = 0.0          # weight of the key-slice attention KL term (release: 0.001)
+    case_mix: float = 0.0                # probability a training case is joined by a case of another anatomy,
+                                         # labels united (the release's early-fusion training; data.case_mix)
     repeat_factor: float = 0.0           # repeat-factor sampling threshold t (LVIS): rare classes' cases repeat
                                          # sqrt(t / f_c) times per epoch (0 = off; training.sampler)
     checkpoint_every: int = 0            # also checkpoint every K optimiser steps (0 = per epoch only)
@@ -186,6 +188,8 @@ class RunConfig:
         t = self.train
         if not (math.isfinite(t.lr) and t.lr >= 0):       # 0 freezes every weight (tests use it)
             raise ValueError(f"train.lr must be a finite number >= 0, got {t.lr}")
+        if not (math.isfinite(t.case_mix) and 0 <= t.case_mix <= 1):
+            raise ValueError(f"train.case_mix must be a probability from 0 (off) to 1, got {t.case_mix}")
         if not (math.isfinite(t.repeat_factor) and 0 <= t.repeat_factor <= 1):
             raise ValueError(f"train.repeat_factor must be from 0 (off) to 1, got {t.repeat_factor}")
         for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size"):

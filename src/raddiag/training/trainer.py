@@ -414,19 +414,26 @@ def _train_data(d, data, cfg, labels, train_indices, CaseDataset, make_loader):
     tc = cfg.train
     transform = build_scan_transform(tc, cfg.data)
     if isinstance(data, ShardData):
-        if tc.repeat_factor:
-            raise ValueError(f"{data.root}: train.repeat_factor needs a prepared folder; shards stream in "
-                             "their own order")
+        for name in ("repeat_factor", "case_mix"):
+            if getattr(tc, name):
+                raise ValueError(f"{data.root}: train.{name} needs a prepared folder; shards stream in "
+                                 "their own order")
         train_ds, val_ds, sampler = _shard_datasets(data, cfg, labels, transform, train_indices, d)
         loader = make_loader(train_ds, tc.batch_size, num_workers=tc.num_workers)
         return train_ds, val_ds, sampler, loader, train_ds.batches_per_epoch(tc.batch_size, loader.num_workers)
     train_full = CaseDataset(data, "train", labels, cfg.data, train=True, scan_transform=transform, seed=tc.seed)
     if trains_on_scans(cfg.model.fusion):  # the paper's pooling baselines: one scan per sample
+        if tc.case_mix:
+            raise ValueError(f"train.case_mix joins cases; model.fusion={cfg.model.fusion} trains on single scans")
         train_ds = ScanDataset(train_full, train_indices)
     else:
         train_ds = CaseSubset(train_full, train_indices) if train_indices is not None else train_full
     if len(train_ds) == 0:
         raise ValueError(f"{data.root}: no training cases selected")
+    if tc.case_mix:
+        from raddiag.data.case_mix import CaseMix
+
+        train_ds = CaseMix(train_ds, tc.case_mix, tc.seed)
     val_ds = CaseDataset(data, "val", labels, cfg.data, train=False)
     if tc.repeat_factor:
         sampler = RepeatFactorSampler(train_ds, repeat_factors(train_ds.targets, tc.repeat_factor),
