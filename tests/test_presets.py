@@ -348,3 +348,51 @@ def test_paper_swap_rate_is_applied_per_3d_scan():
     swapped = sum(not t(item, np.random.default_rng([7, i]))["is_3d"] for i in range(3000))
     p = cfg.train.key_slice_swap
     assert abs(swapped / 3000 - p) < 4 * math.sqrt(p * (1 - p) / 3000)
+
+
+# -- the knowledge head's text: a fine-tuned knowledge encoder ----------------------------------
+PAPER_SMALL = {"data.size": 32, "data.depth": 4, "model.resnet_depth": 10, "model.resnet_inplanes": "[8, 16, 32, 64]",
+               "model.width": 32, "model.slice_layers": 1, "model.slice_heads": 2, "model.fusion_heads": 2,
+               "model.fusion_layers": 1, "model.pretrained": "none", "train.aug_prob": 0.0, "train.epochs": 1}
+
+
+@pytest.fixture
+def tuned_cache(tmp_path, monkeypatch):
+    """A knowledge encoder fine-tuned (2 steps on a toy knowledge base) where `raddiag knowledge train`'s
+    default run is cached, with the default step count set to 2 so that it counts as finished."""
+    from test_knowledge import _toy_kb
+
+    from raddiag.knowledge.defaults import DEFAULTS
+    from raddiag.knowledge.train import cached_encoder_dir, train_knowledge_encoder
+
+    monkeypatch.setenv("RADDIAG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(DEFAULTS, "steps", 2)
+    enc = cached_encoder_dir()
+    train_knowledge_encoder(enc, kb=_toy_kb(), steps=2, batch_size=6, holdout_fraction=0.0, progress=False,
+                            evaluate=False, train_layers=1)
+    return enc
+
+
+def test_paper_run_embeds_labels_with_the_cached_fine_tuned_encoder(tuned_cache, tmp_path, caplog):
+    import json
+
+    from raddiag.cli import main
+    from raddiag.knowledge.embed import embed_labels
+    from raddiag.knowledge.encoder import TextEncoder
+    from raddiag.run import RunFolder
+
+    data = make_tiny_data(tmp_path / "data", n_cases=8)
+    sets = [x for k, v in PAPER_SMALL.items() for x in ("--set", f"{k}={v}")]
+    with caplog.at_level(logging.INFO, logger="raddiag"):
+        assert main(["train", "--preset", "paper", "--data", str(data), "--out", str(tmp_path / "run"),
+                     "--max-steps", "1", "--no-progress", *sets]) == 0
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("label embeddings:")]
+    assert len(said) == 1 and f"embedded by {tuned_cache} (fine-tuned by raddiag knowledge train: 2 steps" in said[0]
+    run = RunFolder(tmp_path / "run")
+    ref = json.loads(run.text_encoder_ref.read_text())
+    assert ref["path"] == str(tuned_cache.resolve()) and ref["knowledge_training"]["steps"] == 2
+    labels = run.load_labels()
+    tuned = embed_labels(TextEncoder.load(tuned_cache), labels)
+    torch.testing.assert_close(run.load_label_embeddings(), tuned)
+    base = embed_labels(TextEncoder.load(None), labels)
+    assert not torch.allclose(tuned, base, atol=1e-4)          # the fine-tuned text, not the base encoder's

@@ -327,17 +327,34 @@ def train(
         d.close()
 
 
-def _run_label_embeddings(d, run, cfg, labels, label_embeddings, knowledge_encoder, resume):
+def _run_label_embeddings(d, run, cfg, labels, label_embeddings, knowledge_encoder, resume, progress=False):
     """The knowledge head's label embeddings, computed once per run (rank 0, then broadcast) and
-    kept in the run folder; None for other heads."""
+    kept in the run folder; None for other heads. Without given embeddings or encoder, the labels
+    are embedded by the fine-tuned knowledge encoder in the cache (built there when missing); the
+    run records which encoder it was and the log says it."""
     if cfg.model.head != "knowledge":
         return None
     if resume and run.label_embeddings.exists():
-        return run.load_label_embeddings()
-    emb = resolve_label_embeddings(labels, label_embeddings, knowledge_encoder) if d.is_main else None
+        return _fit_text_dim(cfg, run.load_label_embeddings())
+    emb = None
+    if d.is_main:
+        if label_embeddings is None:
+            from raddiag.knowledge.train import default_knowledge_encoder, encoder_summary
+
+            knowledge_encoder = knowledge_encoder or default_knowledge_encoder(progress)
+            log.info("label embeddings: %d class names embedded by %s", len(labels), encoder_summary(knowledge_encoder))
+        emb = resolve_label_embeddings(labels, label_embeddings, knowledge_encoder)
     emb = dist_utils.broadcast_object(emb, d)
     if d.is_main and label_embeddings is None:
         run.create().record_text_encoder(knowledge_encoder)
+    return _fit_text_dim(cfg, emb)
+
+
+def _fit_text_dim(cfg, emb: torch.Tensor) -> torch.Tensor:
+    """``model.text_dim`` is the label embeddings' width, whichever encoder made them (MedCPT: 768)."""
+    if emb.shape[1] != cfg.model.text_dim:
+        log.info("model.text_dim=%d: the width of the label embeddings", emb.shape[1])
+        cfg.model.text_dim = int(emb.shape[1])
     return emb
 
 
@@ -461,7 +478,7 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
 
         pretrained_file(cfg.model.pretrained, cfg.model.resnet_depth)
 
-    emb = _run_label_embeddings(d, run, cfg, labels, label_embeddings, knowledge_encoder, resume)
+    emb = _run_label_embeddings(d, run, cfg, labels, label_embeddings, knowledge_encoder, resume, progress)
     model = _initial_model(cfg, labels, emb, init_state, resume, d, build_model)
     train_ds, val_ds, sampler, loader, batches_per_epoch = _train_data(d, data, cfg, labels, train_indices,
                                                                        CaseDataset, make_loader)
