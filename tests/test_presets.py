@@ -38,6 +38,74 @@ def test_paper_preset_is_the_papers_model():
     assert preset("paper").data.max_scans == 4     # the release's early fusion: up to 4 scans
 
 
+# Where the paper is silent, `paper` follows the authors' release (RP3D-Diag, src/Train): values read
+# off its train.sh, Dataset/dataset.py and Model/*.py, written here from that reading.
+def test_paper_follows_the_release_where_the_paper_is_silent():
+    cfg = preset("paper")
+    t, m, d = cfg.train, cfg.model, cfg.data
+    assert t.weight_decay == 0.0                        # train.sh: --weight_decay 0.
+    assert t.batch_size == 1                            # train.sh: BATCHSIZE=1
+    assert t.case_mix == pytest.approx(1 - 0.7)         # train.sh: N_aug=2, Prob=0.7 (a partner 30 % of the time)
+    assert d.max_scans == 4                             # train.sh: N_image=4 (per case of a mix)
+    assert m.pretrained == "imagenet"                   # Model/modelRadNet.py: resnet50_2D(weights=... ImageNet)
+    assert m.knowledge_bias is False                    # KE head: logits = x @ fcke(text).T, no scalar
+    assert m.init == "release" and t.aug_style == "release"
+    assert d.granularity == "disorder"                  # train.sh: LEVEL="articles" (disorder names)
+    assert (t.lr, t.epochs, t.warmup_epochs / t.epochs) == (1e-5, 100, 0.05)   # LR=1e-5, 100 epochs, warmup_ratio 0.05
+    assert t.key_slice_loss == 0.001                    # loss = loss_attn * 0.001 + loss_cls
+
+
+def test_release_augmentation_parameters_and_in_plane_warp():
+    cfg = preset("paper", ["train.key_slice_swap=0", "train.aug_prob=1"])
+    t = build_scan_transform(cfg.train, cfg.data)
+    affine, elastic, noise, contrast = t.release         # the release's Compose order
+    g = affine.rand_affine_grid
+    assert g.rotate_range[2] == pytest.approx(math.pi / 12) and g.shear_range[:2] == (0.2, 0.2)
+    assert g.translate_range[:2] == (10, 10) and g.scale_range[:2] == (0.1, 0.1)
+    assert (elastic.sigma_range, elastic.magnitude_range) == ((5, 7), (10, 20))
+    assert (noise.std, contrast.gamma) == (0.07, (0.5, 1.5))
+
+    class Same:                                          # noise and contrast off: the warps alone
+        def set_random_state(self, seed):
+            pass
+
+        def __call__(self, x):
+            return x
+
+    small = build_scan_transform(preset("paper", ["data.size=32", "train.aug_prob=1"]).train,
+                                 preset("paper", ["data.size=32"]).data)
+    small.release = small.release[:2] + (Same(), Same())
+    vol = torch.rand(1, 1, 32, 32).repeat(1, 5, 1, 1)    # five equal slices
+    out = small({"image": vol, "is_3d": True, "key_slice": -1, "modality": "CT"}, np.random.default_rng(1))["image"]
+    assert not torch.allclose(out, vol) and all(torch.equal(out[0, 0], out[0, k]) for k in range(5))
+    own = build_scan_transform(preset("tiny", ["data.size=32", "train.aug_prob=1"]).train,
+                               preset("tiny", ["data.size=32"]).data)
+    own.noise = own.contrast = Same()
+    out = own({"image": vol, "is_3d": True, "key_slice": -1, "modality": "CT"}, np.random.default_rng(1))["image"]
+    assert not all(torch.equal(out[0, 0], out[0, k]) for k in range(5))   # raddiag's own warps across depth too
+
+
+def test_release_init_draws_tokens_from_a_standard_normal_and_xavier_matrices():
+    from raddiag.models.layers import Encoder
+
+    own = build_model(preset("tiny", ["model.width=64"]), 3)
+    rel = build_model(preset("tiny", ["model.width=64", "model.init=release"]), 3)
+    assert own.encoder.pos_emb.std() < 0.05 and 0.85 < rel.encoder.pos_emb.std() < 1.15
+    assert 0.85 < rel.fusion.mod_embed.std() < 1.15 and 0.7 < rel.fusion.cls_token.std() < 1.3
+    for m in rel.modules():
+        if isinstance(m, Encoder):
+            for p in (p for p in m.parameters() if p.dim() > 1):
+                bound = math.sqrt(6 / (p.shape[0] + p.shape[1]))
+                assert p.abs().max() <= bound and p.abs().max() > 0.9 * bound
+    torch.testing.assert_close(own.encoder.slice_backbone.conv1.weight.std(),
+                               rel.encoder.slice_backbone.conv1.weight.std(), rtol=0.2, atol=0)   # ResNet: defaults
+    emb = torch.randn(3, 384)
+    head = build_model(preset("tiny", ["model.head=knowledge", "model.knowledge_bias=false"]), 3, emb).head
+    assert head.bias is None and "head.bias" not in build_model(preset("paper", ["data.size=32", "data.depth=2",
+        "model.resnet_depth=10", "model.width=32", "model.slice_layers=1", "model.slice_heads=1",
+        "model.fusion_layers=1", "model.fusion_heads=1", "model.resnet_inplanes=[8, 16, 32, 64]"]), 3, emb).state_dict()
+
+
 def test_official_preset_is_the_release():
     cfg = preset("official")
     m = cfg.model
