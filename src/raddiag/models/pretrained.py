@@ -1,7 +1,7 @@
 """Pre-trained initialisation of the per-slice ResNet (``model.pretrained``).
 
-The paper (and the release) start the per-slice ResNet-50 from ImageNet weights: the release
-builds torchvision's ResNet-50 with ``IMAGENET1K_V1``. ``model.pretrained`` is one of:
+The paper does not say how its per-slice ResNet-50 starts; the release starts it from ImageNet:
+it builds torchvision's ResNet-50 with ``IMAGENET1K_V1``. ``model.pretrained`` is one of:
 
 - ``imagenet``: torchvision's ImageNet file for the model's ResNet depth (18, 34 or 50; V1, the
   release's), looked up in the torch hub cache (``torch.hub.get_dir()/checkpoints``) under the

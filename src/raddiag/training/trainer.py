@@ -158,7 +158,7 @@ def _init_pretrained(model, cfg: RunConfig, say: bool = True) -> None:
     elif say and mc.encoder == "resnet_vit":
         level = logging.WARNING if cfg.preset in ("paper", "official") else logging.INFO
         log.log(level, "model.pretrained is not set: the per-slice ResNet-%d starts from random weights "
-                "(the paper starts from ImageNet weights: --set model.pretrained=imagenet, or --pretrained PATH "
+                "(the release starts from ImageNet weights: --set model.pretrained=imagenet, or --pretrained PATH "
                 "to a torchvision/timm ResNet-%d state dict, see README)", mc.resnet_depth, mc.resnet_depth)
 
 
