@@ -49,7 +49,9 @@ def test_rp3d_remaps_by_longest_suffix_and_reports_missing(tmp_path):
     (root / "my_train_set.json").write_text(json.dumps(cases))
     res = load_source("rp3d", root / "my_train_set.json")
     by = {c.id: c for c in res.cases}
-    assert set(by) == {"a-1", "b-2", "c-3"} and all(c.split == "train" for c in res.cases)
+    assert set(by) == {"a-1", "b-2", "c-3"}
+    # a train file and no val: one of the two patients with a scan is carved out (c-3 has none)
+    assert sorted(c.split for c in res.cases if c.scans) == ["train", "val"] and by["c-3"].split == "train"
     a = by["a-1"]
     assert [s.paths[0] for s in a.scans] == [str(root / "Demo/data/1.npy")]   # never Demo/key/1.npy
     assert a.scans[0].key_slice == 2 and a.scans[0].plane == "Axial" and a.labels == ["Pneumonia"]
@@ -62,6 +64,54 @@ def test_rp3d_remaps_by_longest_suffix_and_reports_missing(tmp_path):
     _npy(tmp_path / "tie/u/data/7.npy"); _npy(tmp_path / "tie/v/data/7.npy")
     path, why = PathRemapper(tmp_path / "tie").find("/far/away/data/7.npy")
     assert path is None and "ambiguous" in why and "u/data/7.npy" in why and "v/data/7.npy" in why
+
+
+def _release_folder(root, n_train=40, n_test=10, scans_per_patient=2):
+    """A release-format folder: train.json and test.json only (as RP3D-DiagDS ships), some patients
+    with two cases (the same URL path in two entries is one patient)."""
+    _npy(root / "img/1.npy")
+    train = {f"https://radiopaedia.org/cases/p{i}?lang=us": _rp3d_case(["/c/img/1.npy"], [], ["CT"])
+             for i in range(n_train)}
+    test = {f"https://radiopaedia.org/cases/t{i}?lang=us": _rp3d_case(["/c/img/1.npy"], [], ["CT"])
+            for i in range(n_test)}
+    (root / "train.json").write_text(json.dumps(train))
+    (root / "test.json").write_text(json.dumps(test))
+    return root
+
+
+def test_rp3d_release_without_val_gets_a_seeded_patient_level_val_split(tmp_path):
+    root = _release_folder(tmp_path)
+    res = load_source("rp3d", root)
+    splits = {c.id: c.split for c in res.cases}
+    assert sum(s == "val" for s in splits.values()) == 5          # 40 train patients / 8
+    assert sum(s == "train" for s in splits.values()) == 35
+    assert all(splits[f"t{i}"] == "test" for i in range(10))      # the test file is never touched
+    assert any("val = 5 of the 40 train patients" in n and "--val-fraction 0.125" in n for n in res.notes)
+    again = {c.id: c.split for c in load_source("rp3d", root).cases}
+    assert again == splits                                        # seeded: the same carve
+    other = {c.id: c.split for c in load_source("rp3d", root, seed=1).cases}
+    assert other != splits and sum(s == "val" for s in other.values()) == 5
+    quarter = load_source("rp3d", root, val_fraction=0.25)
+    assert sum(c.split == "val" for c in quarter.cases) == 10
+    given = load_source("rp3d", root, split_files={"train": "train.json", "val": "test.json"})
+    assert sum(c.split == "val" for c in given.cases) == 10       # a val file given: nothing carved
+
+
+def test_rp3d_val_carve_keeps_a_patient_whole(tmp_path):
+    from raddiag.data.adapters.base import carve_val
+    from raddiag.data.case import Case, Scan
+
+    scan = Scan(paths=["x.npy"], modality="CT")
+    cases = [Case(id=f"c{i}", scans=[scan], labels=["Normal"], split="train", patient=f"p{i // 2}")
+             for i in range(32)]                                   # 16 patients of 2 cases each
+    assert carve_val(cases, 0.125, seed=3) == 2
+    by_patient = {}
+    for c in cases:
+        by_patient.setdefault(c.patient, set()).add(c.split)
+    assert all(len(s) == 1 for s in by_patient.values())
+    assert sum(c.split == "val" for c in cases) == 4
+    with pytest.raises(ValueError, match="--val-fraction"):
+        carve_val(cases, 1.0)
 
 
 def test_rp3d_split_files_and_unknown_modality(tmp_path):

@@ -126,6 +126,18 @@ def test_prepare_rp3d_demo_lists_missing_scans(shared_data, tmp_path, capsys):
 
 
 @pytest.mark.shared_data
+def test_prepare_rp3d_demo_as_a_train_file_carves_a_val_split(shared_data, tmp_path, capsys):
+    out = tmp_path / "rp3d"
+    assert main(["data", "prepare", str(shared_data / "rp3d-demo"), "--format", "rp3d", "--out", str(out),
+                 "--split-files", "train=demoData.json", "--size", "32", "--depth", "4", "--workers", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "val = 1 of the 2 train patients with scans" in text
+    assert "val = 1 of the 2 train patients" in (out / "report.txt").read_text()
+    recs = [json.loads(l) for l in (out / "cases.jsonl").read_text().splitlines()]
+    assert sorted(r["split"] for r in recs) == ["train", "val"]
+
+
+@pytest.mark.shared_data
 def test_prepare_a_slice_of_a_public_set(shared_data, tmp_path, capsys):
     out = tmp_path / "brain"
     assert main(["data", "prepare", str(shared_data / "brain-tumor-mri"), "--format", "brain-tumor-mri",

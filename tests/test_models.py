@@ -219,6 +219,25 @@ def test_grad_checkpoint_and_chunking_give_same_gradients():
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
 
 
+def test_grad_checkpoint_leaves_batchnorm_statistics_as_without_it():
+    """One optimiser step with and without activation checkpointing: identical parameters and
+    BatchNorm buffers (the recomputation in backward must not update the running statistics)."""
+    batch = mixed_batch(size=32)
+    states = []
+    for extra in ([], ["model.grad_checkpoint=true"]):
+        model = make_model(make_cfg(extra=["model.slice_chunk=6", "data.size=32", *extra]))
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        run(model, batch).sum().backward()
+        opt.step()
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+    assert states[0].keys() == states[1].keys()
+    for k in states[0]:
+        assert torch.equal(states[0][k], states[1][k]), k
+    # 15 real slices in chunks of at most 6: three forward passes through every BatchNorm
+    assert int(states[1]["encoder.slice_backbone.bn1.num_batches_tracked"]) == 3
+
+
 def test_slice_backbone_hook_sees_real_slices_only():
     model = make_model(make_cfg(extra=["model.slice_chunk=4"])).eval()
     maps = []

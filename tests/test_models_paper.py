@@ -54,7 +54,7 @@ def test_describe_paper_prints_the_papers_numbers(capsys):
     assert n("encoder.slice_transformer") == 6 * _layer_params(D_) + 2 * D_
     assert n("encoder") == n("encoder.slice_backbone") + n("encoder.slice_transformer") + 34 * D_  # cls + pos(33)
     assert n("fusion") == 2 * _layer_params(D_) + 2 * D_ + 16 * D_ + D_
-    assert n("head") == 384 * D_ + D_ + 1          # projection of the 384-d label embeddings, one bias
+    assert n("head") == 384 * D_ + D_              # projection of the 384-d label embeddings (no scalar bias: release)
     assert n("total") == n("encoder") + n("fusion") + n("head")
 
 

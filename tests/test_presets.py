@@ -38,6 +38,74 @@ def test_paper_preset_is_the_papers_model():
     assert preset("paper").data.max_scans == 4     # the release's early fusion: up to 4 scans
 
 
+# Where the paper is silent, `paper` follows the authors' release (RP3D-Diag, src/Train): values read
+# off its train.sh, Dataset/dataset.py and Model/*.py, written here from that reading.
+def test_paper_follows_the_release_where_the_paper_is_silent():
+    cfg = preset("paper")
+    t, m, d = cfg.train, cfg.model, cfg.data
+    assert t.weight_decay == 0.0                        # train.sh: --weight_decay 0.
+    assert t.batch_size == 1                            # train.sh: BATCHSIZE=1
+    assert t.case_mix == pytest.approx(1 - 0.7)         # train.sh: N_aug=2, Prob=0.7 (a partner 30 % of the time)
+    assert d.max_scans == 4                             # train.sh: N_image=4 (per case of a mix)
+    assert m.pretrained == "imagenet"                   # Model/modelRadNet.py: resnet50_2D(weights=... ImageNet)
+    assert m.knowledge_bias is False                    # KE head: logits = x @ fcke(text).T, no scalar
+    assert m.init == "release" and t.aug_style == "release"
+    assert d.granularity == "disorder"                  # train.sh: LEVEL="articles" (disorder names)
+    assert (t.lr, t.epochs, t.warmup_epochs / t.epochs) == (1e-5, 100, 0.05)   # LR=1e-5, 100 epochs, warmup_ratio 0.05
+    assert t.key_slice_loss == 0.001                    # loss = loss_attn * 0.001 + loss_cls
+
+
+def test_release_augmentation_parameters_and_in_plane_warp():
+    cfg = preset("paper", ["train.key_slice_swap=0", "train.aug_prob=1"])
+    t = build_scan_transform(cfg.train, cfg.data)
+    affine, elastic, noise, contrast = t.release         # the release's Compose order
+    g = affine.rand_affine_grid
+    assert g.rotate_range[2] == pytest.approx(math.pi / 12) and g.shear_range[:2] == (0.2, 0.2)
+    assert g.translate_range[:2] == (10, 10) and g.scale_range[:2] == (0.1, 0.1)
+    assert (elastic.sigma_range, elastic.magnitude_range) == ((5, 7), (10, 20))
+    assert (noise.std, contrast.gamma) == (0.07, (0.5, 1.5))
+
+    class Same:                                          # noise and contrast off: the warps alone
+        def set_random_state(self, seed):
+            pass
+
+        def __call__(self, x):
+            return x
+
+    small = build_scan_transform(preset("paper", ["data.size=32", "train.aug_prob=1"]).train,
+                                 preset("paper", ["data.size=32"]).data)
+    small.release = small.release[:2] + (Same(), Same())
+    vol = torch.rand(1, 1, 32, 32).repeat(1, 5, 1, 1)    # five equal slices
+    out = small({"image": vol, "is_3d": True, "key_slice": -1, "modality": "CT"}, np.random.default_rng(1))["image"]
+    assert not torch.allclose(out, vol) and all(torch.equal(out[0, 0], out[0, k]) for k in range(5))
+    own = build_scan_transform(preset("tiny", ["data.size=32", "train.aug_prob=1"]).train,
+                               preset("tiny", ["data.size=32"]).data)
+    own.noise = own.contrast = Same()
+    out = own({"image": vol, "is_3d": True, "key_slice": -1, "modality": "CT"}, np.random.default_rng(1))["image"]
+    assert not all(torch.equal(out[0, 0], out[0, k]) for k in range(5))   # raddiag's own warps across depth too
+
+
+def test_release_init_draws_tokens_from_a_standard_normal_and_xavier_matrices():
+    from raddiag.models.layers import Encoder
+
+    own = build_model(preset("tiny", ["model.width=64"]), 3)
+    rel = build_model(preset("tiny", ["model.width=64", "model.init=release"]), 3)
+    assert own.encoder.pos_emb.std() < 0.05 and 0.85 < rel.encoder.pos_emb.std() < 1.15
+    assert 0.85 < rel.fusion.mod_embed.std() < 1.15 and 0.7 < rel.fusion.cls_token.std() < 1.3
+    for m in rel.modules():
+        if isinstance(m, Encoder):
+            for p in (p for p in m.parameters() if p.dim() > 1):
+                bound = math.sqrt(6 / (p.shape[0] + p.shape[1]))
+                assert p.abs().max() <= bound and p.abs().max() > 0.9 * bound
+    torch.testing.assert_close(own.encoder.slice_backbone.conv1.weight.std(),
+                               rel.encoder.slice_backbone.conv1.weight.std(), rtol=0.2, atol=0)   # ResNet: defaults
+    emb = torch.randn(3, 384)
+    head = build_model(preset("tiny", ["model.head=knowledge", "model.knowledge_bias=false"]), 3, emb).head
+    assert head.bias is None and "head.bias" not in build_model(preset("paper", ["data.size=32", "data.depth=2",
+        "model.resnet_depth=10", "model.width=32", "model.slice_layers=1", "model.slice_heads=1",
+        "model.fusion_layers=1", "model.fusion_heads=1", "model.resnet_inplanes=[8, 16, 32, 64]"]), 3, emb).state_dict()
+
+
 def test_official_preset_is_the_release():
     cfg = preset("official")
     m = cfg.model
@@ -174,6 +242,68 @@ def test_pretrained_errors_name_the_file(tmp_path):
         load_pretrained_backbone(vit, r50)
 
 
+# -- model.pretrained: imagenet (torchvision's file in the torch hub cache) ----------------------
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """An empty torch hub cache of this test's own (torch.hub.get_dir() reads torch.hub._hub_dir)."""
+    import torch.hub
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    return tmp_path / "hub" / "checkpoints"
+
+
+def test_imagenet_resolves_torchvisions_file_in_the_hub_cache(hub):
+    hub.mkdir(parents=True)
+    sd = torchvision_resnet(50, seed=7)
+    torch.save(sd, hub / "resnet50-0676ba61.pth")        # torchvision's name for ResNet50_Weights.IMAGENET1K_V1
+    model = build_model(_resnet50_cfg("model.pretrained=imagenet"), 5)
+    report = load_pretrained_backbone(model, "imagenet")
+    assert report.path == hub / "resnet50-0676ba61.pth" and report.depth == 50
+    assert torch.equal(model.encoder.slice_backbone.layer3[2].conv2.weight, sd["layer3.2.conv2.weight"])
+
+
+def test_imagenet_absent_offline_is_one_line_naming_file_url_and_folder(hub, tmp_path, capsys, monkeypatch):
+    import torch.hub
+
+    from raddiag.cli import main
+
+    def no_network(*a, **k):
+        raise AssertionError("downloaded without --download-weights")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    data = make_tiny_data(tmp_path / "data", n_cases=8)
+    sets = [x for o in tiny_overrides(**{"model.resnet_depth": 50, "model.resnet_inplanes": "[64, 128, 256, 512]",
+                                         "model.pretrained": "imagenet"}) for x in ("--set", o)]
+    rc = main(["train", "--preset", "tiny", "--data", str(data), "--out", str(tmp_path / "run"), "--no-progress",
+               "--max-steps", "1", *sets])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2 and len(err) == 1 and err[0].startswith("raddiag: error: "), err
+    for needle in (str(hub / "resnet50-0676ba61.pth"), "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+                   f"into {hub}", "--set model.pretrained=none", "--download-weights"):
+        assert needle in err[0], needle
+    assert not (tmp_path / "run").exists()
+
+
+def test_download_weights_fetches_into_the_hub_cache_with_the_hash_checked(hub, monkeypatch):
+    import torch.hub
+
+    from raddiag.models.pretrained import fetch_imagenet
+
+    calls = []
+
+    def fake_download(url, dst, hash_prefix=None, progress=True):   # stands in for the network
+        calls.append((url, hash_prefix))
+        torch.save(torchvision_resnet(50), dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    path = fetch_imagenet(50, progress=False)
+    assert path == hub / "resnet50-0676ba61.pth" and path.is_file()
+    assert calls == [("https://download.pytorch.org/models/resnet50-0676ba61.pth", "0676ba61")]
+    assert fetch_imagenet(50, progress=False) == path and len(calls) == 1      # found: not fetched again
+    with pytest.raises(ValueError, match="ResNet-10.*--set model.pretrained=none"):
+        fetch_imagenet(10)
+
+
 @pytest.mark.slow
 def test_train_with_pretrained_file_and_load_without_it(tmp_path, caplog):
     from raddiag.cli import main
@@ -286,3 +416,51 @@ def test_paper_swap_rate_is_applied_per_3d_scan():
     swapped = sum(not t(item, np.random.default_rng([7, i]))["is_3d"] for i in range(3000))
     p = cfg.train.key_slice_swap
     assert abs(swapped / 3000 - p) < 4 * math.sqrt(p * (1 - p) / 3000)
+
+
+# -- the knowledge head's text: a fine-tuned knowledge encoder ----------------------------------
+PAPER_SMALL = {"data.size": 32, "data.depth": 4, "model.resnet_depth": 10, "model.resnet_inplanes": "[8, 16, 32, 64]",
+               "model.width": 32, "model.slice_layers": 1, "model.slice_heads": 2, "model.fusion_heads": 2,
+               "model.fusion_layers": 1, "model.pretrained": "none", "train.aug_prob": 0.0, "train.epochs": 1}
+
+
+@pytest.fixture
+def tuned_cache(tmp_path, monkeypatch):
+    """A knowledge encoder fine-tuned (2 steps on a toy knowledge base) where `raddiag knowledge train`'s
+    default run is cached, with the default step count set to 2 so that it counts as finished."""
+    from test_knowledge import _toy_kb
+
+    from raddiag.knowledge.defaults import DEFAULTS
+    from raddiag.knowledge.train import cached_encoder_dir, train_knowledge_encoder
+
+    monkeypatch.setenv("RADDIAG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(DEFAULTS, "steps", 2)
+    enc = cached_encoder_dir()
+    train_knowledge_encoder(enc, kb=_toy_kb(), steps=2, batch_size=6, holdout_fraction=0.0, progress=False,
+                            evaluate=False, train_layers=1)
+    return enc
+
+
+def test_paper_run_embeds_labels_with_the_cached_fine_tuned_encoder(tuned_cache, tmp_path, caplog):
+    import json
+
+    from raddiag.cli import main
+    from raddiag.knowledge.embed import embed_labels
+    from raddiag.knowledge.encoder import TextEncoder
+    from raddiag.run import RunFolder
+
+    data = make_tiny_data(tmp_path / "data", n_cases=8)
+    sets = [x for k, v in PAPER_SMALL.items() for x in ("--set", f"{k}={v}")]
+    with caplog.at_level(logging.INFO, logger="raddiag"):
+        assert main(["train", "--preset", "paper", "--data", str(data), "--out", str(tmp_path / "run"),
+                     "--max-steps", "1", "--no-progress", *sets]) == 0
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("label embeddings:")]
+    assert len(said) == 1 and f"embedded by {tuned_cache} (fine-tuned by raddiag knowledge train: 2 steps" in said[0]
+    run = RunFolder(tmp_path / "run")
+    ref = json.loads(run.text_encoder_ref.read_text())
+    assert ref["path"] == str(tuned_cache.resolve()) and ref["knowledge_training"]["steps"] == 2
+    labels = run.load_labels()
+    tuned = embed_labels(TextEncoder.load(tuned_cache), labels)
+    torch.testing.assert_close(run.load_label_embeddings(), tuned)
+    base = embed_labels(TextEncoder.load(None), labels)
+    assert not torch.allclose(tuned, base, atol=1e-4)          # the fine-tuned text, not the base encoder's

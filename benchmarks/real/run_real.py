@@ -381,10 +381,9 @@ def parse(argv):
 
 
 def knowledge_encoder_path(args) -> Path:
-    from raddiag.knowledge.train import cache_dir
+    from raddiag.knowledge.train import cached_encoder_dir
 
-    return Path(args.knowledge_encoder) if args.knowledge_encoder else \
-        cache_dir() / f"knowledge-minilm-s{args.knowledge_steps}-seed{args.seed}"
+    return Path(args.knowledge_encoder) if args.knowledge_encoder else cached_encoder_dir(args.knowledge_steps, args.seed)
 
 
 def get_knowledge_encoder(args) -> Path:

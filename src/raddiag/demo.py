@@ -35,7 +35,7 @@ def run_demo(out_dir: str | Path, n_cases: int = DEMO_CASES, seed: int = 0, epoc
     from raddiag.config import preset
     from raddiag.data.synth import synthesize
     from raddiag.evaluation.run_eval import evaluate_run
-    from raddiag.knowledge.train import cache_dir, train_knowledge_encoder
+    from raddiag.knowledge.train import cached_encoder_dir, train_knowledge_encoder
     from raddiag.training import train
 
     from raddiag.knowledge.defaults import DEFAULTS
@@ -53,7 +53,7 @@ def run_demo(out_dir: str | Path, n_cases: int = DEMO_CASES, seed: int = 0, epoc
             _say(f"[1/4] generating {n_cases} synthetic cases into {data_dir}")
             synthesize(data_dir, n_cases=n_cases, seed=seed, progress=progress)
 
-    enc_dir = cache_dir() / f"knowledge-minilm-s{knowledge_steps}-seed{seed}"
+    enc_dir = cached_encoder_dir(knowledge_steps, seed)
     with clock.stage("knowledge"):
         # train_knowledge_encoder returns at once when enc_dir holds a finished run (and resumes a broken one)
         _say(f"[2/4] knowledge encoder fine-tuned on ICD-10-CM ({knowledge_steps} steps, cached) -> {enc_dir}")

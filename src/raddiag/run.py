@@ -218,7 +218,12 @@ class RunFolder:
         """Remember which text encoder made the label embeddings (None: the packaged default)."""
         import json
 
+        from raddiag.knowledge.encoder import META_FILE
+
         ref = {"path": str(Path(path).resolve()) if path is not None else None}
+        meta = Path(path) / META_FILE if path is not None else None
+        if meta is not None and meta.is_file():   # a raddiag-fine-tuned encoder: how it was trained
+            ref["knowledge_training"] = json.loads(meta.read_text()).get("knowledge_training")
         self.text_encoder_ref.write_text(json.dumps(ref, indent=1) + "\n")
 
     def text_encoder(self):

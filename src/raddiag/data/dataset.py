@@ -136,11 +136,15 @@ class CaseDataset(Dataset):
         return self.case_sample(i, self.records[i], self._targets[i])
 
     def case_sample(self, i: int, rec: dict, target: np.ndarray,
-                    arrays: Optional[list[np.ndarray]] = None) -> dict:
+                    arrays: Optional[list[np.ndarray]] = None, rng: Optional[np.random.Generator] = None) -> dict:
         """The sample of case ``rec``, number ``i`` of its split (the seed of its random scan choice
-        and augmentation), with multi-hot ``target``; ``arrays``: its scans' stored slices
-        (default: read from the memory map). Shared with the shard reader (raddiag.data.shards)."""
-        rng = np.random.default_rng([self.seed, self.epoch, i]) if self.train else None
+        and augmentation, unless a training ``rng`` is given), with multi-hot ``target``; ``arrays``:
+        its scans' stored slices (default: read from the memory map). Shared with the shard reader
+        (raddiag.data.shards) and case mixing (raddiag.data.case_mix)."""
+        if not self.train:
+            rng = None
+        elif rng is None:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
         per_mod_count: dict[tuple[int, str], int] = defaultdict(int)
         scans = []
         for j in select_scans(rec["scans"], self.cfg, rng):

@@ -330,6 +330,38 @@ def _load_checkpoint(ckpt: Path, encoder: TextEncoder, opt: torch.optim.Optimize
     return state
 
 
+def cached_encoder_dir(steps: Optional[int] = None, seed: int = 0) -> Path:
+    """Where the knowledge encoder fine-tuned with the default knowledge for ``steps`` (default
+    ``DEFAULTS["steps"]``) and ``seed`` is cached: ``cache_dir()/knowledge-minilm-s{steps}-seed{seed}``
+    (``raddiag demo``, ``train`` without ``--knowledge-encoder`` and the real-data benchmark share it)."""
+    return cache_dir() / f"knowledge-minilm-s{steps or DEFAULTS['steps']}-seed{seed}"
+
+
+def default_knowledge_encoder(progress: bool = True) -> Path:
+    """The fine-tuned knowledge encoder a knowledge-head run embeds its labels with when it is given
+    none: the one ``raddiag knowledge train`` builds with its defaults (all-MiniLM-L6-v2 fine-tuned
+    on ICD-10-CM and the built-in synonym sources), cached as the demo caches it
+    (:func:`cached_encoder_dir`); fine-tuned there first when missing (minutes; a broken run resumes)."""
+    out = cached_encoder_dir()
+    if _finished_run(out, DEFAULTS["steps"]) is None:
+        log.info("no fine-tuned knowledge encoder in %s: fine-tuning one (%d steps)", out, DEFAULTS["steps"])
+    train_knowledge_encoder(out, steps=DEFAULTS["steps"], progress=progress)
+    return out
+
+
+def encoder_summary(path: Optional[str | Path]) -> str:
+    """One phrase on a text encoder folder: its path and, when raddiag fine-tuned it, how."""
+    from raddiag.knowledge.encoder import META_FILE
+
+    if path is None:
+        return "all-MiniLM-L6-v2 (the packaged base encoder, not fine-tuned)"
+    meta = Path(path) / META_FILE
+    tuned = json.loads(meta.read_text()).get("knowledge_training") if meta.is_file() else None
+    if not tuned:
+        return f"{path} (as given)"
+    return f"{path} (fine-tuned by raddiag knowledge train: {tuned.get('steps')} steps from {tuned.get('base')})"
+
+
 def _finished_run(out: Path, steps: int) -> Optional[dict]:
     """The stored metrics of a finished run of at least ``steps`` steps in ``out``, else None."""
     metrics_path = out / METRICS_FILE

@@ -78,8 +78,10 @@ def architecture(cfg: RunConfig) -> dict[str, Any]:
         arch.update({"fusion layers": mc.fusion_layers, "fusion heads": mc.fusion_heads, "fusion width": mc.width})
     arch.update({"transformer layer style": mc.layer_style, "FFN width / width": mc.mlp_ratio,
                  "classifier head": mc.head,
-                 "augmentation probability (each)": tc.aug_prob, "key-slice swap rate": tc.key_slice_swap,
-                 "key-slice loss weight": tc.key_slice_loss,
+                 "augmentation probability (each)": tc.aug_prob, "augmentation parameters": tc.aug_style,
+                 "key-slice swap rate": tc.key_slice_swap, "key-slice loss weight": tc.key_slice_loss,
+                 "case mixing rate": tc.case_mix, "weight decay": tc.weight_decay, "batch size": tc.batch_size,
+                 "initialisation": mc.init, "knowledge-head scalar bias": mc.knowledge_bias,
                  "pretrained ResNet file": mc.pretrained or "none (random init)"})
     return arch
 

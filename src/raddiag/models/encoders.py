@@ -18,6 +18,8 @@ Padded slices and scans never influence an output (gathered away or zeroed).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
+from functools import partial
 from typing import Optional
 
 import torch
@@ -58,6 +60,25 @@ def _real_slices(images, scan_mask, slice_mask):
     """``[S, C, H, W]`` of the real slices of real scans, in ``(b, n, d)`` row-major order."""
     real = slice_mask & scan_mask[..., None]
     return images.transpose(2, 3)[real], real
+
+
+@contextmanager
+def _frozen_norm_statistics(module: nn.Module):
+    """Batch normalisation that leaves its running statistics as they are: the context of a
+    checkpointed chunk's recomputation in backward, which would otherwise count every training
+    batch twice. Momentum 0 makes the update ``1 * running + 0 * batch`` (exactly the old
+    value, and the same tensors saved for backward as in the first pass, which checkpointing
+    checks); the batch counter is put back afterwards."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    kept = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(norms, kept):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
 
 
 def _touch_unused(out: torch.Tensor, modules) -> torch.Tensor:
@@ -111,7 +132,10 @@ class ResNetViTEncoder(nn.Module):
         # equal-sized chunks: no 1-slice tail chunk (BatchNorm in training needs > 1 value)
         for chunk in torch.tensor_split(slices, n_chunks):
             if self.grad_checkpoint and self.training and torch.is_grad_enabled():
-                outs.append(checkpoint(self.slice_backbone, chunk, use_reentrant=False))
+                # the recomputation in backward must not update BatchNorm's running statistics again
+                recompute = partial(_frozen_norm_statistics, self.slice_backbone)
+                outs.append(checkpoint(self.slice_backbone, chunk, use_reentrant=False,
+                                       context_fn=lambda: (nullcontext(), recompute())))
             else:
                 outs.append(self.slice_backbone(chunk))
         return torch.cat(outs)

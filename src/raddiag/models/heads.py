@@ -21,22 +21,24 @@ class MLPHead(nn.Module):
 
 
 class KnowledgeHead(nn.Module):
-    """Knowledge-guided classifier: ``logits = x . proj(E_c) + bias``.
+    """Knowledge-guided classifier: ``logits = x . proj(E_c) (+ bias)``.
 
     ``E [C, text_dim]`` are frozen label-name embeddings from the knowledge encoder, kept in
     a non-persistent buffer (stored beside the weights in ``label_embeddings.safetensors``);
     :meth:`set_label_embeddings` swaps them so a trained model scores class names it never
-    saw. ``proj`` (Linear text_dim -> width) and a single class-agnostic scalar ``bias``
-    (lets BCE learn the base rate without a per-class parameter) are the only weights.
-    In inference the projected embeddings are cached until the weights or embeddings change.
+    saw. ``proj`` (Linear text_dim -> width) and, with ``bias`` (``model.knowledge_bias``), a single
+    class-agnostic scalar ``bias`` (lets BCE learn the base rate without a per-class parameter)
+    are the only weights; the release has no scalar (its ``x . proj`` bias term, ``x . b``, is
+    class-agnostic too). In inference the projected embeddings are cached until the weights or
+    embeddings change.
     """
 
-    def __init__(self, width: int, label_embeddings: torch.Tensor) -> None:
+    def __init__(self, width: int, label_embeddings: torch.Tensor, bias: bool = True) -> None:
         super().__init__()
         if label_embeddings is None or label_embeddings.dim() != 2:
             raise ValueError("the knowledge head needs label embeddings of shape [num_classes, text_dim]")
         self.proj = nn.Linear(label_embeddings.shape[1], width)
-        self.bias = nn.Parameter(torch.zeros(()))
+        self.bias = nn.Parameter(torch.zeros(())) if bias else None
         self.register_buffer("label_embeddings", label_embeddings.detach().float().clone(), persistent=False)
         self._cache = None
 
@@ -61,5 +63,5 @@ class KnowledgeHead(nn.Module):
         return self._cache[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.class_weights()
-        return x @ w.to(x.dtype).T + self.bias
+        logits = x @ self.class_weights().to(x.dtype).T
+        return logits if self.bias is None else logits + self.bias

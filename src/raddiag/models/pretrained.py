@@ -1,11 +1,17 @@
-"""Pre-trained initialisation of the per-slice ResNet from a local file (``model.pretrained``).
+"""Pre-trained initialisation of the per-slice ResNet (``model.pretrained``).
 
-The paper (and the release) start the per-slice ResNet-50 from ImageNet weights. Nothing is
-downloaded here: the user points ``model.pretrained`` (``raddiag train --pretrained PATH``) at a
-torchvision- or timm-format ResNet-18/34/50 state dict (``.pth`` / ``.bin`` read with
-``torch.load(weights_only=True)``, or ``.safetensors``), e.g. torchvision's
-``resnet50-11ad3fa6.pth`` (``ResNet50_Weights.IMAGENET1K_V2``) or timm's ``resnet50.a1_in1k``
-``model.safetensors``.
+The paper does not say how its per-slice ResNet-50 starts; the release starts it from ImageNet:
+it builds torchvision's ResNet-50 with ``IMAGENET1K_V1``. ``model.pretrained`` is one of:
+
+- ``imagenet``: torchvision's ImageNet file for the model's ResNet depth (18, 34 or 50; V1, the
+  release's), looked up in the torch hub cache (``torch.hub.get_dir()/checkpoints``) under the
+  name torchvision gives it, so a file torchvision downloaded once is found. Nothing is downloaded
+  unless asked (:func:`fetch_imagenet`, ``raddiag train --download-weights``): then torch.hub
+  fetches it there and checks its SHA-256 against the prefix in its name;
+- a local torchvision- or timm-format ResNet-18/34/50 state dict (``.pth`` / ``.bin`` read with
+  ``torch.load(weights_only=True)``, or ``.safetensors``), e.g. torchvision's
+  ``resnet50-11ad3fa6.pth`` (``IMAGENET1K_V2``) or timm's ``resnet50.a1_in1k`` ``model.safetensors``;
+- ``none`` (or unset): random weights.
 
 torchvision, timm and MONAI's ``ResNet`` (laid out as in :func:`~raddiag.models.encoders.make_resnet`)
 share the inner names ``conv1``, ``bn1``, ``layerX.Y.{convZ,bnZ}``, ``layerX.Y.downsample.{0,1}``,
@@ -24,12 +30,65 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from .encoders import RESNET_LAYERS
 
 log = logging.getLogger(__name__)
+
+
+IMAGENET = "imagenet"
+# torchvision's ImageNet ResNet files (the ``IMAGENET1K_V1`` weights the release's ResNet-50 uses) by
+# depth, under torchvision's own names: the 8 hex digits are the SHA-256 prefix torch.hub checks.
+IMAGENET_FILES = {18: "resnet18-f37072fd.pth", 34: "resnet34-b627a593.pth", 50: "resnet50-0676ba61.pth"}
+IMAGENET_URL = "https://download.pytorch.org/models/"
+
+
+def imagenet_file(depth: int) -> Path:
+    """Where torchvision keeps its ImageNet ResNet-``depth`` file: the torch hub cache's ``checkpoints``."""
+    import torch.hub
+
+    if depth not in IMAGENET_FILES:
+        raise ValueError(f"model.pretrained=imagenet: torchvision has ImageNet weights for ResNet-"
+                         f"{'/'.join(map(str, IMAGENET_FILES))}, not ResNet-{depth} (model.resnet_depth); "
+                         "pass a file or --set model.pretrained=none")
+    return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILES[depth]
+
+
+def fetch_imagenet(depth: int = 50, progress: bool = True) -> Path:
+    """torchvision's ImageNet ResNet-``depth`` file in the torch hub cache, downloaded there (its
+    SHA-256 checked by torch.hub) when it is missing. The one place raddiag downloads weights."""
+    import torch.hub
+
+    path = imagenet_file(depth)
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    url = IMAGENET_URL + path.name
+    try:   # torch.hub writes a temporary file beside it and renames it into place once the hash matches
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=path.stem.rsplit("-", 1)[1], progress=progress)
+    except (OSError, RuntimeError) as exc:
+        raise FileNotFoundError(f"{path}: could not download {url} ({' '.join(str(exc).split())}); put the file "
+                                f"there by hand, or pass --set model.pretrained=none") from None
+    return path
+
+
+def pretrained_file(spec: Optional[str], depth: int) -> Optional[Path]:
+    """The file ``model.pretrained`` names (None for none): ``imagenet`` must already be in the
+    torch hub cache; its absence is one line naming the file, the URL and the folder."""
+    if spec is None or spec == "none":
+        return None
+    if spec != IMAGENET:
+        return Path(spec)
+    path = imagenet_file(depth)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model.pretrained=imagenet needs torchvision's ImageNet ResNet-{depth} "
+                                f"weights, not in the torch hub cache; download {IMAGENET_URL}{path.name} into "
+                                f"{path.parent} (or pass --download-weights on a machine that is online), or train "
+                                "from random weights with --set model.pretrained=none")
+    return path
 
 
 @dataclass
@@ -85,16 +144,17 @@ def _depth(state: dict[str, torch.Tensor], path: Path) -> int:
 
 
 def load_pretrained_backbone(model: torch.nn.Module, path: str | Path) -> PretrainedReport:
-    """Load the ResNet weights in ``path`` into ``model.encoder.slice_backbone`` (``resnet_vit``
-    encoder). Every backbone weight must come from the file with its exact shape (the stem's
-    input channels adapted); anything else in the file is left and reported. Errors name the file."""
+    """Load the ResNet weights in ``path`` (a file, or ``imagenet``: :func:`pretrained_file`) into
+    ``model.encoder.slice_backbone`` (``resnet_vit`` encoder). Every backbone weight must come from
+    the file with its exact shape (the stem's input channels adapted); anything else in the file
+    is left and reported. Errors name the file."""
     from .official import read_checkpoint
 
-    path = Path(path)
     enc = getattr(model, "encoder", None)
     backbone = getattr(enc, "slice_backbone", None)
     if backbone is None:
         raise ValueError(f"model.pretrained={path}: pre-trained ResNet weights need model.encoder=resnet_vit")
+    path = pretrained_file(str(path), model.cfg.model.resnet_depth)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model.pretrained file does not exist")
     raw, path = read_checkpoint(path)

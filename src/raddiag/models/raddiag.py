@@ -18,6 +18,7 @@ from raddiag.config import RunConfig
 from .encoders import ResNetEncoder, ResNetViTEncoder, ViTEncoder
 from .fusion import MIL_POOLING, POOLING, TransformerFusion, pool_mode, pool_scan_logits
 from .heads import KnowledgeHead, MLPHead
+from .init import release_init
 
 ENCODERS = ("resnet_vit", "resnet", "vit")
 FUSIONS = ("transformer",) + POOLING + MIL_POOLING
@@ -71,10 +72,12 @@ class RadDiag(nn.Module):
                 raise ValueError(f"{label_embeddings.shape[0]} label embeddings for {num_classes} classes")
             if label_embeddings.shape[1] != mc.text_dim:
                 raise ValueError(f"label embeddings are {label_embeddings.shape[1]}-d; model.text_dim={mc.text_dim}")
-            self.head = KnowledgeHead(mc.width, label_embeddings)
+            self.head = KnowledgeHead(mc.width, label_embeddings, bias=mc.knowledge_bias)
         else:
             self.head = MLPHead(mc.width, num_classes)
         self.num_modalities = mc.num_modalities
+        if mc.init == "release":
+            release_init(self)
 
     def set_pooling(self, mode: str) -> None:
         """Pool this scan-level model's per-scan probabilities at case level with ``mode``

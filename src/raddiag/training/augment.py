@@ -7,6 +7,16 @@ scan of every case (never one draw for the whole batch). All four are MONAI tran
 scales and shifts in-plane only (slices are thick and few; tilting across them would mix
 unrelated anatomy).
 
+``TrainConfig.aug_style: release`` (the ``paper`` preset) takes the release's MONAI transforms
+and parameters instead, in the release's order: affine (rotation pi/12, shift 10 px, scale 0.1,
+shear 0.2), elastic (sigma 5-7, magnitude 10-20 px, scale 0.1), Gaussian noise (std 0.07),
+contrast (gamma 0.5-1.5); pixel sizes are for 256 px slices and scale with ``data.size``. As in
+the release, every slice of a scan takes the same in-plane warp (the release's layout: slices as
+channels, a singleton third axis for its 3D transforms) and values are not clamped. raddiag keeps
+its own granularity: one draw per scan, where the release makes one per batch (one MONAI call on
+the batch's flattened slices inside ``forward``); at its batch size of one case that is one per
+case, and a case's scans of other modalities and sizes need not share a warp.
+
 Key-slice swap (paper 4.4): with probability ``TrainConfig.key_slice_swap`` a 3D scan that
 has a key slice is replaced by that slice as a 2D scan.
 
@@ -35,7 +45,7 @@ def _plain(x) -> torch.Tensor:
 class ScanAugment:
     """Callable ScanTransform; construct with :func:`build_scan_transform`."""
 
-    def __init__(self, prob: float, key_slice_swap: float, size: int):
+    def __init__(self, prob: float, key_slice_swap: float, size: int, style: str = "raddiag"):
         from monai.transforms import (Rand2DElastic, Rand3DElastic, RandAdjustContrast, RandAffine,
                                       RandGaussianNoise)
 
@@ -60,6 +70,9 @@ class ScanAugment:
                                        padding_mode="zeros")
         self.elastic3d = Rand3DElastic(sigma_range=(4.0, 6.0), magnitude_range=(size / 4, size / 2), prob=1.0,
                                        padding_mode="zeros")
+        self.style = style
+        if style == "release":
+            self.release = _release_chain(size)
 
     def _swap(self, item: dict, img: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """Key-slice swap: with probability ``key_slice_swap`` a 3D scan becomes its key slice."""
@@ -73,8 +86,10 @@ class ScanAugment:
         item = dict(item)
         img = self._swap(item, item["image"], rng)
         seed = int(rng.integers(0, 2**31 - 1))
-        fire = rng.random(4) < self.prob            # noise, contrast, affine, elastic
-        if fire.any():
+        fire = rng.random(4) < self.prob            # noise, contrast, affine, elastic (release: its order)
+        if fire.any() and self.style == "release":
+            img = self._release(img, fire, seed)
+        elif fire.any():
             three_d = img.shape[1] > 1
             chain = (self.noise, self.contrast, self.affine3d if three_d else self.affine2d,
                      self.elastic3d if three_d else self.elastic2d)
@@ -88,6 +103,30 @@ class ScanAugment:
         return item
 
 
+    def _release(self, img: torch.Tensor, fire: np.ndarray, seed: int) -> torch.Tensor:
+        """The release's chain on ``[1, d, H, W]``: slices as channels over spatial ``(H, W, 1)``."""
+        x = img[0][..., None]
+        for j in np.flatnonzero(fire):
+            self.release[j].set_random_state(seed=(seed + int(j)) % (2**32))
+            x = self.release[j](x)
+        return _plain(x)[..., 0][None]
+
+
+def _release_chain(size: int) -> tuple:
+    """The release's four transforms (affine, elastic, noise, contrast) for ``size`` px slices,
+    always applied (the caller draws whether each fires)."""
+    from monai.transforms import Rand3DElastic, RandAdjustContrast, RandAffine, RandGaussianNoise
+
+    px = size / 256                              # the release's pixel sizes are for 256 px slices
+    return (RandAffine(prob=1.0, rotate_range=(0, 0, math.pi / 12), translate_range=(10 * px, 10 * px, 0),
+                       scale_range=(0.1, 0.1, 0), shear_range=(0.2, 0.2, 0), mode="bilinear", padding_mode="zeros"),
+            Rand3DElastic(prob=1.0, sigma_range=(5 * px, 7 * px), magnitude_range=(10 * px, 20 * px),
+                          rotate_range=(0, 0, 0), scale_range=(0.1, 0.1, 0.1), mode="bilinear",
+                          padding_mode="border"),
+            RandGaussianNoise(prob=1.0, mean=0.0, std=0.07),
+            RandAdjustContrast(prob=1.0, gamma=(0.5, 1.5)))
+
+
 def build_scan_transform(train_cfg: TrainConfig, data_cfg: Optional[DataConfig] = None) -> Optional[ScanAugment]:
     """The training ScanTransform for these settings, or None when nothing is random."""
     size = data_cfg.size if data_cfg is not None else 256
@@ -97,4 +136,4 @@ def build_scan_transform(train_cfg: TrainConfig, data_cfg: Optional[DataConfig] 
         v = getattr(train_cfg, name)
         if not 0.0 <= v <= 1.0:
             raise ValueError(f"train.{name}={v} must be a probability in [0, 1]")
-    return ScanAugment(train_cfg.aug_prob, train_cfg.key_slice_swap, size)
+    return ScanAugment(train_cfg.aug_prob, train_cfg.key_slice_swap, size, train_cfg.aug_style)

@@ -32,7 +32,10 @@ def register(subparsers) -> None:
                                                   "--resume the run's own config.yaml)")
     p.add_argument("--pretrained", metavar="FILE", default=None,
                    help="torchvision/timm ResNet-18/34/50 state dict (.pth, .bin, .safetensors) to start the "
-                        "per-slice ResNet from (sets model.pretrained; read once, at the start)")
+                        "per-slice ResNet from, or 'imagenet' (sets model.pretrained; read once, at the start)")
+    p.add_argument("--download-weights", action="store_true",
+                   help="model.pretrained=imagenet (the paper preset's): download torchvision's ImageNet ResNet "
+                        "file into the torch hub cache if it is not there (SHA-256 checked); never without this")
     _common(p)
     p.set_defaults(func=_train)
 
@@ -69,6 +72,11 @@ def _train(args) -> int:
         cfg = preset(args.preset or "paper", args.overrides)
     if args.pretrained:
         cfg.model.pretrained = args.pretrained
+        cfg.validate()
+    if args.download_weights and cfg.model.pretrained == "imagenet" and not args.resume:
+        from raddiag.models.pretrained import fetch_imagenet
+
+        fetch_imagenet(cfg.model.resnet_depth, progress=not args.no_progress)
     result = train(args.data, args.out, cfg, granularity=args.granularity,
                    label_embeddings=args.label_embeddings, knowledge_encoder=args.knowledge_encoder,
                    resume=args.resume, progress=not args.no_progress, max_steps=args.max_steps,

@@ -159,8 +159,8 @@ def _init_pretrained(model, cfg: RunConfig, say: bool = True) -> None:
     elif say and mc.encoder == "resnet_vit":
         level = logging.WARNING if cfg.preset in ("paper", "official") else logging.INFO
         log.log(level, "model.pretrained is not set: the per-slice ResNet-%d starts from random weights "
-                "(the paper starts from ImageNet weights: pass --pretrained PATH to a torchvision/timm "
-                "ResNet-%d state dict, see README)", mc.resnet_depth, mc.resnet_depth)
+                "(the release starts from ImageNet weights: --set model.pretrained=imagenet, or --pretrained PATH "
+                "to a torchvision/timm ResNet-%d state dict, see README)", mc.resnet_depth, mc.resnet_depth)
 
 
 def _autocast(cfg: RunConfig, device: torch.device):
@@ -339,17 +339,34 @@ def _stage(target: RunFolder, d) -> RunFolder:
     return RunFolder(dist_utils.broadcast_object(stage, d))
 
 
-def _run_label_embeddings(d, run, cfg, labels, label_embeddings, knowledge_encoder, resume):
+def _run_label_embeddings(d, run, cfg, labels, label_embeddings, knowledge_encoder, resume, progress=False):
     """The knowledge head's label embeddings, computed once per run (rank 0, then broadcast) and
-    kept in the run folder; None for other heads."""
+    kept in the run folder; None for other heads. Without given embeddings or encoder, the labels
+    are embedded by the fine-tuned knowledge encoder in the cache (built there when missing); the
+    run records which encoder it was and the log says it."""
     if cfg.model.head != "knowledge":
         return None
     if resume and run.label_embeddings.exists():
-        return run.load_label_embeddings()
-    emb = resolve_label_embeddings(labels, label_embeddings, knowledge_encoder) if d.is_main else None
+        return _fit_text_dim(cfg, run.load_label_embeddings())
+    emb = None
+    if d.is_main:
+        if label_embeddings is None:
+            from raddiag.knowledge.train import default_knowledge_encoder, encoder_summary
+
+            knowledge_encoder = knowledge_encoder or default_knowledge_encoder(progress)
+            log.info("label embeddings: %d class names embedded by %s", len(labels), encoder_summary(knowledge_encoder))
+        emb = resolve_label_embeddings(labels, label_embeddings, knowledge_encoder)
     emb = dist_utils.broadcast_object(emb, d)
     if d.is_main and label_embeddings is None:
         run.create().record_text_encoder(knowledge_encoder)
+    return _fit_text_dim(cfg, emb)
+
+
+def _fit_text_dim(cfg, emb: torch.Tensor) -> torch.Tensor:
+    """``model.text_dim`` is the label embeddings' width, whichever encoder made them (MedCPT: 768)."""
+    if emb.shape[1] != cfg.model.text_dim:
+        log.info("model.text_dim=%d: the width of the label embeddings", emb.shape[1])
+        cfg.model.text_dim = int(emb.shape[1])
     return emb
 
 
@@ -438,19 +455,26 @@ def _train_data(d, data, cfg, labels, train_indices, CaseDataset, make_loader):
     tc = cfg.train
     transform = build_scan_transform(tc, cfg.data)
     if isinstance(data, ShardData):
-        if tc.repeat_factor:
-            raise ValueError(f"{data.root}: train.repeat_factor needs a prepared folder; shards stream in "
-                             "their own order")
+        for name in ("repeat_factor", "case_mix"):
+            if getattr(tc, name):
+                raise ValueError(f"{data.root}: train.{name} needs a prepared folder; shards stream in "
+                                 "their own order")
         train_ds, val_ds, sampler = _shard_datasets(data, cfg, labels, transform, train_indices, d)
         loader = make_loader(train_ds, tc.batch_size, num_workers=tc.num_workers)
         return train_ds, val_ds, sampler, loader, train_ds.batches_per_epoch(tc.batch_size, loader.num_workers)
     train_full = CaseDataset(data, "train", labels, cfg.data, train=True, scan_transform=transform, seed=tc.seed)
     if trains_on_scans(cfg.model.fusion):  # the paper's pooling baselines: one scan per sample
+        if tc.case_mix:
+            raise ValueError(f"train.case_mix joins cases; model.fusion={cfg.model.fusion} trains on single scans")
         train_ds = ScanDataset(train_full, train_indices)
     else:
         train_ds = CaseSubset(train_full, train_indices) if train_indices is not None else train_full
     if len(train_ds) == 0:
         raise ValueError(f"{data.root}: no training cases selected")
+    if tc.case_mix:
+        from raddiag.data.case_mix import CaseMix
+
+        train_ds = CaseMix(train_ds, tc.case_mix, tc.seed)
     val_ds = CaseDataset(data, "val", labels, cfg.data, train=False)
     if tc.repeat_factor:
         sampler = RepeatFactorSampler(train_ds, repeat_factors(train_ds.targets, tc.repeat_factor),
@@ -475,8 +499,12 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
         run.check_label_space(labels, data.root)
     if not data.count("val"):
         raise ValueError(f"{data.root}: no cases in the val split; validation needs some")
+    if not resume and cfg.model.pretrained:   # a missing weights file stops the run here, before any work
+        from raddiag.models.pretrained import pretrained_file
 
-    emb = _run_label_embeddings(d, run, cfg, labels, label_embeddings, knowledge_encoder, resume)
+        pretrained_file(cfg.model.pretrained, cfg.model.resnet_depth)
+
+    emb = _run_label_embeddings(d, run, cfg, labels, label_embeddings, knowledge_encoder, resume, progress)
     model = _initial_model(cfg, labels, emb, init_state, resume, d, build_model)
     train_ds, val_ds, sampler, loader, batches_per_epoch = _train_data(d, data, cfg, labels, train_indices,
                                                                        CaseDataset, make_loader)

@@ -135,7 +135,10 @@ def finetune(
         if list(labels.names) == list(src_labels.names):
             emb = src.load_label_embeddings()
         else:  # new class names: embedded by the text encoder the source run trained with
-            knowledge_encoder = source_text_encoder(src)
+            from raddiag.knowledge.encoder import default_model_path
+
+            # None recorded: the packaged base encoder, named (train's own default is a fine-tuned one)
+            knowledge_encoder = source_text_encoder(src) or default_model_path()
 
     targets = CaseDataset(data, "train", labels, cfg.data, train=False).targets
     idx = stratified_subset(targets, float(fraction), seed)

@@ -51,10 +51,16 @@ def parse_list(value: Any, what: str = "field") -> list:
 def carve_val(cases: Sequence[Case], fraction: float = 0.125, seed: int = 0, from_split: str = "train") -> int:
     """Move a seeded ``fraction`` of the patients of ``from_split`` to ``val`` (whole patients,
     so no patient is in two splits). The default 1/8 keeps train:val = 7:1 as in the paper.
-    Returns the number of patients moved."""
-    patients = sorted({c.patient or c.id for c in cases if c.split == from_split})
+    Only patients with a scan are drawn (a case without one is skipped by ``prepare``); a positive
+    fraction moves at least one patient when two or more are there, so a small source still
+    validates. Returns the number of patients moved."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"--val-fraction must be from 0 to below 1, got {fraction}")
+    patients = sorted({c.patient or c.id for c in cases if c.split == from_split and c.scans})
     random.Random(seed).shuffle(patients)
-    chosen = set(patients[: round(fraction * len(patients))])
+    n = round(fraction * len(patients))
+    n = max(n, 1) if fraction > 0 and len(patients) >= 2 else n
+    chosen = set(patients[:n])
     for c in cases:
         if c.split == from_split and (c.patient or c.id) in chosen:
             c.split = "val"

@@ -14,6 +14,8 @@ reports it as skipped.
 
 Splits: ``split_files={"train": a.json, "test": b.json}``, else inferred from a file name that
 contains train / val / test, else a seeded patient-level 7:1:2 split (a case URL is a patient).
+The release ships ``train.json`` and ``test.json`` only: when the files give a train split and no
+val, a seeded ``val_fraction`` of the training patients (default 1/8: the paper's 7:1) becomes val.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from typing import Optional
 
 import numpy as np
 
-from raddiag.data.adapters.base import AdapterResult, parse_list
+from raddiag.data.adapters.base import AdapterResult, carve_val, parse_list
 from raddiag.data.case import NORMAL, SPLITS, Case, Scan, canonical_modality
 
 IMAGE_FIELDS = ("image_data_path", "image_path", "image")
@@ -159,7 +161,7 @@ def release_label_counts(path: str | Path) -> dict[str, int]:
 
 
 def load_rp3d(source: Path, images: Optional[str | Path] = None, split_files: Optional[dict] = None,
-              **_) -> AdapterResult:
+              seed: int = 0, val_fraction: float = 0.125, **_) -> AdapterResult:
     source = Path(source)
     if split_files:
         files = [(Path(f), s) for s, f in split_files.items()]
@@ -229,6 +231,11 @@ def load_rp3d(source: Path, images: Optional[str | Path] = None, split_files: Op
     result.notes.append(
         f"rp3d: {len(result.cases)} cases from {', '.join(f.name for f, _ in files)}; images under {root}; "
         + ("split from the file names / --split-files" if None not in inferred else "no split given: seeded patient-level 7:1:2"))
+    if "train" in inferred and "val" not in inferred:
+        n_train = len({c.patient for c in result.cases if c.split == "train" and c.scans})
+        moved = carve_val(result.cases, val_fraction, seed)
+        result.notes.append(f"rp3d: no val split in the files: val = {moved} of the {n_train} train patients with "
+                            f"scans (seeded by patient, --val-fraction {val_fraction:g}, --seed {seed})")
     if n_missing:
         empty = [c.id for c in result.cases if not c.scans]
         result.notes.append(f"rp3d: {n_missing} scan file(s) missing under {root}"
