@@ -157,9 +157,12 @@ def _init_pretrained(model, cfg: RunConfig, say: bool = True) -> None:
             log.info("model.pretrained: %s", report.summary())
     elif say and mc.encoder == "resnet_vit":
         level = logging.WARNING if cfg.preset in ("paper", "official") else logging.INFO
-        log.log(level, "model.pretrained is not set: the per-slice ResNet-%d starts from random weights "
-                "(the paper starts from ImageNet weights: pass --pretrained PATH to a torchvision/timm "
-                "ResNet-%d state dict, see README)", mc.resnet_depth, mc.resnet_depth)
+        # torchvision and timm publish ResNet-18/34/50/101 weights, not ResNet-10 (tiny): no file to name
+        hint = (f"the paper starts from ImageNet weights: pass --pretrained PATH to a torchvision/timm "
+                f"ResNet-{mc.resnet_depth} state dict, see README" if mc.resnet_depth in (18, 34, 50, 101)
+                else f"torchvision and timm publish no ImageNet ResNet-{mc.resnet_depth}")
+        log.log(level, "model.pretrained is not set: the per-slice ResNet-%d starts from random weights (%s)",
+                mc.resnet_depth, hint)
 
 
 def _autocast(cfg: RunConfig, device: torch.device):
