@@ -133,35 +133,22 @@ def within_anatomy(metrics: dict, min_classes: int = MIN_ANATOMY_CLASSES) -> tup
 
 
 def headline(metrics: dict) -> str:
-    keys = ["auc", "ap", "f1", "mcc", "acc", "recall_at_fpr_0.01", "recall_at_fpr_0.05", "recall_at_fpr_0.1"]
-    heads = ["AUC", "AP", "F1", "MCC", "ACC", "R@0.01", "R@0.05", "R@0.1"]
-    lines = ["", "test split, macro over classes, percent (95% bootstrap CI for AUC)",
-             f"{'group':<8}" + "".join(f"{h:>8}" for h in heads) + "   AUC CI"]
-    for group in ("all", "head", "medium", "tail", "normal"):
-        g = metrics.get(group)
-        if not g or g.get("auc", {}).get("value") is None:
-            continue
-        row = "".join(f"{_pct(g.get(k, {}).get('value')):>8}" for k in keys)
-        auc = g["auc"]
-        ci = f"[{_pct(auc.get('ci_low'))}, {_pct(auc.get('ci_high'))}]" if auc.get("ci_low") is not None else ""
-        lines.append(f"{group:<8}{row}   {ci}")
+    from raddiag.evaluation.summary import group_table, pct
+
+    lines = ["", *group_table(metrics, "test")]
     mean, rows = within_anatomy(metrics)
     if rows:
         lines += ["", "within one anatomy: each class ranked against the other cases of the same anatomy",
                   f"{'anatomy':<20}{'cases':>6}{'classes':>8}{'AUC':>8}   AUC CI"]
         for name, r in rows.items():
-            ci = f"[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]" if r["ci_low"] is not None else ""
+            ci = f"[{pct(r['ci_low'])}, {pct(r['ci_high'])}]" if r["ci_low"] is not None else ""
             note = "" if r["counted"] else f"   (not counted: < {MIN_ANATOMY_CLASSES} classes)"
-            lines.append(f"{name:<20}{r['n_cases'] or '':>6}{r['n_classes']:>8}{_pct(r['auc']):>8}   {ci}{note}")
+            lines.append(f"{name:<20}{r['n_cases'] or '':>6}{r['n_classes']:>8}{pct(r['auc']):>8}   {ci}{note}")
     n_counted = sum(r["counted"] for r in rows.values())
-    lines += ["", f"test macro AUC: overall {_pct(metrics.get('all', {}).get('auc', {}).get('value'))}, "
-                  f"within anatomy {_pct(mean)} (mean of the {n_counted} anatomies with >= "
+    lines += ["", f"test macro AUC: overall {pct(metrics.get('all', {}).get('auc', {}).get('value'))}, "
+                  f"within anatomy {pct(mean)} (mean of the {n_counted} anatomies with >= "
                   f"{MIN_ANATOMY_CLASSES} classes)"]
     return "\n".join(lines)
-
-
-def _pct(v) -> str:
-    return "n/a" if v is None else f"{100 * v:.1f}"
 
 
 def _say(msg: str) -> None:

@@ -150,7 +150,7 @@ def _evaluate(args) -> int:
     res = evaluate_run(args.run, args.data, args.split, args.out, val_split=args.val_split or None,
                        n_boot=args.n_boot, seed=args.seed, device=args.device, batch_size=args.batch_size,
                        store_thresholds=args.store_thresholds, plot_classes=args.plot_classes)
-    _print_summary(res["metrics"], res["out_dir"])
+    _print_summary(res["metrics"], res["out_dir"], args.split)
     return 0
 
 
@@ -185,21 +185,12 @@ def _metrics(args) -> int:
                          input_names={"test": args.pred, "val": args.val, "labels": args.labels})
     import json
 
-    _print_summary(json.loads((Path(args.out) / "metrics.json").read_text()), args.out)
+    _print_summary(json.loads((Path(args.out) / "metrics.json").read_text()), args.out, Path(args.pred).name)
     return 0
 
 
-def _print_summary(metrics: dict, out) -> None:
-    keys = ("auc", "ap", "f1", "mcc", "recall_at_fpr_0.05")
-    print(f"{'group':<10}" + "".join(f"{k:>20}" for k in keys))
-    for g in ("all", "head", "medium", "tail", "normal"):
-        if g not in metrics:
-            continue
-        cells = []
-        for k in keys:
-            v = metrics[g].get(k, {}).get("value")
-            cells.append(f"{'-' if v is None else f'{100 * v:.2f}':>20}")
-        print(f"{g:<10}" + "".join(cells))
-    print(f"threshold source: {metrics['meta']['threshold_note']}")
-    print(f"class groups: {metrics['meta']['class_groups']}")
+def _print_summary(metrics: dict, out, split: str = "test") -> None:
+    from raddiag.evaluation.summary import evaluation_summary
+
+    print(evaluation_summary(metrics, split))
     print(f"wrote {out}/metrics.json, per_class.csv, predictions.npz, report.html")

@@ -31,6 +31,9 @@ from raddiag.data.labels import DEFAULT_THRESHOLD, LabelSpace
 from raddiag.data.volume import DEFAULT_LIMITS, Limits
 from raddiag.serving.results import (CaseEmbedding, CaseError, CaseResult, Finding,  # noqa: F401 (re-exported)
                                      PendingCase, Prepared, ScanInfo)
+from raddiag.task import MULTICLASS, probabilities
+
+ONE_CLASS = "none: one class per case, the most probable (data.task=multiclass)"
 
 PathLike = Union[str, Path]
 
@@ -422,18 +425,22 @@ class Predictor:
                 logits.append(self.forward(batch))
             else:
                 logits.append(self._forward_with_classes(batch, emb))
-        probs = torch.sigmoid(torch.cat(logits)).numpy()
+        probs = probabilities(torch.cat(logits), self.cfg.data.task).numpy()
         if classes:
             from raddiag.knowledge.negation import complement, scoring_texts
 
             probs = complement(probs, scoring_texts(names)[1])      # "Non-X": 1 - p(X)
         results = []
+        one_class = self.cfg.data.task == MULTICLASS
         for (sample, infos, *_), p in zip(prepared, probs):
             order = np.argsort(-p, kind="stable")
-            ranked = [Finding(names[j], codes[j], float(p[j]), float(thr[j]), bool(p[j] >= thr[j]))
+            # multiclass: the most probable class is the case's one prediction (no thresholds)
+            chosen = (lambda j: j == order[0]) if one_class else (lambda j: p[j] >= thr[j])
+            ranked = [Finding(names[j], codes[j], float(p[j]), None if one_class else float(thr[j]), bool(chosen(j)))
                       for j in order[: min(top, len(p))]]
-            positive = [names[j] for j in order if p[j] >= thr[j]]
-            results.append(CaseResult(sample["case_id"], ranked, infos, thr_src, positive=positive))
+            positive = [names[j] for j in order if chosen(j)]
+            results.append(CaseResult(sample["case_id"], ranked, infos, ONE_CLASS if one_class else thr_src,
+                                      positive=positive))
         return results if several else results[0]
 
     def _label_view(self, classes):

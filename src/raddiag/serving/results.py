@@ -24,8 +24,8 @@ class Finding:
     name: str
     code: Optional[str]
     probability: float
-    threshold: float
-    above_threshold: bool
+    threshold: Optional[float]       # None: a multiclass run (the most probable class is the prediction)
+    above_threshold: bool            # the class is predicted (multiclass: the most probable one)
 
 
 @dataclass
@@ -75,8 +75,9 @@ class CaseResult:
         w = max([len("diagnosis")] + [len(n) for n in names])
         lines = [head, f"  {'#':>3}  {'diagnosis':<{w}}  {'ICD-10':<7} {'prob':>6}  {'thr':>5}  positive"]
         for i, (f, name) in enumerate(zip(self.ranked, names), 1):
+            thr = "    -" if f.threshold is None else f"{f.threshold:5.3f}"
             lines.append(f"  {i:>3}  {name:<{w}}  {(f.code or '-'):<7} {f.probability:6.3f}  "
-                         f"{f.threshold:5.3f}  {'yes' if f.above_threshold else 'no'}")
+                         f"{thr}  {'yes' if f.above_threshold else 'no'}")
         return "\n".join(lines)
 
     __repr__ = __str__

@@ -1,6 +1,7 @@
 """The trainer (paper Sections 11.1 and 4.4).
 
-BCE over all classes (+ optionally the key-slice attention term), AdamW, cosine schedule
+BCE over all classes (cross-entropy for ``data.task=multiclass``: :mod:`raddiag.task`; + optionally
+the key-slice attention term), AdamW, cosine schedule
 with linear warm-up stepped per optimiser step, gradient clipping and accumulation, bf16
 autocast, seeded / deterministic runs, validation macro AUC every epoch with the best
 checkpoint kept, optional early stopping, atomic resumable checkpoints, and DDP under
@@ -262,11 +263,6 @@ def _check_finite_loss(loss: torch.Tensor, batch: dict, epoch: int, step: int) -
                                  "(check their scans and labels, or lower the learning rate)")
 
 
-def _val_loss(scores: np.ndarray, labels: np.ndarray) -> float:
-    p = np.clip(scores.astype(np.float64), 1e-7, 1 - 1e-7)
-    return float(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)).mean())
-
-
 # -- the trainer ----------------------------------------------------------------------
 def train(
     data_dir: str | Path,
@@ -411,6 +407,7 @@ def _train_data(d, data, cfg, labels, train_indices, CaseDataset, make_loader):
     resumable sampler over a CaseDataset, or a ScanDataset for the pooling baselines) or shards."""
     from raddiag.data.dataset import ScanDataset
     from raddiag.models import trains_on_scans
+    from raddiag.task import check_dataset
 
     from .augment import build_scan_transform
 
@@ -431,6 +428,8 @@ def _train_data(d, data, cfg, labels, train_indices, CaseDataset, make_loader):
     if len(train_ds) == 0:
         raise ValueError(f"{data.root}: no training cases selected")
     val_ds = CaseDataset(data, "val", labels, cfg.data, train=False)
+    for split, ds in (("train", train_full), ("val", val_ds)):
+        check_dataset(ds, cfg.data.task, f"{data.root} split {split!r}")
     if tc.repeat_factor:
         sampler = RepeatFactorSampler(train_ds, repeat_factors(train_ds.targets, tc.repeat_factor),
                                       num_replicas=d.world_size, rank=d.rank, seed=tc.seed)
@@ -497,7 +496,7 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
         loop.close()
 
     finished = epoch >= tc.epochs or state["stopped_early"]
-    if finished and state["have_best"]:
+    if finished and state["have_best"] and cfg.data.task != "multiclass":   # multiclass: argmax, no thresholds
         _finalise_thresholds(model, val_ds, cfg, d, run, labels)
     best = state["best_val_auc"] if np.isfinite(state["best_val_auc"]) else float("nan")
     return TrainResult(run, best, state["best_epoch"] + 1, epoch, state["step"], state["stopped_early"], history)
