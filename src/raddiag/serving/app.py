@@ -170,7 +170,7 @@ def create_app(run_dir, max_files: int = 64, max_bytes: int = 256 << 20, device:
                                          "(raddiag serve --max-classes)")
         return on_upload(files, modality, case_id, lambda case_dir, mod: pred.predict(
             str(case_dir), modality=mod, top=top, classes=names, saliency=True if saliency else None,
-            saliency_class=saliency_class or None))
+            saliency_class=saliency_class or None, saliency_errors="keep"))
 
     @app.post("/embed", summary="the case embedding and one embedding per scan of one uploaded case",
               responses=UPLOAD_ANSWERS)

@@ -222,7 +222,8 @@ class Predictor:
             items.append({"image": torch.from_numpy(arrays[j])[None], "is_3d": info.is_3d,
                           "key_slice": info.key_slice, "modality": info.modality,
                           "modality_id": modality_id(info.modality, k, dc.modality_scheme)})
-        sample = {"scans": items, "labels": torch.zeros(len(self.labels)), "case_id": case_id, "anatomy": None}
+        sample = {"scans": items, "labels": torch.zeros(len(self.labels)), "case_id": case_id, "anatomy": None,
+                  "sources": [scans[j] for j in picked]}      # the used scans' files (saliency draws on them)
         return sample, infos, picked
 
     def collate(self, samples: list[dict]) -> dict:
@@ -264,7 +265,7 @@ class Predictor:
     def predict(self, inputs, modality=None, top: int = 10, classes: Optional[Sequence[str]] = None,
                 encoder: Optional[PathLike] = None, batch_size: int = 8, progress: bool = False,
                 saliency: Optional[PathLike | bool] = None, saliency_class=None, all_slices: bool = False,
-                saliency_top_k: Optional[int] = 64, overwrite: bool = False):
+                saliency_top_k: Optional[int] = 64, overwrite: bool = False, saliency_errors: str = "raise"):
         """Ranked diagnoses for one case or several.
 
         ``inputs``: a folder, a file, a list of files (one case), or a list of folders / lists
@@ -278,7 +279,10 @@ class Predictor:
         as data URLs in ``CaseResult.saliency``; for ``saliency_class`` (a name or index; default
         each case's top-ranked class), on each used scan's key slice (every slice with
         ``all_slices``); ``saliency_top_k`` channels per map (see :mod:`raddiag.serving.saliency`).
-        An overlay file that exists already is refused unless ``overwrite``.
+        An overlay file that exists already is refused unless ``overwrite``. Each figure shows the
+        scan's slice at the input's own resolution beside it with the map over it and a colour bar.
+        ``saliency_errors="keep"``: a case whose maps fail keeps its prediction, the reason in
+        ``CaseResult.saliency_error`` (the CLI and the service print the prediction all the same).
         """
         if top < 1:
             raise ValueError(f"top must be >= 1, got {top}")
@@ -291,8 +295,16 @@ class Predictor:
         done = self._predict_prepared(prepared, True, top, classes, encoder, batch_size, progress) if prepared else []
         if saliency is not None and saliency is not False:
             for (sample, _), res in zip(prepared, done):
-                res.saliency = self.saliency(sample, res, saliency_class, saliency, all_slices,
-                                             saliency_top_k, classes, encoder, overwrite)
+                try:
+                    res.saliency = self.saliency(sample, res, saliency_class, saliency, all_slices,
+                                                 saliency_top_k, classes, encoder, overwrite)
+                except Exception as exc:  # noqa: BLE001 - the prediction stands; the reason is kept
+                    if saliency_errors != "keep":
+                        raise
+                    from raddiag.data.errors import one_line
+
+                    kind = "" if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: "
+                    res.saliency_error = one_line(f"{kind}{exc}")
         if not several:
             return done[0]
         ok = iter(done)
@@ -372,20 +384,10 @@ class Predictor:
         """Score-CAM maps of one prepared case (see :meth:`predict`); returns one record per map.
         A negated class name ("Non-X", scored 1 - p(X)) shows X's map, recorded as ``map_of``."""
         from raddiag.knowledge.negation import scoring_texts
-        from raddiag.serving.saliency import overlay_data_url, save_overlay, score_cam
+        from raddiag.serving.saliency import score_cam
 
         names = list(classes) if classes else list(self.labels.names)
-        if class_ is None or class_ == "":
-            name = result.ranked[0].name
-        elif isinstance(class_, (int, np.integer)) or (isinstance(class_, str) and class_.isdigit()):
-            j = int(class_)
-            if not 0 <= j < len(names):
-                raise ValueError(f"saliency class index {j} is out of range (0..{len(names) - 1})")
-            name = names[j]
-        else:
-            name = str(class_)
-        if name not in names:
-            raise ValueError(f"saliency class {name!r} is not among the scored classes")
+        name = self._saliency_class(class_, names, result)
         c = names.index(name)
         texts, flip = scoring_texts(names) if classes else (names, np.zeros(len(names), dtype=bool))
         batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in self.collate([sample]).items()}
@@ -404,16 +406,52 @@ class Predictor:
                                "layer": m.layer, "channels": m.channels}
                         if flip[c]:
                             rec["map_of"] = texts[c]
-                        if out is True:
-                            rec["overlay"] = overlay_data_url(m)
-                        else:
-                            rec["path"] = str(save_overlay(m, out, f"{result.case_id}_{Path(info.id).name}",
-                                                           overwrite=overwrite))
+                        rec.update(self._figure(m, sample, info, n, len(used), result, name, out, overwrite))
                         records.append(rec)
             finally:
                 if emb is not None:
                     self.model.set_label_embeddings(old)
         return records
+
+    @staticmethod
+    def _saliency_class(class_, names: list[str], result: CaseResult) -> str:
+        """The class a saliency map is of: a name or index, default the case's top-ranked class."""
+        if class_ is None or class_ == "":
+            name = result.ranked[0].name
+        elif isinstance(class_, (int, np.integer)) or (isinstance(class_, str) and class_.isdigit()):
+            j = int(class_)
+            if not 0 <= j < len(names):
+                raise ValueError(f"saliency class index {j} is out of range (0..{len(names) - 1})")
+            name = names[j]
+        else:
+            name = str(class_)
+        if name not in names:
+            raise ValueError(f"saliency class {name!r} is not among the scored classes")
+        return name
+
+    def _figure(self, m, sample: dict, info: ScanInfo, n: int, n_used: int, result: CaseResult, name: str,
+                out, overwrite: bool) -> dict:
+        """The map drawn on the scan's own slice: ``{"overlay": data URL}`` (``out=True``) or
+        ``{"path": file}`` under the folder ``out``; ``size``: the figure's image size."""
+        from raddiag.data.intensity import window_for
+        from raddiag.data.preprocess import display_slice
+        from raddiag.serving.saliency import data_url, figure_name, save_figure, saliency_figure
+
+        image = m.image
+        sources = sample.get("sources")
+        if sources is not None:            # the input's own resolution (the model saw it resized)
+            s, dc = sources[n], self.cfg.data
+            image = display_slice(s, m.slice, dc.depth, window_for(s.modality, s.anatomy, dc.window, dc.windows),
+                                  self.limits)
+        p = next((f.probability for f in result.ranked if f.name == name), None)
+        caption = (f"{name}" + (f" (p = {p:.3f})" if p is not None else "") + f": {info.id}"
+                   + (f", slice {m.slice}" if info.is_3d else "") + f"; Score-CAM on {m.layer}")
+        fig = saliency_figure(image, m.heatmap, caption)
+        rec = {"size": [int(image.shape[0]), int(image.shape[1])]}
+        if out is True:
+            return {**rec, "overlay": data_url(fig)}
+        path = Path(out) / figure_name(result.case_id, name, n, n_used, m.slice, info.is_3d)
+        return {**rec, "path": str(save_figure(fig, path, overwrite))}
 
     def _predict_prepared(self, prepared, several, top, classes, encoder, batch_size, progress=False):
         names, codes, thr, thr_src = self._label_view(classes)
