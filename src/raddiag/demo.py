@@ -65,7 +65,7 @@ def run_demo(out_dir: str | Path, n_cases: int = DEMO_CASES, seed: int = 0, epoc
             shutil.rmtree(run_dir)
         _say(f"[3/4] training a RadDiag of the {DEMO_PRESET} preset ({cfg.model.encoder} encoder, fusion + "
              f"knowledge head, {cfg.train.epochs} epochs) -> {run_dir}")
-        train(data_dir, run_dir, cfg, knowledge_encoder=enc_dir, progress=progress)
+        train(data_dir, run_dir, cfg, knowledge_encoder=enc_dir, progress=progress, summary=progress)
 
     with clock.stage("evaluate"):
         _say(f"[4/4] evaluating on the test split -> {out / 'report.html'}")

@@ -17,7 +17,8 @@ def _add_inputs(p) -> None:
     p.add_argument("--split", default=None, help="with --data: only this split (default: every case)")
     p.add_argument("--modality", nargs="+", default=None,
                    help="modality of non-DICOM scans: one for all cases, or one per CASE; 'CT,X-ray' gives one per "
-                        "file of a comma-joined CASE (DICOM: from the tags; a manifest names each scan's)")
+                        "file of a comma-joined CASE (DICOM: from the tags; a manifest names each scan's; default: "
+                        "the run's only modality when it was trained on one)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "compile", "off"],
@@ -146,6 +147,15 @@ def _load(args):
     return pred
 
 
+def _say_default_modality(pred, args) -> None:
+    """One line when CASE files are taken to be the run's only modality (no --modality given)."""
+    import sys
+
+    if args.cases and not args.modality and pred.default_modality:
+        print(f"raddiag: note: no --modality given: non-DICOM files are taken as {pred.default_modality}, the one "
+              "modality this run was trained on", file=sys.stderr)
+
+
 def _pending(pred, args, cases) -> list:
     from raddiag.serving.batch import manifest_cases, prepared_cases
     from raddiag.serving.predict import canonical_modalities
@@ -185,6 +195,7 @@ def _predict(args: argparse.Namespace) -> int:
         raise ValueError("--retry-errors needs --out (it re-predicts the error rows of that file)")
     modality = canonical_modalities(_modalities(args))
     pred = _load(args)
+    _say_default_modality(pred, args)
     results = pred.predict(cases, modality=modality, top=args.top, classes=args.classes, encoder=args.encoder,
                            batch_size=args.batch_size, progress=len(cases) > args.batch_size,
                            saliency=args.saliency, saliency_class=args.saliency_class,
@@ -236,6 +247,7 @@ def _embed(args: argparse.Namespace) -> int:
     cases = _case_args(args)
     check_embeddings_out(args.out, args.overwrite)          # before the work, not after
     pred = _load(args)
+    _say_default_modality(pred, args)
     results = pred.embed_cases(_pending(pred, args, cases), args.batch_size, progress=True)
     path = save_embeddings(results, args.out, pred.cfg.model.width, overwrite=args.overwrite)
     ok = [r for r in results if not isinstance(r, CaseError)]

@@ -114,6 +114,16 @@ def _split_cases(inputs) -> tuple[list, bool]:
     return items, True
 
 
+def run_modality(run_dir) -> Optional[str]:
+    """The one modality a run was trained on (its ``intensity.json``), or None when it saw several
+    or does not record them: what a non-DICOM file is taken to be when no modality is given."""
+    from raddiag.data.intensity import read_run_intensity
+
+    record = read_run_intensity(run_dir)
+    modalities = list((record or {}).get("modalities") or {})
+    return modalities[0] if len(modalities) == 1 else None
+
+
 # -- the predictor ---------------------------------------------------------------------------
 def check_class_names(classes: Sequence) -> list[str]:
     """``classes`` stripped, or ValueError naming the first one at fault: empty, holding a control
@@ -164,6 +174,7 @@ class Predictor:
         self._class_emb = None      # (names, encoder, prompt_sets) -> their embeddings, of the last call
         self.prompt_sets = True   # new class names: mean of each name's prompt set (False: the name alone)
         self._fast = None
+        self.default_modality = run_modality(self.run_dir)
 
     @classmethod
     def load(cls, run_dir: PathLike, device: str = "cpu", backend: str = "auto",
@@ -270,7 +281,8 @@ class Predictor:
 
         ``inputs``: a folder, a file, a list of files (one case), or a list of folders / lists
         (several cases, batched ``batch_size`` at a time). ``modality``: one name, or one per
-        input item (DICOM reads it from the tags). ``classes``: score these names instead of the
+        input item (DICOM reads it from the tags); None: ``default_modality``, the run's only
+        modality when it was trained on one. ``classes``: score these names instead of the
         run's label space, through the knowledge-guided head. Returns a :class:`CaseResult`, or a
         list for several cases, in input order: a :class:`CaseResult` for each case that could be
         read and a :class:`CaseError` (the file and the reason) for each that could not.
@@ -314,6 +326,8 @@ class Predictor:
         """The cases of ``inputs`` (as :meth:`predict` takes them), not read yet, and whether
         the caller gave several."""
         cases, several = _split_cases(inputs)
+        if modality is None:
+            modality = self.default_modality      # the run's only modality (None when it saw several)
         if several and modality is not None and not isinstance(modality, str):
             modality = list(modality)
             if len(modality) != len(cases):

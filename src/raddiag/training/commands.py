@@ -80,7 +80,7 @@ def _train(args) -> int:
     result = train(args.data, args.out, cfg, granularity=args.granularity,
                    label_embeddings=args.label_embeddings, knowledge_encoder=args.knowledge_encoder,
                    resume=args.resume, progress=not args.no_progress, max_steps=args.max_steps,
-                   overwrite=args.overwrite)
+                   overwrite=args.overwrite, summary=True)
     _report(result)
     return 0
 
@@ -94,7 +94,7 @@ def _finetune(args) -> int:
                       label_embeddings=args.label_embeddings, knowledge_encoder=args.knowledge_encoder,
                       resume=args.resume, progress=not args.no_progress, max_steps=args.max_steps,
                       pretrained=args.pretrained, overwrite=args.overwrite,
-                      encoder_lr_scale=args.encoder_lr_scale, linear_probe=args.linear_probe)
+                      encoder_lr_scale=args.encoder_lr_scale, linear_probe=args.linear_probe, summary=True)
     _report(result)
     return 0
 

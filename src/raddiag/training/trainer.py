@@ -278,6 +278,7 @@ def train(
     init_state: Optional[dict[str, torch.Tensor]] = None,
     train_indices: Optional[Sequence[int]] = None,
     device: Optional[str] = None,
+    summary: bool = False,
 ) -> TrainResult:
     """Train a RadDiag model on a prepared dataset into run folder ``out_dir``.
 
@@ -291,7 +292,8 @@ def train(
     fresh run (:mod:`raddiag.models.pretrained`); a resumed run does not read it again.
     A run folder that already holds weights or a checkpoint is refused unless ``resume`` (a
     checkpoint) or ``overwrite`` (start afresh there; the old checkpoint is removed first).
-    Under ``torchrun`` this trains with DDP; only rank 0 writes.
+    Under ``torchrun`` this trains with DDP; only rank 0 writes. ``summary`` prints what the run
+    is about to do before its first step (:func:`raddiag.training.summary.start_summary`).
     """
     from raddiag.data.dataset import CaseDataset, make_loader
     from raddiag.data.shards import open_training_data
@@ -316,7 +318,7 @@ def train(
     try:
         return _train(d, open_training_data(data_dir), run, cfg, label_embeddings, knowledge_encoder, resume,
                       progress, max_steps, init_state, train_indices, CaseDataset, make_loader, build_model,
-                          key_slice_attention_loss)
+                      key_slice_attention_loss, summary)
     except BaseException:
         if created and d.is_main:
             _remove_unfinished(run)
@@ -440,7 +442,7 @@ def _train_data(d, data, cfg, labels, train_indices, CaseDataset, make_loader):
 
 
 def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progress, max_steps, init_state,
-           train_indices, CaseDataset, make_loader, build_model, key_slice_attention_loss) -> TrainResult:
+           train_indices, CaseDataset, make_loader, build_model, key_slice_attention_loss, summary=False) -> TrainResult:
     from raddiag.data.intensity import adopt_data_windows
 
     tc = cfg.train
@@ -456,6 +458,11 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
     model = _initial_model(cfg, labels, emb, init_state, resume, d, build_model)
     train_ds, val_ds, sampler, loader, batches_per_epoch = _train_data(d, data, cfg, labels, train_indices,
                                                                        CaseDataset, make_loader)
+    if summary and d.is_main:
+        from .summary import start_summary
+
+        n_train = len(train_indices) if train_indices is not None else data.count("train")
+        print(start_summary(data, run, cfg, labels, model, d, batches_per_epoch, n_train), flush=True)
     steps_per_epoch = math.ceil(batches_per_epoch / tc.grad_accum)
     total_steps = steps_per_epoch * tc.epochs
     warmup_steps = int(round(tc.warmup_epochs * steps_per_epoch))
