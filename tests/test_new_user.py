@@ -127,3 +127,34 @@ def test_prepare_names_cases_with_more_scans_of_a_modality_than_the_caps_keep(tm
     out = capsys.readouterr().out
     assert ("    Ultrasound: 3 case(s), up to 7 scans (e.g. c1); caps: 1 in the paper's presets, 4 in cpu / gpu; "
             "--max-scans Ultrasound=7 keeps them all") in out.splitlines()
+
+
+def test_a_folder_per_class_is_a_source(tmp_path, capsys):
+    from PIL import Image
+
+    from raddiag.data.adapters import load_source
+
+    rng = np.random.default_rng(0)
+    for cls, n in (("benign", 4), ("malignant", 3), ("Normal", 2)):
+        (tmp_path / "src" / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (24, 30), dtype=np.uint8)).save(tmp_path / "src" / cls / f"{i}.png")
+    case = tmp_path / "src" / "malignant" / "patient7"             # a folder: one case of its images
+    case.mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (24, 30), dtype=np.uint8)).save(case / f"f{i}.png")
+    (tmp_path / "src" / "benign" / "notes.txt").write_text("not a scan")
+    res = load_source("folders", tmp_path / "src", modality="US", anatomy="Breast")
+    by_id = {c.id: c for c in res.cases}
+    assert len(by_id) == 10 and by_id["benign/0.png"].labels == ["benign"]
+    assert by_id["Normal/1.png"].labels == ["Normal"]
+    assert [s.id for s in by_id["malignant/patient7"].scans] == ["f0.png", "f1.png", "f2.png"]
+    assert {s.modality for c in res.cases for s in c.scans} == {"Ultrasound"}
+    assert "ignored 1 file(s) that are not scans" in res.notes[-1]
+    with pytest.raises(ValueError, match="needs --modality"):
+        load_source("folders", tmp_path / "src")
+    assert main(["data", "prepare", str(tmp_path / "src"), "--format", "folders", "--modality", "Ultrasound",
+                 "--out", str(tmp_path / "data"), "--size", "32", "--workers", "1"]) == 0
+    data = PreparedData(tmp_path / "data")
+    assert len(data) == 10 and {r["split"] for r in data.records} <= {"train", "val", "test"}
+    assert "folders: 10 cases in 3 class folders (Normal 2, benign 4, malignant 4), Ultrasound" in capsys.readouterr().out
