@@ -48,7 +48,7 @@ def compute_stats(data: str | Path | PreparedData) -> dict:
     out["classes"] = {}
     for gran, field in (("disorder", "labels"), ("icd10", "icd10")):
         ls = data.label_space(gran)
-        all_counts = Counter(x for r in recs for x in ([y for y in r.get(field) or [] if y != NORMAL] or [NORMAL]))
+        all_counts = Counter(x for r in recs for x in _classes_of(r, field))
         groups = ls.groups
         out["classes"][gran] = {
             "n_classes": len(ls),
@@ -148,7 +148,8 @@ def _class_panel(ax, gran: str, c: dict) -> None:
     rank for many; the head / medium cut-offs dotted; the group counts under a two-line title."""
     from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-    pairs = sorted(((n, v) for n, v in c["cases_per_class"].items() if n != NORMAL), key=lambda x: -x[1])
+    pairs = sorted(((n, v) for n, v in c["cases_per_class"].items() if n != NORMAL and n not in MISSING.values()),
+                   key=lambda x: -x[1])
     counts = [v for _, v in pairs]
     if len(pairs) <= NAMED_BARS:
         ax.bar_label(ax.bar(range(1, len(counts) + 1), counts, color="tab:blue"), fontsize=8)
@@ -159,14 +160,17 @@ def _class_panel(ax, gran: str, c: dict) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("class rank (most cases first)")
     ax.set_xlim(0.4, max(1, len(counts)) + 0.6)
+    if not counts:
+        ax.text(0.5, 0.5, "no class with cases", ha="center", va="center", transform=ax.transAxes, color="grey")
+        ax.set_xticks([])
     ax.set_yscale("log")
     ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))            # 1, 2, 5, 10, 20, ... as plain numbers
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
     for thr, name in ((100, "head"), (30, "medium")):
         ax.axhline(thr, ls=":", color="grey")
-        ax.annotate(f"{name} >= {thr}", (1, thr), xycoords=("axes fraction", "data"), ha="right", va="bottom",
-                    fontsize=8, color="grey")
+        ax.annotate(f"{name}\n>= {thr}", (1.01, thr), xycoords=("axes fraction", "data"), ha="left", va="center",
+                    fontsize=8, color="grey", annotation_clip=False)      # beside the axes: never on a bar
     g = c["groups"]
     ax.set_title(f"{gran}: {len(counts)} abnormal class(es)\nby training cases: head {g['head']} (incl. Normal), "
                  f"medium {g['medium']}, tail {g['tail']}", fontsize=10)
@@ -197,6 +201,17 @@ def intensity_lines(meta: dict) -> list[str]:
             f"{m} " + ", ".join(f"{k} {n}" for k, n in s["kinds"].items()) + f" ({s['min']:g}..{s['max']:g})"
             for m, s in kinds.items()))
     return lines
+
+
+# what an abnormal case without names of a granularity is counted as (it is not Normal)
+MISSING = {"labels": "no disorder name (cases with codes only)",
+           "icd10": "no code (abnormal cases without ICD-10-CM codes; `raddiag knowledge map NAME` suggests them)"}
+
+
+def _classes_of(rec: dict, field: str) -> list[str]:
+    """A case record's classes of one granularity (``labels`` or ``icd10``) for the counts."""
+    names = [y for y in rec.get(field) or [] if y != NORMAL]
+    return names or [NORMAL if _is_normal(rec) and _is_normal(rec, "icd10") else MISSING[field]]
 
 
 def multi_scan_lines(recs: list[dict]) -> list[str]:
@@ -236,8 +251,9 @@ def prepare_summary(out_dir: str | Path, report: PrepareReport, notes: list[str]
         rs = [r for r in recs if r["split"] == s]
         lines.append(f"  {s:<7}{len(rs):>7}{sum(len(r['scans']) for r in rs):>8}")
     for gran, field in (("disorder", "labels"), ("ICD-10-CM", "icd10")):
-        c = Counter(x for r in recs for x in ([y for y in r.get(field) or [] if y != NORMAL] or [NORMAL]))
-        lines.append(f"  {gran} labels ({len(c)}): " + ", ".join(f"{k} {v}" for k, v in c.most_common()))
+        c = Counter(x for r in recs for x in _classes_of(r, field))
+        lines.append(f"  {gran} labels ({len(c) - (MISSING[field] in c)}): "
+                     + ", ".join(f"{k} {v}" for k, v in c.most_common()))
     mc = Counter(s["modality"] for r in recs for s in r["scans"])
     lines.append("  modalities (scans): " + ", ".join(f"{k} {v}" for k, v in mc.most_common()))
     lines += intensity_lines(data.meta)
