@@ -158,3 +158,20 @@ def test_a_folder_per_class_is_a_source(tmp_path, capsys):
     data = PreparedData(tmp_path / "data")
     assert len(data) == 10 and {r["split"] for r in data.records} <= {"train", "val", "test"}
     assert "folders: 10 cases in 3 class folders (Normal 2, benign 4, malignant 4), Ultrasound" in capsys.readouterr().out
+
+
+def test_the_service_draws_saliency_for_a_resnet_encoder_run(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from raddiag.serving.app import create_app
+    from raddiag.serving.sample import make_tiny_run, sample_png
+
+    run = make_tiny_run(tmp_path / "run", size=32, depth=1, overrides=["model.encoder=resnet"])
+    with TestClient(create_app(run.root)) as client:
+        r = client.post("/predict", files=[("files", ("a.png", sample_png(64)))],
+                        data={"modality": "X-ray", "saliency": "true"})
+    body = r.json()
+    assert r.status_code == 200 and "saliency_error" not in body
+    (s,) = body["saliency"]
+    assert s["overlay"].startswith("data:image/png;base64,") and s["layer"].startswith("stem2d.")
+    assert s["size"] == [64, 64]                                   # drawn on the upload at its own size

@@ -135,7 +135,7 @@ def within_anatomy(metrics: dict, min_classes: int = MIN_ANATOMY_CLASSES) -> tup
 def headline(metrics: dict) -> str:
     from raddiag.evaluation.summary import group_table, pct
 
-    lines = ["", *group_table(metrics, "test")]
+    lines = ["", *group_table(metrics, "test split")]
     mean, rows = within_anatomy(metrics)
     if rows:
         lines += ["", "within one anatomy: each class ranked against the other cases of the same anatomy",

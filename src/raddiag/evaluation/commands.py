@@ -150,7 +150,7 @@ def _evaluate(args) -> int:
     res = evaluate_run(args.run, args.data, args.split, args.out, val_split=args.val_split or None,
                        n_boot=args.n_boot, seed=args.seed, device=args.device, batch_size=args.batch_size,
                        store_thresholds=args.store_thresholds, plot_classes=args.plot_classes)
-    _print_summary(res["metrics"], res["out_dir"], args.split)
+    _print_summary(res["metrics"], res["out_dir"], f"{args.split} split")
     return 0
 
 
@@ -185,12 +185,13 @@ def _metrics(args) -> int:
                          input_names={"test": args.pred, "val": args.val, "labels": args.labels})
     import json
 
-    _print_summary(json.loads((Path(args.out) / "metrics.json").read_text()), args.out, Path(args.pred).name)
+    _print_summary(json.loads((Path(args.out) / "metrics.json").read_text()), args.out,
+                   f"predictions {Path(args.pred).name}")
     return 0
 
 
-def _print_summary(metrics: dict, out, split: str = "test") -> None:
+def _print_summary(metrics: dict, out, what: str) -> None:
     from raddiag.evaluation.summary import evaluation_summary
 
-    print(evaluation_summary(metrics, split))
+    print(evaluation_summary(metrics, what))
     print(f"wrote {out}/metrics.json, per_class.csv, predictions.npz, report.html")

@@ -30,9 +30,10 @@ def _row(label: str, g: dict, width: int) -> str:
     return f"{label:<{width}}{cells}   {interval(g.get('auc', {}))}"
 
 
-def group_table(metrics: dict, split: str = "test") -> list[str]:
-    """The class groups' rows (those with an AUC), every metric and the AUC's interval."""
-    lines = [f"{split} split, macro over classes, percent (95% bootstrap CI for AUC)",
+def group_table(metrics: dict, what: str = "test split") -> list[str]:
+    """The class groups' rows (those with an AUC), every metric and the AUC's interval; ``what``
+    names the cases scored."""
+    lines = [f"{what}, macro over classes, percent (95% bootstrap CI for AUC)",
              f"{'group':<8}" + "".join(f"{h:>8}" for h in COLUMNS.values()) + "   AUC CI"]
     return lines + [_row(g, metrics[g], 8) for g in GROUPS
                     if metrics.get(g, {}).get("auc", {}).get("value") is not None]
@@ -76,9 +77,9 @@ def multiclass_lines(mc: dict) -> list[str]:
     return lines
 
 
-def evaluation_summary(metrics: dict, split: str = "test") -> str:
+def evaluation_summary(metrics: dict, what: str = "test split") -> str:
     """Everything ``evaluate`` / ``metrics`` print before the file list."""
-    lines = group_table(metrics, split)
+    lines = group_table(metrics, what)
     anatomy = anatomy_table(metrics)
     if anatomy:
         lines += [""] + anatomy
