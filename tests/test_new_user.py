@@ -157,7 +157,12 @@ def test_a_folder_per_class_is_a_source(tmp_path, capsys):
                  "--out", str(tmp_path / "data"), "--size", "32", "--workers", "1"]) == 0
     data = PreparedData(tmp_path / "data")
     assert len(data) == 10 and {r["split"] for r in data.records} <= {"train", "val", "test"}
-    assert "folders: 10 cases in 3 class folders (Normal 2, benign 4, malignant 4), Ultrasound" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "folders: 10 cases in 3 class folders (Normal 2, benign 4, malignant 4), Ultrasound" in out
+    # abnormal cases without codes are not Normal at ICD-10-CM granularity (they were counted so)
+    icd = next(line for line in out.splitlines() if "ICD-10-CM labels" in line)
+    assert icd.startswith("  ICD-10-CM labels (1): no code (abnormal cases without ICD-10-CM codes") and icd.endswith(
+        ") 8, Normal 2")
 
 
 def test_the_service_draws_saliency_for_a_resnet_encoder_run(tmp_path):
