@@ -114,16 +114,6 @@ def _split_cases(inputs) -> tuple[list, bool]:
     return items, True
 
 
-def run_modality(run_dir) -> Optional[str]:
-    """The one modality a run was trained on (its ``intensity.json``), or None when it saw several
-    or does not record them: what a non-DICOM file is taken to be when no modality is given."""
-    from raddiag.data.intensity import read_run_intensity
-
-    record = read_run_intensity(run_dir)
-    modalities = list((record or {}).get("modalities") or {})
-    return modalities[0] if len(modalities) == 1 else None
-
-
 # -- the predictor ---------------------------------------------------------------------------
 def check_class_names(classes: Sequence) -> list[str]:
     """``classes`` stripped, or ValueError naming the first one at fault: empty, holding a control
@@ -174,6 +164,8 @@ class Predictor:
         self._class_emb = None      # (names, encoder, prompt_sets) -> their embeddings, of the last call
         self.prompt_sets = True   # new class names: mean of each name's prompt set (False: the name alone)
         self._fast = None
+        from raddiag.data.intensity import run_modality
+
         self.default_modality = run_modality(self.run_dir)
 
     @classmethod
@@ -398,10 +390,10 @@ class Predictor:
         """Score-CAM maps of one prepared case (see :meth:`predict`); returns one record per map.
         A negated class name ("Non-X", scored 1 - p(X)) shows X's map, recorded as ``map_of``."""
         from raddiag.knowledge.negation import scoring_texts
-        from raddiag.serving.saliency import score_cam
+        from raddiag.serving.saliency import case_figure, chosen_class, score_cam
 
         names = list(classes) if classes else list(self.labels.names)
-        name = self._saliency_class(class_, names, result)
+        name = chosen_class(class_, names, result)
         c = names.index(name)
         texts, flip = scoring_texts(names) if classes else (names, np.zeros(len(names), dtype=bool))
         batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in self.collate([sample]).items()}
@@ -420,52 +412,14 @@ class Predictor:
                                "layer": m.layer, "channels": m.channels}
                         if flip[c]:
                             rec["map_of"] = texts[c]
-                        rec.update(self._figure(m, sample, info, n, len(used), result, name, out, overwrite))
+                        source = sample["sources"][n] if sample.get("sources") else None
+                        rec.update(case_figure(m, source, self.cfg.data, self.limits, info, len(used), result, name,
+                                               out, overwrite))
                         records.append(rec)
             finally:
                 if emb is not None:
                     self.model.set_label_embeddings(old)
         return records
-
-    @staticmethod
-    def _saliency_class(class_, names: list[str], result: CaseResult) -> str:
-        """The class a saliency map is of: a name or index, default the case's top-ranked class."""
-        if class_ is None or class_ == "":
-            name = result.ranked[0].name
-        elif isinstance(class_, (int, np.integer)) or (isinstance(class_, str) and class_.isdigit()):
-            j = int(class_)
-            if not 0 <= j < len(names):
-                raise ValueError(f"saliency class index {j} is out of range (0..{len(names) - 1})")
-            name = names[j]
-        else:
-            name = str(class_)
-        if name not in names:
-            raise ValueError(f"saliency class {name!r} is not among the scored classes")
-        return name
-
-    def _figure(self, m, sample: dict, info: ScanInfo, n: int, n_used: int, result: CaseResult, name: str,
-                out, overwrite: bool) -> dict:
-        """The map drawn on the scan's own slice: ``{"overlay": data URL}`` (``out=True``) or
-        ``{"path": file}`` under the folder ``out``; ``size``: the figure's image size."""
-        from raddiag.data.intensity import window_for
-        from raddiag.data.preprocess import display_slice
-        from raddiag.serving.saliency import data_url, figure_name, save_figure, saliency_figure
-
-        image = m.image
-        sources = sample.get("sources")
-        if sources is not None:            # the input's own resolution (the model saw it resized)
-            s, dc = sources[n], self.cfg.data
-            image = display_slice(s, m.slice, dc.depth, window_for(s.modality, s.anatomy, dc.window, dc.windows),
-                                  self.limits)
-        p = next((f.probability for f in result.ranked if f.name == name), None)
-        caption = (f"{name}" + (f" (p = {p:.3f})" if p is not None else "") + f": {info.id}"
-                   + (f", slice {m.slice}" if info.is_3d else "") + f"; Score-CAM on {m.layer}")
-        fig = saliency_figure(image, m.heatmap, caption)
-        rec = {"size": [int(image.shape[0]), int(image.shape[1])]}
-        if out is True:
-            return {**rec, "overlay": data_url(fig)}
-        path = Path(out) / figure_name(result.case_id, name, n, n_used, m.slice, info.is_3d)
-        return {**rec, "path": str(save_figure(fig, path, overwrite))}
 
     def _predict_prepared(self, prepared, several, top, classes, encoder, batch_size, progress=False):
         names, codes, thr, thr_src = self._label_view(classes)

@@ -210,6 +210,46 @@ def _score(model, b1, images, scan: int, m: _Maps, class_index: int, top_k, chun
     return (cam / cam.max() if cam.max() > 0 else cam), int(a.shape[0])
 
 
+def chosen_class(class_, names: list[str], result) -> str:
+    """The class a saliency map is of: a name or index, default the case's top-ranked class."""
+    if class_ is None or class_ == "":
+        name = result.ranked[0].name
+    elif isinstance(class_, (int, np.integer)) or (isinstance(class_, str) and class_.isdigit()):
+        j = int(class_)
+        if not 0 <= j < len(names):
+            raise ValueError(f"saliency class index {j} is out of range (0..{len(names) - 1})")
+        name = names[j]
+    else:
+        name = str(class_)
+    if name not in names:
+        raise ValueError(f"saliency class {name!r} is not among the scored classes")
+    return name
+
+
+def case_figure(m: SaliencyMap, source, dc, limits, info, n_used: int, result, name: str, out,
+                overwrite: bool) -> dict:
+    """Map ``m`` drawn on its scan's own slice (``source``: the scan's :class:`~raddiag.data.case.Scan`,
+    re-read at its resolution; None: the model's input slice), ``dc`` the run's data config:
+    ``{"overlay": data URL}`` (``out=True``) or ``{"path": file}`` under the folder ``out``, and
+    ``size``, the figure's image size."""
+    from raddiag.data.intensity import window_for
+    from raddiag.data.preprocess import display_slice
+
+    image = m.image
+    if source is not None:
+        image = display_slice(source, m.slice, dc.depth,
+                              window_for(source.modality, source.anatomy, dc.window, dc.windows), limits)
+    p = next((f.probability for f in result.ranked if f.name == name), None)
+    caption = (f"{name}" + (f" (p = {p:.3f})" if p is not None else "") + f": {info.id}"
+               + (f", slice {m.slice}" if info.is_3d else "") + f"; Score-CAM on {m.layer}")
+    fig = saliency_figure(image, m.heatmap, caption)
+    rec = {"size": [int(image.shape[0]), int(image.shape[1])]}
+    if out is True:
+        return {**rec, "overlay": data_url(fig)}
+    path = Path(out) / figure_name(result.case_id, name, m.scan, n_used, m.slice, info.is_3d)
+    return {**rec, "path": str(save_figure(fig, path, overwrite))}
+
+
 # -- figures ------------------------------------------------------------------------------------
 MIN_SIDE, MAX_SIDE = 256, 2048     # a figure's image panels: at the input's resolution, within these
 
