@@ -208,4 +208,4 @@ def test_rp3d_demo_lists_the_four_missing_scans(shared_data):
 
 def test_registry_is_complete():
     assert set(ADAPTERS) == {"rp3d", "manifest", "covid-chestxray", "chest-xray-pneumonia", "brain-tumor-mri",
-                             "medmnist3d"}
+                             "medmnist3d", "folders"}

@@ -135,7 +135,7 @@ def test_knowledge_map_prints_each_name_on_one_short_line(monkeypatch, capsys):
     assert lines[0] == "a\\nb" and lines[1].startswith("  J18") and max(map(len, lines)) < 200
 
 
-def test_the_table_says_how_many_scans_the_run_s_scan_caps_left_out(krun, tmp_path):
+def test_the_table_names_the_scans_used_and_those_the_scan_caps_left_out(krun, tmp_path):
     import numpy as np
 
     from raddiag.serving.predict import Predictor
@@ -146,7 +146,12 @@ def test_the_table_says_how_many_scans_the_run_s_scan_caps_left_out(krun, tmp_pa
     res = Predictor.load(krun / "krun").predict(str(tmp_path), modality="CT", top=1)
     kept = sum(s.used for s in res.scans)
     assert kept < 12 and len(res.scans) == 12
-    assert f"{kept} scan(s) (" in str(res) and f"{12 - kept} more left out by the run's scan caps" in str(res)
+    used = [s.id for s in res.scans if s.used]
+    left = [s.id for s in res.scans if not s.used]
+    # the table names the files: those used and those the caps left out (the first five, then "...")
+    assert f"{kept} scan(s) used: " + ", ".join(f"{u} (CT 3D)" for u in used) + ";" in str(res)
+    assert (f"{12 - kept} left out by the run's scan caps (README 'Scan caps'): " + ", ".join(left[:5]) + ", ...;"
+            in str(res))
     assert "left out" not in str(Predictor.load(krun / "krun").predict(str(tmp_path / "0.npy"), modality="CT"))
 
 

@@ -103,7 +103,7 @@ def test_cli_writes_overlays(lesion_model, tmp_path):
                "--saliency", str(out), "--saliency-class", "Lesion", "--saliency-top-k", "16"])
     assert rc == 0
     pngs = sorted(out.glob("*.png"))
-    assert len(pngs) == 1 and "Lesion" in pngs[0].name
+    assert [p.name for p in pngs] == ["cxr_Lesion.png"]       # short: the case, the class
     with Image.open(pngs[0]) as im:
         assert im.mode == "RGB" and min(im.size) >= 256
 
@@ -130,11 +130,72 @@ def test_layer_choice_and_errors():
     assert choose_layer(256) == "layer4" and choose_layer(64) == "layer3" and choose_layer(32) == "layer2"
     with pytest.raises(ValueError, match="stage"):
         choose_layer(64, "layer9")
-    cfg = preset("tiny", ["data.size=32", "data.depth=2", "model.encoder=resnet"])
+    # every encoder has maps now: a ViT's are its output tokens, with no stage to choose
+    cfg = preset("tiny", ["data.size=32", "data.depth=2", "model.encoder=vit", "model.patch_size=8"])
     model = build_model(cfg, 2).eval()
     x, _ = _images(1, np.random.default_rng(0), [False])
     b = _batch(torch.nn.functional.interpolate(x[None], size=(32, 32))[0])
     b["images"] = torch.cat([b["images"], torch.zeros_like(b["images"])], 3)
     b["slice_mask"] = torch.tensor([[[True, False]]])
-    with pytest.raises(ValueError, match="resnet_vit"):
-        score_cam(model, b, 0, 0)
+    (m,) = score_cam(model, b, 0, 0, top_k=4)
+    assert m.layer == "vit.tokens" and m.heatmap.shape == (32, 32)
+    with pytest.raises(ValueError, match="output tokens"):
+        score_cam(model, b, 0, 0, layer="layer3")
+    with pytest.raises(ValueError, match="scan 1 is not a scan"):
+        score_cam(model, b, 0, 1)
+
+
+# -- every encoder, 2D and 3D, from the command line -------------------------------------------
+def _native_png(path, h: int = 300, w: int = 260) -> np.ndarray:
+    """A grey PNG at its own resolution (larger than the model's input) spanning 0..255."""
+    rng = np.random.default_rng(3)
+    img = (np.linspace(0, 1, w)[None] * 0.5 + 0.5 * rng.random((h, w)))
+    img = ((img - img.min()) / (img.max() - img.min()) * 255).round().astype(np.uint8)
+    Image.fromarray(img).save(path)
+    return img
+
+
+@pytest.mark.parametrize("encoder", ["resnet", "vit", "resnet_vit"])
+def test_predict_saliency_for_every_encoder_2d_and_3d(encoder, tmp_path, capsys):
+    from matplotlib import colormaps
+
+    run = make_tiny_run(tmp_path / "run", size=32, depth=4,
+                        overrides=[f"model.encoder={encoder}", "model.patch_size=8"]).root
+    img = _native_png(tmp_path / "us.png")
+    vol = np.random.default_rng(4).random((300, 260, 6)).astype(np.float32)
+    np.save(tmp_path / "ct.npy", vol)
+    for case, modality, name, native in (("us.png", "Ultrasound", "us_", img.astype(np.float32) / 255),
+                                         ("ct.npy", "CT", "ct_slice2_", vol[:, :, 3])):   # kept slices 0, 1, 3, 4
+        out = tmp_path / f"sal-{modality}"
+        rc = main(["predict", str(run), str(tmp_path / case), "--modality", modality, "--saliency", str(out),
+                   "--saliency-top-k", "8", "--backend", "off"])
+        printed = capsys.readouterr().out
+        assert rc == 0 and "diagnosis" in printed and "  1  " in printed      # the prediction is printed
+        (png,) = sorted(out.glob("*.png"))
+        assert png.name.startswith(name) and f"saliency: {png}" in printed
+        with Image.open(png) as im:
+            fig = np.asarray(im.convert("RGB")).astype(int)
+        top = fig.shape[0] - 300 - max(6, 260 // 60)            # caption strip above the panels
+        plain = fig[top: top + 300, :260]
+        expected = (native - native.min()) / (native.max() - native.min()) * 255
+        assert np.abs(plain[..., 0] - expected).max() <= 1          # the input, at its own 300 x 260
+        assert (plain[..., 0] == plain[..., 2]).all()               # grey
+        x_bar = 2 * 260 + 2 * max(6, 260 // 60) + 2
+        for row, value in ((top, 1.0), (top + 299, 0.0)):           # colour bar: 1 at the top, 0 below
+            want = np.array(colormaps["jet"](value)[:3]) * 255
+            assert np.abs(fig[row, x_bar] - want).max() <= 2, (row, fig[row, x_bar], want)
+        overlay_panel = fig[top: top + 300, 260 + max(6, 260 // 60): 2 * 260 + max(6, 260 // 60)]
+        assert (overlay_panel != plain).any()                       # the map is drawn over the second copy
+
+
+def test_the_prediction_is_printed_when_the_maps_cannot_be_made(tmp_path, capsys):
+    run = make_tiny_run(tmp_path / "run", size=32, depth=1).root
+    _native_png(tmp_path / "x.png", 40, 40)
+    (tmp_path / "sal").mkdir()
+    (tmp_path / "sal" / "x_Fracture.png").write_bytes(b"taken")          # an existing figure: refused
+    rc = main(["predict", str(run), str(tmp_path / "x.png"), "--modality", "X-ray", "--saliency",
+               str(tmp_path / "sal"), "--saliency-class", "Fracture", "--saliency-top-k", "4"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and "Case x: 1 scan(s) used: x.png (X-ray 2D)" in out and "Pleural effusion" in out
+    assert "saliency: not made (" in out and "x_Fracture.png: exists already" in err
+    assert (tmp_path / "sal" / "x_Fracture.png").read_bytes() == b"taken"

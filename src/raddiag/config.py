@@ -31,12 +31,19 @@ class DataConfig:
     # abdomen, liver, bone, brain) or "LEVEL,WIDTH" in HU; wins over `window` (raddiag.data.intensity).
     # Training sets both from the prepared dataset (its meta.json), so prediction windows alike.
     windows: dict[str, str] = field(default_factory=dict)
+    # Scan caps (README "Scan caps"): at most `max_scans` scans of a case are fed to the model, at
+    # most modality_caps[m] of modality m (default_modality_cap for a modality not listed); random
+    # per epoch in training, the first in case order at evaluation and prediction. Set per modality
+    # with `--max-scans Ultrasound=8` (train, finetune) or `--set data.modality_caps.Ultrasound=8`.
     max_scans: int = 4                   # scans per case fed to the model
     # per-modality caps within one case (the released loader: CT/MRI 3, X-ray 2, others 1)
     modality_caps: dict[str, int] = field(
         default_factory=lambda: {"CT": 3, "MRI": 3, "X-ray": 2}
     )
     default_modality_cap: int = 1
+    # "multilabel": any number of classes per case (sigmoid, binary cross-entropy, per-class
+    # thresholds); "multiclass": exactly one class per case (softmax, cross-entropy, argmax)
+    task: str = "multilabel"
     modality_scheme: str = "raddiag"      # "raddiag": one id per modality; "official": the release's table
     granularity: str = "disorder"         # "disorder" or "icd10"
 
@@ -163,6 +170,8 @@ class RunConfig:
             if not sep:
                 raise ValueError(f"override {item!r} is not of the form key=value")
             parts = key.strip().split(".")
+            if self._set_mapping_entry(parts, raw, item):
+                continue
             obj: Any = self
             for p in parts[:-1]:
                 if not hasattr(obj, p):
@@ -179,6 +188,21 @@ class RunConfig:
         self.validate()
         return self
 
+    def _set_mapping_entry(self, parts: list[str], raw: str, item: str) -> bool:
+        """``section.mapping.KEY=value`` (e.g. ``data.modality_caps.Ultrasound=8``): one entry of a
+        mapping setting; True when ``parts`` name one."""
+        if len(parts) != 3 or not hasattr(self, parts[0]):
+            return False
+        section = getattr(self, parts[0])
+        if not dataclasses.is_dataclass(section) or parts[1] not in {f.name for f in dataclasses.fields(section)}:
+            return False
+        hint = typing.get_type_hints(type(section))[parts[1]]
+        if typing.get_origin(hint) is not dict:
+            raise ValueError(f"override {item!r}: {parts[0]}.{parts[1]} is not a mapping")
+        value = _coerce(yaml.safe_load(raw), typing.get_args(hint)[1], ".".join(parts))
+        getattr(section, parts[1])[parts[2]] = value
+        return True
+
     def validate(self) -> "RunConfig":
         """Refuse values that cannot work (checked after overrides and on load), before any work."""
         from raddiag.data.intensity import check_windows, parse_window
@@ -189,6 +213,9 @@ class RunConfig:
         if self.data.window is not None:
             parse_window(self.data.window)
         check_windows(self.data.windows)
+        check_scan_caps(self.data)
+        if self.data.task not in TASKS:
+            raise ValueError(f"data.task must be one of {list(TASKS)}, got {self.data.task!r}")
         t = self.train
         if not (math.isfinite(t.lr) and t.lr >= 0):       # 0 freezes every weight (tests use it)
             raise ValueError(f"train.lr must be a finite number >= 0, got {t.lr}")
@@ -207,6 +234,41 @@ class RunConfig:
 
 
 MAX_SIZE, MAX_DEPTH = 2048, 1024
+TASKS = ("multilabel", "multiclass")     # data.task (raddiag.task)
+
+
+def scan_cap_overrides(items: list[str] | None) -> list[str]:
+    """``--max-scans`` values as ``--set`` overrides: ``N`` (scans a case), ``MODALITY=N`` (scans of
+    that modality a case; DICOM codes too: ``US=8``), ``other=N`` (every modality not listed)."""
+    out = []
+    for item in items or []:
+        name, sep, n = item.rpartition("=")
+        if not n.strip().isdigit():
+            raise ValueError(f"--max-scans {item!r}: expected N or MODALITY=N (e.g. 6, Ultrasound=8, other=2)")
+        if not sep:
+            out.append(f"data.max_scans={n}")
+        elif name.strip().lower() == "other":
+            out.append(f"data.default_modality_cap={n}")
+        else:
+            out.append(f"data.modality_caps.{name.strip()}={n}")
+    return out
+
+
+def check_scan_caps(dc: DataConfig) -> None:
+    """Caps are counts >= 1 and every capped modality is one raddiag knows, under its canonical
+    name (``US`` becomes ``Ultrasound``): a misspelt key would be silently never applied."""
+    from raddiag.data.case import canonical_modality
+
+    if dc.max_scans < 1 or dc.default_modality_cap < 1:
+        raise ValueError(f"data.max_scans and data.default_modality_cap must be >= 1, got "
+                         f"{dc.max_scans} and {dc.default_modality_cap}")
+    caps = {}
+    for name, n in dc.modality_caps.items():
+        canonical = canonical_modality(name, source="data.modality_caps")
+        if n < 1:
+            raise ValueError(f"data.modality_caps.{name} must be >= 1, got {n}")
+        caps[canonical] = n
+    dc.modality_caps = caps
 
 
 def check_geometry(size: int, depth: int) -> None:
@@ -332,7 +394,55 @@ def _tiny() -> RunConfig:
     )
 
 
-PRESETS = {"paper": _paper, "official": _official, "small": _small, "tiny": _tiny}
+# -- recipes: presets for a job, training settings included (README "Which preset for which job") --
+# Caps for cases with several images of one modality: an ultrasound study or a mammography exam
+# (4 standard views) keeps up to 4 images, instead of the release's 1 for every modality but CT,
+# MRI (3) and X-ray (2). The paper's presets keep the release's caps.
+MULTI_IMAGE_CAPS = {"CT": 3, "MRI": 3, "X-ray": 2, "Ultrasound": 4, "Mammography": 4}
+
+
+def _cpu() -> RunConfig:
+    """The demo's recipe, for a CPU: the ``tiny`` geometry (64 px, 8 slices) with the ResNet-based
+    encoder, the fusion module and the knowledge-guided head, 8 epochs, repeat-factor sampling and
+    key-slice swap. Why these (README "What `make demo` does", scripts/demo_diagnosis.py): with the
+    ResNet-ViT mixing encoder the tiny model ranked disorders near chance inside one anatomy; the
+    ResNet-based encoder (paper Table 1) learns them. Tail classes (5-9 training cases) were then
+    ranked *below* chance inside their anatomy: their weights, tied by the knowledge head to a
+    frequent sibling's, were pushed away from that sibling's many negative cases and from their own
+    cases with them. Repeat-factor sampling (LVIS, t = 0.05) shows the rare classes' cases 2-4 times
+    an epoch; key-slice swap (paper 4.4) shows the finding's slice as a 2D scan."""
+    cfg = _tiny()
+    cfg.data.modality_caps = dict(MULTI_IMAGE_CAPS)
+    cfg.model.encoder, cfg.model.fusion, cfg.model.head = "resnet", "transformer", "knowledge"
+    cfg.train.epochs, cfg.train.repeat_factor, cfg.train.key_slice_swap = 8, 0.05, 0.3
+    cfg.preset = "cpu"
+    return cfg
+
+
+def _gpu() -> RunConfig:
+    """The ``cpu`` recipe at the ``small`` geometry, for a real data set of hundreds to a few thousand
+    cases on one GPU: 128 px, 16 slices, ResNet-18 stems and shared stage, width 256, 30 epochs at
+    lr 3e-4 with augmentation at 15 % per transform, stopping after 8 epochs without a better
+    validation AUC."""
+    cfg = _small()
+    cfg.data.modality_caps = dict(MULTI_IMAGE_CAPS)
+    cfg.model.encoder, cfg.model.fusion, cfg.model.head = "resnet", "transformer", "knowledge"
+    cfg.train.repeat_factor, cfg.train.key_slice_swap, cfg.train.aug_prob = 0.05, 0.3, 0.15
+    cfg.train.early_stop = 8
+    cfg.preset = "gpu"
+    return cfg
+
+
+PRESETS = {"paper": _paper, "official": _official, "small": _small, "tiny": _tiny, "cpu": _cpu, "gpu": _gpu}
+# what each preset is for (`raddiag describe --preset`, `raddiag train --help`)
+PRESET_JOBS = {
+    "cpu": "a CPU try-out, or a small set on a laptop (the demo's recipe; minutes)",
+    "gpu": "a real set of hundreds to a few thousand cases on one GPU",
+    "paper": "the paper's model, trained on GPUs (ResNet-50 + slice transformer, 256 px, 32 slices)",
+    "official": "the authors' released checkpoint's architecture (import-official starts from it)",
+    "small": "a 128 px development model (ResNet-ViT mixing encoder, MLP head)",
+    "tiny": "a 64 px development model for tests (ResNet-ViT mixing encoder, MLP head)",
+}
 
 
 def preset(name: str, overrides: list[str] | None = None) -> RunConfig:

@@ -2,7 +2,8 @@
 
 1. generate a synthetic, long-tailed, multi-modal case dataset (2D + 3D scans, real ICD-10-CM codes);
 2. fine-tune the knowledge encoder on ICD-10-CM briefly (or reuse a cached one);
-3. train a ``tiny`` RadDiag with the fusion module and the knowledge-guided head (``DEMO_RECIPE``);
+3. train a RadDiag of the ``cpu`` preset (64 px, the ResNet-based encoder, the fusion module and the
+   knowledge-guided head);
 4. evaluate on the test split (thresholds from validation) and write ``report.html`` and ``metrics.json``.
 """
 from __future__ import annotations
@@ -15,18 +16,9 @@ from pathlib import Path
 from typing import Optional
 
 
-# The demo's recipe: overrides on the ``tiny`` preset (whose defaults other commands use), the
-# one place to change what the demo trains. Diagnosis (README "What `make demo` does",
-# scripts/demo_diagnosis.py): with the ResNet-ViT mixing encoder the tiny model ranked disorders
-# near chance inside one anatomy; the ResNet-based encoder (paper Table 1) learns them. Tail
-# classes (5-9 training cases) were then ranked *below* chance inside their anatomy (Lacunar
-# infarct 15-35, Pituitary adenoma 18-43): their weights, tied by the knowledge head to a frequent
-# sibling's, were pushed away from that sibling's many negative cases and from their own cases
-# with them. Repeat-factor sampling (LVIS) shows the rare classes' cases 2-4 times an epoch;
-# key-slice swap (paper 4.4) shows the finding's slice as a 2D scan; 4,000 cases over 8 epochs
+# The demo trains the `cpu` preset (raddiag.config: the recipe and why); 4,000 cases over 8 epochs
 # give each anatomy's test figure 85-290 cases (2,000 cases: 30-150) in under 8 minutes.
-DEMO_RECIPE = ["model.head=knowledge", "model.fusion=transformer", "model.encoder=resnet", "train.epochs=8",
-               "train.repeat_factor=0.05", "train.key_slice_swap=0.3"]
+DEMO_PRESET = "cpu"
 DEMO_CASES = 4000
 
 
@@ -62,7 +54,7 @@ def run_demo(out_dir: str | Path, n_cases: int = DEMO_CASES, seed: int = 0, epoc
             _say("      held-out retrieval  " + "  ".join(
                 f"{m} {k['before'][m]:.3f} -> {k['after'][m]:.3f}" for m in ("recall@1", "recall@10", "hierarchy")))
 
-    cfg = preset("tiny", [*DEMO_RECIPE, f"train.seed={seed}", *([f"train.epochs={epochs}"] if epochs else []),
+    cfg = preset(DEMO_PRESET, [f"train.seed={seed}", *([f"train.epochs={epochs}"] if epochs else []),
                           *(overrides or [])])
     run_dir = out / "run"
     with clock.stage("train"):
@@ -71,9 +63,9 @@ def run_demo(out_dir: str | Path, n_cases: int = DEMO_CASES, seed: int = 0, epoc
 
             _say(f"      replacing the previous demo run in {run_dir}")
             shutil.rmtree(run_dir)
-        _say(f"[3/4] training a tiny RadDiag ({cfg.model.encoder} encoder, fusion + knowledge head, "
-             f"{cfg.train.epochs} epochs) -> {run_dir}")
-        train(data_dir, run_dir, cfg, knowledge_encoder=enc_dir, progress=progress)
+        _say(f"[3/4] training a RadDiag of the {DEMO_PRESET} preset ({cfg.model.encoder} encoder, fusion + "
+             f"knowledge head, {cfg.train.epochs} epochs) -> {run_dir}")
+        train(data_dir, run_dir, cfg, knowledge_encoder=enc_dir, progress=progress, summary=progress)
 
     with clock.stage("evaluate"):
         _say(f"[4/4] evaluating on the test split -> {out / 'report.html'}")
@@ -141,35 +133,22 @@ def within_anatomy(metrics: dict, min_classes: int = MIN_ANATOMY_CLASSES) -> tup
 
 
 def headline(metrics: dict) -> str:
-    keys = ["auc", "ap", "f1", "mcc", "acc", "recall_at_fpr_0.01", "recall_at_fpr_0.05", "recall_at_fpr_0.1"]
-    heads = ["AUC", "AP", "F1", "MCC", "ACC", "R@0.01", "R@0.05", "R@0.1"]
-    lines = ["", "test split, macro over classes, percent (95% bootstrap CI for AUC)",
-             f"{'group':<8}" + "".join(f"{h:>8}" for h in heads) + "   AUC CI"]
-    for group in ("all", "head", "medium", "tail", "normal"):
-        g = metrics.get(group)
-        if not g or g.get("auc", {}).get("value") is None:
-            continue
-        row = "".join(f"{_pct(g.get(k, {}).get('value')):>8}" for k in keys)
-        auc = g["auc"]
-        ci = f"[{_pct(auc.get('ci_low'))}, {_pct(auc.get('ci_high'))}]" if auc.get("ci_low") is not None else ""
-        lines.append(f"{group:<8}{row}   {ci}")
+    from raddiag.evaluation.summary import group_table, pct
+
+    lines = ["", *group_table(metrics, "test split")]
     mean, rows = within_anatomy(metrics)
     if rows:
         lines += ["", "within one anatomy: each class ranked against the other cases of the same anatomy",
                   f"{'anatomy':<20}{'cases':>6}{'classes':>8}{'AUC':>8}   AUC CI"]
         for name, r in rows.items():
-            ci = f"[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]" if r["ci_low"] is not None else ""
+            ci = f"[{pct(r['ci_low'])}, {pct(r['ci_high'])}]" if r["ci_low"] is not None else ""
             note = "" if r["counted"] else f"   (not counted: < {MIN_ANATOMY_CLASSES} classes)"
-            lines.append(f"{name:<20}{r['n_cases'] or '':>6}{r['n_classes']:>8}{_pct(r['auc']):>8}   {ci}{note}")
+            lines.append(f"{name:<20}{r['n_cases'] or '':>6}{r['n_classes']:>8}{pct(r['auc']):>8}   {ci}{note}")
     n_counted = sum(r["counted"] for r in rows.values())
-    lines += ["", f"test macro AUC: overall {_pct(metrics.get('all', {}).get('auc', {}).get('value'))}, "
-                  f"within anatomy {_pct(mean)} (mean of the {n_counted} anatomies with >= "
+    lines += ["", f"test macro AUC: overall {pct(metrics.get('all', {}).get('auc', {}).get('value'))}, "
+                  f"within anatomy {pct(mean)} (mean of the {n_counted} anatomies with >= "
                   f"{MIN_ANATOMY_CLASSES} classes)"]
     return "\n".join(lines)
-
-
-def _pct(v) -> str:
-    return "n/a" if v is None else f"{100 * v:.1f}"
 
 
 def _say(msg: str) -> None:
@@ -182,7 +161,7 @@ def register(sub) -> None:
     p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
     p.add_argument("--cases", type=int, default=DEMO_CASES, help=f"synthetic cases to generate (default: {DEMO_CASES})")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, help="training epochs (default: DEMO_RECIPE's)")
+    p.add_argument("--epochs", type=int, help=f"training epochs (default: the {DEMO_PRESET} preset's)")
     p.add_argument("--knowledge-steps", type=int, help="knowledge-encoder fine-tuning steps (default: 200)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.set_defaults(func=lambda a: (run_demo(a.out, a.cases, a.seed, a.epochs, a.knowledge_steps, a.set), 0)[1])

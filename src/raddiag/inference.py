@@ -11,7 +11,7 @@ import torch
 
 @dataclass
 class Predictions:
-    scores: np.ndarray          # [N, C] probabilities (sigmoid of the logits)
+    scores: np.ndarray          # [N, C] probabilities (sigmoid of the logits; softmax for data.task=multiclass)
     labels: np.ndarray          # [N, C'] multi-hot targets in the dataset's label space
     case_ids: list[str]
     anatomy: list[Optional[str]]
@@ -20,8 +20,12 @@ class Predictions:
 @torch.no_grad()
 def predict_dataset(model, dataset, batch_size: int = 8, device: str = "cpu", progress: bool = False,
                     desc: str = "predict") -> Predictions:
-    """Sigmoid scores of ``model`` on every case of ``dataset`` (a CaseDataset), in order."""
+    """Probabilities of ``model`` on every case of ``dataset`` (a CaseDataset), in order (sigmoid of
+    the logits; softmax when the model's ``data.task`` is ``multiclass``)."""
     from raddiag.data.dataset import make_loader
+    from raddiag.task import probabilities, task_of
+
+    task = task_of(model)
 
     loader = make_loader(dataset, batch_size=batch_size, shuffle=False)
     if progress:
@@ -34,7 +38,7 @@ def predict_dataset(model, dataset, batch_size: int = 8, device: str = "cpu", pr
     try:
         for batch in loader:
             inputs = {k: batch[k].to(device) for k in model.input_keys}
-            scores.append(torch.sigmoid(model(**inputs).float()).cpu().numpy())
+            scores.append(probabilities(model(**inputs).float(), task).cpu().numpy())
             labels.append(batch["labels"].numpy())
             ids += batch["case_ids"]
             anatomy += batch["anatomy"]

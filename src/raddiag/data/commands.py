@@ -34,6 +34,8 @@ def register(subparsers) -> None:
     p.add_argument("--images", help="rp3d: folder holding the scan files (default: the JSON's folder)")
     p.add_argument("--split-files", help="rp3d: train=a.json,val=b.json,test=c.json")
     p.add_argument("--npz", help="medmnist3d: the .npz file (default: the one in SOURCE)")
+    p.add_argument("--modality", help="folders: the images' modality (e.g. Ultrasound, MRI, X-ray; DICOM: its tag)")
+    p.add_argument("--anatomy", help="folders: the images' anatomy (e.g. Breast), optional")
     p.add_argument("--val-fraction", type=float, default=None,
                    help="share of official-train patients moved to val where the source has no val (default 1/8)")
     p.add_argument("--label-space", help="check labels against this label space (release disorder_label_dict.json "
@@ -151,7 +153,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     limits = limits_from_args(args)
     opts = {"images": args.images, "split_files": _split_files(args.split_files), "npz": args.npz,
-            "seed": args.seed, "val_fraction": args.val_fraction}
+            "seed": args.seed, "val_fraction": args.val_fraction, "modality": args.modality, "anatomy": args.anatomy}
     result = load_source(args.format, args.source, **opts)
     cases = result.cases[: args.limit] if args.limit else result.cases
     notes = list(result.notes)

@@ -200,6 +200,14 @@ def read_run_intensity(run_dir) -> Optional[dict]:
         raise ValueError(f"{path}: not a readable intensity record ({exc})") from None
 
 
+def run_modality(run_dir) -> Optional[str]:
+    """The one modality a run was trained on (its ``intensity.json``), or None when it saw several
+    or does not record them: what a non-DICOM file is taken to be when no modality is given."""
+    record = read_run_intensity(run_dir)
+    modalities = list((record or {}).get("modalities") or {})
+    return modalities[0] if len(modalities) == 1 else None
+
+
 def warn_unlike_training(run_dir, scan, profile: dict, windows: Optional[dict] = None) -> list[str]:
     """Issue an :class:`IntensityWarning` when a scan (a :class:`~raddiag.data.case.Scan` just
     read into ``profile``) looks unlike the run's training scans of its modality

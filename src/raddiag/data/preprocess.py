@@ -135,15 +135,7 @@ def preprocess_slices(vol, size: int, depth: int, window: Optional[Sequence[floa
     :mod:`raddiag.data.intensity`) and the volume's ``orientation``."""
     n = vol.shape[0]
     idx = depth_indices(n, depth)
-    if window is not None and not float(window[1]) > float(window[0]):
-        raise ValueError(f"intensity window [{window[0]}, {window[1]}] is empty")
-    lo, hi = (float(window[0]), float(window[1])) if window is not None else (None, None)
-    if vol.invert and window is not None:
-        # MONOCHROME1 shows v as (max + min - v): clip(c - v, lo, hi) = clip(-v, lo - c, hi - c) + c,
-        # and min-max scaling ignores the + c; negating never overflows
-        c = _inversion_shift(vol, idx)
-        lo, hi = lo - c, hi - c
-    pixels = functools.partial(_pixels, invert=vol.invert, lo=lo, hi=hi)
+    pixels = _pixel_steps(vol, idx, window)
     large = vol.shape[1] * vol.shape[2] > _LARGE * size * size
     out = torch.empty((len(idx), size, size), dtype=torch.float32)
     vmin, vmax, done, batch = np.inf, -np.inf, 0, []
@@ -168,6 +160,36 @@ def preprocess_slices(vol, size: int, depth: int, window: Optional[Sequence[floa
     if profile is not None:
         profile.update(min=raw[0], max=raw[1], orientation=getattr(vol, "orientation", None))
     return scaled.float().numpy(), map_key_slice(key_slice, n, idx)
+
+
+def _pixel_steps(vol, idx: np.ndarray, window: Optional[Sequence[float]]) -> Callable:
+    """The per-pixel steps of the kept slices ``idx`` of ``vol``: MONOCHROME1 negation and the window."""
+    if window is not None and not float(window[1]) > float(window[0]):
+        raise ValueError(f"intensity window [{window[0]}, {window[1]}] is empty")
+    lo, hi = (float(window[0]), float(window[1])) if window is not None else (None, None)
+    if vol.invert and window is not None:
+        # MONOCHROME1 shows v as (max + min - v): clip(c - v, lo, hi) = clip(-v, lo - c, hi - c) + c,
+        # and min-max scaling ignores the + c; negating never overflows
+        c = _inversion_shift(vol, idx)
+        lo, hi = lo - c, hi - c
+    return functools.partial(_pixels, invert=vol.invert, lo=lo, hi=hi)
+
+
+def display_slice(scan, index: int, depth: int, window: Optional[Sequence[float]] = None,
+                  limits=None) -> np.ndarray:
+    """Slice ``index`` of a scan as the model saw it (``index`` among the ``depth`` kept slices),
+    at the file's own resolution: ``[H, W]`` float32 in [0, 1], windowed, MONOCHROME1 inverted and
+    min-max scaled over the slice (saliency overlays draw on it)."""
+    from raddiag.data.readers import DEFAULT_LIMITS, open_scan
+
+    with open_scan(scan, limits or DEFAULT_LIMITS) as vol:
+        idx = depth_indices(vol.shape[0], depth)
+        if not 0 <= index < len(idx):
+            raise ValueError(f"{vol.path}: slice {index} is not one of its {len(idx)} kept slices")
+        steps = _pixel_steps(vol, idx, window)
+        sl = steps(next(iter(vol.slices(idx[index: index + 1], native=True))).astype(np.float32))
+    lo, hi = float(sl.min()), float(sl.max())
+    return ((sl - lo) / (hi - lo) if hi > lo else np.zeros_like(sl)).astype(np.float32)
 
 
 def _pixels(sl: np.ndarray, invert: bool, lo: Optional[float], hi: Optional[float]) -> np.ndarray:

@@ -48,7 +48,7 @@ def compute_stats(data: str | Path | PreparedData) -> dict:
     out["classes"] = {}
     for gran, field in (("disorder", "labels"), ("icd10", "icd10")):
         ls = data.label_space(gran)
-        all_counts = Counter(x for r in recs for x in ([y for y in r.get(field) or [] if y != NORMAL] or [NORMAL]))
+        all_counts = Counter(x for r in recs for x in _classes_of(r, field))
         groups = ls.groups
         out["classes"][gran] = {
             "n_classes": len(ls),
@@ -129,26 +129,51 @@ def plot_stats(st: dict, out_dir: str | Path) -> list[Path]:
     plt.close(fig)
     files.append(out / "scans_per_case.png")
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     for ax, (gran, c) in zip(axes, st["classes"].items()):
-        counts = sorted((v for n, v in c["cases_per_class"].items() if n != NORMAL), reverse=True)
-        if counts:
-            ax.plot(range(1, len(counts) + 1), counts, marker="." if len(counts) < 50 else None)
-            ax.set_yscale("log")
-        for thr, name in ((100, "head"), (30, "medium")):
-            ax.axhline(thr, ls=":", color="grey")
-            ax.text(len(counts) or 1, thr, f" {name} >= {thr}", va="bottom", ha="right", fontsize=8)
-        g = c["groups"]
-        ax.set_title(f"{gran}: {len(counts)} abnormal classes; by training counts: head {g['head']} (incl. Normal), "
-                     f"medium {g['medium']}, tail {g['tail']}",
-                     fontsize=9)
-        ax.set_xlabel("class rank")
-        ax.set_ylabel("cases (log)")
+        _class_panel(ax, gran, c)
     fig.tight_layout()
     fig.savefig(out / "class_distribution.png", dpi=110)
     plt.close(fig)
     files.append(out / "class_distribution.png")
     return files
+
+
+NAMED_BARS = 30     # up to this many classes: a bar per class, named; more: the long-tail curve by rank
+
+
+def _class_panel(ax, gran: str, c: dict) -> None:
+    """Cases per abnormal class (log scale): named bars for a few classes, the long-tail curve by
+    rank for many; the head / medium cut-offs dotted; the group counts under a two-line title."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    pairs = sorted(((n, v) for n, v in c["cases_per_class"].items() if n != NORMAL and n not in MISSING.values()),
+                   key=lambda x: -x[1])
+    counts = [v for _, v in pairs]
+    if len(pairs) <= NAMED_BARS:
+        ax.bar_label(ax.bar(range(1, len(counts) + 1), counts, color="tab:blue"), fontsize=8)
+        ax.set_xticks(range(1, len(counts) + 1), [n if len(n) <= 24 else n[:23] + "..." for n, _ in pairs],
+                      rotation=35 if len(pairs) > 3 else 0, ha="right" if len(pairs) > 3 else "center", fontsize=8)
+    else:
+        ax.plot(range(1, len(counts) + 1), counts)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("class rank (most cases first)")
+    ax.set_xlim(0.4, max(1, len(counts)) + 0.6)
+    if not counts:
+        ax.text(0.5, 0.5, "no class with cases", ha="center", va="center", transform=ax.transAxes, color="grey")
+        ax.set_xticks([])
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))            # 1, 2, 5, 10, 20, ... as plain numbers
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    for thr, name in ((100, "head"), (30, "medium")):
+        ax.axhline(thr, ls=":", color="grey")
+        ax.annotate(f"{name}\n>= {thr}", (1.01, thr), xycoords=("axes fraction", "data"), ha="left", va="center",
+                    fontsize=8, color="grey", annotation_clip=False)      # beside the axes: never on a bar
+    g = c["groups"]
+    ax.set_title(f"{gran}: {len(counts)} abnormal class(es)\nby training cases: head {g['head']} (incl. Normal), "
+                 f"medium {g['medium']}, tail {g['tail']}", fontsize=10)
+    ax.set_ylabel("cases (log scale)")
 
 
 def write_stats(data_dir: str | Path, out_dir: Optional[str | Path] = None, plots: bool = True) -> tuple[dict, Path]:
@@ -177,6 +202,41 @@ def intensity_lines(meta: dict) -> list[str]:
     return lines
 
 
+# what an abnormal case without names of a granularity is counted as (it is not Normal)
+MISSING = {"labels": "no disorder name (cases with codes only)",
+           "icd10": "no code (abnormal cases without ICD-10-CM codes; `raddiag knowledge map NAME` suggests them)"}
+
+
+def _classes_of(rec: dict, field: str) -> list[str]:
+    """A case record's classes of one granularity (``labels`` or ``icd10``) for the counts."""
+    names = [y for y in rec.get(field) or [] if y != NORMAL]
+    return names or [NORMAL if _is_normal(rec) and _is_normal(rec, "icd10") else MISSING[field]]
+
+
+def multi_scan_lines(recs: list[dict]) -> list[str]:
+    """The cases holding several scans of one modality, per modality: every scan is stored, but
+    training and prediction feed at most the run's scan caps of each (README "Scan caps")."""
+    from raddiag.config import DataConfig, MULTI_IMAGE_CAPS
+
+    per: dict[str, list] = {}
+    for r in recs:
+        for m, n in Counter(s["modality"] for s in r["scans"]).items():
+            if n > 1:
+                per.setdefault(m, []).append((n, r["id"]))
+    if not per:
+        return []
+    paper = DataConfig()
+    lines = ["  cases with several scans of one modality (all stored; a run feeds at most its scan caps of "
+             "each, README 'Scan caps'):"]
+    for m, cases in sorted(per.items(), key=lambda x: -len(x[1])):
+        most = max(n for n, _ in cases)
+        lines.append(f"    {m}: {len(cases)} case(s), up to {most} scans (e.g. {cases[0][1]}); caps: "
+                     f"{paper.modality_caps.get(m, paper.default_modality_cap)} in the paper's presets, "
+                     f"{MULTI_IMAGE_CAPS.get(m, paper.default_modality_cap)} in cpu / gpu"
+                     + (f"; --max-scans {m}={most} keeps them all" if most > MULTI_IMAGE_CAPS.get(m, 1) else ""))
+    return lines
+
+
 def prepare_summary(out_dir: str | Path, report: PrepareReport, notes: list[str] = ()) -> str:
     """What ``data prepare`` prints: cases / scans per split, label counts (disorder and ICD),
     modality counts, source notes and every skipped file with its reason."""
@@ -190,11 +250,13 @@ def prepare_summary(out_dir: str | Path, report: PrepareReport, notes: list[str]
         rs = [r for r in recs if r["split"] == s]
         lines.append(f"  {s:<7}{len(rs):>7}{sum(len(r['scans']) for r in rs):>8}")
     for gran, field in (("disorder", "labels"), ("ICD-10-CM", "icd10")):
-        c = Counter(x for r in recs for x in ([y for y in r.get(field) or [] if y != NORMAL] or [NORMAL]))
-        lines.append(f"  {gran} labels ({len(c)}): " + ", ".join(f"{k} {v}" for k, v in c.most_common()))
+        c = Counter(x for r in recs for x in _classes_of(r, field))
+        lines.append(f"  {gran} labels ({len(c) - (MISSING[field] in c)}): "
+                     + ", ".join(f"{k} {v}" for k, v in c.most_common()))
     mc = Counter(s["modality"] for r in recs for s in r["scans"])
     lines.append("  modalities (scans): " + ", ".join(f"{k} {v}" for k, v in mc.most_common()))
     lines += intensity_lines(data.meta)
+    lines += multi_scan_lines(recs)
     skipped = report.skipped_scans + report.skipped_cases
     if skipped:
         lines.append(f"  skipped {len(report.skipped_scans)} scan(s), {len(report.skipped_cases)} case(s):")

@@ -167,7 +167,7 @@ def _evaluate(args) -> int:
                        n_boot=args.n_boot, seed=args.seed, device=args.device, batch_size=args.batch_size,
                        store_thresholds=args.store_thresholds, plot_classes=args.plot_classes,
                        protocol=args.protocol)
-    _print_summary(res["metrics"], res["out_dir"])
+    _print_summary(res["metrics"], res["out_dir"], f"{args.split} split")
     _print_protocol(res["metrics"])
     return 0
 
@@ -205,22 +205,13 @@ def _metrics(args) -> int:
     import json
 
     metrics = json.loads((Path(args.out) / "metrics.json").read_text())
-    _print_summary(metrics, args.out)
+    _print_summary(metrics, args.out, f"predictions {Path(args.pred).name}")
     _print_protocol(metrics)
     return 0
 
 
-def _print_summary(metrics: dict, out) -> None:
-    keys = ("auc", "ap", "f1", "mcc", "recall_at_fpr_0.05")
-    print(f"{'group':<10}" + "".join(f"{k:>20}" for k in keys))
-    for g in ("all", "head", "medium", "tail", "normal"):
-        if g not in metrics:
-            continue
-        cells = []
-        for k in keys:
-            v = metrics[g].get(k, {}).get("value")
-            cells.append(f"{'-' if v is None else f'{100 * v:.2f}':>20}")
-        print(f"{g:<10}" + "".join(cells))
-    print(f"threshold source: {metrics['meta']['threshold_note']}")
-    print(f"class groups: {metrics['meta']['class_groups']}")
+def _print_summary(metrics: dict, out, what: str) -> None:
+    from raddiag.evaluation.summary import evaluation_summary
+
+    print(evaluation_summary(metrics, what))
     print(f"wrote {out}/metrics.json, per_class.csv, predictions.npz, report.html")

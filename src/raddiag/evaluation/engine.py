@@ -169,7 +169,7 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
                          anatomy=None, case_ids=None, out_dir=None, n_boot: int = 1000, seed: int = 0,
                          plot_classes=None, use_label_space_thresholds: bool = True, alpha: float = 0.05,
                          ci_method: str = DEFAULT_CI_METHOD, progress: bool = False, title: str = "raddiag evaluation",
-                         input_names: Optional[dict] = None, protocol: str = "paper") -> dict:
+                         input_names: Optional[dict] = None, task: str = "multilabel", protocol: str = "paper") -> dict:
     """Score predictions (probabilities ``[N, C]``) against multi-hot labels.
 
     Thresholds for F1/MCC/ACC: maximal F1 on ``val_*`` when given; else the label space's stored
@@ -182,6 +182,9 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
     ``input_names``: what errors call the ``test``, ``val`` and ``labels`` inputs (the CLI: their files).
     ``protocol="release"`` also computes the release's own figures (thresholds on this split, R@FPR at
     the nearest FPR, its fixed group ranges; :mod:`.release`) into ``metrics["release_protocol"]``.
+    ``task="multiclass"`` (one class per case) adds ``metrics["multiclass"]``
+    (:func:`raddiag.evaluation.multiclass.multiclass_metrics`: accuracy, balanced accuracy, macro
+    one-vs-rest AUC, confusion matrix).
     """
     names = {**INPUT_NAMES, **{k: v for k, v in (input_names or {}).items() if v}}
     check_n_boot(n_boot, seed)
@@ -199,6 +202,10 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
             raise ValueError(f"{names['test']}: anatomy has {anatomy.shape[0]} entries for {n} cases")
     if case_ids is not None and len(case_ids) != n:
         raise ValueError(f"{names['test']}: case_ids has {len(case_ids)} entries for {n} cases")
+    if task == "multiclass":       # before any work: a case with two classes is refused
+        from raddiag.task import check_single_label
+
+        check_single_label(labels, case_ids, label_space.names, names["test"])
     plot_idx = None if plot_classes is None else plot_indices(plot_classes, label_space)
 
     thr, fallback, source = _choose_thresholds(c, label_space, val_scores, val_labels, scores, labels,
@@ -265,6 +272,11 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
         from .release import release_protocol
 
         metrics["release_protocol"] = release_protocol(scores, labels, label_space.granularity)
+    if task == "multiclass":
+        from .multiclass import multiclass_metrics
+
+        metrics["multiclass"] = multiclass_metrics(scores, labels, label_space.names, n_boot, seed, alpha,
+                                                   case_ids, names["test"])
     if plot_idx is None:
         plot_idx = default_plot_classes(point, labels, label_space.names)
     result = {"metrics": metrics, "per_class": point, "thresholds": thr, "threshold_source": source,

@@ -54,6 +54,31 @@ def metrics_table(metrics: dict, groups: list[str], caption: str) -> str:
             + "".join(rows) + "</table>")
 
 
+def multiclass_html(mc: dict) -> str:
+    """The single-label section (``metrics["multiclass"]``): accuracy, balanced accuracy, macro
+    one-vs-rest AUC with intervals, per-class precision / recall / F1, the confusion matrix."""
+    def pct(e):
+        return _cell({"value": e["value"], "ci_low": e["ci_low"], "ci_high": e["ci_high"]})
+
+    top = ("<table><caption>One class per case (the most probable class is the prediction), % "
+           f"[{html.escape(mc['ci'])}]</caption><tr><th>Accuracy</th><th>Balanced accuracy</th>"
+           f"<th>Macro one-vs-rest AUC</th></tr><tr><td>{pct(mc['accuracy'])}</td>"
+           f"<td>{pct(mc['balanced_accuracy'])}</td><td>{pct(mc['auc_ovr'])}</td></tr></table>")
+    rows = "".join(f"<tr><td>{html.escape(r['name'])}</td><td>{r['cases']}</td><td>{r['predicted']}</td>"
+                   f"<td>{100 * r['precision']:.1f}</td><td>{100 * r['recall']:.1f}</td><td>{100 * r['f1']:.1f}</td></tr>"
+                   for r in mc["per_class"])
+    per_class = ("<table><caption>Per class, % (of the predicted class)</caption><tr><th>Class</th><th>Cases</th>"
+                 f"<th>Predicted</th><th>Precision</th><th>Recall</th><th>F1</th></tr>{rows}</table>")
+    conf = mc["confusion"]
+    names = [html.escape(n) for n in conf["classes"]]
+    head = "".join(f"<th>{n}</th>" for n in names)
+    body = "".join(f"<tr><th>{n}</th>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>"
+                   for n, row in zip(names, conf["matrix"]))
+    matrix = (f"<table><caption>Confusion matrix: rows are the true class, columns the predicted class"
+              f"</caption><tr><th></th>{head}</tr>{body}</table>")
+    return top + per_class + matrix
+
+
 def roc_figure(roc: dict) -> str:
     plt = pyplot()
     groups = [g for g in ("all", "head", "medium", "tail") if g in roc]
@@ -171,6 +196,8 @@ def write_report(path: Path, result: dict, scores, labels, label_space: LabelSpa
     parts.append("<h2>Results (percent)</h2>")
     parts.append(metrics_table(metrics, [g for g in ("head", "medium", "tail", "all", "normal") if g in metrics],
                                "Macro-averaged metrics by class group, % [95% CI]"))
+    if "multiclass" in metrics:
+        parts.append("<h2>Single-label results (data.task=multiclass)</h2>" + multiclass_html(metrics["multiclass"]))
     anat = sorted(k for k in metrics if k.startswith("anatomy/") and not k.endswith("/normal"))
     if anat:
         parts.append(metrics_table(metrics, anat, "All classes, by anatomy of the cases, % [95% CI]"))

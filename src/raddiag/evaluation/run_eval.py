@@ -12,7 +12,8 @@ log = logging.getLogger(__name__)
 
 def predict_split(model, cfg, label_space, data_dir, split: str, batch_size: Optional[int] = None,
                   device: str = "cpu", progress: bool = True) -> dict:
-    """Probabilities ``[N, C]`` (sigmoid of the logits), labels, case ids and anatomy of a split
+    """Probabilities ``[N, C]`` (sigmoid of the logits; softmax for ``data.task=multiclass``), labels,
+    case ids and anatomy of a split
     of a prepared dataset or a shard folder (read whole, in split order)."""
     from raddiag.data.shards import open_training_data, split_dataset
     from raddiag.inference import predict_dataset
@@ -69,7 +70,7 @@ def evaluate_run(run_dir, data_dir, split: str = "test", out_dir=None, val_split
                                val_labels=None if val is None else val["labels"],
                                anatomy=anatomy, case_ids=test["case_ids"], out_dir=out_dir, n_boot=n_boot,
                                seed=seed, plot_classes=plot_classes, progress=progress, protocol=protocol,
-                               title=f"raddiag evaluation: {run.root.name} on {split}")
+                               title=f"raddiag evaluation: {run.root.name} on {split}", task=cfg.data.task)
     if store_thresholds and res["threshold_source"] == "validation":
         labels.thresholds = [float(t) for t in res["thresholds"]]
         run.save_labels(labels)        # keeps the run id (raddiag.run)

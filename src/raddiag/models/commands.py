@@ -13,8 +13,10 @@ def register(sub) -> None:
     p.add_argument("--fusion-heads", type=int, default=4, help="heads of the fusion transformer (release: 4)")
     p.set_defaults(func=_import_official)
 
-    d = sub.add_parser("describe", help="parameter counts and intermediate shapes of a model preset")
-    d.add_argument("--preset", default="paper", help="paper | official | small | tiny (default: paper)")
+    from raddiag.config import PRESETS
+
+    d = sub.add_parser("describe", help="a preset's model and training settings, parameter counts and shapes")
+    d.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="the preset (default: paper)")
     d.add_argument("--classes", type=int, default=5569, help="number of classes (default: 5569)")
     d.add_argument("--scans", type=int, default=2, help="scans in the traced case (default: 2)")
     d.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. model.encoder=vit")

@@ -58,7 +58,8 @@ def describe_model(cfg: RunConfig, num_classes: int = 5569, scans: int = 2) -> d
     shapes["case embedding [B, width]"] = list(out.case_embedding.shape)
     shapes["logits [B, C]"] = list(out.logits.shape)
     return {"preset": cfg.preset, "encoder": mc.encoder, "fusion": mc.fusion, "head": mc.head,
-            "num_classes": num_classes, "architecture": architecture(cfg), "params": params, "shapes": shapes}
+            "num_classes": num_classes, "architecture": architecture(cfg), "training": training_settings(cfg),
+            "params": params, "shapes": shapes}
 
 
 def architecture(cfg: RunConfig) -> dict[str, Any]:
@@ -86,10 +87,34 @@ def architecture(cfg: RunConfig) -> dict[str, Any]:
     return arch
 
 
+def scan_caps_text(dc) -> str:
+    """The scan caps in words: ``at most 4 scans a case; CT 3, MRI 3, X-ray 2, other modalities 1``."""
+    caps = ", ".join(f"{m} {n}" for m, n in dc.modality_caps.items())
+    return f"at most {dc.max_scans} a case; {caps}{', ' if caps else ''}other modalities {dc.default_modality_cap}"
+
+
+def training_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The recipe's training settings (those of ``architecture`` aside), by name."""
+    tc, dc = cfg.train, cfg.data
+    return {"task": dc.task, "epochs": tc.epochs, "warm-up epochs": tc.warmup_epochs,
+            "learning rate (AdamW, cosine)": tc.lr, "weight decay": tc.weight_decay,
+            "batch size": tc.batch_size, "gradient accumulation": tc.grad_accum, "mixed precision": tc.amp,
+            "repeat-factor sampling threshold": tc.repeat_factor or "off",
+            "early stopping (epochs)": tc.early_stop or "off", "scans per case (caps)": scan_caps_text(dc),
+            "label granularity": dc.granularity}
+
+
 def format_description(d: dict[str, Any]) -> str:
+    from raddiag.config import PRESET_JOBS
+
     lines = [f"preset {d['preset']}: encoder={d['encoder']} fusion={d['fusion']} head={d['head']} "
-             f"classes={d['num_classes']}", "architecture:"]
+             f"classes={d['num_classes']}"]
+    if d["preset"] in PRESET_JOBS:
+        lines.append(f"for: {PRESET_JOBS[d['preset']]}")
+    lines.append("architecture:")
     lines += [f"  {k:<36} {v}" for k, v in d["architecture"].items()]
+    lines.append("training:")
+    lines += [f"  {k:<36} {v}" for k, v in d.get("training", {}).items()]
     lines.append("parameters:")
     lines += [f"  {k:<36} {v:>13,}" for k, v in d["params"].items()]
     lines.append("shapes:")

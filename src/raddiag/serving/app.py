@@ -1,7 +1,7 @@
 """The HTTP service: ``create_app(run_dir)`` -> a FastAPI app.
 
 - ``POST /predict``: a case as several files (``files``) or one zip; form fields ``modality``,
-  ``top``, ``classes`` (comma- or newline-separated), ``saliency``, ``saliency_class``,
+  ``top``, ``classes`` (repeated, or comma- or newline-separated), ``saliency``, ``saliency_class``,
   ``case_id``. Returns the prediction JSON (:meth:`CaseResult.to_dict`).
 - ``POST /embed``: the same upload (form fields ``modality``, ``case_id``) -> the case embedding
   and one per scan (:meth:`CaseEmbedding.to_dict`): the model as a feature extractor.
@@ -182,21 +182,20 @@ def create_app(run_dir, max_files: int = 64, max_bytes: int = 256 << 20, device:
         files: Annotated[list[UploadFile], File(description="the case's files, or one zip of them")],
         modality: Annotated[Optional[str], Form(description="modality of non-DICOM files, e.g. CT, X-ray")] = None,
         top: Annotated[int, Form(ge=1, le=10000)] = 10,
-        classes: Annotated[Optional[str], Form(description="new class names (knowledge head), comma- or "
-                                                           "newline-separated")] = None,
+        classes: Annotated[Optional[list[str]], Form(description="new class names (knowledge head): the field "
+                                                                 "repeated, one name each, or comma- or "
+                                                                 "newline-separated names")] = None,
         saliency: Annotated[bool, Form(description="add Score-CAM overlays (PNG data URLs)")] = False,
         saliency_class: Annotated[Optional[str], Form(description="class for saliency (default: top)")] = None,
         case_id: Annotated[Optional[str], Form(max_length=200)] = None,
     ):
-        names = None
-        if classes and classes.strip():
-            names = [c.strip() for c in classes.replace("\n", ",").split(",") if c.strip()]
-            if len(names) > max_classes:
-                raise HTTPException(413, f"{len(names)} class names, over the limit of {max_classes} a request "
+        names = [c.strip() for field in classes or [] for c in field.replace("\n", ",").split(",") if c.strip()] or None
+        if names and len(names) > max_classes:
+            raise HTTPException(413, f"{len(names)} class names, over the limit of {max_classes} a request "
                                          "(raddiag serve --max-classes)")
         return on_upload(files, modality, case_id, lambda case_dir, mod: pred.predict(
             str(case_dir), modality=mod, top=top, classes=names, saliency=True if saliency else None,
-            saliency_class=saliency_class or None))
+            saliency_class=saliency_class or None, saliency_errors="keep"))
 
     @app.post("/embed", summary="the case embedding and one embedding per scan of one uploaded case",
               responses=UPLOAD_ANSWERS)

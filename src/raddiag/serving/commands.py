@@ -17,7 +17,8 @@ def _add_inputs(p) -> None:
     p.add_argument("--split", default=None, help="with --data: only this split (default: every case)")
     p.add_argument("--modality", nargs="+", default=None,
                    help="modality of non-DICOM scans: one for all cases, or one per CASE; 'CT,X-ray' gives one per "
-                        "file of a comma-joined CASE (DICOM: from the tags; a manifest names each scan's)")
+                        "file of a comma-joined CASE (DICOM: from the tags; a manifest names each scan's; default: "
+                        "the run's only modality when it was trained on one)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "compile", "off"],
@@ -63,7 +64,9 @@ def register(sub) -> None:
                    help="text encoder folder for --classes (default: the run's, else packaged MiniLM)")
     p.add_argument("--single-name", action="store_true",
                    help="--classes: embed each name alone, not the mean of its prompt set")
-    p.add_argument("--saliency", default=None, metavar="OUTDIR", help="write Score-CAM overlays (PNG) here")
+    p.add_argument("--saliency", default=None, metavar="OUTDIR",
+                   help="write Score-CAM figures (PNG) here: each used scan's slice at its own resolution beside "
+                        "the map over it, with a colour bar (every encoder, 2D and 3D)")
     p.add_argument("--saliency-class", default=None, help="class name or index (default: each case's top class)")
     p.add_argument("--all-slices", action="store_true", help="saliency on every slice of 3D scans, not the key slice")
     p.add_argument("--saliency-top-k", type=int, default=64, help="channels scored per map (default 64)")
@@ -156,6 +159,15 @@ def _load(args):
     return pred
 
 
+def _say_default_modality(pred, args) -> None:
+    """One line when CASE files are taken to be the run's only modality (no --modality given)."""
+    import sys
+
+    if args.cases and not args.modality and pred.default_modality:
+        print(f"raddiag: note: no --modality given: non-DICOM files are taken as {pred.default_modality}, the one "
+              "modality this run was trained on", file=sys.stderr)
+
+
 def _pending(pred, args, cases) -> list:
     from raddiag.serving.batch import manifest_cases, prepared_cases
     from raddiag.serving.predict import canonical_modalities
@@ -182,7 +194,10 @@ def _report_failed(failed, total: int) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     import json
+    import sys
 
+    from raddiag.cli import EXIT_BAD_INPUT
+    from raddiag.data.errors import one_line
     from raddiag.serving.predict import CaseError, canonical_modalities
 
     cases = _case_args(args)
@@ -192,10 +207,12 @@ def _predict(args: argparse.Namespace) -> int:
         raise ValueError("--retry-errors needs --out (it re-predicts the error rows of that file)")
     modality = canonical_modalities(_modalities(args))
     pred = _load(args)
+    _say_default_modality(pred, args)
     results = pred.predict(cases, modality=modality, top=args.top, classes=args.classes, encoder=args.encoder,
                            batch_size=args.batch_size, progress=len(cases) > args.batch_size,
                            saliency=args.saliency, saliency_class=args.saliency_class,
-                           all_slices=args.all_slices, saliency_top_k=args.saliency_top_k, overwrite=args.overwrite)
+                           all_slices=args.all_slices, saliency_top_k=args.saliency_top_k, overwrite=args.overwrite,
+                           saliency_errors="keep")
     if not isinstance(results, list):
         results = [results]
     if args.json:
@@ -205,8 +222,15 @@ def _predict(args: argparse.Namespace) -> int:
             print(r)
             for s in getattr(r, "saliency", []):
                 print(f"  saliency: {s['path']}")
+            if getattr(r, "saliency_error", None):
+                print(f"  saliency: not made ({r.saliency_error})")
             print()
-    return _report_failed([r for r in results if isinstance(r, CaseError)], len(results))
+    rc = _report_failed([r for r in results if isinstance(r, CaseError)], len(results))
+    no_maps = [r for r in results if getattr(r, "saliency_error", None)]
+    if no_maps:      # the predictions are printed above; the maps that could not be made fail the command
+        print("raddiag: error: saliency: " + one_line("; ".join(f"{r.case_id}: {r.saliency_error}" for r in no_maps)),
+              file=sys.stderr)
+    return EXIT_BAD_INPUT if no_maps else rc
 
 
 def _predict_to_file(args, cases) -> int:
@@ -239,6 +263,7 @@ def _embed(args: argparse.Namespace) -> int:
     cases = _case_args(args)
     check_embeddings_out(args.out, args.overwrite)          # before the work, not after
     pred = _load(args)
+    _say_default_modality(pred, args)
     results = pred.embed_cases(_pending(pred, args, cases), args.batch_size, progress=True)
     path = save_embeddings(results, args.out, pred.cfg.model.width, overwrite=args.overwrite)
     ok = [r for r in results if not isinstance(r, CaseError)]

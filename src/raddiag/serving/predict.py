@@ -33,6 +33,9 @@ from raddiag.data.volume import DEFAULT_LIMITS, Limits
 from raddiag.staging import staged_files
 from raddiag.serving.results import (CaseEmbedding, CaseError, CaseResult, Finding,  # noqa: F401 (re-exported)
                                      PendingCase, Prepared, ScanInfo)
+from raddiag.task import MULTICLASS, probabilities
+
+ONE_CLASS = "none: one class per case, the most probable (data.task=multiclass)"
 
 PathLike = Union[str, Path]
 
@@ -163,6 +166,9 @@ class Predictor:
         self._class_emb = None      # (names, encoder, prompt_sets) -> their embeddings, of the last call
         self.prompt_sets = True   # new class names: mean of each name's prompt set (False: the name alone)
         self._fast = None
+        from raddiag.data.intensity import run_modality
+
+        self.default_modality = run_modality(self.run_dir)
 
     @classmethod
     def load(cls, run_dir: PathLike, device: str = "cpu", backend: str = "auto",
@@ -221,7 +227,8 @@ class Predictor:
             items.append({"image": torch.from_numpy(arrays[j])[None], "is_3d": info.is_3d,
                           "key_slice": info.key_slice, "modality": info.modality,
                           "modality_id": modality_id(info.modality, k, dc.modality_scheme)})
-        sample = {"scans": items, "labels": torch.zeros(len(self.labels)), "case_id": case_id, "anatomy": None}
+        sample = {"scans": items, "labels": torch.zeros(len(self.labels)), "case_id": case_id, "anatomy": None,
+                  "sources": [scans[j] for j in picked]}      # the used scans' files (saliency draws on them)
         return sample, infos, picked
 
     def collate(self, samples: list[dict]) -> dict:
@@ -263,12 +270,13 @@ class Predictor:
     def predict(self, inputs, modality=None, top: int = 10, classes: Optional[Sequence[str]] = None,
                 encoder: Optional[PathLike] = None, batch_size: int = 8, progress: bool = False,
                 saliency: Optional[PathLike | bool] = None, saliency_class=None, all_slices: bool = False,
-                saliency_top_k: Optional[int] = 64, overwrite: bool = False):
+                saliency_top_k: Optional[int] = 64, overwrite: bool = False, saliency_errors: str = "raise"):
         """Ranked diagnoses for one case or several.
 
         ``inputs``: a folder, a file, a list of files (one case), or a list of folders / lists
         (several cases, batched ``batch_size`` at a time). ``modality``: one name, or one per
-        input item (DICOM reads it from the tags). ``classes``: score these names instead of the
+        input item (DICOM reads it from the tags); None: ``default_modality``, the run's only
+        modality when it was trained on one. ``classes``: score these names instead of the
         run's label space, through the knowledge-guided head. Returns a :class:`CaseResult`, or a
         list for several cases, in input order: a :class:`CaseResult` for each case that could be
         read and a :class:`CaseError` (the file and the reason) for each that could not.
@@ -277,7 +285,10 @@ class Predictor:
         as data URLs in ``CaseResult.saliency``; for ``saliency_class`` (a name or index; default
         each case's top-ranked class), on each used scan's key slice (every slice with
         ``all_slices``); ``saliency_top_k`` channels per map (see :mod:`raddiag.serving.saliency`).
-        An overlay file that exists already is refused unless ``overwrite``.
+        An overlay file that exists already is refused unless ``overwrite``. Each figure shows the
+        scan's slice at the input's own resolution beside it with the map over it and a colour bar.
+        ``saliency_errors="keep"``: a case whose maps fail keeps its prediction, the reason in
+        ``CaseResult.saliency_error`` (the CLI and the service print the prediction all the same).
         """
         if top < 1:
             raise ValueError(f"top must be >= 1, got {top}")
@@ -291,8 +302,16 @@ class Predictor:
         if saliency is not None and saliency is not False:   # files move in once all are written
             with nullcontext() if saliency is True else staged_files(saliency, "saliency") as stage:
                 for (sample, _), res in zip(prepared, done):
-                    res.saliency = self.saliency(sample, res, saliency_class, saliency, all_slices,
-                                                 saliency_top_k, classes, encoder, overwrite, stage)
+                    try:
+                        res.saliency = self.saliency(sample, res, saliency_class, saliency, all_slices,
+                                                     saliency_top_k, classes, encoder, overwrite, stage)
+                    except Exception as exc:  # noqa: BLE001 - the prediction stands; the reason is kept
+                        if saliency_errors != "keep":
+                            raise
+                        from raddiag.data.errors import one_line
+
+                        kind = "" if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: "
+                        res.saliency_error = one_line(f"{kind}{exc}")
         if not several:
             return done[0]
         ok = iter(done)
@@ -302,6 +321,8 @@ class Predictor:
         """The cases of ``inputs`` (as :meth:`predict` takes them), not read yet, and whether
         the caller gave several."""
         cases, several = _split_cases(inputs)
+        if modality is None:
+            modality = self.default_modality      # the run's only modality (None when it saw several)
         if several and modality is not None and not isinstance(modality, str):
             modality = list(modality)
             if len(modality) != len(cases):
@@ -373,20 +394,10 @@ class Predictor:
         """Score-CAM maps of one prepared case (see :meth:`predict`); returns one record per map.
         A negated class name ("Non-X", scored 1 - p(X)) shows X's map, recorded as ``map_of``."""
         from raddiag.knowledge.negation import scoring_texts
-        from raddiag.serving.saliency import overlay_data_url, save_overlay, score_cam
+        from raddiag.serving.saliency import case_figure, chosen_class, score_cam
 
         names = list(classes) if classes else list(self.labels.names)
-        if class_ is None or class_ == "":
-            name = result.ranked[0].name
-        elif isinstance(class_, (int, np.integer)) or (isinstance(class_, str) and class_.isdigit()):
-            j = int(class_)
-            if not 0 <= j < len(names):
-                raise ValueError(f"saliency class index {j} is out of range (0..{len(names) - 1})")
-            name = names[j]
-        else:
-            name = str(class_)
-        if name not in names:
-            raise ValueError(f"saliency class {name!r} is not among the scored classes")
+        name = chosen_class(class_, names, result)
         c = names.index(name)
         texts, flip = scoring_texts(names) if classes else (names, np.zeros(len(names), dtype=bool))
         batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in self.collate([sample]).items()}
@@ -405,11 +416,9 @@ class Predictor:
                                "layer": m.layer, "channels": m.channels}
                         if flip[c]:
                             rec["map_of"] = texts[c]
-                        if out is True:
-                            rec["overlay"] = overlay_data_url(m)
-                        else:
-                            rec["path"] = str(save_overlay(m, out, f"{result.case_id}_{Path(info.id).name}",
-                                                           overwrite=overwrite, stage=stage))
+                        source = sample["sources"][n] if sample.get("sources") else None
+                        rec.update(case_figure(m, source, self.cfg.data, self.limits, info, len(used), result, name,
+                                               out, overwrite, stage))
                         records.append(rec)
             finally:
                 if emb is not None:
@@ -426,18 +435,22 @@ class Predictor:
                 logits.append(self.forward(batch))
             else:
                 logits.append(self._forward_with_classes(batch, emb))
-        probs = torch.sigmoid(torch.cat(logits)).numpy()
+        probs = probabilities(torch.cat(logits), self.cfg.data.task).numpy()
         if classes:
             from raddiag.knowledge.negation import complement, scoring_texts
 
             probs = complement(probs, scoring_texts(names)[1])      # "Non-X": 1 - p(X)
         results = []
+        one_class = self.cfg.data.task == MULTICLASS
         for (sample, infos, *_), p in zip(prepared, probs):
             order = np.argsort(-p, kind="stable")
-            ranked = [Finding(names[j], codes[j], float(p[j]), float(thr[j]), bool(p[j] >= thr[j]))
+            # multiclass: the most probable class is the case's one prediction (no thresholds)
+            chosen = (lambda j: j == order[0]) if one_class else (lambda j: p[j] >= thr[j])
+            ranked = [Finding(names[j], codes[j], float(p[j]), None if one_class else float(thr[j]), bool(chosen(j)))
                       for j in order[: min(top, len(p))]]
-            positive = [names[j] for j in order if p[j] >= thr[j]]
-            results.append(CaseResult(sample["case_id"], ranked, infos, thr_src, positive=positive))
+            positive = [names[j] for j in order if chosen(j)]
+            results.append(CaseResult(sample["case_id"], ranked, infos, ONE_CLASS if one_class else thr_src,
+                                      positive=positive))
         return results if several else results[0]
 
     def _label_view(self, classes):

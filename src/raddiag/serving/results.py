@@ -14,6 +14,10 @@ from raddiag.data.errors import one_line
 NAME_WIDTH = 60    # a class name longer than this is shortened in the printed table (JSON keeps it whole)
 
 
+def _scan_name(s: "ScanInfo") -> str:
+    return one_line(s.id, 40)
+
+
 def _cell(name: str) -> str:
     """A class name for one cell of the printed table: one line, at most NAME_WIDTH characters."""
     return one_line(name, NAME_WIDTH)
@@ -24,8 +28,8 @@ class Finding:
     name: str
     code: Optional[str]
     probability: float
-    threshold: float
-    above_threshold: bool
+    threshold: Optional[float]       # None: a multiclass run (the most probable class is the prediction)
+    above_threshold: bool            # the class is predicted (multiclass: the most probable one)
 
 
 @dataclass
@@ -49,6 +53,7 @@ class CaseResult:
     thresholds: str = "validation"          # "validation" | "default 0.5"
     saliency: list[dict] = field(default_factory=list)   # filled by predict(..., saliency=...)
     positive: list[str] = field(default_factory=list)    # every class at or above its threshold (not only the top)
+    saliency_error: Optional[str] = None   # why the saliency maps asked for could not be made
 
     @property
     def top(self) -> Optional[Finding]:
@@ -62,21 +67,24 @@ class CaseResult:
             "ranked": [asdict(f) for f in self.ranked],
             "scans": [asdict(s) for s in self.scans],
             **({"saliency": self.saliency} if self.saliency else {}),
+            **({"saliency_error": self.saliency_error} if self.saliency_error else {}),
         }
 
     def __str__(self) -> str:
         used = [s for s in self.scans if s.used]
-        head = (f"Case {one_line(self.case_id)}: {len(used)} scan(s) "
-                f"({', '.join(s.modality + (' 3D' if s.is_3d else ' 2D') for s in used)}); "
-                + (f"{len(self.scans) - len(used)} more left out by the run's scan caps (data.max_scans, "
-                   "modality caps); " if len(used) < len(self.scans) else "")
+        left = [s for s in self.scans if not s.used]
+        head = (f"Case {one_line(self.case_id)}: {len(used)} scan(s) used: "
+                f"{', '.join(_scan_name(s) + ' (' + s.modality + (' 3D' if s.is_3d else ' 2D') + ')' for s in used)}; "
+                + (f"{len(left)} left out by the run's scan caps (README 'Scan caps'): "
+                   f"{', '.join(_scan_name(s) for s in left[:5])}{', ...' if len(left) > 5 else ''}; " if left else "")
                 + f"thresholds: {self.thresholds}")
         names = [_cell(f.name) for f in self.ranked]
         w = max([len("diagnosis")] + [len(n) for n in names])
         lines = [head, f"  {'#':>3}  {'diagnosis':<{w}}  {'ICD-10':<7} {'prob':>6}  {'thr':>5}  positive"]
         for i, (f, name) in enumerate(zip(self.ranked, names), 1):
+            thr = "    -" if f.threshold is None else f"{f.threshold:5.3f}"
             lines.append(f"  {i:>3}  {name:<{w}}  {(f.code or '-'):<7} {f.probability:6.3f}  "
-                         f"{f.threshold:5.3f}  {'yes' if f.above_threshold else 'no'}")
+                         f"{thr}  {'yes' if f.above_threshold else 'no'}")
         return "\n".join(lines)
 
     __repr__ = __str__

@@ -1,23 +1,29 @@
-"""Score-CAM saliency (Wang et al., CVPR-W 2020; the method the RadDiag paper uses).
+"""Score-CAM saliency (Wang et al., CVPR-W 2020; the method the RadDiag paper uses), for every
+visual encoder, 2D and 3D scans.
 
-For a class ``c`` and one slice of one scan of a case:
+For a class ``c`` and one scan of a case:
 
-1. forward the case once, capturing the slice backbone's activation maps ``A_k`` ``[K, h, w]``
-   of that slice (a forward hook on ``model.encoder.slice_backbone.<layer>``);
+1. forward the case once, capturing the encoder's activation maps ``A_k`` of that scan
+   (``[K, d, h, w]``; ``d = 1`` for maps of one slice or of the whole depth at once);
 2. keep the ``top_k`` channels with the largest mean activation (all of them would cost one
    forward each; 64 keeps CPU inference in seconds; ``top_k=None`` uses all);
-3. upsample each map to the slice size, min-max normalise it to [0, 1] (``H_k``) and mask the
-   input slice with it, every other scan and slice of the case unchanged;
+3. upsample each map to the slices it covers, min-max normalise it to [0, 1] (``H_k``) and mask
+   those slices with it, every other scan and slice of the case unchanged;
 4. score each masked case through the whole model: the class logit's increase over the
-   baseline (the same slice set to zero), ``CIC_k = f_c(X o H_k) - f_c(X_b)``;
+   baseline (the same slices set to zero), ``CIC_k = f_c(X o H_k) - f_c(X_b)``;
 5. ``alpha = softmax(CIC)``, ``L = ReLU(sum_k alpha_k Up(A_k))``, scaled to [0, 1].
 
-The masked forwards are batched (``chunk`` cases at a time). Only the ``resnet_vit`` encoder
-has a per-slice 2D backbone to hook; other encoders raise a clear error.
+The maps, per encoder (Score-CAM needs only maps and forwards, so it applies to all three):
 
-``layer="auto"`` is the last stage (``layer4``) unless its maps are smaller than 4 x 4 (e.g.
-64-px inputs give 2 x 2), then the deepest stage whose maps are at least 4 x 4; the stage
-used is reported with every map.
+- ``resnet_vit``: the per-slice 2D ResNet's stage (``slice_backbone.layerN``): a map of one slice,
+  which alone is masked; a 3D scan gets one Score-CAM per slice shown.
+- ``resnet``: the shared 2D stage (``shared.layer3`` / ``shared.layer4``, stride 16 / 32) or the
+  end of the 2D / 3D stem (``stem2d.layer2`` / ``stem3d.layer2``, stride 8). A 3D scan's shared
+  maps are pooled over depth: one in-plane map masks all its slices; the 3D stem's maps keep depth.
+- ``vit``: the ViT's output tokens (``vit.tokens``), a patch grid (2D) or a cube grid (3D).
+
+``layer="auto"`` is the deepest stage whose maps are at least 4 x 4 (64-px inputs: stride 16);
+the stage used is reported with every map. The masked forwards are batched (``chunk`` at a time).
 """
 from __future__ import annotations
 
@@ -44,16 +50,8 @@ class SaliencyMap:
     class_name: str
     layer: str
     channels: int             # channels scored (top_k of the layer's channels)
-    heatmap: np.ndarray       # [H, W] in [0, 1]
+    heatmap: np.ndarray       # [H, W] in [0, 1], at the model's input size
     image: np.ndarray         # [H, W] the input slice in [0, 1]
-
-
-def slice_backbone(model):
-    bb = getattr(getattr(model, "encoder", None), "slice_backbone", None)
-    if bb is None:
-        raise ValueError("Score-CAM needs a per-slice 2D backbone (model.encoder=resnet_vit); "
-                         f"this model's encoder is {type(getattr(model, 'encoder', model)).__name__}")
-    return bb
 
 
 def _stride(layer: str) -> int:
@@ -72,6 +70,8 @@ def choose_layer(size: int, layer: str = "auto") -> str:
 
 
 class _Capture:
+    """Outputs of ``module``'s forward calls while active, in call order."""
+
     def __init__(self, module):
         self.maps: list[torch.Tensor] = []
         self.active = False
@@ -89,6 +89,66 @@ def _logits(model, batch, images):
     return model(images, batch["scan_mask"], batch["slice_mask"], batch["modality"]).float()
 
 
+def _captured(model, module, b1, images) -> list[torch.Tensor]:
+    cap = _Capture(module)
+    try:
+        cap.active = True
+        _logits(model, b1, images)
+    finally:
+        cap.close()
+    return cap.maps
+
+
+@dataclass
+class _Maps:
+    """Activation maps ``[K, d, h, w]`` of one scan and the slices they cover (masked together)."""
+    maps: torch.Tensor
+    region: list[int]
+    layer: str
+
+
+def _encoder_maps(model, b1, images, scan: int, n_real: int, is3d: bool, layer: str,
+                  slices: list[int]) -> list[_Maps]:
+    """The maps Score-CAM masks with: one entry per slice for ``resnet_vit``, one for the scan otherwise."""
+    from raddiag.models.encoders import ResNetEncoder, ResNetViTEncoder, ViTEncoder
+
+    enc = model.encoder
+    size = images.shape[-1]
+    if isinstance(enc, ResNetViTEncoder):
+        name = choose_layer(size, layer)
+        acts = torch.cat(_captured(model, getattr(enc.slice_backbone, name), b1, images))   # [S_real, K, h, w]
+        real = (b1["slice_mask"][0] & b1["scan_mask"][0][:, None]).flatten()
+        row_of = torch.cumsum(real.long(), 0) - 1                      # (n, d) -> row among the real slices
+        D = images.shape[3]
+        return [_Maps(acts[int(row_of[scan * D + d])][:, None], [d], f"slice_backbone.{name}") for d in slices]
+    # one call per kind of scan (2D first, then 3D), a row per scan of that kind
+    real = b1["slice_mask"][0] & b1["scan_mask"][0][:, None]
+    kinds = (real.sum(-1) > 1)[: scan + 1]
+    row = int((kinds[:scan] == is3d).sum())
+    call = 1 if is3d and bool((~(real.sum(-1) > 1) & b1["scan_mask"][0]).any()) else 0
+    region = list(range(n_real))
+    if isinstance(enc, ResNetEncoder):
+        name = choose_layer(size, layer)
+        if name in ("layer1", "layer2"):
+            stem = enc.stem3d if is3d else enc.stem2d
+            module, call, label = stem[4 if name == "layer1" else 5], 0, f"{'stem3d' if is3d else 'stem2d'}.{name}"
+        else:
+            module, label = enc.shared[0 if name == "layer3" else 1], f"shared.{name}"
+        out = _captured(model, module, b1, images)[call][row]            # [K, h, w] or [K, d, h, w]
+        return [_Maps(out if out.dim() == 4 else out[:, None], region, label)]
+    if isinstance(enc, ViTEncoder):
+        if layer not in ("auto", "tokens"):
+            raise ValueError(f"the ViT encoder's Score-CAM maps are its output tokens; layer {layer!r} does not apply")
+        tokens = _captured(model, enc.vit, b1, images)[call][row, 1:]    # [T, width], [CLS] dropped
+        H, W = images.shape[-2:]
+        grid = (-1, H // enc.p, W // enc.p, tokens.shape[-1])
+        maps = tokens.reshape(grid).permute(3, 0, 1, 2)                  # [K, d, h, w]
+        if is3d:                                                         # cubes cover D slices, padding too
+            region = list(range(images.shape[3]))
+        return [_Maps(maps, region, "vit.tokens")]
+    raise ValueError(f"no Score-CAM maps for the encoder {type(enc).__name__}")
+
+
 @torch.inference_mode()
 def score_cam(model, batch: dict, class_index: int, scan: int, slices: Optional[Sequence[int]] = None,
               top_k: Optional[int] = 64, chunk: int = 16, layer: str = "auto",
@@ -96,102 +156,179 @@ def score_cam(model, batch: dict, class_index: int, scan: int, slices: Optional[
     """Score-CAM maps for case 0 of a collated ``batch`` (tensors on the model's device), class
     ``class_index``, scan ``scan``; ``slices`` defaults to the scan's key slice (3D without one:
     the middle slice; 2D: slice 0)."""
-    bb = slice_backbone(model)
     images = batch["images"][:1]
     scan_mask, slice_mask = batch["scan_mask"][:1].bool(), batch["slice_mask"][:1].bool()
     b1 = {"scan_mask": scan_mask, "slice_mask": slice_mask, "modality": batch["modality"][:1]}
-    N, D, H, W = images.shape[1], images.shape[3], images.shape[4], images.shape[5]
+    N = images.shape[1]
     if not 0 <= scan < N or not scan_mask[0, scan]:
         raise ValueError(f"scan {scan} is not a scan of this case ({int(scan_mask[0].sum())} scans)")
-    real = slice_mask[0] & scan_mask[0][:, None]                       # [N, D]
-    n_real = int(real[scan].sum())
+    n_real = int((slice_mask[0] & scan_mask[0][:, None])[scan].sum())
     if slices is None:
         key = int(batch["key_slice"][0, scan]) if "key_slice" in batch else -1
         slices = [key if 0 <= key < n_real else n_real // 2]
     slices = [int(s) for s in slices]
     if any(not 0 <= s < n_real for s in slices):
         raise ValueError(f"slices {slices} out of range: scan {scan} has {n_real} slices")
-    layer = choose_layer(H, layer)
-    cap = _Capture(getattr(bb, layer))
-    try:
-        cap.active = True
-        _logits(model, b1, images)
-        cap.active = False
-        acts = torch.cat(cap.maps)                                     # [S_real, K, h, w]
-    finally:
-        cap.close()
-    row_of = torch.cumsum(real.flatten().long(), 0) - 1                # (n, d) -> row among real slices
     out = []
-    for d in slices:
-        a = acts[int(row_of[scan * D + d])].float()                    # [K, h, w]
-        if top_k is not None and top_k < a.shape[0]:
-            keep = a.mean((1, 2)).topk(top_k).indices
-            a = a[keep]
-        up = F.interpolate(a[None], size=(H, W), mode="bilinear", align_corners=False)[0]   # [K, H, W]
-        lo = up.amin((1, 2), keepdim=True)
-        rng = up.amax((1, 2), keepdim=True) - lo
-        masks = torch.where(rng > 1e-8, (up - lo) / rng.clamp(min=1e-8), torch.zeros_like(up))
-        base_img = images.clone()
-        base_img[0, scan, :, d] = 0
-        baseline = _logits(model, b1, base_img)[0, class_index]
-        scores = []
-        x = images[0, scan, :, d]                                      # [C, H, W]
-        for m in torch.split(masks, max(1, chunk)):
-            k = m.shape[0]
-            imgs = images.expand(k, -1, -1, -1, -1, -1).clone()
-            imgs[:, scan, :, d] = x[None] * m[:, None]
-            bk = {key: v.expand(k, *v.shape[1:]) for key, v in b1.items()}
-            scores.append(_logits(model, bk, imgs)[:, class_index])
-        cic = torch.cat(scores) - baseline
-        alpha = torch.softmax(cic, 0)
-        cam = F.relu((alpha[:, None, None] * up).sum(0))
-        cam = cam / cam.max() if cam.max() > 0 else cam
-        out.append(SaliencyMap(scan, d, class_index, class_name, layer, int(a.shape[0]),
-                               cam.cpu().numpy().astype(np.float32), x[0].float().cpu().numpy()))
+    for m in _encoder_maps(model, b1, images, scan, n_real, n_real > 1, layer, slices):
+        cam, k = _score(model, b1, images, scan, m, class_index, top_k, chunk)
+        for d in (s for s in slices if s in m.region):
+            heat = cam[min(m.region.index(d), cam.shape[0] - 1)]
+            out.append(SaliencyMap(scan, d, class_index, class_name, m.layer, k, heat.cpu().numpy().astype(np.float32),
+                                   images[0, scan, 0, d].float().cpu().numpy()))
     return out
 
 
-# -- overlays -----------------------------------------------------------------------------------
-def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, min_size: int = 256) -> "Image.Image":
-    """The grey slice with the heat map (jet) blended over it, as a PIL RGB image."""
+def _score(model, b1, images, scan: int, m: _Maps, class_index: int, top_k, chunk: int):
+    """``(cam [d', H, W] in [0, 1], channels scored)`` over the slices ``m.region`` of ``scan``."""
+    a = m.maps.float()
+    if top_k is not None and top_k < a.shape[0]:
+        a = a[a.mean((1, 2, 3)).topk(top_k).indices]
+    H, W = images.shape[-2:]
+    depth = 1 if a.shape[1] == 1 else len(m.region)
+    if depth > 1:   # maps along depth (3D stem, ViT cubes) cover the padded depth: resample, then the region
+        up = F.interpolate(a[None], size=(images.shape[3], H, W), mode="trilinear", align_corners=False)[0][:, m.region]
+    else:
+        up = F.interpolate(a, size=(H, W), mode="bilinear", align_corners=False)           # [K, 1, H, W]
+    lo = up.amin((1, 2, 3), keepdim=True)
+    rng = up.amax((1, 2, 3), keepdim=True) - lo
+    masks = torch.where(rng > 1e-8, (up - lo) / rng.clamp(min=1e-8), torch.zeros_like(up))
+    region = torch.tensor(m.region, device=images.device)
+    base_img = images.clone()
+    base_img[0, scan, :, region] = 0
+    baseline = _logits(model, b1, base_img)[0, class_index]
+    x = images[0, scan][:, region]                                    # [C, r, H, W]
+    scores = []
+    for part in torch.split(masks, max(1, chunk)):
+        k = part.shape[0]
+        imgs = images.expand(k, -1, -1, -1, -1, -1).clone()
+        imgs[:, scan, :, region] = x[None] * part[:, None]
+        bk = {key: v.expand(k, *v.shape[1:]) for key, v in b1.items()}
+        scores.append(_logits(model, bk, imgs)[:, class_index])
+    alpha = torch.softmax(torch.cat(scores) - baseline, 0)
+    cam = F.relu((alpha[:, None, None, None] * up).sum(0))             # [d', H, W]
+    return (cam / cam.max() if cam.max() > 0 else cam), int(a.shape[0])
+
+
+def chosen_class(class_, names: list[str], result) -> str:
+    """The class a saliency map is of: a name or index, default the case's top-ranked class."""
+    if class_ is None or class_ == "":
+        name = result.ranked[0].name
+    elif isinstance(class_, (int, np.integer)) or (isinstance(class_, str) and class_.isdigit()):
+        j = int(class_)
+        if not 0 <= j < len(names):
+            raise ValueError(f"saliency class index {j} is out of range (0..{len(names) - 1})")
+        name = names[j]
+    else:
+        name = str(class_)
+    if name not in names:
+        raise ValueError(f"saliency class {name!r} is not among the scored classes")
+    return name
+
+
+def case_figure(m: SaliencyMap, source, dc, limits, info, n_used: int, result, name: str, out,
+                overwrite: bool, stage: Optional[Path] = None) -> dict:
+    """Map ``m`` drawn on its scan's own slice (``source``: the scan's :class:`~raddiag.data.case.Scan`,
+    re-read at its resolution; None: the model's input slice), ``dc`` the run's data config:
+    ``{"overlay": data URL}`` (``out=True``) or ``{"path": file}`` under the folder ``out``, and
+    ``size``, the figure's image size."""
+    from raddiag.data.intensity import window_for
+    from raddiag.data.preprocess import display_slice
+
+    image = m.image
+    if source is not None:
+        image = display_slice(source, m.slice, dc.depth,
+                              window_for(source.modality, source.anatomy, dc.window, dc.windows), limits)
+    p = next((f.probability for f in result.ranked if f.name == name), None)
+    caption = (f"{name}" + (f" (p = {p:.3f})" if p is not None else "") + f": {info.id}"
+               + (f", slice {m.slice}" if info.is_3d else "") + f"; Score-CAM on {m.layer}")
+    fig = saliency_figure(image, m.heatmap, caption)
+    rec = {"size": [int(image.shape[0]), int(image.shape[1])]}
+    if out is True:
+        return {**rec, "overlay": data_url(fig)}
+    path = Path(out) / figure_name(result.case_id, name, m.scan, n_used, m.slice, info.is_3d)
+    return {**rec, "path": str(save_figure(fig, path, overwrite, stage))}
+
+
+# -- figures ------------------------------------------------------------------------------------
+MIN_SIDE, MAX_SIDE = 256, 2048     # a figure's image panels: at the input's resolution, within these
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """The grey slice with the heat map (jet) blended over it: ``[H, W, 3]`` uint8 (same sizes)."""
     from matplotlib import colormaps
-    from PIL import Image
 
     grey = np.repeat((np.clip(image, 0, 1) * 255).astype(np.uint8)[..., None], 3, -1)
     heat = (colormaps["jet"](np.clip(heatmap, 0, 1))[..., :3] * 255).astype(np.uint8)
     weight = (alpha * np.clip(heatmap, 0, 1))[..., None]               # transparent where there is no saliency
-    rgb = (grey * (1 - weight) + heat * weight).astype(np.uint8)
-    im = Image.fromarray(rgb)
-    if max(im.size) < min_size:
-        f = -(-min_size // max(im.size))
-        im = im.resize((im.size[0] * f, im.size[1] * f), Image.BILINEAR)
-    return im
+    return (grey * (1 - weight) + heat * weight).astype(np.uint8)
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:60] or "x"
+def _panel_size(h: int, w: int) -> tuple[int, int]:
+    """The image panels' size: the input's, scaled up to MIN_SIDE or down to MAX_SIDE (long side)."""
+    f = max(1.0, MIN_SIDE / max(h, w)) if max(h, w) < MIN_SIDE else min(1.0, MAX_SIDE / max(h, w))
+    return max(1, round(h * f)), max(1, round(w * f))
 
 
-def save_overlay(m: SaliencyMap, out_dir: str | Path, prefix: str, overwrite: bool = False,
-                 stage: Optional[Path] = None) -> Path:
-    """Write the overlay PNG for ``out_dir`` (into ``stage`` when given: the caller moves the files
-    in when all are written, :func:`raddiag.staging.staged_files`; else through a temporary
-    sibling renamed into place); an existing file is refused unless ``overwrite``. Returns its
-    path in ``out_dir``."""
+def saliency_figure(image: np.ndarray, heatmap: np.ndarray, caption: str = "") -> "Image.Image":
+    """The input slice (at its own resolution) beside the same slice with the heat map over it,
+    and a colour bar (0 to 1), under a one-line caption: a PIL RGB image."""
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw, ImageFont
+
+    h, w = _panel_size(*image.shape)
+    img = np.asarray(Image.fromarray(np.clip(image * 255, 0, 255).astype(np.uint8)).resize((w, h), Image.BILINEAR),
+                     dtype=np.float32) / 255
+    heat = torch.as_tensor(np.ascontiguousarray(heatmap), dtype=torch.float32)[None, None]
+    heat = F.interpolate(heat, size=(h, w), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
+    font = ImageFont.load_default(size=max(12, h // 28))
+    gap, bar_w = max(6, w // 60), max(14, w // 25)
+    text_h = font.size + 8
+    label_w = int(font.getlength("0.5")) + 8
+    canvas = Image.new("RGB", (2 * w + 3 * gap + bar_w + label_w, h + text_h + gap), "white")
+    grey = (img * 255).astype(np.uint8)
+    canvas.paste(Image.fromarray(grey).convert("RGB"), (0, text_h))
+    canvas.paste(Image.fromarray(overlay(img, heat)), (w + gap, text_h))
+    ramp = (colormaps["jet"](np.linspace(1, 0, h))[:, :3] * 255).astype(np.uint8)       # top: 1
+    canvas.paste(Image.fromarray(np.repeat(ramp[:, None], bar_w, 1)), (2 * w + 2 * gap, text_h))
+    draw = ImageDraw.Draw(canvas)
+    x_text = 2 * w + 2 * gap + bar_w + 4
+    for value, y in ((1.0, 0), (0.5, h // 2), (0.0, h - 1)):
+        draw.text((x_text, text_h + y), f"{value:g}", fill="black", font=font,
+                  anchor="lt" if value == 1 else "lb" if value == 0 else "lm")
+    draw.text((2, 4), caption, fill="black", font=font)
+    return canvas
+
+
+def _safe(name: str, limit: int = 40) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_.")[:limit].strip("_.") or "x"
+
+
+def figure_name(case_id: str, class_name: str, scan: int, n_scans: int, slice_: int, is_3d: bool) -> str:
+    """A short file name: ``CASE[_scanN]_[sliceD_]CLASS.png`` (the scan only when the case has
+    several, the slice only for a 3D scan)."""
+    parts = [_safe(case_id)] + ([f"scan{scan}"] if n_scans > 1 else []) + ([f"slice{slice_}"] if is_3d else [])
+    return "_".join(parts + [_safe(class_name, 30)]) + ".png"
+
+
+def save_figure(im, path: str | Path, overwrite: bool = False, stage: Optional[Path] = None) -> Path:
+    """Write ``im`` as a PNG for ``path`` (into ``stage`` when given: the caller moves the files in
+    when all are written, :func:`raddiag.staging.staged_files`; else through a temporary sibling
+    renamed into place); an existing file is refused unless ``overwrite``. Returns ``path``."""
     from raddiag.staging import atomic_write
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"{out_dir}: the saliency output must be a folder; it is a file")
-    path = out_dir / f"{_safe(prefix)}_scan{m.scan}_slice{m.slice}_{_safe(m.class_name or str(m.class_index))}.png"
+    path = Path(path)
+    if path.parent.exists() and not path.parent.is_dir():
+        raise NotADirectoryError(f"{path.parent}: the saliency output must be a folder; it is a file")
     staged = Path(stage) / path.name if stage is not None else path
     if (path.exists() or staged.exists()) and not overwrite:
         raise FileExistsError(f"{path}: exists already; pass --overwrite (overwrite=True) to replace it")
-    atomic_write(staged, lambda f: overlay(m.image, m.heatmap).save(f, format="PNG"))
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(staged, lambda f: im.save(f, format="PNG"))
     return path
 
 
-def overlay_data_url(m: SaliencyMap) -> str:
+def data_url(im) -> str:
     buf = io.BytesIO()
-    overlay(m.image, m.heatmap).save(buf, format="PNG")
+    im.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

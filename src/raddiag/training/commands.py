@@ -10,6 +10,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set train.epochs=10 (repeatable)")
+    p.add_argument("--max-scans", action="append", default=[], metavar="[MODALITY=]N",
+                   help="scan caps (README 'Scan caps'): N scans a case, MODALITY=N scans of one modality "
+                        "(Ultrasound=8, US=8), other=N for every modality not listed (repeatable)")
     p.add_argument("--granularity", choices=["disorder", "icd10"], default=None,
                    help="label granularity (default: data.granularity of the config)")
     emb = p.add_mutually_exclusive_group()
@@ -28,8 +31,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a model on a prepared dataset (torchrun for DDP)",
                               description="Train RadDiag. Under `torchrun --nproc_per_node K -m raddiag train ...` "
                                           "the same command trains with DistributedDataParallel.")
-    p.add_argument("--preset", default=None, help="paper | official | small | tiny (default paper; with "
-                                                  "--resume the run's own config.yaml)")
+    from raddiag.config import PRESETS
+
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="the recipe (README 'Which preset for which job'; `raddiag describe --preset X` shows its "
+                        "settings): cpu for a CPU try-out, gpu for a real set on one GPU, paper for the paper's "
+                        "model (default paper; with --resume the run's own config.yaml)")
     p.add_argument("--pretrained", metavar="FILE", default=None,
                    help="torchvision/timm ResNet-18/34/50 state dict (.pth, .bin, .safetensors) to start the "
                         "per-slice ResNet from, or 'imagenet' (sets model.pretrained; read once, at the start)")
@@ -61,15 +68,16 @@ def register(subparsers) -> None:
 def _train(args) -> int:
     from pathlib import Path
 
-    from raddiag.config import RunConfig, preset
+    from raddiag.config import RunConfig, preset, scan_cap_overrides
     from raddiag.run import RunFolder
     from raddiag.training import train
 
     run = RunFolder(Path(args.out))
+    overrides = scan_cap_overrides(args.max_scans) + args.overrides
     if args.resume and run.config.exists() and args.preset is None:
-        cfg = RunConfig.load(run.config).override(args.overrides)
+        cfg = RunConfig.load(run.config).override(overrides)
     else:
-        cfg = preset(args.preset or "paper", args.overrides)
+        cfg = preset(args.preset or "paper", overrides)
     if args.pretrained:
         cfg.model.pretrained = args.pretrained
         cfg.validate()
@@ -80,20 +88,21 @@ def _train(args) -> int:
     result = train(args.data, args.out, cfg, granularity=args.granularity,
                    label_embeddings=args.label_embeddings, knowledge_encoder=args.knowledge_encoder,
                    resume=args.resume, progress=not args.no_progress, max_steps=args.max_steps,
-                   overwrite=args.overwrite)
+                   overwrite=args.overwrite, summary=True)
     _report(result)
     return 0
 
 
 def _finetune(args) -> int:
+    from raddiag.config import scan_cap_overrides
     from raddiag.transfer.finetune import finetune
 
     result = finetune(args.run, args.data, args.out, args.fraction, scratch=args.scratch, seed=args.seed,
-                      epochs=args.epochs, overrides=args.overrides, granularity=args.granularity,
+                      epochs=args.epochs, overrides=scan_cap_overrides(args.max_scans) + args.overrides, granularity=args.granularity,
                       label_embeddings=args.label_embeddings, knowledge_encoder=args.knowledge_encoder,
                       resume=args.resume, progress=not args.no_progress, max_steps=args.max_steps,
                       pretrained=args.pretrained, overwrite=args.overwrite,
-                      encoder_lr_scale=args.encoder_lr_scale, linear_probe=args.linear_probe)
+                      encoder_lr_scale=args.encoder_lr_scale, linear_probe=args.linear_probe, summary=True)
     _report(result)
     return 0
 

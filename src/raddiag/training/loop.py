@@ -11,8 +11,10 @@ import torch
 
 from .checkpoint import rng_state, save_checkpoint, set_rng_state
 from .metrics import macro_auc
-from .trainer import (LAST, _append_metrics, _autocast, _check_finite_loss, _null, _save_weights_atomic, _val_loss,
-                      log, validate)
+from raddiag.task import task_loss, validation_loss
+
+from .trainer import (LAST, _append_metrics, _autocast, _check_finite_loss, _null, _save_weights_atomic, log,
+                      validate)
 
 
 class TrainLoop:
@@ -37,7 +39,7 @@ class TrainLoop:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(run.tensorboard))
-        self.bce = torch.nn.BCEWithLogitsLoss()
+        self.loss_fn = task_loss(cfg.data.task)      # BCE, or cross-entropy for data.task=multiclass
         self.need_details = self.tc.key_slice_loss > 0
 
     def checkpoint(self, epoch: int, batches_done: int, loss_sum: float = 0.0, loss_n: int = 0) -> None:
@@ -80,7 +82,7 @@ class TrainLoop:
             with _autocast(self.cfg, d.device):
                 out = self.train_model(**inputs, return_details=self.need_details)
                 logits = out.logits if self.need_details else out
-                loss = self.bce(logits.float(), target)
+                loss = self.loss_fn(logits.float(), target)
                 if self.need_details and out.slice_attention is not None:
                     loss = loss + tc.key_slice_loss * self.key_slice_attention_loss(
                         out.slice_attention.float(), batch["key_slice"].to(d.device), batch["slice_mask"].to(d.device))
@@ -153,7 +155,7 @@ class TrainLoop:
         state, d = self.state, self.d
         scores, yval = validate(self.model, val_ds, self.cfg, d)
         auc = macro_auc(scores, yval)
-        vloss = _val_loss(scores, yval)
+        vloss = validation_loss(scores, yval, self.cfg.data.task)
         improved = (np.isfinite(auc) and auc > state["best_val_auc"]) or not state["have_best"]
         if improved:
             if np.isfinite(auc):

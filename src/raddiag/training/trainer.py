@@ -1,6 +1,7 @@
 """The trainer (paper Sections 11.1 and 4.4).
 
-BCE over all classes (+ optionally the key-slice attention term), AdamW, cosine schedule
+BCE over all classes (cross-entropy for ``data.task=multiclass``: :mod:`raddiag.task`; + optionally
+the key-slice attention term), AdamW, cosine schedule
 with linear warm-up stepped per optimiser step, gradient clipping and accumulation, bf16
 autocast, seeded / deterministic runs, validation macro AUC every epoch with the best
 checkpoint kept, optional early stopping, atomic resumable checkpoints, and DDP under
@@ -158,9 +159,13 @@ def _init_pretrained(model, cfg: RunConfig, say: bool = True) -> None:
             log.info("model.pretrained: %s", report.summary())
     elif say and mc.encoder == "resnet_vit":
         level = logging.WARNING if cfg.preset in ("paper", "official") else logging.INFO
-        log.log(level, "model.pretrained is not set: the per-slice ResNet-%d starts from random weights "
-                "(the release starts from ImageNet weights: --set model.pretrained=imagenet, or --pretrained PATH "
-                "to a torchvision/timm ResNet-%d state dict, see README)", mc.resnet_depth, mc.resnet_depth)
+        # torchvision and timm publish ResNet-18/34/50/101 weights, not ResNet-10 (tiny): no file to name
+        hint = (f"the release starts from ImageNet weights: --set model.pretrained=imagenet, or --pretrained PATH "
+                f"to a torchvision/timm ResNet-{mc.resnet_depth} state dict, see README"
+                if mc.resnet_depth in (18, 34, 50, 101)
+                else f"torchvision and timm publish no ImageNet ResNet-{mc.resnet_depth}")
+        log.log(level, "model.pretrained is not set: the per-slice ResNet-%d starts from random weights (%s)",
+                mc.resnet_depth, hint)
 
 
 def _autocast(cfg: RunConfig, device: torch.device):
@@ -255,11 +260,6 @@ def _check_finite_loss(loss: torch.Tensor, batch: dict, epoch: int, step: int) -
                                  "(check their scans and labels, or lower the learning rate)")
 
 
-def _val_loss(scores: np.ndarray, labels: np.ndarray) -> float:
-    p = np.clip(scores.astype(np.float64), 1e-7, 1 - 1e-7)
-    return float(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)).mean())
-
-
 # -- the trainer ----------------------------------------------------------------------
 def train(
     data_dir: str | Path,
@@ -275,6 +275,7 @@ def train(
     init_state: Optional[dict[str, torch.Tensor]] = None,
     train_indices: Optional[Sequence[int]] = None,
     device: Optional[str] = None,
+    summary: bool = False,
 ) -> TrainResult:
     """Train a RadDiag model on a prepared dataset into run folder ``out_dir``.
 
@@ -289,7 +290,8 @@ def train(
     A run folder that already holds weights or a checkpoint is refused unless ``resume`` (a
     checkpoint) or ``overwrite`` (a new run, trained in a hidden folder beside the old one and
     swapped in whole when this call completes: a failure or a kill leaves the old run as it was).
-    Under ``torchrun`` this trains with DDP; only rank 0 writes.
+    Under ``torchrun`` this trains with DDP; only rank 0 writes. ``summary`` prints what the run
+    is about to do before its first step (:func:`raddiag.training.summary.start_summary`).
     """
     from raddiag.data.dataset import CaseDataset, make_loader
     from raddiag.data.shards import open_training_data
@@ -316,7 +318,7 @@ def train(
         run = _stage(target, d) if replace else target
         result = _train(d, open_training_data(data_dir), run, cfg, label_embeddings, knowledge_encoder, resume,
                         progress, max_steps, init_state, train_indices, CaseDataset, make_loader, build_model,
-                        key_slice_attention_loss)
+                        key_slice_attention_loss, summary)
         if run is not target and d.is_main:
             swap_in(run.root, target.root)
         result.run = target
@@ -449,6 +451,7 @@ def _train_data(d, data, cfg, labels, train_indices, CaseDataset, make_loader):
     resumable sampler over a CaseDataset, or a ScanDataset for the pooling baselines) or shards."""
     from raddiag.data.dataset import ScanDataset
     from raddiag.models import trains_on_scans
+    from raddiag.task import check_dataset
 
     from .augment import build_scan_transform
 
@@ -476,6 +479,8 @@ def _train_data(d, data, cfg, labels, train_indices, CaseDataset, make_loader):
 
         train_ds = CaseMix(train_ds, tc.case_mix, tc.seed)
     val_ds = CaseDataset(data, "val", labels, cfg.data, train=False)
+    for split, ds in (("train", train_full), ("val", val_ds)):
+        check_dataset(ds, cfg.data.task, f"{data.root} split {split!r}")
     if tc.repeat_factor:
         sampler = RepeatFactorSampler(train_ds, repeat_factors(train_ds.targets, tc.repeat_factor),
                                       num_replicas=d.world_size, rank=d.rank, seed=tc.seed)
@@ -486,7 +491,7 @@ def _train_data(d, data, cfg, labels, train_indices, CaseDataset, make_loader):
 
 
 def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progress, max_steps, init_state,
-           train_indices, CaseDataset, make_loader, build_model, key_slice_attention_loss) -> TrainResult:
+           train_indices, CaseDataset, make_loader, build_model, key_slice_attention_loss, summary=False) -> TrainResult:
     from raddiag.data.intensity import adopt_data_windows
 
     tc = cfg.train
@@ -508,6 +513,11 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
     model = _initial_model(cfg, labels, emb, init_state, resume, d, build_model)
     train_ds, val_ds, sampler, loader, batches_per_epoch = _train_data(d, data, cfg, labels, train_indices,
                                                                        CaseDataset, make_loader)
+    if summary and d.is_main:
+        from .summary import start_summary
+
+        n_train = len(train_indices) if train_indices is not None else data.count("train")
+        print(start_summary(data, run, cfg, labels, model, d, batches_per_epoch, n_train), flush=True)
     steps_per_epoch = math.ceil(batches_per_epoch / tc.grad_accum)
     total_steps = steps_per_epoch * tc.epochs
     warmup_steps = int(round(tc.warmup_epochs * steps_per_epoch))
@@ -548,7 +558,7 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
         loop.close()
 
     finished = epoch >= tc.epochs or state["stopped_early"]
-    if finished and state["have_best"]:
+    if finished and state["have_best"] and cfg.data.task != "multiclass":   # multiclass: argmax, no thresholds
         _finalise_thresholds(model, val_ds, cfg, d, run, labels)
     best = state["best_val_auc"] if np.isfinite(state["best_val_auc"]) else float("nan")
     return TrainResult(run, best, state["best_epoch"] + 1, epoch, state["step"], state["stopped_early"], history)

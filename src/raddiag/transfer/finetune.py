@@ -81,6 +81,7 @@ def finetune(
     overwrite: bool = False,
     encoder_lr_scale: Optional[float] = None,
     linear_probe: bool = False,
+    summary: bool = False,
 ):
     """Fine-tune the pre-trained run ``run_dir`` on prepared data ``data_dir`` into ``out_dir``
     using a seeded stratified ``fraction`` of its training split; returns a
@@ -145,7 +146,7 @@ def finetune(
 
     result = train(data_dir, out_dir, cfg, label_embeddings=emb, knowledge_encoder=knowledge_encoder,
                    resume=resume, progress=progress, max_steps=max_steps, init_state=init_state,
-                   train_indices=idx.tolist(), overwrite=overwrite)
+                   train_indices=idx.tolist(), overwrite=overwrite, summary=summary)
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:

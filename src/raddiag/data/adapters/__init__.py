@@ -14,6 +14,7 @@ from raddiag.data.adapters.base import AdapterResult, carve_val, map_label, pars
 from raddiag.data.adapters.brain_tumor_mri import load_brain_tumor_mri
 from raddiag.data.adapters.chest_xray_pneumonia import load_chest_xray_pneumonia
 from raddiag.data.adapters.covid_chestxray import load_covid_chestxray
+from raddiag.data.adapters.folders import load_folders
 from raddiag.data.adapters.manifest import load_manifest
 from raddiag.data.adapters.medmnist3d import load_medmnist3d
 from raddiag.data.adapters.rp3d import load_rp3d
@@ -25,6 +26,7 @@ ADAPTERS: dict[str, Callable[..., AdapterResult]] = {
     "chest-xray-pneumonia": load_chest_xray_pneumonia,
     "brain-tumor-mri": load_brain_tumor_mri,
     "medmnist3d": load_medmnist3d,
+    "folders": load_folders,
 }
 
 

@@ -1,0 +1,71 @@
+"""A folder per class, the layout most small image sets come in (``--format folders``)::
+
+    SOURCE/benign/img001.png          a file in a class folder: a case of one scan
+    SOURCE/malignant/patient7/*.png   a folder in a class folder: one case of all its scans
+    SOURCE/normal/...                 "normal" (any letter case) is the Normal class
+
+or the same under ``SOURCE/train/``, ``SOURCE/val/``, ``SOURCE/test/`` to fix the splits (else a
+seeded 7:1:2 split by case). The class is the folder's name; every scan has the ``--modality``
+given (DICOM: its own tag) and, optionally, ``--anatomy``. No ICD-10-CM codes are known
+(``raddiag knowledge map NAME`` suggests them; a manifest can carry them).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from raddiag.data.adapters.base import AdapterResult
+from raddiag.data.case import NORMAL, Case, canonical_modality
+from raddiag.data.discover import _is_volume_or_image, scans_in_folder
+from raddiag.data.readers import is_dicom
+
+SPLITS = {"train": "train", "training": "train", "val": "val", "validation": "val", "test": "test",
+          "testing": "test"}
+NORMAL_NAMES = {"normal", "no finding", "no_finding"}
+
+
+def _class_dirs(source: Path) -> list[tuple[Path, Optional[str]]]:
+    subs = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subs and all(p.name.lower() in SPLITS for p in subs):
+        return [(c, SPLITS[s.name.lower()]) for s in subs
+                for c in sorted(p for p in s.iterdir() if p.is_dir() and not p.name.startswith("."))]
+    return [(c, None) for c in subs]
+
+
+def load_folders(source: Path, modality: Optional[str] = None, anatomy: Optional[str] = None, **_) -> AdapterResult:
+    source = Path(source)
+    if not source.is_dir():
+        raise NotADirectoryError(f"{source}: --format folders reads a folder of class folders")
+    if not modality:
+        raise ValueError(f"{source}: --format folders needs --modality (the images' modality, e.g. Ultrasound)")
+    modality = canonical_modality(modality, source="--modality")
+    classes = _class_dirs(source)
+    if not classes:
+        raise ValueError(f"{source}: no class folders (expected SOURCE/CLASS/images, or SOURCE/train/CLASS/...)")
+    result = AdapterResult(cases=[])
+    ignored = []
+    for folder, split in classes:
+        label = NORMAL if folder.name.lower() in NORMAL_NAMES else folder.name
+        for item in sorted(folder.iterdir()):
+            if item.name.startswith(".") or not (item.is_dir() or _is_volume_or_image(item) or is_dicom(item)):
+                ignored.append(str(item))
+                continue
+            cid = f"{split + '/' if split else ''}{folder.name}/{item.name}"
+            scans = scans_in_folder(item, modality=modality)
+            for s in scans:
+                s.anatomy = anatomy
+                if s.id is None or item.is_file():
+                    s.id = item.name
+            result.cases.append(Case(id=cid, scans=scans, labels=[label], split=split, anatomy=anatomy,
+                                     patient=cid, meta={"source": "folders"}))
+    counts = {}
+    for c in result.cases:
+        counts[c.labels[0]] = counts.get(c.labels[0], 0) + 1
+    result.notes.append(f"folders: {len(result.cases)} cases in {len(counts)} class folders ("
+                        + ", ".join(f"{k} {v}" for k, v in counts.items()) + f"), {modality}"
+                        + (", splits from the train / val / test folders" if classes[0][1] else
+                           ", a seeded 7:1:2 split by case"))
+    if ignored:
+        result.notes.append(f"folders: ignored {len(ignored)} file(s) that are not scans: {', '.join(ignored[:5])}"
+                            + (" ..." if len(ignored) > 5 else ""))
+    return result

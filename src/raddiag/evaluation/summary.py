@@ -1,0 +1,92 @@
+"""What ``evaluate``, ``metrics`` and the demo print: the README's table (every metric of each
+class group, in percent, with the AUC's interval), the same per anatomy, and for a single-label
+run the accuracy, balanced accuracy and confusion matrix (:mod:`raddiag.evaluation.multiclass`)."""
+from __future__ import annotations
+
+from typing import Optional
+
+from raddiag.data.errors import one_line
+
+from .engine import anatomy_name
+
+COLUMNS = {"auc": "AUC", "ap": "AP", "f1": "F1", "mcc": "MCC", "acc": "ACC", "recall_at_fpr_0.01": "R@0.01",
+           "recall_at_fpr_0.05": "R@0.05", "recall_at_fpr_0.1": "R@0.1"}
+GROUPS = ("all", "head", "medium", "tail", "normal")
+
+
+def pct(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"
+
+
+def interval(e: dict) -> str:
+    """``[low, high]`` of a metric entry in percent; a note when every resample agreed; else ''."""
+    if e.get("ci_no_spread"):
+        return "(no spread)"
+    return f"[{pct(e['ci_low'])}, {pct(e['ci_high'])}]" if e.get("ci_low") is not None else ""
+
+
+def _row(label: str, g: dict, width: int) -> str:
+    cells = "".join(f"{pct(g.get(k, {}).get('value')):>8}" for k in COLUMNS)
+    return f"{label:<{width}}{cells}   {interval(g.get('auc', {}))}"
+
+
+def group_table(metrics: dict, what: str = "test split") -> list[str]:
+    """The class groups' rows (those with an AUC), every metric and the AUC's interval; ``what``
+    names the cases scored."""
+    lines = [f"{what}, macro over classes, percent (95% bootstrap CI for AUC)",
+             f"{'group':<8}" + "".join(f"{h:>8}" for h in COLUMNS.values()) + "   AUC CI"]
+    return lines + [_row(g, metrics[g], 8) for g in GROUPS
+                    if metrics.get(g, {}).get("auc", {}).get("value") is not None]
+
+
+def anatomy_table(metrics: dict) -> list[str]:
+    """The same columns for all classes on each anatomy's cases (empty without anatomies)."""
+    keys = sorted(k for k in metrics if k.startswith("anatomy/") and not k.endswith("/normal"))
+    if not keys:
+        return []
+    names = {k: one_line(anatomy_name(k), 24) for k in keys}
+    width = max(9, *(len(n) + 2 for n in names.values()))
+    return (["by anatomy of the cases (all classes on that anatomy's cases)",
+             f"{'anatomy':<{width}}" + "".join(f"{h:>8}" for h in COLUMNS.values()) + "   AUC CI"]
+            + [_row(names[k], metrics[k], width) for k in keys])
+
+
+def multiclass_lines(mc: dict) -> list[str]:
+    """Accuracy, balanced accuracy and macro one-vs-rest AUC with intervals, per-class precision /
+    recall / F1 of the predicted (most probable) class, and the confusion matrix."""
+    lines = [f"one class per case (data.task=multiclass: the most probable class is the prediction), "
+             f"{mc['n_cases']} cases, percent ({mc['ci']})"]
+    for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
+                       ("auc_ovr", "macro one-vs-rest AUC")):
+        e = mc[key]
+        note = "   (the table's 'all' AUC; its interval is on the logit scale)" if key == "auc_ovr" else ""
+        lines.append(f"  {label:<24}{pct(e['value']):>6}   {interval(e)}{note}")
+    rows = mc["per_class"]
+    names = [one_line(r["name"], 30) for r in rows]
+    w = max(8, *(len(n) for n in names)) + 5
+    lines.append(f"  {'class':<{w}}{'cases':>7}{'predicted':>11}{'precision':>11}{'recall':>8}{'F1':>7}")
+    for i, (r, n) in enumerate(zip(rows, names), 1):
+        lines.append(f"  {f'({i}) {n}':<{w}}{r['cases']:>7}{r['predicted']:>11}{pct(r['precision']):>11}"
+                     f"{pct(r['recall']):>8}{pct(r['f1']):>7}")
+    lines.append("  confusion matrix (rows: true class, columns: predicted class, numbered as above)")
+    m = mc["confusion"]["matrix"]
+    cw = max(5, *(len(str(v)) + 2 for row in m for v in row))
+    lines.append(f"  {'':<{w}}" + "".join(f"{f'({j})':>{cw}}" for j in range(1, len(m) + 1)))
+    for i, (row, n) in enumerate(zip(m, names), 1):
+        lines.append(f"  {f'({i}) {n}':<{w}}" + "".join(f"{v:>{cw}}" for v in row))
+    return lines
+
+
+def evaluation_summary(metrics: dict, what: str = "test split") -> str:
+    """Everything ``evaluate`` / ``metrics`` print before the file list."""
+    lines = group_table(metrics, what)
+    anatomy = anatomy_table(metrics)
+    if anatomy:
+        lines += [""] + anatomy
+    if "multiclass" in metrics:
+        lines += [""] + multiclass_lines(metrics["multiclass"])
+    meta = metrics["meta"]
+    lines += ["", f"F1 / MCC / ACC thresholds: {meta['threshold_note']}"
+              + (" (one-vs-rest; the multiclass figures use the most probable class)" if "multiclass" in metrics
+                 else ""), f"class groups: {meta['class_groups']}"]
+    return "\n".join(lines)

@@ -1,0 +1,64 @@
+"""What ``train`` / ``finetune`` print before the first step: the data (cases per split, class
+counts), where it runs (device, threads, processes), the model (parameters), the input geometry
+and any resampling, the scan caps and what they leave out, and where metrics and logs go."""
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+SHOWN_CLASSES = 12
+
+
+def _caps_left_out(data, cfg) -> str:
+    """How many training-split scans the caps leave out per epoch (prepared data only)."""
+    from raddiag.data.dataset import select_scans
+
+    records = data.records_for("train") if hasattr(data, "records_for") else None
+    if not records:
+        return ""
+    left: Counter = Counter()
+    cases = 0
+    for r in records:
+        kept = set(select_scans(r["scans"], cfg.data, None))
+        out = [s["modality"] for j, s in enumerate(r["scans"]) if j not in kept]
+        left.update(out)
+        cases += bool(out)
+    if not left:
+        return "; every training scan fits them"
+    return (f"; they leave out {sum(left.values())} training scan(s) of {cases} case(s) each epoch ("
+            + ", ".join(f"{m} {n}" for m, n in left.most_common()) + ")")
+
+
+def start_summary(data, run, cfg, labels, model, d, batches_per_epoch: int, train_cases: int) -> str:
+    """The lines ``train`` prints before its first step (``train_cases``: the training cases used)."""
+    from raddiag.models.describe import scan_caps_text
+
+    dc, tc = cfg.data, cfg.train
+    splits = ", ".join(f"{s} {data.count(s)}" for s in ("train", "val", "test") if data.count(s))
+    counts = sorted(zip(labels.names, labels.counts), key=lambda x: -x[1])
+    shown = ", ".join(f"{n} {c}" for n, c in counts[:SHOWN_CLASSES] if c)
+    more = sum(1 for _, c in counts[SHOWN_CLASSES:] if c)
+    empty = sum(1 for _, c in counts if not c)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    size, depth = data.meta.get("size"), data.meta.get("depth")
+    geometry = f"{dc.size} x {dc.size} px, at most {dc.depth} slice(s) a 3D scan"
+    if (size, depth) != (dc.size, dc.depth):
+        geometry += f" (the data were prepared at {size} px x {depth}: resampled on load)"
+    threads = f"{torch.get_num_threads()} threads" + (f", {d.world_size} processes" if d.world_size > 1 else "")
+    return "\n".join([
+        f"training {run.root} (preset {cfg.preset}, task {dc.task}, {dc.granularity} labels) on {data.root}",
+        f"  cases: {splits}" + (f"; training on {train_cases} of them" if train_cases != data.count("train") else ""),
+        f"  classes ({len(labels)}" + (f"; {empty} without training cases" if empty else "")
+        + f"), training cases each: {shown}" + (f", ... ({more} more)" if more else ""),
+        f"  device: {d.device}, {threads}",
+        f"  model: {cfg.model.encoder} encoder, {cfg.model.fusion} fusion, {cfg.model.head} head; "
+        f"{total:,} parameters ({trainable:,} trained)",
+        f"  input: {geometry}",
+        f"  scan caps: {scan_caps_text(dc)}{_caps_left_out(data, cfg)}",
+        f"  schedule: {tc.epochs} epochs of {batches_per_epoch} batches of {tc.batch_size}, lr {tc.lr:g}"
+        + (f", repeat-factor sampling t = {tc.repeat_factor:g}" if tc.repeat_factor else ""),
+        f"  metrics: {run.metrics_csv} (a row per epoch); best weights: {run.weights}",
+        f"  TensorBoard logs: {run.tensorboard} (tensorboard --logdir {run.tensorboard})",
+    ])
