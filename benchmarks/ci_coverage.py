@@ -43,7 +43,7 @@ def main() -> None:
             w[0], w[1], w[2] = min(w[0], r["coverage"]), min(w[1], r["contains_point"]), max(w[2], r["max_width_ratio"])
     print(f"\nover all scenarios ({time.perf_counter() - t_all:.0f} s):")
     for method, (cov, held, ratio) in worst.items():
-        ok = cov >= 0.90 and held == 1.0 and ratio <= 1.5
+        ok = cov >= 0.90 and held == 1.0 and ratio <= 1.5 + 1e-9     # 1.5 up to rounding
         print(f"   {method:<10} lowest coverage {cov:6.1%}   lowest share holding the estimate {held:6.1%}   "
               f"largest width / percentile {ratio:.2f}   {'PASS' if ok else 'fails a goal'}")
 

@@ -526,7 +526,7 @@ def results_md(r: dict, args) -> list[str]:
         "because as patient cases the label can be read off the number of images (normal patients have about "
         "1, patients with both bacterial and viral images 3-5): a shortcut, not a diagnosis.",
         "Percent, test split, macro over classes with both positives and negatives; 95 % bootstrap CI "
-        f"({args.n_boot:,} case resamples; Wald interval on the logit scale with the bootstrap standard error, "
+        f"({args.n_boot:,} case resamples; the guarded logit interval, "
         "README 'Evaluation'); F1/MCC at thresholds chosen on validation.", "",
         "## Ablation (Table 2): overall", "",
         "The three baselines are one scan-level classifier (trained on single scans, each with its case's "

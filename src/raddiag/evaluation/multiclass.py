@@ -1,7 +1,8 @@
 """Single-label (``data.task=multiclass``) figures: the most probable class is each case's
 prediction; accuracy, balanced accuracy (mean recall over the classes present), the macro
 one-vs-rest AUC, per-class precision / recall / F1 and the confusion matrix, all from
-scikit-learn, with percentile bootstrap intervals over cases.
+scikit-learn, with bootstrap intervals over cases (the engine's interval rule:
+:func:`raddiag.evaluation.bootstrap.bootstrap_ci`).
 
 Written into ``metrics.json`` as ``"multiclass"``, shown in the terminal
 (:mod:`raddiag.evaluation.summary`) and in ``report.html``."""
@@ -51,7 +52,7 @@ def multiclass_metrics(scores: np.ndarray, labels: np.ndarray, names: Sequence[s
     pred = scores.argmax(1)
     classes = np.unique(y)
     point = _figures(y, scores, classes)
-    ci = _bootstrap(y, scores, classes, n_boot, seed, alpha) if n_boot > 0 else {}
+    ci = _bootstrap(y, scores, classes, point, n_boot, seed, alpha) if n_boot > 0 else {}
     every = np.arange(scores.shape[1])
     precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=every, zero_division=0)
     shown = sorted(set(y) | set(pred))           # classes with a case or a prediction
@@ -59,7 +60,7 @@ def multiclass_metrics(scores: np.ndarray, labels: np.ndarray, names: Sequence[s
         **{k: {"value": v, "ci_low": ci.get(k, (None, None))[0], "ci_high": ci.get(k, (None, None))[1]}
            for k, v in point.items()},
         "n_cases": int(len(y)), "n_boot": int(n_boot),
-        "ci": f"{100 * (1 - alpha):g}% percentile bootstrap over cases" if n_boot > 0 else "none (n_boot=0)",
+        "ci": f"{100 * (1 - alpha):g}% bootstrap over cases" if n_boot > 0 else "none (n_boot=0)",
         "per_class": [{"name": str(names[c]), "cases": int(support[c]), "predicted": int((pred == c).sum()),
                        "precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c])}
                       for c in shown],
@@ -69,8 +70,10 @@ def multiclass_metrics(scores: np.ndarray, labels: np.ndarray, names: Sequence[s
     }
 
 
-def _bootstrap(y, scores, classes, n_boot: int, seed: int, alpha: float) -> dict[str, tuple]:
-    """Percentile intervals of the three figures over ``n_boot`` resamples of the cases."""
+def _bootstrap(y, scores, classes, point: dict, n_boot: int, seed: int, alpha: float) -> dict[str, tuple]:
+    """Intervals of the three figures over ``n_boot`` resamples of the cases, by the engine's rule."""
+    from .bootstrap import bootstrap_ci
+
     rng = np.random.default_rng(seed)
     reps = {k: [] for k in FIGURES}
     for _ in range(n_boot):
@@ -79,7 +82,6 @@ def _bootstrap(y, scores, classes, n_boot: int, seed: int, alpha: float) -> dict
             reps[k].append(v)
     out = {}
     for k, r in reps.items():
-        r = np.asarray(r)[np.isfinite(r)]
-        out[k] = ((float(np.quantile(r, alpha / 2)), float(np.quantile(r, 1 - alpha / 2))) if r.size
-                  else (None, None))
+        lo, hi = bootstrap_ci(np.asarray(r, dtype=np.float64), point[k], alpha)
+        out[k] = (None, None) if np.isnan(lo) else (lo, hi)
     return out

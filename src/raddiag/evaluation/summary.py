@@ -59,7 +59,7 @@ def multiclass_lines(mc: dict) -> list[str]:
     for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
                        ("auc_ovr", "macro one-vs-rest AUC")):
         e = mc[key]
-        note = "   (the table's 'all' AUC; its interval is on the logit scale)" if key == "auc_ovr" else ""
+        note = "   (the table's 'all' AUC)" if key == "auc_ovr" else ""
         lines.append(f"  {label:<24}{pct(e['value']):>6}   {interval(e)}{note}")
     rows = mc["per_class"]
     names = [one_line(r["name"], 30) for r in rows]
