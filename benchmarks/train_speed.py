@@ -41,7 +41,7 @@ Also printed: the machine's fp32 matmul rate (a 2048^3 matmul, measured between 
 fraction of it each step reaches, counting the architecture's forward and backward FLOPs once
 (``torch.utils.flop_counter`` on their step; recomputation is not useful work); the load average
 (the machine may be shared: the ratio of interleaved medians is the figure to read). Peak memory is
-measured in a child process per side (so the peaks do not mix): CPU ``ru_maxrss``, or
+measured in a child process per side (so the peaks do not mix): the CPU's peak RSS (VmHWM), or
 ``torch.cuda.max_memory_allocated`` on a GPU.
 """
 from __future__ import annotations
@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -202,7 +201,9 @@ def step_flops(model, batch) -> float:
 def peak_bytes(device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # KiB on Linux
+    # VmHWM, not ru_maxrss: a child's ru_maxrss keeps the high-water mark of the parent it was forked from
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
 def rss_bytes() -> int:
@@ -287,7 +288,7 @@ def report(args, times, losses, rates, flops, mem, device) -> None:
     if mem:
         for side in ("theirs", "ours"):
             m = mem[side]
-            print(f"  {side:<6} peak {m['peak'] / gib:5.2f} GiB ({'ru_maxrss' if device.type == 'cpu' else 'cuda'}"
+            print(f"  {side:<6} peak {m['peak'] / gib:5.2f} GiB ({'peak RSS' if device.type == 'cpu' else 'cuda'}"
                   f"; {m['before'] / gib:.2f} GiB with the model and batch, before the steps)")
         print(f"peak memory: ours / theirs = {mem['ours']['peak'] / mem['theirs']['peak']:.2f}x")
     print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
