@@ -139,7 +139,7 @@ def their_step(model, opt, batch, amp: str) -> float:
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return float(loss)
+    return float(loss.detach())
 
 
 def our_step(model, opt, batch, amp: str) -> float:
@@ -156,7 +156,7 @@ def our_step(model, opt, batch, amp: str) -> float:
     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_norm)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return float(loss)
+    return float(loss.detach())
 
 
 def their_optimizer(model):
