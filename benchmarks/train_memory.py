@@ -9,6 +9,9 @@ do not mix; the figure is ``ru_maxrss`` of that process.
     python benchmarks/train_memory.py                     # paper geometry, checkpointing on
     python benchmarks/train_memory.py --both              # ... and off (needs far more memory)
     python benchmarks/train_memory.py --slices 8          # a cheaper run (same model)
+    python benchmarks/train_memory.py --device cuda --amp bf16 --both   # on a GPU: torch.cuda.max_memory_allocated
+
+The optimiser is the trainer's (:func:`raddiag.training.trainer.make_optimizer`, fused AdamW).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ def one_step(args) -> dict:
 
     from raddiag.config import preset
     from raddiag.models import build_model, stand_in_label_embeddings
+    from raddiag.training.trainer import make_optimizer
 
     torch.set_num_threads(args.threads)
     over = [f"data.depth={args.slices}", f"data.size={args.size}", f"data.max_scans={args.scans}",
@@ -33,29 +37,36 @@ def one_step(args) -> dict:
     cfg = preset(args.preset, over)
     torch.manual_seed(0)
     model = build_model(cfg, args.classes, stand_in_label_embeddings(cfg, args.classes))
-    model.train()
+    dev = torch.device(args.device)
+    model.to(dev).train()
     n_params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    opt = make_optimizer(model, cfg.train)
     B, N, D, S = 1, args.scans, args.slices, args.size
     batch = {"images": torch.rand(B, N, 1, D, S, S), "scan_mask": torch.ones(B, N, dtype=torch.bool),
              "slice_mask": torch.ones(B, N, D, dtype=torch.bool), "modality": torch.ones(B, N, dtype=torch.long)}
-    labels = torch.zeros(B, args.classes)
+    labels = torch.zeros(B, args.classes, device=dev)
     labels[:, 1] = 1
+    batch = {k: v.to(dev) for k, v in batch.items()}
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    gpu_before = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else 0
     t0 = time.time()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.amp == "bf16"):
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.amp == "bf16"):
         logits = model(**batch)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), labels)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_norm)
     opt.step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
     secs = time.time() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    if dev.type == "cuda":   # the GPU's figures in the same fields (bytes -> KiB)
+        peak, rss_before = torch.cuda.max_memory_allocated(dev) // 1024, gpu_before // 1024
     return {"preset": args.preset, "scans": N, "slices": D, "size": S, "classes": args.classes,
             "grad_checkpoint": args.checkpoint, "slice_chunk": args.chunk, "amp": args.amp,
             "params_M": round(n_params / 1e6, 1), "peak_rss_GiB": round(peak / 2**20, 2),
             "rss_before_step_GiB": round(rss_before / 2**20, 2), "step_seconds": round(secs, 1),
-            "threads": args.threads}
+            "threads": args.threads, "device": args.device}
 
 
 def main() -> int:
@@ -68,6 +79,7 @@ def main() -> int:
     p.add_argument("--chunk", type=int, default=8, help="model.slice_chunk: slices per checkpointed chunk")
     p.add_argument("--amp", choices=["none", "bf16"], default="none")
     p.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--device", default="cpu", help="cpu or cuda (then peak = torch.cuda.max_memory_allocated)")
     p.add_argument("--no-checkpoint", dest="checkpoint", action="store_false")
     p.add_argument("--both", action="store_true", help="measure with and without checkpointing")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -79,7 +91,8 @@ def main() -> int:
     for ck in settings:
         cmd = [sys.executable, __file__, "--child", "--preset", args.preset, "--scans", str(args.scans),
                "--slices", str(args.slices), "--size", str(args.size), "--classes", str(args.classes),
-               "--chunk", str(args.chunk), "--amp", args.amp, "--threads", str(args.threads)]
+               "--chunk", str(args.chunk), "--amp", args.amp, "--threads", str(args.threads),
+               "--device", args.device]
         if not ck:
             cmd.append("--no-checkpoint")
         res = subprocess.run(cmd, capture_output=True, text=True)
@@ -89,9 +102,10 @@ def main() -> int:
         r = json.loads(res.stdout.strip().splitlines()[-1])
         print(f"{r['preset']} preset, 1 case of {r['scans']} scans x {r['slices']} slices x {r['size']} px, "
               f"{r['classes']} classes, {r['params_M']} M parameters, grad_checkpoint={ck} "
-              f"(slice_chunk={r['slice_chunk']}), amp={r['amp']}: peak RSS {r['peak_rss_GiB']} GiB "
+              f"(slice_chunk={r['slice_chunk']}), amp={r['amp']}: peak {'RSS' if r['device'] == 'cpu' else 'GPU memory'} "
+              f"{r['peak_rss_GiB']} GiB "
               f"(model+optimiser before the step {r['rss_before_step_GiB']} GiB), one step {r['step_seconds']} s "
-              f"on {r['threads']} CPU threads")
+              f"on {r['device']} ({r['threads']} CPU threads)")
     return 0
 
 

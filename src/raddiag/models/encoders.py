@@ -42,14 +42,38 @@ RESNET_LAYERS = {
 }
 
 
+class GreyStemConv2d(nn.Conv2d):
+    """The stem of a backbone with ``in_channels`` > 1 that is fed grey slices (the release repeats
+    the slice to 3 channels): a 1-channel input is convolved with the weight summed over its input
+    channels, ``conv(repeat(x, 3), w) == conv(x, w.sum(1))`` up to float rounding, so the stem does a
+    third of the work and the repeated copy is never made. The sum is taken in ``forward``: the
+    weight's gradient is the summed weight's gradient for every input channel, as with the repeated
+    input. The weight keeps its ``[out, in_channels, k, k]`` shape (state dicts are unchanged); an
+    input with ``in_channels`` channels is convolved as usual. The inference twin
+    (:func:`raddiag.models.fastpath.fold_stem_channels`) stores the sum once instead."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1 and self.in_channels > 1 and self.groups == 1:
+            return self._conv_forward(x, self.weight.sum(1, keepdim=True), self.bias)
+        return super().forward(x)
+
+
 def make_resnet(spatial_dims: int, depth: int, inplanes: list[int], in_channels: int = 1) -> ResNet:
     """A MONAI ResNet laid out like torchvision's (7x7 stride-2 stem, 3x3 stride-2 max-pool,
-    no bias in the downsample conv) returning globally pooled features (no fc)."""
+    no bias in the downsample conv) returning globally pooled features (no fc). A 2D one with
+    ``in_channels`` > 1 takes grey slices too (:class:`GreyStemConv2d`)."""
     if depth not in RESNET_LAYERS:
         raise ValueError(f"unsupported ResNet depth {depth}; choose one of {sorted(RESNET_LAYERS)}")
     block, layers = RESNET_LAYERS[depth]
-    return ResNet(block, layers, list(inplanes), spatial_dims=spatial_dims, n_input_channels=in_channels,
-                  conv1_t_size=7, conv1_t_stride=2, feed_forward=False, bias_downsample=False)
+    net = ResNet(block, layers, list(inplanes), spatial_dims=spatial_dims, n_input_channels=in_channels,
+                 conv1_t_size=7, conv1_t_stride=2, feed_forward=False, bias_downsample=False)
+    if spatial_dims == 2 and in_channels > 1:
+        c = net.conv1
+        stem = GreyStemConv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation,
+                              c.groups, c.bias is not None)
+        stem.weight, stem.bias = c.weight, c.bias
+        net.conv1 = stem
+    return net
 
 
 def resnet_features(depth: int, inplanes: list[int]) -> int:
@@ -97,8 +121,9 @@ class ResNetViTEncoder(nn.Module):
     forward hook on ``slice_backbone.layer4`` receives the feature maps ``[s, C, h, w]``
     of the real slices only (``slice_mask & scan_mask[..., None]``, in the row-major
     order of ``(b, n, d)``), once per chunk of at most ``slice_chunk`` slices:
-    concatenate the chunks in call order. With ``in_channels=3`` the grey slice is
-    repeated to 3 channels before the backbone (the release's convention).
+    concatenate the chunks in call order. With ``in_channels=3`` the backbone sees the grey
+    slice as if repeated to 3 channels (the release's convention; folded into the stem,
+    :class:`GreyStemConv2d`).
     """
 
     def __init__(self, mc: ModelConfig, depth: int) -> None:
@@ -122,9 +147,8 @@ class ResNetViTEncoder(nn.Module):
     channels_last_training = False
 
     def slice_features(self, slices: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features ``[S, F]`` of ``[S, 1, H, W]`` slices, in chunks."""
-        if self.in_channels != slices.shape[1]:
-            slices = slices.expand(-1, self.in_channels, -1, -1)
+        """Pooled backbone features ``[S, F]`` of ``[S, 1, H, W]`` slices, in chunks (a grey slice
+        enters a 3-channel backbone as it is: :class:`GreyStemConv2d`)."""
         if self.channels_last and (self.channels_last_training or not self.training):
             slices = slices.contiguous(memory_format=torch.channels_last)
         n_chunks = -(-slices.shape[0] // self.slice_chunk)

@@ -64,11 +64,17 @@ class _OfficialAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor, need_attention: bool):
         B, L, d = x.shape
         q, k, v = (lin(x).view(B, L, self.heads, self.d_k).transpose(1, 2) for lin in self.linears[:3])
+        if not need_attention:
+            # torch's fused kernel (flash / memory-efficient on a GPU: the L x L map is never stored). Same
+            # result: a key the release fills with -1e9 weighs exactly 0 in fp32, as a masked-out one here (every
+            # caller puts a real [CLS] key first, so no row is all masked).
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+            return self.linears[3](out.transpose(1, 2).reshape(B, L, d)), None
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_k)
         scores = scores.masked_fill(~mask[:, None, None, :], -1e9)
         p = scores.softmax(-1)
         out = (p @ v).transpose(1, 2).reshape(B, L, d)
-        return self.linears[3](out), (p.mean(1) if need_attention else None)
+        return self.linears[3](out), p.mean(1)
 
 
 class _FFN(nn.Module):

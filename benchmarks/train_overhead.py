@@ -1,0 +1,168 @@
+"""What ``raddiag train`` costs on top of the model's own forward, backward and step (issue 29).
+
+    .venv/bin/python benchmarks/train_overhead.py [--recipes tiny demo official] [--rounds 3] [--cases 160]
+                                                  [--threads 2] [--device cuda --amp bf16]
+
+For each recipe (``tiny``; the demo's recipe, ``tiny`` + ``raddiag.demo.DEMO_RECIPE``; ``official`` at
+64 px x 8 slices), on a synthetic prepared dataset made once in a temporary folder:
+- raddiag: :func:`raddiag.training.train` for one epoch (at most ``--steps`` optimiser steps); the time
+  of its epoch loop (``TrainLoop.train_epoch``: data loading, augmentation, the sampler, the step,
+  logging) is taken, validation and checkpointing are not;
+- bare: a fresh model of the same config and seed stepping through the very batches that epoch
+  loaded, held in memory (BCE, + the key-slice term when the recipe has one, backward, clipping and
+  the trainer's AdamW), nothing else.
+Both in one process, interleaved (raddiag, bare, raddiag, ...); cases per second, the median of
+``--rounds``, and their ratio: raddiag / bare >= 0.9 means the framework costs at most 10 %.
+The machine may be shared: the load average is printed beside the figures.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+RECIPES = {"tiny": ("tiny", []), "demo": ("tiny", None), "official": ("official", ["data.size=64", "data.depth=8"])}
+
+
+def recipe_config(name: str, amp: str, extra: list[str]):
+    from raddiag.config import preset
+    from raddiag.demo import DEMO_RECIPE
+
+    base, over = RECIPES[name]
+    over = [o for o in DEMO_RECIPE if not o.startswith("train.epochs")] if over is None else over
+    return preset(base, [*over, "train.epochs=1", f"train.amp={amp}", *extra])
+
+
+class Recorder:
+    """Times ``TrainLoop.train_epoch`` and keeps the batches ``train_step`` was given."""
+
+    def __init__(self):
+        from raddiag.training import loop
+
+        self.loop, self.seconds, self.batches = loop, 0.0, []
+        self.epoch, self.step = loop.TrainLoop.train_epoch, loop.TrainLoop.train_step
+
+    def __enter__(self):
+        rec = self
+
+        def train_epoch(loop_self, *a, **k):
+            t = time.perf_counter()
+            out = rec.epoch(loop_self, *a, **k)
+            rec.seconds += time.perf_counter() - t
+            return out
+
+        def train_step(loop_self, batch, *a, **k):
+            rec.batches.append(batch)
+            return rec.step(loop_self, batch, *a, **k)
+
+        self.loop.TrainLoop.train_epoch, self.loop.TrainLoop.train_step = train_epoch, train_step
+        return self
+
+    def __exit__(self, *exc):
+        self.loop.TrainLoop.train_epoch, self.loop.TrainLoop.train_step = self.epoch, self.step
+
+
+def raddiag_epoch(data: Path, tmp: Path, cfg, emb, steps: int, device: str):
+    """(seconds of the epoch loop, the batches it trained on)."""
+    from raddiag.training import train
+
+    out = Path(tempfile.mkdtemp(dir=tmp))
+    with Recorder() as rec:
+        train(data, out / "run", cfg, label_embeddings=emb, progress=False, max_steps=steps, device=device)
+    return rec.seconds, rec.batches
+
+
+def bare_epoch(cfg, n_classes: int, emb, batches: list, device: torch.device) -> float:
+    """Seconds for the model's forward, loss, backward, clipping and AdamW over ``batches``."""
+    from raddiag.models import build_model, key_slice_attention_loss
+    from raddiag.training.trainer import make_optimizer
+
+    tc = cfg.train
+    torch.manual_seed(tc.seed)
+    model = build_model(cfg, n_classes, emb).to(device).train()
+    opt = make_optimizer(model, tc)
+    batches = [{k: v.to(device) for k, v in b.items() if torch.is_tensor(v)} for b in batches]
+    details = tc.key_slice_loss > 0
+    sync(device)
+    t = time.perf_counter()
+    for b in batches:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp == "bf16"):
+            out = model(**{k: b[k] for k in model.input_keys}, return_details=details)
+            loss = F.binary_cross_entropy_with_logits((out.logits if details else out).float(), b["labels"])
+            if details and out.slice_attention is not None:
+                loss = loss + tc.key_slice_loss * key_slice_attention_loss(out.slice_attention.float(),
+                                                                           b["key_slice"], b["slice_mask"])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    sync(device)
+    return time.perf_counter() - t
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(name: str, data: Path, tmp: Path, args) -> None:
+    from raddiag.data.store import PreparedData
+    from raddiag.models import stand_in_label_embeddings
+
+    cfg = recipe_config(name, args.amp, args.set)
+    n_classes = len(PreparedData(data).label_space(cfg.data.granularity))
+    emb = stand_in_label_embeddings(cfg, n_classes)
+    steps = args.steps[name] if name in args.steps else None
+    ours, bare = [], []
+    for r in range(args.rounds):
+        secs, batches = raddiag_epoch(data, tmp, cfg, emb, steps, args.device)
+        cases = sum(len(b["labels"]) for b in batches)
+        ours.append(cases / secs)
+        bare.append(cases / bare_epoch(cfg, n_classes, emb, batches, torch.device(args.device)))
+        print(f"  {name} round {r + 1}: {cases} cases, raddiag {ours[-1]:.2f} cases/s, bare {bare[-1]:.2f} "
+              f"cases/s; load {os.getloadavg()[0]:.1f}", flush=True)
+    o, b = statistics.median(ours), statistics.median(bare)
+    print(f"{name:<9} raddiag train {o:7.2f} cases/s   bare model {b:7.2f} cases/s   raddiag / bare = {o / b:.2f}x "
+          f"({cfg.preset}, {cfg.model.encoder}, {cfg.data.size} px x {cfg.data.depth}, batch {cfg.train.batch_size}, "
+          f"{cfg.train.num_workers} loader workers)", flush=True)
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--cases", type=int, default=160, help="synthetic cases (70 %% train)")
+    p.add_argument("--official-steps", type=int, default=6, help="optimiser steps of the official epoch")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--amp", choices=["none", "bf16"], default="none")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override of every recipe")
+    args = p.parse_args()
+    args.steps = {"official": args.official_steps}
+    return args
+
+
+def main() -> int:
+    from raddiag.data.synth import synthesize
+
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"train overhead: {args.threads} thread(s), {args.device}, amp {args.amp}, torch {torch.__version__}; "
+          f"median of {args.rounds} interleaved rounds", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        synthesize(data, n_cases=args.cases, seed=0, size=64, depth=8)
+        for name in args.recipes:
+            measure(name, data, Path(tmp), args)
+    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

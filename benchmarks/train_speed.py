@@ -1,0 +1,345 @@
+"""One training step of the release's early-fusion model: raddiag against the authors' code (issue 29).
+
+    PYTHONPATH=src /work/sidevenv/bin/python benchmarks/train_speed.py AUTHORS_RP3D_DEMO_DIR
+        [--scans 2] [--slices 16] [--size 128] [--reps 5] [--threads 2] [--device cuda --amp bf16]
+
+AUTHORS_RP3D_DEMO_DIR is the ``RP3D_Demo`` folder of the authors' repository (github.com/qiaoyu-zheng/
+RP3D-Diag, checked out outside this repository; its root works too). Their ``Model/modelRadNet.py``
+(which imports ``resAttention.py``, ``vitFuse.py``, ``resnet2D.py``, ``transformer_encoder/`` and
+``Loss/AllLosses.py``) is imported from there at run time; nothing of it is copied here.
+
+Their code needs torchvision, whose compiled ops cannot load beside the project's CPU torch 2.13.0,
+so this benchmark runs in a side virtual environment outside the repository, with raddiag from
+this checkout's ``src`` on PYTHONPATH (both sides then run on the same torch)::
+
+    python3 -m venv /work/sidevenv
+    /work/sidevenv/bin/pip install torch==2.14.1 torchvision==0.29.1 monai einops safetensors \\
+        pyyaml matplotlib tqdm scipy
+
+Of their imports the model needs torch, torchvision, einops, monai (their augmentation objects are
+built at import), safetensors and matplotlib (``Utils/utils.py``); ``transformers`` serves only
+their knowledge-enhanced head (``ke=True``, off in the release) and is replaced by a stub. Their
+``RadNet.__init__`` downloads torchvision's ImageNet ResNet-50; that call is made without weights,
+since both models then get the same weights anyway.
+
+What is compared, in one process, interleaved (theirs, ours, theirs, ours, ...), the median of
+``--reps`` steps after one warm-up step each:
+- theirs: ``RadNet(fuse="early", augment=False)`` as their ``train.sh`` builds it (ResNet-50, 1-layer
+  slice transformer, 2-layer 4-head fusion, MLP head, 5,569 classes); the step their Hugging Face
+  Trainer takes (``optim="adamw_torch"``, lr 1e-5, weight decay 0, ``max_grad_norm`` 1.0): the loss
+  their forward returns (BCE + 0.001 x the key-slice attention KL), backward, clipping, AdamW, zero grad;
+- ours: raddiag's ``official`` preset holding the same weights (their state dict through
+  ``raddiag.models.official``, the importer), the trainer's loss (BCE + ``train.key_slice_loss`` x
+  :func:`raddiag.models.key_slice_attention_loss`), clipping and the trainer's optimiser
+  (:func:`raddiag.training.trainer.make_optimizer`).
+Same batch (one case of ``--scans`` CT scans x ``--slices`` x ``--size`` px, a key slice per scan,
+a few positive classes), augmentation off. The losses of the first steps are printed side by side
+(they agree to 1e-4 in fp32). ``--set`` passes overrides to our config (e.g.
+``model.grad_checkpoint=false``).
+
+Also printed: the machine's fp32 matmul rate (a 2048^3 matmul, measured between the steps) and the
+fraction of it each step reaches, counting the architecture's forward and backward FLOPs once
+(``torch.utils.flop_counter`` on their step; recomputation is not useful work); the load average
+(the machine may be shared: the ratio of interleaved medians is the figure to read). Peak memory is
+measured in a child process per side (so the peaks do not mix): the CPU's peak RSS (VmHWM), or
+``torch.cuda.max_memory_allocated`` on a GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+WIDTH, CLASSES = 2048, 5569
+
+
+def fail(where, reason: str) -> None:
+    print(f"raddiag: error: {where}: {reason}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+# -- the authors' model ---------------------------------------------------------------------------
+def demo_folder(root: Path) -> Path:
+    for cand in (root, root / "RP3D_Demo"):
+        if (cand / "Model" / "modelRadNet.py").is_file() and (cand / "Model" / "resAttention.py").is_file():
+            return cand
+    fail(root, "not the authors' RP3D_Demo folder (no Model/modelRadNet.py and Model/resAttention.py)")
+
+
+def authors_radnet(root: Path, depth: int, size: int, classes: int):
+    """Their ``RadNet`` with the release's early-fusion settings (random weights, seeded)."""
+    demo = demo_folder(root)
+    sys.path[:0] = [str(demo), str(demo / "Model")]
+    # only their knowledge-enhanced head (ke=True) uses transformers: a stub keeps it out
+    sys.modules.setdefault("transformers", types.SimpleNamespace(AutoModel=None, BertConfig=None,
+                                                                 AutoTokenizer=None))
+    try:
+        import modelRadNet
+    except ModuleNotFoundError as exc:
+        fail(demo, f"their code needs the module {exc.name!r}, missing in {sys.executable}; run this benchmark "
+                   "in the side venv its --help describes")
+
+    tv_resnet50 = modelRadNet.resnet50_2D
+    # their __init__ asks torchvision for ImageNet weights (a download): both sides get the same weights later
+    modelRadNet.resnet50_2D = lambda weights=None, **kw: tv_resnet50(weights=None, **kw)
+    torch.manual_seed(0)
+    return modelRadNet.RadNet(num_cls=classes, backbone="resnet", size=size, depth=depth, hid_dim=WIDTH,
+                              ltype="MultiLabel", augment=False, fuse="early", ke="False", adapter="False")
+
+
+def raddiag_twin(state: dict, size: int, classes: int, overrides: list[str]):
+    """raddiag's ``official`` preset with the release-layout ``state`` (the importer's path)."""
+    from raddiag.models import build_model
+    from raddiag.models.official import load_official_state, map_official_keys, official_config
+
+    mapped = map_official_keys(state)
+    cfg = official_config(mapped)
+    cfg.data.size = size
+    cfg.override(overrides)
+    model = build_model(cfg, classes)
+    load_official_state(model, mapped)
+    return model
+
+
+# -- the batch and one step of each ------------------------------------------------------------
+def make_batch(scans: int, depth: int, size: int, classes: int, device) -> tuple[dict, tuple]:
+    """One case: ours in raddiag's batch layout, theirs as their collator gives it."""
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(1, scans, 1, depth, size, size, generator=g)
+    labels = torch.zeros(1, classes)
+    labels[0, torch.randperm(classes, generator=g)[:3]] = 1
+    keys = torch.randint(0, depth, (1, scans), generator=g)
+    mods = torch.arange(1, scans + 1)[None]          # CT ids 1, 2, 3 in the release's modality table
+    ours = {"images": images, "scan_mask": torch.ones(1, scans, dtype=torch.bool),
+            "slice_mask": torch.ones(1, scans, depth, dtype=torch.bool), "modality": mods,
+            "key_slice": keys, "labels": labels}
+    theirs = (images.permute(0, 1, 2, 4, 5, 3).contiguous(), mods, torch.ones(1, scans, depth), keys, labels)
+    return {k: v.to(device) for k, v in ours.items()}, tuple(t.to(device) for t in theirs)
+
+
+def autocast(device, amp: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
+
+
+def their_step(model, opt, batch, amp: str) -> float:
+    """Their Trainer's step: the loss from their forward, backward, clip at 1.0, AdamW, zero grad."""
+    with autocast(batch[0].device, amp):
+        loss = model(*batch)["loss"]
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+def our_step(model, opt, batch, amp: str) -> float:
+    """The trainer's step: BCE + key_slice_loss x the key-slice KL, backward, clip, AdamW, zero grad."""
+    from raddiag.models import key_slice_attention_loss
+
+    tc = model.cfg.train
+    with autocast(batch["images"].device, amp):
+        out = model(**{k: batch[k] for k in model.input_keys}, return_details=True)
+        loss = F.binary_cross_entropy_with_logits(out.logits.float(), batch["labels"])
+        loss = loss + tc.key_slice_loss * key_slice_attention_loss(out.slice_attention.float(), batch["key_slice"],
+                                                                   batch["slice_mask"])
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_norm)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+def their_optimizer(model):
+    return torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)   # HF "adamw_torch", train.sh
+
+
+def our_optimizer(model):
+    from raddiag.training.trainer import make_optimizer
+
+    return make_optimizer(model, model.cfg.train)
+
+
+# -- measuring ----------------------------------------------------------------------------------
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_rate(device, n: int = 2048, reps: int = 3) -> float:
+    """fp32 FLOP/s of an n^3 matmul (the best of ``reps``)."""
+    a, b = torch.rand(n, n, device=device), torch.rand(n, n, device=device)
+    best = float("inf")
+    for _ in range(reps):
+        sync(device)
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def step_flops(model, batch) -> float:
+    """Forward + backward FLOPs of their step (the architecture's work, counted once)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        model(*batch)["loss"].backward()
+    model.zero_grad(set_to_none=True)
+    return float(fc.get_total_flops())
+
+
+def peak_bytes(device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    # VmHWM, not ru_maxrss: a child's ru_maxrss keeps the high-water mark of the parent it was forked from
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# -- peak memory, one child process per side ---------------------------------------------------
+def child(args) -> dict:
+    """Build one side from the saved weights, take two steps (the second with AdamW's state), report."""
+    device = torch.device(args.device)
+    state = torch.load(args.state, map_location="cpu", weights_only=True)
+    if args.child == "theirs":
+        model = authors_radnet(Path(args.authors), args.slices, args.size, args.classes)
+        model.load_state_dict(state)
+    else:
+        model = raddiag_twin(state, args.size, args.classes, args.set)
+    del state
+    model.to(device).train()
+    opt = (their_optimizer if args.child == "theirs" else our_optimizer)(model)
+    ours, theirs = make_batch(args.scans, args.slices, args.size, args.classes, device)
+    step, batch = (their_step, theirs) if args.child == "theirs" else (our_step, ours)
+    before = rss_bytes() if device.type == "cpu" else torch.cuda.memory_allocated(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    losses = [step(model, opt, batch, args.amp) for _ in range(2)]
+    return {"peak": peak_bytes(device), "before": before, "losses": losses}
+
+
+def measure_memory(args, state: dict) -> dict:
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "weights.pt"
+        torch.save(state, path)
+        for side in ("theirs", "ours"):
+            cmd = [sys.executable, __file__, args.authors, "--child", side, "--state", str(path),
+                   *[f"--{k}={getattr(args, k)}" for k in ("scans", "slices", "size", "classes", "threads",
+                                                            "device", "amp")],
+                   *[f"--set={s}" for s in args.set]]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode:
+                sys.exit(f"the {side} memory run failed:\n{res.stderr[-3000:]}")
+            out[side] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
+
+
+# -- the comparison ----------------------------------------------------------------------------
+def interleaved(args, their, ours, tb, ob, device):
+    t_opt, o_opt = their_optimizer(their), our_optimizer(ours)
+    times = {"theirs": [], "ours": []}
+    losses = {"theirs": [], "ours": []}
+    rates = []
+    for r in range(args.reps + 1):            # round 0 warms up (and allocates AdamW's state)
+        for side, model, opt, batch, step in (("theirs", their, t_opt, tb, their_step),
+                                              ("ours", ours, o_opt, ob, our_step)):
+            sync(device)
+            t = time.perf_counter()
+            losses[side].append(step(model, opt, batch, args.amp))
+            sync(device)
+            if r:
+                times[side].append(time.perf_counter() - t)
+        rates.append(matmul_rate(device))
+        print(f"  round {r}{' (warm-up)' if not r else ''}: theirs {losses['theirs'][-1]:.6f} "
+              f"ours {losses['ours'][-1]:.6f}; load {os.getloadavg()[0]:.1f}", flush=True)
+    return times, losses, rates
+
+
+def report(args, times, losses, rates, flops, mem, device) -> None:
+    gib = 2 ** 30
+    rate = statistics.median(rates)
+    t_med, o_med = statistics.median(times["theirs"]), statistics.median(times["ours"])
+    d0 = abs(losses["theirs"][0] - losses["ours"][0])
+    print(f"\nloss of the first step from the same weights: theirs {losses['theirs'][0]:.6f}, ours "
+          f"{losses['ours'][0]:.6f} (|diff| {d0:.1e}: {'agree to 1e-4' if d0 <= 1e-4 else 'DIFFER'})")
+    print(f"matmul rate {rate / 1e9:.0f} GFLOP/s (fp32 2048^3, median of the rounds); the step's forward + "
+          f"backward {flops / 1e9:.0f} GFLOP")
+    for side, med in (("theirs", t_med), ("ours", o_med)):
+        ts = times[side]
+        print(f"  {side:<6} step {med:7.2f} s (min {min(ts):.2f}, max {max(ts):.2f})  "
+              f"{flops / med / 1e9:5.0f} GFLOP/s = {flops / med / rate:4.0%} of the matmul rate")
+    print(f"step time: ours / theirs = {o_med / t_med:.2f}x")
+    if mem:
+        for side in ("theirs", "ours"):
+            m = mem[side]
+            print(f"  {side:<6} peak {m['peak'] / gib:5.2f} GiB ({'peak RSS' if device.type == 'cpu' else 'cuda'}"
+                  f"; {m['before'] / gib:.2f} GiB with the model and batch, before the steps)")
+        print(f"peak memory: ours / theirs = {mem['ours']['peak'] / mem['theirs']['peak']:.2f}x")
+    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("authors", nargs="?", default=os.environ.get("RADDIAG_AUTHORS_DIR"),
+                   help="the authors' RP3D_Demo folder (or their repository's root; default $RADDIAG_AUTHORS_DIR)")
+    p.add_argument("--scans", type=int, default=2)
+    p.add_argument("--slices", type=int, default=16)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--classes", type=int, default=CLASSES)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--amp", choices=["none", "bf16"], default="none", help="bf16 autocast for both sides")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override of our config")
+    p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory runs")
+    p.add_argument("--child", choices=["theirs", "ours"], help=argparse.SUPPRESS)
+    p.add_argument("--state", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main() -> int:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(child(args)))
+        return 0
+    if not args.authors:   # `make bench` runs every benchmark without arguments
+        print("train_speed: skipped: give the authors' RP3D_Demo folder (or set RADDIAG_AUTHORS_DIR); see --help")
+        return 0
+    device = torch.device(args.device)
+    demo_folder(Path(args.authors))
+    their = authors_radnet(Path(args.authors), args.slices, args.size, args.classes)
+    state = {k: v.detach().clone() for k, v in their.state_dict().items()}
+    ours = raddiag_twin(state, args.size, args.classes, args.set)
+    their.to(device).train()
+    ours.to(device).train()
+    ob, tb = make_batch(args.scans, args.slices, args.size, args.classes, device)
+    print(f"train step, release early-fusion model, 1 case of {args.scans} CT scans x {args.slices} slices x "
+          f"{args.size} px, {args.classes} classes; {args.device}, amp {args.amp}, {args.threads} thread(s), "
+          f"torch {torch.__version__}; our overrides: {args.set or 'none'}", flush=True)
+    times, losses, rates = interleaved(args, their, ours, tb, ob, device)
+    flops = step_flops(their, tb)
+    del their, ours
+    mem = measure_memory(args, state) if args.memory else None
+    report(args, times, losses, rates, flops, mem, device)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
