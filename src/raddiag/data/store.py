@@ -33,7 +33,7 @@ from raddiag.data.volume import DEFAULT_LIMITS, Limits
 from raddiag.jsonl import iter_jsonl
 from raddiag.data.splits import assign_splits
 from raddiag.data.workers import forkserver_pool, map_in_order, stop_pool, worker_processes_allowed
-from raddiag.staging import discard, make_stage, sweep_stale
+from raddiag.staging import LOCK, discard, make_stage, sweep_stale
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -147,7 +147,8 @@ def prepare_cases(
             raise ValueError(f"no usable case: all {report.cases_in} cases were skipped ({first})")
         (out / "meta.json").unlink(missing_ok=True)   # an interrupted swap leaves no valid-looking mix
         for f in sorted(tmp.iterdir(), key=lambda f: f.name == "meta.json"):   # meta.json last
-            os.replace(f, out / f.name)
+            if f.name != LOCK:                                                   # the stage's own lock stays
+                os.replace(f, out / f.name)
     finally:
         discard(tmp)
         if created and out.is_dir() and not any(out.iterdir()):

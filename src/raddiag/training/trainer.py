@@ -508,7 +508,7 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
     seed_everything(tc.seed, tc.deterministic)
     adopt_data_windows(cfg.data, data.meta, data.root)
     labels = data.label_space(cfg.data.granularity)
-    if train_indices is not None:
+    if train_indices is not None and not isinstance(data, ShardData):   # shards refuse subsets (_train_data)
         labels = _counted_on(labels, data, cfg, train_indices, CaseDataset)
     if resume:
         run.check_label_space(labels, data.root)
