@@ -19,7 +19,7 @@ def register(subparsers) -> None:
                        description="Read SOURCE with the adapter --format, resize / resample / scale every scan, and "
                                    "write a prepared dataset to --out. Unusable scans are skipped and listed in "
                                    "OUT/report.txt (--strict stops at the first).")
-    p.add_argument("source", help="the dataset folder or file (JSON, manifest .jsonl, .npz)")
+    p.add_argument("source", help="the dataset folder or file (JSON, manifest .jsonl or .csv, .npz)")
     p.add_argument("--format", required=True, choices=sorted(ADAPTERS), help="source layout")
     p.add_argument("--out", required=True, help="output folder of the prepared dataset")
     p.add_argument("--size", type=int, default=256, help="slice size in pixels (default 256)")

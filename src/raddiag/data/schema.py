@@ -1,7 +1,8 @@
 """The manifest schema, checked before anything is read: every problem of every line is reported
 at once as ``PATH:LINE: field: what is wrong`` (:class:`ManifestError`).
 
-A case record (README, "Your own data")::
+A case record (README, "Your own data"; a ``.csv`` / ``.tsv`` manifest is turned into the same
+records first, :mod:`raddiag.data.manifest_csv`)::
 
     {"id": "c1", "scans": [{"path": "ct.nii.gz", "modality": "CT"}], "labels": ["Pneumonia"],
      "icd10": ["J18"], "split": "train", "patient": "p1", "anatomy": "Chest", "meta": {}}
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from raddiag.data.case import SPLITS
+from raddiag.data.manifest_csv import is_csv, scan_csv
 from raddiag.jsonl import scan_jsonl
 
 _OPT_STR = ("a string or null", lambda v: v is None or isinstance(v, str))
@@ -44,13 +46,20 @@ CASE_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
 }
 
 
+SHOWN_PROBLEMS = 20   # in the message; ``ManifestError.problems`` keeps them all
+
+
 class ManifestError(ValueError):
-    """Every schema problem of a manifest, one ``PATH:LINE: field: what is wrong`` per line."""
+    """Every schema problem of a manifest (``.problems``), one ``PATH:LINE: field: what is wrong``
+    each; the message shows the first :data:`SHOWN_PROBLEMS` (a CSV given as JSON Lines made a
+    one-line error of 321 problems, 17 KB)."""
 
     def __init__(self, path, problems: list[str]):
         self.path, self.problems = str(path), problems
+        more = len(problems) - SHOWN_PROBLEMS
         super().__init__(f"{path}: {len(problems)} problem(s) in the manifest, nothing was read:\n"
-                         + "\n".join(problems))
+                         + "\n".join(problems[:SHOWN_PROBLEMS])
+                         + (f"\n... and {more} more problem(s)" if more > 0 else ""))
 
 
 def _show(v: Any) -> str:
@@ -90,6 +99,13 @@ def case_problems(rec: dict) -> list[str]:
     return out
 
 
+def _looks_like_csv(path: Path) -> bool:
+    """Whether a file given as JSON Lines begins like a CSV / TSV header instead."""
+    with path.open("rb") as f:
+        first = f.readline(4096).decode("utf-8", "replace").strip()
+    return not first.startswith(("{", "[")) and ("," in first or "\t" in first)
+
+
 def validate_manifest(path: str | Path) -> list[tuple[str, dict]]:
     """``(PATH:LINE, record)`` of every case of a manifest whose every line follows the schema;
     otherwise :class:`ManifestError` listing all problems (bad UTF-8 / JSON, types, missing
@@ -97,7 +113,7 @@ def validate_manifest(path: str | Path) -> list[tuple[str, dict]]:
     path = Path(path)
     problems, records = [], []
     first: dict[str, str] = {}
-    for where, rec, problem in scan_jsonl(path, "manifest"):
+    for where, rec, problem in (scan_csv(path) if is_csv(path) else scan_jsonl(path, "manifest")):
         if problem:
             problems.append(f"{where}: {problem}")
             continue
@@ -110,6 +126,9 @@ def validate_manifest(path: str | Path) -> list[tuple[str, dict]]:
         records.append((where, rec))
     if not records and not problems:
         problems.append(f"{path}: holds no cases (every line is blank or a comment)")
+    if not records and problems and not is_csv(path) and _looks_like_csv(path):
+        problems.insert(0, f"{path}: not JSON Lines: its first line looks like a CSV header; a CSV manifest "
+                           "is read as such when its name ends in .csv (README 'A CSV manifest')")
     if problems:
         raise ManifestError(path, problems)
     return records

@@ -12,7 +12,8 @@ def _add_inputs(p) -> None:
     """The cases of ``predict`` / ``embed``: CASE arguments, --manifest or --data, and how to run them."""
     p.add_argument("run", help="run folder (config.yaml, label_space.json, model.safetensors)")
     p.add_argument("cases", nargs="*", metavar="CASE")
-    p.add_argument("--manifest", default=None, metavar="JSONL", help="the cases of a manifest (labels ignored)")
+    p.add_argument("--manifest", default=None, metavar="FILE",
+                   help="the cases of a manifest, .jsonl or .csv (labels ignored)")
     p.add_argument("--data", default=None, metavar="DIR", help="the cases of a prepared dataset (raddiag data prepare)")
     p.add_argument("--split", default=None, help="with --data: only this split (default: every case)")
     p.add_argument("--modality", nargs="+", default=None,

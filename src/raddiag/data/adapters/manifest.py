@@ -1,4 +1,4 @@
-"""A JSON Lines manifest of cases (see README, "Your own data"): the format users write by hand.
+"""A manifest of cases, JSON Lines or CSV (see README, "Your own data"): the format users write by hand.
 
 The whole file is checked against the schema first (:mod:`raddiag.data.schema`); records are
 read with :meth:`Case.from_dict`; a scan with an unknown modality is not fatal
@@ -17,9 +17,9 @@ from raddiag.data.schema import validate_manifest
 def load_manifest(source: Path, **_) -> AdapterResult:
     source = Path(source)
     if source.is_dir():
-        found = sorted(source.glob("*.jsonl"))
+        found = sorted(p for p in source.iterdir() if p.suffix.lower() in (".jsonl", ".csv", ".tsv"))
         if len(found) != 1:
-            raise ValueError(f"{source}: expected one .jsonl manifest in the folder, found {len(found)}; "
+            raise ValueError(f"{source}: expected one manifest (.jsonl, .csv) in the folder, found {len(found)}; "
                              "give the file itself")
         source = found[0]
     result = AdapterResult(cases=[])
