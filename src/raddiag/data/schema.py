@@ -125,7 +125,8 @@ def validate_manifest(path: str | Path) -> list[tuple[str, dict]]:
             first[cid] = where
         records.append((where, rec))
     if not records and not problems:
-        problems.append(f"{path}: holds no cases (every line is blank or a comment)")
+        problems.append(f"{path}: holds no cases ("
+                        + ("no row under the header)" if is_csv(path) else "every line is blank or a comment)"))
     if not records and problems and not is_csv(path) and _looks_like_csv(path):
         problems.insert(0, f"{path}: not JSON Lines: its first line looks like a CSV header; a CSV manifest "
                            "is read as such when its name ends in .csv (README 'A CSV manifest')")
