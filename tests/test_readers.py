@@ -128,6 +128,9 @@ def test_scans_in_folder_groups_series_and_needs_modality_for_other_files(tmp_pa
         scans_in_folder(case)
     scans = scans_in_folder(case, modality="X-ray")
     assert sorted(s.modality for s in scans) == ["CT", "MRI", "X-ray"]
+    assert sorted(s.id for s in scans if s.modality != "X-ray") == ["ct:1.1", "ct:2.2"]
+    series = scans_in_folder(case / "ct")                      # a series folder given as the case
+    assert sorted(s.id for s in series) == ["ct:1.1", "ct:2.2"]   # was ".:1.1": the folder went unnamed
     with pytest.raises(FileNotFoundError):
         scans_in_folder(tmp_path / "absent")
     (tmp_path / "empty").mkdir()

@@ -110,7 +110,9 @@ def scans_in_folder(folder: str | Path, modality: Optional[str] = None, recursiv
         else:
             skipped.setdefault("not a scan type", []).append(str(p.relative_to(folder)))
     for uid, paths in series.items():
-        where = paths[0].parent.relative_to(folder) if paths[0].parent != folder else "."
+        # a series lying in the case folder itself is named by that folder (it was ".:UID", which
+        # the predict table and the saliency caption showed a user)
+        where = paths[0].parent.relative_to(folder) if paths[0].parent != folder else (folder.resolve().name or ".")
         scans.append(Scan(paths=[str(p) for p in paths], modality=series_mod[uid],
                           id=str(paths[0].relative_to(folder)) if uid.startswith("file:") else f"{where}:{uid[-12:]}"))
     if not scans:
