@@ -343,8 +343,10 @@ def default_knowledge_encoder(progress: bool = True) -> Path:
     on ICD-10-CM and the built-in synonym sources), cached as the demo caches it
     (:func:`cached_encoder_dir`); fine-tuned there first when missing (minutes; a broken run resumes)."""
     out = cached_encoder_dir()
-    if _finished_run(out, DEFAULTS["steps"]) is None:
-        log.info("no fine-tuned knowledge encoder in %s: fine-tuning one (%d steps)", out, DEFAULTS["steps"])
+    if _finished_run(out, DEFAULTS["steps"]) is not None:   # logs "reusing it" (once: it was twice)
+        return out
+    log.info("first use: fine-tuning the knowledge encoder once (%d steps; 2-6 min on 2 CPU cores), cached in "
+             "%s for every later run (--knowledge-encoder DIR gives another)", DEFAULTS["steps"], out)
     train_knowledge_encoder(out, steps=DEFAULTS["steps"], progress=progress)
     return out
 
