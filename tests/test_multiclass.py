@@ -112,6 +112,19 @@ def test_two_labels_on_a_case_are_refused_naming_it(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_finetune_of_a_single_label_run_onto_multi_label_data_says_how(trained, tmp_path, capsys):
+    """Fine-tuning keeps the source run's task: a new user's multiclass run fine-tuned onto
+    multi-label data was told to 'set data.task=multilabel', not where or that it was inherited."""
+    _, run = trained
+    data = make_tiny_data(tmp_path, n_cases=12)       # cases with two classes
+    args = ["finetune", str(run), "--data", str(data), "--out", str(tmp_path / "ft"), "--fraction", "1",
+            "--epochs", "1", "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "pass --set data.task=multilabel (finetune keeps its source run's task unless told)" in err
+    assert main(args + ["--set", "data.task=multilabel"]) == 0
+
+
 def test_finetune_onto_a_single_label_target(tmp_path):
     from raddiag.serving.sample import make_tiny_run
 

@@ -74,7 +74,8 @@ def check_single_label(labels: np.ndarray, case_ids: Optional[Sequence[str]] = N
         shown = "; ".join(one(int(i)) for i in bad[:5]) + (f"; ... ({bad.size - 5} more)" if bad.size > 5 else "")
         raise ValueError(f"{where}: data.task=multiclass needs exactly one class per case, but {bad.size} "
                          f"case(s) carry {'several or none' if (n[bad] == 0).any() else 'several'} ({shown}); "
-                         "set data.task=multilabel for cases with several findings")
+                         "for cases with several findings pass --set data.task=multilabel (finetune keeps "
+                         "its source run's task unless told)")
     return labels.argmax(1)
 
 
