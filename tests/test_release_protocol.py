@@ -140,3 +140,16 @@ def test_evaluate_protocol_release_prints_and_writes_it(tmp_path, capsys):
     ref = compute_metrics(y, logits, "articles")
     assert m["release_protocol"]["tail"]["recall_at_fpr_0.05"] == pytest.approx(ref["tail"]["recall_at_fpr_0.05"])
     assert m["release_protocol"]["head"]["n_classes"] == 85
+
+
+def test_a_small_label_space_is_told_its_classes_all_lie_in_head():
+    """A new user's 2-class run printed 'head 0-84, medium 85-554, tail 555+' and a head row of
+    both classes, without a word that the release's ranges cannot split such a label space."""
+    from raddiag.evaluation.release import format_release_protocol
+
+    logits, y = _logits(1, 80, 2, None)
+    res = release_protocol(sigmoid(logits), y)
+    assert res["head"]["n_classes"] == 2 and res["medium"]["n_classes"] == 0
+    assert "all 2 classes here lie in head" in format_release_protocol(res).splitlines()[0]
+    x, t = _logits(1, 80, 600, None)
+    assert "lie in head" not in release_protocol(sigmoid(x), t)["meta"]["groups"]

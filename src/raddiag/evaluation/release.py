@@ -108,8 +108,12 @@ def release_protocol(scores, labels, granularity: str = "disorder") -> dict:
         out[g] = {k: (float(np.mean(per[k][defined])) if defined.any() else None) for k in RELEASE_METRICS}
         out[g]["n_classes"] = int(defined.sum())
     a, b = RELEASE_GROUP_CUTS[granularity]
+    groups = f"label order ranges: head 0-{a - 1}, medium {a}-{b - 1}, tail {b}+"
+    if len(per["auc"]) <= a:   # a user's own label space: the release's ranges put every class in head
+        groups += (f"; all {len(per['auc'])} classes here lie in head: the ranges are the release's label order, "
+                   "sorted by its training counts")
     out["meta"] = {"protocol": "release (RP3D-Diag src/Eval/eval.py)", "granularity": granularity,
-                   "groups": f"label order ranges: head 0-{a - 1}, medium {a}-{b - 1}, tail {b}+",
+                   "groups": groups,
                    "f1max": "maximal F1 on the evaluated split itself (optimistic); MCC at that threshold",
                    "recall_at_fpr": "TPR at the ROC point with the nearest FPR (may exceed the target)"}
     return out
