@@ -113,6 +113,26 @@ def test_the_class_distribution_plot_is_readable():
     plt.close(fig)
 
 
+def test_the_class_distribution_bars_are_the_training_counts_the_group_lines_are_drawn_on():
+    """The bars were every split's cases, the head / medium lines training counts: COVID-19, a
+    medium class of 82 training cases, stood above the 'head >= 100' line at 119."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from raddiag.data.stats import _class_panel
+
+    c = {"cases_per_class": {"COVID-19": 119, "Normal": 3, "ARDS": 8, "Influenza": 1},
+         "train_counts": {"Normal": 3, "COVID-19": 82, "ARDS": 7, "Influenza": 0},
+         "groups": {"head": 1, "medium": 1, "tail": 2}}
+    fig, ax = plt.subplots()
+    _class_panel(ax, "disorder", c)
+    assert [round(b.get_height()) for b in ax.patches] == [82, 7]
+    assert ax.get_ylabel() == "training cases (log scale)" and "(+1 without training cases)" in ax.get_title()
+    plt.close(fig)
+
+
 def test_prepare_names_cases_with_more_scans_of_a_modality_than_the_caps_keep(tmp_path, capsys):
     rows = []
     for i in range(4):

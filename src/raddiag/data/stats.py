@@ -143,12 +143,18 @@ NAMED_BARS = 30     # up to this many classes: a bar per class, named; more: the
 
 
 def _class_panel(ax, gran: str, c: dict) -> None:
-    """Cases per abnormal class (log scale): named bars for a few classes, the long-tail curve by
-    rank for many; the head / medium cut-offs dotted; the group counts under a two-line title."""
+    """Training cases per abnormal class (log scale; the cases of every split where the training
+    counts are not given): named bars for a few classes, the long-tail curve by rank for many; the
+    head / medium cut-offs, which are training counts, dotted; the group counts under a two-line
+    title. (Bars of all splits' cases beside cut-offs of training cases showed a medium class of
+    82 training cases above the head line.)"""
     from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-    pairs = sorted(((n, v) for n, v in c["cases_per_class"].items() if n != NORMAL and n not in MISSING.values()),
-                   key=lambda x: -x[1])
+    what = "training cases" if "train_counts" in c else "cases"
+    abnormal = [(n, v) for n, v in c.get("train_counts", c["cases_per_class"]).items()
+                if n != NORMAL and n not in MISSING.values()]
+    pairs = sorted(((n, v) for n, v in abnormal if v > 0), key=lambda x: -x[1])
+    unseen = len(abnormal) - len(pairs)
     counts = [v for _, v in pairs]
     if len(pairs) <= NAMED_BARS:
         ax.bar_label(ax.bar(range(1, len(counts) + 1), counts, color="tab:blue"), fontsize=8)
@@ -171,9 +177,10 @@ def _class_panel(ax, gran: str, c: dict) -> None:
         ax.annotate(f"{name}\n>= {thr}", (1.01, thr), xycoords=("axes fraction", "data"), ha="left", va="center",
                     fontsize=8, color="grey", annotation_clip=False)      # beside the axes: never on a bar
     g = c["groups"]
-    ax.set_title(f"{gran}: {len(counts)} abnormal class(es)\nby training cases: head {g['head']} (incl. Normal), "
-                 f"medium {g['medium']}, tail {g['tail']}", fontsize=10)
-    ax.set_ylabel("cases (log scale)")
+    ax.set_title(f"{gran}: {len(counts)} abnormal class(es)" + (f" (+{unseen} without training cases)" if unseen else "")
+                 + f"\nby training cases: head {g['head']} (incl. Normal), medium {g['medium']}, tail {g['tail']}",
+                 fontsize=10)
+    ax.set_ylabel(f"{what} (log scale)")
 
 
 def write_stats(data_dir: str | Path, out_dir: Optional[str | Path] = None, plots: bool = True) -> tuple[dict, Path]:
