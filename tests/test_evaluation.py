@@ -82,6 +82,21 @@ def test_groups_anatomy_and_exclusions(tmp_path):
     assert z["scores"].shape == (400, C) and z["anatomy"].shape == (400,)
 
 
+def test_the_printed_summary_says_how_many_classes_each_average_holds():
+    """The terminal table did not say that 'all' averaged 7 of a user's 14 classes (the rest had
+    no positive case in a 33-case test split): the report said it, the terminal did not."""
+    from raddiag.evaluation.summary import evaluation_summary
+
+    space = _space()
+    s, y, _ = _preds(2, 400)
+    y[:, 10] = False                      # a tail class without test positives
+    y[:, 11] = True                       # one without test negatives
+    m = evaluate_predictions(s, y, space, n_boot=0)["metrics"]
+    last = evaluation_summary(m).splitlines()[-1]
+    assert last == (f"classes averaged: all {C - 2}, head 4, medium 3, tail 3, normal 1; 2 of the {C} left out of "
+                    "every average (without a positive: 1, without a negative: 1)")
+
+
 def _write_npz(path, s, y, anat=None):
     extra = {} if anat is None else {"anatomy": anat, "case_ids": np.array([f"c{i}" for i in range(len(s))])}
     np.savez(path, scores=s, labels=y.astype(np.uint8), **extra)

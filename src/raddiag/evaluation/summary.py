@@ -77,6 +77,19 @@ def multiclass_lines(mc: dict) -> list[str]:
     return lines
 
 
+def classes_line(metrics: dict) -> str:
+    """How many classes each printed group averages, and how many of the label space every average
+    leaves out (the table alone did not say that 'all' was 7 of a run's 14 classes)."""
+    meta = metrics["meta"]
+    shown = [g for g in GROUPS if metrics.get(g, {}).get("auc", {}).get("value") is not None]
+    line = "classes averaged: " + ", ".join(f"{g} {metrics[g]['auc']['n_classes']}" for g in shown)
+    left = meta["n_classes"] - meta["n_classes_defined"]
+    if left:
+        line += (f"; {left} of the {meta['n_classes']} left out of every average (without a positive: "
+                 f"{meta['n_classes_no_positive']}, without a negative: {meta['n_classes_no_negative']})")
+    return line
+
+
 def evaluation_summary(metrics: dict, what: str = "test split") -> str:
     """Everything ``evaluate`` / ``metrics`` print before the file list."""
     lines = group_table(metrics, what)
@@ -88,5 +101,5 @@ def evaluation_summary(metrics: dict, what: str = "test split") -> str:
     meta = metrics["meta"]
     lines += ["", f"F1 / MCC / ACC thresholds: {meta['threshold_note']}"
               + (" (one-vs-rest; the multiclass figures use the most probable class)" if "multiclass" in metrics
-                 else ""), f"class groups: {meta['class_groups']}"]
+                 else ""), f"class groups: {meta['class_groups']}", classes_line(metrics)]
     return "\n".join(lines)
