@@ -38,6 +38,14 @@ def test_train_prints_its_start_summary(tmp_path, capsys):
     assert f"leave out {extra} training scan(s)" in lines["scan caps"] and "at most 1 a case" in lines["scan caps"]
     assert f"{run / 'metrics.csv'} (a row per epoch)" in lines["metrics"]
     assert f"tensorboard --logdir {run / 'tensorboard'}" in lines["TensorBoard logs"]
+    val = [r for r in records if r["split"] == "val"]
+    pos = {c: sum(c in r["labels"] for r in val) for c in ("Bright corner", "Dark band")}
+    pos["Normal"] = sum(r["labels"] in ([], ["Normal"]) for r in val)
+    scored = [c for c, k in pos.items() if 0 < k < len(val)]
+    assert lines["best epoch"].strip().startswith(
+        f"best epoch: the highest validation macro AUC, over the {len(scored)} of 3 classes with a positive and a "
+        f"negative among the {n['val']} val cases")
+    assert lines["best epoch"].endswith("a small validation split: which epoch scores best is partly chance")
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,13 @@ and any resampling, the scan caps and what they leave out, and where metrics and
 from __future__ import annotations
 
 from collections import Counter
+from typing import Optional
 
+import numpy as np
 import torch
 
 SHOWN_CLASSES = 12
+SMALL_VAL = 50     # val cases below which the printed line says the best epoch is partly chance
 
 
 def _caps_left_out(data, cfg) -> str:
@@ -30,8 +33,27 @@ def _caps_left_out(data, cfg) -> str:
             + ", ".join(f"{m} {n}" for m, n in left.most_common()) + ")")
 
 
-def start_summary(data, run, cfg, labels, model, d, batches_per_epoch: int, train_cases: int) -> str:
-    """The lines ``train`` prints before its first step (``train_cases``: the training cases used)."""
+def _validation(val_targets: Optional[np.ndarray], n_classes: int) -> list[str]:
+    """How the best epoch is chosen, on how many classes and cases (a new user's fine-tuned run
+    kept its first epoch, chosen on 16 validation cases, without a word about it)."""
+    if val_targets is None or not len(val_targets):
+        return []
+    y = np.asarray(val_targets) > 0.5
+    pos = y.sum(0)
+    scored = (pos > 0) & (pos < len(y))
+    line = (f"  best epoch: the highest validation macro AUC, over the {int(scored.sum())} of {n_classes} classes "
+            f"with a positive and a negative among the {len(y)} val cases")
+    if scored.any():
+        line += f" ({int(pos[scored].min())}-{int(pos[scored].max())} positives each)"
+    if len(y) < SMALL_VAL:
+        line += "; a small validation split: which epoch scores best is partly chance"
+    return [line]
+
+
+def start_summary(data, run, cfg, labels, model, d, batches_per_epoch: int, train_cases: int,
+                  val_targets: Optional[np.ndarray] = None) -> str:
+    """The lines ``train`` prints before its first step (``train_cases``: the training cases used;
+    ``val_targets``: the validation split's multi-hot labels, for the line on the best epoch)."""
     from raddiag.models.describe import scan_caps_text
 
     dc, tc = cfg.data, cfg.train
@@ -59,6 +81,7 @@ def start_summary(data, run, cfg, labels, model, d, batches_per_epoch: int, trai
         f"  scan caps: {scan_caps_text(dc)}{_caps_left_out(data, cfg)}",
         f"  schedule: {tc.epochs} epochs of {batches_per_epoch} batches of {tc.batch_size}, lr {tc.lr:g}"
         + (f", repeat-factor sampling t = {tc.repeat_factor:g}" if tc.repeat_factor else ""),
+        *_validation(val_targets, len(labels)),
         f"  metrics: {run.metrics_csv} (a row per epoch); best weights: {run.weights}",
         f"  TensorBoard logs: {run.tensorboard} (tensorboard --logdir {run.tensorboard})",
     ])
