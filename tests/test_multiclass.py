@@ -123,15 +123,22 @@ def test_finetune_of_a_single_label_run_onto_multi_label_data_says_how(trained, 
     err = capsys.readouterr().err
     assert "pass --set data.task=multilabel (finetune keeps its source run's task unless told)" in err
     assert main(args + ["--set", "data.task=multilabel"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == (f"fine-tuning from {run}: encoder kept, fusion module kept; a new classification layer for "
+                     "3 classes; task multilabel (the source run's: multiclass)")
 
 
-def test_finetune_onto_a_single_label_target(tmp_path):
+def test_finetune_onto_a_single_label_target(tmp_path, capsys):
     from raddiag.serving.sample import make_tiny_run
 
     src = make_tiny_run(tmp_path / "src", size=SIZE, depth=1)      # a multi-label source run
     data = make_three_class_data(tmp_path, n_cases=30)
+    capsys.readouterr()
     assert main(["finetune", str(src.root), "--data", str(data), "--out", str(tmp_path / "ft"), "--fraction", "1",
                  "--epochs", "1", "--no-progress", "--set", "data.task=multiclass"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.endswith("fusion module dropped (mean pooling: single-image data); a new classification layer "
+                          "for 4 classes; task multiclass (the source run's: multilabel)")   # Normal is one
     from raddiag.run import RunFolder
 
     cfg = RunFolder(tmp_path / "ft").load_config()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Optional
@@ -144,11 +145,11 @@ def finetune(
     targets = CaseDataset(data, "train", labels, cfg.data, train=False).targets
     idx = stratified_subset(targets, float(fraction), seed)
 
+    if summary and int(os.environ.get("RANK", "0")) == 0:
+        print(_start_line(src.root, src_cfg, cfg, init_state, len(labels)), flush=True)
     result = train(data_dir, out_dir, cfg, label_embeddings=emb, knowledge_encoder=knowledge_encoder,
                    resume=resume, progress=progress, max_steps=max_steps, init_state=init_state,
                    train_indices=idx.tolist(), overwrite=overwrite, summary=summary)
-    import os
-
     if int(os.environ.get("RANK", "0")) == 0:
         info = {"source_run": str(src.root), "data": str(Path(data_dir)), "fraction": float(fraction),
                 "scratch": bool(scratch), "seed": int(seed), "train_cases": int(len(idx)),
@@ -159,6 +160,21 @@ def finetune(
                 "best_val_auc": result.best_val_auc}
         (Path(out_dir) / "finetune.json").write_text(json.dumps(info, indent=1))
     return result
+
+
+def _start_line(src_root, src_cfg, cfg, init_state: Optional[dict], n_classes: int) -> str:
+    """What fine-tuning takes from the source run, printed above the start summary (a new user
+    could not tell whether the fusion module was kept, nor that the task was the source's)."""
+    if init_state is None:
+        took = f"from random weights (--scratch), {src_root}'s model"
+    else:
+        fusion = ("fusion module kept" if any(k.startswith("fusion.") for k in init_state)
+                  else f"fusion module dropped ({cfg.model.fusion} pooling: single-image data)"
+                  if src_cfg.model.fusion == "transformer" else f"{cfg.model.fusion} pooling")
+        took = f"from {src_root}: encoder kept, {fusion}"
+    task = cfg.data.task + (" (the source run's)" if cfg.data.task == src_cfg.data.task
+                            else f" (the source run's: {src_cfg.data.task})")
+    return f"fine-tuning {took}; a new classification layer for {n_classes} classes; task {task}"
 
 
 def source_text_encoder(src) -> Optional[Path]:
