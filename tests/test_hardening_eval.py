@@ -195,8 +195,27 @@ def test_scores_beyond_float32_are_written_back_as_they_were_not_as_inf(tmp_path
     assert _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz", scores=s), "--n-boot", "0") == 0
     back = load_predictions(str(tmp_path / "out" / "predictions.npz"))      # refused scores as inf before
     assert np.array_equal(back["scores"], s)
-    assert _metrics(tmp_path, "--pred", _npz(tmp_path / "q.npz"), "--n-boot", "0") == 0
+    f32 = np.random.default_rng(1).random((40, 3)).astype(np.float32)
+    assert _metrics(tmp_path, "--pred", _npz(tmp_path / "q.npz", scores=f32), "--n-boot", "0") == 0
     assert load_predictions(str(tmp_path / "out" / "predictions.npz"))["scores"].dtype == np.float32   # as before
+
+
+def test_the_written_predictions_score_as_metrics_json_says(tmp_path):
+    """Red team: float64 scores that float32 cannot tell apart (probabilities within 1e-8 of 1,
+    from a boosted model) were written to predictions.npz as float32: scoring that file again gave
+    AUC 0.5 where metrics.json beside it said 0.743."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    s = 1 - 10 ** -rng.uniform(8, 12, 200) * np.where(y == 1, 0.1, 1)
+    assert _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz", scores=s[:, None], labels=y[:, None]),
+                    "--n-boot", "0") == 0
+    first = json.loads((tmp_path / "out" / "metrics.json").read_text())["all"]["auc"]["value"]
+    assert main(["metrics", "--pred", str(tmp_path / "out" / "predictions.npz"), "--out", str(tmp_path / "again"),
+                 "--n-boot", "0"]) == 0
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())["all"]["auc"]["value"]
+    assert first == pytest.approx(roc_auc_score(y, s), abs=1e-12) and again == first
 
 
 @pytest.mark.parametrize("classes, reason", [

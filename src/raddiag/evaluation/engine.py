@@ -313,12 +313,15 @@ def write_outputs(out: Path, result: dict, scores, labels, label_space: LabelSpa
 
 
 def _saved_scores(scores: np.ndarray) -> np.ndarray:
-    """Scores as float32 (half the file), unless they lie beyond float32's range: they would
-    come back as inf, which the file's next reader refuses."""
-    big = np.finfo(np.float32).max
-    if scores.dtype != np.float32 and (scores.max() > big or scores.min() < -big):
+    """Scores as float32 (half the file) only where float32 holds them exactly (a model's
+    probabilities): rounded, distinct float64 scores became ties (1 - 1e-9 and 1 - 1e-10 are
+    both 1.0 in float32), and scoring the written file gave another AUC than metrics.json
+    (0.743 became 0.5); beyond float32's range they came back as inf."""
+    if scores.dtype == np.float32:
         return scores
-    return np.asarray(scores, np.float32)
+    with np.errstate(over="ignore"):
+        small = scores.astype(np.float32)
+    return small if np.array_equal(small, scores) else scores
 
 
 def write_per_class_csv(path: Path, result: dict, labels: np.ndarray, label_space: LabelSpace) -> None:
