@@ -306,3 +306,16 @@ def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys, monk
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and f"{tmp_path / 'afile'}: is a file, not a folder" in err[0]
     assert (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_a_damaged_predictions_file_is_refused_naming_it(tmp_path, capsys):
+    """Red team: the fast .npz reader skipped the CRC: one flipped bit turned a score of 0.816 into
+    1.2e-05 and the file was scored without a word (np.load refuses it)."""
+    path = _npz(tmp_path / "p.npz", scores=np.random.default_rng(0).random((40, 3)))
+    data = bytearray(open(path, "rb").read())
+    data[data.find(b"\x93NUMPY") + 128 + 8 * 10 + 7] ^= 0x01      # a bit of the 11th score
+    open(path, "wb").write(bytes(data))
+    assert _metrics(tmp_path, "--pred", path, "--n-boot", "0") == 2
+    err = capsys.readouterr().err
+    assert "p.npz" in err and "scores.npy: damaged" in err, err
+    assert not (tmp_path / "out" / "metrics.json").exists()
