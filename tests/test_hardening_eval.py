@@ -319,3 +319,20 @@ def test_a_damaged_predictions_file_is_refused_naming_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "p.npz" in err and "scores.npy: damaged" in err, err
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_a_report_that_fails_leaves_the_last_outputs_whole_and_no_stage(tmp_path, monkeypatch):
+    """Red team: metrics.json was written first, then predictions.npz, per_class.csv and the report
+    into the folder itself: a failure or a kill in the report left the new metrics.json beside the
+    last call's predictions and report, which `metrics --pred out/predictions.npz` then rescored."""
+    from raddiag.evaluation import report
+
+    assert _metrics(tmp_path, "--pred", _npz(tmp_path / "a.npz", seed=1), "--n-boot", "0") == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+
+    def broken(*_a, **_k):
+        raise RuntimeError("the report failed half-way")
+
+    monkeypatch.setattr(report, "write_report", broken)
+    assert _metrics(tmp_path, "--pred", _npz(tmp_path / "b.npz", seed=2), "--n-boot", "0") == 1
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before

@@ -288,11 +288,21 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
 
 def write_outputs(out: Path, result: dict, scores, labels, label_space: LabelSpace, anatomy, case_ids,
                   title: str) -> None:
+    """``metrics.json``, ``predictions.npz``, ``per_class.csv`` and ``report.html``, written into a
+    stage inside ``out`` and moved in together when all four are complete: a failure or a kill
+    half-way (the report) left the new metrics.json beside the last call's predictions and report."""
+    from raddiag.staging import staged_files
+
+    with staged_files(out, "eval") as stage:
+        _write_outputs(stage, result, scores, labels, label_space, anatomy, case_ids, title)
+
+
+def _write_outputs(out: Path, result: dict, scores, labels, label_space: LabelSpace, anatomy, case_ids,
+                   title: str) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from .report import write_report
 
-    out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result["metrics"], indent=1))
     extra = {}
     if case_ids is not None:
