@@ -105,3 +105,33 @@ def test_the_python_route_merges_label_spellings_and_warns_of_normal_with_a_diso
     assert [c.labels for c in cases[:3]] == [["Pneumonia"]] * 3
     assert len([m for m in said if "spelled" in m and "m.jsonl" in m]) == 1
     assert len([m for m in said if "labelled Normal and a disorder (e.g. 'c4')" in m]) == 1
+
+
+def _class_folders(root, layout: dict):
+    from PIL import Image
+
+    for folder, n in layout.items():
+        (root / folder).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((8, 8), 10 * i, np.uint8)).save(root / folder / f"{i}.png")
+
+
+def test_folders_split_folders_beside_other_folders_are_refused_naming_them(tmp_path):
+    """Red team: Training/ and Testing/ beside a stray folder (unlabeled/) were read as three classes,
+    "Training" and "Testing", each class folder inside them one case of all its images."""
+    _class_folders(tmp_path / "src", {"Training/glioma": 3, "Testing/glioma": 2, "unlabeled": 2})
+    with pytest.raises(ValueError, match=r"split folders \(Testing, Training\) beside other folders \(unlabeled\)"):
+        load_source("folders", tmp_path / "src", modality="MRI")
+
+
+def test_folders_train_and_test_without_val_get_a_seeded_val(tmp_path):
+    """Red team: the commonest layout (Training/ and Testing/) had no val split, though --val-fraction
+    says it carves one where the source has none, so `train` refused the prepared dataset."""
+    _class_folders(tmp_path / "src", {"Training/a": 8, "Training/b": 8, "Testing/a": 2, "Testing/b": 2})
+    res = load_source("folders", tmp_path / "src", modality="MRI", val_fraction=0.25, seed=3)
+    splits = [c.split for c in res.cases]
+    assert splits.count("val") == 4 and splits.count("train") == 12 and splits.count("test") == 4
+    assert all(c.split != "val" for c in res.cases if c.id.startswith("test/"))
+    assert "val = 4 train case(s)" in res.notes[0]
+    again = load_source("folders", tmp_path / "src", modality="MRI", val_fraction=0.25, seed=3)
+    assert [c.split for c in again.cases] == splits
