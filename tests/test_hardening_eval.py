@@ -336,3 +336,21 @@ def test_a_report_that_fails_leaves_the_last_outputs_whole_and_no_stage(tmp_path
     monkeypatch.setattr(report, "write_report", broken)
     assert _metrics(tmp_path, "--pred", _npz(tmp_path / "b.npz", seed=2), "--n-boot", "0") == 1
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+
+
+@pytest.mark.parametrize("extra, reason", [
+    ({"case_ids": np.array("one id")}, "case_ids must be a list of one entry per case"),
+    ({"anatomy": np.full((40, 2), "Chest")}, "anatomy must be a list of one entry per case"),
+    ({}, "ls.json: not a readable label space: not JSON here (nested too deeply"),
+], ids=["0-d case ids", "2-d anatomy", "deep label space"])
+def test_odd_arrays_and_deep_json_are_one_line_naming_the_file(tmp_path, capsys, extra, reason):
+    """Red team: case_ids stored as one string (a 0-d array) raised "TypeError: iteration over a 0-d
+    array (unexpected)"; a label space nested 100,000 deep raised RecursionError, naming no file."""
+    labels = []
+    if not extra:
+        (tmp_path / "ls.json").write_text('{"classes": ' + "[" * 100_000 + "]" * 100_000 + "}")
+        labels = ["--labels", str(tmp_path / "ls.json")]
+    assert _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz", **extra), *labels, "--n-boot", "0") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unexpected" not in err and reason in err, err
+    assert ("ls.json" if labels else "p.npz") in err, err

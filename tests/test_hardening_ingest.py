@@ -8,7 +8,9 @@ import json
 import numpy as np
 import pytest
 
+from raddiag.curation.records import load_records
 from raddiag.data.adapters import load_source
+from raddiag.transfer.zeroshot import load_mapping
 
 BOM = codecs.BOM_UTF8
 
@@ -135,3 +137,21 @@ def test_folders_train_and_test_without_val_get_a_seeded_val(tmp_path):
     assert "val = 4 train case(s)" in res.notes[0]
     again = load_source("folders", tmp_path / "src", modality="MRI", val_fraction=0.25, seed=3)
     assert [c.split for c in again.cases] == splits
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize("read, name, text", [
+    (lambda p: load_source("manifest", p), "m.jsonl", '{"id": "a", "scans": ' + DEEP + "}\n"),
+    (lambda p: load_source("rp3d", p), "release.json", DEEP),
+    (lambda p: load_records(p.parent), "case.json", DEEP),
+    (lambda p: load_mapping(p, None, None), "map.json", DEEP),
+], ids=["manifest", "rp3d", "curation record", "zeroshot mapping"])
+def test_json_nested_too_deeply_is_refused_naming_the_file(tmp_path, read, name, text):
+    """Red team: "[" * 100000 in a manifest, a release JSON, a case record or a mapping file raised
+    RecursionError: "unexpected", exit 1, naming no file."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"{name}(:1)?: .*nested too deeply"):
+        read(path)

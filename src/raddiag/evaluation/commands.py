@@ -88,6 +88,8 @@ def load_predictions(path: str) -> dict:
     out = {"scores": z["scores"], "labels": z["labels"]}
     for k in ("case_ids", "anatomy"):
         if k in z:
+            if z[k].ndim != 1:
+                raise ValueError(f"{p}: {k} must be a list of one entry per case, got an array of shape {z[k].shape}")
             out[k] = [str(x) for x in z[k]]
     check_inputs(out["scores"], out["labels"], str(p))
     ids = out.get("case_ids")

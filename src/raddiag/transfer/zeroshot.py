@@ -98,11 +98,13 @@ def unmapped_reason(name: str, given: bool = False) -> str:
 
 def load_mapping(path: str | Path, source: LabelSpace, target: LabelSpace) -> dict[str, list[str]]:
     """A JSON object ``{target class: [source class, ...]}``, every name checked."""
+    from raddiag.jsonl import read_json
+
     path = Path(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8-sig"))        # -sig: a BOM is skipped
+        raw = read_json(path)
     except (OSError, ValueError) as exc:                                # JSON or UTF-8 errors
-        raise ValueError(f"{path}: cannot read the class mapping ({exc})") from None
+        raise ValueError(f"{path}: cannot read the class mapping ({str(exc).removeprefix(f'{path}: ')})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a JSON object of target class -> list of source classes")
     for t, links in raw.items():
