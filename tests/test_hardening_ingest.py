@@ -155,3 +155,21 @@ def test_json_nested_too_deeply_is_refused_naming_the_file(tmp_path, read, name,
     path.write_text(text)
     with pytest.raises(ValueError, match=rf"{name}(:1)?: .*nested too deeply"):
         read(path)
+
+
+def test_prepare_into_the_manifests_own_folder_keeps_the_manifest(tmp_path, capsys):
+    """Red team: `data prepare DIR/cases.jsonl --format manifest --out DIR` replaced the user's
+    manifest (its own input) with the prepared case list, without --overwrite and without a word."""
+    from raddiag.cli import main
+
+    for i in range(4):
+        np.save(tmp_path / f"c{i}.npy", np.random.default_rng(i).random((8, 8, 2)).astype(np.float32))
+    manifest = _manifest(tmp_path / "cases.jsonl", [_case(f"c{i}", ["Pneumonia"] if i % 2 else []) for i in range(4)])
+    before = manifest.read_bytes()
+    for extra in ([], ["--overwrite"]):
+        assert main(["data", "prepare", str(manifest), "--format", "manifest", "--out", str(tmp_path),
+                     "--size", "8", *extra]) == 2
+        assert "is no prepared dataset but holds cases.jsonl" in capsys.readouterr().err
+    assert manifest.read_bytes() == before and not (tmp_path / "meta.json").exists()
+    assert main(["data", "prepare", str(manifest), "--format", "manifest", "--out", str(tmp_path / "data"),
+                 "--size", "8"]) == 0

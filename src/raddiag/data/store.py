@@ -130,6 +130,7 @@ def prepare_cases(
     if (out / "meta.json").exists() and not overwrite:
         raise OutputExists(f"{out}: holds a prepared dataset already; pass --overwrite (overwrite=True) "
                               "to replace it")
+    _check_no_other_files(out)
     cases = list(cases)
     _check_cases(cases, pre_skipped)
     created = not out.exists()
@@ -154,6 +155,22 @@ def prepare_cases(
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
     return report
+
+
+PREPARED_FILES = ("meta.json", "cases.jsonl", "slices.f16", "labels_disorder.json", "labels_icd10.json",
+                  "report.json", "report.txt")     # what a prepared dataset holds (module doc)
+
+
+def _check_no_other_files(out: Path) -> None:
+    """Refuse an ``out`` that is no prepared dataset but holds a file of a prepared dataset's name:
+    ``data prepare DIR/cases.jsonl --format manifest --out DIR`` replaced the user's manifest (its own
+    input) with the prepared case list, without --overwrite and without a word."""
+    if (out / "meta.json").exists():
+        return
+    clash = [n for n in PREPARED_FILES if (out / n).exists()]
+    if clash:
+        raise OutputExists(f"{out}: is no prepared dataset but holds {', '.join(clash)}, which data prepare would "
+                           "replace; choose another (or an empty) --out")
 
 
 def _check_cases(cases: list[Case], pre_skipped: Sequence[dict]) -> None:
