@@ -235,3 +235,25 @@ def test_map_readme_names_top5(encoder, kb, tmp_path, monkeypatch):
     missed = {n: [c for c, _, _ in r] for n, r in zip(names, res) if README_NAMES[n] not in [c for c, _, _ in r]}
     assert not missed, missed
     assert all(len(r) == 5 and r[0][2] >= r[-1][2] for r in res)
+
+
+def test_cli_embed_never_writes_into_a_run_nor_over_a_file_unasked(tmp_path, capsys):
+    """Red team: `knowledge embed --out RUN/label_embeddings.safetensors`, as the README showed it,
+    replaced a knowledge-head run's own embeddings (no run id) and the run was refused from then on
+    ("its files do not belong together"); an existing --out was replaced without --overwrite."""
+    from raddiag.cli import main
+    from raddiag.serving.sample import make_tiny_run
+
+    run = make_tiny_run(tmp_path / "run", head="knowledge").root
+    before = (run / "label_embeddings.safetensors").read_bytes()
+    assert main(["knowledge", "embed", "--labels", str(run / "label_space.json"),
+                 "--out", str(run / "label_embeddings.safetensors")]) == 2
+    assert "lies in the run folder" in capsys.readouterr().err
+    assert (run / "label_embeddings.safetensors").read_bytes() == before
+    out = tmp_path / "emb.safetensors"
+    out.write_bytes(b"mine")
+    assert main(["knowledge", "embed", "--labels", str(run / "label_space.json"), "--out", str(out)]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err and out.read_bytes() == b"mine"
+    assert main(["knowledge", "embed", "--labels", str(run / "label_space.json"), "--out", str(out),
+                 "--overwrite"]) == 0
+    assert out.read_bytes() != b"mine" and not list(tmp_path.glob(".emb*"))
