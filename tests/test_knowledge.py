@@ -152,7 +152,8 @@ def test_short_training_pulls_synonyms_together(tmp_path):
     e = trained.encode(["spontaneous tension pneumothorax", "a name nobody trained on"])
     assert e.shape == (2, 384) and torch.isfinite(e).all()
     # a finished run is reused, not retrained
-    again = train_knowledge_encoder(tmp_path / "enc", kb=kb, steps=12, progress=False)
+    again = train_knowledge_encoder(tmp_path / "enc", kb=kb, steps=12, batch_size=12, lr=2e-4,
+                                    holdout_fraction=0.0, progress=False)
     assert again == res
 
 
@@ -169,6 +170,28 @@ def test_resume_from_checkpoint(tmp_path):
     res = train_knowledge_encoder(tmp_path / "a", steps=6, **kw)
     state = json.loads((tmp_path / "a" / "checkpoint" / "state.json").read_text())
     assert state["step"] == 6 and len(state["losses"]) == 6 and res["steps"] == 6
+
+
+def test_a_rerun_with_other_settings_is_refused_not_reused(tmp_path):
+    """Red team: `knowledge train --out enc` again with another --lr (or --base, or sources) found
+    the finished run, reused it and printed its figures as the new run's; resuming a checkpoint of
+    other settings mixed two runs."""
+    from raddiag.knowledge.train import train_knowledge_encoder
+
+    kw = dict(kb=_toy_kb(), batch_size=6, holdout_fraction=0.0, progress=False, evaluate=False, save_every=1,
+              train_layers=1)
+    train_knowledge_encoder(tmp_path / "a", steps=2, **kw)
+    assert train_knowledge_encoder(tmp_path / "a", steps=2, **kw)["steps"] == 2        # the same: reused
+    with pytest.raises(ValueError, match=r"a: holds a knowledge encoder trained with other settings \(lr 0.0001 "
+                                         r"\(now 0.001\)\); choose another --out, or pass --no-resume"):
+        train_knowledge_encoder(tmp_path / "a", steps=2, lr=1e-3, **kw)
+    bigger = _toy_kb()
+    bigger.add(Concept(id="vorn", name="vorn", synonyms=["tellic"], source="user"))
+    with pytest.raises(ValueError, match="another knowledge base"):
+        train_knowledge_encoder(tmp_path / "a", steps=3, **{**kw, "kb": bigger})         # the checkpoint's
+    (tmp_path / "a" / "knowledge_metrics.json").unlink()                       # a checkpoint alone
+    with pytest.raises(ValueError, match=r"hard_negatives 0.0 \(now 0.5\)"):
+        train_knowledge_encoder(tmp_path / "a", steps=3, hard_negatives=0.5, **kw)
 
 
 def test_heldout_split_by_category(kb):

@@ -343,8 +343,9 @@ def default_knowledge_encoder(progress: bool = True) -> Path:
     on ICD-10-CM and the built-in synonym sources), cached as the demo caches it
     (:func:`cached_encoder_dir`); fine-tuned there first when missing (minutes; a broken run resumes)."""
     out = cached_encoder_dir()
-    if _finished_run(out, DEFAULTS["steps"]) is None:
-        log.info("no fine-tuned knowledge encoder in %s: fine-tuning one (%d steps)", out, DEFAULTS["steps"])
+    if _finished_run(out, DEFAULTS["steps"]) is not None:      # the cache: only raddiag writes there
+        return out
+    log.info("no fine-tuned knowledge encoder in %s: fine-tuning one (%d steps)", out, DEFAULTS["steps"])
     train_knowledge_encoder(out, steps=DEFAULTS["steps"], progress=progress)
     return out
 
@@ -362,12 +363,38 @@ def encoder_summary(path: Optional[str | Path]) -> str:
     return f"{path} (fine-tuned by raddiag knowledge train: {tuned.get('steps')} steps from {tuned.get('base')})"
 
 
-def _finished_run(out: Path, steps: int) -> Optional[dict]:
-    """The stored metrics of a finished run of at least ``steps`` steps in ``out``, else None."""
+def _settings(kb: Optional[KnowledgeBase], **given) -> dict:
+    """What a run's encoder depends on besides its step count: recorded with its metrics and
+    checkpoints, so that a rerun into the same folder continues (or reuses) only the same run.
+    ``knowledge``: the given knowledge base's sizes (None: the default one, not built to check)."""
+    return {**{k: (str(v) if k == "base" and v is not None else v) for k, v in given.items()},
+            "knowledge": None if kb is None else {"concepts": len(kb), "sources": kb.counts}}
+
+
+def _check_same_run(out: Path, recorded: Optional[dict], settings: dict) -> None:
+    """Refuse to reuse or resume ``out`` when it was trained with other settings (naming them): a
+    rerun with another --lr, --base or source reused the old encoder and printed its figures as the
+    new run's. A run recorded before settings were (None) is taken as it is."""
+    if recorded is None or recorded == settings:
+        return
+    said = ", ".join(f"{k} {recorded.get(k)!r} (now {settings.get(k)!r})" for k in {**recorded, **settings}
+                     if recorded.get(k) != settings.get(k) and k != "knowledge")
+    if None not in (recorded.get("knowledge"), settings.get("knowledge")) and \
+            recorded.get("knowledge") != settings.get("knowledge"):
+        said = ", ".join(filter(None, (said, "another knowledge base (--source, --extra, --index, --dataset)")))
+    raise ValueError(f"{out}: holds a knowledge encoder trained with other settings ({said}); choose another "
+                     "--out, or pass --no-resume to train afresh over it")
+
+
+def _finished_run(out: Path, steps: int, settings: Optional[dict] = None) -> Optional[dict]:
+    """The stored metrics of a finished run of at least ``steps`` steps in ``out``, else None
+    (one of other ``settings``: ValueError)."""
     metrics_path = out / METRICS_FILE
     if not metrics_path.is_file():
         return None
     done = json.loads(metrics_path.read_text())
+    if settings is not None:
+        _check_same_run(out, done.get("settings"), settings)
     if done.get("steps", 0) >= steps and (out / "config.json").is_file():
         log.info("%s: finished run found (%d steps); reusing it", out, done["steps"])
         return done
@@ -428,7 +455,10 @@ def train_knowledge_encoder(
     ckpt = out / "checkpoint"
     if steps < 1 or batch_size < 2:
         raise ValueError("steps must be >= 1 and batch_size >= 2")
-    if resume and (done := _finished_run(out, steps)) is not None:
+    settings = _settings(kb, base=base, batch_size=batch_size, lr=lr, temperature=temperature,
+                         holdout_fraction=holdout_fraction, seed=seed, pooling=pooling, extra=[str(e) for e in extra],
+                         freeze_embeddings=freeze_embeddings, train_layers=train_layers, hard_negatives=hard_negatives)
+    if resume and (done := _finished_run(out, steps, settings)) is not None:
         return done
     if kb is None:
         from raddiag.knowledge.kb import build_kb
@@ -457,8 +487,9 @@ def train_knowledge_encoder(
     def lr_at(s: int) -> float:  # linear warm-up, then linear decay to 0
         return lr * ((s + 1) / n_warm if s < n_warm else max(0.0, (steps - s) / max(1, steps - n_warm)))
 
-    state = {"step": 0, "losses": [], "before": None}
+    state = {"step": 0, "losses": [], "before": None, "settings": settings}
     if resume and (ckpt / "state.json").is_file():
+        _check_same_run(out, json.loads((ckpt / "state.json").read_text()).get("settings"), settings)
         state = _load_checkpoint(ckpt, encoder, opt)
         log.info("resuming %s at step %d", out, state["step"])
     if state.get("before") is None and state_before_eval:
@@ -501,6 +532,7 @@ def train_knowledge_encoder(
         "after": evaluate_retrieval(encoder, heldout) if evaluate else None,
         "train_seconds_this_run": round(time.time() - t0, 1),
         "final_loss": float(np.mean(state["losses"][-20:])) if state["losses"] else None,
+        "settings": settings,
     }
     encoder.save(out, extra={"knowledge_training": {k: result[k] for k in ("steps", "base", "seed")}})
     _save_checkpoint(ckpt, encoder, opt, state)
