@@ -192,7 +192,6 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
             "notes": {t: unmapped_reason(t, given=mapping is not None)
                       for t, i in zip(target.names, idx) if not i},
         }
-        (out / "mapping.json").write_text(json.dumps(links, indent=1))
 
     if "normal" in modes:
         if NORMAL not in source or NORMAL not in target:
@@ -233,7 +232,12 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
                 anatomy=test.anatomy, case_ids=test.case_ids, out_dir=out / "text")
             results["text"] = {"all": report["metrics"]["all"], "threshold_source": report["threshold_source"],
                                "complemented": [t for t, f in zip(target.names, flip) if f]}
-    (out / "zeroshot.json").write_text(json.dumps(results, indent=1))
+    from raddiag.staging import staged_files
+
+    with staged_files(out, "zeroshot") as stage:    # together, when every mode is done
+        if links is not None:
+            (stage / "mapping.json").write_text(json.dumps(links, indent=1))
+        (stage / "zeroshot.json").write_text(json.dumps(results, indent=1))
     return results
 
 
