@@ -280,3 +280,28 @@ def test_cli_embed_never_writes_into_a_run_nor_over_a_file_unasked(tmp_path, cap
     assert main(["knowledge", "embed", "--labels", str(run / "label_space.json"), "--out", str(out),
                  "--overwrite"]) == 0
     assert out.read_bytes() != b"mine" and not list(tmp_path.glob(".emb*"))
+
+
+def test_a_checkpoint_is_replaced_whole(tmp_path, monkeypatch):
+    """Red team: the checkpoint's weights, optimizer and state were replaced one by one; a failure
+    (or a kill) after the weights left a later step's weights beside an earlier step's state."""
+    from raddiag.knowledge import train as kt
+
+    kw = dict(kb=_toy_kb(), batch_size=6, holdout_fraction=0.0, progress=False, evaluate=False, save_every=2,
+              train_layers=1)
+    kt.train_knowledge_encoder(tmp_path / "a", steps=4, **kw)
+    ckpt = tmp_path / "a" / "checkpoint"
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    real_dumps = json.dumps
+
+    def failing(obj, *a, **k):                # the state file of the next checkpoint cannot be written
+        if isinstance(obj, dict) and "param_groups" in obj:
+            raise OSError(28, "No space left on device")
+        return real_dumps(obj, *a, **k)
+
+    monkeypatch.setattr(kt.json, "dumps", failing)
+    (tmp_path / "a" / kt.METRICS_FILE).unlink()
+    with pytest.raises(OSError, match="No space"):
+        kt.train_knowledge_encoder(tmp_path / "a", steps=6, **kw)
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
+    assert [p.name for p in (tmp_path / "a").iterdir() if p.name.startswith(".")] == []

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,18 +301,25 @@ def _freeze_lower_layers(model, train_layers: Optional[int]) -> None:
 
 
 def _save_checkpoint(ckpt: Path, encoder: TextEncoder, opt: torch.optim.Optimizer, state: dict) -> None:
+    """Weights, optimizer and step written into a stage beside ``ckpt`` and swapped in together
+    (the three files were replaced one by one: a kill between them left step k's state beside step
+    k + 50's weights, and the resumed run was not the uninterrupted one)."""
     from safetensors.torch import save_file, save_model
 
-    ckpt.mkdir(parents=True, exist_ok=True)
-    save_model(encoder.model, str(ckpt / "model.tmp"))
-    osd = opt.state_dict()
-    tensors = {f"{pid}.{k}": v.detach().clone().contiguous() for pid, st in osd["state"].items()
-               for k, v in st.items() if torch.is_tensor(v)}
-    save_file(tensors, str(ckpt / "optimizer.tmp"))
-    os.replace(ckpt / "model.tmp", ckpt / "model.safetensors")
-    os.replace(ckpt / "optimizer.tmp", ckpt / "optimizer.safetensors")
-    (ckpt / "state.tmp").write_text(json.dumps({**state, "param_groups": osd["param_groups"]}, indent=1))
-    os.replace(ckpt / "state.tmp", ckpt / "state.json")
+    from raddiag.staging import discard, stage_beside, swap_in
+
+    stage = stage_beside(ckpt, "ckpt")
+    try:
+        save_model(encoder.model, str(stage / "model.safetensors"))
+        osd = opt.state_dict()
+        tensors = {f"{pid}.{k}": v.detach().clone().contiguous() for pid, st in osd["state"].items()
+                   for k, v in st.items() if torch.is_tensor(v)}
+        save_file(tensors, str(stage / "optimizer.safetensors"))
+        (stage / "state.json").write_text(json.dumps({**state, "param_groups": osd["param_groups"]}, indent=1))
+        swap_in(stage, ckpt)
+    except BaseException:
+        discard(stage)
+        raise
 
 
 def _load_checkpoint(ckpt: Path, encoder: TextEncoder, opt: torch.optim.Optimizer) -> dict:
