@@ -305,3 +305,25 @@ def test_a_checkpoint_is_replaced_whole(tmp_path, monkeypatch):
         kt.train_knowledge_encoder(tmp_path / "a", steps=6, **kw)
     assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
     assert [p.name for p in (tmp_path / "a").iterdir() if p.name.startswith(".")] == []
+
+
+def test_label_embeddings_of_other_classes_or_order_are_refused_for_training(tmp_path):
+    """Red team: `train --label-embeddings FILE` took any file of the same class count row for row:
+    embeddings `knowledge embed` made for another label space (or this one before the dataset was
+    prepared again, its classes ordered by the new counts) trained each class against another's name."""
+    from safetensors.torch import save_file
+
+    from raddiag.data.labels import LabelSpace
+    from raddiag.knowledge.embed import save_label_embeddings
+    from raddiag.training.trainer import resolve_label_embeddings
+
+    labels = LabelSpace(names=["Normal", "Glioma", "Meningioma"])
+    emb = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
+    save_label_embeddings(tmp_path / "same.safetensors", emb, ["Normal", "Glioma", "Meningioma"])
+    assert torch.equal(resolve_label_embeddings(labels, tmp_path / "same.safetensors"), emb)
+    save_label_embeddings(tmp_path / "swapped.safetensors", emb, ["Normal", "Meningioma", "Glioma"])
+    with pytest.raises(ValueError, match=r"swapped.safetensors: embeds other class names .*\(row 1: 'Meningioma', "
+                                         r"class 1: 'Glioma'\)"):
+        resolve_label_embeddings(labels, tmp_path / "swapped.safetensors")
+    save_file({"embeddings": emb}, str(tmp_path / "plain.safetensors"))         # no texts: taken as it is
+    assert torch.equal(resolve_label_embeddings(labels, tmp_path / "plain.safetensors"), emb)
