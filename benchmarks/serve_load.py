@@ -45,8 +45,8 @@ def rss_mb(pid: int) -> float:
 
 def hostile_requests(max_mb: float) -> list[tuple[str, list, dict, set]]:
     """(kind, files, form, statuses that count as handled) of each hostile request."""
-    from raddiag.serving.sample import (clashing_zip, damaged_zip, many_entries_zip, oversize_nifti, oversize_png,
-                                        volume_bomb, zip_bomb)
+    from raddiag.serving.sample import (animated_png, clashing_zip, damaged_zip, many_entries_zip, oversize_nifti,
+                                        oversize_png, volume_bomb, zip_bomb)
 
     npy_head = b"{'descr': '<f4', 'fortran_order': False, 'shape': (20000, 20000), }"
     npy = b"\x93NUMPY\x01\x00" + len(npy_head + b"\n").to_bytes(2, "little") + npy_head + b"\n" + bytes(4096)
@@ -69,6 +69,8 @@ def hostile_requests(max_mb: float) -> list[tuple[str, list, dict, set]]:
             ("zip entries clash a.png/b.png, a.png", [("files", ("c.zip", clashing_zip(False)))], xr, {400}),
             ("zip folder name of 300 chars", [("files", ("c.zip", clashing_zip(long_folder=300)))], xr, {400}),
             ("stalled upload", STALL, xr, {408})]
+    apng = animated_png()                                  # 839 MB decoded each, 3 in a request: over 2 GB
+    out += [("3 animated PNGs of 800 frames 1024x1024", [("files", (f"a{i}.png", apng)) for i in range(3)], xr, {413})]
     return out
 
 

@@ -222,3 +222,18 @@ def test_a_repeated_row_is_removed_and_the_count_is_true(full, files, pred, tmp_
     said = capsys.readouterr().out
     assert "0 case(s) written, 9 found there already (1 repeated row(s) of a case removed)" in said
     assert len(_rows(out)) == 9
+
+
+def test_resume_refuses_rows_of_case_files_read_as_another_modality(files, tmp_path, capsys):
+    """Red team: `predict RUN CASE ... --modality CT --out p.jsonl` then the same with --modality X-ray
+    (or none) resumed the CT rows as done: the file mixed cases read as two modalities."""
+    out, cases = tmp_path / "p.jsonl", [str(files / "c0"), str(files / "c2")]
+    argv = ["predict", str(files / "run"), *cases, "--out", str(out), "--top", "2"]
+    assert main([*argv, "--modality", "X-ray"]) == 0
+    before = out.read_bytes()
+    assert main([*argv, "--modality", "CT"]) == 2
+    err = capsys.readouterr().err
+    assert "rows come from another run or other options" in err and "modality" in err, err
+    assert main(argv) == 2 and "modality" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert main([*argv, "--modality", "X-ray"]) == 0 and "0 case(s) written, 2 found" in capsys.readouterr().out

@@ -53,3 +53,18 @@ def test_prepare_refuses_an_output_geometry_out_of_range(tmp_path):
     with pytest.raises(ValueError, match="size must be"):
         prepare_cases([], tmp_path / "out", size=20000)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_yaml_alias_bomb_in_a_config_is_refused_in_one_short_line(tmp_path):
+    """Red team: a run folder's config.yaml of a few hundred bytes holds 10**k list items by YAML
+    aliases; the type error printed the value whole, and `predict RUN` hung (10**9 items: killed
+    after a minute at 2.8 GB)."""
+    import pytest
+
+    items = "[&a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1], " + ", ".join(     # 10**6 items in 300 bytes
+        f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 6)) + "]"
+    path = tmp_path / "config.yaml"
+    path.write_text("data:\n  windows: {CT: " + items + "}\n")
+    with pytest.raises(ValueError, match=r"config.yaml: setting 'windows' expects str, got \[\[") as exc:
+        RunConfig.load(path)
+    assert len(str(exc.value)) - len(str(path)) < 200

@@ -214,6 +214,33 @@ def test_normals_balance_and_export_release_format(tmp_path):
     assert pnx.icd10 == ["J93"] and pnx.scans[0].key_slice == 0
 
 
+def test_normals_rerun_that_fails_keeps_the_previous_normals(tmp_path, monkeypatch):
+    """Red team: `curate normals` deleted WORK/normals first; an unreadable pool scan (or a kill)
+    then left no normal cases, and export went on without any, without a word."""
+    from raddiag.curation import normals
+    from raddiag.curation.filter import run_filter
+    from raddiag.curation.mapping import run_mapping
+    from raddiag.curation.synth import make_records
+
+    work = tmp_path / "w"
+    run_filter(make_records(tmp_path / "records", n_cases=12, size=16, n_normal=1), work, rules=True)
+    run_mapping(work, suggester=_lexical_cached)
+    pool = _normal_pool(tmp_path)
+    assert normals.add_normals(work, [str(pool)], ratio=0.5, min_per_cell=1)["added"] > 0
+    before = {p.relative_to(work): p.read_bytes() for p in (work / "normals").rglob("*") if p.is_file()}
+    recs = normals.normal_records(work)
+    assert all(Path(im["path"]).is_file() for r in recs for st in r["studies"] for im in st["images"])
+
+    def failing(*_a, **_k):                      # the first image of the rerun cannot be written
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", failing)
+    with pytest.raises(OSError, match="No space left"):
+        normals.add_normals(work, [str(pool)], ratio=0.5, min_per_cell=1)
+    assert {p.relative_to(work): p.read_bytes() for p in (work / "normals").rglob("*") if p.is_file()} == before
+    assert [p.name for p in work.iterdir() if p.name.startswith(".")] == []
+
+
 _LEX = {}
 
 

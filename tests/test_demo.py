@@ -67,3 +67,16 @@ def test_within_anatomy_summary_matches_a_per_anatomy_brute_force():
     overall = metrics["all"]["auc"]["value"]
     assert f"overall {100 * overall:.1f}, within anatomy {100 * mean:.1f}" in text
     assert "not counted" in next(line for line in text.splitlines() if line.startswith("spine"))
+
+
+def test_demo_never_replaces_a_run_it_did_not_make(tmp_path, capsys):
+    """Red team: `raddiag demo --out .` in a project folder deleted the user's own trained run/ (the
+    demo took any run/ there for its own, and removed it before training)."""
+    from raddiag.cli import main
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.safetensors").write_bytes(b"weeks of training")
+    assert main(["demo", "--out", str(tmp_path), "--cases", "60", "--epochs", "1", "--knowledge-steps", "2"]) == 2
+    assert "is no run of raddiag demo" in capsys.readouterr().err
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == b"weeks of training"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]          # nothing generated

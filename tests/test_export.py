@@ -57,3 +57,13 @@ def test_export_errors(run, tmp_path):
         export(run, "tflite", tmp_path)
     with pytest.raises(FileNotFoundError):
         export(tmp_path / "none", "onnx", tmp_path)
+
+
+def test_an_export_that_fails_its_check_leaves_the_last_export_whole(run, tmp_path):
+    """Red team: a graph that failed its comparison with PyTorch was left in --out (written before the
+    check), beside the last export's export.json that vouched for the old graphs."""
+    export(run, "torchscript", tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ValueError, match="differs from PyTorch"):
+        export(run, "torchscript", tmp_path, scans=2, atol=-1.0)        # every graph fails the check
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -244,6 +244,18 @@ def test_prepared_store_errors_name_the_file(tmp_path):
     (out / "meta.json").write_text('{"format_version": 1, "size": "8", "depth": 2, "n_slices": 6}')
     with pytest.raises(ValueError, match=r"meta.json: size: expected a positive integer"):
         PreparedData(out)
+    # red team: meta.json nested too deeply raised RecursionError; a slice range that is a string, or
+    # a negative count, raised TypeError or read another scan's slices
+    (out / "meta.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match=r"meta.json: not valid JSON here \(nested too deeply"):
+        PreparedData(out)
+    (out / "meta.json").write_bytes(good["meta.json"])
+    for store in ({"start": "0", "n": 2}, {"start": 2, "n": -2}, [0, 2]):
+        rec = json.loads(good["cases.jsonl"].split(b"\n", 1)[0])
+        rec["scans"][0]["store"] = store
+        (out / "cases.jsonl").write_bytes(json.dumps(rec).encode() + b"\n" + good["cases.jsonl"].split(b"\n", 1)[1])
+        with pytest.raises(ValueError, match=r"cases.jsonl: case .* points at slices .* outside"):
+            PreparedData(out)
 
 
 def test_prepare_over_a_prepared_dataset_needs_overwrite_and_failures_leave_it_untouched(tmp_path):

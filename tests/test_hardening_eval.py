@@ -195,8 +195,27 @@ def test_scores_beyond_float32_are_written_back_as_they_were_not_as_inf(tmp_path
     assert _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz", scores=s), "--n-boot", "0") == 0
     back = load_predictions(str(tmp_path / "out" / "predictions.npz"))      # refused scores as inf before
     assert np.array_equal(back["scores"], s)
-    assert _metrics(tmp_path, "--pred", _npz(tmp_path / "q.npz"), "--n-boot", "0") == 0
+    f32 = np.random.default_rng(1).random((40, 3)).astype(np.float32)
+    assert _metrics(tmp_path, "--pred", _npz(tmp_path / "q.npz", scores=f32), "--n-boot", "0") == 0
     assert load_predictions(str(tmp_path / "out" / "predictions.npz"))["scores"].dtype == np.float32   # as before
+
+
+def test_the_written_predictions_score_as_metrics_json_says(tmp_path):
+    """Red team: float64 scores that float32 cannot tell apart (probabilities within 1e-8 of 1,
+    from a boosted model) were written to predictions.npz as float32: scoring that file again gave
+    AUC 0.5 where metrics.json beside it said 0.743."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    s = 1 - 10 ** -rng.uniform(8, 12, 200) * np.where(y == 1, 0.1, 1)
+    assert _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz", scores=s[:, None], labels=y[:, None]),
+                    "--n-boot", "0") == 0
+    first = json.loads((tmp_path / "out" / "metrics.json").read_text())["all"]["auc"]["value"]
+    assert main(["metrics", "--pred", str(tmp_path / "out" / "predictions.npz"), "--out", str(tmp_path / "again"),
+                 "--n-boot", "0"]) == 0
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())["all"]["auc"]["value"]
+    assert first == pytest.approx(roc_auc_score(y, s), abs=1e-12) and again == first
 
 
 @pytest.mark.parametrize("classes, reason", [
@@ -287,3 +306,51 @@ def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys, monk
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and f"{tmp_path / 'afile'}: is a file, not a folder" in err[0]
     assert (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_a_damaged_predictions_file_is_refused_naming_it(tmp_path, capsys):
+    """Red team: the fast .npz reader skipped the CRC: one flipped bit turned a score of 0.816 into
+    1.2e-05 and the file was scored without a word (np.load refuses it)."""
+    path = _npz(tmp_path / "p.npz", scores=np.random.default_rng(0).random((40, 3)))
+    data = bytearray(open(path, "rb").read())
+    data[data.find(b"\x93NUMPY") + 128 + 8 * 10 + 7] ^= 0x01      # a bit of the 11th score
+    open(path, "wb").write(bytes(data))
+    assert _metrics(tmp_path, "--pred", path, "--n-boot", "0") == 2
+    err = capsys.readouterr().err
+    assert "p.npz" in err and "scores.npy: damaged" in err, err
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_a_report_that_fails_leaves_the_last_outputs_whole_and_no_stage(tmp_path, monkeypatch):
+    """Red team: metrics.json was written first, then predictions.npz, per_class.csv and the report
+    into the folder itself: a failure or a kill in the report left the new metrics.json beside the
+    last call's predictions and report, which `metrics --pred out/predictions.npz` then rescored."""
+    from raddiag.evaluation import report
+
+    assert _metrics(tmp_path, "--pred", _npz(tmp_path / "a.npz", seed=1), "--n-boot", "0") == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+
+    def broken(*_a, **_k):
+        raise RuntimeError("the report failed half-way")
+
+    monkeypatch.setattr(report, "write_report", broken)
+    assert _metrics(tmp_path, "--pred", _npz(tmp_path / "b.npz", seed=2), "--n-boot", "0") == 1
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+
+
+@pytest.mark.parametrize("extra, reason", [
+    ({"case_ids": np.array("one id")}, "case_ids must be a list of one entry per case"),
+    ({"anatomy": np.full((40, 2), "Chest")}, "anatomy must be a list of one entry per case"),
+    ({}, "ls.json: not a readable label space: not JSON here (nested too deeply"),
+], ids=["0-d case ids", "2-d anatomy", "deep label space"])
+def test_odd_arrays_and_deep_json_are_one_line_naming_the_file(tmp_path, capsys, extra, reason):
+    """Red team: case_ids stored as one string (a 0-d array) raised "TypeError: iteration over a 0-d
+    array (unexpected)"; a label space nested 100,000 deep raised RecursionError, naming no file."""
+    labels = []
+    if not extra:
+        (tmp_path / "ls.json").write_text('{"classes": ' + "[" * 100_000 + "]" * 100_000 + "}")
+        labels = ["--labels", str(tmp_path / "ls.json")]
+    assert _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz", **extra), *labels, "--n-boot", "0") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unexpected" not in err and reason in err, err
+    assert ("ls.json" if labels else "p.npz") in err, err

@@ -8,7 +8,9 @@ import json
 import numpy as np
 import pytest
 
+from raddiag.curation.records import load_records
 from raddiag.data.adapters import load_source
+from raddiag.transfer.zeroshot import load_mapping
 
 BOM = codecs.BOM_UTF8
 
@@ -105,3 +107,69 @@ def test_the_python_route_merges_label_spellings_and_warns_of_normal_with_a_diso
     assert [c.labels for c in cases[:3]] == [["Pneumonia"]] * 3
     assert len([m for m in said if "spelled" in m and "m.jsonl" in m]) == 1
     assert len([m for m in said if "labelled Normal and a disorder (e.g. 'c4')" in m]) == 1
+
+
+def _class_folders(root, layout: dict):
+    from PIL import Image
+
+    for folder, n in layout.items():
+        (root / folder).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((8, 8), 10 * i, np.uint8)).save(root / folder / f"{i}.png")
+
+
+def test_folders_split_folders_beside_other_folders_are_refused_naming_them(tmp_path):
+    """Red team: Training/ and Testing/ beside a stray folder (unlabeled/) were read as three classes,
+    "Training" and "Testing", each class folder inside them one case of all its images."""
+    _class_folders(tmp_path / "src", {"Training/glioma": 3, "Testing/glioma": 2, "unlabeled": 2})
+    with pytest.raises(ValueError, match=r"split folders \(Testing, Training\) beside other folders \(unlabeled\)"):
+        load_source("folders", tmp_path / "src", modality="MRI")
+
+
+def test_folders_train_and_test_without_val_get_a_seeded_val(tmp_path):
+    """Red team: the commonest layout (Training/ and Testing/) had no val split, though --val-fraction
+    says it carves one where the source has none, so `train` refused the prepared dataset."""
+    _class_folders(tmp_path / "src", {"Training/a": 8, "Training/b": 8, "Testing/a": 2, "Testing/b": 2})
+    res = load_source("folders", tmp_path / "src", modality="MRI", val_fraction=0.25, seed=3)
+    splits = [c.split for c in res.cases]
+    assert splits.count("val") == 4 and splits.count("train") == 12 and splits.count("test") == 4
+    assert all(c.split != "val" for c in res.cases if c.id.startswith("test/"))
+    assert "val = 4 train case(s)" in res.notes[0]
+    again = load_source("folders", tmp_path / "src", modality="MRI", val_fraction=0.25, seed=3)
+    assert [c.split for c in again.cases] == splits
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize("read, name, text", [
+    (lambda p: load_source("manifest", p), "m.jsonl", '{"id": "a", "scans": ' + DEEP + "}\n"),
+    (lambda p: load_source("rp3d", p), "release.json", DEEP),
+    (lambda p: load_records(p.parent), "case.json", DEEP),
+    (lambda p: load_mapping(p, None, None), "map.json", DEEP),
+], ids=["manifest", "rp3d", "curation record", "zeroshot mapping"])
+def test_json_nested_too_deeply_is_refused_naming_the_file(tmp_path, read, name, text):
+    """Red team: "[" * 100000 in a manifest, a release JSON, a case record or a mapping file raised
+    RecursionError: "unexpected", exit 1, naming no file."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"{name}(:1)?: .*nested too deeply"):
+        read(path)
+
+
+def test_prepare_into_the_manifests_own_folder_keeps_the_manifest(tmp_path, capsys):
+    """Red team: `data prepare DIR/cases.jsonl --format manifest --out DIR` replaced the user's
+    manifest (its own input) with the prepared case list, without --overwrite and without a word."""
+    from raddiag.cli import main
+
+    for i in range(4):
+        np.save(tmp_path / f"c{i}.npy", np.random.default_rng(i).random((8, 8, 2)).astype(np.float32))
+    manifest = _manifest(tmp_path / "cases.jsonl", [_case(f"c{i}", ["Pneumonia"] if i % 2 else []) for i in range(4)])
+    before = manifest.read_bytes()
+    for extra in ([], ["--overwrite"]):
+        assert main(["data", "prepare", str(manifest), "--format", "manifest", "--out", str(tmp_path),
+                     "--size", "8", *extra]) == 2
+        assert "is no prepared dataset but holds cases.jsonl" in capsys.readouterr().err
+    assert manifest.read_bytes() == before and not (tmp_path / "meta.json").exists()
+    assert main(["data", "prepare", str(manifest), "--format", "manifest", "--out", str(tmp_path / "data"),
+                 "--size", "8"]) == 0

@@ -176,3 +176,23 @@ def test_scans_left_out_by_the_scan_caps_are_not_kept_in_memory(tmp_path):
     used, grew_mb = int(out[0]), float(out[1])
     per_scan_mb = 128 * 128 * 16 * 2 / 2**20                  # one preprocessed float16 scan: 0.5 MB
     assert used < 40 and grew_mb < 15 * per_scan_mb, grew_mb    # 40 scans kept: 20 MB
+
+
+def test_an_empty_case_name_is_refused_not_read_as_the_current_folder(krun, tmp_path, monkeypatch, capsys):
+    """Red team: `predict RUN ""` (an unset shell variable) and `Predictor.predict("")` read Path("")
+    as ".": every scan under the current folder became one case, predicted and printed ("Case : 24
+    scan(s)")."""
+    import raddiag
+
+    for i in range(3):
+        (tmp_path / f"{i}.png").write_bytes(sample_png(32, seed=i))
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", str(krun / "krun"), "", "--modality", "X-ray"]) == 2
+    err = capsys.readouterr().err
+    assert "empty name" in err and "Case" not in err
+    pred = raddiag.load(krun / "krun")
+    for given in ("", " ", None):
+        with pytest.raises(ValueError, match="empty name|nothing to predict"):
+            pred.predict(given, modality="X-ray")
+    got = pred.predict(["", str(tmp_path / "0.png")], modality="X-ray")     # several cases: one error each
+    assert "empty name" in got[0].error and got[1].case_id == "0"

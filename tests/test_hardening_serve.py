@@ -174,3 +174,49 @@ def test_the_decoded_size_is_read_from_the_header(tmp_path, extra):
             + co.compress(raw) + co.flush() + struct.pack("<II", zlib.crc32(raw), len(raw)))
     (tmp_path / "v.nii.gz").write_bytes(blob)
     assert decoded_bytes(tmp_path / "v.nii.gz", "nifti.gz") == 64 * 64 * 40 * 2
+
+
+def _zip_of(entries: dict) -> io.BytesIO:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for n, data in entries.items():
+            z.writestr(n, data)
+    return io.BytesIO(buf.getvalue())
+
+
+@pytest.mark.parametrize("uploads", [
+    [("a.png", "file"), ("s.zip", {"a.png": "zip"})],
+    [("s.zip", {"a.png": "zip"}), ("a.png", "file")],
+    [("s1.zip", {"series/IM1.png": "one"}), ("s2.zip", {"series/IM1.png": "two"})],
+], ids=["file-then-zip", "zip-then-file", "two-zips"])
+def test_uploads_of_the_same_name_are_all_kept(tmp_path, uploads):
+    """Red team: a file beside a zip holding a file of the same name, or two zips of the same series
+    folder, were stored under one name: the later overwrote the earlier, and the case was predicted
+    from fewer scans than uploaded, without a word."""
+    from raddiag.serving.uploads import save_upload
+
+    pngs = {tag: sample_png(32, seed=i) for i, tag in enumerate(("file", "zip", "one", "two"))}
+    dest, budget, taken, stored = tmp_path / "case", Budget(10, 1 << 24), set(), []
+    dest.mkdir()
+    for name, what in uploads:
+        data = io.BytesIO(pngs[what]) if isinstance(what, str) else _zip_of({n: pngs[t] for n, t in what.items()})
+        stored += save_upload(data, name, dest, budget, taken)
+    assert len(set(stored)) == 2 and sorted(p.read_bytes() for p in stored) == sorted(
+        pngs[t] for _, what in uploads for t in ([what] if isinstance(what, str) else what.values()))
+
+
+def test_an_animated_png_counts_every_frame_it_decodes(tmp_path):
+    """Red team: an animated PNG's frames are slices the reader decodes, but only the first was
+    counted: 300 frames of 1024 x 1024 (0.9 MB sent) passed the budget as 1 MB."""
+    from PIL import Image
+
+    from raddiag.serving.uploads import decoded_bytes, save_upload
+
+    frames = [Image.fromarray(np.full((256, 256), i, np.uint8)) for i in range(20)]
+    frames[0].save(tmp_path / "clip.png", save_all=True, append_images=frames[1:])
+    assert decoded_bytes(tmp_path / "clip.png", "png") == 20 * 256 * 256
+    dest = tmp_path / "case"
+    dest.mkdir()
+    with pytest.raises(UploadError, match="decodes to more than the limit") as e:
+        save_upload(open(tmp_path / "clip.png", "rb"), "clip.png", dest, Budget(10, 1 << 24, 10 * 256 * 256), set())
+    assert e.value.status == 413

@@ -152,7 +152,8 @@ def test_short_training_pulls_synonyms_together(tmp_path):
     e = trained.encode(["spontaneous tension pneumothorax", "a name nobody trained on"])
     assert e.shape == (2, 384) and torch.isfinite(e).all()
     # a finished run is reused, not retrained
-    again = train_knowledge_encoder(tmp_path / "enc", kb=kb, steps=12, progress=False)
+    again = train_knowledge_encoder(tmp_path / "enc", kb=kb, steps=12, batch_size=12, lr=2e-4,
+                                    holdout_fraction=0.0, progress=False)
     assert again == res
 
 
@@ -169,6 +170,28 @@ def test_resume_from_checkpoint(tmp_path):
     res = train_knowledge_encoder(tmp_path / "a", steps=6, **kw)
     state = json.loads((tmp_path / "a" / "checkpoint" / "state.json").read_text())
     assert state["step"] == 6 and len(state["losses"]) == 6 and res["steps"] == 6
+
+
+def test_a_rerun_with_other_settings_is_refused_not_reused(tmp_path):
+    """Red team: `knowledge train --out enc` again with another --lr (or --base, or sources) found
+    the finished run, reused it and printed its figures as the new run's; resuming a checkpoint of
+    other settings mixed two runs."""
+    from raddiag.knowledge.train import train_knowledge_encoder
+
+    kw = dict(kb=_toy_kb(), batch_size=6, holdout_fraction=0.0, progress=False, evaluate=False, save_every=1,
+              train_layers=1)
+    train_knowledge_encoder(tmp_path / "a", steps=2, **kw)
+    assert train_knowledge_encoder(tmp_path / "a", steps=2, **kw)["steps"] == 2        # the same: reused
+    with pytest.raises(ValueError, match=r"a: holds a knowledge encoder trained with other settings \(lr 0.0001 "
+                                         r"\(now 0.001\)\); choose another --out, or pass --no-resume"):
+        train_knowledge_encoder(tmp_path / "a", steps=2, lr=1e-3, **kw)
+    bigger = _toy_kb()
+    bigger.add(Concept(id="vorn", name="vorn", synonyms=["tellic"], source="user"))
+    with pytest.raises(ValueError, match="another knowledge base"):
+        train_knowledge_encoder(tmp_path / "a", steps=3, **{**kw, "kb": bigger})         # the checkpoint's
+    (tmp_path / "a" / "knowledge_metrics.json").unlink()                       # a checkpoint alone
+    with pytest.raises(ValueError, match=r"hard_negatives 0.0 \(now 0.5\)"):
+        train_knowledge_encoder(tmp_path / "a", steps=3, hard_negatives=0.5, **kw)
 
 
 def test_heldout_split_by_category(kb):
@@ -235,3 +258,72 @@ def test_map_readme_names_top5(encoder, kb, tmp_path, monkeypatch):
     missed = {n: [c for c, _, _ in r] for n, r in zip(names, res) if README_NAMES[n] not in [c for c, _, _ in r]}
     assert not missed, missed
     assert all(len(r) == 5 and r[0][2] >= r[-1][2] for r in res)
+
+
+def test_cli_embed_never_writes_into_a_run_nor_over_a_file_unasked(tmp_path, capsys):
+    """Red team: `knowledge embed --out RUN/label_embeddings.safetensors`, as the README showed it,
+    replaced a knowledge-head run's own embeddings (no run id) and the run was refused from then on
+    ("its files do not belong together"); an existing --out was replaced without --overwrite."""
+    from raddiag.cli import main
+    from raddiag.serving.sample import make_tiny_run
+
+    run = make_tiny_run(tmp_path / "run", head="knowledge").root
+    before = (run / "label_embeddings.safetensors").read_bytes()
+    assert main(["knowledge", "embed", "--labels", str(run / "label_space.json"),
+                 "--out", str(run / "label_embeddings.safetensors")]) == 2
+    assert "lies in the run folder" in capsys.readouterr().err
+    assert (run / "label_embeddings.safetensors").read_bytes() == before
+    out = tmp_path / "emb.safetensors"
+    out.write_bytes(b"mine")
+    assert main(["knowledge", "embed", "--labels", str(run / "label_space.json"), "--out", str(out)]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err and out.read_bytes() == b"mine"
+    assert main(["knowledge", "embed", "--labels", str(run / "label_space.json"), "--out", str(out),
+                 "--overwrite"]) == 0
+    assert out.read_bytes() != b"mine" and not list(tmp_path.glob(".emb*"))
+
+
+def test_a_checkpoint_is_replaced_whole(tmp_path, monkeypatch):
+    """Red team: the checkpoint's weights, optimizer and state were replaced one by one; a failure
+    (or a kill) after the weights left a later step's weights beside an earlier step's state."""
+    from raddiag.knowledge import train as kt
+
+    kw = dict(kb=_toy_kb(), batch_size=6, holdout_fraction=0.0, progress=False, evaluate=False, save_every=2,
+              train_layers=1)
+    kt.train_knowledge_encoder(tmp_path / "a", steps=4, **kw)
+    ckpt = tmp_path / "a" / "checkpoint"
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    real_dumps = json.dumps
+
+    def failing(obj, *a, **k):                # the state file of the next checkpoint cannot be written
+        if isinstance(obj, dict) and "param_groups" in obj:
+            raise OSError(28, "No space left on device")
+        return real_dumps(obj, *a, **k)
+
+    monkeypatch.setattr(kt.json, "dumps", failing)
+    (tmp_path / "a" / kt.METRICS_FILE).unlink()
+    with pytest.raises(OSError, match="No space"):
+        kt.train_knowledge_encoder(tmp_path / "a", steps=6, **kw)
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
+    assert [p.name for p in (tmp_path / "a").iterdir() if p.name.startswith(".")] == []
+
+
+def test_label_embeddings_of_other_classes_or_order_are_refused_for_training(tmp_path):
+    """Red team: `train --label-embeddings FILE` took any file of the same class count row for row:
+    embeddings `knowledge embed` made for another label space (or this one before the dataset was
+    prepared again, its classes ordered by the new counts) trained each class against another's name."""
+    from safetensors.torch import save_file
+
+    from raddiag.data.labels import LabelSpace
+    from raddiag.knowledge.embed import save_label_embeddings
+    from raddiag.training.trainer import resolve_label_embeddings
+
+    labels = LabelSpace(names=["Normal", "Glioma", "Meningioma"])
+    emb = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
+    save_label_embeddings(tmp_path / "same.safetensors", emb, ["Normal", "Glioma", "Meningioma"])
+    assert torch.equal(resolve_label_embeddings(labels, tmp_path / "same.safetensors"), emb)
+    save_label_embeddings(tmp_path / "swapped.safetensors", emb, ["Normal", "Meningioma", "Glioma"])
+    with pytest.raises(ValueError, match=r"swapped.safetensors: embeds other class names .*\(row 1: 'Meningioma', "
+                                         r"class 1: 'Glioma'\)"):
+        resolve_label_embeddings(labels, tmp_path / "swapped.safetensors")
+    save_file({"embeddings": emb}, str(tmp_path / "plain.safetensors"))         # no texts: taken as it is
+    assert torch.equal(resolve_label_embeddings(labels, tmp_path / "plain.safetensors"), emb)

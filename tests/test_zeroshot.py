@@ -150,3 +150,22 @@ def test_a_failed_zeroshot_leaves_no_out_folder(run_and_target, tmp_path):
     with pytest.raises(FileNotFoundError, match="no-run: does not exist"):
         zeroshot(tmp_path / "no-run", target, out)
     assert not out.exists()
+
+
+def test_a_zeroshot_call_that_fails_leaves_the_last_results_whole(run_and_target, monkeypatch):
+    """Red team: mapping.json was written as soon as the mapping mode was done; a failure (or a kill)
+    in a later mode left the new mapping beside the last call's zeroshot.json, which it did not make."""
+    from raddiag.knowledge.encoder import TextEncoder
+
+    run, target, tmp = run_and_target
+    out = tmp / "whole"
+    zeroshot(run, target, out, modes=("mapping", "normal"))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken(*_a, **_k):
+        raise RuntimeError("the text encoder failed")
+
+    monkeypatch.setattr(TextEncoder, "load", broken)
+    with pytest.raises(RuntimeError, match="text encoder failed"):
+        zeroshot(run, target, out, mapping={"Viral pneumonia": ["Glioma"]})
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

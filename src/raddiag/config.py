@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,6 +297,14 @@ def _from_dict(cls, d: dict[str, Any]):
     return cls(**kwargs)
 
 
+def _shown(value: Any) -> str:
+    """``repr(value)`` cut short: a config.yaml of 500 bytes can hold a billion list items by YAML
+    aliases (``&a [*b, *b, ...]``), and a message that printed them whole hung the command."""
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxdict, r.maxstring, r.maxother = 2, 4, 4, 120, 120
+    return r.repr(value)
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check a parsed value against a field's type; ints widen to floats, nothing else is guessed."""
     origin = typing.get_origin(hint)
@@ -307,22 +316,22 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"setting {key!r} expects a list, got {value!r}")
+            raise ValueError(f"setting {key!r} expects a list, got {_shown(value)}")
         return [_coerce(v, args[0], key) for v in value] if args else list(value)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"setting {key!r} expects a mapping, got {value!r}")
+            raise ValueError(f"setting {key!r} expects a mapping, got {_shown(value)}")
         return {str(k): _coerce(v, args[1], key) for k, v in value.items()}
     if hint is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"setting {key!r} expects true/false, got {value!r}")
+            raise ValueError(f"setting {key!r} expects true/false, got {_shown(value)}")
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
         return float(value)   # YAML 1.1 reads "2e-3" (no dot) as a string
     if hint in (int, float, str) and not isinstance(value, hint) or isinstance(value, bool) and hint is not bool:
-        raise ValueError(f"setting {key!r} expects {hint.__name__}, got {value!r}")
+        raise ValueError(f"setting {key!r} expects {hint.__name__}, got {_shown(value)}")
     return value
 
 

@@ -20,6 +20,7 @@ from typing import Optional
 # give each anatomy's test figure 85-290 cases (2,000 cases: 30-150) in under 8 minutes.
 DEMO_PRESET = "cpu"
 DEMO_CASES = 4000
+DEMO_MARK = "demo.json"     # in --out: its run/ is the demo's own, which a rerun replaces
 
 
 def run_demo(out_dir: str | Path, n_cases: int = DEMO_CASES, seed: int = 0, epochs: Optional[int] = None,
@@ -34,7 +35,8 @@ def run_demo(out_dir: str | Path, n_cases: int = DEMO_CASES, seed: int = 0, epoc
 
     knowledge_steps = knowledge_steps or DEFAULTS["steps"]
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    run_dir = out / "run"
+    _claim(out, run_dir)
     clock = _Clock()
 
     data_dir = out / "data"
@@ -56,16 +58,13 @@ def run_demo(out_dir: str | Path, n_cases: int = DEMO_CASES, seed: int = 0, epoc
 
     cfg = preset(DEMO_PRESET, [f"train.seed={seed}", *([f"train.epochs={epochs}"] if epochs else []),
                           *(overrides or [])])
-    run_dir = out / "run"
     with clock.stage("train"):
-        if run_dir.exists():  # the demo's own output: a rerun trains afresh rather than refusing
-            import shutil
-
+        if run_dir.exists():  # the demo's own output: a rerun trains afresh, swapped in when complete
             _say(f"      replacing the previous demo run in {run_dir}")
-            shutil.rmtree(run_dir)
         _say(f"[3/4] training a RadDiag of the {DEMO_PRESET} preset ({cfg.model.encoder} encoder, fusion + "
              f"knowledge head, {cfg.train.epochs} epochs) -> {run_dir}")
-        train(data_dir, run_dir, cfg, knowledge_encoder=enc_dir, progress=progress, summary=progress)
+        train(data_dir, run_dir, cfg, knowledge_encoder=enc_dir, progress=progress, summary=progress,
+              overwrite=True)
 
     with clock.stage("evaluate"):
         _say(f"[4/4] evaluating on the test split -> {out / 'report.html'}")
@@ -77,6 +76,20 @@ def run_demo(out_dir: str | Path, n_cases: int = DEMO_CASES, seed: int = 0, epoc
           f"\ntotal time: {timings['total_s']:.0f} s (CPU {timings['total_cpu_s']:.0f} s, "
           f"{timings['torch_threads']} torch threads)")
     return metrics
+
+
+def _claim(out: Path, run_dir: Path) -> None:
+    """Mark ``out`` as the demo's (``demo.json``), refusing, before any work, an ``out`` whose
+    ``run/`` is not the demo's: ``raddiag demo --out .`` in a project folder deleted the user's own
+    trained ``run/``. A folder of an earlier demo (its ``timings.json``) is the demo's too."""
+    from raddiag.data.errors import OutputExists
+
+    mine = (out / DEMO_MARK).exists() or (out / "timings.json").exists()
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())) and not mine:
+        raise OutputExists(f"{run_dir}: exists and is no run of raddiag demo, which would replace it; choose "
+                           "another --out (the demo replaces only its own run)")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARK).write_text(json.dumps({"made_by": "raddiag demo", "run": run_dir.name}) + "\n")
 
 
 class _Clock:

@@ -1,11 +1,35 @@
-"""JSON Lines files written by people (manifests, knowledge, case records): blank lines and
-``#`` comments allowed; every error names the file and the line."""
+"""JSON and JSON Lines files written by people (manifests, label spaces, release files, mappings,
+knowledge, case records): in JSON Lines blank lines and ``#`` comments are allowed; every error
+names the file (and the line)."""
 from __future__ import annotations
 
 import codecs
 import json
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
+
+
+def parse_json(text: str, where) -> Any:
+    """The JSON value of ``text``; a ValueError naming ``where`` when it is not JSON, or nested
+    deeper than the parser follows (``"[" * 100000`` raised RecursionError: an "unexpected" error
+    naming no file, from every reader of a label space, release file, mapping or manifest)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except RecursionError:
+        raise ValueError(f"{where}: not valid JSON here (nested too deeply for the parser)") from None
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON value of the file ``path`` (a leading UTF-8 BOM skipped), errors as :func:`parse_json`
+    and for a file that is not UTF-8."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at {exc.start})") from None
+    return parse_json(text, path)
 
 
 def scan_jsonl(path: str | Path, what: str = "file") -> Iterator[tuple[str, Optional[dict], Optional[str]]]:
@@ -31,6 +55,9 @@ def scan_jsonl(path: str | Path, what: str = "file") -> Iterator[tuple[str, Opti
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
                 yield where, None, f"not valid JSON ({exc.msg})"
+                continue
+            except RecursionError:
+                yield where, None, "not valid JSON here (nested too deeply for the parser)"
                 continue
             if not isinstance(rec, dict):
                 yield where, None, f"expected a JSON object, got {type(rec).__name__}"

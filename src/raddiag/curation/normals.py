@@ -15,7 +15,6 @@ the previous selection. ``normals/report.txt`` holds the before / after table.
 from __future__ import annotations
 
 import random
-import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Optional, Sequence
@@ -24,6 +23,7 @@ import numpy as np
 
 from raddiag.curation.records import load_records, modality_anatomy
 from raddiag.curation.work import Work, append_jsonl, write_json
+from raddiag.staging import discard, stage_beside, swap_in
 
 
 def _pool_from(source: str, anatomy: Optional[str]) -> tuple[list[dict], str]:
@@ -141,45 +141,56 @@ def add_normals(
             chosen += take
             after[cell] += len(take)
         out_dir = w.root / "normals"
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        img_dir = w.path("normals", "images", "x").parent
-        img_dir.mkdir(parents=True, exist_ok=True)
-        it = chosen
-        if progress:
-            from tqdm import tqdm
-
-            it = tqdm(chosen, desc="normals", unit="case")
-        recs = []
-        for i, p in enumerate(it):
-            rid = f"normal-{i:05d}-{Path(p['source']).name}-{p['id']}".replace("/", "_")
-            studies = []
-            for k, (read, meta) in enumerate(p["scans"]):
-                arr = np.asarray(read(), dtype=np.float32)           # [S, H, W]
-                f = img_dir / f"{i:05d}_{k}.npy"
-                np.save(f, np.ascontiguousarray(arr.transpose(1, 2, 0)))   # release layout [H, W, D]
-                im = {"path": str(f.resolve()), "plane": meta["plane"]}
-                if meta["key"] is not None:
-                    im["key_slice"] = int(meta["key"])
-                studies.append({"modality": meta["modality"], "anatomy": p["anatomy"], "images": [im]})
-            rec = {"id": rid, "url": rid, "title": "Normal", "anatomy": p["anatomy"], "articles": [],
-                   "normal": True, "studies": studies}
-            if p.get("split"):
-                rec["split"] = p["split"]
-            recs.append(rec)
-        append_jsonl(out_dir / "records.jsonl", recs)
         table = balance_table(dict(before), dict(after), dict(abnormal), {c: len(v) for c, v in by_cell.items()})
-        (out_dir / "report.txt").write_text(
-            f"normal cases added: {len(recs)} (ratio {ratio}, min per cell {min_per_cell}, seed {seed})\n"
-            f"sources: {', '.join(sources)}\n\n{table}\n")
-        summary = {"added": len(recs), "pool": len(pool), "table": table,
+        summary = {"added": len(chosen), "pool": len(pool), "table": table,
                    "cells": [{"anatomy": a, "modality": m, "abnormal": abnormal.get((a, m), 0),
                               "normal_before": before.get((a, m), 0), "normal_after": after.get((a, m), 0)}
                              for a, m in sorted(set(abnormal) | set(after))]}
-        write_json(out_dir / "report.json", {k: v for k, v in summary.items() if k != "table"})
-        log.info("added %d normal cases from a pool of %d\n%s", len(recs), len(pool), table)
+        stage = stage_beside(out_dir, "normals")    # the old normals stay whole until the new are
+        try:
+            _write_normals(stage, out_dir.resolve(), chosen, progress)
+            (stage / "report.txt").write_text(
+                f"normal cases added: {len(chosen)} (ratio {ratio}, min per cell {min_per_cell}, seed {seed})\n"
+                f"sources: {', '.join(sources)}\n\n{table}\n")
+            write_json(stage / "report.json", {k: v for k, v in summary.items() if k != "table"})
+            swap_in(stage, out_dir)
+        except BaseException:
+            discard(stage)
+            raise
+        log.info("added %d normal cases from a pool of %d\n%s", len(chosen), len(pool), table)
         w.update_state(normals_sources=list(sources))
     return summary
+
+
+def _write_normals(stage: Path, final: Path, chosen: list[dict], progress: bool) -> None:
+    """The chosen cases' scans (``images/``, the release layout) and ``records.jsonl`` into ``stage``;
+    the records name each image where it will lie once ``stage`` becomes ``final``. A failure (an
+    unreadable scan, a kill) used to come after the previous normals were deleted: export then went
+    on without any."""
+    (stage / "images").mkdir()
+    it = chosen
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(chosen, desc="normals", unit="case")
+    recs = []
+    for i, p in enumerate(it):
+        rid = f"normal-{i:05d}-{Path(p['source']).name}-{p['id']}".replace("/", "_")
+        studies = []
+        for k, (read, meta) in enumerate(p["scans"]):
+            arr = np.asarray(read(), dtype=np.float32)           # [S, H, W]
+            name = f"{i:05d}_{k}.npy"
+            np.save(stage / "images" / name, np.ascontiguousarray(arr.transpose(1, 2, 0)))   # release layout [H, W, D]
+            im = {"path": str(final / "images" / name), "plane": meta["plane"]}
+            if meta["key"] is not None:
+                im["key_slice"] = int(meta["key"])
+            studies.append({"modality": meta["modality"], "anatomy": p["anatomy"], "images": [im]})
+        rec = {"id": rid, "url": rid, "title": "Normal", "anatomy": p["anatomy"], "articles": [],
+               "normal": True, "studies": studies}
+        if p.get("split"):
+            rec["split"] = p["split"]
+        recs.append(rec)
+    append_jsonl(stage / "records.jsonl", recs)
 
 
 def normal_records(work: str | Path) -> list[dict]:

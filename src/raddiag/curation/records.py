@@ -22,12 +22,12 @@ of the release format; each image of a study is one scan.
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
 from raddiag.data.case import SPLITS, canonical_modality
+from raddiag.jsonl import parse_json, read_json
 
 RECORD_KEYS = {"id", "url", "title", "patient", "presentation", "discussion", "anatomy",
                "articles", "normal", "split", "studies", "icd10"}
@@ -111,19 +111,13 @@ def load_records(folder: str | Path) -> list[dict]:
     records: list[dict] = []
     for path in sorted(folder.rglob("*.json*")):
         if path.suffix == ".json":
-            try:
-                rec = json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+            rec = read_json(path)
             records.append(validate_record(rec, str(path), base=path.parent))
         elif path.suffix == ".jsonl":
             for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
                 if not line.strip() or line.lstrip().startswith("#"):
                     continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
+                rec = parse_json(line, f"{path}:{i}")
                 records.append(validate_record(rec, f"{path}:{i}", base=path.parent))
     if not records:
         raise ValueError(f"{folder}: no case records (*.json / *.jsonl) found")

@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from raddiag.jsonl import read_json  # noqa: F401 - the curation steps read their JSON through here
+
 log = logging.getLogger("raddiag.curation")
 
 
@@ -93,12 +95,6 @@ class Work:
 
 
 # -- file helpers ------------------------------------------------------------------------
-def read_json(path: str | Path) -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
 
 
 def write_json(path: str | Path, obj: Any, indent: int | None = 1) -> None:

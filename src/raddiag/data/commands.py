@@ -129,7 +129,7 @@ def _load_label_space(path: str):
         raise FileNotFoundError(f"{p}: label space file does not exist")
     try:
         d = json.loads(p.read_text(encoding="utf-8-sig"))
-    except ValueError:
+    except (ValueError, RecursionError):       # LabelSpace.load names the file and the reason
         d = None
     if d is None or (isinstance(d, dict) and "classes" in d):
         return LabelSpace.load(p)                      # names the file and the reason

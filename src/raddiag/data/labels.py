@@ -238,8 +238,10 @@ class LabelSpace:
         """The release's ``disorder_label_dict.json`` (name -> index, Normal = 0). Groups: by
         ``counts`` (training cases per name, e.g. from the release's training file) when given,
         else the release's fixed ranges of its label order (:func:`release_groups`)."""
+        from raddiag.jsonl import read_json
+
         path = Path(path)
-        mapping = json.loads(path.read_text(encoding="utf-8-sig"))
+        mapping = read_json(path)
         if not isinstance(mapping, dict):
             raise ValueError(f"{path}: expected a JSON object of name -> index")
         names = [None] * len(mapping)
@@ -299,6 +301,9 @@ class LabelSpace:
             return cls.from_dict(json.loads(path.read_text(encoding="utf-8-sig")))   # -sig: a BOM is skipped
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not a readable label space: not JSON ({exc})") from None
+        except RecursionError:
+            raise ValueError(f"{path}: not a readable label space: not JSON here (nested too deeply for "
+                             "the parser)") from None
         except ValueError as exc:                                        # UTF-8, shape or field errors
             reason = str(exc).removeprefix("label space: ")
             raise ValueError(f"{path}: not a readable label space: {reason}") from None

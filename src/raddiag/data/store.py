@@ -130,6 +130,7 @@ def prepare_cases(
     if (out / "meta.json").exists() and not overwrite:
         raise OutputExists(f"{out}: holds a prepared dataset already; pass --overwrite (overwrite=True) "
                               "to replace it")
+    _check_no_other_files(out)
     cases = list(cases)
     _check_cases(cases, pre_skipped)
     created = not out.exists()
@@ -154,6 +155,22 @@ def prepare_cases(
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
     return report
+
+
+PREPARED_FILES = ("meta.json", "cases.jsonl", "slices.f16", "labels_disorder.json", "labels_icd10.json",
+                  "report.json", "report.txt")     # what a prepared dataset holds (module doc)
+
+
+def _check_no_other_files(out: Path) -> None:
+    """Refuse an ``out`` that is no prepared dataset but holds a file of a prepared dataset's name:
+    ``data prepare DIR/cases.jsonl --format manifest --out DIR`` replaced the user's manifest (its own
+    input) with the prepared case list, without --overwrite and without a word."""
+    if (out / "meta.json").exists():
+        return
+    clash = [n for n in PREPARED_FILES if (out / n).exists()]
+    if clash:
+        raise OutputExists(f"{out}: is no prepared dataset but holds {', '.join(clash)}, which data prepare would "
+                           "replace; choose another (or an empty) --out")
 
 
 def _check_cases(cases: list[Case], pre_skipped: Sequence[dict]) -> None:
@@ -271,10 +288,12 @@ def _case_from_record(rec: dict) -> Case:
 
 def _read_meta(path: Path) -> dict:
     """meta.json, checked: every error names the file."""
+    from raddiag.jsonl import read_json
+
     try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); prepare the dataset again") from None
+        meta = read_json(path)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; prepare the dataset again") from None
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: expected a JSON object; prepare the dataset again")
     if meta.get("format_version") != FORMAT_VERSION:
@@ -295,6 +314,12 @@ def _open_slices(path: Path, n: int, size: int) -> np.ndarray:
         raise ValueError(f"{path}: {what}, meta.json declares {n} slices of {size} x {size} ({need:,} bytes): "
                          "truncated or from another prepare; prepare the dataset again")
     return np.memmap(path, dtype=DTYPE, mode="r", shape=(n, size, size)) if n else np.zeros((0, size, size), DTYPE)
+
+
+def _whole(x) -> bool:
+    """An integer >= 0 (a string or a negative count in a hostile cases.jsonl raised TypeError, or
+    read slices before the scan's own)."""
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 class PreparedData:
@@ -318,7 +343,8 @@ class PreparedData:
         for r in self.records:
             for sc in r.get("scans") or []:
                 st = sc.get("store") or {}
-                if not (0 <= st.get("start", -1) and st.get("start", 0) + st.get("n", 0) <= n):
+                start, count = st.get("start", -1) if isinstance(st, dict) else -1, st.get("n", 0) if isinstance(st, dict) else 0
+                if not (_whole(start) and _whole(count) and start + count <= n):
                     raise ValueError(f"{self.root / 'cases.jsonl'}: case {r.get('id')!r} points at slices "
                                      f"{st} outside the {n} stored; prepare the dataset again")
 

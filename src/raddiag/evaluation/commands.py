@@ -88,6 +88,8 @@ def load_predictions(path: str) -> dict:
     out = {"scores": z["scores"], "labels": z["labels"]}
     for k in ("case_ids", "anatomy"):
         if k in z:
+            if z[k].ndim != 1:
+                raise ValueError(f"{p}: {k} must be a list of one entry per case, got an array of shape {z[k].shape}")
             out[k] = [str(x) for x in z[k]]
     check_inputs(out["scores"], out["labels"], str(p))
     ids = out.get("case_ids")
@@ -153,11 +155,27 @@ def read_npz(path) -> dict:
             if dtype.hasobject:
                 raise ValueError(f"{info.filename}: object arrays are not read (no pickles)")
             count = int(np.prod(shape, dtype=np.int64))
+            start = info.header_offset + 30 + n_name + n_extra
+            head_len = f.tell() - start
+            if info.file_size != head_len + count * dtype.itemsize:
+                raise ValueError(f"{info.filename}: its header declares {count:,} values of {dtype.itemsize} bytes, "
+                                 f"the member holds {info.file_size - head_len:,} bytes")
             arr = np.fromfile(f, dtype=dtype, count=count)
             if arr.size != count:
                 raise ValueError(f"{info.filename}: truncated ({arr.size} of {count} values)")
+            _check_crc(f, start, head_len, arr, info)
             out[name] = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
     return out
+
+
+def _check_crc(f, start: int, head_len: int, arr, info) -> None:
+    """The member's CRC-32, as ``np.load`` (``zipfile``) checks it: a damaged file (one flipped
+    bit turned a score of 0.816 into 1.2e-05) was scored without a word. 0.1 s per 170 MB."""
+    import zlib
+
+    f.seek(start)
+    if zlib.crc32(arr, zlib.crc32(f.read(head_len))) != info.CRC:
+        raise ValueError(f"{info.filename}: damaged (its CRC-32 does not match the data)")
 
 
 def _evaluate(args) -> int:

@@ -288,11 +288,21 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
 
 def write_outputs(out: Path, result: dict, scores, labels, label_space: LabelSpace, anatomy, case_ids,
                   title: str) -> None:
+    """``metrics.json``, ``predictions.npz``, ``per_class.csv`` and ``report.html``, written into a
+    stage inside ``out`` and moved in together when all four are complete: a failure or a kill
+    half-way (the report) left the new metrics.json beside the last call's predictions and report."""
+    from raddiag.staging import staged_files
+
+    with staged_files(out, "eval") as stage:
+        _write_outputs(stage, result, scores, labels, label_space, anatomy, case_ids, title)
+
+
+def _write_outputs(out: Path, result: dict, scores, labels, label_space: LabelSpace, anatomy, case_ids,
+                   title: str) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from .report import write_report
 
-    out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result["metrics"], indent=1))
     extra = {}
     if case_ids is not None:
@@ -313,12 +323,15 @@ def write_outputs(out: Path, result: dict, scores, labels, label_space: LabelSpa
 
 
 def _saved_scores(scores: np.ndarray) -> np.ndarray:
-    """Scores as float32 (half the file), unless they lie beyond float32's range: they would
-    come back as inf, which the file's next reader refuses."""
-    big = np.finfo(np.float32).max
-    if scores.dtype != np.float32 and (scores.max() > big or scores.min() < -big):
+    """Scores as float32 (half the file) only where float32 holds them exactly (a model's
+    probabilities): rounded, distinct float64 scores became ties (1 - 1e-9 and 1 - 1e-10 are
+    both 1.0 in float32), and scoring the written file gave another AUC than metrics.json
+    (0.743 became 0.5); beyond float32's range they came back as inf."""
+    if scores.dtype == np.float32:
         return scores
-    return np.asarray(scores, np.float32)
+    with np.errstate(over="ignore"):
+        small = scores.astype(np.float32)
+    return small if np.array_equal(small, scores) else scores
 
 
 def write_per_class_csv(path: Path, result: dict, labels: np.ndarray, label_space: LabelSpace) -> None:

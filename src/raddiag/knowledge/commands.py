@@ -36,7 +36,9 @@ def register(subparsers) -> None:
     m.add_argument("--encoder", help="encoder folder (default: all-MiniLM-L6-v2)")
     m.add_argument("--labels", required=True,
                    help="label_space.json, a run folder, disorder_label_dict.json or a JSON list of names")
-    m.add_argument("--out", required=True, help="output .safetensors (e.g. RUN/label_embeddings.safetensors)")
+    m.add_argument("--out", required=True, help="output .safetensors (for train --label-embeddings FILE); not "
+                                                "inside a run folder, whose embeddings belong to its trained head")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     m.set_defaults(func=_embed)
 
     s = sub.add_parser("map", help="suggest ICD-10-CM categories for free-text disorder names")
@@ -119,10 +121,12 @@ def _evaluate(a: argparse.Namespace) -> int:
 
 
 def _embed(a: argparse.Namespace) -> int:
-    from raddiag.knowledge.embed import embed_labels, label_texts, read_labels, save_label_embeddings
+    from raddiag.knowledge.embed import (check_embeddings_out, embed_labels, label_texts, read_labels,
+                                         save_label_embeddings)
     from raddiag.knowledge.encoder import TextEncoder
 
     labels = read_labels(a.labels)
+    check_embeddings_out(a.out, a.overwrite)
     enc = TextEncoder.load(a.encoder)
     emb = embed_labels(enc, labels, progress=True)
     path = save_label_embeddings(a.out, emb, label_texts(labels), enc)

@@ -149,17 +149,39 @@ def read_labels(path: str | Path) -> Union[LabelSpace, list[str]]:
     raise ValueError(f"{path}: expected a label space, a name -> index object or a list of names")
 
 
-def save_label_embeddings(path: str | Path, emb: torch.Tensor, texts: Sequence[str],
-                          encoder: Optional[TextEncoder] = None) -> Path:
-    """``{"embeddings": [C, d]}`` with the texts and the encoder in the safetensors metadata."""
-    from safetensors.torch import save_file
+def check_embeddings_out(path: str | Path, overwrite: bool = False) -> Path:
+    """``path`` if label embeddings may be written there: not a part of a run folder (its
+    embeddings carry its run id and belong to its trained head: writing there, as the README once
+    suggested, destroyed them and the run was refused as a mix), an existing file only with
+    ``overwrite``."""
+    from raddiag.data.errors import OutputExists
+    from raddiag.run import RunFolder
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if RunFolder(path.parent).looks_like_run():
+        raise ValueError(f"{path}: lies in the run folder {path.parent}, whose label embeddings belong to its "
+                         "trained head; write them elsewhere and train with --label-embeddings FILE")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder; give a .safetensors file")
+    if path.exists() and not overwrite:
+        raise OutputExists(f"{path}: exists already; pass --overwrite to replace it")
+    return path
+
+
+def save_label_embeddings(path: str | Path, emb: torch.Tensor, texts: Sequence[str],
+                          encoder: Optional[TextEncoder] = None) -> Path:
+    """``{"embeddings": [C, d]}`` with the texts and the encoder in the safetensors metadata,
+    written whole or not at all."""
+    from safetensors.torch import save
+
+    from raddiag.staging import atomic_write
+
+    path = Path(path)
     meta = {"texts": json.dumps(list(texts))}
     if encoder is not None:
         meta.update(encoder=encoder.source, encoder_identity=encoder.identity, pooling=encoder.pooling)
-    save_file({"embeddings": emb.detach().float().contiguous().cpu()}, str(path), metadata=meta)
+    blob = save({"embeddings": emb.detach().float().contiguous().cpu()}, metadata=meta)
+    atomic_write(path, lambda f: f.write(blob))
     return path
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,18 +301,25 @@ def _freeze_lower_layers(model, train_layers: Optional[int]) -> None:
 
 
 def _save_checkpoint(ckpt: Path, encoder: TextEncoder, opt: torch.optim.Optimizer, state: dict) -> None:
+    """Weights, optimizer and step written into a stage beside ``ckpt`` and swapped in together
+    (the three files were replaced one by one: a kill between them left step k's state beside step
+    k + 50's weights, and the resumed run was not the uninterrupted one)."""
     from safetensors.torch import save_file, save_model
 
-    ckpt.mkdir(parents=True, exist_ok=True)
-    save_model(encoder.model, str(ckpt / "model.tmp"))
-    osd = opt.state_dict()
-    tensors = {f"{pid}.{k}": v.detach().clone().contiguous() for pid, st in osd["state"].items()
-               for k, v in st.items() if torch.is_tensor(v)}
-    save_file(tensors, str(ckpt / "optimizer.tmp"))
-    os.replace(ckpt / "model.tmp", ckpt / "model.safetensors")
-    os.replace(ckpt / "optimizer.tmp", ckpt / "optimizer.safetensors")
-    (ckpt / "state.tmp").write_text(json.dumps({**state, "param_groups": osd["param_groups"]}, indent=1))
-    os.replace(ckpt / "state.tmp", ckpt / "state.json")
+    from raddiag.staging import discard, stage_beside, swap_in
+
+    stage = stage_beside(ckpt, "ckpt")
+    try:
+        save_model(encoder.model, str(stage / "model.safetensors"))
+        osd = opt.state_dict()
+        tensors = {f"{pid}.{k}": v.detach().clone().contiguous() for pid, st in osd["state"].items()
+                   for k, v in st.items() if torch.is_tensor(v)}
+        save_file(tensors, str(stage / "optimizer.safetensors"))
+        (stage / "state.json").write_text(json.dumps({**state, "param_groups": osd["param_groups"]}, indent=1))
+        swap_in(stage, ckpt)
+    except BaseException:
+        discard(stage)
+        raise
 
 
 def _load_checkpoint(ckpt: Path, encoder: TextEncoder, opt: torch.optim.Optimizer) -> dict:
@@ -364,12 +370,38 @@ def encoder_summary(path: Optional[str | Path]) -> str:
     return f"{path} (fine-tuned by raddiag knowledge train: {tuned.get('steps')} steps from {tuned.get('base')})"
 
 
-def _finished_run(out: Path, steps: int) -> Optional[dict]:
-    """The stored metrics of a finished run of at least ``steps`` steps in ``out``, else None."""
+def _settings(kb: Optional[KnowledgeBase], **given) -> dict:
+    """What a run's encoder depends on besides its step count: recorded with its metrics and
+    checkpoints, so that a rerun into the same folder continues (or reuses) only the same run.
+    ``knowledge``: the given knowledge base's sizes (None: the default one, not built to check)."""
+    return {**{k: (str(v) if k == "base" and v is not None else v) for k, v in given.items()},
+            "knowledge": None if kb is None else {"concepts": len(kb), "sources": kb.counts}}
+
+
+def _check_same_run(out: Path, recorded: Optional[dict], settings: dict) -> None:
+    """Refuse to reuse or resume ``out`` when it was trained with other settings (naming them): a
+    rerun with another --lr, --base or source reused the old encoder and printed its figures as the
+    new run's. A run recorded before settings were (None) is taken as it is."""
+    if recorded is None or recorded == settings:
+        return
+    said = ", ".join(f"{k} {recorded.get(k)!r} (now {settings.get(k)!r})" for k in {**recorded, **settings}
+                     if recorded.get(k) != settings.get(k) and k != "knowledge")
+    if None not in (recorded.get("knowledge"), settings.get("knowledge")) and \
+            recorded.get("knowledge") != settings.get("knowledge"):
+        said = ", ".join(filter(None, (said, "another knowledge base (--source, --extra, --index, --dataset)")))
+    raise ValueError(f"{out}: holds a knowledge encoder trained with other settings ({said}); choose another "
+                     "--out, or pass --no-resume to train afresh over it")
+
+
+def _finished_run(out: Path, steps: int, settings: Optional[dict] = None) -> Optional[dict]:
+    """The stored metrics of a finished run of at least ``steps`` steps in ``out``, else None
+    (one of other ``settings``: ValueError)."""
     metrics_path = out / METRICS_FILE
     if not metrics_path.is_file():
         return None
     done = json.loads(metrics_path.read_text())
+    if settings is not None:
+        _check_same_run(out, done.get("settings"), settings)
     if done.get("steps", 0) >= steps and (out / "config.json").is_file():
         log.info("%s: finished run found (%d steps); reusing it", out, done["steps"])
         return done
@@ -430,7 +462,10 @@ def train_knowledge_encoder(
     ckpt = out / "checkpoint"
     if steps < 1 or batch_size < 2:
         raise ValueError("steps must be >= 1 and batch_size >= 2")
-    if resume and (done := _finished_run(out, steps)) is not None:
+    settings = _settings(kb, base=base, batch_size=batch_size, lr=lr, temperature=temperature,
+                         holdout_fraction=holdout_fraction, seed=seed, pooling=pooling, extra=[str(e) for e in extra],
+                         freeze_embeddings=freeze_embeddings, train_layers=train_layers, hard_negatives=hard_negatives)
+    if resume and (done := _finished_run(out, steps, settings)) is not None:
         return done
     if kb is None:
         from raddiag.knowledge.kb import build_kb
@@ -459,8 +494,9 @@ def train_knowledge_encoder(
     def lr_at(s: int) -> float:  # linear warm-up, then linear decay to 0
         return lr * ((s + 1) / n_warm if s < n_warm else max(0.0, (steps - s) / max(1, steps - n_warm)))
 
-    state = {"step": 0, "losses": [], "before": None}
+    state = {"step": 0, "losses": [], "before": None, "settings": settings}
     if resume and (ckpt / "state.json").is_file():
+        _check_same_run(out, json.loads((ckpt / "state.json").read_text()).get("settings"), settings)
         state = _load_checkpoint(ckpt, encoder, opt)
         log.info("resuming %s at step %d", out, state["step"])
     if state.get("before") is None and state_before_eval:
@@ -503,6 +539,7 @@ def train_knowledge_encoder(
         "after": evaluate_retrieval(encoder, heldout) if evaluate else None,
         "train_seconds_this_run": round(time.time() - t0, 1),
         "final_loss": float(np.mean(state["losses"][-20:])) if state["losses"] else None,
+        "settings": settings,
     }
     encoder.save(out, extra={"knowledge_training": {k: result[k] for k in ("steps", "base", "seed")}})
     _save_checkpoint(ckpt, encoder, opt, state)

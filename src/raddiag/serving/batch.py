@@ -88,11 +88,12 @@ class BatchSummary:
     other_cases: int = 0    # rows in the file of cases not among these (another split or manifest)
 
 
-def made_by(pred: Predictor, top: int, classes=None, encoder=None) -> dict:
+def made_by(pred: Predictor, top: int, classes=None, encoder=None, modality=None) -> dict:
     """What a row depends on, recorded in each row (``made_by``) so that a resumed file is never a
     mix: the run (:meth:`raddiag.run.RunFolder.fingerprint`: its weights, config, label space,
-    label embeddings), the input settings in effect (``--window`` changes them), ``--top`` and the
-    scored names (``--classes`` with the text encoder and prompt mode)."""
+    label embeddings), the input settings in effect (``--window`` changes them), ``--top``, the
+    scored names (``--classes`` with the text encoder and prompt mode) and, when given, the
+    ``--modality`` of CASE files (rows of CT files read as MRI were resumed as done)."""
     import dataclasses
     import hashlib
 
@@ -102,9 +103,10 @@ def made_by(pred: Predictor, top: int, classes=None, encoder=None) -> dict:
         return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     names = [list(classes), str(encoder), bool(pred.prompt_sets)] if classes else None
-    return {"run": RunFolder(pred.run_dir).fingerprint()[:16] if pred.run_dir else None,
+    made = {"run": RunFolder(pred.run_dir).fingerprint()[:16] if pred.run_dir else None,
             "input": digest(dataclasses.asdict(pred.cfg.data)), "top": int(top),
             "classes": digest(names) if names else None}
+    return {**made, "modality": digest(modality)} if modality else made
 
 
 def _read_rows(out: Path) -> tuple[list[dict], int, bool]:
@@ -169,7 +171,8 @@ def _check_made_by(out: Path, rows: list[dict], made: dict) -> None:
     if not isinstance(theirs, dict):
         why = "they do not record what made them (written by an older raddiag)"
     else:
-        why = ", ".join(f"{k} {theirs.get(k)} (now {v})" for k, v in made.items() if theirs.get(k) != v)
+        why = ", ".join(f"{k} {theirs.get(k)} (now {made.get(k)})" for k in {**made, **theirs}
+                        if theirs.get(k) != made.get(k))
         why = f"made with {why}" if why else f"made by {theirs}"
     raise ValueError(f"{out}: {len(other)} of its {len(rows)} rows come from another run or other options "
                      f"({why}); resuming would mix them: choose another --out, or delete the file to start afresh")
@@ -177,14 +180,15 @@ def _check_made_by(out: Path, rows: list[dict], made: dict) -> None:
 
 def predict_to_jsonl(pred: Predictor, pending: Sequence[PendingCase], out: Union[str, Path], batch_size: int = 8,
                      top: int = 10, classes=None, encoder=None, progress: bool = False,
-                     retry_errors: bool = False) -> BatchSummary:
+                     retry_errors: bool = False, modality=None) -> BatchSummary:
     """Predict ``pending`` into the JSON Lines file ``out`` (see the module docstring), skipping
-    the cases written there already (``retry_errors``: except the error rows)."""
+    the cases written there already (``retry_errors``: except the error rows). ``modality``: the
+    modality the pending cases' files were given (recorded in :func:`made_by`)."""
     if top < 1:
         raise ValueError(f"top must be >= 1, got {top}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    made = made_by(pred, top, classes, encoder)
+    made = made_by(pred, top, classes, encoder, modality)
     ids = {p.case_id for p in pending}
     done, summary = _resume(out, retry_errors, made, ids)
     todo_total = sum(p.case_id not in done for p in pending)

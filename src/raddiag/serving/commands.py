@@ -245,8 +245,11 @@ def _predict_to_file(args, cases) -> int:
             raise ValueError(f"{opt} is not available with --out (the rows are JSON already; saliency: "
                              "predict the case on its own)")
     pred = _load(args)
+    from raddiag.serving.predict import canonical_modalities
+
     s = predict_to_jsonl(pred, _pending(pred, args, cases), args.out, args.batch_size, args.top, args.classes,
-                         args.encoder, progress=True, retry_errors=args.retry_errors)
+                         args.encoder, progress=True, retry_errors=args.retry_errors,
+                         modality=canonical_modalities(_modalities(args)) if args.cases else None)
     notes = [text for text, on in (("a cut-off last line was dropped and its case predicted again", s.dropped_partial),
                                    (f"{s.duplicates} repeated row(s) of a case removed", s.duplicates),
                                    (f"the file also holds {s.other_cases} row(s) of cases not among these",

@@ -85,7 +85,15 @@ def export(run_dir, fmt: str = "onnx", out: Optional[str | Path] = None, scans: 
     run = resolve_run(run_dir)
     model, cfg, labels = load_model(run, device="cpu")
     out = Path(out) if out else run.root / "export"
-    out.mkdir(parents=True, exist_ok=True)
+    from raddiag.staging import staged_files
+
+    with staged_files(out, "export") as stage:       # a graph that fails its check leaves the last export whole
+        names = _export_into(stage, model, cfg, labels, run_dir, fmt, scans, atol)
+    return [out / n for n in names]
+
+
+def _export_into(out: Path, model, cfg, labels, run_dir, fmt: str, scans: Optional[int], atol: float) -> list[str]:
+    """The two graphs and ``export.json`` written into ``out``; their file names."""
     scans = scans or cfg.data.max_scans
     example, check = example_batch(cfg, scans, 2, seed=0), example_batch(cfg, scans, 3, seed=1)
     meta = {"format": fmt, "run": str(run_dir), "classes": list(labels.names),
@@ -115,7 +123,7 @@ def export(run_dir, fmt: str = "onnx", out: Optional[str | Path] = None, scans: 
         meta["graphs"][kind] = {"file": path.name, "inputs": list(names), "max_abs_diff": diff, "check": checked}
         written.append(path)
     (out / "export.json").write_text(json.dumps(meta, indent=1))
-    return written + [out / "export.json"]
+    return [p.name for p in written] + ["export.json"]
 
 
 def _export_onnx(module, args, names, path: Path, check_args, want):

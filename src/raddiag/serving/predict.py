@@ -62,6 +62,8 @@ def case_scans(case: PathLike | Sequence[PathLike], modality=None) -> list[Scan]
     scans: list[Scan] = []
     series: dict[str, int] = {}          # DICOM files given one by one -> one scan per series
     for i, item in enumerate(items):
+        if not str(item).strip():     # Path("") is ".": every scan under the current folder became the case
+            raise ValueError(f"case file or folder {i + 1} of {len(items)} is an empty name")
         p = Path(item)
         if not p.exists():
             raise FileNotFoundError(f"{p}: no such file or folder")
@@ -108,6 +110,8 @@ def _split_cases(inputs) -> tuple[list, bool]:
     a list holding lists or folders is several cases."""
     if isinstance(inputs, (str, Path)):
         return [inputs], False
+    if inputs is None:
+        raise ValueError("nothing to predict: no inputs given (None)")
     items = list(inputs)
     if not items:
         raise ValueError("nothing to predict: no inputs given")

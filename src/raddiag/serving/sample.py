@@ -189,3 +189,17 @@ def volume_bomb(shape=(1024, 1024, 1000), dtype=np.float64) -> bytes:
     if total % block:
         parts.append(gzip.compress(bytes(total % block)))
     return b"".join(parts)
+
+
+def animated_png(frames: int = 800, side: int = 1024) -> bytes:
+    """An animated PNG of ``frames`` black frames of ``side`` x ``side`` (800 x 1024 x 1024: 839 MB
+    decoded, under 1 MB sent): each frame is a slice the reader decodes."""
+    import io
+
+    from PIL import Image
+
+    frame = Image.new("L", (side, side))
+    buf = io.BytesIO()
+    frame.save(buf, format="PNG", save_all=True, append_images=[frame] * (frames - 1), compress_level=1)
+    return buf.getvalue()
+

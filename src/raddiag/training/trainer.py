@@ -147,6 +147,7 @@ def resolve_label_embeddings(labels: LabelSpace, label_embeddings=None, knowledg
         if "embeddings" not in tensors:
             raise ValueError(f"{path}: no 'embeddings' tensor (found {sorted(tensors)})")
         emb = tensors["embeddings"]
+        _check_embedded_texts(path, labels)
     else:
         from raddiag.knowledge.embed import embed_labels
         from raddiag.knowledge.encoder import TextEncoder
@@ -156,6 +157,21 @@ def resolve_label_embeddings(labels: LabelSpace, label_embeddings=None, knowledg
     if emb.ndim != 2 or emb.shape[0] != len(labels):
         raise ValueError(f"label embeddings have shape {tuple(emb.shape)}; expected [{len(labels)}, d]")
     return emb
+
+
+def _check_embedded_texts(path: Path, labels: LabelSpace) -> None:
+    """Refuse embeddings that ``knowledge embed`` made for other class names, or in another order
+    (the texts it records): one of the same count was taken row for row, each class trained
+    against another class's name (a dataset prepared again orders its classes by its new counts)."""
+    from raddiag.knowledge.embed import label_texts, load_label_embeddings
+
+    texts, want = load_label_embeddings(path)[1], label_texts(labels)
+    if texts and list(texts) != list(want):
+        i = next((i for i, (a, b) in enumerate(zip(texts, want)) if a != b), min(len(texts), len(want)))
+        got = repr(texts[i]) if i < len(texts) else "nothing"
+        raise ValueError(f"{path}: embeds other class names than this dataset's, in order (row {i}: {got}, class "
+                         f"{i}: {want[i]!r}); embed this dataset's label space (knowledge embed --labels "
+                         f"DATA/labels_{labels.granularity}.json)")
 
 
 def _init_pretrained(model, cfg: RunConfig, say: bool = True) -> None:

@@ -98,11 +98,13 @@ def unmapped_reason(name: str, given: bool = False) -> str:
 
 def load_mapping(path: str | Path, source: LabelSpace, target: LabelSpace) -> dict[str, list[str]]:
     """A JSON object ``{target class: [source class, ...]}``, every name checked."""
+    from raddiag.jsonl import read_json
+
     path = Path(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8-sig"))        # -sig: a BOM is skipped
+        raw = read_json(path)
     except (OSError, ValueError) as exc:                                # JSON or UTF-8 errors
-        raise ValueError(f"{path}: cannot read the class mapping ({exc})") from None
+        raise ValueError(f"{path}: cannot read the class mapping ({str(exc).removeprefix(f'{path}: ')})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a JSON object of target class -> list of source classes")
     for t, links in raw.items():
@@ -190,7 +192,6 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
             "notes": {t: unmapped_reason(t, given=mapping is not None)
                       for t, i in zip(target.names, idx) if not i},
         }
-        (out / "mapping.json").write_text(json.dumps(links, indent=1))
 
     if "normal" in modes:
         if NORMAL not in source or NORMAL not in target:
@@ -231,7 +232,12 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
                 anatomy=test.anatomy, case_ids=test.case_ids, out_dir=out / "text")
             results["text"] = {"all": report["metrics"]["all"], "threshold_source": report["threshold_source"],
                                "complemented": [t for t, f in zip(target.names, flip) if f]}
-    (out / "zeroshot.json").write_text(json.dumps(results, indent=1))
+    from raddiag.staging import staged_files
+
+    with staged_files(out, "zeroshot") as stage:    # together, when every mode is done
+        if links is not None:
+            (stage / "mapping.json").write_text(json.dumps(links, indent=1))
+        (stage / "zeroshot.json").write_text(json.dumps(results, indent=1))
     return results
 
 

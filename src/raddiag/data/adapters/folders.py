@@ -5,7 +5,9 @@
     SOURCE/normal/...                 "normal" (any letter case) is the Normal class
 
 or the same under ``SOURCE/train/``, ``SOURCE/val/``, ``SOURCE/test/`` to fix the splits (else a
-seeded 7:1:2 split by case). The class is the folder's name; every scan has the ``--modality``
+seeded 7:1:2 split by case; without a ``val/`` folder a seeded ``--val-fraction`` of ``train/``
+becomes val). Split folders beside other folders are refused: the split folders were taken for
+classes (``Training`` and ``Testing`` as two classes, each class folder inside one case). The class is the folder's name; every scan has the ``--modality``
 given (DICOM: its own tag) and, optionally, ``--anatomy``. No ICD-10-CM codes are known
 (``raddiag knowledge map NAME`` suggests them; a manifest can carry them).
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from raddiag.data.adapters.base import AdapterResult
+from raddiag.data.adapters.base import AdapterResult, carve_val
 from raddiag.data.case import NORMAL, Case, canonical_modality
 from raddiag.data.discover import _is_volume_or_image, scans_in_folder
 from raddiag.data.readers import is_dicom
@@ -26,13 +28,20 @@ NORMAL_NAMES = {"normal", "no finding", "no_finding"}
 
 def _class_dirs(source: Path) -> list[tuple[Path, Optional[str]]]:
     subs = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if subs and all(p.name.lower() in SPLITS for p in subs):
+    splits = [p.name for p in subs if p.name.lower() in SPLITS]
+    if splits and len(splits) < len(subs):
+        others = [p.name for p in subs if p.name.lower() not in SPLITS]
+        raise ValueError(f"{source}: holds split folders ({', '.join(splits)}) beside other folders "
+                         f"({', '.join(others[:5])}{' ...' if len(others) > 5 else ''}); put every class folder "
+                         "under the split folders, or remove the split folders for a seeded split")
+    if subs and len(splits) == len(subs):
         return [(c, SPLITS[s.name.lower()]) for s in subs
                 for c in sorted(p for p in s.iterdir() if p.is_dir() and not p.name.startswith("."))]
     return [(c, None) for c in subs]
 
 
-def load_folders(source: Path, modality: Optional[str] = None, anatomy: Optional[str] = None, **_) -> AdapterResult:
+def load_folders(source: Path, modality: Optional[str] = None, anatomy: Optional[str] = None,
+                 val_fraction: float = 0.125, seed: int = 0, **_) -> AdapterResult:
     source = Path(source)
     if not source.is_dir():
         raise NotADirectoryError(f"{source}: --format folders reads a folder of class folders")
@@ -58,13 +67,17 @@ def load_folders(source: Path, modality: Optional[str] = None, anatomy: Optional
                     s.id = item.name
             result.cases.append(Case(id=cid, scans=scans, labels=[label], split=split, anatomy=anatomy,
                                      patient=cid, meta={"source": "folders"}))
+    moved = 0
+    if classes[0][1] and not any(split == "val" for _, split in classes):
+        moved = carve_val(result.cases, val_fraction, seed)     # train cannot validate without it
     counts = {}
     for c in result.cases:
         counts[c.labels[0]] = counts.get(c.labels[0], 0) + 1
     result.notes.append(f"folders: {len(result.cases)} cases in {len(counts)} class folders ("
                         + ", ".join(f"{k} {v}" for k, v in counts.items()) + f"), {modality}"
                         + (", splits from the train / val / test folders" if classes[0][1] else
-                           ", a seeded 7:1:2 split by case"))
+                           ", a seeded 7:1:2 split by case")
+                        + (f", val = {moved} train case(s) (seeded, --val-fraction)" if moved else ""))
     if ignored:
         result.notes.append(f"folders: ignored {len(ignored)} file(s) that are not scans: {', '.join(ignored[:5])}"
                             + (" ..." if len(ignored) > 5 else ""))

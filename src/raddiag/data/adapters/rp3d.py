@@ -125,10 +125,9 @@ def _case_id(url: str, taken: set[str]) -> str:
 def read_release_json(path: Path) -> dict:
     """``{case URL: case}`` of a release JSON; a ValueError naming the file (and the case) when
     it is not JSON, not an object, or a case has no ``Samples``."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))   # -sig: a leading BOM is skipped
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    from raddiag.jsonl import read_json
+
+    data = read_json(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object of case URL -> case")
     for url, rec in data.items():
