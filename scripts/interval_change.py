@@ -26,11 +26,13 @@ METRICS = ("auc", "ap", "f1", "mcc", "acc", "recall_at_fpr_0.01", "recall_at_fpr
 
 
 def label_space(folder: Path, thresholds: np.ndarray) -> LabelSpace:
-    """The evaluated label space as per_class.csv records it (names, training counts)."""
+    """The evaluated label space as per_class.csv records it (names, training counts and the
+    groups the evaluation used, whatever its cut-offs were)."""
     with open(folder / "per_class.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     counts = [int(r["train_count"] or 0) for r in rows]
-    return LabelSpace(names=[r["name"].removeprefix("'") for r in rows], counts=counts,
+    groups = [r["group"] for r in rows] if any(counts) else None
+    return LabelSpace(names=[r["name"].removeprefix("'") for r in rows], counts=counts, fixed_groups=groups,
                       thresholds=[float(t) for t in thresholds])
 
 
