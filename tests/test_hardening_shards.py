@@ -4,6 +4,7 @@ only when complete; ``evaluate --data pipe:...`` reads shards as the README docu
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -142,14 +143,34 @@ def test_a_failed_overwrite_leaves_the_old_shards_whole(prepared, sharded, tmp_p
 
 
 def test_the_staging_folder_of_a_killed_run_is_removed_by_the_next(prepared, tmp_path):
+    """A killed run's stage (its lock file free) is removed; one a live writer holds is left,
+    whatever process ids say (a pid can be reused): raddiag.staging's rule, as for every stage."""
+    import subprocess
+    import sys
+
+    from raddiag.staging import LOCK
+
     out = tmp_path / "out"
-    stale = out / f"{shards_mod.STAGING}99999999-abc"                       # no such process
+    stale = out / f"{shards_mod.STAGING}99999999-abc"
     stale.mkdir(parents=True)
+    (stale / LOCK).touch()                                                   # its writer is gone
     (stale / "train-000000.tar").write_bytes(b"half a shard")
-    live = out / f"{shards_mod.STAGING}1-abc"                              # pid 1 is alive: left alone
+    reused = out / f"{shards_mod.STAGING}{os.getpid()}-killed"            # a killed run's pid, now reused
+    reused.mkdir()
+    (reused / LOCK).touch()
+    live = out / f"{shards_mod.STAGING}{os.getpid()}-held"
     live.mkdir()
-    write_shards(prepared, out, shard_size=1 << 30)
-    assert not stale.exists() and live.exists()
+    (live / LOCK).touch()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+                               str(live / LOCK)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        write_shards(prepared, out, shard_size=1 << 30)
+        assert not stale.exists() and not reused.exists() and live.exists()
+    finally:
+        holder.kill()
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".") and p != live) == []
 
 
 def test_evaluate_reads_a_pipe_index_as_it_reads_the_folder(prepared, sharded, tmp_path, capsys):

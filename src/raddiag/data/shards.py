@@ -35,9 +35,7 @@ import logging
 import math
 import os
 import random
-import shutil
 import tarfile
-import tempfile
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -47,6 +45,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from raddiag.data.dataset import CaseDataset
 from raddiag.data.errors import OutputExists
 from raddiag.data.labels import LabelSpace
+from raddiag.staging import discard, make_stage, sweep_stale
 from raddiag.data.shard_index import (INDEX, SHARD_FORMAT, SHARD_NAME, SPLIT_NAME, ShardError, open_source, as_source,
                                       is_shard_folder, is_url, read_index, shard_location)
 from raddiag.data.store import PreparedData
@@ -57,7 +56,7 @@ __all__ = ["INDEX", "SHARD_FORMAT", "ShardError", "as_source", "is_shard_folder"
 
 log = logging.getLogger(__name__)
 
-STAGING = ".shards-new-"        # + pid: where data shard writes before swapping the shards in
+STAGING = ".shards-new-"        # + pid: where data shard writes before swapping the shards in (a locked stage)
 SPLIT_ORDER = ("train", "val", "test")
 GRANULARITIES = ("disorder", "icd10")
 
@@ -168,13 +167,13 @@ def write_shards(prepared: str | Path, out: str | Path, shard_size: int = 2**30,
     if (out / INDEX).exists() and not overwrite:
         raise OutputExists(f"{out}: holds shards already; pass --overwrite (overwrite=True) to replace them")
     out.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(out)
+    sweep_stale(out, STAGING)                 # the unfinished shards of a killed run (raddiag.staging)
     spaces = {g: data.label_space(g) for g in GRANULARITIES}
     present = {r["split"] for r in data.records}
     bad = sorted(s for s in present if not SPLIT_NAME.fullmatch(str(s)))
     if bad:
         raise ValueError(f"{data.root}: split name(s) {bad} cannot name a shard (letters, digits, '_')")
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}-", dir=out))
+    staging = make_stage(out, STAGING)
     try:
         splits = {}
         for split in [s for s in SPLIT_ORDER if s in present] + sorted(present - set(SPLIT_ORDER)):
@@ -185,7 +184,7 @@ def write_shards(prepared: str | Path, out: str | Path, shard_size: int = 2**30,
                  "label_spaces": {g: ls.to_dict() for g, ls in spaces.items()}, "splits": splits}
         _swap_in(staging, out, index)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard(staging)
     return index
 
 
@@ -218,26 +217,6 @@ def _old_shard_names(index_path: Path) -> set[str]:
         log.warning("%s: lists %d name(s) that are not shard names, left in place: %s", index_path, len(odd),
                     ", ".join(repr(n) for n in odd[:5]))
     return {n for n in names if isinstance(n, str) and SHARD_NAME.fullmatch(n)}
-
-
-def _remove_stale_staging(out: Path) -> None:
-    """Remove the staging folders of ``data shard`` runs into ``out`` that were killed (their
-    process is gone): each holds up to a whole dataset of unfinished shards."""
-    for p in out.glob(f"{STAGING}*"):
-        pid = p.name[len(STAGING):].split("-", 1)[0]
-        if p.is_dir() and pid.isdigit() and not _alive(int(pid)):
-            log.info("%s: removing the unfinished shards of a killed run", p)
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:     # another user's process
-        return True
-    return True
 
 
 def verify_shards(root: str | Path) -> int:
