@@ -94,6 +94,8 @@ def test_zeroshot_cli(run_and_target, capsys):
                  "--mode", "mapping", "normal"]) == 0
     out = capsys.readouterr().out
     assert "class mapping" in out and "normal/abnormal AUC" in out
+    # the macro says which target classes it averages (one mapped class read like a result of all)
+    assert "(over 3 of 3 target classes: " in out
     assert main(["zeroshot", str(run), "--data", str(tmp / "missing"), "--out", str(tmp / "x")]) == 2
 
 

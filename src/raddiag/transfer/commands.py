@@ -39,7 +39,10 @@ def format_results(res: dict) -> str:
     pct = lambda v: "  n/a " if v is None else f"{100 * v:6.2f}"
     if "mapping" in res:
         m = res["mapping"]["macro"]
-        lines.append(f"  class mapping   F1 {pct(m['f1'])}  MCC {pct(m['mcc'])}  ACC {pct(m['acc'])}")
+        mapped = [t for t, row in res["mapping"]["per_class"].items() if row["linked"]]
+        over = (f"over {len(mapped)} of {len(res['mapping']['per_class'])} target classes: "
+                + ", ".join(mapped[:5]) + (", ..." if len(mapped) > 5 else ""))
+        lines.append(f"  class mapping   F1 {pct(m['f1'])}  MCC {pct(m['mcc'])}  ACC {pct(m['acc'])}  ({over})")
         notes = res["mapping"].get("notes", {})
         for t in res["mapping"]["unmapped"]:
             lines.append(f"    unmapped: {t}" + (f" ({notes[t]})" if t in notes else ""))
