@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/train_overhead.py [--recipes tiny demo official] [--rounds 3] [--cases 160]
                                                   [--threads 2] [--device cuda --amp bf16]
 
-For each recipe (``tiny``; the demo's recipe, ``tiny`` + ``raddiag.demo.DEMO_RECIPE``; ``official`` at
-64 px x 8 slices), on a synthetic prepared dataset made once in a temporary folder:
+For each recipe (``tiny``; the demo's recipe, the ``cpu`` preset (``raddiag.demo.DEMO_PRESET``); ``official``
+at 64 px x 8 slices), on a synthetic prepared dataset made once in a temporary folder:
 - raddiag: :func:`raddiag.training.train` for one epoch (at most ``--steps`` optimiser steps); the time
   of its epoch loop (``TrainLoop.train_epoch``: data loading, augmentation, the sampler, the step,
   logging) is taken, validation and checkpointing are not;
@@ -27,16 +27,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-RECIPES = {"tiny": ("tiny", []), "demo": ("tiny", None), "official": ("official", ["data.size=64", "data.depth=8"])}
+RECIPES = {"tiny": ("tiny", []), "demo": (None, []), "official": ("official", ["data.size=64", "data.depth=8"])}
 
 
 def recipe_config(name: str, amp: str, extra: list[str]):
     from raddiag.config import preset
-    from raddiag.demo import DEMO_RECIPE
+    from raddiag.demo import DEMO_PRESET
 
     base, over = RECIPES[name]
-    over = [o for o in DEMO_RECIPE if not o.startswith("train.epochs")] if over is None else over
-    return preset(base, [*over, "train.epochs=1", f"train.amp={amp}", *extra])
+    return preset(base or DEMO_PRESET, [*over, "train.epochs=1", f"train.amp={amp}", *extra])
 
 
 class Recorder:
