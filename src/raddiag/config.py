@@ -122,6 +122,7 @@ class TrainConfig:
     checkpoint_every: int = 0            # also checkpoint every K optimiser steps (0 = per epoch only)
     early_stop: int = 0                  # epochs without val improvement before stopping (0 = off)
     num_workers: int = 0
+    prefetch: int = 1                    # batches loaded ahead in a background thread during the step (0: none)
     eval_batch_size: int = 8
     # transfer (raddiag finetune): the pre-trained encoder + fusion vs the new classification layer
     encoder_lr_scale: float = 1.0        # their learning rate = lr x this (the head keeps lr)
