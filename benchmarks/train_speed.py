@@ -404,7 +404,8 @@ def summary(rows: list[dict]) -> None:
     print(f"\n{'geometry':<16} {'ResNet slices':>14} {'step':>6} {'peak':>6} {'|loss diff|':>11}  "
           "useful work / matmul rate (theirs, ours)")
     for r in rows:
-        print(f"{r['name']:<16} {r['slices']:>14} {r['time']:>5.2f}x {r['memory']:>5.2f}x {r['loss']:>11.1e}  "
+        memory = "   -  " if r["memory"] != r["memory"] else f"{r['memory']:>5.2f}x"   # nan: --no-memory
+        print(f"{r['name']:<16} {r['slices']:>14} {r['time']:>5.2f}x {memory} {r['loss']:>11.1e}  "
               f"{r['theirs_rate']:.0%}, {r['ours_rate']:.0%}")
 
 

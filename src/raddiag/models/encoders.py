@@ -93,11 +93,13 @@ class _Tail(nn.Module):
 
 
 def resnet_stages(net: ResNet) -> list[nn.Module]:
-    """``net.forward`` as six stages applied in turn (stem, layer1..4, pooling): the units of which
-    :class:`ResNetViTEncoder` recomputes the leading ones in backward and keeps the rest. Built on
-    each call from ``net``'s own modules (no new weights, hooks on ``layerN`` still fire)."""
+    """``net.forward`` as five stages applied in turn (stem, layer1, layer2, layer3, layer4 with the
+    pooling): the units of which :class:`ResNetViTEncoder` recomputes the leading ones in backward
+    and keeps the rest. (The pooling goes with layer4: kept alone it would hold layer4's output for
+    nothing worth recomputing.) Built on each call from ``net``'s own modules (no new weights,
+    hooks on ``layerN`` still fire)."""
     stem = [net.conv1, net.bn1, net.act] + ([] if net.no_max_pool else [net.maxpool])
-    return [nn.Sequential(*stem), net.layer1, net.layer2, net.layer3, net.layer4, _Tail(net)]
+    return [nn.Sequential(*stem), net.layer1, net.layer2, net.layer3, nn.Sequential(net.layer4, _Tail(net))]
 
 
 def _real_slices(images, scan_mask, slice_mask):
@@ -106,12 +108,17 @@ def _real_slices(images, scan_mask, slice_mask):
     return images.transpose(2, 3)[real], real
 
 
-def stage_activation_bytes(stages: list[nn.Module], x: torch.Tensor) -> list[int]:
-    """Bytes each stage keeps for backward per slice of ``x``'s geometry (dtype and autocast as
-    the caller's): measured on a 2-slice input (``x[:2]`` zeroed; BatchNorm statistics untouched);
-    the weights a layer saves are not counted, and a tensor saved twice counts once."""
+def stage_activation_bytes(stages: list[nn.Module], x: torch.Tensor, probe_px: Optional[int] = 64) -> list[int]:
+    """Bytes each stage keeps for backward per slice of ``x``'s geometry (dtype and autocast as the
+    caller's): measured on 2 zero slices of at most ``probe_px`` px a side (None: ``x``'s size) and
+    scaled by the ratio of pixels (every map of a stage scales with the input's area; exact where
+    the sides divide by the backbone's stride, 32). BatchNorm statistics are left as they were; the
+    weights a layer saves are not counted, and a tensor saved twice counts once. The small probe:
+    a full-size one at 256 px left ~0.5 GiB more resident at the step's peak (freed, not returned)."""
+    h, w = x.shape[-2:]
+    ph, pw = (h, w) if probe_px is None else (min(h, probe_px), min(w, probe_px))
     params = {p.untyped_storage().data_ptr() for st in stages for p in st.parameters()}
-    x, n = x[:2].detach().new_zeros(min(2, x.shape[0]), *x.shape[1:]), min(2, x.shape[0])
+    x = x.new_zeros(2, *x.shape[1:-2], ph, pw)
     out = []
     for st in stages:
         seen: dict[int, int] = {}
@@ -124,7 +131,7 @@ def stage_activation_bytes(stages: list[nn.Module], x: torch.Tensor) -> list[int
 
         with torch.enable_grad(), _frozen_norm_statistics(st), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             y = st(x.requires_grad_(x.is_floating_point()))
-        out.append(sum(seen.values()) // n)
+        out.append(int(sum(seen.values()) / 2 * (h * w) / (ph * pw)))
         x = y.detach()
     return out
 
