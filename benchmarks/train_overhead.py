@@ -134,7 +134,7 @@ def measure(name: str, data: Path, tmp: Path, args) -> None:
     print(f"{name:<9} raddiag train {o:7.2f} cases/s   bare model {b:7.2f} cases/s   raddiag / bare = {o / b:.2f}x "
           f"(median of the rounds' ratios {per_round:.2f}x; {cfg.preset}, {cfg.model.encoder}, {cfg.data.size} px x "
           f"{cfg.data.depth}, batch {cfg.train.batch_size}, {cfg.train.num_workers} loader workers, prefetch "
-          f"{cfg.train.prefetch})", flush=True)
+          f"{getattr(cfg.train, 'prefetch', 0)})", flush=True)
 
 
 def parse_args():
