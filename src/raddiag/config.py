@@ -339,8 +339,8 @@ RELEASE_KEY_SLICE_LOSS = 0.001   # the release adds 0.001 x the attention KL to 
 RELEASE_CASE_MIX = 0.3           # the release's train.sh: n_aug 2, prob 0.7 -> a partner case 30 % of the time
 # Activations the checkpointed presets' slice backbone keeps for backward (model.checkpoint_keep_mb): 512 MiB
 # holds layer2-4 of 32 slices at 128 px (2 x 16-slice CT), so only the stem and layer1 are recomputed
-# (an `official` step 0.6-0.7x the time of recomputing all, benchmarks/train_speed.py); at 256 px x 128
-# slices (the paper's 4 scans) nothing but the pooling fits and every stage is recomputed, as before.
+# (an `official` step 0.55-0.65x the time of recomputing all, interleaved); at 256 px x 128 slices (the
+# paper's 4 scans) no stage fits and all are recomputed, as before (README "Training speed and memory").
 CHECKPOINT_KEEP_MB = 512.0
 
 
