@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/train_overhead.py [--recipes tiny demo official] [--rounds 3] [--cases 160]
                                                   [--threads 2] [--device cuda --amp bf16]
 
-For each recipe (``tiny``; the demo's recipe, ``tiny`` + ``raddiag.demo.DEMO_RECIPE``; ``official`` at
-64 px x 8 slices), on a synthetic prepared dataset made once in a temporary folder:
+For each recipe (``tiny``; the demo's recipe, the ``cpu`` preset (``raddiag.demo.DEMO_PRESET``); ``official``
+at 64 px x 8 slices), on a synthetic prepared dataset made once in a temporary folder:
 - raddiag: :func:`raddiag.training.train` for one epoch (at most ``--steps`` optimiser steps); the time
   of its epoch loop (``TrainLoop.train_epoch``: data loading, augmentation, the sampler, the step,
   logging) is taken, validation and checkpointing are not;
@@ -13,7 +13,10 @@ For each recipe (``tiny``; the demo's recipe, ``tiny`` + ``raddiag.demo.DEMO_REC
   the trainer's AdamW), nothing else.
 Both in one process, interleaved (raddiag, bare, raddiag, ...); cases per second, the median of
 ``--rounds``, and their ratio: raddiag / bare >= 0.9 means the framework costs at most 10 %.
-The machine may be shared: the load average is printed beside the figures.
+The machine may be shared: the load average is printed beside the figures, and the median of the
+rounds' own ratios (each round's two runs follow each other) beside the ratio of the medians.
+The trainer loads the next batch in a background thread (``train.prefetch``, default 1): compare
+``--set train.prefetch=0`` to see what that hides.
 """
 from __future__ import annotations
 
@@ -27,16 +30,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-RECIPES = {"tiny": ("tiny", []), "demo": ("tiny", None), "official": ("official", ["data.size=64", "data.depth=8"])}
+RECIPES = {"tiny": ("tiny", []), "demo": (None, []), "official": ("official", ["data.size=64", "data.depth=8"])}
 
 
 def recipe_config(name: str, amp: str, extra: list[str]):
     from raddiag.config import preset
-    from raddiag.demo import DEMO_RECIPE
+    from raddiag.demo import DEMO_PRESET
 
     base, over = RECIPES[name]
-    over = [o for o in DEMO_RECIPE if not o.startswith("train.epochs")] if over is None else over
-    return preset(base, [*over, "train.epochs=1", f"train.amp={amp}", *extra])
+    return preset(base or DEMO_PRESET, [*over, "train.epochs=1", f"train.amp={amp}", *extra])
 
 
 class Recorder:
@@ -126,11 +128,13 @@ def measure(name: str, data: Path, tmp: Path, args) -> None:
         ours.append(cases / secs)
         bare.append(cases / bare_epoch(cfg, n_classes, emb, batches, torch.device(args.device)))
         print(f"  {name} round {r + 1}: {cases} cases, raddiag {ours[-1]:.2f} cases/s, bare {bare[-1]:.2f} "
-              f"cases/s; load {os.getloadavg()[0]:.1f}", flush=True)
+              f"cases/s ({ours[-1] / bare[-1]:.2f}x); load {os.getloadavg()[0]:.1f}", flush=True)
     o, b = statistics.median(ours), statistics.median(bare)
+    per_round = statistics.median(x / y for x, y in zip(ours, bare))
     print(f"{name:<9} raddiag train {o:7.2f} cases/s   bare model {b:7.2f} cases/s   raddiag / bare = {o / b:.2f}x "
-          f"({cfg.preset}, {cfg.model.encoder}, {cfg.data.size} px x {cfg.data.depth}, batch {cfg.train.batch_size}, "
-          f"{cfg.train.num_workers} loader workers)", flush=True)
+          f"(median of the rounds' ratios {per_round:.2f}x; {cfg.preset}, {cfg.model.encoder}, {cfg.data.size} px x "
+          f"{cfg.data.depth}, batch {cfg.train.batch_size}, {cfg.train.num_workers} loader workers, prefetch "
+          f"{getattr(cfg.train, 'prefetch', 0)})", flush=True)
 
 
 def parse_args():

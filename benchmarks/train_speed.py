@@ -1,7 +1,9 @@
 """One training step of the release's early-fusion model: raddiag against the authors' code (issue 29).
 
     PYTHONPATH=src /work/sidevenv/bin/python benchmarks/train_speed.py AUTHORS_RP3D_DEMO_DIR
-        [--scans 2] [--slices 16] [--size 128] [--reps 5] [--threads 2] [--device cuda --amp bf16]
+        [--geometry all | no-padding | short-scans | ct-xray | release-loader ...] [--bn-eval]
+        [--scans 2] [--slices 16] [--model-depth 16] [--xrays 0] [--slots N] [--size 128]
+        [--reps 5] [--threads 2] [--device cuda --amp bf16]
 
 AUTHORS_RP3D_DEMO_DIR is the ``RP3D_Demo`` folder of the authors' repository (github.com/qiaoyu-zheng/
 RP3D-Diag, checked out outside this repository; its root works too). Their ``Model/modelRadNet.py``
@@ -32,14 +34,29 @@ What is compared, in one process, interleaved (theirs, ours, theirs, ours, ...),
   ``raddiag.models.official``, the importer), the trainer's loss (BCE + ``train.key_slice_loss`` x
   :func:`raddiag.models.key_slice_attention_loss`), clipping and the trainer's optimiser
   (:func:`raddiag.training.trainer.make_optimizer`).
-Same batch (one case of ``--scans`` CT scans x ``--slices`` x ``--size`` px, a key slice per scan,
-a few positive classes), augmentation off. The losses of the first steps are printed side by side
-(they agree to 1e-4 in fp32). ``--set`` passes overrides to our config (e.g.
-``model.grad_checkpoint=false``).
+Same case (``--scans`` CT scans of ``--slices`` real slices with a key slice each, ``--xrays``
+X-rays of one slice, ``--size`` px, a few positive classes), augmentation off, each side's batch as
+its own loader builds it: ours holds the real slices (and the run's ``data.depth`` slice positions),
+theirs zero-pads every scan to the model's depth (``--model-depth``; the release's 32: an X-ray is
+one real slice of 32) and the case to ``--slots`` scan slots (their early-fusion training fills
+n_image 4 x n_aug 2 = 8, empty ones with modality id 0), and their ResNet runs on every slice of
+every slot. ``--geometry`` runs named cases in turn and ends with a table of them:
+
+- ``no-padding``: 2 CT x 16 slices in a model of depth 16, 2 slots (no padding on either side);
+- ``short-scans``: the same scans in the release's depth 32 (their ResNet runs 64 slices, ours 32);
+- ``ct-xray``: 1 CT x 16 slices + 1 X-ray, depth 32 (theirs 64 slices, ours 17);
+- ``release-loader``: 2 CT x 16 slices + 1 X-ray in their training loader's 8 slots (theirs 256, ours 33).
+
+The losses of the first steps are printed side by side. In training mode their BatchNorm
+statistics include the zero-padded slices (and ours are taken over ``model.slice_chunk`` chunks),
+so the losses agree only without padding; ``--bn-eval`` puts BatchNorm on its running statistics
+on both sides, and then the losses agree on every geometry. ``--set`` passes overrides to our
+config (e.g. ``model.grad_checkpoint=false``, ``model.checkpoint_keep_mb=0``).
 
 Also printed: the machine's fp32 matmul rate (a 2048^3 matmul, measured between the steps) and the
-fraction of it each step reaches, counting the architecture's forward and backward FLOPs once
-(``torch.utils.flop_counter`` on their step; recomputation is not useful work); the load average
+fraction of it each step reaches, counting the useful forward and backward FLOPs once (the real
+slices' work: ``torch.utils.flop_counter`` on our model without recomputation; their padding and our
+recomputation are not useful work, and the FLOPs each side executes are printed beside); the load average
 (the machine may be shared: the ratio of interleaved medians is the figure to read). Peak memory is
 measured in a child process per side (so the peaks do not mix): the CPU's peak RSS (VmHWM), or
 ``torch.cuda.max_memory_allocated`` on a GPU.
@@ -55,6 +72,7 @@ import sys
 import tempfile
 import time
 import types
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -112,18 +130,79 @@ def raddiag_twin(state: dict, size: int, classes: int, overrides: list[str]):
 
 
 # -- the batch and one step of each ------------------------------------------------------------
-def make_batch(scans: int, depth: int, size: int, classes: int, device) -> tuple[dict, tuple]:
-    """One case: ours in raddiag's batch layout, theirs as their collator gives it."""
-    g = torch.Generator().manual_seed(1)
-    images = torch.rand(1, scans, 1, depth, size, size, generator=g)
+GEOMETRIES = {   # name: (scans, slices, model depth, X-rays, their scan slots or None: no empty slot)
+    "no-padding": (2, 16, 16, 0, None),
+    "short-scans": (2, 16, 32, 0, None),
+    "ct-xray": (1, 16, 32, 1, None),
+    "release-loader": (2, 16, 32, 1, 8),
+}
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The case: ``scans`` CT scans of ``slices`` real slices and ``xrays`` X-rays, ``size`` px, in a
+    model of ``depth`` slice positions (the release: 32); their loader fills ``slots`` scan slots."""
+    scans: int
+    slices: int
+    size: int
+    depth: int
+    xrays: int
+    slots: int
+
+    @classmethod
+    def of(cls, args) -> "Geometry":
+        depth = args.model_depth or args.slices
+        slots = args.slots or args.scans + args.xrays
+        if args.slices > depth or slots < args.scans + args.xrays:
+            fail("--slices/--slots", f"{args.slices} slices in a model of depth {depth}, {args.scans + args.xrays} "
+                                     f"scans in {slots} slots: the case must fit")
+        return cls(args.scans, args.slices, args.size, depth, args.xrays, slots)
+
+    def __str__(self) -> str:
+        xr = f" + {self.xrays} X-ray(s) (1 slice)" if self.xrays else ""
+        return (f"1 case of {self.scans} CT scans x {self.slices} slices{xr} x {self.size} px; model depth "
+                f"{self.depth}, their loader's {self.slots} scan slots: ours runs {self.real_slices} slices through "
+                f"the ResNet, theirs {self.slots * self.depth}")
+
+    @property
+    def real_slices(self) -> int:
+        return self.scans * self.slices + self.xrays
+
+
+def batchnorm_eval(model) -> None:
+    """BatchNorm on its running statistics (``--bn-eval``): a slice's features then no longer depend
+    on the other slices of the batch (their zero-padded ones, our chunks), the rest stays in training."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def make_batch(g: "Geometry", classes: int, device) -> tuple[dict, tuple]:
+    """One case of ``g.scans`` CT scans (``g.slices`` real slices each) and ``g.xrays`` X-rays (one
+    real slice each): ours in raddiag's batch layout (the case's scans, ``g.depth`` slice positions),
+    theirs as their early-fusion loader gives it (``g.slots`` scan slots of ``g.depth`` slices,
+    zero-padded, ``marks`` on the real slices, modality id 0 on the empty slots)."""
+    gen = torch.Generator().manual_seed(1)
+    n = g.scans + g.xrays
+    real = [g.slices] * g.scans + [1] * g.xrays
+    images = torch.zeros(1, n, 1, g.depth, g.size, g.size)
+    slice_mask = torch.zeros(1, n, g.depth, dtype=torch.bool)
+    keys = torch.zeros(1, n, dtype=torch.long)             # an X-ray's key slice is its only slice
+    for i, d in enumerate(real):
+        images[0, i, 0, :d] = torch.rand(d, g.size, g.size, generator=gen)
+        slice_mask[0, i, :d] = True
+        if d > 1:
+            keys[0, i] = int(torch.randint(0, d, (1,), generator=gen))
     labels = torch.zeros(1, classes)
-    labels[0, torch.randperm(classes, generator=g)[:3]] = 1
-    keys = torch.randint(0, depth, (1, scans), generator=g)
-    mods = torch.arange(1, scans + 1)[None]          # CT ids 1, 2, 3 in the release's modality table
-    ours = {"images": images, "scan_mask": torch.ones(1, scans, dtype=torch.bool),
-            "slice_mask": torch.ones(1, scans, depth, dtype=torch.bool), "modality": mods,
-            "key_slice": keys, "labels": labels}
-    theirs = (images.permute(0, 1, 2, 4, 5, 3).contiguous(), mods, torch.ones(1, scans, depth), keys, labels)
+    labels[0, torch.randperm(classes, generator=gen)[:3]] = 1
+    # the release's modality table: CT 1, 2, 3; X-ray 7, 8 (docs/official-checkpoint.md)
+    mods = torch.tensor([[*range(1, g.scans + 1), *range(7, 7 + g.xrays)]])
+    ours = {"images": images, "scan_mask": torch.ones(1, n, dtype=torch.bool), "slice_mask": slice_mask,
+            "modality": mods, "key_slice": keys, "labels": labels}
+    pad = g.slots - n
+    t_images = F.pad(images, (0, 0, 0, 0, 0, 0, 0, 0, 0, pad)).permute(0, 1, 2, 4, 5, 3).contiguous()
+    theirs = (t_images, F.pad(mods, (0, pad)), F.pad(slice_mask.float(), (0, 0, 0, pad)),
+              F.pad(keys, (0, pad), value=-1), labels)
     return {k: v.to(device) for k, v in ours.items()}, tuple(t.to(device) for t in theirs)
 
 
@@ -188,14 +267,33 @@ def matmul_rate(device, n: int = 2048, reps: int = 3) -> float:
     return 2 * n ** 3 / best
 
 
-def step_flops(model, batch) -> float:
-    """Forward + backward FLOPs of their step (the architecture's work, counted once)."""
+def counted_flops(run) -> float:
+    """FLOPs of the forward and backward ``run()`` executes."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as fc:
-        model(*batch)["loss"].backward()
-    model.zero_grad(set_to_none=True)
+        run()
     return float(fc.get_total_flops())
+
+
+def step_flops(their, ours, tb, ob) -> dict:
+    """Forward + backward FLOPs: ``useful`` (the real slices' work, counted once: ours without
+    activation checkpointing), and what each side executes (their padding, our recomputation)."""
+    def theirs():
+        their(*tb)["loss"].backward()
+
+    def ours_run():
+        out = ours(**{k: ob[k] for k in ours.input_keys})
+        F.binary_cross_entropy_with_logits(out, ob["labels"]).backward()
+
+    flops = {"theirs": counted_flops(theirs), "ours": counted_flops(ours_run)}
+    kept = ours.encoder.grad_checkpoint
+    ours.encoder.grad_checkpoint = False
+    flops["useful"] = counted_flops(ours_run)
+    ours.encoder.grad_checkpoint = kept
+    their.zero_grad(set_to_none=True)
+    ours.zero_grad(set_to_none=True)
+    return flops
 
 
 def peak_bytes(device) -> int:
@@ -216,15 +314,18 @@ def child(args) -> dict:
     """Build one side from the saved weights, take two steps (the second with AdamW's state), report."""
     device = torch.device(args.device)
     state = torch.load(args.state, map_location="cpu", weights_only=True)
+    g = Geometry.of(args)
     if args.child == "theirs":
-        model = authors_radnet(Path(args.authors), args.slices, args.size, args.classes)
+        model = authors_radnet(Path(args.authors), g.depth, g.size, args.classes)
         model.load_state_dict(state)
     else:
-        model = raddiag_twin(state, args.size, args.classes, args.set)
+        model = raddiag_twin(state, g.size, args.classes, args.set)
     del state
     model.to(device).train()
+    if args.bn_eval:
+        batchnorm_eval(model)
     opt = (their_optimizer if args.child == "theirs" else our_optimizer)(model)
-    ours, theirs = make_batch(args.scans, args.slices, args.size, args.classes, device)
+    ours, theirs = make_batch(g, args.classes, device)
     step, batch = (their_step, theirs) if args.child == "theirs" else (our_step, ours)
     before = rss_bytes() if device.type == "cpu" else torch.cuda.memory_allocated(device)
     if device.type == "cuda":
@@ -240,9 +341,10 @@ def measure_memory(args, state: dict) -> dict:
         torch.save(state, path)
         for side in ("theirs", "ours"):
             cmd = [sys.executable, __file__, args.authors, "--child", side, "--state", str(path),
-                   *[f"--{k}={getattr(args, k)}" for k in ("scans", "slices", "size", "classes", "threads",
-                                                            "device", "amp")],
-                   *[f"--set={s}" for s in args.set]]
+                   *[f"--{k.replace('_', '-')}={getattr(args, k)}" for k in (
+                       "scans", "slices", "size", "model_depth", "xrays", "slots", "classes", "threads", "device",
+                       "amp") if getattr(args, k) is not None],
+                   *(["--bn-eval"] if args.bn_eval else []), *[f"--set={s}" for s in args.set]]
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode:
                 sys.exit(f"the {side} memory run failed:\n{res.stderr[-3000:]}")
@@ -277,13 +379,16 @@ def report(args, times, losses, rates, flops, mem, device) -> None:
     t_med, o_med = statistics.median(times["theirs"]), statistics.median(times["ours"])
     d0 = abs(losses["theirs"][0] - losses["ours"][0])
     print(f"\nloss of the first step from the same weights: theirs {losses['theirs'][0]:.6f}, ours "
-          f"{losses['ours'][0]:.6f} (|diff| {d0:.1e}: {'agree to 1e-4' if d0 <= 1e-4 else 'DIFFER'})")
-    print(f"matmul rate {rate / 1e9:.0f} GFLOP/s (fp32 2048^3, median of the rounds); the step's forward + "
-          f"backward {flops / 1e9:.0f} GFLOP")
+          f"{losses['ours'][0]:.6f} (|diff| {d0:.1e}: {'agree to 1e-4' if d0 <= 1e-4 else 'DIFFER'}"
+          f"{'; BatchNorm on running statistics' if args.bn_eval else ''})")
+    useful = flops["useful"]
+    print(f"matmul rate {rate / 1e9:.0f} GFLOP/s (fp32 2048^3, median of the rounds); the step's useful work "
+          f"{useful / 1e9:.0f} GFLOP (forward + backward of the real slices, counted once)")
     for side, med in (("theirs", t_med), ("ours", o_med)):
         ts = times[side]
-        print(f"  {side:<6} step {med:7.2f} s (min {min(ts):.2f}, max {max(ts):.2f})  "
-              f"{flops / med / 1e9:5.0f} GFLOP/s = {flops / med / rate:4.0%} of the matmul rate")
+        print(f"  {side:<6} step {med:7.2f} s (min {min(ts):.2f}, max {max(ts):.2f})  useful {useful / med / 1e9:5.0f} "
+              f"GFLOP/s = {useful / med / rate:4.0%} of the matmul rate; executes {flops[side] / 1e9:.0f} GFLOP "
+              f"({flops[side] / med / rate:4.0%})")
     print(f"step time: ours / theirs = {o_med / t_med:.2f}x")
     if mem:
         for side in ("theirs", "ours"):
@@ -294,13 +399,33 @@ def report(args, times, losses, rates, flops, mem, device) -> None:
     print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
 
 
+def summary(rows: list[dict]) -> None:
+    """The table of the geometries run, ratios ours / theirs."""
+    print(f"\n{'geometry':<16} {'ResNet slices':>14} {'step':>6} {'peak':>6} {'|loss diff|':>11}  "
+          "useful work / matmul rate (theirs, ours)")
+    for r in rows:
+        memory = "   -  " if r["memory"] != r["memory"] else f"{r['memory']:>5.2f}x"   # nan: --no-memory
+        print(f"{r['name']:<16} {r['slices']:>14} {r['time']:>5.2f}x {memory} {r['loss']:>11.1e}  "
+              f"{r['theirs_rate']:.0%}, {r['ours_rate']:.0%}")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("authors", nargs="?", default=os.environ.get("RADDIAG_AUTHORS_DIR"),
                    help="the authors' RP3D_Demo folder (or their repository's root; default $RADDIAG_AUTHORS_DIR)")
+    p.add_argument("--geometry", action="append", choices=[*GEOMETRIES, "all"],
+                   help="named cases to run in turn (see above; sets --scans --slices --model-depth --xrays "
+                        "--slots); default: the flags'")
     p.add_argument("--scans", type=int, default=2)
-    p.add_argument("--slices", type=int, default=16)
+    p.add_argument("--slices", type=int, default=16, help="real slices of each CT scan")
     p.add_argument("--size", type=int, default=128)
+    p.add_argument("--model-depth", type=int, help="the model's slice positions (the release: 32; default "
+                                                     "--slices: no padding)")
+    p.add_argument("--xrays", type=int, default=0, help="X-rays in the case (one slice each)")
+    p.add_argument("--slots", type=int, help="their loader's scan slots (the release's early-fusion training: "
+                                               "n_image 4 x n_aug 2 = 8; default: the case's scans, no empty slot)")
+    p.add_argument("--bn-eval", action="store_true", help="BatchNorm on running statistics on both sides (then "
+                                                          "padding cannot change a loss)")
     p.add_argument("--classes", type=int, default=CLASSES)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
@@ -313,6 +438,33 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def compare(args, name: str) -> dict:
+    """Both sides on one geometry: the interleaved steps, the FLOPs, the memory runs, the report."""
+    device = torch.device(args.device)
+    g = Geometry.of(args)
+    their = authors_radnet(Path(args.authors), g.depth, g.size, args.classes)
+    state = {k: v.detach().clone() for k, v in their.state_dict().items()}
+    ours = raddiag_twin(state, g.size, args.classes, args.set)
+    for model in (their, ours):
+        model.to(device).train()
+        if args.bn_eval:
+            batchnorm_eval(model)
+    ob, tb = make_batch(g, args.classes, device)
+    print(f"\n== {name}: train step, release early-fusion model, {g}; {args.classes} classes; {args.device}, amp "
+          f"{args.amp}, {args.threads} thread(s), torch {torch.__version__}; our overrides: {args.set or 'none'}",
+          flush=True)
+    times, losses, rates = interleaved(args, their, ours, tb, ob, device)
+    flops = step_flops(their, ours, tb, ob)
+    del their, ours
+    mem = measure_memory(args, state) if args.memory else None
+    report(args, times, losses, rates, flops, mem, device)
+    rate, t_med, o_med = (statistics.median(v) for v in (rates, times["theirs"], times["ours"]))
+    return {"name": name, "slices": f"{g.slots * g.depth} / {g.real_slices}", "time": o_med / t_med,
+            "memory": mem["ours"]["peak"] / mem["theirs"]["peak"] if mem else float("nan"),
+            "loss": abs(losses["theirs"][0] - losses["ours"][0]),
+            "theirs_rate": flops["useful"] / t_med / rate, "ours_rate": flops["useful"] / o_med / rate}
+
+
 def main() -> int:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -322,22 +474,18 @@ def main() -> int:
     if not args.authors:   # `make bench` runs every benchmark without arguments
         print("train_speed: skipped: give the authors' RP3D_Demo folder (or set RADDIAG_AUTHORS_DIR); see --help")
         return 0
-    device = torch.device(args.device)
     demo_folder(Path(args.authors))
-    their = authors_radnet(Path(args.authors), args.slices, args.size, args.classes)
-    state = {k: v.detach().clone() for k, v in their.state_dict().items()}
-    ours = raddiag_twin(state, args.size, args.classes, args.set)
-    their.to(device).train()
-    ours.to(device).train()
-    ob, tb = make_batch(args.scans, args.slices, args.size, args.classes, device)
-    print(f"train step, release early-fusion model, 1 case of {args.scans} CT scans x {args.slices} slices x "
-          f"{args.size} px, {args.classes} classes; {args.device}, amp {args.amp}, {args.threads} thread(s), "
-          f"torch {torch.__version__}; our overrides: {args.set or 'none'}", flush=True)
-    times, losses, rates = interleaved(args, their, ours, tb, ob, device)
-    flops = step_flops(their, tb)
-    del their, ours
-    mem = measure_memory(args, state) if args.memory else None
-    report(args, times, losses, rates, flops, mem, device)
+    names = list(GEOMETRIES) if "all" in (args.geometry or []) else args.geometry
+    if not names:
+        compare(args, "the flags' case")
+        return 0
+    rows = []
+    for name in names:
+        args.scans, args.slices, args.model_depth, args.xrays, args.slots = GEOMETRIES[name]
+        rows.append(compare(args, name))
+    summary(rows)
+    print(f"ratios ours / theirs; ResNet slices theirs / ours; load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     return 0
 
 

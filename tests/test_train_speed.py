@@ -1,5 +1,6 @@
 """The training speed-ups of issue 29 change no result: the grey stem fold, the fused attention
-kernel and the fused AdamW agree with the plain computations they replace."""
+kernel, the fused AdamW and the stage-wise activation checkpointing agree with the plain
+computations they replace."""
 from __future__ import annotations
 
 import torch
@@ -7,7 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from raddiag.config import preset
-from raddiag.models.encoders import GreyStemConv2d, make_resnet
+from raddiag.models import build_model
+from raddiag.models.encoders import (GreyStemConv2d, make_resnet, resnet_stages, stage_activation_bytes,
+                                     stages_to_recompute)
 from raddiag.models.layers import _OfficialAttention
 from raddiag.training.trainer import make_optimizer
 
@@ -76,3 +79,81 @@ def test_the_trainers_adamw_is_fused_and_steps_as_the_plain_loop_does():
     for p, q, p0 in zip(a.parameters(), b.parameters(), start):
         assert (p - p0).abs().max() > 1e-4          # it trained
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+
+
+def test_the_resnet_stages_in_turn_are_its_forward():
+    torch.manual_seed(0)
+    net = make_resnet(2, 10, [4, 8, 16, 16], in_channels=3)
+    x = torch.rand(3, 1, 32, 32)
+    for mode in (True, False):
+        net.train(mode)
+        y = x
+        for stage in resnet_stages(net):
+            y = stage(y)
+        assert torch.equal(y, net(x))
+
+
+def test_stage_activation_bytes_leaves_batchnorm_as_it_was_and_ranks_the_stages():
+    net = make_resnet(2, 18, [8, 16, 32, 64]).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    per = stage_activation_bytes(resnet_stages(net), torch.rand(5, 1, 64, 64))
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    # stem + layer1 (32 x 32 maps) keep more than layer4 (2 x 2 maps, with the pooling)
+    assert len(per) == 5 and per[0] + per[1] > per[4] > 0
+    # the estimate from a 64 px probe is what a full-size probe measures at 128 and 160 px (to 1 % of
+    # the total: BatchNorm's per-channel statistics do not scale with the area)
+    for side in (128, 160):
+        x = torch.rand(2, 1, side, side)
+        full = torch.tensor(stage_activation_bytes(resnet_stages(net), x, probe_px=None), dtype=torch.float)
+        est = torch.tensor(stage_activation_bytes(resnet_stages(net), x), dtype=torch.float)
+        torch.testing.assert_close(est, full, rtol=0.02, atol=0.01 * float(full.sum()))
+
+
+def test_stages_to_recompute_takes_the_leading_stages_until_the_rest_fits():
+    per = [10, 40, 30, 20, 10]
+    assert stages_to_recompute(per, 2, 1e9) == 0               # everything fits: no recomputation
+    assert stages_to_recompute(per, 2, 2 * 100) == 1           # all but the stem's 10
+    assert stages_to_recompute(per, 2, 2 * 60 - 1) == 3
+    assert stages_to_recompute(per, 2, 2 * 10 - 1) == 5        # nothing fits: all recomputed
+
+
+def _checkpointed_step(keep_mb, batch_size=7, calls=None):
+    cfg = preset("tiny", ["model.grad_checkpoint=true", "model.slice_chunk=4", "data.size=32",
+                          f"model.checkpoint_keep_mb={keep_mb}"])
+    torch.manual_seed(0)
+    model = build_model(cfg, 3).train()
+    if calls is not None:
+        for name in ("layer1", "layer2"):
+            # a pre-hook: the recomputation stops once it has what backward needs, before a forward hook
+            getattr(model.encoder.slice_backbone, name).register_forward_pre_hook(
+                lambda m, i, name=name: calls.__setitem__(name, calls.get(name, 0) + 1))
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(1, 2, 1, 8, 32, 32, generator=g)
+    slice_mask = torch.tensor([[[True] * 8, [True] * 3 + [False] * 5]])      # 11 real slices: 3 chunks
+    logits = model(images, torch.ones(1, 2, dtype=torch.bool), slice_mask, torch.tensor([[1, 2]]))
+    logits.square().sum().backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    return grads, {k: v.clone() for k, v in model.state_dict().items()}, model
+
+
+def test_recomputing_some_stages_gives_the_gradients_and_statistics_of_recomputing_all():
+    """Whichever stages are recomputed (all, the first two, none), one backward gives the same
+    gradients and BatchNorm buffers; the recomputed stages run twice, the kept ones once."""
+    _, _, model = _checkpointed_step(0)
+    assert not model.encoder._stage_bytes                 # keep 0: nothing measured, all recomputed
+    per = stage_activation_bytes(resnet_stages(model.encoder.slice_backbone), torch.rand(11, 1, 32, 32))
+    two = (11 * sum(per[2:]) + 1) / 2**20                 # room for every stage but the first two
+    runs = {}
+    for keep in (0, two, 1e6):
+        calls = {}
+        runs[keep] = _checkpointed_step(keep, calls=calls)[:2]
+        runs[keep] += (calls,)
+    assert runs[0][2] == {"layer1": 6, "layer2": 6}       # 3 chunks, each stage once more in backward
+    # (+1: the 2-slice run that measures each stage's activations, once per slice geometry)
+    assert runs[two][2] == {"layer1": 6 + 1, "layer2": 3 + 1}
+    assert runs[1e6][2] == {"layer1": 3 + 1, "layer2": 3 + 1}
+    for keep in (two, 1e6):
+        for a, b in ((runs[0][0], runs[keep][0]), (runs[0][1], runs[keep][1])):
+            assert a.keys() == b.keys()
+            for k in a:
+                torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)

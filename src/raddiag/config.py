@@ -83,7 +83,10 @@ class ModelConfig:
     # numerics
     layer_style: str = "standard"        # "standard" | "official" (the release's LayerNorm/attention)
     dropout: float = 0.0
-    grad_checkpoint: bool = False        # activation checkpointing over slice chunks
+    grad_checkpoint: bool = False        # activation checkpointing over slice chunks (resnet_vit's backbone)
+    # with grad_checkpoint: activations (MiB) the slice backbone may keep for backward; its stages are
+    # recomputed from the first (the most memory per FLOP) until the others' fit (0: recompute all)
+    checkpoint_keep_mb: float = 0.0
     slice_chunk: int = 64                # slices per ResNet chunk (memory bound)
     # added by the models capability (issue 3)
     in_channels: int = 1                 # 3: grey repeated to 3 channels (the release's convention)
@@ -120,6 +123,7 @@ class TrainConfig:
     checkpoint_every: int = 0            # also checkpoint every K optimiser steps (0 = per epoch only)
     early_stop: int = 0                  # epochs without val improvement before stopping (0 = off)
     num_workers: int = 0
+    prefetch: int = 1                    # batches loaded ahead in a background thread during the step (0: none)
     eval_batch_size: int = 8
     # transfer (raddiag finetune): the pre-trained encoder + fusion vs the new classification layer
     encoder_lr_scale: float = 1.0        # their learning rate = lr x this (the head keeps lr)
@@ -342,6 +346,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 PAPER_KEY_SLICE_SWAP = 0.15
 RELEASE_KEY_SLICE_LOSS = 0.001   # the release adds 0.001 x the attention KL to the BCE
 RELEASE_CASE_MIX = 0.3           # the release's train.sh: n_aug 2, prob 0.7 -> a partner case 30 % of the time
+# Activations the checkpointed presets' slice backbone keeps for backward (model.checkpoint_keep_mb): 512 MiB
+# holds layer2-4 of 32 slices at 128 px (2 x 16-slice CT), so only the stem and layer1 are recomputed
+# (an `official` step 0.55-0.65x the time of recomputing all, interleaved); at 256 px x 128 slices (the
+# paper's 4 scans) no stage fits and all are recomputed, as before (README "Training speed and memory").
+CHECKPOINT_KEEP_MB = 512.0
 
 
 def _paper() -> RunConfig:
@@ -356,7 +365,8 @@ def _paper() -> RunConfig:
     # 256 px case peaks at 4.2 GiB RSS on CPU (benchmarks/train_memory.py); outputs are unchanged.
     return RunConfig(
         model=ModelConfig(slice_layers=6, slice_heads=8, head="knowledge", grad_checkpoint=True, slice_chunk=8,
-                          pretrained="imagenet", knowledge_bias=False, init="release"),
+                          checkpoint_keep_mb=CHECKPOINT_KEEP_MB, pretrained="imagenet", knowledge_bias=False,
+                          init="release"),
         # batch 1: the release's; the paper's "4 to 32 ... to avoid out-of-memory" meets its own 46 GB at
         # batch 1 on an 80 GB card (4.4), so this model trained one case at a time
         train=TrainConfig(aug_prob=0.15, aug_style="release", key_slice_swap=PAPER_KEY_SLICE_SWAP,
@@ -374,7 +384,7 @@ def _official() -> RunConfig:
     return RunConfig(
         data=DataConfig(modality_scheme="official"),
         model=ModelConfig(slice_layers=1, slice_heads=1, layer_style="official", head="mlp", in_channels=3,
-                          grad_checkpoint=True, slice_chunk=8),
+                          grad_checkpoint=True, slice_chunk=8, checkpoint_keep_mb=CHECKPOINT_KEEP_MB),
         train=TrainConfig(key_slice_loss=RELEASE_KEY_SLICE_LOSS),
         preset="official",
     )

@@ -80,10 +80,71 @@ def resnet_features(depth: int, inplanes: list[int]) -> int:
     return inplanes[3] * RESNET_LAYERS[depth][0].expansion
 
 
+class _Tail(nn.Module):
+    """A MONAI ResNet's forward after layer4: global pooling, flatten, the fc when it has one."""
+
+    def __init__(self, net: ResNet) -> None:
+        super().__init__()
+        self.avgpool, self.fc = net.avgpool, net.fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(x).view(x.shape[0], -1)
+        return x if self.fc is None else self.fc(x)
+
+
+def resnet_stages(net: ResNet) -> list[nn.Module]:
+    """``net.forward`` as five stages applied in turn (stem, layer1, layer2, layer3, layer4 with the
+    pooling): the units of which :class:`ResNetViTEncoder` recomputes the leading ones in backward
+    and keeps the rest. (The pooling goes with layer4: kept alone it would hold layer4's output for
+    nothing worth recomputing.) Built on each call from ``net``'s own modules (no new weights,
+    hooks on ``layerN`` still fire)."""
+    stem = [net.conv1, net.bn1, net.act] + ([] if net.no_max_pool else [net.maxpool])
+    return [nn.Sequential(*stem), net.layer1, net.layer2, net.layer3, nn.Sequential(net.layer4, _Tail(net))]
+
+
 def _real_slices(images, scan_mask, slice_mask):
     """``[S, C, H, W]`` of the real slices of real scans, in ``(b, n, d)`` row-major order."""
     real = slice_mask & scan_mask[..., None]
     return images.transpose(2, 3)[real], real
+
+
+def stage_activation_bytes(stages: list[nn.Module], x: torch.Tensor, probe_px: Optional[int] = 64) -> list[int]:
+    """Bytes each stage keeps for backward per slice of ``x``'s geometry (dtype and autocast as the
+    caller's): measured on 2 zero slices of at most ``probe_px`` px a side (None: ``x``'s size) and
+    scaled by the ratio of pixels (every map of a stage scales with the input's area; exact where
+    the sides divide by the backbone's stride, 32). BatchNorm statistics are left as they were; the
+    weights a layer saves are not counted, and a tensor saved twice counts once. The small probe:
+    a full-size one at 256 px left ~0.5 GiB more resident at the step's peak (freed, not returned)."""
+    h, w = x.shape[-2:]
+    ph, pw = (h, w) if probe_px is None else (min(h, probe_px), min(w, probe_px))
+    params = {p.untyped_storage().data_ptr() for st in stages for p in st.parameters()}
+    x = x.new_zeros(2, *x.shape[1:-2], ph, pw)
+    out = []
+    for st in stages:
+        seen: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in params:
+                seen[ptr] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.enable_grad(), _frozen_norm_statistics(st), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = st(x.requires_grad_(x.is_floating_point()))
+        out.append(int(sum(seen.values()) / 2 * (h * w) / (ph * pw)))
+        x = y.detach()
+    return out
+
+
+def stages_to_recompute(per_slice: list[int], slices: int, keep_bytes: float) -> int:
+    """How many leading stages to recompute in backward so that the activations of the rest, for
+    ``slices`` slices, fit in ``keep_bytes``. Leading first: the early stages keep the most memory
+    per unit of compute (ResNet-50 at 128 px: the stem and layer1 hold 46 % of the activations for
+    18 % of the forward's FLOPs, layer3 and layer4 21 % for 57 %)."""
+    k = 0
+    while k < len(per_slice) and slices * sum(per_slice[k:]) > keep_bytes:
+        k += 1
+    return k
 
 
 @contextmanager
@@ -131,6 +192,8 @@ class ResNetViTEncoder(nn.Module):
         self.in_channels = mc.in_channels
         self.slice_chunk = max(1, mc.slice_chunk)
         self.grad_checkpoint = mc.grad_checkpoint
+        self.checkpoint_keep = mc.checkpoint_keep_mb * 2**20     # bytes of activations not recomputed
+        self._stage_bytes: dict[tuple, list[int]] = {}          # per slice geometry: stage_activation_bytes
         self.slice_backbone = make_resnet(2, mc.resnet_depth, mc.resnet_inplanes, mc.in_channels)
         feat = resnet_features(mc.resnet_depth, mc.resnet_inplanes)
         self.slice_proj = nn.Identity() if feat == mc.width else nn.Linear(feat, mc.width)
@@ -152,17 +215,39 @@ class ResNetViTEncoder(nn.Module):
         if self.channels_last and (self.channels_last_training or not self.training):
             slices = slices.contiguous(memory_format=torch.channels_last)
         n_chunks = -(-slices.shape[0] // self.slice_chunk)
-        outs = []
         # equal-sized chunks: no 1-slice tail chunk (BatchNorm in training needs > 1 value)
-        for chunk in torch.tensor_split(slices, n_chunks):
-            if self.grad_checkpoint and self.training and torch.is_grad_enabled():
-                # the recomputation in backward must not update BatchNorm's running statistics again
-                recompute = partial(_frozen_norm_statistics, self.slice_backbone)
-                outs.append(checkpoint(self.slice_backbone, chunk, use_reentrant=False,
-                                       context_fn=lambda: (nullcontext(), recompute())))
-            else:
-                outs.append(self.slice_backbone(chunk))
-        return torch.cat(outs)
+        chunks = torch.tensor_split(slices, n_chunks)
+        if not (self.grad_checkpoint and self.training and torch.is_grad_enabled()):
+            return torch.cat([self.slice_backbone(chunk) for chunk in chunks])
+        stages = resnet_stages(self.slice_backbone)
+        k = len(stages) if self.checkpoint_keep <= 0 else stages_to_recompute(
+            self._activation_bytes(stages, slices), slices.shape[0], self.checkpoint_keep)
+        return torch.cat([self._checkpointed(stages, chunk, k) for chunk in chunks])
+
+    @staticmethod
+    def _checkpointed(stages: list[nn.Module], x: torch.Tensor, k: int) -> torch.Tensor:
+        """``x`` through ``stages``, the first ``k`` as one checkpointed segment: backward keeps only
+        the chunk's input for them and recomputes them once, one chunk at a time (the same values and
+        gradients); the later stages keep their activations. (One segment, not one checkpoint per
+        stage: the inputs of the stages would be kept for every slice, 1.1 GiB on the paper's 128
+        slices at 256 px.)"""
+        if k:
+            head = nn.Sequential(*stages[:k])
+            # the recomputation in backward must not update BatchNorm's running statistics again
+            recompute = partial(_frozen_norm_statistics, head)
+            x = checkpoint(head, x, use_reentrant=False, context_fn=lambda: (nullcontext(), recompute()))
+        for stage in stages[k:]:
+            x = stage(x)
+        return x
+
+    def _activation_bytes(self, stages: list[nn.Module], slices: torch.Tensor) -> list[int]:
+        """:func:`stage_activation_bytes` for this slice geometry, measured once per geometry."""
+        dev = slices.device.type
+        key = (tuple(slices.shape[1:]), slices.dtype, dev, torch.is_autocast_enabled(dev),
+               torch.get_autocast_dtype(dev))
+        if key not in self._stage_bytes:
+            self._stage_bytes[key] = stage_activation_bytes(stages, slices)
+        return self._stage_bytes[key]
 
     def forward(self, images, scan_mask, slice_mask, need_attention: bool = False):
         B, N, C, D, H, W = images.shape

@@ -27,12 +27,29 @@ a run is reproducible and resumable.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Optional
 
 import numpy as np
 import torch
 
 from raddiag.config import DataConfig, TrainConfig
+
+
+@contextmanager
+def _untracked():
+    """MONAI's transforms without their metadata (``set_track_meta(False)``, MONAI's switch for
+    speed; the values are the same): a third to a half of a small transform's time went into
+    building and converting MetaTensors (noise, contrast, affine at 64 px x 8). The switch is
+    process-wide, so the previous setting is put back at once."""
+    from monai.data import get_track_meta, set_track_meta
+
+    kept = get_track_meta()
+    set_track_meta(False)
+    try:
+        yield
+    finally:
+        set_track_meta(kept)
 
 
 def _plain(x) -> torch.Tensor:
@@ -46,8 +63,9 @@ class ScanAugment:
     """Callable ScanTransform; construct with :func:`build_scan_transform`."""
 
     def __init__(self, prob: float, key_slice_swap: float, size: int, style: str = "raddiag"):
-        from monai.transforms import (Rand2DElastic, Rand3DElastic, RandAdjustContrast, RandAffine,
-                                      RandGaussianNoise)
+        from monai.transforms import Rand2DElastic, RandAdjustContrast, RandAffine, RandGaussianNoise
+
+        from .aug_kernels import FastRand3DElastic
 
         self.prob = float(prob)
         self.key_slice_swap = float(key_slice_swap)
@@ -68,7 +86,7 @@ class ScanAugment:
                                    translate_range=(0.0, shift, shift), padding_mode="zeros")
         self.elastic2d = Rand2DElastic(spacing=(spacing, spacing), magnitude_range=(0.5, 1.5), prob=1.0,
                                        padding_mode="zeros")
-        self.elastic3d = Rand3DElastic(sigma_range=(4.0, 6.0), magnitude_range=(size / 4, size / 2), prob=1.0,
+        self.elastic3d = FastRand3DElastic(sigma_range=(4.0, 6.0), magnitude_range=(size / 4, size / 2), prob=1.0,
                                        padding_mode="zeros")
         self.style = style
         if style == "release":
@@ -87,21 +105,25 @@ class ScanAugment:
         img = self._swap(item, item["image"], rng)
         seed = int(rng.integers(0, 2**31 - 1))
         fire = rng.random(4) < self.prob            # noise, contrast, affine, elastic (release: its order)
-        if fire.any() and self.style == "release":
-            img = self._release(img, fire, seed)
-        elif fire.any():
-            three_d = img.shape[1] > 1
-            chain = (self.noise, self.contrast, self.affine3d if three_d else self.affine2d,
-                     self.elastic3d if three_d else self.elastic2d)
-            x = img if three_d else img[:, 0]          # [1, d, H, W] or [1, H, W]
-            for j in np.flatnonzero(fire):
-                chain[j].set_random_state(seed=(seed + int(j)) % (2**32))
-                x = chain[j](x)
-            x = _plain(x).clamp_(0.0, 1.0)
-            img = x if three_d else x[:, None]
+        if fire.any():
+            with _untracked():
+                img = self._chain(img, fire, seed)
         item["image"] = _plain(img).contiguous()
         return item
 
+    def _chain(self, img: torch.Tensor, fire: np.ndarray, seed: int) -> torch.Tensor:
+        """The transforms that fire, in order, each seeded from ``seed``."""
+        if self.style == "release":
+            return self._release(img, fire, seed)
+        three_d = img.shape[1] > 1
+        chain = (self.noise, self.contrast, self.affine3d if three_d else self.affine2d,
+                 self.elastic3d if three_d else self.elastic2d)
+        x = img if three_d else img[:, 0]          # [1, d, H, W] or [1, H, W]
+        for j in np.flatnonzero(fire):
+            chain[j].set_random_state(seed=(seed + int(j)) % (2**32))
+            x = chain[j](x)
+        x = _plain(x).clamp_(0.0, 1.0)
+        return x if three_d else x[:, None]
 
     def _release(self, img: torch.Tensor, fire: np.ndarray, seed: int) -> torch.Tensor:
         """The release's chain on ``[1, d, H, W]``: slices as channels over spatial ``(H, W, 1)``."""
@@ -115,12 +137,14 @@ class ScanAugment:
 def _release_chain(size: int) -> tuple:
     """The release's four transforms (affine, elastic, noise, contrast) for ``size`` px slices,
     always applied (the caller draws whether each fires)."""
-    from monai.transforms import Rand3DElastic, RandAdjustContrast, RandAffine, RandGaussianNoise
+    from monai.transforms import RandAdjustContrast, RandAffine, RandGaussianNoise
+
+    from .aug_kernels import FastRand3DElastic
 
     px = size / 256                              # the release's pixel sizes are for 256 px slices
     return (RandAffine(prob=1.0, rotate_range=(0, 0, math.pi / 12), translate_range=(10 * px, 10 * px, 0),
                        scale_range=(0.1, 0.1, 0), shear_range=(0.2, 0.2, 0), mode="bilinear", padding_mode="zeros"),
-            Rand3DElastic(prob=1.0, sigma_range=(5 * px, 7 * px), magnitude_range=(10 * px, 20 * px),
+            FastRand3DElastic(prob=1.0, sigma_range=(5 * px, 7 * px), magnitude_range=(10 * px, 20 * px),
                           rotate_range=(0, 0, 0), scale_range=(0.1, 0.1, 0.1), mode="bilinear",
                           padding_mode="border"),
             RandGaussianNoise(prob=1.0, mean=0.0, std=0.07),

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .checkpoint import rng_state, save_checkpoint, set_rng_state
+from .prefetch import Prefetcher
 from .metrics import macro_auc
 from raddiag.task import task_loss, validation_loss
 
@@ -71,6 +72,8 @@ class TrainLoop:
                 next(it)
         if resuming and start_batch > 0:
             set_rng_state(ckpt["rng"])
+        if self.tc.prefetch > 0:   # loading in a background thread: the same batches (training.prefetch)
+            it = Prefetcher(it, self.tc.prefetch)
         return it, start_batch, resuming
 
     def train_step(self, batch: dict, epoch: int, group_len: int, sync: bool) -> torch.Tensor:
@@ -114,11 +117,23 @@ class TrainLoop:
                        dynamic_ncols=True)
         b, stop = start_batch, False
         self.optimizer.zero_grad(set_to_none=True)
+        try:
+            b, stop, loss_sum, loss_n = self._batches(epoch, it, b, loss_sum, loss_n, bar)
+        finally:
+            if isinstance(it, Prefetcher):
+                it.close()
+        if bar is not None:
+            bar.close()
+        return loss_sum, loss_n, b, stop
+
+    def _batches(self, epoch: int, it, b: int, loss_sum: float, loss_n: int, bar):
+        """Train on the batches of ``it`` from batch ``b``: ``(batches done, stop, loss_sum, loss_n)``."""
+        tc, n, stop = self.tc, self.batches_per_epoch, False
         for batch in it:
             group_start = (b // tc.grad_accum) * tc.grad_accum
             group_len = min(tc.grad_accum, n - group_start)
             last_in_group = b == group_start + group_len - 1
-            loss = self.train_step(batch, epoch, group_len, sync=(not d.enabled) or last_in_group)
+            loss = self.train_step(batch, epoch, group_len, sync=(not self.d.enabled) or last_in_group)
             loss_sum += float(loss.detach())
             loss_n += 1
             b += 1
@@ -132,9 +147,7 @@ class TrainLoop:
                 break
             if tc.checkpoint_every and self.state["step"] % tc.checkpoint_every == 0 and b < n:
                 self.checkpoint(epoch, b, loss_sum, loss_n)
-        if bar is not None:
-            bar.close()
-        return loss_sum, loss_n, b, stop
+        return b, stop, loss_sum, loss_n
 
     def mean_loss(self, loss_sum: float, loss_n: int) -> float:
         """The epoch's training loss over every rank's batches."""

@@ -1,0 +1,126 @@
+"""The faster data path of issue 29 changes no result: the separable smoothing and the elastic
+transform built on it equal MONAI's, the augmentation chain without MONAI's metadata equals the
+chain with it, and batches loaded ahead in a thread are the batches loaded in turn."""
+from __future__ import annotations
+
+import copy
+import threading
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from monai.networks.layers import GaussianFilter
+from monai.transforms import Rand3DElastic
+
+from raddiag.config import preset
+from raddiag.training.aug_kernels import FastRand3DElastic, smooth_separable
+from raddiag.training.augment import ScanAugment
+from raddiag.training.prefetch import Prefetcher
+from test_training_data import make_tiny_data, tiny_overrides
+
+
+@settings(max_examples=12, deadline=None)
+@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 9), st.integers(1, 40), st.integers(1, 12)),
+       sigma=st.floats(0.05, 7.0), seed=st.integers(0, 2**16))
+def test_separable_smoothing_is_monais_gaussian_filter(shape, sigma, seed):
+    field = torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    want = GaussianFilter(3, sigma, 3.0)(field[None])[0]
+    torch.testing.assert_close(smooth_separable(field, sigma), want, atol=1e-6, rtol=1e-5)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**31 - 2), release=st.booleans())
+def test_fast_elastic_is_monais_with_the_same_draws(seed, release):
+    """Both parameter sets the augmentation uses: raddiag's 3D elastic (a [1, d, H, W] scan) and the
+    release's (slices as channels over (H, W, 1), scale jitter, border padding)."""
+    kw = (dict(sigma_range=(2.5, 3.5), magnitude_range=(5, 10), rotate_range=(0, 0, 0),
+               scale_range=(0.1, 0.1, 0.1), padding_mode="border") if release
+          else dict(sigma_range=(4.0, 6.0), magnitude_range=(8, 16), padding_mode="zeros"))
+    x = torch.rand((6, 24, 20, 1) if release else (1, 5, 24, 20), generator=torch.Generator().manual_seed(seed))
+    fast, monai = FastRand3DElastic(prob=1.0, **kw), Rand3DElastic(prob=1.0, **kw)
+    fast.set_random_state(seed)
+    monai.set_random_state(seed)
+    got, want = fast(x), monai(x)
+    assert not torch.allclose(torch.as_tensor(want), x, atol=1e-3)      # it deformed the scan
+    torch.testing.assert_close(torch.as_tensor(got), torch.as_tensor(want), atol=2e-5, rtol=1e-5)
+
+
+def _monai_reference(aug: ScanAugment) -> ScanAugment:
+    """``aug`` as it was before issue 29's second round: MONAI's own Rand3DElastic (the caller
+    keeps MONAI's metadata tracked)."""
+    ref = copy.deepcopy(aug)
+    (ref.release[1] if aug.style == "release" else ref.elastic3d).__class__ = Rand3DElastic
+    return ref
+
+
+@pytest.mark.parametrize("style", ["raddiag", "release"])
+@pytest.mark.parametrize("depth", [1, 5])
+def test_the_augmentation_gives_what_the_monai_chain_gave(style, depth):
+    """Every transform firing (prob 1), several seeds: the chain as now (fast elastic, no MONAI
+    metadata) against MONAI's transforms called as before."""
+    aug = ScanAugment(1.0, 0.0, 32, style)
+    ref = _monai_reference(aug)
+    for seed in range(4):
+        img = torch.rand(1, depth, 32, 32, generator=torch.Generator().manual_seed(seed))
+        item = {"image": img, "is_3d": depth > 1, "key_slice": -1, "modality": "CT"}
+        got = aug(item, np.random.default_rng(seed))["image"]
+        rng = np.random.default_rng(seed)
+        rng.random()                                               # the key-slice swap's draw
+        s = int(rng.integers(0, 2**31 - 1))
+        want = ref._chain(img, rng.random(4) < 1.0, s)           # MetaTensors tracked, MONAI's elastic
+        assert got.shape == img.shape and not torch.allclose(got, img, atol=1e-3)
+        torch.testing.assert_close(got, torch.as_tensor(want).float(), atol=2e-5, rtol=1e-5)
+
+
+def test_the_augmentation_leaves_monais_metadata_switch_as_it_was():
+    from monai.data import get_track_meta
+
+    assert get_track_meta()
+    ScanAugment(1.0, 0.0, 16)({"image": torch.rand(1, 3, 16, 16), "is_3d": True, "key_slice": -1,
+                               "modality": "CT"}, np.random.default_rng(0))
+    assert get_track_meta()
+
+
+def test_prefetcher_yields_in_order_raises_the_sources_error_and_stops_on_close():
+    assert list(Prefetcher(range(7), depth=2)) == list(range(7))
+
+    def broken():
+        yield 1
+        raise ValueError("case7.npy: not a scan")
+
+    it = Prefetcher(broken())
+    assert next(it) == 1
+    with pytest.raises(ValueError, match="case7.npy: not a scan"):
+        next(it)
+
+    produced = []
+
+    def endless():
+        while True:
+            produced.append(len(produced))
+            yield produced[-1]
+
+    it = Prefetcher(endless(), depth=1)
+    assert next(it) == 0
+    it.close()
+    assert not it._thread.is_alive() and len(produced) <= 4      # stopped, at most a few items ahead
+    assert not any(t.name == "raddiag-prefetch" for t in threading.enumerate())
+
+
+def test_training_with_and_without_prefetching_gives_the_same_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    from raddiag.training import train
+
+    data = make_tiny_data(tmp_path / "data", n_cases=24)
+    weights = []
+    for depth in (0, 2):
+        cfg = preset("tiny", tiny_overrides(**{"train.epochs": 1, "train.aug_prob": 0.5, "train.key_slice_swap": 0.3,
+                                               "train.prefetch": depth, "train.seed": 3}))
+        run = train(data, tmp_path / f"run{depth}", cfg, progress=False).run
+        weights.append(load_file(str(run.weights)))
+    assert weights[0].keys() == weights[1].keys()
+    for k in weights[0]:
+        assert torch.equal(weights[0][k], weights[1][k]), k
