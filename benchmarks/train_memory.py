@@ -11,7 +11,7 @@ do not mix; the figure is ``ru_maxrss`` of that process.
     python benchmarks/train_memory.py --slices 8          # a cheaper run (same model)
     python benchmarks/train_memory.py --device cuda --amp bf16 --both   # on a GPU: torch.cuda.max_memory_allocated
 
-The optimiser is the trainer's (:func:`raddiag.training.trainer.make_optimizer`, fused AdamW).
+The optimiser is the trainer's (:func:`raddiag.training.optim.make_optimizer`, fused AdamW).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def one_step(args) -> dict:
 
     from raddiag.config import preset
     from raddiag.models import build_model, stand_in_label_embeddings
-    from raddiag.training.trainer import make_optimizer
+    from raddiag.training.optim import make_optimizer
 
     torch.set_num_threads(args.threads)
     over = [f"data.depth={args.slices}", f"data.size={args.size}", f"data.max_scans={args.scans}",

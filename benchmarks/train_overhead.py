@@ -83,7 +83,7 @@ def raddiag_epoch(data: Path, tmp: Path, cfg, emb, steps: int, device: str):
 def bare_epoch(cfg, n_classes: int, emb, batches: list, device: torch.device) -> float:
     """Seconds for the model's forward, loss, backward, clipping and AdamW over ``batches``."""
     from raddiag.models import build_model, key_slice_attention_loss
-    from raddiag.training.trainer import make_optimizer
+    from raddiag.training.optim import make_optimizer
 
     tc = cfg.train
     torch.manual_seed(tc.seed)

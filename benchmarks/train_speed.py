@@ -33,7 +33,7 @@ What is compared, in one process, interleaved (theirs, ours, theirs, ours, ...),
 - ours: raddiag's ``official`` preset holding the same weights (their state dict through
   ``raddiag.models.official``, the importer), the trainer's loss (BCE + ``train.key_slice_loss`` x
   :func:`raddiag.models.key_slice_attention_loss`), clipping and the trainer's optimiser
-  (:func:`raddiag.training.trainer.make_optimizer`).
+  (:func:`raddiag.training.optim.make_optimizer`).
 Same case (``--scans`` CT scans of ``--slices`` real slices with a key slice each, ``--xrays``
 X-rays of one slice, ``--size`` px, a few positive classes), augmentation off, each side's batch as
 its own loader builds it: ours holds the real slices (and the run's ``data.depth`` slice positions),
@@ -243,7 +243,7 @@ def their_optimizer(model):
 
 
 def our_optimizer(model):
-    from raddiag.training.trainer import make_optimizer
+    from raddiag.training.optim import make_optimizer
 
     return make_optimizer(model, model.cfg.train)
 

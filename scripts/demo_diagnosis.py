@@ -91,7 +91,7 @@ def main() -> None:
     from raddiag.data.store import PreparedData
     from raddiag.models import build_model
     from raddiag.models.encoders import make_resnet
-    from raddiag.training.trainer import resolve_label_embeddings
+    from raddiag.training.label_embeddings import resolve_label_embeddings
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("data")

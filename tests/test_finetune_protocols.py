@@ -62,11 +62,11 @@ def test_encoder_lr_scale_sets_the_optimiser_groups(pretrained):
 def test_param_groups_cover_each_trainable_parameter_once():
     from raddiag.config import preset
     from raddiag.models import build_model
-    from raddiag.training.trainer import _param_groups
+    from raddiag.training.optim import param_groups
 
     model = build_model(preset("tiny", tiny_overrides()), 3)
     for scale in (1.0, 0.25):
-        groups = _param_groups(model, 0.05, 1e-3, scale)
+        groups = param_groups(model, 0.05, 1e-3, scale)
         ids = [id(p) for g in groups for p in g["params"]]
         assert sorted(ids) == sorted(id(p) for p in model.parameters())
         head = {id(p) for p in model.head.parameters()}
@@ -75,12 +75,12 @@ def test_param_groups_cover_each_trainable_parameter_once():
             assert g["lr"] == pytest.approx(want)
             assert g["weight_decay"] == (0.0 if g["name"].endswith("_nd") else 0.05)
     model.freeze_pretrained()
-    groups = _param_groups(model, 0.05, 1e-3, 0.25)
+    groups = param_groups(model, 0.05, 1e-3, 0.25)
     assert {g["name"] for g in groups} == {"head", "head_nd"}
     model.train()
     assert model.head.training and not model.encoder.training and not model.fusion.training
     with pytest.raises(ValueError, match="encoder_lr_scale"):
-        _param_groups(model, 0.05, 1e-3, -1.0)
+        param_groups(model, 0.05, 1e-3, -1.0)
 
 
 @pytest.mark.slow

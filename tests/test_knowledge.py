@@ -315,7 +315,7 @@ def test_label_embeddings_of_other_classes_or_order_are_refused_for_training(tmp
 
     from raddiag.data.labels import LabelSpace
     from raddiag.knowledge.embed import save_label_embeddings
-    from raddiag.training.trainer import resolve_label_embeddings
+    from raddiag.training.label_embeddings import resolve_label_embeddings
 
     labels = LabelSpace(names=["Normal", "Glioma", "Meningioma"])
     emb = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)

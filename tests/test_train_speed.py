@@ -12,7 +12,7 @@ from raddiag.models import build_model
 from raddiag.models.encoders import (GreyStemConv2d, make_resnet, resnet_stages, stage_activation_bytes,
                                      stages_to_recompute)
 from raddiag.models.layers import _OfficialAttention
-from raddiag.training.trainer import make_optimizer
+from raddiag.training.optim import make_optimizer
 
 
 def test_grey_stem_gives_the_repeated_input_output_and_weight_gradient():

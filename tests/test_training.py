@@ -12,7 +12,7 @@ from raddiag.config import preset
 from raddiag.training.augment import build_scan_transform
 from raddiag.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from raddiag.training.sampler import RepeatFactorSampler, ResumableSampler, repeat_factors
-from raddiag.training.trainer import lr_factor
+from raddiag.training.optim import lr_factor
 from test_training_data import make_tiny_data, tiny_overrides
 
 

@@ -19,7 +19,6 @@ from ``numpy.random.default_rng([seed, ...])``: the same seed gives identical fi
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path

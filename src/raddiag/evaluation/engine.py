@@ -17,7 +17,6 @@ from typing import Optional, Sequence
 import numpy as np
 
 from raddiag.csvfile import write_csv
-from raddiag.data.case import NORMAL
 from raddiag.data.errors import InputWarning
 from raddiag.data.labels import LabelSpace, check_thresholds
 

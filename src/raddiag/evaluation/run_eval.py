@@ -5,7 +5,6 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 
 log = logging.getLogger(__name__)
 

@@ -43,8 +43,7 @@ def describe_model(cfg: RunConfig, num_classes: int = 5569, scans: int = 2) -> d
             shapes["ResNet slices per case (all real)"] = [B * N * D]
         images = torch.zeros(B, N, 1, D, S, S)
         if mc.encoder == "resnet_vit":
-            # stand-in: reuse the traced feature for every slice (the backbone is per-slice)
-            orig = enc.slice_features
+            # stand-in (an instance attribute over the method, deleted after): the traced feature for every slice
             enc.slice_features = lambda x: feat.expand(x.shape[0], -1)  # type: ignore[assignment]
         try:
             out = model(images, torch.ones(B, N, dtype=torch.bool), torch.ones(B, N, D, dtype=torch.bool),

@@ -5,6 +5,6 @@
 """
 from raddiag._lazy import lazy_exports
 
-_EXPORTS = {"train": ".trainer", "TrainResult": ".trainer", "validate": ".trainer", "lr_factor": ".trainer"}
+_EXPORTS = {"train": ".trainer", "TrainResult": ".trainer", "validate": ".trainer", "lr_factor": ".optim"}
 __getattr__ = lazy_exports(__name__, _EXPORTS)
 __all__ = list(_EXPORTS)

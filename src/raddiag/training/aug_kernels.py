@@ -12,7 +12,6 @@ affine, the resampling) is MONAI's.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from monai.networks.layers.convutils import gaussian_1d
 from monai.transforms import Rand3DElastic
 from monai.transforms.utils import create_grid

@@ -41,7 +41,6 @@ class Dist:
 def init(device: str | None = None) -> Dist:
     """Join the torchrun job described by the environment, or run alone."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device is None else str(device).startswith("cuda")
     if use_cuda:

@@ -14,8 +14,8 @@ from .prefetch import Prefetcher
 from .metrics import macro_auc
 from raddiag.task import task_loss, validation_loss
 
-from .trainer import (LAST, _append_metrics, _autocast, _check_finite_loss, _null, _save_weights_atomic, log,
-                      validate)
+from .runfiles import append_metrics
+from .trainer import LAST, _autocast, _check_finite_loss, _null, _save_weights_atomic, log, validate
 
 
 class TrainLoop:
@@ -186,7 +186,7 @@ class TrainLoop:
                "val_auc": auc, "lr": self.scheduler.get_last_lr()[0],
                "best_val_auc": state["best_val_auc"], "seconds": round(time.time() - t0, 3)}
         if d.is_main:
-            _append_metrics(self.run, row)
+            append_metrics(self.run, row)
             self.writer.add_scalar("train/loss", train_loss, epoch + 1)
             self.writer.add_scalar("val/loss", vloss, epoch + 1)
             self.writer.add_scalar("val/auc", auc, epoch + 1)

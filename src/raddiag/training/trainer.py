@@ -16,7 +16,6 @@ batches already consumed by index and continues bit for bit.
 from __future__ import annotations
 
 import copy
-import csv
 import logging
 import math
 import os
@@ -33,17 +32,19 @@ from torch.utils.data import Dataset
 from raddiag.config import RunConfig
 from raddiag.data.labels import LabelSpace
 from raddiag.run import LAST_CHECKPOINT, RunFolder
-from raddiag.staging import discard, stage_beside, swap_in
+from raddiag.staging import discard, swap_in
 
 from . import distributed as dist_utils
 from .checkpoint import load_checkpoint
+from .label_embeddings import run_label_embeddings
 from .metrics import f1_thresholds
+from .optim import lr_factor, make_optimizer
+from .runfiles import remove_unfinished, stage_run, write_run_folder
 from .sampler import RepeatFactorSampler, ResumableSampler, repeat_factors
 from raddiag.data.shards import ShardData
 
 log = logging.getLogger(__name__)
 LAST = LAST_CHECKPOINT
-METRIC_FIELDS = ["epoch", "step", "train_loss", "val_loss", "val_auc", "lr", "best_val_auc", "seconds"]
 
 
 @dataclass
@@ -82,45 +83,6 @@ class CaseSubset(Dataset):
 
 
 # -- schedule -----------------------------------------------------------------------
-def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Linear warm-up from ~0 to 1 over ``warmup_steps``, then cosine to 0 at ``total_steps``."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    t = min(1.0, (step - warmup_steps) / span)
-    return 0.5 * (1.0 + math.cos(math.pi * t))
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float, lr: float, encoder_lr_scale: float = 1.0) -> list[dict]:
-    """AdamW groups: no weight decay on biases and norms; the head at ``lr``, everything else
-    (the pre-trained encoder and fusion when fine-tuning) at ``lr * encoder_lr_scale``.
-    Frozen parameters are left out; each group is named (``head`` / ``encoder``, ``_nd`` without
-    decay). At scale 1 the head shares the groups (``all``, ``all_nd``: the layout of earlier
-    checkpoints, which therefore still resume)."""
-    if encoder_lr_scale < 0:
-        raise ValueError(f"train.encoder_lr_scale={encoder_lr_scale}; must be >= 0")
-    groups: dict[str, dict] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        part = "all" if encoder_lr_scale == 1 else "head" if name.startswith("head.") else "encoder"
-        key = part if p.ndim > 1 else f"{part}_nd"
-        g = groups.setdefault(key, {"params": [], "name": key, "weight_decay": weight_decay if p.ndim > 1 else 0.0,
-                                    "lr": lr * (1.0 if part == "head" else encoder_lr_scale)})
-        g["params"].append(p)
-    return [groups[k] for k in ("all", "all_nd", "encoder", "encoder_nd", "head", "head_nd") if k in groups]
-
-
-def make_optimizer(model: torch.nn.Module, tc) -> torch.optim.AdamW:
-    """The run's AdamW over :func:`_param_groups` (``tc``: the run's TrainConfig), fused: one kernel
-    per weight updates it and both moments. torch's default on the CPU is a Python loop of ~10
-    element-wise passes per weight (13 % of an ``official`` step at 2 x 16 x 128 px,
-    ``benchmarks/train_speed.py``); foreach would hold a temporary copy of every moment at the peak.
-    A checkpoint keeps the flag, so a run resumes with the update it started with."""
-    return torch.optim.AdamW(_param_groups(model, tc.weight_decay, tc.lr, tc.encoder_lr_scale), lr=tc.lr,
-                             fused=True)
-
-
 # -- set-up helpers -----------------------------------------------------------------------
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
@@ -130,48 +92,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-
-
-def resolve_label_embeddings(labels: LabelSpace, label_embeddings=None, knowledge_encoder=None) -> torch.Tensor:
-    """Label embeddings ``[C, d]``: a given tensor, a safetensors file (key ``embeddings``), or
-    computed once from a knowledge encoder folder (None: the default text encoder)."""
-    if isinstance(label_embeddings, torch.Tensor):
-        emb = label_embeddings
-    elif label_embeddings is not None:
-        path = Path(label_embeddings)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: label embeddings file does not exist")
-        from raddiag.run import read_safetensors
-
-        tensors = read_safetensors(path)
-        if "embeddings" not in tensors:
-            raise ValueError(f"{path}: no 'embeddings' tensor (found {sorted(tensors)})")
-        emb = tensors["embeddings"]
-        _check_embedded_texts(path, labels)
-    else:
-        from raddiag.knowledge.embed import embed_labels
-        from raddiag.knowledge.encoder import TextEncoder
-
-        emb = embed_labels(TextEncoder.load(knowledge_encoder), labels)
-    emb = emb.detach().float().cpu()
-    if emb.ndim != 2 or emb.shape[0] != len(labels):
-        raise ValueError(f"label embeddings have shape {tuple(emb.shape)}; expected [{len(labels)}, d]")
-    return emb
-
-
-def _check_embedded_texts(path: Path, labels: LabelSpace) -> None:
-    """Refuse embeddings that ``knowledge embed`` made for other class names, or in another order
-    (the texts it records): one of the same count was taken row for row, each class trained
-    against another class's name (a dataset prepared again orders its classes by its new counts)."""
-    from raddiag.knowledge.embed import label_texts, load_label_embeddings
-
-    texts, want = load_label_embeddings(path)[1], label_texts(labels)
-    if texts and list(texts) != list(want):
-        i = next((i for i, (a, b) in enumerate(zip(texts, want)) if a != b), min(len(texts), len(want)))
-        got = repr(texts[i]) if i < len(texts) else "nothing"
-        raise ValueError(f"{path}: embeds other class names than this dataset's, in order (row {i}: {got}, class "
-                         f"{i}: {want[i]!r}); embed this dataset's label space (knowledge embed --labels "
-                         f"DATA/labels_{labels.granularity}.json)")
 
 
 def _init_pretrained(model, cfg: RunConfig, say: bool = True) -> None:
@@ -341,7 +261,7 @@ def train(
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     run = target
     try:
-        run = _stage(target, d) if replace else target
+        run = stage_run(target, d) if replace else target
         result = _train(d, open_training_data(data_dir), run, cfg, label_embeddings, knowledge_encoder, resume,
                         progress, max_steps, init_state, train_indices, CaseDataset, make_loader, build_model,
                         key_slice_attention_loss, summary)
@@ -353,49 +273,11 @@ def train(
         if d.is_main and run is not target:
             discard(run.root)
         elif created and d.is_main:
-            _remove_unfinished(run)
+            remove_unfinished(run)
         raise
     finally:
         torch.use_deterministic_algorithms(was_deterministic)  # process-wide: leave it as found
         d.close()
-
-
-def _stage(target: RunFolder, d) -> RunFolder:
-    """The hidden folder beside ``target`` a replacing run trains in (rank 0 makes it, every rank
-    uses it), swapped in whole when the run completes (:mod:`raddiag.staging`)."""
-    stage = str(stage_beside(target.root, "train")) if d.is_main else None
-    return RunFolder(dist_utils.broadcast_object(stage, d))
-
-
-def _run_label_embeddings(d, run, cfg, labels, label_embeddings, knowledge_encoder, resume, progress=False):
-    """The knowledge head's label embeddings, computed once per run (rank 0, then broadcast) and
-    kept in the run folder; None for other heads. Without given embeddings or encoder, the labels
-    are embedded by the fine-tuned knowledge encoder in the cache (built there when missing); the
-    run records which encoder it was and the log says it."""
-    if cfg.model.head != "knowledge":
-        return None
-    if resume and run.label_embeddings.exists():
-        return _fit_text_dim(cfg, run.load_label_embeddings())
-    emb = None
-    if d.is_main:
-        if label_embeddings is None:
-            from raddiag.knowledge.train import default_knowledge_encoder, encoder_summary
-
-            knowledge_encoder = knowledge_encoder or default_knowledge_encoder(progress)
-            log.info("label embeddings: %d class names embedded by %s", len(labels), encoder_summary(knowledge_encoder))
-        emb = resolve_label_embeddings(labels, label_embeddings, knowledge_encoder)
-    emb = dist_utils.broadcast_object(emb, d)
-    if d.is_main and label_embeddings is None:
-        run.create().record_text_encoder(knowledge_encoder)
-    return _fit_text_dim(cfg, emb)
-
-
-def _fit_text_dim(cfg, emb: torch.Tensor) -> torch.Tensor:
-    """``model.text_dim`` is the label embeddings' width, whichever encoder made them (MedCPT: 768)."""
-    if emb.shape[1] != cfg.model.text_dim:
-        log.info("model.text_dim=%d: the width of the label embeddings", emb.shape[1])
-        cfg.model.text_dim = int(emb.shape[1])
-    return emb
 
 
 def _initial_model(cfg, labels, emb, init_state, resume, d, build_model):
@@ -432,34 +314,6 @@ def _restore(run, model, optimizer, scheduler, state, labels, d) -> dict:
         log.info("resuming %s at epoch %d, batch %d (step %d)", run.root, state["epoch"] + 1,
                  state["batches_done"], state["step"])
     return ckpt
-
-
-def _remove_unfinished(run) -> None:
-    """A run folder this call created, whose training failed before its first checkpoint, holds
-    nothing to resume or use (a config and label files that look like a run): remove it."""
-    import shutil
-
-    from raddiag.run import LAST_CHECKPOINT
-
-    if run.root.is_dir() and not (run.checkpoints / LAST_CHECKPOINT).exists() and not run.weights.exists():
-        shutil.rmtree(run.root, ignore_errors=True)
-
-
-def _write_run_folder(run, cfg, labels, emb, epoch: int, data, resume: bool) -> None:
-    """The run folder: everything inference needs (config, labels, label embeddings, the training
-    data's intensity convention), with the run's id (:mod:`raddiag.run`)."""
-    from raddiag.data.intensity import write_run_intensity
-    from raddiag.run import new_run_id
-
-    run.create()
-    run.checkpoints.mkdir(exist_ok=True)
-    run_id = run.run_id() if resume else new_run_id()     # a resumed run keeps its id (None: written before ids)
-    run.save_config(cfg, run_id)
-    write_run_intensity(run.root, data.meta, data.root)
-    run.save_labels(labels, run_id)
-    if emb is not None:
-        run.save_label_embeddings(emb, run_id)
-    _trim_metrics(run, epoch)
 
 
 def _counted_on(labels, data, cfg, train_indices, CaseDataset):
@@ -535,7 +389,7 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
 
         pretrained_file(cfg.model.pretrained, cfg.model.resnet_depth)
 
-    emb = _run_label_embeddings(d, run, cfg, labels, label_embeddings, knowledge_encoder, resume, progress)
+    emb = run_label_embeddings(d, run, cfg, labels, label_embeddings, knowledge_encoder, resume, progress)
     model = _initial_model(cfg, labels, emb, init_state, resume, d, build_model)
     train_ds, val_ds, sampler, loader, batches_per_epoch = _train_data(d, data, cfg, labels, train_indices,
                                                                        CaseDataset, make_loader)
@@ -555,7 +409,7 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
              "bad_epochs": 0, "stopped_early": False, "have_best": False}
     ckpt = _restore(run, model, optimizer, scheduler, state, labels, d) if resume else None
     if d.is_main:
-        _write_run_folder(run, cfg, labels, emb, state["epoch"], data, resume)
+        write_run_folder(run, cfg, labels, emb, state["epoch"], data, resume)
     d.barrier()
 
     from .loop import TrainLoop
@@ -613,22 +467,3 @@ class _null:
         return False
 
 
-def _read_metrics(run: RunFolder) -> list[dict]:
-    if not run.metrics_csv.exists():
-        return []
-    with run.metrics_csv.open() as f:
-        return list(csv.DictReader(f))
-
-
-def _trim_metrics(run: RunFolder, next_epoch: int) -> None:
-    """Keep only rows of epochs a resumed run will not redo (or none for a fresh run)."""
-    rows = [r for r in _read_metrics(run) if int(r["epoch"]) <= next_epoch]
-    with run.metrics_csv.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-
-
-def _append_metrics(run: RunFolder, row: dict) -> None:
-    with run.metrics_csv.open("a", newline="") as f:
-        csv.DictWriter(f, fieldnames=METRIC_FIELDS).writerow(row)

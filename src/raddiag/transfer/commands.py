@@ -22,8 +22,6 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
-    import json
-
     from raddiag.transfer.zeroshot import zeroshot
 
     res = zeroshot(args.run, args.data, args.out, modes=args.mode, mapping=args.mapping, split=args.split,

@@ -19,7 +19,6 @@ val, a seeded ``val_fraction`` of the training patients (default 1/8: the paper'
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import defaultdict

@@ -1,0 +1,68 @@
+"""What a training run writes in its folder: the staged folder a replacing run trains in, the
+files inference needs, and ``metrics.csv`` (one row per epoch, trimmed on resume)."""
+from __future__ import annotations
+
+import csv
+
+from raddiag.run import RunFolder
+from raddiag.staging import stage_beside
+
+from . import distributed as dist_utils
+
+METRIC_FIELDS = ["epoch", "step", "train_loss", "val_loss", "val_auc", "lr", "best_val_auc", "seconds"]
+
+
+def stage_run(target: RunFolder, d) -> RunFolder:
+    """The hidden folder beside ``target`` a replacing run trains in (rank 0 makes it, every rank
+    uses it), swapped in whole when the run completes (:mod:`raddiag.staging`)."""
+    stage = str(stage_beside(target.root, "train")) if d.is_main else None
+    return RunFolder(dist_utils.broadcast_object(stage, d))
+
+
+def remove_unfinished(run) -> None:
+    """A run folder this call created, whose training failed before its first checkpoint, holds
+    nothing to resume or use (a config and label files that look like a run): remove it."""
+    import shutil
+
+    from raddiag.run import LAST_CHECKPOINT
+
+    if run.root.is_dir() and not (run.checkpoints / LAST_CHECKPOINT).exists() and not run.weights.exists():
+        shutil.rmtree(run.root, ignore_errors=True)
+
+
+def write_run_folder(run, cfg, labels, emb, epoch: int, data, resume: bool) -> None:
+    """The run folder: everything inference needs (config, labels, label embeddings, the training
+    data's intensity convention), with the run's id (:mod:`raddiag.run`)."""
+    from raddiag.data.intensity import write_run_intensity
+    from raddiag.run import new_run_id
+
+    run.create()
+    run.checkpoints.mkdir(exist_ok=True)
+    run_id = run.run_id() if resume else new_run_id()     # a resumed run keeps its id (None: written before ids)
+    run.save_config(cfg, run_id)
+    write_run_intensity(run.root, data.meta, data.root)
+    run.save_labels(labels, run_id)
+    if emb is not None:
+        run.save_label_embeddings(emb, run_id)
+    trim_metrics(run, epoch)
+
+
+def read_metrics(run: RunFolder) -> list[dict]:
+    if not run.metrics_csv.exists():
+        return []
+    with run.metrics_csv.open() as f:
+        return list(csv.DictReader(f))
+
+
+def trim_metrics(run: RunFolder, next_epoch: int) -> None:
+    """Keep only rows of epochs a resumed run will not redo (or none for a fresh run)."""
+    rows = [r for r in read_metrics(run) if int(r["epoch"]) <= next_epoch]
+    with run.metrics_csv.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def append_metrics(run: RunFolder, row: dict) -> None:
+    with run.metrics_csv.open("a", newline="") as f:
+        csv.DictWriter(f, fieldnames=METRIC_FIELDS).writerow(row)
