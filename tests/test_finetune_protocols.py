@@ -85,7 +85,7 @@ def test_param_groups_cover_each_trainable_parameter_once():
 
 @pytest.mark.slow
 def test_new_label_names_use_the_source_runs_text_encoder(tmp_path, monkeypatch):
-    import raddiag.training.trainer as trainer
+    import raddiag.training.label_embeddings as label_embeddings
     from raddiag.config import preset
     from raddiag.run import RunFolder
     from raddiag.training import train
@@ -101,7 +101,7 @@ def test_new_label_names_use_the_source_runs_text_encoder(tmp_path, monkeypatch)
         used.append(knowledge_encoder)
         return torch.randn(len(labels), 384)
 
-    monkeypatch.setattr(trainer, "resolve_label_embeddings", fake_resolve)
+    monkeypatch.setattr(label_embeddings, "resolve_label_embeddings", fake_resolve)
     # ICD-10 granularity: a label space the source run never saw; embeddings unrecorded -> clear error
     with pytest.raises(FileNotFoundError, match="does not record which text encoder"):
         finetune(src.root, data, tmp_path / "a", 1.0, epochs=1, granularity="icd10", progress=False)
