@@ -215,7 +215,7 @@ def choose_geometry(pre_cases, tgt_cases, args) -> str:
     fits = [s for s in sizes if est[s] <= 60 * args.budget_min]
     args.size = max(fits) if fits else min(sizes)
     why = (f"input {args.size} x {args.size} px, depth {args.depth}: "
-           + (f"the only candidate" if len(sizes) == 1 else
+           + ("the only candidate" if len(sizes) == 1 else
               f"the largest of {sizes} whose estimate fits --budget-min {args.budget_min:g}"
               if fits else f"none of {sizes} fits --budget-min {args.budget_min:g}; the smallest")
            + f" (estimated {est[args.size] / 60:.0f} min from timed steps on this machine; estimates: "
@@ -231,7 +231,9 @@ def train_run(base: Path, data_dir: Path, name: str, overrides: list[str], args,
     from raddiag.training import train
 
     run = base / "runs" / name
-    if (run / "done").exists():
+    reused = (run / "done").exists()
+    args.trainings = getattr(args, "trainings", []) + [reused]     # the header says how many were reused
+    if reused:
         log(f"reusing run {run}")
         return run
     cfg = preset("tiny", [f"data.size={args.size}", f"data.depth={args.depth}", f"train.epochs={args.epochs}",
@@ -477,6 +479,7 @@ def transfer_runs(best: Path, held: Path, base: Path, pool_scans: int, args):
         for proto in PROTOCOLS:
             name = f"ft-{proto}-{f:g}"
             out = base / "runs" / name
+            args.trainings = getattr(args, "trainings", []) + [(out / "done").exists()]
             if not (out / "done").exists():
                 if out.exists():
                     shutil.rmtree(out)
@@ -501,6 +504,14 @@ def prompt_table(rows: list[dict]) -> list[str]:
                                        ("difference", "difference", "+"))]]
 
 
+def reused_note(trainings: list[bool]) -> str:
+    """How many of this call's trainings were reused from an earlier call into the same --work."""
+    n = sum(trainings)
+    if not n:
+        return f"all {len(trainings)} trainings run by this call"
+    return f"{n} of {len(trainings)} trainings reused from an earlier run of the same settings in --work"
+
+
 def results_md(r: dict, args) -> list[str]:
     """RESULTS.md from the collected results ``r``."""
     fr, labels, moved, tgt_cases = args.fraction_list, r["labels"], r["moved"], r["tgt_cases"]
@@ -512,8 +523,8 @@ def results_md(r: dict, args) -> list[str]:
     ab, transfer, ft_info = r["ablation"], r["transfer"], r["ft_info"]
     return [
         "# Real-data benchmark (the paper's experiments in miniature)", "",
-        f"Command: `.venv/bin/python benchmarks/real/run_real.py {cmd}` ({r['seconds'] / 60:.0f} min on this machine "
-        f"with its trainings reused from earlier runs of the same settings; training times at the end). "
+        f"Command: `.venv/bin/python benchmarks/real/run_real.py {cmd}` ({r['seconds'] / 60:.0f} min on this machine, "
+        f"{reused_note(getattr(args, 'trainings', []))}; each training's own time at the end). "
         f"Geometry: {r['geometry']}. Preset `tiny`.",
         f"Pre-training mix: COVID-19 chest X-ray/CT + brain tumour MRI + AdrenalMNIST3D + {len(moved)} images of "
         f"{len({c.patient for c in moved})} training patients of the paediatric chest X-ray pneumonia set, "
