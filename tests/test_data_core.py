@@ -197,3 +197,32 @@ def test_loader_workers_see_each_epochs_draws(prepared):
         ds.set_epoch(epoch)
         assert torch.equal(collate_cases([ds[0], ds[1]], depth=4)["images"], firsts[-1]), epoch
     assert not torch.equal(firsts[0], firsts[1])
+
+
+def test_persistent_workers_follow_the_samplers_epoch(prepared):
+    """With a resumable sampler the train loader keeps its worker process across epochs; each
+    index carries its epoch, so the worker reads every epoch's draws (never the first's again),
+    the same batches as loading in this process."""
+    from raddiag.training.sampler import ResumableSampler
+
+    out, _ = prepared
+    data = PreparedData(out)
+
+    def batches(workers):
+        ds = CaseDataset(data, "train", data.label_space("disorder"), DataConfig(size=8, depth=4), train=True,
+                         scan_transform=_AddEpochNoise())
+        sampler = ResumableSampler(ds, shuffle=True, seed=0)
+        loader = make_loader(ds, batch_size=2, sampler=sampler, num_workers=workers, seed=0)
+        got = []
+        for epoch in (0, 1, 2):
+            sampler.set_epoch(epoch)
+            ds.set_epoch(epoch)
+            got.append(torch.cat([b["images"] for b in loader]))
+        return loader, got
+
+    loader, with_worker = batches(1)
+    assert loader.persistent_workers
+    _, in_process = batches(0)
+    for a, b in zip(with_worker, in_process):
+        assert torch.equal(a, b)
+    assert not torch.equal(with_worker[0], with_worker[1])

@@ -221,9 +221,52 @@ def collate_cases(samples: list[dict], depth: Optional[int] = None) -> dict:
     }
 
 
+class EpochTagged(Dataset):
+    """A map-style dataset read by persistent worker processes: each index arrives as
+    ``(epoch, i)`` (from :class:`EpochTaggedSampler`) and the worker's copy of the dataset is moved
+    to that epoch before item ``i`` is read. A persistent worker keeps the copy made when it
+    started; without the tag it would replay the first epoch's scan choices and augmentation."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset, self.epoch = dataset, None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, i = key
+        if epoch != self.epoch:
+            self.dataset.set_epoch(epoch)
+            self.epoch = epoch
+        return self.dataset[i]
+
+
+class EpochTaggedSampler(torch.utils.data.Sampler):
+    """``sampler``'s indices, each with the epoch it was drawn for (the sampler's ``epoch``)."""
+
+    def __init__(self, sampler) -> None:
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        epoch = int(self.sampler.epoch)
+        return ((epoch, i) for i in self.sampler)
+
+
 def make_loader(dataset: CaseDataset, batch_size: int, shuffle: bool = False, num_workers: int = 0,
-                sampler=None, drop_last: bool = False):
-    """A DataLoader with the right collate (D fixed to the configured depth)."""
+                sampler=None, drop_last: bool = False, seed: Optional[int] = None):
+    """A DataLoader with the right collate (D fixed to the configured depth).
+
+    With workers, a map-style dataset read through an epoch-aware sampler (``sampler.epoch`` and
+    ``dataset.set_epoch``: the trainer's) keeps its worker processes from one epoch to the next,
+    each index tagged with its epoch (:class:`EpochTagged`): starting a worker every epoch cost
+    more than the worker saved on short epochs (issue 29, ``benchmarks/train_overhead.py``).
+    Other datasets (the shard streams, which read their epoch when iterated) start their workers
+    each epoch. ``seed`` gives the loader its own generator for the workers' base seed, so creating
+    an iterator never draws from torch's global random state (training and resume stay the same
+    with and without workers)."""
     from functools import partial
 
     from torch.utils.data import DataLoader
@@ -232,10 +275,13 @@ def make_loader(dataset: CaseDataset, batch_size: int, shuffle: bool = False, nu
 
     if num_workers and not worker_processes_allowed("the data loader's worker processes (num_workers)"):
         num_workers = 0
-    # No persistent workers: a worker keeps the copy of the dataset made when it started, and both
-    # datasets draw from their epoch (the shard reader its order, CaseDataset its augmentation and
-    # scan choice), so workers kept across epochs would replay the first epoch's draws.
     iterable = isinstance(dataset, torch.utils.data.IterableDataset)
+    collate = partial(collate_cases, depth=dataset.cfg.depth)
+    persistent = (num_workers > 0 and not iterable and hasattr(sampler, "epoch")
+                  and hasattr(dataset, "set_epoch"))
+    if persistent:
+        dataset, sampler = EpochTagged(dataset), EpochTaggedSampler(sampler)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None and not iterable,
-                      sampler=sampler, num_workers=num_workers, drop_last=drop_last,
-                      collate_fn=partial(collate_cases, depth=dataset.cfg.depth), persistent_workers=False)
+                      sampler=sampler, num_workers=num_workers, drop_last=drop_last, generator=generator,
+                      collate_fn=collate, persistent_workers=persistent)

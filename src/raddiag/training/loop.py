@@ -62,8 +62,9 @@ class TrainLoop:
         start_batch = self.state["batches_done"] if resuming else 0
         self.sampler.set_start(start_batch * self.tc.batch_size)
         self.model.train()
-        # Creating the loader's iterator draws a seed from torch's RNG: a checkpoint taken at
-        # an epoch boundary was saved before that draw, one taken mid-epoch after it.
+        # The train loader draws its workers' seed from its own generator (make_loader's seed),
+        # so creating its iterator leaves torch's RNG alone; a loader without one draws from it:
+        # a checkpoint taken at an epoch boundary was saved before that draw, one mid-epoch after.
         if resuming and start_batch == 0:
             set_rng_state(ckpt["rng"])
         it = iter(loader)

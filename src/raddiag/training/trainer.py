@@ -343,7 +343,7 @@ def _train_data(d, data, cfg, labels, train_indices, CaseDataset, make_loader):
                 raise ValueError(f"{data.root}: train.{name} needs a prepared folder; shards stream in "
                                  "their own order")
         train_ds, val_ds, sampler = _shard_datasets(data, cfg, labels, transform, train_indices, d)
-        loader = make_loader(train_ds, tc.batch_size, num_workers=tc.num_workers)
+        loader = make_loader(train_ds, tc.batch_size, num_workers=tc.num_workers, seed=tc.seed)
         return train_ds, val_ds, sampler, loader, train_ds.batches_per_epoch(tc.batch_size, loader.num_workers)
     train_full = CaseDataset(data, "train", labels, cfg.data, train=True, scan_transform=transform, seed=tc.seed)
     if trains_on_scans(cfg.model.fusion):  # the paper's pooling baselines: one scan per sample
@@ -366,7 +366,7 @@ def _train_data(d, data, cfg, labels, train_indices, CaseDataset, make_loader):
                                       num_replicas=d.world_size, rank=d.rank, seed=tc.seed)
     else:
         sampler = ResumableSampler(train_ds, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=tc.seed)
-    loader = make_loader(train_ds, tc.batch_size, sampler=sampler, num_workers=tc.num_workers)
+    loader = make_loader(train_ds, tc.batch_size, sampler=sampler, num_workers=tc.num_workers, seed=tc.seed)
     return train_ds, val_ds, sampler, loader, math.ceil(sampler.num_samples / tc.batch_size)
 
 
