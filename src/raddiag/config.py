@@ -420,6 +420,16 @@ def _tiny() -> RunConfig:
 MULTI_IMAGE_CAPS = {"CT": 3, "MRI": 3, "X-ray": 2, "Ultrasound": 4, "Mammography": 4}
 
 
+def _learns_disease(cfg: RunConfig) -> RunConfig:
+    """What the ``cpu`` and ``gpu`` recipes add to a geometry (``_cpu`` says why): the multi-image
+    scan caps, the ResNet-based encoder, the fusion module, the knowledge-guided head,
+    repeat-factor sampling (t = 0.05) and key-slice swap (0.3)."""
+    cfg.data.modality_caps = dict(MULTI_IMAGE_CAPS)
+    cfg.model.encoder, cfg.model.fusion, cfg.model.head = "resnet", "transformer", "knowledge"
+    cfg.train.repeat_factor, cfg.train.key_slice_swap = 0.05, 0.3
+    return cfg
+
+
 def _cpu() -> RunConfig:
     """The demo's recipe, for a CPU: the ``tiny`` geometry (64 px, 8 slices) with the ResNet-based
     encoder, the fusion module and the knowledge-guided head, 8 epochs, repeat-factor sampling and
@@ -430,10 +440,8 @@ def _cpu() -> RunConfig:
     frequent sibling's, were pushed away from that sibling's many negative cases and from their own
     cases with them. Repeat-factor sampling (LVIS, t = 0.05) shows the rare classes' cases 2-4 times
     an epoch; key-slice swap (paper 4.4) shows the finding's slice as a 2D scan."""
-    cfg = _tiny()
-    cfg.data.modality_caps = dict(MULTI_IMAGE_CAPS)
-    cfg.model.encoder, cfg.model.fusion, cfg.model.head = "resnet", "transformer", "knowledge"
-    cfg.train.epochs, cfg.train.repeat_factor, cfg.train.key_slice_swap = 8, 0.05, 0.3
+    cfg = _learns_disease(_tiny())
+    cfg.train.epochs = 8
     # one persistent loader process: the loading thread alone held the GIL against the step
     # (0.84x of the bare model's rate; 0.91x with the worker, benchmarks/train_overhead.py)
     cfg.train.num_workers = 1
@@ -446,10 +454,8 @@ def _gpu() -> RunConfig:
     cases on one GPU: 128 px, 16 slices, ResNet-18 stems and shared stage, width 256, 30 epochs at
     lr 3e-4 with augmentation at 15 % per transform, stopping after 8 epochs without a better
     validation AUC."""
-    cfg = _small()
-    cfg.data.modality_caps = dict(MULTI_IMAGE_CAPS)
-    cfg.model.encoder, cfg.model.fusion, cfg.model.head = "resnet", "transformer", "knowledge"
-    cfg.train.repeat_factor, cfg.train.key_slice_swap, cfg.train.aug_prob = 0.05, 0.3, 0.15
+    cfg = _learns_disease(_small())
+    cfg.train.aug_prob = 0.15
     cfg.train.early_stop = 8
     cfg.preset = "gpu"
     return cfg
