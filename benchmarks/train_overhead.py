@@ -1,7 +1,7 @@
 """What ``raddiag train`` costs on top of the model's own forward, backward and step (issue 29).
 
     .venv/bin/python benchmarks/train_overhead.py [--recipes tiny demo official] [--rounds 3] [--cases 160]
-                                                  [--epochs 2] [--threads 2] [--device cuda --amp bf16]
+                                                  [--epochs 4] [--threads 2] [--device cuda --amp bf16]
 
 For each recipe (``tiny``; the demo's recipe, the ``cpu`` preset (``raddiag.demo.DEMO_PRESET``); ``official``
 at 64 px x 8 slices), on a synthetic prepared dataset made once in a temporary folder:
@@ -13,14 +13,16 @@ at 64 px x 8 slices), on a synthetic prepared dataset made once in a temporary f
   builds its model once); the first epoch's rate is printed beside it;
 - bare: a fresh model of the same config and seed stepping through the very batches those epochs
   loaded, held in memory (BCE, + the key-slice term when the recipe has one, backward, clipping and
-  the trainer's AdamW), nothing else.
+  the trainer's AdamW), nothing else, on as many intra-op threads as raddiag's step ran on.
+  On a CPU, raddiag's step leaves a core to each loader process (``train.num_workers``;
+  ``raddiag.training.prefetch.loading_plan``): with 1 worker on 2 cores it runs on 1 thread, and
+  the bare model on both of the process's threads is printed beside, for scale.
 Both in one process, interleaved (raddiag, bare, raddiag, ...); cases per second, the median of
 ``--rounds``, and their ratio: raddiag / bare >= 0.9 means the framework costs at most 10 %.
 The machine may be shared: the load average is printed beside the figures, and the median of the
 rounds' own ratios (each round's two runs follow each other) beside the ratio of the medians.
-The trainer loads the next batch in a background thread (``train.prefetch``, default 1), from a
-worker process where ``train.num_workers`` is 1 (``tiny`` and ``cpu``): compare
-``--set train.prefetch=0`` or ``--set train.num_workers=0`` to see what each hides.
+Compare ``--set train.num_workers=0`` (loading in the step's process: ahead in a thread where the
+step leaves a core free, ``train.prefetch``, else between steps) to see what the worker hides.
 """
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ class Recorder:
     def __init__(self):
         from raddiag.training import loop
 
-        self.loop, self.epochs = loop, []
+        self.loop, self.epochs, self.threads = loop, [], None
         self.epoch, self.step = loop.TrainLoop.train_epoch, loop.TrainLoop.train_step
 
     def __enter__(self):
@@ -67,6 +69,7 @@ class Recorder:
 
         def train_step(loop_self, batch, *a, **k):
             rec.epochs[-1][1].append(batch)
+            rec.threads = torch.get_num_threads()     # the step's threads (training.prefetch.loading_plan)
             return rec.step(loop_self, batch, *a, **k)
 
         self.loop.TrainLoop.train_epoch, self.loop.TrainLoop.train_step = train_epoch, train_step
@@ -76,18 +79,27 @@ class Recorder:
         self.loop.TrainLoop.train_epoch, self.loop.TrainLoop.train_step = self.epoch, self.step
 
 
-def raddiag_epochs(data: Path, tmp: Path, cfg, emb, steps: int, device: str) -> list:
-    """``[(seconds of the epoch loop, the batches it trained on), ...]``, one per epoch."""
+def raddiag_epochs(data: Path, tmp: Path, cfg, emb, steps: int, device: str) -> tuple[list, int]:
+    """``([(seconds of the epoch loop, the batches it trained on), ...], the step's threads)``, one
+    entry per epoch."""
     from raddiag.training import train
 
     out = Path(tempfile.mkdtemp(dir=tmp))
     with Recorder() as rec:
         train(data, out / "run", cfg, label_embeddings=emb, progress=False, max_steps=steps, device=device)
-    return [tuple(e) for e in rec.epochs]
+    return [tuple(e) for e in rec.epochs], rec.threads
 
 
-def bare_epoch(cfg, n_classes: int, emb, batches: list, device: torch.device) -> float:
-    """Seconds for the model's forward, loss, backward, clipping and AdamW over ``batches``."""
+def bare_epoch(cfg, n_classes: int, emb, batches: list, device: torch.device, threads: int) -> float:
+    """Seconds for the model's forward, loss, backward, clipping and AdamW over ``batches``, on
+    ``threads`` intra-op threads."""
+    from raddiag.training.prefetch import step_threads
+
+    with step_threads(threads):
+        return _bare_epoch(cfg, n_classes, emb, batches, device)
+
+
+def _bare_epoch(cfg, n_classes: int, emb, batches: list, device: torch.device) -> float:
     from raddiag.models import build_model, key_slice_attention_loss
     from raddiag.training.optim import make_optimizer
 
@@ -127,28 +139,35 @@ def measure(name: str, data: Path, tmp: Path, args) -> None:
     n_classes = len(PreparedData(data).label_space(cfg.data.granularity))
     emb = stand_in_label_embeddings(cfg, n_classes)
     steps = args.steps[name] if name in args.steps else None
-    ours, bare, first = [], [], []
+    ours, bare, whole, first = [], [], [], []
+    dev = torch.device(args.device)
     for r in range(args.rounds):
-        epochs = raddiag_epochs(data, tmp, cfg, emb, steps, args.device)
+        epochs, threads = raddiag_epochs(data, tmp, cfg, emb, steps, args.device)
         # the steady state: the epochs after the first (the first also starts the loader's worker
         # processes, once a run); a run of one epoch (official's few steps) is timed whole
         timed = epochs[1:] or epochs
         batches = [b for _, bs in timed for b in bs]
         cases = sum(len(b["labels"]) for b in batches)
         ours.append(cases / sum(secs for secs, _ in timed))
-        bare.append(cases / bare_epoch(cfg, n_classes, emb, batches, torch.device(args.device)))
+        bare.append(cases / bare_epoch(cfg, n_classes, emb, batches, dev, threads))
+        # the bare model on every thread of the process, for scale (raddiag's step gives loader
+        # processes a core each: training.prefetch.loading_plan)
+        whole.append(cases / bare_epoch(cfg, n_classes, emb, batches, dev, torch.get_num_threads())
+                     if threads != torch.get_num_threads() else bare[-1])
         c0 = sum(len(b["labels"]) for b in epochs[0][1])
         first.append(c0 / epochs[0][0])
         print(f"  {name} round {r + 1}: {cases} cases in {len(timed)} epoch(s) after the first, raddiag "
-              f"{ours[-1]:.2f} cases/s, bare {bare[-1]:.2f} cases/s ({ours[-1] / bare[-1]:.2f}x); first epoch "
+              f"{ours[-1]:.2f} cases/s (step on {threads} thread(s)), bare {bare[-1]:.2f} cases/s on as many "
+              f"({ours[-1] / bare[-1]:.2f}x), on {torch.get_num_threads()} {whole[-1]:.2f} cases/s; first epoch "
               f"{first[-1]:.2f} cases/s ({first[-1] / bare[-1]:.2f}x); load {os.getloadavg()[0]:.1f}", flush=True)
-    o, b = statistics.median(ours), statistics.median(bare)
+    o, b, w = statistics.median(ours), statistics.median(bare), statistics.median(whole)
     per_round = statistics.median(x / y for x, y in zip(ours, bare))
     print(f"{name:<9} raddiag train {o:7.2f} cases/s   bare model {b:7.2f} cases/s   raddiag / bare = {o / b:.2f}x "
-          f"(median of the rounds' ratios {per_round:.2f}x; {cfg.preset}, {cfg.model.encoder}, {cfg.data.size} px x "
-          f"{cfg.data.depth}, batch {cfg.train.batch_size}, {cfg.train.num_workers} loader workers, prefetch "
-          f"{getattr(cfg.train, 'prefetch', 0)}); first epoch {statistics.median(first):.2f} cases/s = "
-          f"{statistics.median(first) / b:.2f}x", flush=True)
+          f"(median of the rounds' ratios {per_round:.2f}x; step on {threads} thread(s); {cfg.preset}, "
+          f"{cfg.model.encoder}, {cfg.data.size} px x {cfg.data.depth}, batch {cfg.train.batch_size}, "
+          f"{cfg.train.num_workers} loader workers, prefetch {getattr(cfg.train, 'prefetch', 0)}); bare model on "
+          f"{torch.get_num_threads()} thread(s) {w:.2f} cases/s (raddiag / that = {o / w:.2f}x); first epoch "
+          f"{statistics.median(first):.2f} cases/s = {statistics.median(first) / b:.2f}x", flush=True)
 
 
 def parse_args():
@@ -158,7 +177,7 @@ def parse_args():
     p.add_argument("--cases", type=int, default=160, help="synthetic cases (70 %% train)")
     p.add_argument("--official-steps", type=int, default=6, help="optimiser steps of the official epoch")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=2,
+    p.add_argument("--epochs", type=int, default=4,
                    help="epochs a raddiag run trains; those after the first are timed (the steady state)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", choices=["none", "bf16"], default="none")

@@ -157,3 +157,29 @@ def test_recomputing_some_stages_gives_the_gradients_and_statistics_of_recomputi
             assert a.keys() == b.keys()
             for k in a:
                 torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
+
+
+def test_loading_plan_gives_each_loader_process_a_core(monkeypatch):
+    """On a CPU the step's threads leave a core to each loader process and no thread is added
+    beside them; without processes a thread loads ahead only where the step leaves a core free;
+    on a GPU the thread always may (training.prefetch)."""
+    from raddiag.training import prefetch
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(prefetch, "available_cores", lambda: 2)
+    kept = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert prefetch.loading_plan(cpu, 1, 1) == (1, False)
+        assert prefetch.loading_plan(cpu, 4, 1) == (1, False)     # never below one thread
+        assert prefetch.loading_plan(cpu, 0, 1) == (2, False)     # no free core: load between steps
+        assert prefetch.loading_plan(gpu, 0, 1) == (2, True)
+        assert prefetch.loading_plan(gpu, 2, 1) == (2, False)
+        torch.set_num_threads(1)
+        assert prefetch.loading_plan(cpu, 0, 1) == (1, True)      # a core free: load ahead in a thread
+        assert prefetch.loading_plan(cpu, 0, 0) == (1, False)
+        with prefetch.step_threads(2):
+            assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(kept)

@@ -123,7 +123,8 @@ class TrainConfig:
     checkpoint_every: int = 0            # also checkpoint every K optimiser steps (0 = per epoch only)
     early_stop: int = 0                  # epochs without val improvement before stopping (0 = off)
     num_workers: int = 0
-    prefetch: int = 1                    # batches loaded ahead in a background thread during the step (0: none)
+    prefetch: int = 1                    # batches a background thread loads ahead, without loader processes,
+                                         # where the step leaves a core free (0: none; training.prefetch)
     eval_batch_size: int = 8
     # transfer (raddiag finetune): the pre-trained encoder + fusion vs the new classification layer
     encoder_lr_scale: float = 1.0        # their learning rate = lr x this (the head keeps lr)
@@ -442,8 +443,8 @@ def _cpu() -> RunConfig:
     an epoch; key-slice swap (paper 4.4) shows the finding's slice as a 2D scan."""
     cfg = _learns_disease(_tiny())
     cfg.train.epochs = 8
-    # one persistent loader process: the loading thread alone held the GIL against the step
-    # (0.84x of the bare model's rate; 0.91x with the worker, benchmarks/train_overhead.py)
+    # one persistent loader process; on a CPU the step runs on the cores it leaves
+    # (training.prefetch.loading_plan; benchmarks/train_overhead.py, README issue 29)
     cfg.train.num_workers = 1
     cfg.preset = "cpu"
     return cfg

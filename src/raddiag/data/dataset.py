@@ -264,9 +264,10 @@ def make_loader(dataset: CaseDataset, batch_size: int, shuffle: bool = False, nu
     each index tagged with its epoch (:class:`EpochTagged`): starting a worker every epoch cost
     more than the worker saved on short epochs (issue 29, ``benchmarks/train_overhead.py``).
     Other datasets (the shard streams, which read their epoch when iterated) start their workers
-    each epoch. ``seed`` gives the loader its own generator for the workers' base seed, so creating
-    an iterator never draws from torch's global random state (training and resume stay the same
-    with and without workers)."""
+    each epoch. A worker's batch crosses to this process with its small tensors by value
+    (:class:`WorkerLoader`). ``seed`` gives the loader its own generator for the workers' base
+    seed, so creating an iterator never draws from torch's global random state (training and
+    resume stay the same with and without workers)."""
     from functools import partial
 
     from torch.utils.data import DataLoader
@@ -282,6 +283,37 @@ def make_loader(dataset: CaseDataset, batch_size: int, shuffle: bool = False, nu
     if persistent:
         dataset, sampler = EpochTagged(dataset), EpochTaggedSampler(sampler)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None and not iterable,
-                      sampler=sampler, num_workers=num_workers, drop_last=drop_last, generator=generator,
-                      collate_fn=collate, persistent_workers=persistent)
+    kind = DataLoader
+    if num_workers > 0:
+        kind, collate = WorkerLoader, partial(_small_by_value, collate)
+    return kind(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None and not iterable,
+                sampler=sampler, num_workers=num_workers, drop_last=drop_last, generator=generator,
+                collate_fn=collate, persistent_workers=persistent)
+
+
+# Tensors a worker's batch keeps as tensors on its way to the training process; the rest go by value.
+SHARED_BY_MEMORY = ("images",)
+
+
+def _small_by_value(collate: Callable, samples: list[dict]) -> dict:
+    """In a loader worker: the batch ``collate`` makes, its tensors other than the images as
+    numpy arrays. A tensor leaves a worker through shared memory and a file descriptor passed
+    over a socket; the batch's 7 tensors took 3.0 ms a batch that way, the images alone with the
+    rest pickled by value about half (measured, issue 29): the step waits for this in the
+    training process, so it is time taken from every step."""
+    return {k: v.numpy() if torch.is_tensor(v) and k not in SHARED_BY_MEMORY else v
+            for k, v in collate(samples).items()}
+
+
+def as_tensors(batch: dict) -> dict:
+    """A batch from :func:`_small_by_value` with its arrays as tensors again (no copy)."""
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+
+
+class WorkerLoader(torch.utils.data.DataLoader):
+    """A DataLoader whose worker processes send a batch's small tensors by value
+    (:func:`_small_by_value`); it yields the batch contract of :func:`collate_cases` as a loader
+    without workers does."""
+
+    def __iter__(self):
+        return map(as_tensors, super().__iter__())

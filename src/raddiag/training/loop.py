@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .checkpoint import rng_state, save_checkpoint, set_rng_state
-from .prefetch import Prefetcher
+from .prefetch import Prefetcher, loading_plan, step_threads
 from .metrics import macro_auc
 from raddiag.task import task_loss, validation_loss
 
@@ -73,8 +73,8 @@ class TrainLoop:
                 next(it)
         if resuming and start_batch > 0:
             set_rng_state(ckpt["rng"])
-        if self.tc.prefetch > 0:   # loading in a background thread: the same batches (training.prefetch)
-            it = Prefetcher(it, self.tc.prefetch)
+        if loading_plan(self.d.device, loader.num_workers, self.tc.prefetch)[1]:
+            it = Prefetcher(it, self.tc.prefetch)   # the next batch loads during the step (training.prefetch)
         return it, start_batch, resuming
 
     def train_step(self, batch: dict, epoch: int, group_len: int, sync: bool) -> torch.Tensor:
@@ -107,8 +107,14 @@ class TrainLoop:
             self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.state["step"])
         return self.max_steps is not None and self.state["step"] >= self.max_steps
 
-    def train_epoch(self, epoch: int, it, start_batch: int, loss_sum: float, loss_n: int, progress: bool):
-        """The epoch's batches from ``start_batch``: ``(loss_sum, loss_n, batches done, stop)``."""
+    def train_epoch(self, epoch: int, it, start_batch: int, loss_sum: float, loss_n: int, progress: bool,
+                    threads: Optional[int] = None):
+        """The epoch's batches from ``start_batch``: ``(loss_sum, loss_n, batches done, stop)``;
+        the step on ``threads`` intra-op threads (default: torch's; ``training.prefetch.loading_plan``)."""
+        with step_threads(threads or torch.get_num_threads()):
+            return self._epoch(epoch, it, start_batch, loss_sum, loss_n, progress)
+
+    def _epoch(self, epoch: int, it, start_batch: int, loss_sum: float, loss_n: int, progress: bool):
         d, tc, n = self.d, self.tc, self.batches_per_epoch
         bar = None
         if progress and d.is_main:

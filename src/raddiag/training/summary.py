@@ -9,6 +9,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .prefetch import loading_plan
+
 SHOWN_CLASSES = 12
 SMALL_VAL = 50     # val cases below which the printed line says the best epoch is partly chance
 
@@ -69,6 +71,12 @@ def start_summary(data, run, cfg, labels, model, d, batches_per_epoch: int, trai
     if (size, depth) != (dc.size, dc.depth):
         geometry += f" (the data were prepared at {size} px x {depth}: resampled on load)"
     threads = f"{torch.get_num_threads()} threads" + (f", {d.world_size} processes" if d.world_size > 1 else "")
+    workers = tc.num_workers
+    step, ahead = loading_plan(d.device, workers, tc.prefetch)
+    if workers:
+        threads += f"; {workers} loader process(es), the step on {step} thread(s)"
+    else:
+        threads += "; loading " + ("ahead in a background thread" if ahead else "between steps")
     return "\n".join([
         f"training {run.root} (preset {cfg.preset}, task {dc.task}, {dc.granularity} labels) on {data.root}",
         f"  cases: {splits}" + (f"; training on {train_cases} of them" if train_cases != data.count("train") else ""),

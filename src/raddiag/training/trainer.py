@@ -39,6 +39,7 @@ from .checkpoint import load_checkpoint
 from .label_embeddings import run_label_embeddings
 from .metrics import f1_thresholds
 from .optim import lr_factor, make_optimizer
+from .prefetch import loading_plan
 from .runfiles import remove_unfinished, stage_run, write_run_folder
 from .sampler import RepeatFactorSampler, ResumableSampler, repeat_factors
 from raddiag.data.shards import ShardData
@@ -424,7 +425,8 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
             t0 = time.time()
             it, start_batch, resuming = loop.start_epoch(epoch, loader, train_ds, ckpt, isinstance(data, ShardData))
             loss0 = (float(ckpt["loss_sum"]), int(ckpt["loss_n"])) if resuming else (0.0, 0)
-            loss_sum, loss_n, b, stop = loop.train_epoch(epoch, it, start_batch, *loss0, progress)
+            threads = loading_plan(d.device, loader.num_workers, tc.prefetch)[0]
+            loss_sum, loss_n, b, stop = loop.train_epoch(epoch, it, start_batch, *loss0, progress, threads)
             ckpt = None
             train_loss = loop.mean_loss(loss_sum, loss_n)
             if stop and b < batches_per_epoch:  # max_steps mid-epoch: save where we are and stop
