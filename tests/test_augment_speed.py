@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from monai.transforms import Rand3DElastic
 
 from raddiag.config import preset
 from raddiag.training.aug_kernels import FastRand3DElastic, smooth_separable
-from raddiag.training.augment import ScanAugment
+from raddiag.training.augment import ScanAugment, reseed
 from raddiag.training.prefetch import Prefetcher
 from test_training_data import make_tiny_data, tiny_overrides
 
@@ -47,6 +48,32 @@ def test_fast_elastic_is_monais_with_the_same_draws(seed, release):
     torch.testing.assert_close(torch.as_tensor(got), torch.as_tensor(want), atol=2e-5, rtol=1e-5)
 
 
+def _transforms(style: str, depth: int) -> list:
+    """``(transform, the shape of the scan it takes)`` for each MONAI transform of ``style``."""
+    aug = ScanAugment(1.0, 0.0, 32, style)
+    if style == "release":
+        return [(t, (depth, 24, 20, 1)) for t in aug.release]
+    flat, deep = (1, 24, 20), (1, depth, 24, 20)
+    return [(aug.noise, deep), (aug.contrast, deep), (aug.affine2d, flat), (aug.affine3d, deep),
+            (aug.elastic2d, flat), (aug.elastic3d, deep)]
+
+
+@settings(max_examples=10, deadline=None)
+@given(seeds=st.lists(st.integers(0, 2**32 - 1), min_size=2, max_size=4), style=st.sampled_from(["raddiag", "release"]),
+       depth=st.integers(1, 4))
+def test_reseeding_draws_what_monais_set_random_state_draws(seeds, style, depth):
+    """``reseed`` (the random states MONAI made, seeded again) against ``set_random_state`` (new
+    ones) on a copy of each transform, over a sequence of seeds: the same outputs, bit for bit."""
+    for t, shape in _transforms(style, depth):
+        ref = copy.deepcopy(t)
+        for k, seed in enumerate(seeds):
+            x = torch.rand(shape, generator=torch.Generator().manual_seed(seed % 1000 + k))
+            reseed(t, seed)
+            ref.set_random_state(seed=seed)
+            got, want = torch.as_tensor(t(x)), torch.as_tensor(ref(x))
+            assert torch.equal(got, want), (type(t).__name__, k, seed)
+
+
 def _monai_reference(aug: ScanAugment) -> ScanAugment:
     """``aug`` as it was before issue 29's second round: MONAI's own Rand3DElastic (the caller
     keeps MONAI's metadata tracked)."""
@@ -69,7 +96,8 @@ def test_the_augmentation_gives_what_the_monai_chain_gave(style, depth):
         rng = np.random.default_rng(seed)
         rng.random()                                               # the key-slice swap's draw
         s = int(rng.integers(0, 2**31 - 1))
-        want = ref._chain(img, rng.random(4) < 1.0, s)           # MetaTensors tracked, MONAI's elastic
+        with mock.patch("raddiag.training.augment.reseed", lambda t, seed: t.set_random_state(seed=seed)):
+            want = ref._chain(img, rng.random(4) < 1.0, s)       # MetaTensors tracked, MONAI's elastic and seeding
         assert got.shape == img.shape and not torch.allclose(got, img, atol=1e-3)
         torch.testing.assert_close(got, torch.as_tensor(want).float(), atol=2e-5, rtol=1e-5)
 
