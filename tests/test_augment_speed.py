@@ -137,18 +137,26 @@ def test_prefetcher_yields_in_order_raises_the_sources_error_and_stops_on_close(
     assert not any(t.name == "raddiag-prefetch" for t in threading.enumerate())
 
 
-def test_training_with_and_without_prefetching_gives_the_same_weights(tmp_path):
-    from safetensors.torch import load_file
-
+def test_training_gives_the_same_weights_wherever_loading_runs(tmp_path):
+    """Loading between steps, ahead in a thread, or in a loader process (whose next epoch opens
+    before the last one validates, TrainLoop.open_ahead): the same weights after the 2nd epoch. The
+    step on 1 thread in all three (a loader process leaves the step the other cores; with 1
+    thread a core is free, so the thread loads ahead: training.prefetch.loading_plan)."""
+    from raddiag.run import LAST_CHECKPOINT
     from raddiag.training import train
+    from raddiag.training.checkpoint import load_checkpoint
+    from raddiag.training.prefetch import step_threads
 
     data = make_tiny_data(tmp_path / "data", n_cases=24)
     weights = []
-    for depth in (0, 2):
-        cfg = preset("tiny", tiny_overrides(**{"train.epochs": 1, "train.aug_prob": 0.5, "train.key_slice_swap": 0.3,
-                                               "train.prefetch": depth, "train.seed": 3}))
-        run = train(data, tmp_path / f"run{depth}", cfg, progress=False).run
-        weights.append(load_file(str(run.weights)))
-    assert weights[0].keys() == weights[1].keys()
-    for k in weights[0]:
-        assert torch.equal(weights[0][k], weights[1][k]), k
+    for name, prefetch, workers in (("between", 0, 0), ("thread", 2, 0), ("process", 1, 1)):
+        cfg = preset("tiny", tiny_overrides(**{"train.epochs": 2, "train.aug_prob": 0.5, "train.key_slice_swap": 0.3,
+                                               "train.prefetch": prefetch, "train.num_workers": workers,
+                                               "train.seed": 3}))
+        with step_threads(1):
+            run = train(data, tmp_path / f"run-{name}", cfg, progress=False).run
+        weights.append(load_checkpoint(run.checkpoints / LAST_CHECKPOINT)["model"])   # after epoch 2
+    for other in weights[1:]:
+        assert weights[0].keys() == other.keys()
+        for k in weights[0]:
+            assert torch.equal(weights[0][k], other[k]), k

@@ -35,14 +35,17 @@ def _checkpoint_state(path: Path):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, workers):
+    """Also with a loader process (the next epoch's iterator opened before validation, the step
+    on the cores the process leaves)."""
     from safetensors.torch import load_file
 
     from raddiag.training import train
     from raddiag.training.checkpoint import load_checkpoint
 
     data = make_tiny_data(tmp_path / "data", n_cases=48)   # 32 training cases: 8 steps an epoch
-    overrides = tiny_overrides(**SETTINGS)
+    overrides = tiny_overrides(**SETTINGS, **{"train.num_workers": workers})
 
     # the uninterrupted reference, in this process
     ref = train(data, tmp_path / "ref", preset("tiny", overrides), progress=False)

@@ -420,10 +420,14 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
     history: list[dict] = []
     stop = False
     epoch = state["epoch"]
+    stream, ahead = isinstance(data, ShardData), None
     try:
         while epoch < tc.epochs and not stop and not state["stopped_early"]:
             t0 = time.time()
-            it, start_batch, resuming = loop.start_epoch(epoch, loader, train_ds, ckpt, isinstance(data, ShardData))
+            if ahead is None:
+                it, start_batch, resuming = loop.start_epoch(epoch, loader, train_ds, ckpt, stream)
+            else:          # opened before the last epoch validated (TrainLoop.open_ahead)
+                it, start_batch, resuming, ahead = ahead, 0, False, None
             loss0 = (float(ckpt["loss_sum"]), int(ckpt["loss_n"])) if resuming else (0.0, 0)
             threads = loading_plan(d.device, loader.num_workers, tc.prefetch)[0]
             loss_sum, loss_n, b, stop = loop.train_epoch(epoch, it, start_batch, *loss0, progress, threads)
@@ -432,6 +436,8 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
             if stop and b < batches_per_epoch:  # max_steps mid-epoch: save where we are and stop
                 loop.stop_mid_epoch(epoch, b, loss_sum, loss_n)
                 break
+            if not stop and epoch + 1 < tc.epochs:
+                ahead = loop.open_ahead(epoch + 1, loader, train_ds, stream)
             history.append(loop.end_epoch(epoch, val_ds, train_loss, t0))
             epoch += 1
             state["batches_done"] = 0
