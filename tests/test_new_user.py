@@ -29,6 +29,8 @@ def test_train_prints_its_start_summary(tmp_path, capsys):
                     for c in ("Bright corner", "Dark band")}
     assert all(f"{c} {k}" in lines["classes (3)"] for c, k in train_counts.items())
     assert lines["device"].strip().startswith("device: cpu, ") and "threads" in lines["device"]
+    # tiny loads in this process: where, by the loading plan (training.prefetch)
+    assert "; loading between steps" in lines["device"] or "; loading ahead in a background thread" in lines["device"]
     from raddiag.models import load_model
 
     model = load_model(run)[0]

@@ -3,6 +3,7 @@ kernel, the fused AdamW and the stage-wise activation checkpointing agree with t
 computations they replace."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -183,3 +184,33 @@ def test_loading_plan_gives_each_loader_process_a_core(monkeypatch):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(kept)
+
+
+def test_the_start_summary_names_the_loader_processes_that_run(tmp_path):
+    """The summary's device line tells the loader processes the train loader has and the
+    threads the step gets beside them (``workers``: the loader's, not only the config's)."""
+    from types import SimpleNamespace
+
+    from raddiag.training import prefetch
+    from raddiag.training.summary import start_summary
+    from test_training_data import make_tiny_data
+
+    from raddiag.data.store import PreparedData
+    from raddiag.run import RunFolder
+
+    data = PreparedData(make_tiny_data(tmp_path / "data", n_cases=12))
+    cfg = preset("cpu", ["train.num_workers=1"])
+    labels = data.label_space(cfg.data.granularity)
+    model = torch.nn.Linear(2, 2)
+    d = SimpleNamespace(device=torch.device("cpu"), world_size=1)
+    kept = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(prefetch, "available_cores", lambda: 2)
+            one = start_summary(data, RunFolder(tmp_path / "run"), cfg, labels, model, d, 3, 8, workers=1)
+            none = start_summary(data, RunFolder(tmp_path / "run"), cfg, labels, model, d, 3, 8, workers=0)
+    finally:
+        torch.set_num_threads(kept)
+    assert "device: cpu, 2 threads; 1 loader process(es), the step on 1 thread(s)" in one
+    assert "device: cpu, 2 threads; loading between steps" in none

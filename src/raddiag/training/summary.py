@@ -53,9 +53,10 @@ def _validation(val_targets: Optional[np.ndarray], n_classes: int) -> list[str]:
 
 
 def start_summary(data, run, cfg, labels, model, d, batches_per_epoch: int, train_cases: int,
-                  val_targets: Optional[np.ndarray] = None) -> str:
+                  val_targets: Optional[np.ndarray] = None, workers: Optional[int] = None) -> str:
     """The lines ``train`` prints before its first step (``train_cases``: the training cases used;
-    ``val_targets``: the validation split's multi-hot labels, for the line on the best epoch)."""
+    ``val_targets``: the validation split's multi-hot labels, for the line on the best epoch;
+    ``workers``: the train loader's processes, default ``train.num_workers``)."""
     from raddiag.models.describe import scan_caps_text
 
     dc, tc = cfg.data, cfg.train
@@ -71,7 +72,7 @@ def start_summary(data, run, cfg, labels, model, d, batches_per_epoch: int, trai
     if (size, depth) != (dc.size, dc.depth):
         geometry += f" (the data were prepared at {size} px x {depth}: resampled on load)"
     threads = f"{torch.get_num_threads()} threads" + (f", {d.world_size} processes" if d.world_size > 1 else "")
-    workers = tc.num_workers
+    workers = tc.num_workers if workers is None else workers
     step, ahead = loading_plan(d.device, workers, tc.prefetch)
     if workers:
         threads += f"; {workers} loader process(es), the step on {step} thread(s)"
