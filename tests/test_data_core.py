@@ -234,3 +234,18 @@ def test_persistent_workers_follow_the_samplers_epoch(prepared):
                 else:
                     assert a[k] == b[k], k
     assert not torch.equal(with_worker[0][0]["images"], with_worker[1][0]["images"])
+
+
+def test_a_loader_with_workers_passes_a_callers_collate_through(prepared):
+    """A collate the caller sets that returns no dict works with worker processes as without."""
+    from raddiag.data.dataset import make_loader
+
+    out, _ = prepared
+    data = PreparedData(out)
+    ds = CaseDataset(data, "train", data.label_space("disorder"), DataConfig(size=8, depth=4))
+    got = {}
+    for workers in (0, 1):
+        loader = make_loader(ds, batch_size=2, num_workers=workers)
+        loader.collate_fn = lambda samples: [s["case_id"] for s in samples]
+        got[workers] = list(loader)
+    assert got[0] == got[1] and got[0][0] == [ds[0]["case_id"], ds[1]["case_id"]]

@@ -301,12 +301,15 @@ def _small_by_value(collate: Callable, samples: list[dict]) -> dict:
     over a socket; the batch's 7 tensors took 3.0 ms a batch that way, the images alone with the
     rest pickled by value about half (measured, issue 29): the step waits for this in the
     training process, so it is time taken from every step."""
-    return {k: v.numpy() if torch.is_tensor(v) and k not in SHARED_BY_MEMORY else v
-            for k, v in collate(samples).items()}
+    batch = collate(samples)
+    return {k: v.numpy() if torch.is_tensor(v) and k not in SHARED_BY_MEMORY else v for k, v in batch.items()}
 
 
-def as_tensors(batch: dict) -> dict:
-    """A batch from :func:`_small_by_value` with its arrays as tensors again (no copy)."""
+def as_tensors(batch):
+    """A batch from :func:`_small_by_value` with its arrays as tensors again (no copy); anything
+    but a dict (a collate function the caller set on the loader) passes as it came."""
+    if not isinstance(batch, dict):
+        return batch
     return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
 
 

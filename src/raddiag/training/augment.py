@@ -71,7 +71,7 @@ def reseed(transform, seed: int) -> None:
     from monai.utils import MAX_SEED
 
     for part in parts:
-        part.R.seed(seed % MAX_SEED)
+        part.R.seed(int(seed) % MAX_SEED)     # as a Python int: a numpy int32 seed would overflow
 
 
 def _plain(x) -> torch.Tensor:

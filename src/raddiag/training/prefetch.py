@@ -13,9 +13,12 @@ brought the demo recipe to 0.40x the bare model's rate and a loader process besi
   torch threads than cores); else loading runs between steps, in the step's own thread.
 On a GPU the step leaves the CPU free, and the thread always loads ahead.
 
-Results do not change with any of these: every random draw of loading comes from generators
-seeded by ``(seed, epoch, case)`` or by the sampler's epoch, never from the global random state
-the step uses, and the order is the loader's.
+Where loading runs changes no draw and no batch: every random draw of loading comes from
+generators seeded by ``(seed, epoch, case)`` or by the sampler's epoch, never from the global
+random state the step uses, and the order is the loader's. The weights are the same bit for bit
+wherever loading runs as long as the step has the same number of threads (tests); the plan can
+change that number (a loader process takes a core from the step), and torch's sums in another
+order then differ in the last digits (2e-4 after 2 epochs of ``tiny``).
 """
 from __future__ import annotations
 

@@ -444,6 +444,7 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
             loop.checkpoint(epoch, 0)
             d.barrier()
     finally:
+        del ahead        # an epoch opened ahead that will not run (early stop, an error): its workers end
         loop.close()
 
     finished = epoch >= tc.epochs or state["stopped_early"]
