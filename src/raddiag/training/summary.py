@@ -53,10 +53,10 @@ def _validation(val_targets: Optional[np.ndarray], n_classes: int) -> list[str]:
 
 
 def start_summary(data, run, cfg, labels, model, d, batches_per_epoch: int, train_cases: int,
-                  val_targets: Optional[np.ndarray] = None, workers: Optional[int] = None) -> str:
+                  val_targets: Optional[np.ndarray] = None, *, workers: int) -> str:
     """The lines ``train`` prints before its first step (``train_cases``: the training cases used;
     ``val_targets``: the validation split's multi-hot labels, for the line on the best epoch;
-    ``workers``: the train loader's processes, default ``train.num_workers``)."""
+    ``workers``: the train loader's processes)."""
     from raddiag.models.describe import scan_caps_text
 
     dc, tc = cfg.data, cfg.train
@@ -72,7 +72,6 @@ def start_summary(data, run, cfg, labels, model, d, batches_per_epoch: int, trai
     if (size, depth) != (dc.size, dc.depth):
         geometry += f" (the data were prepared at {size} px x {depth}: resampled on load)"
     threads = f"{torch.get_num_threads()} threads" + (f", {d.world_size} processes" if d.world_size > 1 else "")
-    workers = tc.num_workers if workers is None else workers
     step, ahead = loading_plan(d.device, workers, tc.prefetch)
     if workers:
         threads += f"; {workers} loader process(es), the step on {step} thread(s)"

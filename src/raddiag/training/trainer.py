@@ -399,7 +399,7 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
 
         n_train = len(train_indices) if train_indices is not None else data.count("train")
         print(start_summary(data, run, cfg, labels, model, d, batches_per_epoch, n_train,
-                            getattr(val_ds, "targets", None), loader.num_workers), flush=True)
+                            getattr(val_ds, "targets", None), workers=loader.num_workers), flush=True)
     steps_per_epoch = math.ceil(batches_per_epoch / tc.grad_accum)
     total_steps = steps_per_epoch * tc.epochs
     warmup_steps = int(round(tc.warmup_epochs * steps_per_epoch))
@@ -421,6 +421,7 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
     stop = False
     epoch = state["epoch"]
     stream, ahead = isinstance(data, ShardData), None
+    threads = loading_plan(d.device, loader.num_workers, tc.prefetch)[0]     # the step's, every epoch
     try:
         while epoch < tc.epochs and not stop and not state["stopped_early"]:
             t0 = time.time()
@@ -429,7 +430,6 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
             else:          # opened before the last epoch validated (TrainLoop.open_ahead)
                 it, start_batch, resuming, ahead = ahead, 0, False, None
             loss0 = (float(ckpt["loss_sum"]), int(ckpt["loss_n"])) if resuming else (0.0, 0)
-            threads = loading_plan(d.device, loader.num_workers, tc.prefetch)[0]
             loss_sum, loss_n, b, stop = loop.train_epoch(epoch, it, start_batch, *loss0, progress, threads)
             ckpt = None
             train_loss = loop.mean_loss(loss_sum, loss_n)
