@@ -78,11 +78,6 @@ def test_release_augmentation_parameters_and_in_plane_warp():
     vol = torch.rand(1, 1, 32, 32).repeat(1, 5, 1, 1)    # five equal slices
     out = small({"image": vol, "is_3d": True, "key_slice": -1, "modality": "CT"}, np.random.default_rng(1))["image"]
     assert not torch.allclose(out, vol) and all(torch.equal(out[0, 0], out[0, k]) for k in range(5))
-    own = build_scan_transform(preset("tiny", ["data.size=32", "train.aug_prob=1"]).train,
-                               preset("tiny", ["data.size=32"]).data)
-    own.noise = own.contrast = Same()
-    out = own({"image": vol, "is_3d": True, "key_slice": -1, "modality": "CT"}, np.random.default_rng(1))["image"]
-    assert not all(torch.equal(out[0, 0], out[0, k]) for k in range(5))   # raddiag's own warps across depth too
 
 
 def test_release_init_draws_tokens_from_a_standard_normal_and_xavier_matrices():
