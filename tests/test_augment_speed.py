@@ -151,3 +151,14 @@ def test_training_gives_the_same_weights_wherever_loading_runs(tmp_path):
         assert weights[0].keys() == other.keys()
         for k in weights[0]:
             assert torch.equal(weights[0][k], other[k]), k
+
+
+def test_the_kernel_cache_is_widened_unless_the_user_set_it(monkeypatch):
+    from raddiag.training.kernel_cache import KERNEL_CACHE, widen_kernel_cache
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    widen_kernel_cache()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(KERNEL_CACHE) and KERNEL_CACHE > 1024
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "512")
+    widen_kernel_cache()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "512"

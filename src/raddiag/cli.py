@@ -258,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT
+    from raddiag.training.kernel_cache import widen_kernel_cache
+
+    widen_kernel_cache()             # before the process's first convolution
     previous = _handle_sigterm()
     try:
         if hasattr(args, "release_labels"):

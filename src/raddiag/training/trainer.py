@@ -39,6 +39,7 @@ from .checkpoint import load_checkpoint
 from .label_embeddings import run_label_embeddings
 from .metrics import f1_thresholds
 from .optim import lr_factor, make_optimizer
+from .kernel_cache import widen_kernel_cache
 from .prefetch import loading_plan
 from .runfiles import remove_unfinished, stage_run, write_run_folder
 from .sampler import RepeatFactorSampler, ResumableSampler, repeat_factors
@@ -258,6 +259,7 @@ def train(
     replace = target.claim_for_training(resume, overwrite)
     created = not target.root.exists()
 
+    widen_kernel_cache()
     d = dist_utils.init(device)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     run = target
