@@ -443,9 +443,10 @@ def _cpu() -> RunConfig:
     an epoch; key-slice swap (paper 4.4) shows the finding's slice as a 2D scan."""
     cfg = _learns_disease(_tiny())
     cfg.train.epochs = 8
-    # one persistent loader process; on a CPU the step runs on the cores it leaves
-    # (training.prefetch.loading_plan; benchmarks/train_overhead.py, README issue 29)
-    cfg.train.num_workers = 1
+    # No loader process: loading (0.9 ms a case) runs between steps and the step keeps every core.
+    # A loader process takes a core from the step (training.prefetch.loading_plan): on 2 cores
+    # 146 cases/s against 172-191 without it (benchmarks/train_overhead.py --recipes demo, README
+    # issue 29); it paid while loading a case cost 1.5 ms.
     cfg.preset = "cpu"
     return cfg
 
