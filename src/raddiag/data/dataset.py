@@ -193,17 +193,19 @@ class ScanDataset(Dataset):
 
 
 def collate_cases(samples: list[dict], depth: Optional[int] = None) -> dict:
-    """Pad scans per case and slices per scan into the batch contract."""
+    """Pad scans per case and slices per scan into the batch contract. The per-scan fields are
+    filled in numpy and handed to torch whole (a torch element assignment costs ~3 us, a numpy one
+    ~0.1: 0.10 -> 0.065 ms a case of ``tiny``, the same tensors)."""
     B = len(samples)
     N = max(len(s["scans"]) for s in samples)
     D = depth or max(sc["image"].shape[1] for s in samples for sc in s["scans"])
     H, W = samples[0]["scans"][0]["image"].shape[-2:]
     images = torch.zeros(B, N, 1, D, H, W)
-    scan_mask = torch.zeros(B, N, dtype=torch.bool)
-    slice_mask = torch.zeros(B, N, D, dtype=torch.bool)
-    modality = torch.zeros(B, N, dtype=torch.long)
-    key_slice = torch.full((B, N), -1, dtype=torch.long)
-    is_3d = torch.zeros(B, N, dtype=torch.bool)
+    scan_mask = np.zeros((B, N), dtype=bool)
+    slice_mask = np.zeros((B, N, D), dtype=bool)
+    modality = np.zeros((B, N), dtype=np.int64)
+    key_slice = np.full((B, N), -1, dtype=np.int64)
+    is_3d = np.zeros((B, N), dtype=bool)
     for b, s in enumerate(samples):
         for n, sc in enumerate(s["scans"]):
             d = min(sc["image"].shape[1], D)
@@ -214,8 +216,9 @@ def collate_cases(samples: list[dict], depth: Optional[int] = None) -> dict:
             key_slice[b, n] = sc["key_slice"] if sc["key_slice"] < d else -1
             is_3d[b, n] = sc["is_3d"]
     return {
-        "images": images, "scan_mask": scan_mask, "slice_mask": slice_mask, "modality": modality,
-        "key_slice": key_slice, "is_3d": is_3d,
+        "images": images, "scan_mask": torch.from_numpy(scan_mask), "slice_mask": torch.from_numpy(slice_mask),
+        "modality": torch.from_numpy(modality), "key_slice": torch.from_numpy(key_slice),
+        "is_3d": torch.from_numpy(is_3d),
         "labels": torch.stack([s["labels"] for s in samples]),
         "case_ids": [s["case_id"] for s in samples], "anatomy": [s["anatomy"] for s in samples],
     }

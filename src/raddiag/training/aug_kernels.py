@@ -40,20 +40,28 @@ def smooth_separable(field: torch.Tensor, sigma: float, truncated: float = 3.0) 
     kernel = gaussian_1d(torch.as_tensor(sigma), truncated=truncated, approx="erf").to(field)
     if kernel.numel() == 1 and float(kernel[0]) == 1:     # MONAI skips a unit kernel
         return field
-    out = field
+    out, banded = field, {}
     for axis in range(1, field.dim()):
-        out = (out.movedim(axis, -1) @ _banded(kernel, out.shape[axis]).T).movedim(-1, axis)
+        n = out.shape[axis]
+        if n not in banded:                                  # one matrix per length (a square slice: one)
+            banded[n] = _banded(kernel, n).T
+        out = (out.movedim(axis, -1) @ banded[n]).movedim(-1, axis)
     return out.contiguous()
 
 
 def _banded(kernel: torch.Tensor, n: int) -> torch.Tensor:
     """``T [n, n]`` with ``(x @ T.T)[o] = sum_j kernel[j] x[o + j - pad]`` (zero outside ``x``):
     the centred convolution of a row of ``n`` values, zero-padded."""
-    pad = (kernel.numel() - 1) // 2
-    i = torch.arange(n, device=kernel.device)
-    j = i[None, :] - i[:, None] + pad
-    inside = (j >= 0) & (j < kernel.numel())
-    return torch.where(inside, kernel[j.clamp(0, kernel.numel() - 1)], kernel.new_zeros(()))
+    index, outside = _band_index(n, kernel.numel(), kernel.device)
+    return kernel[index].masked_fill_(outside, 0.0)
+
+
+@lru_cache(maxsize=32)
+def _band_index(n: int, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For :func:`_banded`: the kernel's index at each ``(o, i)`` (clamped) and where it is outside."""
+    i = torch.arange(n, device=device)
+    j = i[None, :] - i[:, None] + (k - 1) // 2
+    return j.clamp(0, k - 1), (j < 0) | (j >= k)
 
 
 class FastRand3DElastic(Rand3DElastic):
