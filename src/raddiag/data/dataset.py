@@ -49,6 +49,10 @@ def select_scans(scans: list[dict], cfg: DataConfig, rng: Optional[np.random.Gen
     return [int(i) for i in chosen[: cfg.max_scans]]
 
 
+# stored dtypes torch converts to float32 itself (the store keeps float16)
+_TORCH_WIDENS = (np.dtype(np.float16), np.dtype(np.float32))
+
+
 class CaseDataset(Dataset):
     """Cases of one split of a prepared dataset, as model-ready tensors.
 
@@ -107,8 +111,10 @@ class CaseDataset(Dataset):
         return len(self.records)
 
     def _load(self, array: np.ndarray, idx: np.ndarray) -> torch.Tensor:
-        arr = np.asarray(array[idx], dtype=np.float32)
-        return resize_slices(arr, self.cfg.size)[None]  # [1, d, H, W]
+        arr = np.ascontiguousarray(array[idx])
+        if arr.dtype in _TORCH_WIDENS:   # torch widens float16 4x faster than numpy (issue 29), exactly
+            return resize_slices(torch.from_numpy(arr).to(torch.float32), self.cfg.size)[None]
+        return resize_slices(np.asarray(arr, dtype=np.float32), self.cfg.size)[None]  # [1, d, H, W]
 
     def scan_item(self, rec: dict, j: int, rng: Optional[np.random.Generator], k: int = 0,
                   array: Optional[np.ndarray] = None) -> dict:
