@@ -151,8 +151,8 @@ def measure(name: str, data: Path, tmp: Path, args) -> None:
         epochs, threads = raddiag_epochs(data, tmp, cfg, emb, steps, args.device)
         if r < 0:      # a round untimed: its runs compile the kernels of every batch shape (kernel_cache)
             batches = [b for _, bs in epochs for b in bs]
-            bare_epoch(cfg, n_classes, emb, batches, dev, threads)
-            bare_epoch(cfg, n_classes, emb, batches, dev, torch.get_num_threads())
+            for n in {threads, torch.get_num_threads()}:     # the thread counts the timed rounds use
+                bare_epoch(cfg, n_classes, emb, batches, dev, n)
             continue
         # the steady state: the epochs after the first (the first also starts the loader's worker
         # processes, once a run); a run of one epoch (official's few steps) is timed whole

@@ -11,12 +11,12 @@ elastic field's draws and smoothing).
 
 :class:`FastRand3DElastic`: MONAI's random 3D elastic deformation (the release's) with its costly
 step done faster: the same draws, the same result up to float rounding. Why own code here:
-``Rand3DElastic`` smooths its random offset field with MONAI's ``GaussianFilter``, three depthwise ``conv3d`` calls with a ``(k, 1, 1)``-shaped kernel each,
-which torch runs on the CPU through its slow direct 3D convolution: 81 % of the transform's time
-(14 ms a call on a 3 x 128 x 128 x 1 field, 7 ms on 3 x 8 x 64 x 64; 1 thread). The same
-zero-padded separable smoothing as one matrix product per axis, with MONAI's own kernel
-(``gaussian_1d``), takes 0.7 ms on the latter; every other step (the draws, the grid, the
-affine, the resampling) is MONAI's.
+``Rand3DElastic`` smooths its random offset field with MONAI's ``GaussianFilter``, three depthwise
+``conv3d`` calls with a ``(k, 1, 1)``-shaped kernel each, which torch runs on the CPU through its
+slow direct 3D convolution: 81 % of the transform's time (14 ms a call on a 3 x 128 x 128 x 1
+field, 7 ms on 3 x 8 x 64 x 64; 1 thread). The same zero-padded separable smoothing as one matrix
+product per axis, with MONAI's own kernel (``gaussian_1d``), takes 0.7 ms on the latter; every
+other step (the draws, the grid, the affine, the resampling) is MONAI's.
 """
 from __future__ import annotations
 
@@ -102,8 +102,7 @@ def in_plane_grid(h: int, w: int, rotate: float = 0.0, scale: Sequence[float] = 
         r, c = r + displacement[0], c + displacement[1]
     r, c = r * float(scale[0]) + float(shift[0]), c * float(scale[1]) + float(shift[1])
     cos, sin = math.cos(rotate), math.sin(rotate)
-    r, c = cos * r - sin * c, sin * r + cos * c
-    r, c = torch.broadcast_tensors(r, c)
+    r, c = cos * r - sin * c, sin * r + cos * c      # both [h, w] from here
     return torch.stack((c * (2.0 / w), r * (2.0 / h)), dim=-1)[None]
 
 
