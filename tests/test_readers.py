@@ -11,13 +11,14 @@ pydicom = pytest.importorskip("pydicom")
 
 
 def _dicom(path, pixels, *, z=0.0, instance=1, series="1.2.3.4", slope=1.0, intercept=0.0,
-           modality="CT", photometric="MONOCHROME2", frames=None, ipp=None, iop=(1, 0, 0, 0, 1, 0), spacing=None):
+           modality="CT", photometric="MONOCHROME2", frames=None, ipp=None, iop=(1, 0, 0, 0, 1, 0), spacing=None,
+           uid=None):
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.MediaStorageSOPInstanceUID = uid or generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
@@ -314,7 +315,9 @@ def test_dicom_series_with_unparsable_position_or_instance_number_names_the_file
         folder = tmp_path / tag
         folder.mkdir()
         for k in range(3):
-            _dicom(folder / f"{k}.dcm", np.full((4, 4), k), ipp=(0.0, 0.0, 7.125 + k), instance=7 + k)
+            # fixed UIDs: a random one held "8.125" once in a while (twice in the file: meta and dataset)
+            _dicom(folder / f"{k}.dcm", np.full((4, 4), k), ipp=(0.0, 0.0, 7.125 + k), instance=7 + k,
+                   uid=f"1.2.3.4.5.{k}")
         if tag == "InstanceNumber":
             for k in range(3):
                 _rewrite(folder / f"{k}.dcm", lambda ds: delattr(ds, "ImagePositionPatient"))
