@@ -12,21 +12,25 @@ at 64 px x 8 slices), on a synthetic prepared dataset made once in a temporary f
   validation and checkpointing are not. The epochs after the first are the figure (the steady
   state of a run: the first also starts the loader's worker processes, once a run, as a run
   builds its model once); the first epoch's rate is printed beside it;
-- bare: a fresh model of the same config and seed stepping through the very batches those epochs
+- bare: a fresh model of the same config and seed stepping through the very batches each epoch
   loaded, held in memory (BCE, + the key-slice term when the recipe has one, backward, clipping and
-  the trainer's AdamW), nothing else, on as many intra-op threads as raddiag's step ran on.
+  the trainer's AdamW), nothing else, on as many intra-op threads as raddiag's step ran on, right
+  after that epoch's clock stops (:class:`Recorder`): raddiag's epoch 1, the bare model on epoch 1's
+  batches, raddiag's epoch 2, ... in one process, so that both figures of an epoch are taken within
+  the same second or two (this machine's speed drifts by 20 % within a minute; interleaving whole
+  runs gave rounds from 0.68x to 1.05x).
   On a CPU, raddiag's step leaves a core to each loader process (``train.num_workers``;
   ``raddiag.training.prefetch.loading_plan``): with 1 worker on 2 cores it runs on 1 thread, and
   the bare model on both of the process's threads is printed beside, for scale.
-Both in one process, interleaved (raddiag, bare, raddiag, ...); cases per second, the median of
-``--rounds``, and their ratio, after ``--warmup-rounds`` untimed rounds. Every round trains on the
+Cases per second, the median of ``--rounds``, and their ratio, after ``--warmup-rounds`` untimed
+rounds. Every round trains on the
 same batches (the same seed), and on a CPU each batch shape met for the first time compiles its
 convolution kernels (``raddiag.training.kernel_cache``; 2,591 in tiny's first 4 epochs): without
 the warm-up the bare model, stepping through batches raddiag has just compiled for, would be spared
 a cost raddiag paid. After it neither compiles (counted with ``strace``). The ratio
 raddiag / bare >= 0.9 means the framework costs at most 10 %.
 The machine may be shared: the load average is printed beside the figures, and the median of the
-rounds' own ratios (each round's two runs follow each other) beside the ratio of the medians.
+rounds' own ratios beside the ratio of the medians.
 Compare ``--set train.num_workers=0`` (loading in the step's process: ahead in a thread where the
 step leaves a core free, ``train.prefetch``, else between steps) to see what the worker hides.
 """
@@ -55,22 +59,28 @@ def recipe_config(name: str, amp: str, extra: list[str], epochs: int = 2):
 
 class Recorder:
     """Times each ``TrainLoop.train_epoch`` and keeps the batches ``train_step`` was given in it:
-    ``epochs`` is a list of ``(seconds, batches)``."""
+    ``epochs`` is a list of ``[seconds, batches, bare seconds]``. ``after_epoch(batches)``, when given,
+    runs after each epoch's clock has stopped (before validation) and its result is the third entry:
+    the bare model steps through the epoch's batches right after raddiag did, so both figures of an
+    epoch come from the same second or two of a machine whose speed drifts (20 % within a minute
+    here, 2 shared cores)."""
 
-    def __init__(self):
+    def __init__(self, after_epoch=None):
         from raddiag.training import loop
 
-        self.loop, self.epochs, self.threads = loop, [], None
+        self.loop, self.epochs, self.threads, self.after_epoch = loop, [], None, after_epoch
         self.epoch, self.step = loop.TrainLoop.train_epoch, loop.TrainLoop.train_step
 
     def __enter__(self):
         rec = self
 
         def train_epoch(loop_self, *a, **k):
-            rec.epochs.append([0.0, []])
+            rec.epochs.append([0.0, [], None])
             t = time.perf_counter()
             out = rec.epoch(loop_self, *a, **k)
             rec.epochs[-1][0] = time.perf_counter() - t
+            if rec.after_epoch is not None:
+                rec.epochs[-1][2] = rec.after_epoch(rec.epochs[-1][1], rec.threads)
             return out
 
         def train_step(loop_self, batch, *a, **k):
@@ -85,40 +95,50 @@ class Recorder:
         self.loop.TrainLoop.train_epoch, self.loop.TrainLoop.train_step = self.epoch, self.step
 
 
-def raddiag_epochs(data: Path, tmp: Path, cfg, emb, steps: int, device: str) -> tuple[list, int]:
-    """``([(seconds of the epoch loop, the batches it trained on), ...], the step's threads)``, one
-    entry per epoch."""
+def raddiag_epochs(data: Path, tmp: Path, cfg, emb, steps: int, device: str, after_epoch=None) -> tuple[list, int]:
+    """``([[seconds of the epoch loop, the batches it trained on, after_epoch's result], ...], the
+    step's threads)``, one entry per epoch."""
     from raddiag.training import train
 
     out = Path(tempfile.mkdtemp(dir=tmp))
-    with Recorder() as rec:
+    with Recorder(after_epoch) as rec:
         train(data, out / "run", cfg, label_embeddings=emb, progress=False, max_steps=steps, device=device)
-    return [tuple(e) for e in rec.epochs], rec.threads
+    return rec.epochs, rec.threads
 
 
-def bare_epoch(cfg, n_classes: int, emb, batches: list, device: torch.device, threads: int) -> float:
-    """Seconds for the model's forward, loss, backward, clipping and AdamW over ``batches``, on
-    ``threads`` intra-op threads."""
-    from raddiag.training.prefetch import step_threads
+class Bare:
+    """The model alone: a fresh model of the recipe's config and seed with the trainer's AdamW, stepping
+    (forward, BCE + the key-slice term when the recipe has one, backward, clipping, AdamW) through
+    batches held in memory, nothing else."""
 
-    with step_threads(threads):
-        return _bare_epoch(cfg, n_classes, emb, batches, device)
+    def __init__(self, cfg, n_classes: int, emb, device: torch.device):
+        from raddiag.models import build_model
+        from raddiag.training.optim import make_optimizer
 
+        self.cfg, self.device = cfg, device
+        torch.manual_seed(cfg.train.seed)
+        self.model = build_model(cfg, n_classes, emb).to(device).train()
+        self.opt = make_optimizer(self.model, cfg.train)
 
-def _bare_epoch(cfg, n_classes: int, emb, batches: list, device: torch.device) -> float:
-    from raddiag.models import build_model, key_slice_attention_loss
-    from raddiag.training.optim import make_optimizer
+    def epoch(self, batches: list, threads: int) -> float:
+        """Seconds for one step a batch over ``batches``, on ``threads`` intra-op threads."""
+        from raddiag.training.prefetch import step_threads
 
-    tc = cfg.train
-    torch.manual_seed(tc.seed)
-    model = build_model(cfg, n_classes, emb).to(device).train()
-    opt = make_optimizer(model, tc)
-    batches = [{k: v.to(device) for k, v in b.items() if torch.is_tensor(v)} for b in batches]
-    details = tc.key_slice_loss > 0
-    sync(device)
-    t = time.perf_counter()
-    for b in batches:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp == "bf16"):
+        batches = [{k: v.to(self.device) for k, v in b.items() if torch.is_tensor(v)} for b in batches]
+        with step_threads(threads):
+            sync(self.device)
+            t = time.perf_counter()
+            for b in batches:
+                self.step(b)
+            sync(self.device)
+            return time.perf_counter() - t
+
+    def step(self, b: dict) -> None:
+        from raddiag.models import key_slice_attention_loss
+
+        tc, model = self.cfg.train, self.model
+        details = tc.key_slice_loss > 0
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.amp == "bf16"):
             out = model(**{k: b[k] for k in model.input_keys}, return_details=details)
             loss = F.binary_cross_entropy_with_logits((out.logits if details else out).float(), b["labels"])
             if details and out.slice_attention is not None:
@@ -126,10 +146,8 @@ def _bare_epoch(cfg, n_classes: int, emb, batches: list, device: torch.device) -
                                                                            b["key_slice"], b["slice_mask"])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_norm)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    sync(device)
-    return time.perf_counter() - t
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
 
 
 def sync(device) -> None:
@@ -146,39 +164,42 @@ def measure(name: str, data: Path, tmp: Path, args) -> None:
     emb = stand_in_label_embeddings(cfg, n_classes)
     steps = args.steps[name] if name in args.steps else None
     ours, bare, whole, first = [], [], [], []
-    dev = torch.device(args.device)
+    dev, everyone = torch.device(args.device), torch.get_num_threads()
     for r in range(-args.warmup_rounds, args.rounds):
-        epochs, threads = raddiag_epochs(data, tmp, cfg, emb, steps, args.device)
-        if r < 0:      # a round untimed: its runs compile the kernels of every batch shape (kernel_cache)
-            batches = [b for _, bs in epochs for b in bs]
-            for n in {threads, torch.get_num_threads()}:     # the thread counts the timed rounds use
-                bare_epoch(cfg, n_classes, emb, batches, dev, n)
+        if r < 0:   # a round untimed: its runs compile the kernels of every batch shape (kernel_cache)
+            epochs, threads = raddiag_epochs(data, tmp, cfg, emb, steps, args.device)
+            warm = Bare(cfg, n_classes, emb, dev)
+            for n in {threads, everyone}:     # the thread counts the timed rounds use
+                warm.epoch([b for _, bs, _ in epochs for b in bs], n)
             continue
+        model = Bare(cfg, n_classes, emb, dev)       # each epoch's batches right after raddiag's epoch
+        epochs, threads = raddiag_epochs(data, tmp, cfg, emb, steps, args.device,
+                                         lambda batches, threads: model.epoch(batches, threads))
         # the steady state: the epochs after the first (the first also starts the loader's worker
         # processes, once a run); a run of one epoch (official's few steps) is timed whole
         timed = epochs[1:] or epochs
-        batches = [b for _, bs in timed for b in bs]
+        batches = [b for _, bs, _ in timed for b in bs]
         cases = sum(len(b["labels"]) for b in batches)
-        ours.append(cases / sum(secs for secs, _ in timed))
-        bare.append(cases / bare_epoch(cfg, n_classes, emb, batches, dev, threads))
+        ours.append(cases / sum(secs for secs, _, _ in timed))
+        bare.append(cases / sum(secs for _, _, secs in timed))
         # the bare model on every thread of the process, for scale (raddiag's step gives loader
         # processes a core each: training.prefetch.loading_plan)
-        whole.append(cases / bare_epoch(cfg, n_classes, emb, batches, dev, torch.get_num_threads())
-                     if threads != torch.get_num_threads() else bare[-1])
+        whole.append(cases / Bare(cfg, n_classes, emb, dev).epoch(batches, everyone)
+                     if threads != everyone else bare[-1])
         c0 = sum(len(b["labels"]) for b in epochs[0][1])
-        first.append(c0 / epochs[0][0])
+        first.append((c0 / epochs[0][0]) / (c0 / epochs[0][2]))
         print(f"  {name} round {r + 1}: {cases} cases in {len(timed)} epoch(s) after the first, raddiag "
               f"{ours[-1]:.2f} cases/s (step on {threads} thread(s)), bare {bare[-1]:.2f} cases/s on as many "
-              f"({ours[-1] / bare[-1]:.2f}x), on {torch.get_num_threads()} {whole[-1]:.2f} cases/s; first epoch "
-              f"{first[-1]:.2f} cases/s ({first[-1] / bare[-1]:.2f}x); load {os.getloadavg()[0]:.1f}", flush=True)
+              f"({ours[-1] / bare[-1]:.2f}x), on {everyone} {whole[-1]:.2f} cases/s; first epoch "
+              f"{first[-1]:.2f}x; load {os.getloadavg()[0]:.1f}", flush=True)
     o, b, w = statistics.median(ours), statistics.median(bare), statistics.median(whole)
     per_round = statistics.median(x / y for x, y in zip(ours, bare))
     print(f"{name:<9} raddiag train {o:7.2f} cases/s   bare model {b:7.2f} cases/s   raddiag / bare = {o / b:.2f}x "
           f"(median of the rounds' ratios {per_round:.2f}x; step on {threads} thread(s); {cfg.preset}, "
           f"{cfg.model.encoder}, {cfg.data.size} px x {cfg.data.depth}, batch {cfg.train.batch_size}, "
           f"{cfg.train.num_workers} loader workers, prefetch {getattr(cfg.train, 'prefetch', 0)}); bare model on "
-          f"{torch.get_num_threads()} thread(s) {w:.2f} cases/s (raddiag / that = {o / w:.2f}x); first epoch "
-          f"{statistics.median(first):.2f} cases/s = {statistics.median(first) / b:.2f}x", flush=True)
+          f"{everyone} thread(s) {w:.2f} cases/s (raddiag / that = {o / w:.2f}x); first epoch "
+          f"{statistics.median(first):.2f}x", flush=True)
 
 
 def parse_args():

@@ -1,5 +1,6 @@
 """raddiag's own augmentation (``aug_style: raddiag``) against MONAI on random inputs: the in-plane
-warp equals MONAI's ``Affine``, its elastic ``Resample`` and the two composed; every slice of a scan
+warp equals MONAI's ``Affine``, its elastic ``Resample`` and the two composed; the contrast equals
+MONAI's ``AdjustContrast``; every slice of a scan
 takes the same warp; the noise's spread is drawn as MONAI's ``RandGaussianNoise`` draws it."""
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from monai.transforms import Affine, AffineGrid, Resample
+from monai.transforms import AdjustContrast, Affine, AffineGrid, Resample
 from monai.transforms.utils import create_grid
 from scipy import stats
 
-from raddiag.training.aug_kernels import in_plane_grid, in_plane_warp
+from raddiag.training.aug_kernels import adjust_contrast, in_plane_grid, in_plane_warp
 from raddiag.training.augment import NOISE_STD, ScanAugment
 
 shapes = st.tuples(st.integers(1, 4), st.integers(2, 40), st.integers(2, 40))
@@ -50,6 +51,18 @@ def test_the_elastic_displacement_then_the_affine_is_monais(shape, rotate, scale
     params = (rotate, scale, shift) if affine else ()
     got = in_plane_warp(img, in_plane_grid(shape[1], shape[2], *params, displacement=disp))
     torch.testing.assert_close(got, torch.as_tensor(want), atol=3e-5, rtol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=shapes, gamma=st.floats(0.2, 4.0), low=st.floats(-1000, 1000), span=st.sampled_from([0.0, 1e-6, 1.0, 3000.0]),
+       seed=st.integers(0, 2**16))
+def test_the_contrast_is_monais(shape, gamma, low, span, seed):
+    """Random images of any range (a flat one included), random gammas; the input is left as it was."""
+    img = low + span * torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+    kept = img.clone()
+    want = torch.as_tensor(AdjustContrast(gamma)(img))
+    torch.testing.assert_close(adjust_contrast(img, gamma), want, atol=1e-5 * max(1.0, abs(low)), rtol=1e-5)
+    assert torch.equal(img, kept)
 
 
 def _warps_only(aug: ScanAugment, img: torch.Tensor, seed: int) -> torch.Tensor:

@@ -14,10 +14,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from monai.networks.layers import GaussianFilter
+from monai.networks.layers.convutils import gaussian_1d
 from monai.transforms import Rand3DElastic
 
 from raddiag.config import preset
-from raddiag.training.aug_kernels import FastRand3DElastic, smooth_separable
+from raddiag.training.aug_kernels import FastRand3DElastic, gaussian_kernel, smooth_separable
 from raddiag.training.augment import ScanAugment, reseed
 from raddiag.training.prefetch import Prefetcher
 from test_training_data import make_tiny_data, tiny_overrides
@@ -30,6 +31,15 @@ def test_separable_smoothing_is_monais_gaussian_filter(shape, sigma, seed):
     field = torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
     want = GaussianFilter(3, sigma, 3.0)(field[None])[0]
     torch.testing.assert_close(smooth_separable(field, sigma), want, atol=1e-6, rtol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sigma=st.floats(0.01, 12.0), truncated=st.floats(0.1, 5.0))
+def test_the_gaussian_kernel_is_monais(sigma, truncated):
+    """The same length and values as MONAI's ``gaussian_1d(approx="erf")`` (float32), over random
+    sigmas and truncations, the shortest kernel (one pixel) included."""
+    want = gaussian_1d(torch.tensor(sigma), truncated=truncated, approx="erf")
+    torch.testing.assert_close(gaussian_kernel(sigma, truncated), want, atol=2e-7, rtol=1e-6)
 
 
 @settings(max_examples=8, deadline=None)

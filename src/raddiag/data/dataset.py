@@ -39,10 +39,10 @@ def select_scans(scans: list[dict], cfg: DataConfig, rng: Optional[np.random.Gen
     chosen: list[int] = []
     for mod, idx in by_mod.items():
         cap = cfg.modality_caps.get(mod, cfg.default_modality_cap)
-        if rng is not None:
+        if rng is not None and len(idx) > 1:      # a shuffle of one draws nothing: the same draws, faster
             idx = list(rng.permutation(idx))
         chosen += idx[:cap]
-    if rng is not None:
+    if rng is not None and len(chosen) > 1:
         chosen = list(rng.permutation(chosen))
     else:
         chosen.sort()
@@ -199,14 +199,15 @@ class ScanDataset(Dataset):
 
 
 def collate_cases(samples: list[dict], depth: Optional[int] = None) -> dict:
-    """Pad scans per case and slices per scan into the batch contract. The per-scan fields are
-    filled in numpy and handed to torch whole (a torch element assignment costs ~3 us, a numpy one
-    ~0.1: 0.10 -> 0.065 ms a case of ``tiny``, the same tensors)."""
+    """Pad scans per case and slices per scan into the batch contract. The batch is filled in numpy
+    and handed to torch whole (a torch element or slice assignment costs ~3-10 us, a numpy one ~0.1-1,
+    and numpy's zeros come from the allocator already zero, where torch's are written twice: 0.09 ->
+    0.06 ms a case of the demo recipe, the same tensors)."""
     B = len(samples)
     N = max(len(s["scans"]) for s in samples)
     D = depth or max(sc["image"].shape[1] for s in samples for sc in s["scans"])
     H, W = samples[0]["scans"][0]["image"].shape[-2:]
-    images = torch.zeros(B, N, 1, D, H, W)
+    images = np.zeros((B, N, 1, D, H, W), dtype=np.float32)
     scan_mask = np.zeros((B, N), dtype=bool)
     slice_mask = np.zeros((B, N, D), dtype=bool)
     modality = np.zeros((B, N), dtype=np.int64)
@@ -215,16 +216,16 @@ def collate_cases(samples: list[dict], depth: Optional[int] = None) -> dict:
     for b, s in enumerate(samples):
         for n, sc in enumerate(s["scans"]):
             d = min(sc["image"].shape[1], D)
-            images[b, n, :, :d] = sc["image"][:, :d]
+            images[b, n, :, :d] = sc["image"][:, :d].numpy()
             scan_mask[b, n] = True
             slice_mask[b, n, :d] = True
             modality[b, n] = sc["modality_id"]
             key_slice[b, n] = sc["key_slice"] if sc["key_slice"] < d else -1
             is_3d[b, n] = sc["is_3d"]
     return {
-        "images": images, "scan_mask": torch.from_numpy(scan_mask), "slice_mask": torch.from_numpy(slice_mask),
-        "modality": torch.from_numpy(modality), "key_slice": torch.from_numpy(key_slice),
-        "is_3d": torch.from_numpy(is_3d),
+        "images": torch.from_numpy(images), "scan_mask": torch.from_numpy(scan_mask),
+        "slice_mask": torch.from_numpy(slice_mask), "modality": torch.from_numpy(modality),
+        "key_slice": torch.from_numpy(key_slice), "is_3d": torch.from_numpy(is_3d),
         "labels": torch.stack([s["labels"] for s in samples]),
         "case_ids": [s["case_id"] for s in samples], "anatomy": [s["anatomy"] for s in samples],
     }

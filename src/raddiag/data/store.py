@@ -340,6 +340,9 @@ class PreparedData:
                              f"{self.meta['n_cases']}: truncated; prepare the dataset again")
         n = self.meta["n_slices"]
         self.slices = _open_slices(self.root / "slices.f16", n, self.size)
+        # the same memory as a plain array: slicing a np.memmap builds a memmap object each time
+        # (15 us; 46 us of a training case's 0.6 ms to load, issue 29), a plain array's view 0.3 us
+        self._view = self.slices.view(np.ndarray)
         for r in self.records:
             for sc in r.get("scans") or []:
                 st = sc.get("store") or {}
@@ -364,7 +367,7 @@ class PreparedData:
     def scan_array(self, scan_record: dict) -> np.ndarray:
         """``[n, size, size]`` float16 view of one stored scan."""
         st = scan_record["store"]
-        return self.slices[st["start"]: st["start"] + st["n"]]
+        return self._view[st["start"]: st["start"] + st["n"]]
 
     def label_space(self, granularity: str = "disorder") -> LabelSpace:
         return LabelSpace.load(self.root / f"labels_{granularity}.json")

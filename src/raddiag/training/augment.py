@@ -43,7 +43,7 @@ import torch
 
 from raddiag.config import DataConfig, TrainConfig
 
-from .aug_kernels import in_plane_grid, in_plane_warp, smooth_separable
+from .aug_kernels import adjust_contrast, in_plane_grid, in_plane_warp, smooth_separable
 
 NOISE_STD = 0.05          # the Gaussian noise's largest standard deviation
 GAMMA = (0.7, 1.5)        # the contrast's gamma range
@@ -98,14 +98,12 @@ class ScanAugment:
     """Callable ScanTransform; construct with :func:`build_scan_transform`."""
 
     def __init__(self, prob: float, key_slice_swap: float, size: int, style: str = "raddiag"):
-        from monai.transforms import AdjustContrast
-
         self.prob = float(prob)
         self.key_slice_swap = float(key_slice_swap)
         # Each transform fires with probability ``prob``, drawn from the case's rng; its parameters
-        # too. The contrast is MONAI's; the affine and the elastic deformation are one in-plane
-        # resampling (training.aug_kernels.in_plane_warp, tested against MONAI's Affine and Resample).
-        self.contrast = AdjustContrast(gamma=1.0)
+        # too. The contrast is MONAI's AdjustContrast (training.aug_kernels.adjust_contrast); the affine
+        # and the elastic deformation are one in-plane resampling (training.aug_kernels.in_plane_warp),
+        # each tested against MONAI.
         self.rotate, self.scale, self.shift = math.pi / 12, 0.1, 0.05 * size
         self.sigma, self.magnitude = (4.0, 6.0), (size / 4, size / 2)
         self.style = style
@@ -126,8 +124,7 @@ class ScanAugment:
         seed = int(rng.integers(0, 2**31 - 1))
         fire = rng.random(4) < self.prob            # noise, contrast, affine, elastic (release: its order)
         if fire.any():
-            with _untracked():
-                img = self._chain(img, fire, seed, rng)
+            img = self._chain(img, fire, seed, rng)
         item["image"] = _plain(img).contiguous()
         return item
 
@@ -140,8 +137,8 @@ class ScanAugment:
             std = rng.uniform(0.0, NOISE_STD)
             g = torch.Generator().manual_seed(int(rng.integers(2**63)))   # torch's normals: 3x numpy's speed
             x = x + std * torch.randn(x.shape, generator=g)
-        if fire[1]:
-            x = _plain(self.contrast(x, gamma=rng.uniform(*GAMMA)))
+        if fire[1]:                                   # MONAI's AdjustContrast, gamma ~ U(0.7, 1.5)
+            x = adjust_contrast(x, rng.uniform(*GAMMA))
         if fire[2] or fire[3]:
             x = in_plane_warp(x, self._grid(x.shape[-2], x.shape[-1], fire[2], fire[3], rng))
         return _plain(x).clamp_(0.0, 1.0)
@@ -153,8 +150,10 @@ class ScanAugment:
         disp = None
         if elastic:
             sigma, magnitude = rng.uniform(*self.sigma), rng.uniform(*self.magnitude)
-            field = torch.from_numpy(rng.random((2, h, w), dtype=np.float32)) * 2 - 1
-            disp = smooth_separable(field, sigma) * magnitude
+            field = rng.random((2, h, w), dtype=np.float32)
+            field *= 2
+            field -= 1                                # U(-1, 1), in place (as MONAI's: U(-1, 1))
+            disp = smooth_separable(torch.from_numpy(field), sigma).mul_(magnitude)
         if not affine:
             return in_plane_grid(h, w, displacement=disp)
         return in_plane_grid(h, w, rng.uniform(-self.rotate, self.rotate), 1 + rng.uniform(-self.scale, self.scale, 2),
@@ -163,9 +162,10 @@ class ScanAugment:
     def _release(self, img: torch.Tensor, fire: np.ndarray, seed: int) -> torch.Tensor:
         """The release's chain on ``[1, d, H, W]``: slices as channels over spatial ``(H, W, 1)``."""
         x = img[0][..., None]
-        for j in np.flatnonzero(fire):
-            reseed(self.release[j], (seed + int(j)) % (2**32))
-            x = self.release[j](x)
+        with _untracked():
+            for j in np.flatnonzero(fire):
+                reseed(self.release[j], (seed + int(j)) % (2**32))
+                x = self.release[j](x)
         return _plain(x)[..., 0][None]
 
 
