@@ -39,7 +39,7 @@ def test_the_gaussian_kernel_is_monais(sigma, truncated):
     """The same length and values as MONAI's ``gaussian_1d(approx="erf")`` (float32), over random
     sigmas and truncations, the shortest kernel (one pixel) included."""
     want = gaussian_1d(torch.tensor(sigma), truncated=truncated, approx="erf")
-    torch.testing.assert_close(gaussian_kernel(sigma, truncated), want, atol=2e-7, rtol=1e-6)
+    torch.testing.assert_close(torch.from_numpy(gaussian_kernel(sigma, truncated)), want, atol=2e-7, rtol=1e-6)
 
 
 @settings(max_examples=8, deadline=None)
