@@ -443,7 +443,7 @@ def _cpu() -> RunConfig:
     an epoch; key-slice swap (paper 4.4) shows the finding's slice as a 2D scan."""
     cfg = _learns_disease(_tiny())
     cfg.train.epochs = 8
-    # No loader process: loading (0.9 ms a case) runs between steps and the step keeps every core.
+    # No loader process: loading (0.4-0.6 ms a case) runs between steps and the step keeps every core.
     # A loader process takes a core from the step (training.prefetch.loading_plan): on 2 cores
     # 146 cases/s against 172-191 without it (benchmarks/train_overhead.py --recipes demo, README
     # issue 29); it paid while loading a case cost 1.5 ms.
