@@ -93,3 +93,12 @@ def test_the_noise_spread_is_drawn_uniformly_up_to_its_largest():
         means.append(float(d.mean()))
     assert stats.kstest(stds, stats.uniform(0, NOISE_STD).cdf).pvalue > 1e-3
     assert abs(np.mean(means)) < 1e-3 and max(stds) <= NOISE_STD * 1.05
+
+
+def test_a_float64_displacement_gives_the_same_grid_in_float64():
+    """The grid takes the displacement's precision (its matrix product mixed float32 and float64)."""
+    disp = torch.randn(2, 9, 11, generator=torch.Generator().manual_seed(0)) * 2
+    g32 = in_plane_grid(9, 11, 0.3, (1.1, 0.9), (1.0, -2.0), disp)
+    g64 = in_plane_grid(9, 11, 0.3, (1.1, 0.9), (1.0, -2.0), disp.double())
+    assert g64.dtype == torch.float64
+    torch.testing.assert_close(g64, g32.double(), atol=1e-5, rtol=1e-5)

@@ -145,8 +145,8 @@ def in_plane_grid(h: int, w: int, rotate: float = 0.0, scale: Sequence[float] = 
     t0, t1 = float(shift[0]), float(shift[1])
     kx, ky = 2.0 / w, 2.0 / h
     # grid x = kx (sin (s0 r + t0) + cos (s1 c + t1)), grid y = ky (cos (s0 r + t0) - sin (s1 c + t1))
-    m = torch.tensor([[kx * sin * s0, kx * cos * s1], [ky * cos * s0, -ky * sin * s1]])
-    b = torch.tensor([[kx * (sin * t0 + cos * t1)], [ky * (cos * t0 - sin * t1)]])
+    m = torch.tensor([[kx * sin * s0, kx * cos * s1], [ky * cos * s0, -ky * sin * s1]], dtype=q.dtype)
+    b = torch.tensor([[kx * (sin * t0 + cos * t1)], [ky * (cos * t0 - sin * t1)]], dtype=q.dtype)
     # [2, h w] then (x, y) last: torch's matrix product over the long axis (4 us) where [h w, 2] @ [2, 2]
     # took 60
     return torch.addmm(b, m, q).T.reshape(1, h, w, 2)
