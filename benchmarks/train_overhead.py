@@ -112,10 +112,12 @@ class Bare:
     batches held in memory, nothing else."""
 
     def __init__(self, cfg, n_classes: int, emb, device: torch.device):
-        from raddiag.models import build_model
+        from raddiag.models import build_model, key_slice_attention_loss
         from raddiag.training.optim import make_optimizer
 
         self.cfg, self.device = cfg, device
+        self.details = cfg.train.key_slice_loss > 0          # the key-slice term needs the model's details
+        self.key_slice_loss = key_slice_attention_loss
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg, n_classes, emb).to(device).train()
         self.opt = make_optimizer(self.model, cfg.train)
@@ -134,16 +136,13 @@ class Bare:
             return time.perf_counter() - t
 
     def step(self, b: dict) -> None:
-        from raddiag.models import key_slice_attention_loss
-
-        tc, model = self.cfg.train, self.model
-        details = tc.key_slice_loss > 0
+        tc, model, details = self.cfg.train, self.model, self.details
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.amp == "bf16"):
             out = model(**{k: b[k] for k in model.input_keys}, return_details=details)
             loss = F.binary_cross_entropy_with_logits((out.logits if details else out).float(), b["labels"])
             if details and out.slice_attention is not None:
-                loss = loss + tc.key_slice_loss * key_slice_attention_loss(out.slice_attention.float(),
-                                                                           b["key_slice"], b["slice_mask"])
+                loss = loss + tc.key_slice_loss * self.key_slice_loss(out.slice_attention.float(),
+                                                                      b["key_slice"], b["slice_mask"])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_norm)
         self.opt.step()
@@ -168,9 +167,9 @@ def measure(name: str, data: Path, tmp: Path, args) -> None:
     for r in range(-args.warmup_rounds, args.rounds):
         if r < 0:   # a round untimed: its runs compile the kernels of every batch shape (kernel_cache)
             epochs, threads = raddiag_epochs(data, tmp, cfg, emb, steps, args.device)
-            warm = Bare(cfg, n_classes, emb, dev)
+            warm, batches = Bare(cfg, n_classes, emb, dev), [b for _, bs, _ in epochs for b in bs]
             for n in {threads, everyone}:     # the thread counts the timed rounds use
-                warm.epoch([b for _, bs, _ in epochs for b in bs], n)
+                warm.epoch(batches, n)
             continue
         model = Bare(cfg, n_classes, emb, dev)       # each epoch's batches right after raddiag's epoch
         epochs, threads = raddiag_epochs(data, tmp, cfg, emb, steps, args.device,
