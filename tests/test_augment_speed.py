@@ -11,7 +11,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from monai.networks.layers import GaussianFilter
 from monai.networks.layers.convutils import gaussian_1d
@@ -35,6 +35,7 @@ def test_separable_smoothing_is_monais_gaussian_filter(shape, sigma, seed):
 
 @settings(max_examples=60, deadline=None)
 @given(sigma=st.floats(0.01, 12.0), truncated=st.floats(0.1, 5.0))
+@example(sigma=1.9, truncated=5.0)     # the tail's product rounds differently in float32 (CI, once)
 def test_the_gaussian_kernel_is_monais(sigma, truncated):
     """The same length and values as MONAI's ``gaussian_1d(approx="erf")`` (float32), over random
     sigmas and truncations, the shortest kernel (one pixel) included."""

@@ -62,8 +62,9 @@ def gaussian_kernel(sigma: float, truncated: float) -> np.ndarray:
     precision, then float32; within 2e-7 of MONAI's float32, ``tests/test_augment_speed.py``)."""
     if truncated <= 0.0:
         raise ValueError(f"truncated must be positive, got {truncated}.")
-    tail = int(max(float(sigma) * truncated, 0.5) + 0.5)
-    t = 0.70710678 / abs(float(sigma))
+    sigma = float(np.float32(sigma))      # MONAI's sigma is a float32 tensor: its tail rounds that
+    tail = int(max(sigma * truncated, 0.5) + 0.5)   # (1.9 * 5 is 9.5 in float64, 9.4999999 in float32)
+    t = 0.70710678 / abs(sigma)
     edges = np.array([math.erf(t * (x + 0.5)) for x in range(-tail - 1, tail + 1)])
     return np.maximum(0.5 * np.diff(edges), 0.0).astype(np.float32)
 
