@@ -1,0 +1,56 @@
+"""Reused memory for the batch's images (``collate_cases``), handed out only when nothing holds it.
+
+A batch's images are a few MB of fresh memory each step; fresh memory is zeroed by the allocator
+(``np.zeros``: a memset, or page faults on memory the kernel maps anew) and then written again by
+the batch. On 2 cores that was 0.6 ms of the demo recipe's ~4.5 ms of loading a batch of 8
+cases, between steps (issue 29, ``benchmarks/train_overhead.py``). A :class:`BufferPool` keeps the
+last few flat buffers and gives one out again only when no array or tensor made from it is
+alive: ``torch.from_numpy`` holds a reference to the array it wraps and every view keeps its base,
+so a buffer whose reference count is back to the pool's own is free (a batch a caller keeps, or
+a step's saved input, keeps its buffer out of reuse). The caller writes every element of what it
+is given (``collate_cases`` zeroes the padding it does not fill).
+"""
+from __future__ import annotations
+
+import sys
+import threading
+
+import numpy as np
+
+
+def _reference_counts(buffers: list) -> list[int]:
+    return [sys.getrefcount(b) for b in buffers]
+
+
+# what _reference_counts gives for a buffer only its list holds (measured by the same code, so
+# it holds whatever the interpreter's counting of loop variables and arguments)
+_POOL_ONLY = _reference_counts([np.empty(0)])[0]
+
+
+class BufferPool:
+    """At most ``keep`` flat buffers of ``dtype``; :meth:`take` gives an uninitialised array of a
+    shape, a view of a free buffer large enough, or of a new one (pooled while fewer than ``keep``
+    are, else in place of the smallest free one). Three cover training: the batch in the step, the
+    one loading and the one a prefetching thread has queued. Thread-safe (a prefetching thread
+    and the main thread may both collate)."""
+
+    def __init__(self, keep: int = 3, dtype=np.float32) -> None:
+        self.keep, self.dtype = keep, np.dtype(dtype)
+        self._buffers: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def take(self, shape: tuple[int, ...]) -> np.ndarray:
+        """An array of ``shape``, its contents whatever its buffer held last (write every element)."""
+        need = int(np.prod(shape, dtype=np.int64))
+        with self._lock:
+            free = [i for i, n in enumerate(_reference_counts(self._buffers)) if n == _POOL_ONLY]
+            fits = [i for i in free if self._buffers[i].size >= need]
+            if fits:
+                buf = self._buffers[min(fits, key=lambda i: self._buffers[i].size)]
+            else:
+                buf = np.empty(need, dtype=self.dtype)
+                if len(self._buffers) >= self.keep and free:   # replace the smallest free buffer
+                    self._buffers.pop(min(free, key=lambda i: self._buffers[i].size))
+                if len(self._buffers) < self.keep:
+                    self._buffers.append(buf)
+            return buf[:need].reshape(shape)
