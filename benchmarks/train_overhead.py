@@ -12,13 +12,14 @@ at 64 px x 8 slices), on a synthetic prepared dataset made once in a temporary f
   validation and checkpointing are not. The epochs after the first are the figure (the steady
   state of a run: the first also starts the loader's worker processes, once a run, as a run
   builds its model once); the first epoch's rate is printed beside it;
-- bare: a fresh model of the same config and seed stepping through the very batches each epoch
+- bare: a fresh model of the same config and seed stepping through the very batches raddiag
   loaded, held in memory (BCE, + the key-slice term when the recipe has one, backward, clipping and
-  the trainer's AdamW), nothing else, on as many intra-op threads as raddiag's step ran on, right
-  after that epoch's clock stops (:class:`Recorder`): raddiag's epoch 1, the bare model on epoch 1's
-  batches, raddiag's epoch 2, ... in one process, so that both figures of an epoch are taken within
-  the same second or two (this machine's speed drifts by 20 % within a minute; interleaving whole
-  runs gave rounds from 0.68x to 1.05x).
+  the trainer's AdamW), nothing else, on as many intra-op threads as raddiag's step ran on, each
+  batch right after raddiag's optimiser step on it, off raddiag's clock (:class:`Recorder`):
+  raddiag's step 1 (loading included), the bare model's step on batch 1, raddiag's step 2, ... in
+  one process, so that both figures of a batch are taken within the same tenth of a second (this
+  machine's speed drifts by 20 % within a minute; interleaving whole runs gave rounds from 0.68x to
+  1.05x, whole epochs 0.71x to 0.92x).
   On a CPU, raddiag's step leaves a core to each loader process (``train.num_workers``;
   ``raddiag.training.prefetch.loading_plan``): with 1 worker on 2 cores it runs on 1 thread, and
   the bare model on both of the process's threads is printed beside, for scale.
@@ -59,49 +60,75 @@ def recipe_config(name: str, amp: str, extra: list[str], epochs: int = 2):
 
 class Recorder:
     """Times each ``TrainLoop.train_epoch`` and keeps the batches ``train_step`` was given in it:
-    ``epochs`` is a list of ``[seconds, batches, bare seconds]``. ``after_epoch(batches)``, when given,
-    runs after each epoch's clock has stopped (before validation) and its result is the third entry:
-    the bare model steps through the epoch's batches right after raddiag did, so both figures of an
-    epoch come from the same second or two of a machine whose speed drifts (20 % within a minute
-    here, 2 shared cores)."""
+    ``epochs`` is a list of ``[raddiag seconds, batches, bare seconds]``. With ``bare_step`` (a
+    function of one batch), the bare model steps through each optimiser step's batches right after
+    raddiag's ``optimizer_step``, its time taken off raddiag's clock and counted as the bare
+    model's: raddiag's step i (its loading, forward, backward, optimiser step), the bare model's
+    step on the same batch, raddiag's step i + 1, ... so both figures of a batch come from the same
+    tenth of a second on a machine whose speed drifts (20 % within a minute here, 2 shared cores;
+    interleaving whole epochs gave rounds from 0.71x to 0.92x for the same code, 2026-12-06)."""
 
-    def __init__(self, after_epoch=None):
+    def __init__(self, bare_step=None, device: str = "cpu"):
         from raddiag.training import loop
 
-        self.loop, self.epochs, self.threads, self.after_epoch = loop, [], None, after_epoch
-        self.epoch, self.step = loop.TrainLoop.train_epoch, loop.TrainLoop.train_step
+        self.loop, self.epochs, self.threads, self.bare_step = loop, [], None, bare_step
+        self.device, self.group, self.mark = device, [], 0.0
+        self.epoch, self.step, self.opt = loop.TrainLoop.train_epoch, loop.TrainLoop.train_step, loop.TrainLoop.optimizer_step
 
     def __enter__(self):
         rec = self
 
         def train_epoch(loop_self, *a, **k):
-            rec.epochs.append([0.0, [], None])
-            t = time.perf_counter()
+            rec.epochs.append([0.0, [], 0.0])
+            rec.mark = time.perf_counter()
             out = rec.epoch(loop_self, *a, **k)
-            rec.epochs[-1][0] = time.perf_counter() - t
-            if rec.after_epoch is not None:
-                rec.epochs[-1][2] = rec.after_epoch(rec.epochs[-1][1], rec.threads)
+            rec.epochs[-1][0] += time.perf_counter() - rec.mark
             return out
 
         def train_step(loop_self, batch, *a, **k):
             rec.epochs[-1][1].append(batch)
+            rec.group.append(batch)
             rec.threads = torch.get_num_threads()     # the step's threads (training.prefetch.loading_plan)
             return rec.step(loop_self, batch, *a, **k)
 
+        def optimizer_step(loop_self, *a, **k):
+            out = rec.opt(loop_self, *a, **k)
+            if rec.bare_step is not None:
+                rec.bare_group()
+            rec.group = []
+            return out
+
         self.loop.TrainLoop.train_epoch, self.loop.TrainLoop.train_step = train_epoch, train_step
+        self.loop.TrainLoop.optimizer_step = optimizer_step
         return self
+
+    def bare_group(self) -> None:
+        """The bare model's steps on the batches of the optimiser step raddiag has just taken, off
+        raddiag's clock (on as many threads: this runs inside raddiag's ``step_threads``)."""
+        sync(self.device)
+        t = time.perf_counter()
+        self.epochs[-1][0] += t - self.mark
+        batches = [{k: v.to(self.device) for k, v in b.items() if torch.is_tensor(v)} for b in self.group]
+        sync(self.device)
+        t = time.perf_counter()
+        for b in batches:
+            self.bare_step(b)
+        sync(self.device)
+        self.mark = time.perf_counter()
+        self.epochs[-1][2] += self.mark - t
 
     def __exit__(self, *exc):
         self.loop.TrainLoop.train_epoch, self.loop.TrainLoop.train_step = self.epoch, self.step
+        self.loop.TrainLoop.optimizer_step = self.opt
 
 
-def raddiag_epochs(data: Path, tmp: Path, cfg, emb, steps: int, device: str, after_epoch=None) -> tuple[list, int]:
-    """``([[seconds of the epoch loop, the batches it trained on, after_epoch's result], ...], the
-    step's threads)``, one entry per epoch."""
+def raddiag_epochs(data: Path, tmp: Path, cfg, emb, steps: int, device: str, bare_step=None) -> tuple[list, int]:
+    """``([[seconds of the epoch loop, the batches it trained on, the bare model's seconds on them],
+    ...], the step's threads)``, one entry per epoch (:class:`Recorder`)."""
     from raddiag.training import train
 
     out = Path(tempfile.mkdtemp(dir=tmp))
-    with Recorder(after_epoch) as rec:
+    with Recorder(bare_step, device) as rec:
         train(data, out / "run", cfg, label_embeddings=emb, progress=False, max_steps=steps, device=device)
     return rec.epochs, rec.threads
 
@@ -171,9 +198,8 @@ def measure(name: str, data: Path, tmp: Path, args) -> None:
             for n in {threads, everyone}:     # the thread counts the timed rounds use
                 warm.epoch(batches, n)
             continue
-        model = Bare(cfg, n_classes, emb, dev)       # each epoch's batches right after raddiag's epoch
-        epochs, threads = raddiag_epochs(data, tmp, cfg, emb, steps, args.device,
-                                         lambda batches, threads: model.epoch(batches, threads))
+        model = Bare(cfg, n_classes, emb, dev)       # each batch right after raddiag's step on it
+        epochs, threads = raddiag_epochs(data, tmp, cfg, emb, steps, args.device, model.step)
         # the steady state: the epochs after the first (the first also starts the loader's worker
         # processes, once a run); a run of one epoch (official's few steps) is timed whole
         timed = epochs[1:] or epochs
