@@ -83,3 +83,12 @@ def test_a_released_buffer_is_reused_and_a_held_one_is_not():
     assert len(pool._buffers) == 2
     bigger = pool.take((100,))         # none large enough is free: a new one replaces a free one
     assert bigger.shape == (100,) and len(pool._buffers) == 2
+
+
+def test_the_pool_keeps_no_more_than_its_byte_budget():
+    pool = BufferPool(keep=3, max_bytes=1000 * 4)
+    for n in (600, 600, 300):       # each dropped at once: the second cannot be kept beside the first
+        pool.take((n,))
+    assert sum(b.nbytes for b in pool._buffers) <= 1000 * 4
+    assert pool.take((5000,)).shape == (5000,)      # larger than the budget: given, never kept
+    assert all(b.size < 5000 for b in pool._buffers)

@@ -28,14 +28,16 @@ _POOL_ONLY = _reference_counts([np.empty(0)])[0]
 
 
 class BufferPool:
-    """At most ``keep`` flat buffers of ``dtype``; :meth:`take` gives an uninitialised array of a
-    shape, a view of a free buffer large enough, or of a new one (pooled while fewer than ``keep``
-    are, else in place of the smallest free one). Three cover training: the batch in the step, the
-    one loading and the one a prefetching thread has queued. Thread-safe (a prefetching thread
-    and the main thread may both collate)."""
+    """At most ``keep`` flat buffers of ``dtype``, ``max_bytes`` in all; :meth:`take` gives an
+    uninitialised array of a shape, a view of a free buffer large enough, or of a new one (pooled
+    in place of the smallest free one, or beside the others while they are fewer than ``keep``,
+    within ``max_bytes``). Three cover training: the batch in the step, the one loading and the one
+    a prefetching thread has queued; the budget bounds what a long-lived process (the web service)
+    keeps after its largest batches (the paper's batch of one case of 8 scans: 64 MiB). Thread-safe
+    (a prefetching thread and the main thread may both collate)."""
 
-    def __init__(self, keep: int = 3, dtype=np.float32) -> None:
-        self.keep, self.dtype = keep, np.dtype(dtype)
+    def __init__(self, keep: int = 3, max_bytes: int = 256 << 20, dtype=np.float32) -> None:
+        self.keep, self.max_bytes, self.dtype = keep, max_bytes, np.dtype(dtype)
         self._buffers: list[np.ndarray] = []
         self._lock = threading.Lock()
 
@@ -51,6 +53,7 @@ class BufferPool:
                 buf = np.empty(need, dtype=self.dtype)
                 if len(self._buffers) >= self.keep and free:   # replace the smallest free buffer
                     self._buffers.pop(min(free, key=lambda i: self._buffers[i].size))
-                if len(self._buffers) < self.keep:
+                if len(self._buffers) < self.keep and \
+                        sum(b.nbytes for b in self._buffers) + buf.nbytes <= self.max_bytes:
                     self._buffers.append(buf)
             return buf[:need].reshape(shape)
