@@ -219,13 +219,15 @@ def collate_cases(samples: list[dict], depth: Optional[int] = None) -> dict:
         for n, sc in enumerate(s["scans"]):
             d = min(sc["image"].shape[1], D)
             images[b, n, :, :d] = sc["image"][:, :d].numpy()
-            images[b, n, :, d:] = 0.0
+            if d < D:
+                images[b, n, :, d:] = 0.0
             scan_mask[b, n] = True
             slice_mask[b, n, :d] = True
             modality[b, n] = sc["modality_id"]
             key_slice[b, n] = sc["key_slice"] if sc["key_slice"] < d else -1
             is_3d[b, n] = sc["is_3d"]
-        images[b, len(s["scans"]):] = 0.0
+        if len(s["scans"]) < N:
+            images[b, len(s["scans"]):] = 0.0
     return {
         "images": torch.from_numpy(images), "scan_mask": torch.from_numpy(scan_mask),
         "slice_mask": torch.from_numpy(slice_mask), "modality": torch.from_numpy(modality),
