@@ -2,8 +2,9 @@
 
 A batch's images are a few MB of fresh memory each step; fresh memory is zeroed by the allocator
 (``np.zeros``: a memset, or page faults on memory the kernel maps anew) and then written again by
-the batch. On 2 cores that was 0.6 ms of the demo recipe's ~4.5 ms of loading a batch of 8
-cases, between steps (issue 29, ``benchmarks/train_overhead.py``). A :class:`BufferPool` keeps the
+the batch. Reusing the memory took the demo recipe's loading between steps from 0.41 to 0.35 s
+over 4 epochs on 2 cores, about 1 ms of the ~5 ms a batch of 8 cases took to load (issue 29,
+interleaved runs in one process; ``benchmarks/train_overhead.py``). A :class:`BufferPool` keeps the
 last few flat buffers and gives one out again only when no array or tensor made from it is
 alive: ``torch.from_numpy`` holds a reference to the array it wraps and every view keeps its base,
 so a buffer whose reference count is back to the pool's own is free (a batch a caller keeps, or
