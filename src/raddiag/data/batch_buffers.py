@@ -2,14 +2,14 @@
 
 A batch's images are a few MB of fresh memory each step; fresh memory is zeroed by the allocator
 (``np.zeros``: a memset, or page faults on memory the kernel maps anew) and then written again by
-the batch. Reusing the memory took the demo recipe's loading between steps from 0.41 to 0.35 s
-over 4 epochs on 2 cores, about 1 ms of the ~5 ms a batch of 8 cases took to load (issue 29,
-interleaved runs in one process; ``benchmarks/train_overhead.py``). A :class:`BufferPool` keeps the
-last few flat buffers and gives one out again only when no array or tensor made from it is
-alive: ``torch.from_numpy`` holds a reference to the array it wraps and every view keeps its base,
-so a buffer whose reference count is back to the pool's own is free (a batch a caller keeps, or
-a step's saved input, keeps its buffer out of reuse). The caller writes every element of what it
-is given (``collate_cases`` zeroes the padding it does not fill).
+the batch. Reusing the memory took the demo recipe's loading between steps from 0.41-0.42 to
+0.35-0.37 s over 4 epochs on 2 cores, about 1 ms of the ~5 ms a batch of 8 cases took to load
+(issue 29, interleaved runs in one process; ``benchmarks/train_overhead.py``). A
+:class:`BufferPool` keeps the last few flat buffers and gives one out again only when no array or
+tensor made from it is alive: ``torch.from_numpy`` holds a reference to the array it wraps and
+every view keeps its base, so a buffer whose reference count is back to the pool's own is free (a
+batch a caller keeps, or a step's saved input, keeps its buffer out of reuse). The caller writes
+every element of what it is given (``collate_cases`` zeroes the padding it does not fill).
 """
 from __future__ import annotations
 

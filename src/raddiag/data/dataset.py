@@ -204,7 +204,8 @@ def collate_cases(samples: list[dict], depth: Optional[int] = None) -> dict:
     and handed to torch whole (a torch element or slice assignment costs ~3-10 us, a numpy one ~0.1-1:
     0.09 -> 0.06 ms a case of the demo recipe, the same tensors). The images go into reused memory
     (``raddiag.data.batch_buffers``; every element written, the padding zeroed: the demo recipe's
-    loading between steps 0.41 -> 0.35 s over 4 epochs, about 1 ms a batch of 8 cases, issue 29)."""
+    loading between steps 0.41-0.42 -> 0.35-0.37 s over 4 epochs, about 1 ms a batch of 8 cases,
+    issue 29)."""
     B = len(samples)
     N = max(len(s["scans"]) for s in samples)
     D = depth or max(sc["image"].shape[1] for s in samples for sc in s["scans"])
