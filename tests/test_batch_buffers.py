@@ -2,9 +2,13 @@
 a batch someone still holds is never written over."""
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from unittest import mock
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -92,3 +96,31 @@ def test_the_pool_keeps_no_more_than_its_byte_budget():
     assert sum(b.nbytes for b in pool._buffers) <= 1000 * 4
     assert pool.take((5000,)).shape == (5000,)      # larger than the budget: given, never kept
     assert all(b.size < 5000 for b in pool._buffers)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_while_another_thread_holds_the_lock_can_take():
+    """A DataLoader forking its workers while a prefetching thread collates: the child inherits the
+    lock as it was; without a fresh one its first take() waits forever (killed here after 5 s)."""
+    pool = BufferPool()
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with pool._lock:
+            held.set()
+            release.wait()
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait()
+    pid = os.fork()
+    if pid == 0:                                   # the child: take, or be killed by the alarm
+        signal.alarm(5)
+        try:
+            pool.take((4,))
+        finally:
+            os._exit(0)
+    release.set()
+    t.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status), "the child hung on the pool's lock"

@@ -13,8 +13,10 @@ every element of what it is given (``collate_cases`` zeroes the padding it does 
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
+import weakref
 
 import numpy as np
 
@@ -41,6 +43,7 @@ class BufferPool:
         self.keep, self.max_bytes, self.dtype = keep, max_bytes, np.dtype(dtype)
         self._buffers: list[np.ndarray] = []
         self._lock = threading.Lock()
+        _POOLS.add(self)
 
     def take(self, shape: tuple[int, ...]) -> np.ndarray:
         """An array of ``shape``, its contents whatever its buffer held last (write every element)."""
@@ -58,3 +61,18 @@ class BufferPool:
                         sum(b.nbytes for b in self._buffers) + buf.nbytes <= self.max_bytes:
                     self._buffers.append(buf)
             return buf[:need].reshape(shape)
+
+
+# A process forked while another thread held a pool's lock (a prefetching thread collating as a
+# DataLoader forks its workers) would inherit it held, and its first take() would wait forever:
+# each child starts with its pools' locks free (only the forking thread lives on in the child).
+_POOLS: "weakref.WeakSet[BufferPool]" = weakref.WeakSet()
+
+
+def _unlock_after_fork() -> None:
+    for pool in list(_POOLS):
+        pool._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_unlock_after_fork)
