@@ -139,6 +139,9 @@ def test_layer_choice_and_errors():
     b["slice_mask"] = torch.tensor([[[True, False]]])
     (m,) = score_cam(model, b, 0, 0, top_k=4)
     assert m.layer == "vit.tokens" and m.heatmap.shape == (32, 32)
+    # the map's slice is its own: a view would keep the whole batch's memory alive with the map
+    assert np.array_equal(m.image, b["images"][0, 0, 0, 0].numpy())
+    assert not np.shares_memory(m.image, b["images"].numpy())
     with pytest.raises(ValueError, match="output tokens"):
         score_cam(model, b, 0, 0, layer="layer3")
     with pytest.raises(ValueError, match="scan 1 is not a scan"):

@@ -174,8 +174,9 @@ def score_cam(model, batch: dict, class_index: int, scan: int, slices: Optional[
         cam, k = _score(model, b1, images, scan, m, class_index, top_k, chunk)
         for d in (s for s in slices if s in m.region):
             heat = cam[min(m.region.index(d), cam.shape[0] - 1)]
+            # the slice copied: a view would keep the whole batch's memory alive as long as the map
             out.append(SaliencyMap(scan, d, class_index, class_name, m.layer, k, heat.cpu().numpy().astype(np.float32),
-                                   images[0, scan, 0, d].float().cpu().numpy()))
+                                   images[0, scan, 0, d].float().cpu().numpy().copy()))
     return out
 
 
