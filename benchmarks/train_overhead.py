@@ -106,9 +106,8 @@ class Recorder:
         """The bare model's steps on the batches of the optimiser step raddiag has just taken, off
         raddiag's clock (on as many threads: this runs inside raddiag's ``step_threads``)."""
         sync(self.device)
-        t = time.perf_counter()
-        self.epochs[-1][0] += t - self.mark
-        batches = [{k: v.to(self.device) for k, v in b.items() if torch.is_tensor(v)} for b in self.group]
+        self.epochs[-1][0] += time.perf_counter() - self.mark
+        batches = on_device(self.group, self.device)
         sync(self.device)
         t = time.perf_counter()
         for b in batches:
@@ -153,7 +152,7 @@ class Bare:
         """Seconds for one step a batch over ``batches``, on ``threads`` intra-op threads."""
         from raddiag.training.prefetch import step_threads
 
-        batches = [{k: v.to(self.device) for k, v in b.items() if torch.is_tensor(v)} for b in batches]
+        batches = on_device(batches, self.device)
         with step_threads(threads):
             sync(self.device)
             t = time.perf_counter()
@@ -174,6 +173,11 @@ class Bare:
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+
+
+def on_device(batches: list, device) -> list:
+    """The batches' tensors on ``device`` (the bare model's batches, held in memory)."""
+    return [{k: v.to(device) for k, v in b.items() if torch.is_tensor(v)} for b in batches]
 
 
 def sync(device) -> None:
