@@ -191,6 +191,9 @@ def test_train_over_a_run_with_weights_but_no_checkpoint(tiny, tmp_path, capsys)
     rc, out, _ = run_cli(capsys, *_train_args(tiny, run.root, "--overwrite"))
     assert rc == 0 and run.weights.read_bytes() != before
     assert (run.checkpoints / "last.pt").exists()
+    # the start summary named the hidden folder the run trained in, gone once it was swapped in
+    assert f"training {run.root} (" in out and f"metrics: {run.metrics_csv} " in out
+    assert f"--logdir {run.tensorboard})" in out and ".run.train-" not in out.replace("training in .run.train-", "")
 
 
 @pytest.mark.parametrize("name, content, needle", [

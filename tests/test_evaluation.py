@@ -94,7 +94,28 @@ def test_the_printed_summary_says_how_many_classes_each_average_holds():
     m = evaluate_predictions(s, y, space, n_boot=0)["metrics"]
     last = evaluation_summary(m).splitlines()[-1]
     assert last == (f"classes averaged: all {C - 2}, head 4, medium 3, tail 3, normal 1; 2 of the {C} left out of "
-                    "every average (without a positive: 1, without a negative: 1)")
+                    "every average (without a positive: 1 ('disease 10'), without a negative: 1 ('disease 11'))")
+
+
+def test_the_printed_summary_says_which_classes_fell_back_to_the_fixed_threshold():
+    """A new user's run printed 'thresholds: chosen by maximal F1 on the validation split' while 5 of
+    its 9 classes had no validation positive and used 0.5 (their F1 0 beside an AUC of 100): only the
+    HTML report said so. The terminal now names them, and the left-out classes, beyond five by count."""
+    from raddiag.evaluation.summary import evaluation_summary
+
+    space = _space()
+    s, y, _ = _preds(2, 400)
+    sv, yv, _ = _preds(3, 300)
+    yv[:, [3, 5, 6, 7, 8, 9, 10]] = False          # seven classes without a validation positive
+    y[:, 1:8] = False                              # seven without a test positive
+    m = evaluate_predictions(s, y, space, sv, yv, n_boot=0)["metrics"]
+    lines = evaluation_summary(m).splitlines()
+    assert lines[-3] == (f"F1 / MCC / ACC thresholds: chosen by maximal F1 on the validation split, for {C - 7} of the "
+                         f"{C} classes; 7 without a chosen threshold (no positive to choose it on, or none stored) use "
+                         "0.5 ('disease 3', 'disease 5', 'disease 6', 'disease 7', 'disease 8' and 2 more)")
+    assert lines[-1].endswith(f"7 of the {C} left out of every average (without a positive: 7 ('disease 1', "
+                              "'disease 2', 'disease 3', 'disease 4', 'disease 5' and 2 more), without a negative: 0)")
+    assert m["meta"]["classes_threshold_fallback"] == [f"disease {i}" for i in (3, 5, 6, 7, 8, 9, 10)]
 
 
 def _write_npz(path, s, y, anat=None):
@@ -183,3 +204,53 @@ def test_read_npz_equals_np_load(tmp_path):
     (tmp_path / "cut.npz").write_bytes(raw[:200] + raw[-400:])
     with pytest.raises(ValueError, match="cut.npz: not a readable .npz"):
         load_predictions(str(tmp_path / "cut.npz"))
+
+
+def test_thresholds_stored_by_training_keep_their_fallbacks():
+    """Red team: training stored 0.5 as the threshold of every class without a validation positive,
+    and a later evaluation on the stored thresholds counted them as chosen ('n_threshold_fallback'
+    0, every per_class.csv row 'threshold_fallback' 0, and no warning on a logit scale). A class
+    without a chosen threshold is now stored as None, and counted as a fallback again."""
+    import dataclasses
+
+    from raddiag.training.metrics import f1_thresholds
+
+    space = _space()
+    s, y, _ = _preds(2, 400)
+    sv, yv, _ = _preds(3, 300)
+    yv[:, [4, 9]] = False
+    stored = f1_thresholds(sv, yv)
+    assert [i for i, t in enumerate(stored) if t is None] == [4, 9]
+    on_val = evaluate_predictions(s, y, space, sv, yv, n_boot=0)
+    later = evaluate_predictions(s, y, dataclasses.replace(space, thresholds=stored), n_boot=0)
+    assert later["threshold_source"] == "label_space"
+    assert later["metrics"]["meta"]["n_threshold_fallback"] == on_val["metrics"]["meta"]["n_threshold_fallback"] == 2
+    np.testing.assert_array_equal(later["thresholds"], on_val["thresholds"])
+    np.testing.assert_array_equal(later["threshold_fallback"], on_val["threshold_fallback"])
+
+
+def test_per_class_csv_thresholds_read_back_as_the_thresholds_used(tmp_path):
+    """Red team: per_class.csv wrote thresholds to 6 digits; a float32 sigmoid's 0.99999988 read as
+    1, and scoring at 1 gives F1 0 where the row said 1. The CSV's threshold is the one used, exactly."""
+    import csv as csvmod
+
+    from sklearn.metrics import f1_score
+
+    s = np.array([0.99999994, 0.9999999, 0.5, 0.2], np.float32)[:, None]
+    y = np.array([1, 1, 0, 0], bool)[:, None]
+    res = evaluate_predictions(s, y, LabelSpace(names=["a"]), s, y, n_boot=0, out_dir=tmp_path)
+    row = next(csvmod.DictReader((tmp_path / "per_class.csv").open()))
+    t = float(row["threshold"])
+    assert t == res["thresholds"][0]
+    assert f1_score(y[:, 0], s[:, 0] >= t) == float(row["f1"]) == 1.0
+
+
+def test_the_threshold_note_names_the_split_the_thresholds_came_from():
+    """Red team: `evaluate --val-split train` printed 'chosen by maximal F1 on the validation split'."""
+    space = _space()
+    s, y, _ = _preds(2, 200)
+    sv, yv, _ = _preds(3, 200)
+    meta = evaluate_predictions(s, y, space, sv, yv, n_boot=0, input_names={"val_split": "train"})["metrics"]["meta"]
+    assert meta["threshold_note"] == "chosen by maximal F1 on the train split"
+    assert evaluate_predictions(s, y, space, sv, yv, n_boot=0)["metrics"]["meta"]["threshold_note"] == \
+        "chosen by maximal F1 on the validation split"

@@ -128,6 +128,32 @@ def test_anatomy_names_with_a_slash_keep_their_own_groups_and_report(tmp_path):
     assert "Head/Neck" in html and "%2F" not in html
 
 
+def test_anatomy_names_that_write_alike_keep_their_own_groups():
+    """Red team: "Head/Neck" and "Head%2FNeck" shared the key anatomy/Head%2FNeck, and the second
+    overwrote the first: one row, with the other anatomy's AUC. Each now has its own, checked
+    against scikit-learn on that anatomy's cases."""
+    from sklearn.metrics import roc_auc_score
+
+    from raddiag.data.labels import LabelSpace
+    from raddiag.demo import within_anatomy
+    from raddiag.evaluation import evaluate_predictions
+    from raddiag.evaluation.engine import anatomy_name
+
+    rng = np.random.default_rng(4)
+    names = ["Head/Neck", "Head%2FNeck", "Head%Neck", "Head%25"]
+    anatomy = np.array(names * 30)
+    y = rng.random((120, 3)) < 0.4
+    s = rng.random((120, 3))
+    m = evaluate_predictions(s, y, LabelSpace(names=["a", "b", "c"]), anatomy=anatomy, n_boot=0)["metrics"]
+    keys = sorted(k for k in m if k.startswith("anatomy/") and not k.endswith("/normal"))
+    assert sorted(anatomy_name(k) for k in keys) == sorted(names)
+    rows = within_anatomy(m, min_classes=1)[1]
+    for name in names:
+        rows_of = anatomy == name
+        want = np.mean([roc_auc_score(y[rows_of, j], s[rows_of, j]) for j in range(3)])
+        assert rows[name]["auc"] == pytest.approx(want)
+
+
 def test_an_interval_without_spread_is_named_so_not_shown_as_a_confident_one(tmp_path):
     from raddiag.data.labels import LabelSpace
     from raddiag.evaluation import evaluate_predictions

@@ -236,3 +236,21 @@ def test_bootstrap_roc_band_is_the_group_mean_of_per_class_curves():
         curves = per_class_metrics(s[idx], y[idx], fpr_grid=grid)["roc"]
         for g, mask in groups.items():
             np.testing.assert_allclose(boot["roc"][g][b], np.nanmean(curves[mask], 0), atol=1e-6)
+
+
+def test_scores_wider_than_float64_are_refused_only_where_the_cast_changes_them():
+    """Red team: long-double scores 1e-18 apart were cast to float64 without a word and tied: AUC 0.5
+    where scikit-learn, ranking the long doubles, gives 1.0. Such a cast is refused, naming the
+    input; scores float64 holds exactly (long doubles made from float64, int64 below 2**53) pass."""
+    from raddiag.evaluation.metrics import check_inputs
+
+    y = np.array([0, 0, 0, 1, 1, 1], bool)
+    close = np.longdouble(1) + np.arange(6, dtype=np.longdouble) * np.longdouble(1e-18)
+    if np.finfo(np.longdouble).eps < 1e-18:          # a platform whose long double is wider
+        with pytest.raises(ValueError, match="my predictions: scores of float128 lose precision"):
+            check_inputs(close, y, "my predictions")
+    exact = np.linspace(0, 1, 6).astype(np.longdouble)
+    np.testing.assert_array_equal(check_inputs(exact, y)[0][:, 0], np.linspace(0, 1, 6))
+    with pytest.raises(ValueError, match="scores of int64 lose precision"):
+        check_inputs(np.array([2**60, 2**60 + 1, 0, 1, 2, 3], np.int64), y)
+    np.testing.assert_array_equal(check_inputs(np.arange(6, dtype=np.int64), y)[0][:, 0], np.arange(6.0))

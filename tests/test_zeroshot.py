@@ -171,3 +171,28 @@ def test_a_zeroshot_call_that_fails_leaves_the_last_results_whole(run_and_target
     with pytest.raises(RuntimeError, match="text encoder failed"):
         zeroshot(run, target, out, mapping={"Viral pneumonia": ["Glioma"]})
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_zeroshot_normal_auc_keeps_the_order_of_tiny_normal_probabilities(run_and_target, monkeypatch):
+    """Red team: the abnormal score was 1 - p(Normal) in float32, so every p(Normal) below 3e-8 read
+    exactly 1 and cases the model told apart tied (AUC 0.5 where ranking on p gives 0.75). The AUC
+    is now scikit-learn's on -p(Normal) for any p the model gives."""
+    from sklearn.metrics import roc_auc_score
+
+    import raddiag.inference as inference
+
+    run, target, tmp = run_and_target
+    real = inference.predict_dataset
+    seen = {}
+
+    def tiny_normal(model, ds, *a, **k):
+        preds = real(model, ds, *a, **k)
+        p = np.geomspace(1e-12, 1e-9, len(preds.scores)).astype(np.float32)[::-1]
+        preds.scores[:, SOURCE.index("Normal")] = p
+        seen["p"], seen["abnormal"] = p, 1 - preds.labels[:, ds.labels.index("Normal")]
+        return preds
+
+    monkeypatch.setattr(inference, "predict_dataset", tiny_normal)
+    res = zeroshot(run, target, tmp / "tiny-normal", modes=("normal",))
+    want = roc_auc_score(seen["abnormal"], -seen["p"].astype(np.float64))
+    assert want not in (0.5,) and res["normal"]["auc"] == pytest.approx(want)

@@ -25,7 +25,7 @@ parts carry no id at all (written before ids, or by hand) is taken as it is.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -48,6 +48,9 @@ def new_run_id() -> str:
 @dataclass
 class RunFolder:
     root: Path
+    # a replacing run trains in a hidden folder beside its target and is swapped in whole at the end
+    # (raddiag.staging): ``final`` is that target, the folder a user should be shown
+    final: Optional["RunFolder"] = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
@@ -28,9 +29,10 @@ log = logging.getLogger(__name__)
 CLASS_GROUPS = ("all", "head", "medium", "tail", "normal")
 PROTOCOLS = ("paper", "release")       # release: the authors' own evaluation choices (.release)
 FPR_GRID = np.linspace(0.0, 1.0, 101)
-INPUT_NAMES = {"test": "test predictions", "val": "validation predictions", "labels": "label space"}
+INPUT_NAMES = {"test": "test predictions", "val": "validation predictions", "labels": "label space",
+               "val_split": "validation"}   # the split the validation predictions are of (the threshold note)
 THRESHOLD_SOURCES = {
-    "validation": "chosen by maximal F1 on the validation split",
+    "validation": "chosen by maximal F1 on the {split} split",
     "label_space": "stored in the label space (chosen earlier on validation)",
     "test": "chosen on test (optimistic)",
 }
@@ -49,13 +51,14 @@ NO_COUNTS = "none: the label space has no training counts (no --labels), so no h
 def anatomy_key(name: str) -> str:
     """The ``metrics.json`` group of an anatomy: ``anatomy/<name>``, a "/" in the name written
     "%2F" ("Head/Neck" -> ``anatomy/Head%2FNeck``): the name stays one key segment, apart from
-    the ``/normal`` group of each anatomy."""
-    return "anatomy/" + name.replace("/", "%2F")
+    the ``/normal`` group of each anatomy. A "%" is written "%25" first, so that no two names share
+    a key (the anatomies "Head/Neck" and "Head%2FNeck" did, and one of them was lost)."""
+    return "anatomy/" + name.replace("%", "%25").replace("/", "%2F")
 
 
 def anatomy_name(key: str) -> str:
     """The anatomy of a group key made by :func:`anatomy_key` (its ``/normal`` group's too)."""
-    return key.split("/")[1].replace("%2F", "/")
+    return re.sub("%(25|2F)", lambda m: "%" if m.group(1) == "25" else "/", key.split("/")[1])
 
 
 def _group_masks(label_space: LabelSpace) -> dict[str, np.ndarray]:
@@ -252,9 +255,12 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
         "n_classes_defined": int(defined.sum()),
         "n_classes_no_positive": int((labels.sum(0) == 0).sum()),
         "n_classes_no_negative": int((labels.sum(0) == n).sum()),
+        "classes_no_positive": [label_space.names[j] for j in np.flatnonzero(labels.sum(0) == 0)],
+        "classes_no_negative": [label_space.names[j] for j in np.flatnonzero(labels.sum(0) == n)],
+        "classes_threshold_fallback": [label_space.names[j] for j in np.flatnonzero(fallback)],
         "class_groups": _groups_note(label_space),
         "threshold_source": source,
-        "threshold_note": THRESHOLD_SOURCES[source],
+        "threshold_note": THRESHOLD_SOURCES[source].format(split=names["val_split"]),
         "n_threshold_fallback": int(fallback.sum()),
         "threshold_fallback_value": FALLBACK_THRESHOLD,
         "threshold_warning": threshold_warning,
@@ -334,12 +340,15 @@ def _saved_scores(scores: np.ndarray) -> np.ndarray:
 
 
 def write_per_class_csv(path: Path, result: dict, labels: np.ndarray, label_space: LabelSpace) -> None:
+    """One row a class. The threshold is written in full (the shortest text that reads back as the
+    same float): rounded to 6 digits, a float32 sigmoid's 0.99999988 read 1, which gives other
+    F1 / MCC / ACC than the row printed beside it."""
     point, thr = result["per_class"], result["thresholds"]
     groups = label_space.groups
     npos = np.count_nonzero(labels, axis=0)
     header = ["index", "name", "code", "group", "train_count", "n_pos", "n_neg", "threshold",
               "threshold_fallback", *METRICS]
     write_csv(path, header, ([i, name, label_space.codes[i] or "", groups[i], label_space.counts[i], int(npos[i]),
-                              int(len(labels) - npos[i]), f"{thr[i]:.6g}", int(result["threshold_fallback"][i]),
+                              int(len(labels) - npos[i]), repr(float(thr[i])), int(result["threshold_fallback"][i]),
                               *["" if np.isnan(point[k][i]) else f"{point[k][i]:.6f}" for k in METRICS]]
                              for i, name in enumerate(label_space.names)))

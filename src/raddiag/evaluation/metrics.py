@@ -70,7 +70,7 @@ def check_inputs(scores, labels, name: str = "predictions") -> tuple[np.ndarray,
         raise ValueError(f"{name}: scores {scores.shape} and labels {labels.shape} must have the same shape, "
                          "[N, C] (or [N] for one class)")
     if scores.dtype != np.float32:
-        scores = scores.astype(np.float64, copy=False)
+        scores = _as_float64(scores, name)
     if scores.ndim == 1:
         scores, labels = scores[:, None], labels.reshape(-1, 1)
     if scores.shape[0] == 0 or scores.shape[1] == 0:
@@ -87,6 +87,18 @@ def check_inputs(scores, labels, name: str = "predictions") -> tuple[np.ndarray,
             raise ValueError(f"{name}: labels must be 0/1 (found values {u[:5].tolist()})")
         labels = labels.view(bool) if labels.dtype.itemsize == 1 and labels.dtype.kind in "iu" else labels.astype(bool)
     return scores, labels
+
+
+def _as_float64(scores: np.ndarray, name: str) -> np.ndarray:
+    """``scores`` as float64, refused where that changes a value (extended precision, or integers
+    beyond 2**53): scores 1e-18 apart became one value, and an AUC of 1 read 0.5."""
+    if scores.dtype == np.float64:
+        return scores
+    out = scores.astype(np.float64)
+    if scores.dtype.itemsize > 4 and not np.array_equal(out.astype(scores.dtype), scores):
+        raise ValueError(f"{name}: scores of {scores.dtype} lose precision as float64, which the metrics use "
+                         "(values that differ would tie); pass float64 scores (rescale them first if needed)")
+    return out
 
 
 @dataclass

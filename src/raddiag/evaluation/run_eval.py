@@ -69,9 +69,12 @@ def evaluate_run(run_dir, data_dir, split: str = "test", out_dir=None, val_split
                                val_labels=None if val is None else val["labels"],
                                anatomy=anatomy, case_ids=test["case_ids"], out_dir=out_dir, n_boot=n_boot,
                                seed=seed, plot_classes=plot_classes, progress=progress, protocol=protocol,
-                               title=f"raddiag evaluation: {run.root.name} on {split}", task=cfg.data.task)
+                               title=f"raddiag evaluation: {run.root.name} on {split}", task=cfg.data.task,
+                               input_names={"val_split": val_split} if val_split not in (None, "val") else None)
     if store_thresholds and res["threshold_source"] == "validation":
-        labels.thresholds = [float(t) for t in res["thresholds"]]
+        from raddiag.training.metrics import stored_thresholds
+
+        labels.thresholds = stored_thresholds(res["thresholds"], res["threshold_fallback"])
         run.save_labels(labels)        # keeps the run id (raddiag.run)
     res["out_dir"] = out_dir
     return res

@@ -86,7 +86,28 @@ def classes_line(metrics: dict) -> str:
     left = meta["n_classes"] - meta["n_classes_defined"]
     if left:
         line += (f"; {left} of the {meta['n_classes']} left out of every average (without a positive: "
-                 f"{meta['n_classes_no_positive']}, without a negative: {meta['n_classes_no_negative']})")
+                 f"{meta['n_classes_no_positive']}{named(meta.get('classes_no_positive'))}, without a negative: "
+                 f"{meta['n_classes_no_negative']}{named(meta.get('classes_no_negative'))})")
+    return line
+
+
+def named(names, shown: int = 5) -> str:
+    """`` (a, b, c and 4 more)`` for a list of class names; empty for none (or an older file's meta)."""
+    if not names:
+        return ""
+    text = ", ".join(repr(one_line(n, 40)) for n in names[:shown])
+    return f" ({text}{f' and {len(names) - shown} more' if len(names) > shown else ''})"
+
+
+def threshold_line(meta: dict) -> str:
+    """Where the F1 / MCC / ACC thresholds came from, and how many classes fell back to the fixed one
+    (a class without a validation positive has no F1-maximising threshold)."""
+    line = f"F1 / MCC / ACC thresholds: {meta['threshold_note']}"
+    fb = meta.get("n_threshold_fallback", 0)
+    if fb:
+        line += (f", for {meta['n_classes'] - fb} of the {meta['n_classes']} classes; {fb} without a chosen "
+                 f"threshold (no positive to choose it on, or none stored) use {meta['threshold_fallback_value']:g}"
+                 f"{named(meta.get('classes_threshold_fallback'))}")
     return line
 
 
@@ -99,7 +120,7 @@ def evaluation_summary(metrics: dict, what: str = "test split") -> str:
     if "multiclass" in metrics:
         lines += [""] + multiclass_lines(metrics["multiclass"])
     meta = metrics["meta"]
-    lines += ["", f"F1 / MCC / ACC thresholds: {meta['threshold_note']}"
+    lines += ["", threshold_line(meta)
               + (" (one-vs-rest; the multiclass figures use the most probable class)" if "multiclass" in metrics
                  else ""), f"class groups: {meta['class_groups']}", classes_line(metrics)]
     return "\n".join(lines)

@@ -3,6 +3,8 @@ metrics are computed): macro AUC over the classes defined in validation, and per
 max-F1 thresholds."""
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 
@@ -14,9 +16,16 @@ def macro_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(mean)
 
 
-def f1_thresholds(scores: np.ndarray, labels: np.ndarray) -> list[float]:
-    """Per-class threshold maximising F1 on these (validation) predictions; 0.5 for classes
-    without positives."""
+def f1_thresholds(scores: np.ndarray, labels: np.ndarray) -> list[Optional[float]]:
+    """Per-class threshold maximising F1 on these (validation) predictions, as a label space stores
+    them: ``None`` for a class without a positive to choose one on (a later evaluation then uses the
+    fallback and counts it as one; a stored 0.5 was counted as a choice)."""
     from raddiag.evaluation.metrics import best_f1_thresholds
 
-    return [float(t) for t in np.asarray(best_f1_thresholds(scores, labels), dtype=np.float64)]
+    thr, fallback = best_f1_thresholds(scores, labels, return_fallback=True)
+    return stored_thresholds(thr, fallback)
+
+
+def stored_thresholds(thr, fallback) -> list[Optional[float]]:
+    """``thr [C]`` as a label space's thresholds: ``None`` where ``fallback`` (no chosen threshold)."""
+    return [None if fb else float(t) for t, fb in zip(np.asarray(thr, dtype=np.float64), fallback)]

@@ -16,7 +16,7 @@ def stage_run(target: RunFolder, d) -> RunFolder:
     """The hidden folder beside ``target`` a replacing run trains in (rank 0 makes it, every rank
     uses it), swapped in whole when the run completes (:mod:`raddiag.staging`)."""
     stage = str(stage_beside(target.root, "train")) if d.is_main else None
-    return RunFolder(dist_utils.broadcast_object(stage, d))
+    return RunFolder(dist_utils.broadcast_object(stage, d), final=target)
 
 
 def remove_unfinished(run) -> None:

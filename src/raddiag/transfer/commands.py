@@ -14,7 +14,8 @@ def register(sub) -> None:
                    choices=["mapping", "normal", "text"], help="which zero-shot modes to run")
     p.add_argument("--mapping", help="JSON {target class: [source classes]}; default: suggested")
     p.add_argument("--split", default="test")
-    p.add_argument("--encoder", help="text encoder folder for the text mode (default: the packaged MiniLM)")
+    p.add_argument("--encoder", help="text encoder folder for the text mode (default: the run's own, the one its label "
+                        "embeddings were made with)")
     p.add_argument("--single-name", action="store_true",
                    help="text mode: embed each class name alone, not the mean of its prompt set")
     p.add_argument("--batch-size", type=int, default=8)

@@ -197,7 +197,10 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
         if NORMAL not in source or NORMAL not in target:
             results["normal"] = {"skipped": "the source or the target label space has no Normal class"}
         else:
-            abnormal_score = 1.0 - preds.scores[:, [source.index(NORMAL)]]
+            # ranked by -p(Normal), exactly the order of 1 - p(Normal) without its rounding: in float32
+            # every p below 3e-8 made 1 - p exactly 1, tying cases the model told apart (AUC and AP
+            # read only the order)
+            abnormal_score = -preds.scores[:, [source.index(NORMAL)]].astype(np.float64)
             abnormal = 1.0 - preds.labels[:, [target.index(NORMAL)]]
             m = per_class_metrics(abnormal_score, abnormal)
             results["normal"] = {"auc": _f(m["auc"][0]), "ap": _f(m["ap"][0]),
@@ -216,7 +219,8 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
             # prompt templates name the target's own modalities; a class's code finds its concept
             mods = data.modalities() if isinstance(data, ShardData) else \
                 sorted({s["modality"] for r in data.records_for(split) for s in r["scans"] if s.get("modality")})
-            emb = embed_labels(TextEncoder.load(encoder_dir or run.text_encoder()), texts,
+            encoder = encoder_dir or run.text_encoder()
+            emb = embed_labels(TextEncoder.load(encoder), texts,
                                prompts=prompts, seen=label_texts(source), modalities=mods or PROMPT_MODALITIES,
                                codes=[None if f else c for c, f in zip(target.codes, flip)])
             model.set_label_embeddings(emb)
@@ -231,6 +235,7 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
                 val_labels=val.labels if val else None,
                 anatomy=test.anatomy, case_ids=test.case_ids, out_dir=out / "text")
             results["text"] = {"all": report["metrics"]["all"], "threshold_source": report["threshold_source"],
+                               "text_encoder": str(encoder) if encoder else "the packaged all-MiniLM-L6-v2",
                                "complemented": [t for t, f in zip(target.names, flip) if f]}
     from raddiag.staging import staged_files
 
