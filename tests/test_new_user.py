@@ -74,7 +74,18 @@ def test_modality_defaults_to_the_runs_only_modality(one_modality_run, tmp_path,
                      "this run was trained on"]
     other = make_tiny_run(tmp_path / "other", size=32, depth=1)        # records no modality: still asked for
     assert main(["predict", str(other.root), str(tmp_path / "cxr.png")]) == 2
-    assert "pass it explicitly (e.g. --modality CT)" in capsys.readouterr().err
+    assert "pass it explicitly: --modality CT for every file here" in capsys.readouterr().err
+    # a new user's folder of a NIfTI CT and a PNG X-ray: what to do was in neither message
+    case = tmp_path / "c003"
+    case.mkdir()
+    (case / "xray.png").write_bytes(sample_png(32))
+    (case / "ct.png").write_bytes(sample_png(32))
+    assert main(["predict", str(other.root), str(case)]) == 2
+    assert "(a.nii.gz,b.png --modality CT,X-ray), or a --manifest" in capsys.readouterr().err
+    assert main(["predict", str(other.root), str(case), "--modality", "CT,X-ray"]) == 2
+    assert ("2 modalities given for 1 inputs; give one, or one per input (a folder is one input: for its files of "
+            "different modalities, list the files joined by commas") in capsys.readouterr().err
+    assert main(["predict", str(other.root), f"{case / 'ct.png'},{case / 'xray.png'}", "--modality", "CT,X-ray"]) == 0
 
 
 def test_the_service_takes_repeated_classes_fields(one_modality_run):

@@ -16,20 +16,11 @@ from typing import Callable, Optional, Sequence
 from raddiag.curation.filter import accepted_disorders
 from raddiag.csvfile import read_csv, write_csv
 from raddiag.curation.work import Work, parse_yes_no
+from raddiag.data.icd10 import category
 
 log = logging.getLogger("raddiag.curation")
 MAP_FIELDS = ["disorder", "cases", "code", "description", "score", "ambiguous", "confirmed", "suggestions"]
 Suggest = Callable[[Sequence[str], int], list]
-
-
-def category(code: str) -> str:
-    """3-character ICD-10-CM category of a code ("J12.0" -> "J12"); ValueError if it is not one."""
-    import simple_icd_10_cm as cm
-
-    c = code.strip().upper().replace(".", "")[:3]
-    if len(c) != 3 or not cm.is_valid_item(c) or not cm.is_category(c):
-        raise ValueError(f"{code!r} is not an ICD-10-CM code (its category {c!r} is unknown)")
-    return c
 
 
 def description(code: str) -> str:

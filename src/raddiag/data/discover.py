@@ -104,8 +104,10 @@ def scans_in_folder(folder: str | Path, modality: Optional[str] = None, recursiv
                     raise ScanError(p, "DICOM file has no Modality tag; pass the modality explicitly")
         elif _is_volume_or_image(p):
             if fallback is None:
-                raise ScanError(p, "the modality of a non-DICOM file cannot be read from it; "
-                                   "pass it explicitly (e.g. --modality CT)")
+                raise ScanError(p, "the modality of a non-DICOM file cannot be read from it; pass it "
+                                   "explicitly: --modality CT for every file here, or, for files of different "
+                                   "modalities, the files joined by commas with one modality each "
+                                   "(a.nii.gz,b.png --modality CT,X-ray), or a --manifest")
             scans.append(Scan(paths=[str(p)], modality=fallback, id=str(p.relative_to(folder))))
         else:
             skipped.setdefault("not a scan type", []).append(str(p.relative_to(folder)))

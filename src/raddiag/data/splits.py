@@ -32,3 +32,51 @@ def assign_splits(cases: Sequence[Case], ratios: Sequence[float] = (0.7, 0.1, 0.
     for c in cases:
         if c.split is None:
             c.split = fixed[c.patient or c.id]
+
+
+SHOWN = 5      # examples a note names
+
+
+def _examples(items: Sequence[str], n: int) -> str:
+    return ", ".join(items[:SHOWN]) + (f" and {n - SHOWN} more" if n > SHOWN else "")
+
+
+def coverage_note(cases: Sequence[Case]) -> str:
+    """The classes (disorders) of two cases or more that the split left without a case in ``val``
+    or in ``test``, or ``""``. The split is by patient, not by label: on a long-tailed set a rare
+    class can land in train whole, and then nothing chooses its threshold or scores it on test."""
+    from collections import Counter, defaultdict
+
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for c in cases:
+        for label in set(c.labels) or {"Normal"}:
+            counts[label][c.split] += 1
+    parts = []
+    for split, why in (("val", "its F1 / MCC / ACC threshold falls back to 0.5"), ("test", "no test figure")):
+        missing = sorted(n for n, k in counts.items() if sum(k.values()) >= 2 and not k[split])
+        if missing:
+            shown = [f"{n!r} ({', '.join(f'{s} {k}' for s, k in sorted(counts[n].items()) if k)})" for n in missing]
+            parts.append(f"{len(missing)} without a {split} case ({why}): {_examples(shown, len(shown))}")
+    if not parts:
+        return ""
+    return ("split coverage (by patient, not by label): " + "; ".join(parts)
+            + ". Give such cases a 'split' in the manifest to place them.")
+
+
+def shared_files_note(cases: Sequence[Case]) -> str:
+    """Scan files that more than one case lists, or ``""``; in cases of different splits, one
+    image would be trained on and tested on."""
+    from collections import defaultdict
+
+    where: dict[str, list[Case]] = defaultdict(list)
+    for c in cases:
+        for path in {p for s in c.scans for p in s.paths}:
+            where[path].append(c)
+    shared = {p: cs for p, cs in where.items() if len(cs) > 1}
+    if not shared:
+        return ""
+    across = [p for p, cs in shared.items() if len({c.split for c in cs}) > 1]
+    shown = [f"{p} ({', '.join(f'{c.id!r} {c.split}' for c in cs[:3])})"
+             for p, cs in sorted(shared.items(), key=lambda x: (x[0] not in across, x[0]))]
+    return (f"{len(shared)} scan file(s) belong to more than one case, {len(across)} of them across splits "
+            f"(trained on and tested on): {_examples(shown, len(shown))}")

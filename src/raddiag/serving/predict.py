@@ -46,7 +46,9 @@ def _modality_for(modality, i: int, n: int, where: str) -> Optional[str]:
         return modality
     modality = list(modality)
     if len(modality) != n:
-        raise ValueError(f"{where}: {len(modality)} modalities given for {n} inputs; give one, or one per input")
+        hint = (" (a folder is one input: for its files of different modalities, list the files joined by "
+                "commas, a.nii.gz,b.png --modality CT,X-ray, or give a --manifest)") if n == 1 else ""
+        raise ValueError(f"{where}: {len(modality)} modalities given for {n} inputs; give one, or one per input{hint}")
     return modality[i]
 
 

@@ -77,11 +77,11 @@ def start_summary(data, run, cfg, labels, model, d, batches_per_epoch: int, trai
         threads += f"; {workers} loader process(es), the step on {step} thread(s)"
     else:
         threads += "; loading " + ("ahead in a background thread" if ahead else "between steps")
-    shown = run.final or run      # a replacing run's target, not the hidden folder it trains in
+    target = run.final or run     # a replacing run's target, not the hidden folder it trains in
     staged = (f"  replacing the run there: training in {run.root.name} beside it, swapped in when training "
               "completes (a failure leaves the old run as it was)") if run.final else None
     return "\n".join(line for line in [
-        f"training {shown.root} (preset {cfg.preset}, task {dc.task}, {dc.granularity} labels) on {data.root}",
+        f"training {target.root} (preset {cfg.preset}, task {dc.task}, {dc.granularity} labels) on {data.root}",
         staged,
         f"  cases: {splits}" + (f"; training on {train_cases} of them" if train_cases != data.count("train") else ""),
         f"  classes ({len(labels)}" + (f"; {empty} without training cases" if empty else "")
@@ -94,6 +94,6 @@ def start_summary(data, run, cfg, labels, model, d, batches_per_epoch: int, trai
         f"  schedule: {tc.epochs} epochs of {batches_per_epoch} batches of {tc.batch_size}, lr {tc.lr:g}"
         + (f", repeat-factor sampling t = {tc.repeat_factor:g}" if tc.repeat_factor else ""),
         *_validation(val_targets, len(labels)),
-        f"  metrics: {shown.metrics_csv} (a row per epoch); best weights: {shown.weights}",
-        f"  TensorBoard logs: {shown.tensorboard} (tensorboard --logdir {shown.tensorboard})",
+        f"  metrics: {target.metrics_csv} (a row per epoch); best weights: {target.weights}",
+        f"  TensorBoard logs: {target.tensorboard} (tensorboard --logdir {target.tensorboard})",
     ] if line)

@@ -117,7 +117,9 @@ def spellings_text(merged: dict[str, list[str]]) -> str:
 def settle_labels(cases: Sequence[Case], source) -> None:
     """Make one class of each label spelled several ways (:func:`merge_label_spellings`) and
     warn, naming ``source``, of that and of cases labelled both ``Normal`` and a disorder (read
-    as abnormal). Every route from a source to cases calls this: ``load_source``, ``read_manifest``."""
+    as abnormal); read ICD-10 codes as their categories, with what looks wrong in them
+    (:func:`raddiag.data.icd10.settle_icd10`). Every route from a source to cases calls this:
+    ``load_source``, ``read_manifest``."""
     from raddiag.data.errors import InputWarning
 
     merged = merge_label_spellings(cases)
@@ -128,3 +130,7 @@ def settle_labels(cases: Sequence[Case], source) -> None:
         eg = ", ".join(map(repr, both[:3]))
         warnings.warn(f"{source}: {len(both)} case(s) are labelled Normal and a disorder (e.g. {eg}): read as "
                       "abnormal, with the disorder(s) only", InputWarning, stacklevel=3)
+    if any(c.icd10 for c in cases):
+        from raddiag.data.icd10 import settle_icd10
+
+        settle_icd10(cases, source)

@@ -1,0 +1,115 @@
+"""ICD-10-CM labels of cases: the 3-character categories the ``icd10`` label space is made of
+(paper Section 3: 5,568 disorders mapped to 930 categories), read from what users write.
+
+:func:`category` reads a code as its category ("J12.0" -> "J12"); :func:`settle_icd10` does that
+for every case of a source and says, naming the source, what it changed and what looks wrong: a
+code given finer than a category, one that is not ICD-10-CM, a disorder given different categories
+in different cases, and a case whose codes leave out the category its disorder has elsewhere.
+"""
+from __future__ import annotations
+
+import warnings
+from collections import Counter, defaultdict
+from typing import Sequence
+
+from raddiag.data.case import NORMAL, Case
+from raddiag.data.errors import InputWarning
+
+SHOWN = 5      # examples a warning names
+
+
+def category(code: str) -> str:
+    """3-character ICD-10-CM category of a code ("J12.0" -> "J12"); ValueError if it is not one."""
+    import simple_icd_10_cm as cm
+
+    c = code.strip().upper().replace(".", "")[:3]
+    if len(c) != 3 or not cm.is_valid_item(c) or not cm.is_category(c):
+        raise ValueError(f"{code!r} is not an ICD-10-CM code (its category {c!r} is unknown)")
+    return c
+
+
+def settle_icd10(cases: Sequence[Case], source) -> None:
+    """Each case's ``icd10`` as categories, in place, with a warning naming ``source`` for each kind
+    of change or doubt (see the module's text). A code that is not ICD-10-CM is kept as written (a
+    user's own coding); every other is read as its category."""
+    finer, unknown = [], Counter()
+    for c in cases:
+        settled = []
+        for code in c.icd10:
+            if code == NORMAL:
+                settled.append(code)
+                continue
+            try:
+                cat = category(code)
+            except ValueError:
+                unknown[code] += 1
+                cat = code
+            if cat != code:
+                finer.append((c.id, code, cat))
+            if cat not in settled:
+                settled.append(cat)
+        c.icd10 = settled
+    _warn(source, _finer_text(finer), _unknown_text(unknown), _conflicts_text(cases), _missing_text(cases))
+
+
+def _warn(source, *texts: str) -> None:
+    for text in texts:
+        if text:
+            warnings.warn(f"{source}: {text}", InputWarning, stacklevel=4)
+
+
+def _examples(items: Sequence[str], n: int) -> str:
+    return ", ".join(items[:SHOWN]) + (f" and {n - SHOWN} more" if n > SHOWN else "")
+
+
+def _finer_text(finer: list) -> str:
+    if not finer:
+        return ""
+    pairs = sorted({f"{code!r} -> {cat}" for _, code, cat in finer})
+    return (f"{len(finer)} ICD-10 code(s) in {len({i for i, _, _ in finer})} case(s) read as their 3-character "
+            f"category, the icd10 label space's unit: {_examples(pairs, len(pairs))}")
+
+
+def _unknown_text(unknown: Counter) -> str:
+    if not unknown:
+        return ""
+    shown = [f"{code!r} x{n}" for code, n in unknown.most_common()]
+    return (f"{len(unknown)} icd10 label(s) are not ICD-10-CM codes, kept as written (each its own class): "
+            f"{_examples(shown, len(shown))}")
+
+
+def _pairs(cases: Sequence[Case]) -> dict[str, Counter]:
+    """Disorder -> its categories' counts, from the cases that pair them unambiguously (one
+    disorder, one category)."""
+    pairs: dict[str, Counter] = defaultdict(Counter)
+    for c in cases:
+        disorders = [x for x in c.labels if x != NORMAL]
+        codes = [x for x in c.icd10 if x != NORMAL]
+        if len(disorders) == 1 and len(codes) == 1:
+            pairs[disorders[0]][codes[0]] += 1
+    return pairs
+
+
+def _conflicts_text(cases: Sequence[Case]) -> str:
+    split = {d: n for d, n in _pairs(cases).items() if len(n) > 1}
+    if not split:
+        return ""
+    shown = [f"{d!r}: " + ", ".join(f"{code} x{k}" for code, k in n.most_common()) for d, n in sorted(split.items())]
+    return (f"{len(split)} disorder(s) are given different ICD-10 categories in different cases, so the icd10 "
+            f"label space counts them as different classes: {_examples(shown, len(shown))}")
+
+
+def _missing_text(cases: Sequence[Case]) -> str:
+    """Cases with codes whose codes leave out the one category a disorder of theirs has everywhere else."""
+    usual = {d: next(iter(n)) for d, n in _pairs(cases).items() if len(n) == 1}
+    missing = []
+    for c in cases:
+        if not c.icd10:
+            continue
+        for d in c.labels:
+            if d in usual and usual[d] not in c.icd10:
+                missing.append(f"{c.id!r} ({d!r}, {usual[d]} elsewhere)")
+    if not missing:
+        return ""
+    return (f"{len(missing)} case(s) have ICD-10 codes that leave out the category one of their disorders "
+            f"has in every other case, so the icd10 label space misses it there: {_examples(missing, len(missing))}")
