@@ -38,6 +38,14 @@ def test_a_csv_manifest_gives_the_cases_of_its_json_lines_twin(tmp_path):
     assert [c.labels for c in read_manifest(tsv)] == [["Pneumonia"]]
 
 
+def test_a_semicolon_separated_csv_is_named_as_such(tmp_path):
+    """A spreadsheet in a semicolon locale saves 'id;path;modality;labels': the error said only that
+    this one column was unknown."""
+    with pytest.raises(ManifestError, match=r"m.csv:1: unknown column\(s\) 'id;path;modality;labels'.*the header reads "
+                                            r"as one column holding ';': save the file with commas"):
+        list(read_manifest(_write(tmp_path, "m.csv", "id;path;modality;labels\nc1;a.png;X-ray;Gout\n")))
+
+
 def test_csv_manifest_problems_are_named_with_their_lines(tmp_path):
     with pytest.raises(ManifestError, match=r"m.csv:1: unknown column\(s\) 'lables'; missing column\(s\) modality"):
         list(read_manifest(_write(tmp_path, "m.csv", "id,path,lables\nc1,a.png,Pneumonia\n")))

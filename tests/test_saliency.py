@@ -202,3 +202,17 @@ def test_the_prediction_is_printed_when_the_maps_cannot_be_made(tmp_path, capsys
     assert rc == 2 and "Case x: 1 scan(s) used: x.png (X-ray 2D)" in out and "Pleural effusion" in out
     assert "saliency: not made (" in out and "x_Fracture.png: exists already" in err
     assert (tmp_path / "sal" / "x_Fracture.png").read_bytes() == b"taken"
+
+
+def test_the_caption_says_which_slice_of_those_the_model_saw():
+    """A new user read "slice 4" of a 37-slice CT as the file's fifth slice; it is the model's."""
+    from raddiag.serving.results import ScanInfo
+    from raddiag.serving.saliency import SaliencyMap, saliency_caption
+
+    m = SaliencyMap(scan=0, slice=4, class_index=1, class_name="Gout", layer="layer3", channels=8,
+                    heatmap=np.zeros((4, 4)), image=np.zeros((4, 4)))
+    ct = ScanInfo(id="ct0.nii.gz", paths=["ct0.nii.gz"], modality="CT", is_3d=True, slices=8, key_slice=-1)
+    xr = ScanInfo(id="cxr.png", paths=["cxr.png"], modality="X-ray", is_3d=False, slices=1, key_slice=-1)
+    assert saliency_caption("Gout", 0.4567, ct, m) == \
+        "Gout (p = 0.457): ct0.nii.gz, slice 4 of the 8 the model saw; Score-CAM on layer3"
+    assert saliency_caption("Gout", None, xr, m) == "Gout: cxr.png; Score-CAM on layer3"

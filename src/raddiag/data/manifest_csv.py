@@ -84,7 +84,10 @@ def scan_csv(path: str | Path) -> Iterator[tuple[str, Optional[dict], Optional[s
     if unknown or missing:
         what = ([f"unknown column(s) {', '.join(repr(h) for h in unknown)}"] if unknown else []) + (
             [f"missing column(s) {', '.join(missing)}"] if missing else [])
-        yield f"{path}:1", None, f"{'; '.join(what)} (the columns: {', '.join(known)}; README 'A CSV manifest')"
+        sep = next((c for c in ";|\t," if len(header) == 1 and c in header[0]), None)
+        hint = (f"; the header reads as one column holding {sep!r}: save the file with commas between its columns "
+                "(or tab-separated, named .tsv)") if sep else ""
+        yield f"{path}:1", None, f"{'; '.join(what)} (the columns: {', '.join(known)}; README 'A CSV manifest'){hint}"
         return
     cases: dict[str, tuple[str, dict]] = {}
     for row in reader:

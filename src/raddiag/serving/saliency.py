@@ -227,6 +227,13 @@ def chosen_class(class_, names: list[str], result) -> str:
     return name
 
 
+def saliency_caption(name: str, p: Optional[float], info, m: SaliencyMap) -> str:
+    """The figure's caption: the class and its probability, the scan, and for a 3D scan which of the
+    slices the model saw (a new user read "slice 4" of a 37-slice CT as the file's fifth slice)."""
+    where = f", slice {m.slice} of the {info.slices} the model saw" if info.is_3d else ""
+    return f"{name}" + (f" (p = {p:.3f})" if p is not None else "") + f": {info.id}{where}; Score-CAM on {m.layer}"
+
+
 def case_figure(m: SaliencyMap, source, dc, limits, info, n_used: int, result, name: str, out,
                 overwrite: bool, stage: Optional[Path] = None) -> dict:
     """Map ``m`` drawn on its scan's own slice (``source``: the scan's :class:`~raddiag.data.case.Scan`,
@@ -241,9 +248,7 @@ def case_figure(m: SaliencyMap, source, dc, limits, info, n_used: int, result, n
         image = display_slice(source, m.slice, dc.depth,
                               window_for(source.modality, source.anatomy, dc.window, dc.windows), limits)
     p = next((f.probability for f in result.ranked if f.name == name), None)
-    caption = (f"{name}" + (f" (p = {p:.3f})" if p is not None else "") + f": {info.id}"
-               + (f", slice {m.slice}" if info.is_3d else "") + f"; Score-CAM on {m.layer}")
-    fig = saliency_figure(image, m.heatmap, caption)
+    fig = saliency_figure(image, m.heatmap, saliency_caption(name, p, info, m))
     rec = {"size": [int(image.shape[0]), int(image.shape[1])]}
     if out is True:
         return {**rec, "overlay": data_url(fig)}
