@@ -34,3 +34,79 @@ def test_shared_files_note_names_files_in_several_cases_across_splits_first():
                                         "/d/a.png ('c3' train, 'c4' train)")
     assert shared_files_note(cases[2:]) .startswith("1 scan file(s) belong to more than one case, 0 of them")
     assert shared_files_note(cases[4:]) == ""
+
+
+# -- data prepare --split-by label -------------------------------------------------------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from raddiag.data.splits import assign_splits  # noqa: E402
+
+LABELS = ["Normal", "A", "B", "C", "D", "E", "F"]
+
+
+@st.composite
+def long_tailed_cases(draw, single_label: bool):
+    """Patients of one or two cases, labels drawn with long-tailed weights."""
+    n = draw(st.integers(1, 60))
+    weights = [0.4, 0.25, 0.15, 0.08, 0.06, 0.04, 0.02]
+    rnd = draw(st.randoms(use_true_random=False))
+    cases = []
+    for p in range(n):
+        k = 1 if single_label else draw(st.integers(1, 2))
+        labels = rnd.choices(LABELS, weights, k=k)
+        labels = [] if labels == ["Normal"] else sorted(set(labels) - {"Normal"}) or ["Normal"]
+        for j in range(draw(st.integers(1, 2))):
+            cases.append(Case(id=f"p{p}c{j}", patient=f"p{p}", labels=list(labels), scans=[Scan("x.png", "CT")]))
+    return cases
+
+
+@settings(max_examples=60, deadline=None)
+@given(long_tailed_cases(single_label=True), st.integers(0, 5))
+def test_split_by_label_puts_every_class_of_three_patients_in_every_split(cases, seed):
+    assign_splits(cases, seed=seed, by_label=True)
+    by_patient = {}
+    for c in cases:
+        assert by_patient.setdefault(c.patient, c.split) == c.split       # a patient is never split
+    patients = {}
+    for c in cases:
+        patients.setdefault(tuple(c.labels) or ("Normal",), {})[c.patient] = c.split
+    for label, split_of in patients.items():
+        if len(split_of) >= 3:
+            assert set(split_of.values()) == {"train", "val", "test"}, label
+
+
+@settings(max_examples=40, deadline=None)
+@given(long_tailed_cases(single_label=False), st.integers(0, 5), st.randoms(use_true_random=False))
+def test_split_by_label_keeps_given_splits_and_ignores_case_order(cases, seed, rnd):
+    import copy
+
+    fixed = {c.patient: rnd.choice(["train", "val", "test"]) for c in cases if rnd.random() < 0.2}
+    for c in cases:
+        c.split = fixed.get(c.patient)
+    shuffled = copy.deepcopy(cases)
+    rnd.shuffle(shuffled)
+    assign_splits(cases, seed=seed, by_label=True)
+    assign_splits(shuffled, seed=seed, by_label=True)
+    assert {c.id: c.split for c in cases} == {c.id: c.split for c in shuffled}
+    assert all(c.split == fixed[c.patient] for c in cases if c.patient in fixed)
+    assert all(c.split in ("train", "val", "test") for c in cases)
+
+
+def test_cli_prepare_split_by_label(tmp_path, capsys):
+    import json
+
+    from raddiag.cli import main
+    from raddiag.serving.sample import sample_png
+
+    lines = []
+    for i in range(12):
+        (tmp_path / f"{i}.png").write_bytes(sample_png(16 + i))
+        lines.append(json.dumps({"id": f"c{i}", "labels": ["Rare thing"] if i < 3 else [],
+                                 "scans": [{"path": f"{i}.png", "modality": "X-ray"}]}))
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["data", "prepare", str(tmp_path / "m.jsonl"), "--format", "manifest", "--out", str(tmp_path / "d"),
+                 "--size", "16", "--depth", "1", "--split-by", "label", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    splits = {json.loads(line)["id"]: json.loads(line)["split"] for line in (tmp_path / "d" / "cases.jsonl").open()}
+    assert {splits[f"c{i}"] for i in range(3)} == {"train", "val", "test"}
+    assert "split coverage" not in out

@@ -29,6 +29,9 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a prepared dataset already in --out")
     add_limit_options(p)
     p.add_argument("--seed", type=int, default=0, help="seed of generated splits (default 0)")
+    p.add_argument("--split-by", choices=["patient", "label"], default="patient",
+                   help="cases without a split: patients cut at random 7:1:2 (default), or 'label': stratified "
+                        "by label, each class of 3 patients or more in every split")
     p.add_argument("--workers", type=int, default=None, help="reader processes (default min(4, CPUs))")
     p.add_argument("--limit", type=int, default=None, help="only the first N cases (quick trials)")
     p.add_argument("--images", help="rp3d: folder holding the scan files (default: the JSON's folder)")
@@ -172,6 +175,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             notes.append(msg)
     from raddiag.data.intensity import window_options
 
+    if args.split_by == "label":            # before prepare_cases, which then finds every split set
+        from raddiag.data.splits import assign_splits
+
+        assign_splits(cases, seed=args.seed, by_label=True)
     window, windows = window_options(args.window)
     report = prepare_cases(cases, args.out, size=args.size, depth=args.depth, window=window, windows=windows,
                            strict=args.strict, seed=args.seed, workers=args.workers, progress=True,

@@ -7,11 +7,13 @@ from typing import Sequence
 from raddiag.data.case import SPLITS, Case
 
 
-def assign_splits(cases: Sequence[Case], ratios: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0) -> None:
+def assign_splits(cases: Sequence[Case], ratios: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0,
+                  by_label: bool = False) -> None:
     """Fill ``case.split`` where it is None, by patient (``case.patient`` or the case id).
 
     Deterministic given the seed, independent of case order; every case of a patient lands in the same split. Cases that already have a split keep it;
     a patient whose cases already carry a split gives that split to its unassigned cases.
+    ``by_label``: stratified by label (:func:`stratified_patients`) instead of cut at random.
     """
     if len(ratios) != 3 or abs(sum(ratios) - 1) > 1e-6:
         raise ValueError(f"split ratios must be three numbers summing to 1, got {ratios}")
@@ -24,14 +26,53 @@ def assign_splits(cases: Sequence[Case], ratios: Sequence[float] = (0.7, 0.1, 0.
     # Unassigned patients: sorted (order-independent), shuffled with the seed, cut at exact ratios.
     patients = sorted({c.patient or c.id for c in cases if c.split is None} - set(fixed))
     random.Random(seed).shuffle(patients)
+    if by_label:
+        fixed.update(stratified_patients(cases, patients, fixed, ratios))
     n = len(patients)
     n_train = round(ratios[0] * n)
     n_val = round(ratios[1] * n)
-    for i, key in enumerate(patients):
+    for i, key in enumerate(p for p in patients if p not in fixed):
         fixed[key] = SPLITS[0] if i < n_train else SPLITS[1] if i < n_train + n_val else SPLITS[2]
     for c in cases:
         if c.split is None:
             c.split = fixed[c.patient or c.id]
+
+
+def stratified_patients(cases: Sequence[Case], patients: Sequence[str], fixed: dict[str, str],
+                        ratios: Sequence[float]) -> dict[str, str]:
+    """A split for each of ``patients`` (in their seeded order), stratified by label: the iterative
+    stratification of Sechidis et al. (2011) over patients. The patients of the rarest labels go
+    first, each to a split that has no patient of its rarest label yet when that label has three
+    patients or more (so a rare class has a validation case to choose its threshold on and a test
+    case to be scored on), else to the split that wants that label most (``ratio x its patients``,
+    less those placed), then the split that wants the most patients. ``fixed`` patients count
+    where they are. A patient of one label always serves that label; with several, its rarest."""
+    from collections import Counter, defaultdict
+
+    labels: dict[str, set] = defaultdict(set)
+    for c in cases:
+        labels[c.patient or c.id].update(c.labels or ["Normal"])
+    total = Counter(label for ls in labels.values() for label in ls)
+    have = {s: Counter() for s in SPLITS}
+    size = {s: r * len(labels) for s, r in zip(SPLITS, ratios)}
+    share = dict(zip(SPLITS, ratios))
+    out = {}
+
+    def place(key: str, split: str) -> None:
+        have[split].update(labels[key])
+        size[split] -= 1
+        out[key] = split
+
+    def rank(split: str, label: str) -> tuple:
+        uncovered = total[label] >= 3 and have[split][label] == 0
+        return uncovered, share[split] * total[label] - have[split][label], size[split]
+
+    for key, split in fixed.items():
+        place(key, split)
+    for key in sorted(patients, key=lambda p: min(total[label] for label in labels[p])):   # stable: seeded order
+        rarest = min(labels[key], key=lambda label: (total[label], label))
+        place(key, max(SPLITS, key=lambda s: rank(s, rarest)))
+    return {k: v for k, v in out.items() if k not in fixed}
 
 
 SHOWN = 5      # examples a note names
