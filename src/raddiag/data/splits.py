@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter, defaultdict
 from typing import Sequence
 
 from raddiag.data.case import SPLITS, Case
@@ -47,8 +48,6 @@ def stratified_patients(cases: Sequence[Case], patients: Sequence[str], fixed: d
     case to be scored on), else to the split that wants that label most (``ratio x its patients``,
     less those placed), then the split that wants the most patients. ``fixed`` patients count
     where they are. A patient of one label always serves that label; with several, its rarest."""
-    from collections import Counter, defaultdict
-
     labels: dict[str, set] = defaultdict(set)
     for c in cases:
         labels[c.patient or c.id].update(c.labels or ["Normal"])
@@ -86,8 +85,6 @@ def coverage_note(cases: Sequence[Case]) -> str:
     """The classes (disorders) of two cases or more that the split left without a case in ``val``
     or in ``test``, or ``""``. The split is by patient, not by label: on a long-tailed set a rare
     class can land in train whole, and then nothing chooses its threshold or scores it on test."""
-    from collections import Counter, defaultdict
-
     counts: dict[str, Counter] = defaultdict(Counter)
     for c in cases:
         for label in set(c.labels) or {"Normal"}:
@@ -107,8 +104,6 @@ def coverage_note(cases: Sequence[Case]) -> str:
 def shared_files_note(cases: Sequence[Case]) -> str:
     """Scan files that more than one case lists, or ``""``; in cases of different splits, one
     image would be trained on and tested on."""
-    from collections import defaultdict
-
     where: dict[str, list[Case]] = defaultdict(list)
     for c in cases:
         for path in {p for s in c.scans for p in s.paths}:
