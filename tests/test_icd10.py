@@ -23,7 +23,7 @@ def settle(cases):
 
 def test_category_reads_codes_and_refuses_what_is_not_icd10():
     assert [category(c) for c in ("K22.0", "k220", " J12 ", "A00")] == ["K22", "K22", "J12", "A00"]
-    for bad in ("K2", "XYZ", "K99.9", "Normal"):
+    for bad in ("K2", "XYZ", "K99.9", "Normal", "S00-T88", "A00-B99", "E880.9", "J12XYZ", "J12.9999", "", None):
         with pytest.raises(ValueError, match="is not an ICD-10-CM code"):
             category(bad)
 
@@ -37,7 +37,7 @@ def test_a_new_users_codes_are_settled_with_a_warning_for_each_doubt():
     assert [c.icd10 for c in cases[:3]] == [["K22"], ["K22"], ["K21"]]
     assert cases[7].icd10 == ["MYCODE"] and cases[8].icd10 == ["Normal"]
     assert msgs[0] == ("my.csv: 1 ICD-10 code(s) in 1 case(s) read as their 3-character category, the icd10 label "
-                       "space's unit: 'K22.0' -> K22")
+                       "space's unit (a finer code, or another spelling): 'K22.0' -> K22")
     assert msgs[1] == ("my.csv: 1 icd10 label(s) are not ICD-10-CM codes, kept as written (each its own class): "
                        "'MYCODE' x1")
     assert msgs[2] == ("my.csv: 1 disorder(s) are given different ICD-10 categories in different cases, so the "
@@ -64,3 +64,19 @@ def test_a_manifest_read_settles_its_codes(tmp_path):
     with pytest.warns(InputWarning, match=r"m.jsonl: 1 ICD-10 code\(s\) in 1 case\(s\) read as their 3-character"):
         cases = list(read_manifest(tmp_path / "m.jsonl"))
     assert cases[0].icd10 == ["K22"]
+
+
+def test_normal_joined_empty_and_non_codes_are_read_as_a_user_meant_them():
+    """Red team: 'normal' / 'NORMAL' became disease classes of the icd10 space; 'S72.001A; S82.1' kept
+    only S72; a chapter range 'S00-T88' and the ICD-9 'E880.9' passed as S00 and E88 (only their first
+    3 characters were checked); an empty code became a class named ''; None crashed with AttributeError."""
+    cases = [case(1, [], ["normal"]), case(2, [], [" NORMAL "]), case(3, ["Fracture"], ["S72.001A; S82.1"]),
+             case(4, ["Injury"], ["S00-T88"]), case(5, ["Fall"], ["E880.9"]), case(6, ["Gout"], ["M10", "  "])]
+    msgs = settle(cases)
+    assert [c.icd10 for c in cases] == [["Normal"], ["Normal"], ["S72", "S82"], ["S00-T88"], ["E880.9"], ["M10"]]
+    assert msgs[:2] == ["my.csv: 1 ICD-10 text(s) held several codes, read as each: 'S72.001A; S82.1' -> S72.001A, "
+                        "S82.1", "my.csv: 1 empty ICD-10 code(s) left out, in case(s) 'm06'"]
+    assert "2 icd10 label(s) are not ICD-10-CM codes, kept as written (each its own class): 'S00-T88' x1, " \
+           "'E880.9' x1" in msgs[3]
+    with pytest.raises(ValueError, match="case 'm07': ICD-10 code None is not text"):
+        settle_icd10([case(7, [], [None])], "my.csv")

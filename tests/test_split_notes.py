@@ -16,9 +16,10 @@ def test_coverage_note_names_the_classes_without_a_val_or_test_case():
              *[case(10 + i, [], s) for i, s in enumerate(["train", "test", "val"])],
              case(20, ["Gout"], "val"), case(21, ["Gout"], "test")]
     assert coverage_note(cases) == (
-        "split coverage (by patient, not by label): 2 without a val case (its F1 / MCC / ACC threshold falls back to "
+        "split coverage: 2 without a val case (its F1 / MCC / ACC threshold falls back to "
         "0.5): 'Achalasia' (test 1, train 1), 'Aortic dissection' (train 6); 1 without a test case (no test figure): "
-        "'Aortic dissection' (train 6). Give such cases a 'split' in the manifest to place them.")
+        "'Aortic dissection' (train 6). Give such cases a 'split' in the manifest, or prepare with --split-by label "
+        "(each class of 3 patients or more in every split).")
 
 
 def test_coverage_note_is_empty_when_every_class_reaches_val_and_test():
@@ -110,3 +111,19 @@ def test_cli_prepare_split_by_label(tmp_path, capsys):
     splits = {json.loads(line)["id"]: json.loads(line)["split"] for line in (tmp_path / "d" / "cases.jsonl").open()}
     assert {splits[f"c{i}"] for i in range(3)} == {"train", "val", "test"}
     assert "split coverage" not in out
+
+
+def test_split_by_label_never_uses_a_split_of_ratio_0_and_says_when_it_leaves_the_ratios():
+    """Red team: 100 classes of 3 patients each split 100 / 100 / 100 without a word, and a test ratio
+    of 0 still got patients."""
+    import pytest
+
+    from raddiag.data.errors import InputWarning
+
+    cases = [Case(id=f"c{i}", labels=[f"L{i // 3}"], scans=[Scan("x.png", "CT")]) for i in range(300)]
+    with pytest.warns(InputWarning, match=r"the split by label gives train / val / test 0.33 / 0.33 / 0.33 of the "
+                                          r"300 patients it placed, asked 0.7 / 0.1 / 0.2"):
+        assign_splits(cases, seed=0, by_label=True)
+    cases = [Case(id=f"c{i}", labels=[f"L{i // 3}"], scans=[Scan("x.png", "CT")]) for i in range(30)]
+    assign_splits(cases, ratios=(0.9, 0.1, 0.0), seed=0, by_label=True)
+    assert {c.split for c in cases} == {"train", "val"}

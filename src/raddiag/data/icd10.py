@@ -8,6 +8,7 @@ in different cases, and a case whose codes leave out the category its disorder h
 """
 from __future__ import annotations
 
+import re
 import warnings
 from collections import Counter, defaultdict
 from typing import Sequence
@@ -19,37 +20,70 @@ SHOWN = 5      # examples a warning names
 
 
 def category(code: str) -> str:
-    """3-character ICD-10-CM category of a code ("J12.0" -> "J12"); ValueError if it is not one."""
+    """3-character ICD-10-CM category of a code ("J12.0" -> "J12"); ValueError if the whole code is
+    not an ICD-10-CM category or a code within one (an ICD-9 code, a chapter range "S00-T88", or
+    "J12XYZ" would otherwise pass on their first 3 characters)."""
     import simple_icd_10_cm as cm
 
-    c = code.strip().upper().replace(".", "")[:3]
-    if len(c) != 3 or not cm.is_valid_item(c) or not cm.is_category(c):
-        raise ValueError(f"{code!r} is not an ICD-10-CM code (its category {c!r} is unknown)")
-    return c
+    c = code.strip().upper() if isinstance(code, str) else ""
+    if not c or not cm.is_valid_item(c) or not (cm.is_category(c) or cm.is_subcategory(c)):
+        raise ValueError(f"{code!r} is not an ICD-10-CM code (a 3-character category, or a code within one)")
+    return c.replace(".", "")[:3]
 
 
 def settle_icd10(cases: Sequence[Case], source) -> None:
     """Each case's ``icd10`` as categories, in place, with a warning naming ``source`` for each kind
-    of change or doubt (see the module's text). A code that is not ICD-10-CM is kept as written (a
-    user's own coding); every other is read as its category."""
-    finer, unknown = [], Counter()
+    of change or doubt (see the module's text). Any spelling of Normal is Normal; a text of several
+    codes (``"J12; J18"``) is read as those codes; an empty code is dropped; a code that is not
+    ICD-10-CM is kept as written (a user's own coding); every other is read as its category. A code
+    that is not text is refused, naming the case."""
+    finer, unknown, joined, empty = [], Counter(), [], []
     for c in cases:
         settled = []
-        for code in c.icd10:
-            if code == NORMAL:
-                settled.append(code)
-                continue
-            try:
-                cat = category(code)
-            except ValueError:
-                unknown[code] += 1
-                cat = code
-            if cat != code:
-                finer.append((c.id, code, cat))
+        for code in _split(c, joined, empty):
+            if code.strip().lower() == NORMAL.lower():
+                cat = NORMAL
+            else:
+                try:
+                    cat = category(code)
+                except ValueError:
+                    unknown[code] += 1
+                    cat = code
+                if cat != code:
+                    finer.append((c.id, code, cat))
             if cat not in settled:
                 settled.append(cat)
         c.icd10 = settled
-    _warn(source, _finer_text(finer), _unknown_text(unknown), _conflicts_text(cases), _missing_text(cases))
+    _warn(source, _joined_text(joined), _empty_text(empty), _finer_text(finer), _unknown_text(unknown),
+          _conflicts_text(cases), _missing_text(cases))
+
+
+def _split(c: Case, joined: list, empty: list) -> list[str]:
+    """Case ``c``'s codes, each text of several codes split (noted in ``joined``), empty ones left
+    out (noted in ``empty``)."""
+    out = []
+    for code in c.icd10:
+        if not isinstance(code, str):
+            raise ValueError(f"case {c.id!r}: ICD-10 code {code!r} is not text")
+        parts = [p for p in re.split(r"[;,\s]+", code.strip()) if p]
+        if not parts:
+            empty.append(c.id)
+        elif len(parts) > 1:
+            joined.append(f"{code!r} -> {', '.join(parts)}")
+        out += parts
+    return out
+
+
+def _joined_text(joined: list) -> str:
+    if not joined:
+        return ""
+    return f"{len(joined)} ICD-10 text(s) held several codes, read as each: {_examples(sorted(set(joined)), len(joined))}"
+
+
+def _empty_text(empty: list) -> str:
+    if not empty:
+        return ""
+    return f"{len(empty)} empty ICD-10 code(s) left out, in case(s) {_examples([repr(i) for i in empty], len(empty))}"
 
 
 def _warn(source, *texts: str) -> None:
@@ -67,7 +101,8 @@ def _finer_text(finer: list) -> str:
         return ""
     pairs = sorted({f"{code!r} -> {cat}" for _, code, cat in finer})
     return (f"{len(finer)} ICD-10 code(s) in {len({i for i, _, _ in finer})} case(s) read as their 3-character "
-            f"category, the icd10 label space's unit: {_examples(pairs, len(pairs))}")
+            f"category, the icd10 label space's unit (a finer code, or another spelling): "
+            f"{_examples(pairs, len(pairs))}")
 
 
 def _unknown_text(unknown: Counter) -> str:

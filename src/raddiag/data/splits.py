@@ -68,10 +68,30 @@ def stratified_patients(cases: Sequence[Case], patients: Sequence[str], fixed: d
 
     for key, split in fixed.items():
         place(key, split)
+    open_splits = [s for s in SPLITS if share[s] > 0]          # a split of ratio 0 takes no patient
     for key in sorted(patients, key=lambda p: min(total[label] for label in labels[p])):   # stable: seeded order
         rarest = min(labels[key], key=lambda label: (total[label], label))
-        place(key, max(SPLITS, key=lambda s: rank(s, rarest)))
-    return {k: v for k, v in out.items() if k not in fixed}
+        place(key, max(open_splits, key=lambda s: rank(s, rarest)))
+    placed = {k: v for k, v in out.items() if k not in fixed}
+    _warn_drift(placed, ratios)
+    return placed
+
+
+def _warn_drift(placed: dict[str, str], ratios: Sequence[float], tolerance: float = 0.05) -> None:
+    """Warn when the stratified split's shares of patients are off the ratios by more than
+    ``tolerance``: every class of 3 patients or more takes one in each split, and many small
+    classes take more than the ratios give val and test."""
+    import warnings
+
+    from raddiag.data.errors import InputWarning
+
+    n = len(placed)
+    got = [sum(v == s for v in placed.values()) / n for s in SPLITS] if n else list(ratios)
+    if any(abs(g - r) > tolerance for g, r in zip(got, ratios)):
+        warnings.warn(f"the split by label gives train / val / test {' / '.join(f'{g:.2f}' for g in got)} of "
+                      f"the {n} patients it placed, asked {' / '.join(f'{r:g}' for r in ratios)}: each class of 3 "
+                      "patients or more has one in every split, and its many small classes take more than the "
+                      "ratios give", InputWarning, stacklevel=3)
 
 
 SHOWN = 5      # examples a note names
@@ -83,8 +103,8 @@ def _examples(items: Sequence[str], n: int) -> str:
 
 def coverage_note(cases: Sequence[Case]) -> str:
     """The classes (disorders) of two cases or more that the split left without a case in ``val``
-    or in ``test``, or ``""``. The split is by patient, not by label: on a long-tailed set a rare
-    class can land in train whole, and then nothing chooses its threshold or scores it on test."""
+    or in ``test``, or ``""``. A split by patient cuts at random: on a long-tailed set a rare class
+    can land in train whole, and then nothing chooses its threshold or scores it on test."""
     counts: dict[str, Counter] = defaultdict(Counter)
     for c in cases:
         for label in set(c.labels) or {"Normal"}:
@@ -97,8 +117,8 @@ def coverage_note(cases: Sequence[Case]) -> str:
             parts.append(f"{len(missing)} without a {split} case ({why}): {_examples(shown, len(shown))}")
     if not parts:
         return ""
-    return ("split coverage (by patient, not by label): " + "; ".join(parts)
-            + ". Give such cases a 'split' in the manifest to place them.")
+    return ("split coverage: " + "; ".join(parts) + ". Give such cases a 'split' in the manifest, or prepare "
+            "with --split-by label (each class of 3 patients or more in every split).")
 
 
 def shared_files_note(cases: Sequence[Case]) -> str:
