@@ -43,11 +43,16 @@ class SkippedFilesWarning(InputWarning):
     skipped, and said so (:func:`raddiag.data.discover.scans_in_folder`)."""
 
 
+def examples(items, total: int | None = None, shown: int = 5) -> str:
+    """The first ``shown`` of ``items`` joined by commas, then "and N more" of ``total`` (default:
+    all of them): what a message names of a long list."""
+    total = len(items) if total is None else total
+    return ", ".join(items[:shown]) + (f" and {total - shown} more" if total > shown else "")
+
+
 def skipped_text(skipped: dict[str, list[str]]) -> str:
     """``{reason: [names]}`` -> "3 file(s): not a scan type: a.txt, b; hidden: .DS_Store" (5 names a reason)."""
-    def names(v):
-        return ", ".join(v[:5]) + (f" and {len(v) - 5} more" if len(v) > 5 else "")
-    return f"{sum(map(len, skipped.values()))} file(s): " + "; ".join(f"{k}: {names(v)}" for k, v in skipped.items())
+    return f"{sum(map(len, skipped.values()))} file(s): " + "; ".join(f"{k}: {examples(v)}" for k, v in skipped.items())
 
 
 def one_line(text, limit: int | None = None) -> str:

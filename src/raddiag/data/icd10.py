@@ -14,10 +14,7 @@ from collections import Counter, defaultdict
 from typing import Sequence
 
 from raddiag.data.case import NORMAL, Case
-from raddiag.data.errors import InputWarning
-
-SHOWN = 5      # examples a warning names
-
+from raddiag.data.errors import InputWarning, examples
 
 def category(code: str) -> str:
     """3-character ICD-10-CM category of a code ("J12.0" -> "J12"); ValueError if the whole code is
@@ -77,13 +74,13 @@ def _split(c: Case, joined: list, empty: list) -> list[str]:
 def _joined_text(joined: list) -> str:
     if not joined:
         return ""
-    return f"{len(joined)} ICD-10 text(s) held several codes, read as each: {_examples(sorted(set(joined)), len(joined))}"
+    return f"{len(joined)} ICD-10 text(s) held several codes, read as each: {examples(sorted(set(joined)), len(joined))}"
 
 
 def _empty_text(empty: list) -> str:
     if not empty:
         return ""
-    return f"{len(empty)} empty ICD-10 code(s) left out, in case(s) {_examples([repr(i) for i in empty], len(empty))}"
+    return f"{len(empty)} empty ICD-10 code(s) left out, in case(s) {examples([repr(i) for i in empty], len(empty))}"
 
 
 def _warn(source, *texts: str) -> None:
@@ -92,9 +89,6 @@ def _warn(source, *texts: str) -> None:
             warnings.warn(f"{source}: {text}", InputWarning, stacklevel=4)
 
 
-def _examples(items: Sequence[str], n: int) -> str:
-    return ", ".join(items[:SHOWN]) + (f" and {n - SHOWN} more" if n > SHOWN else "")
-
 
 def _finer_text(finer: list) -> str:
     if not finer:
@@ -102,7 +96,7 @@ def _finer_text(finer: list) -> str:
     pairs = sorted({f"{code!r} -> {cat}" for _, code, cat in finer})
     return (f"{len(finer)} ICD-10 code(s) in {len({i for i, _, _ in finer})} case(s) read as their 3-character "
             f"category, the icd10 label space's unit (a finer code, or another spelling): "
-            f"{_examples(pairs, len(pairs))}")
+            f"{examples(pairs)}")
 
 
 def _unknown_text(unknown: Counter) -> str:
@@ -110,7 +104,7 @@ def _unknown_text(unknown: Counter) -> str:
         return ""
     shown = [f"{code!r} x{n}" for code, n in unknown.most_common()]
     return (f"{len(unknown)} icd10 label(s) are not ICD-10-CM codes, kept as written (each its own class): "
-            f"{_examples(shown, len(shown))}")
+            f"{examples(shown)}")
 
 
 def _pairs(cases: Sequence[Case]) -> dict[str, Counter]:
@@ -131,7 +125,7 @@ def _conflicts_text(cases: Sequence[Case]) -> str:
         return ""
     shown = [f"{d!r}: " + ", ".join(f"{code} x{k}" for code, k in n.most_common()) for d, n in sorted(split.items())]
     return (f"{len(split)} disorder(s) are given different ICD-10 categories in different cases, so the icd10 "
-            f"label space counts them as different classes: {_examples(shown, len(shown))}")
+            f"label space counts them as different classes: {examples(shown)}")
 
 
 def _missing_text(cases: Sequence[Case]) -> str:
@@ -147,4 +141,4 @@ def _missing_text(cases: Sequence[Case]) -> str:
     if not missing:
         return ""
     return (f"{len(missing)} case(s) have ICD-10 codes that leave out the category one of their disorders "
-            f"has in every other case, so the icd10 label space misses it there: {_examples(missing, len(missing))}")
+            f"has in every other case, so the icd10 label space misses it there: {examples(missing)}")

@@ -35,6 +35,12 @@ def release_groups(n: int, granularity: str = "disorder") -> tuple[list[str], st
     return groups, note
 
 
+def stored_thresholds(thr, fallback) -> list[Optional[float]]:
+    """``thr [C]`` as a label space stores them: ``None`` where ``fallback`` (no chosen threshold),
+    which :meth:`LabelSpace.threshold_values` reads back as the fallback, counted as one."""
+    return [None if fb else float(t) for t, fb in zip(np.asarray(thr, dtype=np.float64), fallback)]
+
+
 def check_thresholds(values, names: Sequence[str], where: str = "thresholds") -> list[Optional[float]]:
     """Per-class decision thresholds as floats, ``None`` where a class has none; a ValueError
     naming ``where`` and the class for a wrong count or a value that is not a finite number

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import random
+import warnings
 from collections import Counter, defaultdict
 from typing import Sequence
 
 from raddiag.data.case import SPLITS, Case
+from raddiag.data.errors import InputWarning, examples
 
 
 def assign_splits(cases: Sequence[Case], ratios: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0,
@@ -81,10 +83,6 @@ def _warn_drift(placed: dict[str, str], ratios: Sequence[float], tolerance: floa
     """Warn when the stratified split's shares of patients are off the ratios by more than
     ``tolerance``: every class of 3 patients or more takes one in each split, and many small
     classes take more than the ratios give val and test."""
-    import warnings
-
-    from raddiag.data.errors import InputWarning
-
     n = len(placed)
     got = [sum(v == s for v in placed.values()) / n for s in SPLITS] if n else list(ratios)
     if any(abs(g - r) > tolerance for g, r in zip(got, ratios)):
@@ -93,12 +91,6 @@ def _warn_drift(placed: dict[str, str], ratios: Sequence[float], tolerance: floa
                       "patients or more has one in every split, and its many small classes take more than the "
                       "ratios give", InputWarning, stacklevel=3)
 
-
-SHOWN = 5      # examples a note names
-
-
-def _examples(items: Sequence[str], n: int) -> str:
-    return ", ".join(items[:SHOWN]) + (f" and {n - SHOWN} more" if n > SHOWN else "")
 
 
 def coverage_note(cases: Sequence[Case]) -> str:
@@ -114,7 +106,7 @@ def coverage_note(cases: Sequence[Case]) -> str:
         missing = sorted(n for n, k in counts.items() if sum(k.values()) >= 2 and not k[split])
         if missing:
             shown = [f"{n!r} ({', '.join(f'{s} {k}' for s, k in sorted(counts[n].items()) if k)})" for n in missing]
-            parts.append(f"{len(missing)} without a {split} case ({why}): {_examples(shown, len(shown))}")
+            parts.append(f"{len(missing)} without a {split} case ({why}): {examples(shown)}")
     if not parts:
         return ""
     return ("split coverage: " + "; ".join(parts) + ". Give such cases a 'split' in the manifest, or prepare "
@@ -135,4 +127,4 @@ def shared_files_note(cases: Sequence[Case]) -> str:
     shown = [f"{p} ({', '.join(f'{c.id!r} {c.split}' for c in cs[:3])})"
              for p, cs in sorted(shared.items(), key=lambda x: (x[0] not in across, x[0]))]
     return (f"{len(shared)} scan file(s) belong to more than one case, {len(across)} of them across splits "
-            f"(trained on and tested on): {_examples(shown, len(shown))}")
+            f"(trained on and tested on): {examples(shown)}")

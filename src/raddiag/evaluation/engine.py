@@ -223,56 +223,11 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
                                    fpr_grid=FPR_GRID, roc_groups={g: m for g, m in masks.items() if g != "normal"})
     metrics = _summarise(point, boot, masks, alpha, ci_method)
 
-    roc = {}
-    for g, m in masks.items():
-        if g == "normal":
-            continue
-        curve = macro(point["roc"].T, m)[0] if m.any() else np.full(len(FPR_GRID), np.nan)
-        band = (np.full_like(curve, np.nan),) * 2
-        if boot is not None:
-            with np.errstate(all="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)      # an FPR no resample defines: nan band
-                band = tuple(np.nanpercentile(boot["roc"][g], q, axis=0) for q in (100 * alpha / 2, 100 * (1 - alpha / 2)))
-        roc[g] = {"fpr": FPR_GRID, "tpr": curve, "low": band[0], "high": band[1]}
-
-    anatomy_point = {}
-    if anatomy is not None:
-        normal_mask = masks["normal"]
-        for i, name in enumerate(sorted(set(anatomy))):
-            rows = anatomy == name
-            s_a, y_a = scores[rows], labels[rows]
-            p_a = per_class_metrics(s_a, y_a, thr)
-            b_a = (bootstrap_per_class(s_a, y_a, thr, n_boot=n_boot, seed=seed + 1 + i)
-                   if n_boot > 0 else None)
-            sub = _summarise(p_a, b_a, {"all": masks["all"], "normal": normal_mask}, alpha, ci_method)
-            metrics[anatomy_key(name)] = sub["all"]
-            metrics[anatomy_key(name) + "/normal"] = sub["normal"]
-            anatomy_point[name] = {"n_cases": int(rows.sum())}
-
-    defined = ~np.isnan(point["auc"])
-    metrics["meta"] = {
-        "n_cases": int(n), "n_classes": int(c),
-        "n_classes_defined": int(defined.sum()),
-        "n_classes_no_positive": int((labels.sum(0) == 0).sum()),
-        "n_classes_no_negative": int((labels.sum(0) == n).sum()),
-        "classes_no_positive": [label_space.names[j] for j in np.flatnonzero(labels.sum(0) == 0)],
-        "classes_no_negative": [label_space.names[j] for j in np.flatnonzero(labels.sum(0) == n)],
-        "classes_threshold_fallback": [label_space.names[j] for j in np.flatnonzero(fallback)],
-        "class_groups": _groups_note(label_space),
-        "threshold_source": source,
-        "threshold_note": THRESHOLD_SOURCES[source].format(split=names["val_split"]),
-        "n_threshold_fallback": int(fallback.sum()),
-        "threshold_fallback_value": FALLBACK_THRESHOLD,
-        "threshold_warning": threshold_warning,
-        "n_boot": int(n_boot), "seed": int(seed), "ci": f"{100 * (1 - alpha):g}% bootstrap over cases, "
-              + CI_DESCRIPTIONS[ci_method]
-              + "; the classes averaged are fixed "
-              "from the full test set (a resample that misses a class's positives or negatives redraws "
-              "them from that class)",
-        "recall_at_fpr": "largest TPR over ROC operating points (distinct score thresholds, score >= t is "
-                         "positive) with FPR <= target; no interpolation",
-        "anatomy_cases": anatomy_point,
-    }
+    roc = _roc_curves(point, boot, masks, alpha)
+    anatomy_point = _by_anatomy(metrics, scores, labels, thr, anatomy, masks, n_boot, seed, alpha, ci_method)
+    metrics["meta"] = _meta(point, labels, label_space, thr_info=(fallback, source, threshold_warning),
+                            names=names, n_boot=n_boot, seed=seed, alpha=alpha, ci_method=ci_method,
+                            anatomy_point=anatomy_point)
     if protocol == "release":
         from .release import release_protocol
 
@@ -289,6 +244,76 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
     if out_dir is not None:
         write_outputs(Path(out_dir), result, scores, labels, label_space, anatomy, case_ids, title)
     return result
+
+
+def _roc_curves(point: dict, boot: Optional[dict], masks: dict, alpha: float) -> dict:
+    """Per-group macro ROC curves on :data:`FPR_GRID`, with bootstrap bands when ``boot``."""
+    roc = {}
+    for g, m in masks.items():
+        if g == "normal":
+            continue
+        curve = macro(point["roc"].T, m)[0] if m.any() else np.full(len(FPR_GRID), np.nan)
+        band = (np.full_like(curve, np.nan),) * 2
+        if boot is not None:
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)      # an FPR no resample defines: nan band
+                band = tuple(np.nanpercentile(boot["roc"][g], q, axis=0) for q in (100 * alpha / 2, 100 * (1 - alpha / 2)))
+        roc[g] = {"fpr": FPR_GRID, "tpr": curve, "low": band[0], "high": band[1]}
+    return roc
+
+
+def _by_anatomy(metrics: dict, scores, labels, thr, anatomy, masks: dict, n_boot: int, seed: int, alpha: float,
+                ci_method: str) -> dict:
+    """Each anatomy's ``all`` and ``normal`` groups into ``metrics`` (its cases only); returns
+    ``{anatomy: {"n_cases": n}}``."""
+    anatomy_point = {}
+    if anatomy is None:
+        return anatomy_point
+    for i, name in enumerate(sorted(set(anatomy))):
+        rows = anatomy == name
+        s_a, y_a = scores[rows], labels[rows]
+        p_a = per_class_metrics(s_a, y_a, thr)
+        b_a = bootstrap_per_class(s_a, y_a, thr, n_boot=n_boot, seed=seed + 1 + i) if n_boot > 0 else None
+        sub = _summarise(p_a, b_a, {"all": masks["all"], "normal": masks["normal"]}, alpha, ci_method)
+        metrics[anatomy_key(name)] = sub["all"]
+        metrics[anatomy_key(name) + "/normal"] = sub["normal"]
+        anatomy_point[name] = {"n_cases": int(rows.sum())}
+    return anatomy_point
+
+
+def _meta(point: dict, labels: np.ndarray, label_space: LabelSpace, thr_info: tuple, names: dict, n_boot: int,
+          seed: int, alpha: float, ci_method: str, anatomy_point: dict) -> dict:
+    """``metrics["meta"]``: what was counted, left out and chosen, and how the intervals were made."""
+    fallback, source, threshold_warning = thr_info
+    n, c = labels.shape
+    npos = labels.sum(0)
+
+    def named(mask) -> list[str]:
+        return [label_space.names[j] for j in np.flatnonzero(mask)]
+
+    return {
+        "n_cases": int(n), "n_classes": int(c),
+        "n_classes_defined": int((~np.isnan(point["auc"])).sum()),
+        "n_classes_no_positive": int((npos == 0).sum()),
+        "n_classes_no_negative": int((npos == n).sum()),
+        "classes_no_positive": named(npos == 0),
+        "classes_no_negative": named(npos == n),
+        "classes_threshold_fallback": named(fallback),
+        "class_groups": _groups_note(label_space),
+        "threshold_source": source,
+        "threshold_note": THRESHOLD_SOURCES[source].format(split=names["val_split"]),
+        "n_threshold_fallback": int(fallback.sum()),
+        "threshold_fallback_value": FALLBACK_THRESHOLD,
+        "threshold_warning": threshold_warning,
+        "n_boot": int(n_boot), "seed": int(seed), "ci": f"{100 * (1 - alpha):g}% bootstrap over cases, "
+              + CI_DESCRIPTIONS[ci_method]
+              + "; the classes averaged are fixed "
+              "from the full test set (a resample that misses a class's positives or negatives redraws "
+              "them from that class)",
+        "recall_at_fpr": "largest TPR over ROC operating points (distinct score thresholds, score >= t is "
+                         "positive) with FPR <= target; no interpolation",
+        "anatomy_cases": anatomy_point,
+    }
 
 
 def write_outputs(out: Path, result: dict, scores, labels, label_space: LabelSpace, anatomy, case_ids,

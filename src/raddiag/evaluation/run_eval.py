@@ -72,7 +72,7 @@ def evaluate_run(run_dir, data_dir, split: str = "test", out_dir=None, val_split
                                title=f"raddiag evaluation: {run.root.name} on {split}", task=cfg.data.task,
                                input_names={"val_split": val_split} if val_split not in (None, "val") else None)
     if store_thresholds and res["threshold_source"] == "validation":
-        from raddiag.training.metrics import stored_thresholds
+        from raddiag.data.labels import stored_thresholds
 
         labels.thresholds = stored_thresholds(res["thresholds"], res["threshold_fallback"])
         run.save_labels(labels)        # keeps the run id (raddiag.run)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from raddiag.data.errors import one_line
+from raddiag.data.errors import examples, one_line
 
 from .engine import anatomy_name
 
@@ -91,12 +91,9 @@ def classes_line(metrics: dict) -> str:
     return line
 
 
-def named(names, shown: int = 5) -> str:
+def named(names) -> str:
     """`` (a, b, c and 4 more)`` for a list of class names; empty for none (or an older file's meta)."""
-    if not names:
-        return ""
-    text = ", ".join(repr(one_line(n, 40)) for n in names[:shown])
-    return f" ({text}{f' and {len(names) - shown} more' if len(names) > shown else ''})"
+    return f" ({examples([repr(one_line(n, 40)) for n in names])})" if names else ""
 
 
 def threshold_line(meta: dict) -> str:

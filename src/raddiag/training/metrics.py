@@ -22,10 +22,7 @@ def f1_thresholds(scores: np.ndarray, labels: np.ndarray) -> list[Optional[float
     fallback and counts it as one; a stored 0.5 was counted as a choice)."""
     from raddiag.evaluation.metrics import best_f1_thresholds
 
+    from raddiag.data.labels import stored_thresholds
+
     thr, fallback = best_f1_thresholds(scores, labels, return_fallback=True)
     return stored_thresholds(thr, fallback)
-
-
-def stored_thresholds(thr, fallback) -> list[Optional[float]]:
-    """``thr [C]`` as a label space's thresholds: ``None`` where ``fallback`` (no chosen threshold)."""
-    return [None if fb else float(t) for t, fb in zip(np.asarray(thr, dtype=np.float64), fallback)]
