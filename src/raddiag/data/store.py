@@ -206,22 +206,23 @@ def _prepare_into(out: Path, cases: list[Case], size, depth, windowing, strict, 
     jobs = [(scan, size, depth, window_for(scan.modality, scan.anatomy or c.anatomy, window, windows), limits)
             for c in cases for scan in c.scans]
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    if workers > 1 and len(jobs) > 8 and worker_processes_allowed("prepare_cases", "forkserver"):
-        pool = forkserver_pool(workers)     # forkserver: forking after torch threads ran can deadlock
-        results = map_in_order(pool, _process_scan, jobs, chunksize=4)
-    else:
-        pool, results = None, map(_process_scan, jobs)
-    if progress:
-        from tqdm import tqdm
-
-        results = tqdm(results, total=len(jobs), desc="prepare", unit="scan")
-
     kept: list[dict] = []
     n_slices = 0
     intensity: dict = {}
     as_stored: list[str] = []
-    finished = False
+    pool, finished = None, False
     try:
+        # the pool inside the try: a SIGTERM while its tasks were being submitted (its workers start
+        # on the first) left it unstopped, and the exit waited for every scan (a test timed out)
+        if workers > 1 and len(jobs) > 8 and worker_processes_allowed("prepare_cases", "forkserver"):
+            pool = forkserver_pool(workers)     # forkserver: forking after torch threads ran can deadlock
+            results = map_in_order(pool, _process_scan, jobs, chunksize=4)
+        else:
+            results = map(_process_scan, jobs)
+        if progress:
+            from tqdm import tqdm
+
+            results = tqdm(results, total=len(jobs), desc="prepare", unit="scan")
         with (out / "slices.f16").open("wb") as fbin:
             results = iter(results)
             for case in cases:

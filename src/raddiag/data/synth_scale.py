@@ -335,17 +335,17 @@ def generate_paper_cases(out_dir: str | Path, n_cases: int = PAPER_CASES, seed: 
     from raddiag.data.workers import forkserver_pool, map_in_order, worker_processes_allowed
 
     pool = None
-    if workers > 1 and n_cases > chunk and worker_processes_allowed("generate_paper_cases", "forkserver"):
-        pool = forkserver_pool(workers, _init_worker, (state,))
-        results = map_in_order(pool, _make_chunk, _chunks(plans, chunk))
-    else:
-        _init_worker(state)
-        results = map(_make_chunk, _chunks(plans, chunk))
-    if progress:
-        from tqdm import tqdm
+    try:    # the pool inside the try, so that it is stopped whenever its tasks were submitted (prepare_cases)
+        if workers > 1 and n_cases > chunk and worker_processes_allowed("generate_paper_cases", "forkserver"):
+            pool = forkserver_pool(workers, _init_worker, (state,))
+            results = map_in_order(pool, _make_chunk, _chunks(plans, chunk))
+        else:
+            _init_worker(state)
+            results = map(_make_chunk, _chunks(plans, chunk))
+        if progress:
+            from tqdm import tqdm
 
-        results = tqdm(results, total=math.ceil(n_cases / chunk), desc="synth", unit=f"{chunk} cases")
-    try:
+            results = tqdm(results, total=math.ceil(n_cases / chunk), desc="synth", unit=f"{chunk} cases")
         return write_manifest((c for cases in results for c in cases), raw / "manifest.jsonl")
     finally:
         if pool is not None:
