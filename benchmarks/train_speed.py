@@ -254,9 +254,11 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_rate(device, n: int = 2048, reps: int = 3) -> float:
-    """fp32 FLOP/s of an n^3 matmul (the best of ``reps``)."""
-    a, b = torch.rand(n, n, device=device), torch.rand(n, n, device=device)
+def matmul_rate(device, amp: str = "none", n: int = 2048, reps: int = 3) -> float:
+    """FLOP/s of an n^3 matmul (the best of ``reps``), in the step's precision: fp32, or bf16 under
+    ``--amp bf16`` (on a CPU with AMX about 5x fp32's rate)."""
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float32
+    a, b = torch.rand(n, n, device=device, dtype=dtype), torch.rand(n, n, device=device, dtype=dtype)
     best = float("inf")
     for _ in range(reps):
         sync(device)
@@ -367,7 +369,7 @@ def interleaved(args, their, ours, tb, ob, device):
             sync(device)
             if r:
                 times[side].append(time.perf_counter() - t)
-        rates.append(matmul_rate(device))
+        rates.append(matmul_rate(device, args.amp))
         print(f"  round {r}{' (warm-up)' if not r else ''}: theirs {losses['theirs'][-1]:.6f} "
               f"ours {losses['ours'][-1]:.6f}; load {os.getloadavg()[0]:.1f}", flush=True)
     return times, losses, rates
@@ -382,7 +384,8 @@ def report(args, times, losses, rates, flops, mem, device) -> None:
           f"{losses['ours'][0]:.6f} (|diff| {d0:.1e}: {'agree to 1e-4' if d0 <= 1e-4 else 'DIFFER'}"
           f"{'; BatchNorm on running statistics' if args.bn_eval else ''})")
     useful = flops["useful"]
-    print(f"matmul rate {rate / 1e9:.0f} GFLOP/s (fp32 2048^3, median of the rounds); the step's useful work "
+    print(f"matmul rate {rate / 1e9:.0f} GFLOP/s ({'bf16' if args.amp == 'bf16' else 'fp32'} 2048^3, median of "
+          f"the rounds); the step's useful work "
           f"{useful / 1e9:.0f} GFLOP (forward + backward of the real slices, counted once)")
     for side, med in (("theirs", t_med), ("ours", o_med)):
         ts = times[side]

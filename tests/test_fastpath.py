@@ -38,7 +38,9 @@ def test_fold_batchnorm_matches_unfolded(dims, depth):
     with torch.no_grad():
         want, got = net(x), folded(x)
     assert want.abs().max() > 0.1
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # fp32 rounding of 50 layers summed in another order (oneDNN's kernels for the folded weights
+    # differ from run to run on an AMX CPU: 2.5e-5 relative seen); a wrong fold is off by O(1)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
 def test_fold_batchnorm_refuses_training_mode():

@@ -40,10 +40,59 @@ def test_a_three_channel_backbone_takes_the_grey_slice_without_a_repeated_copy()
     net = make_resnet(2, 10, [4, 8, 16, 16], in_channels=3)
     assert isinstance(net.conv1, GreyStemConv2d) and tuple(net.conv1.weight.shape) == (4, 3, 7, 7)
     assert set(net.state_dict()) == set(make_resnet(2, 10, [4, 8, 16, 16], in_channels=1).state_dict())
-    assert not isinstance(make_resnet(2, 10, [4, 8, 16, 16], in_channels=1).conv1, GreyStemConv2d)
     net.eval()
     x = torch.rand(2, 1, 32, 32)
     torch.testing.assert_close(net(x), net(x.expand(-1, 3, -1, -1)), atol=1e-5, rtol=1e-4)
+    # a 1-channel backbone's stem is a plain convolution (the class only sets the layout)
+    one = make_resnet(2, 10, [4, 8, 16, 16], in_channels=1)
+    plain = nn.Conv2d(1, 4, 7, stride=2, padding=3, bias=False)
+    plain.weight = one.conv1.weight
+    assert torch.equal(one.conv1(x), plain(x))
+
+
+def test_a_one_channel_backbone_is_initialised_as_monais_resnet_from_the_same_seed():
+    """Its stem class draws nothing: a seeded model (and every run seeded before it) keeps its weights."""
+    from monai.networks.nets import ResNet
+    from monai.networks.nets.resnet import ResNetBlock
+
+    torch.manual_seed(3)
+    ours = make_resnet(2, 10, [4, 8, 16, 16], in_channels=1)
+    after = torch.rand(1)
+    torch.manual_seed(3)
+    monai = ResNet(ResNetBlock, [1, 1, 1, 1], [4, 8, 16, 16], spatial_dims=2, n_input_channels=1,
+                   conv1_t_size=7, conv1_t_stride=2, feed_forward=False, bias_downsample=False)
+    assert torch.equal(after, torch.rand(1))
+    a, b = ours.state_dict(), monai.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _is_channels_last(t: torch.Tensor) -> bool:
+    # a 1-channel or 1x1 tensor is both; the layouts differ only where both flags differ
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_the_slice_backbone_runs_channels_last_with_the_nchw_values_and_gradients(training):
+    """Grey slices have an ambiguous layout (1 channel), so the layout is set on the stem's output:
+    every stage after it runs channels-last (in training too), with NCHW's values and gradients."""
+    torch.manual_seed(0)
+    enc = build_model(preset("tiny"), 5).encoder.train(training)
+    layouts = []
+    for stage in (enc.slice_backbone.layer1, enc.slice_backbone.layer4):
+        stage.register_forward_hook(lambda m, i, o: layouts.append(_is_channels_last(o)))
+    slices = torch.rand(6, 1, 64, 64)
+    results = {}
+    for cl in (True, False):
+        enc.channels_last = cl
+        enc.zero_grad(set_to_none=True)
+        out = enc.slice_features(slices)
+        out.square().sum().backward()
+        results[cl] = out, [p.grad for p in enc.slice_backbone.parameters()]
+    assert layouts == [True, True, False, False]
+    torch.testing.assert_close(results[True][0], results[False][0], atol=1e-5, rtol=1e-4)
+    for a, b in zip(results[True][1], results[False][1]):
+        # sums in another order: float rounding, relative to the gradient's scale
+        torch.testing.assert_close(a, b, atol=1e-4 * float(b.abs().max()), rtol=1e-3)
 
 
 def test_fused_attention_matches_the_releases_explicit_softmax_with_padded_keys():

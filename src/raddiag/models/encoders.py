@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from monai.networks.nets import ResNet
 from monai.networks.nets.resnet import ResNetBlock, ResNetBottleneck
 from torch import nn
+from torch.nn.utils import skip_init
 from torch.utils.checkpoint import checkpoint
 
 from raddiag.config import ModelConfig
@@ -50,27 +51,39 @@ class GreyStemConv2d(nn.Conv2d):
     weight's gradient is the summed weight's gradient for every input channel, as with the repeated
     input. The weight keeps its ``[out, in_channels, k, k]`` shape (state dicts are unchanged); an
     input with ``in_channels`` channels is convolved as usual. The inference twin
-    (:func:`raddiag.models.fastpath.fold_stem_channels`) stores the sum once instead."""
+    (:func:`raddiag.models.fastpath.fold_stem_channels`) stores the sum once instead.
+
+    With ``channels_last_output`` (set by the slice encoder for each call) the output is made
+    channels-last, and the rest of the backbone runs in that layout: oneDNN follows its input's
+    layout (or its weight's), and a grey input's is ambiguous (with one channel its channels-last
+    strides are its contiguous ones), so making the slices channels-last changes nothing."""
+
+    channels_last_output = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1 and self.in_channels > 1 and self.groups == 1:
-            return self._conv_forward(x, self.weight.sum(1, keepdim=True), self.bias)
-        return super().forward(x)
+            y = self._conv_forward(x, self.weight.sum(1, keepdim=True), self.bias)
+        else:
+            y = super().forward(x)
+        return y.contiguous(memory_format=torch.channels_last) if self.channels_last_output else y
 
 
 def make_resnet(spatial_dims: int, depth: int, inplanes: list[int], in_channels: int = 1) -> ResNet:
     """A MONAI ResNet laid out like torchvision's (7x7 stride-2 stem, 3x3 stride-2 max-pool,
     no bias in the downsample conv) returning globally pooled features (no fc). A 2D one with
-    ``in_channels`` > 1 takes grey slices too (:class:`GreyStemConv2d`)."""
+    ``in_channels`` > 1 takes grey slices too; its stem sets the backbone's layout (:class:`GreyStemConv2d`)."""
     if depth not in RESNET_LAYERS:
         raise ValueError(f"unsupported ResNet depth {depth}; choose one of {sorted(RESNET_LAYERS)}")
     block, layers = RESNET_LAYERS[depth]
     net = ResNet(block, layers, list(inplanes), spatial_dims=spatial_dims, n_input_channels=in_channels,
                  conv1_t_size=7, conv1_t_stride=2, feed_forward=False, bias_downsample=False)
-    if spatial_dims == 2 and in_channels > 1:
+    if spatial_dims == 2:
         c = net.conv1
-        stem = GreyStemConv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation,
-                              c.groups, c.bias is not None)
+        # A 1-channel stem is built without a random draw (skip_init; its weight is MONAI's), so a
+        # seeded model is initialised as before it had this class; a 3-channel one always drew.
+        make = partial(skip_init, GreyStemConv2d) if in_channels == 1 else GreyStemConv2d
+        stem = make(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation,
+                    c.groups, c.bias is not None)
         stem.weight, stem.bias = c.weight, c.bias
         net.conv1 = stem
     return net
@@ -203,17 +216,24 @@ class ResNetViTEncoder(nn.Module):
                                          mc.mlp_ratio, mc.dropout)
         nn.init.normal_(self.cls_token, std=0.02)
 
-    # In eval mode slices enter the backbone channels-last (oneDNN's preferred convolution layout
-    # on CPU; the whole backbone then runs in it). Not in training: a paper step was slower with
-    # it here (x1.41; benchmarks/model_speed.py --train), so channels_last_training is off.
+    # The backbone runs channels-last (oneDNN's preferred convolution layout on CPU, and what bf16
+    # kernels want on CPU and GPU), in training too. Until 2026-12-07 only the 1-channel slices
+    # were made channels-last, a layout-ambiguous no-op, so the backbone ran NCHW; set on the
+    # stem's output (GreyStemConv2d) it runs channels-last: a training step x0.93 at the paper's
+    # 2 x 8 x 256 px (benchmarks/model_speed.py --train), x0.8-0.9 for `official` at 128 px in
+    # fp32 and bf16, x0.83 for `tiny` (the x1.41 measured once was for an older layout).
     channels_last = True
-    channels_last_training = False
+    channels_last_training = True
 
     def slice_features(self, slices: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features ``[S, F]`` of ``[S, 1, H, W]`` slices, in chunks (a grey slice
         enters a 3-channel backbone as it is: :class:`GreyStemConv2d`)."""
-        if self.channels_last and (self.channels_last_training or not self.training):
+        cl = self.channels_last and (self.channels_last_training or not self.training)
+        if cl:
             slices = slices.contiguous(memory_format=torch.channels_last)
+        stem = getattr(self.slice_backbone, "conv1", None)     # not in an inference twin's backbone
+        if isinstance(stem, GreyStemConv2d):
+            stem.channels_last_output = cl
         n_chunks = -(-slices.shape[0] // self.slice_chunk)
         # equal-sized chunks: no 1-slice tail chunk (BatchNorm in training needs > 1 value)
         chunks = torch.tensor_split(slices, n_chunks)
