@@ -22,6 +22,9 @@ def test_train_prints_its_start_summary(tmp_path, capsys):
                  "--max-steps", "1", "--max-scans", "1"] + [x for o in overrides for x in ("--set", o)]) == 0
     out = capsys.readouterr().out
     lines = {line.split(":")[0].split(",")[0].strip(): line for line in out.splitlines() if line.startswith("  ")}
+    # stopped by --max-steps before any validation: said so, not "best val macro AUC nan (epoch 0)"
+    last = out.strip().splitlines()[-1]
+    assert "before any validation: no best epoch yet" in last and "nan" not in last, last
     records = PreparedData(data).records
     n = {s: sum(r["split"] == s for r in records) for s in ("train", "val")}
     assert lines["cases"].strip() == f"cases: train {n['train']}, val {n['val']}"

@@ -111,6 +111,15 @@ def _report(result) -> None:
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"{result.run.root}: {result.epochs_run} epochs, {result.steps} steps, best val macro AUC "
-              f"{result.best_val_auc:.4f} (epoch {result.best_epoch})"
-              + (", stopped early" if result.stopped_early else ""))
+        print(report_line(result))
+
+
+def report_line(result) -> str:
+    """The run's one-line summary; a run stopped (``--max-steps``) before any epoch validated says
+    so, where it printed a best AUC of nan at epoch 0."""
+    head = f"{result.run.root}: {result.epochs_run} epochs, {result.steps} steps, "
+    if result.best_epoch < 1:
+        return (head + f"stopped inside epoch {result.epochs_run + 1} before any validation: no best epoch yet; "
+                f"{result.run.weights.name} holds the weights at the stop (--resume goes on)")
+    return (head + f"best val macro AUC {result.best_val_auc:.4f} (epoch {result.best_epoch})"
+            + (", stopped early" if result.stopped_early else ""))
