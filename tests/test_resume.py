@@ -91,3 +91,23 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, worke
     assert all(torch.equal(best_ref[k], best[k]) for k in best_ref)
     rows = (run / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 3                                           # header + one row per epoch, no duplicates
+
+
+def test_a_run_stopped_again_before_any_validation_keeps_its_latest_weights(tmp_path):
+    """No epoch has validated, so no weights are best yet: the run's weights file is the latest
+    stop's (it kept the first stop's, while the closing line said it held the weights at the stop)."""
+    from raddiag.models import load_model
+    from raddiag.training import train
+    from raddiag.training.checkpoint import load_checkpoint
+
+    data = make_tiny_data(tmp_path, n_cases=24)
+    cfg = preset("tiny", tiny_overrides(**{"train.epochs": 2}))
+    run = tmp_path / "run"
+    train(data, run, cfg, max_steps=1, progress=False)
+    first = {k: v.clone() for k, v in load_model(run)[0].state_dict().items()}
+    result = train(data, run, cfg, max_steps=3, progress=False, resume=True)
+    assert (result.epochs_run, result.steps, result.best_epoch) == (0, 3, 0)
+    latest = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    saved = load_model(run)[0].state_dict()
+    assert all(torch.equal(saved[k], latest[k]) for k in latest)
+    assert not all(torch.equal(saved[k], first[k]) for k in first)      # the steps after the first trained it

@@ -117,7 +117,8 @@ def _report(result) -> None:
 def report_line(result) -> str:
     """The run's one-line summary; a run stopped (``--max-steps``) before any epoch validated says
     so, where it printed a best AUC of nan at epoch 0."""
-    head = f"{result.run.root}: {result.epochs_run} epochs, {result.steps} steps, "
+    head = (f"{result.run.root}: {result.epochs_run} epoch{'s' * (result.epochs_run != 1)}, "
+            f"{result.steps} step{'s' * (result.steps != 1)}, ")
     if result.best_epoch < 1:
         return (head + f"stopped inside epoch {result.epochs_run + 1} before any validation: no best epoch yet; "
                 f"{result.run.weights.name} holds the weights at the stop (--resume goes on)")

@@ -174,9 +174,11 @@ class TrainLoop:
         return float(tl[0] / max(tl[1], 1))
 
     def stop_mid_epoch(self, epoch: int, b: int, loss_sum: float, loss_n: int) -> None:
-        """``max_steps`` reached inside an epoch: save where we are (and weights, if none yet)."""
+        """``max_steps`` reached inside an epoch: save where we are, and the weights while no epoch
+        has validated (none is best yet, so the run's weights are the latest: a resumed run stopped
+        again replaces those of its earlier stop)."""
         self.checkpoint(epoch, b, loss_sum, loss_n)
-        if self.d.is_main and not self.run.weights.exists():
+        if self.d.is_main and not self.state["have_best"] and self.state["best_epoch"] < 0:
             _save_weights_atomic(self.model, self.run)
         self.d.barrier()
 
