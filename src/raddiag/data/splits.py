@@ -92,7 +92,6 @@ def _warn_drift(placed: dict[str, str], ratios: Sequence[float], tolerance: floa
                       "ratios give", InputWarning, stacklevel=3)
 
 
-
 def coverage_note(cases: Sequence[Case]) -> str:
     """The classes (disorders) of two cases or more that the split left without a case in ``val``
     or in ``test``, or ``""``. A split by patient cuts at random: on a long-tailed set a rare class

@@ -178,7 +178,7 @@ class TrainLoop:
         has validated (none is best yet, so the run's weights are the latest: a resumed run stopped
         again replaces those of its earlier stop)."""
         self.checkpoint(epoch, b, loss_sum, loss_n)
-        if self.d.is_main and not self.state["have_best"] and self.state["best_epoch"] < 0:
+        if self.d.is_main and self.state["best_epoch"] < 0:
             _save_weights_atomic(self.model, self.run)
         self.d.barrier()
 

@@ -20,9 +20,8 @@ def f1_thresholds(scores: np.ndarray, labels: np.ndarray) -> list[Optional[float
     """Per-class threshold maximising F1 on these (validation) predictions, as a label space stores
     them: ``None`` for a class without a positive to choose one on (a later evaluation then uses the
     fallback and counts it as one; a stored 0.5 was counted as a choice)."""
-    from raddiag.evaluation.metrics import best_f1_thresholds
-
     from raddiag.data.labels import stored_thresholds
+    from raddiag.evaluation.metrics import best_f1_thresholds
 
     thr, fallback = best_f1_thresholds(scores, labels, return_fallback=True)
     return stored_thresholds(thr, fallback)
