@@ -125,6 +125,8 @@ class TrainConfig:
     num_workers: int = 0
     prefetch: int = 1                    # batches a background thread loads ahead, without loader processes,
                                          # where the step leaves a core free (0: none; training.prefetch)
+    cache_mb: int = 1024                 # loaded scans kept in memory from one epoch to the next, train and
+                                         # val together, shared by the loader processes (0: none; data.scan_cache)
     eval_batch_size: int = 8
     # transfer (raddiag finetune): the pre-trained encoder + fusion vs the new classification layer
     encoder_lr_scale: float = 1.0        # their learning rate = lr x this (the head keeps lr)
@@ -236,6 +238,8 @@ class RunConfig:
         for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size"):
             if getattr(t, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(t, name)}")
+        if not t.cache_mb >= 0:
+            raise ValueError(f"train.cache_mb must be >= 0 (0: no cache), got {t.cache_mb}")
         return self
 
 

@@ -42,8 +42,7 @@ class BufferPool:
     def __init__(self, keep: int = 3, max_bytes: int = 256 << 20, dtype=np.float32) -> None:
         self.keep, self.max_bytes, self.dtype = keep, max_bytes, np.dtype(dtype)
         self._buffers: list[np.ndarray] = []
-        self._lock = threading.Lock()
-        _POOLS.add(self)
+        self._lock = fork_safe_lock(self)
 
     def take(self, shape: tuple[int, ...]) -> np.ndarray:
         """An array of ``shape``, its contents whatever its buffer held last (write every element)."""
@@ -65,13 +64,20 @@ class BufferPool:
 
 # A process forked while another thread held a pool's lock (a prefetching thread collating as a
 # DataLoader forks its workers) would inherit it held, and its first take() would wait forever:
-# each child starts with its pools' locks free (only the forking thread lives on in the child).
-_POOLS: "weakref.WeakSet[BufferPool]" = weakref.WeakSet()
+# each child starts with its owners' locks free (only the forking thread lives on in the child).
+_LOCK_OWNERS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def fork_safe_lock(owner) -> threading.Lock:
+    """A lock for ``owner._lock`` that a forked child finds free: the child's ``owner._lock`` is a
+    new lock (:class:`BufferPool`, ``raddiag.data.scan_cache.ScanCache``)."""
+    _LOCK_OWNERS.add(owner)
+    return threading.Lock()
 
 
 def _unlock_after_fork() -> None:
-    for pool in list(_POOLS):
-        pool._lock = threading.Lock()
+    for owner in list(_LOCK_OWNERS):
+        owner._lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):

@@ -22,6 +22,7 @@ from raddiag.data.batch_buffers import BufferPool
 from raddiag.data.case import modality_id
 from raddiag.data.labels import LabelSpace
 from raddiag.data.preprocess import depth_indices, map_key_slice, resize_slices
+from raddiag.data.scan_cache import ScanCache
 from raddiag.data.store import PreparedData
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,10 @@ class CaseDataset(Dataset):
         train: bool = False,
         scan_transform: Optional[ScanTransform] = None,
         seed: int = 0,
+        cache: Optional[ScanCache] = None,
     ):
         self.data = data if isinstance(data, PreparedData) else PreparedData(data)
+        self.cache = cache     # loaded scans kept between epochs (raddiag.data.scan_cache); None: none
         self.records = self.data.records_for(split)
         if not self.records:
             raise ValueError(f"{self.data.root}: no cases in split {split!r}")
@@ -117,17 +120,27 @@ class CaseDataset(Dataset):
             return resize_slices(torch.from_numpy(arr).to(torch.float32), self.cfg.size)[None]
         return resize_slices(np.asarray(arr, dtype=np.float32), self.cfg.size)[None]  # [1, d, H, W]
 
+    def _loaded(self, s: dict, array: np.ndarray) -> tuple[torch.Tensor, int]:
+        """Scan record ``s`` from its stored slices ``array``: ``([1, d, H, W] image, key slice)``;
+        a store deeper than the configured depth is resampled again, the key slice with it."""
+        idx = depth_indices(s["store"]["n"], self.cfg.depth)
+        return self._load(array, idx), map_key_slice(s["store"]["key"], s["store"]["n"], idx)
+
     def scan_item(self, rec: dict, j: int, rng: Optional[np.random.Generator], k: int = 0,
                   array: Optional[np.ndarray] = None) -> dict:
         """Scan ``j`` of case ``rec``, loaded (and augmented when training, with ``rng``);
         ``k`` counts the earlier scans of its modality in the same entry (the modality id).
         ``array``: the scan's stored slices (default: read from the memory map)."""
         s = rec["scans"][j]
-        array = self.data.scan_array(s) if array is None else array
-        # a store deeper than the configured depth is resampled again, the key slice with it
-        idx = depth_indices(s["store"]["n"], self.cfg.depth)
-        key = map_key_slice(s["store"]["key"], s["store"]["n"], idx)
-        item = {"image": self._load(array, idx), "is_3d": bool(s["is_3d"]), "key_slice": key, "modality": s["modality"]}
+        if array is not None:
+            image, key = self._loaded(s, array)
+        elif self.cache is not None:    # the store and its offset name the scan; the geometry, its loading
+            st, cfg = s["store"], self.cfg
+            image, key = self.cache.get((self.data.root, st["start"], st["n"], cfg.size, cfg.depth),
+                                        lambda: self._loaded(s, self.data.scan_array(s)))
+        else:
+            image, key = self._loaded(s, self.data.scan_array(s))
+        item = {"image": image, "is_3d": bool(s["is_3d"]), "key_slice": key, "modality": s["modality"]}
         if self.scan_transform is not None and self.train:
             item = self.scan_transform(item, rng)
         item["modality_id"] = modality_id(s["modality"], k, self.cfg.modality_scheme)

@@ -333,6 +333,7 @@ def _train_data(d, data, cfg, labels, train_indices, CaseDataset, make_loader):
     """``(train_ds, val_ds, sampler, loader, batches_per_epoch)`` from a prepared folder (a
     resumable sampler over a CaseDataset, or a ScanDataset for the pooling baselines) or shards."""
     from raddiag.data.dataset import ScanDataset
+    from raddiag.data.scan_cache import ScanCache
     from raddiag.models import trains_on_scans
     from raddiag.task import check_dataset
 
@@ -348,7 +349,10 @@ def _train_data(d, data, cfg, labels, train_indices, CaseDataset, make_loader):
         train_ds, val_ds, sampler = _shard_datasets(data, cfg, labels, transform, train_indices, d)
         loader = make_loader(train_ds, tc.batch_size, num_workers=tc.num_workers, seed=tc.seed)
         return train_ds, val_ds, sampler, loader, train_ds.batches_per_epoch(tc.batch_size, loader.num_workers)
-    train_full = CaseDataset(data, "train", labels, cfg.data, train=True, scan_transform=transform, seed=tc.seed)
+    # one cache for train and val (the same store), each loader process its share (raddiag.data.scan_cache)
+    cache = ScanCache(int(tc.cache_mb * 2**20) // (1 + max(0, tc.num_workers))) if tc.cache_mb > 0 else None
+    train_full = CaseDataset(data, "train", labels, cfg.data, train=True, scan_transform=transform, seed=tc.seed,
+                             cache=cache)
     if trains_on_scans(cfg.model.fusion):  # the paper's pooling baselines: one scan per sample
         if tc.case_mix:
             raise ValueError(f"train.case_mix joins cases; model.fusion={cfg.model.fusion} trains on single scans")
@@ -361,7 +365,7 @@ def _train_data(d, data, cfg, labels, train_indices, CaseDataset, make_loader):
         from raddiag.data.case_mix import CaseMix
 
         train_ds = CaseMix(train_ds, tc.case_mix, tc.seed)
-    val_ds = CaseDataset(data, "val", labels, cfg.data, train=False)
+    val_ds = CaseDataset(data, "val", labels, cfg.data, train=False, cache=cache)
     for split, ds in (("train", train_full), ("val", val_ds)):
         check_dataset(ds, cfg.data.task, f"{data.root} split {split!r}")
     if tc.repeat_factor:
