@@ -194,5 +194,7 @@ def test_an_empty_case_name_is_refused_not_read_as_the_current_folder(krun, tmp_
     for given in ("", " ", None):
         with pytest.raises(ValueError, match="empty name|nothing to predict"):
             pred.predict(given, modality="X-ray")
-    got = pred.predict(["", str(tmp_path / "0.png")], modality="X-ray")     # several cases: one error each
+    with pytest.raises(ValueError, match="1 of 2 is an empty name"):        # a list with a file: one case
+        pred.predict(["", str(tmp_path / "0.png")], modality="X-ray")
+    got = pred.predict([[""], [str(tmp_path / "0.png")]], modality="X-ray")     # several cases: one error each
     assert "empty name" in got[0].error and got[1].case_id == "0"

@@ -248,6 +248,16 @@ def _one_line_warnings() -> None:
     warnings.showwarning = show
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null: its reader is gone, and the interpreter's final flush would
+    otherwise fail again (Python's documented way, "Note on SIGPIPE")."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -271,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("raddiag: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:          # `raddiag predict ... --json | head`: the reader has what it wanted
+        _quiet_stdout()
+        return 141                   # as a program killed by SIGPIPE (128 + 13), silently
     except Terminated:
         _close_progress_bars()
         print("raddiag: terminated (SIGTERM); unfinished outputs removed", file=sys.stderr)

@@ -21,6 +21,7 @@ def _add_inputs(p) -> None:
                         "file of a comma-joined CASE (DICOM: from the tags; a manifest names each scan's; default: "
                         "the run's only modality when it was trained on one)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "compile", "off"],
                    help="inference fast path (raddiag.models.fastpath; default: onnxruntime when installed, "
@@ -189,7 +190,7 @@ def _report_failed(failed, total: int) -> int:
     if not failed:
         return 0
     print(f"raddiag: error: {len(failed)} of {total} cases failed: "
-          + one_line("; ".join(f"{r.case_id}: {r.error}" for r in failed)), file=sys.stderr)
+          + one_line("; ".join(f"{r.case_id}: {r.error}" if r.case_id else r.error for r in failed)), file=sys.stderr)
     return EXIT_BAD_INPUT
 
 
@@ -210,7 +211,7 @@ def _predict(args: argparse.Namespace) -> int:
     pred = _load(args)
     _say_default_modality(pred, args)
     results = pred.predict(cases, modality=modality, top=args.top, classes=args.classes, encoder=args.encoder,
-                           batch_size=args.batch_size, progress=len(cases) > args.batch_size,
+                           batch_size=args.batch_size, progress=len(cases) > args.batch_size and not args.no_progress,
                            saliency=args.saliency, saliency_class=args.saliency_class,
                            all_slices=args.all_slices, saliency_top_k=args.saliency_top_k, overwrite=args.overwrite,
                            saliency_errors="keep")
@@ -248,7 +249,7 @@ def _predict_to_file(args, cases) -> int:
     from raddiag.serving.predict import canonical_modalities
 
     s = predict_to_jsonl(pred, _pending(pred, args, cases), args.out, args.batch_size, args.top, args.classes,
-                         args.encoder, progress=True, retry_errors=args.retry_errors,
+                         args.encoder, progress=not args.no_progress, retry_errors=args.retry_errors,
                          modality=canonical_modalities(_modalities(args)) if args.cases else None)
     notes = [text for text, on in (("a cut-off last line was dropped and its case predicted again", s.dropped_partial),
                                    (f"{s.duplicates} repeated row(s) of a case removed", s.duplicates),
@@ -268,7 +269,7 @@ def _embed(args: argparse.Namespace) -> int:
     check_embeddings_out(args.out, args.overwrite)          # before the work, not after
     pred = _load(args)
     _say_default_modality(pred, args)
-    results = pred.embed_cases(_pending(pred, args, cases), args.batch_size, progress=True)
+    results = pred.embed_cases(_pending(pred, args, cases), args.batch_size, progress=not args.no_progress)
     path = save_embeddings(results, args.out, pred.cfg.model.width, overwrite=args.overwrite)
     ok = [r for r in results if not isinstance(r, CaseError)]
     print(f"{path}: {len(ok)} case embedding(s) and {sum(len(r.scans) for r in ok)} scan embedding(s) of "

@@ -28,6 +28,7 @@ import torch
 
 from raddiag.config import RunConfig
 from raddiag.data.case import Scan, canonical_modality, modality_id
+from raddiag.data.errors import ScanError
 from raddiag.data.labels import DEFAULT_THRESHOLD, LabelSpace
 from raddiag.data.volume import DEFAULT_LIMITS, Limits
 from raddiag.staging import staged_files
@@ -108,8 +109,11 @@ def _case_ids(cases) -> list[str]:
 
 
 def _split_cases(inputs) -> tuple[list, bool]:
-    """(list of cases, whether the caller gave several). A list of existing files is ONE case;
-    a list holding lists or folders is several cases."""
+    """(list of cases, whether the caller gave several). A list is several cases when it holds
+    lists (each a case; a path beside them is a case of its own) or when no item is a file (each
+    folder a case: ``["case1/", "case2/"]``). A list with a file in it is ONE case, its folders
+    scans of that case (``["ct_series/", "cxr.png"]``): a missing item is then that case's error,
+    never a case of its own (a typo in one file name would otherwise split the case)."""
     if isinstance(inputs, (str, Path)):
         return [inputs], False
     if inputs is None:
@@ -117,7 +121,8 @@ def _split_cases(inputs) -> tuple[list, bool]:
     items = list(inputs)
     if not items:
         raise ValueError("nothing to predict: no inputs given")
-    if all(isinstance(x, (str, Path)) and Path(x).is_file() for x in items):
+    paths = all(isinstance(x, (str, Path)) for x in items)
+    if paths and any(str(x).strip() and Path(x).is_file() for x in items):
         return [items], False
     return items, True
 
@@ -205,24 +210,24 @@ class Predictor:
 
     # -- preprocessing ---------------------------------------------------------------------
     def prepare(self, scans: list[Scan], case_id: str = "case") -> tuple[dict, list[ScanInfo], list[int]]:
-        """Scans -> (a dataset sample for ``collate_cases``, per-scan info, indices used)."""
-        from raddiag.data.dataset import select_scans
-        from raddiag.data.intensity import warn_unlike_training, window_for
-        from raddiag.data.preprocess import load_scan
-
-        dc = self.cfg.data
-        picked = select_scans([{"modality": s.modality} for s in scans], dc, None)
-        keep = set(picked)        # only their arrays are kept: a folder of 1,500 images held them all
-        infos, arrays = [], []
+        """Scans -> (a dataset sample for ``collate_cases``, per-scan info, indices used). A scan that
+        cannot be read (:class:`ScanError`: corrupt, NaN, constant...) is skipped, as ``data prepare``
+        skips it, and listed with its reason; a case with no readable scan raises the first error."""
+        # only the arrays of the scans the caps pick are kept: a folder of 1,500 images held them all
+        keep = set(self._select(scans, range(len(scans))))
+        infos, arrays, errors = [], [], []
         for j, s in enumerate(scans):
-            profile: dict = {}
-            window = window_for(s.modality, s.anatomy, dc.window, dc.windows)
-            arr, key, _ = load_scan(s, dc.size, dc.depth, window, self.limits, profile)
-            warn_unlike_training(self.run_dir, s, profile, dc.windows)
-            is_3d = bool(s.is_3d) if s.is_3d is not None else arr.shape[0] > 1
-            infos.append(ScanInfo(id=s.id or Path(s.paths[0]).name, paths=list(s.paths), modality=s.modality,
-                                  is_3d=is_3d, slices=int(arr.shape[0]), key_slice=int(key), used=False))
+            info, arr = self._read_or_skip(s, errors)
+            infos.append(info)
             arrays.append(arr if j in keep else None)
+        readable = [j for j, info in enumerate(infos) if info.error is None]
+        if not readable:
+            raise errors[0]
+        picked = self._select(scans, readable)
+        for j in picked:            # a place an unreadable scan left to a later one: read that one again
+            if arrays[j] is None:
+                arrays[j] = self._read_scan(scans[j])[1]
+        dc = self.cfg.data
         per_mod: dict[str, int] = defaultdict(int)
         items = []
         for j in picked:
@@ -236,6 +241,36 @@ class Predictor:
         sample = {"scans": items, "labels": torch.zeros(len(self.labels)), "case_id": case_id, "anatomy": None,
                   "sources": [scans[j] for j in picked]}      # the used scans' files (saliency draws on them)
         return sample, infos, picked
+
+    def _select(self, scans: list[Scan], among) -> list[int]:
+        """The scans of ``among`` (indices into ``scans``) the run feeds, by its scan caps."""
+        from raddiag.data.dataset import select_scans
+
+        among = list(among)
+        return [among[i] for i in select_scans([{"modality": scans[j].modality} for j in among], self.cfg.data, None)]
+
+    def _read_or_skip(self, s: Scan, errors: list) -> tuple[ScanInfo, Optional[np.ndarray]]:
+        """:meth:`_read_scan`, or for a scan that cannot be read its info with the reason (appended
+        to ``errors`` too) and no array."""
+        try:
+            return self._read_scan(s)
+        except ScanError as exc:
+            errors.append(exc)
+            return ScanInfo(id=s.id or Path(s.paths[0]).name, paths=list(s.paths), modality=s.modality,
+                            is_3d=bool(s.is_3d), slices=0, key_slice=-1, used=False, error=str(exc)), None
+
+    def _read_scan(self, s: Scan) -> tuple[ScanInfo, np.ndarray]:
+        """One scan read at the run's geometry and windows: its info (not yet used) and its array."""
+        from raddiag.data.intensity import warn_unlike_training, window_for
+        from raddiag.data.preprocess import load_scan
+
+        dc, profile = self.cfg.data, {}
+        window = window_for(s.modality, s.anatomy, dc.window, dc.windows)
+        arr, key, _ = load_scan(s, dc.size, dc.depth, window, self.limits, profile)
+        warn_unlike_training(self.run_dir, s, profile, dc.windows)
+        is_3d = bool(s.is_3d) if s.is_3d is not None else arr.shape[0] > 1
+        return ScanInfo(id=s.id or Path(s.paths[0]).name, paths=list(s.paths), modality=s.modality, is_3d=is_3d,
+                        slices=int(arr.shape[0]), key_slice=int(key), used=False), arr
 
     def collate(self, samples: list[dict]) -> dict:
         from raddiag.data.dataset import collate_cases

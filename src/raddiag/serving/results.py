@@ -34,7 +34,8 @@ class Finding:
 
 @dataclass
 class ScanInfo:
-    """One scan of a case as the model saw it (``used=False``: left out by the run's scan caps)."""
+    """One scan of a case as the model saw it (``used=False``: left out by the run's scan caps, or,
+    with ``error``, unreadable and skipped as ``data prepare`` skips it)."""
 
     id: str
     paths: list[str]
@@ -43,6 +44,7 @@ class ScanInfo:
     slices: int
     key_slice: int
     used: bool = True
+    error: Optional[str] = None            # why the scan could not be read (then skipped, not used)
 
 
 @dataclass
@@ -72,11 +74,14 @@ class CaseResult:
 
     def __str__(self) -> str:
         used = [s for s in self.scans if s.used]
-        left = [s for s in self.scans if not s.used]
+        left = [s for s in self.scans if not s.used and s.error is None]
+        bad = [s for s in self.scans if s.error is not None]
         head = (f"Case {one_line(self.case_id)}: {len(used)} scan(s) used: "
                 f"{', '.join(_scan_name(s) + ' (' + s.modality + (' 3D' if s.is_3d else ' 2D') + ')' for s in used)}; "
                 + (f"{len(left)} left out by the run's scan caps (README 'Scan caps'): "
                    f"{', '.join(_scan_name(s) for s in left[:5])}{', ...' if len(left) > 5 else ''}; " if left else "")
+                + (f"{len(bad)} unreadable, skipped: "
+                   f"{'; '.join(one_line(s.error, 200) for s in bad[:5])}{'; ...' if len(bad) > 5 else ''}; " if bad else "")
                 + f"thresholds: {self.thresholds}")
         names = [_cell(f.name) for f in self.ranked]
         w = max([len("diagnosis")] + [len(n) for n in names])
