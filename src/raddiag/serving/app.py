@@ -1,6 +1,7 @@
 """The HTTP service: ``create_app(run_dir)`` -> a FastAPI app.
 
-- ``POST /predict``: a case as several files (``files``) or one zip; form fields ``modality``,
+- ``POST /predict``: a case as several files (``files``) or one zip; form fields ``modality`` (one
+  name for every file, or one per uploaded file in upload order, joined by commas: ``X-ray,CT``),
   ``top``, ``classes`` (repeated, or comma- or newline-separated), ``saliency``, ``saliency_class``,
   ``case_id``. Returns the prediction JSON (:meth:`CaseResult.to_dict`).
 - ``POST /embed``: the same upload (form fields ``modality``, ``case_id``) -> the case embedding
@@ -30,7 +31,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raddiag.data.errors import InputTooLarge
-from raddiag.serving.uploads import Budget, UploadError, save_upload
+from raddiag.serving.uploads import Budget, UploadError, save_upload, upload_stem
 
 STATIC = Path(__file__).with_name("static")
 MULTIPART_SLACK = 1 << 20        # multipart headers and form fields on top of the file bytes
@@ -41,6 +42,11 @@ UPLOAD_ANSWERS = {400: {"description": "bad upload (unsafe zip, empty file, ...)
                   415: {"description": "unsupported file type (by content)"},
                   429: {"description": "too many uploads at once"},
                   422: {"description": "the scans cannot be used (modality missing, unreadable, ...)"}}
+MODALITY_HELP = ("modality of non-DICOM files: one name for every file (CT, X-ray, MRI, ...), or, for files of "
+                 "different modalities, one name per uploaded file in upload order, joined by commas (X-ray,CT)")
+MODALITY_ADVICE = ("send the form field modality: one name for every file (-F modality=CT), or, for files of "
+                   "different modalities, one per uploaded file in upload order, joined by commas "
+                   "(curl -F files=@a.png -F files=@b.nii.gz -F modality=X-ray,CT <service>{endpoint})")
 
 
 class UploadGuard:
@@ -87,6 +93,41 @@ class UploadGuard:
             self.active -= 1
 
 
+def _modalities(field: Optional[str], files) -> Optional[str | list[str]]:
+    """The form field ``modality``: None (not given), one name for every file, or comma-separated
+    names, one per uploaded file in upload order; each checked by :func:`canonical_modality` (a 422
+    naming it). The service refused the list its own 422 advised ('unknown modality 'X-ray,CT'')."""
+    from raddiag.data.case import canonical_modality
+
+    if not field or not field.strip():
+        return None
+    names = field.split(",")
+    if len(names) == 1:
+        return canonical_modality(field, source="the form field modality")
+    if len(names) != len(files):
+        raise UploadError(422, f"the form field modality lists {len(names)} modalities ({field.strip()[:200]}) for "
+                               f"{len(files)} uploaded files ({', '.join(repr(f.filename) for f in files)}); give "
+                               "one modality for every file, or one per uploaded file in upload order")
+    return [canonical_modality(m, source=f"the form field modality for {f.filename!r}") for m, f in zip(names, files)]
+
+
+def _case_input(case_dir: Path, stored: list[list[Path]], mod, default: Optional[str], endpoint: str):
+    """(what the predictor reads, its modality): the upload folder and one modality (None: DICOM
+    tags, or the run's only modality ``default``), or, with one modality per upload, every stored
+    file and its upload's modality (a zip's entries all get the zip's). Non-DICOM files without any
+    modality are a 422 naming them, with the service's advice (it was the CLI's: --modality, --manifest)."""
+    from raddiag.data.readers import is_dicom
+
+    if isinstance(mod, list):
+        return [p for paths in stored for p in paths], [m for m, paths in zip(mod, stored) for _ in paths]
+    other = [] if mod or default else [str(p.relative_to(case_dir)) for ps in stored for p in ps if not is_dicom(p)]
+    if other:
+        more = f" and {len(other) - 5} more" if len(other) > 5 else ""
+        raise UploadError(422, f"{', '.join(map(repr, other[:5]))}{more}: no modality given, and it cannot be read "
+                               f"from a non-DICOM file; {MODALITY_ADVICE.format(endpoint=endpoint)}")
+    return case_dir, mod
+
+
 def _strip(text: str, case_dir: Path) -> str:
     """A message about an uploaded file without the server's temporary folder in it."""
     return text.replace(str(case_dir) + "/", "").replace(str(case_dir), "upload")
@@ -101,7 +142,7 @@ def create_app(run_dir, max_files: int = 64, max_bytes: int = 256 << 20, device:
     the bytes one request's compressed scans may decode to (:class:`Budget`); ``read_timeout``,
     ``max_uploads``: see :class:`UploadGuard`."""
     from raddiag import __version__
-    from raddiag.serving.predict import Predictor, canonical_modalities
+    from raddiag.serving.predict import Predictor
 
     pred = predictor or Predictor.load(run_dir, device=device)
     # requests preprocessing / predicting at once: at most the CPU count (the forward itself is
@@ -117,9 +158,10 @@ def create_app(run_dir, max_files: int = 64, max_bytes: int = 256 << 20, device:
     app.add_middleware(UploadGuard, limit=max_bytes + MULTIPART_SLACK, read_timeout=read_timeout,
                        max_uploads=max_uploads)
 
-    def on_upload(files, modality, case_id, run):
-        """Save the upload into a temporary folder, ``run(folder, modality)`` -> a result with
-        ``to_dict()``; upload and scan problems become 4xx answers with the reason."""
+    def on_upload(files, modality, case_id, run, endpoint):
+        """Save the upload into a temporary folder, ``run(folder or files, modality)`` -> a result
+        with ``to_dict()`` (:func:`_case_input`); upload and scan problems become 4xx answers with
+        the reason."""
         with tempfile.TemporaryDirectory(prefix="raddiag-upload-") as tmp:
             case_dir = Path(tmp) / "case"
             case_dir.mkdir()
@@ -128,11 +170,11 @@ def create_app(run_dir, max_files: int = 64, max_bytes: int = 256 << 20, device:
             try:
                 if not files:
                     raise UploadError(400, "no files uploaded")
-                for f in files:
-                    save_upload(f.file, f.filename or "upload", case_dir, budget, taken)
-                mod = canonical_modalities(modality.strip()) if modality and modality.strip() else None
+                mod = _modalities(modality, files)
+                stored = [save_upload(f.file, f.filename or "upload", case_dir, budget, taken) for f in files]
+                case, mod = _case_input(case_dir, stored, mod, pred.default_modality, endpoint)
                 with slots:
-                    result = run(case_dir, mod)
+                    result = run(case, mod)
             except UploadError as exc:
                 raise HTTPException(exc.status, exc.message) from None
             except (InputTooLarge, MemoryError) as exc:     # a declared size over the bound: 413
@@ -140,9 +182,9 @@ def create_app(run_dir, max_files: int = 64, max_bytes: int = 256 << 20, device:
                 raise HTTPException(413, _strip(text, case_dir)) from None
             except (ValueError, FileNotFoundError, KeyError) as exc:
                 text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-                raise HTTPException(422, _strip(text, case_dir).replace("--modality CT", "the form field modality=CT"))
+                raise HTTPException(422, _strip(text, case_dir))
             out = result.to_dict()
-            out["case_id"] = case_id or (Path(files[0].filename or "upload").name.split(".")[0] or "upload")
+            out["case_id"] = case_id or upload_stem(files[0].filename or "upload") or "upload"   # as its scan id
             for s in out["scans"]:
                 s["paths"] = [str(Path(p).relative_to(case_dir)) for p in s["paths"]]
             return JSONResponse(json.loads(json.dumps(out)))
@@ -180,7 +222,7 @@ def create_app(run_dir, max_files: int = 64, max_bytes: int = 256 << 20, device:
     @app.post("/predict", summary="ranked diagnoses for one uploaded case", responses=UPLOAD_ANSWERS)
     def predict(
         files: Annotated[list[UploadFile], File(description="the case's files, or one zip of them")],
-        modality: Annotated[Optional[str], Form(description="modality of non-DICOM files, e.g. CT, X-ray")] = None,
+        modality: Annotated[Optional[str], Form(description=MODALITY_HELP)] = None,
         top: Annotated[int, Form(ge=1, le=10000)] = 10,
         classes: Annotated[Optional[list[str]], Form(description="new class names (knowledge head): the field "
                                                                  "repeated, one name each, or comma- or "
@@ -193,19 +235,19 @@ def create_app(run_dir, max_files: int = 64, max_bytes: int = 256 << 20, device:
         if names and len(names) > max_classes:
             raise HTTPException(413, f"{len(names)} class names, over the limit of {max_classes} a request "
                                          "(raddiag serve --max-classes)")
-        return on_upload(files, modality, case_id, lambda case_dir, mod: pred.predict(
-            str(case_dir), modality=mod, top=top, classes=names, saliency=True if saliency else None,
-            saliency_class=saliency_class or None, saliency_errors="keep"))
+        return on_upload(files, modality, case_id, lambda case, mod: pred.predict(
+            case, modality=mod, top=top, classes=names, saliency=True if saliency else None,
+            saliency_class=saliency_class or None, saliency_errors="keep"), "/predict")
 
     @app.post("/embed", summary="the case embedding and one embedding per scan of one uploaded case",
               responses=UPLOAD_ANSWERS)
     def embed(
         files: Annotated[list[UploadFile], File(description="the case's files, or one zip of them")],
-        modality: Annotated[Optional[str], Form(description="modality of non-DICOM files, e.g. CT, X-ray")] = None,
+        modality: Annotated[Optional[str], Form(description=MODALITY_HELP)] = None,
         case_id: Annotated[Optional[str], Form(max_length=200)] = None,
     ):
         """``case_embedding`` (``width`` floats: the fusion [CLS] output) and, per scan, its
         ``embedding`` (null for a scan left out by the run's scan caps)."""
-        return on_upload(files, modality, case_id, lambda case_dir, mod: pred.embed(str(case_dir), modality=mod))
+        return on_upload(files, modality, case_id, lambda case, mod: pred.embed(case, modality=mod), "/embed")
 
     return app

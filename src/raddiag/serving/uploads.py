@@ -12,6 +12,7 @@ import math
 import re
 import stat
 import struct
+import unicodedata
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
@@ -70,18 +71,36 @@ def _gunzip_prefix(data: bytes) -> bytes:
 
 SUFFIX = {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm", "nifti": ".nii", "nifti.gz": ".nii.gz", "npy": ".npy"}
 HEAD_BYTES = 8192
+NAME_BYTES = 150       # a stored name's stem, in UTF-8 bytes (a file name may have 255)
 
 
-def safe_name(name: str, kind: str, taken: set[str]) -> str:
-    """A plain file name for an upload: its base name (no folders), odd characters replaced,
-    the extension set from the sniffed content, made unique within ``taken``."""
+def _clean(text: str, limit: Optional[int] = None) -> str:
+    """``text`` as one safe path component that keeps the user's spelling (Unicode, spaces): path
+    separators, control and format characters and line breaks become '_', leading and trailing
+    dots and spaces go ('..', hidden files), at most ``limit`` bytes. The names were cut to ASCII,
+    and a scan uploaded as 'pneumothorax ñ 肺.png' was reported as 'pneumothorax.png'."""
+    text = "".join("_" if c in "/\\" or (c.isspace() and c != " ") or unicodedata.category(c)[0] == "C"
+                   else c for c in text)
+    if limit is not None:
+        text = text.encode()[:limit].decode("utf-8", "ignore")
+    return text.strip(". ")
+
+
+def upload_stem(name: str) -> str:
+    """An upload's base name (no folders) without its scan or zip extension, cleaned (:func:`_clean`)."""
     base = PurePosixPath(str(name).replace("\\", "/")).name
     low = base.lower()
-    for suf in (".nii.gz", ".nii", ".npy", ".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".gz"):
+    for suf in (".nii.gz", ".nii", ".npy", ".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".gz", ".zip"):
         if low.endswith(suf):
             base = base[: -len(suf)]
             break
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._")[:80] or "file"
+    return _clean(base, NAME_BYTES)
+
+
+def safe_name(name: str, kind: str, taken: set[str]) -> str:
+    """A plain file name for an upload: its cleaned base name (:func:`upload_stem`), the extension
+    set from the sniffed content, made unique within ``taken``."""
+    stem = upload_stem(name) or "file"
     out = stem + SUFFIX[kind]
     i = 1
     while out in taken:
@@ -360,4 +379,4 @@ def check_zip_directory(path: Path, budget: Budget, name: str) -> None:
 
 
 def _clean_part(part: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", part).strip(".") or "_"
+    return _clean(part) or "_"
