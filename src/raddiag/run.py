@@ -9,6 +9,8 @@ RUN/
   model.safetensors              weights of the best checkpoint
   intensity.json                 the windows and raw intensity kinds of the training data
                                  (raddiag.data.intensity; checked at prediction)
+  train_cases.json               {"case_ids": [...]}: the cases trained on (optional; evaluate
+                                 warns of evaluated cases among them, raddiag.evaluation.data_checks)
   metrics.csv, tensorboard/      training curves
   checkpoints/last.pt            full training state for --resume (weights_only-loadable)
 ```
@@ -65,6 +67,7 @@ class RunFolder:
 
     text_encoder_dir = property(lambda self: self.root / "text_encoder")
     text_encoder_ref = property(lambda self: self.root / "text_encoder.json")
+    train_cases = property(lambda self: self.root / "train_cases.json")
 
     def create(self) -> "RunFolder":
         """Make the folder (and its parents); an error names the folder and the reason."""
@@ -166,6 +169,22 @@ class RunFolder:
                              f"({len(labels)} classes vs {len(old)} in {self.labels.name}"
                              + (f"; new: {extra}" if extra else "") + (f"; missing: {gone}" if gone else "")
                              + "); resume on the run's own dataset and granularity, or fine-tune into a new --out")
+
+    def train_case_ids(self) -> Optional[set]:
+        """The ids of the cases the run trained on (``train_cases.json``), or None when it does not
+        record them; an unreadable file raises an error naming it."""
+        import json
+
+        if not self.train_cases.is_file():
+            return None
+        try:
+            ids = json.loads(self.train_cases.read_text(encoding="utf-8"))["case_ids"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{self.train_cases}: not a readable record of training cases "
+                             f"({type(exc).__name__}: {exc})") from None
+        if not isinstance(ids, list):
+            raise ValueError(f"{self.train_cases}: 'case_ids' must be a list of case ids")
+        return {str(i) for i in ids}
 
     def load_config(self) -> RunConfig:
         return RunConfig.load(self.config)

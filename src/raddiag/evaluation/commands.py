@@ -179,12 +179,17 @@ def _check_crc(f, start: int, head_len: int, arr, info) -> None:
 
 
 def _evaluate(args) -> int:
+    import warnings
+
+    from raddiag.evaluation.data_checks import DataCheckWarning
     from raddiag.evaluation.run_eval import evaluate_run
 
-    res = evaluate_run(args.run, args.data, args.split, args.out, val_split=args.val_split or None,
-                       n_boot=args.n_boot, seed=args.seed, device=args.device, batch_size=args.batch_size,
-                       store_thresholds=args.store_thresholds, plot_classes=args.plot_classes,
-                       protocol=args.protocol)
+    with warnings.catch_warnings():       # printed once, as WARNING lines before the table (_print_summary)
+        warnings.simplefilter("ignore", DataCheckWarning)
+        res = evaluate_run(args.run, args.data, args.split, args.out, val_split=args.val_split or None,
+                           n_boot=args.n_boot, seed=args.seed, device=args.device, batch_size=args.batch_size,
+                           store_thresholds=args.store_thresholds, plot_classes=args.plot_classes,
+                           protocol=args.protocol)
     _print_summary(res["metrics"], res["out_dir"], f"{args.split} split")
     _print_protocol(res["metrics"])
     return 0

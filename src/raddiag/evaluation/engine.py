@@ -171,7 +171,8 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
                          anatomy=None, case_ids=None, out_dir=None, n_boot: int = 1000, seed: int = 0,
                          plot_classes=None, use_label_space_thresholds: bool = True, alpha: float = 0.05,
                          ci_method: str = DEFAULT_CI_METHOD, progress: bool = False, title: str = "raddiag evaluation",
-                         input_names: Optional[dict] = None, task: str = "multilabel", protocol: str = "paper") -> dict:
+                         input_names: Optional[dict] = None, task: str = "multilabel", protocol: str = "paper",
+                         extra_meta: Optional[dict] = None) -> dict:
     """Score predictions (probabilities ``[N, C]``) against multi-hot labels.
 
     Thresholds for F1/MCC/ACC: maximal F1 on ``val_*`` when given; else the label space's stored
@@ -186,7 +187,8 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
     the nearest FPR, its fixed group ranges; :mod:`.release`) into ``metrics["release_protocol"]``.
     ``task="multiclass"`` (one class per case) adds ``metrics["multiclass"]``
     (:func:`raddiag.evaluation.multiclass.multiclass_metrics`: accuracy, balanced accuracy, macro
-    one-vs-rest AUC, confusion matrix).
+    one-vs-rest AUC, confusion matrix). ``extra_meta``: fields the caller adds to the meta (``evaluate``:
+    its data checks, :mod:`.data_checks`; their ``warnings`` head the report).
     """
     names = {**INPUT_NAMES, **{k: v for k, v in (input_names or {}).items() if v}}
     check_n_boot(n_boot, seed)
@@ -228,6 +230,7 @@ def evaluate_predictions(test_scores, test_labels, label_space: LabelSpace, val_
     metrics["meta"] = _meta(point, labels, label_space, thr_info=(fallback, source, threshold_warning),
                             names=names, n_boot=n_boot, seed=seed, alpha=alpha, ci_method=ci_method,
                             anatomy_point=anatomy_point)
+    metrics["meta"].update(extra_meta or {})
     if protocol == "release":
         from .release import release_protocol
 

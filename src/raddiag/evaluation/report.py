@@ -183,6 +183,7 @@ def write_report(path: Path, result: dict, scores, labels, label_space: LabelSpa
     meta = metrics["meta"]
     scores, labels = np.asarray(scores), np.asarray(labels)
     parts = [f"<h1>{html.escape(title)}</h1>",
+             *(f"<p class='warn'>Warning: {html.escape(w)}</p>" for w in meta.get("warnings") or ()),
              f"<p>{meta['n_cases']} cases, {meta['n_classes']} classes ({meta['n_classes_defined']} with positive "
              f"and negative cases; {meta['n_classes_no_positive']} without positives and "
              f"{meta['n_classes_no_negative']} without negatives are excluded from the averages). "

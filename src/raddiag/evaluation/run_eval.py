@@ -13,11 +13,13 @@ def predict_split(model, cfg, label_space, data_dir, split: str, batch_size: Opt
                   device: str = "cpu", progress: bool = True) -> dict:
     """Probabilities ``[N, C]`` (sigmoid of the logits; softmax for ``data.task=multiclass``), labels,
     case ids and anatomy of a split
-    of a prepared dataset or a shard folder (read whole, in split order)."""
+    of a prepared dataset or a shard folder (a path, or opened by ``open_training_data``; read whole,
+    in split order)."""
     from raddiag.data.shards import open_training_data, split_dataset
     from raddiag.inference import predict_dataset
 
-    ds = split_dataset(open_training_data(data_dir), split, label_space, cfg.data)
+    data = open_training_data(data_dir) if isinstance(data_dir, (str, Path)) else data_dir   # or opened
+    ds = split_dataset(data, split, label_space, cfg.data)
     p = predict_dataset(model, ds, batch_size or cfg.train.eval_batch_size, device=device, progress=progress,
                         desc=f"predict {split}")
     return {"scores": p.scores, "labels": p.labels > 0.5, "case_ids": p.case_ids, "anatomy": p.anatomy}
@@ -31,13 +33,15 @@ def evaluate_run(run_dir, data_dir, split: str = "test", out_dir=None, val_split
     and run :func:`raddiag.evaluation.evaluate_predictions`; outputs go to ``out_dir``
     (default ``RUN/eval-<split>``). With ``store_thresholds`` the validation thresholds are
     written into the run's ``label_space.json``. ``protocol="release"`` adds the release's own
-    figures (:mod:`raddiag.evaluation.release`)."""
+    figures (:mod:`raddiag.evaluation.release`). Evaluated cases the run trained on and a store
+    coarser than its input are warned of and recorded in the meta (:mod:`.data_checks`)."""
     from raddiag.data.case import check_split
     from raddiag.data.errors import check_out_folder
     from raddiag.models import load_model
     from raddiag.models.fastpath import prepare_for_inference
     from raddiag.run import resolve_run
 
+    from .data_checks import check_data
     from .engine import evaluate_predictions
 
     check_split(split, "--split")
@@ -46,7 +50,7 @@ def evaluate_run(run_dir, data_dir, split: str = "test", out_dir=None, val_split
     if out_dir is not None:
         check_out_folder(out_dir)      # before any work, even the run's: found only when writing, it cost a run
     run = resolve_run(run_dir)
-    from raddiag.data.shards import is_url
+    from raddiag.data.shards import is_url, open_training_data
 
     if not is_url(data_dir) and not Path(data_dir).exists():    # a URL (pipe:, https://) is read below
         raise FileNotFoundError(f"{data_dir}: prepared dataset (or shard) folder does not exist")
@@ -56,11 +60,13 @@ def evaluate_run(run_dir, data_dir, split: str = "test", out_dir=None, val_split
     out_dir = Path(out_dir)
     model, cfg, labels = load_model(run, device=device)
     model = prepare_for_inference(model.eval())     # the fast path: same scores, less time
-    test = predict_split(model, cfg, labels, data_dir, split, batch_size, device, progress)
+    data = open_training_data(data_dir)
+    test = predict_split(model, cfg, labels, data, split, batch_size, device, progress)
+    checked = check_data(run, cfg, data, data_dir, split, test["case_ids"])   # warns: trained-on cases, geometry
     val = None
     if val_split and val_split != split:
         try:
-            val = predict_split(model, cfg, labels, data_dir, val_split, batch_size, device, progress)
+            val = predict_split(model, cfg, labels, data, val_split, batch_size, device, progress)
         except ValueError as exc:  # no cases in that split
             log.warning("no validation predictions (%s); thresholds fall back", exc)
     anatomy = test["anatomy"] if any(a for a in test["anatomy"]) else None
@@ -70,7 +76,8 @@ def evaluate_run(run_dir, data_dir, split: str = "test", out_dir=None, val_split
                                anatomy=anatomy, case_ids=test["case_ids"], out_dir=out_dir, n_boot=n_boot,
                                seed=seed, plot_classes=plot_classes, progress=progress, protocol=protocol,
                                title=f"raddiag evaluation: {run.root.name} on {split}", task=cfg.data.task,
-                               input_names={"val_split": val_split} if val_split not in (None, "val") else None)
+                               input_names={"val_split": val_split} if val_split not in (None, "val") else None,
+                               extra_meta=checked)
     if store_thresholds and res["threshold_source"] == "validation":
         from raddiag.data.labels import stored_thresholds
 

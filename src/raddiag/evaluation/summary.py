@@ -25,9 +25,19 @@ def interval(e: dict) -> str:
     return f"[{pct(e['ci_low'])}, {pct(e['ci_high'])}]" if e.get("ci_low") is not None else ""
 
 
-def _row(label: str, g: dict, width: int) -> str:
+def _row(label: str, g: dict, width: int, note: str = "") -> str:
     cells = "".join(f"{pct(g.get(k, {}).get('value')):>8}" for k in COLUMNS)
-    return f"{label:<{width}}{cells}   {interval(g.get('auc', {}))}"
+    return f"{label:<{width}}{cells}   {interval(g.get('auc', {}))}{note}"
+
+
+def na_note(g: dict, n_cases) -> str:
+    """Why a row of :func:`anatomy_table` is n/a (no class with a positive and a negative among its
+    cases: an AUC needs both), in the demo's manner (``(not counted: < 3 classes)``); '' when it is not."""
+    auc = g.get("auc", {})
+    if auc.get("value") is not None:
+        return ""
+    cases = f"its {n_cases} case{'s' if n_cases != 1 else ''}" if n_cases else "its cases"
+    return f"(n/a: none of the {auc.get('n_excluded', 0)} classes has both a positive and a negative among {cases})"
 
 
 def group_table(metrics: dict, what: str = "test split") -> list[str]:
@@ -46,9 +56,11 @@ def anatomy_table(metrics: dict) -> list[str]:
         return []
     names = {k: one_line(anatomy_name(k), 24) for k in keys}
     width = max(9, *(len(n) + 2 for n in names.values()))
+    cases = metrics.get("meta", {}).get("anatomy_cases", {})
     return (["by anatomy of the cases (all classes on that anatomy's cases)",
              f"{'anatomy':<{width}}" + "".join(f"{h:>8}" for h in COLUMNS.values()) + "   AUC CI"]
-            + [_row(names[k], metrics[k], width) for k in keys])
+            + [_row(names[k], metrics[k], width, na_note(metrics[k], cases.get(anatomy_name(k), {}).get("n_cases")))
+               for k in keys])
 
 
 def multiclass_lines(mc: dict) -> list[str]:
@@ -109,8 +121,10 @@ def threshold_line(meta: dict) -> str:
 
 
 def evaluation_summary(metrics: dict, what: str = "test split") -> str:
-    """Everything ``evaluate`` / ``metrics`` print before the file list."""
-    lines = group_table(metrics, what)
+    """Everything ``evaluate`` / ``metrics`` print before the file list; the meta's ``warnings``
+    (``evaluate``'s data checks, :mod:`.data_checks`) first."""
+    warned = [f"WARNING: {one_line(w)}" for w in metrics["meta"].get("warnings") or ()]
+    lines = (warned + [""] if warned else []) + group_table(metrics, what)
     anatomy = anatomy_table(metrics)
     if anatomy:
         lines += [""] + anatomy

@@ -3,9 +3,10 @@ files inference needs, and ``metrics.csv`` (one row per epoch, trimmed on resume
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 from raddiag.run import RunFolder
-from raddiag.staging import stage_beside
+from raddiag.staging import atomic_write, stage_beside
 
 from . import distributed as dist_utils
 
@@ -30,9 +31,9 @@ def remove_unfinished(run) -> None:
         shutil.rmtree(run.root, ignore_errors=True)
 
 
-def write_run_folder(run, cfg, labels, emb, epoch: int, data, resume: bool) -> None:
+def write_run_folder(run, cfg, labels, emb, epoch: int, data, resume: bool, train_indices=None) -> None:
     """The run folder: everything inference needs (config, labels, label embeddings, the training
-    data's intensity convention), with the run's id (:mod:`raddiag.run`)."""
+    data's intensity convention), with the run's id (:mod:`raddiag.run`), and the cases it trains on."""
     from raddiag.data.intensity import write_run_intensity
     from raddiag.run import new_run_id
 
@@ -41,10 +42,26 @@ def write_run_folder(run, cfg, labels, emb, epoch: int, data, resume: bool) -> N
     run_id = run.run_id() if resume else new_run_id()     # a resumed run keeps its id (None: written before ids)
     run.save_config(cfg, run_id)
     write_run_intensity(run.root, data.meta, data.root)
+    write_train_cases(run, data, train_indices)
     run.save_labels(labels, run_id)
     if emb is not None:
         run.save_label_embeddings(emb, run_id)
     trim_metrics(run, epoch)
+
+
+def write_train_cases(run, data, train_indices=None) -> None:
+    """``RUN/train_cases.json``: the ids of the cases trained on (``train_indices`` of the train split,
+    default all of it), so that ``evaluate`` can warn of evaluated cases among them
+    (:mod:`raddiag.evaluation.data_checks`). A shard folder keeps no case list here; evaluate then
+    reads the train split of the prepared folder the shards were made from."""
+    import json
+
+    if not hasattr(data, "records_for"):
+        return
+    records = data.records_for("train")
+    chosen = records if train_indices is None else [records[int(i)] for i in train_indices]
+    record = {"data": str(Path(data.root).resolve()), "split": "train", "case_ids": [str(r["id"]) for r in chosen]}
+    atomic_write(run.train_cases, lambda f: f.write((json.dumps(record, indent=1) + "\n").encode("utf-8")))
 
 
 def read_metrics(run: RunFolder) -> list[dict]:

@@ -416,7 +416,7 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
              "bad_epochs": 0, "stopped_early": False, "have_best": False}
     ckpt = _restore(run, model, optimizer, scheduler, state, labels, d) if resume else None
     if d.is_main:
-        write_run_folder(run, cfg, labels, emb, state["epoch"], data, resume)
+        write_run_folder(run, cfg, labels, emb, state["epoch"], data, resume, train_indices)
     d.barrier()
 
     from .loop import TrainLoop
