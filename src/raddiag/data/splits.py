@@ -112,6 +112,26 @@ def coverage_note(cases: Sequence[Case]) -> str:
             "with --split-by label (each class of 3 patients or more in every split).")
 
 
+def untrained_note(cases: Sequence[Case]) -> str:
+    """The classes (disorders) whose every case is outside ``train``, or ``""``: training never
+    learns them, whether they have one case or many (:func:`coverage_note` names classes of two
+    cases or more without a val or test case). Cases none of which is in ``train`` (a set to
+    evaluate on): ``""``."""
+    if not any(c.split == "train" for c in cases):
+        return ""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for c in cases:
+        for label in set(c.labels) or {"Normal"}:
+            counts[label][c.split] += 1
+    missing = sorted(n for n, k in counts.items() if not k["train"])
+    if not missing:
+        return ""
+    shown = [f"{n!r} ({', '.join(f'{s} {k}' for s, k in sorted(counts[n].items()) if k)})" for n in missing]
+    return (f"split coverage: {len(missing)} class(es) without a train case (never learned): "
+            f"{examples(shown, shown=10)}. Give one of their cases the split 'train' in the manifest, or leave "
+            "them out.")
+
+
 def shared_files_note(cases: Sequence[Case]) -> str:
     """Scan files that more than one case lists, or ``""``; in cases of different splits, one
     image would be trained on and tested on."""

@@ -54,6 +54,7 @@ def compute_stats(data: str | Path | PreparedData) -> dict:
             "n_classes": len(ls),
             "cases_per_class": dict(all_counts.most_common()),
             "train_counts": dict(zip(ls.names, ls.counts)),
+            "without_train_cases": [n for n, c in zip(ls.names, ls.counts) if not c and all_counts[n]],
             "groups": {g: int((groups == g).sum()) for g in ("head", "medium", "tail")},
             "group_rule": f"head >= {ls.head_min} training cases, medium >= {ls.medium_min}, tail fewer; Normal is head",
         }
@@ -81,9 +82,26 @@ def stats_text(st: dict) -> str:
         lines.append(f"{gran}: {c['n_classes']} classes; head {g['head']}, medium {g['medium']}, tail {g['tail']} "
                      f"({c['group_rule']})")
         top = list(c["cases_per_class"].items())
-        lines.append("  cases per class: " + ", ".join(f"{k} {v}" for k, v in top[:12])
+        lines.append("  cases per class: " + counts_text(top[:12])
                      + (f", ... ({len(top) - 12} more)" if len(top) > 12 else ""))
+        lines += _untrained_line(c.get("without_train_cases"))
     return "\n".join(lines)
+
+
+def counts_text(pairs) -> str:
+    """``(name, count)`` pairs as "Pneumothorax 2, 'Pneumothorax, Rib fracture' 1": a name holding
+    a comma quoted, so that the list reads one way."""
+    return ", ".join(f"{k!r} {v}" if "," in k else f"{k} {v}" for k, v in pairs)
+
+
+def _untrained_line(names) -> list[str]:
+    """The line naming the classes without a training case (never learned), if any."""
+    from raddiag.data.errors import examples
+
+    if not names:
+        return []
+    return [f"  {len(names)} class(es) without a training case (never learned): "
+            + examples([repr(n) for n in names], shown=10)]
 
 
 def plot_stats(st: dict, out_dir: str | Path) -> list[Path]:
@@ -258,8 +276,7 @@ def prepare_summary(out_dir: str | Path, report: PrepareReport, notes: list[str]
         lines.append(f"  {s:<7}{len(rs):>7}{sum(len(r['scans']) for r in rs):>8}")
     for gran, field in (("disorder", "labels"), ("ICD-10-CM", "icd10")):
         c = Counter(x for r in recs for x in _classes_of(r, field))
-        lines.append(f"  {gran} labels ({len(c) - (MISSING[field] in c)}): "
-                     + ", ".join(f"{k} {v}" for k, v in c.most_common()))
+        lines.append(f"  {gran} labels ({len(c) - (MISSING[field] in c)}): " + counts_text(c.most_common()))
     mc = Counter(s["modality"] for r in recs for s in r["scans"])
     lines.append("  modalities (scans): " + ", ".join(f"{k} {v}" for k, v in mc.most_common()))
     lines += intensity_lines(data.meta)

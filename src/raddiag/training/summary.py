@@ -1,6 +1,8 @@
 """What ``train`` / ``finetune`` print before the first step: the data (cases per split, class
-counts), where it runs (device, threads, processes), the model (parameters), the input geometry
-and any resampling, the scan caps and what they leave out, and where metrics and logs go."""
+counts, the classes without training cases by name, the abnormal training cases without a class of
+the run's granularity), where it runs (device, threads, processes), the model (parameters), the
+input geometry and any resampling, the scan caps and what they leave out, and where metrics and
+logs go."""
 from __future__ import annotations
 
 from collections import Counter
@@ -12,6 +14,12 @@ import torch
 from .prefetch import loading_plan
 
 SHOWN_CLASSES = 12
+SHOWN_EMPTY = 10   # classes without training cases named, then "and N more"
+# what a training case without a class of a granularity lacks, and what gives it one
+CLASSLESS = {"icd10": ("ICD-10-CM code", "--granularity disorder trains on their disorder names, or give them "
+                                         "'icd10' codes in the manifest"),
+             "disorder": ("disorder name", "--granularity icd10 trains on their codes, or give them 'labels' in "
+                                           "the manifest")}
 SMALL_VAL = 50     # val cases below which the printed line says the best epoch is partly chance
 
 
@@ -33,6 +41,35 @@ def _caps_left_out(data, cfg) -> str:
         return "; every training scan fits them"
     return (f"; they leave out {sum(left.values())} training scan(s) of {cases} case(s) each epoch ("
             + ", ".join(f"{m} {n}" for m, n in left.most_common()) + ")")
+
+
+def _classes(labels) -> str:
+    """The classes line: how many, those without training cases by name (never learned; a new
+    user's 'classes (4; 1 without training cases)' left them to guess which), the training cases
+    of each."""
+    from raddiag.data.errors import examples
+    from raddiag.data.stats import counts_text
+
+    counts = sorted(zip(labels.names, labels.counts), key=lambda x: -x[1])
+    shown = counts_text((n, c) for n, c in counts[:SHOWN_CLASSES] if c)
+    more = sum(1 for _, c in counts[SHOWN_CLASSES:] if c)
+    empty = [repr(n) for n, c in counts if not c]
+    return (f"  classes ({len(labels)}" + (f"; {len(empty)} without training cases, never learned: "
+                                           f"{examples(empty, shown=SHOWN_EMPTY)}" if empty else "")
+            + f"), training cases each: {shown}" + (f", ... ({more} more)" if more else ""))
+
+
+def _classless(data, labels) -> list[str]:
+    """A line on the training cases that carry no class of the run's granularity and are not
+    normal (abnormal cases without ICD-10-CM codes at ``icd10``): they train as negatives of every
+    class (prepared data only)."""
+    records = data.records_for("train") if hasattr(data, "records_for") else None
+    n = sum(1 for r in records or [] if not labels.case_labels(r))
+    if not n:
+        return []
+    what, hint = CLASSLESS["icd10" if labels.granularity == "icd10" else "disorder"]
+    return [f"  without a class: {n} of the {len(records)} training cases are abnormal but carry no {what}, so they "
+            f"train as negatives of every class; {hint}"]
 
 
 def _validation(val_targets: Optional[np.ndarray], n_classes: int) -> list[str]:
@@ -61,10 +98,6 @@ def start_summary(data, run, cfg, labels, model, d, batches_per_epoch: int, trai
 
     dc, tc = cfg.data, cfg.train
     splits = ", ".join(f"{s} {data.count(s)}" for s in ("train", "val", "test") if data.count(s))
-    counts = sorted(zip(labels.names, labels.counts), key=lambda x: -x[1])
-    shown = ", ".join(f"{n} {c}" for n, c in counts[:SHOWN_CLASSES] if c)
-    more = sum(1 for _, c in counts[SHOWN_CLASSES:] if c)
-    empty = sum(1 for _, c in counts if not c)
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     size, depth = data.meta.get("size"), data.meta.get("depth")
@@ -84,8 +117,8 @@ def start_summary(data, run, cfg, labels, model, d, batches_per_epoch: int, trai
         f"training {target.root} (preset {cfg.preset}, task {dc.task}, {dc.granularity} labels) on {data.root}",
         staged,
         f"  cases: {splits}" + (f"; training on {train_cases} of them" if train_cases != data.count("train") else ""),
-        f"  classes ({len(labels)}" + (f"; {empty} without training cases" if empty else "")
-        + f"), training cases each: {shown}" + (f", ... ({more} more)" if more else ""),
+        _classes(labels),
+        *_classless(data, labels),
         f"  device: {d.device}, {threads}",
         f"  model: {cfg.model.encoder} encoder, {cfg.model.fusion} fusion, {cfg.model.head} head; "
         f"{total:,} parameters ({trainable:,} trained)",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import difflib
 import random
 import unicodedata
 import warnings
@@ -130,7 +131,82 @@ def settle_labels(cases: Sequence[Case], source) -> None:
         eg = ", ".join(map(repr, both[:3]))
         warnings.warn(f"{source}: {len(both)} case(s) are labelled Normal and a disorder (e.g. {eg}): read as "
                       "abnormal, with the disorder(s) only", InputWarning, stacklevel=3)
+    for text in (_comma_labels_text(cases, source), _typos_text(cases)):
+        if text:
+            warnings.warn(f"{source}: {text}", InputWarning, stacklevel=3)
     if any(c.icd10 for c in cases):
         from raddiag.data.icd10 import settle_icd10
 
         settle_icd10(cases, source)
+
+
+def _cases_of(cases: Sequence[Case]) -> dict[str, list[str]]:
+    """label -> the ids of the cases carrying it (a case without labels: ``Normal``)."""
+    out: dict[str, list[str]] = {}
+    for c in cases:
+        for label in c.labels or [NORMAL]:
+            out.setdefault(label, []).append(c.id)
+    return out
+
+
+def _comma_labels_text(cases: Sequence[Case], source) -> str:
+    """The labels holding a comma whose parts are all labels of their own in ``cases`` (a CSV
+    cell "Pneumothorax, Rib fracture" meant as two labels), or ``""``. Only said: a real disorder
+    name may hold a comma (ICD-10 titles do)."""
+    from raddiag.data.errors import examples
+    from raddiag.data.manifest_csv import LIST_SEP, is_csv
+
+    ids = _cases_of(cases)
+    keys = {label_key(k) for k in ids}
+    parts = {k: [p for p in k.split(",") if p.strip()] for k in ids if "," in k}
+    joined = [k for k, ps in parts.items() if len(ps) > 1 and all(label_key(p) in keys for p in ps)]
+    if not joined:
+        return ""
+    shown = [f"{k!r} ({len(ids[k])} case(s): {examples([str(i) for i in ids[k]], shown=3)})" for k in joined]
+    how = (f"separate them with {LIST_SEP!r} in the cell (README 'A CSV manifest')" if is_csv(source)
+           else "give them as separate items of the case's 'labels' list")
+    return (f"{len(joined)} label(s) hold commas between names that are labels of their own here, and are read as "
+            f"one class each: {examples(shown)}; if they are several labels, {how}")
+
+
+TYPO_CUTOFF = 0.9       # difflib ratio of a one-case label to a label of several cases: "Pneumothrax" 0.96
+
+
+def _slips(key: str) -> set[str]:
+    """``key`` and ``key`` less each one of its characters: two labels one slip apart (a letter
+    left out, added, changed, or two swapped) share one of these."""
+    return {key, *(key[:i] + key[i + 1:] for i in range(len(key)))}
+
+
+def _typo_of(label: str, near: dict[str, set[str]]) -> str | None:
+    """The label of several cases that ``label`` looks like a typo of, or None: one slip apart
+    (``near``: :func:`_slips` -> those labels), close as a whole (:data:`TYPO_CUTOFF`, by
+    difflib), and the words they differ in close too and of 4 letters or more ("Hepatitis B" /
+    "Hepatitis C", "Type 1 ..." / "Type 2 ..." are different names)."""
+    key = label_key(label)
+    keys = {label_key(k): k for s in _slips(key) for k in near.get(s, ())}
+    match = difflib.get_close_matches(key, list(keys), n=1, cutoff=TYPO_CUTOFF)
+    if not match:
+        return None
+    a, b = key.split(), match[0].split()
+    x, y = " ".join(w for w in a if w not in b), " ".join(w for w in b if w not in a)
+    close = min(len(x), len(y)) >= 4 and difflib.SequenceMatcher(None, x, y).ratio() >= 0.75
+    return keys[match[0]] if close else None
+
+
+def _typos_text(cases: Sequence[Case]) -> str:
+    """The labels of one case written nearly as a label of two cases or more (a typo read as a
+    class of its own), or ``""``. Only said: labels are never changed."""
+    from raddiag.data.errors import examples
+
+    ids = _cases_of(cases)
+    near: dict[str, set[str]] = {}
+    for k in (k for k, v in ids.items() if len(v) >= 2):
+        for s in _slips(label_key(k)):
+            near.setdefault(s, set()).add(k)
+    found = [(k, v[0], _typo_of(k, near)) for k, v in ids.items() if len(v) == 1]
+    shown = [f"{k!r} (case {cid}) for {m!r} ({len(ids[m])} cases)" for k, cid, m in found if m]
+    if not shown:
+        return ""
+    return (f"{len(shown)} label(s) of one case look like a typo of a label of several cases, and are read as "
+            f"classes of their own: {examples(shown)}; if they are typos, correct them in the manifest")

@@ -1,0 +1,181 @@
+"""What prepare, stats and train say about labels a new user got wrong or cannot learn from: a CSV
+cell "Pneumothorax, Rib fracture" (a comma for ';') read as one class, a one-case typo
+"Pneumothrax" read as a class of its own, classes whose every case is outside train, and (at
+``--granularity icd10``) abnormal training cases without a code training as negatives of every
+class. All said, none silently changed."""
+from __future__ import annotations
+
+import json
+import warnings
+from types import SimpleNamespace
+
+import pytest
+
+from raddiag.cli import main
+from raddiag.data.case import Case, Scan, read_manifest
+from raddiag.data.errors import InputWarning
+from raddiag.data.stats import compute_stats, stats_text
+from raddiag.data.store import PreparedData, prepare_cases
+from raddiag.serving.sample import sample_png
+
+
+def _pngs(tmp_path, n):
+    for i in range(n):
+        (tmp_path / f"{i}.png").write_bytes(sample_png(16, seed=i))
+
+
+def _settled(tmp_path, rows, name="m.jsonl"):
+    """``[(id, labels, split)]`` read through a manifest: (its cases, the input warnings)."""
+    path = tmp_path / name
+    path.write_text("".join(json.dumps({"id": i, "labels": labels, "split": split,
+                                        "scans": [{"path": "0.png", "modality": "X-ray"}]}) + "\n"
+                            for i, labels, split in rows))
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        cases = list(read_manifest(path))
+    return cases, [str(w.message) for w in got if issubclass(w.category, InputWarning)]
+
+
+# -- A: a comma where ';' was meant ---------------------------------------------------------------
+def test_a_csv_cell_of_labels_joined_by_a_comma_is_said_and_the_summary_reads_one_way(tmp_path, capsys):
+    _pngs(tmp_path, 4)
+    (tmp_path / "m.csv").write_text('id,path,modality,labels,split\nc1,0.png,X-ray,"Pneumothorax, Rib fracture",train\n'
+                                    "c2,1.png,X-ray,Pneumothorax,train\nc3,2.png,X-ray,Rib fracture,val\n"
+                                    "c4,3.png,X-ray,Pneumothorax,test\n")
+    assert main(["data", "prepare", str(tmp_path / "m.csv"), "--format", "manifest", "--out", str(tmp_path / "d"),
+                 "--size", "16", "--depth", "1", "--workers", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert (f"raddiag: warning: {tmp_path / 'm.csv'}: 1 label(s) hold commas between names that are labels of their "
+            "own here, and are read as one class each: 'Pneumothorax, Rib fracture' (1 case(s): c1); if they are "
+            "several labels, separate them with ';' in the cell (README 'A CSV manifest')") in err.splitlines()
+    assert "  disorder labels (3): Pneumothorax 2, 'Pneumothorax, Rib fracture' 1, Rib fracture 1" in out.splitlines()
+    labels = json.loads((tmp_path / "d" / "labels_disorder.json").read_text())
+    assert "Pneumothorax, Rib fracture" in [c["name"] for c in labels["classes"]]        # said, not changed
+    assert main(["data", "stats", str(tmp_path / "d"), "--no-plots"]) == 0
+    assert "  cases per class: Pneumothorax 2, 'Pneumothorax, Rib fracture' 1, Rib fracture 1" in \
+        capsys.readouterr().out.splitlines()
+
+
+def test_a_disorder_name_holding_a_comma_is_not_taken_for_two_labels(tmp_path):
+    """ICD-10 titles hold commas: only a name whose every part is a label of its own is said."""
+    rows = [("c1", ["Fracture of femur, closed"], "train"), ("c2", ["Fracture of femur"], "train"),
+            ("c3", ["Crohn disease, unspecified"], "test")]
+    cases, said = _settled(tmp_path, rows)
+    assert said == [] and cases[0].labels == ["Fracture of femur, closed"]
+    cases, said = _settled(tmp_path, rows + [("c4", ["closed"], "val"), ("c5", ["pneumothorax"], "val"),
+                                             ("c6", ["Pneumothorax,Rib fracture"], "val"), ("c7", ["rib fracture"], "val")])
+    assert said == [f"{tmp_path / 'm.jsonl'}: 2 label(s) hold commas between names that are labels of their own here, "
+                    "and are read as one class each: 'Fracture of femur, closed' (1 case(s): c1), "
+                    "'Pneumothorax,Rib fracture' (1 case(s): c6); if they are several labels, give them as separate "
+                    "items of the case's 'labels' list"]
+
+
+# -- B: a one-case typo -------------------------------------------------------------------------
+def test_a_one_case_label_written_nearly_as_a_common_one_is_said_and_kept(tmp_path):
+    rows = [(f"p{i}", ["Pneumothorax"], "train") for i in range(8)] + [("typo", ["Pneumothrax"], "train")]
+    cases, said = _settled(tmp_path, rows)
+    assert said == [f"{tmp_path / 'm.jsonl'}: 1 label(s) of one case look like a typo of a label of several cases, "
+                    "and are read as classes of their own: 'Pneumothrax' (case typo) for 'Pneumothorax' (8 cases); "
+                    "if they are typos, correct them in the manifest"]
+    assert cases[-1].labels == ["Pneumothrax"]                                       # warned, never changed
+
+
+@pytest.mark.parametrize("one, common", [("Gas", "Mass"), ("Hepatitis C", "Hepatitis B"), ("Arthritis", "Arteritis"),
+                                         ("Type 2 diabetes", "Type 1 diabetes"), ("Hypothyroidism", "Hyperthyroidism"),
+                                         ("Colitis", "Coxitis"), ("Grade III glioma", "Grade II glioma")])
+def test_different_names_that_look_alike_are_not_taken_for_typos(tmp_path, one, common):
+    _, said = _settled(tmp_path, [("a", [one], "train"), ("b", [common], "train"), ("c", [common], "test")])
+    assert said == []
+
+
+def test_a_typo_check_of_thousands_of_labels_takes_little_time(tmp_path):
+    import random
+    import string
+    import time
+
+    from raddiag.data.adapters.base import settle_labels
+
+    rnd = random.Random(0)
+    names = {" ".join("".join(rnd.choices(string.ascii_lowercase, k=rnd.randint(4, 10))) for _ in range(3))
+             for _ in range(6000)}
+    cases = [Case(id=f"{n}{j}", scans=[], labels=[n]) for i, n in enumerate(sorted(names)) for j in range(1 + i % 2)]
+    t = time.perf_counter()
+    settle_labels(cases, "big.jsonl")
+    assert time.perf_counter() - t < 3          # an all-pairs difflib took 16 s here
+
+
+# -- C: classes training never sees ---------------------------------------------------------------
+def _prepared(tmp_path, rows):
+    """A prepared folder of ``[(id, labels, icd10, split)]``, one PNG each."""
+    _pngs(tmp_path, 1)
+    cases = [Case(id=i, labels=labels, icd10=icd, split=split, scans=[Scan(str(tmp_path / "0.png"), "X-ray")])
+             for i, labels, icd, split in rows]
+    return prepare_cases(cases, tmp_path / "d", size=16, depth=1, workers=1), PreparedData(tmp_path / "d")
+
+
+TYPO_SET = ([(f"p{i}", ["Pneumothorax"], ["J93"], s) for i, s in enumerate(["train"] * 5 + ["val", "test"])]
+            + [(f"n{i}", [], [], s) for i, s in enumerate(["train", "train", "val", "test"])]
+            + [("effusion", ["Pleural effusion"], ["J90"], "test"), ("gout", ["Gout"], [], "val"),
+               ("gout2", ["Gout"], [], "test"), ("lonely", ["Lonely"], [], "train")])
+
+
+def test_prepare_and_stats_name_the_classes_without_a_training_case(tmp_path):
+    report, data = _prepared(tmp_path, TYPO_SET)
+    assert ("split coverage: 2 class(es) without a train case (never learned): 'Gout' (test 1, val 1), "
+            "'Pleural effusion' (test 1). Give one of their cases the split 'train' in the manifest, or leave them "
+            "out.") in report.notes
+    lines = stats_text(compute_stats(data)).splitlines()
+    assert lines[lines.index(next(x for x in lines if x.startswith("disorder:"))) + 2] == (
+        "  2 class(es) without a training case (never learned): 'Gout', 'Pleural effusion'")
+    assert "  1 class(es) without a training case (never learned): 'J90'" in lines
+
+
+def test_a_set_with_no_training_case_at_all_is_not_told_its_classes_are_never_learned(tmp_path):
+    from raddiag.data.splits import untrained_note
+
+    cases = [Case(id=f"c{i}", labels=["Gout"], split="test", scans=[Scan("x.png", "CT")]) for i in range(3)]
+    assert untrained_note(cases) == ""
+
+
+def _summary(tmp_path, data, granularity="disorder"):
+    import torch
+
+    from raddiag.config import preset
+    from raddiag.run import RunFolder
+    from raddiag.training.summary import start_summary
+
+    cfg = preset("cpu", [f"data.granularity={granularity}"])
+    d = SimpleNamespace(device=torch.device("cpu"), world_size=1)
+    text = start_summary(data, RunFolder(tmp_path / "run"), cfg, data.label_space(granularity),
+                         torch.nn.Linear(2, 2), d, 3, data.count("train"), workers=0)
+    return [line for line in text.splitlines() if line.startswith(("  classes", "  without a class"))]
+
+
+def test_the_train_summary_names_the_classes_without_training_cases(tmp_path):
+    _, data = _prepared(tmp_path, TYPO_SET)
+    assert _summary(tmp_path, data) == [
+        "  classes (5; 2 without training cases, never learned: 'Gout', 'Pleural effusion'), training cases each: "
+        "Pneumothorax 5, Normal 2, Lonely 1"]
+
+
+def test_the_train_summary_names_ten_classes_without_training_cases_then_counts_the_rest(tmp_path):
+    rows = [(f"c{i}", [f"Rare {i:02d}"], [], "test") for i in range(13)] + [("t", [], [], "train")]
+    _, data = _prepared(tmp_path, rows)
+    line = _summary(tmp_path, data)[0]
+    assert line.startswith("  classes (14; 13 without training cases, never learned: 'Rare 00', ")
+    assert "'Rare 09' and 3 more), training cases each: Normal 1" in line
+
+
+# -- D: abnormal training cases without a class of the run's granularity -----------------------------
+def test_the_train_summary_says_how_many_abnormal_training_cases_have_no_class_at_icd10(tmp_path):
+    rows = ([(f"u{i}", ["Pneumothorax"], [], "train") for i in range(6)]
+            + [(f"k{i}", ["Kidney stone"], ["N20"], s) for i, s in enumerate(["train", "train", "val"])]
+            + [(f"n{i}", [], [], s) for i, s in enumerate(["train", "val"])])
+    _, data = _prepared(tmp_path, rows)
+    assert _summary(tmp_path, data, "icd10") == [
+        "  classes (2), training cases each: N20 2, Normal 1",
+        "  without a class: 6 of the 9 training cases are abnormal but carry no ICD-10-CM code, so they train as "
+        "negatives of every class; --granularity disorder trains on their disorder names, or give them 'icd10' "
+        "codes in the manifest"]
+    assert _summary(tmp_path, data, "disorder") == [
+        "  classes (3), training cases each: Pneumothorax 6, Kidney stone 2, Normal 1"]
