@@ -95,6 +95,7 @@ def test_health_labels_openapi_page(server):
     assert httpx.get(server["url"] + "/docs").status_code == 200
     page = httpx.get(server["url"] + "/")
     assert page.status_code == 200 and "<form" in page.text
+    assert 'id="modalities"' in page.text and 'data.append("modality", perFile)' in page.text  # one per file
     assert "http://" not in page.text and "https://" not in page.text        # no external resources
 
 
