@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "then write metrics.json, per_class.csv, predictions.npz and report.html.")
     p.add_argument("run", help="run folder (config.yaml, label_space.json, model.safetensors)")
     p.add_argument("--data", required=True, help="prepared dataset folder or shard folder (raddiag data shard)")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="split to evaluate (default: test)")
     p.add_argument("--val-split", default="val", help="split used to choose thresholds ('' for none)")
     p.add_argument("--out", default=None, help="output folder (default RUN/eval-SPLIT)")
     p.add_argument("--n-boot", type=n_boot_arg, default=1000, help="bootstrap resamples (0: no CIs, else >= 2)")
