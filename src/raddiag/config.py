@@ -126,7 +126,7 @@ class TrainConfig:
     prefetch: int = 1                    # batches a background thread loads ahead, without loader processes,
                                          # where the step leaves a core free (0: none; training.prefetch)
     cache_mb: int = 1024                 # loaded scans kept in memory from one epoch to the next, train and
-                                         # val together, shared by the loader processes (0: none; data.scan_cache)
+                                         # val together, each loader process its share (0: none; data.scan_cache)
     eval_batch_size: int = 8
     # transfer (raddiag finetune): the pre-trained encoder + fusion vs the new classification layer
     encoder_lr_scale: float = 1.0        # their learning rate = lr x this (the head keeps lr)
