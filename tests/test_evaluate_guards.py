@@ -85,7 +85,7 @@ def test_a_split_holding_training_cases_warns_with_the_count_and_the_meta_record
     leak = [m for m in said if "trained on" in m]
     assert len(leak) == 1, said
     assert f"{made / 'other'} split 'test': 8 of its 12 cases are cases {made / 'run'} trained on" in leak[0]
-    assert f"from {made / 'run' / 'train_cases.json'}" in leak[0] and "optimistic" in leak[0]
+    assert f"by scan file, from {made / 'run' / 'train_cases.json'})" in leak[0] and "optimistic" in leak[0]
     meta = _meta(made / "ev_other")
     trained = meta["trained_on_cases"]
     assert (trained["n"], trained["of"], trained["split"]) == (8, 12, "test")
@@ -157,6 +157,15 @@ def test_a_run_records_the_cases_it_trained_on_and_evaluate_needs_nothing_else(m
     assert f"8 of its 12 cases are cases {run} trained on" in said[0]
 
 
+def test_another_data_set_whose_case_ids_repeat_the_training_ids_is_not_taken_for_them(made, tmp_path):
+    """Red team: ids such as case001 repeat across data sets; cases are told apart by their files."""
+    new = tmp_path / "new"
+    prepare_cases(_cases(new / "raw", lambda i: "test"), new / "prep", size=32, depth=4, workers=1)
+    _, said = _evaluate(made / "run", new / "prep", tmp_path / "ev")
+    trained = _meta(tmp_path / "ev")["trained_on_cases"]
+    assert said == [] and (trained["n"], trained["by"]) == (0, "scan file")
+
+
 def test_training_data_that_is_gone_says_the_check_was_not_done(made, tmp_path):
     run = _copy_run(made, tmp_path, data=tmp_path / "gone")
     _, said = _evaluate(run, made / "other", tmp_path / "ev")
@@ -189,7 +198,7 @@ def test_recorded_training_cases_are_used_first(made, tmp_path):
                     train_cases=json.dumps({"case_ids": ["case000", "case002", "nowhere"]}))
     _, said = _evaluate(run, made / "other", tmp_path / "ev")
     assert f"2 of its 12 cases are cases {run} trained on ('case000', 'case002'; by case id, from " \
-           f"{run / 'train_cases.json'})" in said[0]
+           f"{run / 'train_cases.json'}; another data set's cases may share these ids)" in said[0]
     (run / "train_cases.json").write_text("[")
     _, said = _evaluate(run, made / "other", tmp_path / "ev2")
     assert said[0].startswith(f"{made / 'other'} split 'test': not checked for cases {run} trained on: "

@@ -9,7 +9,8 @@ RUN/
   model.safetensors              weights of the best checkpoint
   intensity.json                 the windows and raw intensity kinds of the training data
                                  (raddiag.data.intensity; checked at prediction)
-  train_cases.json               {"case_ids": [...]}: the cases trained on (optional; evaluate
+  train_cases.json               {"case_ids": [...], "scans": [...]}: the cases trained on and their
+                                 scans' files (optional; evaluate
                                  warns of evaluated cases among them, raddiag.evaluation.data_checks)
   metrics.csv, tensorboard/      training curves
   checkpoints/last.pt            full training state for --resume (weights_only-loadable)
@@ -170,21 +171,23 @@ class RunFolder:
                              + (f"; new: {extra}" if extra else "") + (f"; missing: {gone}" if gone else "")
                              + "); resume on the run's own dataset and granularity, or fine-tune into a new --out")
 
-    def train_case_ids(self) -> Optional[set]:
-        """The ids of the cases the run trained on (``train_cases.json``), or None when it does not
-        record them; an unreadable file raises an error naming it."""
+    def trained_cases(self) -> Optional[dict]:
+        """``{"ids": set, "scans": set or None}`` of the cases the run trained on (``train_cases.json``:
+        their ids and their scans' files, :func:`raddiag.data.store.scan_file`), or None when it
+        does not record them; an unreadable file raises an error naming it."""
         import json
 
         if not self.train_cases.is_file():
             return None
         try:
-            ids = json.loads(self.train_cases.read_text(encoding="utf-8"))["case_ids"]
-        except (ValueError, KeyError, TypeError) as exc:
+            record = json.loads(self.train_cases.read_text(encoding="utf-8"))
+            ids, scans = record["case_ids"], record.get("scans")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"{self.train_cases}: not a readable record of training cases "
                              f"({type(exc).__name__}: {exc})") from None
-        if not isinstance(ids, list):
-            raise ValueError(f"{self.train_cases}: 'case_ids' must be a list of case ids")
-        return {str(i) for i in ids}
+        if not isinstance(ids, list) or not isinstance(scans, (list, type(None))):
+            raise ValueError(f"{self.train_cases}: 'case_ids' (and 'scans') must be lists")
+        return {"ids": {str(i) for i in ids}, "scans": None if scans is None else {str(f) for f in scans}}
 
     def load_config(self) -> RunConfig:
         return RunConfig.load(self.config)

@@ -325,6 +325,13 @@ def _whole(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
+def scan_file(scan_record: dict) -> Optional[str]:
+    """The file a stored scan was read from, as its record names it (the first of a series' files):
+    what tells two data sets' cases apart when their ids repeat (``raddiag.evaluation.data_checks``)."""
+    paths = scan_record.get("paths") or []
+    return min(map(str, paths)) if paths else None
+
+
 class PreparedData:
     """Read side of a prepared dataset: case records and memory-mapped slices."""
 

@@ -1,6 +1,8 @@
 """What ``evaluate`` checks of the evaluated data against the run before its figures are shown.
 
-- Cases the run trained on among the evaluated ones (by case id): the ids the run records
+- Cases the run trained on among the evaluated ones: those sharing a scan file with a training
+  case (ids repeat across data sets: ``case001`` of another set is another case), by case id only
+  where the files are not known. The training cases are those the run records
   (``RUN/train_cases.json``), else the train split of the training data its ``intensity.json``
   names, taken only while that split's class counts equal the run's training counts
   (``label_space.json``): a folder prepared again since, with other splits, is not the one
@@ -28,7 +30,8 @@ class DataCheckWarning(InputWarning):
 def check_data(run, cfg, data, data_dir, split: str, case_ids) -> dict:
     """The meta fields of :func:`trained_on_cases` and :func:`geometry` of ``data`` (the opened
     evaluated dataset) and ``warnings``, their messages, each also issued as a DataCheckWarning."""
-    found = {"trained_on_cases": trained_on_cases(run, cfg, data_dir, split, case_ids),
+    cases = {str(i): _files(data, split).get(str(i)) for i in case_ids}
+    found = {"trained_on_cases": trained_on_cases(run, cfg, data_dir, split, cases),
              "geometry": geometry(run, cfg, data.meta, data_dir)}
     found["warnings"] = [f.pop("warning") for f in found.values() if "warning" in f]
     for msg in found["warnings"]:
@@ -36,31 +39,47 @@ def check_data(run, cfg, data, data_dir, split: str, case_ids) -> dict:
     return found
 
 
-def trained_on_cases(run, cfg, data_dir, split: str, case_ids) -> dict:
-    """``{n, of, split, case_ids (the first 10), source}`` of the evaluated cases the run trained on,
-    and a ``warning`` when there are any; ``n`` None, ``not_checked`` and a ``warning`` saying why when
-    they cannot be known."""
-    ids = [str(i) for i in case_ids]
-    trained, source = training_case_ids(run, cfg.data.granularity)
+def _files(data, split: str) -> dict:
+    """case id -> the set of its scans' files, for the cases of ``split`` (empty when the data keep
+    no case records: shards)."""
+    from raddiag.data.store import scan_file
+
+    if not hasattr(data, "records_for"):
+        return {}
+    return {str(r["id"]): {f for f in map(scan_file, r["scans"]) if f} or None for r in data.records_for(split)}
+
+
+def trained_on_cases(run, cfg, data_dir, split: str, cases: dict) -> dict:
+    """``{n, of, split, case_ids (the first 10), source, by}`` of the evaluated cases (``cases``: id ->
+    its scan files, or None when unknown) the run trained on, and a ``warning`` when there are any;
+    ``n`` None, ``not_checked`` and a ``warning`` saying why when they cannot be known."""
+    trained, source = training_cases(run, cfg.data.granularity)
     where = f"{data_dir} split {split!r}"
     if trained is None:
-        return {"n": None, "of": len(ids), "split": split, "not_checked": source,
+        return {"n": None, "of": len(cases), "split": split, "not_checked": source,
                 "warning": f"{where}: not checked for cases {run.root} trained on: {source}"}
-    hits = [i for i in ids if i in trained]
-    out = {"n": len(hits), "of": len(ids), "split": split, "case_ids": hits[:10], "source": source}
+    by_file = trained["scans"] is not None and all(f is not None for f in cases.values())
+    if by_file:
+        hits = [i for i, files in cases.items() if files & trained["scans"]]
+    else:
+        hits = [i for i in cases if i in trained["ids"]]
+    by = "scan file" if by_file else "case id"
+    out = {"n": len(hits), "of": len(cases), "split": split, "case_ids": hits[:10], "source": source, "by": by}
     if hits:
-        out["warning"] = (f"{where}: {len(hits)} of its {len(ids)} cases are cases {run.root} trained on "
-                          f"({examples([repr(one_line(i, 40)) for i in hits])}; by case id, from {source}): "
-                          "these figures are optimistic; evaluate on cases the run never saw")
+        out["warning"] = (f"{where}: {len(hits)} of its {len(cases)} cases are cases {run.root} trained on "
+                          f"({examples([repr(one_line(i, 40)) for i in hits])}; by {by}, from {source}"
+                          + ("" if by_file else "; another data set's cases may share these ids") +
+                          "): these figures are optimistic; evaluate on cases the run never saw")
     return out
 
 
-def training_case_ids(run, granularity: str) -> tuple[Optional[set], str]:
-    """``(ids, where they came from)`` of the cases ``run`` trained on, or ``(None, why unknown)``."""
+def training_cases(run, granularity: str) -> tuple[Optional[dict], str]:
+    """``({"ids", "scans"}, where they came from)`` of the cases ``run`` trained on (``scans``: their
+    scan files, None when not recorded), or ``(None, why unknown)``."""
     from raddiag.data.intensity import RUN_FILE, read_run_intensity
 
     try:
-        recorded = run.train_case_ids()
+        recorded = run.trained_cases()
         if recorded is not None:
             return recorded, str(run.train_cases)
         given = (read_run_intensity(run.root) or {}).get("data")
@@ -69,11 +88,11 @@ def training_case_ids(run, granularity: str) -> tuple[Optional[set], str]:
     if not given:
         return None, (f"the run records neither its training cases ({run.train_cases.name}) nor its training "
                       f"data ({RUN_FILE})")
-    return _train_split_ids(run, str(given), granularity)
+    return _train_split(run, str(given), granularity)
 
 
-def _train_split_ids(run, given: str, granularity: str) -> tuple[Optional[set], str]:
-    """The train split's ids of the prepared folder ``given`` (as ``intensity.json`` records it)."""
+def _train_split(run, given: str, granularity: str) -> tuple[Optional[dict], str]:
+    """The train split's cases of the prepared folder ``given`` (as ``intensity.json`` records it)."""
     from raddiag.data.intensity import RUN_FILE
     from raddiag.data.store import PreparedData
 
@@ -85,7 +104,9 @@ def _train_split_ids(run, given: str, granularity: str) -> tuple[Optional[set], 
         try:
             data = PreparedData(folder)
             if not any(counts.values()) or _train_counts(data, granularity, counts) == counts:
-                return {str(r["id"]) for r in data.records_for("train")}, f"the train split of {folder}"
+                files = _files(data, "train")
+                scans = None if any(f is None for f in files.values()) else set().union(*files.values())
+                return {"ids": set(files), "scans": scans}, f"the train split of {folder}"
         except (OSError, ValueError, KeyError) as exc:
             return None, f"{named} cannot be read ({type(exc).__name__}: {one_line(exc)})"
         seen.append(str(folder))

@@ -51,16 +51,21 @@ def write_run_folder(run, cfg, labels, emb, epoch: int, data, resume: bool, trai
 
 def write_train_cases(run, data, train_indices=None) -> None:
     """``RUN/train_cases.json``: the ids of the cases trained on (``train_indices`` of the train split,
-    default all of it), so that ``evaluate`` can warn of evaluated cases among them
-    (:mod:`raddiag.evaluation.data_checks`). A shard folder keeps no case list here; evaluate then
-    reads the train split of the prepared folder the shards were made from."""
+    default all of it) and their scans' files, so that ``evaluate`` can warn of evaluated cases among
+    them (:mod:`raddiag.evaluation.data_checks`; by file, since ids repeat across data sets). A shard
+    folder keeps no case list here; evaluate then reads the train split of the prepared folder the
+    shards were made from."""
     import json
+
+    from raddiag.data.store import scan_file
 
     if not hasattr(data, "records_for"):
         return
     records = data.records_for("train")
     chosen = records if train_indices is None else [records[int(i)] for i in train_indices]
-    record = {"data": str(Path(data.root).resolve()), "split": "train", "case_ids": [str(r["id"]) for r in chosen]}
+    files = sorted({f for r in chosen for f in map(scan_file, r["scans"]) if f})
+    record = {"data": str(Path(data.root).resolve()), "split": "train", "case_ids": [str(r["id"]) for r in chosen],
+              "scans": files}
     atomic_write(run.train_cases, lambda f: f.write((json.dumps(record, indent=1) + "\n").encode("utf-8")))
 
 
