@@ -82,10 +82,30 @@ def test_a_one_case_label_written_nearly_as_a_common_one_is_said_and_kept(tmp_pa
 
 @pytest.mark.parametrize("one, common", [("Gas", "Mass"), ("Hepatitis C", "Hepatitis B"), ("Arthritis", "Arteritis"),
                                          ("Type 2 diabetes", "Type 1 diabetes"), ("Hypothyroidism", "Hyperthyroidism"),
-                                         ("Colitis", "Coxitis"), ("Grade III glioma", "Grade II glioma")])
+                                         ("Colitis", "Coxitis"), ("Grade III glioma", "Grade II glioma"),
+                                         # red team: real ICD-10-CM titles one letter apart
+                                         ("Malignant neoplasm of uvula", "Malignant neoplasm of vulva"),
+                                         ("Symptomatic neurosyphilis", "Asymptomatic neurosyphilis"),
+                                         ("Follicular lymphoma grade IIIa, lymph nodes of head",
+                                          "Follicular lymphoma grade IIIb, lymph nodes of head"),
+                                         ("Prolymphocytic leukemia of B-cell type", "Prolymphocytic leukemia of T-cell type")])
 def test_different_names_that_look_alike_are_not_taken_for_typos(tmp_path, one, common):
     _, said = _settled(tmp_path, [("a", [one], "train"), ("b", [common], "train"), ("c", [common], "test")])
     assert said == []
+
+
+def test_no_two_icd10_titles_are_taken_for_typos_of_each_other():
+    """Thousands of real, distinct ICD-10-CM titles (neoplasms: uvula / vulva, IIIa / IIIb), half of
+    one case and half of two: none is said to be a typo."""
+    import simple_icd_10_cm as cm
+
+    from raddiag.data.adapters.base import _typos_text
+
+    titles = list(dict.fromkeys(cm.get_description(c) for c in cm.get_all_codes(with_dots=True)))
+    start = next(i for i, t in enumerate(titles) if t.startswith("Malignant neoplasm of"))
+    chosen = titles[start:start + 3000]
+    cases = [SimpleNamespace(id=f"c{i}-{k}", labels=[t]) for i, t in enumerate(chosen) for k in range(1 + i % 2)]
+    assert _typos_text(cases) == ""
 
 
 def test_a_typo_check_of_thousands_of_labels_takes_little_time(tmp_path):

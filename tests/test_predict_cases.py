@@ -101,3 +101,18 @@ def test_a_closed_pipe_ends_predict_quietly(files):
                           text=True, timeout=300)
     os.close(write)
     assert proc.returncode == 141 and "Broken pipe" not in proc.stderr, proc.stderr
+
+
+def test_embed_and_the_cli_name_a_skipped_scan(files, tmp_path, capsys):
+    """Red team: `raddiag embed` dropped an unreadable scan without a word."""
+    case = f"{files / 'flat.npy'},{files / 'good.npy'}"
+    assert main(["embed", str(files / "run"), case, "--modality", "CT", "--out", str(tmp_path / "e.npz"),
+                 "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert "1 unreadable scan(s) skipped" in out and "flat.npy" in err and "constant" in err
+    npz = np.load(tmp_path / "e.npz")
+    assert list(npz["scan_ids"]) == ["good.npy"] and list(npz["skipped_scans"]) == ["flat.npy"]
+    assert list(npz["skipped_case"]) == [0] and "constant" in str(npz["skipped_errors"][0])
+    assert main(["predict", str(files / "run"), case, "--modality", "CT", "--top", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "1 unreadable, skipped" in out and "note: 1 unreadable scan(s) skipped" in err

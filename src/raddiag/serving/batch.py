@@ -233,6 +233,14 @@ def check_embeddings_out(path: Union[str, Path], overwrite: bool = False) -> Pat
     return path
 
 
+def _skipped_arrays(ok: Sequence[CaseEmbedding]) -> dict:
+    """The ``skipped_*`` arrays of :func:`save_embeddings`."""
+    bad = [(i, info) for i, r in enumerate(ok) for info in r.scan_infos if info.error is not None]
+    return {"skipped_scans": np.array([info.id for _, info in bad], dtype=str),
+            "skipped_case": np.array([i for i, _ in bad], dtype=np.int64),
+            "skipped_errors": np.array([info.error for _, info in bad], dtype=str)}
+
+
 def save_embeddings(results: Sequence[Union[CaseEmbedding, CaseError]], path: Union[str, Path], width: int,
                     overwrite: bool = False) -> Path:
     """Write embeddings to ``path`` (``.npz``, loads without pickle):
@@ -240,7 +248,9 @@ def save_embeddings(results: Sequence[Union[CaseEmbedding, CaseError]], path: Un
     - ``case_ids [n]``, ``case_embeddings [n, width]`` (float32): one row per case that was read;
     - ``scan_embeddings [S, width]``, ``scan_ids [S]``, ``scan_modality [S]``, ``scan_case [S]``
       (the row of the scan's case): one row per used scan, the scans of a case together in order;
-    - ``failed_ids [F]``, ``failed_errors [F]``: the cases that could not be read, and why.
+    - ``failed_ids [F]``, ``failed_errors [F]``: the cases that could not be read, and why;
+    - ``skipped_scans [K]``, ``skipped_case [K]`` (the row of its case), ``skipped_errors [K]``: the
+      unreadable scans of cases read from their other scans, and why.
     """
     path = check_embeddings_out(path, overwrite)
     ok = [r for r in results if isinstance(r, CaseEmbedding)]
@@ -257,6 +267,7 @@ def save_embeddings(results: Sequence[Union[CaseEmbedding, CaseError]], path: Un
         "scan_case": np.array([s[0] for s in scans], dtype=np.int64),
         "failed_ids": np.array([r.case_id for r in failed], dtype=str),
         "failed_errors": np.array([r.error for r in failed], dtype=str),
+        **_skipped_arrays(ok),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

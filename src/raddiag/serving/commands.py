@@ -181,6 +181,17 @@ def _pending(pred, args, cases) -> list:
     return pred.pending(cases, canonical_modalities(_modalities(args)))[0]
 
 
+def _say_skipped(skipped: list) -> None:
+    """One line for the unreadable scans of cases predicted or embedded from their other scans."""
+    import sys
+
+    from raddiag.data.errors import examples, one_line
+
+    if skipped:
+        print(f"raddiag: note: {len(skipped)} unreadable scan(s) skipped, their cases read from their other "
+              f"scans: " + one_line(examples([f"{cid}: {err}" for cid, err in skipped])), file=sys.stderr)
+
+
 def _report_failed(failed, total: int) -> int:
     import sys
 
@@ -200,7 +211,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     from raddiag.cli import EXIT_BAD_INPUT
     from raddiag.data.errors import one_line
-    from raddiag.serving.predict import CaseError, canonical_modalities
+    from raddiag.serving.predict import CaseError, CaseResult, canonical_modalities
 
     cases = _case_args(args)
     if args.out is not None or not args.cases:
@@ -227,6 +238,8 @@ def _predict(args: argparse.Namespace) -> int:
             if getattr(r, "saliency_error", None):
                 print(f"  saliency: not made ({r.saliency_error})")
             print()
+    _say_skipped([(r.case_id, s.error) for r in results if isinstance(r, CaseResult) for s in r.scans
+                  if s.error is not None])
     rc = _report_failed([r for r in results if isinstance(r, CaseError)], len(results))
     no_maps = [r for r in results if getattr(r, "saliency_error", None)]
     if no_maps:      # the predictions are printed above; the maps that could not be made fail the command
@@ -272,8 +285,11 @@ def _embed(args: argparse.Namespace) -> int:
     results = pred.embed_cases(_pending(pred, args, cases), args.batch_size, progress=not args.no_progress)
     path = save_embeddings(results, args.out, pred.cfg.model.width, overwrite=args.overwrite)
     ok = [r for r in results if not isinstance(r, CaseError)]
+    skipped = [(r.case_id, s.error) for r in ok for s in r.scan_infos if s.error is not None]
     print(f"{path}: {len(ok)} case embedding(s) and {sum(len(r.scans) for r in ok)} scan embedding(s) of "
-          f"width {pred.cfg.model.width}")
+          f"width {pred.cfg.model.width}" + (f"; {len(skipped)} unreadable scan(s) skipped (skipped_scans)"
+                                             if skipped else ""))
+    _say_skipped(skipped)
     return _report_failed([r for r in results if isinstance(r, CaseError)], len(results))
 
 

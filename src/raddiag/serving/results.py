@@ -133,8 +133,10 @@ class CaseEmbedding:
                 "scans": [{**asdict(i), "embedding": next(rows) if i.used else None} for i in self.scan_infos]}
 
     def __str__(self) -> str:
+        bad = [s.id for s in self.scan_infos if s.error is not None]
         return (f"Case {self.case_id}: case embedding [{self.case.shape[0]}], "
-                f"{len(self.scans)} scan embedding(s) ({', '.join(self.scan_ids)})")
+                f"{len(self.scans)} scan embedding(s) ({', '.join(self.scan_ids)})"
+                + (f"; {len(bad)} unreadable, skipped ({', '.join(bad)})" if bad else ""))
 
     __repr__ = __str__
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+from functools import lru_cache
 import random
 import unicodedata
 import warnings
@@ -191,7 +192,23 @@ def _typo_of(label: str, near: dict[str, set[str]]) -> str | None:
     a, b = key.split(), match[0].split()
     x, y = " ".join(w for w in a if w not in b), " ".join(w for w in b if w not in a)
     close = min(len(x), len(y)) >= 4 and difflib.SequenceMatcher(None, x, y).ratio() >= 0.75
-    return keys[match[0]] if close else None
+    real = all(w in _medical_words() for w in _words(x))    # uvula / vulva, Symptomatic / Asymptomatic
+    return keys[match[0]] if close and not real else None
+
+
+@lru_cache(maxsize=1)
+def _medical_words() -> frozenset:
+    """The words of ICD-10-CM's titles (lower case, as :func:`label_key` gives them): a label that
+    differs from another by such a word names something else, not a typo (red team: 'Malignant
+    neoplasm of uvula' / '... vulva', 'Follicular lymphoma grade IIIa' / 'IIIb')."""
+    import simple_icd_10_cm as cm
+
+    return frozenset(w for c in cm.get_all_codes(with_dots=False) for w in _words(label_key(cm.get_description(c))))
+
+
+def _words(text: str) -> list[str]:
+    """``text``'s words without the punctuation around them ("iiia," -> "iiia")."""
+    return [w for w in (t.strip(",.;:()[]'\"") for t in text.split()) if w]
 
 
 def _typos_text(cases: Sequence[Case]) -> str:
