@@ -116,3 +116,15 @@ def test_embed_and_the_cli_name_a_skipped_scan(files, tmp_path, capsys):
     assert main(["predict", str(files / "run"), case, "--modality", "CT", "--top", "1"]) == 0
     out, err = capsys.readouterr()
     assert "1 unreadable, skipped" in out and "note: 1 unreadable scan(s) skipped" in err
+
+
+def test_a_list_of_missing_scan_files_is_one_case_not_several(files, pred):
+    """Red team: from the wrong working folder, every file of a one-case list was missing and the
+    list came back as two cases."""
+    with pytest.raises(FileNotFoundError, match="scan_a.png: no such file"):
+        pred.predict([str(files / "nope" / "scan_a.png"), str(files / "nope" / "scan_b.png")], modality="X-ray")
+
+
+def test_a_case_nested_too_deep_is_an_error_naming_it(files, pred):
+    got = pred.predict((((str(files / "cxr.png"),),),), modality="X-ray")
+    assert "is a tuple, not a path" in got[0].error

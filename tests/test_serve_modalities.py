@@ -162,3 +162,27 @@ def test_a_unicode_name_inside_a_zip_is_kept(client):
     r = client.post("/predict", files=_files(("c.zip", buf.getvalue())), data={"modality": "X-ray"})
     assert r.status_code == 200, r.text
     assert [s["paths"] for s in r.json()["scans"]] == [[f"肺 case/{UNICODE_NAME}"]]
+
+
+def test_a_long_unicode_folder_name_inside_a_zip_is_cut_as_file_names_are(client):
+    """Red team: 86 CJK characters (258 bytes) in a zip folder name were refused with a message
+    counting characters, where the same name as a file was cut to 150 bytes and taken."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("肺" * 86 + "/a.png", sample_png(32))
+    r = client.post("/predict", files=_files(("c.zip", buf.getvalue())), data={"modality": "X-ray"})
+    assert r.status_code == 200, r.text
+    folder = r.json()["scans"][0]["paths"][0].split("/")[0]
+    assert folder == "肺" * 50 and len(folder.encode()) == 150
+
+
+def test_two_spellings_of_one_name_are_two_visibly_different_scans(client):
+    """NFC and NFD 'é.png' printed alike as two scans; stored names are NFC, the second one renamed."""
+    import unicodedata
+
+    nfc, nfd = unicodedata.normalize("NFC", "é.png"), unicodedata.normalize("NFD", "é.png")
+    r = client.post("/predict", files=_files((nfc, sample_png(32, seed=1)), (nfd, sample_png(32, seed=2))),
+                    data={"modality": "X-ray"})
+    assert r.status_code == 200, r.text
+    paths = sorted(s["paths"][0] for s in r.json()["scans"])
+    assert len(set(paths)) == 2 and all(unicodedata.is_normalized("NFC", p) for p in paths)

@@ -65,6 +65,9 @@ def case_scans(case: PathLike | Sequence[PathLike], modality=None) -> list[Scan]
     scans: list[Scan] = []
     series: dict[str, int] = {}          # DICOM files given one by one -> one scan per series
     for i, item in enumerate(items):
+        if not isinstance(item, (str, Path)):
+            raise ValueError(f"case file or folder {i + 1} of {len(items)} is a {type(item).__name__}, not a path "
+                             "(a case is a path or a list of paths; several cases: a list of them)")
         if not str(item).strip():     # Path("") is ".": every scan under the current folder became the case
             raise ValueError(f"case file or folder {i + 1} of {len(items)} is an empty name")
         p = Path(item)
@@ -86,10 +89,13 @@ def case_scans(case: PathLike | Sequence[PathLike], modality=None) -> list[Scan]
     return scans
 
 
+SCAN_SUFFIXES = (".nii.gz", ".nii", ".npy", ".png", ".jpg", ".jpeg", ".dcm")    # a case id drops them
+
+
 def _case_id(case) -> str:
     if isinstance(case, (str, Path)):
         name = Path(case).name
-        for suf in (".nii.gz", ".nii", ".npy", ".png", ".jpg", ".jpeg", ".dcm"):
+        for suf in SCAN_SUFFIXES:
             if name.lower().endswith(suf):
                 return name[: -len(suf)]
         return name
@@ -111,9 +117,10 @@ def _case_ids(cases) -> list[str]:
 def _split_cases(inputs) -> tuple[list, bool]:
     """(list of cases, whether the caller gave several). A list is several cases when it holds
     lists (each a case; a path beside them is a case of its own) or when no item is a file (each
-    folder a case: ``["case1/", "case2/"]``). A list with a file in it is ONE case, its folders
-    scans of that case (``["ct_series/", "cxr.png"]``): a missing item is then that case's error,
-    never a case of its own (a typo in one file name would otherwise split the case)."""
+    folder a case: ``["case1/", "case2/"]``). A list with a file in it (or a missing path named as a
+    scan file, ``x.png``) is ONE case, its folders scans of that case (``["ct_series/", "cxr.png"]``):
+    a missing item is then that case's error, never a case of its own (a typo in one file name, or
+    the wrong working folder, would otherwise split the case)."""
     if isinstance(inputs, (str, Path)):
         return [inputs], False
     if inputs is None:
@@ -122,9 +129,18 @@ def _split_cases(inputs) -> tuple[list, bool]:
     if not items:
         raise ValueError("nothing to predict: no inputs given")
     paths = all(isinstance(x, (str, Path)) for x in items)
-    if paths and any(str(x).strip() and Path(x).is_file() for x in items):
+    if paths and any(_names_a_file(x) for x in items):
         return [items], False
     return items, True
+
+
+def _names_a_file(item) -> bool:
+    """An existing file, or a missing path named as a scan file (``scan.png``: a typo of a file of
+    the case, not a case folder)."""
+    p = Path(item)
+    if not str(item).strip():
+        return False
+    return p.is_file() or (not p.exists() and p.name.lower().endswith(SCAN_SUFFIXES))
 
 
 # -- the predictor ---------------------------------------------------------------------------

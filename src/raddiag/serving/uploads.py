@@ -80,7 +80,7 @@ def _clean(text: str, limit: Optional[int] = None) -> str:
     dots and spaces go ('..', hidden files), at most ``limit`` bytes. The names were cut to ASCII,
     and a scan uploaded as 'pneumothorax ñ 肺.png' was reported as 'pneumothorax.png'."""
     text = "".join("_" if c in "/\\" or (c.isspace() and c != " ") or unicodedata.category(c)[0] == "C"
-                   else c for c in text)
+                   else c for c in unicodedata.normalize("NFC", text))    # one spelling of 'é', as labels have
     if limit is not None:
         text = text.encode()[:limit].decode("utf-8", "ignore")
     return text.strip(". ")
@@ -328,8 +328,8 @@ def _extract_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, root: Path, budge
     parts = [_clean_part(p) for p in rel.parts[:-1]]
     long = next((p for p in parts if len(p.encode()) > 255), None)
     if long is not None:
-        raise UploadError(400, f"{name!r}: zip entry {info.filename[:300]!r} has a folder name of {len(long)} "
-                               "characters; at most 255")
+        raise UploadError(400, f"{name!r}: zip entry {info.filename[:300]!r} has a folder name of "
+                               f"{len(long.encode())} bytes; at most 255")
     folder = root.joinpath(*parts)
     if root not in (folder.resolve(), *folder.resolve().parents):   # belt and braces
         raise UploadError(400, f"{name!r}: zip entry {info.filename!r} leaves the archive folder")
@@ -379,4 +379,5 @@ def check_zip_directory(path: Path, budget: Budget, name: str) -> None:
 
 
 def _clean_part(part: str) -> str:
-    return _clean(part) or "_"
+    """A zip entry's folder name, cleaned and cut as file names are (a long Unicode name was refused)."""
+    return _clean(part, NAME_BYTES) or "_"
