@@ -245,6 +245,19 @@ def test_per_class_csv_thresholds_read_back_as_the_thresholds_used(tmp_path):
     assert f1_score(y[:, 0], s[:, 0] >= t) == float(row["f1"]) == 1.0
 
 
+def test_per_class_csv_names_no_group_without_training_counts(tmp_path):
+    """New user: `metrics` without --labels said 'class groups: none' while per_class.csv called every
+    class 'tail' with train_count 0."""
+    import csv as csvmod
+
+    s = np.array([[0.9, 0.1], [0.8, 0.7], [0.2, 0.6], [0.1, 0.3]], np.float32)
+    y = np.array([[1, 0], [1, 1], [0, 1], [0, 0]], bool)
+    res = evaluate_predictions(s, y, LabelSpace(names=["a", "b"]), n_boot=0, out_dir=tmp_path)
+    rows = list(csvmod.DictReader((tmp_path / "per_class.csv").open()))
+    assert [(r["group"], r["train_count"]) for r in rows] == [("", ""), ("", "")]
+    assert "no head / medium / tail" in res["metrics"]["meta"]["class_groups"]
+
+
 def test_the_threshold_note_names_the_split_the_thresholds_came_from():
     """Red team: `evaluate --val-split train` printed 'chosen by maximal F1 on the validation split'."""
     space = _space()

@@ -199,3 +199,24 @@ def test_the_train_summary_says_how_many_abnormal_training_cases_have_no_class_a
         "codes in the manifest"]
     assert _summary(tmp_path, data, "disorder") == [
         "  classes (3), training cases each: Pneumothorax 6, Kidney stone 2, Normal 1"]
+
+
+def test_a_fraction_of_the_train_split_is_counted_on_the_cases_trained_on(tmp_path):
+    """New user: `finetune --fraction 0.01` printed the scan caps' losses (and the cases without a
+    class) of the whole train split, where it trained on 24 of its cases."""
+    import torch
+
+    from raddiag.config import preset
+    from raddiag.run import RunFolder
+    from raddiag.training.summary import start_summary
+
+    rows = ([(f"u{i}", ["Pneumothorax"], [], "train") for i in range(6)]
+            + [(f"k{i}", ["Kidney stone"], ["N20"], s) for i, s in enumerate(["train", "train", "val"])])
+    _, data = _prepared(tmp_path, rows)
+    cfg = preset("cpu", ["data.granularity=icd10"])
+    d = SimpleNamespace(device=torch.device("cpu"), world_size=1)
+    order = [r["id"] for r in data.records_for("train")]
+    part = [order.index("u0"), order.index("k0")]
+    text = start_summary(data, RunFolder(tmp_path / "run"), cfg, data.label_space("icd10"), torch.nn.Linear(2, 2),
+                         d, 1, len(part), workers=0, train_indices=part)
+    assert "without a class: 1 of the 2 training cases are abnormal" in text

@@ -372,11 +372,14 @@ def write_per_class_csv(path: Path, result: dict, labels: np.ndarray, label_spac
     same float): rounded to 6 digits, a float32 sigmoid's 0.99999988 read 1, which gives other
     F1 / MCC / ACC than the row printed beside it."""
     point, thr = result["per_class"], result["thresholds"]
-    groups = label_space.groups
+    # without training counts there are no head / medium / tail groups (NO_COUNTS): none is written,
+    # where every class read 'tail' with train_count 0 (a new user's `metrics` without --labels)
+    groups = label_space.groups if label_space.has_groups else [""] * len(label_space)
+    counts = label_space.counts if label_space.has_groups else [""] * len(label_space)
     npos = np.count_nonzero(labels, axis=0)
     header = ["index", "name", "code", "group", "train_count", "n_pos", "n_neg", "threshold",
               "threshold_fallback", *METRICS]
-    write_csv(path, header, ([i, name, label_space.codes[i] or "", groups[i], label_space.counts[i], int(npos[i]),
+    write_csv(path, header, ([i, name, label_space.codes[i] or "", groups[i], counts[i], int(npos[i]),
                               int(len(labels) - npos[i]), repr(float(thr[i])), int(result["threshold_fallback"][i]),
                               *["" if np.isnan(point[k][i]) else f"{point[k][i]:.6f}" for k in METRICS]]
                              for i, name in enumerate(label_space.names)))

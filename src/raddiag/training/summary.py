@@ -23,11 +23,20 @@ CLASSLESS = {"icd10": ("ICD-10-CM code", "--granularity disorder trains on their
 SMALL_VAL = 50     # val cases below which the printed line says the best epoch is partly chance
 
 
-def _caps_left_out(data, cfg) -> str:
-    """How many training-split scans the caps leave out per epoch (prepared data only)."""
+def _trained_records(data, train_indices=None) -> Optional[list]:
+    """The records of the training cases used (``train_indices`` of the train split, default all of
+    it; a fine-tuning fraction trains on a part), or None for data without records (shards)."""
+    if not hasattr(data, "records_for"):
+        return None
+    records = data.records_for("train")
+    return records if train_indices is None else [records[int(i)] for i in train_indices]
+
+
+def _caps_left_out(data, cfg, train_indices=None) -> str:
+    """How many of the training cases' scans the caps leave out per epoch (prepared data only)."""
     from raddiag.data.dataset import select_scans
 
-    records = data.records_for("train") if hasattr(data, "records_for") else None
+    records = _trained_records(data, train_indices)
     if not records:
         return ""
     left: Counter = Counter()
@@ -59,11 +68,11 @@ def _classes(labels) -> str:
             + f"), training cases each: {shown}" + (f", ... ({more} more)" if more else ""))
 
 
-def _classless(data, labels) -> list[str]:
+def _classless(data, labels, train_indices=None) -> list[str]:
     """A line on the training cases that carry no class of the run's granularity and are not
     normal (abnormal cases without ICD-10-CM codes at ``icd10``): they train as negatives of every
     class (prepared data only)."""
-    records = data.records_for("train") if hasattr(data, "records_for") else None
+    records = _trained_records(data, train_indices)
     n = sum(1 for r in records or [] if not labels.case_labels(r))
     if not n:
         return []
@@ -90,10 +99,10 @@ def _validation(val_targets: Optional[np.ndarray], n_classes: int) -> list[str]:
 
 
 def start_summary(data, run, cfg, labels, model, d, batches_per_epoch: int, train_cases: int,
-                  val_targets: Optional[np.ndarray] = None, *, workers: int) -> str:
-    """The lines ``train`` prints before its first step (``train_cases``: the training cases used;
-    ``val_targets``: the validation split's multi-hot labels, for the line on the best epoch;
-    ``workers``: the train loader's processes)."""
+                  val_targets: Optional[np.ndarray] = None, *, workers: int, train_indices=None) -> str:
+    """The lines ``train`` prints before its first step (``train_cases``: the training cases used,
+    ``train_indices`` of the train split when not all of it; ``val_targets``: the validation split's
+    multi-hot labels, for the line on the best epoch; ``workers``: the train loader's processes)."""
     from raddiag.models.describe import scan_caps_text
 
     dc, tc = cfg.data, cfg.train
@@ -118,12 +127,12 @@ def start_summary(data, run, cfg, labels, model, d, batches_per_epoch: int, trai
         staged,
         f"  cases: {splits}" + (f"; training on {train_cases} of them" if train_cases != data.count("train") else ""),
         _classes(labels),
-        *_classless(data, labels),
+        *_classless(data, labels, train_indices),
         f"  device: {d.device}, {threads}",
         f"  model: {cfg.model.encoder} encoder, {cfg.model.fusion} fusion, {cfg.model.head} head; "
         f"{total:,} parameters ({trainable:,} trained)",
         f"  input: {geometry}",
-        f"  scan caps: {scan_caps_text(dc)}{_caps_left_out(data, cfg)}",
+        f"  scan caps: {scan_caps_text(dc)}{_caps_left_out(data, cfg, train_indices)}",
         f"  schedule: {tc.epochs} epochs of {batches_per_epoch} batches of {tc.batch_size}, lr {tc.lr:g}"
         + (f", repeat-factor sampling t = {tc.repeat_factor:g}" if tc.repeat_factor else ""),
         *_validation(val_targets, len(labels)),

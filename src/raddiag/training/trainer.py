@@ -405,7 +405,8 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
 
         n_train = len(train_indices) if train_indices is not None else data.count("train")
         print(start_summary(data, run, cfg, labels, model, d, batches_per_epoch, n_train,
-                            getattr(val_ds, "targets", None), workers=loader.num_workers), flush=True)
+                            getattr(val_ds, "targets", None), workers=loader.num_workers,
+                            train_indices=train_indices), flush=True)
     steps_per_epoch = math.ceil(batches_per_epoch / tc.grad_accum)
     total_steps = steps_per_epoch * tc.epochs
     warmup_steps = int(round(tc.warmup_epochs * steps_per_epoch))
