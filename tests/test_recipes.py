@@ -39,6 +39,14 @@ def test_describe_prints_the_training_settings(capsys):
                                             "other modalities 1")
 
 
+def test_describe_says_when_overrides_change_what_the_presets_line_names(capsys):
+    """New user: `describe --set model.head=knowledge` printed the preset's 'MLP head' unremarked."""
+    assert main(["describe", "--preset", "tiny", "--classes", "3", "--scans", "1", "--set", "model.head=knowledge"]) == 0
+    assert "MLP head) (the preset's; here changed: head=knowledge)" in capsys.readouterr().out
+    assert main(["describe", "--preset", "tiny", "--classes", "3", "--scans", "1"]) == 0
+    assert "here changed" not in capsys.readouterr().out
+
+
 def test_scan_caps_per_modality_from_the_command_line():
     assert scan_cap_overrides(["6", "US=8", "other=2"]) == [
         "data.max_scans=6", "data.modality_caps.US=8", "data.default_modality_cap=2"]

@@ -103,13 +103,23 @@ def training_settings(cfg: RunConfig) -> dict[str, Any]:
             "label granularity": dc.granularity}
 
 
+def _changed_note(d: dict[str, Any]) -> str:
+    """Said when overrides changed the parts the preset's one-line job names (a new user's
+    `describe --set model.head=knowledge` read 'MLP head' below 'head=knowledge')."""
+    from raddiag.config import preset
+
+    m = preset(d["preset"]).model
+    changed = [f"{k}={d[k]}" for k in ("encoder", "fusion", "head") if getattr(m, k) != d[k]]
+    return f" (the preset's; here changed: {', '.join(changed)})" if changed else ""
+
+
 def format_description(d: dict[str, Any]) -> str:
     from raddiag.config import PRESET_JOBS
 
     lines = [f"preset {d['preset']}: encoder={d['encoder']} fusion={d['fusion']} head={d['head']} "
              f"classes={d['num_classes']}"]
     if d["preset"] in PRESET_JOBS:
-        lines.append(f"for: {PRESET_JOBS[d['preset']]}")
+        lines.append(f"for: {PRESET_JOBS[d['preset']]}" + _changed_note(d))
     lines.append("architecture:")
     lines += [f"  {k:<36} {v}" for k, v in d["architecture"].items()]
     lines.append("training:")
