@@ -248,3 +248,19 @@ def test_cli_import_official(tmp_path, capsys):
     rc = main(["import-official", str(tmp_path / "nope"), "--labels", str(_labels(tmp_path)),
                "--out", str(tmp_path / "run2")])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_a_weights_only_checkpoint_is_named_without_torchs_unsafe_advice(tmp_path):
+    """New user: a text file given as the checkpoint passed on torch's 'Re-running torch.load with
+    weights_only set to False will likely succeed' (which would run code from the file)."""
+    from raddiag.models.official import read_checkpoint
+
+    text = tmp_path / "notes.bin"
+    text.write_text("hello\n")
+    with pytest.raises(ValueError, match=r"notes.bin: not a PyTorch checkpoint \(neither a zip archive nor a pickle"):
+        read_checkpoint(text)
+    objects = tmp_path / "objects.bin"
+    torch.save({"w": torch.zeros(2), "fn": math.sqrt}, objects)
+    with pytest.raises(ValueError, match="holds objects other than tensors") as err:
+        read_checkpoint(objects)
+    assert "weights_only set to False" not in str(err.value)

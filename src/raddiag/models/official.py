@@ -77,8 +77,8 @@ def read_checkpoint(ckpt: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # not a weights-only state dict
-            raise ValueError(f"{path}: cannot be read as a weights-only PyTorch state dict ({exc})") from None
+        except Exception:  # noqa: BLE001 - not a weights-only state dict
+            raise ValueError(f"{path}: {_unreadable_reason(path)}") from None
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -86,6 +86,17 @@ def read_checkpoint(ckpt: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state, path
+
+
+def _unreadable_reason(path: Path) -> str:
+    """Why ``torch.load(weights_only=True)`` refused ``path``, without torch's advice to load it with
+    ``weights_only=False`` (which would run code from the file; raddiag never does)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        return "not a PyTorch checkpoint (neither a zip archive nor a pickle: a text or other file?)"
+    return ("cannot be read as a weights-only PyTorch state dict: it holds objects other than tensors, "
+            "which raddiag does not unpickle")
 
 
 def map_official_keys(state: dict[str, torch.Tensor], where: str = "checkpoint") -> dict[str, torch.Tensor]:
