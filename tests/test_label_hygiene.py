@@ -220,3 +220,14 @@ def test_a_fraction_of_the_train_split_is_counted_on_the_cases_trained_on(tmp_pa
     text = start_summary(data, RunFolder(tmp_path / "run"), cfg, data.label_space("icd10"), torch.nn.Linear(2, 2),
                          d, 1, len(part), workers=0, train_indices=part)
     assert "without a class: 1 of the 2 training cases are abnormal" in text
+
+
+def test_a_set_whose_cases_are_all_one_class_is_said_to_be(tmp_path):
+    """New user: `data prepare --limit 300` took the first 300 cases of a source sorted by class, all
+    Normal, without a word."""
+    from raddiag.data.splits import one_class_note
+
+    same = [Case(id=f"c{i}", labels=[], split="train", scans=[Scan("x.png", "CT")]) for i in range(4)]
+    assert one_class_note(same).startswith("one class: all 4 cases are 'Normal', so there is nothing")
+    mixed = same + [Case(id="d", labels=["Gout"], split="train", scans=[Scan("x.png", "CT")])]
+    assert one_class_note(mixed) == ""

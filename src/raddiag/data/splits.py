@@ -132,6 +132,17 @@ def untrained_note(cases: Sequence[Case]) -> str:
             "them out.")
 
 
+def one_class_note(cases: Sequence[Case]) -> str:
+    """``""``, or a note that every case carries the same one class: nothing to tell apart (a new
+    user's `--limit 300` took the first 300 cases of a source sorted by class, all Normal)."""
+    kinds = {frozenset(c.labels) or frozenset({"Normal"}) for c in cases}
+    if len(cases) < 2 or len(kinds) > 1:
+        return ""
+    name = " + ".join(sorted(next(iter(kinds))))
+    return (f"one class: all {len(cases)} cases are {name!r}, so there is nothing for a classifier to tell "
+            "apart (with --limit, the first cases of a source sorted by class may all be one class)")
+
+
 def shared_files_note(cases: Sequence[Case]) -> str:
     """Scan files that more than one case lists, or ``""``; in cases of different splits, one
     image would be trained on and tested on."""

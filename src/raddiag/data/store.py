@@ -31,7 +31,7 @@ from raddiag.data.labels import LabelSpace
 from raddiag.data.preprocess import load_scan
 from raddiag.data.volume import DEFAULT_LIMITS, Limits
 from raddiag.jsonl import iter_jsonl
-from raddiag.data.splits import assign_splits, coverage_note, shared_files_note, untrained_note
+from raddiag.data.splits import assign_splits, coverage_note, one_class_note, shared_files_note, untrained_note
 from raddiag.data.workers import forkserver_pool, map_in_order, stop_pool, worker_processes_allowed
 from raddiag.staging import LOCK, discard, make_stage, sweep_stale
 
@@ -266,7 +266,8 @@ def _prepare_into(out: Path, cases: list[Case], size, depth, windowing, strict, 
     report.cases_out = len(kept)
     report.scans_out = sum(len(r["scans"]) for r in kept)
     kept_cases = [_case_from_record(r) for r in kept]
-    report.notes += [n for n in (coverage_note(kept_cases), untrained_note(kept_cases), shared_files_note(kept_cases))
+    report.notes += [n for n in (one_class_note(kept_cases), coverage_note(kept_cases), untrained_note(kept_cases),
+                                  shared_files_note(kept_cases))
                      if n]
     for gran in ("disorder", "icd10"):
         LabelSpace.from_cases(kept_cases, granularity=gran, head_min=head_min, medium_min=medium_min).save(out / f"labels_{gran}.json")
