@@ -85,7 +85,7 @@ def test_a_one_case_label_written_nearly_as_a_common_one_is_said_and_kept(tmp_pa
                                          ("Colitis", "Coxitis"), ("Grade III glioma", "Grade II glioma"),
                                          # red team: real ICD-10-CM titles one letter apart
                                          ("Malignant neoplasm of uvula", "Malignant neoplasm of vulva"),
-                                         ("Symptomatic neurosyphilis", "Asymptomatic neurosyphilis"),
+                                         ("Symptomatic premature menopause", "Asymptomatic premature menopause"),
                                          ("Follicular lymphoma grade IIIa, lymph nodes of head",
                                           "Follicular lymphoma grade IIIb, lymph nodes of head"),
                                          ("Prolymphocytic leukemia of B-cell type", "Prolymphocytic leukemia of T-cell type")])
