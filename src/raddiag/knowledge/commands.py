@@ -42,7 +42,8 @@ def register(subparsers) -> None:
     m.set_defaults(func=_embed)
 
     s = sub.add_parser("map", help="suggest ICD-10-CM categories for free-text disorder names")
-    s.add_argument("names", nargs="+", help="disorder names (quote names with spaces)")
+    s.add_argument("names", nargs="+", help="disorder names (quote names with spaces); a negated name "
+                   "('Non-X', 'No X') or one meaning a normal study gets no code, and says why")
     s.add_argument("--top", type=int, default=5)
     s.add_argument("--encoder", default="best", metavar="DIR|best|base",
                    help="encoder folder; 'best' (default): the best fine-tuned encoder in the cache, else "
@@ -135,25 +136,42 @@ def _embed(a: argparse.Namespace) -> int:
 
 
 def _map(a: argparse.Namespace) -> int:
-    import json
+    import sys
 
+    from raddiag.knowledge.map import check_names, no_code_reason, resolve_encoder, suggest_codes
+
+    check_names(a.names, warn=False)            # refused before the encoder loads; suggest_codes warns
+    res = [[] for _ in a.names]
+    if any(no_code_reason(n) is None for n in a.names):     # else no encoder is needed
+        encoder, which = resolve_encoder(a.encoder)
+        print(f"encoder: {which}", file=sys.stderr)
+        kb = _kb(a)
+        _print_sources(kb)
+        res = suggest_codes(a.names, top=a.top, encoder=encoder, kb=kb, progress=True)
+    _print_map(a.names, res, a.json)
+    return 0
+
+
+def _print_map(names: list[str], res: list, as_json: bool) -> None:
+    """The suggestions per name, as a table or JSON; a name that gets no code says why (on stderr
+    with ``as_json``, whose value for it is ``[]``)."""
+    import json
     import sys
 
     from raddiag.data.errors import one_line
-    from raddiag.knowledge.map import check_names, resolve_encoder, suggest_codes
+    from raddiag.knowledge.map import no_code_reason
 
-    check_names(a.names, warn=False)            # refused before the encoder loads; suggest_codes warns
-    encoder, which = resolve_encoder(a.encoder)
-    print(f"encoder: {which}", file=sys.stderr)
-    kb = _kb(a)
-    _print_sources(kb)
-    res = suggest_codes(a.names, top=a.top, encoder=encoder, kb=kb, progress=True)
-    if a.json:
+    notes = [no_code_reason(n) for n in names]
+    if as_json:
+        for name, note in zip(names, notes):
+            if note:
+                print(f"{one_line(name, 120)}: {note}", file=sys.stderr)
         print(json.dumps({n: [{"code": c, "description": d, "score": s} for c, d, s in r]
-                          for n, r in zip(a.names, res)}, indent=1))
-        return 0
-    for name, r in zip(a.names, res):
+                          for n, r in zip(names, res)}, indent=1))
+        return
+    for name, note, r in zip(names, notes, res):
         print(one_line(name, 120))
+        if note:
+            print(f"  {note}")
         for c, d, s in r:
             print(f"  {c:<6} {s:6.3f}  {d}")
-    return 0

@@ -3,7 +3,9 @@
 Each 3-character category is represented by its name and inclusion terms (and any
 synonyms merged from other sources), embedded once and cached on disk
 (``$RADDIAG_CACHE`` or ``~/.cache/raddiag``, keyed by the encoder's identity and the
-texts). A name's score for a category is the sum of four named steps of :class:`CodeIndex`:
+texts). A name that means a normal study ("No acute abnormality") or negates a class
+("Non-COVID-19") gets no category (:func:`no_code_reason`; an encoder places "Non-X" next to
+"X"). A name's score for a category is the sum of four named steps of :class:`CodeIndex`:
 
 1. ``dense``: the best cosine between any of the category's texts and the name read three ways
    (:func:`query_variants`: as written, in ICD-10-CM's words, "kidney stone" -> "kidney
@@ -39,6 +41,8 @@ from typing import Container, Optional
 
 import torch
 
+from raddiag.data.case import NORMAL
+from raddiag.knowledge import negation
 from raddiag.knowledge.encoder import TextEncoder
 from raddiag.knowledge.kb import KnowledgeBase
 from raddiag.knowledge.terms import (BY_SITE, ELSEWHERE, MORPHOLOGY, SITE_OF, WORD, Group, americanise,
@@ -292,16 +296,39 @@ def check_names(names: list[str], warn: bool = True) -> None:
                                        "mean little (translate it first)"), stacklevel=2)
 
 
+def no_code_reason(name: str) -> Optional[str]:
+    """Why a name gets no ICD-10-CM code, else None: it means a normal study ("No finding"), or
+    negates a class ("Non-COVID-19"; :mod:`raddiag.knowledge.negation`), whose codes an encoder
+    would suggest, since it places "Non-X" next to "X"."""
+    meaning = negation.parse(name)
+    if meaning.normal:
+        return "a normal study: no ICD-10-CM code (label it Normal)"
+    if meaning.negates is None:
+        return None
+    other = "" if meaning.negates == NORMAL else ", or Normal"
+    return (f"negates {meaning.negates!r}: no ICD-10-CM code (a case without {meaning.negates} is "
+            f"labelled by what it has{other})")
+
+
 def suggest_codes(names: list[str], top: int = 5, encoder: Optional[TextEncoder] = None,
                   kb: Optional[KnowledgeBase] = None, lexical_weight: Optional[float] = None,
                   progress: bool = False) -> list[list[tuple[str, str, float]]]:
     """For each name, the ``top`` nearest 3-character ICD-10-CM categories as
-    ``(code, description, score)``, best first."""
+    ``(code, description, score)``, best first; none for a name meaning a normal study or
+    negating a class (:func:`no_code_reason` says why)."""
     if isinstance(names, str):
         names = [names]
     check_names(names)
     if top < 1:
         raise ValueError(f"top must be >= 1, got {top}")
+    coded = list(dict.fromkeys(n for n in names if no_code_reason(n) is None))
+    found = dict(zip(coded, _nearest_codes(coded, top, encoder, kb, lexical_weight, progress))) if coded else {}
+    return [found.get(n, []) for n in names]
+
+
+def _nearest_codes(names: list[str], top: int, encoder: Optional[TextEncoder], kb: Optional[KnowledgeBase],
+                   lexical_weight: Optional[float], progress: bool) -> list[list[tuple[str, str, float]]]:
+    """:func:`suggest_codes` for names that are neither normal nor negated."""
     if encoder is None:
         encoder = TextEncoder.load()
     if kb is None:
@@ -312,7 +339,7 @@ def suggest_codes(names: list[str], top: int = 5, encoder: Optional[TextEncoder]
     index = _INDEX_CACHE.get(key)
     if index is None:
         index = _INDEX_CACHE[key] = CodeIndex(kb, encoder, progress=progress)
-    s = index.scores(list(names), lexical_weight)
+    s = index.scores(names, lexical_weight)
     k = min(top, s.shape[1])
     val, idx = s.topk(k, dim=1)
     return [[(index.codes[j], index.names[j], round(float(v), 4)) for v, j in zip(vr, ir)]
