@@ -38,17 +38,13 @@ def format_results(res: dict) -> str:
     pct = lambda v: "  n/a " if v is None else f"{100 * v:6.2f}"
     if "mapping" in res:
         m = res["mapping"]["macro"]
-        mapped = [t for t, row in res["mapping"]["per_class"].items() if row["linked"]]
-        over = (f"over {len(mapped)} of {len(res['mapping']['per_class'])} target classes: "
-                + ", ".join(mapped[:5]) + (", ..." if len(mapped) > 5 else ""))
-        lines.append(f"  class mapping   F1 {pct(m['f1'])}  MCC {pct(m['mcc'])}  ACC {pct(m['acc'])}  ({over})")
+        lines.append(f"  class mapping   F1 {pct(m['f1'])}  MCC {pct(m['mcc'])}  ACC {pct(m['acc'])}  "
+                     f"({averaged_text(res['mapping'])})")
         notes = res["mapping"].get("notes", {})
         for t in res["mapping"]["unmapped"]:
             lines.append(f"    unmapped: {t}" + (f" ({notes[t]})" if t in notes else ""))
     if "normal" in res:
-        n = res["normal"]
-        lines.append(f"  normal/abnormal {n['skipped']}" if "skipped" in n
-                     else f"  normal/abnormal AUC {pct(n['auc'])}  AP {pct(n['ap'])}")
+        lines.append(f"  normal/abnormal {normal_text(res['normal'], pct)}")
     if "text" in res:
         t = res["text"]
         if "skipped" in t:
@@ -60,3 +56,31 @@ def format_results(res: dict) -> str:
             if t.get("complemented"):
                 lines.append(f"    scored as 1 - p(the class they negate): {', '.join(t['complemented'])}")
     return "\n".join(lines)
+
+
+def averaged_text(mapping: dict) -> str:
+    """Which target classes the mapping macro averages, and those it leaves out with the reason,
+    in the words of ``raddiag metrics`` (without a positive: no case of the class in the split)."""
+    from raddiag.data.errors import examples
+    from raddiag.evaluation.summary import named
+
+    avg, n = mapping["averaged"], len(mapping["per_class"])
+    text = f"over {len(avg)} of {n} target classes: {examples(avg)}"
+    left = [(why, mapping.get(key) or []) for why, key in
+            (("unmapped", "unmapped"), ("without a positive", "no_positive"), ("without a negative", "no_negative"))]
+    left = [(why, names) for why, names in left if names]
+    if left:
+        text += (f"; {sum(len(v) for _, v in left)} of the {n} left out of the average ("
+                 + ", ".join(f"{why}: {len(v)}{named(v)}" for why, v in left) + ")")
+    return text
+
+
+def normal_text(n: dict, pct) -> str:
+    """The normal/abnormal figures, the cases and classes behind them, or why there are none."""
+    if "skipped" in n:
+        return n["skipped"]
+    classes = ", ".join(repr(c) for c in n.get("normal_classes", []))
+    if n.get("na_reason"):
+        return f"n/a: {n['na_reason']} ({n['n_normal']} normal, {n['n_abnormal']} abnormal; normal classes: {classes})"
+    return (f"AUC {pct(n['auc'])}  AP {pct(n['ap'])}  ({n['n_normal']} normal, {n['n_abnormal']} abnormal cases; "
+            f"normal classes: {classes})")

@@ -4,7 +4,9 @@
   suggested from names, ICD-10-CM codes and the knowledge encoder); a case is positive when
   any linked class passes its validation threshold. The union is taken after thresholding,
   so only F1, MCC and ACC are defined (no AUC), as in the paper.
-- ``normal``: the source ``Normal`` score against the target's normal label (AUC, AP).
+- ``normal``: the source ``Normal`` score against the target's normal cases (AUC, AP): a case
+  is normal when it has a class meaning a normal study ("Normal", "No acute abnormality"; the
+  rule the mapping uses) and no other label but ones denying a finding ("Non-COVID-19").
 - ``text`` (beyond the paper): the knowledge-guided head scores the target's class names
   directly through their label embeddings (every metric, thresholds from the target's
   validation split when it has one).
@@ -51,7 +53,7 @@ def suggest_mapping(source: LabelSpace, target: LabelSpace, encoder=None, min_si
             by_code.setdefault(c, []).append(n)
     mapping: dict[str, list[str]] = {}
     unresolved: list[str] = []
-    source_normal = sorted((n for n in source.names if negation.parse(n).normal), key=lambda n: n != NORMAL)
+    source_normal = normal_classes(source.names)
     for name, code in zip(target.names, target.codes):
         meaning = negation.parse(name)
         if _norm(name) in by_name:
@@ -81,6 +83,28 @@ def suggest_mapping(source: LabelSpace, target: LabelSpace, encoder=None, min_si
                             name, candidates[j] if candidates else None, sim[i, j])
     kept = {t: [s for s in links if not negation.contradicts(t, s)] for t, links in mapping.items()}
     return {t: links for t, links in kept.items() if links}
+
+
+def normal_classes(names: Sequence[str]) -> list[str]:
+    """The names meaning a normal study ("Normal", "No finding", "No acute abnormality"; the
+    rule that links them to ``Normal`` in the mapping), ``Normal`` first."""
+    return sorted((n for n in names if negation.parse(n).normal), key=lambda n: n != NORMAL)
+
+
+def _denies_a_finding(name: str) -> bool:
+    """"Non-COVID-19", "Pneumothorax negative": a label that asserts no finding (not "Abnormal")."""
+    negates = negation.parse(name).negates
+    return negates is not None and not negation.parse(negates).normal
+
+
+def normal_cases(labels: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """``[N]`` bool: a case is normal when it has a class meaning a normal study
+    (:func:`normal_classes`) and no other label but ones denying a finding ("No acute
+    abnormality; Non-COVID-19" is normal, "Normal; Pneumonia" is not)."""
+    lab = np.asarray(labels) > 0.5
+    normal = np.array([negation.parse(n).normal for n in names], dtype=bool)
+    finding = ~normal & ~np.array([_denies_a_finding(n) for n in names], dtype=bool)
+    return lab[:, normal].any(axis=1) & ~lab[:, finding].any(axis=1)
 
 
 def unmapped_reason(name: str, given: bool = False) -> str:
@@ -185,26 +209,18 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
         m = per_class_metrics(margins, preds.labels, thresholds=np.zeros(len(target)))
         per_class = {t: {k: _f(m[k][i]) for k in ("f1", "mcc", "acc")} | {"linked": links.get(t, [])}
                      for i, t in enumerate(target.names)}
+        averaged = averaged_classes(preds.labels, target.names, idx)
         results["mapping"] = {
-            "macro": {k: _nanmean(m[k], [bool(idx[i]) for i in range(len(target))]) for k in ("f1", "mcc", "acc")},
+            "macro": {k: _nanmean(m[k], [t in averaged["averaged"] for t in target.names])
+                      for k in ("f1", "mcc", "acc")},
             "per_class": per_class,
             "unmapped": [t for t, i in zip(target.names, idx) if not i],
             "notes": {t: unmapped_reason(t, given=mapping is not None)
                       for t, i in zip(target.names, idx) if not i},
-        }
+        } | averaged
 
     if "normal" in modes:
-        if NORMAL not in source or NORMAL not in target:
-            results["normal"] = {"skipped": "the source or the target label space has no Normal class"}
-        else:
-            # ranked by -p(Normal), exactly the order of 1 - p(Normal) without its rounding: in float32
-            # every p below 3e-8 made 1 - p exactly 1, tying cases the model told apart (AUC and AP
-            # read only the order)
-            abnormal_score = -preds.scores[:, [source.index(NORMAL)]].astype(np.float64)
-            abnormal = 1.0 - preds.labels[:, [target.index(NORMAL)]]
-            m = per_class_metrics(abnormal_score, abnormal)
-            results["normal"] = {"auc": _f(m["auc"][0]), "ap": _f(m["ap"][0]),
-                                 "n_abnormal": int(abnormal.sum()), "n_normal": int((1 - abnormal).sum())}
+        results["normal"] = normal_results(preds.scores, preds.labels, source, target, split)
 
     if "text" in modes:
         if cfg.model.head != "knowledge":
@@ -244,6 +260,39 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
             (stage / "mapping.json").write_text(json.dumps(links, indent=1))
         (stage / "zeroshot.json").write_text(json.dumps(results, indent=1))
     return results
+
+
+def averaged_classes(labels: np.ndarray, names: Sequence[str], idx: Sequence[Sequence[int]]) -> dict:
+    """The mapped target classes the macro averages (a positive and a negative case in the
+    split), and those it leaves out as ``raddiag metrics`` says it: ``no_positive`` (no case of
+    the class) and ``no_negative`` (every case has it)."""
+    pos = (np.asarray(labels) > 0.5).sum(axis=0)
+    mapped = [(t, int(p), len(labels) - int(p)) for t, p, i in zip(names, pos, idx) if i]
+    return {"averaged": [t for t, p, q in mapped if p and q],
+            "no_positive": [t for t, p, _ in mapped if not p],
+            "no_negative": [t for t, p, q in mapped if p and not q]}
+
+
+def normal_results(scores: np.ndarray, labels: np.ndarray, source: LabelSpace, target: LabelSpace,
+                   split: str) -> dict:
+    """The normal mode: the source's normal score against :func:`normal_cases`, with the reason
+    (``na_reason``) when the AUC / AP is not defined."""
+    from raddiag.evaluation.metrics import per_class_metrics
+
+    src, tgt = normal_classes(source.names), normal_classes(target.names)
+    if not src or not tgt:
+        which = "the model" if not src else "the target label space"
+        return {"skipped": f"{which} has no class meaning a normal study (such as {NORMAL!r} or 'No finding')"}
+    # ranked by -p(Normal), exactly the order of 1 - p(Normal) without its rounding: in float32
+    # every p below 3e-8 made 1 - p exactly 1, tying cases the model told apart (AUC and AP
+    # read only the order)
+    abnormal = ~normal_cases(labels, target.names)
+    m = per_class_metrics(-scores[:, [source.index(src[0])]].astype(np.float64), abnormal[:, None].astype(np.float64))
+    res = {"auc": _f(m["auc"][0]), "ap": _f(m["ap"][0]), "n_abnormal": int(abnormal.sum()),
+           "n_normal": int((~abnormal).sum()), "normal_classes": tgt, "source_class": src[0]}
+    if res["auc"] is None:
+        res["na_reason"] = f"no {'normal' if not res['n_normal'] else 'abnormal'} case in the {split} split"
+    return res
 
 
 def _f(x) -> Optional[float]:
