@@ -166,6 +166,24 @@ def test_another_data_set_whose_case_ids_repeat_the_training_ids_is_not_taken_fo
     assert said == [] and (trained["n"], trained["by"]) == (0, "scan file")
 
 
+def test_a_store_records_absolute_scan_paths_so_files_tell_data_sets_apart(made, tmp_path, monkeypatch):
+    """Red team: a manifest's relative paths were stored relative to the folder prepare ran in, so two
+    data sets' 'img/0.npy' looked like one file (a false warning) and one set prepared once by a
+    relative and once by an absolute path looked like two (a missed overlap)."""
+    from raddiag.data.store import PreparedData
+
+    monkeypatch.chdir(made)
+    rel = [Case(id=f"x{i}", scans=[Scan(paths=[f"raw/c{i}.npy"], modality="CT" if i % 2 == 0 else "X-ray",
+                                        is_3d=i % 2 == 0)], labels=["Normal"], split="test") for i in range(4)]
+    prepare_cases(rel, tmp_path / "rel", size=32, depth=4, workers=1)
+    paths = [s["paths"][0] for r in PreparedData(tmp_path / "rel").records for s in r["scans"]]
+    assert paths == [str(made / "raw" / f"c{i}.npy") for i in range(4)]
+    _, said = _evaluate(made / "run", tmp_path / "rel", tmp_path / "ev")        # the same files, other ids
+    trained = _meta(tmp_path / "ev")["trained_on_cases"]
+    train_files = {f"c{i}.npy" for i, sp in enumerate(SPLITS * 12) if sp == "train" and i < N_CASES}
+    assert trained["n"] == sum(f"c{i}.npy" in train_files for i in range(4)) and trained["by"] == "scan file"
+
+
 def test_training_data_that_is_gone_says_the_check_was_not_done(made, tmp_path):
     run = _copy_run(made, tmp_path, data=tmp_path / "gone")
     _, said = _evaluate(run, made / "other", tmp_path / "ev")

@@ -236,6 +236,9 @@ def _prepare_into(out: Path, cases: list[Case], size, depth, windowing, strict, 
                         continue
                     fbin.write(np.ascontiguousarray(arr).tobytes())
                     d = scan.__dict__.copy()
+                    # absolute: a relative path was relative to this folder, which later readers do not
+                    # know (evaluate's trained-on check by file, a case's source files for saliency)
+                    d["paths"] = [os.path.abspath(p) for p in scan.paths]
                     d["is_3d"] = bool(scan.is_3d) if scan.is_3d is not None else orig > 1
                     d["store"] = {"start": n_slices, "n": int(arr.shape[0]), "orig_depth": int(orig), "key": key,
                                   "orientation": profile.get("orientation"),
