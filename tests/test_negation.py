@@ -113,3 +113,21 @@ def test_zeroshot_leaves_non_covid_unmapped_and_scores_it_as_the_complement(covi
     assert res["text"]["complemented"] == ["Non-COVID-19"]
     assert main(["zeroshot", str(run), "--data", str(target), "--out", str(tmp / "cli"), "--mode", "mapping"]) == 0
     assert "unmapped: Non-COVID-19 (negates 'COVID-19'" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["Non-follicular lymphoma", "Non-pressure chronic ulcer of lower limb",
+                                  "Non-communicating hydrocephalus", "Non-immune hydrops fetalis",
+                                  "Non-occlusive mesenteric ischemia", "Non-bacterial thrombotic endocarditis",
+                                  "Non-convulsive status epilepticus", "Noninfective gastroenteritis"])
+def test_a_non_compound_disease_is_not_a_negation(name):
+    """Red team: 490 ICD-10-CM titles ('Non-follicular lymphoma', C83) were read as negations, so
+    `knowledge map` gave them no code and zero-shot scored them as 1 - p(the rest)."""
+    from raddiag.knowledge.map import no_code_reason
+
+    assert parse(name).negates is None and no_code_reason(name) is None
+
+
+@pytest.mark.parametrize("name, negated", [("Non-COVID-19", "COVID-19"), ("Non-cancerous", "cancerous"),
+                                           ("Non-pneumonia", "pneumonia"), ("NonCOVID", "COVID")])
+def test_a_non_word_before_nothing_else_stays_a_negation(name, negated):
+    assert parse(name).negates == negated

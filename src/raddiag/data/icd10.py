@@ -9,12 +9,31 @@ in different cases, and a case whose codes leave out the category its disorder h
 from __future__ import annotations
 
 import re
+import unicodedata
 import warnings
 from collections import Counter, defaultdict
+from functools import lru_cache
 from typing import Sequence
 
 from raddiag.data.case import NORMAL, Case
 from raddiag.data.errors import InputWarning, examples
+
+@lru_cache(maxsize=1)
+def title_words() -> frozenset:
+    """Every word of ICD-10-CM's titles, lower case, without the punctuation around it (about
+    10,000; 2 s to build, once): a word that names something in the classification. Label typos
+    (``raddiag.data.adapters.base``) and "non-" compounds (``raddiag.knowledge.negation``) read it."""
+    import simple_icd_10_cm as cm
+
+    return frozenset(w for c in cm.get_all_codes(with_dots=False) for w in words(cm.get_description(c)))
+
+
+def words(text: str) -> list[str]:
+    """``text``'s words as :func:`title_words` holds them: NFC, lower case, punctuation around
+    each word dropped ("IIIa," -> "iiia")."""
+    low = unicodedata.normalize("NFC", str(text)).lower()
+    return [w for w in (t.strip(",.;:()[]'\"") for t in low.split()) if w]
+
 
 def category(code: str) -> str:
     """3-character ICD-10-CM category of a code ("J12.0" -> "J12"); ValueError if the whole code is

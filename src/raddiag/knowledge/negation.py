@@ -83,7 +83,7 @@ def parse(name: str) -> ClassName:
     if low in {"abnormal", "abnormality", "abnormal study", "abnormal case"}:
         return ClassName(name, negates=NORMAL)
     m = _NON.match(text) or _NON_CAMEL.match(text)
-    if m and not m.group("x").lower().startswith(NON_COMPOUNDS):
+    if m and not _non_compound(m.group("x")):
         return ClassName(name, negates=m.group("x").strip())
     m = _PREFIX.match(text) or _SUFFIX.match(text)
     if m and m.group("x").strip():
@@ -92,6 +92,27 @@ def parse(name: str) -> ClassName:
             return ClassName(name, normal=True)
         return ClassName(name, negates=subject)
     return ClassName(name)
+
+
+# "non-" + an adjective before a noun names a kind of disease ("Non-bacterial thrombotic endocarditis")
+_ADJECTIVE_ENDINGS = ("al", "ar", "ic", "ive", "ous", "ing", "ed", "ile", "ary", "oid")
+
+
+def _non_compound(x: str) -> bool:
+    """Whether "non-" + ``x`` names a disease of its own rather than the absence of ``x``: a listed
+    compound (:data:`NON_COMPOUNDS`), a "non-" word of ICD-10-CM's titles ("Non-follicular lymphoma",
+    "Non-pressure chronic ulcer": a red team found 490 titles read as negations), or an adjective
+    before a noun ("Non-communicating hydrocephalus"). A lone word ("Non-COVID-19", "Non-cancerous")
+    stays a negation."""
+    from raddiag.data.icd10 import title_words, words
+
+    low = x.lower()
+    if low.startswith(NON_COMPOUNDS):
+        return True
+    first = (words(x) or [""])[0]
+    if f"non-{first}" in title_words() or f"non{first}" in title_words():
+        return True
+    return len(words(x)) >= 2 and first.isalpha() and first.endswith(_ADJECTIVE_ENDINGS)
 
 
 def _key(name: str) -> str:

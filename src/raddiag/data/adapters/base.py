@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import ast
 import difflib
-from functools import lru_cache
 import random
 import unicodedata
 import warnings
@@ -181,34 +180,39 @@ def _slips(key: str) -> set[str]:
 
 def _typo_of(label: str, near: dict[str, set[str]]) -> str | None:
     """The label of several cases that ``label`` looks like a typo of, or None: one slip apart
-    (``near``: :func:`_slips` -> those labels), close as a whole (:data:`TYPO_CUTOFF`, by
-    difflib), and the words they differ in close too and of 4 letters or more ("Hepatitis B" /
-    "Hepatitis C", "Type 1 ..." / "Type 2 ..." are different names)."""
+    (``near``: :func:`_slips` -> those labels), close as a whole (:data:`TYPO_CUTOFF`, by difflib,
+    or two letters swapped: "Pnuemonia" scores 0.89), the words they differ in close too and of 4
+    letters or more ("Hepatitis B" / "Hepatitis C", "Type 1 ..." / "Type 2 ..." are different
+    names), and not words of ICD-10-CM's titles (uvula / vulva, Symptomatic / Asymptomatic are
+    different names) unless one is the other's plural ("Hip fractures" for "Hip fracture")."""
+    from raddiag.data.icd10 import title_words, words
+
     key = label_key(label)
     keys = {label_key(k): k for s in _slips(key) for k in near.get(s, ())}
-    match = difflib.get_close_matches(key, list(keys), n=1, cutoff=TYPO_CUTOFF)
-    if not match:
+    match = max(keys, key=lambda k: (difflib.SequenceMatcher(None, key, k).ratio(), k), default=None)
+    if match is None:
         return None
-    a, b = key.split(), match[0].split()
+    a, b = key.split(), match.split()
     x, y = " ".join(w for w in a if w not in b), " ".join(w for w in b if w not in a)
+    if _plural(x, y):
+        return keys[match]
+    similar = difflib.SequenceMatcher(None, key, match).ratio() >= TYPO_CUTOFF or _swapped(x, y)
     close = min(len(x), len(y)) >= 4 and difflib.SequenceMatcher(None, x, y).ratio() >= 0.75
-    real = all(w in _medical_words() for w in _words(x))    # uvula / vulva, Symptomatic / Asymptomatic
-    return keys[match[0]] if close and not real else None
+    real = all(w in title_words() for w in words(x))
+    return keys[match] if similar and close and not real else None
 
 
-@lru_cache(maxsize=1)
-def _medical_words() -> frozenset:
-    """The words of ICD-10-CM's titles (lower case, as :func:`label_key` gives them): a label that
-    differs from another by such a word names something else, not a typo (red team: 'Malignant
-    neoplasm of uvula' / '... vulva', 'Follicular lymphoma grade IIIa' / 'IIIb')."""
-    import simple_icd_10_cm as cm
-
-    return frozenset(w for c in cm.get_all_codes(with_dots=False) for w in _words(label_key(cm.get_description(c))))
+def _plural(x: str, y: str) -> bool:
+    """One word the other's plural (an 's' or 'es' more), of 4 letters or more."""
+    short, long = sorted((x, y), key=len)
+    return len(short) >= 4 and " " not in short and long in (short + "s", short + "es")
 
 
-def _words(text: str) -> list[str]:
-    """``text``'s words without the punctuation around them ("iiia," -> "iiia")."""
-    return [w for w in (t.strip(",.;:()[]'\"") for t in text.split()) if w]
+def _swapped(x: str, y: str) -> bool:
+    """``x`` is ``y`` with two neighbouring letters swapped."""
+    diff = [i for i, (p, q) in enumerate(zip(x, y)) if p != q]
+    return len(x) == len(y) and len(diff) == 2 and diff[1] == diff[0] + 1 and x[diff[0]] == y[diff[1]] \
+        and x[diff[1]] == y[diff[0]]
 
 
 def _typos_text(cases: Sequence[Case]) -> str:
