@@ -140,10 +140,17 @@ def test_unsafe_upload_names_stay_in_the_upload_folder(client, tmp_path, monkeyp
     assert list(tmp_path.rglob("*.png")) == [] and list(tmp.iterdir()) == []     # none outside, none left
 
 
+def _tag(whole: str) -> str:
+    """What a cut name ends with: its whole text's hash (uploads._clean)."""
+    import hashlib
+
+    return "~" + hashlib.sha1(whole.encode()).hexdigest()[:8]
+
+
 @pytest.mark.parametrize("name, stored", [
     ("../../evil.png", "evil.png"), ("..\\..\\evil.png", "evil.png"), ("..", "file.png"), (".hidden.png", "hidden.png"),
     ("a\x00b\nc\u202ed.png", "a_b_c_d.png"), ("  spaced name .png", "spaced name.png"),
-    (UNICODE_NAME, UNICODE_NAME), ("肺" * 300 + ".png", "肺" * 50 + ".png"),
+    (UNICODE_NAME, UNICODE_NAME), ("肺" * 300 + ".png", "肺" * 47 + _tag("肺" * 300) + ".png"),
 ], ids=["parent-slash", "parent-backslash", "dot-dot", "hidden", "control", "spaces", "unicode", "long"])
 def test_stored_names_keep_the_users_spelling_but_are_safe(tmp_path, name, stored):
     from raddiag.serving.uploads import NAME_BYTES, Budget, save_upload
@@ -173,7 +180,19 @@ def test_a_long_unicode_folder_name_inside_a_zip_is_cut_as_file_names_are(client
     r = client.post("/predict", files=_files(("c.zip", buf.getvalue())), data={"modality": "X-ray"})
     assert r.status_code == 200, r.text
     folder = r.json()["scans"][0]["paths"][0].split("/")[0]
-    assert folder == "肺" * 50 and len(folder.encode()) == 150
+    assert folder == "肺" * 47 + _tag("肺" * 86) and len(folder.encode()) == 150
+
+
+def test_zip_folders_alike_in_their_first_150_bytes_stay_two_folders(client):
+    """Red team: two series folders whose names differ only after 150 bytes became one folder."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for case in ("case1", "case2"):
+            z.writestr(f"patient_{'x' * 150}_{case}/img.png", sample_png(32))
+    r = client.post("/predict", files=_files(("c.zip", buf.getvalue())), data={"modality": "X-ray"})
+    assert r.status_code == 200, r.text
+    folders = {s["paths"][0].split("/")[0] for s in r.json()["scans"]}
+    assert len(folders) == 2 and all(len(f.encode()) <= 150 for f in folders)
 
 
 def test_two_spellings_of_one_name_are_two_visibly_different_scans(client):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import hashlib
 import io
 import lzma
 import math
@@ -81,8 +82,9 @@ def _clean(text: str, limit: Optional[int] = None) -> str:
     and a scan uploaded as 'pneumothorax ñ 肺.png' was reported as 'pneumothorax.png'."""
     text = "".join("_" if c in "/\\" or (c.isspace() and c != " ") or unicodedata.category(c)[0] == "C"
                    else c for c in unicodedata.normalize("NFC", text))    # one spelling of 'é', as labels have
-    if limit is not None:
-        text = text.encode()[:limit].decode("utf-8", "ignore")
+    if limit is not None and len(text.encode()) > limit:   # cut, tagged with the whole name's hash: two
+        tag = "~" + hashlib.sha1(text.encode()).hexdigest()[:8]   # names alike in their first bytes stay two
+        text = text.encode()[:limit - len(tag)].decode("utf-8", "ignore") + tag
     return text.strip(". ")
 
 
