@@ -100,7 +100,10 @@ def _denies_a_finding(name: str) -> bool:
 def normal_cases(labels: np.ndarray, names: Sequence[str]) -> np.ndarray:
     """``[N]`` bool: a case is normal when it has a class meaning a normal study
     (:func:`normal_classes`) and no other label but ones denying a finding ("No acute
-    abnormality; Non-COVID-19" is normal, "Normal; Pneumonia" is not)."""
+    abnormality; Non-COVID-19" is normal, "Normal; Pneumonia" is not). ``labels`` are as the data
+    layer encodes them: a case labelled ``Normal`` beside any other label has lost ``Normal``
+    there (read as abnormal, with a warning, when the data were prepared), so "Normal;
+    Non-COVID-19" counts as abnormal; write "No finding; Non-COVID-19" for a normal study."""
     lab = np.asarray(labels) > 0.5
     normal = np.array([negation.parse(n).normal for n in names], dtype=bool)
     finding = ~normal & ~np.array([_denies_a_finding(n) for n in names], dtype=bool)
