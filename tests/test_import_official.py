@@ -264,3 +264,26 @@ def test_a_file_that_is_not_a_weights_only_checkpoint_is_named_without_torchs_un
     with pytest.raises(ValueError, match="holds objects other than tensors") as err:
         read_checkpoint(objects)
     assert "weights_only set to False" not in str(err.value)
+
+
+def test_a_cut_short_or_misnamed_checkpoint_gets_its_own_reason(tmp_path):
+    """Red team: a checkpoint cut to 100 bytes was said to hold 'objects other than tensors', and a
+    safetensors file named .bin only 'a text or other file?'."""
+    from safetensors.torch import save_file
+
+    from raddiag.models.official import read_checkpoint
+
+    whole = tmp_path / "whole.pt"
+    torch.save({"w": torch.zeros(64)}, whole)
+    cut = tmp_path / "cut.bin"
+    cut.write_bytes(whole.read_bytes()[:100])
+    with pytest.raises(ValueError, match="cut.bin: a damaged or cut-short PyTorch checkpoint"):
+        read_checkpoint(cut)
+    named = tmp_path / "model.bin"
+    save_file({"w": torch.zeros(4)}, str(named))
+    with pytest.raises(ValueError, match="model.bin: a safetensors file: give it the .safetensors suffix"):
+        read_checkpoint(named)
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.bin: an empty file"):
+        read_checkpoint(empty)

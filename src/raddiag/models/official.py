@@ -91,9 +91,20 @@ def read_checkpoint(ckpt: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
 def _unreadable_reason(path: Path) -> str:
     """Why ``torch.load(weights_only=True)`` refused ``path``, without torch's advice to load it with
     ``weights_only=False`` (which would run code from the file; raddiag never does)."""
+    import zipfile
+
     with open(path, "rb") as f:
-        head = f.read(4)
-    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        head = f.read(9)
+    if not head:
+        return "an empty file"
+    if head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "a safetensors file: give it the .safetensors suffix"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            zipfile.ZipFile(path).close()
+        except zipfile.BadZipFile:
+            return "a damaged or cut-short PyTorch checkpoint (not a whole zip archive: an interrupted download?)"
+    elif head[:1] != b"\x80":
         return "not a PyTorch checkpoint (neither a zip archive nor a pickle: a text or other file?)"
     return ("cannot be read as a weights-only PyTorch state dict: it holds objects other than tensors, "
             "which raddiag does not unpickle")
