@@ -140,6 +140,8 @@ def test_retry_errors_and_a_damaged_middle_line(files, pred, tmp_path):
         assert (s.written, s.errors) == (2, 1)
         rows = {r["case_id"]: r for r in _rows(out)}
         assert len(rows) == 9 and "ranked" in rows["gone"] and "error" in rows["oddmod"]
+        # the retried row in its input place (red team: it was appended at the end)
+        assert [r["case_id"] for r in _rows(out)] == [p.case_id for p in batch.manifest_cases(pred, files / "cases.jsonl")]
     finally:
         (files / "nowhere" / "x.png").unlink()
         (files / "nowhere").rmdir()

@@ -215,9 +215,24 @@ def predict_to_jsonl(pred: Predictor, pending: Sequence[PendingCase], out: Union
     finally:
         if bar is not None:
             bar.close()
+    if retry_errors and written:
+        _put_in_input_order(out, [p.case_id for p in pending])
     old_errors = sum(err for cid, err in done.items() if cid in ids)
     summary.written, summary.skipped, summary.errors = written, len(pending) - todo_total, old_errors + new_errors
     return summary
+
+
+def _put_in_input_order(out: Path, order: list[str]) -> None:
+    """Rewrite ``out`` (atomically) with its rows in input order, other cases' rows after them: a
+    retried case's new row was appended at the end (a red team: the file then differed from an
+    uninterrupted run's, which the module promises byte for byte)."""
+    from raddiag.staging import atomic_write
+
+    rows = _read_rows(out)[0]
+    rank = {cid: i for i, cid in enumerate(order)}
+    ordered = sorted(rows, key=lambda r: rank.get(r["case_id"], len(order)))     # stable: others keep theirs
+    if ordered != rows:
+        atomic_write(out, lambda f: f.write("".join(json.dumps(r) + "\n" for r in ordered).encode()))
 
 
 # -- embeddings to .npz --------------------------------------------------------------------------
