@@ -190,6 +190,10 @@ def test_windows_per_modality_and_anatomy_and_the_cli_form():
     assert window_options([["-1000", "400"]]) == ([-1000.0, 400.0], {})
     assert window_options([["CT=lung"], ["CT/Head=40,80"], ["bone"]]) == ([-500.0, 1300.0],
                                                                           {"CT": "lung", "CT/Head": "40,80"})
+    # two per-modality specs after one --window (a new user's `--window CT=abdomen "CT/Head and Neck=brain"`
+    # was read as LO HI: "could not convert string to float")
+    assert window_options([["CT=abdomen", "CT/Head and Neck=brain"]]) == (None, {"CT": "abdomen",
+                                                                                "CT/Head and Neck": "brain"})
     for bad in ([["PET/x=foo"]], [["Xyz=lung"]], [["a", "b", "c"]]):
         with pytest.raises(ValueError, match="--window"):
             window_options(bad)
