@@ -172,6 +172,9 @@ def test_cli_manifest_and_prepared_dataset(files, tmp_path, capsys):
     rows = _rows(out2)
     assert [r["case_id"] for r in rows] == prepared and len(prepared) == N_OK
     assert all(len(r["ranked"]) == 1 and r["scans"][0]["used"] for r in rows)
+    # scans named by their file, as --manifest names them (they were all 'scan0', 'scan1')
+    by_manifest = {r["case_id"]: [x["id"] for x in r["scans"]] for r in _rows(out) if "scans" in r}
+    assert all([x["id"] for x in r["scans"]] == by_manifest[r["case_id"]] for r in rows)
 
 
 @pytest.mark.parametrize("argv, message", [
