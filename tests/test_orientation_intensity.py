@@ -263,3 +263,16 @@ def test_run_records_its_training_intensity_and_prediction_warns_on_unlike_input
         warnings.simplefilter("error", IntensityWarning)
         model.predict(str(tmp_path / "hu.nii.gz"), modality="CT")        # HU like the training data
         model.predict(str(tmp_path / "ct.png"), modality="X-ray")        # no X-ray in training: unknown
+
+
+def test_an_hu_window_on_scans_that_are_not_hu_is_noted():
+    """A new user's MRI (raw 0..800) came out 81 % white under `--window lung`, without a word."""
+    from raddiag.data.stats import intensity_lines
+
+    kinds = {"CT": {"kinds": {"hu": 2}, "min": -2048.0, "max": 1200.0},
+             "MRI": {"kinds": {"other": 1}, "min": 0.0, "max": 800.0}}
+    lines = intensity_lines({"window": [-1350.0, 150.0], "intensity": kinds})
+    assert lines[-1] == ("  note: the all-scans window [-1350.0, 150.0] is in HU, and MRI scans are not (their raw "
+                         "kinds above): they were clipped to it too; --window CT=NAME windows the CTs only")
+    assert not any("note" in x for x in intensity_lines({"window": [0.0, 500.0], "intensity": kinds}))
+    assert not any("note" in x for x in intensity_lines({"window": [-1350.0, 150.0], "intensity": {"CT": kinds["CT"]}}))

@@ -224,7 +224,19 @@ def intensity_lines(meta: dict) -> list[str]:
         lines.append("  raw intensity (scans): " + "; ".join(
             f"{m} " + ", ".join(f"{k} {n}" for k, n in s["kinds"].items()) + f" ({s['min']:g}..{s['max']:g})"
             for m, s in kinds.items()))
-    return lines
+    return lines + _window_on_other_kinds(meta.get("window"), kinds)
+
+
+def _window_on_other_kinds(window, kinds: dict) -> list[str]:
+    """A note when the all-scans window is in HU (its low end below 0) and some modality's scans are
+    not HU: a new user's MRI (0..800) came out 81 % white under --window lung, unsaid."""
+    if not window or window[0] >= 0:
+        return []
+    other = [m for m, s in kinds.items() if any(k != "hu" for k in s["kinds"])]
+    if not other:
+        return []
+    return [f"  note: the all-scans window {list(window)} is in HU, and {', '.join(other)} scans are not (their raw "
+            "kinds above): they were clipped to it too; --window CT=NAME windows the CTs only"]
 
 
 # what an abnormal case without names of a granularity is counted as (it is not Normal)
