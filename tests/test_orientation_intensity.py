@@ -276,3 +276,40 @@ def test_an_hu_window_on_scans_that_are_not_hu_is_noted():
                          "kinds above): they were clipped to it too; --window CT=NAME windows the CTs only")
     assert not any("note" in x for x in intensity_lines({"window": [0.0, 500.0], "intensity": kinds}))
     assert not any("note" in x for x in intensity_lines({"window": [-1350.0, 150.0], "intensity": {"CT": kinds["CT"]}}))
+
+
+def test_a_window_maps_its_ends_to_0_and_1_whatever_the_scans_own_range(tmp_path):
+    """A new user's two CT ramps from -1000 to 1000 HU, one with a scanner-padding voxel of -2048,
+    under the lung window [-1350, 150]: -1000 HU was 0.0 in one and 0.233 in the other (min-max
+    over what the clip left). Now (HU + 1350) / 1500 in both; data prepared and runs trained
+    before keep their scaling ('minmax')."""
+    from raddiag.data.preprocess import MINMAX, preprocess_volume
+
+    ramp = np.tile(np.linspace(-1000, 1000, 32, dtype=np.float32), (1, 32, 1))      # [1, 32, 32]
+    padded = ramp.copy()
+    padded[0, 0, 0] = -2048
+    lung = parse_window("lung")
+    for vol in (ramp, padded):
+        out, _ = preprocess_volume(vol, 32, 1, lung)
+        np.testing.assert_allclose(out[0, 5, 1:], np.clip((ramp[0, 5, 1:] + 1350) / 1500, 0, 1), atol=1e-6)
+    legacy, _ = preprocess_volume(ramp, 32, 1, lung, scaling=MINMAX)
+    assert legacy[0, 5, 0] == 0.0                                                    # as before
+
+
+def test_runs_and_stores_from_before_keep_their_window_scaling(tmp_path):
+    from raddiag.config import RunConfig, preset
+    from raddiag.data.intensity import adopt_data_windows
+
+    cfg = preset("tiny")
+    assert cfg.data.window_scaling == "fixed"
+    cfg.save(tmp_path / "new.yaml")
+    assert RunConfig.load(tmp_path / "new.yaml").data.window_scaling == "fixed"
+    text = (tmp_path / "new.yaml").read_text().replace("  window_scaling: fixed\n", "")
+    (tmp_path / "old.yaml").write_text(text)
+    assert RunConfig.load(tmp_path / "old.yaml").data.window_scaling == "minmax"
+    adopt_data_windows(cfg.data, {"window": [-1350.0, 150.0], "windows": {}}, tmp_path)      # an old store
+    assert cfg.data.window_scaling == "minmax"
+    adopt_data_windows(cfg.data, {"window": None, "windows": {}, "window_scaling": "fixed"}, tmp_path)
+    assert cfg.data.window_scaling == "fixed"
+    with pytest.raises(ValueError, match="data.window_scaling"):
+        preset("tiny", ["data.window_scaling=linear"])

@@ -32,6 +32,9 @@ class DataConfig:
     # abdomen, liver, bone, brain) or "LEVEL,WIDTH" in HU; wins over `window` (raddiag.data.intensity).
     # Training sets both from the prepared dataset (its meta.json), so prediction windows alike.
     windows: dict[str, str] = field(default_factory=dict)
+    # how a windowed scan is scaled to [0, 1]: "fixed" (the window's ends are 0 and 1) or "minmax" (over
+    # the scan's values left after the clip: data prepared, and runs trained, before 2026-12-07)
+    window_scaling: str = "fixed"
     # Scan caps (README "Scan caps"): at most `max_scans` scans of a case are fed to the model, at
     # most modality_caps[m] of modality m (default_modality_cap for a modality not listed); random
     # per epoch in training, the first in case order at evaluation and prediction. Set per modality
@@ -166,6 +169,8 @@ class RunConfig:
             raise ValueError(f"{path}: expected a mapping of sections (data, model, train...), "
                              f"got a {type(data).__name__}")
         data.pop("run_id", None)        # a run folder's stamp (raddiag.run), not a setting
+        if isinstance(data.get("data"), dict) and "window_scaling" not in data["data"]:
+            data["data"]["window_scaling"] = "minmax"      # saved before the setting: scaled as then
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
@@ -228,6 +233,7 @@ class RunConfig:
         if not (math.isfinite(t.lr) and t.lr >= 0):       # 0 freezes every weight (tests use it)
             raise ValueError(f"train.lr must be a finite number >= 0, got {t.lr}")
         for key, value, allowed in (("model.init", self.model.init, ("standard", "release")),
+                                    ("data.window_scaling", self.data.window_scaling, ("fixed", "minmax")),
                                     ("train.aug_style", t.aug_style, ("raddiag", "release"))):
             if value not in allowed:
                 raise ValueError(f"{key}={value!r}; choose one of {list(allowed)}")

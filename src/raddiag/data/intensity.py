@@ -167,8 +167,8 @@ def add_profile(summary: dict, modality: str, profile: dict) -> None:
 
 
 def adopt_data_windows(dc, meta: dict, data_dir) -> None:
-    """Set ``dc.window`` / ``dc.windows`` (a :class:`~raddiag.config.DataConfig`) to those the
-    prepared dataset was made with: the model learns from the data as prepared, so prediction
+    """Set ``dc.window`` / ``dc.windows`` / ``dc.window_scaling`` (a :class:`~raddiag.config.DataConfig`)
+    to those the prepared dataset was made with: the model learns from the data as prepared, so prediction
     must window alike. Different settings in the config are replaced, with a warning."""
     import logging
 
@@ -180,6 +180,7 @@ def adopt_data_windows(dc, meta: dict, data_dir) -> None:
             "%s was prepared with window %s, windows %s; the run records those (its config said %s, %s)",
             data_dir, window, windows, *mine)
     dc.window, dc.windows = window, windows
+    dc.window_scaling = meta.get("window_scaling", "minmax")    # a store from before it: scaled as then
 
 
 def write_run_intensity(run_dir, meta: dict, data_dir) -> None:

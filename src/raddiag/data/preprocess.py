@@ -15,6 +15,10 @@ import torch.nn.functional as F
 from raddiag.data.errors import ScanError
 
 
+# how a windowed scan is scaled to [0, 1] (DataConfig.window_scaling; meta.json's window_scaling)
+FIXED, MINMAX = "fixed", "minmax"
+
+
 def depth_indices(n: int, depth: int) -> np.ndarray:
     """Uniform slice indices: all slices when n <= depth, else floor(arange(0, n, n/depth))[:depth]
     (the release's rule)."""
@@ -79,16 +83,18 @@ def preprocess_volume(
     window: Optional[Sequence[float]] = None,
     key_slice: Optional[int] = None,
     source="scan",
+    scaling: str = FIXED,
 ) -> tuple[np.ndarray, int]:
     """``[S, H, W]`` raw slices -> (``[d, size, size]`` float32 in [0, 1] with d = min(S, depth),
     key slice index among the kept slices or -1)."""
     from raddiag.data.volume import array_volume
 
-    return preprocess_slices(array_volume(np.asarray(vol), source), size, depth, window, key_slice)
+    return preprocess_slices(array_volume(np.asarray(vol), source), size, depth, window, key_slice,
+                             scaling=scaling)
 
 
 def load_scan(scan, size: int, depth: int, window: Optional[Sequence[float]] = None,
-              limits=None, profile: Optional[dict] = None) -> tuple[np.ndarray, int, int]:
+              limits=None, profile: Optional[dict] = None, scaling: str = FIXED) -> tuple[np.ndarray, int, int]:
     """Read and preprocess one :class:`~raddiag.data.case.Scan` -> (``[d, size, size]`` float32,
     key slice among the kept slices or -1, original slice count). The header is checked against
     ``limits`` (default :data:`raddiag.data.volume.DEFAULT_LIMITS`) first; then only the kept
@@ -100,7 +106,7 @@ def load_scan(scan, size: int, depth: int, window: Optional[Sequence[float]] = N
 
     with open_scan(scan, limits or DEFAULT_LIMITS) as vol:
         key = _checked_key(scan, vol.shape[0], profile)
-        out, key = preprocess_slices(vol, size, depth, window, key, profile)
+        out, key = preprocess_slices(vol, size, depth, window, key, profile, scaling)
         return out, key, vol.shape[0]
 
 
@@ -124,7 +130,8 @@ _LARGE = 16                   # a slice of more than 16 x the output's pixels: r
 
 
 def preprocess_slices(vol, size: int, depth: int, window: Optional[Sequence[float]] = None,
-                      key_slice: Optional[int] = None, profile: Optional[dict] = None) -> tuple[np.ndarray, int]:
+                      key_slice: Optional[int] = None, profile: Optional[dict] = None,
+                      scaling: str = FIXED) -> tuple[np.ndarray, int]:
     """The streaming form of :func:`preprocess_volume` over a :class:`~raddiag.data.volume.Volume`:
     each kept slice is checked (NaN / inf: the first bad slice raises), windowed and resized as
     it is read (integer slices stay integers until :func:`resize_large_slice` has picked the rows
@@ -132,7 +139,9 @@ def preprocess_slices(vol, size: int, depth: int, window: Optional[Sequence[floa
     result. Bilinear weights sum to one, so resizing before the (affine) scaling gives the
     scaled-then-resized result. ``profile``, when given, is filled with the kept slices' raw
     ``min`` / ``max`` (before windowing: the data's intensity convention,
-    :mod:`raddiag.data.intensity`) and the volume's ``orientation``."""
+    :mod:`raddiag.data.intensity`) and the volume's ``orientation``. With a window, ``scaling``
+    :data:`FIXED` maps its ends to 0 and 1 (a given HU, one value in every scan); :data:`MINMAX`
+    (data prepared before 2026-12-07) scales each scan over its values left after the clip."""
     n = vol.shape[0]
     idx = depth_indices(n, depth)
     pixels = _pixel_steps(vol, idx, window)
@@ -156,6 +165,8 @@ def preprocess_slices(vol, size: int, depth: int, window: Optional[Sequence[floa
             done, batch = done + len(batch), []
     if vmax - vmin < 1e-8:
         raise ScanError(vol.path, f"constant image (every value is {vmin:g}); nothing to learn from")
+    if window is not None and scaling == FIXED:
+        vmin, vmax = (float(v) for v in window)
     scaled = ((out.double() - vmin) / (vmax - vmin)).clamp_(0.0, 1.0)   # float64: no overflow near 3e38
     if profile is not None:
         profile.update(min=raw[0], max=raw[1], orientation=getattr(vol, "orientation", None))

@@ -276,6 +276,7 @@ def _prepare_into(out: Path, cases: list[Case], size, depth, windowing, strict, 
         LabelSpace.from_cases(kept_cases, granularity=gran, head_min=head_min, medium_min=medium_min).save(out / f"labels_{gran}.json")
     _write_json(out / "meta.json", {"format_version": FORMAT_VERSION, "size": size, "depth": depth,
                                     "window": list(window) if window is not None else None,
+                                    "window_scaling": "fixed",
                                     "windows": windows, "intensity": intensity,
                                     "n_slices": n_slices, "n_cases": len(kept), "dtype": "float16"})
     return report

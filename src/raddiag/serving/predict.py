@@ -179,7 +179,7 @@ class Predictor:
 
         dc, profile = self.cfg.data, {}
         window = window_for(s.modality, s.anatomy, dc.window, dc.windows)
-        arr, key, _ = load_scan(s, dc.size, dc.depth, window, self.limits, profile)
+        arr, key, _ = load_scan(s, dc.size, dc.depth, window, self.limits, profile, dc.window_scaling)
         warn_unlike_training(self.run_dir, s, profile, dc.windows)
         is_3d = bool(s.is_3d) if s.is_3d is not None else arr.shape[0] > 1
         return ScanInfo(id=s.id or Path(s.paths[0]).name, paths=list(s.paths), modality=s.modality, is_3d=is_3d,
