@@ -190,3 +190,13 @@ def test_evaluate_reads_a_pipe_index_as_it_reads_the_folder(prepared, sharded, t
     assert pipe == folder
     assert main([*common, "--data", f"pipe:cat {tmp_path}/none/shards.json", "--out", str(tmp_path / "x")]) == 2
     assert "none/shards.json" in capsys.readouterr().err
+
+
+def test_a_failing_pipe_command_is_said_by_its_exit_status(tmp_path):
+    """A new user's `pipe:false ...` printed WebDataset's raw Popen tuple as the reason."""
+    from raddiag.data.shard_index import read_index
+
+    with pytest.raises(ShardError) as err:
+        read_index(f"pipe:false {tmp_path}/shards.json")
+    assert str(err.value) == (f"pipe:false {tmp_path}/shards.json: the index cannot be read (the command exited "
+                              "with status 1)")

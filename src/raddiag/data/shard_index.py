@@ -70,6 +70,16 @@ def open_source(location: Path | str):
     return gopen(location, "rb")
 
 
+def _why(source, exc: Exception) -> str:
+    """A read failure in words: a ``pipe:`` command's exit status (WebDataset's error carries the
+    Popen arguments as a raw tuple: a new user read "(('false ...',), {'shell': True, ...})"), else
+    the error itself."""
+    status = re.search(r"exit (-?\d+)", str(exc)) if str(source).startswith("pipe:") else None
+    if status:
+        return f"the command exited with status {status.group(1)}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _read_index_bytes(source) -> tuple[bytes, str]:
     """(bytes, where) of ``source``'s index: a folder's shards.json, a local index file, or a URL."""
     if is_url(source):
@@ -81,7 +91,7 @@ def _read_index_bytes(source) -> tuple[bytes, str]:
             with open_source(str(source)) as f:
                 return f.read(), str(source)
         except (OSError, ValueError) as exc:
-            raise ShardError(f"{source}: the index cannot be read ({type(exc).__name__}: {exc})") from None
+            raise ShardError(f"{source}: the index cannot be read ({_why(source, exc)})") from None
     path = _local_index(source)
     if not path.is_file():
         raise FileNotFoundError(f"{source}: not a shard folder ({INDEX} is missing; run `raddiag data shard`)")
