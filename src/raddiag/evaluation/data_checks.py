@@ -30,7 +30,8 @@ class DataCheckWarning(InputWarning):
 def check_data(run, cfg, data, data_dir, split: str, case_ids) -> dict:
     """The meta fields of :func:`trained_on_cases` and :func:`geometry` of ``data`` (the opened
     evaluated dataset) and ``warnings``, their messages, each also issued as a DataCheckWarning."""
-    cases = {str(i): _files(data, split).get(str(i)) for i in case_ids}
+    files = _files(data, split)
+    cases = {str(i): files.get(str(i)) for i in case_ids}
     found = {"trained_on_cases": trained_on_cases(run, cfg, data_dir, split, cases),
              "geometry": geometry(run, cfg, data.meta, data_dir)}
     found["warnings"] = [f.pop("warning") for f in found.values() if "warning" in f]

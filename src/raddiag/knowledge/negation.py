@@ -109,10 +109,11 @@ def _non_compound(x: str) -> bool:
     low = x.lower()
     if low.startswith(NON_COMPOUNDS):
         return True
-    first = (words(x) or [""])[0]
+    ws = words(x)
+    first = (ws or [""])[0]
     if f"non-{first}" in title_words() or f"non{first}" in title_words():
         return True
-    return len(words(x)) >= 2 and first.isalpha() and first.endswith(_ADJECTIVE_ENDINGS)
+    return len(ws) >= 2 and first.isalpha() and first.endswith(_ADJECTIVE_ENDINGS)
 
 
 def _key(name: str) -> str:

@@ -24,6 +24,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from raddiag.serving.case_inputs import scan_id
 from raddiag.serving.predict import Predictor, in_batches
 from raddiag.serving.results import CaseEmbedding, CaseError, PendingCase, ScanInfo
 
@@ -47,12 +48,6 @@ def manifest_cases(pred: Predictor, path: Union[str, Path]) -> list[PendingCase]
     return [PendingCase(rec["id"], reader(where, rec)) for where, rec in validate_manifest(path)]
 
 
-def _scan_id(s: dict, j: int) -> str:
-    """A stored scan's id as predict names a scan from files: its own, else its (first) file's name
-    (a new user's `embed --data` named every such scan 'scan0', `--manifest` the same ones by file)."""
-    return s.get("id") or (Path(s["paths"][0]).name if s.get("paths") else f"scan{j}")
-
-
 def prepared_cases(pred: Predictor, data_dir: Union[str, Path], split: Optional[str] = None) -> list[PendingCase]:
     """The cases of a prepared dataset (``raddiag data prepare``; ``split`` None: all of them),
     read as evaluation reads them (:class:`raddiag.data.dataset.CaseDataset`, resized to the run's
@@ -72,7 +67,7 @@ def prepared_cases(pred: Predictor, data_dir: Union[str, Path], split: Optional[
             infos = []
             for j, s in enumerate(rec["scans"]):
                 it = items.get(j)
-                infos.append(ScanInfo(id=_scan_id(s, j), paths=list(s["paths"]), modality=s["modality"],
+                infos.append(ScanInfo(id=scan_id(s.get("id"), s.get("paths") or [], f"scan{j}"), paths=list(s["paths"]), modality=s["modality"],
                                       is_3d=bool(s["is_3d"]),
                                       slices=int(it["image"].shape[1]) if it else min(s["store"]["n"], ds.cfg.depth),
                                       key_slice=int(it["key_slice"]) if it else -1, used=it is not None))

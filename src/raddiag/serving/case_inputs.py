@@ -110,3 +110,10 @@ def _names_a_file(item) -> bool:
     if not str(item).strip():
         return False
     return p.is_file() or (not p.exists() and p.name.lower().endswith(SCAN_SUFFIXES))
+
+
+def scan_id(given: Optional[str], paths: Sequence[str], fallback: str = "scan") -> str:
+    """A scan's id in results: its own, else its (first) file's name (``fallback`` without files).
+    One rule for scans read from files and scans of a prepared dataset (a new user's `embed --data`
+    named every such scan 'scan0', `--manifest` the same ones by file)."""
+    return given or (Path(paths[0]).name if paths else fallback)

@@ -32,7 +32,7 @@ from raddiag.data.errors import ScanError
 from raddiag.data.labels import DEFAULT_THRESHOLD, LabelSpace
 from raddiag.data.volume import DEFAULT_LIMITS, Limits
 from raddiag.staging import staged_files
-from raddiag.serving.case_inputs import PathLike, _case_ids, _split_cases, case_scans
+from raddiag.serving.case_inputs import PathLike, _case_ids, _split_cases, case_scans, scan_id
 from raddiag.serving.results import (CaseEmbedding, CaseError, CaseResult, Finding,  # noqa: F401 (re-exported)
                                      PendingCase, Prepared, ScanInfo)
 from raddiag.task import MULTICLASS, probabilities
@@ -169,8 +169,7 @@ class Predictor:
             return self._read_scan(s)
         except ScanError as exc:
             errors.append(exc)
-            return ScanInfo(id=s.id or Path(s.paths[0]).name, paths=list(s.paths), modality=s.modality,
-                            is_3d=bool(s.is_3d), slices=0, key_slice=-1, used=False, error=str(exc)), None
+            return _info(s, is_3d=bool(s.is_3d), slices=0, key_slice=-1, error=str(exc)), None
 
     def _read_scan(self, s: Scan) -> tuple[ScanInfo, np.ndarray]:
         """One scan read at the run's geometry and windows: its info (not yet used) and its array."""
@@ -182,8 +181,7 @@ class Predictor:
         arr, key, _ = load_scan(s, dc.size, dc.depth, window, self.limits, profile, dc.window_scaling)
         warn_unlike_training(self.run_dir, s, profile, dc.windows)
         is_3d = bool(s.is_3d) if s.is_3d is not None else arr.shape[0] > 1
-        return ScanInfo(id=s.id or Path(s.paths[0]).name, paths=list(s.paths), modality=s.modality, is_3d=is_3d,
-                        slices=int(arr.shape[0]), key_slice=int(key), used=False), arr
+        return _info(s, is_3d=is_3d, slices=int(arr.shape[0]), key_slice=int(key)), arr
 
     def collate(self, samples: list[dict]) -> dict:
         from raddiag.data.dataset import collate_cases
@@ -450,6 +448,11 @@ class Predictor:
             return self.labels.index(str(name_or_index))
         except KeyError as exc:
             raise ValueError(str(exc.args[0])) from None
+
+
+def _info(s: Scan, **read) -> ScanInfo:
+    """A scan's :class:`ScanInfo`, not yet used, with what reading it gave (``read``)."""
+    return ScanInfo(id=scan_id(s.id, s.paths), paths=list(s.paths), modality=s.modality, used=False, **read)
 
 
 def in_batches(items: Sequence, size: int, progress: bool, desc: str):

@@ -49,6 +49,15 @@ def write_run_folder(run, cfg, labels, emb, epoch: int, data, resume: bool, trai
     trim_metrics(run, epoch)
 
 
+def trained_records(data, train_indices=None):
+    """The records of the training cases used (``train_indices`` of the train split, default all of
+    it; a fine-tuning fraction trains on a part), or None for data without records (shards)."""
+    if not hasattr(data, "records_for"):
+        return None
+    records = data.records_for("train")
+    return records if train_indices is None else [records[int(i)] for i in train_indices]
+
+
 def write_train_cases(run, data, train_indices=None) -> None:
     """``RUN/train_cases.json``: the ids of the cases trained on (``train_indices`` of the train split,
     default all of it) and their scans' files, so that ``evaluate`` can warn of evaluated cases among
@@ -59,10 +68,9 @@ def write_train_cases(run, data, train_indices=None) -> None:
 
     from raddiag.data.store import scan_file
 
-    if not hasattr(data, "records_for"):
+    chosen = trained_records(data, train_indices)
+    if chosen is None:
         return
-    records = data.records_for("train")
-    chosen = records if train_indices is None else [records[int(i)] for i in train_indices]
     files = sorted({f for r in chosen for f in map(scan_file, r["scans"]) if f})
     record = {"data": str(Path(data.root).resolve()), "split": "train", "case_ids": [str(r["id"]) for r in chosen],
               "scans": files}

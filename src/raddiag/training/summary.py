@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .prefetch import loading_plan
+from .runfiles import trained_records
 
 SHOWN_CLASSES = 12
 SHOWN_EMPTY = 10   # classes without training cases named, then "and N more"
@@ -23,20 +24,11 @@ CLASSLESS = {"icd10": ("ICD-10-CM code", "--granularity disorder trains on their
 SMALL_VAL = 50     # val cases below which the printed line says the best epoch is partly chance
 
 
-def _trained_records(data, train_indices=None) -> Optional[list]:
-    """The records of the training cases used (``train_indices`` of the train split, default all of
-    it; a fine-tuning fraction trains on a part), or None for data without records (shards)."""
-    if not hasattr(data, "records_for"):
-        return None
-    records = data.records_for("train")
-    return records if train_indices is None else [records[int(i)] for i in train_indices]
-
-
 def _caps_left_out(data, cfg, train_indices=None) -> str:
     """How many of the training cases' scans the caps leave out per epoch (prepared data only)."""
     from raddiag.data.dataset import select_scans
 
-    records = _trained_records(data, train_indices)
+    records = trained_records(data, train_indices)
     if not records:
         return ""
     left: Counter = Counter()
@@ -72,7 +64,7 @@ def _classless(data, labels, train_indices=None) -> list[str]:
     """A line on the training cases that carry no class of the run's granularity and are not
     normal (abnormal cases without ICD-10-CM codes at ``icd10``): they train as negatives of every
     class (prepared data only)."""
-    records = _trained_records(data, train_indices)
+    records = trained_records(data, train_indices)
     n = sum(1 for r in records or [] if not labels.case_labels(r))
     if not n:
         return []

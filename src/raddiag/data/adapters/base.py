@@ -189,14 +189,15 @@ def _typo_of(label: str, near: dict[str, set[str]]) -> str | None:
 
     key = label_key(label)
     keys = {label_key(k): k for s in _slips(key) for k in near.get(s, ())}
-    match = max(keys, key=lambda k: (difflib.SequenceMatcher(None, key, k).ratio(), k), default=None)
+    ratio = {k: difflib.SequenceMatcher(None, key, k).ratio() for k in keys}
+    match = max(keys, key=lambda k: (ratio[k], k), default=None)
     if match is None:
         return None
     a, b = key.split(), match.split()
     x, y = " ".join(w for w in a if w not in b), " ".join(w for w in b if w not in a)
     if _plural(x, y):
         return keys[match]
-    similar = difflib.SequenceMatcher(None, key, match).ratio() >= TYPO_CUTOFF or _swapped(x, y)
+    similar = ratio[match] >= TYPO_CUTOFF or _swapped(x, y)
     close = min(len(x), len(y)) >= 4 and difflib.SequenceMatcher(None, x, y).ratio() >= 0.75
     real = all(w in title_words() for w in words(x))
     return keys[match] if similar and close and not real else None
