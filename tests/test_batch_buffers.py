@@ -39,13 +39,34 @@ def _expected_images(samples: list[dict], depth: int) -> np.ndarray:
     return out
 
 
+def _expected_fields(samples: list[dict], depth: int) -> dict:
+    """The per-scan fields of the contract, one scan at a time: padding scans masked out with
+    modality 0 and key slice -1, a key slice past the kept slices -1."""
+    n = max(len(s["scans"]) for s in samples)
+    out = {"scan_mask": np.zeros((len(samples), n), bool), "slice_mask": np.zeros((len(samples), n, depth), bool),
+           "modality": np.zeros((len(samples), n), np.int64), "key_slice": np.full((len(samples), n), -1, np.int64),
+           "is_3d": np.zeros((len(samples), n), bool)}
+    for b, s in enumerate(samples):
+        for k, sc in enumerate(s["scans"]):
+            d = min(sc["image"].shape[1], depth)
+            out["scan_mask"][b, k] = True
+            for z in range(d):
+                out["slice_mask"][b, k, z] = True
+            out["modality"][b, k] = sc["modality_id"]
+            if 0 <= sc["key_slice"] < d:
+                out["key_slice"][b, k] = sc["key_slice"]
+            out["is_3d"][b, k] = sc["is_3d"]
+    return out
+
+
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), batches=st.lists(
     st.tuples(st.lists(st.integers(1, 4), min_size=1, max_size=4), st.integers(1, 6), st.sampled_from([4, 8])),
     min_size=2, max_size=6))
 def test_collated_images_are_exact_in_reused_memory(seed, batches):
     """Batches of random shapes collated one after another into memory left full of NaN by the last
-    user: each batch is the padded contract exactly (stale values would show as NaN or mismatch)."""
+    user: each batch is the padded contract exactly (stale values would show as NaN or mismatch), and
+    so is every per-scan field (masks, modality, key slice, 3D flag)."""
     pool = BufferPool(keep=2)
     with mock.patch.object(dataset, "_IMAGES", pool):
         _collate_in_turn(pool, seed, batches)
@@ -57,8 +78,12 @@ def _collate_in_turn(pool: BufferPool, seed: int, batches: list) -> None:
     rng = np.random.default_rng(seed)
     for scans_per_case, depth, size in batches:
         samples = [_sample(rng, n, depth + 2, size) for n in scans_per_case]
-        got = collate_cases(samples, depth=depth)["images"].numpy()
+        batch = collate_cases(samples, depth=depth)
+        got = batch["images"].numpy()
         np.testing.assert_array_equal(got, _expected_images(samples, depth))
+        for key, want in _expected_fields(samples, depth).items():
+            np.testing.assert_array_equal(batch[key].numpy(), want, err_msg=key)
+        del batch
         got.fill(np.nan)                # the next batch may get this memory back: dirty it
         del got
 

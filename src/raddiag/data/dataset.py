@@ -224,24 +224,30 @@ def collate_cases(samples: list[dict], depth: Optional[int] = None) -> dict:
     D = depth or max(sc["image"].shape[1] for s in samples for sc in s["scans"])
     H, W = samples[0]["scans"][0]["image"].shape[-2:]
     images = _IMAGES.take((B, N, 1, D, H, W))
-    scan_mask = np.zeros((B, N), dtype=bool)
-    slice_mask = np.zeros((B, N, D), dtype=bool)
-    modality = np.zeros((B, N), dtype=np.int64)
-    key_slice = np.full((B, N), -1, dtype=np.int64)
-    is_3d = np.zeros((B, N), dtype=bool)
+    where, fields = [], []          # each scan's (case, slot) and (real slices, modality, key slice, 3D)
     for b, s in enumerate(samples):
         for n, sc in enumerate(s["scans"]):
             d = min(sc["image"].shape[1], D)
             images[b, n, :, :d] = sc["image"][:, :d].numpy()
             if d < D:
                 images[b, n, :, d:] = 0.0
-            scan_mask[b, n] = True
-            slice_mask[b, n, :d] = True
-            modality[b, n] = sc["modality_id"]
-            key_slice[b, n] = sc["key_slice"] if sc["key_slice"] < d else -1
-            is_3d[b, n] = sc["is_3d"]
+            where.append((b, n))
+            fields.append((d, sc["modality_id"], sc["key_slice"] if sc["key_slice"] < d else -1, sc["is_3d"]))
         if len(s["scans"]) < N:
             images[b, len(s["scans"]):] = 0.0
+    # the per-scan fields set at once (one numpy assignment each, not one per scan: issue 29)
+    bs, ns = np.array(where, dtype=np.intp).T
+    d, mod, key, flat = np.array(fields, dtype=np.int64).T
+    scan_mask = np.zeros((B, N), dtype=bool)
+    scan_mask[bs, ns] = True
+    slice_mask = np.zeros((B, N, D), dtype=bool)
+    slice_mask[bs, ns] = np.arange(D) < d[:, None]
+    modality = np.zeros((B, N), dtype=np.int64)
+    modality[bs, ns] = mod
+    key_slice = np.full((B, N), -1, dtype=np.int64)
+    key_slice[bs, ns] = key
+    is_3d = np.zeros((B, N), dtype=bool)
+    is_3d[bs, ns] = flat != 0
     return {
         "images": torch.from_numpy(images), "scan_mask": torch.from_numpy(scan_mask),
         "slice_mask": torch.from_numpy(slice_mask), "modality": torch.from_numpy(modality),

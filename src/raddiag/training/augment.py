@@ -89,6 +89,8 @@ def reseed(transform, seed: int) -> None:
 
 def _plain(x) -> torch.Tensor:
     """A plain float32 tensor (MONAI may hand back a MetaTensor or an ndarray)."""
+    if type(x) is torch.Tensor and x.dtype == torch.float32:
+        return x
     if hasattr(x, "as_tensor"):
         x = x.as_tensor()
     return torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x, dtype=torch.float32)
@@ -136,7 +138,7 @@ class ScanAugment:
         if fire[0]:                                   # MONAI's RandGaussianNoise: std ~ U(0, 0.05)
             std = rng.uniform(0.0, NOISE_STD)
             g = torch.Generator().manual_seed(int(rng.integers(2**63)))   # torch's normals: 3x numpy's speed
-            x = x + std * torch.randn(x.shape, generator=g)
+            x = torch.randn(x.shape, generator=g).mul_(std).add_(x)        # x + std n, one new tensor
         if fire[1]:                                   # MONAI's AdjustContrast, gamma ~ U(0.7, 1.5)
             x = adjust_contrast(x, rng.uniform(*GAMMA))
         if fire[2] or fire[3]:
