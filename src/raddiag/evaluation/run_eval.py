@@ -64,7 +64,11 @@ def evaluate_run(run_dir, data_dir, split: str = "test", out_dir=None, val_split
     test = predict_split(model, cfg, labels, data, split, batch_size, device, progress)
     checked = check_data(run, cfg, data, data_dir, split, test["case_ids"])   # warns: trained-on cases, geometry
     val = None
-    if val_split and val_split != split:
+    if split == val_split == "val":
+        # the split the stored thresholds were chosen on: chosen again on the scores just computed,
+        # which a stored threshold (one positive's own score) may miss by a rounding
+        val = test
+    elif val_split and val_split != split:
         try:
             val = predict_split(model, cfg, labels, data, val_split, batch_size, device, progress)
         except ValueError as exc:  # no cases in that split
