@@ -93,3 +93,29 @@ def test_an_na_normal_figure_says_why(tmp_path, capsys, labels, reason):
     assert f"normal/abnormal n/a: {reason}" in capsys.readouterr().out
     n = json.loads((tmp_path / "out" / "zeroshot.json").read_text())["normal"]
     assert n["auc"] is None and n["ap"] is None and n["na_reason"] == reason
+
+
+def test_the_normal_ap_takes_the_normal_cases_as_positives_and_names_the_other_reading():
+    """AP depends on which side is positive (a red team found zeroshot's AP was abnormality
+    detection's where evaluate's normal row and the paper's Figure 5 take the Normal class's): on
+    random scores both readings equal scikit-learn's, and the printed line names each."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from raddiag.transfer.commands import normal_text
+    from raddiag.transfer.zeroshot import normal_results
+
+    rng = np.random.default_rng(3)
+    target = LabelSpace(names=["Normal", "Pneumonia"])
+    normal = rng.random(200) < 0.2
+    labels = np.stack([normal, ~normal], axis=1).astype(np.float32)
+    scores = rng.random((200, len(SOURCE))).astype(np.float32)
+    scores[:, 0] = np.where(normal, rng.random(200) * 0.8 + 0.2, rng.random(200) * 0.8).astype(np.float32)
+    res = normal_results(scores, labels, SOURCE, target, "test")
+    p = scores[:, 0].astype(np.float64)
+    assert res["auc"] == pytest.approx(roc_auc_score(normal, p), abs=1e-12)
+    assert res["ap"] == pytest.approx(average_precision_score(normal, p), abs=1e-12)
+    assert res["ap_abnormal"] == pytest.approx(average_precision_score(~normal, -p), abs=1e-12)
+    assert abs(res["ap"] - res["ap_abnormal"]) > 0.2        # 20 % normal: the two readings far apart
+    text = normal_text(res, lambda v: f"{100 * v:.2f}")
+    assert f"AP {100 * res['ap']:.2f} with the normal cases as positives" in text
+    assert f"{100 * res['ap_abnormal']:.2f} with the abnormal ones" in text

@@ -82,5 +82,6 @@ def normal_text(n: dict, pct) -> str:
     classes = ", ".join(repr(c) for c in n.get("normal_classes", []))
     if n.get("na_reason"):
         return f"n/a: {n['na_reason']} ({n['n_normal']} normal, {n['n_abnormal']} abnormal; normal classes: {classes})"
-    return (f"AUC {pct(n['auc'])}  AP {pct(n['ap'])}  ({n['n_normal']} normal, {n['n_abnormal']} abnormal cases; "
+    return (f"AUC {pct(n['auc'])}  AP {pct(n['ap'])} with the normal cases as positives, {pct(n['ap_abnormal'])} "
+            f"with the abnormal ones  ({n['n_normal']} normal, {n['n_abnormal']} abnormal cases; "
             f"normal classes: {classes})")

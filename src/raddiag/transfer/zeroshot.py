@@ -278,21 +278,27 @@ def averaged_classes(labels: np.ndarray, names: Sequence[str], idx: Sequence[Seq
 
 def normal_results(scores: np.ndarray, labels: np.ndarray, source: LabelSpace, target: LabelSpace,
                    split: str) -> dict:
-    """The normal mode: the source's normal score against :func:`normal_cases`, with the reason
-    (``na_reason``) when the AUC / AP is not defined."""
+    """The normal mode: the source's normal score against :func:`normal_cases`: ``auc``, ``ap`` (the
+    normal cases as positives) and ``ap_abnormal`` (the abnormal ones), with the reason
+    (``na_reason``) when they are not defined."""
     from raddiag.evaluation.metrics import per_class_metrics
 
     src, tgt = normal_classes(source.names), normal_classes(target.names)
     if not src or not tgt:
         which = "the model" if not src else "the target label space"
         return {"skipped": f"{which} has no class meaning a normal study (such as {NORMAL!r} or 'No finding')"}
-    # ranked by -p(Normal), exactly the order of 1 - p(Normal) without its rounding: in float32
-    # every p below 3e-8 made 1 - p exactly 1, tying cases the model told apart (AUC and AP
-    # read only the order)
-    abnormal = ~normal_cases(labels, target.names)
-    m = per_class_metrics(-scores[:, [source.index(src[0])]].astype(np.float64), abnormal[:, None].astype(np.float64))
-    res = {"auc": _f(m["auc"][0]), "ap": _f(m["ap"][0]), "n_abnormal": int(abnormal.sum()),
-           "n_normal": int((~abnormal).sum()), "normal_classes": tgt, "source_class": src[0]}
+    normal = normal_cases(labels, target.names)
+    p = scores[:, [source.index(src[0])]].astype(np.float64)
+    # The paper's reading (Figure 5: the Normal class's AUC and AP) and evaluate's `normal` row: the
+    # normal cases are the positives, scored by p(Normal). AP depends on which side is positive, so
+    # the other reading is given beside it: abnormal cases positive, ranked by -p(Normal), exactly
+    # the order of 1 - p(Normal) without its rounding (in float32 every p below 3e-8 made 1 - p
+    # exactly 1, tying cases the model told apart). The AUC is the same either way.
+    m = per_class_metrics(p, normal[:, None].astype(np.float64))
+    a = per_class_metrics(-p, (~normal)[:, None].astype(np.float64))
+    res = {"auc": _f(m["auc"][0]), "ap": _f(m["ap"][0]), "ap_abnormal": _f(a["ap"][0]),
+           "n_abnormal": int((~normal).sum()), "n_normal": int(normal.sum()), "normal_classes": tgt,
+           "source_class": src[0]}
     if res["auc"] is None:
         res["na_reason"] = f"no {'normal' if not res['n_normal'] else 'abnormal'} case in the {split} split"
     return res
