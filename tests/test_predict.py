@@ -45,7 +45,7 @@ def test_five_line_api(files):
         assert f.threshold == pytest.approx(expected)
         assert f.above_threshold == (f.probability >= expected)
     d = json.loads(json.dumps(result.to_dict()))
-    assert d["ranked"][0].keys() == {"name", "code", "probability", "threshold", "above_threshold"}
+    assert d["ranked"][0].keys() == {"name", "code", "probability", "threshold", "above_threshold", "default_threshold"}
 
 
 def test_matches_model_forward_on_the_run_preprocessing(files):
@@ -200,3 +200,22 @@ def test_a_newline_in_a_folder_or_file_name_keeps_messages_and_tables_on_one_lin
     assert [line for line in err.splitlines() if "error" in line] == [line for line in err.splitlines()
                                                                       if line.startswith("raddiag: error:")]
     assert "case\\nB" in err and "case\nB" not in err
+
+
+def test_classes_without_a_validation_threshold_are_named_and_marked(files, tmp_path):
+    """A run whose validation split had no positive of some classes stores no threshold for them:
+    predict said "thresholds: validation" for every class while those used the default 0.5 (red
+    team). The head line counts them, each such finding says so, and the table marks it."""
+    make_tiny_run(tmp_path / "run", thresholds=[0.5, None, 0.9, None])
+    result = raddiag.load(tmp_path / "run").predict(str(files / "cxr.png"), modality="X-ray")
+    assert "default 0.5 (*) for 2 of 4 classes" in result.thresholds
+    by_name = {f.name: f for f in result.ranked}
+    assert [n for n, f in by_name.items() if f.default_threshold] == \
+        [n for n in by_name if n in ("Pneumonia", "Fracture")]
+    assert by_name["Pneumonia"].threshold == pytest.approx(0.5)
+    rows = {line.split()[1]: line for line in str(result).splitlines()[2:]}
+    assert "0.500*" in rows["Pneumonia"] and "0.900*" not in rows["Pleural"]
+    assert {f["name"]: f["default_threshold"] for f in result.to_dict()["ranked"]}["Fracture"] is True
+    make_tiny_run(tmp_path / "none")                       # no thresholds stored at all: one note, no marks
+    result = raddiag.load(tmp_path / "none").predict(str(files / "cxr.png"), modality="X-ray")
+    assert result.thresholds.startswith("default 0.5") and "*" not in str(result)

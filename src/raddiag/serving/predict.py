@@ -378,7 +378,7 @@ class Predictor:
         return records
 
     def _predict_prepared(self, prepared, several, top, classes, encoder, batch_size, progress=False):
-        names, codes, thr, thr_src = self._label_view(classes)
+        names, codes, thr, default, thr_src = self._label_view(classes)
         emb = self.class_embeddings(classes, encoder) if classes else None
         logits = []
         for chunk in in_batches(prepared, batch_size, progress, "predict"):
@@ -398,7 +398,8 @@ class Predictor:
             order = np.argsort(-p, kind="stable")
             # multiclass: the most probable class is the case's one prediction (no thresholds)
             chosen = (lambda j: j == order[0]) if one_class else (lambda j: p[j] >= thr[j])
-            ranked = [Finding(names[j], codes[j], float(p[j]), None if one_class else float(thr[j]), bool(chosen(j)))
+            ranked = [Finding(names[j], codes[j], float(p[j]), None if one_class else float(thr[j]), bool(chosen(j)),
+                              default_threshold=not one_class and default[j])
                       for j in order[: min(top, len(p))]]
             positive = [names[j] for j in order if chosen(j)]
             results.append(CaseResult(sample["case_id"], ranked, infos, ONE_CLASS if one_class else thr_src,
@@ -406,6 +407,9 @@ class Predictor:
         return results if several else results[0]
 
     def _label_view(self, classes):
+        """``(names, codes, thresholds, which thresholds are the default, the thresholds' source)`` of
+        the classes scored: the run's, or ``classes`` through the knowledge head."""
+        stored, missing = self.labels.threshold_values()     # missing: no validation positive, or none stored
         if classes:
             if self.cfg.model.head != "knowledge":
                 raise ValueError("scoring new class names (--classes) needs a run trained with the "
@@ -418,14 +422,13 @@ class Predictor:
             known = {n.lower(): j for j, n in enumerate(self.labels.names)}
             idx = [known.get(t.lower()) for t in texts]
             codes = [self.labels.codes[j] if j is not None and not f else None for j, f in zip(idx, flip)]
-            known_thr = self.labels.threshold_values()[0]
-            thr = [float(known_thr[j]) if j is not None else DEFAULT_THRESHOLD for j in idx]
+            default = [j is None or bool(missing[j]) for j in idx]
+            thr = [DEFAULT_THRESHOLD if d else float(stored[j]) for j, d in zip(idx, default)]
             thr = [1.0 - v if f else v for v, f in zip(thr, flip)]
-            src = "validation (known classes), default 0.5 (new classes)"
-            return names, codes, thr, src
-        thr = [float(t) for t in self.labels.threshold_values()[0]]
-        src = "validation" if self.labels.thresholds is not None else f"default {DEFAULT_THRESHOLD}"
-        return list(self.labels.names), list(self.labels.codes), thr, src
+            return names, codes, thr, default, threshold_source(default, "the new classes and known ")
+        default = [bool(m) for m in missing]
+        return (list(self.labels.names), list(self.labels.codes), [float(t) for t in stored], default,
+                threshold_source(default))
 
     def _forward_with_classes(self, batch, emb):
         with self.lock:
@@ -481,3 +484,16 @@ def canonical_modalities(modality) -> Optional[Union[str, list]]:
     if isinstance(modality, str):
         return canonical_modality(modality)
     return [canonical_modalities(m) for m in modality]
+
+
+def threshold_source(default: list, which: str = "") -> str:
+    """What a prediction's thresholds are: chosen on validation, the default for the classes
+    without one (``default[j]``: no validation positive to choose it on, no thresholds stored, or
+    a class new to the run), named with their count, or the default for all."""
+    n, k = len(default), sum(default)
+    if k == 0:
+        return "validation"
+    if k == n:
+        return f"default {DEFAULT_THRESHOLD} (none chosen on validation)"
+    return (f"validation; default {DEFAULT_THRESHOLD} (*) for {k} of {n} classes: {which}classes without a "
+            "validation positive to choose one on")

@@ -30,6 +30,7 @@ class Finding:
     probability: float
     threshold: Optional[float]       # None: a multiclass run (the most probable class is the prediction)
     above_threshold: bool            # the class is predicted (multiclass: the most probable one)
+    default_threshold: bool = False  # the threshold is the default 0.5, none chosen on validation
 
 
 @dataclass
@@ -52,7 +53,7 @@ class CaseResult:
     case_id: str
     ranked: list[Finding]
     scans: list[ScanInfo] = field(default_factory=list)
-    thresholds: str = "validation"          # "validation" | "default 0.5"
+    thresholds: str = "validation"          # "validation", the default 0.5, or which classes take it
     saliency: list[dict] = field(default_factory=list)   # filled by predict(..., saliency=...)
     positive: list[str] = field(default_factory=list)    # every class at or above its threshold (not only the top)
     saliency_error: Optional[str] = None   # why the saliency maps asked for could not be made
@@ -88,8 +89,9 @@ class CaseResult:
         lines = [head, f"  {'#':>3}  {'diagnosis':<{w}}  {'ICD-10':<7} {'prob':>6}  {'thr':>5}  positive"]
         for i, (f, name) in enumerate(zip(self.ranked, names), 1):
             thr = "    -" if f.threshold is None else f"{f.threshold:5.3f}"
+            mark = "*" if f.default_threshold and "(*)" in self.thresholds else " "   # the default, a few classes
             lines.append(f"  {i:>3}  {name:<{w}}  {(f.code or '-'):<7} {f.probability:6.3f}  "
-                         f"{thr}  {'yes' if f.above_threshold else 'no'}")
+                         f"{thr}{mark} {'yes' if f.above_threshold else 'no'}")
         return "\n".join(lines)
 
     __repr__ = __str__
