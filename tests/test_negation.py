@@ -128,6 +128,12 @@ def test_a_non_compound_disease_is_not_a_negation(name):
 
 
 @pytest.mark.parametrize("name, negated", [("Non-COVID-19", "COVID-19"), ("Non-cancerous", "cancerous"),
-                                           ("Non-pneumonia", "pneumonia"), ("NonCOVID", "COVID")])
+                                           ("Non-pneumonia", "pneumonia"), ("NonCOVID", "COVID"),
+                                           # a capitalised name after "Non-" is denied, adjective first or not
+                                           # (a new user's "Non-Pleural effusion" was scored as the effusion)
+                                           ("Non-Pleural effusion", "Pleural effusion"),
+                                           ("NonPleural effusion", "Pleural effusion"),
+                                           ("Non-Pulmonary embolism", "Pulmonary embolism"),
+                                           ("Non Subdural hematoma", "Subdural hematoma")])
 def test_a_non_word_before_nothing_else_stays_a_negation(name, negated):
     assert parse(name).negates == negated

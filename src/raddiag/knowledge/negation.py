@@ -18,7 +18,9 @@ Recognised forms (case-insensitive, ``_`` read as a space): ``non-X`` / ``non X`
 ``X (negative)``, ``X absent``, ``X excluded``, ``X ruled out``, ``X not detected``,
 and ``abnormal`` (negates ``Normal``). Disease names that merely begin with "non-"
 ("non-Hodgkin lymphoma", "non-small cell lung cancer", "NSTEMI" spelt out, ...) are
-listed in :data:`NON_COMPOUNDS` and are not negations.
+listed in :data:`NON_COMPOUNDS`, or are words of ICD-10-CM's titles ("Non-follicular lymphoma"), or
+a lower-case adjective before a noun ("Non-obstructive hydrocephalus"), and are not negations;
+"Non-" before a capitalised name ("Non-Pleural effusion") is one (:func:`_non_compound`).
 """
 from __future__ import annotations
 
@@ -101,9 +103,10 @@ _ADJECTIVE_ENDINGS = ("al", "ar", "ic", "ive", "ous", "ing", "ed", "ile", "ary",
 def _non_compound(x: str) -> bool:
     """Whether "non-" + ``x`` names a disease of its own rather than the absence of ``x``: a listed
     compound (:data:`NON_COMPOUNDS`), a "non-" word of ICD-10-CM's titles ("Non-follicular lymphoma",
-    "Non-pressure chronic ulcer": a red team found 490 titles read as negations), or an adjective
-    before a noun ("Non-communicating hydrocephalus"). A lone word ("Non-COVID-19", "Non-cancerous")
-    stays a negation."""
+    "Non-pressure chronic ulcer": a red team found 490 titles read as negations), or a lower-case
+    adjective before a noun ("Non-obstructive hydrocephalus"). A lone word ("Non-COVID-19",
+    "Non-cancerous") stays a negation, and so does a rest that begins with a capital, written as a
+    name of its own ("Non-Pleural effusion")."""
     from raddiag.data.icd10 import title_words, words
 
     low = x.lower()
@@ -113,6 +116,11 @@ def _non_compound(x: str) -> bool:
     first = (ws or [""])[0]
     if f"non-{first}" in title_words() or f"non{first}" in title_words():
         return True
+    if x[:1].isupper():
+        # the rest written as a name of its own ("Non-Pleural effusion", "NonPleural effusion"): it is
+        # denied, even where its first word is an adjective (a new user's "Non-Pleural effusion" was
+        # scored as p(Pleural effusion), 0.919 on an effusion image)
+        return False
     return len(ws) >= 2 and first.isalpha() and first.endswith(_ADJECTIVE_ENDINGS)
 
 
