@@ -35,6 +35,11 @@ class DataConfig:
     # how a windowed scan is scaled to [0, 1]: "fixed" (the window's ends are 0 and 1) or "minmax" (over
     # the scan's values left after the clip: data prepared, and runs trained, before 2026-12-07)
     window_scaling: str = "fixed"
+    # [size, depth] of the prepared store the run trained from (set by training from its meta.json):
+    # prediction reads a scan at that geometry, rounds it to the store's float16 and resizes it as
+    # training read the store (raddiag.data.preprocess.store_to_input). None: read at size x depth
+    # directly (runs from before 2026-12-07, imported checkpoints).
+    stored_geometry: Optional[list[int]] = None
     # Scan caps (README "Scan caps"): at most `max_scans` scans of a case are fed to the model, at
     # most modality_caps[m] of modality m (default_modality_cap for a modality not listed); random
     # per epoch in training, the first in case order at evaluation and prediction. Set per modality
@@ -223,6 +228,11 @@ class RunConfig:
         if self.model.pretrained in ("none", ""):      # --set model.pretrained=none: random weights
             self.model.pretrained = None
         check_geometry(self.data.size, self.data.depth)
+        if self.data.stored_geometry is not None:
+            g = self.data.stored_geometry
+            if not (isinstance(g, (list, tuple)) and len(g) == 2):
+                raise ValueError(f"data.stored_geometry must be [size, depth] or null, got {g!r}")
+            check_geometry(*g)
         if self.data.window is not None:
             parse_window(self.data.window)
         check_windows(self.data.windows)

@@ -21,7 +21,7 @@ from raddiag.config import DataConfig
 from raddiag.data.batch_buffers import BufferPool
 from raddiag.data.case import modality_id
 from raddiag.data.labels import LabelSpace
-from raddiag.data.preprocess import depth_indices, map_key_slice, resize_slices
+from raddiag.data.preprocess import store_to_input
 from raddiag.data.scan_cache import ScanCache
 from raddiag.data.store import PreparedData
 
@@ -49,10 +49,6 @@ def select_scans(scans: list[dict], cfg: DataConfig, rng: Optional[np.random.Gen
     else:
         chosen.sort()
     return [int(i) for i in chosen[: cfg.max_scans]]
-
-
-# stored dtypes torch converts to float32 itself (the store keeps float16)
-_TORCH_WIDENS = (np.dtype(np.float16), np.dtype(np.float32))
 
 
 class CaseDataset(Dataset):
@@ -114,17 +110,10 @@ class CaseDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _load(self, array: np.ndarray, idx: np.ndarray) -> torch.Tensor:
-        arr = np.ascontiguousarray(array[idx])
-        if arr.dtype in _TORCH_WIDENS:   # torch widens float16 4x faster than numpy (issue 29), exactly
-            return resize_slices(torch.from_numpy(arr).to(torch.float32), self.cfg.size)[None]
-        return resize_slices(np.asarray(arr, dtype=np.float32), self.cfg.size)[None]  # [1, d, H, W]
-
     def _loaded(self, s: dict, array: np.ndarray) -> tuple[torch.Tensor, int]:
-        """Scan record ``s`` from its stored slices ``array``: ``([1, d, H, W] image, key slice)``;
-        a store deeper than the configured depth is resampled again, the key slice with it."""
-        idx = depth_indices(s["store"]["n"], self.cfg.depth)
-        return self._load(array, idx), map_key_slice(s["store"]["key"], s["store"]["n"], idx)
+        """Scan record ``s`` from its stored slices ``array``: ``([1, d, H, W] image, key slice)``
+        (:func:`raddiag.data.preprocess.store_to_input`)."""
+        return store_to_input(array, s["store"]["key"], self.cfg.size, self.cfg.depth)
 
     def scan_item(self, rec: dict, j: int, rng: Optional[np.random.Generator], k: int = 0,
                   array: Optional[np.ndarray] = None) -> dict:

@@ -167,9 +167,10 @@ def add_profile(summary: dict, modality: str, profile: dict) -> None:
 
 
 def adopt_data_windows(dc, meta: dict, data_dir) -> None:
-    """Set ``dc.window`` / ``dc.windows`` / ``dc.window_scaling`` (a :class:`~raddiag.config.DataConfig`)
-    to those the prepared dataset was made with: the model learns from the data as prepared, so prediction
-    must window alike. Different settings in the config are replaced, with a warning."""
+    """Set ``dc.window`` / ``dc.windows`` / ``dc.window_scaling`` and ``dc.stored_geometry`` (a
+    :class:`~raddiag.config.DataConfig`) to those the prepared dataset was made with: the model learns
+    from the data as prepared, so prediction must window and resize alike. Different window settings
+    in the config are replaced, with a warning."""
     import logging
 
     window = list(meta["window"]) if meta.get("window") is not None else None
@@ -181,6 +182,9 @@ def adopt_data_windows(dc, meta: dict, data_dir) -> None:
             data_dir, window, windows, *mine)
     dc.window, dc.windows = window, windows
     dc.window_scaling = meta.get("window_scaling", "minmax")    # a store from before it: scaled as then
+    geometry = [meta.get("size"), meta.get("depth")]
+    # prediction reads scans as training read this store (DataConfig.stored_geometry)
+    dc.stored_geometry = geometry if all(isinstance(v, int) and not isinstance(v, bool) for v in geometry) else None
 
 
 def write_run_intensity(run_dir, meta: dict, data_dir) -> None:

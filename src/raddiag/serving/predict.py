@@ -174,11 +174,17 @@ class Predictor:
     def _read_scan(self, s: Scan) -> tuple[ScanInfo, np.ndarray]:
         """One scan read at the run's geometry and windows: its info (not yet used) and its array."""
         from raddiag.data.intensity import warn_unlike_training, window_for
-        from raddiag.data.preprocess import load_scan
+        from raddiag.data.preprocess import load_scan, store_to_input
+        from raddiag.data.store import DTYPE as STORE_DTYPE
 
         dc, profile = self.cfg.data, {}
         window = window_for(s.modality, s.anatomy, dc.window, dc.windows)
-        arr, key, _ = load_scan(s, dc.size, dc.depth, window, self.limits, profile, dc.window_scaling)
+        stored = dc.stored_geometry          # read as training read its store: that geometry, float16, resized
+        size, depth = stored if stored else (dc.size, dc.depth)
+        arr, key, _ = load_scan(s, size, depth, window, self.limits, profile, dc.window_scaling)
+        if stored:
+            image, key = store_to_input(arr.astype(STORE_DTYPE), key, dc.size, dc.depth)
+            arr = image[0].numpy()
         warn_unlike_training(self.run_dir, s, profile, dc.windows)
         is_3d = bool(s.is_3d) if s.is_3d is not None else arr.shape[0] > 1
         return _info(s, is_3d=is_3d, slices=int(arr.shape[0]), key_slice=int(key)), arr
