@@ -27,6 +27,16 @@ def test_coverage_note_is_empty_when_every_class_reaches_val_and_test():
     assert coverage_note(cases) == ""
 
 
+def test_normal_beside_a_disorder_is_not_counted_as_normal():
+    """A case labelled "Normal; Lung nodule" is abnormal in the label space (Normal 1 there); the
+    note counted it as a Normal case (a new user's "'Normal' (train 2)")."""
+    cases = [case(0, ["Normal"], "train"), case(1, ["Normal", "Lung nodule"], "train"),
+             *[case(2 + i, ["Lung nodule"], s) for i, s in enumerate(["val", "test"])]]
+    assert coverage_note(cases) == ""
+    cases.append(case(9, [], "train"))                       # a second normal case, both in train
+    assert "'Normal' (train 2)" in coverage_note(cases) and "Lung nodule" not in coverage_note(cases)
+
+
 def test_shared_files_note_names_files_in_several_cases_across_splits_first():
     cases = [case(1, [], "train", "/d/cxr1.png"), case(2, [], "test", "/d/cxr1.png"),
              case(3, [], "train", "/d/a.png"), case(4, [], "train", "/d/a.png"), case(5, [], "val", "/d/b.png")]

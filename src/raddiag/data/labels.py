@@ -142,17 +142,8 @@ class LabelSpace:
         return name in self._index
 
     def case_labels(self, case: Case | dict) -> list[str]:
-        """The names of this granularity that a case (or a case record) carries.
-
-        A case with neither a disorder nor a code is ``Normal``. An abnormal case that lacks
-        names of this granularity (disorders without ICD-10-CM codes, say) carries no class at
-        all: it is not normal."""
-        get = case.get if isinstance(case, dict) else lambda k: getattr(case, k)
-        disorders = [x for x in get("labels") or [] if x != NORMAL]
-        codes = [x for x in get("icd10") or [] if x != NORMAL]
-        if not disorders and not codes:
-            return [NORMAL]
-        return codes if self.granularity == "icd10" else disorders
+        """The names of this granularity that a case (or a case record) carries (:func:`case_classes`)."""
+        return case_classes(case, self.granularity)
 
     def threshold_values(self) -> tuple[np.ndarray, np.ndarray]:
         """Thresholds ``[C]`` (``DEFAULT_THRESHOLD`` for a class without one) and the mask of
@@ -315,3 +306,17 @@ class LabelSpace:
             raise ValueError(f"{path}: not a readable label space: {reason}") from None
         except (TypeError, KeyError, AttributeError) as exc:   # pragma: no cover - _classes_of checks the shape
             raise ValueError(f"{path}: not a readable label space ({type(exc).__name__}: {exc})") from None
+
+
+def case_classes(case: Case | dict, granularity: str = "disorder") -> list[str]:
+    """The names of ``granularity`` ("disorder" or "icd10") that a case (or a case record) carries.
+
+    A case with neither a disorder nor a code is ``Normal``; ``Normal`` beside another label is
+    dropped (the case is abnormal). An abnormal case that lacks names of this granularity
+    (disorders without ICD-10-CM codes, say) carries no class at all: it is not normal."""
+    get = case.get if isinstance(case, dict) else lambda k: getattr(case, k)
+    disorders = [x for x in get("labels") or [] if x != NORMAL]
+    codes = [x for x in get("icd10") or [] if x != NORMAL]
+    if not disorders and not codes:
+        return [NORMAL]
+    return codes if granularity == "icd10" else disorders

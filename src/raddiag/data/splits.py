@@ -8,6 +8,7 @@ from typing import Sequence
 
 from raddiag.data.case import SPLITS, Case
 from raddiag.data.errors import InputWarning, examples
+from raddiag.data.labels import case_classes
 
 
 def assign_splits(cases: Sequence[Case], ratios: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0,
@@ -98,7 +99,7 @@ def coverage_note(cases: Sequence[Case]) -> str:
     can land in train whole, and then nothing chooses its threshold or scores it on test."""
     counts: dict[str, Counter] = defaultdict(Counter)
     for c in cases:
-        for label in set(c.labels) or {"Normal"}:
+        for label in set(case_classes(c)):     # as the label space counts it ("Normal; X" is abnormal)
             counts[label][c.split] += 1
     parts = []
     for split, why in (("val", "its F1 / MCC / ACC threshold falls back to 0.5"), ("test", "no test figure")):
@@ -121,7 +122,7 @@ def untrained_note(cases: Sequence[Case]) -> str:
         return ""
     counts: dict[str, Counter] = defaultdict(Counter)
     for c in cases:
-        for label in set(c.labels) or {"Normal"}:
+        for label in set(case_classes(c)):     # as the label space counts it ("Normal; X" is abnormal)
             counts[label][c.split] += 1
     missing = sorted(n for n, k in counts.items() if not k["train"])
     if not missing:
