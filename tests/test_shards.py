@@ -281,6 +281,26 @@ def test_train_from_shards_refuses_case_subsets(tmp_path):
         train(tmp_path / "sh", tmp_path / "run", preset("tiny", tiny_overrides()), progress=False, train_indices=[0, 1])
 
 
+def test_the_cpu_recipe_from_shards_says_what_to_set_before_any_work(tmp_path, monkeypatch):
+    """The cpu and gpu recipes sample by repeat factor, which shards cannot: a new user met a bare
+    refusal after the text encoder had loaded. It now comes first and names the setting."""
+    from test_training_data import make_tiny_data, tiny_overrides
+
+    from raddiag.config import preset
+    from raddiag.training import train, trainer
+
+    data = make_tiny_data(tmp_path / "data", n_cases=12)
+    write_shards(data, tmp_path / "sh")
+
+    def no_encoder(*a, **k):
+        raise AssertionError("the text encoder was loaded before the settings were checked")
+
+    monkeypatch.setattr(trainer, "run_label_embeddings", no_encoder)
+    cfg = preset("cpu", tiny_overrides())
+    with pytest.raises(ValueError, match=r"train.repeat_factor=0.05 \(preset cpu\).*--set train.repeat_factor=0"):
+        train(tmp_path / "sh", tmp_path / "run", cfg, progress=False)
+
+
 _DDP_READER = '''
 import json, sys
 import torch.distributed as dist

@@ -284,6 +284,19 @@ def train(
         d.close()
 
 
+def _check_stream_settings(data, cfg) -> None:
+    """Shards stream their cases in their own order: repeat-factor sampling and case mixing need a
+    prepared folder. Said before any work, with the two ways on (the ``cpu`` and ``gpu`` recipes
+    sample by repeat factor, and a new user met this from shards after the text encoder loaded)."""
+    if not isinstance(data, ShardData):
+        return
+    for name in ("repeat_factor", "case_mix"):
+        if getattr(cfg.train, name):
+            raise ValueError(f"{data.root}: train.{name}={getattr(cfg.train, name)} (preset {cfg.preset}) needs a "
+                             f"prepared folder; shards stream in their own order. Train from the prepared folder "
+                             f"the shards were written from, or add --set train.{name}=0")
+
+
 def _initial_model(cfg, labels, emb, init_state, resume, d, build_model):
     """The seeded model (identical on every rank), from a pre-trained file or ``init_state``."""
     torch.manual_seed(cfg.train.seed)
@@ -343,10 +356,6 @@ def _train_data(d, data, cfg, labels, train_indices, CaseDataset, make_loader):
     tc = cfg.train
     transform = build_scan_transform(tc, cfg.data)
     if isinstance(data, ShardData):
-        for name in ("repeat_factor", "case_mix"):
-            if getattr(tc, name):
-                raise ValueError(f"{data.root}: train.{name} needs a prepared folder; shards stream in "
-                                 "their own order")
         train_ds, val_ds, sampler = _shard_datasets(data, cfg, labels, transform, train_indices, d)
         loader = make_loader(train_ds, tc.batch_size, num_workers=tc.num_workers, seed=tc.seed)
         return train_ds, val_ds, sampler, loader, train_ds.batches_per_epoch(tc.batch_size, loader.num_workers)
@@ -397,6 +406,7 @@ def _train(d, data, run, cfg, label_embeddings, knowledge_encoder, resume, progr
 
         pretrained_file(cfg.model.pretrained, cfg.model.resnet_depth)
 
+    _check_stream_settings(data, cfg)        # before the text encoder loads: a setting shards cannot follow
     emb = run_label_embeddings(d, run, cfg, labels, label_embeddings, knowledge_encoder, resume, progress)
     model = _initial_model(cfg, labels, emb, init_state, resume, d, build_model)
     train_ds, val_ds, sampler, loader, batches_per_epoch = _train_data(d, data, cfg, labels, train_indices,
