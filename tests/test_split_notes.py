@@ -18,8 +18,8 @@ def test_coverage_note_names_the_classes_without_a_val_or_test_case():
     assert coverage_note(cases) == (
         "split coverage: 2 without a val case (its F1 / MCC / ACC threshold falls back to "
         "0.5): 'Achalasia' (test 1, train 1), 'Aortic dissection' (train 6); 1 without a test case (no test figure): "
-        "'Aortic dissection' (train 6). Give such cases a 'split' in the manifest, or prepare with --split-by label "
-        "(each class of 3 patients or more in every split).")
+        "'Aortic dissection' (train 6). Give such cases a split (a 'split' column in a manifest, or train / val / "
+        "test folders), or prepare with --split-by label (each class of 3 patients or more in every split).")
 
 
 def test_coverage_note_is_empty_when_every_class_reaches_val_and_test():

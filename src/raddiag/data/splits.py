@@ -109,8 +109,9 @@ def coverage_note(cases: Sequence[Case]) -> str:
             parts.append(f"{len(missing)} without a {split} case ({why}): {examples(shown)}")
     if not parts:
         return ""
-    return ("split coverage: " + "; ".join(parts) + ". Give such cases a 'split' in the manifest, or prepare "
-            "with --split-by label (each class of 3 patients or more in every split).")
+    return ("split coverage: " + "; ".join(parts) + ". Give such cases a split (a 'split' column in a manifest, "
+            "or train / val / test folders), or prepare with --split-by label (each class of 3 patients or more in "
+            "every split).")
 
 
 def untrained_note(cases: Sequence[Case]) -> str:

@@ -76,7 +76,7 @@ def load_folders(source: Path, modality: Optional[str] = None, anatomy: Optional
     result.notes.append(f"folders: {len(result.cases)} cases in {len(counts)} class folders ("
                         + ", ".join(f"{k} {v}" for k, v in counts.items()) + f"), {modality}"
                         + (", splits from the train / val / test folders" if classes[0][1] else
-                           ", a seeded 7:1:2 split by case")
+                           ", no train / val / test folders: split by prepare (--split-by)")
                         + (f", val = {moved} train case(s) (seeded, --val-fraction)" if moved else ""))
     if ignored:
         result.notes.append(f"folders: ignored {len(ignored)} file(s) that are not scans: {', '.join(ignored[:5])}"
