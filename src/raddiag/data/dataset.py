@@ -30,10 +30,6 @@ log = logging.getLogger(__name__)
 # A scan handed to a ScanTransform: {"image": float32 tensor [1, d, H, W] (real slices only),
 # "is_3d": bool, "key_slice": int (-1 none), "modality": str}. Returns the same kind of dict.
 ScanTransform = Callable[[dict, np.random.Generator], dict]
-# A scan's augmentation drawn but not yet applied (a ScanPlan of raddiag.training.augment, with its
-# apply_all): collate_cases applies the batch's together. Only datasets with defer_augment (the
-# trainer's) hand such scans on; their loaders collate with collate_cases.
-AUGMENT = "augment"
 
 
 def select_scans(scans: list[dict], cfg: DataConfig, rng: Optional[np.random.Generator]) -> list[int]:
@@ -58,15 +54,9 @@ def select_scans(scans: list[dict], cfg: DataConfig, rng: Optional[np.random.Gen
 class CaseDataset(Dataset):
     """Cases of one split of a prepared dataset, as model-ready tensors.
 
-    ``defer_augment`` (set by the trainer, whose loaders collate with :func:`collate_cases`): a
-    scan's augmentation is drawn when it is loaded and applied by ``collate_cases`` with the rest of
-    its batch, the same values (``tests/test_augment_batch.py``).
-
     The stored geometry may be larger than the configured one (prepare once at 256 x 32,
     train a small preset at 64 x 8): slices are then resized and depth resampled on load.
     """
-
-    defer_augment = False
 
     def __init__(
         self,
@@ -141,9 +131,7 @@ class CaseDataset(Dataset):
             image, key = self._loaded(s, self.data.scan_array(s))
         item = {"image": image, "is_3d": bool(s["is_3d"]), "key_slice": key, "modality": s["modality"]}
         if self.scan_transform is not None and self.train:
-            # drawn now, applied by collate_cases with the batch's others (the trainer's datasets)
-            defer = self.defer_augment and hasattr(self.scan_transform, "draw")
-            item = (self.scan_transform.draw if defer else self.scan_transform)(item, rng)
+            item = self.scan_transform(item, rng)
         item["modality_id"] = modality_id(s["modality"], k, self.cfg.modality_scheme)
         return item
 
@@ -226,27 +214,16 @@ def collate_cases(samples: list[dict], depth: Optional[int] = None) -> dict:
     H, W = samples[0]["scans"][0]["image"].shape[-2:]
     images = _IMAGES.take((B, N, 1, D, H, W))
     where, fields = [], []          # each scan's (case, slot) and (real slices, modality, key slice, 3D)
-    pending = []                    # scans whose drawn augmentation is applied here, in the batch
     for b, s in enumerate(samples):
         for n, sc in enumerate(s["scans"]):
-            image, plan = sc["image"], sc.get(AUGMENT)
-            if plan is not None and image.shape[1] > D:     # cut below: augmented whole first, as drawn
-                image = image.clone()
-                plan.apply_all([image], [plan])
-                plan = None
-            d = min(image.shape[1], D)
-            images[b, n, :, :d] = image[:, :d].numpy()
+            d = min(sc["image"].shape[1], D)
+            images[b, n, :, :d] = sc["image"][:, :d].numpy()
             if d < D:
                 images[b, n, :, d:] = 0.0
-            if plan is not None:
-                pending.append((b, n, d, plan))
             where.append((b, n))
             fields.append((d, sc["modality_id"], sc["key_slice"] if sc["key_slice"] < d else -1, sc["is_3d"]))
         if len(s["scans"]) < N:
             images[b, len(s["scans"]):] = 0.0
-    if pending:         # (raddiag.training.augment.apply_plans: the batch's warps in one grid_sample)
-        slots = torch.from_numpy(images)
-        pending[0][3].apply_all([slots[b, n, :, :d] for b, n, d, _ in pending], [p for *_, p in pending])
     # the per-scan fields set at once (one numpy assignment each, not one per scan: issue 29)
     bs, ns = np.array(where, dtype=np.intp).T
     d, mod, key, flat = np.array(fields, dtype=np.int64).T

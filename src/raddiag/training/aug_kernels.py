@@ -114,17 +114,10 @@ class FastRand3DElastic(Rand3DElastic):
 
 def adjust_contrast(img: torch.Tensor, gamma: float) -> torch.Tensor:
     """MONAI's ``AdjustContrast(gamma)(img)`` for a float32 CPU tensor, ``((x - min) / (range + 1e-7))
-    ** gamma * range + min``, in numpy on a copy (:func:`adjust_contrast_`). Why own code: numpy's
-    float32 power is 2.5x torch's here (40 against 100-125 us at 8 x 64 x 64), and the rest is in
-    place; the same values as MONAI's to float rounding (``tests/test_aug_warp.py``, random images
-    and gammas)."""
+    ** gamma * range + min``, in numpy and in place on a copy. Why own code: numpy's float32 power
+    is 2.5x torch's here (40 against 100-125 us at 8 x 64 x 64), and the rest is in place; the same
+    values as MONAI's to float rounding (``tests/test_aug_warp.py``, random images and gammas)."""
     x = img.detach().to(torch.float32).numpy().copy()
-    adjust_contrast_(x, gamma)
-    return torch.from_numpy(x)
-
-
-def adjust_contrast_(x: np.ndarray, gamma: float) -> None:
-    """:func:`adjust_contrast` in place on a float32 array (a scan's slot in the batch)."""
     low = x.min()
     span = x.max() - low
     x -= low
@@ -132,6 +125,7 @@ def adjust_contrast_(x: np.ndarray, gamma: float) -> None:
     np.power(x, np.float32(gamma), out=x)
     x *= span
     x += low
+    return torch.from_numpy(x)
 
 
 @lru_cache(maxsize=16)
@@ -172,9 +166,8 @@ def in_plane_grid(h: int, w: int, rotate: float = 0.0, scale: Sequence[float] = 
 
 
 def in_plane_warp(img: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """``img`` ``[..., h, w]`` resampled at ``grid`` ``[k, h, w, 2]`` (:func:`in_plane_grid`): with
-    ``k = 1`` every slice the same warp, with ``k > 1`` each of ``img``'s ``k`` leading entries its
-    own; bilinear, zero outside (the slices as channels of one 2D ``grid_sample``)."""
+    """``img`` ``[..., h, w]`` resampled at ``grid`` (:func:`in_plane_grid`): every slice the same warp,
+    bilinear, zero outside (the slices as channels of one 2D ``grid_sample``)."""
     h, w = img.shape[-2:]
-    return F.grid_sample(img.reshape(grid.shape[0], -1, h, w), grid, mode="bilinear", padding_mode="zeros",
+    return F.grid_sample(img.reshape(1, -1, h, w), grid, mode="bilinear", padding_mode="zeros",
                          align_corners=False).reshape(img.shape)

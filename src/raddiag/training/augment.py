@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -44,7 +43,7 @@ import torch
 
 from raddiag.config import DataConfig, TrainConfig
 
-from .aug_kernels import adjust_contrast_, in_plane_grid, in_plane_warp, smooth_separable
+from .aug_kernels import adjust_contrast, in_plane_grid, in_plane_warp, smooth_separable
 
 NOISE_STD = 0.05          # the Gaussian noise's largest standard deviation
 GAMMA = (0.7, 1.5)        # the contrast's gamma range
@@ -122,61 +121,45 @@ class ScanAugment:
         return img
 
     def __call__(self, item: dict, rng: np.random.Generator) -> dict:
-        """The scan of ``item`` augmented: :meth:`draw`, then its plan applied to a copy."""
-        item = self.draw(item, rng)
-        plan = item.pop(PLAN, None)
-        if plan is not None:
-            image = item["image"].clone()          # never into the scan as loaded (a cached one, say)
-            apply_plans([image], [plan])
-            item["image"] = image
-        return item
-
-    def draw(self, item: dict, rng: np.random.Generator) -> dict:
-        """Every random choice for the scan of ``item``, in the order :meth:`__call__` has always made
-        them; the release style's MONAI chain is applied at once, raddiag's drawn into a
-        :class:`ScanPlan` under ``item["augment"]``, the image left as loaded, for
-        ``collate_cases`` to apply in the batch (:func:`apply_plans`)."""
         item = dict(item)
         img = self._swap(item, item["image"], rng)
         seed = int(rng.integers(0, 2**31 - 1))
         fire = rng.random(4) < self.prob            # noise, contrast, affine, elastic (release: its order)
-        if fire.any() and self.style == "release":
-            img = self._release(img, fire, seed)
-        elif fire.any():
-            item[PLAN] = self._plan(fire, img.shape[-2], img.shape[-1], rng)
+        if fire.any():
+            img = self._chain(img, fire, seed, rng)
         item["image"] = _plain(img).contiguous()
         return item
 
     def _chain(self, img: torch.Tensor, fire: np.ndarray, seed: int, rng: np.random.Generator) -> torch.Tensor:
-        """The transforms ``fire`` names applied to a copy of ``img``: noise, contrast, then affine and
-        elastic as one warp (release: MONAI's chain, in its order)."""
+        """The transforms that fire, in order: noise, contrast, then affine and elastic as one warp."""
         if self.style == "release":
             return self._release(img, fire, seed)
-        x = _plain(img).clone()
-        apply_plans([x], [self._plan(fire, img.shape[-2], img.shape[-1], rng)])
-        return x
+        x = img
+        if fire[0]:                                   # MONAI's RandGaussianNoise: std ~ U(0, 0.05)
+            std = rng.uniform(0.0, NOISE_STD)
+            g = torch.Generator().manual_seed(int(rng.integers(2**63)))   # torch's normals: 3x numpy's speed
+            x = torch.randn(x.shape, generator=g).mul_(std).add_(x)        # x + std n, one new tensor
+        if fire[1]:                                   # MONAI's AdjustContrast, gamma ~ U(0.7, 1.5)
+            x = adjust_contrast(x, rng.uniform(*GAMMA))
+        if fire[2] or fire[3]:
+            x = in_plane_warp(x, self._grid(x.shape[-2], x.shape[-1], fire[2], fire[3], rng))
+        return _plain(x).clamp_(0.0, 1.0)
 
-    def _plan(self, fire: np.ndarray, h: int, w: int, rng: np.random.Generator) -> "ScanPlan":
-        """The transforms that fire and their parameters: noise of std ~ U(0, 0.05) (MONAI's
-        RandGaussianNoise), contrast gamma ~ U(0.7, 1.5) (MONAI's AdjustContrast), a smooth random
-        displacement (uniform noise smoothed with a Gaussian of sigma ~ U(4, 6) px, times a magnitude
-        ~ U(size / 4, size / 2), as MONAI's Rand3DElastic) and a random rotation, per-axis scale and
-        shift (as MONAI's RandAffine draws them)."""
-        plan = ScanPlan()
-        if fire[0]:
-            plan.noise = (rng.uniform(0.0, NOISE_STD), int(rng.integers(2**63)))
-        if fire[1]:
-            plan.gamma = rng.uniform(*GAMMA)
-        if fire[3]:
+    def _grid(self, h: int, w: int, affine: bool, elastic: bool, rng: np.random.Generator) -> torch.Tensor:
+        """The warp's grid: a random rotation, per-axis scale and shift (as MONAI's RandAffine draws
+        them) and / or a random smooth displacement (uniform noise smoothed with a Gaussian of
+        sigma ~ U(4, 6) px, times a magnitude ~ U(size / 4, size / 2), as MONAI's Rand3DElastic)."""
+        disp = None
+        if elastic:
             sigma, magnitude = rng.uniform(*self.sigma), rng.uniform(*self.magnitude)
             field = rng.random((2, h, w), dtype=np.float32)
             field *= 2
             field -= 1                                # U(-1, 1), in place (as MONAI's: U(-1, 1))
-            plan.elastic = (sigma, magnitude, field)
-        if fire[2]:
-            plan.affine = (rng.uniform(-self.rotate, self.rotate), 1 + rng.uniform(-self.scale, self.scale, 2),
-                           rng.uniform(-self.shift, self.shift, 2))
-        return plan
+            disp = smooth_separable(torch.from_numpy(field), sigma).mul_(magnitude)
+        if not affine:
+            return in_plane_grid(h, w, displacement=disp)
+        return in_plane_grid(h, w, rng.uniform(-self.rotate, self.rotate), 1 + rng.uniform(-self.scale, self.scale, 2),
+                             rng.uniform(-self.shift, self.shift, 2), disp)
 
     def _release(self, img: torch.Tensor, fire: np.ndarray, seed: int) -> torch.Tensor:
         """The release's chain on ``[1, d, H, W]``: slices as channels over spatial ``(H, W, 1)``."""
@@ -186,61 +169,6 @@ class ScanAugment:
                 reseed(self.release[j], (seed + int(j)) % (2**32))
                 x = self.release[j](x)
         return _plain(x)[..., 0][None]
-
-
-PLAN = "augment"      # the key of a scan's drawn ScanPlan in its item (applied by collate_cases)
-
-
-@dataclass
-class ScanPlan:
-    """What :meth:`ScanAugment.draw` drew for one scan (raddiag's style): each transform that fires
-    and its parameters; ``None`` where it does not. Applied in place by :func:`apply_plans`."""
-
-    noise: Optional[tuple] = None       # (std, the seed of the torch generator of its normals)
-    gamma: Optional[float] = None       # the contrast's gamma
-    elastic: Optional[tuple] = None     # (sigma, magnitude, U(-1, 1) field [2, h, w] float32)
-    affine: Optional[tuple] = None      # (rotation, scale [2], shift [2])
-
-    def grid(self, h: int, w: int) -> torch.Tensor:
-        """The warp's ``grid_sample`` grid (``training.aug_kernels.in_plane_grid``)."""
-        disp = None
-        if self.elastic is not None:
-            sigma, magnitude, field = self.elastic
-            disp = smooth_separable(torch.from_numpy(field), sigma).mul_(magnitude)
-        if self.affine is None:
-            return in_plane_grid(h, w, displacement=disp)
-        return in_plane_grid(h, w, *self.affine, disp)
-
-    @staticmethod
-    def apply_all(images: list, plans: list) -> None:
-        """:func:`apply_plans` (``collate_cases`` calls it through a plan: the data layer does not
-        import training)."""
-        apply_plans(images, plans)
-
-
-def apply_plans(images: list[torch.Tensor], plans: list[ScanPlan]) -> None:
-    """Each scan's plan applied in place to its image (``[1, d, H, W]`` float32, writable): noise,
-    contrast, then the warp, then values clamped to [0, 1]. Why here and batched: the augmentation ran
-    scan by scan as it was drawn, a dozen small operations each; now ``collate_cases`` applies the
-    batch's plans in its own memory, and the warps of scans of one shape are one ``grid_sample``
-    (on every thread torch has; each scan's result is the one it gets alone, bit for bit: tests)."""
-    warps: dict[tuple, list] = {}
-    for x, p in zip(images, plans):
-        if p.noise is not None:                   # x + std n, as MONAI's RandGaussianNoise
-            std, seed = p.noise
-            x.add_(torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)).mul_(std))
-        if p.gamma is not None:
-            adjust_contrast_(x.numpy(), p.gamma)
-        if p.elastic is not None or p.affine is not None:
-            warps.setdefault(tuple(x.shape), []).append((x, p.grid(x.shape[-2], x.shape[-1])))
-    for group in warps.values():
-        xs, grids = zip(*group)
-        h, w = xs[0].shape[-2:]
-        out = in_plane_warp(torch.stack([x.reshape(-1, h, w) for x in xs]), torch.cat(grids))
-        for x, y in zip(xs, out):
-            x.copy_(y.reshape(x.shape))
-    for x in images:
-        x.clamp_(0.0, 1.0)
 
 
 def _release_chain(size: int) -> tuple:

@@ -197,7 +197,6 @@ def _shard_datasets(data, cfg: RunConfig, labels, transform, train_indices, d):
     tc = cfg.train
     train_ds = ShardDataset(data.root, "train", labels, cfg.data, train=True, scan_transform=transform,
                             seed=tc.seed, rank=d.rank, world_size=d.world_size)
-    train_ds.maker.defer_augment = True  # applied per batch by collate_cases (training.augment.apply_plans)
     val_ds = ShardDataset(data.root, "val", labels, cfg.data, train=False, rank=0, world_size=1)
     return train_ds, val_ds, ShardProgress(train_ds, tc.seed)
 
@@ -364,7 +363,6 @@ def _train_data(d, data, cfg, labels, train_indices, CaseDataset, make_loader):
     cache = ScanCache(int(tc.cache_mb * 2**20) // (1 + max(0, tc.num_workers))) if tc.cache_mb > 0 else None
     train_full = CaseDataset(data, "train", labels, cfg.data, train=True, scan_transform=transform, seed=tc.seed,
                              cache=cache)
-    train_full.defer_augment = True      # applied per batch by collate_cases (training.augment.apply_plans)
     if trains_on_scans(cfg.model.fusion):  # the paper's pooling baselines: one scan per sample
         if tc.case_mix:
             raise ValueError(f"train.case_mix joins cases; model.fusion={cfg.model.fusion} trains on single scans")
