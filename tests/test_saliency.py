@@ -216,3 +216,20 @@ def test_the_caption_says_which_slice_of_those_the_model_saw():
     assert saliency_caption("Gout", 0.4567, ct, m) == \
         "Gout (p = 0.457): ct0.nii.gz, slice 4 of the 8 the model saw; Score-CAM on layer3"
     assert saliency_caption("Gout", None, xr, m) == "Gout: cxr.png; Score-CAM on layer3"
+
+
+def test_a_long_caption_wraps_inside_the_figure():
+    """A 3D scan's caption on a small scan ran past the figure's edge ("Score-CAM on shar...")."""
+    from PIL import ImageFont
+
+    from raddiag.serving.saliency import _wrap, saliency_figure
+
+    caption = ("Pleural effusion (p = 0.937): chest_ct_2019_followup.nii.gz, slice 4 of the 8 the model saw; "
+               "Score-CAM on shared_stage.layer4")
+    img = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    short, long = saliency_figure(img, img, "Pleural effusion"), saliency_figure(img, img, caption)
+    assert long.size[0] == short.size[0] and long.size[1] > short.size[1]    # more lines, same width
+    font = ImageFont.load_default(size=12)
+    lines = _wrap(caption, font, 300)
+    assert " ".join(lines) == caption and len(lines) > 1
+    assert all(font.getlength(line) <= 300 for line in lines)

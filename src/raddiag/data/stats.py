@@ -183,10 +183,11 @@ def _class_panel(ax, gran: str, c: dict) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("class rank (most cases first)")
     ax.set_xlim(0.4, max(1, len(counts)) + 0.6)
-    if not counts:
+    ax.set_yscale("log")
+    if not counts:     # an empty log axis ticks at random: the range of the cut-offs instead
         ax.text(0.5, 0.5, "no class with cases", ha="center", va="center", transform=ax.transAxes, color="grey")
         ax.set_xticks([])
-    ax.set_yscale("log")
+        ax.set_ylim(1, 200)
     ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))            # 1, 2, 5, 10, 20, ... as plain numbers
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())

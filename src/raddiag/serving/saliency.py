@@ -289,9 +289,11 @@ def saliency_figure(image: np.ndarray, heatmap: np.ndarray, caption: str = "") -
     heat = F.interpolate(heat, size=(h, w), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
     font = ImageFont.load_default(size=max(12, h // 28))
     gap, bar_w = max(6, w // 60), max(14, w // 25)
-    text_h = font.size + 8
     label_w = int(font.getlength("0.5")) + 8
-    canvas = Image.new("RGB", (2 * w + 3 * gap + bar_w + label_w, h + text_h + gap), "white")
+    width = 2 * w + 3 * gap + bar_w + label_w
+    lines = _wrap(caption, font, width - 4)       # a long caption on a small scan was cut at the edge
+    text_h = len(lines) * (font.size + 4) + 4
+    canvas = Image.new("RGB", (width, h + text_h + gap), "white")
     grey = (img * 255).astype(np.uint8)
     canvas.paste(Image.fromarray(grey).convert("RGB"), (0, text_h))
     canvas.paste(Image.fromarray(overlay(img, heat)), (w + gap, text_h))
@@ -302,8 +304,21 @@ def saliency_figure(image: np.ndarray, heatmap: np.ndarray, caption: str = "") -
     for value, y in ((1.0, 0), (0.5, h // 2), (0.0, h - 1)):
         draw.text((x_text, text_h + y), f"{value:g}", fill="black", font=font,
                   anchor="lt" if value == 1 else "lb" if value == 0 else "lm")
-    draw.text((2, 4), caption, fill="black", font=font)
+    for i, line in enumerate(lines):
+        draw.text((2, 4 + i * (font.size + 4)), line, fill="black", font=font)
     return canvas
+
+
+def _wrap(text: str, font, width: int) -> list[str]:
+    """``text`` in lines of at most ``width`` pixels in ``font``, broken between words (a word
+    longer than a line stands alone)."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and font.getlength(lines[-1] + " " + word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines or [""]
 
 
 def _safe(name: str, limit: int = 40) -> str:
