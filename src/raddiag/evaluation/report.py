@@ -167,7 +167,9 @@ def distribution_figure(scores, labels, thresholds, names, classes, anatomy=None
         ax.legend(fontsize=6, loc="upper right")  # loc="best" searches the data: slow
     for ax in axes.ravel()[len(classes):]:
         ax.axis("off")
-    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.1, top=0.94, wspace=0.3, hspace=0.45)  # fixed: no extra draw
+    # fixed margins (no extra draw), in inches: as fractions they clipped the tick labels of a one-class figure
+    w, h = fig.get_size_inches()
+    fig.subplots_adjust(left=0.65 / w, right=1 - 0.05 / w, bottom=0.5 / h, top=1 - 0.3 / h, wspace=0.3, hspace=0.45)
     return _png(fig)
 
 
