@@ -19,8 +19,9 @@ Recognised forms (case-insensitive, ``_`` read as a space): ``non-X`` / ``non X`
 and ``abnormal`` (negates ``Normal``). Disease names that merely begin with "non-"
 ("non-Hodgkin lymphoma", "non-small cell lung cancer", "NSTEMI" spelt out, ...) are
 listed in :data:`NON_COMPOUNDS`, or are words of ICD-10-CM's titles ("Non-follicular lymphoma"), or
-a lower-case adjective before a noun ("Non-obstructive hydrocephalus"), and are not negations;
-"Non-" before a capitalised name ("Non-Pleural effusion") is one (:func:`_non_compound`).
+an adjective before a noun ("Non-obstructive hydrocephalus"), and are not negations
+(:func:`_non_compound`); the last is a guess, and where it decides, :func:`compound_note` says so
+and how to write the absence ("No pleural effusion").
 """
 from __future__ import annotations
 
@@ -103,25 +104,41 @@ _ADJECTIVE_ENDINGS = ("al", "ar", "ic", "ive", "ous", "ing", "ed", "ile", "ary",
 def _non_compound(x: str) -> bool:
     """Whether "non-" + ``x`` names a disease of its own rather than the absence of ``x``: a listed
     compound (:data:`NON_COMPOUNDS`), a "non-" word of ICD-10-CM's titles ("Non-follicular lymphoma",
-    "Non-pressure chronic ulcer": a red team found 490 titles read as negations), or a lower-case
-    adjective before a noun ("Non-obstructive hydrocephalus"). A lone word ("Non-COVID-19",
-    "Non-cancerous") stays a negation, and so does a rest that begins with a capital, written as a
-    name of its own ("Non-Pleural effusion")."""
+    "Non-pressure chronic ulcer": a red team found 490 titles read as negations), or an adjective
+    before a noun ("Non-obstructive hydrocephalus"; a guess, said by :func:`compound_note`). A lone
+    word ("Non-COVID-19", "Non-cancerous") stays a negation. Capitalisation is not read: the same
+    class in two spellings is one class."""
+    return _non_reading(x) != "negation"
+
+
+def _non_reading(x: str) -> str:
+    """How "non-" + ``x`` is read: ``listed``, ``icd10`` (a "non-" word of its titles), ``adjective``
+    (the guess) or ``negation``."""
     from raddiag.data.icd10 import title_words, words
 
-    low = x.lower()
-    if low.startswith(NON_COMPOUNDS):
-        return True
+    if x.lower().startswith(NON_COMPOUNDS):
+        return "listed"
     ws = words(x)
     first = (ws or [""])[0]
     if f"non-{first}" in title_words() or f"non{first}" in title_words():
-        return True
-    if x[:1].isupper():
-        # the rest written as a name of its own ("Non-Pleural effusion", "NonPleural effusion"): it is
-        # denied, even where its first word is an adjective (a new user's "Non-Pleural effusion" was
-        # scored as p(Pleural effusion), 0.919 on an effusion image)
-        return False
-    return len(ws) >= 2 and first.isalpha() and first.endswith(_ADJECTIVE_ENDINGS)
+        return "icd10"
+    if len(ws) >= 2 and first.isalpha() and first.endswith(_ADJECTIVE_ENDINGS):
+        return "adjective"
+    return "negation"
+
+
+def compound_note(name: str) -> Optional[str]:
+    """For a "Non-<adjective> <noun>" name read as a disease of its own by the guess alone, how it
+    was read and how to write the absence instead; else None. The same words name a disease
+    ("Non-communicating hydrocephalus") or deny one ("Non-pleural effusion"), in any
+    capitalisation: a new user's "Non-Pleural effusion" was scored as p(Pleural effusion), 0.919 on
+    an effusion image, without a word."""
+    m = _NON.match(_clean(name)) or _NON_CAMEL.match(_clean(name))
+    if not m or _non_reading(m.group("x").strip()) != "adjective":
+        return None
+    x = m.group("x").strip()
+    return (f"{name!r} is read as a disease of its own ('non-' before an adjective), not as the absence of "
+            f"{x!r}; for the absence write 'No {x}'")
 
 
 def _key(name: str) -> str:

@@ -45,8 +45,11 @@ def check_class_names(classes: Sequence) -> list[str]:
     """``classes`` stripped, or ValueError naming the first one at fault: empty, holding a control
     character, or given twice (spellings that differ only in letter case, spaces or Unicode form
     are one class, as ``data prepare`` makes them one)."""
+    import warnings
+
     from raddiag.data.adapters.base import label_key
-    from raddiag.data.errors import one_line
+    from raddiag.data.errors import InputWarning, one_line
+    from raddiag.knowledge.negation import compound_note
 
     names, seen = [str(c).strip() for c in classes], {}
     for i, n in enumerate(names, 1):
@@ -59,6 +62,9 @@ def check_class_names(classes: Sequence) -> list[str]:
         if first != i:
             same = "" if names[first - 1] == n else f": {names[first - 1]!r} differs only in letter case, spaces or Unicode form"
             raise ValueError(f"classes (--classes): {n[:80]!r} is given twice (names {first} and {i}{same})")
+        note = compound_note(n)          # "Non-<adjective> X": a disease of its own, said
+        if note:
+            warnings.warn(InputWarning(f"classes (--classes): {note}"), stacklevel=3)
     return names
 
 
@@ -422,11 +428,14 @@ class Predictor:
                                  "knowledge-guided head (model.head=knowledge); this run uses "
                                  f"model.head={self.cfg.model.head}")
             names = check_class_names(classes)
+            from raddiag.data.adapters.base import label_key
             from raddiag.knowledge.negation import scoring_texts
 
             texts, flip = scoring_texts(names)       # "Non-X" is scored as 1 - p(X): threshold 1 - t(X)
-            known = {n.lower(): j for j, n in enumerate(self.labels.names)}
-            idx = [known.get(t.lower()) for t in texts]
+            # a name is a known class in any of its spellings (case, spaces, "_"), as negation reads it
+            key = lambda t: label_key(str(t).replace("_", " "))       # noqa: E731
+            known = {key(n): j for j, n in enumerate(self.labels.names)}
+            idx = [known.get(key(t)) for t in texts]
             codes = [self.labels.codes[j] if j is not None and not f else None for j, f in zip(idx, flip)]
             default = [j is None or bool(missing[j]) for j in idx]
             thr = [DEFAULT_THRESHOLD if d else float(stored[j]) for j, d in zip(idx, default)]

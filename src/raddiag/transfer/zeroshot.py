@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from raddiag.data.case import NORMAL
+from raddiag.data.errors import InputWarning
 from raddiag.data.labels import LabelSpace
 from raddiag.knowledge import negation
 
@@ -56,6 +58,9 @@ def suggest_mapping(source: LabelSpace, target: LabelSpace, encoder=None, min_si
     source_normal = normal_classes(source.names)
     for name, code in zip(target.names, target.codes):
         meaning = negation.parse(name)
+        note = negation.compound_note(name)      # "Non-<adjective> X": a disease of its own, said
+        if note:
+            warnings.warn(InputWarning(f"zero-shot target class: {note}"), stacklevel=2)
         if _norm(name) in by_name:
             mapping[name] = [by_name[_norm(name)]]
         elif meaning.normal or meaning.negates is not None:
