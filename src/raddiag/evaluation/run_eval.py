@@ -83,9 +83,9 @@ def evaluate_run(run_dir, data_dir, split: str = "test", out_dir=None, val_split
                                input_names={"val_split": val_split} if val_split not in (None, "val") else None,
                                extra_meta=checked)
     if store_thresholds and res["threshold_source"] == "validation":
-        from raddiag.data.labels import stored_thresholds
+        from raddiag.training.metrics import f1_thresholds
 
-        labels.thresholds = stored_thresholds(res["thresholds"], res["threshold_fallback"])
+        labels.thresholds = f1_thresholds(val["scores"], val["labels"])   # a margin below (training.metrics)
         run.save_labels(labels)        # keeps the run id (raddiag.run)
     res["out_dir"] = out_dir
     return res
