@@ -53,3 +53,46 @@ def test_predict_on_the_files_gives_evaluates_probabilities(fine_store_run, tmp_
         p = {f.name: f.probability for f in res.ranked}
         got.append([p[n] for n in names])
     np.testing.assert_allclose(np.array(got), want, atol=2e-6)
+
+
+def test_a_saliency_figure_shows_the_file_slice_the_model_saw_through_the_store(tmp_path):
+    """7 slices in the file, a store of 6, a run of 4: the model saw file slices 0, 1, 3, 4 (the
+    store's 0, 1, 3, 4); read at the run's depth straight from the file they are 0, 1, 3, 5 (red team)."""
+    from raddiag.data.case import Scan
+    from raddiag.data.preprocess import display_slice
+
+    rng = np.random.default_rng(0)
+    vol = rng.random((7, 12, 12)).astype(np.float32)
+    np.save(tmp_path / "ct.npy", vol.transpose(1, 2, 0))
+    scan = Scan(paths=[str(tmp_path / "ct.npy")], modality="CT", is_3d=True)
+
+    def shown(i, **k):
+        return display_slice(scan, i, 4, **k)
+
+    def scaled(z):
+        sl = vol[z]
+        return (sl - sl.min()) / (sl.max() - sl.min())
+
+    for i, z in enumerate([0, 1, 3, 4]):
+        np.testing.assert_allclose(shown(i, stored_depth=6), scaled(z), atol=1e-6)
+    np.testing.assert_allclose(shown(3), scaled(5), atol=1e-6)            # a run without a store: as before
+
+
+def test_a_volume_stays_3d_when_the_store_kept_one_slice(tmp_path):
+    """A store of depth 1 keeps one slice of a 23-slice CT; prepare records it 3D, and predict said 2D."""
+    from raddiag.config import preset
+    from raddiag.serving.predict import Predictor
+    from raddiag.serving.sample import make_tiny_run
+
+    np.save(tmp_path / "ct.npy", np.random.default_rng(1).normal(0, 300, (20, 20, 23)).astype(np.float32))
+    run = make_tiny_run(tmp_path / "run", overrides=["data.stored_geometry=[16, 1]"])
+    res = Predictor.load(run.root).predict(str(tmp_path / "ct.npy"), modality="CT")
+    assert [(s.is_3d, s.slices) for s in res.scans] == [(True, 1)]
+    assert preset("tiny", ["data.stored_geometry=[16, 1]"]).data.stored_geometry == [16, 1]
+
+
+def test_a_bad_stored_geometry_names_the_field():
+    from raddiag.config import preset
+
+    with pytest.raises(ValueError, match=r"data.stored_geometry \[0, 8\]: .*size"):
+        preset("tiny", ["data.stored_geometry=[0, 8]"])

@@ -232,7 +232,10 @@ class RunConfig:
             g = self.data.stored_geometry
             if not (isinstance(g, (list, tuple)) and len(g) == 2):
                 raise ValueError(f"data.stored_geometry must be [size, depth] or null, got {g!r}")
-            check_geometry(*g)
+            try:
+                check_geometry(*g)
+            except ValueError as exc:
+                raise ValueError(f"data.stored_geometry {list(g)}: {exc}") from None
         if self.data.window is not None:
             parse_window(self.data.window)
         check_windows(self.data.windows)

@@ -207,17 +207,20 @@ def _pixel_steps(vol, idx: np.ndarray, window: Optional[Sequence[float]]) -> Cal
 
 
 def display_slice(scan, index: int, depth: int, window: Optional[Sequence[float]] = None,
-                  limits=None) -> np.ndarray:
-    """Slice ``index`` of a scan as the model saw it (``index`` among the ``depth`` kept slices),
-    at the file's own resolution: ``[H, W]`` float32 in [0, 1], windowed, MONOCHROME1 inverted and
-    min-max scaled over the slice (saliency overlays draw on it)."""
+                  limits=None, stored_depth: Optional[int] = None) -> np.ndarray:
+    """Slice ``index`` of a scan as the model saw it (``index`` among the ``depth`` kept slices; for
+    a run trained from a store of ``stored_depth`` slices, the store's slices resampled again, as
+    :func:`store_to_input` reads them), at the file's own resolution: ``[H, W]`` float32 in [0, 1],
+    windowed, MONOCHROME1 inverted and min-max scaled over the slice (saliency overlays draw on it)."""
     from raddiag.data.readers import DEFAULT_LIMITS, open_scan
 
     with open_scan(scan, limits or DEFAULT_LIMITS) as vol:
-        idx = depth_indices(vol.shape[0], depth)
+        idx = depth_indices(vol.shape[0], stored_depth or depth)      # the slices read
+        steps = _pixel_steps(vol, idx, window)
+        if stored_depth:               # 40 slices, a store of 32, a run of 12: not the file's 12
+            idx = idx[depth_indices(len(idx), depth)]
         if not 0 <= index < len(idx):
             raise ValueError(f"{vol.path}: slice {index} is not one of its {len(idx)} kept slices")
-        steps = _pixel_steps(vol, idx, window)
         sl = steps(next(iter(vol.slices(idx[index: index + 1], native=True))).astype(np.float32))
     lo, hi = float(sl.min()), float(sl.max())
     return ((sl - lo) / (hi - lo) if hi > lo else np.zeros_like(sl)).astype(np.float32)

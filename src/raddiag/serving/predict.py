@@ -187,12 +187,12 @@ class Predictor:
         window = window_for(s.modality, s.anatomy, dc.window, dc.windows)
         stored = dc.stored_geometry          # read as training read its store: that geometry, float16, resized
         size, depth = stored if stored else (dc.size, dc.depth)
-        arr, key, _ = load_scan(s, size, depth, window, self.limits, profile, dc.window_scaling)
+        arr, key, n_file = load_scan(s, size, depth, window, self.limits, profile, dc.window_scaling)
         if stored:
             image, key = store_to_input(arr.astype(STORE_DTYPE), key, dc.size, dc.depth)
             arr = image[0].numpy()
         warn_unlike_training(self.run_dir, s, profile, dc.windows)
-        is_3d = bool(s.is_3d) if s.is_3d is not None else arr.shape[0] > 1
+        is_3d = bool(s.is_3d) if s.is_3d is not None else n_file > 1     # the file's, as prepare records it
         return _info(s, is_3d=is_3d, slices=int(arr.shape[0]), key_slice=int(key)), arr
 
     def collate(self, samples: list[dict]) -> dict:

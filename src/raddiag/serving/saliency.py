@@ -246,7 +246,8 @@ def case_figure(m: SaliencyMap, source, dc, limits, info, n_used: int, result, n
     image = m.image
     if source is not None:
         image = display_slice(source, m.slice, dc.depth,
-                              window_for(source.modality, source.anatomy, dc.window, dc.windows), limits)
+                              window_for(source.modality, source.anatomy, dc.window, dc.windows), limits,
+                              stored_depth=(dc.stored_geometry or (None, None))[1])
     p = next((f.probability for f in result.ranked if f.name == name), None)
     fig = saliency_figure(image, m.heatmap, saliency_caption(name, p, info, m))
     rec = {"size": [int(image.shape[0]), int(image.shape[1])]}
