@@ -33,7 +33,7 @@ from raddiag.data.labels import DEFAULT_THRESHOLD, LabelSpace
 from raddiag.data.volume import DEFAULT_LIMITS, Limits
 from raddiag.staging import staged_files
 from raddiag.serving.case_inputs import PathLike, _case_ids, _split_cases, case_scans, scan_id
-from raddiag.serving.results import (CaseEmbedding, CaseError, CaseResult, Finding,  # noqa: F401 (re-exported)
+from raddiag.serving.results import (CaseEmbedding, CaseError, CaseResult, Finding, threshold_source,  # noqa: F401
                                      PendingCase, Prepared, ScanInfo)
 from raddiag.task import MULTICLASS, probabilities
 
@@ -500,15 +500,3 @@ def canonical_modalities(modality) -> Optional[Union[str, list]]:
         return canonical_modality(modality)
     return [canonical_modalities(m) for m in modality]
 
-
-def threshold_source(default: list, which: str = "") -> str:
-    """What a prediction's thresholds are: chosen on validation, the default for the classes
-    without one (``default[j]``: no validation positive to choose it on, no thresholds stored, or
-    a class new to the run), named with their count, or the default for all."""
-    n, k = len(default), sum(default)
-    if k == 0:
-        return "validation"
-    if k == n:
-        return f"default {DEFAULT_THRESHOLD} (none chosen on validation)"
-    return (f"validation; default {DEFAULT_THRESHOLD} (*) for {k} of {n} classes: {which}classes without a "
-            "validation positive to choose one on")

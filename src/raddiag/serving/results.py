@@ -9,6 +9,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from raddiag.data.errors import one_line
+from raddiag.data.labels import DEFAULT_THRESHOLD
 
 
 NAME_WIDTH = 60    # a class name longer than this is shortened in the printed table (JSON keeps it whole)
@@ -159,3 +160,16 @@ class PendingCase:
             return self.read()
         except (ValueError, OSError) as exc:        # one bad case must not cost the others
             return CaseError(self.case_id, " ".join(str(exc).split()))
+
+
+def threshold_source(default: list, which: str = "") -> str:
+    """What a prediction's thresholds are: chosen on validation, the default for the classes
+    without one (``default[j]``: no validation positive to choose it on, no thresholds stored, or
+    a class new to the run), named with their count, or the default for all."""
+    n, k = len(default), sum(default)
+    if k == 0:
+        return "validation"
+    if k == n:
+        return f"default {DEFAULT_THRESHOLD} (none chosen on validation)"
+    return (f"validation; default {DEFAULT_THRESHOLD} (*) for {k} of {n} classes: {which}classes without a "
+            "validation positive to choose one on")
