@@ -18,6 +18,7 @@ from typing import Sequence
 from raddiag.data.case import NORMAL, Case
 from raddiag.data.errors import InputWarning, examples
 
+
 @lru_cache(maxsize=1)
 def title_words() -> frozenset:
     """Every word of ICD-10-CM's titles, lower case, without the punctuation around it (about

@@ -129,15 +129,12 @@ def window_options(values: Optional[Sequence[Sequence[str]]]) -> tuple[Optional[
     window, windows = None, {}
     for tokens in values or []:
         try:
-            if len(tokens) > 1 and all("=" in t for t in tokens):    # --window CT=abdomen "CT/Head=brain"
+            if tokens and all("=" in t for t in tokens):     # --window CT=abdomen "CT/Head=brain"
                 for t in tokens:
                     key, _, spec = t.partition("=")
                     windows.update(check_windows({key.strip(): spec.strip()}))
             elif len(tokens) == 2:
                 window = list(parse_window([float(t) for t in tokens]))
-            elif len(tokens) == 1 and "=" in tokens[0]:
-                key, _, spec = tokens[0].partition("=")
-                windows.update(check_windows({key.strip(): spec.strip()}))
             elif len(tokens) == 1:
                 window = list(parse_window(tokens[0]))
             else:

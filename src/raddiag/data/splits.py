@@ -137,8 +137,8 @@ def untrained_note(cases: Sequence[Case]) -> str:
 def one_class_note(cases: Sequence[Case]) -> str:
     """``""``, or a note that every case carries the same one class: nothing to tell apart (a new
     user's `--limit 300` took the first 300 cases of a source sorted by class, all Normal)."""
-    kinds = {frozenset(c.labels) or frozenset({"Normal"}) for c in cases}
-    if len(cases) < 2 or len(kinds) > 1:
+    kinds = {frozenset(case_classes(c)) for c in cases}     # a case's classes as the label space has them
+    if len(cases) < 2 or len(kinds) > 1 or not next(iter(kinds)):   # (codes only: no disorder class)
         return ""
     name = " + ".join(sorted(next(iter(kinds))))
     return (f"one class: all {len(cases)} cases are {name!r}, so there is nothing for a classifier to tell "

@@ -133,10 +133,11 @@ def compound_note(name: str) -> Optional[str]:
     ("Non-communicating hydrocephalus") or deny one ("Non-pleural effusion"), in any
     capitalisation: a new user's "Non-Pleural effusion" was scored as p(Pleural effusion), 0.919 on
     an effusion image, without a word."""
-    m = _NON.match(_clean(name)) or _NON_CAMEL.match(_clean(name))
-    if not m or _non_reading(m.group("x").strip()) != "adjective":
+    text = _clean(name)
+    m = _NON.match(text) or _NON_CAMEL.match(text)
+    x = m.group("x").strip() if m else ""
+    if not m or _non_reading(x) != "adjective":
         return None
-    x = m.group("x").strip()
     return (f"{name!r} is read as a disease of its own ('non-' before an adjective), not as the absence of "
             f"{x!r}; for the absence write 'No {x}'")
 

@@ -499,4 +499,3 @@ def canonical_modalities(modality) -> Optional[Union[str, list]]:
     if isinstance(modality, str):
         return canonical_modality(modality)
     return [canonical_modalities(m) for m in modality]
-

@@ -6,7 +6,6 @@ logs go."""
 from __future__ import annotations
 
 import math
-
 from collections import Counter
 from typing import Optional
 
@@ -99,10 +98,11 @@ def _few_steps(tc, batches_per_epoch: int) -> Optional[str]:
     """A note when the whole run takes fewer than :data:`FEW_STEPS` optimiser steps: a new user's
     ``cpu`` run on 43 training cases took 48 and predicted every class near its base rate, and the
     same data learned at 40 epochs."""
-    steps = math.ceil(batches_per_epoch / tc.grad_accum) * tc.epochs
+    per_epoch = math.ceil(batches_per_epoch / tc.grad_accum)
+    steps = per_epoch * tc.epochs
     if steps >= FEW_STEPS:
         return None
-    more = math.ceil(FEW_STEPS / max(1, math.ceil(batches_per_epoch / tc.grad_accum)))
+    more = math.ceil(FEW_STEPS / max(1, per_epoch))
     return (f"  note: {steps} optimiser steps in all, few to learn from (the demo's recipe takes 128): on a small "
             f"set, more epochs (--set train.epochs={max(more, tc.epochs + 1)} or more)")
 

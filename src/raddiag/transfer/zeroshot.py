@@ -4,7 +4,8 @@
   suggested from names, ICD-10-CM codes and the knowledge encoder); a case is positive when
   any linked class passes its validation threshold. The union is taken after thresholding,
   so only F1, MCC and ACC are defined (no AUC), as in the paper.
-- ``normal``: the source ``Normal`` score against the target's normal cases (AUC, AP): a case
+- ``normal``: the source ``Normal`` score against the target's normal cases (AUC; AP with the normal
+  cases as positives, and with the abnormal ones beside it): a case
   is normal when it has a class meaning a normal study ("Normal", "No acute abnormality"; the
   rule the mapping uses) and no other label but ones denying a finding ("Non-COVID-19").
 - ``text`` (beyond the paper): the knowledge-guided head scores the target's class names
