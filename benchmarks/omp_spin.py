@@ -24,6 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench_machine import machine_line   # this folder's helper (imports torch only when called)
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -86,7 +88,7 @@ def main() -> int:
         m = statistics.median(rates[s])
         print(f"GOMP_SPINCOUNT={s:<8} bare {args.recipe} model {m:7.1f} cases/s (median of {args.rounds}), "
               f"{m / first:.3f}x of GOMP_SPINCOUNT={args.spins[0]}; {args.busy} other busy process(es)")
-    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+    print(machine_line())
     return 0
 
 

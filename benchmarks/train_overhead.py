@@ -47,6 +47,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench_machine import machine_line   # this folder's helper (issue 29)
+
 RECIPES = {"tiny": ("tiny", []), "demo": (None, []), "official": ("official", ["data.size=64", "data.depth=8"])}
 
 
@@ -268,7 +270,7 @@ def main() -> int:
         synthesize(data, n_cases=args.cases, seed=0, size=64, depth=8)
         for name in args.recipes:
             measure(name, data, Path(tmp), args)
-    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+    print(machine_line())
     return 0
 
 

@@ -78,6 +78,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench_machine import machine_line   # this folder's helper (issue 29)
+
 WIDTH, CLASSES = 2048, 5569
 
 
@@ -399,7 +401,7 @@ def report(args, times, losses, rates, flops, mem, device) -> None:
             print(f"  {side:<6} peak {m['peak'] / gib:5.2f} GiB ({'peak RSS' if device.type == 'cpu' else 'cuda'}"
                   f"; {m['before'] / gib:.2f} GiB with the model and batch, before the steps)")
         print(f"peak memory: ours / theirs = {mem['ours']['peak'] / mem['theirs']['peak']:.2f}x")
-    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+    print(machine_line())
 
 
 def summary(rows: list[dict]) -> None:
@@ -491,8 +493,7 @@ def main() -> int:
         args.scans, args.slices, args.model_depth, args.xrays, args.slots = GEOMETRIES[name]
         rows.append(compare(args, name))
     summary(rows)
-    print(f"ratios ours / theirs; ResNet slices theirs / ours; load average "
-          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+    print(f"ratios ours / theirs; ResNet slices theirs / ours; {machine_line()}")
     return 0
 
 
