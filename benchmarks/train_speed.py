@@ -49,8 +49,11 @@ every slot. ``--geometry`` runs named cases in turn and ends with a table of the
 
 The losses of the first steps are printed side by side. In training mode their BatchNorm
 statistics include the zero-padded slices (and ours are taken over ``model.slice_chunk`` chunks),
-so the losses agree only without padding; ``--bn-eval`` puts BatchNorm on its running statistics
-on both sides, and then the losses agree on every geometry. ``--set`` passes overrides to our
+so the losses agree only where both batch the same slices; ``--bn-eval`` puts BatchNorm on its
+running statistics on both sides, and then the losses agree on every geometry. Every run also
+checks this before its steps: one forward of each side from the same weights with BatchNorm on
+its running statistics (no update, no gradient), its ``|diff|`` printed beside the first step's
+(the table's ``|loss diff|``: training mode / this check). ``--set`` passes overrides to our
 config (e.g. ``model.grad_checkpoint=false``, ``model.checkpoint_keep_mb=0``).
 
 Also printed: the machine's fp32 matmul rate (a 2048^3 matmul, measured between the steps) and the
@@ -179,6 +182,23 @@ def batchnorm_eval(model) -> None:
             m.eval()
 
 
+def same_weights_losses(their, ours, tb, ob, amp: str) -> tuple[float, float]:
+    """Both losses from the same weights, BatchNorm on its running statistics (forward only, no
+    update): the check that both compute the same function, which training-mode BatchNorm hides
+    where the sides batch different slices (theirs with their padding, ours in chunks)."""
+    norms = [m for model in (their, ours) for m in model.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    modes = [m.training for m in norms]
+    for m in norms:
+        m.eval()
+    try:
+        with torch.no_grad():
+            return float(their_loss(their, tb, amp)), float(our_loss(ours, ob, amp))
+    finally:
+        for m, mode in zip(norms, modes):
+            m.train(mode)
+
+
 def make_batch(g: "Geometry", classes: int, device) -> tuple[dict, tuple]:
     """One case of ``g.scans`` CT scans (``g.slices`` real slices each) and ``g.xrays`` X-rays (one
     real slice each): ours in raddiag's batch layout (the case's scans, ``g.depth`` slice positions),
@@ -212,10 +232,15 @@ def autocast(device, amp: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
 
 
+def their_loss(model, batch, amp: str) -> torch.Tensor:
+    """The loss their forward returns (BCE + 0.001 x the key-slice attention KL)."""
+    with autocast(batch[0].device, amp):
+        return model(*batch)["loss"]
+
+
 def their_step(model, opt, batch, amp: str) -> float:
     """Their Trainer's step: the loss from their forward, backward, clip at 1.0, AdamW, zero grad."""
-    with autocast(batch[0].device, amp):
-        loss = model(*batch)["loss"]
+    loss = their_loss(model, batch, amp)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
@@ -223,18 +248,22 @@ def their_step(model, opt, batch, amp: str) -> float:
     return float(loss.detach())
 
 
-def our_step(model, opt, batch, amp: str) -> float:
-    """The trainer's step: BCE + key_slice_loss x the key-slice KL, backward, clip, AdamW, zero grad."""
+def our_loss(model, batch, amp: str) -> torch.Tensor:
+    """The trainer's loss: BCE + ``train.key_slice_loss`` x the key-slice attention KL."""
     from raddiag.models import key_slice_attention_loss
 
-    tc = model.cfg.train
     with autocast(batch["images"].device, amp):
         out = model(**{k: batch[k] for k in model.input_keys}, return_details=True)
         loss = F.binary_cross_entropy_with_logits(out.logits.float(), batch["labels"])
-        loss = loss + tc.key_slice_loss * key_slice_attention_loss(out.slice_attention.float(), batch["key_slice"],
-                                                                   batch["slice_mask"])
+        return loss + model.cfg.train.key_slice_loss * key_slice_attention_loss(
+            out.slice_attention.float(), batch["key_slice"], batch["slice_mask"])
+
+
+def our_step(model, opt, batch, amp: str) -> float:
+    """The trainer's step: our loss, backward, clip, AdamW, zero grad."""
+    loss = our_loss(model, batch, amp)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_norm)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), model.cfg.train.clip_norm)
     opt.step()
     opt.zero_grad(set_to_none=True)
     return float(loss.detach())
@@ -382,9 +411,13 @@ def report(args, times, losses, rates, flops, mem, device) -> None:
     rate = statistics.median(rates)
     t_med, o_med = statistics.median(times["theirs"]), statistics.median(times["ours"])
     d0 = abs(losses["theirs"][0] - losses["ours"][0])
+    norm = ("BatchNorm on running statistics" if args.bn_eval else
+            "training-mode BatchNorm: each side's statistics over the slices it batches")
     print(f"\nloss of the first step from the same weights: theirs {losses['theirs'][0]:.6f}, ours "
-          f"{losses['ours'][0]:.6f} (|diff| {d0:.1e}: {'agree to 1e-4' if d0 <= 1e-4 else 'DIFFER'}"
-          f"{'; BatchNorm on running statistics' if args.bn_eval else ''})")
+          f"{losses['ours'][0]:.6f} (|diff| {d0:.1e}: {'agree to 1e-4' if d0 <= 1e-4 else 'differ'}; {norm})")
+    (tc, oc), dc = losses["check"], abs(losses["check"][0] - losses["check"][1])
+    print(f"the same weights, BatchNorm on running statistics, forward only: theirs {tc:.6f}, ours {oc:.6f} "
+          f"(|diff| {dc:.1e}: {'agree to 1e-4' if dc <= 1e-4 else 'DIFFER: not the same function'})")
     useful = flops["useful"]
     print(f"matmul rate {rate / 1e9:.0f} GFLOP/s ({'bf16' if args.amp == 'bf16' else 'fp32'} 2048^3, median of "
           f"the rounds); the step's useful work "
@@ -406,7 +439,7 @@ def report(args, times, losses, rates, flops, mem, device) -> None:
 
 def summary(rows: list[dict]) -> None:
     """The table of the geometries run, ratios ours / theirs."""
-    print(f"\n{'geometry':<16} {'ResNet slices':>14} {'step':>7} {'peak':>7} {'|loss diff|':>11}  "
+    print(f"\n{'geometry':<16} {'ResNet slices':>14} {'step':>7} {'peak':>7} {'|loss diff|':>19}  "
           f"{'goal: step <= 0.5x, peak <= 0.75x':<36} useful work / matmul rate (theirs, ours)")
     for r in rows:
         measured = r["memory"] == r["memory"]                      # nan: --no-memory
@@ -414,7 +447,8 @@ def summary(rows: list[dict]) -> None:
         # three decimals and a plain verdict: a ratio of 0.504 printed as "0.50x" reads as the goal met
         goal = ("met" if r["time"] <= 0.5 and r["memory"] <= 0.75 else "NOT met") if measured else \
             ("time met" if r["time"] <= 0.5 else "time NOT met") + ", memory not measured"
-        print(f"{r['name']:<16} {r['slices']:>14} {r['time']:>6.3f}x {memory} {r['loss']:>11.1e}  "
+        loss = f"{r['loss']:.1e} / {r['check']:.1e}"
+        print(f"{r['name']:<16} {r['slices']:>14} {r['time']:>6.3f}x {memory} {loss:>19}  "
               f"{goal:<36} {r['theirs_rate']:.0%}, {r['ours_rate']:.0%}")
 
 
@@ -462,7 +496,9 @@ def compare(args, name: str) -> dict:
     print(f"\n== {name}: train step, release early-fusion model, {g}; {args.classes} classes; {args.device}, amp "
           f"{args.amp}, {args.threads} thread(s), torch {torch.__version__}; our overrides: {args.set or 'none'}",
           flush=True)
+    check = same_weights_losses(their, ours, tb, ob, args.amp)      # before any step changes the weights
     times, losses, rates = interleaved(args, their, ours, tb, ob, device)
+    losses["check"] = check
     flops = step_flops(their, ours, tb, ob)
     del their, ours
     mem = measure_memory(args, state) if args.memory else None
@@ -470,7 +506,7 @@ def compare(args, name: str) -> dict:
     rate, t_med, o_med = (statistics.median(v) for v in (rates, times["theirs"], times["ours"]))
     return {"name": name, "slices": f"{g.slots * g.depth} / {g.real_slices}", "time": o_med / t_med,
             "memory": mem["ours"]["peak"] / mem["theirs"]["peak"] if mem else float("nan"),
-            "loss": abs(losses["theirs"][0] - losses["ours"][0]),
+            "loss": abs(losses["theirs"][0] - losses["ours"][0]), "check": abs(check[0] - check[1]),
             "theirs_rate": flops["useful"] / t_med / rate, "ours_rate": flops["useful"] / o_med / rate}
 
 
@@ -493,7 +529,8 @@ def main() -> int:
         args.scans, args.slices, args.model_depth, args.xrays, args.slots = GEOMETRIES[name]
         rows.append(compare(args, name))
     summary(rows)
-    print(f"ratios ours / theirs; ResNet slices theirs / ours; {machine_line()}")
+    print("ratios ours / theirs; ResNet slices theirs / ours; |loss diff| of the first step (training mode) / "
+          f"of the same weights with BatchNorm on running statistics (forward only)\n{machine_line()}")
     return 0
 
 
