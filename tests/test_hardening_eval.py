@@ -128,6 +128,30 @@ def test_anatomy_names_with_a_slash_keep_their_own_groups_and_report(tmp_path):
     assert "Head/Neck" in html and "%2F" not in html
 
 
+def test_an_anatomy_named_normal_keeps_its_row_in_the_table_and_report(tmp_path, capsys):
+    """Red team: the anatomy "normal" has the key anatomy/normal, which ends like every anatomy's
+    Normal-class group: its row was left out of the printed table and report, and its all-classes
+    figures were drawn as a Normal-class bar."""
+    from sklearn.metrics import roc_auc_score
+
+    from raddiag.evaluation.engine import anatomy_groups
+
+    anatomy = np.array(["normal"] * 20 + ["Chest"] * 20)
+    pred = _npz(tmp_path / "p.npz", c=3, anatomy=anatomy)
+    assert _metrics(tmp_path, "--pred", pred, "--n-boot", "0") == 0
+    out = capsys.readouterr().out
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert anatomy_groups(m) == ["anatomy/Chest", "anatomy/normal"]
+    assert anatomy_groups(m, normal=True) == ["anatomy/Chest/normal", "anatomy/normal/normal"]
+    rows = [line.split() for line in out.splitlines() if line.startswith(("normal ", "Chest "))]
+    d = np.load(pred)
+    rows_n = anatomy == "normal"
+    expected = np.mean([roc_auc_score(d["labels"][rows_n, j], d["scores"][rows_n, j]) for j in range(3)])
+    # the "normal" anatomy's row (after the class group "normal" of the overall table)
+    assert [r for r in rows if r[0] == "normal"][-1][1] == f"{100 * expected:.1f}"
+    assert m["anatomy/normal"]["auc"]["value"] == pytest.approx(expected, abs=1e-12)
+
+
 def test_anatomy_names_that_write_alike_keep_their_own_groups():
     """Red team: "Head/Neck" and "Head%2FNeck" shared the key anatomy/Head%2FNeck, and the second
     overwrote the first: one row, with the other anatomy's AUC. Each now has its own, checked
@@ -249,9 +273,21 @@ def test_the_written_predictions_score_as_metrics_json_says(tmp_path):
     ([{"name": "a", "count": -5}, {"name": "b"}, {"name": "c"}], "count of class 'a'"),
     ([{"name": 1}, {"name": None}, {"name": "c"}], "class name 1"),
     ([{"name": "a"}, {"name": " "}, {"name": "c"}], "class name ' '"),
+    ([{"name": "a", "count": True}, {"name": "b"}, {"name": "c"}], "count of class 'a'"),
+    ([{"name": "a", "threshold": 10 ** 400}, {"name": "b"}, {"name": "c"}], "threshold of class 'a'"),
+    # fixed groups: a class without one would drop out of head / medium / tail without a word
+    ({"group_rule": "fixed", "classes": [{"name": "a", "group": "head"}, {"name": "b", "group": "tail"},
+                                         {"name": "c"}]}, "class 'c' needs a 'group'"),
+    ({"group_rule": "fixed", "classes": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}, "class 'a' needs a 'group'"),
+    ({"head_min": "100", "classes": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}, "head_min must be an integer"),
+    ({"medium_min": None, "classes": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}, "medium_min must be an integer"),
+    ({"head_min": 10, "medium_min": 30, "classes": [{"name": "a"}, {"name": "b"}, {"name": "c"}]},
+     "no class could be medium"),
+    ({"granularity": "foo", "classes": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}, "granularity must be one of"),
 ])
 def test_a_label_space_with_bad_names_or_counts_is_bad_input_naming_the_file(tmp_path, capsys, classes, reason):
-    (tmp_path / "ls.json").write_text(json.dumps({"classes": classes}))
+    content = classes if isinstance(classes, dict) else {"classes": classes}
+    (tmp_path / "ls.json").write_text(json.dumps(content))
     rc = _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz"), "--labels", str(tmp_path / "ls.json"), "--n-boot", "0")
     err = capsys.readouterr().err
     assert rc == 2 and "ls.json: not a readable label space" in err and reason in err

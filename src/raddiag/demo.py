@@ -132,11 +132,11 @@ def within_anatomy(metrics: dict, min_classes: int = MIN_ANATOMY_CLASSES) -> tup
     among that anatomy's test cases, ranked against the other cases *of the same anatomy* (the
     report's table "by anatomy of the cases"); returns ``(mean over the anatomies with at least
     min_classes classes or None, {anatomy: {auc, ci_low, ci_high, n_classes, n_cases, counted}})``."""
-    from raddiag.evaluation.engine import anatomy_name
+    from raddiag.evaluation.engine import anatomy_groups, anatomy_name
 
     cases = metrics.get("meta", {}).get("anatomy_cases", {})
     rows = {}
-    for key in sorted(k for k in metrics if k.startswith("anatomy/") and not k.endswith("/normal")):
+    for key in anatomy_groups(metrics):
         name = anatomy_name(key)
         auc = metrics[key].get("auc", {})
         n = int(auc.get("n_classes", 0))

@@ -20,6 +20,7 @@ import numpy as np
 from raddiag.data.case import NORMAL, Case
 
 GROUPS = ("head", "medium", "tail")
+GRANULARITIES = ("disorder", "icd10")
 DEFAULT_THRESHOLD = 0.5    # a class without a stored threshold (none chosen on validation)
 # The release's evaluation (its src/Eval/eval.py, compute_metrics) cuts its label order, sorted by
 # descending training frequency, at fixed indices: head [:a], medium [a:b], tail [b:].
@@ -52,9 +53,12 @@ def check_thresholds(values, names: Sequence[str], where: str = "thresholds") ->
     for name, t in zip(names, values):
         if t is not None:
             ok = isinstance(t, (int, float, np.integer, np.floating)) and not isinstance(t, (bool, np.bool_))
+            try:
+                t = float(t) if ok else t
+            except OverflowError:                # an integer beyond float's range
+                ok = False
             if not ok or not np.isfinite(t):
                 raise ValueError(f"{where}: the threshold of class {name!r} must be a finite number, got {t!r}")
-            t = float(t)
         out.append(t)
     return out
 
@@ -63,12 +67,24 @@ def _count(name: str, value) -> int:
     """A class's training-case count: an integer >= 0, else a ValueError naming the class."""
     try:
         c = int(value)
-        ok = c == value and c >= 0
+        ok = c == value and c >= 0 and not isinstance(value, (bool, np.bool_))
     except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok:
         raise ValueError(f"label space: the count of class {name!r} must be an integer >= 0, got {value!r}")
     return c
+
+
+def _group_cuts(head_min, medium_min) -> tuple[int, int]:
+    """``head_min`` and ``medium_min`` as integers with 1 <= medium_min <= head_min (else a group
+    could never hold a class), or a ValueError saying which is wrong."""
+    for key, v in (("head_min", head_min), ("medium_min", medium_min)):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"label space: {key} must be an integer >= 1 (training cases), got {v!r}")
+    if medium_min > head_min:
+        raise ValueError(f"label space: medium_min ({medium_min}) is above head_min ({head_min}): no class could "
+                         "be medium")
+    return int(head_min), int(medium_min)
 
 
 def _json_kind(v) -> str:
@@ -120,13 +136,23 @@ class LabelSpace:
                 raise ValueError(f"label space: {len(seq)} {name} for {n} classes")
         if self.thresholds is not None:
             self.thresholds = check_thresholds(self.thresholds, self.names, "label space")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"label space: granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+        self.head_min, self.medium_min = _group_cuts(self.head_min, self.medium_min)
         if self.fixed_groups is not None:
-            self.fixed_groups = list(self.fixed_groups)
-            bad = next((g for g in self.fixed_groups if g not in GROUPS), None)
-            if len(self.fixed_groups) != n or bad is not None:
-                raise ValueError(f"label space: fixed groups must be one of {GROUPS} for each of the {n} classes"
-                                 + (f", got {bad!r}" if bad is not None else f", got {len(self.fixed_groups)}"))
+            self._check_fixed_groups()
         self._index = {name: i for i, name in enumerate(self.names)}
+
+    def _check_fixed_groups(self) -> None:
+        """Each class's fixed group is one of GROUPS: a class without one would leave every group
+        silently (None was once taken for "no bad group found")."""
+        self.fixed_groups = list(self.fixed_groups)
+        if len(self.fixed_groups) != len(self.names):
+            raise ValueError(f"label space: {len(self.fixed_groups)} fixed groups for {len(self.names)} classes")
+        for name, g in zip(self.names, self.fixed_groups):
+            if g not in GROUPS:
+                raise ValueError(f"label space: 'group_rule' is 'fixed', so class {name!r} needs a 'group', one of "
+                                 f"{GROUPS}; got {g!r}")
 
     # -- lookups ---------------------------------------------------------------
     def __len__(self) -> int:
@@ -205,8 +231,8 @@ class LabelSpace:
     ) -> "LabelSpace":
         """Classes seen in ``cases``; counts from ``count_split``; ordered Normal first, then
         by descending training frequency (then name), as in the release."""
-        if granularity not in ("disorder", "icd10"):
-            raise ValueError(f"granularity must be 'disorder' or 'icd10', got {granularity!r}")
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
         cases = list(cases)
         probe = cls(names=[], granularity=granularity)
         seen: set[str] = {NORMAL}

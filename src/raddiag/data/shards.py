@@ -44,7 +44,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from raddiag.data.dataset import CaseDataset
 from raddiag.data.errors import OutputExists
-from raddiag.data.labels import LabelSpace
+from raddiag.data.labels import GRANULARITIES, LabelSpace
 from raddiag.staging import discard, make_stage, sweep_stale
 from raddiag.data.shard_index import (INDEX, SHARD_FORMAT, SHARD_NAME, SPLIT_NAME, ShardError, open_source, as_source,
                                       is_shard_folder, is_url, read_index, shard_location)
@@ -58,7 +58,6 @@ log = logging.getLogger(__name__)
 
 STAGING = ".shards-new-"        # + pid: where data shard writes before swapping the shards in (a locked stage)
 SPLIT_ORDER = ("train", "val", "test")
-GRANULARITIES = ("disorder", "icd10")
 
 
 class _Hashing(io.RawIOBase):

@@ -56,6 +56,14 @@ def anatomy_key(name: str) -> str:
     return "anatomy/" + name.replace("%", "%25").replace("/", "%2F")
 
 
+def anatomy_groups(metrics: dict, normal: bool = False) -> list[str]:
+    """The sorted anatomy keys of ``metrics``: each anatomy's all-classes group, or with ``normal``
+    its ``/normal`` group. Told apart by their segments (a name's "/" is escaped), not by the ending:
+    an anatomy named "normal" has the key ``anatomy/normal``, and its row was once left out."""
+    segments = 3 if normal else 2
+    return sorted(k for k in metrics if k.startswith("anatomy/") and len(k.split("/")) == segments)
+
+
 def anatomy_name(key: str) -> str:
     """The anatomy of a group key made by :func:`anatomy_key` (its ``/normal`` group's too)."""
     return re.sub("%(25|2F)", lambda m: "%" if m.group(1) == "25" else "/", key.split("/")[1])

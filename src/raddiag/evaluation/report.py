@@ -15,7 +15,7 @@ import numpy as np
 from raddiag.data.labels import LabelSpace
 from raddiag.plots import plain, pyplot
 
-from .engine import anatomy_name
+from .engine import anatomy_groups, anatomy_name
 from .metrics import METRICS
 
 HEADERS = {"auc": "AUC", "ap": "AP", "f1": "F1", "mcc": "MCC", "acc": "ACC",
@@ -104,7 +104,7 @@ def roc_figure(roc: dict) -> str:
 
 
 def normal_by_anatomy_figure(metrics: dict) -> Optional[str]:
-    rows = ["normal"] + sorted(k for k in metrics if k.startswith("anatomy/") and k.endswith("/normal"))
+    rows = ["normal"] + anatomy_groups(metrics, normal=True)
     names = [anatomy_name(r) for r in rows[1:]]
     labels = ["all cases"] + [plain(n) for n in names]
     keys = [("auc", "AUC"), ("ap", "AP"), ("recall_at_fpr_0.05", "Recall@0.05")]
@@ -201,7 +201,7 @@ def write_report(path: Path, result: dict, scores, labels, label_space: LabelSpa
                                "Macro-averaged metrics by class group, % [95% CI]"))
     if "multiclass" in metrics:
         parts.append("<h2>Single-label results (data.task=multiclass)</h2>" + multiclass_html(metrics["multiclass"]))
-    anat = sorted(k for k in metrics if k.startswith("anatomy/") and not k.endswith("/normal"))
+    anat = anatomy_groups(metrics)
     if anat:
         parts.append(metrics_table(metrics, anat, "All classes, by anatomy of the cases, % [95% CI]"))
     parts.append("<h2>ROC curves</h2><p>Macro ROC (mean recall at each FPR over the group's classes) "

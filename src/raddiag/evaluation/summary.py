@@ -7,7 +7,7 @@ from typing import Optional
 
 from raddiag.data.errors import examples, one_line
 
-from .engine import anatomy_name
+from .engine import anatomy_groups, anatomy_name
 
 COLUMNS = {"auc": "AUC", "ap": "AP", "f1": "F1", "mcc": "MCC", "acc": "ACC", "recall_at_fpr_0.01": "R@0.01",
            "recall_at_fpr_0.05": "R@0.05", "recall_at_fpr_0.1": "R@0.1"}
@@ -51,7 +51,7 @@ def group_table(metrics: dict, what: str = "test split") -> list[str]:
 
 def anatomy_table(metrics: dict) -> list[str]:
     """The same columns for all classes on each anatomy's cases (empty without anatomies)."""
-    keys = sorted(k for k in metrics if k.startswith("anatomy/") and not k.endswith("/normal"))
+    keys = anatomy_groups(metrics)
     if not keys:
         return []
     names = {k: one_line(anatomy_name(k), 24) for k in keys}

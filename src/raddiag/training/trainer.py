@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from raddiag.config import RunConfig
-from raddiag.data.labels import LabelSpace
+from raddiag.data.labels import GRANULARITIES, LabelSpace
 from raddiag.run import LAST_CHECKPOINT, RunFolder
 from raddiag.staging import discard, swap_in
 
@@ -249,8 +249,8 @@ def train(
     cfg = copy.deepcopy(cfg)
     if granularity is not None:
         cfg.data.granularity = granularity
-    if cfg.data.granularity not in ("disorder", "icd10"):
-        raise ValueError(f"granularity must be 'disorder' or 'icd10', got {cfg.data.granularity!r}")
+    if cfg.data.granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {cfg.data.granularity!r}")
     tc = cfg.train
     if tc.amp not in ("none", "bf16"):
         raise ValueError(f"train.amp={tc.amp!r}; choose 'none' or 'bf16'")
