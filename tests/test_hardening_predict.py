@@ -86,9 +86,28 @@ def test_the_service_refuses_more_class_names_than_its_limit_before_embedding_th
     monkeypatch.setattr(Predictor, "class_embeddings", no_embedding)
     with _client(krun, max_classes=3) as c:
         r = c.post("/predict", files={"files": ("a.png", sample_png(32), "image/png")},
-                   data={"modality": "X-ray", "classes": "a,b,c,d"})
+                   data={"modality": "X-ray", "classes": "a\nb\nc\nd"})
         assert r.status_code == 413 and "4 class names" in r.json()["detail"] and "3" in r.json()["detail"]
         assert c.get("/health").json()["max_classes"] == 3
+
+
+def test_a_class_name_with_a_comma_is_one_class_in_the_service_as_in_the_cli(krun, capsys):
+    """New user: "Crohn's disease (β) – 50%, grade≥2" sent once was scored as two made-up classes."""
+    import json
+
+    comma = "Crohn's disease (β) – 50%, grade≥2"
+    assert main(["predict", str(krun / "krun"), str(krun / "cxr.png"), "--modality", "X-ray", "--classes", comma,
+                 "Edema", "--json"]) == 0
+    cli = {f["name"]: f["probability"] for f in json.loads(capsys.readouterr().out)[0]["ranked"]}
+    with _client(krun) as c:
+        png = (krun / "cxr.png").read_bytes()
+        for data in ({"modality": "X-ray", "classes": [comma, "Edema"]},
+                     {"modality": "X-ray", "classes": comma + "\nEdema"}):
+            r = c.post("/predict", files={"files": ("cxr.png", png, "image/png")}, data=data)
+            assert r.status_code == 200, r.text
+            served = {f["name"]: f["probability"] for f in r.json()["ranked"]}
+            assert set(served) == set(cli) == {comma, "Edema"}
+            assert served == pytest.approx(cli, abs=1e-6)
 
 
 def test_a_huge_unknown_modality_is_not_echoed_back_whole(krun):

@@ -93,6 +93,15 @@ class UploadGuard:
             self.active -= 1
 
 
+def class_names(fields: Optional[list[str]]) -> Optional[list[str]]:
+    """The form field ``classes``: each value one name, or names on separate lines. Commas do not
+    split: disorder names and ICD-10-CM descriptions hold them ("Pneumonia, unspecified organism"),
+    and "Crohn's disease, grade 2" was once scored as two made-up classes (the CLI's --classes
+    keeps it whole too)."""
+    names = [c.strip() for field in fields or [] for c in field.splitlines() if c.strip()]
+    return names or None
+
+
 def _modalities(field: Optional[str], files) -> Optional[str | list[str]]:
     """The form field ``modality``: None (not given), one name for every file, or comma-separated
     names, one per uploaded file in upload order; each checked by :func:`canonical_modality` (a 422
@@ -225,13 +234,13 @@ def create_app(run_dir, max_files: int = 64, max_bytes: int = 256 << 20, device:
         modality: Annotated[Optional[str], Form(description=MODALITY_HELP)] = None,
         top: Annotated[int, Form(ge=1, le=10000)] = 10,
         classes: Annotated[Optional[list[str]], Form(description="new class names (knowledge head): the field "
-                                                                 "repeated, one name each, or comma- or "
-                                                                 "newline-separated names")] = None,
+                                                                 "repeated, one name each, or names on separate "
+                                                                 "lines; a comma is part of a name")] = None,
         saliency: Annotated[bool, Form(description="add Score-CAM overlays (PNG data URLs)")] = False,
         saliency_class: Annotated[Optional[str], Form(description="class for saliency (default: top)")] = None,
         case_id: Annotated[Optional[str], Form(max_length=200)] = None,
     ):
-        names = [c.strip() for field in classes or [] for c in field.replace("\n", ",").split(",") if c.strip()] or None
+        names = class_names(classes)
         if names and len(names) > max_classes:
             raise HTTPException(413, f"{len(names)} class names, over the limit of {max_classes} a request "
                                          "(raddiag serve --max-classes)")
