@@ -239,3 +239,21 @@ def test_an_anatomy_row_that_is_na_says_why():
     assert rows["Head"].endswith("(n/a: none of the 3 classes has both a positive and a negative among "
                                  "its 3 cases)")
     assert rows["Knee"].endswith("among its 7 cases)") and "n/a:" not in rows["Chest"]
+
+
+def test_data_whose_labels_all_miss_the_runs_classes_is_refused_not_an_empty_table(made, tmp_path, caplog):
+    """New user: labels 'glioma' against the run's 'Glioma' were all dropped, and evaluate printed a
+    table without rows and exited 0. Now nothing is written, the reason is one error, and the
+    warning names the labels that differ from a class only in letter case."""
+    from raddiag.evaluation.run_eval import evaluate_run
+
+    cases = _cases(tmp_path / "raw", lambda i: "test")
+    for c in cases:
+        c.labels = [name.lower() if name != "Normal" else "dark band" for name in c.labels]
+    prepare_cases(cases, tmp_path / "lower", size=32, depth=4, workers=1)
+    with pytest.raises(ValueError, match=r"none of the 36 cases of split 'test' carries a class of the run's "
+                                         r"label space \(3 classes"):
+        evaluate_run(made / "run", tmp_path / "lower", "test", tmp_path / "ev", n_boot=0, progress=False)
+    assert not (tmp_path / "ev").exists()
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "'bright corner' -> 'Bright corner'" in said and "'dark band' -> 'Dark band'" in said

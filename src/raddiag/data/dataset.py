@@ -51,6 +51,14 @@ def select_scans(scans: list[dict], cfg: DataConfig, rng: Optional[np.random.Gen
     return [int(i) for i in chosen[: cfg.max_scans]]
 
 
+def case_hint(names, label_space: LabelSpace) -> str:
+    """"; in the label space only by letter case: 'glioma' -> 'Glioma'" for the names that match a
+    class but for case and surrounding spaces (names are matched exactly), else ""."""
+    folded = {n.strip().casefold(): n for n in label_space.names}
+    near = [f"{k!r} -> {folded[k.strip().casefold()]!r}" for k in names if k.strip().casefold() in folded]
+    return f"; these differ from a class only in letter case or spaces: {', '.join(near)}" if near else ""
+
+
 class CaseDataset(Dataset):
     """Cases of one split of a prepared dataset, as model-ready tensors.
 
@@ -89,7 +97,7 @@ class CaseDataset(Dataset):
             log.warning("%s split %r: %d case(s) carry %d label(s) outside the label space (%d classes), "
                         "dropped from their targets: %s", self.data.root, split, len(self.dropped_labels),
                         len(counts), len(label_space),
-                        ", ".join(f"{k!r} x{v}" for k, v in counts.most_common()))
+                        ", ".join(f"{k!r} x{v}" for k, v in counts.most_common()) + case_hint(counts, label_space))
 
     def _encode(self, rec: dict) -> np.ndarray:
         names = self.labels.case_labels(rec)

@@ -62,6 +62,12 @@ def evaluate_run(run_dir, data_dir, split: str = "test", out_dir=None, val_split
     model = prepare_for_inference(model.eval())     # the fast path: same scores, less time
     data = open_training_data(data_dir)
     test = predict_split(model, cfg, labels, data, split, batch_size, device, progress)
+    if not test["labels"].any():
+        # every figure would be left out: an empty table with exit 0 read as a result
+        shown = ", ".join(repr(n) for n in labels.names[:8]) + (", ..." if len(labels) > 8 else "")
+        raise ValueError(f"{data_dir}: none of the {len(test['labels'])} cases of split {split!r} carries a class "
+                         f"of the run's label space ({len(labels)} classes: {shown}), so nothing can be evaluated "
+                         "(a class is matched by its exact name)")
     checked = check_data(run, cfg, data, data_dir, split, test["case_ids"])   # warns: trained-on cases, geometry
     val = None
     if split == val_split == "val":
