@@ -264,6 +264,12 @@ def test_a_file_that_is_not_a_weights_only_checkpoint_is_named_without_torchs_un
     with pytest.raises(ValueError, match="holds objects other than tensors") as err:
         read_checkpoint(objects)
     assert "weights_only set to False" not in str(err.value)
+    # red team: --resume passed the same advice on for a crafted last.pt
+    from raddiag.training.checkpoint import load_checkpoint
+
+    with pytest.raises(ValueError, match="objects.bin: unreadable checkpoint: .*holds objects other than") as err:
+        load_checkpoint(objects)
+    assert "weights_only" not in str(err.value)
 
 
 def test_a_cut_short_or_misnamed_checkpoint_gets_its_own_reason(tmp_path):

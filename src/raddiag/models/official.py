@@ -78,7 +78,7 @@ def read_checkpoint(ckpt: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # noqa: BLE001 - not a weights-only state dict
-            raise ValueError(f"{path}: {_unreadable_reason(path)}") from None
+            raise ValueError(f"{path}: {unreadable_reason(path)}") from None
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -88,7 +88,7 @@ def read_checkpoint(ckpt: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
     return state, path
 
 
-def _unreadable_reason(path: Path) -> str:
+def unreadable_reason(path: Path) -> str:
     """Why ``torch.load(weights_only=True)`` refused ``path``, without torch's advice to load it with
     ``weights_only=False`` (which would run code from the file; raddiag never does)."""
     import zipfile
@@ -106,8 +106,8 @@ def _unreadable_reason(path: Path) -> str:
             return "a damaged or cut-short PyTorch checkpoint (not a whole zip archive: an interrupted download?)"
     elif head[:1] != b"\x80":
         return "not a PyTorch checkpoint (neither a zip archive nor a pickle: a text or other file?)"
-    return ("cannot be read as a weights-only PyTorch state dict: it holds objects other than tensors, "
-            "which raddiag does not unpickle")
+    return ("cannot be read as weights-only PyTorch data: it holds objects other than tensors and plain "
+            "types, which raddiag does not unpickle")
 
 
 def map_official_keys(state: dict[str, torch.Tensor], where: str = "checkpoint") -> dict[str, torch.Tensor]:

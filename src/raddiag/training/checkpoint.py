@@ -29,8 +29,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: no checkpoint to resume from")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+    except Exception:  # noqa: BLE001 - torch's text would advise weights_only=False, which runs the file's code
+        from raddiag.models.official import unreadable_reason
+
+        raise ValueError(f"{path}: unreadable checkpoint: {unreadable_reason(path)}") from None
 
 
 # -- RNG state as weights_only-loadable data -----------------------------------------

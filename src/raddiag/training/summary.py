@@ -91,7 +91,7 @@ def _validation(val_targets: Optional[np.ndarray], n_classes: int) -> list[str]:
     return [line]
 
 
-FEW_STEPS = 100    # optimiser steps below which a run is said to be short (the demo's recipe takes 128)
+FEW_STEPS = 100    # optimiser steps below which a run is said to be short (make demo's run takes thousands)
 
 
 def _few_steps(tc, batches_per_epoch: int) -> Optional[str]:
@@ -103,8 +103,8 @@ def _few_steps(tc, batches_per_epoch: int) -> Optional[str]:
     if steps >= FEW_STEPS:
         return None
     more = math.ceil(FEW_STEPS / max(1, per_epoch))
-    return (f"  note: {steps} optimiser steps in all, few to learn from (the demo's recipe takes 128): on a small "
-            f"set, more epochs (--set train.epochs={max(more, tc.epochs + 1)} or more)")
+    return (f"  note: {steps} optimiser steps in all, fewer than {FEW_STEPS}: few to learn from; on a small set, "
+            f"more epochs (--set train.epochs={max(more, tc.epochs + 1)} or more)")
 
 
 def start_summary(data, run, cfg, labels, model, d, batches_per_epoch: int, train_cases: int,
