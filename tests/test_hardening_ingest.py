@@ -95,6 +95,26 @@ def test_a_case_labelled_normal_and_a_disorder_is_warned_of(tmp_path):
     assert space.case_labels(res.cases[0]) == ["Pneumonia"]             # read as abnormal, as the warning says
 
 
+def test_a_label_meaning_a_normal_study_is_read_as_normal_as_zeroshot_reads_it(tmp_path):
+    """New user: a manifest's "No finding" became a disorder class (12 cases counted "without
+    ICD-10-CM codes"), which zeroshot and predict --classes read as Normal."""
+    from raddiag.data.errors import InputWarning
+    from raddiag.data.labels import LabelSpace
+
+    records = [_case("c1", ["No finding"]), _case("c2", ["No_finding"]), _case("c3", ["Edema"]),
+               _case("c4", ["No acute abnormality", "Edema"]), _case("c5", ["Non-COVID-19"]), _case("c6", ["NORMAL"])]
+    with pytest.warns(InputWarning) as caught:
+        res = load_source("manifest", _manifest(tmp_path / "m.jsonl", records))
+    said = [str(w.message) for w in caught]
+    assert [c.labels for c in res.cases] == [["Normal"], ["Normal"], ["Edema"], ["Normal", "Edema"],
+                                             ["Non-COVID-19"], ["Normal"]]
+    assert any("read as 'Normal'" in m and "'No finding' x1" in m and "'No acute abnormality' x1" in m
+               and "NORMAL" not in m for m in said)
+    space = LabelSpace.from_cases(res.cases)
+    assert sorted(space.names) == ["Edema", "Non-COVID-19", "Normal"]
+    assert space.case_labels(res.cases[3]) == ["Edema"]                 # with a disorder: abnormal, as before
+
+
 def test_the_python_route_merges_label_spellings_and_warns_of_normal_with_a_disorder(tmp_path):
     from raddiag.data.case import read_manifest
     from raddiag.data.errors import InputWarning

@@ -107,6 +107,23 @@ def merge_label_spellings(cases: Sequence[Case]) -> dict[str, list[str]]:
     return {canon[k]: [s for s in v if s != canon[k]] for k, v in raw.items() if list(v) != [canon[k]]}
 
 
+def merge_normal_names(cases: Sequence[Case]) -> dict[str, int]:
+    """Relabel the labels that name a normal study ("No finding", "Healthy", "No acute abnormality":
+    :func:`raddiag.knowledge.negation.parse`) as ``Normal``, in place; returns ``{label: cases}``.
+    A manifest's "No finding" became a disorder class that zeroshot and ``predict --classes`` then
+    read as Normal."""
+    from raddiag.knowledge.negation import parse
+
+    found: Counter = Counter()
+    for c in cases:
+        # "normal" in another letter case is a spelling of Normal (merge_label_spellings says so)
+        normal = [x for x in c.labels if label_key(x) != NORMAL.lower() and parse(x).normal]
+        if normal:
+            found.update(normal)
+            c.labels = list(dict.fromkeys(NORMAL if x in normal else x for x in c.labels))
+    return dict(found)
+
+
 def spellings_text(merged: dict[str, list[str]]) -> str:
     """"N label(s) ...: 'a ', 'A' -> 'A'; ..." (5 labels shown) for the one warning."""
     parts = [f"{', '.join(map(repr, v))} -> {k!r}" for k, v in merged.items()]
@@ -123,6 +140,11 @@ def settle_labels(cases: Sequence[Case], source) -> None:
     ``load_source``, ``read_manifest``."""
     from raddiag.data.errors import InputWarning
 
+    normal = merge_normal_names(cases)
+    if normal:
+        warnings.warn(f"{source}: label(s) meaning a normal study read as {NORMAL!r}, as zeroshot and predict "
+                      f"--classes read them: " + ", ".join(f"{k!r} x{v}" for k, v in normal.items()),
+                      InputWarning, stacklevel=3)
     merged = merge_label_spellings(cases)
     if merged:
         warnings.warn(f"{source}: {spellings_text(merged)}", InputWarning, stacklevel=3)

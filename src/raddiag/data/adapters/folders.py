@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Optional
 
 from raddiag.data.adapters.base import AdapterResult, carve_val
-from raddiag.data.case import NORMAL, Case, canonical_modality
+from raddiag.data.case import Case, canonical_modality
 from raddiag.data.discover import _is_volume_or_image, scans_in_folder
 from raddiag.data.readers import is_dicom
 
 SPLITS = {"train": "train", "training": "train", "val": "val", "validation": "val", "test": "test",
           "testing": "test"}
-NORMAL_NAMES = {"normal", "no finding", "no_finding"}
 
 
 def _class_dirs(source: Path) -> list[tuple[Path, Optional[str]]]:
@@ -54,7 +53,7 @@ def load_folders(source: Path, modality: Optional[str] = None, anatomy: Optional
     result = AdapterResult(cases=[])
     ignored = []
     for folder, split in classes:
-        label = NORMAL if folder.name.lower() in NORMAL_NAMES else folder.name
+        label = folder.name        # "normal", "No_finding": read as Normal by settle_labels
         for item in sorted(folder.iterdir()):
             if item.name.startswith(".") or not (item.is_dir() or _is_volume_or_image(item) or is_dicom(item)):
                 ignored.append(str(item))
