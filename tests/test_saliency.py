@@ -233,3 +233,19 @@ def test_a_long_caption_wraps_inside_the_figure():
     lines = _wrap(caption, font, 300)
     assert " ".join(lines) == caption and len(lines) > 1
     assert all(font.getlength(line) <= 300 for line in lines)
+
+
+def test_caption_font_draws_greek_letters_and_signs_of_class_names():
+    """New user: "Löffler's pneumonitis (β/γ) — ≥2/3 lobes" was drawn with empty boxes (Pillow's
+    default font has no such glyphs). Each character must be drawn as itself, not as the box an
+    unassigned code point gets."""
+    from PIL import ImageFont
+
+    from raddiag.serving.saliency import caption_font
+
+    def boxed(font, ch):
+        return bytes(font.getmask(ch)) == bytes(font.getmask("\ue000"))      # U+E000: no glyph anywhere
+
+    chars = "öβγ—≥é"
+    assert not any(boxed(caption_font(14), ch) for ch in chars)
+    assert all(boxed(ImageFont.load_default(size=14), ch) for ch in "βγ≥")   # the old font: the check can fail

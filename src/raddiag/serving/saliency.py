@@ -281,14 +281,14 @@ def saliency_figure(image: np.ndarray, heatmap: np.ndarray, caption: str = "") -
     """The input slice (at its own resolution) beside the same slice with the heat map over it,
     and a colour bar (0 to 1), under a one-line caption: a PIL RGB image."""
     from matplotlib import colormaps
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     h, w = _panel_size(*image.shape)
     img = np.asarray(Image.fromarray(np.clip(image * 255, 0, 255).astype(np.uint8)).resize((w, h), Image.BILINEAR),
                      dtype=np.float32) / 255
     heat = torch.as_tensor(np.ascontiguousarray(heatmap), dtype=torch.float32)[None, None]
     heat = F.interpolate(heat, size=(h, w), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
-    font = ImageFont.load_default(size=max(12, h // 28))
+    font = caption_font(max(12, h // 28))
     gap, bar_w = max(6, w // 60), max(14, w // 25)
     label_w = int(font.getlength("0.5")) + 8
     width = 2 * w + 3 * gap + bar_w + label_w
@@ -308,6 +308,21 @@ def saliency_figure(image: np.ndarray, heatmap: np.ndarray, caption: str = "") -
     for i, line in enumerate(lines):
         draw.text((2, 4 + i * (font.size + 4)), line, fill="black", font=font)
     return canvas
+
+
+def caption_font(size: int):
+    """DejaVu Sans (matplotlib's own font file: Latin, Greek, Cyrillic, math signs) at ``size`` px,
+    else Pillow's default. Pillow's default font has no Greek or signs such as "≥": a class name
+    "Löffler's pneumonitis (β/γ) ≥2/3 lobes" was drawn with empty boxes."""
+    from pathlib import Path
+
+    import matplotlib
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), size)
+    except OSError:                                    # pragma: no cover - a matplotlib without its fonts
+        return ImageFont.load_default(size=size)
 
 
 def _wrap(text: str, font, width: int) -> list[str]:
