@@ -370,7 +370,13 @@ def test_cli_prepare_bounds_overwrite_and_manifest_problems(tmp_path, capsys):
     report = (tmp_path / "p" / "report.txt").read_text()
     assert "a.npy: the header declares 1,200 voxels" in report and "--max-voxels" in report
     capsys.readouterr()
-    assert main(args) == 2
+    import raddiag.data.adapters
+
+    def unread(*a, **k):
+        raise AssertionError("the source was read before --out was refused")
+    with pytest.MonkeyPatch.context() as mp:       # new user: refused only after 7.5 s of reading
+        mp.setattr(raddiag.data.adapters, "load_source", unread)
+        assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "holds a prepared dataset already; pass --overwrite" in err
     assert main(args + ["--overwrite"]) == 0 and "cases: 2 prepared of 2" in (tmp_path / "p" / "report.txt").read_text()
@@ -380,6 +386,7 @@ def test_cli_prepare_bounds_overwrite_and_manifest_problems(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bad.jsonl:1: id: expected a non-empty string, got int 1" in err
     assert "bad.jsonl:1: scans: expected a non-empty list" in err and "bad.jsonl:2: scans: expected" in err
+    assert "nothing was read: " in err and ":;" not in err                  # new user: "nothing was read:; ..."
     assert not (tmp_path / "q").exists()
 
 

@@ -72,7 +72,10 @@ def describe_error(exc: BaseException) -> tuple[int, str]:
         text = f"{where}: {exc.strerror}" if where is not None and str(where) not in exc.strerror else exc.strerror
     else:
         text = str(exc) or type(exc).__name__
-    text = "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    # one line: a line ending in ":" introduces the next ("nothing was read: m.jsonl:2: ..."), others "; "
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    text = "".join(line + ("" if i == len(lines) - 1 else " " if line.endswith(":") else "; ")
+                   for i, line in enumerate(lines))
     if isinstance(exc, (UserError, *BAD_INPUT)):
         return EXIT_BAD_INPUT, text
     if isinstance(exc, OSError):

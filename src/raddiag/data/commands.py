@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,6 @@ def _split_files(text: str | None) -> dict | None:
 
 def _load_label_space(path: str):
     import json
-    from pathlib import Path
 
     from raddiag.data.labels import LabelSpace
 
@@ -152,8 +152,9 @@ def unknown_labels(cases, label_space) -> dict[str, list[str]]:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from raddiag.data.adapters import load_source
     from raddiag.data.stats import prepare_summary
-    from raddiag.data.store import prepare_cases
+    from raddiag.data.store import check_prepare_out, prepare_cases
 
+    check_prepare_out(Path(args.out), args.overwrite)        # before the source is read
     limits = limits_from_args(args)
     opts = {"images": args.images, "split_files": _split_files(args.split_files), "npz": args.npz,
             "seed": args.seed, "val_fraction": args.val_fraction, "modality": args.modality, "anatomy": args.anatomy}

@@ -82,6 +82,17 @@ def _process_scan(args) -> tuple[Optional[np.ndarray], int, int, Optional[str], 
         return None, -1, 0, f"{type(exc).__name__}: {exc}", src, profile
 
 
+def check_prepare_out(out: Path, overwrite: bool = False) -> None:
+    """Refuse an ``out`` folder that cannot take a prepared dataset (a file, a dataset without
+    ``overwrite``, other files): ``data prepare`` calls it before reading the source, which took
+    seconds to minutes before the same refusal."""
+    check_out_folder(out)
+    if (out / "meta.json").exists() and not overwrite:
+        raise OutputExists(f"{out}: holds a prepared dataset already; pass --overwrite (overwrite=True) "
+                           "to replace it")
+    _check_no_other_files(out)
+
+
 def prepare_cases(
     cases: Iterable[Case],
     out_dir: str | Path,
@@ -126,11 +137,7 @@ def prepare_cases(
     window = list(parse_window(window)) if window is not None else None
     windows = check_windows(windows)
     out = Path(out_dir)
-    check_out_folder(out)
-    if (out / "meta.json").exists() and not overwrite:
-        raise OutputExists(f"{out}: holds a prepared dataset already; pass --overwrite (overwrite=True) "
-                              "to replace it")
-    _check_no_other_files(out)
+    check_prepare_out(out, overwrite)
     cases = list(cases)
     _check_cases(cases, pre_skipped)
     created = not out.exists()
