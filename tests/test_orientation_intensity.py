@@ -313,3 +313,13 @@ def test_runs_and_stores_from_before_keep_their_window_scaling(tmp_path):
     assert cfg.data.window_scaling == "fixed"
     with pytest.raises(ValueError, match="data.window_scaling"):
         preset("tiny", ["data.window_scaling=linear"])
+
+
+def test_the_raw_range_of_a_modality_of_several_kinds_says_it_spans_them_all():
+    """New user: "CT other 2, 8-bit 3, hu 1 (-983..65436)" read as the HU scan's range."""
+    from raddiag.data.stats import intensity_lines
+
+    kinds = {"CT": {"kinds": {"other": 2, "8-bit": 3, "hu": 1}, "min": -983.0, "max": 65436.0},
+             "MRI": {"kinds": {"other": 1}, "min": 0.0, "max": 800.0}}
+    assert intensity_lines({"intensity": kinds}) == [
+        "  raw intensity (scans): CT other 2, 8-bit 3, hu 1 (values of all 6: -983..65436); MRI other 1 (0..800)"]

@@ -223,7 +223,10 @@ def intensity_lines(meta: dict) -> list[str]:
     kinds = meta.get("intensity") or {}
     if kinds:
         lines.append("  raw intensity (scans): " + "; ".join(
-            f"{m} " + ", ".join(f"{k} {n}" for k, n in s["kinds"].items()) + f" ({s['min']:g}..{s['max']:g})"
+            f"{m} " + ", ".join(f"{k} {n}" for k, n in s["kinds"].items())
+            # the range is of all the modality's scans, not of the last kind named (a new user read it so)
+            + (f" (values of all {sum(s['kinds'].values())}: {s['min']:g}..{s['max']:g})" if len(s["kinds"]) > 1
+               else f" ({s['min']:g}..{s['max']:g})")
             for m, s in kinds.items()))
     return lines + _window_on_other_kinds(meta.get("window"), kinds)
 
