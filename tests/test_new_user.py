@@ -99,7 +99,7 @@ def test_the_service_takes_repeated_classes_fields(one_modality_run):
 
     with TestClient(create_app(one_modality_run)) as client:
         files = [("files", ("a.png", sample_png(32)))]
-        r = client.post("/predict", files=files, data={"classes": ["Pneumothorax", "Rib fracture, Atelectasis"],
+        r = client.post("/predict", files=files, data={"classes": ["Pneumothorax", "Rib fracture\nAtelectasis"],
                                                        "top": "5"})
         assert r.status_code == 200, r.text
         assert sorted(f["name"] for f in r.json()["ranked"]) == ["Atelectasis", "Pneumothorax", "Rib fracture"]
@@ -188,13 +188,14 @@ def test_a_folder_per_class_is_a_source(tmp_path, capsys):
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (24, 30), dtype=np.uint8)).save(case / f"f{i}.png")
     (tmp_path / "src" / "benign" / "notes.txt").write_text("not a scan")
+    (tmp_path / "src" / "README.txt").write_text("beside the class folders: no class")
     res = load_source("folders", tmp_path / "src", modality="US", anatomy="Breast")
     by_id = {c.id: c for c in res.cases}
     assert len(by_id) == 10 and by_id["benign/0.png"].labels == ["benign"]
     assert by_id["Normal/1.png"].labels == ["Normal"]
     assert [s.id for s in by_id["malignant/patient7"].scans] == ["f0.png", "f1.png", "f2.png"]
     assert {s.modality for c in res.cases for s in c.scans} == {"Ultrasound"}
-    assert "ignored 1 file(s) that are not scans" in res.notes[-1]
+    assert "ignored 2 file(s) that are not scans" in res.notes[-1] and "README.txt" in res.notes[-1]
     with pytest.raises(ValueError, match="needs --modality"):
         load_source("folders", tmp_path / "src")
     assert main(["data", "prepare", str(tmp_path / "src"), "--format", "folders", "--modality", "Ultrasound",

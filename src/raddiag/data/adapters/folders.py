@@ -51,7 +51,10 @@ def load_folders(source: Path, modality: Optional[str] = None, anatomy: Optional
     if not classes:
         raise ValueError(f"{source}: no class folders (expected SOURCE/CLASS/images, or SOURCE/train/CLASS/...)")
     result = AdapterResult(cases=[])
-    ignored = []
+    # files beside the class (or split) folders hold no class: said, not dropped unsaid
+    roots = {source} | {folder.parent for folder, _ in classes}
+    ignored = [str(p) for root in sorted(roots) for p in sorted(root.iterdir())
+               if p.is_file() and not p.name.startswith(".")]
     for folder, split in classes:
         label = folder.name        # "normal", "No_finding": read as Normal by settle_labels
         for item in sorted(folder.iterdir()):
