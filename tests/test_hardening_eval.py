@@ -416,3 +416,44 @@ def test_odd_arrays_and_deep_json_are_one_line_naming_the_file(tmp_path, capsys,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unexpected" not in err and reason in err, err
     assert ("ls.json" if labels else "p.npz") in err, err
+
+
+def test_a_label_file_in_another_class_order_than_the_columns_is_refused(tmp_path, capsys):
+    """Red team: predictions carried no class names, so a label file of the same classes in another
+    order filed every figure under another class's name and group. evaluate and metrics now write
+    the columns' names into predictions.npz, and metrics --labels checks them, order included."""
+    from raddiag.data.labels import LabelSpace
+
+    LabelSpace(names=["a", "b", "c"], counts=[200, 50, 5]).save(tmp_path / "ls.json")
+    assert _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz"), "--labels", str(tmp_path / "ls.json"),
+                    "--n-boot", "0") == 0
+    written = tmp_path / "out" / "predictions.npz"
+    assert list(np.load(written)["class_names"]) == ["a", "b", "c"]
+    LabelSpace(names=["b", "a", "c"], counts=[50, 200, 5]).save(tmp_path / "swapped.json")
+    capsys.readouterr()
+    rc = main(["metrics", "--pred", str(written), "--labels", str(tmp_path / "swapped.json"), "--out",
+               str(tmp_path / "again"), "--n-boot", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "swapped.json: the same classes as" in err and "column 0 is 'a' there, 'b' here" in err
+    assert not (tmp_path / "again").exists()
+    LabelSpace(names=["a", "b", "x"]).save(tmp_path / "other.json")
+    rc = main(["metrics", "--pred", str(written), "--labels", str(tmp_path / "other.json"), "--out",
+               str(tmp_path / "again"), "--n-boot", "0"])
+    assert rc == 2 and "e.g. 'x' not among them" in capsys.readouterr().err
+    # the same file again, and without --labels: the names come from the file
+    assert main(["metrics", "--pred", str(written), "--labels", str(tmp_path / "ls.json"), "--out",
+                 str(tmp_path / "same"), "--n-boot", "0"]) == 0
+    assert main(["metrics", "--pred", str(written), "--out", str(tmp_path / "bare"), "--n-boot", "0"]) == 0
+    rows = (tmp_path / "bare" / "per_class.csv").read_text()
+    assert "\n0,a," in rows and "class_0" not in rows
+
+
+def test_predictions_without_a_label_space_carry_no_stand_in_names(tmp_path):
+    """A first call without --labels must not pin the stand-in names class_0.. onto its output,
+    which a later call with the real label file would then refuse."""
+    assert _metrics(tmp_path, "--pred", _npz(tmp_path / "p.npz"), "--n-boot", "0") == 0
+    written = tmp_path / "out" / "predictions.npz"
+    assert "class_names" not in np.load(written)
+    (tmp_path / "ls.json").write_text(json.dumps({"classes": [{"name": n} for n in "xyz"]}))
+    assert main(["metrics", "--pred", str(written), "--labels", str(tmp_path / "ls.json"), "--out",
+                 str(tmp_path / "named"), "--n-boot", "0"]) == 0

@@ -289,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         return 141                   # as a program killed by SIGPIPE (128 + 13), silently
     except Terminated:
         _close_progress_bars()
-        print("raddiag: terminated (SIGTERM); unfinished outputs removed", file=sys.stderr)
+        # the service writes nothing to remove: stopping it is its normal end
+        print("raddiag: terminated (SIGTERM)" + ("; the service stopped" if args.command == "serve"
+                                                 else "; unfinished outputs removed"), file=sys.stderr)
         return 143
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line (a traceback with --debug)
         if args.debug:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Optional
 
 from raddiag.cli import non_negative_int
 
@@ -86,12 +87,16 @@ def load_predictions(path: str) -> dict:
         if k not in z:
             raise ValueError(f"{p}: missing array {k!r} (has {sorted(z)})")
     out = {"scores": z["scores"], "labels": z["labels"]}
-    for k in ("case_ids", "anatomy"):
+    for k in ("case_ids", "anatomy", "class_names"):
         if k in z:
             if z[k].ndim != 1:
                 raise ValueError(f"{p}: {k} must be a list of one entry per case, got an array of shape {z[k].shape}")
             out[k] = [str(x) for x in z[k]]
     check_inputs(out["scores"], out["labels"], str(p))
+    names = out.get("class_names")
+    n_cols = out["scores"].shape[-1] if out["scores"].ndim == 2 else 1
+    if names is not None and len(names) != n_cols:
+        raise ValueError(f"{p}: class_names has {len(names)} entries for {n_cols} score columns")
     ids = out.get("case_ids")
     if ids is not None:
         seen, dups = set(), []
@@ -200,7 +205,7 @@ def _metrics(args) -> int:
 
     from raddiag.data.errors import check_out_folder
     from raddiag.data.labels import LabelSpace
-    from raddiag.evaluation.engine import evaluate_predictions
+    from raddiag.evaluation.engine import evaluate_predictions, placeholder_names
 
     check_out_folder(args.out)
     written = Path(args.out) / "predictions.npz"
@@ -213,10 +218,12 @@ def _metrics(args) -> int:
     if val is not None:
         warn_shared_cases(test.get("case_ids"), val.get("case_ids"), args.pred, args.val)
     c = test["scores"].shape[-1] if test["scores"].ndim == 2 else 1
+    named = check_class_names(test, val, args)
     if args.labels:
         space = LabelSpace.load(args.labels)
-    else:
-        space = LabelSpace(names=[f"class_{i}" for i in range(c)])     # no training counts: no head / tail
+        check_column_order(space.names, named, args.labels, args.pred if test.get("class_names") else args.val)
+    else:       # no training counts: no head / tail
+        space = LabelSpace(names=named or placeholder_names(c))
     evaluate_predictions(test["scores"], test["labels"], space,
                          val_scores=None if val is None else val["scores"],
                          val_labels=None if val is None else val["labels"],
@@ -231,6 +238,32 @@ def _metrics(args) -> int:
     _print_summary(metrics, args.out, f"predictions {Path(args.pred).name}")
     _print_protocol(metrics)
     return 0
+
+
+def check_class_names(test: dict, val: Optional[dict], args) -> Optional[list[str]]:
+    """The columns' class names the prediction files carry (``class_names``, written by evaluate
+    and metrics), or None; the test and validation files must agree on them, order included."""
+    names = test.get("class_names")
+    if val is not None and val.get("class_names") is not None:
+        if names is not None and names != val["class_names"]:
+            check_column_order(names, val["class_names"], args.pred, args.val)
+        names = names or val["class_names"]
+    return names
+
+
+def check_column_order(names: list[str], columns: Optional[list[str]], names_path, columns_path) -> None:
+    """Refuse class ``names`` (a label file's) that are not the ``columns``' names in their order:
+    every figure would be filed under another class's name and group."""
+    if columns is None or list(names) == list(columns):
+        return
+    if len(names) == len(columns) and sorted(names) == sorted(columns):
+        i = next(i for i, (a, b) in enumerate(zip(names, columns)) if a != b)
+        raise ValueError(f"{names_path}: the same classes as {columns_path} in another order (column {i} is "
+                         f"{columns[i]!r} there, {names[i]!r} here): every figure would go to another class; "
+                         "give the classes in the columns' order")
+    other = [n for n in names if n not in set(columns)]
+    raise ValueError(f"{names_path}: not the classes of {columns_path}'s columns ({len(names)} against {len(columns)}"
+                     + (f"; e.g. {', '.join(map(repr, other[:3]))} not among them" if other else "") + ")")
 
 
 def _print_summary(metrics: dict, out, what: str) -> None:

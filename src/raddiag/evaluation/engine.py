@@ -48,6 +48,11 @@ CI_DESCRIPTIONS = {
 NO_COUNTS = "none: the label space has no training counts (no --labels), so no head / medium / tail groups"
 
 
+def placeholder_names(c: int) -> list[str]:
+    """The stand-in class names of predictions evaluated without a label space."""
+    return [f"class_{i}" for i in range(c)]
+
+
 def anatomy_key(name: str) -> str:
     """The ``metrics.json`` group of an anatomy: ``anatomy/<name>``, a "/" in the name written
     "%2F" ("Head/Neck" -> ``anatomy/Head%2FNeck``): the name stays one key segment, apart from
@@ -345,7 +350,10 @@ def _write_outputs(out: Path, result: dict, scores, labels, label_space: LabelSp
     from .report import write_report
 
     (out / "metrics.json").write_text(json.dumps(result["metrics"], indent=1))
-    extra = {}
+    # the class of each column: `metrics --labels` checks a label file against it (order included);
+    # none for the stand-in names of a call without a label space
+    named = list(label_space.names) != placeholder_names(len(label_space))
+    extra = {"class_names": np.asarray([str(x) for x in label_space.names])} if named else {}
     if case_ids is not None:
         extra["case_ids"] = np.asarray([str(x) for x in case_ids])
     if anatomy is not None:
