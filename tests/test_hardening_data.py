@@ -448,3 +448,21 @@ def test_large_16_bit_png_prepares_as_the_full_float32_frame_did(tmp_path):
         assert n == 1 and out.shape == (1, 256, 256) and np.array_equal(out, ref)
     peak = _peak_mb(lambda: load_scan(scan, 256, 1))
     assert peak < 64, f"{peak:.0f} MB traced for a 4096 x 4096 16-bit PNG"
+
+
+def test_a_boolean_array_and_a_far_from_square_image_are_kept_and_remarked_on(tmp_path):
+    """New user: a boolean .npy (a mask?) and a 5000 x 3 image were prepared without a word."""
+    from raddiag.data.case import Case, Scan
+    from raddiag.data.store import prepare_cases
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "mask.npy", rng.random((40, 40)) > 0.5)
+    np.save(tmp_path / "thin.npy", rng.integers(0, 1000, (5000, 3)))
+    np.save(tmp_path / "fine.npy", rng.random((40, 30)).astype(np.float32))
+    cases = [Case(id=n, scans=[Scan(paths=[str(tmp_path / f"{n}.npy")], modality="X-ray")], labels=["a"], split="train")
+             for n in ("mask", "thin", "fine")]
+    report = prepare_cases(cases, tmp_path / "p", size=16, depth=2, workers=1)
+    notes = "\n".join(report.notes)
+    assert "mask.npy: a boolean array (a segmentation mask?), read as 0 / 1" in notes
+    assert "thin.npy: slices of 5000 x 3 pixels, stretched to 16 x 16 (1667:1 to 1:1)" in notes
+    assert "fine.npy" not in notes and len(report.notes) >= 2

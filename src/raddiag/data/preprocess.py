@@ -139,10 +139,29 @@ def _checked_key(scan, n: int, profile: Optional[dict]) -> Optional[int]:
     if scan.is_3d is False and n > 1:
         raise ScanError(scan.paths[0] if scan.paths else "<scan>", f"is_3d is false but the file holds {n} slices")
     if scan.key_slice is not None and scan.key_slice >= n:
-        if profile is not None:
-            profile["note"] = f"key_slice {scan.key_slice} is outside the scan's {n} slice(s) (0..{n - 1}): dropped"
+        add_note(profile, f"key_slice {scan.key_slice} is outside the scan's {n} slice(s) (0..{n - 1}): dropped")
         return None
     return scan.key_slice
+
+
+def add_note(profile: Optional[dict], text: str) -> None:
+    """One more remark on a scan kept as it is (``profile["note"]``; prepare's report lists it)."""
+    if profile is not None:
+        profile["note"] = f"{profile['note']}; {text}" if profile.get("note") else text
+
+
+STRETCH_NOTE = 8      # slices whose sides differ more than this: stretched to a square, said
+
+
+def _content_notes(vol, first: np.ndarray, size: int, profile: Optional[dict]) -> None:
+    """Remarks on what a scan holds, kept but unlike a scan: a boolean array (a mask given as an
+    image?) and slices far from square (5000 x 3 pixels, stretched to ``size`` x ``size``)."""
+    if first.dtype.kind == "b":
+        add_note(profile, "a boolean array (a segmentation mask?), read as 0 / 1")
+    h, w = vol.shape[1:]
+    if max(h, w) >= STRETCH_NOTE * min(h, w):
+        add_note(profile, f"slices of {h} x {w} pixels, stretched to {size} x {size} "
+                          f"({max(h, w) / min(h, w):.0f}:1 to 1:1)")
 
 
 _BATCH_BYTES = 8 * 2 ** 20    # raw slices resized together (one interpolate call) up to this size
@@ -170,6 +189,8 @@ def preprocess_slices(vol, size: int, depth: int, window: Optional[Sequence[floa
     vmin, vmax, done, batch = np.inf, -np.inf, 0, []
     raw = [np.inf, -np.inf]
     for j, sl in enumerate(vol.slices(idx, native=True)):   # integers stay integers: no float32 frame
+        if j == 0:
+            _content_notes(vol, sl, size, profile)
         if sl.dtype.kind == "f" and not np.isfinite(sl).all():
             raise ScanError(vol.path, f"contains NaN or infinite values (slice {int(idx[j])})")
         ends = np.array([sl.min(), sl.max()], dtype=np.float32)   # float32 rounding is monotone
