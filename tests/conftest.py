@@ -43,7 +43,9 @@ def _quiet_threads():
     try:
         import torch
 
-        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+        # under pytest-xdist (`make test` runs one worker per core) each worker gets its share
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // workers)))
     except ImportError:  # pragma: no cover
         pass
     yield
