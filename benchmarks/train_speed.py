@@ -174,28 +174,27 @@ class Geometry:
         return self.scans * self.slices + self.xrays
 
 
-def batchnorm_eval(model) -> None:
+def batchnorm_eval(*models) -> list[tuple[torch.nn.Module, bool]]:
     """BatchNorm on its running statistics (``--bn-eval``): a slice's features then no longer depend
-    on the other slices of the batch (their zero-padded ones, our chunks), the rest stays in training."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.eval()
+    on the other slices of the batch (their zero-padded ones, our chunks), the rest stays in training.
+    Returns each BatchNorm with its mode before, to put back."""
+    norms = [(m, m.training) for model in models for m in model.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m, _ in norms:
+        m.eval()
+    return norms
 
 
 def same_weights_losses(their, ours, tb, ob, amp: str) -> tuple[float, float]:
     """Both losses from the same weights, BatchNorm on its running statistics (forward only, no
     update): the check that both compute the same function, which training-mode BatchNorm hides
     where the sides batch different slices (theirs with their padding, ours in chunks)."""
-    norms = [m for model in (their, ours) for m in model.modules()
-             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    modes = [m.training for m in norms]
-    for m in norms:
-        m.eval()
+    norms = batchnorm_eval(their, ours)
     try:
         with torch.no_grad():
             return float(their_loss(their, tb, amp)), float(our_loss(ours, ob, amp))
     finally:
-        for m, mode in zip(norms, modes):
+        for m, mode in norms:
             m.train(mode)
 
 

@@ -218,10 +218,10 @@ def _metrics(args) -> int:
     if val is not None:
         warn_shared_cases(test.get("case_ids"), val.get("case_ids"), args.pred, args.val)
     c = test["scores"].shape[-1] if test["scores"].ndim == 2 else 1
-    named = check_class_names(test, val, args)
+    named, named_in = check_class_names(test, val, args.pred, args.val)
     if args.labels:
         space = LabelSpace.load(args.labels)
-        check_column_order(space.names, named, args.labels, args.pred if test.get("class_names") else args.val)
+        check_column_order(space.names, named, args.labels, named_in)
     else:       # no training counts: no head / tail
         space = LabelSpace(names=named or placeholder_names(c))
     evaluate_predictions(test["scores"], test["labels"], space,
@@ -240,15 +240,14 @@ def _metrics(args) -> int:
     return 0
 
 
-def check_class_names(test: dict, val: Optional[dict], args) -> Optional[list[str]]:
-    """The columns' class names the prediction files carry (``class_names``, written by evaluate
-    and metrics), or None; the test and validation files must agree on them, order included."""
-    names = test.get("class_names")
-    if val is not None and val.get("class_names") is not None:
-        if names is not None and names != val["class_names"]:
-            check_column_order(names, val["class_names"], args.pred, args.val)
-        names = names or val["class_names"]
-    return names
+def check_class_names(test: dict, val: Optional[dict], test_path: str, val_path: Optional[str]):
+    """``(the columns' class names, the file they come from)`` that the prediction files carry
+    (``class_names``, written by evaluate and metrics), or ``(None, None)``; the test and validation
+    files must agree on them, order included."""
+    names, val_names = test.get("class_names"), (val or {}).get("class_names")
+    if names is not None and val_names is not None:
+        check_column_order(names, val_names, test_path, val_path)
+    return (names, test_path) if names is not None else (val_names, val_path if val_names else None)
 
 
 def check_column_order(names: list[str], columns: Optional[list[str]], names_path, columns_path) -> None:

@@ -114,12 +114,15 @@ def merge_normal_names(cases: Sequence[Case]) -> dict[str, int]:
     read as Normal."""
     from raddiag.knowledge.negation import parse
 
+    # each distinct label parsed once; "normal" in another letter case is a spelling of Normal
+    # (merge_label_spellings says so)
+    distinct = {x for c in cases for x in c.labels}
+    normal = {x for x in distinct if label_key(x) != NORMAL.lower() and parse(x).normal}
     found: Counter = Counter()
     for c in cases:
-        # "normal" in another letter case is a spelling of Normal (merge_label_spellings says so)
-        normal = [x for x in c.labels if label_key(x) != NORMAL.lower() and parse(x).normal]
-        if normal:
-            found.update(normal)
+        hits = [x for x in c.labels if x in normal]
+        if hits:
+            found.update(hits)
             c.labels = list(dict.fromkeys(NORMAL if x in normal else x for x in c.labels))
     return dict(found)
 
