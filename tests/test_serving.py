@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -249,6 +250,47 @@ def test_page_in_headless_chromium(server, tmp_path, chromium):
     assert "Done." in dom and "Case demo-cxr" in dom
     assert sum(name in dom for name in SAMPLE_CLASSES) == len(SAMPLE_CLASSES)   # top 5 of 4 classes: all
     assert 'src="data:image/png;base64,' in dom                                  # saliency overlay shown
+
+
+HOSTILE = 'x" onload="document.title=\'PWNED\'" y<b>.png'
+
+
+def test_page_shows_hostile_names_as_text(tmp_path, chromium):
+    """Red team: a zip entry named ``x" onload="..." y.png`` broke out of the overlay's ``alt``
+    attribute and ran script (the page's escaping left quotes alone). The page's own ``render()``
+    on an answer whose every text field is hostile must add no attribute and no element."""
+    import json
+
+    page = (Path(__file__).parents[1] / "src/raddiag/serving/static/index.html").read_text()
+    scan = {"id": HOSTILE, "modality": HOSTILE, "is_3d": False, "slices": 1, "used": True}
+    answer = {"case_id": HOSTILE, "thresholds": HOSTILE, "scans": [scan], "saliency_error": None,
+              "ranked": [{"name": HOSTILE, "code": HOSTILE, "probability": 0.5, "threshold": 0.4,
+                          "above_threshold": True}],
+              "saliency": [{"scan": HOSTILE, "class": HOSTILE, "layer": HOSTILE, "slice": 0, "channels": 1,
+                            "overlay": 'data:image/png;base64,AA" onerror="document.title=\'PWNED\''}]}
+    html = page.replace("</body>", f"<script>render({json.dumps(answer)});</script></body>")
+    (tmp_path / "page.html").write_text(html)
+    cmd = [chromium, *CHROME_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=3000",
+           "--dump-dom", (tmp_path / "page.html").as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    dom = re.sub(r"<script>.*?</script>", "", dom, flags=re.S)      # the answer itself is in a script
+    assert 'id="ranked"' in dom, dom[-2000:]
+    assert "PWNED" not in dom.split("<body")[0]          # the title was not rewritten
+    tags = _tags(dom)
+    assert not [t for t in tags if t[0] == "b" or any(k.startswith("on") for k, _ in t[1])]
+    (img,) = [dict(a) for t, a in tags if t == "img"]
+    assert img["alt"] == "saliency " + HOSTILE and img["src"].startswith("data:image/png;base64,AA\"")
+    assert dom.count("y&lt;b&gt;.png") >= 6              # every field shown as text
+
+
+def _tags(html: str) -> list[tuple[str, list]]:
+    from html.parser import HTMLParser
+
+    found = []
+    parser = HTMLParser()
+    parser.handle_starttag = lambda tag, attrs: found.append((tag, attrs))
+    parser.feed(html)
+    return found
 
 
 def test_zip_of_a_dicom_series_needs_no_modality(server, tmp_path):
