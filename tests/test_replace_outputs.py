@@ -121,3 +121,43 @@ def test_unreviewed_ambiguous_mappings_are_exported_with_a_warning(work, tmp_pat
         w.writeheader()
         w.writerows(rows)
     assert export_dataset(work["work"], tmp_path / "ds")["unreviewed_ambiguous"] == []
+
+
+def test_cases_whose_names_clean_alike_keep_a_figure_each(cases, tmp_path):
+    """Red team: "case 1" and "case_1" (and "x#2", the second folder named x, beside a folder
+    "x_2") had one file name; the second case's figure replaced the first's, both reported."""
+    import shutil
+
+    from raddiag.serving.predict import Predictor
+
+    folders = []
+    for name in ("case 1", "case_1"):
+        shutil.copytree(cases / "good1", tmp_path / "in" / name)
+        folders.append(str(tmp_path / "in" / name))
+    got = Predictor.load(cases / "run").predict(folders, modality="X-ray", saliency=tmp_path / "sal")
+    paths = [s["path"] for r in got for s in r.saliency]
+    assert len(paths) == 2 and len(set(paths)) == 2
+    assert sorted(str(p) for p in (tmp_path / "sal").iterdir()) == sorted(paths)
+
+
+def test_figure_names_of_distinct_cases_or_classes_differ():
+    """Over random names (Hypothesis): distinct case ids, or distinct class names, never give one
+    file name; a name that is a file name already is kept as it is."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from raddiag.serving.saliency import figure_name
+
+    names = st.text(st.characters(codec="utf-8"), max_size=60)
+
+    @settings(max_examples=300, deadline=None)
+    @given(names, names, names)
+    def check(a, b, cls):
+        if a != b:
+            assert figure_name(a, cls, 0, 1, 0, False) != figure_name(b, cls, 0, 1, 0, False)
+            assert figure_name(cls, a, 0, 1, 0, True) != figure_name(cls, b, 0, 1, 0, True)
+        name = figure_name(a, cls, 1, 2, 3, True)
+        assert "/" not in name and "\0" not in name and len(name) <= 100
+
+    check()
+    assert figure_name("P001", "Pneumonia", 0, 1, 0, False) == "P001_Pneumonia.png"

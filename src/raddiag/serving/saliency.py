@@ -28,6 +28,7 @@ the stage used is reported with every map. The masked forwards are batched (``ch
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import re
 from dataclasses import dataclass
@@ -338,7 +339,14 @@ def _wrap(text: str, font, width: int) -> list[str]:
 
 
 def _safe(name: str, limit: int = 40) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_.")[:limit].strip("_.") or "x"
+    """``name`` as a file-name part: kept where it is one already, else cleaned and cut and tagged
+    with a hash of the whole name, so that two names never share a part ("case 1" and "case_1",
+    two long names alike in their first ``limit`` characters: one figure replaced the other)."""
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_.")[:limit].strip("_.")
+    if clean == name and clean:
+        return clean
+    tag = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{clean[:limit - 9].strip('_.')}-{tag}".lstrip("-")
 
 
 def figure_name(case_id: str, class_name: str, scan: int, n_scans: int, slice_: int, is_3d: bool) -> str:
@@ -358,6 +366,10 @@ def save_figure(im, path: str | Path, overwrite: bool = False, stage: Optional[P
     if path.parent.exists() and not path.parent.is_dir():
         raise NotADirectoryError(f"{path.parent}: the saliency output must be a folder; it is a file")
     staged = Path(stage) / path.name if stage is not None else path
+    if stage is not None and staged.exists():      # a figure of this same call has the name: keep both
+        path = next(p for p in (path.with_name(f"{path.stem}-{i}.png") for i in range(2, 10 ** 6))
+                    if not (Path(stage) / p.name).exists())
+        staged = Path(stage) / path.name
     if (path.exists() or staged.exists()) and not overwrite:
         raise FileExistsError(f"{path}: exists already; pass --overwrite (overwrite=True) to replace it")
     staged.parent.mkdir(parents=True, exist_ok=True)
