@@ -93,6 +93,7 @@ def test_finetune_fraction_writes_the_counts_of_the_cases_it_trained_on(tmp_path
                  "--out", str(tmp_path / "ft"), "--epochs", "1", "--no-progress"]) == 0
     info = json.loads((tmp_path / "ft" / "finetune.json").read_text())
     assert info["train_cases"] < info["train_cases_total"]
+    assert info["train_fraction"] == pytest.approx(info["train_cases"] / info["train_cases_total"])
     labels = LabelSpace.load(tmp_path / "ft" / "label_space.json")
     full = PreparedData(target).label_space(labels.granularity)
     # the counts are those of a subset: never above the split's, and they add up to the labels
@@ -203,3 +204,31 @@ def test_an_interval_holds_its_estimate_and_stays_within_1_5x_the_percentile_int
     w_lo, w_hi = bootstrap_ci(replicates, point, method="logit")
     if point < 0.05:                                       # the Wald interval alone balloons there
         assert w_hi - w_lo > 3 * (hi - lo)
+
+
+def test_json_outputs_are_strict_json_with_null_for_nan(tmp_path):
+    """Red team: finetune.json held a bare ``NaN`` (best_val_auc before any validation), which is no
+    JSON (JavaScript's JSON.parse refuses the file). Every non-finite number is written as null."""
+    import numpy as np
+
+    from raddiag.staging import write_json
+
+    obj = {"a": float("nan"), "b": [1.0, float("inf"), np.float32("-inf"), np.float64(2.5)], "c": {"d": (np.nan,)},
+           "e": "NaN", "f": 3}
+    write_json(tmp_path / "x.json", obj)
+    text = (tmp_path / "x.json").read_text()
+    strict = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert strict == {"a": None, "b": [1.0, None, None, 2.5], "c": {"d": [None]}, "e": "NaN", "f": 3}
+
+
+def test_a_fraction_the_classes_outweigh_is_told_with_the_cases_that_train():
+    """Red team: ``--fraction 0.01`` of 84 cases of 44 classes trained on 40 cases and finetune.json
+    said only ``fraction: 0.01``; the 1, 10 and 30 % runs trained on nearly one subset."""
+    from raddiag.transfer.finetune import subset_note
+
+    note = subset_note(0.01, 40, 84, 44)
+    assert "asks for 1" in note and "44 classes" in note and "takes 40 (48 % of the cases)" in note
+    assert subset_note(0.1, 9, 84, 3) is None             # 8 asked, 9 taken: as asked
+    assert subset_note(0.3, 25, 84, 44) is None
+    assert subset_note(0.01, 2, 84, 2) is None            # 1 asked, 2 taken: one case over
+    assert subset_note(0.01, 3, 84, 3) is not None

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
+from raddiag.staging import write_json
+
 
 # The demo trains the `cpu` preset (raddiag.config: the recipe and why); 4,000 cases over 8 epochs
 # give each anatomy's test figure 85-290 cases (2,000 cases: 30-150) in under 8 minutes.
@@ -70,7 +72,7 @@ def run_demo(out_dir: str | Path, n_cases: int = DEMO_CASES, seed: int = 0, epoc
         _say(f"[4/4] evaluating on the test split -> {out / 'report.html'}")
         metrics = evaluate_run(run_dir, data_dir, "test", out, progress=progress)["metrics"]
     timings = clock.total()
-    (out / "timings.json").write_text(json.dumps(timings, indent=1))
+    write_json(out / "timings.json", timings)
     print(headline(metrics))
     print(f"\nreport:  {out / 'report.html'}\nmetrics: {out / 'metrics.json'}\nrun:     {run_dir}"
           f"\ntotal time: {timings['total_s']:.0f} s (CPU {timings['total_cpu_s']:.0f} s, "

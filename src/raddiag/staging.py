@@ -20,7 +20,9 @@ removed.
 from __future__ import annotations
 
 import errno
+import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -120,6 +122,25 @@ def sweep_stale(parent: Path, prefix: str) -> list[Path]:
             log.warning("%s: an unfinished output of an earlier run, or of one still running (it holds no "
                         "lock to tell: an older raddiag); remove it when no raddiag command is writing there", p)
     return removed
+
+
+def write_json(path, obj, indent: Optional[int] = 1) -> None:
+    """``obj`` as strict JSON (NaN and infinities written as ``null``: a bare ``NaN`` is no JSON,
+    and JavaScript's ``JSON.parse`` refuses the whole file), through :func:`atomic_write`."""
+    text = json.dumps(_finite(obj), indent=indent, ensure_ascii=False, allow_nan=False) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "dtype") and getattr(obj, "ndim", None) == 0:    # a NumPy scalar
+        return _finite(obj.item())
+    return obj
 
 
 def atomic_write(path, write) -> None:

@@ -19,11 +19,11 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from raddiag.jsonl import read_json  # noqa: F401 - the curation steps read their JSON through here
+from raddiag.staging import write_json  # noqa: F401 - and write it through here
 
 log = logging.getLogger("raddiag.curation")
 
@@ -95,17 +95,6 @@ class Work:
 
 
 # -- file helpers ------------------------------------------------------------------------
-
-
-def write_json(path: str | Path, obj: Any, indent: int | None = 1) -> None:
-    """Atomic write (temp file + rename): a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=indent, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:

@@ -7,13 +7,13 @@ medium >= 30, tail fewer; Normal is head).
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Optional
 
 from raddiag.data.case import NORMAL, Case
 from raddiag.data.store import PreparedData, PrepareReport
+from raddiag.staging import write_json
 
 
 def _is_normal(rec: dict, field: str = "labels") -> bool:
@@ -207,7 +207,7 @@ def write_stats(data_dir: str | Path, out_dir: Optional[str | Path] = None, plot
     st = compute_stats(data_dir)
     out = Path(out_dir) if out_dir else Path(data_dir) / "stats"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "stats.json").write_text(json.dumps(st, indent=1))
+    write_json(out / "stats.json", st)
     (out / "stats.txt").write_text(stats_text(st) + "\n")
     if plots:
         st["plots"] = [str(p) for p in plot_stats(st, out)]

@@ -8,7 +8,6 @@ anatomy is given, ``anatomy/<name>`` (all classes, on that anatomy's cases) and
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 import warnings
@@ -20,6 +19,7 @@ import numpy as np
 from raddiag.csvfile import write_csv
 from raddiag.data.errors import InputWarning
 from raddiag.data.labels import LabelSpace, check_thresholds
+from raddiag.staging import write_json
 
 from .bootstrap import CI_METHODS, DEFAULT_CI_METHOD, bootstrap_ci, bootstrap_per_class, check_n_boot
 from .metrics import FALLBACK_THRESHOLD, METRICS, best_f1_thresholds, check_inputs, macro, per_class_metrics
@@ -349,7 +349,7 @@ def _write_outputs(out: Path, result: dict, scores, labels, label_space: LabelSp
 
     from .report import write_report
 
-    (out / "metrics.json").write_text(json.dumps(result["metrics"], indent=1))
+    write_json(out / "metrics.json", result["metrics"])
     # the class of each column: `metrics --labels` checks a label file against it (order included);
     # none for the stand-in names of a call without a label space
     named = list(label_space.names) != placeholder_names(len(label_space))

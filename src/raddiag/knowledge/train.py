@@ -57,6 +57,7 @@ TRAIN_MAX_LENGTH = 32
 
 
 from raddiag.cache import cache_dir  # noqa: E402,F401  (one definition; demo and map import it from here)
+from raddiag.staging import write_json
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -543,7 +544,7 @@ def train_knowledge_encoder(
     }
     encoder.save(out, extra={"knowledge_training": {k: result[k] for k in ("steps", "base", "seed")}})
     _save_checkpoint(ckpt, encoder, opt, state)
-    metrics_path.write_text(json.dumps(result, indent=1))
+    write_json(metrics_path, result)
     return result
 
 
@@ -559,7 +560,7 @@ def _cached_eval(encoder: TextEncoder, heldout: HeldOut) -> dict:
     res = evaluate_retrieval(encoder, heldout)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(res))
+        write_json(path, res, indent=None)
     except OSError:  # a read-only cache is not an error
         pass
     return res

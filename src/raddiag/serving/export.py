@@ -16,13 +16,14 @@ with ``onnx.checker``, and the file says so).
 """
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import nn
+
+from raddiag.staging import write_json
 
 FORMATS = ("onnx", "torchscript")
 
@@ -122,7 +123,7 @@ def _export_into(out: Path, model, cfg, labels, run_dir, fmt: str, scans: Option
             raise ValueError(f"{path}: exported {kind} differs from PyTorch by {diff:.2e} (> {atol})")
         meta["graphs"][kind] = {"file": path.name, "inputs": list(names), "max_abs_diff": diff, "check": checked}
         written.append(path)
-    (out / "export.json").write_text(json.dumps(meta, indent=1))
+    write_json(out / "export.json", meta)
     return [p.name for p in written] + ["export.json"]
 
 

@@ -19,7 +19,6 @@ text mode scores "Non-X" as ``1 - p(X)``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -31,6 +30,7 @@ from raddiag.data.case import NORMAL
 from raddiag.data.errors import InputWarning
 from raddiag.data.labels import LabelSpace
 from raddiag.knowledge import negation
+from raddiag.staging import write_json
 
 log = logging.getLogger(__name__)
 MODES = ("mapping", "normal", "text")
@@ -266,8 +266,8 @@ def zeroshot(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
 
     with staged_files(out, "zeroshot") as stage:    # together, when every mode is done
         if links is not None:
-            (stage / "mapping.json").write_text(json.dumps(links, indent=1))
-        (stage / "zeroshot.json").write_text(json.dumps(results, indent=1))
+            write_json(stage / "mapping.json", links)
+        write_json(stage / "zeroshot.json", results)
     return results
 
 
