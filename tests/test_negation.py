@@ -128,18 +128,22 @@ def test_a_non_compound_disease_is_not_a_negation(name):
 
 
 @pytest.mark.parametrize("name, negated", [("Non-COVID-19", "COVID-19"), ("Non-cancerous", "cancerous"),
-                                           ("Non-pneumonia", "pneumonia"), ("NonCOVID", "COVID")])
+                                           ("Non-pneumonia", "pneumonia"), ("NonCOVID", "COVID"),
+                                           ("non covid 19", "covid 19")])
 def test_a_non_word_before_nothing_else_stays_a_negation(name, negated):
     assert parse(name).negates == negated
 
 
 @pytest.mark.parametrize("name", ["Non-Communicating Hydrocephalus", "non-communicating hydrocephalus",
-                                  "Non-Occlusive Mesenteric Ischemia", "Non-Pleural effusion"])
+                                  "Non-Occlusive Mesenteric Ischemia", "Non-Pleural effusion",
+                                  "Non-COVID pneumonia", "Non-Langerhans cell histiocytosis",
+                                  "Non-COVID-19 viral pneumonia"])
 def test_capitalisation_does_not_change_the_reading_and_the_guess_is_said(name):
     """A red team found Title-Case disease names ("Non-Communicating Hydrocephalus") read as
     negations by a rule on capitals, while the same class in lower case was a disease. Letters' case
-    is not read; where "non-" + an adjective is guessed to be a disease, a note says so and how to
-    write the absence (a new user's "Non-Pleural effusion" was scored as the effusion without a word)."""
+    is not read; where "non-" + a word qualifying a disease is guessed to be a disease, a note says so
+    and how to write the absence (a new user's "Non-Pleural effusion" was scored as the effusion
+    without a word; a red team's "Non-COVID pneumonia" was scored as 1 - p(COVID pneumonia))."""
     from raddiag.knowledge.negation import compound_note
 
     assert parse(name).negates is None

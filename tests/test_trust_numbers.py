@@ -232,3 +232,38 @@ def test_a_fraction_the_classes_outweigh_is_told_with_the_cases_that_train():
     assert subset_note(0.3, 25, 84, 44) is None
     assert subset_note(0.01, 2, 84, 2) is None            # 1 asked, 2 taken: one case over
     assert subset_note(0.01, 3, 84, 3) is not None
+
+
+@pytest.mark.parametrize("kind", ["constant", "random", "perfect"])
+def test_retrieval_figures_equal_a_brute_force_count_with_ties_against(kind):
+    """Red team: ties were counted for the target, so an encoder that gives every text the same
+    vector scored recall@1 = 1.0. The rank of a query is here counted by hand: the candidates
+    (other than the target) at least as close as the target."""
+    import torch
+
+    from raddiag.knowledge.train import HeldOut, evaluate_retrieval
+
+    rng = np.random.default_rng(0)
+    cands = [f"c{i}" for i in range(40)]
+    queries = [f"q{i}" for i in range(25)]
+    targets = [int(t) for t in rng.integers(0, len(cands), len(queries))]
+    vec = {t: rng.normal(size=8) for t in cands + queries}
+    if kind == "constant":
+        vec = {t: np.ones(8) for t in vec}
+    elif kind == "perfect":
+        vec.update({q: vec[cands[t]] for q, t in zip(queries, targets)})
+
+    class Encoder:
+        def encode(self, texts, **_):
+            return torch.tensor(np.stack([vec[t] for t in texts]), dtype=torch.float32)
+
+    res = evaluate_retrieval(Encoder(), HeldOut(cands, cands, queries, targets, [], cands))
+    ranks = []
+    for q, t in zip(queries, targets):
+        sim = {c: float(np.float32(vec[q]).astype(np.float32) @ np.float32(vec[c])) for c in cands}
+        ranks.append(sum(1 for c in cands if c != cands[t] and sim[c] >= sim[cands[t]]))
+    assert res["ranks"] == ranks
+    assert res["recall@1"] == pytest.approx(np.mean([r < 1 for r in ranks]))
+    assert res["recall@10"] == pytest.approx(np.mean([r < 10 for r in ranks]))
+    if kind == "constant":
+        assert res["recall@1"] == 0.0 and res["mean_rank"] == len(cands)

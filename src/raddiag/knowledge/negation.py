@@ -19,9 +19,10 @@ Recognised forms (case-insensitive, ``_`` read as a space): ``non-X`` / ``non X`
 and ``abnormal`` (negates ``Normal``). Disease names that merely begin with "non-"
 ("non-Hodgkin lymphoma", "non-small cell lung cancer", "NSTEMI" spelt out, ...) are
 listed in :data:`NON_COMPOUNDS`, or are words of ICD-10-CM's titles ("Non-follicular lymphoma"), or
-an adjective before a noun ("Non-obstructive hydrocephalus"), and are not negations
-(:func:`_non_compound`); the last is a guess, and where it decides, :func:`compound_note` says so
-and how to write the absence ("No pleural effusion").
+qualify the words after them ("Non-obstructive hydrocephalus", "Non-COVID pneumonia": a kind of
+hydrocephalus, of pneumonia), and are not negations (:func:`_non_compound`); the last is a guess,
+and where it decides, :func:`compound_note` says so and how to write the absence ("No pleural
+effusion"). "Non-" before one word ("Non-COVID-19", "NonCOVID", "non covid 19") denies it.
 """
 from __future__ import annotations
 
@@ -97,23 +98,23 @@ def parse(name: str) -> ClassName:
     return ClassName(name)
 
 
-# "non-" + an adjective before a noun names a kind of disease ("Non-bacterial thrombotic endocarditis")
-_ADJECTIVE_ENDINGS = ("al", "ar", "ic", "ive", "ous", "ing", "ed", "ile", "ary", "oid")
 
 
 def _non_compound(x: str) -> bool:
     """Whether "non-" + ``x`` names a disease of its own rather than the absence of ``x``: a listed
     compound (:data:`NON_COMPOUNDS`), a "non-" word of ICD-10-CM's titles ("Non-follicular lymphoma",
-    "Non-pressure chronic ulcer": a red team found 490 titles read as negations), or an adjective
-    before a noun ("Non-obstructive hydrocephalus"; a guess, said by :func:`compound_note`). A lone
-    word ("Non-COVID-19", "Non-cancerous") stays a negation. Capitalisation is not read: the same
-    class in two spellings is one class."""
+    "Non-pressure chronic ulcer": a red team found 490 titles read as negations), or a word that
+    qualifies a disease named after it ("Non-obstructive hydrocephalus", "Non-COVID pneumonia",
+    "Non-Langerhans cell histiocytosis": a red team found the last two scored as 1 - p(the disease
+    they name); a guess, said by :func:`compound_note`). A lone word ("Non-COVID-19",
+    "Non-cancerous", "non covid 19") stays a negation. Capitalisation is not read: the same class in
+    two spellings is one class."""
     return _non_reading(x) != "negation"
 
 
 def _non_reading(x: str) -> str:
-    """How "non-" + ``x`` is read: ``listed``, ``icd10`` (a "non-" word of its titles), ``adjective``
-    (the guess) or ``negation``."""
+    """How "non-" + ``x`` is read: ``listed``, ``icd10`` (a "non-" word of its titles), ``modifier``
+    (the guess: a word of three letters or more follows the first) or ``negation``."""
     from raddiag.data.icd10 import title_words, words
 
     if x.lower().startswith(NON_COMPOUNDS):
@@ -122,13 +123,13 @@ def _non_reading(x: str) -> str:
     first = (ws or [""])[0]
     if f"non-{first}" in title_words() or f"non{first}" in title_words():
         return "icd10"
-    if len(ws) >= 2 and first.isalpha() and first.endswith(_ADJECTIVE_ENDINGS):
-        return "adjective"
+    if any(w.isalpha() and len(w) >= 3 for w in ws[1:]):
+        return "modifier"
     return "negation"
 
 
 def compound_note(name: str) -> Optional[str]:
-    """For a "Non-<adjective> <noun>" name read as a disease of its own by the guess alone, how it
+    """For a "Non-<word> <disease>" name read as a disease of its own by the guess alone, how it
     was read and how to write the absence instead; else None. The same words name a disease
     ("Non-communicating hydrocephalus") or deny one ("Non-pleural effusion"), in any
     capitalisation: a new user's "Non-Pleural effusion" was scored as p(Pleural effusion), 0.919 on
@@ -136,9 +137,9 @@ def compound_note(name: str) -> Optional[str]:
     text = _clean(name)
     m = _NON.match(text) or _NON_CAMEL.match(text)
     x = m.group("x").strip() if m else ""
-    if not m or _non_reading(x) != "adjective":
+    if not m or _non_reading(x) != "modifier":
         return None
-    return (f"{name!r} is read as a disease of its own ('non-' before an adjective), not as the absence of "
+    return (f"{name!r} is read as a disease of its own ('non-' qualifying the words after it), not as the absence of "
             f"{x!r}; for the absence write 'No {x}'")
 
 

@@ -62,7 +62,7 @@ def check_class_names(classes: Sequence) -> list[str]:
         if first != i:
             same = "" if names[first - 1] == n else f": {names[first - 1]!r} differs only in letter case, spaces or Unicode form"
             raise ValueError(f"classes (--classes): {n[:80]!r} is given twice (names {first} and {i}{same})")
-        note = compound_note(n)          # "Non-<adjective> X": a disease of its own, said
+        note = compound_note(n)          # "Non-<word> <disease>": a disease of its own, said
         if note:
             warnings.warn(InputWarning(f"classes (--classes): {note}"), stacklevel=3)
     return names

@@ -59,7 +59,7 @@ def suggest_mapping(source: LabelSpace, target: LabelSpace, encoder=None, min_si
     source_normal = normal_classes(source.names)
     for name, code in zip(target.names, target.codes):
         meaning = negation.parse(name)
-        note = negation.compound_note(name)      # "Non-<adjective> X": a disease of its own, said
+        note = negation.compound_note(name)      # "Non-<word> <disease>": a disease of its own, said
         if note:
             warnings.warn(InputWarning(f"zero-shot target class: {note}"), stacklevel=2)
         if _norm(name) in by_name:
