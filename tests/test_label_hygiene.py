@@ -244,3 +244,39 @@ def test_a_swap_or_a_plural_is_still_said_beside_the_icd10_word_check(tmp_path, 
     a swap of two letters scored under the cutoff (0.89)."""
     _, said = _settled(tmp_path, [("a", [one], "train"), ("b", [common], "train"), ("c", [common], "test")])
     assert len(said) == 1 and f"{one!r} (case a) for {common!r}" in said[0]
+
+
+def test_labels_joined_by_a_bar_slash_or_plus_are_said_and_accents_fold(tmp_path):
+    """New user: "Pneumonia | pneumothorax, left" and "Pneumonia/Pleural effusion" became classes of
+    their own without a word (only a comma was said); "Kienböck disease", "Kienbock disease" and
+    "Kienbock's disease" were three classes."""
+    rows = [("c1", ["Pneumonia | Pleural effusion"], "train"), ("c2", ["Pneumonia/Pleural effusion"], "train"),
+            ("c3", ["Pneumonia + pleural effusion"], "train"), ("c4", ["Pneumonia"], "train"),
+            ("c5", ["Pleural effusion"], "val"), ("c6", ["Kienböck disease"], "train"),
+            ("c7", ["Kienbock disease"], "train"), ("c8", ["Kienböck disease"], "test"),
+            ("c9", ["Kienbock's disease"], "val"), ("c10", ["Ulnar/radial fracture"], "val")]
+    cases, said = _settled(tmp_path, rows)
+    joined = [s for s in said if "between names that are labels of their own" in s]
+    assert len(joined) == 1 and joined[0].startswith(f"{tmp_path / 'm.jsonl'}: 3 label(s) hold '+' or '/' or '|' ")
+    for name in ("'Pneumonia | Pleural effusion' (1 case(s): c1)", "'Pneumonia/Pleural effusion' (1 case(s): c2)",
+                 "'Pneumonia + pleural effusion' (1 case(s): c3)"):
+        assert name in joined[0]
+    assert "Ulnar" not in joined[0]                                  # its parts are no labels here
+    assert [c.labels for c in cases[5:9]] == [["Kienböck disease"]] * 4     # the most frequent spelling
+    (spelt,) = [s for s in said if "spelled more than one way" in s]
+    assert "'Kienbock disease', \"Kienbock's disease\" -> 'Kienböck disease'" in spelt and "accents" in spelt
+
+
+def test_a_class_in_another_spelling_is_found_for_saliency_and_named_by_evaluate():
+    """New user: --saliency-class "Kienbock disease" of a run whose class is "Kienböck disease"
+    failed with "not among the scored classes" and no hint."""
+    from raddiag.data.dataset import case_hint
+    from raddiag.data.labels import LabelSpace
+    from raddiag.serving.saliency import chosen_class
+
+    names = ["Normal", "Kienböck disease", "Pneumonia"]
+    assert chosen_class("kienbock's Disease", names, None) == "Kienböck disease"
+    with pytest.raises(ValueError, match="'Kienbock fracture' is not among the scored classes"):
+        chosen_class("Kienbock fracture", names, None)
+    hint = case_hint(["Kienbock disease", "Glioma"], LabelSpace(names=names))
+    assert "'Kienbock disease' -> 'Kienböck disease'" in hint and "Glioma" not in hint

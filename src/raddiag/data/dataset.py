@@ -52,11 +52,14 @@ def select_scans(scans: list[dict], cfg: DataConfig, rng: Optional[np.random.Gen
 
 
 def case_hint(names, label_space: LabelSpace) -> str:
-    """"; in the label space only by letter case: 'glioma' -> 'Glioma'" for the names that match a
-    class but for case and surrounding spaces (names are matched exactly), else ""."""
-    folded = {n.strip().casefold(): n for n in label_space.names}
-    near = [f"{k!r} -> {folded[k.strip().casefold()]!r}" for k in names if k.strip().casefold() in folded]
-    return f"; these differ from a class only in letter case or spaces: {', '.join(near)}" if near else ""
+    """"; these differ from a class only in spelling (...): 'glioma' -> 'Glioma'" for the names that
+    match a class but for :func:`~raddiag.data.adapters.base.label_key` (names are matched exactly:
+    ``data prepare`` merges such spellings, a hand-made label file may not), else ""."""
+    from raddiag.data.adapters.base import SPELLINGS, label_key
+
+    folded = {label_key(n): n for n in label_space.names}
+    near = [f"{k!r} -> {folded[label_key(k)]!r}" for k in names if label_key(k) in folded]
+    return f"; these differ from a class only in spelling ({SPELLINGS}): {', '.join(near)}" if near else ""
 
 
 class CaseDataset(Dataset):

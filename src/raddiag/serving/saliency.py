@@ -223,8 +223,13 @@ def chosen_class(class_, names: list[str], result) -> str:
         name = names[j]
     else:
         name = str(class_)
-    if name not in names:
-        raise ValueError(f"saliency class {name!r} is not among the scored classes")
+    if name not in names:     # the class in another spelling (letter case, accents, ...), as prepare merges them
+        from raddiag.data.adapters.base import label_key
+
+        same = [n for n in names if label_key(n) == label_key(name)]
+        if len(same) != 1:
+            raise ValueError(f"saliency class {name!r} is not among the scored classes")
+        name = same[0]
     return name
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ast
 import difflib
 import random
+import re
 import unicodedata
 import warnings
 from collections import Counter
@@ -84,14 +85,25 @@ def _clean(label: str) -> str:
     return " ".join(unicodedata.normalize("NFC", label).split())
 
 
+SPELLINGS = "letter case, spaces, Unicode form, accents, a possessive 's"
+
+
 def label_key(label: str) -> str:
-    """What two spellings of one label share: NFC, whitespace collapsed, letter case folded."""
-    return _clean(label).lower()
+    """What two spellings of one label share: whitespace collapsed, letter case folded, accents
+    dropped and an eponym's possessive "'s" left out ("Kienböck disease", "Kienbock disease" and
+    "Kienbock's disease" were three classes of one disease)."""
+    text = unicodedata.normalize("NFKD", _clean(label))
+    text = "".join(ch for ch in text if not unicodedata.combining(ch))
+    return unicodedata.normalize("NFC", _POSSESSIVE.sub("", text)).lower()
+
+
+_POSSESSIVE = re.compile(r"(?<=\w)['\u2019]s\b")
 
 
 def merge_label_spellings(cases: Sequence[Case]) -> dict[str, list[str]]:
-    """Make one class of a disorder label spelled differently across cases (letter case,
-    surrounding or repeated whitespace, Unicode NFC / NFD); different words are never merged.
+    """Make one class of a disorder label spelled differently across cases (:func:`label_key`:
+    letter case, surrounding or repeated whitespace, Unicode NFC / NFD, accents, a possessive "'s");
+    different words are never merged.
     The canonical spelling is the most frequent cleaned one (ties: the first seen; ``Normal``
     is always ``Normal``). Relabels ``cases`` in place; returns ``{canonical: [other spellings]}``."""
     seen: dict[str, Counter] = {}                  # key -> Counter of cleaned spellings, in first-seen order
@@ -131,7 +143,7 @@ def spellings_text(merged: dict[str, list[str]]) -> str:
     """"N label(s) ...: 'a ', 'A' -> 'A'; ..." (5 labels shown) for the one warning."""
     parts = [f"{', '.join(map(repr, v))} -> {k!r}" for k, v in merged.items()]
     more = f"; and {len(parts) - 5} more" if len(parts) > 5 else ""
-    return (f"{len(parts)} label(s) spelled more than one way (letter case, spaces, Unicode form), "
+    return (f"{len(parts)} label(s) spelled more than one way ({SPELLINGS}), "
             f"each made one class: " + "; ".join(parts[:5]) + more)
 
 
@@ -156,7 +168,7 @@ def settle_labels(cases: Sequence[Case], source) -> None:
         eg = ", ".join(map(repr, both[:3]))
         warnings.warn(f"{source}: {len(both)} case(s) are labelled Normal and a disorder (e.g. {eg}): read as "
                       "abnormal, with the disorder(s) only", InputWarning, stacklevel=3)
-    for text in (_comma_labels_text(cases, source), _typos_text(cases)):
+    for text in (_joined_labels_text(cases, source), _typos_text(cases)):
         if text:
             warnings.warn(f"{source}: {text}", InputWarning, stacklevel=3)
     if any(c.icd10 for c in cases):
@@ -174,23 +186,33 @@ def _cases_of(cases: Sequence[Case]) -> dict[str, list[str]]:
     return out
 
 
-def _comma_labels_text(cases: Sequence[Case], source) -> str:
-    """The labels holding a comma whose parts are all labels of their own in ``cases`` (a CSV
-    cell "Pneumothorax, Rib fracture" meant as two labels), or ``""``. Only said: a real disorder
-    name may hold a comma (ICD-10 titles do)."""
+_JOINS = re.compile(r"\s*([,|/+;])\s*")      # what a spreadsheet's cell may hold between two labels
+
+
+def _joined_labels_text(cases: Sequence[Case], source) -> str:
+    """The labels holding a separator (``,`` ``|`` ``/`` ``+`` ``;``) between parts that are all
+    labels of their own in ``cases`` (a cell "Pneumothorax, Rib fracture" or "Pneumonia | Effusion"
+    meant as two labels; a new user's "|" made 3 classes of 2 labels without a word), or ``""``.
+    Only said: a real disorder name may hold a comma (ICD-10 titles do) or a slash."""
     from raddiag.data.errors import examples
     from raddiag.data.manifest_csv import LIST_SEP, is_csv
 
     ids = _cases_of(cases)
     keys = {label_key(k) for k in ids}
-    parts = {k: [p for p in k.split(",") if p.strip()] for k in ids if "," in k}
-    joined = [k for k, ps in parts.items() if len(ps) > 1 and all(label_key(p) in keys for p in ps)]
+    joined, seps = [], set()
+    for k in ids:
+        pieces = _JOINS.split(k)
+        parts = [p for p in pieces[::2] if p.strip()]
+        if len(parts) > 1 and all(label_key(p) in keys for p in parts):
+            joined.append(k)
+            seps.update(pieces[1::2])
     if not joined:
         return ""
     shown = [f"{k!r} ({len(ids[k])} case(s): {examples([str(i) for i in ids[k]], shown=3)})" for k in joined]
     how = (f"separate them with {LIST_SEP!r} in the cell (README 'A CSV manifest')" if is_csv(source)
            else "give them as separate items of the case's 'labels' list")
-    return (f"{len(joined)} label(s) hold commas between names that are labels of their own here, and are read as "
+    what = "commas" if seps == {","} else " or ".join(map(repr, sorted(seps)))
+    return (f"{len(joined)} label(s) hold {what} between names that are labels of their own here, and are read as "
             f"one class each: {examples(shown)}; if they are several labels, {how}")
 
 
