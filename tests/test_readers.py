@@ -516,3 +516,18 @@ def test_a_series_where_some_slices_lack_a_position_says_it_orders_by_instance_n
     with pytest.warns(InputWarning, match="1 of 3 slices .* no ImagePositionPatient .* InstanceNumber"):
         got = read_scan(Scan(paths=paths, modality="CT"))
     assert got[:, 0, 0].tolist() == [0, 1, 2]      # InstanceNumber order (by position it is 2, 1, 0)
+
+
+def test_a_4d_nifti_is_refused_with_how_to_give_one_volume(tmp_path):
+    """New user: a 4D NIfTI was refused with "expected a 2D or 3D array" and nothing on what to do;
+    the hint's own recipe must give a file the reader takes."""
+    import nibabel as nib
+
+    path = tmp_path / "fmri.nii.gz"
+    img = nib.Nifti1Image(np.random.default_rng(0).random((6, 5, 4, 3), dtype=np.float32), np.eye(4))
+    nib.save(img, str(path))
+    with pytest.raises(ScanError, match=r"got shape .*4D: several volumes .* img\.slicer\[\.\.\., 0\]") as err:
+        read_file(path)
+    assert str(path) in str(err.value)
+    nib.save(nib.load(str(path)).slicer[..., 0], str(tmp_path / "first.nii.gz"))     # the hint, followed
+    assert read_file(tmp_path / "first.nii.gz").shape == (4, 6, 5)

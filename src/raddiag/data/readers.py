@@ -121,11 +121,22 @@ def _check_dtype(path, dtype: np.dtype) -> None:
         raise ScanError(path, f"holds {dtype} values, not numbers")
 
 
+def dims_reason(shape: Sequence[int]) -> str:
+    """Why an array of ``shape`` is no scan, and, for 4 dimensions or more (a time series, several
+    echoes or volumes in one NIfTI), how to give one volume of it."""
+    shape = tuple(int(s) for s in shape)
+    reason = f"expected a 2D or 3D array, got shape {shape}"
+    if len(shape) > 3:
+        reason += (f" ({len(shape)}D: several volumes in one file, e.g. a time series); give one 3D volume per "
+                   "scan, e.g. the first saved on its own (nibabel: img.slicer[..., 0])")
+    return reason
+
+
 def _hwd_shape(path, shape: Sequence[int]) -> tuple[int, int, int]:
     """[H, W] -> [1, H, W]; [H, W, D] -> [D, H, W]; anything else is an error."""
     shape = tuple(int(s) for s in shape)
     if len(shape) not in (2, 3):
-        raise ScanError(path, f"expected a 2D or 3D array, got shape {shape}")
+        raise ScanError(path, dims_reason(shape))
     if 0 in shape:
         raise ScanError(path, f"empty array of shape {shape}")
     return (1, *shape) if len(shape) == 2 else (shape[2], shape[0], shape[1])
@@ -308,8 +319,10 @@ def _npz_item(spec: str, limits: Limits) -> Volume:
         vol = vol.astype(np.float32) @ LUMA
     if vol.ndim == 2:
         vol = vol[None]
-    if vol.ndim != 3 or 0 in vol.shape:
-        raise ScanError(spec, f"expected a 2D or 3D array, got shape {vol.shape}")
+    if vol.ndim != 3:
+        raise ScanError(spec, dims_reason(vol.shape))
+    if 0 in vol.shape:
+        raise ScanError(spec, f"empty array of shape {vol.shape}")
     return Volume(spec, vol.shape, lambda k: vol[k])
 
 
