@@ -322,4 +322,4 @@ def test_the_raw_range_of_a_modality_of_several_kinds_says_it_spans_them_all():
     kinds = {"CT": {"kinds": {"other": 2, "8-bit": 3, "hu": 1}, "min": -983.0, "max": 65436.0},
              "MRI": {"kinds": {"other": 1}, "min": 0.0, "max": 800.0}}
     assert intensity_lines({"intensity": kinds}) == [
-        "  raw intensity (scans): CT other 2, 8-bit 3, hu 1 (values of all 6: -983..65436); MRI other 1 (0..800)"]
+        "  raw intensity (scans, their kept slices): CT other 2, 8-bit 3, hu 1 (values of all 6: -983..65436); MRI other 1 (0..800)"]

@@ -222,7 +222,7 @@ def intensity_lines(meta: dict) -> list[str]:
                      + "".join(f"; {k} {v}" for k, v in (meta.get("windows") or {}).items()))
     kinds = meta.get("intensity") or {}
     if kinds:
-        lines.append("  raw intensity (scans): " + "; ".join(
+        lines.append("  raw intensity (scans, their kept slices): " + "; ".join(
             f"{m} " + ", ".join(f"{k} {n}" for k, n in s["kinds"].items())
             # the range is of all the modality's scans, not of the last kind named (a new user read it so)
             + (f" (values of all {sum(s['kinds'].values())}: {s['min']:g}..{s['max']:g})" if len(s["kinds"]) > 1
