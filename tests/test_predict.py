@@ -219,3 +219,13 @@ def test_classes_without_a_validation_threshold_are_named_and_marked(files, tmp_
     make_tiny_run(tmp_path / "none")                       # no thresholds stored at all: one note, no marks
     result = raddiag.load(tmp_path / "none").predict(str(files / "cxr.png"), modality="X-ray")
     assert result.thresholds.startswith("default 0.5") and "*" not in str(result)
+
+
+def test_the_table_tells_a_probability_from_a_threshold_it_rounds_alike():
+    """New user: rows "0.349  0.349  no" read as a contradiction; such a row shows the digits
+    that tell them apart, every other row stays at 3."""
+    rows = [Finding("Pneumonia", "J18", 0.34861, 0.34949, False), Finding("Glioma", None, 0.7, 0.5, True),
+            Finding("Effusion", None, 0.2030001, 0.2030004, False)]
+    text = str(CaseResult("c1", rows))
+    assert " 0.3486  0.3495  no" in text and " 0.700  0.500  yes" in text
+    assert " 0.2030001  0.2030004  no" in text

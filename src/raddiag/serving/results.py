@@ -89,13 +89,23 @@ class CaseResult:
         w = max([len("diagnosis")] + [len(n) for n in names])
         lines = [head, f"  {'#':>3}  {'diagnosis':<{w}}  {'ICD-10':<7} {'prob':>6}  {'thr':>5}  positive"]
         for i, (f, name) in enumerate(zip(self.ranked, names), 1):
-            thr = "    -" if f.threshold is None else f"{f.threshold:5.3f}"
+            d = _digits(f.probability, f.threshold)
+            thr = "    -" if f.threshold is None else f"{f.threshold:5.{d}f}"
             mark = "*" if f.default_threshold and "(*)" in self.thresholds else " "   # the default, a few classes
-            lines.append(f"  {i:>3}  {name:<{w}}  {(f.code or '-'):<7} {f.probability:6.3f}  "
+            lines.append(f"  {i:>3}  {name:<{w}}  {(f.code or '-'):<7} {f.probability:6.{d}f}  "
                          f"{thr}{mark} {'yes' if f.above_threshold else 'no'}")
         return "\n".join(lines)
 
     __repr__ = __str__
+
+
+def _digits(p: float, threshold: Optional[float]) -> int:
+    """Decimals that tell a probability from its threshold (3, or up to 7 where they round alike:
+    "0.349  0.349  no" read as a contradiction)."""
+    d = 3
+    while threshold is not None and p != threshold and d < 7 and f"{p:.{d}f}" == f"{threshold:.{d}f}":
+        d += 1
+    return d
 
 
 @dataclass
