@@ -17,3 +17,15 @@ def test_the_demo_schedule_and_accumulated_steps_are_counted_as_steps():
     assert _few_steps(tc, batches_per_epoch=16) is None          # the demo: 128 steps
     tc.grad_accum = 4                                            # 16 batches -> 4 steps an epoch: 32 in all
     assert "32 optimiser steps" in _few_steps(tc, batches_per_epoch=16)
+
+
+def test_a_gpu_recipe_on_a_cpu_is_noted_and_a_cpu_recipe_or_a_gpu_is_not():
+    """New user: `train` without --preset is `paper` (256 px x 32, ResNet-50) and said nothing on a
+    CPU, where a step takes minutes."""
+    from raddiag.training.summary import _gpu_recipe_on_cpu
+
+    note = _gpu_recipe_on_cpu(preset("paper"), "cpu")
+    assert "paper preset is made for a GPU (256 px x 32 slices)" in note and "--preset cpu" in note
+    assert _gpu_recipe_on_cpu(preset("official"), "cpu") is not None
+    assert _gpu_recipe_on_cpu(preset("cpu"), "cpu") is None and _gpu_recipe_on_cpu(preset("tiny"), "cpu") is None
+    assert _gpu_recipe_on_cpu(preset("paper"), "cuda:0") is None

@@ -107,6 +107,18 @@ def _few_steps(tc, batches_per_epoch: int) -> Optional[str]:
             f"more epochs (--set train.epochs={max(more, tc.epochs + 1)} or more)")
 
 
+GPU_RECIPES = ("paper", "official", "gpu")       # made for a GPU: a CPU takes minutes a case
+
+
+def _gpu_recipe_on_cpu(cfg, device) -> Optional[str]:
+    """A note when a GPU recipe trains on a CPU (``train`` without ``--preset`` is ``paper``: a new
+    user left the flag off and got the heaviest model on a laptop without a word)."""
+    if torch.device(device).type != "cpu" or cfg.preset not in GPU_RECIPES:
+        return None
+    return (f"  note: the {cfg.preset} preset is made for a GPU ({cfg.data.size} px x {cfg.data.depth} slices); on a "
+            "CPU a step takes minutes: for a CPU try-out, --preset cpu (README 'Which preset for which job')")
+
+
 def start_summary(data, run, cfg, labels, model, d, batches_per_epoch: int, train_cases: int,
                   val_targets: Optional[np.ndarray] = None, *, workers: int, train_indices=None) -> str:
     """The lines ``train`` prints before its first step (``train_cases``: the training cases used,
@@ -138,6 +150,7 @@ def start_summary(data, run, cfg, labels, model, d, batches_per_epoch: int, trai
         _classes(labels),
         *_classless(data, labels, train_indices),
         f"  device: {d.device}, {threads}",
+        _gpu_recipe_on_cpu(cfg, d.device),
         f"  model: {cfg.model.encoder} encoder, {cfg.model.fusion} fusion, {cfg.model.head} head; "
         f"{total:,} parameters ({trainable:,} trained)",
         f"  input: {geometry}",
