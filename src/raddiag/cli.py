@@ -237,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _one_line_warnings() -> None:
     """Inside ``warnings.catch_warnings``: every input warning (a scan's intensities unlike the
     training scans', files of a case folder skipped) is shown, as one line naming its file
-    (raddiag.data.errors.InputWarning), not as Python's source-line warning."""
+    (raddiag.data.errors.InputWarning), not as Python's source-line warning; above a progress
+    bar, not inside it (``tqdm.write``)."""
     from raddiag.data.errors import InputWarning, one_line
 
     shown = warnings.showwarning
@@ -245,7 +246,9 @@ def _one_line_warnings() -> None:
     def show(message, category, filename, lineno, file=None, line=None):
         if not issubclass(category, InputWarning):
             return shown(message, category, filename, lineno, file, line)
-        print(f"raddiag: warning: {one_line(message)}", file=file or sys.stderr)
+        from tqdm import tqdm
+
+        tqdm.write(f"raddiag: warning: {one_line(message)}", file=file or sys.stderr)
 
     warnings.simplefilter("always", InputWarning)
     warnings.showwarning = show

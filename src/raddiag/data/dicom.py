@@ -6,13 +6,12 @@ is decoded at a time. Every failure raises :class:`~raddiag.data.errors.ScanErro
 from __future__ import annotations
 
 import struct
-import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from raddiag.data.errors import InputWarning, ScanError, SkippedFilesWarning, skipped_text
+from raddiag.data.errors import ScanError, SkippedFilesWarning, skipped_text, warn_input
 from raddiag.data.images import IMAGE_SUFFIXES
 from raddiag.data.orientation import dicom_affine
 from raddiag.data.volume import DEFAULT_LIMITS, LUMA, ClampedFile, Limits, Volume, reoriented_volume
@@ -62,8 +61,8 @@ def dicom_files_in(folder: str | Path) -> list[Path]:
         raise ScanError(folder, "folder holds no DICOM files (.dcm or files with the DICM preamble)"
                                 + (f"; it holds {skipped_text(skipped)}" if skipped else ""))
     if skipped:
-        warnings.warn(f"{folder}: DICOM series folder: skipped {skipped_text(skipped)}", SkippedFilesWarning,
-                      stacklevel=2)
+        warn_input(f"{folder}: DICOM series folder: skipped {skipped_text(skipped)}", SkippedFilesWarning,
+                   stacklevel=2)
     return files
 
 
@@ -254,9 +253,9 @@ def _check_order(folder, paths: list[Path], keys: list[float], positioned: bool)
     steps = np.diff(np.asarray(keys, float))
     if positioned and len(steps) > 1 and steps.max() > 1.5 * np.median(steps):
         k = int(steps.argmax())
-        warnings.warn(f"{folder}: a gap of {steps[k]:g} mm between slices {paths[k].name} and {paths[k + 1].name} "
-                      f"of one DICOM series, whose slices are {np.median(steps):g} mm apart elsewhere: are files "
-                      "missing? The volume is read as if they were evenly spaced", InputWarning, stacklevel=4)
+        warn_input(f"{folder}: a gap of {steps[k]:g} mm between slices {paths[k].name} and {paths[k + 1].name} "
+                   f"of one DICOM series, whose slices are {np.median(steps):g} mm apart elsewhere: are files "
+                   "missing? The volume is read as if they were evenly spaced", stacklevel=4)
 
 
 def read_dicom_series(paths: Sequence[str | Path], limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
@@ -300,9 +299,9 @@ def _open_dicom_series(paths: list[Path], limits: Limits, plane: Optional[str]) 
         pos = [_slice_position(p, ds) for ds, p, _ in heads]
         positioned = all(p is not None for p in pos)
         if not positioned and any(p is not None for p in pos):
-            warnings.warn(f"{paths[0].parent}: {sum(p is None for p in pos)} of {len(pos)} slices of one DICOM "
-                          "series have no ImagePositionPatient / ImageOrientationPatient: all are ordered by "
-                          "InstanceNumber instead of by position", InputWarning, stacklevel=3)
+            warn_input(f"{paths[0].parent}: {sum(p is None for p in pos)} of {len(pos)} slices of one DICOM "
+                       "series have no ImagePositionPatient / ImageOrientationPatient: all are ordered by "
+                       "InstanceNumber instead of by position", stacklevel=3)
         keys = pos if positioned else [_instance_number(p, ds, n) for n, (ds, p, _) in enumerate(heads)]
         order = sorted(range(len(heads)), key=lambda n: (keys[n], str(heads[n][1])))
         heads = [heads[n] for n in order]

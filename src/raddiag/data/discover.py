@@ -8,13 +8,12 @@ once). Every other file is skipped and said so: one :class:`SkippedFilesWarning`
 from __future__ import annotations
 
 import os
-import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
 from raddiag.data.case import Scan, canonical_modality
-from raddiag.data.errors import ScanError, SkippedFilesWarning, skipped_text
+from raddiag.data.errors import ScanError, SkippedFilesWarning, skipped_text, warn_input
 from raddiag.data.readers import IMAGE_SUFFIXES, dicom_modality, is_dicom, read_dicom_header
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".npy")
@@ -121,6 +120,6 @@ def scans_in_folder(folder: str | Path, modality: Optional[str] = None, recursiv
         raise ValueError(f"{folder}: no scans found (DICOM, NIfTI, NPY, PNG or JPEG files)"
                          + (f"; skipped {skipped_text(skipped)}" if skipped else ""))
     if skipped:
-        warnings.warn(f"{folder}: skipped {skipped_text(skipped)}", SkippedFilesWarning, stacklevel=2)
+        warn_input(f"{folder}: skipped {skipped_text(skipped)}", SkippedFilesWarning, stacklevel=2)
     scans.sort(key=lambda s: s.paths[0])
     return scans

@@ -1,6 +1,11 @@
 """Errors of the data layer: each names the file and the reason."""
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator, Optional
+
 
 class ScanError(ValueError):
     """A scan that cannot be used: unreadable, corrupt, empty, constant, NaN, unknown modality..."""
@@ -35,12 +40,56 @@ def check_out_folder(path) -> None:
 
 class InputWarning(UserWarning):
     """A note about an input that the user must see (the CLI shows each as one line): a scan's
-    values unlike the training scans', files of a case folder that were skipped."""
+    values unlike the training scans', files of a case folder that were skipped. One raised
+    while a scan is read goes through :func:`warn_input`, so that the read's
+    :func:`collect_input_warnings` keeps it with the result."""
 
 
 class SkippedFilesWarning(InputWarning):
     """Files of a case folder that are not scans (text, hidden files, DICOMDIR, broken links):
     skipped, and said so (:func:`raddiag.data.discover.scans_in_folder`)."""
+
+
+_COLLECTED: ContextVar[Optional[list]] = ContextVar("raddiag_input_warnings", default=None)
+
+
+def warn_input(message: str, category: type = InputWarning, stacklevel: int = 1) -> None:
+    """Issue an :class:`InputWarning` (``category``) as ``warnings.warn`` does, or, inside
+    :func:`collect_input_warnings` (this thread or task), record it there, once per message."""
+    said = _COLLECTED.get()
+    if said is None:
+        warnings.warn(message, category, stacklevel=stacklevel + 1)
+    elif all(str(w) != message for w in said):
+        said.append(category(message))
+
+
+@contextmanager
+def collect_input_warnings(show: bool = True) -> Iterator[list]:
+    """The input warnings of a read (:func:`warn_input`), kept to go with its result (a prepared
+    dataset's report, a prediction's ``warnings``; picklable, so a worker process sends them back):
+    yields the list they are recorded into (warning instances; ``str(w)`` the message), each message
+    once however often the file is read. Nested in another, it shares that one's list. On leaving
+    the outermost, with ``show``, each is issued once (:func:`show_input_warnings`)."""
+    outer = _COLLECTED.get()
+    if outer is not None:
+        yield outer
+        return
+    said: list = []
+    token = _COLLECTED.set(said)
+    try:
+        yield said
+    finally:
+        _COLLECTED.reset(token)
+        if show:
+            show_input_warnings(said, stacklevel=3)     # at the ``with`` (past this and contextlib)
+
+
+def show_input_warnings(said, stacklevel: int = 1) -> None:
+    """Issue the collected warnings ``said`` (``warnings.warn``: the CLI prints each as one
+    ``raddiag: warning:`` line) in this process: those a worker process sent back too.
+    ``stacklevel`` as ``warnings.warn`` takes it, counted from the caller."""
+    for w in said:
+        warnings.warn(w, stacklevel=stacklevel + 1)
 
 
 def examples(items, total: int | None = None, shown: int = 5) -> str:

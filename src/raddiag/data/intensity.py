@@ -30,7 +30,7 @@ import math
 from pathlib import Path
 from typing import Optional, Sequence
 
-from raddiag.data.errors import InputWarning
+from raddiag.data.errors import InputWarning, warn_input
 
 # Typical CT windows as (level, width) in HU, from Radiopaedia, "Windowing (CT)"
 # (https://radiopaedia.org/articles/windowing-ct, "typical window width and level values"):
@@ -215,13 +215,11 @@ def run_modality(run_dir) -> Optional[str]:
 
 
 def warn_unlike_training(run_dir, scan, profile: dict, windows: Optional[dict] = None) -> list[str]:
-    """Issue an :class:`IntensityWarning` when a scan (a :class:`~raddiag.data.case.Scan` just
-    read into ``profile``) looks unlike the run's training scans of its modality
-    (:func:`intensity_mismatch`), or has no anatomy while ``windows`` window that modality per
-    anatomy (it got the modality's window, which its training counterparts may not have had).
-    Returns the messages."""
-    import warnings
-
+    """Issue an :class:`IntensityWarning` (:func:`~raddiag.data.errors.warn_input`) when a scan (a
+    :class:`~raddiag.data.case.Scan` just read into ``profile``) looks unlike the run's training
+    scans of its modality (:func:`intensity_mismatch`), or has no anatomy while ``windows`` window
+    that modality per anatomy (it got the modality's window, which its training counterparts may
+    not have had). Returns the messages."""
     record = None
     if run_dir is not None:
         path = Path(run_dir) / RUN_FILE
@@ -234,7 +232,7 @@ def warn_unlike_training(run_dir, scan, profile: dict, windows: Optional[dict] =
                     f"{', '.join(per_anatomy)} scans were; give its anatomy (or --window) to match")
     msgs = [m for m in msgs if m]
     for m in msgs:
-        warnings.warn(m, IntensityWarning, stacklevel=3)
+        warn_input(m, IntensityWarning, stacklevel=3)
     return msgs
 
 

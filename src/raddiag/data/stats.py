@@ -306,6 +306,8 @@ def prepare_summary(out_dir: str | Path, report: PrepareReport, notes: list[str]
             lines.append(f"    case {s['case']}: {s['reason']}")
     else:
         lines.append("  nothing skipped")
+    if report.warnings:
+        lines.append(f"  {len(report.warnings)} input warning(s) (shown above), listed in the report")
     lines.append(f"  full report: {Path(out_dir) / 'report.txt'} (and report.json)")
     return "\n".join(lines)
 

@@ -9,7 +9,8 @@ DIR/
                        orientation (None: as stored), min / max (raw values)}
   labels_disorder.json LabelSpace at disorder granularity (counts from the train split)
   labels_icd10.json    LabelSpace at ICD-10-CM 3-character granularity
-  report.json / report.txt   every scan and case skipped, with the file and the reason
+  report.json / report.txt   every scan and case skipped, with the file and the reason; every input
+                       warning of a read scan (a DICOM series with a slice missing...), with its case
 ```
 A 2D scan takes one slice; a 3D scan at most ``depth``. Training reads slices straight
 from the memory map, so loading costs a copy, not a decode.
@@ -26,7 +27,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from raddiag.data.case import Case, Scan
-from raddiag.data.errors import OutputExists, ScanError, check_out_folder
+from raddiag.data.errors import OutputExists, ScanError, check_out_folder, collect_input_warnings, show_input_warnings
 from raddiag.data.labels import LabelSpace
 from raddiag.data.preprocess import load_scan
 from raddiag.data.volume import DEFAULT_LIMITS, Limits
@@ -49,6 +50,7 @@ class PrepareReport:
     skipped_scans: list[dict] = field(default_factory=list)   # {case, file, reason}
     skipped_cases: list[dict] = field(default_factory=list)   # {case, reason}
     notes: list[str] = field(default_factory=list)
+    warnings: list[dict] = field(default_factory=list)        # {case, file, warning}: input warnings of reads
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
@@ -64,13 +66,22 @@ class PrepareReport:
         if self.skipped_cases:
             lines.append(f"skipped cases ({len(self.skipped_cases)}):")
             lines += [f"  case {s['case']}: {s['reason']}" for s in self.skipped_cases]
+        if self.warnings:
+            lines.append(f"warnings ({len(self.warnings)}):")
+            lines += [f"  case {w['case']}: {w['warning']}" for w in self.warnings]   # it names the file
         lines += self.notes
         return "\n".join(lines)
 
 
-def _process_scan(args) -> tuple[Optional[np.ndarray], int, int, Optional[str], str, dict]:
-    """Worker: read + preprocess one scan. Returns (slices, key, orig_depth, error, file, profile)."""
-    scan, size, depth, window, limits = args
+def _process_scan(args) -> tuple[Optional[np.ndarray], int, int, Optional[str], str, dict, list]:
+    """Worker: read + preprocess one scan. Returns (slices, key, orig_depth, error, file, profile,
+    input warnings): the warnings go back with the result, shown and reported by the parent
+    (:func:`_note_warnings`) whether this ran in a worker process or not."""
+    with collect_input_warnings(show=False) as said:
+        return (*_read_scan(*args), said)
+
+
+def _read_scan(scan, size, depth, window, limits) -> tuple[Optional[np.ndarray], int, int, Optional[str], str, dict]:
     src = scan.paths[0] if scan.paths else "<scan>"
     profile: dict = {}
     try:
@@ -80,6 +91,13 @@ def _process_scan(args) -> tuple[Optional[np.ndarray], int, int, Optional[str], 
         return None, -1, 0, exc.reason, exc.path, profile
     except Exception as exc:  # never lose the file name, whatever broke
         return None, -1, 0, f"{type(exc).__name__}: {exc}", src, profile
+
+
+def _note_warnings(report: PrepareReport, case_id: str, src: str, said: list) -> None:
+    """A scan's input warnings: shown here (the CLI: one ``raddiag: warning:`` line each) and kept
+    in the report with the case and the file."""
+    show_input_warnings(said)
+    report.warnings += [{"case": case_id, "file": src, "warning": str(w)} for w in said]
 
 
 def check_prepare_out(out: Path, overwrite: bool = False) -> None:
@@ -235,7 +253,8 @@ def _prepare_into(out: Path, cases: list[Case], size, depth, windowing, strict, 
             for case in cases:
                 scans_ok = []
                 for scan in case.scans:
-                    arr, key, orig, err, src, profile = next(results)
+                    arr, key, orig, err, src, profile, said = next(results)
+                    _note_warnings(report, case.id, src, said)
                     if err is not None:
                         if strict:
                             raise ScanError(src, err)

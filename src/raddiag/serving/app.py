@@ -3,7 +3,8 @@
 - ``POST /predict``: a case as several files (``files``) or one zip; form fields ``modality`` (one
   name for every file, or one per uploaded file in upload order, joined by commas: ``X-ray,CT``),
   ``top``, ``classes`` (repeated, or comma- or newline-separated), ``saliency``, ``saliency_class``,
-  ``case_id``. Returns the prediction JSON (:meth:`CaseResult.to_dict`).
+  ``case_id``. Returns the prediction JSON (:meth:`CaseResult.to_dict`; ``warnings``: the input
+  warnings of its scans, a DICOM series with a slice missing, a scan unlike the training data).
 - ``POST /embed``: the same upload (form fields ``modality``, ``case_id``) -> the case embedding
   and one per scan (:meth:`CaseEmbedding.to_dict`): the model as a feature extractor.
 - ``GET /labels``, ``GET /health``; ``GET /`` the web page; OpenAPI at ``/docs`` and ``/openapi.json``.
@@ -196,6 +197,8 @@ def create_app(run_dir, max_files: int = 64, max_bytes: int = 256 << 20, device:
             out["case_id"] = case_id or upload_stem(files[0].filename or "upload") or "upload"   # as its scan id
             for s in out["scans"]:
                 s["paths"] = [str(Path(p).relative_to(case_dir)) for p in s["paths"]]
+            if "warnings" in out:                # each names its file, in the upload, not on the server
+                out["warnings"] = [_strip(w, case_dir) for w in out["warnings"]]
             return JSONResponse(json.loads(json.dumps(out)))
 
     @app.get("/", include_in_schema=False)

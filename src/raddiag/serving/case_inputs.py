@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from raddiag.data.case import Scan
+from raddiag.data.case import Scan, canonical_modality
 
 PathLike = Union[str, Path]
 
@@ -117,3 +117,12 @@ def scan_id(given: Optional[str], paths: Sequence[str], fallback: str = "scan") 
     One rule for scans read from files and scans of a prepared dataset (a new user's `embed --data`
     named every such scan 'scan0', `--manifest` the same ones by file)."""
     return given or (Path(paths[0]).name if paths else fallback)
+
+
+def canonical_modalities(modality) -> Optional[Union[str, list]]:
+    """Validate user-given modality names early (clear error for a typo)."""
+    if modality is None:
+        return None
+    if isinstance(modality, str):
+        return canonical_modality(modality)
+    return [canonical_modalities(m) for m in modality]

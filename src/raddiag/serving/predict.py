@@ -27,12 +27,13 @@ import numpy as np
 import torch
 
 from raddiag.config import RunConfig
-from raddiag.data.case import Scan, canonical_modality, modality_id
-from raddiag.data.errors import ScanError
+from raddiag.data.case import Scan, modality_id
+from raddiag.data.errors import ScanError, collect_input_warnings
 from raddiag.data.labels import DEFAULT_THRESHOLD, LabelSpace
 from raddiag.data.volume import DEFAULT_LIMITS, Limits
 from raddiag.staging import staged_files
-from raddiag.serving.case_inputs import PathLike, _case_ids, _split_cases, case_scans, scan_id
+from raddiag.serving.case_inputs import (PathLike, _case_ids, _split_cases, canonical_modalities,  # noqa: F401
+                                       case_scans, scan_id)
 from raddiag.serving.results import (CaseEmbedding, CaseError, CaseResult, Finding, threshold_source,  # noqa: F401
                                      PendingCase, Prepared, ScanInfo)
 from raddiag.task import MULTICLASS, probabilities
@@ -131,7 +132,15 @@ class Predictor:
     def prepare(self, scans: list[Scan], case_id: str = "case") -> tuple[dict, list[ScanInfo], list[int]]:
         """Scans -> (a dataset sample for ``collate_cases``, per-scan info, indices used). A scan that
         cannot be read (:class:`ScanError`: corrupt, NaN, constant...) is skipped, as ``data prepare``
-        skips it, and listed with its reason; a case with no readable scan raises the first error."""
+        skips it, and listed with its reason; a case with no readable scan raises the first error.
+        The input warnings of the reads (those of finding the scans too, when the caller collects
+        them: :meth:`pending`) go with the sample (``sample["warnings"]``), each shown once."""
+        with collect_input_warnings() as said:
+            sample, infos, picked = self._read_case(scans, case_id)
+            sample["warnings"] = [str(w) for w in said]
+        return sample, infos, picked
+
+    def _read_case(self, scans: list[Scan], case_id: str) -> tuple[dict, list[ScanInfo], list[int]]:
         # only the arrays of the scans the caps pick are kept: a folder of 1,500 images held them all
         keep = set(self._select(scans, range(len(scans))))
         infos, arrays, errors = [], [], []
@@ -264,7 +273,8 @@ class Predictor:
         prepared = [r[:2] for r in read if not isinstance(r, CaseError)]
         done = self._predict_prepared(prepared, True, top, classes, encoder, batch_size, progress) if prepared else []
         if saliency is not None and saliency is not False:   # files move in once all are written
-            with nullcontext() if saliency is True else staged_files(saliency, "saliency") as stage:
+            with nullcontext() if saliency is True else staged_files(saliency, "saliency") as stage, \
+                    collect_input_warnings(show=False):   # the files read again: their warnings are said
                 for (sample, _), res in zip(prepared, done):
                     try:
                         res.saliency = self.saliency(sample, res, saliency_class, saliency, all_slices,
@@ -293,7 +303,10 @@ class Predictor:
                 raise ValueError(f"{len(modality)} modalities given for {len(cases)} cases")
 
         def reader(case, mod, case_id):
-            return lambda: self.prepare(case_scans(case, mod), case_id)
+            def read():
+                with collect_input_warnings():      # a case folder's skipped files go with its result too
+                    return self.prepare(case_scans(case, mod), case_id)
+            return read
 
         mods = modality if several and isinstance(modality, list) else [modality] * len(cases)
         return [PendingCase(cid, reader(c, m, cid)) for c, m, cid in zip(cases, mods, _case_ids(cases))], several
@@ -415,7 +428,7 @@ class Predictor:
                       for j in order[: min(top, len(p))]]
             positive = [names[j] for j in order if chosen(j)]
             results.append(CaseResult(sample["case_id"], ranked, infos, ONE_CLASS if one_class else thr_src,
-                                      positive=positive))
+                                      positive=positive, warnings=list(sample.get("warnings", []))))
         return results if several else results[0]
 
     def _label_view(self, classes):
@@ -490,12 +503,3 @@ def in_batches(items: Sequence, size: int, progress: bool, desc: str):
     finally:
         if bar is not None:
             bar.close()
-
-
-def canonical_modalities(modality) -> Optional[Union[str, list]]:
-    """Validate user-given modality names early (clear error for a typo)."""
-    if modality is None:
-        return None
-    if isinstance(modality, str):
-        return canonical_modality(modality)
-    return [canonical_modalities(m) for m in modality]

@@ -58,6 +58,7 @@ class CaseResult:
     saliency: list[dict] = field(default_factory=list)   # filled by predict(..., saliency=...)
     positive: list[str] = field(default_factory=list)    # every class at or above its threshold (not only the top)
     saliency_error: Optional[str] = None   # why the saliency maps asked for could not be made
+    warnings: list[str] = field(default_factory=list)    # input warnings of its reads, each naming the file
 
     @property
     def top(self) -> Optional[Finding]:
@@ -70,6 +71,7 @@ class CaseResult:
             "positive": list(self.positive),
             "ranked": [asdict(f) for f in self.ranked],
             "scans": [asdict(s) for s in self.scans],
+            "warnings": list(self.warnings),
             **({"saliency": self.saliency} if self.saliency else {}),
             **({"saliency_error": self.saliency_error} if self.saliency_error else {}),
         }
