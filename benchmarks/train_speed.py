@@ -384,10 +384,59 @@ def measure_memory(args, state: dict) -> dict:
     return out
 
 
+# -- the convolutions' floor ---------------------------------------------------------------------
+@dataclass
+class ConvCall:
+    conv: torch.nn.Conv2d
+    shape: tuple
+    input_grad: bool          # the stem's image needs no gradient
+
+
+def conv_calls(ours, ob) -> list[ConvCall]:
+    """Every convolution of our step, once (no recomputation), with its input's shape: recorded by
+    hooks on one forward (BatchNorm on running statistics, so that nothing of the model changes)."""
+    calls = []
+
+    def record(m, inp, out):
+        calls.append(ConvCall(m, tuple(inp[0].shape), inp[0].requires_grad))
+
+    hooks = [m.register_forward_hook(record) for m in ours.modules() if isinstance(m, torch.nn.Conv2d)]
+    norms, kept = batchnorm_eval(ours), ours.encoder.grad_checkpoint
+    ours.encoder.grad_checkpoint = False
+    try:
+        ours(**{k: ob[k] for k in ours.input_keys})
+    finally:
+        ours.encoder.grad_checkpoint = kept
+        for h in hooks:
+            h.remove()
+        for m, mode in norms:
+            m.train(mode)
+    return calls
+
+
+def conv_seconds(calls: list[ConvCall], device, amp: str) -> float:
+    """Forward and backward of each convolution alone on a random input of its shape (weight
+    gradients cleared after): no step that runs these convolutions, in this precision, on this
+    machine, takes less. (The same convolutions as theirs: their padding aside, both run them.)"""
+    total = 0.0
+    for c in calls:
+        x = torch.randn(c.shape, device=device, requires_grad=c.input_grad)
+        sync(device)
+        t = time.perf_counter()
+        with autocast(device, amp):
+            y = c.conv(x)
+        y.backward(torch.ones_like(y))
+        sync(device)
+        total += time.perf_counter() - t
+        c.conv.zero_grad(set_to_none=True)
+    return total
+
+
 # -- the comparison ----------------------------------------------------------------------------
 def interleaved(args, their, ours, tb, ob, device):
     t_opt, o_opt = their_optimizer(their), our_optimizer(ours)
-    times = {"theirs": [], "ours": []}
+    calls = conv_calls(ours, ob)
+    times = {"theirs": [], "ours": [], "convs": []}
     losses = {"theirs": [], "ours": []}
     rates = []
     for r in range(args.reps + 1):            # round 0 warms up (and allocates AdamW's state)
@@ -399,6 +448,8 @@ def interleaved(args, their, ours, tb, ob, device):
             sync(device)
             if r:
                 times[side].append(time.perf_counter() - t)
+        if r:
+            times["convs"].append(conv_seconds(calls, device, args.amp))
         rates.append(matmul_rate(device, args.amp))
         print(f"  round {r}{' (warm-up)' if not r else ''}: theirs {losses['theirs'][-1]:.6f} "
               f"ours {losses['ours'][-1]:.6f}; load {os.getloadavg()[0]:.1f}", flush=True)
@@ -427,6 +478,11 @@ def report(args, times, losses, rates, flops, mem, device) -> None:
               f"GFLOP/s = {useful / med / rate:4.0%} of the matmul rate; executes {flops[side] / 1e9:.0f} GFLOP "
               f"({flops[side] / med / rate:4.0%})")
     print(f"step time: ours / theirs = {o_med / t_med:.2f}x")
+    c_med = statistics.median(times["convs"])
+    print(f"the convolutions alone (our step's, each forward and backward on its own, median of the rounds): "
+          f"{c_med:.2f} s = {c_med / t_med:.2f}x their step, the floor of a step of these convolutions here; "
+          f"a step of 0.5x theirs would leave {0.5 * t_med - c_med:.2f} s for all the rest (BatchNorm, ReLU, "
+          "attention, the head, the loss, clipping, AdamW)")
     if mem:
         for side in ("theirs", "ours"):
             m = mem[side]
@@ -439,7 +495,7 @@ def report(args, times, losses, rates, flops, mem, device) -> None:
 def summary(rows: list[dict]) -> None:
     """The table of the geometries run, ratios ours / theirs."""
     print(f"\n{'geometry':<16} {'ResNet slices':>14} {'step':>7} {'peak':>7} {'|loss diff|':>19}  "
-          f"{'goal: step <= 0.5x, peak <= 0.75x':<36} useful work / matmul rate (theirs, ours)")
+          f"{'goal: step <= 0.5x, peak <= 0.75x':<36} {'convs alone':>11}  useful work / matmul rate (theirs, ours)")
     for r in rows:
         measured = r["memory"] == r["memory"]                      # nan: --no-memory
         memory = "    -  " if not measured else f"{r['memory']:>6.3f}x"
@@ -448,7 +504,7 @@ def summary(rows: list[dict]) -> None:
             ("time met" if r["time"] <= 0.5 else "time NOT met") + ", memory not measured"
         loss = f"{r['loss']:.1e} / {r['check']:.1e}"
         print(f"{r['name']:<16} {r['slices']:>14} {r['time']:>6.3f}x {memory} {loss:>19}  "
-              f"{goal:<36} {r['theirs_rate']:.0%}, {r['ours_rate']:.0%}")
+              f"{goal:<36} {r['convs']:>10.3f}x  {r['theirs_rate']:.0%}, {r['ours_rate']:.0%}")
 
 
 def parse_args(argv=None):
@@ -503,7 +559,7 @@ def compare(args, name: str) -> dict:
     mem = measure_memory(args, state) if args.memory else None
     report(args, times, losses, rates, flops, mem, device)
     rate, t_med, o_med = (statistics.median(v) for v in (rates, times["theirs"], times["ours"]))
-    return {"name": name, "slices": f"{g.slots * g.depth} / {g.real_slices}", "time": o_med / t_med,
+    return {"name": name, "convs": statistics.median(times["convs"]) / t_med, "slices": f"{g.slots * g.depth} / {g.real_slices}", "time": o_med / t_med,
             "memory": mem["ours"]["peak"] / mem["theirs"]["peak"] if mem else float("nan"),
             "loss": abs(losses["theirs"][0] - losses["ours"][0]), "check": abs(check[0] - check[1]),
             "theirs_rate": flops["useful"] / t_med / rate, "ours_rate": flops["useful"] / o_med / rate}
@@ -529,7 +585,8 @@ def main() -> int:
         rows.append(compare(args, name))
     summary(rows)
     print("ratios ours / theirs; ResNet slices theirs / ours; |loss diff| of the first step (training mode) / "
-          f"of the same weights with BatchNorm on running statistics (forward only)\n{machine_line()}")
+          "of the same weights with BatchNorm on running statistics (forward only); convs alone: our step's "
+          f"convolutions, each forward and backward on its own, over their step\n{machine_line()}")
     return 0
 
 
