@@ -133,8 +133,10 @@ def test_unseen_classes_through_knowledge_head(files, tmp_path):
     assert isinstance(res.ranked[0], Finding)
 
 
-def write_dicom_series(folder, n=3, modality="CT", series="1.2.826.0.1.3680043.8.498.1", size=24, seed=0):
-    """``n`` slices of one DICOM series (no file extension), positions shuffled on disk."""
+def write_dicom_series(folder, n=3, modality="CT", series="1.2.826.0.1.3680043.8.498.1", size=24, seed=0,
+                       prefix="IM"):
+    """``n`` slices of one DICOM series (no file extension), positions shuffled on disk, named
+    ``PREFIX0000`` on (another ``prefix``: a second series in the same folder)."""
     pydicom = pytest.importorskip("pydicom")
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -155,7 +157,7 @@ def write_dicom_series(folder, n=3, modality="CT", series="1.2.826.0.1.3680043.8
         ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
         ds.set_pixel_data(rng.integers(0, 4000, (size, size)).astype(np.uint16),
                           photometric_interpretation="MONOCHROME2", bits_stored=12)
-        p = folder / f"IM{i:04d}"
+        p = folder / f"{prefix}{i:04d}"
         ds.save_as(p, enforce_file_format=True)
         paths.append(str(p))
     assert pydicom

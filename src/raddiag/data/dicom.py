@@ -5,7 +5,10 @@ Modality LUT); PALETTE COLOR and RGB are made grey; MONOCHROME1 is inverted; one
 is decoded at a time. Every failure raises :class:`~raddiag.data.errors.ScanError` naming the file."""
 from __future__ import annotations
 
+import os
 import struct
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -66,8 +69,39 @@ def dicom_files_in(folder: str | Path) -> list[Path]:
     return files
 
 
+_KEPT: ContextVar[Optional[dict]] = ContextVar("raddiag_dicom_headers", default=None)
+
+
+@contextmanager
+def headers_kept():
+    """Within it, each DICOM file's header is read once (keyed by path, size and modification
+    time): a folder grouped into series (:func:`raddiag.data.discover.declared_scans`) and then read
+    series by series parsed every header twice, 2-3 times the cost of reading the folder. The
+    headers are dropped at its end, so memory is that of the headers the reader holds anyway."""
+    token = _KEPT.set({} if _KEPT.get() is None else _KEPT.get())
+    try:
+        yield
+    finally:
+        _KEPT.reset(token)
+
+
 def read_dicom_header(path: str | Path):
-    """Header only (no pixels); ScanError if the file is not readable DICOM."""
+    """Header only (no pixels); ScanError if the file is not readable DICOM. Inside
+    :func:`headers_kept`, a file read already gives its header again."""
+    kept = _KEPT.get()
+    if kept is None:
+        return _read_header(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return _read_header(path)   # its error names the file
+    key = (os.fspath(path), st.st_size, st.st_mtime_ns)
+    if key not in kept:
+        kept[key] = _read_header(path)
+    return kept[key]
+
+
+def _read_header(path: str | Path):
     import pydicom
 
     try:
@@ -280,6 +314,22 @@ def open_dicom_series(paths: Sequence[str | Path], limits: Limits = DEFAULT_LIMI
         raise ScanError(where, f"DICOM series cannot be read ({type(exc).__name__}: {exc})") from None
 
 
+def _check_one_series(paths: list[Path], heads) -> None:
+    """Files given as one scan must be one series: files of several are refused, not split (a
+    folder is split, one scan a series: :func:`raddiag.data.discover.declared_scans`), with
+    what to write in the manifest instead."""
+    first: dict[str, Path] = {}
+    for p, ds in zip(paths, heads):
+        first.setdefault(str(getattr(ds, "SeriesInstanceUID", "")), p)
+    if len(first) > 1:
+        shown = ", ".join(f"{p.name}: series ...{uid[-12:] or '(none)'}" for uid, p in list(first.items())[:3])
+        raise ScanError(paths[0].parent, f"the {len(paths)} DICOM files of this scan belong to {len(first)} "
+                                         f"series ({shown}{', ...' if len(first) > 3 else ''}); a scan is one "
+                                         "series: in the manifest, give each series as a scan of its own (its "
+                                         "files as \"paths\"), or their folder as \"path\" (one scan per "
+                                         "series, as predict reads a case folder)")
+
+
 def _open_dicom_series(paths: list[Path], limits: Limits, plane: Optional[str]) -> Volume:
     heads = []
     for p in paths:
@@ -289,10 +339,7 @@ def _open_dicom_series(paths: list[Path], limits: Limits, plane: Optional[str]) 
             raise ScanError(p, "file is empty (0 bytes)")
         ds = read_dicom_header(p)
         heads.append((ds, p, _dicom_geometry(p, ds, limits)))
-    uids = {str(getattr(ds, "SeriesInstanceUID", "")) for ds, _, _ in heads}
-    if len(uids) > 1:
-        raise ScanError(paths[0].parent, f"files belong to {len(uids)} different DICOM series; "
-                                         "give one series per scan (raddiag.data.discover groups them)")
+    _check_one_series(paths, [ds for ds, _, _ in heads])
     _check_series(paths[0].parent, [ds for ds, _, _ in heads])
     positioned = False
     if len(heads) > 1:

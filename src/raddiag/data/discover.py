@@ -1,4 +1,6 @@
-"""Find the scans of one case folder (used by ``raddiag predict CASE_FOLDER``).
+"""Find the scans of one case folder (used by ``raddiag predict CASE_FOLDER``), and the scans a
+scan given by a source stands for (:func:`declared_scans`: ``data prepare``, ``predict --manifest``),
+by the same rule.
 
 DICOM files are grouped into series by ``SeriesInstanceUID`` (modality from the
 ``Modality`` tag; a multi-frame file is a scan of its own); NIfTI, NPY and PNG / JPEG files are one scan each and need the
@@ -9,12 +11,14 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 from raddiag.data.case import Scan, canonical_modality
-from raddiag.data.errors import ScanError, SkippedFilesWarning, skipped_text, warn_input
-from raddiag.data.readers import IMAGE_SUFFIXES, dicom_modality, is_dicom, read_dicom_header
+from raddiag.data.errors import (InputWarning, ModalityWarning, ScanError, SkippedFilesWarning, skipped_text,
+                                 warn_input)
+from raddiag.data.readers import IMAGE_SUFFIXES, is_dicom, read_dicom_header
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".npy")
 
@@ -61,15 +65,33 @@ def _frames(ds) -> int:
         return 1   # the reader names the file and the reason
 
 
+def series_modality(path: Path, ds, fallback: Optional[str]) -> str:
+    """A DICOM series' modality: its ``Modality`` tag (``ds``: the header of its file ``path``);
+    ``fallback`` (a given modality) where the file has no tag or one that names no modality known
+    here (``OT``, ``SC``); without a fallback, a ScanError naming the file."""
+    tag = getattr(ds, "Modality", None)
+    if tag:
+        try:
+            return canonical_modality(str(tag))
+        except ValueError as exc:
+            if fallback is None:
+                raise ScanError(path, str(exc)) from None
+            return fallback
+    if fallback is None:
+        raise ScanError(path, "DICOM file has no Modality tag; pass the modality explicitly")
+    return fallback
+
+
 def scans_in_folder(folder: str | Path, modality: Optional[str] = None, recursive: bool = True) -> list[Scan]:
     """The scans in ``folder``: one per DICOM series, one per other image/volume file.
 
     ``modality`` is required when the folder holds non-DICOM files (raises ValueError naming
     the first such file otherwise); for DICOM it overrides nothing: the tag decides, and
-    ``modality`` is only the fallback for files without a ``Modality`` tag.
+    ``modality`` is only the fallback for files without a ``Modality`` tag (or with one naming no
+    known modality: :func:`series_modality`).
     Hidden files, DICOMDIR, broken links and files of no scan type (JSON, text, ``.DS_Store``)
     are skipped with a :class:`SkippedFilesWarning` naming them. Raises FileNotFoundError if the
-    folder does not exist and ValueError if it holds no scan (naming what was skipped).
+    folder does not exist and ScanError (a ValueError) if it holds no scan (naming what was skipped).
     """
     folder = Path(folder)
     if not folder.exists():
@@ -94,13 +116,7 @@ def scans_in_folder(folder: str | Path, modality: Optional[str] = None, recursiv
                 uid = f"file:{p}"
             series[uid].append(p)
             if uid not in series_mod:
-                tag = getattr(ds, "Modality", None)
-                if tag:
-                    series_mod[uid] = dicom_modality(p)
-                elif fallback:
-                    series_mod[uid] = fallback
-                else:
-                    raise ScanError(p, "DICOM file has no Modality tag; pass the modality explicitly")
+                series_mod[uid] = series_modality(p, ds, fallback)
         elif _is_volume_or_image(p):
             if fallback is None:
                 raise ScanError(p, "the modality of a non-DICOM file cannot be read from it; pass it "
@@ -117,9 +133,65 @@ def scans_in_folder(folder: str | Path, modality: Optional[str] = None, recursiv
         scans.append(Scan(paths=[str(p) for p in paths], modality=series_mod[uid],
                           id=str(paths[0].relative_to(folder)) if uid.startswith("file:") else f"{where}:{uid[-12:]}"))
     if not scans:
-        raise ValueError(f"{folder}: no scans found (DICOM, NIfTI, NPY, PNG or JPEG files)"
-                         + (f"; skipped {skipped_text(skipped)}" if skipped else ""))
+        raise ScanError(folder, "no scans found (DICOM, NIfTI, NPY, PNG or JPEG files)"
+                                + (f"; skipped {skipped_text(skipped)}" if skipped else ""))
     if skipped:
         warn_input(f"{folder}: skipped {skipped_text(skipped)}", SkippedFilesWarning, stacklevel=2)
     scans.sort(key=lambda s: s.paths[0])
     return scans
+
+
+def declared_scans(scan: Scan) -> list[Scan]:
+    """The scans that a scan given by a source (a manifest's ``path`` / ``paths``, a release
+    file, ``--format folders``) stands for, read by the rule ``predict`` reads a case with, so
+    that a case is the same scans whichever route reads it (``data prepare``, ``predict
+    --manifest``, ``predict CASE``):
+
+    - a folder: :func:`scans_in_folder` with ``scan.modality``: one scan per DICOM series (searched
+      recursively, named ``FOLDER:<end of SeriesInstanceUID>`` as ``predict`` names them), one per
+      other image / volume file; each keeps the scan's plane, anatomy, is_3d and entry, its key
+      slice only when the folder holds one scan (else dropped with a warning); a scan ``id``
+      given names one scan, or prefixes the names of several;
+    - a DICOM file, or ``paths`` of DICOM files (one series: files of several are not split but
+      refused when read, saying what to write instead): the scan as given;
+    - anything else (NIfTI, NPY, images, a path that does not exist): the scan as given.
+
+    For DICOM the ``Modality`` tag of the series is the truth: a ``scan.modality`` that disagrees
+    gives way to it, with a :class:`ModalityWarning` naming the file, both modalities and the
+    one used; ``scan.modality`` is kept only for files without a tag, or with a tag naming no
+    known modality (:func:`series_modality`). Raises ScanError naming the file when a folder holds
+    no scan or a DICOM header cannot be read."""
+    first = Path(scan.paths[0]) if scan.paths else None
+    if first is None or not first.exists():
+        return [scan]
+    if first.is_dir() and len(scan.paths) == 1:
+        return _folder_scans(scan, first)
+    if first.is_file() and is_dicom(first):
+        tag = series_modality(first, read_dicom_header(first), scan.modality)
+        _check_modality(scan, first, tag)
+        return [replace(scan, modality=tag)]
+    return [scan]
+
+
+def _folder_scans(scan: Scan, folder: Path) -> list[Scan]:
+    found = scans_in_folder(folder, modality=scan.modality)
+    key = scan.key_slice
+    if key is not None and len(found) > 1:
+        warn_input(f"{folder}: key_slice {key} dropped: the folder holds {len(found)} scans "
+                   f"({', '.join(s.id for s in found)}); give the one it belongs to as a scan of its own to keep "
+                   "its key slice", InputWarning, stacklevel=3)
+        key = None
+    out = []
+    for s in found:
+        if len(s.paths) > 1 or is_dicom(s.paths[0]):
+            _check_modality(scan, Path(s.paths[0]), s.modality)
+        name = (scan.id or s.id) if len(found) == 1 else (f"{scan.id}/{s.id}" if scan.id else s.id)
+        out.append(replace(scan, paths=s.paths, modality=s.modality, id=name, key_slice=key))
+    return out
+
+
+def _check_modality(scan: Scan, file: Path, tag: str) -> None:
+    if tag != scan.modality:
+        warn_input(f"{file}: its DICOM Modality tag says {tag}, but {scan.modality} was given for "
+                   f"{scan.paths[0]} (manifest or --modality): read as {tag}, as predict reads it (for DICOM the "
+                   "tag of the series wins; if the tag is wrong, correct the files' tag)", ModalityWarning, stacklevel=4)

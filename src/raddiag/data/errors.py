@@ -92,6 +92,11 @@ def show_input_warnings(said, stacklevel: int = 1) -> None:
         warnings.warn(w, stacklevel=stacklevel + 1)
 
 
+class ModalityWarning(InputWarning):
+    """A modality given for a DICOM file (a manifest's, ``--modality``) that its ``Modality`` tag
+    contradicts: the tag is used (:func:`raddiag.data.discover.declared_scans`)."""
+
+
 def examples(items, total: int | None = None, shown: int = 5) -> str:
     """The first ``shown`` of ``items`` joined by commas, then "and N more" of ``total`` (default:
     all of them): what a message names of a long list."""

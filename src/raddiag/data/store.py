@@ -27,6 +27,8 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from raddiag.data.case import Case, Scan
+from raddiag.data.dicom import headers_kept
+from raddiag.data.discover import declared_scans
 from raddiag.data.errors import OutputExists, ScanError, check_out_folder, collect_input_warnings, show_input_warnings
 from raddiag.data.labels import LabelSpace
 from raddiag.data.preprocess import load_scan
@@ -73,24 +75,49 @@ class PrepareReport:
         return "\n".join(lines)
 
 
-def _process_scan(args) -> tuple[Optional[np.ndarray], int, int, Optional[str], str, dict, list]:
-    """Worker: read + preprocess one scan. Returns (slices, key, orig_depth, error, file, profile,
-    input warnings): the warnings go back with the result, shown and reported by the parent
+@dataclass
+class _Read:
+    """One scan as a worker read it: its slices, key slice and original depth, or (``arr`` None)
+    the file and the reason it could not be used; ``profile``: see :func:`load_scan`."""
+    scan: Scan
+    arr: Optional[np.ndarray] = None
+    key: int = -1
+    orig: int = 0
+    err: Optional[str] = None
+    file: str = ""
+    profile: dict = field(default_factory=dict)
+
+
+def _process_scan(args) -> tuple[list[_Read], list[tuple[str, type]]]:
+    """Worker: the scans one given scan stands for (:func:`~raddiag.data.discover.declared_scans`:
+    a folder of two DICOM series is two scans, as ``predict`` reads it; a series' modality is its
+    tag's), each read and preprocessed with its modality's window; and the input warnings of finding
+    and reading them, which go back with the reads: the main process shows and reports them
     (:func:`_note_warnings`) whether this ran in a worker process or not."""
-    with collect_input_warnings(show=False) as said:
-        return (*_read_scan(*args), said)
+    scan, anatomy, size, depth, windowing, limits = args
+    with headers_kept(), collect_input_warnings(show=False) as said:
+        try:
+            parts = declared_scans(scan)
+        except ScanError as exc:
+            parts = [_Read(scan, err=exc.reason, file=exc.path)]
+        reads = [p if isinstance(p, _Read) else _read_one(p, anatomy, size, depth, windowing, limits) for p in parts]
+    return reads, said
 
 
-def _read_scan(scan, size, depth, window, limits) -> tuple[Optional[np.ndarray], int, int, Optional[str], str, dict]:
+def _read_one(scan: Scan, anatomy, size, depth, windowing, limits) -> _Read:
+    from raddiag.data.intensity import window_for
+
     src = scan.paths[0] if scan.paths else "<scan>"
-    profile: dict = {}
+    read = _Read(scan, file=src)
     try:
-        out, key, orig = load_scan(scan, size, depth, window, limits, profile)
-        return out.astype(DTYPE), key, orig, None, src, profile
+        window = window_for(scan.modality, scan.anatomy or anatomy, *windowing)
+        out, read.key, read.orig = load_scan(scan, size, depth, window, limits, read.profile)
+        read.arr = out.astype(DTYPE)
     except ScanError as exc:
-        return None, -1, 0, exc.reason, exc.path, profile
+        read.err, read.file = exc.reason, exc.path
     except Exception as exc:  # never lose the file name, whatever broke
-        return None, -1, 0, f"{type(exc).__name__}: {exc}", src, profile
+        read.err = f"{type(exc).__name__}: {exc}"
+    return read
 
 
 def _note_warnings(report: PrepareReport, case_id: str, src: str, said: list) -> None:
@@ -135,7 +162,10 @@ def prepare_cases(
     maps ``MODALITY`` or ``MODALITY/ANATOMY`` to a window for those scans instead
     (:mod:`raddiag.data.intensity`). Both None: raw values, min-max scaled.
 
-    Cases without a split get a seeded patient-level 7:1:2 split. A scan that cannot be used
+    Each scan is read as the scans it stands for, by the rule ``predict`` reads a case with
+    (:func:`raddiag.data.discover.declared_scans`: a folder of several DICOM series is one scan a
+    series, each of its tag's modality; a warning, in the report too, where the tag contradicts
+    the given modality). Cases without a split get a seeded patient-level 7:1:2 split. A scan that cannot be used
     (unreadable, NaN / inf, constant, over ``limits``) is skipped and reported (``strict``
     raises at the first); a case left without scans is skipped too. ``pre_skipped`` carries
     problems an adapter found before reading (e.g. missing files), so that one report lists
@@ -217,7 +247,7 @@ def _write_json(path: Path, obj) -> None:
 
 def _prepare_into(out: Path, cases: list[Case], size, depth, windowing, strict, seed, workers, progress,
                   pre_skipped, head_min, medium_min, limits) -> PrepareReport:
-    from raddiag.data.intensity import add_profile, window_for
+    from raddiag.data.intensity import add_profile
 
     window, windows = windowing
     report = PrepareReport(cases_in=len(cases), scans_in=sum(len(c.scans) for c in cases))
@@ -228,8 +258,7 @@ def _prepare_into(out: Path, cases: list[Case], size, depth, windowing, strict, 
     report.scans_in += len(pre_skipped)
     assign_splits(cases, seed=seed)
 
-    jobs = [(scan, size, depth, window_for(scan.modality, scan.anatomy or c.anatomy, window, windows), limits)
-            for c in cases for scan in c.scans]
+    jobs = [(scan, c.anatomy, size, depth, (window, windows), limits) for c in cases for scan in c.scans]
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     kept: list[dict] = []
     n_slices = 0
@@ -252,30 +281,20 @@ def _prepare_into(out: Path, cases: list[Case], size, depth, windowing, strict, 
             results = iter(results)
             for case in cases:
                 scans_ok = []
-                for scan in case.scans:
-                    arr, key, orig, err, src, profile, said = next(results)
-                    _note_warnings(report, case.id, src, said)
-                    if err is not None:
+                for read in _reads(case, results, report):
+                    if read.err is not None:
                         if strict:
-                            raise ScanError(src, err)
-                        report.skipped_scans.append({"case": case.id, "file": src, "reason": err})
+                            raise ScanError(read.file, read.err)
+                        report.skipped_scans.append({"case": case.id, "file": read.file, "reason": read.err})
                         continue
-                    fbin.write(np.ascontiguousarray(arr).tobytes())
-                    d = scan.__dict__.copy()
-                    # absolute: a relative path was relative to this folder, which later readers do not
-                    # know (evaluate's trained-on check by file, a case's source files for saliency)
-                    d["paths"] = [os.path.abspath(p) for p in scan.paths]
-                    d["is_3d"] = bool(scan.is_3d) if scan.is_3d is not None else orig > 1
-                    d["store"] = {"start": n_slices, "n": int(arr.shape[0]), "orig_depth": int(orig), "key": key,
-                                  "orientation": profile.get("orientation"),
-                                  "min": profile.get("min"), "max": profile.get("max")}
-                    add_profile(intensity, scan.modality, profile)
-                    if orig > 1 and profile.get("orientation") is None:
-                        as_stored.append(src)
-                    if profile.get("note"):
-                        report.notes.append(f"{src}: {profile['note']}")
-                    n_slices += arr.shape[0]
-                    scans_ok.append(d)
+                    fbin.write(np.ascontiguousarray(read.arr).tobytes())
+                    scans_ok.append(_scan_record(read, n_slices))
+                    add_profile(intensity, read.scan.modality, read.profile)
+                    if read.orig > 1 and read.profile.get("orientation") is None:
+                        as_stored.append(read.file)
+                    if read.profile.get("note"):
+                        report.notes.append(f"{read.file}: {read.profile['note']}")
+                    n_slices += read.arr.shape[0]
                 if not scans_ok:
                     report.skipped_cases.append({"case": case.id, "reason": "no usable scan left"})
                     continue
@@ -306,6 +325,29 @@ def _prepare_into(out: Path, cases: list[Case], size, depth, windowing, strict, 
                                     "windows": windows, "intensity": intensity,
                                     "n_slices": n_slices, "n_cases": len(kept), "dtype": "float16"})
     return report
+
+
+def _scan_record(read: _Read, start: int) -> dict:
+    """A kept scan's record in cases.jsonl, its slices from ``start`` in slices.f16."""
+    scan, profile = read.scan, read.profile
+    d = scan.__dict__.copy()
+    # absolute: a relative path was relative to this folder, which later readers do not
+    # know (evaluate's trained-on check by file, a case's source files for saliency)
+    d["paths"] = [os.path.abspath(p) for p in scan.paths]
+    d["is_3d"] = bool(scan.is_3d) if scan.is_3d is not None else read.orig > 1
+    d["store"] = {"start": start, "n": int(read.arr.shape[0]), "orig_depth": int(read.orig), "key": read.key,
+                  "orientation": profile.get("orientation"), "min": profile.get("min"), "max": profile.get("max")}
+    return d
+
+
+def _reads(case: Case, results, report: PrepareReport):
+    """The reads of ``case``'s scans, from ``results`` in order: a given scan may stand for several
+    (counted into ``scans_in``); their input warnings said and reported."""
+    for scan in case.scans:
+        reads, said = next(results)
+        _note_warnings(report, case.id, scan.paths[0] if scan.paths else "<scan>", said)
+        report.scans_in += len(reads) - 1
+        yield from reads
 
 
 def _as_stored_note(files: list[str]) -> str:

@@ -33,7 +33,9 @@ from raddiag.serving.results import CaseEmbedding, CaseError, PendingCase, ScanI
 def manifest_cases(pred: Predictor, path: Union[str, Path]) -> list[PendingCase]:
     """The cases of a manifest (README, "Your own data"; ``labels`` and ``split`` are ignored).
     The whole file is checked against the schema first (:func:`raddiag.data.schema.validate_manifest`);
-    a case whose scans cannot be used (an unknown modality, a missing file) becomes an error row."""
+    a case whose scans cannot be used (an unknown modality, a missing file) becomes an error row.
+    Each scan stands for the scans ``data prepare`` makes of it (:func:`raddiag.data.discover.declared_scans`:
+    a folder of several DICOM series is a scan a series, each of its tag's modality)."""
     from raddiag.data.case import Case
     from raddiag.data.schema import validate_manifest
 
@@ -42,10 +44,23 @@ def manifest_cases(pred: Predictor, path: Union[str, Path]) -> list[PendingCase]
     def reader(where: str, rec: dict):
         def read():
             case = Case.from_dict(rec, base=path.parent, source=where)
-            return pred.prepare(case.scans, case.id)
+            return pred.prepare([s for scan in case.scans for s in _declared(scan)], case.id)
         return read
 
     return [PendingCase(rec["id"], reader(where, rec)) for where, rec in validate_manifest(path)]
+
+
+def _declared(scan):
+    """:func:`~raddiag.data.discover.declared_scans`, or the scan as given where its files cannot be
+    grouped: reading it then fails with the reason, and the case is predicted from its other
+    scans, as ``data prepare`` skips that scan and keeps the case."""
+    from raddiag.data.discover import declared_scans
+    from raddiag.data.errors import ScanError
+
+    try:
+        return declared_scans(scan)
+    except ScanError:
+        return [scan]
 
 
 def prepared_cases(pred: Predictor, data_dir: Union[str, Path], split: Optional[str] = None) -> list[PendingCase]:

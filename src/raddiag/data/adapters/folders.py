@@ -8,7 +8,8 @@ or the same under ``SOURCE/train/``, ``SOURCE/val/``, ``SOURCE/test/`` to fix th
 seeded 7:1:2 split by case; without a ``val/`` folder a seeded ``--val-fraction`` of ``train/``
 becomes val). Split folders beside other folders are refused: the split folders were taken for
 classes (``Training`` and ``Testing`` as two classes, each class folder inside one case). The class is the folder's name; every scan has the ``--modality``
-given (DICOM: its own tag) and, optionally, ``--anatomy``. No ICD-10-CM codes are known
+given (DICOM: its own tag, with a warning where it differs) and, optionally, ``--anatomy``; a case
+folder's scans are those ``predict`` reads from it (:func:`raddiag.data.discover.declared_scans`). No ICD-10-CM codes are known
 (``raddiag knowledge map NAME`` suggests them; a manifest can carry them).
 """
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pathlib import Path
 from typing import Optional
 
 from raddiag.data.adapters.base import AdapterResult, carve_val
-from raddiag.data.case import Case, canonical_modality
-from raddiag.data.discover import _is_volume_or_image, scans_in_folder
+from raddiag.data.case import Case, Scan, canonical_modality
+from raddiag.data.discover import _is_volume_or_image, declared_scans
 from raddiag.data.readers import is_dicom
 
 SPLITS = {"train": "train", "training": "train", "val": "val", "validation": "val", "test": "test",
@@ -62,9 +63,8 @@ def load_folders(source: Path, modality: Optional[str] = None, anatomy: Optional
                 ignored.append(str(item))
                 continue
             cid = f"{split + '/' if split else ''}{folder.name}/{item.name}"
-            scans = scans_in_folder(item, modality=modality)
+            scans = declared_scans(Scan(paths=[str(item)], modality=modality, anatomy=anatomy))
             for s in scans:
-                s.anatomy = anatomy
                 if s.id is None or item.is_file():
                     s.id = item.name
             result.cases.append(Case(id=cid, scans=scans, labels=[label], split=split, anatomy=anatomy,

@@ -1,0 +1,175 @@
+"""One case, the same scans by every route. A case folder whose ``DICOM/`` folder holds two series
+(a CT and an MR, one file a slice) beside a PNG: ``data prepare`` of a manifest naming that folder
+skipped it ("2 different DICOM series") while ``predict CASE`` split it by SeriesInstanceUID, so
+evaluation and prediction scored the case on different scans (a new user: 0.306 against 0.380)."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from raddiag import cli
+from raddiag.cli import main
+from raddiag.data.errors import InputWarning
+from raddiag.serving.sample import sample_png
+from test_predict import write_dicom_series
+
+CT_UID, MR_UID = "1.2.826.0.1.3680043.8.498.11", "1.2.826.0.1.3680043.8.498.22"
+SIZE, DEPTH = 64, 8
+
+
+@pytest.fixture
+def case(tmp_path):
+    """P038/DICOM/ (5 CT slices and 3 MR slices, two series) and P038/cxr.png."""
+    root = tmp_path / "P038"
+    write_dicom_series(root / "DICOM", n=5, modality="CT", series=CT_UID, seed=1, prefix="CT")
+    write_dicom_series(root / "DICOM", n=3, modality="MR", series=MR_UID, seed=2, prefix="MR")
+    (root / "cxr.png").write_bytes(sample_png(40, seed=3))
+    return root
+
+
+def _manifest(root, folder_modality="CT", dicom=None):
+    rows = ["id,labels,path,modality", f"P038,Pneumonia,{dicom or 'P038/DICOM'},{folder_modality}",
+            "P038,Pneumonia,P038/cxr.png,X-ray"]
+    path = root.parent / "cases.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _prepare(manifest, out):
+    return main(["data", "prepare", str(manifest), "--format", "manifest", "--out", str(out),
+                 "--size", str(SIZE), "--depth", str(DEPTH), "--workers", "1"])
+
+
+@pytest.fixture
+def data_only(monkeypatch):
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ["raddiag.data.commands"])
+
+
+def _files(paths) -> tuple:
+    return tuple(sorted(str(p) for p in paths))
+
+
+def test_prepare_splits_a_folder_of_two_series_as_predict_does(case, tmp_path, data_only):
+    from raddiag.data.preprocess import load_scan
+    from raddiag.data.store import PreparedData
+    from raddiag.serving.case_inputs import case_scans, scan_id
+
+    assert _prepare(_manifest(case), tmp_path / "data") == 0
+    data = PreparedData(tmp_path / "data")
+    (rec,) = data.records
+    prepared = {_files(s["paths"]): s for s in rec["scans"]}
+    assert sorted((s["modality"], s["store"]["orig_depth"]) for s in rec["scans"]) == [("CT", 5), ("MRI", 3),
+                                                                                         ("X-ray", 1)]
+    predicted = case_scans(case, modality="X-ray")            # `raddiag predict RUN P038`
+    assert len(predicted) == len(prepared) == 3
+    for s in predicted:
+        stored = prepared[_files(s.paths)]                    # the same files make each scan
+        assert stored["modality"] == s.modality
+        assert scan_id(stored.get("id"), stored["paths"]) == scan_id(s.id, s.paths)   # named alike
+        arr, _, depth = load_scan(s, SIZE, DEPTH)
+        assert depth == stored["store"]["orig_depth"]
+        np.testing.assert_allclose(np.asarray(data.scan_array(stored), np.float32), arr, atol=1e-3)
+    ids = sorted(scan_id(s.get("id"), s["paths"]) for s in rec["scans"])
+    assert ids == sorted(["cxr.png", f"DICOM:{CT_UID[-12:]}", f"DICOM:{MR_UID[-12:]}"])
+    report = json.loads((tmp_path / "data" / "report.json").read_text())
+    assert report["skipped_scans"] == [] and report["scans_in"] == report["scans_out"] == 3
+
+
+def test_the_series_tag_wins_over_the_manifest_modality_with_a_warning(case, tmp_path, data_only, capsys):
+    assert _prepare(_manifest(case, folder_modality="MRI"), tmp_path / "data") == 0
+    err = capsys.readouterr().err
+    ct_file = case / "DICOM" / "CT0000"
+    lines = [line for line in err.splitlines() if "Modality tag" in line]
+    assert len(lines) == 1 and str(ct_file) in lines[0], err     # the MR series agrees: no warning
+    assert "read as CT" in lines[0] and "MRI" in lines[0]
+    from raddiag.data.store import PreparedData
+
+    (rec,) = PreparedData(tmp_path / "data").records
+    assert sorted(s["modality"] for s in rec["scans"]) == ["CT", "MRI", "X-ray"]
+    report = (tmp_path / "data" / "report.txt").read_text()
+    assert str(ct_file) in report and "read as CT" in report
+
+
+def test_files_of_two_series_given_as_one_scan_are_refused_in_the_manifest_terms(case, tmp_path, data_only):
+    """A list of files is the user's word that they are one scan: not split, refused with what to
+    write instead; the case keeps its other scan and the report names the files."""
+    from raddiag.data.case import Case, Scan
+    from raddiag.data.store import prepare_cases
+
+    files = sorted(str(p) for p in (case / "DICOM").iterdir())
+    c = Case(id="P038", labels=["Pneumonia"],
+             scans=[Scan(paths=files, modality="CT"), Scan(paths=[str(case / "cxr.png")], modality="X-ray")])
+    report = prepare_cases([c], tmp_path / "data", size=SIZE, depth=DEPTH, workers=1)
+    (skipped,) = report.skipped_scans
+    assert "belong to 2 series" in skipped["reason"] and "manifest" in skipped["reason"]
+    assert "raddiag." not in skipped["reason"]                 # no Python module name for a user
+    assert report.scans_out == 1
+
+
+def test_predict_manifest_reads_the_scans_predict_reads_from_the_folder(case, tmp_path):
+    from raddiag.serving.batch import manifest_cases
+    from raddiag.serving.case_inputs import case_scans
+    from raddiag.serving.predict import Predictor
+    from raddiag.serving.sample import make_tiny_run
+
+    make_tiny_run(tmp_path / "run")
+    pred = Predictor.load(tmp_path / "run")
+    manifest = case.parent / "cases.jsonl"
+    manifest.write_text(json.dumps({"id": "P038", "scans": [{"path": "P038/DICOM", "modality": "CT"},
+                                                            {"path": "P038/cxr.png", "modality": "X-ray"}]}) + "\n")
+    (pending,) = manifest_cases(pred, manifest)
+    _, by_manifest, _ = pending.read()
+    _, by_folder, _ = pred.prepare(case_scans(case, modality="X-ray"))
+    key = lambda infos: sorted((i.id, i.modality, i.slices, i.error) for i in infos)   # noqa: E731
+    assert key(by_manifest) == key(by_folder)
+    assert [i.error for i in by_manifest] == [None] * 3
+
+
+def test_folders_format_reads_a_case_folder_as_predict_does(case, tmp_path):
+    from raddiag.data.adapters import load_source
+    from raddiag.serving.case_inputs import case_scans
+
+    src = tmp_path / "images" / "pneumonia"
+    src.mkdir(parents=True)
+    case.rename(src / "P038")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InputWarning)
+        (c,) = load_source("folders", tmp_path / "images", modality="X-ray").cases
+    predicted = case_scans(src / "P038", modality="X-ray")
+    assert sorted((_files(s.paths), s.modality, s.id) for s in c.scans) == \
+        sorted((_files(s.paths), s.modality, s.id) for s in predicted)
+
+
+def test_a_tag_naming_no_known_modality_gives_way_to_the_given_one(tmp_path):
+    """Secondary capture (SC) names no modality: the manifest's (or --modality) is used, by
+    prepare and predict alike, without a warning (predict refused it, prepare took the manifest's)."""
+    from raddiag.data.discover import declared_scans
+    from raddiag.data.case import Scan
+    from raddiag.serving.case_inputs import case_scans
+
+    write_dicom_series(tmp_path / "sc", n=2, modality="SC")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)
+        (s,) = declared_scans(Scan(paths=[str(tmp_path / "sc")], modality="X-ray"))
+        (p,) = case_scans(tmp_path / "sc", modality="X-ray")
+    assert s.modality == p.modality == "X-ray" and len(s.paths) == 2
+
+
+def test_prepare_parses_each_dicom_header_once(case, tmp_path, monkeypatch):
+    """Grouping a folder into series, then reading each series, parsed every header twice."""
+    from raddiag.data import dicom
+    from raddiag.data.case import Case, Scan
+    from raddiag.data.store import prepare_cases
+
+    reads = []
+    real = dicom._read_header
+    monkeypatch.setattr(dicom, "_read_header", lambda path: reads.append(str(path)) or real(path))
+    c = Case(id="P038", labels=["Pneumonia"], scans=[Scan(paths=[str(case / "DICOM")], modality="CT")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InputWarning)
+        report = prepare_cases([c], tmp_path / "data", size=SIZE, depth=DEPTH, workers=1)
+    assert report.scans_out == 2
+    assert sorted(reads) == sorted(str(p) for p in (case / "DICOM").iterdir())
