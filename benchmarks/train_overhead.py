@@ -47,7 +47,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench_machine import machine_line   # this folder's helper (issue 29)
+from bench_machine import machine_line   # this folder's helpers (issue 29)
+from step_measure import sync
 
 RECIPES = {"tiny": ("tiny", []), "demo": (None, []), "official": ("official", ["data.size=64", "data.depth=8"])}
 
@@ -180,11 +181,6 @@ class Bare:
 def on_device(batches: list, device) -> list:
     """The batches' tensors on ``device`` (the bare model's batches, held in memory)."""
     return [{k: v.to(device) for k, v in b.items() if torch.is_tensor(v)} for b in batches]
-
-
-def sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
 
 
 def measure(name: str, data: Path, tmp: Path, args) -> None:

@@ -81,7 +81,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench_machine import machine_line   # this folder's helper (issue 29)
+from bench_machine import machine_line   # this folder's helpers (issue 29)
+from step_measure import (autocast, batchnorm_eval, conv_calls, conv_seconds, counted_flops, matmul_rate,
+                          peak_bytes, rss_bytes, sync)
 
 WIDTH, CLASSES = 2048, 5569
 
@@ -174,17 +176,6 @@ class Geometry:
         return self.scans * self.slices + self.xrays
 
 
-def batchnorm_eval(*models) -> list[tuple[torch.nn.Module, bool]]:
-    """BatchNorm on its running statistics (``--bn-eval``): a slice's features then no longer depend
-    on the other slices of the batch (their zero-padded ones, our chunks), the rest stays in training.
-    Returns each BatchNorm with its mode before, to put back."""
-    norms = [(m, m.training) for model in models for m in model.modules()
-             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m, _ in norms:
-        m.eval()
-    return norms
-
-
 def same_weights_losses(their, ours, tb, ob, amp: str) -> tuple[float, float]:
     """Both losses from the same weights, BatchNorm on its running statistics (forward only, no
     update): the check that both compute the same function, which training-mode BatchNorm hides
@@ -225,10 +216,6 @@ def make_batch(g: "Geometry", classes: int, device) -> tuple[dict, tuple]:
     theirs = (t_images, F.pad(mods, (0, pad)), F.pad(slice_mask.float(), (0, 0, 0, pad)),
               F.pad(keys, (0, pad), value=-1), labels)
     return {k: v.to(device) for k, v in ours.items()}, tuple(t.to(device) for t in theirs)
-
-
-def autocast(device, amp: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
 
 
 def their_loss(model, batch, amp: str) -> torch.Tensor:
@@ -279,35 +266,6 @@ def our_optimizer(model):
 
 
 # -- measuring ----------------------------------------------------------------------------------
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def matmul_rate(device, amp: str = "none", n: int = 2048, reps: int = 3) -> float:
-    """FLOP/s of an n^3 matmul (the best of ``reps``), in the step's precision: fp32, or bf16 under
-    ``--amp bf16`` (on a CPU with AMX about 5x fp32's rate)."""
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float32
-    a, b = torch.rand(n, n, device=device, dtype=dtype), torch.rand(n, n, device=device, dtype=dtype)
-    best = float("inf")
-    for _ in range(reps):
-        sync(device)
-        t = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best
-
-
-def counted_flops(run) -> float:
-    """FLOPs of the forward and backward ``run()`` executes."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as fc:
-        run()
-    return float(fc.get_total_flops())
-
-
 def step_flops(their, ours, tb, ob) -> dict:
     """Forward + backward FLOPs: ``useful`` (the real slices' work, counted once: ours without
     activation checkpointing), and what each side executes (their padding, our recomputation)."""
@@ -326,19 +284,6 @@ def step_flops(their, ours, tb, ob) -> dict:
     their.zero_grad(set_to_none=True)
     ours.zero_grad(set_to_none=True)
     return flops
-
-
-def peak_bytes(device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    # VmHWM, not ru_maxrss: a child's ru_maxrss keeps the high-water mark of the parent it was forked from
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 # -- peak memory, one child process per side ---------------------------------------------------
@@ -382,54 +327,6 @@ def measure_memory(args, state: dict) -> dict:
                 sys.exit(f"the {side} memory run failed:\n{res.stderr[-3000:]}")
             out[side] = json.loads(res.stdout.strip().splitlines()[-1])
     return out
-
-
-# -- the convolutions' floor ---------------------------------------------------------------------
-@dataclass
-class ConvCall:
-    conv: torch.nn.Conv2d
-    shape: tuple
-    input_grad: bool          # the stem's image needs no gradient
-
-
-def conv_calls(ours, ob) -> list[ConvCall]:
-    """Every convolution of our step, once (no recomputation), with its input's shape: recorded by
-    hooks on one forward (BatchNorm on running statistics, so that nothing of the model changes)."""
-    calls = []
-
-    def record(m, inp, out):
-        calls.append(ConvCall(m, tuple(inp[0].shape), inp[0].requires_grad))
-
-    hooks = [m.register_forward_hook(record) for m in ours.modules() if isinstance(m, torch.nn.Conv2d)]
-    norms, kept = batchnorm_eval(ours), ours.encoder.grad_checkpoint
-    ours.encoder.grad_checkpoint = False
-    try:
-        ours(**{k: ob[k] for k in ours.input_keys})
-    finally:
-        ours.encoder.grad_checkpoint = kept
-        for h in hooks:
-            h.remove()
-        for m, mode in norms:
-            m.train(mode)
-    return calls
-
-
-def conv_seconds(calls: list[ConvCall], device, amp: str) -> float:
-    """Forward and backward of each convolution alone on a random input of its shape (weight
-    gradients cleared after): no step that runs these convolutions, in this precision, on this
-    machine, takes less. (The same convolutions as theirs: their padding aside, both run them.)"""
-    total = 0.0
-    for c in calls:
-        x = torch.randn(c.shape, device=device, requires_grad=c.input_grad)
-        sync(device)
-        t = time.perf_counter()
-        with autocast(device, amp):
-            y = c.conv(x)
-        y.backward(torch.ones_like(y))
-        sync(device)
-        total += time.perf_counter() - t
-        c.conv.zero_grad(set_to_none=True)
-    return total
 
 
 # -- the comparison ----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""benchmarks/train_speed.py's floor: every convolution of our step, forward and backward alone
+"""The training benchmarks' floor (benchmarks/step_measure.py, printed by train_speed.py): every
+convolution of our step, forward and backward alone
 (issue 29). The authors' side needs their code; this part needs only ours."""
 from pathlib import Path
 
