@@ -173,3 +173,21 @@ def test_prepare_parses_each_dicom_header_once(case, tmp_path, monkeypatch):
         report = prepare_cases([c], tmp_path / "data", size=SIZE, depth=DEPTH, workers=1)
     assert report.scans_out == 2
     assert sorted(reads) == sorted(str(p) for p in (case / "DICOM").iterdir())
+
+
+def test_a_series_folders_other_files_are_skipped_and_said_not_read_as_scans(case, tmp_path, data_only, capsys):
+    """A thumbnail and a report beside the series in the manifest's DICOM folder are no CT scans:
+    skipped and named, as a series folder's other files always were (the folder rule read them as
+    scans of the manifest's modality)."""
+    from raddiag.data.store import PreparedData
+
+    (case / "DICOM" / "preview.jpg").write_bytes(sample_png(16, seed=5))
+    (case / "DICOM" / "notes.txt").write_text("radiologist's notes")
+    assert _prepare(_manifest(case), tmp_path / "data") == 0
+    (rec,) = PreparedData(tmp_path / "data").records
+    assert sorted(s["modality"] for s in rec["scans"]) == ["CT", "MRI", "X-ray"]
+    err = capsys.readouterr().err.splitlines()
+    said = [line for line in err if "preview.jpg" in line]
+    assert len(said) == 1 and "skipped" in said[0] and any("skipped" in x and "notes.txt" in x for x in err)
+    report = json.loads((tmp_path / "data" / "report.json").read_text())
+    assert any("preview.jpg" in w["warning"] for w in report["warnings"])

@@ -141,15 +141,17 @@ def scans_in_folder(folder: str | Path, modality: Optional[str] = None, recursiv
     return scans
 
 
-def declared_scans(scan: Scan) -> list[Scan]:
+def declared_scans(scan: Scan, case_folder: bool = False) -> list[Scan]:
     """The scans that a scan given by a source (a manifest's ``path`` / ``paths``, a release
     file, ``--format folders``) stands for, read by the rule ``predict`` reads a case with, so
     that a case is the same scans whichever route reads it (``data prepare``, ``predict
     --manifest``, ``predict CASE``):
 
     - a folder: :func:`scans_in_folder` with ``scan.modality``: one scan per DICOM series (searched
-      recursively, named ``FOLDER:<end of SeriesInstanceUID>`` as ``predict`` names them), one per
-      other image / volume file; each keeps the scan's plane, anatomy, is_3d and entry, its key
+      recursively, named ``FOLDER:<end of SeriesInstanceUID>`` as ``predict`` names them), its
+      other files skipped and said (:func:`_series_first`: the folder was given as a scan), but
+      with ``case_folder`` (``--format folders``: the folder is a case, as ``predict CASE`` reads
+      it) and in a folder without DICOM, one scan per image / volume file too; each keeps the scan's plane, anatomy, is_3d and entry, its key
       slice only when the folder holds one scan (else dropped with a warning); a scan ``id``
       given names one scan, or prefixes the names of several;
     - a DICOM file, or ``paths`` of DICOM files (one series: files of several are not split but
@@ -165,7 +167,7 @@ def declared_scans(scan: Scan) -> list[Scan]:
     if first is None or not first.exists():
         return [scan]
     if first.is_dir() and len(scan.paths) == 1:
-        return _folder_scans(scan, first)
+        return _folder_scans(scan, first, case_folder)
     if first.is_file() and is_dicom(first):
         tag = series_modality(first, read_dicom_header(first), scan.modality)
         _check_modality(scan, first, tag)
@@ -173,8 +175,9 @@ def declared_scans(scan: Scan) -> list[Scan]:
     return [scan]
 
 
-def _folder_scans(scan: Scan, folder: Path) -> list[Scan]:
+def _folder_scans(scan: Scan, folder: Path, case_folder: bool) -> list[Scan]:
     found = scans_in_folder(folder, modality=scan.modality)
+    found = found if case_folder else _series_first(folder, found)
     key = scan.key_slice
     if key is not None and len(found) > 1:
         warn_input(f"{folder}: key_slice {key} dropped: the folder holds {len(found)} scans "
@@ -183,11 +186,28 @@ def _folder_scans(scan: Scan, folder: Path) -> list[Scan]:
         key = None
     out = []
     for s in found:
-        if len(s.paths) > 1 or is_dicom(s.paths[0]):
+        if _is_series(s):
             _check_modality(scan, Path(s.paths[0]), s.modality)
         name = (scan.id or s.id) if len(found) == 1 else (f"{scan.id}/{s.id}" if scan.id else s.id)
         out.append(replace(scan, paths=s.paths, modality=s.modality, id=name, key_slice=key))
     return out
+
+
+def _is_series(s: Scan) -> bool:
+    return len(s.paths) > 1 or is_dicom(s.paths[0])
+
+
+def _series_first(folder: Path, found: list[Scan]) -> list[Scan]:
+    """A scan's folder that holds DICOM series gives those series only: its other files (a
+    thumbnail, a report) are no scans of the given modality, and are said skipped (as a series
+    folder's always were); a folder without DICOM gives each of its files."""
+    series = [s for s in found if _is_series(s)]
+    other = [Path(s.paths[0]).relative_to(folder).as_posix() for s in found if not _is_series(s)]
+    if not series or not other:
+        return found
+    warn_input(f"{folder}: DICOM series folder: skipped {skipped_text({'not DICOM': other})}", SkippedFilesWarning,
+               stacklevel=4)
+    return series
 
 
 def _check_modality(scan: Scan, file: Path, tag: str) -> None:

@@ -63,7 +63,7 @@ def load_folders(source: Path, modality: Optional[str] = None, anatomy: Optional
                 ignored.append(str(item))
                 continue
             cid = f"{split + '/' if split else ''}{folder.name}/{item.name}"
-            scans = declared_scans(Scan(paths=[str(item)], modality=modality, anatomy=anatomy))
+            scans = declared_scans(Scan(paths=[str(item)], modality=modality, anatomy=anatomy), case_folder=True)
             for s in scans:
                 if s.id is None or item.is_file():
                     s.id = item.name
