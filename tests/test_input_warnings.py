@@ -103,7 +103,8 @@ def test_cli_out_rows_carry_warnings_and_saliency_says_them_once(run, tmp_path, 
     assert warning_lines(err) == [f"raddiag: warning: {row['warnings'][0]}"]      # said twice before
 
 
-def test_service_answer_carries_warnings_naming_the_uploaded_file(run, tmp_path):
+@pytest.mark.parametrize("endpoint", ["/predict", "/embed"])
+def test_service_answer_carries_warnings_naming_the_uploaded_file(run, tmp_path, endpoint):
     from fastapi.testclient import TestClient
 
     from raddiag.serving.app import create_app
@@ -112,7 +113,7 @@ def test_service_answer_carries_warnings_naming_the_uploaded_file(run, tmp_path)
     Path(paths[2]).unlink()
     files = [("files", (Path(p).name, Path(p).read_bytes())) for p in paths if Path(p).exists()]
     with TestClient(create_app(run)) as client:
-        r = client.post("/predict", files=files)
+        r = client.post(endpoint, files=files)
     assert r.status_code == 200, r.text
     gap = GAP.replace("IM0003", "IM0003.dcm").replace("IM0001", "IM0001.dcm")     # stored with a suffix
     assert r.json()["warnings"] == [f"upload: {gap}: are files missing? The volume is read as if they were "
@@ -138,3 +139,20 @@ def test_page_shows_warnings_as_text(tmp_path, chromium):
     dom = re.sub(r"<script>.*?</script>", "", dom, flags=re.S)
     assert 'class="warnings"' in dom and GAP in dom and "y&lt;b&gt;.png" in dom, dom[-2000:]
     assert not [t for t in _tags(dom) if t[0] == "b" or any(k.startswith("on") for k, _ in t[1])]
+
+
+def test_an_embedding_carries_the_warnings_of_its_reads_as_a_prediction_does(run, tmp_path):
+    import raddiag
+
+    case, clean = tmp_path / "case", tmp_path / "clean"
+    gap_series(case / "series")
+    clean.mkdir()
+    (clean / "cxr.png").write_bytes(sample_png(32, seed=1))
+    model = raddiag.load(run)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        emb, pred = model.embed(str(case)), model.predict(str(case))
+        both = model.embed([str(case), str(clean)], modality="X-ray")
+    assert emb.warnings == pred.warnings and any(GAP in w for w in emb.warnings)
+    assert emb.to_dict()["warnings"] == emb.warnings
+    assert both[0].warnings == emb.warnings and both[1].warnings == []   # each case's own, in a batch

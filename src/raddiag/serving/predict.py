@@ -354,7 +354,8 @@ class Predictor:
         for b, (sample, infos, _) in enumerate(prepared):
             n = len(sample["scans"])
             res.append(CaseEmbedding(sample["case_id"], out.case_embedding[b].numpy().copy(),
-                                     out.scan_embeddings[b, :n].numpy().copy(), infos))
+                                     out.scan_embeddings[b, :n].numpy().copy(), infos,
+                                     warnings=list(sample.get("warnings", []))))
         return res
 
     @staticmethod

@@ -137,6 +137,7 @@ class CaseEmbedding:
     case: np.ndarray
     scans: np.ndarray
     scan_infos: list[ScanInfo] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)    # the input warnings of its reads, as CaseResult's
 
     @property
     def scan_ids(self) -> list[str]:
@@ -145,7 +146,8 @@ class CaseEmbedding:
     def to_dict(self) -> dict:
         rows = iter(self.scans.tolist())
         return {"case_id": self.case_id, "width": int(self.case.shape[0]), "case_embedding": self.case.tolist(),
-                "scans": [{**asdict(i), "embedding": next(rows) if i.used else None} for i in self.scan_infos]}
+                "scans": [{**asdict(i), "embedding": next(rows) if i.used else None} for i in self.scan_infos],
+                "warnings": list(self.warnings)}
 
     def __str__(self) -> str:
         bad = [s.id for s in self.scan_infos if s.error is not None]
