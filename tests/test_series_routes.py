@@ -159,7 +159,8 @@ def test_a_tag_naming_no_known_modality_gives_way_to_the_given_one(tmp_path):
 
 
 def test_prepare_parses_each_dicom_header_once(case, tmp_path, monkeypatch):
-    """Grouping a folder into series, then reading each series, parsed every header twice."""
+    """Grouping a folder into series, then reading each series, parsed every header twice (in
+    ``data prepare`` and in ``predict CASE``)."""
     from raddiag.data import dicom
     from raddiag.data.case import Case, Scan
     from raddiag.data.store import prepare_cases
@@ -172,6 +173,16 @@ def test_prepare_parses_each_dicom_header_once(case, tmp_path, monkeypatch):
         warnings.simplefilter("ignore", InputWarning)
         report = prepare_cases([c], tmp_path / "data", size=SIZE, depth=DEPTH, workers=1)
     assert report.scans_out == 2
+    assert sorted(reads) == sorted(str(p) for p in (case / "DICOM").iterdir())
+    reads.clear()                                   # `predict CASE` groups, then reads, the same way
+    import raddiag
+    from raddiag.serving.sample import make_tiny_run
+
+    make_tiny_run(tmp_path / "run")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InputWarning)
+        res = raddiag.load(tmp_path / "run").predict(str(case / "DICOM"))
+    assert len([s for s in res.scans if s.used]) == 2
     assert sorted(reads) == sorted(str(p) for p in (case / "DICOM").iterdir())
 
 

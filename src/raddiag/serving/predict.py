@@ -28,6 +28,7 @@ import torch
 
 from raddiag.config import RunConfig
 from raddiag.data.case import Scan, modality_id
+from raddiag.data.dicom import headers_kept
 from raddiag.data.errors import ScanError, collect_input_warnings
 from raddiag.data.labels import DEFAULT_THRESHOLD, LabelSpace
 from raddiag.data.volume import DEFAULT_LIMITS, Limits
@@ -304,7 +305,8 @@ class Predictor:
 
         def reader(case, mod, case_id):
             def read():
-                with collect_input_warnings():      # a case folder's skipped files go with its result too
+                # a case folder's skipped files go with its result too; each DICOM header parsed once
+                with headers_kept(), collect_input_warnings():
                     return self.prepare(case_scans(case, mod), case_id)
             return read
 
