@@ -202,3 +202,16 @@ def test_a_series_folders_other_files_are_skipped_and_said_not_read_as_scans(cas
     assert len(said) == 1 and "skipped" in said[0] and any("skipped" in x and "notes.txt" in x for x in err)
     report = json.loads((tmp_path / "data" / "report.json").read_text())
     assert any("preview.jpg" in w["warning"] for w in report["warnings"])
+
+
+def test_a_normal_pool_reads_a_folder_of_two_series_as_two_scans(case, tmp_path):
+    """curate's normal pool read a manifest's folder as one series (and failed on two)."""
+    from raddiag.curation.normals import _pool_from
+
+    rows = ["id,labels,path,modality", "N1,Normal,P038/DICOM,CT"]
+    (tmp_path / "normals.csv").write_text("\n".join(rows) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InputWarning)
+        (entry,), _ = _pool_from(f"manifest:{tmp_path / 'normals.csv'}", None)
+        shapes = sorted((meta["modality"], read().shape[0]) for read, meta in entry["scans"])
+    assert shapes == [("CT", 5), ("MRI", 3)]

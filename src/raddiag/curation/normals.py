@@ -54,15 +54,17 @@ def _pool_from(source: str, anatomy: Optional[str]) -> tuple[list[dict], str]:
         name = str(path)
     else:
         from raddiag.data.adapters import load_source
+        from raddiag.data.discover import declared_scans
         from raddiag.data.readers import read_scan
 
         res = load_source(fmt, path)
         for c in res.cases:
             if not c.is_normal or not c.scans:
                 continue
+            # a folder of several DICOM series is a scan a series, as prepare and predict read it
             scans = [(lambda s=s: read_scan(s),
                       {"modality": s.modality, "plane": s.plane, "key": s.key_slice, "anatomy": s.anatomy})
-                     for s in c.scans]
+                     for given in c.scans for s in declared_scans(given)]
             pool.append({"id": c.id, "split": c.split, "anatomy": c.anatomy, "scans": scans})
         name = f"{fmt}:{path}"
     for p in pool:
