@@ -215,3 +215,24 @@ def test_a_normal_pool_reads_a_folder_of_two_series_as_two_scans(case, tmp_path)
         (entry,), _ = _pool_from(f"manifest:{tmp_path / 'normals.csv'}", None)
         shapes = sorted((meta["modality"], read().shape[0]) for read, meta in entry["scans"])
     assert shapes == [("CT", 5), ("MRI", 3)]
+
+
+def test_a_link_to_another_case_is_named_as_shared_and_a_link_to_the_parent_is_not_followed(tmp_path, data_only,
+                                                                                             capsys):
+    """Red team: P2's ``prior -> ../P1`` took P1's series (a test case) into P2 (a training case)
+    with no word, and ``loop -> ..`` took every case's scans into one."""
+    import os
+
+    write_dicom_series(tmp_path / "P1", n=3, series="1.2.3.901", seed=1)
+    write_dicom_series(tmp_path / "P2", n=3, series="1.2.3.902", seed=2)
+    os.symlink(tmp_path / "P1", tmp_path / "P2" / "prior")
+    os.symlink(tmp_path, tmp_path / "P2" / "loop")
+    rows = [{"id": "P1", "labels": ["Pneumonia"], "split": "test", "scans": [{"path": "P1", "modality": "CT"}]},
+            {"id": "P2", "labels": ["Pneumonia"], "split": "train", "scans": [{"path": "P2", "modality": "CT"}]}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert _prepare(tmp_path / "m.jsonl", tmp_path / "data") == 0
+    err = capsys.readouterr().err
+    assert "link to a folder holding this one (not followed): loop" in err
+    report = (tmp_path / "data" / "report.txt").read_text()
+    assert "3 scan file(s) belong to more than one case, 3 of them across splits" in report
+    assert "'P1' test, 'P2' train" in report

@@ -30,8 +30,12 @@ def _is_volume_or_image(p: Path) -> bool:
 
 def _walk(folder: Path, recursive: bool, skipped: dict[str, list[str]]) -> list[Path]:
     """The files under ``folder`` (sorted), without recursion (any depth) and following linked
-    folders once each (a link loop ends); broken links and hidden entries go to ``skipped``."""
-    files, todo, seen = [], [folder], {os.path.realpath(folder)}
+    folders once each (a link loop ends), but not a link to a folder that holds ``folder`` (``loop
+    -> ..`` took every other case's scans into the case); those, broken links and hidden entries go
+    to ``skipped``, which the caller says. (A link to another case's folder is followed: ``data
+    prepare`` names a file two cases share, by its real path: :func:`raddiag.data.splits.shared_files_note`.)"""
+    root = os.path.realpath(folder)
+    files, todo, seen = [], [folder], {root}
     while todo:
         here = todo.pop()
         try:
@@ -45,7 +49,10 @@ def _walk(folder: Path, recursive: bool, skipped: dict[str, list[str]]) -> list[
                 skipped.setdefault("hidden", []).append(str(p.relative_to(folder)))
             elif e.is_dir():
                 real = os.path.realpath(p)
-                if not recursive or real in seen:
+                if recursive and os.path.commonpath([root, real]) == real:
+                    skipped.setdefault("link to a folder holding this one (not followed)", []).append(
+                        str(p.relative_to(folder)))
+                elif not recursive or real in seen:
                     why = "link to a folder searched already" if recursive else "sub-folder (not searched)"
                     skipped.setdefault(why, []).append(str(p.relative_to(folder)))
                 else:

@@ -1,6 +1,7 @@
 """Leak-free, seeded patient-level splits (train / val / test = 7:1:2 as in the paper)."""
 from __future__ import annotations
 
+import os
 import random
 import warnings
 from collections import Counter, defaultdict
@@ -147,10 +148,11 @@ def one_class_note(cases: Sequence[Case]) -> str:
 
 def shared_files_note(cases: Sequence[Case]) -> str:
     """Scan files that more than one case lists, or ``""``; in cases of different splits, one
-    image would be trained on and tested on."""
+    image would be trained on and tested on. A file is known by its real path: reached through a
+    link (a case folder's ``prior -> ../P1``) it is the same file."""
     where: dict[str, list[Case]] = defaultdict(list)
     for c in cases:
-        for path in {p for s in c.scans for p in s.paths}:
+        for path in {os.path.realpath(p) for s in c.scans for p in s.paths}:
             where[path].append(c)
     shared = {p: cs for p, cs in where.items() if len(cs) > 1}
     if not shared:
