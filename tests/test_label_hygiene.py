@@ -246,15 +246,18 @@ def test_a_swap_or_a_plural_is_still_said_beside_the_icd10_word_check(tmp_path, 
     assert len(said) == 1 and f"{one!r} (case a) for {common!r}" in said[0]
 
 
-def test_labels_joined_by_a_bar_slash_or_plus_are_said_and_accents_fold(tmp_path):
+def test_labels_joined_by_a_bar_slash_or_plus_are_said_and_accent_variants_pointed_out(tmp_path):
     """New user: "Pneumonia | pneumothorax, left" and "Pneumonia/Pleural effusion" became classes of
     their own without a word (only a comma was said); "Kienböck disease", "Kienbock disease" and
-    "Kienbock's disease" were three classes."""
+    "Kienbock's disease" were three classes without a word. Accents are said, never merged: marks
+    tell words apart in many languages (a red team's Vietnamese "Sởi" measles and "Sỏi" stones)."""
     rows = [("c1", ["Pneumonia | Pleural effusion"], "train"), ("c2", ["Pneumonia/Pleural effusion"], "train"),
             ("c3", ["Pneumonia + pleural effusion"], "train"), ("c4", ["Pneumonia"], "train"),
             ("c5", ["Pleural effusion"], "val"), ("c6", ["Kienböck disease"], "train"),
             ("c7", ["Kienbock disease"], "train"), ("c8", ["Kienböck disease"], "test"),
-            ("c9", ["Kienbock's disease"], "val"), ("c10", ["Ulnar/radial fracture"], "val")]
+            ("c9", ["KIENBOCK'S DISEASE"], "val"), ("c10", ["Ulnar/radial fracture"], "val"),
+            ("c11", ["Sởi"], "train"), ("c12", ["Sỏi"], "train"), ("c13", ["ぜんそく"], "train"),
+            ("c14", ["せんそく"], "train")]
     cases, said = _settled(tmp_path, rows)
     joined = [s for s in said if "between names that are labels of their own" in s]
     assert len(joined) == 1 and joined[0].startswith(f"{tmp_path / 'm.jsonl'}: 3 label(s) hold '+' or '/' or '|' ")
@@ -262,9 +265,13 @@ def test_labels_joined_by_a_bar_slash_or_plus_are_said_and_accents_fold(tmp_path
                  "'Pneumonia + pleural effusion' (1 case(s): c3)"):
         assert name in joined[0]
     assert "Ulnar" not in joined[0]                                  # its parts are no labels here
-    assert [c.labels for c in cases[5:9]] == [["Kienböck disease"]] * 4     # the most frequent spelling
-    (spelt,) = [s for s in said if "spelled more than one way" in s]
-    assert "'Kienbock disease', \"Kienbock's disease\" -> 'Kienböck disease'" in spelt and "accents" in spelt
+    assert [c.labels[0] for c in cases[5:]] == ["Kienböck disease", "Kienbock disease", "Kienböck disease",
+                                               "KIENBOCK'S DISEASE", "Ulnar/radial fracture", "Sởi", "Sỏi",
+                                               "ぜんそく", "せんそく"]         # never merged
+    (alike,) = [s for s in said if "differ only in accents" in s]
+    assert ("'Kienböck disease' (2 case(s)); 'Kienbock disease' (1 case(s)); \"KIENBOCK'S DISEASE\" (1 case(s))"
+            in alike)
+    assert "3 group(s)" in alike and "'Sởi' (1 case(s)); 'Sỏi' (1 case(s))" in alike
 
 
 def test_a_class_in_another_spelling_is_found_for_saliency_and_named_by_evaluate():
@@ -274,9 +281,12 @@ def test_a_class_in_another_spelling_is_found_for_saliency_and_named_by_evaluate
     from raddiag.data.labels import LabelSpace
     from raddiag.serving.saliency import chosen_class
 
-    names = ["Normal", "Kienböck disease", "Pneumonia"]
+    names = ["Normal", "Kienböck disease", "Pneumonia", "Sởi", "Sỏi"]
     assert chosen_class("kienbock's Disease", names, None) == "Kienböck disease"
-    with pytest.raises(ValueError, match="'Kienbock fracture' is not among the scored classes"):
+    assert chosen_class("sởi", names, None) == "Sởi"                   # letter case alone: that class
+    with pytest.raises(ValueError, match="'Kienbock fracture' is not among the scored classes$"):
         chosen_class("Kienbock fracture", names, None)
+    with pytest.raises(ValueError, match=r"'Soi' is not among the scored classes \(it matches 'Sởi', 'Sỏi'\)"):
+        chosen_class("Soi", names, None)                              # two classes: no guess
     hint = case_hint(["Kienbock disease", "Glioma"], LabelSpace(names=names))
     assert "'Kienbock disease' -> 'Kienböck disease'" in hint and "Glioma" not in hint

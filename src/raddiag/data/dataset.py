@@ -52,14 +52,14 @@ def select_scans(scans: list[dict], cfg: DataConfig, rng: Optional[np.random.Gen
 
 
 def case_hint(names, label_space: LabelSpace) -> str:
-    """"; these differ from a class only in spelling (...): 'glioma' -> 'Glioma'" for the names that
-    match a class but for :func:`~raddiag.data.adapters.base.label_key` (names are matched exactly:
-    ``data prepare`` merges such spellings, a hand-made label file may not), else ""."""
-    from raddiag.data.adapters.base import SPELLINGS, label_key
+    """"; these differ from a class only in letter case, spaces or accents: 'glioma' -> 'Glioma'"
+    for the names that match a class but for :func:`~raddiag.data.adapters.base.loose_key` (names
+    are matched exactly), else ""."""
+    from raddiag.data.adapters.base import loose_key
 
-    folded = {label_key(n): n for n in label_space.names}
-    near = [f"{k!r} -> {folded[label_key(k)]!r}" for k in names if label_key(k) in folded]
-    return f"; these differ from a class only in spelling ({SPELLINGS}): {', '.join(near)}" if near else ""
+    folded = {loose_key(n): n for n in label_space.names}
+    near = [f"{k!r} -> {folded[loose_key(k)]!r}" for k in names if loose_key(k) in folded]
+    return f"; these differ from a class only in letter case, spaces or accents: {', '.join(near)}" if near else ""
 
 
 class CaseDataset(Dataset):

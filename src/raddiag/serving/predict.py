@@ -45,8 +45,8 @@ ONE_CLASS = "none: one class per case, the most probable (data.task=multiclass)"
 # -- the predictor ---------------------------------------------------------------------------
 def check_class_names(classes: Sequence) -> list[str]:
     """``classes`` stripped, or ValueError naming the first one at fault: empty, holding a control
-    character, or given twice (spellings that differ only as :func:`label_key` folds them are one
-    class, as ``data prepare`` makes them one)."""
+    character, or given twice (spellings that differ only in letter case, spaces or Unicode form
+    are one class, as ``data prepare`` makes them one)."""
     import warnings
 
     from raddiag.data.adapters.base import SPELLINGS, label_key
@@ -62,7 +62,7 @@ def check_class_names(classes: Sequence) -> list[str]:
             raise ValueError(f"{where} ({one_line(repr(n))[:80]}) holds a control character (a newline, a tab)")
         first = seen.setdefault(label_key(n), i)
         if first != i:
-            same = "" if names[first - 1] == n else f": {names[first - 1]!r} differs only in spelling ({SPELLINGS})"
+            same = "" if names[first - 1] == n else f": {names[first - 1]!r} differs only in {SPELLINGS}"
             raise ValueError(f"classes (--classes): {n[:80]!r} is given twice (names {first} and {i}{same})")
         note = compound_note(n)          # "Non-<word> <disease>": a disease of its own, said
         if note:

@@ -223,12 +223,13 @@ def chosen_class(class_, names: list[str], result) -> str:
         name = names[j]
     else:
         name = str(class_)
-    if name not in names:     # the class in another spelling (letter case, accents, ...), as prepare merges them
-        from raddiag.data.adapters.base import label_key
+    if name not in names:     # the class in another spelling (letter case, accents), if it names one class only
+        from raddiag.data.adapters.base import label_key, loose_key
 
-        same = [n for n in names if label_key(n) == label_key(name)]
+        same = [n for n in names if label_key(n) == label_key(name)] or [n for n in names if loose_key(n) == loose_key(name)]
         if len(same) != 1:
-            raise ValueError(f"saliency class {name!r} is not among the scored classes")
+            also = f" (it matches {', '.join(map(repr, same))})" if same else ""
+            raise ValueError(f"saliency class {name!r} is not among the scored classes{also}")
         name = same[0]
     return name
 

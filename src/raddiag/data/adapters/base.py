@@ -85,25 +85,49 @@ def _clean(label: str) -> str:
     return " ".join(unicodedata.normalize("NFC", label).split())
 
 
-SPELLINGS = "letter case, spaces, Unicode form, accents, a possessive 's"
+SPELLINGS = "letter case, spaces or Unicode form"
 
 
 def label_key(label: str) -> str:
-    """What two spellings of one label share: whitespace collapsed, letter case folded, accents
-    dropped and an eponym's possessive "'s" left out ("Kienböck disease", "Kienbock disease" and
-    "Kienbock's disease" were three classes of one disease)."""
+    """What two spellings of one label share: NFC, whitespace collapsed, letter case folded."""
+    return _clean(label).lower()
+
+
+def loose_key(label: str) -> str:
+    """:func:`label_key` without marks on letters and without a possessive "'s": what
+    "Kienböck disease", "Kienbock disease" and "Kienbock's disease" share. Labels that share only
+    this are pointed out, never merged (:func:`_alike_text`): marks tell words apart in many
+    languages (Vietnamese "Sởi" measles, "Sỏi" stones; Japanese "ぜんそく" asthma, "せんそく")."""
     text = unicodedata.normalize("NFKD", _clean(label))
-    text = "".join(ch for ch in text if not unicodedata.combining(ch))
-    return unicodedata.normalize("NFC", _POSSESSIVE.sub("", text)).lower()
+    text = "".join(ch for ch in text if not unicodedata.combining(ch)).casefold()
+    return unicodedata.normalize("NFC", _POSSESSIVE.sub("", text))
 
 
-_POSSESSIVE = re.compile(r"(?<=\w)['\u2019]s\b")
+_POSSESSIVE = re.compile(r"(?<=\w)['\u2019\u02bc]s\b")
+
+
+def _alike_text(cases: Sequence[Case]) -> str:
+    """Labels that differ only in marks on letters or a possessive "'s" (:func:`loose_key`), or
+    ``""``: read as classes of their own, said with their case counts (a new user's three spellings
+    of Kienböck disease made three classes without a word)."""
+    from raddiag.data.errors import examples
+
+    ids = _cases_of(cases)
+    groups: dict[str, list[str]] = {}
+    for k in ids:
+        groups.setdefault(loose_key(k), []).append(k)
+    alike = [g for g in groups.values() if len(g) > 1]
+    if not alike:
+        return ""
+    shown = ["; ".join(f"{k!r} ({len(ids[k])} case(s))" for k in sorted(g, key=lambda k: -len(ids[k]))) for g in alike]
+    return (f"{len(alike)} group(s) of labels differ only in accents or a possessive 's, and are read as classes of "
+            f"their own: {examples(shown)}; if they name one disorder, spell them alike in the manifest")
 
 
 def merge_label_spellings(cases: Sequence[Case]) -> dict[str, list[str]]:
-    """Make one class of a disorder label spelled differently across cases (:func:`label_key`:
-    letter case, surrounding or repeated whitespace, Unicode NFC / NFD, accents, a possessive "'s");
-    different words are never merged.
+    """Make one class of a disorder label spelled differently across cases (letter case,
+    surrounding or repeated whitespace, Unicode NFC / NFD); different words are never merged (nor
+    accents: :func:`_alike_text` points them out).
     The canonical spelling is the most frequent cleaned one (ties: the first seen; ``Normal``
     is always ``Normal``). Relabels ``cases`` in place; returns ``{canonical: [other spellings]}``."""
     seen: dict[str, Counter] = {}                  # key -> Counter of cleaned spellings, in first-seen order
@@ -168,7 +192,7 @@ def settle_labels(cases: Sequence[Case], source) -> None:
         eg = ", ".join(map(repr, both[:3]))
         warnings.warn(f"{source}: {len(both)} case(s) are labelled Normal and a disorder (e.g. {eg}): read as "
                       "abnormal, with the disorder(s) only", InputWarning, stacklevel=3)
-    for text in (_joined_labels_text(cases, source), _typos_text(cases)):
+    for text in (_joined_labels_text(cases, source), _alike_text(cases), _typos_text(cases)):
         if text:
             warnings.warn(f"{source}: {text}", InputWarning, stacklevel=3)
     if any(c.icd10 for c in cases):
