@@ -236,3 +236,17 @@ def test_a_link_to_another_case_is_named_as_shared_and_a_link_to_the_parent_is_n
     report = (tmp_path / "data" / "report.txt").read_text()
     assert "3 scan file(s) belong to more than one case, 3 of them across splits" in report
     assert "'P1' test, 'P2' train" in report
+
+
+def test_a_series_without_uid_is_one_scan_and_series_alike_at_the_end_keep_apart(tmp_path):
+    """Red team: a 6-slice CT whose files carry no SeriesInstanceUID became 6 one-slice scans (its
+    key slice dropped); two series whose UIDs end in the same 12 characters had one name."""
+    from raddiag.data.discover import scans_in_folder
+
+    paths = write_dicom_series(tmp_path / "nouid", n=6, series="")
+    (s,) = scans_in_folder(tmp_path / "nouid", modality="CT")
+    assert sorted(s.paths) == sorted(paths) and s.id == "nouid"
+    write_dicom_series(tmp_path / "two", n=2, series="1.2.111111111111", prefix="A")
+    write_dicom_series(tmp_path / "two", n=2, series="1.3.111111111111", prefix="B")
+    ids = sorted(x.id for x in scans_in_folder(tmp_path / "two"))
+    assert ids == ["two:1.2.111111111111", "two:1.3.111111111111"]

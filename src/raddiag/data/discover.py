@@ -118,7 +118,8 @@ def scans_in_folder(folder: str | Path, modality: Optional[str] = None, recursiv
             skipped.setdefault("DICOMDIR (an index, not a scan)", []).append(str(p.relative_to(folder)))
         elif is_dicom(p):
             ds = read_dicom_header(p)
-            uid = str(getattr(ds, "SeriesInstanceUID", "") or f"file:{p}")
+            # no SeriesInstanceUID: the files of one folder are one series (they were one slice a scan)
+            uid = str(getattr(ds, "SeriesInstanceUID", "") or f"dir:{p.parent}")
             if _frames(ds) > 1:   # a multi-frame file (an ultrasound clip) is a scan of its own
                 uid = f"file:{p}"
             series[uid].append(p)
@@ -133,12 +134,11 @@ def scans_in_folder(folder: str | Path, modality: Optional[str] = None, recursiv
             scans.append(Scan(paths=[str(p)], modality=fallback, id=str(p.relative_to(folder))))
         else:
             skipped.setdefault("not a scan type", []).append(str(p.relative_to(folder)))
+    names = {uid: _series_name(folder, uid, paths) for uid, paths in series.items()}
     for uid, paths in series.items():
-        # a series lying in the case folder itself is named by that folder (it was ".:UID", which
-        # the predict table and the saliency caption showed a user)
-        where = paths[0].parent.relative_to(folder) if paths[0].parent != folder else (folder.resolve().name or ".")
-        scans.append(Scan(paths=[str(p) for p in paths], modality=series_mod[uid],
-                          id=str(paths[0].relative_to(folder)) if uid.startswith("file:") else f"{where}:{uid[-12:]}"))
+        same_end = [u for u in series if names[u] == names[uid]]
+        name = names[uid] if len(same_end) == 1 else _series_name(folder, uid, paths, whole_uid=True)
+        scans.append(Scan(paths=[str(p) for p in paths], modality=series_mod[uid], id=name))
     if not scans:
         raise ScanError(folder, "no scans found (DICOM, NIfTI, NPY, PNG or JPEG files)"
                                 + (f"; skipped {skipped_text(skipped)}" if skipped else ""))
@@ -146,6 +146,19 @@ def scans_in_folder(folder: str | Path, modality: Optional[str] = None, recursiv
         warn_input(f"{folder}: skipped {skipped_text(skipped)}", SkippedFilesWarning, stacklevel=2)
     scans.sort(key=lambda s: s.paths[0])
     return scans
+
+
+def _series_name(folder: Path, uid: str, paths: list[Path], whole_uid: bool = False) -> str:
+    """A series' scan name: ``WHERE:<last 12 characters of its UID>`` (the whole UID where two
+    series' UIDs end alike), the file for a multi-frame file, the folder for files without a UID.
+    A series lying in the case folder itself is named by that folder (it was ".:UID", which the
+    predict table and the saliency caption showed a user)."""
+    where = paths[0].parent.relative_to(folder) if paths[0].parent != folder else (folder.resolve().name or ".")
+    if uid.startswith("file:"):
+        return str(paths[0].relative_to(folder))
+    if uid.startswith("dir:"):
+        return str(where)
+    return f"{where}:{uid if whole_uid else uid[-12:]}"
 
 
 def declared_scans(scan: Scan, case_folder: bool = False) -> list[Scan]:
