@@ -120,12 +120,19 @@ def test_predict_manifest_reads_the_scans_predict_reads_from_the_folder(case, tm
     manifest = case.parent / "cases.jsonl"
     manifest.write_text(json.dumps({"id": "P038", "scans": [{"path": "P038/DICOM", "modality": "CT"},
                                                             {"path": "P038/cxr.png", "modality": "X-ray"}]}) + "\n")
+    (case / "DICOM" / "notes.txt").write_text("x")
     (pending,) = manifest_cases(pred, manifest)
-    _, by_manifest, _ = pending.read()
-    _, by_folder, _ = pred.prepare(case_scans(case, modality="X-ray"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InputWarning)
+        sample, by_manifest, _ = pending.read()
+        _, by_folder, _ = pred.prepare(case_scans(case, modality="X-ray"))
     key = lambda infos: sorted((i.id, i.modality, i.slices, i.error) for i in infos)   # noqa: E731
     assert key(by_manifest) == key(by_folder)
     assert [i.error for i in by_manifest] == [None] * 3
+    # finding the folder's scans warned: the warning goes with the case's result (red team: rows said [])
+    said = sample["warnings"]
+    assert f"{case / 'DICOM'}: skipped 1 file(s): not a scan type: notes.txt" in said
+    assert len(said) == 2 and "its DICOM Modality tag says MRI, but CT was given" in said[1]
 
 
 def test_folders_format_reads_a_case_folder_as_predict_does(case, tmp_path):

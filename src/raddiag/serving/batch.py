@@ -37,6 +37,8 @@ def manifest_cases(pred: Predictor, path: Union[str, Path]) -> list[PendingCase]
     Each scan stands for the scans ``data prepare`` makes of it (:func:`raddiag.data.discover.declared_scans`:
     a folder of several DICOM series is a scan a series, each of its tag's modality)."""
     from raddiag.data.case import Case
+    from raddiag.data.dicom import headers_kept
+    from raddiag.data.errors import collect_input_warnings
     from raddiag.data.schema import validate_manifest
 
     path = Path(path)
@@ -44,7 +46,9 @@ def manifest_cases(pred: Predictor, path: Union[str, Path]) -> list[PendingCase]
     def reader(where: str, rec: dict):
         def read():
             case = Case.from_dict(rec, base=path.parent, source=where)
-            return pred.prepare([s for scan in case.scans for s in _declared(scan)], case.id)
+            # finding the scans warns too (skipped files, a tag against the manifest): with the result
+            with headers_kept(), collect_input_warnings():
+                return pred.prepare([s for scan in case.scans for s in _declared(scan)], case.id)
         return read
 
     return [PendingCase(rec["id"], reader(where, rec)) for where, rec in validate_manifest(path)]
