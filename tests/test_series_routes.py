@@ -257,3 +257,22 @@ def test_a_series_without_uid_is_one_scan_and_series_alike_at_the_end_keep_apart
     write_dicom_series(tmp_path / "two", n=2, series="1.3.111111111111", prefix="B")
     ids = sorted(x.id for x in scans_in_folder(tmp_path / "two"))
     assert ids == ["two:1.2.111111111111", "two:1.3.111111111111"]
+
+
+def test_folders_format_keeps_the_warnings_of_finding_scans_in_the_report(case, tmp_path, data_only, capsys):
+    """Red team: `--format folders` printed its warnings (a tag against --modality, a skipped
+    notes.txt) but report.json / report.txt held none."""
+    src = tmp_path / "images" / "pneumonia"
+    src.mkdir(parents=True)
+    (case / "DICOM" / "notes.txt").write_text("x")
+    case.rename(src / "P038")
+    assert main(["data", "prepare", str(tmp_path / "images"), "--format", "folders", "--modality", "X-ray",
+                 "--out", str(tmp_path / "data"), "--size", str(SIZE), "--depth", str(DEPTH), "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    report = json.loads((tmp_path / "data" / "report.json").read_text())
+    said = [w["warning"] for w in report["warnings"]]
+    assert len(said) == 3 and all(w["case"] == "pneumonia/P038" for w in report["warnings"])
+    assert any("notes.txt" in w for w in said) and sum("DICOM Modality tag says" in w for w in said) == 2
+    assert all(w in err for w in said)                                   # and said once on the terminal
+    assert sum(line.count("notes.txt") for line in err.splitlines()) == 1
+    assert "notes.txt" in (tmp_path / "data" / "report.txt").read_text()

@@ -184,7 +184,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     report = prepare_cases(cases, args.out, size=args.size, depth=args.depth, window=window, windows=windows,
                            strict=args.strict, seed=args.seed, workers=args.workers, progress=True,
                            pre_skipped=result.skipped, limits=limits, overwrite=args.overwrite,
-                           notes=notes)
+                           notes=notes, pre_warnings=result.warnings)
     print(prepare_summary(args.out, report, report.notes))
     return 0
 

@@ -154,6 +154,7 @@ def prepare_cases(
     limits: Limits = DEFAULT_LIMITS,
     overwrite: bool = False,
     notes: Sequence[str] = (),
+    pre_warnings: Sequence[dict] = (),
     windows: Optional[dict] = None,
 ) -> PrepareReport:
     """Read, preprocess and cache ``cases`` into ``out_dir``.
@@ -169,7 +170,8 @@ def prepare_cases(
     (unreadable, NaN / inf, constant, over ``limits``) is skipped and reported (``strict``
     raises at the first); a case left without scans is skipped too. ``pre_skipped`` carries
     problems an adapter found before reading (e.g. missing files), so that one report lists
-    everything; ``notes`` go into the report too. ``head_min`` / ``medium_min`` are the head /
+    everything; ``notes`` go into the report too, and ``pre_warnings`` ({case, file, warning}: those of
+    finding the scans, an adapter's) before the reads' own. ``head_min`` / ``medium_min`` are the head /
     medium cut-offs (training cases) written into the label spaces.
 
     An existing prepared dataset in ``out_dir`` is replaced only with ``overwrite``. Every file
@@ -196,6 +198,7 @@ def prepare_cases(
         report = _prepare_into(tmp, cases, size, depth, (window, windows), strict, seed, workers, progress,
                                pre_skipped, head_min, medium_min, limits)
         report.notes = list(notes) + report.notes
+        report.warnings = list(pre_warnings) + report.warnings
         _write_json(tmp / "report.json", report.to_dict())
         (tmp / "report.txt").write_text(report.text() + "\n")
         if report.cases_out == 0:

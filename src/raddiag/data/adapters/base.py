@@ -19,6 +19,7 @@ class AdapterResult:
     cases: list[Case]
     skipped: list[dict] = field(default_factory=list)   # {case, file, reason}: passed to prepare_cases
     notes: list[str] = field(default_factory=list)      # facts the user should read (printed in the summary)
+    warnings: list[dict] = field(default_factory=list)  # {case, file, warning}: input warnings of finding scans
 
     def counts(self) -> dict:
         """Case / scan / label counts (what the tests and the summary check)."""

@@ -20,6 +20,7 @@ from typing import Optional
 from raddiag.data.adapters.base import AdapterResult, carve_val
 from raddiag.data.case import Case, Scan, canonical_modality
 from raddiag.data.discover import _is_volume_or_image, declared_scans
+from raddiag.data.errors import collect_input_warnings
 from raddiag.data.readers import is_dicom
 
 SPLITS = {"train": "train", "training": "train", "val": "val", "validation": "val", "test": "test",
@@ -63,7 +64,9 @@ def load_folders(source: Path, modality: Optional[str] = None, anatomy: Optional
                 ignored.append(str(item))
                 continue
             cid = f"{split + '/' if split else ''}{folder.name}/{item.name}"
-            scans = declared_scans(Scan(paths=[str(item)], modality=modality, anatomy=anatomy), case_folder=True)
+            with collect_input_warnings() as said:      # shown, and kept for the prepared dataset's report
+                scans = declared_scans(Scan(paths=[str(item)], modality=modality, anatomy=anatomy), case_folder=True)
+            result.warnings += [{"case": cid, "file": str(item), "warning": str(w)} for w in said]
             for s in scans:
                 if s.id is None or item.is_file():
                     s.id = item.name
