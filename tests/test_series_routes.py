@@ -196,7 +196,8 @@ def test_prepare_parses_each_dicom_header_once(case, tmp_path, monkeypatch):
 def test_a_series_folders_other_files_are_skipped_and_said_not_read_as_scans(case, tmp_path, data_only, capsys):
     """A thumbnail and a report beside the series in the manifest's DICOM folder are no CT scans:
     skipped and named, as a series folder's other files always were (the folder rule read them as
-    scans of the manifest's modality)."""
+    scans of the manifest's modality); `predict` of that folder reads it alike (red team: it read
+    the thumbnail as a scan, prepare did not)."""
     from raddiag.data.store import PreparedData
 
     (case / "DICOM" / "preview.jpg").write_bytes(sample_png(16, seed=5))
@@ -209,6 +210,11 @@ def test_a_series_folders_other_files_are_skipped_and_said_not_read_as_scans(cas
     assert len(said) == 1 and "skipped" in said[0] and any("skipped" in x and "notes.txt" in x for x in err)
     report = json.loads((tmp_path / "data" / "report.json").read_text())
     assert any("preview.jpg" in w["warning"] for w in report["warnings"])
+    from raddiag.serving.case_inputs import case_scans
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InputWarning)
+        assert sorted(s.modality for s in case_scans(case / "DICOM", modality="CT")) == ["CT", "MRI"]
 
 
 def test_a_normal_pool_reads_a_folder_of_two_series_as_two_scans(case, tmp_path):

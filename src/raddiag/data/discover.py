@@ -90,7 +90,10 @@ def series_modality(path: Path, ds, fallback: Optional[str]) -> str:
 
 
 def scans_in_folder(folder: str | Path, modality: Optional[str] = None, recursive: bool = True) -> list[Scan]:
-    """The scans in ``folder``: one per DICOM series, one per other image/volume file.
+    """The scans in ``folder``: one per DICOM series, one per other image/volume file, except
+    an image or volume lying in a folder of DICOM files (a thumbnail, an export, a converted
+    copy of the series), which is skipped and said: every route reads a folder so (``predict``,
+    ``data prepare`` of a manifest's folder or of ``--format folders``).
 
     ``modality`` is required when the folder holds non-DICOM files (raises ValueError naming
     the first such file otherwise); for DICOM it overrides nothing: the tag decides, and
@@ -113,6 +116,7 @@ def scans_in_folder(folder: str | Path, modality: Optional[str] = None, recursiv
     series: dict[str, list[Path]] = defaultdict(list)
     series_mod: dict[str, str] = {}
     scans: list[Scan] = []
+    others: list[Path] = []       # images and volumes: scans unless they lie beside a DICOM series
     for p in files:
         if p.name.upper() == "DICOMDIR":
             skipped.setdefault("DICOMDIR (an index, not a scan)", []).append(str(p.relative_to(folder)))
@@ -126,14 +130,21 @@ def scans_in_folder(folder: str | Path, modality: Optional[str] = None, recursiv
             if uid not in series_mod:
                 series_mod[uid] = series_modality(p, ds, fallback)
         elif _is_volume_or_image(p):
+            others.append(p)
+        else:
+            skipped.setdefault("not a scan type", []).append(str(p.relative_to(folder)))
+    beside = {p.parent for paths in series.values() for p in paths}
+    for p in others:
+        if p.parent in beside:       # a thumbnail, an export or a converted copy of the series
+            skipped.setdefault("beside a DICOM series, not read as a scan (give it a folder of its own)",
+                               []).append(str(p.relative_to(folder)))
+        else:
             if fallback is None:
                 raise ScanError(p, "the modality of a non-DICOM file cannot be read from it; pass it "
                                    "explicitly: --modality CT for every file here, or, for files of different "
                                    "modalities, the files joined by commas with one modality each "
                                    "(a.nii.gz,b.png --modality CT,X-ray), or a --manifest")
             scans.append(Scan(paths=[str(p)], modality=fallback, id=str(p.relative_to(folder))))
-        else:
-            skipped.setdefault("not a scan type", []).append(str(p.relative_to(folder)))
     names = {uid: _series_name(folder, uid, paths) for uid, paths in series.items()}
     for uid, paths in series.items():
         same_end = [u for u in series if names[u] == names[uid]]
@@ -161,17 +172,16 @@ def _series_name(folder: Path, uid: str, paths: list[Path], whole_uid: bool = Fa
     return f"{where}:{uid if whole_uid else uid[-12:]}"
 
 
-def declared_scans(scan: Scan, case_folder: bool = False) -> list[Scan]:
+def declared_scans(scan: Scan) -> list[Scan]:
     """The scans that a scan given by a source (a manifest's ``path`` / ``paths``, a release
     file, ``--format folders``) stands for, read by the rule ``predict`` reads a case with, so
     that a case is the same scans whichever route reads it (``data prepare``, ``predict
     --manifest``, ``predict CASE``):
 
     - a folder: :func:`scans_in_folder` with ``scan.modality``: one scan per DICOM series (searched
-      recursively, named ``FOLDER:<end of SeriesInstanceUID>`` as ``predict`` names them), its
-      other files skipped and said (:func:`_series_first`: the folder was given as a scan), but
-      with ``case_folder`` (``--format folders``: the folder is a case, as ``predict CASE`` reads
-      it) and in a folder without DICOM, one scan per image / volume file too; each keeps the scan's plane, anatomy, is_3d and entry, its key
+      recursively, named ``FOLDER:<end of SeriesInstanceUID>`` as ``predict`` names them), one per
+      other image / volume file, except one lying beside a series (a thumbnail, a converted copy:
+      skipped and said); each keeps the scan's plane, anatomy, is_3d and entry, its key
       slice only when the folder holds one scan (else dropped with a warning); a scan ``id``
       given names one scan, or prefixes the names of several;
     - a DICOM file, or ``paths`` of DICOM files (one series: files of several are not split but
@@ -187,7 +197,7 @@ def declared_scans(scan: Scan, case_folder: bool = False) -> list[Scan]:
     if first is None or not first.exists():
         return [scan]
     if first.is_dir() and len(scan.paths) == 1:
-        return _folder_scans(scan, first, case_folder)
+        return _folder_scans(scan, first)
     if first.is_file() and is_dicom(first):
         tag = series_modality(first, read_dicom_header(first), scan.modality)
         _check_modality(scan, first, tag)
@@ -195,9 +205,8 @@ def declared_scans(scan: Scan, case_folder: bool = False) -> list[Scan]:
     return [scan]
 
 
-def _folder_scans(scan: Scan, folder: Path, case_folder: bool) -> list[Scan]:
+def _folder_scans(scan: Scan, folder: Path) -> list[Scan]:
     found = scans_in_folder(folder, modality=scan.modality)
-    found = found if case_folder else _series_first(folder, found)
     key = scan.key_slice
     if key is not None and len(found) > 1:
         warn_input(f"{folder}: key_slice {key} dropped: the folder holds {len(found)} scans "
@@ -215,19 +224,6 @@ def _folder_scans(scan: Scan, folder: Path, case_folder: bool) -> list[Scan]:
 
 def _is_series(s: Scan) -> bool:
     return len(s.paths) > 1 or is_dicom(s.paths[0])
-
-
-def _series_first(folder: Path, found: list[Scan]) -> list[Scan]:
-    """A scan's folder that holds DICOM series gives those series only: its other files (a
-    thumbnail, a report) are no scans of the given modality, and are said skipped (as a series
-    folder's always were); a folder without DICOM gives each of its files."""
-    series = [s for s in found if _is_series(s)]
-    other = [Path(s.paths[0]).relative_to(folder).as_posix() for s in found if not _is_series(s)]
-    if not series or not other:
-        return found
-    warn_input(f"{folder}: DICOM series folder: skipped {skipped_text({'not DICOM': other})}", SkippedFilesWarning,
-               stacklevel=4)
-    return series
 
 
 def _check_modality(scan: Scan, file: Path, tag: str) -> None:

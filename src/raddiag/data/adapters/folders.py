@@ -65,7 +65,7 @@ def load_folders(source: Path, modality: Optional[str] = None, anatomy: Optional
                 continue
             cid = f"{split + '/' if split else ''}{folder.name}/{item.name}"
             with collect_input_warnings() as said:      # shown, and kept for the prepared dataset's report
-                scans = declared_scans(Scan(paths=[str(item)], modality=modality, anatomy=anatomy), case_folder=True)
+                scans = declared_scans(Scan(paths=[str(item)], modality=modality, anatomy=anatomy))
             result.warnings += [{"case": cid, "file": str(item), "warning": str(w)} for w in said]
             for s in scans:
                 if s.id is None or item.is_file():
