@@ -531,3 +531,21 @@ def test_a_4d_nifti_is_refused_with_how_to_give_one_volume(tmp_path):
     assert str(path) in str(err.value)
     nib.save(nib.load(str(path)).slicer[..., 0], str(tmp_path / "first.nii.gz"))     # the hint, followed
     assert read_file(tmp_path / "first.nii.gz").shape == (4, 6, 5)
+
+
+def test_two_series_missing_positions_in_one_folder_are_each_said(tmp_path):
+    """Red team: two series of a folder, each with a slice without ImagePositionPatient, gave one
+    warning naming neither (one message hid the other)."""
+    from raddiag.data.errors import collect_input_warnings
+
+    for prefix, uid in (("A", "1.2.3.1"), ("B", "1.2.3.2")):
+        for k in range(3):
+            _dicom(tmp_path / f"{prefix}{k}.dcm", np.full((4, 4), k), z=k, instance=k + 1, series=uid)
+        ds = pydicom.dcmread(tmp_path / f"{prefix}1.dcm")
+        del ds.ImagePositionPatient
+        ds.save_as(tmp_path / f"{prefix}1.dcm")
+    with collect_input_warnings(show=False) as said:
+        for s in scans_in_folder(tmp_path):
+            read_scan(s)
+    said = [str(w) for w in said]
+    assert len(said) == 2 and "(A0.dcm, ...)" in said[0] and "(B0.dcm, ...)" in said[1]

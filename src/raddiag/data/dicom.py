@@ -346,9 +346,11 @@ def _open_dicom_series(paths: list[Path], limits: Limits, plane: Optional[str]) 
         pos = [_slice_position(p, ds) for ds, p, _ in heads]
         positioned = all(p is not None for p in pos)
         if not positioned and any(p is not None for p in pos):
+            # the series named by its first file: two series of a folder each said (one message hid the other)
             warn_input(f"{paths[0].parent}: {sum(p is None for p in pos)} of {len(pos)} slices of one DICOM "
-                       "series have no ImagePositionPatient / ImageOrientationPatient: all are ordered by "
-                       "InstanceNumber instead of by position", stacklevel=3)
+                       f"series ({min(p.name for p in paths)}, ...) have no ImagePositionPatient / "
+                       "ImageOrientationPatient: all are ordered by InstanceNumber instead of by position",
+                       stacklevel=3)
         keys = pos if positioned else [_instance_number(p, ds, n) for n, (ds, p, _) in enumerate(heads)]
         order = sorted(range(len(heads)), key=lambda n: (keys[n], str(heads[n][1])))
         heads = [heads[n] for n in order]
