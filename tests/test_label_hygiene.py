@@ -274,19 +274,26 @@ def test_labels_joined_by_a_bar_slash_or_plus_are_said_and_accent_variants_point
     assert "3 group(s)" in alike and "'Sởi' (1 case(s)); 'Sỏi' (1 case(s))" in alike
 
 
-def test_a_class_in_another_spelling_is_found_for_saliency_and_named_by_evaluate():
+def test_a_class_in_another_spelling_is_pointed_to_by_saliency_and_evaluate():
     """New user: --saliency-class "Kienbock disease" of a run whose class is "Kienböck disease"
-    failed with "not among the scored classes" and no hint."""
+    failed with "not among the scored classes" and no hint. Letter case alone finds the class;
+    accents are pointed to, never taken (a red team's "Sỏi", stones, drew the map of "Sởi", measles)."""
     from raddiag.data.dataset import case_hint
     from raddiag.data.labels import LabelSpace
     from raddiag.serving.saliency import chosen_class
 
     names = ["Normal", "Kienböck disease", "Pneumonia", "Sởi", "Sỏi"]
-    assert chosen_class("kienbock's Disease", names, None) == "Kienböck disease"
-    assert chosen_class("sởi", names, None) == "Sởi"                   # letter case alone: that class
+    assert chosen_class("sởi", names, None) == "Sởi" and chosen_class("PNEUMONIA", names, None) == "Pneumonia"
+    with pytest.raises(ValueError, match=r"'Kienbock disease' is not among the scored classes \(differing in "
+                                         r"letter case or accents: 'Kienböck disease'\)"):
+        chosen_class("Kienbock disease", names, None)
+    with pytest.raises(ValueError, match=r"'Soi' is not .* accents: 'Sởi', 'Sỏi'\)"):
+        chosen_class("Soi", names, None)
     with pytest.raises(ValueError, match="'Kienbock fracture' is not among the scored classes$"):
         chosen_class("Kienbock fracture", names, None)
-    with pytest.raises(ValueError, match=r"'Soi' is not among the scored classes \(it matches 'Sởi', 'Sỏi'\)"):
-        chosen_class("Soi", names, None)                              # two classes: no guess
-    hint = case_hint(["Kienbock disease", "Glioma"], LabelSpace(names=names))
+    with pytest.raises(ValueError, match="'²' is not among the scored classes"):      # no int('²') traceback
+        chosen_class("²", names, None)
+    assert chosen_class("2", names, None) == "Pneumonia"
+    hint = case_hint(["Kienbock disease", "Glioma", "sởi", "Soi"], LabelSpace(names=names))
     assert "'Kienbock disease' -> 'Kienböck disease'" in hint and "Glioma" not in hint
+    assert "'sởi' -> 'Sởi'," in hint and "'Soi' -> 'Sởi' or 'Sỏi'" in hint

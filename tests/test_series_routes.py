@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -282,3 +283,27 @@ def test_folders_format_keeps_the_warnings_of_finding_scans_in_the_report(case, 
     assert all(w in err for w in said)                                   # and said once on the terminal
     assert sum(line.count("notes.txt") for line in err.splitlines()) == 1
     assert "notes.txt" in (tmp_path / "data" / "report.txt").read_text()
+
+
+def test_dicom_without_uid_splits_by_modality_and_size_alike_on_every_route(tmp_path):
+    """Red team: a folder's CT and MR files without SeriesInstanceUID were one "CT" scan; the same
+    files given one by one were one scan a file; a structured report (SR, no image) counted as a
+    series, so the PNGs beside it were skipped and the case lost."""
+    from raddiag.data.discover import scans_in_folder
+    from raddiag.serving.case_inputs import case_scans
+
+    ct = write_dicom_series(tmp_path / "nouid", n=3, series="", modality="CT", prefix="C")
+    mr = write_dicom_series(tmp_path / "nouid", n=2, series="", modality="MR", prefix="M", seed=3)
+    key = lambda scans: sorted((s.modality, tuple(sorted(s.paths))) for s in scans)   # noqa: E731
+    want = [("CT", tuple(sorted(ct))), ("MRI", tuple(sorted(mr)))]
+    assert key(scans_in_folder(tmp_path / "nouid")) == want
+    assert key(case_scans([*ct, *mr])) == want                       # given file by file
+    sr = tmp_path / "views"
+    sr.mkdir()
+    for k in range(2):
+        (sr / f"view{k}.png").write_bytes(sample_png(16, seed=k))
+    (report,) = write_dicom_series(tmp_path / "sr", n=1, modality="SR")
+    (sr / "report").write_bytes(Path(report).read_bytes())
+    with pytest.warns(InputWarning, match="DICOM without an image .*: report"):
+        scans = scans_in_folder(sr, modality="X-ray")
+    assert sorted(Path(s.paths[0]).name for s in scans) == ["view0.png", "view1.png"]

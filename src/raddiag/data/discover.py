@@ -89,6 +89,23 @@ def series_modality(path: Path, ds, fallback: Optional[str]) -> str:
     return fallback
 
 
+NO_IMAGE = {"SR", "PR", "KO", "DOC", "RTSTRUCT", "RTPLAN", "RTRECORD", "REG", "SEG"}   # DICOM that holds no image
+
+
+def series_key(path: Path, ds) -> str:
+    """Which series a DICOM file belongs to: its SeriesInstanceUID; a multi-frame file (an
+    ultrasound clip) is a scan of its own; files without a UID, those of one folder with the same
+    Modality and image size (one folder's CT and MR without UIDs were one "CT" scan; each file
+    was a scan of its own before)."""
+    if _frames(ds) > 1:
+        return f"file:{path}"
+    uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
+    if uid:
+        return uid
+    return (f"dir:{path.parent}|{str(getattr(ds, 'Modality', '') or '?').upper()} "
+            f"{getattr(ds, 'Rows', '?')}x{getattr(ds, 'Columns', '?')}")
+
+
 def scans_in_folder(folder: str | Path, modality: Optional[str] = None, recursive: bool = True) -> list[Scan]:
     """The scans in ``folder``: one per DICOM series, one per other image/volume file, except
     an image or volume lying in a folder of DICOM files (a thumbnail, an export, a converted
@@ -122,10 +139,11 @@ def scans_in_folder(folder: str | Path, modality: Optional[str] = None, recursiv
             skipped.setdefault("DICOMDIR (an index, not a scan)", []).append(str(p.relative_to(folder)))
         elif is_dicom(p):
             ds = read_dicom_header(p)
-            # no SeriesInstanceUID: the files of one folder are one series (they were one slice a scan)
-            uid = str(getattr(ds, "SeriesInstanceUID", "") or f"dir:{p.parent}")
-            if _frames(ds) > 1:   # a multi-frame file (an ultrasound clip) is a scan of its own
-                uid = f"file:{p}"
+            if str(getattr(ds, "Modality", "")).upper() in NO_IMAGE:
+                skipped.setdefault("DICOM without an image (a report, a presentation state)", []).append(
+                    str(p.relative_to(folder)))
+                continue
+            uid = series_key(p, ds)
             series[uid].append(p)
             if uid not in series_mod:
                 series_mod[uid] = series_modality(p, ds, fallback)
@@ -161,14 +179,15 @@ def scans_in_folder(folder: str | Path, modality: Optional[str] = None, recursiv
 
 def _series_name(folder: Path, uid: str, paths: list[Path], whole_uid: bool = False) -> str:
     """A series' scan name: ``WHERE:<last 12 characters of its UID>`` (the whole UID where two
-    series' UIDs end alike), the file for a multi-frame file, the folder for files without a UID.
+    series' UIDs end alike), the file for a multi-frame file, the folder for files without a UID
+    (with their modality and size where the folder holds several such groups).
     A series lying in the case folder itself is named by that folder (it was ".:UID", which the
     predict table and the saliency caption showed a user)."""
     where = paths[0].parent.relative_to(folder) if paths[0].parent != folder else (folder.resolve().name or ".")
     if uid.startswith("file:"):
         return str(paths[0].relative_to(folder))
     if uid.startswith("dir:"):
-        return str(where)
+        return f"{where}:{uid.split('|', 1)[1]}" if whole_uid else str(where)
     return f"{where}:{uid if whole_uid else uid[-12:]}"
 
 

@@ -158,7 +158,7 @@ def shared_files_note(cases: Sequence[Case]) -> str:
     if not shared:
         return ""
     across = [p for p, cs in shared.items() if len({c.split for c in cs}) > 1]
-    shown = [f"{p} ({', '.join(f'{c.id!r} {c.split}' for c in cs[:3])})"
+    shown = [f"{p} ({', '.join(f'{c.id!r} {c.split}' for c in cs[:3])}{f' and {len(cs) - 3} more' if len(cs) > 3 else ''})"
              for p, cs in sorted(shared.items(), key=lambda x: (x[0] not in across, x[0]))]
     return (f"{len(shared)} scan file(s) belong to more than one case, {len(across)} of them across splits "
             f"(trained on and tested on): {examples(shown)}")

@@ -25,7 +25,7 @@ def _modality_for(modality, i: int, n: int, where: str) -> Optional[str]:
 def case_scans(case: PathLike | Sequence[PathLike], modality=None) -> list[Scan]:
     """The scans of one case: a folder (searched recursively), one file, or a list of files /
     folders. ``modality``: one name for all, or one per item of the list (DICOM: read from tags)."""
-    from raddiag.data.discover import scans_in_folder
+    from raddiag.data.discover import scans_in_folder, series_key
     from raddiag.data.readers import is_dicom, read_dicom_header
 
     items = [case] if isinstance(case, (str, Path)) else list(case)
@@ -44,7 +44,7 @@ def case_scans(case: PathLike | Sequence[PathLike], modality=None) -> list[Scan]
             raise FileNotFoundError(f"{p}: no such file or folder")
         mod = _modality_for(modality, i, len(items), str(p))
         if p.is_file() and is_dicom(p):
-            uid = str(getattr(read_dicom_header(p), "SeriesInstanceUID", "") or p)
+            uid = series_key(p, read_dicom_header(p))      # the folder rule's, files given one by one
             if uid in series:
                 scans[series[uid]].paths.append(str(p))
                 continue

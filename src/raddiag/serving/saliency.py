@@ -216,21 +216,22 @@ def chosen_class(class_, names: list[str], result) -> str:
     """The class a saliency map is of: a name or index, default the case's top-ranked class."""
     if class_ is None or class_ == "":
         name = result.ranked[0].name
-    elif isinstance(class_, (int, np.integer)) or (isinstance(class_, str) and class_.isdigit()):
+    elif isinstance(class_, (int, np.integer)) or (isinstance(class_, str) and re.fullmatch(r"[0-9]+", class_)):
         j = int(class_)
         if not 0 <= j < len(names):
             raise ValueError(f"saliency class index {j} is out of range (0..{len(names) - 1})")
         name = names[j]
     else:
         name = str(class_)
-    if name not in names:     # the class in another spelling (letter case, accents), if it names one class only
+    if name not in names:     # the class in another letter case; in other accents only pointed to
         from raddiag.data.adapters.base import label_key, loose_key
 
-        same = [n for n in names if label_key(n) == label_key(name)] or [n for n in names if loose_key(n) == loose_key(name)]
-        if len(same) != 1:
-            also = f" (it matches {', '.join(map(repr, same))})" if same else ""
-            raise ValueError(f"saliency class {name!r} is not among the scored classes{also}")
-        name = same[0]
+        same = [n for n in names if label_key(n) == label_key(name)]
+        if len(same) == 1:
+            return same[0]
+        near = same or [n for n in names if loose_key(n) == loose_key(name)]
+        hint = f" (differing in letter case or accents: {', '.join(map(repr, near))})" if near else ""
+        raise ValueError(f"saliency class {name!r} is not among the scored classes{hint}")
     return name
 
 
