@@ -156,3 +156,21 @@ def test_an_embedding_carries_the_warnings_of_its_reads_as_a_prediction_does(run
     assert emb.warnings == pred.warnings and any(GAP in w for w in emb.warnings)
     assert emb.to_dict()["warnings"] == emb.warnings
     assert both[0].warnings == emb.warnings and both[1].warnings == []   # each case's own, in a batch
+
+
+def test_a_case_that_fails_keeps_the_warnings_said_while_finding_its_scans(run, tmp_path):
+    """Red team: PNGs beside a DICOM series were skipped and said; the series then failed to read
+    and the case's error row carried none of it."""
+    import raddiag
+    from raddiag.serving.predict import CaseError
+
+    case = tmp_path / "bad"
+    (bad,) = write_dicom_series(case, n=1)
+    Path(bad).write_bytes(Path(bad).read_bytes()[:-200])         # its pixel data cut short
+    (case / "view.png").write_bytes(sample_png(16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = raddiag.load(run).predict([str(case), str(tmp_path / "bad")])
+    assert all(isinstance(r, CaseError) for r in res)
+    assert any("view.png" in w for w in res[0].warnings), (res[0].error, res[0].warnings)
+    assert res[0].to_dict()["warnings"] == res[0].warnings

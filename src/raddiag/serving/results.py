@@ -8,7 +8,7 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
-from raddiag.data.errors import one_line
+from raddiag.data.errors import collect_input_warnings, one_line
 from raddiag.data.labels import DEFAULT_THRESHOLD
 
 
@@ -117,9 +117,10 @@ class CaseError:
 
     case_id: str
     error: str
+    warnings: list[str] = field(default_factory=list)    # those said before it failed (skipped files...)
 
     def to_dict(self) -> dict:
-        return {"case_id": self.case_id, "error": self.error}
+        return {"case_id": self.case_id, "error": self.error, "warnings": list(self.warnings)}
 
     def __str__(self) -> str:
         return f"Case {one_line(self.case_id)}: error: {one_line(self.error)}"
@@ -169,11 +170,13 @@ class PendingCase:
     read: Callable[[], Prepared]
 
     def prepare(self) -> Union[Prepared, CaseError]:
-        """The prepared case, or a :class:`CaseError` naming the file and the reason."""
-        try:
-            return self.read()
-        except (ValueError, OSError) as exc:        # one bad case must not cost the others
-            return CaseError(self.case_id, " ".join(str(exc).split()))
+        """The prepared case, or a :class:`CaseError` naming the file and the reason, with the input
+        warnings of the reads before it failed (a skip said while finding the scans)."""
+        with collect_input_warnings() as said:
+            try:
+                return self.read()
+            except (ValueError, OSError) as exc:        # one bad case must not cost the others
+                return CaseError(self.case_id, " ".join(str(exc).split()), [str(w) for w in said])
 
 
 def threshold_source(default: list, which: str = "") -> str:
