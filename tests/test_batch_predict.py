@@ -66,7 +66,7 @@ def test_one_row_per_case_in_order_with_error_rows(full, files, pred):
     assert (s.written, s.skipped, s.errors, s.dropped_partial) == (9, 0, 2, False)
     assert [r["case_id"] for r in rows] == [json.loads(x)["id"] for x in (files / "cases.jsonl").read_text().splitlines()]
     errors = {r["case_id"]: r for r in rows if "error" in r}
-    assert set(errors) == {"gone", "oddmod"} and all(set(r) == {"case_id", "error", "made_by"} for r in errors.values())
+    assert set(errors) == {"gone", "oddmod"} and all(set(r) == {"case_id", "error", "warnings", "made_by"} for r in errors.values())
     assert "nowhere/x.png" in errors["gone"]["error"] and "does not exist" in errors["gone"]["error"]
     assert "Sonar" in errors["oddmod"]["error"] and "cases.jsonl:7" in errors["oddmod"]["error"]
     # each row is the case as predicted on its own: top 2 ranked, and every class over its threshold
