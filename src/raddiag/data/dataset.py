@@ -53,14 +53,13 @@ def select_scans(scans: list[dict], cfg: DataConfig, rng: Optional[np.random.Gen
 
 def case_hint(names, label_space: LabelSpace) -> str:
     """"; these differ from a class only in letter case, spaces or accents: 'glioma' -> 'Glioma'"
-    for the names that match a class but for :func:`~raddiag.data.adapters.base.loose_key` (names
-    are matched exactly), else ""."""
-    from raddiag.data.adapters.base import label_key, loose_key
+    for the names that match a class but for their spelling
+    (:func:`~raddiag.data.adapters.base.similar_names`; names are matched exactly), else ""."""
+    from raddiag.data.adapters.base import similar_names
 
     near = []
     for k in names:        # the classes in letter case alone first, else in accents: every one of them
-        cands = ([n for n in label_space.names if label_key(n) == label_key(k)]
-                 or [n for n in label_space.names if loose_key(n) == loose_key(k)])
+        cands, _ = similar_names(k, label_space.names)
         if cands:
             near.append(f"{k!r} -> {' or '.join(map(repr, cands))}")
     return f"; these differ from a class only in letter case, spaces or accents: {', '.join(near)}" if near else ""

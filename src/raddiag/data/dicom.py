@@ -376,15 +376,20 @@ def _open_dicom_series(paths: list[Path], limits: Limits, plane: Optional[str]) 
     return Volume(paths[0], shape, frame, invert=invert)
 
 
-def dicom_modality(path: str | Path) -> str:
-    """Canonical modality of a DICOM file from its ``Modality`` tag."""
+def dicom_modality(path: str | Path, ds=None, fallback: Optional[str] = None) -> str:
+    """Canonical modality of a DICOM file from its ``Modality`` tag (``ds``: its header, read here
+    when not given); ``fallback`` (a given modality) where the file has no tag or one naming no
+    modality known here (``OT``, ``SC``); without a fallback, a ScanError naming the file."""
     from raddiag.data.case import canonical_modality
 
-    ds = read_dicom_header(path)
-    tag = getattr(ds, "Modality", None)
-    if not tag:
-        raise ScanError(path, "DICOM file has no Modality tag; give the modality explicitly")
-    try:
-        return canonical_modality(str(tag))
-    except ValueError as exc:
-        raise ScanError(path, str(exc)) from None
+    tag = getattr(read_dicom_header(path) if ds is None else ds, "Modality", None)
+    if tag:
+        try:
+            return canonical_modality(str(tag))
+        except ValueError as exc:
+            if fallback is None:
+                raise ScanError(path, str(exc)) from None
+            return fallback
+    if fallback is None:
+        raise ScanError(path, "DICOM file has no Modality tag; pass the modality explicitly")
+    return fallback

@@ -10,7 +10,7 @@ once). Every other file is skipped and said so: one :class:`SkippedFilesWarning`
 from __future__ import annotations
 
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -18,7 +18,7 @@ from typing import Optional
 from raddiag.data.case import Scan, canonical_modality
 from raddiag.data.errors import (InputWarning, ModalityWarning, ScanError, SkippedFilesWarning, skipped_text,
                                  warn_input)
-from raddiag.data.readers import IMAGE_SUFFIXES, is_dicom, read_dicom_header
+from raddiag.data.readers import IMAGE_SUFFIXES, dicom_modality, is_dicom, read_dicom_header
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".npy")
 
@@ -72,23 +72,6 @@ def _frames(ds) -> int:
         return 1   # the reader names the file and the reason
 
 
-def series_modality(path: Path, ds, fallback: Optional[str]) -> str:
-    """A DICOM series' modality: its ``Modality`` tag (``ds``: the header of its file ``path``);
-    ``fallback`` (a given modality) where the file has no tag or one that names no modality known
-    here (``OT``, ``SC``); without a fallback, a ScanError naming the file."""
-    tag = getattr(ds, "Modality", None)
-    if tag:
-        try:
-            return canonical_modality(str(tag))
-        except ValueError as exc:
-            if fallback is None:
-                raise ScanError(path, str(exc)) from None
-            return fallback
-    if fallback is None:
-        raise ScanError(path, "DICOM file has no Modality tag; pass the modality explicitly")
-    return fallback
-
-
 NO_IMAGE = {"SR", "PR", "KO", "DOC", "RTSTRUCT", "RTPLAN", "RTRECORD", "REG", "SEG"}   # DICOM that holds no image
 
 
@@ -115,7 +98,7 @@ def scans_in_folder(folder: str | Path, modality: Optional[str] = None, recursiv
     ``modality`` is required when the folder holds non-DICOM files (raises ValueError naming
     the first such file otherwise); for DICOM it overrides nothing: the tag decides, and
     ``modality`` is only the fallback for files without a ``Modality`` tag (or with one naming no
-    known modality: :func:`series_modality`).
+    known modality: :func:`~raddiag.data.dicom.dicom_modality`).
     Hidden files, DICOMDIR, broken links and files of no scan type (JSON, text, ``.DS_Store``)
     are skipped with a :class:`SkippedFilesWarning` naming them. Raises FileNotFoundError if the
     folder does not exist and ScanError (a ValueError) if it holds no scan (naming what was skipped).
@@ -146,7 +129,7 @@ def scans_in_folder(folder: str | Path, modality: Optional[str] = None, recursiv
             uid = series_key(p, ds)
             series[uid].append(p)
             if uid not in series_mod:
-                series_mod[uid] = series_modality(p, ds, fallback)
+                series_mod[uid] = dicom_modality(p, ds, fallback)
         elif _is_volume_or_image(p):
             others.append(p)
         else:
@@ -164,9 +147,9 @@ def scans_in_folder(folder: str | Path, modality: Optional[str] = None, recursiv
                                    "(a.nii.gz,b.png --modality CT,X-ray), or a --manifest")
             scans.append(Scan(paths=[str(p)], modality=fallback, id=str(p.relative_to(folder))))
     names = {uid: _series_name(folder, uid, paths) for uid, paths in series.items()}
+    taken = Counter(names.values())
     for uid, paths in series.items():
-        same_end = [u for u in series if names[u] == names[uid]]
-        name = names[uid] if len(same_end) == 1 else _series_name(folder, uid, paths, whole_uid=True)
+        name = names[uid] if taken[names[uid]] == 1 else _series_name(folder, uid, paths, whole_uid=True)
         scans.append(Scan(paths=[str(p) for p in paths], modality=series_mod[uid], id=name))
     if not scans:
         raise ScanError(folder, "no scans found (DICOM, NIfTI, NPY, PNG or JPEG files)"
@@ -210,15 +193,15 @@ def declared_scans(scan: Scan) -> list[Scan]:
     For DICOM the ``Modality`` tag of the series is the truth: a ``scan.modality`` that disagrees
     gives way to it, with a :class:`ModalityWarning` naming the file, both modalities and the
     one used; ``scan.modality`` is kept only for files without a tag, or with a tag naming no
-    known modality (:func:`series_modality`). Raises ScanError naming the file when a folder holds
-    no scan or a DICOM header cannot be read."""
+    known modality (:func:`~raddiag.data.dicom.dicom_modality`). Raises ScanError naming the file
+    when a folder holds no scan or a DICOM header cannot be read."""
     first = Path(scan.paths[0]) if scan.paths else None
     if first is None or not first.exists():
         return [scan]
     if first.is_dir() and len(scan.paths) == 1:
         return _folder_scans(scan, first)
     if first.is_file() and is_dicom(first):
-        tag = series_modality(first, read_dicom_header(first), scan.modality)
+        tag = dicom_modality(first, fallback=scan.modality)
         _check_modality(scan, first, tag)
         return [replace(scan, modality=tag)]
     return [scan]

@@ -88,7 +88,7 @@ class _Read:
     profile: dict = field(default_factory=dict)
 
 
-def _process_scan(args) -> tuple[list[_Read], list[tuple[str, type]]]:
+def _process_scan(args) -> tuple[list[_Read], list]:
     """Worker: the scans one given scan stands for (:func:`~raddiag.data.discover.declared_scans`:
     a folder of two DICOM series is two scans, as ``predict`` reads it; a series' modality is its
     tag's), each read and preprocessed with its modality's window; and the input warnings of finding

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from raddiag.knowledge.encoder import TextEncoder
 from raddiag.knowledge.intervals import format_table  # noqa: F401  (the table that train and evaluate print)
 from raddiag.knowledge.kb import KnowledgeBase
+from raddiag.staging import write_json
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ TRAIN_MAX_LENGTH = 32
 
 
 from raddiag.cache import cache_dir  # noqa: E402,F401  (one definition; demo and map import it from here)
-from raddiag.staging import write_json
 
 
 # -- data -------------------------------------------------------------------------------------

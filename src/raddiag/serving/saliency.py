@@ -224,12 +224,11 @@ def chosen_class(class_, names: list[str], result) -> str:
     else:
         name = str(class_)
     if name not in names:     # the class in another letter case; in other accents only pointed to
-        from raddiag.data.adapters.base import label_key, loose_key
+        from raddiag.data.adapters.base import similar_names
 
-        same = [n for n in names if label_key(n) == label_key(name)]
-        if len(same) == 1:
-            return same[0]
-        near = same or [n for n in names if loose_key(n) == loose_key(name)]
+        near, by_case = similar_names(name, names)
+        if by_case and len(near) == 1:
+            return near[0]
         hint = f" (differing in letter case or accents: {', '.join(map(repr, near))})" if near else ""
         raise ValueError(f"saliency class {name!r} is not among the scored classes{hint}")
     return name

@@ -171,7 +171,8 @@ def finetune(
     if int(os.environ.get("RANK", "0")) == 0:
         info = {"source_run": str(src.root), "data": str(Path(data_dir)), "fraction": float(fraction),
                 "scratch": bool(scratch), "seed": int(seed), "train_cases": int(len(idx)),
-                "train_cases_total": int(len(targets)), "train_fraction": len(idx) / max(1, len(targets)), "kept": sorted({k.split(".")[0] for k in init_state or {}}),
+                "train_cases_total": int(len(targets)), "train_fraction": len(idx) / max(1, len(targets)),
+                "kept": sorted({k.split(".")[0] for k in init_state or {}}),
                 "fusion": cfg.model.fusion, "encoder_lr_scale": cfg.train.encoder_lr_scale,
                 "linear_probe": cfg.train.linear_probe,
                 "text_encoder": str(knowledge_encoder) if knowledge_encoder is not None else None,

@@ -107,6 +107,14 @@ def loose_key(label: str) -> str:
 _POSSESSIVE = re.compile(r"(?<=\w)['\u2019\u02bc]s\b")
 
 
+def similar_names(name: str, names: Sequence[str]) -> tuple[list[str], bool]:
+    """The ``names`` that ``name`` matches in another spelling, and whether by letter case alone
+    (:func:`label_key`: the same class); else those it matches by accents or a possessive "'s"
+    (:func:`loose_key`: only to be pointed to, never taken)."""
+    same = [n for n in names if label_key(n) == label_key(name)]
+    return (same, True) if same else ([n for n in names if loose_key(n) == loose_key(name)], False)
+
+
 def _alike_text(cases: Sequence[Case]) -> str:
     """Labels that differ only in marks on letters or a possessive "'s" (:func:`loose_key`), or
     ``""``: read as classes of their own, said with their case counts (a new user's three spellings
